@@ -1,0 +1,1 @@
+/* bus: not written yet */

@@ -1,0 +1,3 @@
+/* not written yet */
+int main(void);
+int main(void) { return 1; }

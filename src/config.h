@@ -1,0 +1,127 @@
+/*
+ * The daemon's configuration: one YAML file (libyaml) into one struct
+ * config, with every default in one table (config.c) and errors as
+ * "file:line:col: message".
+ */
+#ifndef BUSGATE_CONFIG_H
+#define BUSGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "wire.h"
+
+#define CONFIG_DEFAULT_PATH SYSCONFDIR "/busgate/busgated.yaml"
+#define CONFIG_DEFAULT_SOCKET RUNSTATEDIR "/busgate/busgate.sock"
+
+/* Durations are held in milliseconds, sizes in bytes. */
+
+struct config_tls {
+    bool enabled;           /* bus.tls: false turns TLS off explicitly */
+    bool verify;            /* bus.tls.verify: false needs saying */
+    char *ca_file;          /* NULL: the system trust store */
+    char *ca_dir;
+    char *server_name;      /* NULL: bus.host */
+    char *cert_file;        /* client certificate, optional */
+    char *key_file;
+    char *ciphers;          /* OpenSSL cipher list, optional */
+    int min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
+};
+
+enum config_auth {
+    CONFIG_AUTH_NONE,
+    CONFIG_AUTH_BASIC,      /* username + password from the credentials file */
+    CONFIG_AUTH_TOKEN,      /* a JWT from the credentials file or token_file */
+};
+
+struct config_bus {
+    char *host;
+    uint16_t port;                  /* default 9091 */
+    struct config_tls tls;
+    enum config_auth auth;
+    char *credentials_file;         /* INI, [bus] username/password/token */
+    char *token_file;               /* re-read at each connect when set */
+    char *impersonating;            /* NULL: none */
+    char *forwarded_for;            /* NULL: none (see forwarded_for_host) */
+    bool forwarded_for_host;        /* default: this host's name */
+    uint32_t connect_timeout_ms;
+    uint32_t reconnect_min_ms;
+    uint32_t reconnect_max_ms;
+    uint32_t reconnect_reset_ms;    /* up this long: backoff starts over */
+    uint32_t auth_fail_window_ms;   /* closed this soon after login: auth failure */
+    uint32_t heartbeat_timeout_ms;  /* 0: no heartbeat watchdog */
+    uint32_t keepalive_s;           /* TCP keepalive idle seconds, 0 off */
+    size_t output_high_water;       /* bytes queued to the bus before back-pressure */
+    struct wire_limits limits;      /* on everything read from the bus */
+};
+
+struct config_listen {
+    char *path;                 /* Unix socket path */
+    mode_t mode;                /* default 0660 */
+    char *group;                /* NULL: the daemon's group */
+    uint32_t max_sessions;
+    uint32_t max_line;          /* bytes in one command line */
+    uint32_t max_payload;       /* bytes of payload in one PUB/SEND */
+    uint32_t max_packets;       /* packets in one PUB/SEND */
+    uint32_t max_subscriptions; /* per session */
+    size_t max_output;          /* bytes queued to one session: slow consumer */
+};
+
+struct config_router {
+    size_t image_cache_bytes;   /* per topic: last image + deltas kept for late joiners */
+    uint32_t busdown_queue;     /* publishes/sends held while the bus is down; 0: refuse */
+    size_t busdown_queue_bytes;
+    bool allow_empty_publish;   /* let a PUB/SEND with zero packets through */
+};
+
+struct config_log {
+    int level;                  /* syslog priority */
+    int dest;                   /* enum log_dest */
+};
+
+struct config_daemon {
+    uint32_t shutdown_grace_ms; /* SIGTERM: time to flush before closing */
+};
+
+struct config {
+    char *path;                 /* the file this came from */
+    struct config_bus bus;
+    struct config_listen listen;
+    struct config_router router;
+    struct config_log log;
+    struct config_daemon daemon;
+};
+
+/* Fill cfg with every default (the one table of defaults). */
+void config_defaults(struct config *cfg);
+
+/*
+ * Load path into cfg (defaults first, then the file). Returns 0, or -1 with
+ * "file:line:col: message" in err.
+ */
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Same, from a string (tests, fuzzing); name is used in messages. */
+int config_load_string(struct config *cfg, const char *name, const char *yaml,
+    size_t len, char *err, size_t errlen);
+
+/*
+ * Check what loading cannot: referenced files exist and are readable, the
+ * credentials file has safe permissions. Returns 0 or -1 with err.
+ */
+int config_check_files(const struct config *cfg, char *err, size_t errlen);
+
+/* Write the effective configuration as YAML, secrets masked. */
+void config_dump(const struct config *cfg, FILE *out);
+
+void config_free(struct config *cfg);
+
+/* Parse "64KiB", "16MiB", "1024" / "500ms", "30s", "5m" (used by config.c,
+ * exposed for tests). Return 0 or -1. */
+int config_parse_size(const char *s, uint64_t *out);
+int config_parse_duration_ms(const char *s, uint64_t *out);
+
+#endif /* BUSGATE_CONFIG_H */

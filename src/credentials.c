@@ -1,0 +1,1 @@
+/* credentials: not written yet */

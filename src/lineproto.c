@@ -1,0 +1,1 @@
+/* lineproto: not written yet */

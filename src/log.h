@@ -1,0 +1,40 @@
+/*
+ * Logging: one line per event, to stderr with syslog priority prefixes
+ * ("<3>...") that journald turns into levels, or to syslog. Never log a
+ * secret. Identical lines repeated quickly are summarised, not repeated.
+ */
+#ifndef BUSGATE_LOG_H
+#define BUSGATE_LOG_H
+
+#include <stdbool.h>
+#include <syslog.h>
+
+enum log_dest {
+    LOG_DEST_STDERR,   /* "<N>message" lines, for journald */
+    LOG_DEST_SYSLOG,   /* syslog(3) */
+};
+
+/* Start logging; level is a syslog priority (LOG_ERR ... LOG_DEBUG). */
+void log_init(const char *ident, enum log_dest dest, int level);
+void log_set_level(int level);
+int log_get_level(void);
+void log_close(void);
+
+/* Parse "error", "warning", "notice", "info", "debug"; -1 if unknown. */
+int log_level_from_name(const char *name);
+const char *log_level_name(int level);
+
+void log_msg(int prio, const char *func, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Error and debug lines carry the function name (OpenSSH error_f style). */
+#define log_error(...)   log_msg(LOG_ERR, __func__, __VA_ARGS__)
+#define log_warn(...)    log_msg(LOG_WARNING, NULL, __VA_ARGS__)
+#define log_notice(...)  log_msg(LOG_NOTICE, NULL, __VA_ARGS__)
+#define log_info(...)    log_msg(LOG_INFO, NULL, __VA_ARGS__)
+#define log_debug(...)   log_msg(LOG_DEBUG, __func__, __VA_ARGS__)
+
+/* Abort on an impossible state, with a message. */
+void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+#endif /* BUSGATE_LOG_H */

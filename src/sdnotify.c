@@ -1,0 +1,1 @@
+/* sdnotify: not written yet */

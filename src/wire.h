@@ -1,0 +1,168 @@
+/*
+ * The jetblack-messagebus v3 wire codec: message structs, incremental
+ * decoding from an evbuffer with limits, encoding into an evbuffer.
+ * No I/O. See BUS-PROTOCOL.md for the format.
+ */
+#ifndef BUSGATE_WIRE_H
+#define BUSGATE_WIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct evbuffer;
+
+#define WIRE_PROTOCOL_VERSION 3
+
+enum wire_type {
+    WIRE_MULTICAST_DATA = 1,           /* client -> bus: publish */
+    WIRE_UNICAST_DATA = 2,             /* client -> bus: send to one client */
+    WIRE_FORWARDED_SUBSCRIPTION = 3,   /* bus -> notifier */
+    WIRE_NOTIFICATION_REQUEST = 4,     /* client -> bus */
+    WIRE_SUBSCRIPTION_REQUEST = 5,     /* client -> bus */
+    WIRE_AUTHORIZATION_REQUEST = 6,    /* bus -> authorizer */
+    WIRE_AUTHORIZATION_RESPONSE = 7,   /* authorizer -> bus */
+    WIRE_FORWARDED_MULTICAST = 8,      /* bus -> subscriber */
+    WIRE_FORWARDED_UNICAST = 9,        /* bus -> subscriber */
+};
+
+#define WIRE_TYPE_MIN 1
+#define WIRE_TYPE_MAX 9
+#define WIRE_GUID_LEN 16
+
+/* Limits applied to everything decoded; a violation is a protocol error. */
+struct wire_limits {
+    uint32_t max_string;        /* bytes in one string */
+    uint32_t max_payload;       /* bytes in one packet's data */
+    uint32_t max_packets;       /* packets in one message */
+    uint32_t max_entitlements;  /* ints in one int set */
+    uint32_t max_message;       /* bytes in one whole message */
+};
+
+/* Defaults used when the config says nothing. */
+#define WIRE_DEFAULT_MAX_STRING       4096u
+#define WIRE_DEFAULT_MAX_PAYLOAD      (1u << 20)
+#define WIRE_DEFAULT_MAX_PACKETS      1024u
+#define WIRE_DEFAULT_MAX_ENTITLEMENTS 1024u
+#define WIRE_DEFAULT_MAX_MESSAGE      (16u << 20)
+
+void wire_limits_default(struct wire_limits *lim);
+
+/*
+ * A string as bytes. len 0 is null or empty (the same on the wire). When
+ * decoded, ptr is NUL-terminated (ptr[len] == 0) and points into the
+ * message's storage; it may contain NUL bytes before len.
+ */
+struct wire_str {
+    const char *ptr;
+    uint32_t len;
+};
+
+/* An int set; n == 0 is null. */
+struct wire_ints {
+    const int32_t *v;
+    uint32_t n;
+};
+
+/* A data packet; len == 0 is null data. */
+struct wire_packet {
+    struct wire_ints entitlements;
+    const uint8_t *data;
+    uint32_t len;
+};
+
+/*
+ * One bus message. Each type uses a subset of the fields, in the wire order
+ * given by BUS-PROTOCOL.md:
+ *   MULTICAST_DATA          feed, topic, is_image, packets
+ *   UNICAST_DATA            client_id, feed, topic, is_image, packets
+ *   FORWARDED_SUBSCRIPTION  user, host, client_id, feed, topic, is_add
+ *   NOTIFICATION_REQUEST    feed, is_add
+ *   SUBSCRIPTION_REQUEST    feed, topic, is_add
+ *   AUTHORIZATION_REQUEST   client_id, host, user, feed, topic
+ *   AUTHORIZATION_RESPONSE  client_id, feed, topic, auth_required, entitlements
+ *   FORWARDED_MULTICAST     user, host, feed, topic, is_image, packets
+ *   FORWARDED_UNICAST       user, host, client_id, feed, topic, is_image, packets
+ * Fields a type does not use are ignored by wire_encode.
+ */
+struct wire_msg {
+    enum wire_type type;
+    struct wire_str user;
+    struct wire_str host;
+    struct wire_str feed;
+    struct wire_str topic;
+    uint8_t client_id[WIRE_GUID_LEN];   /* wire (.NET) byte order */
+    bool is_image;
+    bool is_add;
+    bool auth_required;
+    struct wire_ints entitlements;      /* AUTHORIZATION_RESPONSE only */
+    const struct wire_packet *packets;  /* n_packets == 0 is null */
+    uint32_t n_packets;
+
+    /* Decoder-owned storage, reused across wire_decode calls on the same
+     * struct so the hot path does not allocate per message. */
+    void *store;
+    size_t store_cap;
+};
+
+enum wire_result {
+    WIRE_ERROR = -1,     /* protocol error; *cause says why; nothing consumed */
+    WIRE_NEED_MORE = 0,  /* incomplete message; nothing consumed */
+    WIRE_DECODED = 1,    /* one message decoded; exactly its bytes consumed */
+};
+
+/* Initialise a message (all fields empty, no storage). */
+void wire_msg_init(struct wire_msg *msg);
+
+/* Release the decoder-owned storage of a message. */
+void wire_msg_free(struct wire_msg *msg);
+
+/*
+ * Decode one message from the front of in. Limits are checked before any
+ * allocation. On WIRE_DECODED the message's pointers are valid until the
+ * next wire_decode on, or wire_msg_free of, the same msg.
+ */
+enum wire_result wire_decode(struct evbuffer *in, const struct wire_limits *lim,
+    struct wire_msg *msg, const char **cause);
+
+/* Append msg in wire format to out. Returns 0, or -1 if out of memory or
+ * the message cannot be represented (a length over INT32_MAX). */
+int wire_encode(struct evbuffer *out, const struct wire_msg *msg);
+
+/* Bytes wire_encode would append for msg. */
+size_t wire_encoded_size(const struct wire_msg *msg);
+
+/* Name of a message type for logs ("MulticastData"...), "unknown" if none. */
+const char *wire_type_name(int type);
+
+/* The authentication payload sent right after connecting. */
+enum wire_auth_method {
+    WIRE_AUTH_NONE,   /* nothing is sent */
+    WIRE_AUTH_BASIC,  /* username, password, impersonating, forwarded_for */
+    WIRE_AUTH_TOKEN,  /* token, impersonating, forwarded_for */
+};
+
+/* NULL strings are sent as null (length 0). */
+struct wire_auth {
+    enum wire_auth_method method;
+    const char *username;
+    const char *password;
+    const char *token;
+    const char *impersonating;
+    const char *forwarded_for;
+};
+
+/* Append the authentication payload for auth to out. Returns 0 or -1. */
+int wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth);
+
+/*
+ * Decode an authentication payload of the given method (used by tests and
+ * tools; the gateway never receives one). Strings are returned as
+ * malloc'd NUL-terminated copies (NULL for null) that the caller frees
+ * with wire_auth_free. Same result convention as wire_decode.
+ */
+enum wire_result wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
+    const struct wire_limits *lim, struct wire_auth *auth, const char **cause);
+void wire_auth_free(struct wire_auth *auth);
+
+#endif /* BUSGATE_WIRE_H */
