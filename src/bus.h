@@ -1,0 +1,98 @@
+/*
+ * The one bus link: resolve, connect, TLS, authenticate, read and write
+ * messages, reconnect forever with backoff and jitter, heartbeat watchdog.
+ * It tells its user (the router) "state changed", "message", "drained"; it
+ * knows nothing about local clients.
+ */
+#ifndef BUSGATE_BUS_H
+#define BUSGATE_BUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "config.h"
+#include "wire.h"
+
+struct event_base;
+struct evdns_base;
+struct bus;
+
+enum bus_state {
+    BUS_DOWN,          /* not connected; a retry is scheduled (or stopped) */
+    BUS_CONNECTING,    /* resolving, TCP connect, TLS handshake */
+    BUS_UNCONFIRMED,   /* credentials sent, nothing received from the bus yet */
+    BUS_UP,            /* traffic received: authenticated and live */
+};
+
+/* "down", "connecting", "unconfirmed", "up" */
+const char *bus_state_name(enum bus_state s);
+
+struct bus_callbacks {
+    /* Every state change, once; reason is set for BUS_DOWN ("connection
+     * refused", "TLS: certificate verify failed: self-signed certificate",
+     * "probable authentication failure (basic, user gw)", "no heartbeat:
+     * not authenticated or dead", "protocol error: ..."). */
+    void (*on_state)(void *arg, enum bus_state state, const char *reason);
+    /* One decoded message from the bus (valid during the call only). */
+    void (*on_message)(void *arg, const struct wire_msg *msg);
+    /* Output fell back below the low-water mark after back-pressure. */
+    void (*on_drained)(void *arg);
+};
+
+struct bus_stats {
+    enum bus_state state;
+    time_t state_since;           /* wall clock of the last state change */
+    uint64_t connects;            /* successful TCP(+TLS) connections */
+    uint64_t reconnects;          /* connection attempts after the first */
+    uint64_t auth_failures;       /* probable authentication failures */
+    uint64_t protocol_errors;     /* bad bytes from the bus */
+    uint64_t heartbeat_timeouts;
+    uint64_t msgs_in, bytes_in;
+    uint64_t msgs_out, bytes_out;
+    size_t output_queued;         /* bytes waiting to go to the bus */
+    char last_error[256];
+};
+
+enum bus_send_result {
+    BUS_SENT = 0,        /* queued for the bus */
+    BUS_NOT_UP = -1,     /* link down or connecting: nothing queued */
+    BUS_ENCODE_ERROR = -2,
+};
+
+/* Create the link (not started). cfg is copied as needed. */
+struct bus *bus_new(struct event_base *base, struct evdns_base *dns,
+    const struct config_bus *cfg, const struct bus_callbacks *cb, void *arg);
+
+/* Start connecting (and reconnecting forever). */
+int bus_start(struct bus *bus);
+
+/* Queue msg when the state is UNCONFIRMED or UP. */
+enum bus_send_result bus_send(struct bus *bus, const struct wire_msg *msg);
+
+/* True while more than output_high_water bytes wait to go out; the router
+ * stops reading from sessions until on_drained. */
+bool bus_congested(const struct bus *bus);
+
+enum bus_state bus_state(const struct bus *bus);
+void bus_get_stats(const struct bus *bus, struct bus_stats *st);
+
+/* Apply a new bus config (SIGHUP). If anything that matters to the
+ * connection changed (host, port, TLS, auth, credentials), the link is
+ * closed at a message boundary and rebuilt. Returns 0 or -1 with err. */
+int bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t errlen);
+
+/* Flush what is queued (whole messages), then close; done(arg) is called
+ * when closed or after timeout_ms. No reconnect after this. */
+void bus_shutdown(struct bus *bus, uint32_t timeout_ms, void (*done)(void *), void *arg);
+
+void bus_free(struct bus *bus);
+
+/* Backoff: the delay before retry number attempt (0-based), full jitter in
+ * [0, min(max, min * 2^attempt)], with rnd a uniform value in [0, 1).
+ * Exposed for unit tests. A probable authentication failure counts as
+ * several attempts ("backs off harder"). */
+uint32_t bus_backoff_ms(uint32_t min_ms, uint32_t max_ms, unsigned attempt, double rnd);
+
+#endif /* BUSGATE_BUS_H */

@@ -1,0 +1,182 @@
+/*
+ * The local line protocol (doc/PROTOCOL.md): parse commands, format events
+ * and replies. Pure functions over memory and evbuffers, no I/O, so they are
+ * easy to unit test and fuzz. The verbs, error codes and version are here,
+ * in one place; the docs quote them.
+ */
+#ifndef BUSGATE_LINEPROTO_H
+#define BUSGATE_LINEPROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "wire.h"
+
+struct evbuffer;
+
+#define LP_PROTOCOL_VERSION 1
+
+enum lp_verb {
+    LP_SUB,
+    LP_UNSUB,
+    LP_PUB,
+    LP_SEND,
+    LP_NOTIFY,
+    LP_UNNOTIFY,
+    LP_AUTHORIZER,
+    LP_UNAUTHORIZER,
+    LP_AUTHORIZE,
+    LP_PING,
+    LP_STATS,
+    LP_VERBOSE,
+    LP_QUIT,
+};
+
+/* Stable error codes, written as "-ERR <code> <message>". */
+enum lp_error {
+    LP_ERR_NONE = 0,
+    LP_ERR_UNKNOWN_COMMAND,
+    LP_ERR_SYNTAX,
+    LP_ERR_BAD_NAME,
+    LP_ERR_BAD_CLIENT_ID,
+    LP_ERR_BAD_PACKET,
+    LP_ERR_LINE_TOO_LONG,
+    LP_ERR_PAYLOAD_TOO_LARGE,
+    LP_ERR_TOO_MANY_PACKETS,
+    LP_ERR_BAD_TERMINATOR,
+    LP_ERR_NO_PACKETS,
+    LP_ERR_BUS_DOWN,
+    LP_ERR_TOO_MANY_SUBSCRIPTIONS,
+    LP_ERR_ALREADY_SUBSCRIBED,
+    LP_ERR_NOT_SUBSCRIBED,
+    LP_ERR_ALREADY_NOTIFYING,
+    LP_ERR_NOT_NOTIFYING,
+    LP_ERR_ALREADY_AUTHORIZER,
+    LP_ERR_NOT_AUTHORIZER,
+    LP_ERR_UNKNOWN_REQUEST,
+    LP_ERR_ALREADY_ANSWERED,
+    LP_ERR_SLOW_CONSUMER,       /* closes the session */
+    LP_ERR_SHUTTING_DOWN,       /* closes the session */
+    LP_ERR_TOO_MANY_SESSIONS,   /* closes the session */
+};
+
+/* "bad-name" etc. */
+const char *lp_error_code(enum lp_error e);
+
+/* Limits a parsed command must respect. */
+struct lp_limits {
+    uint32_t max_name;      /* bytes in a decoded name (the bus string limit) */
+    uint32_t max_payload;   /* sum of packet lengths */
+    uint32_t max_packets;
+    uint32_t max_entitlements;
+};
+
+/* A decoded (unescaped) name; ptr is NUL-terminated, owned by the cmd. */
+struct lp_name {
+    const char *ptr;
+    uint32_t len;
+};
+
+/*
+ * A parsed command. Names, entitlements and packet specs point into the
+ * cmd's own storage, reused across lp_parse_command calls (no per-command
+ * allocation in steady state); free it with lp_cmd_free.
+ */
+struct lp_cmd {
+    enum lp_verb verb;
+    struct lp_name feed;
+    struct lp_name topic;
+    uint8_t client_id[WIRE_GUID_LEN];   /* SEND, AUTHORIZE (wire order) */
+    bool is_image;                      /* PUB, SEND */
+    bool required;                      /* AUTHORIZE */
+    bool on;                            /* VERBOSE */
+    struct wire_ints entitlements;      /* AUTHORIZE */
+    struct wire_packet *packets;        /* PUB, SEND: lengths + entitlements; data NULL until filled */
+    uint32_t n_packets;
+    uint64_t payload_len;               /* sum of packet lengths */
+    struct lp_name token;               /* PING's optional token (raw, not unescaped) */
+
+    void *store;
+    size_t store_cap;
+};
+
+void lp_cmd_init(struct lp_cmd *cmd);
+void lp_cmd_free(struct lp_cmd *cmd);
+
+/*
+ * Parse one command line (without its "\n"; a trailing "\r" is allowed).
+ * Returns 0, or -1 with *err set and a human message in msg. On
+ * LP_ERR_PAYLOAD_TOO_LARGE / LP_ERR_TOO_MANY_PACKETS, cmd->payload_len is
+ * still set when it could be computed, so the caller can skip the payload
+ * and stay in sync.
+ */
+int lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
+    struct lp_cmd *cmd, enum lp_error *err, char *msg, size_t msglen);
+
+/* Point cmd's packets' data at their bytes in payload (payload_len bytes). */
+void lp_cmd_attach_payload(struct lp_cmd *cmd, const uint8_t *payload);
+
+/* Append a name as a token (escaped; "" for empty). */
+int lp_put_name(struct evbuffer *out, const char *ptr, size_t len);
+
+/*
+ * Append the DATA event for a ForwardedMulticastData / ForwardedUnicastData
+ * (line + payload block). Formatted once per bus message and shared by
+ * every receiving session.
+ */
+int lp_format_data(struct evbuffer *out, const struct wire_msg *m);
+
+/* NOTIFICATION for a ForwardedSubscriptionRequest. */
+int lp_format_notification(struct evbuffer *out, const struct wire_msg *m);
+
+/* AUTHREQ for an AuthorizationRequest. */
+int lp_format_authreq(struct evbuffer *out, const struct wire_msg *m);
+
+/* "BUS <state> [reason]"; state is "up", "unconfirmed" or "down". */
+int lp_format_bus(struct evbuffer *out, const char *state, const char *reason);
+
+int lp_format_ok(struct evbuffer *out);
+int lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* The greeting line. */
+int lp_format_hello(struct evbuffer *out, const char *version,
+    const struct lp_limits *lim, uint32_t max_line, uint32_t max_subscriptions,
+    uint64_t max_output, const char *bus_state);
+
+/*
+ * Client side (the busgate CLI, benchmarks, tests): a parsed event line.
+ * For DATA, packets hold lengths and entitlements; the payload block follows
+ * (payload_len bytes, then the newline).
+ */
+enum lp_event_kind {
+    LP_EV_HELLO, LP_EV_OK, LP_EV_ERR, LP_EV_DATA, LP_EV_NOTIFICATION,
+    LP_EV_AUTHREQ, LP_EV_BUS, LP_EV_PONG, LP_EV_STAT, LP_EV_END,
+};
+
+struct lp_event {
+    enum lp_event_kind kind;
+    struct lp_name feed, topic, user, host;
+    uint8_t client_id[WIRE_GUID_LEN];
+    bool is_image;
+    bool is_unicast;
+    bool is_add;
+    struct wire_packet *packets;
+    uint32_t n_packets;
+    uint64_t payload_len;
+    const char *rest;       /* HELLO/ERR/BUS/STAT/PONG: the text after the verb */
+    size_t rest_len;
+
+    void *store;
+    size_t store_cap;
+};
+
+void lp_event_init(struct lp_event *ev);
+void lp_event_free(struct lp_event *ev);
+
+/* Parse one event line (without "\n"). Returns 0 or -1 (malformed). */
+int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
+    struct lp_event *ev);
+
+#endif /* BUSGATE_LINEPROTO_H */
