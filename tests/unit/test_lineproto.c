@@ -1,0 +1,909 @@
+/*
+ * Unit tests for the line protocol: command parsing, name escaping, event
+ * formatting and the client-side event parser.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+
+#include "guid.h"
+#include "lineproto.h"
+
+static const struct lp_limits lim = {
+    .max_name = 64,
+    .max_payload = 1000,
+    .max_packets = 8,
+    .max_entitlements = 4,
+};
+
+static const char id_text[] = "00112233-4455-6677-8899-aabbccddeeff";
+static const uint8_t id_wire[16] = {
+    0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66,
+    0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+};
+
+/* Per-test state: one command, one event, one buffer, reused. */
+struct fx {
+    struct lp_cmd cmd;
+    struct lp_event ev;
+    struct evbuffer *buf;
+    enum lp_error err;
+    char msg[256];
+};
+
+static int
+setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof(*f));
+
+    assert_non_null(f);
+    lp_cmd_init(&f->cmd);
+    lp_event_init(&f->ev);
+    f->buf = evbuffer_new();
+    assert_non_null(f->buf);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fx *f = *state;
+
+    lp_cmd_free(&f->cmd);
+    lp_event_free(&f->ev);
+    evbuffer_free(f->buf);
+    free(f);
+    return 0;
+}
+
+static int
+parse_n(struct fx *f, const char *line, size_t len)
+{
+    return lp_parse_command(line, len, &lim, &f->cmd, &f->err, f->msg, sizeof(f->msg));
+}
+
+static int
+parse(struct fx *f, const char *line)
+{
+    return parse_n(f, line, strlen(line));
+}
+
+/* Parse a line that must be refused with code e. */
+static void
+refused(struct fx *f, const char *line, enum lp_error e)
+{
+    int r = parse(f, line);
+
+    if (r == 0 || f->err != e)
+        fail_msg("'%s': expected %s, got r=%d %s (%s)", line, lp_error_code(e), r,
+            lp_error_code(f->err), f->msg);
+    assert_true(f->msg[0] != '\0');
+}
+
+static void
+name_is(const struct lp_name *n, const char *bytes, size_t len)
+{
+    assert_int_equal(n->len, len);
+    assert_memory_equal(n->ptr, bytes, len);
+    assert_int_equal(n->ptr[len], '\0');
+}
+
+#define NAME_IS(n, lit) name_is((n), (lit), sizeof(lit) - 1)
+
+/* The evbuffer's contents as a NUL-terminated string (test-owned copy). */
+static char *
+drain(struct evbuffer *b, size_t *len)
+{
+    size_t n = evbuffer_get_length(b);
+    char *s = malloc(n + 1);
+
+    assert_non_null(s);
+    evbuffer_remove(b, s, n);
+    s[n] = '\0';
+    if (len != NULL)
+        *len = n;
+    return s;
+}
+
+static void
+buf_is(struct evbuffer *b, const char *want, size_t wantlen)
+{
+    size_t n;
+    char *s = drain(b, &n);
+
+    if (n != wantlen || memcmp(s, want, n) != 0)
+        fail_msg("got '%s', want '%s'", s, want);
+    free(s);
+}
+
+#define BUF_IS(b, lit) buf_is((b), (lit), sizeof(lit) - 1)
+
+/* ---- commands ---- */
+
+static void
+test_error_codes(void **state)
+{
+    (void)state;
+    for (int e = LP_ERR_UNKNOWN_COMMAND; e <= LP_ERR_TOO_MANY_SESSIONS; e++) {
+        const char *c = lp_error_code(e);
+
+        assert_string_not_equal(c, "internal");
+        for (int k = LP_ERR_UNKNOWN_COMMAND; k < e; k++)
+            assert_string_not_equal(c, lp_error_code(k));
+    }
+    assert_string_equal(lp_error_code(LP_ERR_BAD_NAME), "bad-name");
+    assert_string_equal(lp_error_code(LP_ERR_SLOW_CONSUMER), "slow-consumer");
+    assert_string_equal(lp_error_code(LP_ERR_TOO_MANY_SESSIONS), "too-many-sessions");
+    assert_string_equal(lp_error_code((enum lp_error)999), "internal");
+}
+
+static void
+test_sub_unsub(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(parse(f, "SUB prices AAPL"), 0);
+    assert_int_equal(f->cmd.verb, LP_SUB);
+    NAME_IS(&f->cmd.feed, "prices");
+    NAME_IS(&f->cmd.topic, "AAPL");
+    assert_int_equal(f->cmd.n_packets, 0);
+    assert_int_equal(f->cmd.payload_len, 0);
+
+    assert_int_equal(parse(f, "unsub prices AAPL"), 0);
+    assert_int_equal(f->cmd.verb, LP_UNSUB);
+    NAME_IS(&f->cmd.feed, "prices");
+    NAME_IS(&f->cmd.topic, "AAPL");
+}
+
+static void
+test_pub(void **state)
+{
+    struct fx *f = *state;
+    const uint8_t payload[] = "hello\n\0abc";
+
+    assert_int_equal(parse(f, "PUB prices AAPL image"), 0);
+    assert_int_equal(f->cmd.verb, LP_PUB);
+    assert_true(f->cmd.is_image);
+    assert_int_equal(f->cmd.n_packets, 0);
+
+    assert_int_equal(parse(f, "pub prices AAPL Delta 5 0 4:1,-2,2147483647,-2147483648"), 0);
+    assert_false(f->cmd.is_image);
+    assert_int_equal(f->cmd.n_packets, 3);
+    assert_int_equal(f->cmd.payload_len, 9);
+    assert_int_equal(f->cmd.packets[0].len, 5);
+    assert_int_equal(f->cmd.packets[0].entitlements.n, 0);
+    assert_null(f->cmd.packets[0].data);
+    assert_int_equal(f->cmd.packets[1].len, 0);
+    assert_int_equal(f->cmd.packets[2].len, 4);
+    assert_int_equal(f->cmd.packets[2].entitlements.n, 4);
+    assert_int_equal(f->cmd.packets[2].entitlements.v[0], 1);
+    assert_int_equal(f->cmd.packets[2].entitlements.v[1], -2);
+    assert_int_equal(f->cmd.packets[2].entitlements.v[2], INT32_MAX);
+    assert_int_equal(f->cmd.packets[2].entitlements.v[3], INT32_MIN);
+
+    lp_cmd_attach_payload(&f->cmd, payload);
+    assert_ptr_equal(f->cmd.packets[0].data, payload);
+    assert_null(f->cmd.packets[1].data);
+    assert_ptr_equal(f->cmd.packets[2].data, payload + 5);
+}
+
+static void
+test_send(void **state)
+{
+    struct fx *f = *state;
+    char line[128];
+
+    snprintf(line, sizeof(line), "SEND %s prices AAPL image 3:7", id_text);
+    assert_int_equal(parse(f, line), 0);
+    assert_int_equal(f->cmd.verb, LP_SEND);
+    assert_memory_equal(f->cmd.client_id, id_wire, 16);
+    NAME_IS(&f->cmd.feed, "prices");
+    NAME_IS(&f->cmd.topic, "AAPL");
+    assert_true(f->cmd.is_image);
+    assert_int_equal(f->cmd.n_packets, 1);
+    assert_int_equal(f->cmd.payload_len, 3);
+    assert_int_equal(f->cmd.packets[0].entitlements.n, 1);
+    assert_int_equal(f->cmd.packets[0].entitlements.v[0], 7);
+
+    /* Upper-case hex is accepted too. */
+    assert_int_equal(parse(f, "SEND 00112233-4455-6677-8899-AABBCCDDEEFF f t delta"), 0);
+    assert_memory_equal(f->cmd.client_id, id_wire, 16);
+}
+
+static void
+test_feed_verbs(void **state)
+{
+    struct fx *f = *state;
+    static const struct { const char *line; enum lp_verb verb; } cases[] = {
+        { "NOTIFY prices", LP_NOTIFY },
+        { "unnotify prices", LP_UNNOTIFY },
+        { "AUTHORIZER prices", LP_AUTHORIZER },
+        { "UnAuthorizer prices", LP_UNAUTHORIZER },
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(parse(f, cases[i].line), 0);
+        assert_int_equal(f->cmd.verb, cases[i].verb);
+        NAME_IS(&f->cmd.feed, "prices");
+        assert_int_equal(f->cmd.topic.len, 0);
+    }
+}
+
+static void
+test_authorize(void **state)
+{
+    struct fx *f = *state;
+    char line[160];
+
+    snprintf(line, sizeof(line), "AUTHORIZE %s prices AAPL required 1,2,-3", id_text);
+    assert_int_equal(parse(f, line), 0);
+    assert_int_equal(f->cmd.verb, LP_AUTHORIZE);
+    assert_memory_equal(f->cmd.client_id, id_wire, 16);
+    NAME_IS(&f->cmd.feed, "prices");
+    NAME_IS(&f->cmd.topic, "AAPL");
+    assert_true(f->cmd.required);
+    assert_int_equal(f->cmd.entitlements.n, 3);
+    assert_int_equal(f->cmd.entitlements.v[0], 1);
+    assert_int_equal(f->cmd.entitlements.v[1], 2);
+    assert_int_equal(f->cmd.entitlements.v[2], -3);
+
+    snprintf(line, sizeof(line), "authorize %s prices AAPL NOT-REQUIRED", id_text);
+    assert_int_equal(parse(f, line), 0);
+    assert_false(f->cmd.required);
+    assert_int_equal(f->cmd.entitlements.n, 0);
+
+    snprintf(line, sizeof(line), "AUTHORIZE %s prices AAPL maybe", id_text);
+    refused(f, line, LP_ERR_SYNTAX);
+    snprintf(line, sizeof(line), "AUTHORIZE %s prices AAPL required 1,,2", id_text);
+    refused(f, line, LP_ERR_SYNTAX);
+    snprintf(line, sizeof(line), "AUTHORIZE %s prices AAPL required 1,2,3,4,5", id_text);
+    refused(f, line, LP_ERR_SYNTAX);
+    snprintf(line, sizeof(line), "AUTHORIZE %s prices AAPL required 2147483648", id_text);
+    refused(f, line, LP_ERR_SYNTAX);
+    snprintf(line, sizeof(line), "AUTHORIZE %s prices AAPL required 1 2", id_text);
+    refused(f, line, LP_ERR_SYNTAX);
+    refused(f, "AUTHORIZE 0011 prices AAPL required", LP_ERR_BAD_CLIENT_ID);
+    refused(f, "AUTHORIZE prices AAPL required", LP_ERR_SYNTAX);
+}
+
+static void
+test_ping_stats_verbose_quit(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(parse(f, "PING"), 0);
+    assert_int_equal(f->cmd.verb, LP_PING);
+    assert_int_equal(f->cmd.token.len, 0);
+
+    /* The token is kept raw: no unescaping. */
+    assert_int_equal(parse(f, "ping a%20b\"c"), 0);
+    NAME_IS(&f->cmd.token, "a%20b\"c");
+    refused(f, "PING a b", LP_ERR_SYNTAX);
+
+    assert_int_equal(parse(f, "STATS"), 0);
+    assert_int_equal(f->cmd.verb, LP_STATS);
+    refused(f, "STATS all", LP_ERR_SYNTAX);
+    assert_string_equal(f->msg, "STATS takes no arguments");
+
+    assert_int_equal(parse(f, "VERBOSE off"), 0);
+    assert_int_equal(f->cmd.verb, LP_VERBOSE);
+    assert_false(f->cmd.on);
+    assert_int_equal(parse(f, "verbose ON"), 0);
+    assert_true(f->cmd.on);
+    refused(f, "VERBOSE", LP_ERR_SYNTAX);
+    refused(f, "VERBOSE yes", LP_ERR_SYNTAX);
+
+    assert_int_equal(parse(f, "QUIT"), 0);
+    assert_int_equal(f->cmd.verb, LP_QUIT);
+    refused(f, "QUIT now", LP_ERR_SYNTAX);
+}
+
+static void
+test_framing(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(parse(f, "SUB prices AAPL\r"), 0);
+    NAME_IS(&f->cmd.topic, "AAPL");
+    assert_int_equal(parse(f, "  SUB \t prices    AAPL\t \r"), 0);
+    NAME_IS(&f->cmd.feed, "prices");
+    NAME_IS(&f->cmd.topic, "AAPL");
+    assert_int_equal(parse(f, "PUB f t image   1:1,2   2  \r"), 0);
+    assert_int_equal(f->cmd.n_packets, 2);
+    assert_int_equal(f->cmd.payload_len, 3);
+
+    refused(f, "", LP_ERR_SYNTAX);
+    refused(f, "\r", LP_ERR_SYNTAX);
+    refused(f, " \t ", LP_ERR_SYNTAX);
+    /* Only the one "\r" before the newline is framing. */
+    refused(f, "SUB prices AAPL\r\r", LP_ERR_BAD_NAME);
+}
+
+static void
+test_syntax_errors(void **state)
+{
+    struct fx *f = *state;
+
+    refused(f, "FROB x", LP_ERR_UNKNOWN_COMMAND);
+    assert_string_equal(f->msg, "unknown command 'FROB'");
+    refused(f, "SUBSCRIBE x y", LP_ERR_UNKNOWN_COMMAND);
+    refused(f, "+OK", LP_ERR_UNKNOWN_COMMAND);
+
+    refused(f, "PUB prices AAPL", LP_ERR_SYNTAX);
+    assert_string_equal(f->msg, "PUB needs <feed> <topic> <image|delta> [PKT...]");
+    refused(f, "SUB prices", LP_ERR_SYNTAX);
+    assert_string_equal(f->msg, "SUB needs <feed> <topic>");
+    refused(f, "SUB a b c", LP_ERR_SYNTAX);
+    assert_string_equal(f->msg, "too many arguments: SUB <feed> <topic>");
+    refused(f, "SEND prices AAPL image", LP_ERR_SYNTAX);
+    refused(f, "NOTIFY", LP_ERR_SYNTAX);
+    refused(f, "NOTIFY a b", LP_ERR_SYNTAX);
+    refused(f, "PUB prices AAPL picture 5", LP_ERR_SYNTAX);
+    assert_string_equal(f->msg, "expected image or delta, got 'picture'");
+}
+
+static void
+test_bad_names(void **state)
+{
+    struct fx *f = *state;
+    char line[256];
+
+    refused(f, "SUB \"\" AAPL", LP_ERR_BAD_NAME);
+    refused(f, "SUB prices \"\"", LP_ERR_BAD_NAME);
+    refused(f, "NOTIFY \"\"", LP_ERR_BAD_NAME);
+    refused(f, "SUB a%2 b", LP_ERR_BAD_NAME);
+    refused(f, "SUB a%zz b", LP_ERR_BAD_NAME);
+    refused(f, "SUB a% b", LP_ERR_BAD_NAME);
+    refused(f, "SUB a\"b c", LP_ERR_BAD_NAME);
+    refused(f, "SUB \" c", LP_ERR_BAD_NAME);
+    refused(f, "SUB \"\"\" c", LP_ERR_BAD_NAME);
+    refused(f, "SUB a\x01 c", LP_ERR_BAD_NAME);
+    refused(f, "SUB a\x7f c", LP_ERR_BAD_NAME);
+    refused(f, "SUB a\r c", LP_ERR_BAD_NAME);
+    /* Invalid UTF-8, raw or escaped: a lone continuation byte, a truncated
+     * sequence, an overlong '/', a surrogate, past U+10FFFF, 0xff. */
+    refused(f, "SUB a\x80 c", LP_ERR_BAD_NAME);
+    assert_string_equal(f->msg, "bad feed: not valid UTF-8");
+    refused(f, "SUB a%80 c", LP_ERR_BAD_NAME);
+    refused(f, "SUB x \xc3", LP_ERR_BAD_NAME);
+    assert_string_equal(f->msg, "bad topic: not valid UTF-8");
+    refused(f, "SUB x %C0%AF", LP_ERR_BAD_NAME);
+    refused(f, "SUB x %E0%80%AF", LP_ERR_BAD_NAME);
+    refused(f, "SUB x %ED%A0%80", LP_ERR_BAD_NAME);
+    refused(f, "SUB x %F4%90%80%80", LP_ERR_BAD_NAME);
+    refused(f, "SUB x %FF", LP_ERR_BAD_NAME);
+
+    /* Length is counted on the decoded bytes: 64 is the limit here. */
+    memset(line, 0, sizeof(line));
+    memcpy(line, "SUB f ", 6);
+    memset(line + 6, 'x', 64);
+    assert_int_equal(parse(f, line), 0);
+    assert_int_equal(f->cmd.topic.len, 64);
+    line[6 + 64] = 'x';
+    refused(f, line, LP_ERR_BAD_NAME);
+    assert_string_equal(f->msg, "bad topic: 65 bytes, at most 64");
+    memset(line + 6, 0, 100);
+    for (int i = 0; i < 64; i++)
+        memcpy(line + 6 + 3 * i, "%41", 3);
+    assert_int_equal(parse(f, line), 0);
+    assert_int_equal(f->cmd.topic.len, 64);
+    assert_int_equal(f->cmd.topic.ptr[63], 'A');
+}
+
+static void
+test_good_names(void **state)
+{
+    struct fx *f = *state;
+
+    /* Escapes in either case; any byte may be escaped; raw UTF-8 passes. */
+    assert_int_equal(parse(f, "SUB my%20feed caf\xc3\xa9%2541%22%0a%00%2f"), 0);
+    NAME_IS(&f->cmd.feed, "my feed");
+    NAME_IS(&f->cmd.topic, "caf\xc3\xa9%41\"\n\0/");
+    assert_int_equal(parse(f, "SUB %e2%82%ac \xf0\x9f\x98\x80"), 0);
+    NAME_IS(&f->cmd.feed, "\xe2\x82\xac");
+    NAME_IS(&f->cmd.topic, "\xf0\x9f\x98\x80");
+    /* %22%22 is the two-byte name "", not the empty name. */
+    assert_int_equal(parse(f, "SUB %22%22 t"), 0);
+    NAME_IS(&f->cmd.feed, "\"\"");
+}
+
+static void
+test_bad_client_id(void **state)
+{
+    struct fx *f = *state;
+
+    refused(f, "SEND 00112233445566778899aabbccddeeff f t image", LP_ERR_BAD_CLIENT_ID);
+    refused(f, "SEND 00112233-4455-6677-8899-aabbccddeefg f t image", LP_ERR_BAD_CLIENT_ID);
+    refused(f, "SEND {00112233-4455-6677-8899-aabbccddeeff} f t image", LP_ERR_BAD_CLIENT_ID);
+    refused(f, "SEND 00112233-4455-6677-8899-aabbccddeeff0 f t image", LP_ERR_BAD_CLIENT_ID);
+}
+
+static void
+test_bad_packets(void **state)
+{
+    struct fx *f = *state;
+    static const char *bad[] = {
+        "PUB f t image x",
+        "PUB f t image -1",
+        "PUB f t image +1",
+        "PUB f t image 1.0",
+        "PUB f t image 0x10",
+        "PUB f t image 4294967296",
+        "PUB f t image 99999999999999999999999999",
+        "PUB f t image :1",
+        "PUB f t image 1:",
+        "PUB f t image 1:,",
+        "PUB f t image 1:1,",
+        "PUB f t image 1:,1",
+        "PUB f t image 1:1,,2",
+        "PUB f t image 1:a",
+        "PUB f t image 1:--1",
+        "PUB f t image 1:+1",
+        "PUB f t image 1:2147483648",
+        "PUB f t image 1:-2147483649",
+        "PUB f t image 1:99999999999999999999",
+        "PUB f t image 1:1,2,3,4,5",
+        "PUB f t image 1:1:2",
+    };
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        refused(f, bad[i], LP_ERR_BAD_PACKET);
+    /* The biggest representable values are fine (as numbers). */
+    assert_int_equal(parse(f, "PUB f t image 0000000000000001:-0,0"), 0);
+    assert_int_equal(f->cmd.packets[0].len, 1);
+    refused(f, "PUB f t image 4294967295", LP_ERR_PAYLOAD_TOO_LARGE);
+    assert_int_equal(f->cmd.payload_len, 4294967295u);
+}
+
+static void
+test_limits_keep_payload_len(void **state)
+{
+    struct fx *f = *state;
+    char line[160];
+
+    refused(f, "PUB f t image 600 401", LP_ERR_PAYLOAD_TOO_LARGE);
+    assert_int_equal(f->cmd.payload_len, 1001);
+    assert_int_equal(f->cmd.n_packets, 2);
+    assert_int_equal(parse(f, "PUB f t image 600 400"), 0);
+    assert_int_equal(f->cmd.payload_len, 1000);
+
+    refused(f, "PUB f t image 1 2 3 4 5 6 7 8 9", LP_ERR_TOO_MANY_PACKETS);
+    assert_int_equal(f->cmd.payload_len, 45);
+    assert_int_equal(f->cmd.n_packets, 9);
+    assert_int_equal(parse(f, "PUB f t image 1 2 3 4 5 6 7 8"), 0);
+
+    /* Any refusal still says how big the payload block is, so the caller
+     * can skip it, as long as every LEN could be read. */
+    refused(f, "PUB \"\" t image 10 20:1", LP_ERR_BAD_NAME);
+    assert_int_equal(f->cmd.payload_len, 30);
+    assert_int_equal(f->cmd.n_packets, 2);
+    assert_null(f->cmd.packets);
+    snprintf(line, sizeof(line), "SEND nope f t image 7");
+    refused(f, line, LP_ERR_BAD_CLIENT_ID);
+    assert_int_equal(f->cmd.payload_len, 7);
+    refused(f, "PUB f t image 10 5:x", LP_ERR_BAD_PACKET);
+    assert_int_equal(f->cmd.payload_len, 15);
+    assert_int_equal(f->cmd.n_packets, 2);
+    assert_int_equal(parse(f, "PUB f t image 0"), 0);
+    assert_int_equal(f->cmd.n_packets, 1);
+    assert_int_equal(f->cmd.payload_len, 0);
+}
+
+static void
+test_unknown_len_gives_no_payload(void **state)
+{
+    struct fx *f = *state;
+
+    refused(f, "PUB f t image 10 x", LP_ERR_BAD_PACKET);
+    assert_int_equal(f->cmd.payload_len, 0);
+    assert_int_equal(f->cmd.n_packets, 0);
+    /* Nothing stale is left from an earlier command either. */
+    assert_int_equal(parse(f, "PUB f t image 10"), 0);
+    refused(f, "FROB", LP_ERR_UNKNOWN_COMMAND);
+    assert_int_equal(f->cmd.payload_len, 0);
+    assert_int_equal(f->cmd.n_packets, 0);
+    assert_int_equal(f->cmd.feed.len, 0);
+}
+
+static void
+test_storage_reuse(void **state)
+{
+    struct fx *f = *state;
+    char line[1024];
+    void *store;
+    size_t cap;
+    int n;
+
+    n = snprintf(line, sizeof(line), "PUB feed-%050d topic image 1:1,2,3,4 2:1 3 4 5 6 7 8", 0);
+    assert_true(n > 0);
+    assert_int_equal(parse(f, line), 0);
+    store = f->cmd.store;
+    cap = f->cmd.store_cap;
+    assert_non_null(store);
+    assert_true(cap > 0);
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(parse(f, i % 2 ? "SUB a b" : "PUB x y delta 1:5 2"), 0);
+        assert_ptr_equal(f->cmd.store, store);
+        assert_int_equal(f->cmd.store_cap, cap);
+        refused(f, "SUB \"\" b", LP_ERR_BAD_NAME);
+        assert_ptr_equal(f->cmd.store, store);
+    }
+    assert_int_equal(parse(f, "PUB x y delta 1:5 2"), 0);
+    assert_int_equal(f->cmd.packets[0].entitlements.v[0], 5);
+    NAME_IS(&f->cmd.feed, "x");
+    NAME_IS(&f->cmd.topic, "y");
+}
+
+/* ---- escaping ---- */
+
+static void
+test_put_name(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(lp_put_name(f->buf, "plain", 5), 0);
+    BUF_IS(f->buf, "plain");
+    assert_int_equal(lp_put_name(f->buf, "", 0), 0);
+    BUF_IS(f->buf, "\"\"");
+    assert_int_equal(lp_put_name(f->buf, NULL, 0), 0);
+    BUF_IS(f->buf, "\"\"");
+    assert_int_equal(lp_put_name(f->buf, "a b%c\"d\te\n\0\x7f\xc3\xa9", 14), 0);
+    BUF_IS(f->buf, "a%20b%25c%22d%09e%0A%00%7F\xc3\xa9");
+}
+
+/* Every byte value, through lp_put_name and back through the DATA parser
+ * (which accepts any bytes) and, when valid UTF-8, the command parser. */
+static void
+test_escape_round_trip_all_bytes(void **state)
+{
+    struct fx *f = *state;
+    char name[256];
+    size_t n;
+    char *s;
+
+    for (int i = 0; i < 256; i++)
+        name[i] = (char)i;
+    evbuffer_add(f->buf, "DATA ", 5);
+    assert_int_equal(lp_put_name(f->buf, name, 256), 0);
+    evbuffer_add_printf(f->buf, " t \"\" \"\" image multicast");
+    s = drain(f->buf, &n);
+    assert_null(memchr(s, '\n', n));
+    assert_int_equal(lp_parse_event(s, n, NULL, &f->ev), 0);
+    assert_int_equal(f->ev.feed.len, 256);
+    assert_memory_equal(f->ev.feed.ptr, name, 256);
+    free(s);
+
+    /* All of ASCII including NUL and controls, as a client name. */
+    evbuffer_add(f->buf, "SUB ", 4);
+    assert_int_equal(lp_put_name(f->buf, name, 128), 0);
+    evbuffer_add(f->buf, " t", 2);
+    s = drain(f->buf, &n);
+    assert_int_equal(lp_parse_command(s, n, &(struct lp_limits){ 256, 1, 1, 1 },
+        &f->cmd, &f->err, f->msg, sizeof(f->msg)), 0);
+    assert_int_equal(f->cmd.feed.len, 128);
+    assert_memory_equal(f->cmd.feed.ptr, name, 128);
+    free(s);
+}
+
+static void
+test_escape_round_trip_utf8(void **state)
+{
+    struct fx *f = *state;
+    static const char *names[] = {
+        "price feed", "100%", "\"quoted\"", "tab\there", "line\nbreak", "cr\r",
+        "caf\xc3\xa9", "\xe6\x97\xa5\xe6\x9c\xac", "\xf0\x9f\x98\x80 emoji", "%20",
+        "\"\"", "a\"\"b", " ", "%", "\x7f",
+    };
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        size_t n;
+        char *s;
+
+        evbuffer_add(f->buf, "SUB ", 4);
+        lp_put_name(f->buf, names[i], strlen(names[i]));
+        evbuffer_add(f->buf, " ", 1);
+        lp_put_name(f->buf, names[i], strlen(names[i]));
+        s = drain(f->buf, &n);
+        if (parse_n(f, s, n) != 0)
+            fail_msg("'%s': %s", s, f->msg);
+        name_is(&f->cmd.feed, names[i], strlen(names[i]));
+        name_is(&f->cmd.topic, names[i], strlen(names[i]));
+        free(s);
+    }
+}
+
+/* ---- events ---- */
+
+static void
+test_format_data_round_trip(void **state)
+{
+    struct fx *f = *state;
+    static const int32_t ents[] = { 1, -2, INT32_MIN, INT32_MAX };
+    static const uint8_t p0[] = { 'a', '\n', 0, 'b' };
+    static const uint8_t p2[] = "xyz";
+    struct wire_packet pk[3] = {
+        { { ents, 4 }, p0, sizeof(p0) },
+        { { NULL, 0 }, NULL, 0 },
+        { { ents, 1 }, p2, 3 },
+    };
+    struct wire_msg m;
+    size_t n, eol;
+    char *s;
+    static const char want[] =
+        "DATA my%20feed caf\xc3\xa9 alice host.example image unicast "
+        "4:1,-2,-2147483648,2147483647 0 3:1\n"
+        "a\n\0bxyz\n";
+
+    wire_msg_init(&m);
+    m.type = WIRE_FORWARDED_UNICAST;
+    m.feed = (struct wire_str){ "my feed", 7 };
+    m.topic = (struct wire_str){ "caf\xc3\xa9", 5 };
+    m.user = (struct wire_str){ "alice", 5 };
+    m.host = (struct wire_str){ "host.example", 12 };
+    m.is_image = true;
+    m.packets = pk;
+    m.n_packets = 3;
+    assert_int_equal(lp_format_data(f->buf, &m), 0);
+    s = drain(f->buf, &n);
+    assert_int_equal(n, sizeof(want) - 1);
+    assert_memory_equal(s, want, n);
+
+    eol = (size_t)((char *)memchr(s, '\n', n) - s);
+    assert_int_equal(lp_parse_event(s, eol, &lim, &f->ev), 0);
+    assert_int_equal(f->ev.kind, LP_EV_DATA);
+    NAME_IS(&f->ev.feed, "my feed");
+    NAME_IS(&f->ev.topic, "caf\xc3\xa9");
+    NAME_IS(&f->ev.user, "alice");
+    NAME_IS(&f->ev.host, "host.example");
+    assert_true(f->ev.is_image);
+    assert_true(f->ev.is_unicast);
+    assert_int_equal(f->ev.n_packets, 3);
+    assert_int_equal(f->ev.payload_len, 7);
+    assert_int_equal(f->ev.packets[0].len, 4);
+    assert_int_equal(f->ev.packets[0].entitlements.n, 4);
+    assert_memory_equal(f->ev.packets[0].entitlements.v, ents, sizeof(ents));
+    assert_int_equal(f->ev.packets[1].len, 0);
+    assert_int_equal(f->ev.packets[1].entitlements.n, 0);
+    assert_int_equal(f->ev.packets[2].entitlements.n, 1);
+    /* The payload block is exactly the packets back to back, then "\n". */
+    assert_memory_equal(s + eol + 1, "a\n\0bxyz", 7);
+    assert_int_equal(s[eol + 1 + 7], '\n');
+    assert_int_equal(eol + 1 + 7 + 1, n);
+    free(s);
+}
+
+static void
+test_format_data_stale_and_multicast(void **state)
+{
+    struct fx *f = *state;
+    struct wire_msg m;
+    size_t n;
+    char *s;
+
+    wire_msg_init(&m);
+    m.type = WIRE_FORWARDED_MULTICAST;
+    m.feed = (struct wire_str){ "prices", 6 };
+    m.topic = (struct wire_str){ "AAPL", 4 };
+    m.is_image = true;
+    assert_int_equal(lp_format_data(f->buf, &m), 0);
+    s = drain(f->buf, &n);
+    assert_string_equal(s, "DATA prices AAPL \"\" \"\" image multicast\n");
+    assert_int_equal(lp_parse_event(s, n - 1, &lim, &f->ev), 0);
+    assert_int_equal(f->ev.user.len, 0);
+    assert_int_equal(f->ev.host.len, 0);
+    assert_int_equal(f->ev.n_packets, 0);
+    assert_false(f->ev.is_unicast);
+    assert_true(f->ev.is_image);
+    free(s);
+
+    /* A packet of length 0 still has a (empty) payload block. */
+    {
+        struct wire_packet pk = { { NULL, 0 }, NULL, 0 };
+
+        m.is_image = false;
+        m.user = (struct wire_str){ "u", 1 };
+        m.host = (struct wire_str){ "h", 1 };
+        m.packets = &pk;
+        m.n_packets = 1;
+        assert_int_equal(lp_format_data(f->buf, &m), 0);
+        BUF_IS(f->buf, "DATA prices AAPL u h delta multicast 0\n\n");
+    }
+
+    m.type = WIRE_MULTICAST_DATA;
+    assert_int_equal(lp_format_data(f->buf, &m), -1);
+    assert_int_equal(evbuffer_get_length(f->buf), 0);
+}
+
+static void
+test_format_notification_authreq(void **state)
+{
+    struct fx *f = *state;
+    struct wire_msg m;
+    size_t n;
+    char *s;
+
+    wire_msg_init(&m);
+    m.type = WIRE_FORWARDED_SUBSCRIPTION;
+    memcpy(m.client_id, id_wire, 16);
+    m.user = (struct wire_str){ "bob", 3 };
+    m.host = (struct wire_str){ "", 0 };
+    m.feed = (struct wire_str){ "prices", 6 };
+    m.topic = (struct wire_str){ "A B", 3 };
+    m.is_add = true;
+    assert_int_equal(lp_format_notification(f->buf, &m), 0);
+    s = drain(f->buf, &n);
+    assert_string_equal(s, "NOTIFICATION add 00112233-4455-6677-8899-aabbccddeeff bob \"\" prices A%20B\n");
+    assert_int_equal(lp_parse_event(s, n - 1, &lim, &f->ev), 0);
+    assert_int_equal(f->ev.kind, LP_EV_NOTIFICATION);
+    assert_true(f->ev.is_add);
+    assert_memory_equal(f->ev.client_id, id_wire, 16);
+    NAME_IS(&f->ev.user, "bob");
+    NAME_IS(&f->ev.host, "");
+    NAME_IS(&f->ev.feed, "prices");
+    NAME_IS(&f->ev.topic, "A B");
+    free(s);
+
+    m.is_add = false;
+    assert_int_equal(lp_format_notification(f->buf, &m), 0);
+    s = drain(f->buf, &n);
+    assert_int_equal(lp_parse_event(s, n - 1, &lim, &f->ev), 0);
+    assert_false(f->ev.is_add);
+    free(s);
+
+    m.type = WIRE_AUTHORIZATION_REQUEST;
+    assert_int_equal(lp_format_notification(f->buf, &m), -1);
+    assert_int_equal(lp_format_authreq(f->buf, &m), 0);
+    s = drain(f->buf, &n);
+    assert_string_equal(s, "AUTHREQ 00112233-4455-6677-8899-aabbccddeeff bob \"\" prices A%20B\n");
+    assert_int_equal(lp_parse_event(s, n - 1, &lim, &f->ev), 0);
+    assert_int_equal(f->ev.kind, LP_EV_AUTHREQ);
+    assert_memory_equal(f->ev.client_id, id_wire, 16);
+    NAME_IS(&f->ev.topic, "A B");
+    free(s);
+    m.type = WIRE_FORWARDED_SUBSCRIPTION;
+    assert_int_equal(lp_format_authreq(f->buf, &m), -1);
+}
+
+static void
+test_format_replies(void **state)
+{
+    struct fx *f = *state;
+    struct lp_limits l = { 4096, 1048576, 1024, 1024 };
+    char big[2000];
+
+    assert_int_equal(lp_format_ok(f->buf), 0);
+    BUF_IS(f->buf, "+OK\n");
+    assert_int_equal(lp_format_err(f->buf, LP_ERR_BAD_NAME, "bad feed: %s", "x"), 0);
+    BUF_IS(f->buf, "-ERR bad-name bad feed: x\n");
+    /* A message never breaks the line. */
+    assert_int_equal(lp_format_err(f->buf, LP_ERR_SYNTAX, "a\nb\r%c", 0x7f), 0);
+    BUF_IS(f->buf, "-ERR syntax a b  \n");
+    assert_int_equal(lp_format_err(f->buf, LP_ERR_SLOW_CONSUMER, "%s", ""), 0);
+    BUF_IS(f->buf, "-ERR slow-consumer\n");
+    memset(big, 'm', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    assert_int_equal(lp_format_err(f->buf, LP_ERR_SYNTAX, "%s", big), 0);
+    assert_int_equal(evbuffer_get_length(f->buf), strlen("-ERR syntax \n") + sizeof(big) - 1);
+    evbuffer_drain(f->buf, evbuffer_get_length(f->buf));
+
+    assert_int_equal(lp_format_bus(f->buf, "up", NULL), 0);
+    BUF_IS(f->buf, "BUS up\n");
+    assert_int_equal(lp_format_bus(f->buf, "down", "connection refused\n(retrying)"), 0);
+    BUF_IS(f->buf, "BUS down connection refused (retrying)\n");
+    assert_int_equal(lp_format_bus(f->buf, "unconfirmed", ""), 0);
+    BUF_IS(f->buf, "BUS unconfirmed\n");
+
+    assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536, 10000, 8388608, "up"), 0);
+    BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
+        "max_packets=1024 max_name=4096 max_subscriptions=10000 max_output=8388608 bus=up\n");
+}
+
+static void
+test_parse_text_events(void **state)
+{
+    struct fx *f = *state;
+    static const struct { const char *line; enum lp_event_kind kind; const char *rest; } ok[] = {
+        { "HELLO busgate 0.1.0 proto=1 bus=up", LP_EV_HELLO, "busgate 0.1.0 proto=1 bus=up" },
+        { "+OK", LP_EV_OK, "" },
+        { "+OK\r", LP_EV_OK, "" },
+        { "-ERR bad-name bad feed: x", LP_EV_ERR, "bad-name bad feed: x" },
+        { "BUS down connection refused", LP_EV_BUS, "down connection refused" },
+        { "BUS up", LP_EV_BUS, "up" },
+        { "PONG", LP_EV_PONG, "" },
+        { "PONG 42", LP_EV_PONG, "42" },
+        { "STAT bus_state up", LP_EV_STAT, "bus_state up" },
+        { "END", LP_EV_END, "" },
+    };
+    static const char *bad[] = {
+        "", "HELLO", "-ERR", "BUS", "STAT", "WHAT now", "OK",
+        "DATA f t u h image multicast x",
+        "DATA f t u h image broadcast",
+        "DATA f t u h picture multicast",
+        "DATA f t u h image",
+        "DATA f%2 t u h image multicast",
+        "DATA f t u h image multicast 1 2 3 4 5 6 7 8 9",
+        "DATA f t u h image multicast 1001",
+        "DATA f t u h image multicast 1:1,2,3,4,5",
+        "NOTIFICATION add 00112233-4455-6677-8899-aabbccddeeff u h f",
+        "NOTIFICATION add 00112233-4455-6677-8899-aabbccddeeff u h f t x",
+        "NOTIFICATION plus 00112233-4455-6677-8899-aabbccddeeff u h f t",
+        "NOTIFICATION add nope u h f t",
+        "AUTHREQ 00112233-4455-6677-8899-aabbccddeeff u h f",
+        "AUTHREQ 00112233-4455-6677-8899-aabbccddeeff u h f t x",
+    };
+
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        if (lp_parse_event(ok[i].line, strlen(ok[i].line), &lim, &f->ev) != 0)
+            fail_msg("'%s' refused", ok[i].line);
+        assert_int_equal(f->ev.kind, ok[i].kind);
+        assert_int_equal(f->ev.rest_len, strlen(ok[i].rest));
+        assert_string_equal(f->ev.rest, ok[i].rest);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (lp_parse_event(bad[i], strlen(bad[i]), &lim, &f->ev) == 0)
+            fail_msg("'%s' accepted", bad[i]);
+    /* A DATA line refused for its limits still says how much to skip. */
+    assert_int_equal(lp_parse_event("DATA f t u h image multicast 1001", 33, &lim, &f->ev), -1);
+    assert_int_equal(f->ev.payload_len, 1001);
+    assert_int_equal(f->ev.n_packets, 1);
+}
+
+static void
+test_event_storage_reuse(void **state)
+{
+    struct fx *f = *state;
+    const char *line = "DATA feed topic user host delta multicast 1:1,2 2 3:4";
+    void *store;
+
+    assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), 0);
+    store = f->ev.store;
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(lp_parse_event("+OK", 3, &lim, &f->ev), 0);
+        assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), 0);
+        assert_ptr_equal(f->ev.store, store);
+    }
+    assert_int_equal(f->ev.packets[2].entitlements.v[0], 4);
+    NAME_IS(&f->ev.host, "host");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_error_codes),
+        cmocka_unit_test_setup_teardown(test_sub_unsub, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pub, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_send, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_feed_verbs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_authorize, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ping_stats_verbose_quit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_framing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_syntax_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_good_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_client_id, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_packets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limits_keep_payload_len, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_len_gives_no_payload, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_storage_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_put_name, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_escape_round_trip_all_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_escape_round_trip_utf8, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_data_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_data_stale_and_multicast, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_notification_authreq, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_replies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_parse_text_events, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_storage_reuse, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
