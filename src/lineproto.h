@@ -110,6 +110,14 @@ void lp_cmd_free(struct lp_cmd *cmd);
  * LP_ERR_PAYLOAD_TOO_LARGE / LP_ERR_TOO_MANY_PACKETS, cmd->payload_len is
  * still set when it could be computed, so the caller can skip the payload
  * and stay in sync.
+ *
+ * In fact on ANY refusal of a PUB/SEND line whose packet LENs could all be
+ * read (a bad name, client id, keyword, entitlement list, or a limit),
+ * cmd->n_packets is the number of packet specs and cmd->payload_len their
+ * sum: n_packets > 0 means a payload block follows (payload_len bytes, then
+ * "\n" or "\r\n") and should be skipped. Otherwise both are 0. cmd->verb is
+ * set as soon as the verb is known; cmd->packets is NULL after a refusal.
+ * An empty (or blank) line is refused with LP_ERR_SYNTAX "empty line".
  */
 int lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_cmd *cmd, enum lp_error *err, char *msg, size_t msglen);
@@ -175,7 +183,12 @@ struct lp_event {
 void lp_event_init(struct lp_event *ev);
 void lp_event_free(struct lp_event *ev);
 
-/* Parse one event line (without "\n"). Returns 0 or -1 (malformed). */
+/*
+ * Parse one event line (without "\n"). Returns 0 or -1 (malformed). lim may
+ * be NULL (no limits). rest is a NUL-terminated copy owned by ev, "" when
+ * there is no text (+OK, END, PONG without token). A DATA line refused for
+ * a limit still sets n_packets / payload_len when its LENs could be read.
+ */
 int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_event *ev);
 
