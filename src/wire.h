@@ -120,7 +120,9 @@ void wire_msg_free(struct wire_msg *msg);
 /*
  * Decode one message from the front of in. Limits are checked before any
  * allocation. On WIRE_DECODED the message's pointers are valid until the
- * next wire_decode on, or wire_msg_free of, the same msg.
+ * next wire_decode on, or wire_msg_free of, the same msg. On WIRE_ERROR
+ * *cause (if cause is not NULL) points to text owned by the codec, valid
+ * until the next error reported by this module in the same thread.
  */
 enum wire_result wire_decode(struct evbuffer *in, const struct wire_limits *lim,
     struct wire_msg *msg, const char **cause);
@@ -129,7 +131,7 @@ enum wire_result wire_decode(struct evbuffer *in, const struct wire_limits *lim,
  * the message cannot be represented (a length over INT32_MAX). */
 int wire_encode(struct evbuffer *out, const struct wire_msg *msg);
 
-/* Bytes wire_encode would append for msg. */
+/* Bytes wire_encode would append for msg (0 if it would refuse it). */
 size_t wire_encoded_size(const struct wire_msg *msg);
 
 /* Name of a message type for logs ("MulticastData"...), "unknown" if none. */
