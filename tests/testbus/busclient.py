@@ -72,6 +72,9 @@ class BusClient:
                 sock.close()
                 raise
         self.sock = sock
+        self.local_port = sock.getsockname()[1]
+        self.conn = None        # set by TestBus.identify()
+        self.client_id = None   # likewise: the Guid the bus gave us
         if auth is not None:
             kind = auth[0]
             if kind == "password":

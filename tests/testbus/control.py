@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -28,6 +29,8 @@ if HERE not in sys.path:
 TESTBUS = os.path.join(HERE, "testbus.py")
 DEFAULT_JWT_SECRET = "a secret of more than 15 characters"
 DEFECTS = ("unsubscribe", "silent-login", "null-packets")
+
+_DEFAULT = object()
 
 __all__ = ["TestBus", "make_pki", "make_jwt", "Pki", "DEFAULT_JWT_SECRET"]
 
@@ -164,7 +167,8 @@ class TestBus:
     def __init__(self, workdir, tls=True, auth="password", heartbeat=None,
                  feeds=None, users=None, defects=(), fault=None, port=0,
                  jwt_secret=DEFAULT_JWT_SECRET, jwt_skew=None,
-                 heartbeat_host=None, extra_args=(), name="testbus"):
+                 heartbeat_host=None, cert="server", extra_args=(),
+                 name="testbus"):
         self.workdir = os.path.abspath(workdir)
         self.tls = tls
         self.auth = auth
@@ -181,6 +185,10 @@ class TestBus:
         self.jwt_secret = jwt_secret
         self.jwt_skew = jwt_skew
         self.heartbeat_host = heartbeat_host
+        if cert not in ("server", "selfsigned", "wronghost", "expired"):
+            raise ValueError("cert must be server, selfsigned, wronghost "
+                             "or expired")
+        self.cert = cert
         self.extra_args = list(extra_args)
         self.name = name
         self.proc = None
@@ -202,8 +210,8 @@ class TestBus:
         if self.tls:
             self.pki = make_pki(os.path.join(self.workdir, "pki"))
             self.ca_file = self.pki.ca_cert
-            cmd += ["--tls-cert", self.pki.server_cert,
-                    "--tls-key", self.pki.server_key]
+            cmd += ["--tls-cert", getattr(self.pki, self.cert + "_cert"),
+                    "--tls-key", getattr(self.pki, self.cert + "_key")]
         if self.auth == "password":
             path = os.path.join(self.workdir, self.name + ".users")
             with open(path, "w") as f:
@@ -382,17 +390,70 @@ class TestBus:
         return [r for r in self.events("login")
                 if user is None or r.get("user") == user]
 
-    def client(self, user="gw", password=None, token=None, **kw):
-        """A BusClient logged in the way this bus expects."""
+    def run_records(self):
+        """Records of the current run (since the last 'listen')."""
+        recs = self.records()
+        for i in range(len(recs) - 1, -1, -1):
+            if recs[i]["event"] == "listen":
+                return recs[i:]
+        return recs
+
+    def identify(self, client, timeout=10.0):
+        """Wait until the bus has judged client's login.
+
+        Finds the bus connection by the client's local port and returns its
+        'login' or 'login-failed' record; on login also sets client.conn and
+        client.client_id (uuid.UUID), which the bus never tells a client.
+        """
+        port = client.local_port
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = None
+            for r in self.run_records():
+                if r["event"] == "open" and r.get("peer") and \
+                        r["peer"][1] == port:
+                    conn = r["conn"]
+                elif conn is not None and r.get("conn") == conn and \
+                        r["event"] in ("login", "login-failed"):
+                    if r["event"] == "login":
+                        client.conn = conn
+                        client.client_id = uuid.UUID(r["client_id"])
+                    return r
+            if time.monotonic() >= deadline:
+                raise TimeoutError("the bus judged no login from local port "
+                                   "%d within %.1fs" % (port, timeout))
+            time.sleep(0.01)
+
+    def client(self, user="gw", password=None, token=None, auth=_DEFAULT,
+               wait_login=True, **kw):
+        """A BusClient logged in the way this bus expects.
+
+        auth overrides the credentials (see BusClient).  With wait_login the
+        call returns once the bus has logged the client in, with client.conn
+        and client.client_id set (AssertionError if the login failed).
+        """
         from busclient import BusClient
-        if self.auth == "password":
-            auth = ("password", user,
-                    self.users.get(user) if password is None else password)
-        elif self.auth == "jwt":
-            auth = ("jwt", token if token is not None
-                    else make_jwt(self.jwt_secret, user, 3600))
-        else:
-            auth = None
+        if auth is _DEFAULT:
+            if self.auth == "password":
+                auth = ("password", user,
+                        self.users.get(user) if password is None
+                        else password)
+            elif self.auth == "jwt":
+                auth = ("jwt", token if token is not None
+                        else make_jwt(self.jwt_secret, user, 3600))
+            else:
+                auth = None
         kw.setdefault("tls_ca", self.ca_file if self.tls else None)
         kw.setdefault("server_name", "localhost")
-        return BusClient("127.0.0.1", self.port, auth=auth, **kw)
+        c = BusClient("127.0.0.1", self.port, auth=auth, **kw)
+        if wait_login:
+            try:
+                rec = self.identify(c)
+            except Exception:
+                c.close()
+                raise
+            if rec["event"] != "login":
+                c.close()
+                raise AssertionError("test bus refused the login: %s"
+                                     % rec.get("reason"))
+        return c

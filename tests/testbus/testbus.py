@@ -228,11 +228,13 @@ class SubState:
 class Conn:
     """One client connection; becomes an interactor once logged in."""
 
-    def __init__(self, bus, cid, reader, writer):
+    def __init__(self, bus, cid, sock, peer):
         self.bus = bus
         self.id = cid
-        self.reader = reader
-        self.writer = writer
+        self.sock = sock            # the accepted socket
+        self.peer = peer
+        self.reader = None          # streams, once TCP (and TLS) are set up
+        self.writer = None
         self.task = asyncio.current_task()
         self.guid = None            # set at login
         self.user = None
@@ -261,13 +263,13 @@ class Conn:
         return self.bus.policy.has_role(feed, self.user_for(feed), role)
 
     def send(self, msg):
-        if self.closing or self.writer.is_closing():
+        if self.closing or self.writer is None or self.writer.is_closing():
             return
         self.bus.log.message("send", self, msg)
         self.write_raw(w.encode_message(msg))
 
     def write_raw(self, data):
-        if self.closing or self.writer.is_closing():
+        if self.closing or self.writer is None or self.writer.is_closing():
             return
         self.writer.write(data)
         if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BUFFER:
@@ -311,17 +313,21 @@ class Bus:
         self.published = {}         # publisher -> {(feed, topic)}
         self.publishers = {}        # (feed, topic) -> {publisher}
         self.routing_stopped = False
-        self.server = None
         self.own_host = socket.gethostname()
 
     # ----------------------------------------------------------- plumbing
 
-    async def handle(self, reader, writer):
-        conn = Conn(self, self.next_id, reader, writer)
+    async def accept_loop(self, lsock):
+        loop = asyncio.get_running_loop()
+        while True:
+            sock, peer = await loop.sock_accept(lsock)
+            asyncio.create_task(self.handle(sock, peer))
+
+    async def handle(self, sock, peer):
+        conn = Conn(self, self.next_id, sock, peer)
         self.next_id += 1
         self.conns[conn.id] = conn
-        peer = writer.get_extra_info("peername")
-        self.log.write("open", conn, peer=list(peer) if peer else None)
+        self.log.write("open", conn, peer=list(peer[:2]))
         try:
             await self.serve(conn)
         except asyncio.CancelledError:
@@ -335,15 +341,23 @@ class Bus:
 
     async def serve(self, conn):
         if self.fault == "stall-tls":
-            await self.hold(conn)
+            await asyncio.Event().wait()    # never read: no ServerHello
+        # The handshake runs on the accepted socket before any byte is read
+        # as plain data (StreamWriter.start_tls would race the ClientHello).
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 16)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn.sock, ssl=self.ssl_ctx,
+                ssl_handshake_timeout=30 if self.ssl_ctx else None)
+        except (ssl.SSLError, ConnectionError, OSError,
+                asyncio.TimeoutError) as e:
+            conn.close_reason = "tls handshake failed: %s" % (
+                str(e) or type(e).__name__)
             return
-        if self.ssl_ctx is not None:
-            try:
-                await asyncio.wait_for(conn.writer.start_tls(self.ssl_ctx), 30)
-            except (ssl.SSLError, ConnectionError, OSError,
-                    asyncio.TimeoutError) as e:
-                conn.close_reason = "tls handshake failed: %s" % (e,)
-                return
+        conn.reader = reader
+        conn.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if self.fault == "silent":
             await self.hold(conn)
             return
@@ -374,8 +388,7 @@ class Bus:
         await asyncio.Event().wait()
 
     async def peer_host(self, conn):
-        peer = conn.writer.get_extra_info("peername")
-        addr = peer[0] if peer else ""
+        addr = conn.peer[0]
         if addr == "127.0.0.1":
             return self.own_host
         loop = asyncio.get_running_loop()
@@ -388,8 +401,12 @@ class Bus:
 
     async def read_chunk(self, conn):
         data = await conn.reader.read(65536)
-        if not data:
-            conn.close_reason = conn.close_reason or "eof"
+        if not data and not conn.close_reason:
+            # A peer that stops mid-message would make upstream spin (defect
+            # 8); say so, so tests can check that clients close cleanly.
+            pending = len(conn.decoder.buf)
+            conn.close_reason = "eof mid-message (%d bytes pending)" % pending \
+                if pending else "eof"
         return data
 
     async def read_auth(self, conn):
@@ -486,13 +503,15 @@ class Bus:
             conn.active = False
             self.close_interactor(conn)
         self.log.write("close", conn, reason=conn.close_reason or "closed")
-        writer = conn.writer
+        if conn.writer is None:
+            conn.sock.close()
+            return
         try:
-            writer.close()
+            conn.writer.close()
         except Exception:
             pass
-        transport = writer.transport
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, _abort, transport)
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, _abort,
+                                              conn.writer.transport)
 
     def drop_all(self, reason):
         for conn in list(self.conns.values()):
@@ -870,6 +889,18 @@ def parse_args(argv):
     return args
 
 
+def listen_socket(host, port):
+    family, stype, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, stype, proto)
+    # Restartable on the same port while old connections sit in TIME_WAIT.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(addr)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
 async def run(args):
     policy = FeedPolicy(json.load(open(args.feeds)) if args.feeds else None)
     users = load_users(args.users) if args.users else {}
@@ -880,9 +911,9 @@ async def run(args):
     loop.set_exception_handler(
         lambda _loop, ctx: log.write("error", None, reason=ctx.get("message"),
                                      exception=repr(ctx.get("exception"))))
-    bus.server = await asyncio.start_server(
-        bus.handle, args.host, args.port, reuse_address=True)
-    port = bus.server.sockets[0].getsockname()[1]
+    lsock = listen_socket(args.host, args.port)
+    port = lsock.getsockname()[1]
+    accept = asyncio.create_task(bus.accept_loop(lsock))
     log.write("listen", None, host=args.host, port=port, pid=os.getpid(),
               tls=bool(args.tls_cert), auth=args.auth, fault=args.fault,
               defects=[d for d in ("unsubscribe", "silent_login",
@@ -901,7 +932,8 @@ async def run(args):
 
     if hb is not None:
         hb.cancel()
-    bus.server.close()
+    accept.cancel()
+    lsock.close()
     tasks = [c.task for c in bus.conns.values() if c.task is not None]
     bus.drop_all("shutdown")
     if tasks:
