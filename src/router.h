@@ -42,6 +42,20 @@ void router_session_detach(struct router *r, struct session *s);
  * router replies to the session (ok/err/PONG/STAT...). */
 void router_command(struct router *r, struct session *s, const struct lp_cmd *cmd);
 
+/* The session is closing (slow consumer, QUIT, EOF, shutdown): stop
+ * routing to it and release its subscriptions, notifications and
+ * authorizer roles now; router_session_detach follows when it is freed. */
+void router_session_closing(struct router *r, struct session *s);
+
+/* Limits for parsing a session's commands: listen.max_payload and
+ * max_packets, and the bus string and entitlement limits (a name the
+ * gateway could not read back from the bus is refused up front). */
+void router_lp_limits(const struct router *r, struct lp_limits *lim);
+
+/* How long a closing session may take to flush its output
+ * (daemon.shutdown_grace). */
+uint32_t router_close_grace_ms(const struct router *r);
+
 /* A session was closed as a slow consumer (for the counter). */
 void router_count_slow_consumer(struct router *r);
 

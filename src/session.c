@@ -1,1 +1,606 @@
-/* session: not written yet */
+/*
+ * One local client on the Unix socket. Input is framed here (command
+ * lines bounded by max_line, byte-counted payload blocks bounded by
+ * max_payload) and parsed with lineproto; complete commands go to the
+ * router. Output is the bufferevent's output evbuffer, bounded by
+ * max_output: past it the session is a slow consumer and is closed, so a
+ * reader that stops reading never holds memory or delays anyone else.
+ *
+ * A session is never freed inside a router call: closing is a state, and
+ * the free happens later from the event loop (after flushing, or when the
+ * grace runs out).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "log.h"
+#include "router.h"
+#include "session.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "unknown"
+#endif
+
+/* A parse buffer bigger than this is released after its command, so an
+ * idle session holds no more than a small lp_cmd. */
+#define SESSION_CMD_STORE_KEEP 4096
+
+struct session {
+    struct bufferevent *bev;
+    struct router *router;
+    struct event *closer;       /* closing: release, then free on timeout */
+    struct lp_cmd *cmd;         /* allocated at the first command */
+    uint64_t id;
+    struct session_peer peer;
+    enum session_state state;
+    bool verbose;
+    bool paused;                /* bus back-pressure: not reading */
+    bool attached;              /* the router knows this session */
+    bool released;              /* router_session_closing done */
+    uint64_t skip_left;         /* SKIP_PAYLOAD: payload bytes still to discard */
+    uint32_t max_line;
+    size_t max_output;
+    struct lp_limits lim;
+    struct session_stats st;
+    const char *close_reason;
+};
+
+static uint64_t next_session_id = 1;
+
+static void session_destroy(struct session *s);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* ---- output ---- */
+
+struct evbuffer *
+session_output(struct session *s)
+{
+    return bufferevent_get_output(s->bev);
+}
+
+size_t
+session_output_len(const struct session *s)
+{
+    return evbuffer_get_length(bufferevent_get_output(s->bev));
+}
+
+bool
+session_flush_check(struct session *s)
+{
+    size_t len;
+
+    if (s->state == SESSION_CLOSING)
+        return false;
+    s->st.events_out++;
+    len = session_output_len(s);
+    if (len <= s->max_output)
+        return true;
+    log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued "
+        "(listen.max_output %zu); closing it", s->id, (int)s->peer.pid, len,
+        s->max_output);
+    router_count_slow_consumer(s->router);
+    {
+        char msg[128];
+        snprintf(msg, sizeof msg, "more than %zu bytes of output queued; closing",
+            s->max_output);
+        session_close(s, LP_ERR_SLOW_CONSUMER, msg);
+    }
+    return false;
+}
+
+void
+session_reply_ok(struct session *s)
+{
+    if (!s->verbose || s->state == SESSION_CLOSING)
+        return;
+    lp_format_ok(session_output(s));
+    session_flush_check(s);
+}
+
+void
+session_reply_err(struct session *s, enum lp_error e, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    if (s->state == SESSION_CLOSING)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lp_format_err(session_output(s), e, "%s", msg);
+    session_flush_check(s);
+}
+
+/* Bytes actually handed to the socket, for STATS. */
+static void
+output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct session *s = arg;
+
+    s->st.bytes_out += info->n_deleted;
+}
+
+/* ---- input framing ---- */
+
+static struct lp_cmd *
+session_cmd(struct session *s)
+{
+    if (s->cmd == NULL) {
+        if ((s->cmd = malloc(sizeof *s->cmd)) == NULL)
+            return NULL;
+        lp_cmd_init(s->cmd);
+    }
+    return s->cmd;
+}
+
+/* After a command: give back an unusually large parse buffer. */
+static void
+session_cmd_trim(struct session *s)
+{
+    if (s->cmd != NULL && s->cmd->store_cap > SESSION_CMD_STORE_KEEP) {
+        lp_cmd_free(s->cmd);
+        lp_cmd_init(s->cmd);
+    }
+}
+
+static void
+session_dispatch(struct session *s, struct lp_cmd *cmd)
+{
+    s->st.cmds_in++;
+    switch (cmd->verb) {
+    case LP_VERBOSE:
+        s->verbose = cmd->on;
+        session_reply_ok(s);
+        break;
+    case LP_QUIT:
+        session_reply_ok(s);
+        s->close_reason = "quit";
+        session_close(s, LP_ERR_NONE, NULL);
+        break;
+    default:
+        router_command(s->router, s, cmd);
+        break;
+    }
+}
+
+/* One command line of n bytes (without its newline) at line. */
+static void
+session_line(struct session *s, const char *line, size_t n)
+{
+    struct lp_cmd *cmd = session_cmd(s);
+    enum lp_error e;
+    char msg[256];
+
+    if (cmd == NULL) {
+        session_reply_err(s, LP_ERR_SYNTAX, "out of memory");
+        return;
+    }
+    if (lp_parse_command(line, n, &s->lim, cmd, &e, msg, sizeof msg) != 0) {
+        s->st.cmds_in++;
+        session_reply_err(s, e, "%s", msg);
+        /* A refused PUB/SEND still announced its payload: skip it. */
+        if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
+            s->skip_left = cmd->payload_len;
+            s->state = SESSION_SKIP_PAYLOAD;
+        }
+        session_cmd_trim(s);
+        return;
+    }
+    if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
+        s->state = SESSION_PAYLOAD;
+        return;
+    }
+    session_dispatch(s, cmd);
+    session_cmd_trim(s);
+}
+
+/* SESSION_LINE: a complete line within max_line, or line-too-long. Returns
+ * true if it made progress. */
+static bool
+session_read_line(struct session *s, struct evbuffer *in)
+{
+    size_t len = evbuffer_get_length(in), window, n, content;
+    struct evbuffer_ptr end, nl;
+    char *line;
+
+    if (len == 0)
+        return false;
+    /* Room for max_line bytes plus "\r\n": never scan further. */
+    window = len < (size_t)s->max_line + 2 ? len : (size_t)s->max_line + 2;
+    evbuffer_ptr_set(in, &end, window, EVBUFFER_PTR_SET);
+    nl = evbuffer_search_range(in, "\n", 1, NULL, &end);
+    if (nl.pos < 0) {
+        if (len < (size_t)s->max_line + 2)
+            return false;
+        s->st.cmds_in++;
+        session_reply_err(s, LP_ERR_LINE_TOO_LONG,
+            "line longer than %u bytes; discarded up to the next newline", s->max_line);
+        s->st.bytes_in += len;
+        evbuffer_drain(in, len);
+        s->state = SESSION_SKIP_LINE;
+        return true;
+    }
+    n = (size_t)nl.pos;
+    if ((line = (char *)evbuffer_pullup(in, (ev_ssize_t)n + 1)) == NULL)
+        return false;
+    content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
+    if (content > s->max_line) {
+        s->st.cmds_in++;
+        session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
+            s->max_line);
+    } else {
+        session_line(s, line, n);
+    }
+    s->st.bytes_in += n + 1;
+    evbuffer_drain(in, n + 1);
+    return true;
+}
+
+/* SESSION_PAYLOAD: wait for the whole payload block and its terminator. */
+static bool
+session_read_payload(struct session *s, struct evbuffer *in)
+{
+    struct lp_cmd *cmd = s->cmd;
+    size_t len = evbuffer_get_length(in), need = (size_t)cmd->payload_len, pull, term;
+    unsigned char *p;
+
+    if (len < need + 1)
+        return false;
+    pull = len >= need + 2 ? need + 2 : need + 1;
+    if ((p = evbuffer_pullup(in, (ev_ssize_t)pull)) == NULL)
+        return false;
+    if (p[need] == '\n') {
+        term = 1;
+    } else if (p[need] == '\r' && pull == need + 1) {
+        return false;   /* the "\n" of "\r\n" is still to come */
+    } else if (p[need] == '\r' && p[need + 1] == '\n') {
+        term = 2;
+    } else {
+        s->st.cmds_in++;
+        session_reply_err(s, LP_ERR_BAD_TERMINATOR, "the %zu-byte payload must be "
+            "followed by a newline; discarded up to the next newline", need);
+        s->st.bytes_in += need;
+        evbuffer_drain(in, need);
+        s->state = SESSION_SKIP_LINE;
+        session_cmd_trim(s);
+        return true;
+    }
+    lp_cmd_attach_payload(cmd, p);
+    s->state = SESSION_LINE;
+    session_dispatch(s, cmd);
+    s->st.bytes_in += need + term;
+    evbuffer_drain(in, need + term);
+    session_cmd_trim(s);
+    return true;
+}
+
+/* SESSION_SKIP_LINE: discard up to and including the next newline. */
+static bool
+session_skip_line(struct session *s, struct evbuffer *in)
+{
+    struct evbuffer_ptr nl = evbuffer_search(in, "\n", 1, NULL);
+    size_t len = evbuffer_get_length(in);
+
+    if (nl.pos < 0) {
+        s->st.bytes_in += len;
+        evbuffer_drain(in, len);
+        return false;
+    }
+    s->st.bytes_in += (size_t)nl.pos + 1;
+    evbuffer_drain(in, (size_t)nl.pos + 1);
+    s->state = SESSION_LINE;
+    return true;
+}
+
+/* SESSION_SKIP_PAYLOAD: drain a refused payload as it arrives, then its
+ * terminator (anything else there: skip to the next newline, silently,
+ * since the command already had its reply). */
+static bool
+session_skip_payload(struct session *s, struct evbuffer *in)
+{
+    size_t len = evbuffer_get_length(in), n;
+    unsigned char *p;
+
+    if (s->skip_left > 0) {
+        n = len < s->skip_left ? len : (size_t)s->skip_left;
+        s->st.bytes_in += n;
+        evbuffer_drain(in, n);
+        s->skip_left -= n;
+        if (s->skip_left > 0)
+            return false;
+        len -= n;
+    }
+    if (len == 0)
+        return false;
+    p = evbuffer_pullup(in, len >= 2 ? 2 : 1);
+    if (p[0] == '\n') {
+        s->st.bytes_in += 1;
+        evbuffer_drain(in, 1);
+        s->state = SESSION_LINE;
+    } else if (p[0] == '\r' && len < 2) {
+        return false;
+    } else if (p[0] == '\r' && p[1] == '\n') {
+        s->st.bytes_in += 2;
+        evbuffer_drain(in, 2);
+        s->state = SESSION_LINE;
+    } else {
+        s->state = SESSION_SKIP_LINE;
+    }
+    return true;
+}
+
+/* Handle every complete command buffered, unless paused or closing. */
+static void
+session_process(struct session *s)
+{
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    bool progress = true;
+
+    while (progress && !s->paused) {
+        switch (s->state) {
+        case SESSION_LINE:
+            progress = session_read_line(s, in);
+            break;
+        case SESSION_PAYLOAD:
+            progress = session_read_payload(s, in);
+            break;
+        case SESSION_SKIP_LINE:
+            progress = session_skip_line(s, in);
+            break;
+        case SESSION_SKIP_PAYLOAD:
+            progress = session_skip_payload(s, in);
+            break;
+        case SESSION_CLOSING:
+            return;
+        }
+    }
+}
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+    session_process(arg);
+}
+
+/* ---- closing ---- */
+
+static void
+closing_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct session *s = arg;
+
+    /* Output flushed. Before the release step ran, closer_cb frees it. */
+    if (s->released)
+        session_destroy(s);
+}
+
+/* Runs once right after session_close (outside any router call) to release
+ * the session's routing state, then again when the grace has run out. */
+static void
+closer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    struct timeval tv;
+    uint32_t ms;
+
+    if (!s->released) {
+        s->released = true;
+        if (s->attached)
+            router_session_closing(s->router, s);
+        if (session_output_len(s) == 0) {
+            session_destroy(s);
+            return;
+        }
+        ms = router_close_grace_ms(s->router);
+        tv.tv_sec = ms / 1000;
+        tv.tv_usec = (ms % 1000) * 1000;
+        evtimer_add(s->closer, &tv);
+        return;
+    }
+    log_info("session %" PRIu64 ": %zu bytes of output not taken within the grace; "
+        "dropped", s->id, session_output_len(s));
+    session_destroy(s);
+}
+
+void
+session_close(struct session *s, enum lp_error e, const char *msg)
+{
+    if (s->state == SESSION_CLOSING)
+        return;
+    s->state = SESSION_CLOSING;
+    if (s->close_reason == NULL)
+        s->close_reason = e != LP_ERR_NONE ? lp_error_code(e) : "closed";
+    bufferevent_disable(s->bev, EV_READ);
+    if (e != LP_ERR_NONE)
+        lp_format_err(session_output(s), e, "%s", msg != NULL ? msg : "");
+    bufferevent_setcb(s->bev, NULL, closing_write_cb, event_cb, s);
+    bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+    bufferevent_enable(s->bev, EV_WRITE);
+    event_active(s->closer, EV_TIMEOUT, 1);
+}
+
+bool
+session_closing(const struct session *s)
+{
+    return s->state == SESSION_CLOSING;
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct session *s = arg;
+
+    if (what & BEV_EVENT_ERROR) {
+        int e = EVUTIL_SOCKET_ERROR();
+
+        log_debug("session %" PRIu64 ": %s", s->id, evutil_socket_error_to_string(e));
+        if (s->close_reason == NULL)
+            s->close_reason = e == EPIPE || e == ECONNRESET ? "peer closed" : "i/o error";
+        session_destroy(s);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        if (s->state == SESSION_CLOSING) {
+            session_destroy(s);
+            return;
+        }
+        /* The peer is done sending: finish what it asked for, flush the
+         * replies, then close. */
+        if (s->close_reason == NULL)
+            s->close_reason = "peer closed";
+        session_close(s, LP_ERR_NONE, NULL);
+    }
+}
+
+/* ---- life cycle ---- */
+
+static void
+session_load_limits(struct session *s, const struct config_listen *lim)
+{
+    router_lp_limits(s->router, &s->lim);
+    s->lim.max_payload = lim->max_payload;
+    s->lim.max_packets = lim->max_packets;
+    s->max_line = lim->max_line;
+    s->max_output = lim->max_output;
+}
+
+void
+session_set_limits(struct session *s, const struct config_listen *lim)
+{
+    session_load_limits(s, lim);
+}
+
+struct session *
+session_new(struct event_base *base, int fd, const struct session_peer *peer,
+    struct router *router, const struct config_listen *lim)
+{
+    struct session *s;
+
+    if ((s = calloc(1, sizeof *s)) == NULL)
+        goto fail;
+    s->id = next_session_id++;
+    s->peer = *peer;
+    s->router = router;
+    s->verbose = true;
+    s->state = SESSION_LINE;
+    session_load_limits(s, lim);
+    if (evutil_make_socket_nonblocking(fd) != 0)
+        goto fail;
+    if ((s->closer = evtimer_new(base, closer_cb, s)) == NULL)
+        goto fail;
+    if ((s->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL)
+        goto fail;
+    fd = -1;
+    bufferevent_setcb(s->bev, read_cb, NULL, event_cb, s);
+    evbuffer_add_cb(bufferevent_get_output(s->bev), output_cb, s);
+    log_info("session %" PRIu64 ": connected, pid=%d uid=%d gid=%d", s->id,
+        (int)peer->pid, (int)peer->uid, (int)peer->gid);
+
+    lp_format_hello(session_output(s), PACKAGE_VERSION, &s->lim, s->max_line,
+        lim->max_subscriptions, s->max_output, router_bus_state_name(router));
+    if (!router_session_attach(router, s)) {
+        log_warn("session %" PRIu64 " (pid %d): refused, listen.max_sessions %u reached",
+            s->id, (int)peer->pid, lim->max_sessions);
+        s->close_reason = "too many sessions";
+        session_close(s, LP_ERR_TOO_MANY_SESSIONS, "the gateway serves its maximum "
+            "number of sessions; try later");
+        return s;
+    }
+    s->attached = true;
+    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    return s;
+fail:
+    log_error("cannot start a session: out of memory");
+    if (s != NULL) {
+        if (s->closer != NULL)
+            event_free(s->closer);
+        free(s);
+    }
+    if (fd >= 0)
+        close(fd);
+    return NULL;
+}
+
+/* Leave the router and release everything. */
+static void
+session_destroy(struct session *s)
+{
+    log_info("session %" PRIu64 ": closed (%s), pid=%d, %" PRIu64 " commands in, %"
+        PRIu64 " events out", s->id, s->close_reason != NULL ? s->close_reason : "closed",
+        (int)s->peer.pid, s->st.cmds_in, s->st.events_out);
+    if (s->attached) {
+        s->attached = false;
+        router_session_detach(s->router, s);
+    }
+    bufferevent_free(s->bev);
+    event_free(s->closer);
+    if (s->cmd != NULL) {
+        lp_cmd_free(s->cmd);
+        free(s->cmd);
+    }
+    free(s);
+}
+
+void
+session_free(struct session *s)
+{
+    if (s != NULL)
+        session_destroy(s);
+}
+
+/* ---- flow control ---- */
+
+void
+session_pause(struct session *s)
+{
+    s->paused = true;
+    if (s->state != SESSION_CLOSING)
+        bufferevent_disable(s->bev, EV_READ);
+}
+
+void
+session_resume(struct session *s)
+{
+    if (!s->paused)
+        return;
+    s->paused = false;
+    if (s->state == SESSION_CLOSING)
+        return;
+    bufferevent_enable(s->bev, EV_READ);
+    /* Commands already buffered: handle them from the loop, not from
+     * inside the router's resume. */
+    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+        bufferevent_trigger(s->bev, EV_READ,
+            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* ---- accessors ---- */
+
+uint64_t
+session_id(const struct session *s)
+{
+    return s->id;
+}
+
+const struct session_peer *
+session_peer(const struct session *s)
+{
+    return &s->peer;
+}
+
+void
+session_get_stats(const struct session *s, struct session_stats *st)
+{
+    *st = s->st;
+}

@@ -1,0 +1,842 @@
+/*
+ * Router tables, with a fake session and a fake bus link defined here (the
+ * linker then takes these instead of session.o and bus.o from the
+ * library): what goes upstream, which session gets which event, the image
+ * cache, the bus-down queue, authorization bookkeeping, back-pressure.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+
+#include "bus.h"
+#include "config.h"
+#include "lineproto.h"
+#include "router.h"
+#include "session.h"
+#include "wire.h"
+
+/* ---- fake session ---- */
+
+struct session {
+    struct evbuffer *out;
+    struct router *r;
+    uint64_t id;
+    struct session_peer peer;
+    bool verbose;
+    bool closing;
+    bool paused;
+    bool attached;
+    bool freed;
+    enum lp_error close_err;
+    size_t max_output;
+    struct session_stats st;
+};
+
+struct evbuffer *
+session_output(struct session *s)
+{
+    return s->out;
+}
+
+size_t
+session_output_len(const struct session *s)
+{
+    return evbuffer_get_length(s->out);
+}
+
+void
+session_close(struct session *s, enum lp_error e, const char *msg)
+{
+    if (s->closing)
+        return;
+    s->closing = true;
+    s->close_err = e;
+    if (e != LP_ERR_NONE)
+        lp_format_err(s->out, e, "%s", msg);
+}
+
+bool
+session_flush_check(struct session *s)
+{
+    if (s->closing)
+        return false;
+    s->st.events_out++;
+    if (evbuffer_get_length(s->out) > s->max_output) {
+        router_count_slow_consumer(s->r);
+        session_close(s, LP_ERR_SLOW_CONSUMER, "slow");
+        return false;
+    }
+    return true;
+}
+
+void
+session_reply_ok(struct session *s)
+{
+    if (s->verbose && !s->closing) {
+        lp_format_ok(s->out);
+        session_flush_check(s);
+    }
+}
+
+void
+session_reply_err(struct session *s, enum lp_error e, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    if (s->closing)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    lp_format_err(s->out, e, "%s", msg);
+    session_flush_check(s);
+}
+
+void
+session_pause(struct session *s)
+{
+    s->paused = true;
+}
+
+void
+session_resume(struct session *s)
+{
+    s->paused = false;
+}
+
+void
+session_set_limits(struct session *s, const struct config_listen *lim)
+{
+    s->max_output = lim->max_output;
+}
+
+uint64_t
+session_id(const struct session *s)
+{
+    return s->id;
+}
+
+const struct session_peer *
+session_peer(const struct session *s)
+{
+    return &s->peer;
+}
+
+bool
+session_closing(const struct session *s)
+{
+    return s->closing;
+}
+
+void
+session_get_stats(const struct session *s, struct session_stats *st)
+{
+    *st = s->st;
+}
+
+void
+session_free(struct session *s)
+{
+    s->freed = true;
+    if (s->attached) {
+        s->attached = false;
+        router_session_detach(s->r, s);
+    }
+}
+
+/* ---- fake bus ---- */
+
+struct sent {
+    enum wire_type type;
+    char feed[64], topic[64];
+    bool is_add, is_image, auth_required;
+    uint32_t n_packets;
+    char data[64];
+    uint32_t n_ents;
+};
+
+static struct {
+    enum bus_state state;
+    bool congested;
+    struct sent sent[256];
+    unsigned n_sent;
+} fb;
+
+static struct bus *const FAKE_BUS = (struct bus *)&fb;
+
+const char *
+bus_state_name(enum bus_state s)
+{
+    static const char *const names[] = { "down", "connecting", "unconfirmed", "up" };
+    return names[s];
+}
+
+enum bus_send_result
+bus_send(struct bus *bus, const struct wire_msg *m)
+{
+    struct sent *x;
+
+    assert_ptr_equal(bus, FAKE_BUS);
+    if (fb.state != BUS_UP && fb.state != BUS_UNCONFIRMED)
+        return BUS_NOT_UP;
+    assert_true(fb.n_sent < 256);
+    x = &fb.sent[fb.n_sent++];
+    memset(x, 0, sizeof *x);
+    x->type = m->type;
+    snprintf(x->feed, sizeof x->feed, "%.*s", (int)m->feed.len, m->feed.ptr);
+    snprintf(x->topic, sizeof x->topic, "%.*s", (int)m->topic.len, m->topic.ptr);
+    x->is_add = m->is_add;
+    x->is_image = m->is_image;
+    x->auth_required = m->auth_required;
+    x->n_packets = m->n_packets;
+    x->n_ents = m->entitlements.n;
+    if (m->n_packets > 0 && m->packets[0].len > 0)
+        snprintf(x->data, sizeof x->data, "%.*s", (int)m->packets[0].len,
+            (const char *)m->packets[0].data);
+    return BUS_SENT;
+}
+
+bool
+bus_congested(const struct bus *bus)
+{
+    return fb.congested;
+}
+
+void
+bus_get_stats(const struct bus *bus, struct bus_stats *st)
+{
+    memset(st, 0, sizeof *st);
+    st->state = fb.state;
+    snprintf(st->last_error, sizeof st->last_error, "fake\nerror");
+}
+
+/* ---- fixture ---- */
+
+#define NSESS 6
+
+struct fx {
+    struct config cfg;
+    struct router *r;
+    struct session s[NSESS];
+    struct lp_cmd cmd;
+};
+
+static struct fx *F;
+
+static void
+fx_start(struct fx *f)
+{
+    memset(&fb, 0, sizeof fb);
+    fb.state = BUS_UP;
+    F = f;
+    f->r = router_new(NULL, &f->cfg);
+    assert_non_null(f->r);
+    router_set_bus(f->r, FAKE_BUS);
+    router_bus_state(f->r, BUS_UP, NULL);
+    for (int i = 0; i < NSESS; i++) {
+        struct session *s = &f->s[i];
+
+        memset(s, 0, sizeof *s);
+        s->out = evbuffer_new();
+        s->r = f->r;
+        s->id = (uint64_t)i + 1;
+        s->peer.pid = 100 + i;
+        s->verbose = true;
+        s->max_output = f->cfg.listen.max_output;
+        assert_true(router_session_attach(f->r, s));
+        s->attached = true;
+    }
+    lp_cmd_init(&f->cmd);
+}
+
+static int
+setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+
+    config_defaults(&f->cfg);
+    f->cfg.router.image_cache_bytes = 4096;
+    fx_start(f);
+    *state = f;
+    return 0;
+}
+
+static int
+teardown(void **state)
+{
+    struct fx *f = *state;
+
+    router_free(f->r);
+    for (int i = 0; i < NSESS; i++) {
+        assert_true(f->s[i].freed || !f->s[i].attached);
+        evbuffer_free(f->s[i].out);
+    }
+    lp_cmd_free(&f->cmd);
+    config_free(&f->cfg);
+    free(f);
+    return 0;
+}
+
+/* Parse and run a command line (payload appended for PUB/SEND). */
+static void
+run(int who, const char *line, const char *payload)
+{
+    struct lp_limits lim;
+    enum lp_error e;
+    char msg[256];
+
+    router_lp_limits(F->r, &lim);
+    assert_int_equal(lp_parse_command(line, strlen(line), &lim, &F->cmd, &e, msg,
+        sizeof msg), 0);
+    if (payload != NULL)
+        lp_cmd_attach_payload(&F->cmd, (const uint8_t *)payload);
+    router_command(F->r, &F->s[who], &F->cmd);
+}
+
+/* Everything queued to a session, as a string; drained. */
+static char *
+out(int who)
+{
+    struct evbuffer *b = F->s[who].out;
+    size_t n = evbuffer_get_length(b);
+    char *p = malloc(n + 1);
+
+    evbuffer_remove(b, p, n);
+    p[n] = '\0';
+    return p;
+}
+
+static void
+expect_out(int who, const char *want)
+{
+    char *got = out(who);
+
+    assert_string_equal(got, want);
+    free(got);
+}
+
+static unsigned
+count_sent(enum wire_type type, const char *feed, const char *topic, bool add)
+{
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < fb.n_sent; i++)
+        if (fb.sent[i].type == type && strcmp(fb.sent[i].feed, feed) == 0 &&
+            (topic == NULL || strcmp(fb.sent[i].topic, topic) == 0) &&
+            fb.sent[i].is_add == add)
+            n++;
+    return n;
+}
+
+/* A ForwardedMulticastData/UnicastData from the bus. */
+static void
+bus_data(const char *feed, const char *topic, const char *user, bool image,
+    const char *data, bool unicast)
+{
+    struct wire_msg m;
+    struct wire_packet pk = { { NULL, 0 }, (const uint8_t *)data,
+        data ? (uint32_t)strlen(data) : 0 };
+
+    memset(&m, 0, sizeof m);
+    m.type = unicast ? WIRE_FORWARDED_UNICAST : WIRE_FORWARDED_MULTICAST;
+    m.user.ptr = user;
+    m.user.len = (uint32_t)strlen(user);
+    m.host.ptr = *user ? "h1" : "";
+    m.host.len = *user ? 2 : 0;
+    m.feed.ptr = feed;
+    m.feed.len = (uint32_t)strlen(feed);
+    m.topic.ptr = topic;
+    m.topic.len = (uint32_t)strlen(topic);
+    m.is_image = image;
+    if (data != NULL) {
+        m.packets = &pk;
+        m.n_packets = 1;
+    }
+    router_bus_message(F->r, &m);
+}
+
+static const uint8_t CID[16] = { 0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66,
+    0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff };
+#define CID_TEXT "00112233-4455-6677-8899-aabbccddeeff"
+
+static void
+bus_fwd_sub(const char *feed, const char *topic, bool add)
+{
+    struct wire_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.type = WIRE_FORWARDED_SUBSCRIPTION;
+    m.user = (struct wire_str){ "bob", 3 };
+    m.host = (struct wire_str){ "hb", 2 };
+    memcpy(m.client_id, CID, 16);
+    m.feed = (struct wire_str){ feed, (uint32_t)strlen(feed) };
+    m.topic = (struct wire_str){ topic, (uint32_t)strlen(topic) };
+    m.is_add = add;
+    router_bus_message(F->r, &m);
+}
+
+static void
+bus_authreq(const char *feed, const char *topic)
+{
+    struct wire_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.type = WIRE_AUTHORIZATION_REQUEST;
+    m.user = (struct wire_str){ "bob", 3 };
+    m.host = (struct wire_str){ "hb", 2 };
+    memcpy(m.client_id, CID, 16);
+    m.feed = (struct wire_str){ feed, (uint32_t)strlen(feed) };
+    m.topic = (struct wire_str){ topic, (uint32_t)strlen(topic) };
+    router_bus_message(F->r, &m);
+}
+
+/* ---- tests ---- */
+
+static void
+test_one_upstream_subscription(void **state)
+{
+    run(0, "SUB PRICES VOD.L", NULL);
+    run(1, "SUB PRICES VOD.L", NULL);
+    run(2, "SUB PRICES VOD.L", NULL);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "PRICES", "VOD.L", true), 1);
+    expect_out(0, "+OK\n");
+    run(0, "SUB PRICES VOD.L", NULL);
+    expect_out(0, "-ERR already-subscribed already subscribed to this topic\n");
+    run(0, "UNSUB PRICES VOD.L", NULL);
+    run(1, "UNSUB PRICES VOD.L", NULL);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "PRICES", "VOD.L", false), 0);
+    run(1, "UNSUB PRICES VOD.L", NULL);
+    {
+        char *o = out(1);
+        assert_non_null(strstr(o, "-ERR not-subscribed"));
+        free(o);
+    }
+    /* The last one leaves by disconnecting. */
+    session_free(&F->s[2]);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "PRICES", "VOD.L", false), 1);
+    assert_int_equal(fb.n_sent, 2);
+}
+
+static void
+test_fanout_and_unwanted(void **state)
+{
+    char *o;
+
+    run(0, "SUB PRICES VOD.L", NULL);
+    run(1, "SUB PRICES VOD.L", NULL);
+    run(2, "SUB PRICES BT.L", NULL);
+    for (int i = 0; i < 3; i++)
+        free(out(i));
+    bus_data("PRICES", "VOD.L", "pub", false, "abc", false);
+    expect_out(0, "DATA PRICES VOD.L pub h1 delta multicast 3\nabc\n");
+    expect_out(1, "DATA PRICES VOD.L pub h1 delta multicast 3\nabc\n");
+    expect_out(2, "");
+    bus_data("PRICES", "GONE", "pub", false, "x", false);
+    o = out(3);
+    assert_string_equal(o, "");
+    free(o);
+    run(3, "STATS", NULL);
+    o = out(3);
+    assert_non_null(strstr(o, "STAT data_in 2\n"));
+    assert_non_null(strstr(o, "STAT data_delivered 2\n"));
+    assert_non_null(strstr(o, "STAT data_dropped_unwanted 1\n"));
+    assert_non_null(strstr(o, "STAT topics 2\n"));
+    assert_non_null(strstr(o, "STAT subscriptions 3\n"));
+    assert_non_null(strstr(o, "STAT bus_last_error fake?error\n"));
+    assert_non_null(strstr(o, "STAT session 1 pid=100 "));
+    assert_non_null(strstr(o, "STAT limit.max_line "));
+    assert_non_null(strstr(o, "\nEND\n"));
+    free(o);
+}
+
+static void
+test_large_event_shared(void **state)
+{
+    size_t n = 100000;
+    char *big = malloc(n + 1), *o;
+
+    memset(big, 'z', n);
+    big[n] = '\0';
+    run(0, "SUB F T", NULL);
+    run(1, "SUB F T", NULL);
+    free(out(0));
+    free(out(1));
+    bus_data("F", "T", "u", false, big, false);
+    for (int i = 0; i < 2; i++) {
+        o = out(i);
+        assert_int_equal(strlen(o), strlen("DATA F T u h1 delta multicast 100000\n") + n + 1);
+        assert_int_equal(o[strlen(o) - 2], 'z');
+        free(o);
+    }
+    free(big);
+}
+
+static void
+test_image_cache(void **state)
+{
+    run(0, "SUB F T", NULL);
+    free(out(0));
+    /* The selectfeed image comes to the gateway by unicast. */
+    bus_data("F", "T", "pub", true, "IMG", true);
+    bus_data("F", "T", "pub", false, "d1", false);
+    bus_data("F", "T", "pub", false, "d2", false);
+    free(out(0));
+    run(1, "SUB F T", NULL);
+    expect_out(1, "+OK\n"
+        "DATA F T pub h1 image unicast 3\nIMG\n"
+        "DATA F T pub h1 delta multicast 2\nd1\n"
+        "DATA F T pub h1 delta multicast 2\nd2\n");
+    /* A new image replaces the history. */
+    bus_data("F", "T", "pub", true, "IMG2", false);
+    free(out(0));
+    free(out(1));
+    run(2, "SUB F T", NULL);
+    expect_out(2, "+OK\nDATA F T pub h1 image multicast 4\nIMG2\n");
+    /* Stale: delivered to all, and the cache is gone. */
+    bus_data("F", "T", "", true, NULL, false);
+    expect_out(0, "DATA F T \"\" \"\" image multicast\n");
+    run(3, "SUB F T", NULL);
+    expect_out(3, "+OK\n");
+    /* Deltas without an image are not cached. */
+    bus_data("F", "T", "pub", false, "d3", false);
+    run(4, "SUB F T", NULL);
+    expect_out(4, "+OK\n");
+}
+
+static void
+test_image_cache_overflow(void **state)
+{
+    char big[3000];
+
+    memset(big, 'q', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    run(0, "SUB F T", NULL);
+    bus_data("F", "T", "pub", true, "IMG", false);
+    bus_data("F", "T", "pub", false, big, false);    /* fits in 4096 */
+    bus_data("F", "T", "pub", false, big, false);    /* does not: cache dropped */
+    bus_data("F", "T", "pub", false, "small", false);
+    run(1, "SUB F T", NULL);
+    expect_out(1, "+OK\n");
+    bus_data("F", "T", "pub", true, "IMG", false);
+    free(out(1));
+    run(2, "SUB F T", NULL);
+    expect_out(2, "+OK\nDATA F T pub h1 image multicast 3\nIMG\n");
+}
+
+static void
+test_bus_down_and_replay(void **state)
+{
+    char *o;
+
+    run(0, "SUB F T", NULL);
+    run(0, "NOTIFY N", NULL);
+    free(out(0));
+    router_bus_state(F->r, BUS_DOWN, "connection refused");
+    fb.state = BUS_DOWN;
+    expect_out(0, "BUS down connection refused\n");
+    for (int i = 1; i < NSESS; i++)
+        expect_out(i, "BUS down connection refused\n");
+    /* Connecting is still "down" to the sessions: no event. */
+    router_bus_state(F->r, BUS_CONNECTING, NULL);
+    expect_out(1, "");
+    run(1, "SUB F T2", NULL);
+    run(1, "UNSUB F T", NULL);     /* not subscribed */
+    run(0, "UNSUB F T", NULL);     /* recorded only */
+    run(2, "PUB F T delta 1", "x");
+    o = out(2);
+    assert_non_null(strstr(o, "-ERR bus-down"));
+    free(o);
+    fb.n_sent = 0;
+    fb.state = BUS_UNCONFIRMED;
+    router_bus_state(F->r, BUS_UNCONFIRMED, NULL);
+    assert_int_equal(fb.n_sent, 2);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T2", true), 1);
+    assert_int_equal(count_sent(WIRE_NOTIFICATION_REQUEST, "N", NULL, true), 1);
+    expect_out(3, "BUS unconfirmed\n");
+    fb.state = BUS_UP;
+    router_bus_state(F->r, BUS_UP, NULL);
+    expect_out(3, "BUS up\n");
+    assert_int_equal(fb.n_sent, 2);
+    assert_string_equal(router_bus_state_name(F->r), "up");
+}
+
+static void
+test_busdown_queue(void **state)
+{
+    struct fx *f = *state;
+    char *o;
+
+    router_free(f->r);
+    for (int i = 0; i < NSESS; i++)
+        evbuffer_free(f->s[i].out);
+    lp_cmd_free(&f->cmd);
+    f->cfg.router.busdown_queue = 2;
+    fx_start(f);
+    fb.state = BUS_DOWN;
+    router_bus_state(f->r, BUS_DOWN, "test");
+    free(out(0));
+    run(0, "PUB F T delta 2", "p1");
+    run(0, "SEND " CID_TEXT " F T image 2", "p2");
+    run(0, "PUB F T delta 2", "p3");
+    o = out(0);
+    assert_non_null(strstr(o, "+OK\n+OK\n-ERR bus-down"));
+    assert_non_null(strstr(o, "queue is full"));
+    free(o);
+    fb.n_sent = 0;
+    fb.state = BUS_UNCONFIRMED;
+    router_bus_state(f->r, BUS_UNCONFIRMED, NULL);
+    assert_int_equal(fb.n_sent, 2);
+    assert_int_equal(fb.sent[0].type, WIRE_MULTICAST_DATA);
+    assert_string_equal(fb.sent[0].data, "p1");
+    assert_int_equal(fb.sent[1].type, WIRE_UNICAST_DATA);
+    assert_string_equal(fb.sent[1].data, "p2");
+    assert_true(fb.sent[1].is_image);
+    run(0, "PUB F T delta 2", "p4");
+    assert_string_equal(fb.sent[2].data, "p4");
+}
+
+static void
+test_publish_checks(void **state)
+{
+    char *o;
+
+    run(0, "PUB F T delta", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR no-packets"));
+    free(o);
+    run(0, "PUB F T image 3:1,2", "abc");
+    expect_out(0, "+OK\n");
+    assert_int_equal(fb.sent[0].type, WIRE_MULTICAST_DATA);
+    assert_string_equal(fb.sent[0].data, "abc");
+    assert_true(fb.sent[0].is_image);
+    run(0, "VERBOSE off", NULL);   /* router ignores: the session owns it */
+    free(out(0));
+    F->s[0].verbose = false;
+    run(0, "PUB F T delta 1", "z");
+    expect_out(0, "");
+    run(0, "PING tok", NULL);
+    expect_out(0, "PONG tok\n");
+}
+
+static void
+test_allow_empty_publish(void **state)
+{
+    struct fx *f = *state;
+
+    router_free(f->r);
+    for (int i = 0; i < NSESS; i++)
+        evbuffer_free(f->s[i].out);
+    lp_cmd_free(&f->cmd);
+    f->cfg.router.allow_empty_publish = true;
+    fx_start(f);
+    run(0, "PUB F T image", NULL);
+    expect_out(0, "+OK\n");
+    assert_int_equal(fb.n_sent, 1);
+    assert_int_equal(fb.sent[0].n_packets, 0);
+}
+
+static void
+test_notifications(void **state)
+{
+    char *o;
+
+    run(0, "NOTIFY N", NULL);
+    run(0, "NOTIFY N", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "+OK\n-ERR already-notifying"));
+    free(o);
+    assert_int_equal(count_sent(WIRE_NOTIFICATION_REQUEST, "N", NULL, true), 1);
+    bus_fwd_sub("N", "t1", true);
+    bus_fwd_sub("N", "t2", true);
+    bus_fwd_sub("N", "t2", false);
+    bus_fwd_sub("OTHER", "t", true);      /* nobody notifies on it */
+    expect_out(0, "NOTIFICATION add " CID_TEXT " bob hb N t1\n"
+        "NOTIFICATION add " CID_TEXT " bob hb N t2\n"
+        "NOTIFICATION remove " CID_TEXT " bob hb N t2\n");
+    /* A late notifier hears of what is known, nothing goes upstream. */
+    run(1, "NOTIFY N", NULL);
+    expect_out(1, "+OK\nNOTIFICATION add " CID_TEXT " bob hb N t1\n");
+    assert_int_equal(count_sent(WIRE_NOTIFICATION_REQUEST, "N", NULL, true), 1);
+    run(2, "UNNOTIFY N", NULL);
+    o = out(2);
+    assert_non_null(strstr(o, "-ERR not-notifying"));
+    free(o);
+    run(0, "UNNOTIFY N", NULL);
+    session_free(&F->s[1]);
+    assert_int_equal(count_sent(WIRE_NOTIFICATION_REQUEST, "N", NULL, false), 1);
+    /* Re-registering starts from an empty table (the bus replays). */
+    run(2, "NOTIFY N", NULL);
+    expect_out(2, "+OK\n");
+    assert_int_equal(count_sent(WIRE_NOTIFICATION_REQUEST, "N", NULL, true), 2);
+}
+
+static void
+test_authorization(void **state)
+{
+    char *o;
+
+    bus_authreq("A", "t");     /* nobody authorizes A yet: kept */
+    run(0, "AUTHORIZER A", NULL);
+    expect_out(0, "+OK\nAUTHREQ " CID_TEXT " bob hb A t\n");
+    run(1, "AUTHORIZER A", NULL);
+    expect_out(1, "+OK\nAUTHREQ " CID_TEXT " bob hb A t\n");
+    run(0, "AUTHORIZER A", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR already-authorizer"));
+    free(o);
+    run(2, "AUTHORIZE " CID_TEXT " A t required 1,2", NULL);
+    o = out(2);
+    assert_non_null(strstr(o, "-ERR not-authorizer"));
+    free(o);
+    run(0, "AUTHORIZE " CID_TEXT " A other required 1", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR unknown-request"));
+    free(o);
+    run(0, "AUTHORIZE " CID_TEXT " A t required 1,2", NULL);
+    expect_out(0, "+OK\n");
+    assert_int_equal(fb.n_sent, 1);
+    assert_int_equal(fb.sent[0].type, WIRE_AUTHORIZATION_RESPONSE);
+    assert_true(fb.sent[0].auth_required);
+    assert_int_equal(fb.sent[0].n_ents, 2);
+    run(1, "AUTHORIZE " CID_TEXT " A t not-required", NULL);
+    o = out(1);
+    assert_non_null(strstr(o, "-ERR already-answered"));
+    free(o);
+    /* A repeated request can be answered again; it reaches both. */
+    bus_authreq("A", "t");
+    expect_out(1, "AUTHREQ " CID_TEXT " bob hb A t\n");
+    run(1, "AUTHORIZE " CID_TEXT " A t not-required", NULL);
+    expect_out(1, "+OK\n");
+    bus_authreq("B", "t");
+    run(3, "STATS", NULL);
+    o = out(3);
+    assert_non_null(strstr(o, "STAT auth_requests_unrouted 2\n"));
+    assert_non_null(strstr(o, "STAT authorizers 1\n"));
+    free(o);
+    run(0, "UNAUTHORIZER A", NULL);
+    run(0, "UNAUTHORIZER A", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR not-authorizer"));
+    free(o);
+}
+
+static void
+test_backpressure(void **state)
+{
+    fb.congested = true;
+    run(0, "PUB F T delta 1", "x");
+    for (int i = 0; i < NSESS; i++)
+        assert_true(F->s[i].paused);
+    fb.congested = false;
+    router_bus_drained(F->r);
+    for (int i = 0; i < NSESS; i++)
+        assert_false(F->s[i].paused);
+}
+
+static void
+test_slow_consumer_skipped(void **state)
+{
+    char *o;
+
+    F->s[1].max_output = 100;
+    run(0, "SUB F T", NULL);
+    run(1, "SUB F T", NULL);
+    free(out(1));
+    bus_data("F", "T", "u", false, "0123456789012345678901234567890123456789", false);
+    bus_data("F", "T", "u", false, "0123456789012345678901234567890123456789", false);
+    assert_true(F->s[1].closing);
+    assert_int_equal(F->s[1].close_err, LP_ERR_SLOW_CONSUMER);
+    free(out(1));
+    bus_data("F", "T", "u", false, "more", false);
+    expect_out(1, "");
+    /* The session module then releases it; its subscription goes. */
+    router_session_closing(F->r, &F->s[1]);
+    run(0, "UNSUB F T", NULL);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T", false), 1);
+    run(2, "STATS", NULL);
+    o = out(2);
+    assert_non_null(strstr(o, "STAT slow_consumers 1\n"));
+    free(o);
+}
+
+static void
+test_limits(void **state)
+{
+    struct fx *f = *state;
+    struct session extra;
+    char *o;
+
+    router_free(f->r);
+    for (int i = 0; i < NSESS; i++)
+        evbuffer_free(f->s[i].out);
+    lp_cmd_free(&f->cmd);
+    f->cfg.listen.max_sessions = NSESS;
+    f->cfg.listen.max_subscriptions = 2;
+    fx_start(f);
+    memset(&extra, 0, sizeof extra);
+    assert_false(router_session_attach(f->r, &extra));
+    run(0, "SUB F a", NULL);
+    run(0, "SUB F b", NULL);
+    run(0, "SUB F c", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "+OK\n+OK\n-ERR too-many-subscriptions"));
+    free(o);
+    assert_int_equal(router_session_count(f->r), NSESS);
+}
+
+static void
+test_shutdown(void **state)
+{
+    run(0, "SUB F T", NULL);
+    free(out(0));
+    router_shutdown(F->r);
+    for (int i = 0; i < NSESS; i++)
+        assert_true(F->s[i].closing);
+    expect_out(0, "-ERR shutting-down busgated is stopping\n");
+    /* No upstream unsubscribe while stopping: the link goes anyway. */
+    router_session_closing(F->r, &F->s[0]);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T", false), 0);
+}
+
+static void
+test_names_with_bytes(void **state)
+{
+    run(0, "SUB f%20eed t%25op%C3%A9", NULL);
+    free(out(0));
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "f eed", "t%op\xc3\xa9", true), 1);
+    bus_data("f eed", "t%op\xc3\xa9", "u", false, "a\nb", false);
+    expect_out(0, "DATA f%20eed t%25op\xc3\xa9 u h1 delta multicast 3\na\nb\n");
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_one_upstream_subscription, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fanout_and_unwanted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_large_event_shared, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_image_cache, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_image_cache_overflow, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bus_down_and_replay, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busdown_queue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_publish_checks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_allow_empty_publish, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_notifications, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_authorization, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_backpressure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slow_consumer_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shutdown, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_names_with_bytes, setup, teardown),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
