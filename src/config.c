@@ -357,20 +357,15 @@ edit_distance(const char *a, const char *b)
 
 /* --- errors --- */
 
-static void
-verr(char *err, size_t errlen, const char *fmt, va_list ap)
-{
-    if (err != NULL && errlen > 0)
-        vsnprintf(err, errlen, fmt, ap);
-}
-
 static void __attribute__((format(printf, 3, 4)))
 set_err(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
 
+    if (err == NULL || errlen == 0)
+        return;
     va_start(ap, fmt);
-    verr(err, errlen, fmt, ap);
+    vsnprintf(err, errlen, fmt, ap);
     va_end(ap);
 }
 
