@@ -49,6 +49,7 @@ struct bus_stats {
     uint64_t auth_failures;       /* probable authentication failures */
     uint64_t protocol_errors;     /* bad bytes from the bus */
     uint64_t heartbeat_timeouts;
+    uint64_t heartbeats_in;       /* heartbeats received (not passed on) */
     uint64_t msgs_in, bytes_in;
     uint64_t msgs_out, bytes_out;
     size_t output_queued;         /* bytes waiting to go to the bus */
@@ -90,9 +91,19 @@ void bus_shutdown(struct bus *bus, uint32_t timeout_ms, void (*done)(void *), vo
 void bus_free(struct bus *bus);
 
 /* Backoff: the delay before retry number attempt (0-based), full jitter in
- * [0, min(max, min * 2^attempt)], with rnd a uniform value in [0, 1).
+ * [min, min(max, min * 2^attempt)] (never below min, so a failing bus is
+ * not hammered), with rnd a uniform value in [0, 1).
  * Exposed for unit tests. A probable authentication failure counts as
  * several attempts ("backs off harder"). */
 uint32_t bus_backoff_ms(uint32_t min_ms, uint32_t max_ms, unsigned attempt, double rnd);
+
+/* A probable authentication failure counts as this many attempts. */
+#define BUS_AUTH_FAILURE_ATTEMPTS 4
+/* The attempt counter saturates here (the cap has long been reached). */
+#define BUS_ATTEMPT_MAX 32
+
+/* The attempt number after a failed connection: +1, or
+ * +BUS_AUTH_FAILURE_ATTEMPTS for a probable authentication failure. */
+unsigned bus_next_attempt(unsigned attempt, bool auth_failure);
 
 #endif /* BUSGATE_BUS_H */

@@ -1,0 +1,58 @@
+/*
+ * TLS for the bus link: the client SSL_CTX built from struct config_tls
+ * (trust store, verification, minimum version, client certificate,
+ * ciphers), the per-connection SSL with host-name checks and SNI, and a
+ * human reason when a handshake fails. No I/O: bus.c drives the handshake.
+ */
+#ifndef BUSGATE_TLS_H
+#define BUSGATE_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <openssl/ssl.h>
+
+#include "config.h"
+
+/*
+ * Build a client context from cfg: verification on unless cfg->verify is
+ * false, trust from ca_file/ca_dir or else the system store, at least
+ * TLS 1.2 (or cfg->min_version), optional client certificate and cipher
+ * list. Returns NULL with the reason in err.
+ */
+SSL_CTX *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errlen);
+
+void tls_ctx_free(SSL_CTX *ctx);
+
+/*
+ * A connection's SSL: the name checked is cfg->server_name, else host; a
+ * DNS name is checked against the certificate's names and sent as SNI, an
+ * IP literal is checked against its IP addresses and not sent as SNI.
+ * Returns NULL with the reason in err.
+ */
+SSL *tls_ssl_new(SSL_CTX *ctx, const struct config_tls *cfg, const char *host,
+    char *err, size_t errlen);
+
+/* The name the certificate must carry: server_name, else host. */
+const char *tls_peer_name(const struct config_tls *cfg, const char *host);
+
+/* True for an IPv4 or IPv6 address literal. */
+bool tls_is_ip_literal(const char *name);
+
+/*
+ * Why a handshake or TLS read/write failed, for a log line: the
+ * certificate verification result when that was the cause
+ * ("certificate verify failed: self-signed certificate"), else the OpenSSL
+ * reasons in errs[0..nerrs) (as bufferevent_get_openssl_error gives them),
+ * else sys_err (an errno value, 0 if none).
+ */
+void tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
+    int sys_err, char *buf, size_t len);
+
+/* "TLSv1.3, TLS_AES_256_GCM_SHA384" for the log once the handshake is done. */
+void tls_describe_session(SSL *ssl, char *buf, size_t len);
+
+/* Settings that need a new SSL_CTX (and a reconnect) when they change. */
+bool tls_config_equal(const struct config_tls *a, const struct config_tls *b);
+
+#endif /* BUSGATE_TLS_H */
