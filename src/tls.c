@@ -112,14 +112,18 @@ tls_ctx_client_cert(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_
         tls_fail(err, errlen, what);
         return -1;
     }
-    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+    /* OpenSSL checks the key against the certificate as it loads it. */
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        unsigned long e = ERR_peek_last_error();
+
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+            snprintf(err, errlen, "client key %s does not match certificate %s",
+                key, cfg->cert_file);
+            ERR_clear_error();
+            return -1;
+        }
         snprintf(what, sizeof what, "cannot load client key %s", key);
-        tls_fail(err, errlen, what);
-        return -1;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-        snprintf(what, sizeof what, "client key %s does not match certificate %s",
-            key, cfg->cert_file);
         tls_fail(err, errlen, what);
         return -1;
     }
@@ -141,6 +145,12 @@ tls_ctx_protocol(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_t e
     }
     /* The bus never renegotiates; compression invites CRIME-style leaks. */
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+#ifdef SSL_OP_IGNORE_UNEXPECTED_EOF
+    /* The distributor closes without close_notify. Bus messages delimit
+     * themselves (a cut one is never delivered), so a truncation cannot
+     * pass for data; report such a close as an end of stream. */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+#endif
     if (cfg->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, cfg->ciphers) != 1) {
         tls_fail(err, errlen, "tls.ciphers: no usable cipher in the list");
         return -1;
