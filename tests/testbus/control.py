@@ -48,6 +48,9 @@ class Pki:
             setattr(self, name + "_cert", os.path.join(d, name + ".pem"))
             setattr(self, name + "_key", os.path.join(d, name + ".key"))
 
+    def __getitem__(self, name):
+        return getattr(self, name)
+
     def __repr__(self):
         return "Pki(%r)" % self.dir
 
@@ -423,6 +426,21 @@ class TestBus:
                 raise TimeoutError("the bus judged no login from local port "
                                    "%d within %.1fs" % (port, timeout))
             time.sleep(0.01)
+
+    def sync(self, *clients, timeout=10.0):
+        """Return once the bus has handled everything these clients sent.
+
+        Each client sends a no-op (NotificationRequest remove for a feed of
+        its own) and the bus's log of it is awaited; a connection's
+        messages are handled in order, so all earlier ones are done.
+        """
+        for c in clients:
+            self._sync_count = getattr(self, "_sync_count", 0) + 1
+            feed = "__sync__%d" % self._sync_count
+            c.notify(feed, add=False)
+            self.wait_for(lambda r, feed=feed: r["event"] == "recv"
+                          and r.get("type") == "NotificationRequest"
+                          and r["fields"]["feed"] == feed, timeout)
 
     def client(self, user="gw", password=None, token=None, auth=_DEFAULT,
                wait_login=True, **kw):

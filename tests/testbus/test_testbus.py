@@ -312,8 +312,7 @@ class RoutingTest(ServerTestCase):
     def test_pubsub_carries_publisher_identity(self):
         p, s = self.client("pub"), self.client()
         s.subscribe("PS", "A")
-        self.bus.wait_for(lambda r: r["event"] == "recv"
-                          and r.get("conn") == s.conn)
+        self.bus.sync(s)
         p.publish("PS", "A", [([1, 2], b"\x00\n\xffbin"), (None, None)],
                   is_image=True)
         m = self.next_is(s, "PS", "A")
@@ -334,8 +333,7 @@ class RoutingTest(ServerTestCase):
         s.subscribe("NF", "A")
         s.subscribe("NF", "B")
         s.subscribe("OTHER", "X")
-        self.bus.wait_for(lambda r: r["event"] == "recv" and r.get("conn")
-                          == s.conn and r["fields"].get("feed") == "OTHER")
+        self.bus.sync(s)
         n.notify("NF")
         replay = [n.expect("ForwardedSubscriptionRequest", TIMEOUT)
                   for _ in range(2)]
@@ -385,14 +383,11 @@ class RoutingTest(ServerTestCase):
         s.subscribe("CF", "A")
         s.subscribe("CF", "SENTINEL")
         s.unsubscribe("CF", "A")
-        self.bus.wait_for(lambda r: r["event"] == "recv" and r.get("conn")
-                          == s.conn and r["fields"].get("is_add") is False)
+        self.bus.sync(s)
         p.publish("CF", "A", [(None, b"1")])
         self.next_is(s, "CF", "A")
         s.unsubscribe("CF", "A")
-        self.bus.wait_for(lambda r: r["event"] == "recv" and r.get("conn")
-                          == s.conn and r["fields"].get("is_add") is False,
-                          since=len(self.bus.records()) - 1)
+        self.bus.sync(s)
         p.publish("CF", "A", [(None, b"2")])
         p.publish("CF", "SENTINEL", [(None, b"3")])
         self.next_is(s, "CF", "SENTINEL")
@@ -401,8 +396,7 @@ class RoutingTest(ServerTestCase):
         p1, p2, s = self.client("pub"), self.client("pub"), self.client()
         s.subscribe("SF", "A")
         s.subscribe("SF", "B")
-        self.bus.wait_for(lambda r: r["event"] == "recv" and r.get("conn")
-                          == s.conn and r["fields"].get("topic") == "B")
+        self.bus.sync(s)
         p1.publish("SF", "A", [(None, b"1")])
         p2.publish("SF", "A", [(None, b"2")])
         self.next_is(s, "SF", "A")
@@ -433,6 +427,7 @@ class RoutingTest(ServerTestCase):
     def test_garbage_drops_only_that_connection(self):
         p, s, g = self.client("pub"), self.client(), self.client()
         s.subscribe("GF", "A")
+        self.bus.sync(s)
         g.send_raw(b"\xee\x00\x01garbage")
         self.assertEqual(g.expect_closed(TIMEOUT), [])
         drop = self.bus.wait_for(lambda r: r["event"] == "drop"
@@ -500,6 +495,7 @@ class AuthorizationTest(ServerTestCase):
         req = self.request_for("T1")
         # Pending until the answer: the notifier hears nothing yet.
         self.pub.publish("AUTH", "T1", [([1], b"early")])
+        self.bus.sync(self.pub)
         self.authz.authorize(req.client_id, "AUTH", "T1", True, [1, 2])
         fwd = self.pub.expect("ForwardedSubscriptionRequest", TIMEOUT)
         self.assertEqual((fwd.client_id, fwd.topic, fwd.is_add),
@@ -515,8 +511,12 @@ class AuthorizationTest(ServerTestCase):
         reqs = self.bus.messages("AuthorizationRequest", direction="send",
                                  conn=self.authz.conn)
         self.assertEqual([r["fields"]["topic"] for r in reqs], ["T1"])
-        # A late answer from another authorizer does not replace it.
+        # A late answer does not replace it.
         self.authz.authorize(req.client_id, "AUTH", "T1", False, None)
+        self.bus.sync(self.authz)
+        self.assertIn("already authorized",
+                      self.bus.events("ignore", conn=self.authz.conn)[-1]
+                      ["reason"])
         self.pub.publish("AUTH", "T1", [(None, b"c")])
         self.assertEqual(self.next_is(self.sub, "AUTH", "T1").data_packets,
                          None)
@@ -533,6 +533,7 @@ class AuthorizationTest(ServerTestCase):
         self.sub.subscribe("AUTH", "T3")
         req = self.request_for("T3")
         self.authz.authorize(req.client_id, "AUTH", "T3", False, None)
+        self.bus.sync(self.authz)
         self.pub.publish("AUTH", "T3", [(None, b"open")])
         self.assertEqual(packets_of(self.next_is(self.sub, "AUTH", "T3")),
                          [(None, b"open")])
@@ -545,6 +546,7 @@ class AuthorizationTest(ServerTestCase):
         ro.notify("RO")
         self.bus.wait_for(lambda r: r["event"] == "ignore" and r.get("conn")
                           == ro.conn and r["type"] == "NotificationRequest")
+        self.bus.sync(self.sub)
         self.pub.publish("RO", "A", [(None, b"ok")])
         self.assertEqual(packets_of(self.next_is(ro, "RO", "A")),
                          [(None, b"ok")])
@@ -598,6 +600,7 @@ class DefectUnsubscribeTest(ServerTestCase):
     def test_single_remove_does_not_unsubscribe(self):
         p, s = self.client(), self.client()
         p.notify("DF")
+        self.bus.sync(p)
         s.subscribe("DF", "A")
         s.unsubscribe("DF", "A")
         adds = [p.recv(TIMEOUT) for _ in range(2)]
@@ -615,8 +618,7 @@ class DefectUnsubscribeTest(ServerTestCase):
         s.subscribe("DG", "B")
         s.subscribe("DG", "SENTINEL")
         s.unsubscribe("DG", "B")
-        self.bus.wait_for(lambda r: r["event"] == "recv" and r.get("conn")
-                          == s.conn and r["fields"].get("is_add") is False)
+        self.bus.sync(s)
         p.publish("DG", "B", [(None, b"1")])
         p.publish("DG", "SENTINEL", [(None, b"2")])
         self.next_is(s, "DG", "SENTINEL")
