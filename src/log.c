@@ -11,7 +11,7 @@ static enum log_dest log_dest = LOG_DEST_STDERR;
 static int log_level = LOG_INFO;
 
 /* The last line logged and how often it repeated, for summarising floods. */
-static char last_line[512];
+static char last_line[640];
 static int last_prio;
 static unsigned long last_repeats;
 static time_t last_time;
@@ -76,7 +76,7 @@ log_emit(int prio, const char *line)
 static void
 log_flush_repeats(void)
 {
-    char summary[600];
+    char summary[720];
 
     if (last_repeats == 0)
         return;
@@ -89,7 +89,7 @@ log_flush_repeats(void)
 void
 log_msg(int prio, const char *func, const char *fmt, ...)
 {
-    char msg[512], line[512];
+    char msg[512], line[640];
     va_list ap;
     time_t now;
 
