@@ -256,19 +256,31 @@ class Session:
         return self.cmd(" ".join(words), payload if specs else None)
 
     def stats(self):
-        """STATS as {name: value}; 'session' lines are collected in a list."""
+        """STATS as {name: value}; 'session' lines are collected in a list.
+        Events arriving meanwhile stay queued."""
         self.send("STATS\n")
         out = {"session": []}
         ev = self.expect("STAT")
-        while ev.kind == "STAT":
+        while ev.kind != "END":
             name, _, value = " ".join(ev.args).partition(" ")
             if name == "session":
                 out["session"].append(value)
             else:
                 out[name] = value
-            ev = self.read_event()
-        assert ev.kind == "END", ev
+            ev = self._next_stat()
         return out
+
+    def _next_stat(self):
+        deadline = time.monotonic() + self.timeout
+        skipped = []
+        try:
+            while True:
+                ev = self.read_event(timeout=max(deadline - time.monotonic(), 0.001))
+                if ev.kind in ("STAT", "END"):
+                    return ev
+                skipped.append(ev)
+        finally:
+            self.events = skipped + self.events
 
 
 class Gateway:
