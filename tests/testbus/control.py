@@ -95,7 +95,8 @@ def _openssl(*args):
                        stderr=subprocess.STDOUT)
     if r.returncode != 0:
         raise RuntimeError("openssl %s failed:\n%s"
-                           % (" ".join(args), r.stdout.decode(errors="replace")))
+                           % (" ".join(args),
+                              r.stdout.decode(errors="replace")))
 
 
 def make_pki(d):
@@ -123,7 +124,8 @@ def make_pki(d):
              "-keyout", pki.selfsigned_key, "-out", pki.selfsigned_cert)
     serial = 1
     for name, cn, ext, days in (("server", "localhost", "leaf", "3650"),
-                                ("wronghost", "wrong.example", "wrong", "3650"),
+                                ("wronghost", "wrong.example", "wrong",
+                                 "3650"),
                                 ("expired", "localhost", "leaf", "-1")):
         csr = os.path.join(d, name + ".csr")
         _openssl("req", "-new", *_EC, "-config", cnf, "-subj", "/CN=" + cn,

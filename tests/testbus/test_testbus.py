@@ -15,7 +15,6 @@ import socket
 import ssl
 import sys
 import tempfile
-import time
 import unittest
 import uuid
 
@@ -25,7 +24,8 @@ sys.path.insert(0, HERE)
 import buswire as w  # noqa: E402
 import testbus  # noqa: E402
 from busclient import BusClient, ConnectionClosed  # noqa: E402
-from control import TestBus, make_jwt, make_pki, DEFAULT_JWT_SECRET  # noqa: E402
+from control import (TestBus, make_jwt, make_pki,  # noqa: E402
+                     DEFAULT_JWT_SECRET)
 
 TIMEOUT = float(os.environ.get("BUSGATE_TEST_TIMEOUT", "10"))
 

@@ -160,7 +160,8 @@ class Authenticator:
 
     @property
     def wire_kind(self):
-        return {"none": "null", "password": "password", "jwt": "jwt"}[self.kind]
+        return {"none": "null", "password": "password",
+                "jwt": "jwt"}[self.kind]
 
 
 def _blank_none(s):
@@ -217,7 +218,7 @@ class FeedPolicy:
 # -------------------------------------------------------------- connection
 
 class SubState:
-    """One connection's subscription to one topic (upstream SubscriptionState)."""
+    """A connection's subscription to a topic (upstream SubscriptionState)."""
 
     def __init__(self, required, entitlements):
         self.count = 0
@@ -246,7 +247,7 @@ class Conn:
         self.close_reason = None
         self.decoder = w.Decoder(bus.limits)
         self.auth_cache = {}        # feed -> topic -> AuthorizationResponse
-        self.pending = {}           # (feed, topic) -> adds awaiting authorization
+        self.pending = {}           # (feed, topic) -> adds awaiting answers
         self.subscribed_once = False
 
     def user_for(self, feed):
@@ -405,8 +406,8 @@ class Bus:
             # A peer that stops mid-message would make upstream spin (defect
             # 8); say so, so tests can check that clients close cleanly.
             pending = len(conn.decoder.buf)
-            conn.close_reason = "eof mid-message (%d bytes pending)" % pending \
-                if pending else "eof"
+            conn.close_reason = ("eof mid-message (%d bytes pending)"
+                                 % pending if pending else "eof")
         return data
 
     async def read_auth(self, conn):
@@ -797,7 +798,7 @@ class Bus:
     # -------------------------------------------------------------- close
 
     def close_interactor(self, conn):
-        """Upstream order: notifications, then publishers, then subscriptions."""
+        """Upstream order: notifications, publishers, then subscriptions."""
         self.by_guid.pop(conn.guid, None)
         for feed in [f for f, regs in self.notifiers.items() if conn in regs]:
             del self.notifiers[feed][conn]
@@ -815,7 +816,8 @@ class Bus:
             for sub in list(self.subs.get(feed, {}).get(topic, {})):
                 sub.send(stale)
         mine = [(feed, topic) for feed, topics in self.subs.items()
-                for topic, subscribers in topics.items() if conn in subscribers]
+                for topic, subscribers in topics.items()
+                if conn in subscribers]
         for feed, topic in mine:
             self.remove_subscription(conn, feed, topic, True)
         for feed, topic in mine:
