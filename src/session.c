@@ -160,8 +160,10 @@ session_dispatch(struct session *s, struct lp_cmd *cmd)
     s->st.cmds_in++;
     switch (cmd->verb) {
     case LP_VERBOSE:
-        s->verbose = cmd->on;
+        /* VERBOSE itself is always acknowledged: "off" as the last +OK. */
+        s->verbose = true;
         session_reply_ok(s);
+        s->verbose = cmd->on;
         break;
     case LP_QUIT:
         session_reply_ok(s);

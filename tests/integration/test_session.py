@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Local sessions end to end: framing and limits, every error path (the
+session stays usable), VERBOSE/PING/QUIT, pipelining, end of input, the
+slow-consumer policy, too many sessions, shutdown."""
+
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from routerkit import GatewayCase, BUSGATED_IS_SANITIZED, stats, uniq, wait_until  # noqa: E402
+
+GUID = "00112233-4455-6677-8899-aabbccddeeff"
+
+
+def code(reply):
+    """'-ERR code message' -> code; '+OK' -> '+OK'."""
+    parts = reply.split(" ", 2)
+    return parts[1] if parts[0] == "-ERR" else parts[0]
+
+
+def read_all(s, timeout=20.0):
+    """Every line until the daemon closes the session."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lines.append(s._read_line(deadline))
+        except EOFError:
+            return lines
+
+
+def mem_kib(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class SessionTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_line": 1024, "max_payload": 4096, "max_packets": 8,
+                            "max_subscriptions": 3}}
+
+    def test_greeting_states_limits(self):
+        s = self.session()
+        w = s.hello.words
+        self.assertEqual(w[:2], ["HELLO", "busgate"])
+        kv = dict(x.split("=", 1) for x in w[3:])
+        self.assertEqual(kv["proto"], "1")
+        self.assertEqual((kv["max_line"], kv["max_payload"], kv["max_packets"],
+                          kv["max_subscriptions"]), ("1024", "4096", "8", "3"))
+        self.assertIn(kv["bus"], ("unconfirmed", "up"))
+
+    def test_every_error_keeps_the_session_usable(self):
+        s = self.session()
+        cases = [
+            ("FROB x", None, "unknown-command"),
+            ("SUB onlyfeed", None, "syntax"),
+            ("SUB %FF t", None, "bad-name"),
+            ('SUB "" t', None, "bad-name"),
+            ("SUB %s t" % ("n" * 5000), None, "line-too-long"),
+            ("SEND not-a-guid F T delta 1", b"x", "bad-client-id"),
+            ("PUB F T delta x", None, "bad-packet"),
+            ("PUB F T delta 5000", b"p" * 5000, "payload-too-large"),
+            ("PUB F T delta " + " ".join(["1"] * 9), b"q" * 9, "too-many-packets"),
+            ("PUB F T delta", None, "no-packets"),
+            ("SEND %s F T image" % GUID, None, "no-packets"),
+            ("UNSUB F never", None, "not-subscribed"),
+            ("UNNOTIFY never", None, "not-notifying"),
+            ("UNAUTHORIZER never", None, "not-authorizer"),
+            ("AUTHORIZE %s never t required 1" % GUID, None, "not-authorizer"),
+            ("VERBOSE maybe", None, "syntax"),
+            ("", None, "syntax"),
+        ]
+        for line, payload, want in cases:
+            with self.subTest(line=line[:40]):
+                self.assertEqual(code(s.cmd(line, payload)), want)
+                self.assertEqual(s.cmd("PING ok"), "PONG ok")
+
+    def test_state_errors(self):
+        s = self.session()
+        f = uniq("E")
+        for t in ("a", "b", "c"):
+            self.assertEqual(s.cmd("SUB %s %s" % (f, t)), "+OK")
+        self.assertEqual(code(s.cmd("SUB %s a" % f)), "already-subscribed")
+        self.assertEqual(code(s.cmd("SUB %s d" % f)), "too-many-subscriptions")
+        self.assertEqual(s.cmd("UNSUB %s c" % f), "+OK")
+        self.assertEqual(s.cmd("SUB %s d" % f), "+OK")
+        self.assertEqual(s.cmd("NOTIFY %s" % f), "+OK")
+        self.assertEqual(code(s.cmd("NOTIFY %s" % f)), "already-notifying")
+        self.assertEqual(s.cmd("AUTHORIZER %s" % f), "+OK")
+        self.assertEqual(code(s.cmd("AUTHORIZER %s" % f)), "already-authorizer")
+        self.assertEqual(code(s.cmd("AUTHORIZE %s %s t required 1" % (GUID, f))),
+                         "unknown-request")
+
+    def test_bad_terminator_discards_to_newline(self):
+        s = self.session()
+        s.send(b"PUB F T delta 3\nabcXYZ junk\nPING after\n")
+        self.assertEqual(code(s.reply()), "bad-terminator")
+        self.assertEqual(s.reply(), "PONG after")
+        # "\r\n" after a payload is fine, and so are CRLF command lines.
+        self.assertEqual(s.cmd("PUB F T delta 3\r", b"abc\r"), "+OK")
+        s.send(b"PING crlf\r\n")
+        self.assertEqual(s.reply(), "PONG crlf")
+
+    def test_refused_payload_is_skipped_as_it_arrives(self):
+        s = self.session()
+        s.send(b"PUB F T delta 4000 4000\n")
+        self.assertEqual(code(s.reply()), "payload-too-large")
+        payload = b"PING not-a-command\n" * 421 + b"x"
+        self.assertEqual(len(payload), 8000)
+        for i in range(0, len(payload), 1000):
+            s.send(payload[i:i + 1000])
+        s.send(b"\nPING real\n")
+        self.assertEqual(s.reply(), "PONG real")
+
+    def test_huge_line_is_not_buffered(self):
+        s = self.session()
+        pid = self.gw.proc.pid
+        before = mem_kib(pid, "VmRSS")
+        chunk = b"y" * (1 << 20)
+        for _ in range(64):
+            s.send(chunk)
+        s.send(b"\nPING z\n")
+        self.assertEqual(code(s.reply()), "line-too-long")
+        self.assertEqual(s.reply(), "PONG z")
+        grown = mem_kib(pid, "VmHWM") - before
+        if not BUSGATED_IS_SANITIZED:
+            self.assertLess(grown, 16 * 1024, "RSS grew %d KiB for a 64 MiB line" % grown)
+
+    def test_pipelining_replies_in_order(self):
+        s = self.session()
+        f = uniq("P")
+        cmds = []
+        for i in range(200):
+            cmds.append(b"PING %d\n" % i)
+            cmds.append(b"PUB %s t delta 2\nx%d\n" % (f.encode(), i % 10))
+            cmds.append(b"BOGUS\n")
+        s.send(b"".join(cmds))
+        for i in range(200):
+            self.assertEqual(s.reply(), "PONG %d" % i)
+            self.assertEqual(s.reply(), "+OK")
+            self.assertEqual(code(s.reply()), "unknown-command")
+
+    def test_verbose_off(self):
+        s = self.session()
+        f = uniq("V")
+        self.assertEqual(s.cmd("VERBOSE off"), "+OK")
+        s.send("SUB %s t\nSUB %s t\n" % (f, f))
+        self.assertEqual(code(s.reply()), "already-subscribed")
+        self.assertEqual(s.cmd("PING"), "PONG")
+        self.assertEqual(s.cmd("verbose ON"), "+OK")
+        self.assertEqual(s.cmd("UNSUB %s t" % f), "+OK")
+
+    def test_quit(self):
+        s = self.session()
+        s.send("QUIT\nPING never\n")
+        self.assertEqual(read_all(s), ["+OK"])
+
+    def test_end_of_input_flushes_replies(self):
+        s = self.session()
+        f = uniq("Q")
+        s.send("SUB %s t\nPING last\n" % f)
+        s.sock.shutdown(socket.SHUT_WR)
+        self.assertEqual(read_all(s), ["+OK", "PONG last"])
+        # Its subscription went with it.
+        self.wait_recv("SubscriptionRequest",
+                       lambda x: x["feed"] == f and not x["is_add"])
+
+    def test_peer_credentials_logged(self):
+        s = self.session()
+        self.assertEqual(s.cmd("PING"), "PONG")
+        self.gw.wait_log(r"session \d+: connected, pid=%d uid=%d gid=%d"
+                         % (os.getpid(), os.getuid(), os.getgid()))
+
+
+class SlowConsumerTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_output": 65536}, "daemon": {"shutdown_grace": "20s"}}
+
+    def test_slow_reader_is_cut_off_and_others_keep_up(self):
+        feed, topic = uniq("SLOW"), "T"
+        m = self.bus.mark()
+        slow, fast, other = self.session(), self.session(), self.session()
+        for s in (slow, fast):
+            self.assertEqual(s.cmd("SUB %s %s" % (feed, topic)), "+OK")
+        self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
+        pub = self.client("pub")
+        n = 3000
+        # Publish from a thread while this one keeps the fast reader reading.
+        t = threading.Thread(target=lambda: [
+            pub.publish(feed, topic, [(None, b"%06d" % i + b"." * 1000)]) for i in range(n)])
+        t.start()
+        try:
+            for i in range(n):
+                ev = fast.expect("DATA")
+                self.assertEqual(ev.payloads[0][:6], b"%06d" % i)
+        finally:
+            t.join()
+        self.assertEqual(other.cmd("PING"), "PONG")
+        st = stats(fast)
+        self.assertEqual(st["slow_consumers"], "1")
+        self.gw.wait_log(r"slow consumer")
+        lines = read_all(slow)
+        self.assertTrue(lines[-1].startswith("-ERR slow-consumer "), lines[-1:])
+        self.assertTrue(any(x.startswith("DATA ") for x in lines))
+        wait_until(lambda: stats(fast)["sessions"] == "2", what="the slow session to go")
+
+
+class TooManySessionsTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_sessions": 3}}
+
+    def test_too_many_sessions(self):
+        s1 = self.session()
+        wait_until(lambda: stats(s1)["sessions"] == "1", what="probe sessions to go")
+        s2, s3 = self.session(), self.session()
+        self.assertEqual(s3.cmd("PING"), "PONG")
+        s4 = self.session()
+        self.assertEqual(s4.hello.kind, "HELLO")
+        lines = read_all(s4)
+        self.assertEqual(len(lines), 1)
+        self.assertTrue(lines[0].startswith("-ERR too-many-sessions "), lines)
+        s1.close()
+        wait_until(lambda: stats(s2)["sessions"] == "2", what="a session to go")
+        s5 = self.session()
+        self.assertEqual(s5.cmd("PING"), "PONG")
+
+
+class ShutdownTest(GatewayCase):
+
+    def test_sessions_told_on_shutdown(self):
+        gw = self.start_gateway("gw2", name="stopping")
+        s = self.session(gw=gw)
+        f = uniq("SD")
+        self.assertEqual(s.cmd("SUB %s t" % f), "+OK")
+        gw.proc.send_signal(signal.SIGTERM)
+        lines = read_all(s)
+        self.assertEqual(len(lines), 1, lines)
+        self.assertTrue(re.match(r"-ERR shutting-down ", lines[0]), lines)
+        gw.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
