@@ -1,3 +1,1245 @@
-/* not written yet */
-int main(void);
-int main(void) { return 1; }
+/*
+ * busgate: the command-line client of busgated. Subscribe and print,
+ * publish or send from stdin, watch notifications, answer authorization
+ * requests, show STATS, ping. It speaks the line protocol through
+ * lineproto, the code the daemon itself uses, over plain poll() I/O: a
+ * CLI needs no event loop. Everything read from the daemon is bounded.
+ *
+ * Exit status: 0 done, 1 refused (an -ERR, or input past the announced
+ * limits), 2 usage, 3 no daemon (cannot connect, connection lost or
+ * closed by the daemon, timed out, I/O error).
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <openssl/evp.h>
+
+#include "config.h"
+#include "guid.h"
+#include "lineproto.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "unknown"
+#endif
+
+enum {
+    EXIT_DONE = 0,
+    EXIT_REFUSED = 1,
+    EXIT_USAGE = 2,
+    EXIT_NODAEMON = 3,
+};
+
+/* What we accept from the daemon: far above anything its defaults let
+ * through, low enough that a confused peer cannot eat the machine. */
+#define CLI_MAX_LINE        (16u << 20)
+#define CLI_MAX_PAYLOAD     (64u << 20)
+#define CLI_MAX_PACKETS     (1u << 20)
+#define CLI_MAX_ENTS        (1u << 20)
+/* Queued publishes before we stop reading stdin and let the daemon catch up. */
+#define CLI_OUT_HIGH_WATER  (1u << 20)
+#define CLI_READ_CHUNK      65536
+#define CLI_DEFAULT_TIMEOUT 30
+
+enum payload_form { FORM_TEXT, FORM_HEX, FORM_BASE64 };
+
+/* Command-line options; seen records which were given, for the checks. */
+struct opts {
+    const char *socket;
+    int timeout_s;
+    enum payload_form form;
+    uint64_t count;             /* 0: no limit */
+    bool image;
+    bool whole;
+    bool not_required;
+    const char *ents;           /* comma list, checked */
+    unsigned seen;
+};
+
+enum opt_bit {
+    O_FORM = 1u << 0, O_COUNT = 1u << 1, O_IMAGE = 1u << 2, O_WHOLE = 1u << 3,
+    O_ENTS = 1u << 4, O_NOTREQ = 1u << 5,
+};
+
+/* What the greeting announced. */
+struct hello {
+    char version[64];
+    uint64_t proto, max_line, max_payload, max_packets, max_name;
+};
+
+struct cli {
+    int fd;
+    int timeout_ms;             /* -1: wait for ever */
+    struct evbuffer *in;        /* from the daemon */
+    struct evbuffer *out;       /* to the daemon */
+    struct evbuffer *scratch;   /* output formatting */
+    struct lp_event ev;         /* the current event */
+    struct lp_limits lim;
+    const uint8_t *payload;     /* DATA: the current event's payload block */
+    size_t consumed;            /* bytes of in the current event occupies */
+    size_t scanned;             /* bytes of in known to hold no newline */
+    uint64_t skip;              /* payload bytes of a refused event to discard */
+    bool skip_term;             /* then its terminating newline */
+    bool eof;
+    bool verbose;               /* the daemon answers every command */
+    unsigned awaiting;          /* replies (+OK/-ERR, PONG, END) still due */
+    uint64_t refused;           /* -ERR replies and local refusals */
+    struct hello hello;
+    char bus[16];               /* the latest bus state */
+};
+
+static struct cli cli;          /* one per process; reachable for LSan at exit */
+
+static void usage(FILE *out);
+
+static void
+cli_free(struct cli *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    if (c->in != NULL)
+        evbuffer_free(c->in);
+    if (c->out != NULL)
+        evbuffer_free(c->out);
+    if (c->scratch != NULL)
+        evbuffer_free(c->scratch);
+    c->in = c->out = c->scratch = NULL;
+    lp_event_free(&c->ev);
+}
+
+static void __attribute__((noreturn))
+finish(int code)
+{
+    if (fflush(stdout) != 0 && code == EXIT_DONE) {
+        fprintf(stderr, "busgate: writing output: %s\n", strerror(errno));
+        code = EXIT_NODAEMON;
+    }
+    cli_free(&cli);
+    exit(code);
+}
+
+static void __attribute__((noreturn, format(printf, 2, 3)))
+fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs("busgate: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    finish(code);
+}
+
+static void __attribute__((noreturn, format(printf, 1, 2)))
+usage_error(const char *fmt, ...)
+{
+    va_list ap;
+
+    fputs("busgate: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputs("\nTry 'busgate --help'.\n", stderr);
+    finish(EXIT_USAGE);
+}
+
+static void
+note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void
+note(const char *fmt, ...)
+{
+    va_list ap;
+
+    fflush(stdout);
+    fputs("busgate: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* ---- connection ---- */
+
+static void
+cli_connect(struct cli *c, const char *path)
+{
+    struct sockaddr_un sun;
+
+    memset(&sun, 0, sizeof sun);
+    sun.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sun.sun_path)
+        usage_error("socket path too long: %s", path);
+    memcpy(sun.sun_path, path, strlen(path));
+    c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (c->fd < 0)
+        fail(EXIT_NODAEMON, "socket: %s", strerror(errno));
+    /* A Unix stream connect completes at once or fails (EAGAIN: the
+     * backlog is full; say so rather than wait). */
+    if (connect(c->fd, (struct sockaddr *)&sun, sizeof sun) != 0)
+        fail(EXIT_NODAEMON, "cannot connect to %s: %s", path, strerror(errno));
+}
+
+/* Send what we can without blocking. MSG_NOSIGNAL: a daemon that went
+ * away is an error to report, while SIGPIPE stays the default for stdout
+ * (so "busgate sub ... | head" ends quietly). */
+static int
+cli_write(struct cli *c)
+{
+    struct evbuffer_iovec v[16];
+    struct iovec iov[16];
+    struct msghdr mh;
+    int n = evbuffer_peek(c->out, -1, NULL, v, 16);
+    ssize_t k;
+
+    if (n > 16)
+        n = 16;
+    memset(&mh, 0, sizeof mh);
+    for (int i = 0; i < n; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    mh.msg_iov = iov;
+    mh.msg_iovlen = (size_t)n;
+    k = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (k < 0)
+        return errno == EAGAIN || errno == EINTR ? 0 : -1;
+    evbuffer_drain(c->out, (size_t)k);
+    return 0;
+}
+
+/* One poll round: send what is queued, read what came. Polls in_fd too
+ * when it is >= 0. Returns PUMP_* bits, 0 on timeout. */
+enum { PUMP_SOCKET = 1, PUMP_INPUT = 2 };
+
+static int
+cli_pump(struct cli *c, int in_fd, int timeout_ms)
+{
+    struct pollfd pfd[2];
+    nfds_t n = 1;
+    int r, got = 0;
+
+    if (fflush(stdout) != 0)
+        fail(EXIT_NODAEMON, "writing output: %s", strerror(errno));
+    pfd[0].fd = c->fd;
+    pfd[0].events = POLLIN | (evbuffer_get_length(c->out) > 0 ? POLLOUT : 0);
+    if (in_fd >= 0) {
+        pfd[1].fd = in_fd;
+        pfd[1].events = POLLIN;
+        n = 2;
+    }
+    do
+        r = poll(pfd, n, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        fail(EXIT_NODAEMON, "poll: %s", strerror(errno));
+    if (r == 0)
+        return 0;
+    if (pfd[0].revents & POLLOUT) {
+        if (cli_write(c) < 0)
+            c->eof = true;  /* EPIPE and friends: read what is left, then stop */
+        got |= PUMP_SOCKET;
+    }
+    if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+        int k = evbuffer_read(c->in, c->fd, CLI_READ_CHUNK);
+
+        if (k == 0 || (k < 0 && errno != EAGAIN && errno != EINTR))
+            c->eof = true;
+        got |= PUMP_SOCKET;
+    }
+    if (n == 2 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)))
+        got |= PUMP_INPUT;
+    return got;
+}
+
+/* Drop what the previous event occupied. */
+static void
+cli_release(struct cli *c)
+{
+    if (c->consumed > 0) {
+        evbuffer_drain(c->in, c->consumed);
+        c->consumed = 0;
+        c->scanned = 0;
+        c->payload = NULL;
+    }
+}
+
+/* Discard the payload of an event we refused; returns true when done. */
+static bool
+cli_skip(struct cli *c)
+{
+    size_t have = evbuffer_get_length(c->in);
+    size_t n = c->skip < have ? (size_t)c->skip : have;
+
+    evbuffer_drain(c->in, n);
+    c->skip -= n;
+    return c->skip == 0;
+}
+
+/* The daemon said something we cannot follow: stop, showing a bit of it. */
+static void __attribute__((noreturn))
+cli_garbled(const char *line, size_t len)
+{
+    char shown[81];
+    size_t n = len < 80 ? len : 80;
+
+    for (size_t i = 0; i < n; i++)
+        shown[i] = line[i] >= 0x20 && line[i] < 0x7f ? line[i] : '?';
+    shown[n] = '\0';
+    fail(EXIT_NODAEMON, "unexpected line from busgated: %s%s", shown, len > n ? "..." : "");
+}
+
+/*
+ * Parse the next complete event in c->in into c->ev (DATA: its payload at
+ * c->payload). Returns 1 with an event, 0 when more bytes are needed.
+ */
+static int
+cli_take(struct cli *c)
+{
+    struct evbuffer_ptr start, eol;
+    size_t have, need, eol_len = 0;
+    char *line;
+
+    cli_release(c);
+    if (c->skip > 0 && !cli_skip(c))
+        return 0;
+    have = evbuffer_get_length(c->in);
+    if (evbuffer_ptr_set(c->in, &start, c->scanned, EVBUFFER_PTR_SET) != 0)
+        return 0;
+    eol = evbuffer_search_eol(c->in, &start, &eol_len, EVBUFFER_EOL_LF);
+    if (eol.pos < 0) {
+        c->scanned = have;
+        if (have > CLI_MAX_LINE)
+            fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
+        return 0;
+    }
+    if ((size_t)eol.pos > CLI_MAX_LINE)
+        fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
+    line = (char *)evbuffer_pullup(c->in, eol.pos + 1);
+    if (c->skip_term) {         /* the newline after a skipped payload */
+        if (eol.pos != 0 && !(eol.pos == 1 && line[0] == '\r'))
+            cli_garbled(line, (size_t)eol.pos);
+        c->skip_term = false;
+        c->consumed = (size_t)eol.pos + 1;
+        return cli_take(c);
+    }
+    if (lp_parse_event(line, (size_t)eol.pos, &c->lim, &c->ev) != 0) {
+        if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0)
+            cli_garbled(line, (size_t)eol.pos);
+        note("skipping a DATA event past our limits (%" PRIu64 " bytes in %u packets)",
+            c->ev.payload_len, c->ev.n_packets);
+        c->consumed = (size_t)eol.pos + 1;
+        c->skip = c->ev.payload_len;
+        c->skip_term = true;
+        return cli_take(c);
+    }
+    if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0) {
+        c->consumed = (size_t)eol.pos + 1;
+        return 1;
+    }
+    need = (size_t)eol.pos + 1 + c->ev.payload_len + 1;
+    if (have < need)
+        return 0;
+    line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)need);
+    if (line[need - 1] == '\r' && have > need && line[need] == '\n')
+        need++;     /* "\r\n" terminator: allowed by the protocol */
+    else if (line[need - 1] != '\n')
+        fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
+    c->payload = (const uint8_t *)line + eol.pos + 1;
+    c->consumed = need;
+    return 1;
+}
+
+/*
+ * Wait for the next event (returns 1), or return 0 when in_fd (if >= 0)
+ * becomes readable or the queue to the daemon drains below wake_below.
+ * While replies are due and nothing else is watched, the wait is bounded
+ * by the timeout.
+ */
+static int
+cli_next(struct cli *c, int in_fd, size_t wake_below)
+{
+    for (;;) {
+        int timeout, got;
+
+        if (cli_take(c) > 0)
+            return 1;
+        if (c->eof)
+            fail(EXIT_NODAEMON, "connection to busgated lost");
+        timeout = in_fd < 0 && (c->awaiting > 0 || evbuffer_get_length(c->out) > 0) ?
+            c->timeout_ms : -1;
+        got = cli_pump(c, in_fd, timeout);
+        if (got == 0)
+            fail(EXIT_NODAEMON, "no answer from busgated for %d s", c->timeout_ms / 1000);
+        if ((got & PUMP_INPUT) || evbuffer_get_length(c->out) < wake_below)
+            return 0;
+    }
+}
+
+/* ---- replies every command shares ---- */
+
+static bool
+err_closes(const char *rest)
+{
+    static const enum lp_error closing[] = {
+        LP_ERR_SLOW_CONSUMER, LP_ERR_SHUTTING_DOWN, LP_ERR_TOO_MANY_SESSIONS,
+    };
+
+    for (size_t i = 0; i < sizeof closing / sizeof closing[0]; i++) {
+        const char *code = lp_error_code(closing[i]);
+        size_t n = strlen(code);
+
+        if (strncmp(rest, code, n) == 0 && (rest[n] == '\0' || rest[n] == ' '))
+            return true;
+    }
+    return false;
+}
+
+/* The first word of BUS's text: up, unconfirmed, down. */
+static void
+note_bus(struct cli *c, bool tell)
+{
+    size_t n = strcspn(c->ev.rest, " ");
+
+    snprintf(c->bus, sizeof c->bus, "%.*s", (int)n, c->ev.rest);
+    if (tell)
+        note("bus %s", c->ev.rest);
+}
+
+/*
+ * Handle +OK, -ERR and BUS. Returns 1 for +OK, -1 for -ERR (printed), 0
+ * for anything else (left to the caller). An -ERR that closes the session
+ * ends the program: the daemon is going away.
+ */
+static int
+cli_common(struct cli *c, bool tell_bus)
+{
+    switch (c->ev.kind) {
+    case LP_EV_OK:
+        if (c->verbose && c->awaiting > 0)
+            c->awaiting--;
+        return 1;
+    case LP_EV_ERR:
+        note("%s", c->ev.rest);
+        if (err_closes(c->ev.rest))
+            finish(EXIT_NODAEMON);
+        if (c->verbose && c->awaiting > 0)
+            c->awaiting--;
+        c->refused++;
+        return -1;
+    case LP_EV_BUS:
+        note_bus(c, tell_bus);
+        return 0;
+    case LP_EV_HELLO:
+        fail(EXIT_NODAEMON, "a second greeting from busgated");
+    default:
+        return 0;
+    }
+}
+
+/* "key=N" from the greeting. */
+static void
+hello_number(const char *text, const char *key, uint64_t *out)
+{
+    size_t n = strlen(key);
+
+    for (const char *p = text; (p = strstr(p, key)) != NULL; p += n) {
+        if ((p == text || p[-1] == ' ') && p[n] == '=') {
+            *out = strtoull(p + n + 1, NULL, 10);
+            return;
+        }
+    }
+}
+
+/* Read the greeting: check the protocol, learn the limits. */
+static void
+cli_hello(struct cli *c)
+{
+    const char *bus;
+
+    c->awaiting = 1;
+    cli_next(c, -1, 0);
+    c->awaiting = 0;
+    if (c->ev.kind == LP_EV_ERR) {
+        note("%s", c->ev.rest);
+        finish(err_closes(c->ev.rest) ? EXIT_NODAEMON : EXIT_REFUSED);
+    }
+    if (c->ev.kind != LP_EV_HELLO || strncmp(c->ev.rest, "busgate ", 8) != 0)
+        fail(EXIT_NODAEMON, "this is not busgated speaking");
+    sscanf(c->ev.rest + 8, "%63s", c->hello.version);
+    hello_number(c->ev.rest, "proto", &c->hello.proto);
+    if (c->hello.proto != LP_PROTOCOL_VERSION)
+        fail(EXIT_NODAEMON, "busgated speaks line protocol %" PRIu64 ", this busgate %d",
+            c->hello.proto, LP_PROTOCOL_VERSION);
+    hello_number(c->ev.rest, "max_line", &c->hello.max_line);
+    hello_number(c->ev.rest, "max_payload", &c->hello.max_payload);
+    if (c->hello.max_payload == 0 || c->hello.max_payload > CLI_MAX_PAYLOAD)
+        c->hello.max_payload = CLI_MAX_PAYLOAD;
+    hello_number(c->ev.rest, "max_packets", &c->hello.max_packets);
+    hello_number(c->ev.rest, "max_name", &c->hello.max_name);
+    if (c->hello.max_name > 0 && c->hello.max_name < UINT32_MAX)
+        c->lim.max_name = (uint32_t)c->hello.max_name;
+    if ((bus = strstr(c->ev.rest, " bus=")) != NULL)
+        snprintf(c->bus, sizeof c->bus, "%.*s", (int)strcspn(bus + 5, " "), bus + 5);
+}
+
+static void
+cli_open(struct cli *c, const struct opts *o)
+{
+    c->fd = -1;
+    c->timeout_ms = o->timeout_s > 0 ? o->timeout_s * 1000 : -1;
+    c->in = evbuffer_new();
+    c->out = evbuffer_new();
+    c->scratch = evbuffer_new();
+    if (c->in == NULL || c->out == NULL || c->scratch == NULL)
+        fail(EXIT_NODAEMON, "out of memory");
+    lp_event_init(&c->ev);
+    c->lim.max_name = UINT32_MAX;
+    c->lim.max_payload = CLI_MAX_PAYLOAD;
+    c->lim.max_packets = CLI_MAX_PACKETS;
+    c->lim.max_entitlements = CLI_MAX_ENTS;
+    c->verbose = true;
+    snprintf(c->bus, sizeof c->bus, "unknown");
+    cli_connect(c, o->socket);
+    cli_hello(c);
+}
+
+/* Queue "VERB name [name]" and count its reply. */
+static void
+cli_send_names(struct cli *c, const char *verb, const char *a, const char *b)
+{
+    int r = evbuffer_add_printf(c->out, "%s ", verb) < 0 ||
+        lp_put_name(c->out, a, strlen(a)) < 0;
+
+    if (r == 0 && b != NULL)
+        r = evbuffer_add(c->out, " ", 1) < 0 || lp_put_name(c->out, b, strlen(b)) < 0;
+    if (r != 0 || evbuffer_add(c->out, "\n", 1) < 0)
+        fail(EXIT_NODAEMON, "out of memory");
+    c->awaiting++;
+}
+
+/* ---- printing events ---- */
+
+/* Length of a valid multi-byte UTF-8 sequence at p, or 0. */
+static size_t
+utf8_seq(const uint8_t *p, size_t n)
+{
+    size_t need;
+    uint32_t cp;
+
+    if (p[0] >= 0xc2 && p[0] <= 0xdf)
+        need = 1, cp = p[0] & 0x1f;
+    else if (p[0] >= 0xe0 && p[0] <= 0xef)
+        need = 2, cp = p[0] & 0x0f;
+    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
+        need = 3, cp = p[0] & 0x07;
+    else
+        return 0;
+    if (n < need + 1)
+        return 0;
+    for (size_t k = 1; k <= need; k++) {
+        if ((p[k] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (p[k] & 0x3f);
+    }
+    if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
+        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
+        return 0;
+    return need + 1;
+}
+
+/* A payload as one line of text: UTF-8 as is; backslash, control bytes
+ * and invalid UTF-8 as C escapes, so every packet stays on its line. */
+static void
+put_text(FILE *f, const uint8_t *p, size_t n)
+{
+    size_t i = 0, k;
+
+    while (i < n) {
+        uint8_t ch = p[i];
+
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
+            putc_unlocked(ch, f);
+            i++;
+        } else if (ch >= 0x80 && (k = utf8_seq(p + i, n - i)) > 0) {
+            fwrite(p + i, 1, k, f);
+            i += k;
+        } else {
+            switch (ch) {
+            case '\\': fputs("\\\\", f); break;
+            case '\n': fputs("\\n", f); break;
+            case '\r': fputs("\\r", f); break;
+            case '\t': fputs("\\t", f); break;
+            default: fprintf(f, "\\x%02x", ch); break;
+            }
+            i++;
+        }
+    }
+}
+
+static void
+put_hex(FILE *f, const uint8_t *p, size_t n)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        putc_unlocked(digits[p[i] >> 4], f);
+        putc_unlocked(digits[p[i] & 15], f);
+    }
+}
+
+static void
+put_base64(FILE *f, const uint8_t *p, size_t n)
+{
+    unsigned char buf[4 * 768 / 3 + 1];
+
+    /* Whole 3-byte groups per call, so the pieces join into one encoding. */
+    while (n > 0) {
+        size_t k = n < 768 ? n : 768;
+        int m = EVP_EncodeBlock(buf, p, (int)k);
+
+        fwrite(buf, 1, (size_t)m, f);
+        p += k;
+        n -= k;
+    }
+}
+
+static void
+put_payload(FILE *f, enum payload_form form, const uint8_t *p, size_t n)
+{
+    switch (form) {
+    case FORM_TEXT: put_text(f, p, n); break;
+    case FORM_HEX: put_hex(f, p, n); break;
+    case FORM_BASE64: put_base64(f, p, n); break;
+    }
+}
+
+static void
+put_name(struct cli *c, const struct lp_name *name)
+{
+    evbuffer_drain(c->scratch, evbuffer_get_length(c->scratch));
+    lp_put_name(c->scratch, name->ptr, name->len);
+    fwrite(evbuffer_pullup(c->scratch, -1), 1, evbuffer_get_length(c->scratch), stdout);
+}
+
+static void
+put_ents(const struct wire_ints *e)
+{
+    if (e->n == 0) {
+        putc_unlocked('-', stdout);
+        return;
+    }
+    printf("%" PRId32, e->v[0]);
+    for (uint32_t i = 1; i < e->n; i++)
+        printf(",%" PRId32, e->v[i]);
+}
+
+/* "FEED TOPIC USER HOST image|delta" */
+static void
+put_data_prefix(struct cli *c)
+{
+    put_name(c, &c->ev.feed);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.topic);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.user);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.host);
+    fputs(c->ev.is_image ? " image " : " delta ", stdout);
+}
+
+/* One line per packet; a message without packets gets one line saying
+ * what it is: STALE (publisher gone, or not entitled) or EMPTY. */
+static void
+print_data(struct cli *c, enum payload_form form)
+{
+    const uint8_t *p = c->payload;
+
+    if (c->ev.n_packets == 0) {
+        put_data_prefix(c);
+        fputs(c->ev.user.len == 0 && c->ev.host.len == 0 && c->ev.is_image ?
+            "STALE\n" : "EMPTY\n", stdout);
+        return;
+    }
+    for (uint32_t i = 0; i < c->ev.n_packets; i++) {
+        const struct wire_packet *pk = &c->ev.packets[i];
+
+        put_data_prefix(c);
+        put_ents(&pk->entitlements);
+        if (pk->len > 0) {
+            putc_unlocked(' ', stdout);
+            put_payload(stdout, form, p, pk->len);
+        }
+        putc_unlocked('\n', stdout);
+        p += pk->len;
+    }
+}
+
+/* "CLIENT-ID USER HOST FEED TOPIC" (NOTIFICATION after add|remove, AUTHREQ). */
+static void
+print_id_names(struct cli *c)
+{
+    char id[GUID_TEXT_LEN + 1];
+
+    guid_to_text(c->ev.client_id, id);
+    fputs(id, stdout);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.user);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.host);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.feed);
+    putc_unlocked(' ', stdout);
+    put_name(c, &c->ev.topic);
+    putc_unlocked('\n', stdout);
+}
+
+/* ---- commands ---- */
+
+/* Wait for the replies to the commands just queued; any -ERR ends the
+ * program (exit 1). Events arriving meanwhile go to on_event. */
+static void
+cli_confirm(struct cli *c, void (*on_event)(struct cli *, const struct opts *),
+    const struct opts *o)
+{
+    while (c->awaiting > 0) {
+        cli_next(c, -1, 0);
+        if (cli_common(c, true) < 0)
+            finish(EXIT_REFUSED);
+        if (on_event != NULL)
+            on_event(c, o);
+    }
+}
+
+static uint64_t seen_events;
+
+static void
+count_event(const struct opts *o)
+{
+    if (o->count > 0 && ++seen_events >= o->count)
+        finish(EXIT_DONE);
+}
+
+static void
+sub_event(struct cli *c, const struct opts *o)
+{
+    if (c->ev.kind == LP_EV_DATA) {
+        print_data(c, o->form);
+        count_event(o);
+    }
+}
+
+static void
+run_sub(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    for (int i = 1; i < nargs; i++)
+        cli_send_names(c, "SUB", args[0], args[i]);
+    cli_confirm(c, sub_event, o);
+    for (;;) {
+        cli_next(c, -1, 0);
+        if (cli_common(c, true) == 0)
+            sub_event(c, o);
+    }
+}
+
+static void
+notify_event(struct cli *c, const struct opts *o)
+{
+    if (c->ev.kind == LP_EV_NOTIFICATION) {
+        fputs(c->ev.is_add ? "add " : "remove ", stdout);
+        print_id_names(c);
+        count_event(o);
+    }
+}
+
+static void
+run_notify(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    cli_send_names(c, "NOTIFY", args[0], NULL);
+    cli_confirm(c, notify_event, o);
+    for (;;) {
+        cli_next(c, -1, 0);
+        if (cli_common(c, true) == 0)
+            notify_event(c, o);
+    }
+}
+
+/* Answer each request as the options say; print it. Replies to the
+ * answers are not fatal: another authorizer may have answered first. */
+static void
+authorize_event(struct cli *c, const struct opts *o)
+{
+    char id[GUID_TEXT_LEN + 1];
+    int r;
+
+    if (c->ev.kind != LP_EV_AUTHREQ)
+        return;
+    print_id_names(c);
+    guid_to_text(c->ev.client_id, id);
+    r = evbuffer_add_printf(c->out, "AUTHORIZE %s ", id) < 0 ||
+        lp_put_name(c->out, c->ev.feed.ptr, c->ev.feed.len) < 0 ||
+        evbuffer_add(c->out, " ", 1) < 0 ||
+        lp_put_name(c->out, c->ev.topic.ptr, c->ev.topic.len) < 0 ||
+        evbuffer_add_printf(c->out, " %s%s%s\n", o->not_required ? "not-required" : "required",
+            o->ents != NULL ? " " : "", o->ents != NULL ? o->ents : "") < 0;
+    if (r != 0)
+        fail(EXIT_NODAEMON, "out of memory");
+    c->awaiting++;
+    count_event(o);
+}
+
+static void
+run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    cli_send_names(c, "AUTHORIZER", args[0], NULL);
+    cli_confirm(c, authorize_event, o);
+    for (;;) {
+        cli_next(c, -1, 0);
+        if (cli_common(c, true) == 0)
+            authorize_event(c, o);
+    }
+}
+
+static void
+run_stats(struct cli *c)
+{
+    if (evbuffer_add(c->out, "STATS\n", 6) < 0)
+        fail(EXIT_NODAEMON, "out of memory");
+    c->awaiting = 1;
+    for (;;) {
+        cli_next(c, -1, 0);
+        switch (c->ev.kind) {
+        case LP_EV_STAT:
+            printf("%s\n", c->ev.rest);
+            break;
+        case LP_EV_END:
+            finish(EXIT_DONE);
+        default:
+            if (cli_common(c, false) < 0)
+                finish(EXIT_REFUSED);
+            break;
+        }
+    }
+}
+
+static double
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void
+run_ping(struct cli *c)
+{
+    double t0 = now_ms();
+
+    if (evbuffer_add(c->out, "PING busgate\n", 13) < 0)
+        fail(EXIT_NODAEMON, "out of memory");
+    c->awaiting = 1;
+    for (;;) {
+        cli_next(c, -1, 0);
+        if (c->ev.kind == LP_EV_PONG) {
+            printf("PONG from busgated %s in %.3f ms, bus %s\n", c->hello.version,
+                now_ms() - t0, c->bus);
+            finish(EXIT_DONE);
+        }
+        if (cli_common(c, false) < 0)
+            finish(EXIT_REFUSED);
+    }
+}
+
+/* ---- publishing from stdin ---- */
+
+struct publisher {
+    const struct opts *o;
+    const char *verb;           /* PUB or SEND */
+    char target[GUID_TEXT_LEN + 2];     /* "ID " for SEND, "" for PUB */
+    const char *feed, *topic;
+    struct evbuffer *input;     /* stdin bytes not yet queued */
+    bool input_eof;
+    bool discarding;            /* dropping the rest of a too-long line */
+    uint64_t line_no;
+    uint64_t queued;            /* messages sent to the daemon */
+    uint64_t too_long;          /* messages refused here */
+};
+
+/* Queue one message: the command line, then n bytes moved from input. */
+static void
+pub_queue(struct cli *c, struct publisher *p, size_t n)
+{
+    const struct opts *o = p->o;
+    int r;
+
+    r = evbuffer_add_printf(c->out, "%s %s", p->verb, p->target) < 0 ||
+        lp_put_name(c->out, p->feed, strlen(p->feed)) < 0 ||
+        evbuffer_add(c->out, " ", 1) < 0 ||
+        lp_put_name(c->out, p->topic, strlen(p->topic)) < 0 ||
+        evbuffer_add_printf(c->out, " %s %zu%s%s\n", o->image ? "image" : "delta", n,
+            o->ents != NULL ? ":" : "", o->ents != NULL ? o->ents : "") < 0 ||
+        evbuffer_remove_buffer(p->input, c->out, n) != (int)n ||
+        evbuffer_add(c->out, "\n", 1) < 0;
+    if (r != 0)
+        fail(EXIT_NODAEMON, "out of memory");
+    p->queued++;
+}
+
+/* A message longer than the daemon takes: refuse it here, keep going. */
+static void
+pub_too_long(struct cli *c, struct publisher *p, uint64_t len)
+{
+    note("stdin line %" PRIu64 ": %" PRIu64 "%s bytes, over busgated's max_payload "
+        "of %" PRIu64 "; not sent", p->line_no, len, p->discarding ? "+" : "",
+        c->hello.max_payload);
+    p->too_long++;
+}
+
+/* Queue every complete line of input, one message each. The input itself
+ * is bounded: stdin is read only while the queue is short. */
+static void
+pub_lines(struct cli *c, struct publisher *p)
+{
+    uint64_t max = c->hello.max_payload;
+
+    for (;;) {
+        struct evbuffer_ptr nl = evbuffer_search(p->input, "\n", 1, NULL);
+        size_t have = evbuffer_get_length(p->input);
+
+        if (nl.pos < 0) {
+            if (have > max) {           /* can never be sent: stop holding it */
+                if (!p->discarding) {
+                    p->line_no++;
+                    p->discarding = true;
+                    pub_too_long(c, p, have);
+                }
+                evbuffer_drain(p->input, have);
+            }
+            return;
+        }
+        if (p->discarding) {
+            p->discarding = false;
+        } else {
+            p->line_no++;
+            if ((uint64_t)nl.pos <= max) {
+                pub_queue(c, p, (size_t)nl.pos);
+                evbuffer_drain(p->input, 1);
+                continue;
+            }
+            pub_too_long(c, p, (uint64_t)nl.pos);
+        }
+        evbuffer_drain(p->input, (size_t)nl.pos + 1);
+    }
+}
+
+/* End of input: the last unterminated line, or the whole input. */
+static void
+pub_last(struct cli *c, struct publisher *p)
+{
+    size_t have = evbuffer_get_length(p->input);
+
+    if (p->o->whole) {
+        pub_queue(c, p, have);
+    } else if (have > 0 && !p->discarding) {
+        p->line_no++;
+        pub_queue(c, p, have);
+    }
+}
+
+static void
+pub_read_input(struct cli *c, struct publisher *p)
+{
+    int n = evbuffer_read(p->input, STDIN_FILENO, CLI_READ_CHUNK);
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n < 0)
+        fail(EXIT_NODAEMON, "reading stdin: %s", strerror(errno));
+    if (n == 0)
+        p->input_eof = true;
+    if (p->o->whole && evbuffer_get_length(p->input) > c->hello.max_payload)
+        fail(EXIT_REFUSED, "input is over busgated's max_payload of %" PRIu64
+            " bytes; nothing sent", c->hello.max_payload);
+}
+
+/*
+ * Stream messages without waiting for replies (VERBOSE off), then PING:
+ * its PONG comes after the daemon has handled every message, so by then
+ * every -ERR has arrived.
+ */
+static void
+run_publish(struct cli *c, struct publisher *p)
+{
+    bool pinged = false;
+
+    if ((p->input = evbuffer_new()) == NULL ||
+        evbuffer_add(c->out, "VERBOSE off\n", 12) < 0)
+        fail(EXIT_NODAEMON, "out of memory");
+    c->verbose = false;
+    for (;;) {
+        bool room = evbuffer_get_length(c->out) < CLI_OUT_HIGH_WATER;
+
+        if (!p->o->whole)
+            pub_lines(c, p);
+        if (p->input_eof && !pinged) {
+            pub_last(c, p);
+            if (evbuffer_add(c->out, "PING end\n", 9) < 0)
+                fail(EXIT_NODAEMON, "out of memory");
+            c->awaiting++;
+            pinged = true;
+        }
+        if (p->input_eof)
+            room = false;
+        if (cli_next(c, room ? STDIN_FILENO : -1,
+                p->input_eof ? 0 : CLI_OUT_HIGH_WATER) == 0) {
+            if (room)
+                pub_read_input(c, p);
+            continue;
+        }
+        if (c->ev.kind == LP_EV_PONG && pinged) {
+            c->awaiting--;
+            break;
+        }
+        cli_common(c, false);
+    }
+    evbuffer_free(p->input);
+    p->input = NULL;
+    if (c->refused + p->too_long > 0)
+        fail(EXIT_REFUSED, "%" PRIu64 " of %" PRIu64 " messages refused",
+            c->refused + p->too_long, p->queued + p->too_long);
+    finish(EXIT_DONE);
+}
+
+static void
+run_pub(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    struct publisher p = { .o = o, .verb = "PUB" };
+
+    p.feed = args[0];
+    p.topic = args[1];
+    run_publish(c, &p);
+}
+
+static void
+run_send(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    struct publisher p = { .o = o, .verb = "SEND" };
+    uint8_t id[GUID_WIRE_LEN];
+
+    guid_from_text(args[0], strlen(args[0]), id);   /* checked in main */
+    guid_to_text(id, p.target);
+    p.target[GUID_TEXT_LEN] = ' ';
+    p.target[GUID_TEXT_LEN + 1] = '\0';
+    p.feed = args[1];
+    p.topic = args[2];
+    run_publish(c, &p);
+}
+
+/* ---- command line ---- */
+
+/* An entitlement list must be what the daemon accepts: ask the parser
+ * itself, on a stand-in AUTHORIZE line. */
+static void
+check_ents(const char *ents)
+{
+    static const char head[] = "AUTHORIZE 00000000-0000-0000-0000-000000000000 F T required ";
+    static const struct lp_limits lim = { 4096, 1, 1, CLI_MAX_ENTS };
+    size_t n = strlen(ents);
+    struct lp_cmd cmd;
+    enum lp_error e;
+    char msg[256], *line;
+    int r = -1;
+
+    if (n > 0 && n <= 16 * CLI_MAX_ENTS && strcspn(ents, " \t") == n &&
+        (line = malloc(sizeof head + n)) != NULL) {
+        memcpy(line, head, sizeof head - 1);
+        memcpy(line + sizeof head - 1, ents, n + 1);
+        lp_cmd_init(&cmd);
+        r = lp_parse_command(line, sizeof head - 1 + n, &lim, &cmd, &e, msg, sizeof msg);
+        lp_cmd_free(&cmd);
+        free(line);
+    }
+    if (r != 0)
+        usage_error("bad entitlement list '%s' (want integers separated by commas, like 1,2,3)",
+            ents);
+}
+
+static uint64_t
+number_arg(const char *name, const char *s, uint64_t max)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || s[0] == '-' || v > max)
+        usage_error("%s wants a number up to %" PRIu64 ", not '%s'", name, max, s);
+    return v;
+}
+
+static void
+usage(FILE *out)
+{
+    fprintf(out,
+        "usage: busgate [--socket PATH] [--timeout SECONDS] COMMAND [ARGS]\n"
+        "  sub FEED TOPIC [TOPIC...] [--hex|--base64] [--count N]\n"
+        "        print data, a line per packet: FEED TOPIC USER HOST image|delta ENTS PAYLOAD\n"
+        "  pub FEED TOPIC [--image] [--entitlements LIST] [--whole]\n"
+        "        publish stdin, a message per line (--whole: all of it as one)\n"
+        "  send CLIENT-ID FEED TOPIC [--image] [--entitlements LIST] [--whole]\n"
+        "        send stdin to one client, like pub\n"
+        "  notify FEED [--count N]\n"
+        "        print subscriptions coming and going on FEED\n"
+        "  authorize FEED [--entitlements LIST | --not-required] [--count N]\n"
+        "        answer FEED's authorization requests, printing each\n"
+        "  stats   print busgated's counters and limits\n"
+        "  ping    check that busgated answers\n"
+        "options:\n"
+        "  -s, --socket PATH      busgated's socket (default $BUSGATE_SOCKET or %s)\n"
+        "  -T, --timeout SECONDS  wait this long for an answer (default %d, 0: for ever)\n"
+        "  -V, --version          print the version\n"
+        "  -h, --help             this text\n"
+        "exit status: 0 done, 1 refused, 2 usage, 3 no daemon or connection lost\n",
+        CONFIG_DEFAULT_SOCKET, CLI_DEFAULT_TIMEOUT);
+}
+
+static void
+run_stats_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    run_stats(c);
+}
+
+static void
+run_ping_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    run_ping(c);
+}
+
+struct command {
+    const char *name;
+    int min_args, max_args;     /* max -1: no limit */
+    unsigned allowed;           /* enum opt_bit set */
+    void (*run)(struct cli *, const struct opts *, char **, int);
+};
+
+static const struct command commands[] = {
+    { "sub", 2, -1, O_FORM | O_COUNT, run_sub },
+    { "pub", 2, 2, O_IMAGE | O_ENTS | O_WHOLE, run_pub },
+    { "send", 3, 3, O_IMAGE | O_ENTS | O_WHOLE, run_send },
+    { "notify", 1, 1, O_COUNT, run_notify },
+    { "authorize", 1, 1, O_ENTS | O_NOTREQ | O_COUNT, run_authorize },
+    { "stats", 0, 0, 0, run_stats_cmd },
+    { "ping", 0, 0, 0, run_ping_cmd },
+};
+
+static void
+parse_options(int argc, char **argv, struct opts *o)
+{
+    enum { OPT_HEX = 256, OPT_BASE64, OPT_NOTREQ };
+    static const struct option longopts[] = {
+        { "socket", required_argument, NULL, 's' },
+        { "timeout", required_argument, NULL, 'T' },
+        { "hex", no_argument, NULL, OPT_HEX },
+        { "base64", no_argument, NULL, OPT_BASE64 },
+        { "count", required_argument, NULL, 'n' },
+        { "image", no_argument, NULL, 'i' },
+        { "entitlements", required_argument, NULL, 'e' },
+        { "whole", no_argument, NULL, 'w' },
+        { "not-required", no_argument, NULL, OPT_NOTREQ },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    int ch;
+
+    while ((ch = getopt_long(argc, argv, "s:T:n:ie:wVh", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 's': o->socket = optarg; break;
+        case 'T': o->timeout_s = (int)number_arg("--timeout", optarg, 86400); break;
+        case OPT_HEX:
+        case OPT_BASE64:
+            if ((o->seen & O_FORM) != 0)
+                usage_error("--hex and --base64 exclude each other");
+            o->form = ch == OPT_HEX ? FORM_HEX : FORM_BASE64;
+            o->seen |= O_FORM;
+            break;
+        case 'n':
+            o->count = number_arg("--count", optarg, UINT64_MAX);
+            o->seen |= O_COUNT;
+            break;
+        case 'i': o->image = true; o->seen |= O_IMAGE; break;
+        case 'e': check_ents(optarg); o->ents = optarg; o->seen |= O_ENTS; break;
+        case 'w': o->whole = true; o->seen |= O_WHOLE; break;
+        case OPT_NOTREQ: o->not_required = true; o->seen |= O_NOTREQ; break;
+        case 'V':
+            printf("busgate %s (line protocol %d)\n", PACKAGE_VERSION, LP_PROTOCOL_VERSION);
+            finish(EXIT_DONE);
+        case 'h': usage(stdout); finish(EXIT_DONE);
+        default: fputs("Try 'busgate --help'.\n", stderr); finish(EXIT_USAGE);
+        }
+    }
+}
+
+/* Everything that can be checked before connecting. */
+static const struct command *
+check_command(int argc, char **argv, const struct opts *o)
+{
+    const struct command *cmd = NULL;
+    int nargs = argc - optind - 1;
+    uint8_t id[GUID_WIRE_LEN];
+
+    if (optind >= argc)
+        usage_error("no command given");
+    for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+        if (strcmp(argv[optind], commands[i].name) == 0)
+            cmd = &commands[i];
+    if (cmd == NULL)
+        usage_error("unknown command '%s'", argv[optind]);
+    if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args))
+        usage_error("wrong number of arguments for '%s'", cmd->name);
+    if ((o->seen & ~cmd->allowed) != 0)
+        usage_error("an option given does not apply to '%s'", cmd->name);
+    if (o->not_required && o->ents != NULL)
+        usage_error("--not-required and --entitlements exclude each other");
+    if (strcmp(cmd->name, "send") == 0 &&
+        guid_from_text(argv[optind + 1], strlen(argv[optind + 1]), id) != 0)
+        usage_error("'%s' is not a client id (like 00112233-4455-6677-8899-aabbccddeeff)",
+            argv[optind + 1]);
+    return cmd;
+}
+
+int
+main(int argc, char **argv)
+{
+    struct opts o = { .timeout_s = CLI_DEFAULT_TIMEOUT };
+    const struct command *cmd;
+    static char outbuf[1 << 16];
+
+    cli.fd = -1;
+    parse_options(argc, argv, &o);
+    if (o.socket == NULL && (o.socket = getenv("BUSGATE_SOCKET")) == NULL)
+        o.socket = CONFIG_DEFAULT_SOCKET;
+    cmd = check_command(argc, argv, &o);
+    /* Output is flushed whenever we are about to wait, so a pipe sees
+     * each event promptly without a write per line. */
+    setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
+    cli_open(&cli, &o);
+    cmd->run(&cli, &o, argv + optind + 1, argc - optind - 1);
+    finish(EXIT_DONE);
+}
