@@ -87,10 +87,8 @@ systemd_fd(char *err, size_t errlen)
     if (n > 1)
         log_warn("systemd passed %ld sockets; using the first (fd %d)", n, fd);
     len = sizeof type;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) {
-        errf(err, errlen, "systemd socket activation: fd %d: %s", fd, strerror(errno));
-        return -2;
-    }
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
+        type = -1;
     len = sizeof domain;
     if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0)
         domain = -1;

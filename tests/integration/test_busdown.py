@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""The bus going away and coming back: sessions are told (BUS events),
+publishes are refused or held in the bounded bus-down queue, and every
+subscription and notification (including those made while down) is
+replayed upstream on reconnect, which the test bus log shows."""
+
+import os
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from routerkit import GatewayCase, stats, uniq  # noqa: E402
+
+
+def bus_event(state):
+    return lambda e: e.words[1] == state
+
+
+def code(reply):
+    parts = reply.split(" ", 2)
+    return parts[1] if parts[0] == "-ERR" else parts[0]
+
+
+class BusRestartTest(GatewayCase):
+
+    def test_restart_replays_everything(self):
+        feed = uniq("R")
+        m = self.bus.mark()
+        s, n = self.session(), self.session()
+        self.assertEqual(s.cmd("SUB %s T" % feed), "+OK")
+        self.assertEqual(n.cmd("NOTIFY %s" % feed), "+OK")
+        self.wait_recv("NotificationRequest", lambda f: f["feed"] == feed, since=m)
+        pub = self.client("pub")
+        pub.publish(feed, "T", [(None, b"before")], is_image=True)
+        self.assertEqual(s.expect("DATA").payloads, [b"before"])
+        pub.close()
+        self.closers.remove(pub)
+        self.assertEqual(s.expect("DATA").line, 'DATA %s T "" "" image multicast' % feed)
+
+        self.bus.stop()
+        for x in (s, n):
+            ev = x.expect("BUS", bus_event("down"))
+            self.assertGreater(len(ev.words), 2, "BUS down carries a reason")
+        # While down: a new session learns the state; subscriptions are
+        # recorded; publishes and sends are refused.
+        s2 = self.session()
+        self.assertIn("bus=down", s2.hello.line)
+        self.assertEqual(s2.cmd("SUB %s T2" % feed), "+OK")
+        self.assertEqual(s2.cmd("SUB %s T" % feed), "+OK")
+        self.assertEqual(code(s2.pub(feed, "T", [(None, b"x")])), "bus-down")
+        self.assertEqual(code(s2.pub(feed, "T", [(None, b"x")], verb="SEND",
+                                     target="00112233-4455-6677-8899-aabbccddeeff")),
+                         "bus-down")
+        self.assertEqual(s.cmd("UNSUB %s T" % feed), "+OK")
+        self.assertEqual(stats(s2)["bus_state"], "down")
+
+        m = self.bus.mark()
+        self.bus.start()
+        for x in (s, n, s2):
+            x.expect("BUS", bus_event("unconfirmed"))
+        self.wait_recv("SubscriptionRequest", lambda f: f["feed"] == feed and f["topic"] == "T",
+                       since=m)
+        self.wait_recv("SubscriptionRequest", lambda f: f["feed"] == feed and f["topic"] == "T2",
+                       since=m)
+        self.wait_recv("NotificationRequest", lambda f: f["feed"] == feed and f["is_add"],
+                       since=m)
+        self.barrier()
+        replayed = self.recv_from("gw", "SubscriptionRequest", m,
+                                  lambda f: f["feed"] == feed)
+        self.assertEqual(sorted((r["fields"]["topic"], r["fields"]["is_add"]) for r in replayed),
+                         [("T", True), ("T2", True)])
+        # The old image is not replayed as current after the outage.
+        s3 = self.session()
+        self.assertEqual(s3.cmd("SUB %s T" % feed), "+OK")
+        self.assertEqual(s3.cmd("PING"), "PONG")
+        self.assertEqual(s3.events, [])
+        # Data flows again, and the first message confirms the link.
+        pub = self.client("pub")
+        pub.publish(feed, "T2", [(None, b"after")])
+        self.assertEqual(s2.expect("DATA").payloads, [b"after"])
+        s2.expect("BUS", bus_event("up"))
+        sub = self.client("sub")
+        sub.subscribe(feed, "seen")
+        ev = n.expect("NOTIFICATION", lambda e: e.words[6] == "seen")
+        self.assertEqual(ev.words[1], "add")
+        self.assertEqual(s.cmd("PING"), "PONG")
+        self.assertEqual([e for e in s.events if e.kind == "DATA"], [])
+
+
+class BusDownQueueTest(GatewayCase):
+    GW_CONFIG = {"router": {"busdown_queue": 3}}
+
+    def test_queue_holds_and_flushes_in_order(self):
+        feed = uniq("Q")
+        s = self.session()
+        self.assertEqual(s.cmd("PING"), "PONG")
+        self.bus.stop()
+        s.expect("BUS", bus_event("down"))
+        for i in range(3):
+            self.assertEqual(s.pub(feed, "T", [([i], b"q%d" % i)], image=i == 0), "+OK")
+        reply = s.pub(feed, "T", [(None, b"q3")])
+        self.assertEqual(code(reply), "bus-down")
+        self.assertIn("queue is full", reply)
+        st = stats(s)
+        self.assertEqual((st["busdown_queued"], st["limit.busdown_queue"]), ("3", "3"))
+        m = self.bus.mark()
+        self.bus.start()
+        s.expect("BUS", bus_event("unconfirmed"))
+        self.wait_recv("MulticastData", lambda f: f["feed"] == feed
+                       and f["data_packets"][0]["data_hex"] == b"q2".hex(), since=m)
+        got = self.recv_from("gw", "MulticastData", m, lambda f: f["feed"] == feed)
+        self.assertEqual([(r["fields"]["data_packets"][0]["data_hex"],
+                           r["fields"]["data_packets"][0]["entitlements"],
+                           r["fields"]["is_image"]) for r in got],
+                         [(b"q0".hex(), [0], True), (b"q1".hex(), [1], False),
+                          (b"q2".hex(), [2], False)])
+        self.assertEqual(stats(s)["busdown_queued"], "0")
+        self.assertEqual(s.pub(feed, "T", [(None, b"live")]), "+OK")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The Unix socket: mode and group, a stale socket replaced, a live one or a
+non-socket refused, a missing directory reported, the path removed at
+exit, and systemd socket activation (LISTEN_FDS/LISTEN_PID, fd 3)."""
+
+import grp
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gwtest  # noqa: E402
+from routerkit import USERS, Gateway, TestBus, tempdir, TIMEOUT  # noqa: E402
+
+
+class ListenerTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = tempdir()
+        cls.bus = TestBus(cls.dir, users=USERS)
+        cls.bus.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.bus.stop()
+        if not os.environ.get("BUSGATE_TEST_KEEP"):
+            shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def setUp(self):
+        self.gws = []
+
+    def tearDown(self):
+        for gw in self.gws:
+            gw.stop()
+
+    def gateway(self, name, listen=None):
+        gw = Gateway(self.dir, self.bus, name=name)
+        if listen:
+            gw.write_config({"listen": listen})
+        self.gws.append(gw)
+        return gw
+
+    def run_failing(self, gw):
+        """Start busgated expecting it to refuse to start; its output."""
+        r = subprocess.run([gwtest.BUSGATED, "-c", gw.config_path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, timeout=TIMEOUT)
+        out = r.stdout.decode(errors="replace")
+        self.assertNotEqual(r.returncode, 0, out)
+        for mark in gwtest.SANITIZER_MARKS:
+            self.assertNotIn(mark, out)
+        return out
+
+    def assert_serves(self, gw):
+        s = gw.session()
+        try:
+            self.assertEqual(s.cmd("PING"), "PONG")
+        finally:
+            s.close()
+
+    def test_mode_group_and_unlink_at_exit(self):
+        group = grp.getgrgid(os.getgid()).gr_name
+        gw = self.gateway("modes", {"mode": "0660", "group": group})
+        gw.start()
+        st = os.stat(gw.socket_path)
+        self.assertTrue(stat.S_ISSOCK(st.st_mode))
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o660)
+        self.assertEqual(st.st_gid, os.getgid())
+        self.assert_serves(gw)
+        gw.stop()
+        self.assertFalse(os.path.exists(gw.socket_path))
+
+    def test_stale_socket_is_replaced(self):
+        gw = self.gateway("stale")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(gw.socket_path)
+        s.close()
+        gw.start()
+        self.assert_serves(gw)
+        gw.wait_log(r"removed stale socket")
+
+    def test_live_socket_is_refused(self):
+        first = self.gateway("live1")
+        first.start()
+        second = self.gateway("live2", {"path": first.socket_path})
+        out = self.run_failing(second)
+        self.assertIn("another busgated is listening on %s" % first.socket_path, out)
+        self.assert_serves(first)
+
+    def test_non_socket_is_refused(self):
+        gw = self.gateway("plain")
+        with open(gw.socket_path, "w") as f:
+            f.write("keep me\n")
+        out = self.run_failing(gw)
+        self.assertIn("is not a socket", out)
+        with open(gw.socket_path) as f:
+            self.assertEqual(f.read(), "keep me\n")
+
+    def test_missing_directory_is_reported(self):
+        path = os.path.join(self.dir, "no-such-dir", "busgate.sock")
+        gw = self.gateway("nodir", {"path": path})
+        out = self.run_failing(gw)
+        self.assertIn("directory does not exist", out)
+
+    def start_activated(self, gw, fd, listen_pid="$$"):
+        """busgated with fd as its fd 3 and LISTEN_FDS=1, as systemd does."""
+        script = 'exec 3<&%d %d<&-; LISTEN_PID=%s LISTEN_FDS=1 exec "$0" "$@"' % (
+            fd, fd, listen_pid) if fd != 3 else \
+            'LISTEN_PID=%s LISTEN_FDS=1 exec "$0" "$@"' % listen_pid
+        gw.logf = open(gw.log_path, "ab")
+        gw.proc = subprocess.Popen(["sh", "-c", script, gwtest.BUSGATED, "-c", gw.config_path],
+                                   stdout=gw.logf, stderr=gw.logf, pass_fds=(fd,))
+
+    def test_systemd_socket_activation(self):
+        gw = self.gateway("activated")
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(gw.socket_path)
+        ls.listen(16)
+        try:
+            self.start_activated(gw, ls.fileno())
+        finally:
+            ls.close()
+        gw.wait_socket()
+        self.assert_serves(gw)
+        gw.wait_log(r"systemd socket")
+        gw.stop()
+        # systemd owns the path: it stays.
+        self.assertTrue(stat.S_ISSOCK(os.stat(gw.socket_path).st_mode))
+
+    def test_activation_for_another_pid_is_ignored(self):
+        gw = self.gateway("otherpid")
+        r, w = os.pipe()
+        try:
+            self.start_activated(gw, r, listen_pid="1")
+        finally:
+            os.close(r)
+            os.close(w)
+        gw.wait_socket()
+        self.assert_serves(gw)
+
+    def test_activation_with_a_non_socket_fails(self):
+        gw = self.gateway("badfd")
+        r, w = os.pipe()
+        try:
+            self.start_activated(gw, r)
+            rc = gw.proc.wait(TIMEOUT)
+        finally:
+            os.close(r)
+            os.close(w)
+        gw.proc = None
+        gw.logf.close()
+        self.assertNotEqual(rc, 0)
+        self.assertIn("not a listening Unix stream socket", gw.log())
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
