@@ -103,6 +103,7 @@ struct bus {
 
     unsigned attempt;             /* failures since the link was last up for long */
     unsigned streak;              /* failed attempts since the link was last up */
+    unsigned retries;             /* retries scheduled since the link was last up */
     char fail_reason[256];        /* the last failure, to summarise repeats */
     unsigned fail_repeats;
 
@@ -185,20 +186,27 @@ bus_state_name(enum bus_state s)
 
 /* ---- backoff ---- */
 
-uint32_t
-bus_backoff_ms(uint32_t min_ms, uint32_t max_ms, unsigned attempt, double rnd)
+/* The top of the backoff range for attempt: min(max, min * 2^attempt). */
+static uint32_t
+backoff_cap(uint32_t *min_ms, uint32_t max_ms, unsigned attempt)
 {
     uint64_t cap;
 
-    if (min_ms == 0)
-        min_ms = 1;
-    if (max_ms < min_ms)
-        max_ms = min_ms;
-    cap = min_ms;
+    if (*min_ms == 0)
+        *min_ms = 1;
+    if (max_ms < *min_ms)
+        max_ms = *min_ms;
+    cap = *min_ms;
     for (unsigned i = 0; i < attempt && cap < max_ms; i++)
         cap *= 2;
-    if (cap > max_ms)
-        cap = max_ms;
+    return cap > max_ms ? max_ms : (uint32_t)cap;
+}
+
+uint32_t
+bus_backoff_ms(uint32_t min_ms, uint32_t max_ms, unsigned attempt, double rnd)
+{
+    uint32_t cap = backoff_cap(&min_ms, max_ms, attempt);
+
     if (!(rnd > 0.0))       /* also catches NaN */
         rnd = 0.0;
     if (rnd >= 1.0)
@@ -452,7 +460,7 @@ bus_release_pressure(struct bus *bus)
 static void
 bus_link_failed(struct bus *bus, const char *reason, bool auth_failure)
 {
-    uint32_t delay, cap;
+    uint32_t delay, cap, min = bus->cfg.reconnect_min_ms;
     char d1[32], d2[32];
 
     if (bus->state == BUS_UP &&
@@ -461,18 +469,18 @@ bus_link_failed(struct bus *bus, const char *reason, bool auth_failure)
     bus_close_link(bus, false, 0);
     snprintf(bus->st.last_error, sizeof bus->st.last_error, "%s", reason);
     bus_log_down(bus, reason);
-    bus->streak++;
+    if (bus->state != BUS_UP)
+        bus->streak++;      /* a link that was up did not fail to come up */
     if (auth_failure)
         bus->st.auth_failures++;
     if (!bus->stopping) {
         delay = bus_backoff_ms(bus->cfg.reconnect_min_ms, bus->cfg.reconnect_max_ms,
             bus->attempt, random_unit());
-        cap = bus_backoff_ms(bus->cfg.reconnect_min_ms, bus->cfg.reconnect_max_ms,
-            bus->attempt, 1.0);
+        cap = backoff_cap(&min, bus->cfg.reconnect_max_ms, bus->attempt);
         fmt_duration(delay, d1, sizeof d1);
         fmt_duration(cap, d2, sizeof d2);
         bus->attempt = bus_next_attempt(bus->attempt, auth_failure);
-        log_debug("bus: retry %u in %s (backoff up to %s)", bus->streak, d1, d2);
+        log_debug("bus: retry %u in %s (backoff up to %s)", ++bus->retries, d1, d2);
         timer_arm(bus->retry_timer, delay);
     }
     bus_set_state(bus, BUS_DOWN, reason);
@@ -658,6 +666,7 @@ bus_go_up(struct bus *bus)
         snprintf(extra, sizeof extra, " (after %u failed attempt%s)", bus->streak,
             bus->streak == 1 ? "" : "s");
     bus->streak = 0;
+    bus->retries = 0;
     log_notice("bus: up%s", extra);
     bus_set_state(bus, BUS_UP, NULL);
 }
@@ -726,6 +735,15 @@ bus_written(struct bufferevent *bev, void *arg)
         bus_release_pressure(bus);
 }
 
+/* An orderly close; one that cuts a message short is worth telling apart. */
+static const char *
+bus_closed_reason(struct bufferevent *bev)
+{
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        return "connection closed by the bus in the middle of a message";
+    return "connection closed by the bus";
+}
+
 /* Why an established link or a TLS handshake failed. */
 static void
 bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
@@ -738,7 +756,7 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
 
     if (!bus->tls_phase) {
         if (events & BEV_EVENT_EOF)
-            snprintf(buf, len, "connection closed by the bus");
+            snprintf(buf, len, "%s", bus_closed_reason(bev));
         else
             snprintf(buf, len, "%s", evutil_socket_error_to_string(sys_err));
         return;
@@ -750,7 +768,7 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
         sys_err = 0;
     tls_describe_failure(bufferevent_openssl_get_ssl(bev), errs, n, sys_err, why, sizeof why);
     if ((events & BEV_EVENT_EOF) && strcmp(why, "connection closed") == 0)
-        snprintf(buf, len, "connection closed by the bus");
+        snprintf(buf, len, "%s", bus_closed_reason(bev));
     else
         snprintf(buf, len, "%s", why);
 }
@@ -1235,7 +1253,7 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
         bus->cfg.host, (unsigned)bus->cfg.port);
     evtimer_del(bus->retry_timer);
     bus_close_link(bus, true, bus->cfg.connect_timeout_ms);
-    bus->attempt = 0;
+    bus->attempt = bus->streak = bus->retries = 0;
     bus->fail_reason[0] = '\0';
     bus_set_state(bus, BUS_DOWN, "configuration changed");
     bus_release_pressure(bus);
