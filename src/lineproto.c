@@ -761,7 +761,11 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     }
     if (need > 0 && store_reserve(&cmd->store, &cmd->store_cap, need) == NULL)
         return fail(&cp, LP_ERR_SYNTAX, "out of memory");
-    if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
+    if (cmd->store == NULL) {
+        /* Nothing to store (STATS, QUIT...) and nothing stored yet. */
+        ents = NULL;
+        names = NULL;
+    } else if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
         cmd->packets = cmd->store;
         ents = (int32_t *)((char *)cmd->store +
             ALIGN8(scan.n_specs * sizeof(struct wire_packet)));

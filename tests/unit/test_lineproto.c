@@ -542,6 +542,23 @@ test_storage_reuse(void **state)
     NAME_IS(&f->cmd.topic, "y");
 }
 
+/* Commands without arguments store nothing: no allocation at all (this
+ * was also UB: NULL + 0 when sizing an empty store, found by the fuzzer). */
+static void
+test_no_storage_needed(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(parse(f, "STATS"), 0);
+    assert_int_equal(parse(f, "QUIT"), 0);
+    assert_int_equal(parse(f, "PING"), 0);
+    assert_int_equal(f->cmd.token.len, 0);
+    assert_null(f->cmd.store);
+    assert_int_equal(parse(f, "PING x"), 0);
+    assert_non_null(f->cmd.store);
+    NAME_IS(&f->cmd.token, "x");
+}
+
 /* ---- escaping ---- */
 
 static void
@@ -894,6 +911,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_limits_keep_payload_len, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unknown_len_gives_no_payload, setup, teardown),
         cmocka_unit_test_setup_teardown(test_storage_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_storage_needed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_put_name, setup, teardown),
         cmocka_unit_test_setup_teardown(test_escape_round_trip_all_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_escape_round_trip_utf8, setup, teardown),
