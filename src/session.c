@@ -228,8 +228,10 @@ session_read_line(struct session *s, struct evbuffer *in)
         s->st.cmds_in++;
         session_reply_err(s, LP_ERR_LINE_TOO_LONG,
             "line longer than %u bytes; discarded up to the next newline", s->max_line);
-        s->st.bytes_in += len;
-        evbuffer_drain(in, len);
+        /* Only the window is known to be newline-free; SKIP_LINE finds
+         * the end of the line in the rest. */
+        s->st.bytes_in += window;
+        evbuffer_drain(in, window);
         s->state = SESSION_SKIP_LINE;
         return true;
     }

@@ -135,6 +135,16 @@ class SessionTest(GatewayCase):
         if not BUSGATED_IS_SANITIZED:
             self.assertLess(grown, 16 * 1024, "RSS grew %d KiB for a 64 MiB line" % grown)
 
+    def test_long_line_in_a_pipeline(self):
+        # The over-long line and the commands after it arrive together:
+        # only the long line is lost.
+        s = self.session()
+        s.send(b"PING a\n" + b"z" * 3000 + b"\nPING b\nPING c\n")
+        self.assertEqual(s.reply(), "PONG a")
+        self.assertEqual(code(s.reply()), "line-too-long")
+        self.assertEqual(s.reply(), "PONG b")
+        self.assertEqual(s.reply(), "PONG c")
+
     def test_pipelining_replies_in_order(self):
         s = self.session()
         f = uniq("P")
