@@ -187,6 +187,28 @@ bench_proc_cpu_ns(int pid)
     return (ut + st) * (1000000000ull / (unsigned long long)sysconf(_SC_CLK_TCK));
 }
 
+/* CPU time the whole machine spent busy (all CPUs, not idle or iowait),
+ * in ns, from /proc/stat: set against the measured processes' own CPU
+ * time it shows how much other work competed with them. */
+static inline uint64_t
+bench_machine_busy_ns(void)
+{
+    unsigned long long v[8] = { 0 };
+    FILE *f = fopen("/proc/stat", "r");
+    int n;
+
+    if (f == NULL)
+        return 0;
+    n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+        &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 8)
+        return 0;
+    /* user nice system [idle iowait] irq softirq steal */
+    return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) *
+        (1000000000ull / (unsigned long long)sysconf(_SC_CLK_TCK));
+}
+
 /* Resident set size of a process in bytes (VmRSS), 0 if unreadable. */
 static inline uint64_t
 bench_proc_rss(int pid)

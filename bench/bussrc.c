@@ -31,7 +31,7 @@
 #include "bench.h"
 #include "wire.h"
 
-#define MAX_CONNS 64
+#define MAX_CONNS 4096
 #define IN_CAP (1u << 20)
 
 struct conn {
@@ -528,7 +528,7 @@ listen_on(int port, const char *port_file)
     if ((S.lfd = socket(AF_INET, SOCK_STREAM, 0)) < 0)
         bench_die("socket: %s", strerror(errno));
     setsockopt(S.lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(S.lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(S.lfd, 16) != 0)
+    if (bind(S.lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(S.lfd, 1024) != 0)
         bench_die("bind/listen: %s", strerror(errno));
     getsockname(S.lfd, (struct sockaddr *)&a, &alen);
     set_nonblock(S.lfd);
@@ -669,6 +669,7 @@ main(int argc, char **argv)
     signal(SIGINT, on_signal);
     signal(SIGPIPE, SIG_IGN);
     prctl(PR_SET_TIMERSLACK, 1000UL);
+    bench_raise_nofile();
     wire_limits_default(&S.lim);
     S.ctl = ctl != NULL ? bench_ctl_open(ctl) : &local;
     if (ctl == NULL)

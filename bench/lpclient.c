@@ -81,6 +81,7 @@ static struct {
     char *bus_state;
     struct { const char *name; int pid; uint64_t t0, t1; } cpu[MAX_CPU];
     int ncpu;
+    uint64_t busy0, busy1;      /* machine busy time at the window's ends */
     uint8_t *pub_tmpl;          /* one PUB command; seq patched at pub_seq_off */
     size_t pub_len, pub_seq_off;
     uint32_t pub_per_chunk;
@@ -516,6 +517,10 @@ wait_state(enum sess_state st, double timeout_s, const char *what)
 static void
 cpu_snap(bool end)
 {
+    if (end)
+        C.busy1 = bench_machine_busy_ns();
+    else
+        C.busy0 = bench_machine_busy_ns();
     for (int i = 0; i < C.ncpu; i++) {
         uint64_t v = C.cpu[i].pid == 0 ? 0 : bench_proc_cpu_ns(C.cpu[i].pid);
 
@@ -601,6 +606,7 @@ measure(void)
             (double)(d1 - d0) / secs, (double)(b1 - b0) / secs);
     for (int i = 0; i < C.ncpu; i++)
         printf(" cpu_%s=%.4f", C.cpu[i].name, (double)(C.cpu[i].t1 - C.cpu[i].t0) / 1e9);
+    printf(" cpu_machine=%.4f", (double)(C.busy1 - C.busy0) / 1e9);
 }
 
 /* After stop: every subscriber must get everything the source sent. */

@@ -198,6 +198,7 @@ reader(pid_t writer_pid)
     struct rd *rd = calloc(R.n, sizeof *rd);
     struct epoll_event ev, evs[256];
     uint64_t bytes = 0, b0 = 0, errors = 0, t_start, t0, t1, now, c0 = 0, c1, w0 = 0, w1;
+    uint64_t m0 = 0, m1;
     bool measuring = false;
     struct timespec ts;
 
@@ -221,6 +222,7 @@ reader(pid_t writer_pid)
             clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
             c0 = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
             w0 = bench_proc_cpu_ns(writer_pid);
+            m0 = bench_machine_busy_ns();
         }
         int n = epoll_wait(ep, evs, 256, 100);
 
@@ -250,13 +252,15 @@ reader(pid_t writer_pid)
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     c1 = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     w1 = bench_proc_cpu_ns(writer_pid);
+    m1 = bench_machine_busy_ns();
     double secs = (double)(now - t0) / 1e9, brate = (double)(bytes - b0) / secs;
 
     printf("RESULT mode=raw%s readers=%u payload=%u record=%zu chunk=%zu seconds=%.3f"
-        " rate=%.0f bytes_rate=%.0f cpu_writer=%.4f cpu_reader=%.4f seq_errors=%llu\n",
+        " rate=%.0f bytes_rate=%.0f cpu_writer=%.4f cpu_reader=%.4f cpu_machine=%.4f"
+        " seq_errors=%llu\n",
         R.parse ? "+parse" : R.pub ? "-pub" : "", R.n, R.payload, R.rec_len, R.chunk_len, secs,
         brate / (double)R.rec_len, brate, (double)(w1 - w0) / 1e9, (double)(c1 - c0) / 1e9,
-        (unsigned long long)errors);
+        (double)(m1 - m0) / 1e9, (unsigned long long)errors);
     fflush(stdout);
     return errors > 0 ? 1 : 0;
 }

@@ -1,0 +1,674 @@
+#!/usr/bin/env python3
+"""busgate benchmark driver (make bench).
+
+Starts the bus load source (bussrc), a busgated with a generated config
+(plain TCP, auth none, socket in a temp dir, generous limits), the local
+load clients (lpclient) and the raw Unix-socket baseline (rawfanout), runs
+each scenario for a few seconds, and prints every figure beside the
+baseline measured in the same run, with PASS/MISS against the targets.
+
+    python3 bench/run.py --builddir BUILD [--write bench/RESULTS.md]
+                         [--duration 3] [--only fanout,publish,latency,memory]
+
+Without a working busgated (not built yet) only the baselines are run.
+Python standard library only.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+SCENARIOS = ("fanout", "publish", "latency", "memory")
+
+# Targets (DESIGN.md quality bars and the benchmark issue).
+FANOUT_TARGET = 0.5         # x raw, at 16 B and 256 B with 100 and 1000 subscribers
+PUBLISH_TARGET = 0.5        # x raw
+LATENCY_TARGET = 2.0        # added p99 <= 2 x the direct path's p99
+SESSION_RSS_TARGET = 8192   # bytes per idle session
+SESSIONS_TARGET = 10000
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_result(text):
+    """The k=v pairs of the last 'RESULT ...' (or 'READY ...') line."""
+    for line in reversed(text.splitlines()):
+        if line.startswith("RESULT ") or line.startswith("READY "):
+            out = {}
+            for word in line.split()[1:]:
+                k, _, v = word.partition("=")
+                try:
+                    out[k] = float(v) if "." in v else int(v)
+                except ValueError:
+                    out[k] = v
+            return out
+    return None
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def proc_status(pid, key):
+    """A 'kB' field of /proc/PID/status in bytes (VmRSS, VmHWM)."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def machine():
+    model = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        mem = 0
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "kernel": platform.release(),
+        "mem_mib": mem,
+        "load": os.getloadavg(),
+    }
+
+
+def git_rev(srcdir):
+    try:
+        return subprocess.run(["git", "-C", srcdir, "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+class Proc:
+    """A background process with its output in a file."""
+
+    def __init__(self, argv, logpath, nofile=False):
+        self.logpath = logpath
+        self.logf = open(logpath, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     preexec_fn=raise_nofile if nofile else None)
+        self.pid = self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=10):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+        return self.proc.returncode
+
+    def output(self):
+        try:
+            with open(self.logpath, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+
+class Bench:
+    def __init__(self, args):
+        self.a = args
+        self.tmp = tempfile.mkdtemp(prefix="busgate-bench-")
+        self.bin = {p: os.path.join(args.builddir, "bench", p)
+                    for p in ("bussrc", "lpclient", "rawfanout")}
+        self.busgated = args.busgated or os.path.join(args.builddir, "src", "busgated")
+        self.n = 0
+        self.results = {}
+        self.gateway_ok = None
+
+    # ---- plumbing ----
+
+    def path(self, name):
+        self.n += 1
+        return os.path.join(self.tmp, "%03d-%s" % (self.n, name))
+
+    def bussrc(self, *extra):
+        ctl = self.path("ctl")
+        port_file = self.path("port")
+        p = Proc([self.bin["bussrc"], "--ctl", ctl, "--port-file", port_file,
+                  "--max-seconds", "300"] + [str(x) for x in extra],
+                 self.path("bussrc.log"), nofile=True)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(port_file):
+            if not p.alive() or time.monotonic() > deadline:
+                raise RuntimeError("bussrc did not start:\n" + p.output())
+            time.sleep(0.01)
+        with open(port_file) as f:
+            p.port = int(f.read())
+        p.ctl = ctl
+        return p
+
+    def config(self, port, sock):
+        cfgpath = self.path("busgated.yaml")
+        with open(cfgpath, "w") as f:
+            f.write("""bus:
+  host: 127.0.0.1
+  port: %d
+  tls: false
+  auth: none
+  reconnect: { min: 50ms, max: 1s, reset_after: 5s }
+  heartbeat: { timeout: 0 }
+listen:
+  path: "%s"
+  mode: "0600"
+  max_sessions: 20000
+  max_subscriptions: 10000
+  max_output: %dMiB
+log:
+  level: warning
+daemon:
+  shutdown_grace: 1s
+""" % (port, sock, self.a.max_output_mib))
+        return cfgpath
+
+    def gateway(self, src):
+        sock = self.path("busgate.sock")
+        cfg = self.config(src.port, sock)
+        g = Proc([self.busgated, "-c", cfg], self.path("busgated.log"), nofile=True)
+        g.sock = sock
+        deadline = time.monotonic() + 15
+        while True:
+            if not g.alive():
+                raise RuntimeError("busgated exited %s:\n%s" % (g.proc.returncode, g.output()))
+            if time.monotonic() > deadline:
+                g.stop()
+                raise RuntimeError("busgated socket never appeared:\n" + g.output())
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(5)
+                s.connect(sock)
+                hello = s.recv(4096).decode("utf-8", "replace")
+                s.close()
+                if "bus=down" not in hello:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return g
+
+    def lpclient(self, *args, timeout=180):
+        argv = [self.bin["lpclient"]] + [str(x) for x in args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           preexec_fn=raise_nofile)
+        res = parse_result(r.stdout)
+        if r.returncode != 0 or res is None:
+            raise RuntimeError("lpclient %s failed (%s):\n%s%s" % (
+                " ".join(argv[1:]), r.returncode, r.stdout[-2000:], r.stderr[-4000:]))
+        res["stderr"] = r.stderr
+        return res
+
+    def rawfanout(self, *args):
+        argv = [self.bin["rawfanout"], "--warmup", self.a.warmup,
+                "--duration", self.a.duration] + [str(x) for x in args]
+        r = subprocess.run([str(x) for x in argv], capture_output=True, text=True,
+                           timeout=120, preexec_fn=raise_nofile)
+        res = parse_result(r.stdout)
+        if r.returncode != 0 or res is None:
+            raise RuntimeError("rawfanout %s failed:\n%s%s" % (args, r.stdout, r.stderr))
+        return res
+
+    def check_gateway(self):
+        """Can busgated run here at all (built, has a main)?"""
+        if self.gateway_ok is not None:
+            return self.gateway_ok
+        self.gateway_ok = False
+        if not os.access(self.busgated, os.X_OK):
+            log("busgated not found at %s: gateway figures skipped" % self.busgated)
+            return False
+        src = self.bussrc("--topics", 1)
+        try:
+            g = self.gateway(src)
+            g.stop()
+            self.gateway_ok = True
+        except RuntimeError as e:
+            log("busgated does not run: gateway figures skipped\n%s" % str(e)[-1500:])
+        finally:
+            src.stop()
+        return self.gateway_ok
+
+    # ---- scenarios ----
+
+    def run_fanout(self):
+        raw, rawp, rows = {}, {}, []
+        for size in self.a.payloads:
+            for n in sorted(set(self.a.subs + [1000])):
+                log("raw fan-out: %d readers, %d B" % (n, size))
+                raw[(size, n)] = self.rawfanout("-n", n, "--payload", size)
+                rawp[(size, n)] = self.rawfanout("-n", n, "--payload", size, "--parse")
+        self.results["raw"] = raw
+        self.results["rawparse"] = rawp
+        if not self.check_gateway():
+            return
+        for size in self.a.payloads:
+            cases = [(n, 1) for n in self.a.subs] + [(1000, 1000)]
+            for subs, topics in cases:
+                log("gateway fan-out: %d subscribers, %d topics, %d B" % (subs, topics, size))
+                rows.append(self.fanout_case(size, subs, topics))
+        self.results["fanout"] = rows
+
+    def fanout_case(self, size, subs, topics):
+        fanout = subs // topics
+        window = max(1000, self.a.budget_mib * 1048576 // (size + 64))
+        src = self.bussrc("--topics", topics, "--fanout", fanout, "--payload", size,
+                          "--window", window)
+        g = None
+        try:
+            g = self.gateway(src)
+            res = self.lpclient("sub", "--socket", g.sock, "-n", subs, "--topics", topics,
+                                "--ctl", src.ctl, "--warmup", self.a.warmup,
+                                "--duration", self.a.duration, "--cpu", "gw=%d" % g.pid,
+                                "--cpu", "src=%d" % src.pid)
+            res["gw_hwm"] = proc_status(g.pid, "VmHWM")
+        finally:
+            if g is not None:
+                g.stop()
+            src.stop()
+        res.update(payload=size, subs=subs, topics=topics, window=window)
+        return res
+
+    def run_publish(self):
+        raw, rows = {}, []
+        for size in self.a.payloads:
+            log("raw publish bytes: %d B" % size)
+            raw[size] = self.rawfanout("-n", 1, "--payload", size, "--pub")
+        self.results["rawpub"] = raw
+        if not self.check_gateway():
+            return
+        for size in self.a.payloads:
+            for pubs in self.a.pubs:
+                log("gateway publish: %d publishers, %d B" % (pubs, size))
+                src = self.bussrc("--topics", 1)
+                g = None
+                try:
+                    g = self.gateway(src)
+                    res = self.lpclient("pub", "--socket", g.sock, "-n", pubs, "--payload", size,
+                                        "--ctl", src.ctl, "--warmup", self.a.warmup,
+                                        "--duration", self.a.duration,
+                                        "--cpu", "gw=%d" % g.pid, "--cpu", "src=%d" % src.pid)
+                finally:
+                    if g is not None:
+                        g.stop()
+                    src.stop()
+                res.update(payload=size, pubs=pubs)
+                rows.append(res)
+        self.results["publish"] = rows
+
+    def run_latency(self):
+        rows = []
+        dur = max(float(self.a.duration), 3.0)
+        for subs in self.a.lat_subs:
+            log("latency, direct bus clients: %d subscribers at %d msg/s" % (subs, self.a.rate))
+            src = self.bussrc("--topics", 1, "--payload", self.a.lat_payload, "--rate", self.a.rate)
+            try:
+                direct = self.lpclient("bussub", "--port", src.port, "-n", subs, "--ctl", src.ctl,
+                                       "--latency", "--warmup", 1, "--duration", dur,
+                                       "--cpu", "src=%d" % src.pid)
+            finally:
+                src.stop()
+            gw = None
+            if self.check_gateway():
+                log("latency, through busgated: %d subscribers at %d msg/s" % (subs, self.a.rate))
+                src = self.bussrc("--topics", 1, "--payload", self.a.lat_payload,
+                                  "--rate", self.a.rate)
+                g = None
+                try:
+                    g = self.gateway(src)
+                    gw = self.lpclient("sub", "--socket", g.sock, "-n", subs, "--ctl", src.ctl,
+                                       "--latency", "--warmup", 1, "--duration", dur,
+                                       "--cpu", "gw=%d" % g.pid, "--cpu", "src=%d" % src.pid)
+                finally:
+                    if g is not None:
+                        g.stop()
+                    src.stop()
+            rows.append({"subs": subs, "direct": direct, "gw": gw})
+        self.results["latency"] = rows
+
+    def idle_sessions(self, src, n, subs_each=0):
+        """Fresh gateway; RSS before and with n idle sessions (and subscriptions)."""
+        g = self.gateway(src)
+        try:
+            time.sleep(0.5)
+            rss0 = proc_status(g.pid, "VmRSS")
+            argv = [self.bin["lpclient"], "idle", "--socket", g.sock, "-n", str(n),
+                    "--subs", str(subs_each)]
+            c = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+            line = c.stdout.readline()
+            ready = parse_result(line)
+            time.sleep(0.5)
+            rss1 = proc_status(g.pid, "VmRSS")
+            c.stdin.close()
+            c.wait(60)
+            err = c.stderr.read()
+            if ready is None:
+                raise RuntimeError("lpclient idle -n %d failed:\n%s" % (n, err[-3000:]))
+        finally:
+            g.stop()
+        return {"n": n, "subs_each": subs_each, "rss0": rss0, "rss1": rss1,
+                "ready": ready, "stderr": err}
+
+    def run_memory(self):
+        if not self.check_gateway():
+            return
+        src = self.bussrc("--topics", 1)
+        out = {}
+        try:
+            for n in (1000, self.a.sessions):
+                log("memory: %d idle sessions" % n)
+                out[n] = self.idle_sessions(src, n)
+            log("memory: 10 sessions x 1000 subscriptions")
+            out["subs"] = self.idle_sessions(src, 10, 1000)
+        finally:
+            src.stop()
+        self.results["memory"] = out
+
+    # ---- report ----
+
+    def report(self, m_start, m_end, argv):
+        L = []
+        add = L.append
+        a = self.a
+        add("# busgate benchmark results")
+        add("")
+        add("- date: %s, commit %s" % (datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                                      git_rev(a.srcdir)))
+        add("- machine: nproc=%d, CPU \"%s\", kernel %s, %d MiB RAM" % (
+            m_start["nproc"], m_start["cpu"], m_start["kernel"], m_start["mem_mib"]))
+        add("- load average before / after: %.2f / %.2f (other work on the machine "
+            "competes with the measured processes)" % (m_start["load"][0], m_end["load"][0]))
+        add("- command: `%s`" % " ".join(argv))
+        add("- settings: warm-up %ss, measured %ss per scenario; flood window %d MiB of "
+            "events in flight; listen.max_output %d MiB; busgated: plain TCP, auth none, "
+            "log level warning" % (a.warmup, a.duration, a.budget_mib, a.max_output_mib))
+        add("- rates are messages delivered per second (one message to one subscriber = one "
+            "delivery); the gateway's CPU is from /proc/PID/schedstat over the measured window")
+        if self.gateway_ok is False:
+            add("- **busgated did not run: only the baselines were measured**")
+        add("")
+        self.report_fanout(add)
+        self.report_publish(add)
+        self.report_latency(add)
+        self.report_memory(add)
+        return "\n".join(L) + "\n"
+
+    @staticmethod
+    def verdict(ok):
+        return "PASS" if ok else "MISS"
+
+    def report_fanout(self, add):
+        raw = self.results.get("raw")
+        if raw is None:
+            return
+        rawp = self.results["rawparse"]
+        add("## 1. Fan-out: bus -> local subscribers")
+        add("")
+        add("Baseline: rawfanout, the same DATA-event bytes written in ~64 KiB chunks by one "
+            "writer to N Unix socket pairs, read by one process (raw: bytes only; "
+            "raw+parse: the readers also parse and sequence-check every event, as lpclient "
+            "does). Target: gateway >= %.1f x raw at 16 B and 256 B with 100 and 1000 "
+            "subscribers." % FANOUT_TARGET)
+        add("")
+        rows = self.results.get("fanout")
+        if not rows:
+            add("| payload | readers | raw msg/s | raw MB/s | raw+parse msg/s | other load |")
+            add("| ---: | ---: | ---: | ---: | ---: | ---: |")
+            for (size, n), r in sorted(raw.items()):
+                add("| %d B | %d | %s | %.0f | %s | %.1f |" % (size, n, fmt_rate(r["rate"]),
+                    r["bytes_rate"] / 1e6, fmt_rate(rawp[(size, n)]["rate"]), other_cores(r)))
+            add("")
+            return
+        add("| payload | subscribers | topics | gateway msg/s | MB/s | raw msg/s | ratio | "
+            "raw+parse msg/s | ratio | target | gw CPU | client CPU | gw CPU s / 1M msgs | "
+            "gw peak RSS | other load | check |")
+        add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- | ---: | "
+            "---: | ---: | ---: | ---: | :--- |")
+        for r in rows:
+            size, subs = r["payload"], r["subs"]
+            rr, rp = raw[(size, subs)], rawp[(size, subs)]
+            ratio = r["rate"] / rr["rate"] if rr["rate"] else 0
+            ratio_p = r["rate"] / rp["rate"] if rp["rate"] else 0
+            target = ""
+            if size in (16, 256) and subs in (100, 1000) and r["topics"] == 1:
+                target = "%s (>= %.1f)" % (self.verdict(ratio >= FANOUT_TARGET), FANOUT_TARGET)
+            secs = r["seconds"]
+            per_m = r["cpu_gw"] / r["msgs"] * 1e6 if r["msgs"] else 0
+            ok = (r["missing"] == 0 and r["seq_errors"] == 0 and r["errors"] == 0 and
+                  r["closed"] == 0)
+            check = "ok" if ok else "FAIL missing=%d seq=%d err=%d closed=%d" % (
+                r["missing"], r["seq_errors"], r["errors"], r["closed"])
+            add("| %d B | %d | %d | %s | %.0f | %s | %.2f | %s | %.2f | %s | %.0f%% | %.0f%% | "
+                "%.3f | %.1f MiB | %.1f / %.1f | %s |" % (
+                    size, subs, r["topics"], fmt_rate(r["rate"]), r["bytes_rate"] / 1e6,
+                    fmt_rate(rr["rate"]), ratio, fmt_rate(rp["rate"]), ratio_p, target,
+                    100 * r["cpu_gw"] / secs, 100 * r["cpu_client"] / secs, per_m,
+                    r["gw_hwm"] / 1048576, other_cores(r), other_cores(rr), check))
+        add("")
+        add("check: every subscriber received every message sent, in order, exactly once "
+            "(sequence numbers), and no session was dropped. gw CPU / client CPU: share of "
+            "one core over the window (a client near 100% means the subscriber process, not "
+            "the gateway, was the limit). other load: CPU cores busy with other processes "
+            "during the gateway run / the raw run (/proc/stat minus the measured "
+            "processes); above ~0.3 the figures of that row are disturbed.")
+        add("")
+
+    def report_publish(self, add):
+        raw = self.results.get("rawpub")
+        if raw is None:
+            return
+        add("## 2. Publish: local publishers -> bus")
+        add("")
+        add("Baseline: the same PUB command bytes through one Unix socket pair (rawfanout "
+            "--pub, one writer, one reader). Rate = MulticastData arriving at the bus "
+            "source. Target: >= %.1f x raw." % PUBLISH_TARGET)
+        add("")
+        rows = self.results.get("publish")
+        if not rows:
+            for size, r in sorted(raw.items()):
+                add("- raw PUB bytes, %d B payload: %s msg/s" % (size, fmt_rate(r["rate"])))
+            add("")
+            return
+        add("| payload | publishers | gateway msg/s | raw msg/s | ratio | target | gw CPU | "
+            "gw CPU s / 1M msgs | other load | check |")
+        add("| ---: | ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | :--- |")
+        for r in rows:
+            rr = raw[r["payload"]]
+            ratio = r["rate"] / rr["rate"] if rr["rate"] else 0
+            per_m = r["cpu_gw"] / r["msgs"] * 1e6 if r["msgs"] else 0
+            ok = (r["missing"] == 0 and r["seq_errors"] == 0 and r["errors"] == 0 and
+                  r["closed"] == 0 and r["err_replies"] == 0)
+            check = "ok" if ok else "FAIL missing=%d seq=%d err=%d closed=%d -ERR=%d" % (
+                r["missing"], r["seq_errors"], r["errors"], r["closed"], r["err_replies"])
+            add("| %d B | %d | %s | %s | %.2f | %s (>= %.1f) | %.0f%% | %.3f | %.1f / %.1f | %s |" % (
+                r["payload"], r["pubs"], fmt_rate(r["rate"]), fmt_rate(rr["rate"]), ratio,
+                self.verdict(ratio >= PUBLISH_TARGET), PUBLISH_TARGET,
+                100 * r["cpu_gw"] / r["seconds"], per_m, other_cores(r), other_cores(rr), check))
+        add("")
+        add("check: the bus source saw every published message, per publisher in order, "
+            "exactly once; no -ERR reply.")
+        add("")
+
+    def report_latency(self, add):
+        rows = self.results.get("latency")
+        if not rows:
+            return
+        add("## 3. Added latency, bus -> local subscriber, at %d msg/s" % self.a.rate)
+        add("")
+        add("One-way, send time stamped by the bus source just before write() to receive "
+            "time after the subscriber's read(), CLOCK_MONOTONIC, %d B payload. Direct = "
+            "each subscriber is its own TCP client of the bus source (the user's "
+            "alternative); gateway = busgated's one bus link fanned out over the Unix "
+            "socket. Target: added p99 <= %.0f x the direct path's p99." % (
+                self.a.lat_payload, LATENCY_TARGET))
+        add("")
+        add("| subscribers | path | samples | p50 us | p99 us | p99.9 us | max us | other load | "
+            "check |")
+        add("| ---: | :--- | ---: | ---: | ---: | ---: | ---: | ---: | :--- |")
+        for row in rows:
+            d, g = row["direct"], row["gw"]
+            for name, r in (("direct", d), ("gateway", g)):
+                if r is None:
+                    continue
+                ok = r["missing"] == 0 and r["seq_errors"] == 0 and r["closed"] == 0
+                add("| %d | %s | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %s |" % (
+                    row["subs"], name, r["lat_n"], r["lat_p50_us"], r["lat_p99_us"],
+                    r["lat_p999_us"], r["lat_max_us"], other_cores(r), "ok" if ok else "FAIL"))
+            if g is not None:
+                added = g["lat_p99_us"] - d["lat_p99_us"]
+                lim = LATENCY_TARGET * d["lat_p99_us"]
+                add("| %d | **added** | | %+.1f | %+.1f | %+.1f | | | %s (p99 added %.1f us vs "
+                    "%.1f us allowed) |" % (
+                        row["subs"], g["lat_p50_us"] - d["lat_p50_us"], added,
+                        g["lat_p999_us"] - d["lat_p999_us"], self.verdict(added <= lim),
+                        added, lim))
+        add("")
+
+    def report_memory(self, add):
+        mem = self.results.get("memory")
+        if not mem:
+            return
+        add("## 4. Memory")
+        add("")
+        add("busgated VmRSS (/proc/PID/status), fresh daemon each time, sessions that said "
+            "hello, answered PING and idle (RLIMIT_NOFILE raised to the hard limit).")
+        add("")
+        add("| case | RSS before | RSS with | per session / per 1000 subs | target |")
+        add("| :--- | ---: | ---: | ---: | :--- |")
+        per_session = {}
+        for n in sorted(k for k in mem if k != "subs"):
+            m = mem[n]
+            ok = m["ready"] is not None and m["ready"].get("sessions") == n and \
+                m["ready"].get("closed") == 0
+            per = (m["rss1"] - m["rss0"]) / n
+            per_session[n] = per
+            target = "%s (<= %d B)" % (self.verdict(per <= SESSION_RSS_TARGET),
+                                       SESSION_RSS_TARGET)
+            if n >= SESSIONS_TARGET:
+                target += "; %d concurrent sessions: %s" % (n, self.verdict(ok))
+            add("| %d idle sessions | %.1f MiB | %.1f MiB | %.0f B | %s |" % (
+                n, m["rss0"] / 1048576, m["rss1"] / 1048576, per, target))
+        m = mem["subs"]
+        nsubs = m["n"] * m["subs_each"]
+        sess_cost = per_session.get(1000, 0) * m["n"]
+        per_k = (m["rss1"] - m["rss0"] - sess_cost) / nsubs * 1000
+        add("| %d sessions x %d subscriptions | %.1f MiB | %.1f MiB | %.0f B per 1000 "
+            "subscriptions | |" % (m["n"], m["subs_each"], m["rss0"] / 1048576,
+                                    m["rss1"] / 1048576, per_k))
+        add("")
+        rows = self.results.get("fanout") or []
+        if rows:
+            add("CPU per million messages delivered: see the fan-out table (gw CPU s / 1M "
+                "msgs); publish path: the publish table.")
+            add("")
+
+
+def other_cores(r):
+    """Cores used by processes other than the measured ones in the window."""
+    if r is None or "cpu_machine" not in r or not r.get("seconds"):
+        return 0.0
+    ours = sum(v for k, v in r.items()
+               if k.startswith("cpu_") and k != "cpu_machine" and isinstance(v, float))
+    return max(0.0, (r["cpu_machine"] - ours) / r["seconds"])
+
+
+def fmt_rate(v):
+    if v >= 1e6:
+        return "%.2fM" % (v / 1e6)
+    if v >= 1e3:
+        return "%.1fk" % (v / 1e3)
+    return "%.0f" % v
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(__file__))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--builddir", default=os.environ.get("top_builddir") or os.getcwd())
+    ap.add_argument("--srcdir", default=os.path.dirname(here))
+    ap.add_argument("--busgated", default=os.environ.get("BUSGATED"))
+    ap.add_argument("--only", default=",".join(SCENARIOS),
+                    help="comma list of: " + ", ".join(SCENARIOS))
+    ap.add_argument("--duration", default="3", help="measured seconds per scenario")
+    ap.add_argument("--warmup", default="0.5")
+    ap.add_argument("--payloads", default="16,256,4096")
+    ap.add_argument("--subs", default="1,10,100,1000", help="subscribers on one topic")
+    ap.add_argument("--pubs", default="1,10", help="publisher counts")
+    ap.add_argument("--rate", type=int, default=10000, help="latency: messages/s")
+    ap.add_argument("--lat-payload", type=int, default=256)
+    ap.add_argument("--lat-subs", default="1,100")
+    ap.add_argument("--sessions", type=int, default=10000)
+    ap.add_argument("--budget-mib", type=int, default=64,
+                    help="flood: MiB of events in flight between source and subscribers")
+    ap.add_argument("--max-output-mib", type=int, default=256)
+    ap.add_argument("--write", metavar="FILE", help="also write the report (markdown) here")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    a = ap.parse_args()
+    a.payloads = [int(x) for x in a.payloads.split(",")]
+    a.subs = [int(x) for x in a.subs.split(",")]
+    a.pubs = [int(x) for x in a.pubs.split(",")]
+    a.lat_subs = [int(x) for x in a.lat_subs.split(",")]
+    only = a.only.split(",")
+    for s in only:
+        if s not in SCENARIOS:
+            ap.error("unknown scenario %r" % s)
+
+    b = Bench(a)
+    for p in b.bin.values():
+        if not os.access(p, os.X_OK):
+            ap.error("%s not built (make bench builds it)" % p)
+    m_start = machine()
+    log("busgate bench: nproc=%d, %s, kernel %s, load %.2f; temp dir %s" % (
+        m_start["nproc"], m_start["cpu"], m_start["kernel"], m_start["load"][0], b.tmp))
+    t0 = time.monotonic()
+    try:
+        for s in SCENARIOS:
+            if s in only:
+                getattr(b, "run_" + s)()
+    finally:
+        if not a.keep:
+            shutil.rmtree(b.tmp, ignore_errors=True)
+    m_end = machine()
+    argv = [os.path.relpath(sys.argv[0], a.srcdir) if sys.argv[0].startswith(a.srcdir)
+            else sys.argv[0]] + sys.argv[1:]
+    text = b.report(m_start, m_end, ["python3"] + argv)
+    text += "\n(total run time %.0f s)\n" % (time.monotonic() - t0)
+    print(text)
+    if a.write:
+        with open(a.write, "w") as f:
+            f.write(text)
+        log("wrote " + a.write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
