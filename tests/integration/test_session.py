@@ -253,6 +253,7 @@ class ShutdownTest(GatewayCase):
         lines = read_all(s)
         self.assertEqual(len(lines), 1, lines)
         self.assertTrue(re.match(r"-ERR shutting-down ", lines[0]), lines)
+        gw.proc.wait(30)    # exiting on its own; stop() then checks status and log
         gw.stop()
 
 
