@@ -148,6 +148,18 @@ random_unit(void)
     return r / 4294967296.0;
 }
 
+/* "host:port", "[::1]:port" for log lines. */
+static const char *
+bus_target(const struct bus *bus)
+{
+    static char buf[300];
+    const char *h = bus->cfg.host != NULL ? bus->cfg.host : "?";
+
+    snprintf(buf, sizeof buf, strchr(h, ':') != NULL ? "[%s]:%u" : "%s:%u", h,
+        (unsigned)bus->cfg.port);
+    return buf;
+}
+
 /* "1.5s", "30s", "250ms" for log lines. */
 static void
 fmt_duration(uint32_t ms, char *buf, size_t len)
@@ -1017,8 +1029,8 @@ bus_try_next_addr(struct bus *bus)
         bufferevent_free(bus->bev);
         bus->bev = NULL;
     }
-    snprintf(reason, sizeof reason, "connect to %s:%u: %s", bus->cfg.host,
-        (unsigned)bus->cfg.port, evutil_socket_error_to_string(bus->last_sys_err));
+    snprintf(reason, sizeof reason, "connect to %s: %s", bus_target(bus),
+        evutil_socket_error_to_string(bus->last_sys_err));
     bus_link_failed(bus, reason, false);
 }
 
@@ -1081,7 +1093,7 @@ bus_connect_begin(struct bus *bus)
     bus->attempted = true;
     bus->rx_any = false;
     bus->peer[0] = '\0';
-    bus_log_attempt(bus, "bus: connecting to %s:%u", bus->cfg.host, (unsigned)bus->cfg.port);
+    bus_log_attempt(bus, "bus: connecting to %s", bus_target(bus));
     bus_set_state(bus, BUS_CONNECTING, NULL);
     if (bus->state != BUS_CONNECTING)
         return;     /* on_state shut us down */
@@ -1249,8 +1261,7 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
             timer_arm(bus->watchdog, bus->cfg.heartbeat_timeout_ms);
         return 0;
     }
-    log_notice("bus: connection settings changed, reconnecting to %s:%u",
-        bus->cfg.host, (unsigned)bus->cfg.port);
+    log_notice("bus: connection settings changed, reconnecting to %s", bus_target(bus));
     evtimer_del(bus->retry_timer);
     bus_close_link(bus, true, bus->cfg.connect_timeout_ms);
     bus->attempt = bus->streak = bus->retries = 0;

@@ -228,21 +228,41 @@ fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
 
+/* Listen on the loopback address of family; false if it has none. */
+static bool
+fake_listen(struct fake *f, enum fake_mode mode, int family)
+{
+    struct sockaddr_storage ss;
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    socklen_t len;
+
+    memset(f, 0, sizeof *f);
+    memset(&ss, 0, sizeof ss);
+    f->mode = mode;
+    if (family == AF_INET6) {
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_addr = in6addr_loopback;
+        len = sizeof *sin6;
+    } else {
+        sin->sin_family = AF_INET;
+        sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        len = sizeof *sin;
+    }
+    f->lis = evconnlistener_new_bind(base, fake_accept, f,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16, (struct sockaddr *)&ss, (int)len);
+    if (f->lis == NULL)
+        return false;
+    assert_int_equal(getsockname(evconnlistener_get_fd(f->lis), (struct sockaddr *)&ss, &len), 0);
+    f->port = ntohs(family == AF_INET6 ? sin6->sin6_port : sin->sin_port);
+    assert_non_null(f->rx = evbuffer_new());
+    return true;
+}
+
 static void
 fake_start(struct fake *f, enum fake_mode mode)
 {
-    struct sockaddr_in sin = { .sin_family = AF_INET };
-    socklen_t len = sizeof sin;
-
-    memset(f, 0, sizeof *f);
-    f->mode = mode;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    f->lis = evconnlistener_new_bind(base, fake_accept, f,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16, (struct sockaddr *)&sin, sizeof sin);
-    assert_non_null(f->lis);
-    assert_int_equal(getsockname(evconnlistener_get_fd(f->lis), (struct sockaddr *)&sin, &len), 0);
-    f->port = ntohs(sin.sin_port);
-    assert_non_null(f->rx = evbuffer_new());
+    assert_true(fake_listen(f, mode, AF_INET));
 }
 
 static void
@@ -900,6 +920,23 @@ t_link_name_resolution(void **state)
     bus_free(bus);
 }
 
+static void
+t_link_ipv6(void **state)
+{
+    struct bus *bus;
+
+    if (!fake_listen(&fk, FAKE_NORMAL, AF_INET6))
+        skip();     /* no IPv6 loopback here */
+    base_config(fk.port);
+    set_str(&cfg.bus.host, "::1");
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    want_bytes = 4 + 2 + 4 + 6 + 4 + 4 + 8;
+    assert_true(run_until(rx_has, &fk, 10000));
+    expect_basic_auth(&fk, "gw", "s3cret", "fwd-host");
+    bus_free(bus);
+}
+
 int
 main(void)
 {
@@ -923,6 +960,7 @@ main(void)
         cmocka_unit_test_setup_teardown(t_link_shutdown_flushes_whole_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_reconfigure, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_name_resolution, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_ipv6, setup, teardown),
     };
 
     log_init("test_bus", LOG_DEST_STDERR, LOG_DEBUG);
