@@ -27,6 +27,8 @@
 
 /* Refuse config files larger than this: a config is a few KiB. */
 #define CONFIG_MAX_BYTES (1024 * 1024)
+/* Nesting of mappings and sequences; the settings go 3 deep. */
+#define CONFIG_MAX_DEPTH 32
 
 #define KIB 1024ull
 #define MIB (1024ull * KIB)
@@ -902,6 +904,44 @@ yaml_err(struct load_ctx *c, const yaml_parser_t *p)
         err_at(c, &m, "YAML syntax error: %s", problem);
 }
 
+/*
+ * A first pass over the events, refusing nesting deeper than any config
+ * needs: libyaml's scanner does work proportional to the flow nesting depth
+ * for every token, so a file of a million '[' would take minutes to load.
+ */
+static int
+check_depth(struct load_ctx *c)
+{
+    yaml_parser_t parser;
+    yaml_event_t ev;
+    int depth = 0, r = 0;
+    bool done = false;
+
+    if (!yaml_parser_initialize(&parser)) {
+        set_err(c->err, c->errlen, "%s: out of memory", c->name);
+        return -1;
+    }
+    yaml_parser_set_input_string(&parser, c->input, c->len);
+    while (!done && r == 0) {
+        if (!yaml_parser_parse(&parser, &ev)) {
+            yaml_err(c, &parser);
+            r = -1;
+            break;
+        }
+        if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
+            if (++depth > CONFIG_MAX_DEPTH)
+                r = err_at(c, &ev.start_mark, "nested more than %d levels deep",
+                    CONFIG_MAX_DEPTH);
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+            depth--;
+        }
+        done = ev.type == YAML_STREAM_END_EVENT;
+        yaml_event_delete(&ev);
+    }
+    yaml_parser_delete(&parser);
+    return r;
+}
+
 /* The first document's root into cfg; a second document is an error. */
 static int
 load_document(struct load_ctx *c, yaml_parser_t *parser)
@@ -974,7 +1014,8 @@ load_buffer(struct config *cfg, const char *name, const char *base, const char *
     c->errlen = errlen;
     c->cfg = cfg;
     yaml_parser_set_input_string(&parser, c->input, len);
-    r = load_document(c, &parser);
+    if ((r = check_depth(c)) == 0)
+        r = load_document(c, &parser);
     yaml_parser_delete(&parser);
     free(c);
     if (r != 0)

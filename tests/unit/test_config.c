@@ -550,6 +550,16 @@ test_yaml_syntax(void **state)
 }
 
 static void
+test_deep_nesting(void **state)
+{
+    char yaml[256];
+
+    /* Refused early: libyaml's scanner is slow on deep flow nesting. */
+    snprintf(yaml, sizeof yaml, "a: %.100s", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[");
+    expect_error(yaml, "t.yaml:1:35: nested more than 32 levels deep");
+}
+
+static void
 test_aliases(void **state)
 {
     struct config cfg;
@@ -903,6 +913,7 @@ main(void)
         cmocka_unit_test(test_ranges),
         cmocka_unit_test(test_missing_and_duplicate),
         cmocka_unit_test(test_yaml_syntax),
+        cmocka_unit_test(test_deep_nesting),
         cmocka_unit_test(test_aliases),
         cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_dump_defaults),
