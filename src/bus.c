@@ -47,6 +47,9 @@
 
 /* Identical failures in a row are logged once, then every this many. */
 #define BUS_LOG_REPEAT_EVERY 10
+/* Bytes moved per read or write callback (libevent's default is 16 KiB):
+ * fewer wake-ups per megabyte when the bus streams. */
+#define BUS_IO_CHUNK (256 * 1024)
 /* Most OpenSSL error codes looked at to explain one failure. */
 #define BUS_MAX_SSL_ERRORS 8
 
@@ -860,6 +863,8 @@ bus_link_established(struct bus *bus)
     bus->st.connects++;
     bufferevent_setcb(bus->bev, bus_read, bus_written, bus_link_event, bus);
     bufferevent_setwatermark(bus->bev, EV_WRITE, bus->cfg.output_high_water / 2, 0);
+    bufferevent_set_max_single_read(bus->bev, BUS_IO_CHUNK);
+    bufferevent_set_max_single_write(bus->bev, BUS_IO_CHUNK);
     bufferevent_enable(bus->bev, EV_READ | EV_WRITE);
     if (bus_send_auth(bus, err, sizeof err) != 0) {
         snprintf(reason, sizeof reason, "credentials: %s", err);
