@@ -286,14 +286,12 @@ ascii_lower(char c)
 static bool
 tok_is(const struct tok *t, const char *word)
 {
-    size_t n = strlen(word);
+    size_t i;
 
-    if (t->n != n)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (ascii_lower(t->p[i]) != ascii_lower(word[i]))
+    for (i = 0; i < t->n; i++)
+        if (word[i] == '\0' || ascii_lower(t->p[i]) != ascii_lower(word[i]))
             return false;
-    return true;
+    return word[i] == '\0';
 }
 
 /* Decimal digits only, no sign, at most UINT32_MAX. */
@@ -489,12 +487,12 @@ scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_scan 
  * validated by scan_packets. */
 static void
 fill_packets(const char *p, const char *end, uint32_t max_ents,
-    struct wire_packet *packets, int32_t *ents)
+    struct wire_packet *packets, uint32_t n_specs, int32_t *ents)
 {
     struct tok t;
     uint32_t i = 0;
 
-    while (next_token(&p, end, &t)) {
+    while (i < n_specs && next_token(&p, end, &t)) {
         struct tok lt, et;
         bool has_ents;
         struct wire_packet *pk = &packets[i++];
@@ -835,7 +833,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     if (has_packets) {
         if (check_packets(&cp, &scan) < 0)
             goto refused;
-        fill_packets(p, end, lim->max_entitlements, cmd->packets, ents);
+        fill_packets(p, end, lim->max_entitlements, cmd->packets, scan.n_specs, ents);
     }
     return 0;
 
@@ -900,31 +898,34 @@ put_lit(char *dst, const char *s)
     return n;
 }
 
+/* " <token>", given the token's length from escaped_len: a name with
+ * nothing to escape (the usual case) is copied as is. */
 static size_t
-put_name_tok(char *dst, const struct wire_str *s)
+put_name_tok(char *dst, const struct wire_str *s, size_t esc_len)
 {
-    size_t n;
-
     dst[0] = ' ';
-    n = put_escaped(dst + 1, s->ptr, s->len);
-    return n + 1;
+    if (esc_len == s->len)
+        memcpy(dst + 1, s->ptr, s->len);
+    else
+        put_escaped(dst + 1, s->ptr, s->len);
+    return esc_len + 1;
 }
 
 int
 lp_format_data(struct evbuffer *out, const struct wire_msg *m)
 {
     struct evbuffer_iovec vec;
-    size_t payload, room, o;
+    size_t payload, room, o, ef, et, eu, eh;
     char *d;
 
     if (m->type != WIRE_FORWARDED_MULTICAST && m->type != WIRE_FORWARDED_UNICAST)
         return -1;
+    ef = escaped_len(m->feed.ptr, m->feed.len);
+    et = escaped_len(m->topic.ptr, m->topic.len);
+    eu = escaped_len(m->user.ptr, m->user.len);
+    eh = escaped_len(m->host.ptr, m->host.len);
     room = sizeof("DATA") + sizeof(" multicast") + sizeof(" image") + 1 +
-        4 + escaped_len(m->feed.ptr, m->feed.len) +
-        escaped_len(m->topic.ptr, m->topic.len) +
-        escaped_len(m->user.ptr, m->user.len) +
-        escaped_len(m->host.ptr, m->host.len) +
-        packets_room(m->packets, m->n_packets, &payload);
+        4 + ef + et + eu + eh + packets_room(m->packets, m->n_packets, &payload);
     if (m->n_packets > 0)
         room += payload + 1;
     if (room > (size_t)EV_SSIZE_MAX)
@@ -935,10 +936,10 @@ lp_format_data(struct evbuffer *out, const struct wire_msg *m)
         return -1;
     d = vec.iov_base;
     o = put_lit(d, "DATA");
-    o += put_name_tok(d + o, &m->feed);
-    o += put_name_tok(d + o, &m->topic);
-    o += put_name_tok(d + o, &m->user);
-    o += put_name_tok(d + o, &m->host);
+    o += put_name_tok(d + o, &m->feed, ef);
+    o += put_name_tok(d + o, &m->topic, et);
+    o += put_name_tok(d + o, &m->user, eu);
+    o += put_name_tok(d + o, &m->host, eh);
     o += put_lit(d + o, m->is_image ? " image" : " delta");
     o += put_lit(d + o, m->type == WIRE_FORWARDED_UNICAST ? " unicast" : " multicast");
     o += put_packets(d + o, m->packets, m->n_packets);
@@ -962,10 +963,12 @@ format_id_names(struct evbuffer *out, const char *verb, const uint8_t id[WIRE_GU
 {
     struct evbuffer_iovec vec;
     char idtext[GUID_TEXT_LEN + 1];
-    size_t room = strlen(verb) + 1 + GUID_TEXT_LEN + 1, o;
+    size_t room = strlen(verb) + 1 + GUID_TEXT_LEN + 1, o, esc[4];
 
-    for (int i = 0; i < 4; i++)
-        room += 1 + escaped_len(names[i]->ptr, names[i]->len);
+    for (int i = 0; i < 4; i++) {
+        esc[i] = escaped_len(names[i]->ptr, names[i]->len);
+        room += 1 + esc[i];
+    }
     if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
         return -1;
     guid_to_text(id, idtext);
@@ -974,7 +977,7 @@ format_id_names(struct evbuffer *out, const char *verb, const uint8_t id[WIRE_GU
     memcpy((char *)vec.iov_base + o, idtext, GUID_TEXT_LEN);
     o += GUID_TEXT_LEN;
     for (int i = 0; i < 4; i++)
-        o += put_name_tok((char *)vec.iov_base + o, names[i]);
+        o += put_name_tok((char *)vec.iov_base + o, names[i], esc[i]);
     ((char *)vec.iov_base)[o++] = '\n';
     vec.iov_len = o;
     return evbuffer_commit_space(out, &vec, 1);
@@ -1170,7 +1173,7 @@ parse_data(struct lp_event *ev, const struct tok *args, const char *p,
     if (!event_word(&args[4], "image", "delta", &ev->is_image) ||
         !event_word(&args[5], "unicast", "multicast", &ev->is_unicast))
         return -1;
-    fill_packets(p, end, lim->max_entitlements, ev->packets, ents);
+    fill_packets(p, end, lim->max_entitlements, ev->packets, scan.n_specs, ents);
     return 0;
 }
 
@@ -1253,13 +1256,7 @@ lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     if (!next_token(&p, end, &verb))
         return -1;
 
-    for (size_t i = 0; i < sizeof(text_events) / sizeof(text_events[0]); i++) {
-        if (tok_is(&verb, text_events[i].name)) {
-            ev->kind = text_events[i].kind;
-            return parse_text_event(ev, &text_events[i], p, end);
-        }
-    }
-
+    /* DATA first: it is nearly all a subscriber reads. */
     if (tok_is(&verb, "DATA")) {
         ev->kind = LP_EV_DATA;
         want = 6;
@@ -1270,6 +1267,12 @@ lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
         ev->kind = LP_EV_AUTHREQ;
         want = 5;
     } else {
+        for (size_t i = 0; i < sizeof(text_events) / sizeof(text_events[0]); i++) {
+            if (tok_is(&verb, text_events[i].name)) {
+                ev->kind = text_events[i].kind;
+                return parse_text_event(ev, &text_events[i], p, end);
+            }
+        }
         return -1;
     }
     while (nargs < want && next_token(&p, end, &args[nargs]))

@@ -301,17 +301,19 @@ class TestProtocolDoc(unittest.TestCase):
         try:
             gw.start()
             gw.wait_log(r"bus: up")
+            env = dict(os.environ, PYTHONUNBUFFERED="1")
             proc = subprocess.Popen([sys.executable, script, gw.socket_path,
-                                     "my feed", "café"], stdout=subprocess.PIPE)
-            lines = []
+                                     "my feed", "café"], stdout=subprocess.PIPE, env=env)
+            out = b""
             deadline = time.monotonic() + gwtest.TIMEOUT
-            while time.monotonic() < deadline and not any(
-                    l.startswith("DATA") for l in lines):
-                if select.select([proc.stdout], [], [], 0.2)[0]:
-                    line = proc.stdout.readline()
-                    if not line:
-                        break
-                    lines.append(line.decode("utf-8").rstrip("\n"))
+            while b"\nDATA" not in out or not out.endswith(b"\n"):
+                left = deadline - time.monotonic()
+                self.assertGreater(left, 0, "no DATA from the script: %r" % out)
+                if select.select([proc.stdout], [], [], left)[0]:
+                    chunk = os.read(proc.stdout.fileno(), 4096)
+                    self.assertTrue(chunk, "the script ended: %r" % out)
+                    out += chunk
+            lines = out.decode("utf-8").split("\n")
             self.assertRegex(lines[0], r"^HELLO busgate \S+ proto=1 ")
             self.assertEqual(lines[1:3], ["+OK", "+OK"])
             self.assertRegex(lines[3], r"^DATA my feed/café from gw@\S+ "
