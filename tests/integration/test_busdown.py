@@ -6,6 +6,7 @@ replayed upstream on reconnect, which the test bus log shows."""
 
 import os
 import sys
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -117,6 +118,33 @@ class BusDownQueueTest(GatewayCase):
                           (b"q2".hex(), [2], False)])
         self.assertEqual(stats(s)["busdown_queued"], "0")
         self.assertEqual(s.pub(feed, "T", [(None, b"live")]), "+OK")
+
+
+class BackPressureTest(GatewayCase):
+    """A bus that stops reading: past bus.output_high_water the gateway stops
+    reading from its sessions (nothing is dropped) until the link drains or
+    goes; then the commands held back are answered in order."""
+    BUS_KW = {"fault": "silent"}
+    GW_CONFIG = {"bus": {"output_high_water": 4096}}
+
+    def test_congested_bus_holds_sessions_back(self):
+        s = self.session()
+        n, size = 64, 512 * 1024
+        block = b"PUB BP t delta %d\n" % size + b"b" * size + b"\n"
+        off = self.gw.log_offset()
+        t = threading.Thread(target=s.send, args=(block * n,))
+        t.start()
+        try:
+            self.gw.wait_log(r"high-water mark", start=off)
+            self.bus.stop()
+            codes = [code(s.reply()) for _ in range(n)]
+        finally:
+            t.join()
+        ok = codes.count("+OK")
+        self.assertGreater(ok, 0)
+        self.assertLess(ok, n)
+        self.assertEqual(codes, ["+OK"] * ok + ["bus-down"] * (n - ok))
+        self.assertEqual(s.cmd("PING"), "PONG")
 
 
 if __name__ == "__main__":

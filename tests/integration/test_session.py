@@ -191,6 +191,25 @@ class SessionTest(GatewayCase):
                          % (os.getpid(), os.getuid(), os.getgid()))
 
 
+class ReloadTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_line": 1024}}
+
+    def test_reload_applies_new_limits(self):
+        s = self.session()
+        token = "a" * 2000
+        self.assertEqual(code(s.cmd("PING " + token)), "line-too-long")
+        off = self.gw.log_offset()
+        self.gw.write_config({"listen": {"max_line": 4096}, "router": {"image_cache": 0}})
+        self.gw.reload()
+        self.gw.wait_log(r"reloaded", start=off)
+        # The session already open and a new one both have the new limits.
+        self.assertEqual(s.cmd("PING " + token), "PONG " + token)
+        s2 = self.session()
+        self.assertIn("max_line=4096", s2.hello.line)
+        st = stats(s2)
+        self.assertEqual((st["limit.max_line"], st["limit.image_cache_bytes"]), ("4096", "0"))
+
+
 class SlowConsumerTest(GatewayCase):
     GW_CONFIG = {"listen": {"max_output": 65536}, "daemon": {"shutdown_grace": "20s"}}
 
@@ -203,15 +222,26 @@ class SlowConsumerTest(GatewayCase):
         self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
         pub = self.client("pub")
         n = 3000
-        # Publish from a thread while this one keeps the fast reader reading.
-        t = threading.Thread(target=lambda: [
-            pub.publish(feed, topic, [(None, b"%06d" % i + b"." * 1000)]) for i in range(n)])
+        # Publish from a thread, never more than 32 events (~32 KiB) ahead
+        # of the fast reader, so only the reader that stops falls behind.
+        consumed = [0]
+        stop = threading.Event()
+
+        def publish():
+            for i in range(n):
+                while i - consumed[0] > 32 and not stop.is_set():
+                    time.sleep(0.001)
+                pub.publish(feed, topic, [(None, b"%06d" % i + b"." * 1000)])
+
+        t = threading.Thread(target=publish)
         t.start()
         try:
             for i in range(n):
                 ev = fast.expect("DATA")
                 self.assertEqual(ev.payloads[0][:6], b"%06d" % i)
+                consumed[0] = i + 1
         finally:
+            stop.set()
             t.join()
         self.assertEqual(other.cmd("PING"), "PONG")
         st = stats(fast)
