@@ -5,6 +5,7 @@ exit, and systemd socket activation (LISTEN_FDS/LISTEN_PID, fd 3)."""
 
 import grp
 import os
+import resource
 import shutil
 import socket
 import stat
@@ -156,6 +157,27 @@ class ListenerTest(unittest.TestCase):
         gw.logf.close()
         self.assertNotEqual(rc, 0)
         self.assertIn("not a listening Unix stream socket", gw.log())
+
+    def test_out_of_descriptors_pauses_accepting(self):
+        gw = self.gateway("emfile")
+        gw.logf = open(gw.log_path, "ab")
+        gw.proc = subprocess.Popen(
+            [gwtest.BUSGATED, "-c", gw.config_path], stdout=gw.logf, stderr=gw.logf,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48)))
+        gw.wait_socket()
+        gw.wait_bus_up()
+        sessions = [gw.session(greet=False) for _ in range(60)]
+        try:
+            gw.wait_log(r"accept on .*: Too many open files; not accepting for")
+            # Room again: the connections waiting in the backlog are taken.
+            for s in sessions[:30]:
+                s.close()
+            for s in sessions[30:]:
+                self.assertEqual(s.read_event().kind, "HELLO")
+                self.assertEqual(s.cmd("PING"), "PONG")
+        finally:
+            for s in sessions:
+                s.close()
 
 
 if __name__ == "__main__":
