@@ -252,6 +252,19 @@ class SlowConsumerTest(GatewayCase):
         self.assertTrue(any(x.startswith("DATA ") for x in lines))
         wait_until(lambda: stats(fast)["sessions"] == "2", what="the slow session to go")
 
+    def test_one_event_bigger_than_max_output(self):
+        # max_output bounds the backlog, not the size of one event.
+        feed = uniq("BIG")
+        m = self.bus.mark()
+        s = self.session()
+        self.assertEqual(s.cmd("SUB %s t" % feed), "+OK")
+        self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
+        pub = self.client("pub")
+        big = bytes(range(256)) * 1024
+        pub.publish(feed, "t", [(None, big), ([1], big)], is_image=True)
+        self.assertEqual(s.expect("DATA").payloads, [big, big])
+        self.assertEqual(s.cmd("PING"), "PONG")
+
 
 class TooManySessionsTest(GatewayCase):
     GW_CONFIG = {"listen": {"max_sessions": 3}}
