@@ -726,13 +726,24 @@ cli_confirm(struct cli *c, void (*on_event)(struct cli *, const struct opts *),
     }
 }
 
+/* Before leaving: everything queued is sent and every reply is in. */
+static void
+cli_settle(struct cli *c)
+{
+    while (c->awaiting > 0 || evbuffer_get_length(c->out) > 0)
+        if (cli_next(c, -1, 1) > 0)
+            cli_common(c, false);
+}
+
 static uint64_t seen_events;
 
 static void
-count_event(const struct opts *o)
+count_event(struct cli *c, const struct opts *o)
 {
-    if (o->count > 0 && ++seen_events >= o->count)
+    if (o->count > 0 && ++seen_events >= o->count) {
+        cli_settle(c);
         finish(EXIT_DONE);
+    }
 }
 
 static void
@@ -740,7 +751,7 @@ sub_event(struct cli *c, const struct opts *o)
 {
     if (c->ev.kind == LP_EV_DATA) {
         print_data(c, o->form);
-        count_event(o);
+        count_event(c, o);
     }
 }
 
@@ -763,7 +774,7 @@ notify_event(struct cli *c, const struct opts *o)
     if (c->ev.kind == LP_EV_NOTIFICATION) {
         fputs(c->ev.is_add ? "add " : "remove ", stdout);
         print_id_names(c);
-        count_event(o);
+        count_event(c, o);
     }
 }
 
@@ -800,7 +811,7 @@ authorize_event(struct cli *c, const struct opts *o)
     if (r != 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->awaiting++;
-    count_event(o);
+    count_event(c, o);
 }
 
 static void

@@ -1,0 +1,818 @@
+"""busgated as an operator sees it, and the busgate CLI end to end.
+
+The daemon's command line (--version, --help, --check-config on good and
+broken configurations), reload on SIGHUP, the systemd notify protocol,
+socket activation, stale and live socket files, --daemon --pidfile, and
+every busgate command against the real daemon and the test bus, with the
+exit codes scripts rely on.
+"""
+
+import base64
+import contextlib
+import ctypes
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import gwtest  # noqa: E402
+from gwtest import TIMEOUT, Gateway, Session, TestBus, tempdir  # noqa: E402
+
+BUSGATED = gwtest.BUSGATED
+BUSGATE = gwtest.BUSGATE
+SECRET = "pa55-w0rd-nobody-may-see"
+HOST = socket.gethostname()     # how the test bus names a 127.0.0.1 peer
+
+
+def run(args, input=None, env=None, timeout=TIMEOUT):
+    """Run a program to completion; CompletedProcess with bytes output."""
+    full = dict(os.environ)
+    full.update(env or {})
+    return subprocess.run(args, input=input, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=full, timeout=timeout)
+
+
+def wait_until(pred, what, timeout=TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise TimeoutError("timed out waiting for " + what)
+
+
+@contextlib.contextmanager
+def environ(**values):
+    """Set environment variables for children started inside the block."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class WorkDir(unittest.TestCase):
+    """A fresh short temp directory per test, removed afterwards."""
+
+    def setUp(self):
+        self.tmp = tempdir()
+
+    def tearDown(self):
+        if not os.environ.get("BUSGATE_KEEP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------ command line
+
+class CommandLine(unittest.TestCase):
+
+    def test_version(self):
+        r = run([BUSGATED, "--version"])
+        self.assertEqual(r.returncode, 0, r)
+        self.assertRegex(r.stdout.decode(),
+                         r"^busgated \S+ \(bus protocol v3, line protocol 1\)\n$")
+        r = run([BUSGATE, "-V"])
+        self.assertEqual(r.returncode, 0, r)
+        self.assertRegex(r.stdout.decode(), r"^busgate \S+ \(line protocol 1\)\n$")
+
+    def test_help(self):
+        r = run([BUSGATED, "--help"])
+        self.assertEqual(r.returncode, 0, r)
+        out = r.stdout.decode()
+        for opt in ("--config", "--check-config", "--daemon", "--pidfile",
+                    "--debug", "--version", "--help"):
+            self.assertIn(opt, out)
+        r = run([BUSGATE, "--help"])
+        self.assertEqual(r.returncode, 0, r)
+        out = r.stdout.decode()
+        for word in ("sub FEED TOPIC", "pub FEED TOPIC", "send CLIENT-ID",
+                     "notify FEED", "authorize FEED", "stats", "ping",
+                     "--socket", "exit status"):
+            self.assertIn(word, out)
+
+    def test_daemon_usage_errors(self):
+        for args in (["--no-such-option"], ["stray-argument"], ["-c"]):
+            r = run([BUSGATED] + args)
+            self.assertEqual(r.returncode, 2, (args, r))
+            self.assertIn(b"usage: busgated", r.stderr)
+
+    def test_cli_usage_errors_send_nothing(self):
+        # A socket nobody listens on: a CLI that tried to connect would
+        # exit 3, so 2 shows the command line was refused first.
+        nowhere = "/nonexistent/busgate.sock"
+        cases = [
+            [], ["frobnicate"], ["sub", "F"], ["pub", "F"], ["pub", "F", "T", "X"],
+            ["pub", "F", "T", "--hex"], ["sub", "F", "T", "--image"],
+            ["pub", "F", "T", "--entitlements", "1,x"],
+            ["pub", "F", "T", "--entitlements", ""],
+            ["pub", "F", "T", "--entitlements", "99999999999"],
+            ["send", "not-a-guid", "F", "T"], ["sub", "F", "T", "--count", "many"],
+            ["sub", "F", "T", "--hex", "--base64"], ["stats", "extra"],
+            ["authorize", "F", "--entitlements", "1", "--not-required"],
+            ["--timeout", "-1", "ping"], ["--bogus", "ping"],
+        ]
+        for args in cases:
+            r = run([BUSGATE, "--socket", nowhere] + args)
+            self.assertEqual(r.returncode, 2, (args, r))
+            self.assertIn(b"Try 'busgate --help'.", r.stderr, args)
+            self.assertEqual(r.stdout, b"", args)
+
+    def test_cli_no_daemon_exit_3(self):
+        r = run([BUSGATE, "--socket", "/nonexistent/busgate.sock", "ping"])
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"cannot connect to /nonexistent/busgate.sock", r.stderr)
+        r = run([BUSGATE, "ping"], env={"BUSGATE_SOCKET": "/nonexistent/env.sock"})
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"/nonexistent/env.sock", r.stderr)
+
+
+# ------------------------------------------------------------ --check-config
+
+class CheckConfig(WorkDir):
+
+    def setUp(self):
+        super().setUp()
+        self.creds = os.path.join(self.tmp, "credentials.ini")
+        fd = os.open(self.creds, os.O_WRONLY | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("[bus]\nusername = gw\npassword = %s\n" % SECRET)
+        os.chmod(self.creds, 0o600)
+
+    def check(self, text, name="busgated.yaml"):
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return run([BUSGATED, "--check-config", "-c", path]), path
+
+    GOOD = ("bus:\n  host: bus.example.com\n  auth: basic\n"
+            "  credentials_file: credentials.ini\n"
+            "listen:\n  path: /tmp/never-bound.sock\n  max_output: 2MiB\n")
+
+    def test_good_config_prints_effective_config(self):
+        r, path = self.check(self.GOOD)
+        self.assertEqual(r.returncode, 0, r)
+        out, err = r.stdout.decode(), r.stderr.decode()
+        self.assertIn("configuration OK", err)
+        self.assertRegex(out, r'(?m)^  host: "bus\.example\.com"$')
+        self.assertRegex(out, r"(?m)^  max_output: 2MiB$")        # as written
+        self.assertRegex(out, r"(?m)^  max_sessions: 10000$")     # a default
+        self.assertRegex(out, r"(?m)^  shutdown_grace: 5s$")      # a default
+        self.assertRegex(out, r'(?m)^  credentials_file: "%s"$' % re.escape(self.creds))
+        for section in ("bus", "listen", "router", "log", "daemon"):
+            self.assertRegex(out, r"(?m)^%s:$" % section)
+        self.assertNotIn(SECRET, out + err)
+        self.assertFalse(os.path.exists("/tmp/never-bound.sock"))
+
+    def test_unknown_key_did_you_mean(self):
+        r, path = self.check("bus:\n  host: x\n  prot: 9091\n", "bad.yaml")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stdout, b"")
+        self.assertRegex(r.stderr.decode(), r"%s:3:3: unknown key 'bus\.prot' "
+                         r"\(did you mean 'port'\?\)" % re.escape(path))
+
+    def test_wrong_type(self):
+        r, path = self.check("bus:\n  host: x\n  port: lots\n", "bad.yaml")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertRegex(r.stderr.decode(), r'%s:3:9: bus\.port: expected a number from '
+                         r'1 to 65535, got "lots"' % re.escape(path))
+        r, path = self.check("listen:\n  max_output: [1, 2]\nbus:\n  host: x\n", "bad.yaml")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertRegex(r.stderr.decode(), r"%s:2:15: listen\.max_output: expected a size"
+                         % re.escape(path))
+
+    def test_missing_bus_host(self):
+        r, path = self.check("listen:\n  path: /tmp/x.sock\n", "bad.yaml")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertRegex(r.stderr.decode(), r"%s:\d+:\d+: bus\.host is required"
+                         % re.escape(path))
+
+    def test_yaml_syntax_error(self):
+        r, path = self.check("bus:\n  host: [x\n", "bad.yaml")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertRegex(r.stderr.decode(), r"%s:\d+:\d+: YAML" % re.escape(path))
+
+    def test_world_readable_credentials_refused(self):
+        os.chmod(self.creds, 0o644)
+        r, path = self.check(self.GOOD)
+        self.assertEqual(r.returncode, 1, r)
+        err = r.stderr.decode()
+        self.assertIn("bus.credentials_file", err)
+        self.assertIn("mode 0644", err)
+        self.assertIn("chmod 600", err)
+        self.assertNotIn(SECRET, err + r.stdout.decode())
+        # Starting for real is refused the same way.
+        r = run([BUSGATED, "-c", path])
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"mode 0644", r.stderr)
+
+    def test_missing_config_file(self):
+        r = run([BUSGATED, "-t", "-c", os.path.join(self.tmp, "absent.yaml")])
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"absent.yaml", r.stderr)
+
+
+# ------------------------------------------------------------ with a bus
+
+class WithBus(unittest.TestCase):
+    """One test bus for the class; gateways per test."""
+
+    bus_feeds = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempdir()
+        cls.bus = TestBus(cls.tmp, feeds=cls.bus_feeds)
+        cls.bus.start()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.bus.stop()
+        if not os.environ.get("BUSGATE_KEEP"):
+            shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.gateways = []
+        self.procs = []
+
+    def tearDown(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+            p.stderr.close()
+        for gw in self.gateways:
+            gw.kill()
+
+    def gateway(self, name, config=None, start=True, wait_bus=True):
+        gw = Gateway(self.tmp, self.bus, config=config, name=name)
+        self.gateways.append(gw)
+        if start:
+            gw.start()
+            if wait_bus:
+                gw.wait_bus_up()
+        return gw
+
+    def cli(self, gw, *args, input=None):
+        return run([BUSGATE, "--socket", gw.socket_path] + list(args), input=input)
+
+    def cli_bg(self, gw, *args):
+        p = subprocess.Popen([BUSGATE, "--socket", gw.socket_path] + list(args),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.procs.append(p)
+        return p
+
+    def finish(self, p):
+        out, err = p.communicate(timeout=TIMEOUT)
+        return p.returncode, out.decode("utf-8", "surrogateescape"), err.decode()
+
+    def wait_bus_sub(self, feed, topic, since=0):
+        """The gateway has subscribed upstream: a local SUB has been handled."""
+        self.bus.wait_for(lambda r: r["event"] == "recv"
+                          and r.get("type") == "SubscriptionRequest"
+                          and r["fields"]["feed"] == feed and r["fields"]["topic"] == topic
+                          and r["fields"]["is_add"], TIMEOUT, since)
+
+
+# ------------------------------------------------------------ reload
+
+class Reload(WithBus):
+
+    def test_log_level_change_applied_live(self):
+        gw = self.gateway("lvl", config={"log": {"level": "notice"}}, wait_bus=False)
+        Session(gw.socket_path).close()
+        self.assertNotRegex(gw.log(), r"session \d+: connected")     # info is off
+        off = gw.log_offset()
+        gw.write_config({"log": {"level": "info"}})
+        gw.reload()
+        gw.wait_log(r"reloaded ", start=off)
+        s = Session(gw.socket_path)     # greeted: the connect line is written
+        self.assertRegex(gw.log()[off:], r"session \d+: connected")
+        s.close()
+        gw.stop()
+
+    def test_bad_config_refused_daemon_keeps_serving(self):
+        gw = self.gateway("bad")
+        s = gw.session()
+        self.assertEqual(s.cmd("SUB RF before"), "+OK")
+        off = gw.log_offset()
+        with open(gw.config_path, "a") as f:
+            f.write("bogus_section:\n  x: 1\n")
+        gw.reload()
+        m = gw.wait_log(r"reload refused, old configuration stays: (\S+):(\d+):(\d+): "
+                        r"unknown key 'bogus_section'", start=off)
+        self.assertEqual(m.group(1), gw.config_path)
+        # Still serving, old configuration, old session and new ones.
+        self.assertEqual(s.cmd("PING after"), "PONG after")
+        self.assertEqual(s.cmd("SUB RF after"), "+OK")
+        p = gw.session()
+        self.assertEqual(p.pub("RF", "after", [(None, b"still here")]), "+OK")
+        ev = s.expect("DATA")
+        self.assertEqual(ev.payloads, [b"still here"])
+        # A broken YAML file likewise.
+        off = gw.log_offset()
+        with open(gw.config_path, "w") as f:
+            f.write("bus: [\n")
+        gw.reload()
+        gw.wait_log(r"reload refused, old configuration stays: \S+:\d+:\d+: YAML", start=off)
+        self.assertEqual(p.cmd("PING"), "PONG")
+        s.close()
+        p.close()
+        gw.stop()
+
+    def test_changed_listen_path_needs_restart(self):
+        gw = self.gateway("path")
+        new_path = os.path.join(gw.dir, "other.sock")
+        off = gw.log_offset()
+        gw.write_config({"listen": {"path": new_path}})
+        gw.reload()
+        gw.wait_log(r"listen\.path.*need a restart", start=off)
+        gw.wait_log(r"reloaded ", start=off)
+        self.assertFalse(os.path.exists(new_path))
+        s = gw.session()       # the old socket still serves
+        self.assertEqual(s.cmd("PING"), "PONG")
+        s.close()
+        gw.stop()
+
+
+# ------------------------------------------------------------ sd_notify
+
+class SdNotify(WithBus):
+
+    def collect(self, sock, want, got, timeout=TIMEOUT):
+        """Read datagrams until one matches the regex want (whole message)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, msg in enumerate(got["pending"]):
+                if re.fullmatch(want, msg):
+                    got["seen"].extend(got["pending"][:i + 1])
+                    del got["pending"][:i + 1]
+                    return msg
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no %r from busgated; got %r" % (want, got))
+            sock.settimeout(left)
+            try:
+                got["pending"].append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+
+    def test_notify_protocol(self):
+        path = os.path.join(self.tmp, "notify.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.addCleanup(sock.close)
+        self.addCleanup(os.unlink, path)
+        got = {"pending": [], "seen": []}
+        gw = self.gateway("sdn", start=False)
+        with environ(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000"):
+            gw.start()
+        self.collect(sock, "READY=1", got)
+        self.collect(sock, r"STATUS=bus (up|unconfirmed), 0 sessions", got)
+        self.collect(sock, "WATCHDOG=1", got)
+        self.collect(sock, "WATCHDOG=1", got)       # and again: it is periodic
+        s = gw.session()
+        self.collect(sock, r"STATUS=bus \w+, 1 sessions", got)
+        s.close()
+
+        gw.reload()
+        self.collect(sock, "RELOADING=1", got)
+        self.collect(sock, "READY=1", got)          # after RELOADING, in order
+
+        gw.proc.send_signal(signal.SIGTERM)
+        self.collect(sock, "STOPPING=1", got)
+        gw.stop()
+        self.assertNotIn("STOPPING=1", got["seen"][:-1])
+        self.assertEqual(got["seen"].count("READY=1"), 2, got)
+
+    def test_no_notify_socket_no_datagrams(self):
+        # Without NOTIFY_SOCKET the daemon runs the same (and sends nothing).
+        gw = self.gateway("plain")
+        s = gw.session()
+        self.assertEqual(s.cmd("PING"), "PONG")
+        s.close()
+        gw.stop()
+
+
+# ------------------------------------------------------------ the socket
+
+ACTIVATE = """
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class Socket(WithBus):
+
+    def test_socket_activation(self):
+        gw = self.gateway("act", start=False)
+        act_path = os.path.join(gw.dir, "activated.sock")
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(act_path)
+        lsock.listen(16)
+        self.addCleanup(lsock.close)
+        gw.logf = open(gw.log_path, "ab")
+        gw.proc = subprocess.Popen(
+            [sys.executable, "-c", ACTIVATE, str(lsock.fileno()), BUSGATED,
+             "-c", gw.config_path],
+            pass_fds=(lsock.fileno(),), stdout=gw.logf, stderr=gw.logf)
+        lsock.close()       # busgated holds it now
+        s = Session(act_path)
+        self.assertRegex(s.hello.line, r"^HELLO busgate \S+ proto=1 ")
+        self.assertEqual(s.cmd("PING"), "PONG")
+        s.close()
+        self.assertRegex(gw.log(), r"listening on %s \((systemd socket|socket activation)\)"
+                         % re.escape(act_path))
+        self.assertFalse(os.path.exists(gw.socket_path))    # listen.path unused
+        gw.stop()
+        self.assertTrue(os.path.exists(act_path))   # systemd's file: left alone
+
+    def test_stale_socket_replaced(self):
+        gw = self.gateway("stale", start=False)
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        dead.bind(gw.socket_path)       # bound, never listening: like a crashed daemon
+        dead.close()
+        self.assertTrue(os.path.exists(gw.socket_path))
+        gw.start()
+        gw.wait_log(r"removed stale socket %s" % re.escape(gw.socket_path))
+        s = gw.session()
+        self.assertEqual(s.cmd("PING"), "PONG")
+        s.close()
+        gw.stop()
+        self.assertFalse(os.path.exists(gw.socket_path))
+
+    def test_live_socket_refused(self):
+        gw = self.gateway("live", start=False)
+        live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        live.bind(gw.socket_path)
+        live.listen(4)
+        self.addCleanup(live.close)
+        gw.start(wait=False)
+        rc = gw.proc.wait(TIMEOUT)
+        self.assertEqual(rc, 1, gw.log())
+        self.assertIn("another busgated is listening on %s" % gw.socket_path, gw.log())
+        gw.stop(expect_rc=1)
+        # The other one's socket is untouched and still answers.
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(gw.socket_path)
+        c.close()
+
+    def test_not_a_socket_refused(self):
+        gw = self.gateway("file", start=False)
+        with open(gw.socket_path, "w") as f:
+            f.write("precious\n")
+        gw.start(wait=False)
+        self.assertEqual(gw.proc.wait(TIMEOUT), 1)
+        self.assertIn("is not a socket", gw.log())
+        gw.stop(expect_rc=1)
+        with open(gw.socket_path) as f:
+            self.assertEqual(f.read(), "precious\n")
+
+
+# ------------------------------------------------------------ --daemon
+
+def become_subreaper():
+    """Orphans of our children become ours, so a detached daemon can be
+    reaped and its exit status checked. False where prctl is missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0      # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+class Daemonize(WithBus):
+
+    def test_daemon_pidfile_and_sigterm(self):
+        reaper = become_subreaper()
+        gw = self.gateway("detach", start=False)
+        pidfile = os.path.join(gw.dir, "busgated.pid")
+        r = run([BUSGATED, "-c", gw.config_path, "--daemon", "--pidfile", pidfile])
+        self.assertEqual(r.returncode, 0, r)     # the parent returns at once
+        pid = wait_until(lambda: self.read_pid(pidfile), "the pid file")
+        self.addCleanup(self.kill_quietly, pid)
+        os.kill(pid, 0)                             # alive
+        self.assertNotEqual(os.getsid(pid), os.getsid(0))   # its own session
+        s = wait_until(lambda: self.try_session(gw.socket_path), "the socket")
+        self.assertEqual(s.cmd("PING"), "PONG")
+        s.close()
+        os.kill(pid, signal.SIGTERM)
+        if reaper:
+            status = self.reap(pid)
+            self.assertTrue(os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status)
+        else:
+            wait_until(lambda: not self.running(pid), "the daemon to exit")
+        wait_until(lambda: not os.path.exists(pidfile), "the pid file to go")
+        self.assertFalse(os.path.exists(gw.socket_path))
+
+    @staticmethod
+    def read_pid(path):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.endswith("\n") else None
+
+    @staticmethod
+    def try_session(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            return None
+        finally:
+            probe.close()
+        return Session(path)
+
+    @staticmethod
+    def running(pid):
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def reap(pid):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done == pid:
+                return status
+            time.sleep(0.02)
+        raise TimeoutError("busgated --daemon did not exit on SIGTERM")
+
+    @staticmethod
+    def kill_quietly(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+# ------------------------------------------------------------ the CLI
+
+class Cli(WithBus):
+
+    bus_feeds = {"AUTHF": {"authorization_required": True}}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.gw = Gateway(cls.tmp, cls.bus, name="cli")
+        cls.gw.start()
+        cls.gw.wait_bus_up()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.gw.stop()
+        super().tearDownClass()
+
+    def parse(self, line):
+        """A sub line: feed topic user host kind ents [payload]."""
+        parts = line.split(" ", 6)
+        return parts + [""] * (7 - len(parts))
+
+    def test_ping(self):
+        r = self.cli(self.gw, "ping")
+        self.assertEqual(r.returncode, 0, r)
+        self.assertRegex(r.stdout.decode(), r"^PONG from busgated \S+ in [0-9.]+ ms, bus up\n$")
+        self.assertEqual(r.stderr, b"")
+
+    def test_stats(self):
+        r = self.cli(self.gw, "stats")
+        self.assertEqual(r.returncode, 0, r)
+        stats = {}
+        for line in r.stdout.decode().splitlines():
+            name, _, value = line.partition(" ")
+            self.assertNotIn(name, ("STAT", "END"))
+            stats.setdefault(name, value)
+        self.assertEqual(stats["bus_state"], "up")
+        self.assertEqual(stats["limit.max_payload"], "1048576")
+        self.assertGreaterEqual(int(stats["sessions"]), 1)
+        self.assertRegex(stats["session"], r"^\d+ pid=\d+ uid=\d+ gid=\d+ ")
+
+    def test_sub_pub_text(self):
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "text topic", "--count", "5")
+        self.wait_bus_sub("CF", "text topic", since)
+        lines = "plain words\n\ntab\there back\\slash\nh\u00e9llo \u2603\nno newline at end"
+        r = self.cli(self.gw, "pub", "CF", "text topic", "--image", "--entitlements", "1,-2",
+                     input=lines.encode())
+        self.assertEqual((r.returncode, r.stderr), (0, b""), r)
+        rc, out, err = self.finish(sub)
+        self.assertEqual(rc, 0, err)
+        got = [self.parse(x) for x in out.splitlines()]
+        self.assertEqual(len(got), 5, out)
+        for g in got:
+            self.assertEqual(g[:6], ["CF", "text%20topic", "gw", HOST, "image", "1,-2"])
+        self.assertEqual([g[6] for g in got],
+                         ["plain words", "", "tab\\there back\\\\slash",
+                          "h\u00e9llo \u2603", "no newline at end"])
+        self.assertEqual(out.splitlines()[1], "CF text%20topic gw " + HOST + " image 1,-2")
+
+    def test_sub_binary_hex_base64(self):
+        since = self.bus.mark()
+        hexs = self.cli_bg(self.gw, "sub", "CF", "bin", "--hex")
+        self.wait_bus_sub("CF", "bin", since)
+        payload = bytes(range(256)) + b"\n\x00end"
+        r = self.cli(self.gw, "pub", "CF", "bin", "--whole", "--image", input=payload)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(self.read_line(hexs), "CF bin gw %s image - %s" % (HOST, payload.hex()))
+        # Later subscribers get the same image from the gateway's cache
+        # (while the first one keeps the topic subscribed).
+        b64 = self.cli_bg(self.gw, "sub", "CF", "bin", "--base64", "--count", "1")
+        rc, out, err = self.finish(b64)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(base64.b64decode(self.parse(out.rstrip("\n"))[6]), payload)
+        text = self.cli_bg(self.gw, "sub", "CF", "bin", "--count", "1")
+        rc, out, err = self.finish(text)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.count("\n"), 1)
+        shown = self.parse(out.rstrip("\n"))[6]
+        self.assertTrue(shown.startswith("\\x00\\x01"), shown)
+        self.assertTrue(shown.endswith("\\n\\x00end"), shown)
+        self.assertIn("\\x7f\\x80\\x81", shown)     # not UTF-8: escaped
+        hexs.terminate()
+        hexs.wait(TIMEOUT)
+
+    @staticmethod
+    def read_line(p):
+        """One line of a running busgate's output, bounded by TIMEOUT."""
+        r, _, _ = select.select([p.stdout], [], [], TIMEOUT)
+        if not r:
+            raise TimeoutError("no output from busgate")
+        return p.stdout.readline().decode().rstrip("\n")
+
+    def test_pub_pipelined_many_in_order(self):
+        n = 3000
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "many", "--count", str(n))
+        self.wait_bus_sub("CF", "many", since)
+        data = "".join("message %d\n" % i for i in range(n)).encode()
+        r = self.cli(self.gw, "pub", "CF", "many", input=data)
+        self.assertEqual((r.returncode, r.stderr), (0, b""), r)
+        rc, out, err = self.finish(sub)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([self.parse(x)[6] for x in out.splitlines()],
+                         ["message %d" % i for i in range(n)])
+
+    def test_pub_refused_exit_1(self):
+        r = self.cli(self.gw, "pub", "CF", "", input=b"one\ntwo\n")
+        self.assertEqual(r.returncode, 1, r)
+        err = r.stderr.decode()
+        self.assertEqual(err.count("bad-name"), 2, err)
+        self.assertIn("2 of 2 messages refused", err)
+
+    def test_pub_over_max_payload(self):
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "big", "--count", "2")
+        self.wait_bus_sub("CF", "big", since)
+        big = b"x" * (1048576 + 1)
+        r = self.cli(self.gw, "pub", "CF", "big", input=b"first\n" + big + b"\nlast\n")
+        self.assertEqual(r.returncode, 1, r)
+        err = r.stderr.decode()
+        self.assertRegex(err, r"stdin line 2: \d+\+? bytes, over busgated's max_payload "
+                         r"of 1048576; not sent")
+        self.assertIn("1 of 3 messages refused", err)
+        rc, out, _ = self.finish(sub)
+        self.assertEqual([self.parse(x)[6] for x in out.splitlines()], ["first", "last"])
+        r = self.cli(self.gw, "pub", "CF", "big", "--whole", input=big)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"nothing sent", r.stderr)
+
+    def test_sub_refused_exit_1(self):
+        r = self.cli(self.gw, "sub", "CF", "")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"bad-name", r.stderr)
+        self.assertEqual(r.stdout, b"")
+
+    def test_stale_printed(self):
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "stale", "--count", "2")
+        self.wait_bus_sub("CF", "stale", since)
+        c = self.bus.client()
+        c.publish("CF", "stale", [(None, b"last words")], is_image=True)
+        self.bus.sync(c)
+        c.close()       # the only publisher leaves: the bus sends a stale image
+        rc, out, err = self.finish(sub)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out.splitlines(), [
+            "CF stale gw %s image - last words" % HOST,
+            'CF stale "" "" image STALE'])
+
+    def test_notify(self):
+        since = self.bus.mark()
+        p = self.cli_bg(self.gw, "notify", "NF", "--count", "2")
+        self.bus.wait_for(lambda r: r["event"] == "recv"
+                          and r.get("type") == "NotificationRequest"
+                          and r["fields"]["feed"] == "NF", TIMEOUT, since)
+        c = self.bus.client()
+        c.subscribe("NF", "some topic")
+        c.unsubscribe("NF", "some topic")
+        self.bus.sync(c)
+        rc, out, err = self.finish(p)
+        c.close()
+        self.assertEqual(rc, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 2, out)
+        for line, kind in zip(lines, ("add", "remove")):
+            w = line.split(" ")
+            self.assertEqual(w[0], kind)
+            self.assertEqual(w[1], str(c.client_id))
+            self.assertEqual(w[2], "gw")
+            self.assertEqual(w[4:], ["NF", "some%20topic"])
+
+    def test_send(self):
+        c = self.bus.client()
+        self.addCleanup(c.close)
+        c.subscribe("SF", "direct")
+        self.bus.sync(c)
+        r = self.cli(self.gw, "send", str(c.client_id), "SF", "direct", "--image",
+                     "--entitlements", "5", input=b"just for you\n")
+        self.assertEqual((r.returncode, r.stderr), (0, b""), r)
+        m = c.expect("ForwardedUnicastData", timeout=TIMEOUT)
+        self.assertEqual((m.feed, m.topic, m.is_image), ("SF", "direct", True))
+        self.assertEqual([(p.entitlements, p.data) for p in m.data_packets],
+                         [([5], b"just for you")])
+
+    def test_authorize(self):
+        p = self.cli_bg(self.gw, "authorize", "AUTHF", "--entitlements", "7,8", "--count", "1")
+        wait_until(lambda: self.stat("authorizers") >= 1, "the authorizer registration")
+        since = self.bus.mark()
+        c = self.bus.client()
+        self.addCleanup(c.close)
+        c.subscribe("AUTHF", "secret")
+        rec = self.bus.wait_for(lambda r: r["event"] == "recv"
+                                and r.get("type") == "AuthorizationResponse", TIMEOUT, since)
+        self.assertEqual(rec["fields"]["client_id"], str(c.client_id))
+        self.assertEqual((rec["fields"]["feed"], rec["fields"]["topic"]), ("AUTHF", "secret"))
+        self.assertTrue(rec["fields"]["is_authorization_required"])
+        self.assertEqual(rec["fields"]["entitlements"], [7, 8])
+        rc, out, err = self.finish(p)
+        self.assertEqual(rc, 0, err)
+        w = out.rstrip("\n").split(" ")
+        self.assertEqual(w[0], str(c.client_id))
+        self.assertEqual(w[3:], ["AUTHF", "secret"])
+
+    def stat(self, name):
+        s = self.gw.session()
+        try:
+            return int(s.stats()[name])
+        finally:
+            s.close()
+
+
+class CliConnectionLost(WithBus):
+
+    def test_daemon_stopping_ends_sub_with_3(self):
+        gw = self.gateway("lost")
+        since = self.bus.mark()
+        sub = self.cli_bg(gw, "sub", "LF", "t")
+        self.wait_bus_sub("LF", "t", since)
+        gw.stop()
+        rc, out, err = self.finish(sub)
+        self.assertEqual(rc, 3, err)
+        self.assertIn("shutting-down", err)
+
+    def test_bus_down_pub_exit_1(self):
+        bus = TestBus(self.tmp, name="shortlived")
+        bus.start()
+        gw = Gateway(self.tmp, bus, name="busdown")
+        self.gateways.append(gw)
+        gw.start()
+        gw.wait_bus_up()
+        bus.stop()
+        wait_until(lambda: b"bus down" in self.cli(gw, "ping").stdout, "bus down")
+        r = self.cli(gw, "pub", "DF", "t", input=b"lost?\n")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"bus-down", r.stderr)
+        self.assertIn(b"1 of 1 messages refused", r.stderr)
+        gw.stop()
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
