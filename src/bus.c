@@ -19,7 +19,19 @@
  * We only ever append whole messages to the output, so closing after the
  * output has drained closes at a message boundary (defect 8). Deliberate
  * closes (reconfigure, shutdown) drain first, bounded by a timer; a
- * failed link is closed at once.
+ * failed link is closed at once, and what it still had queued is reported
+ * as lost.
+ *
+ * Data held for confirmation: with the watchdog on, publishes, sends and
+ * authorization answers made while the link is unconfirmed wait in a
+ * separate buffer until the first message proves the login was accepted.
+ * A rejected login is silent (defect 2): sent at once they would vanish
+ * although the router acknowledged them. Held data moves to the next link
+ * when this one fails unconfirmed (nothing reached an authenticated
+ * session), and counts towards the high-water mark. Subscription and
+ * notification requests go out at once: the router replays them anyway.
+ * Without the watchdog a quiet bus may never confirm the link, so nothing
+ * is held.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -27,10 +39,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/sockios.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -114,6 +128,9 @@ struct bus {
     void *shutdown_arg;
     bool shutdown_pending;
 
+    struct evbuffer *held;        /* data waiting for confirmation (see top) */
+    uint64_t held_msgs;
+
     struct wire_msg msg;          /* reused for every decoded message */
     struct bus_stats st;
     LIST_HEAD(, bus_drain) drains;
@@ -122,6 +139,7 @@ struct bus {
 static void bus_connect_begin(struct bus *bus);
 static void bus_link_failed(struct bus *bus, const char *reason, bool auth_failure);
 static void bus_try_next_addr(struct bus *bus);
+static size_t bus_queued(const struct bus *bus);
 
 /* ---- small helpers ---- */
 
@@ -460,6 +478,54 @@ bus_close_link(struct bus *bus, bool drain, uint32_t drain_ms)
     bus->tls_phase = false;
 }
 
+/* Bytes the kernel has not had acknowledged yet on fd (0 if unknown). */
+static size_t
+socket_unacked(evutil_socket_t fd)
+{
+    int n = 0;
+
+    if (fd < 0 || ioctl(fd, SIOCOUTQ, &n) != 0 || n < 0)
+        return 0;
+    return (size_t)n;
+}
+
+/* A failing link takes its queued output with it: say so and count it
+ * (the router acknowledged those messages). */
+static void
+bus_report_lost(struct bus *bus)
+{
+    size_t queued, kernel;
+
+    if (bus->bev == NULL || (bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP))
+        return;
+    /* Unconfirmed with the watchdog on, the output holds only credentials
+     * and requests the router replays: the data is held, not lost. */
+    if (bus->state == BUS_UNCONFIRMED && bus->cfg.heartbeat_timeout_ms > 0)
+        return;
+    queued = evbuffer_get_length(bufferevent_get_output(bus->bev));
+    kernel = socket_unacked(bufferevent_getfd(bus->bev));
+    if (queued == 0 && kernel == 0)
+        return;
+    bus->st.bytes_lost += queued;
+    log_warn("bus: link lost with %zu bytes of messages unsent "
+        "(and %zu bytes the bus had not acknowledged)", queued, kernel);
+}
+
+/* Held data that will never go out (shutdown). */
+static void
+bus_drop_held(struct bus *bus, const char *why)
+{
+    size_t n = evbuffer_get_length(bus->held);
+
+    if (n == 0)
+        return;
+    log_warn("bus: %llu message%s (%zu bytes) held for an unconfirmed link discarded: %s",
+        (unsigned long long)bus->held_msgs, bus->held_msgs == 1 ? "" : "s", n, why);
+    bus->st.bytes_lost += n;
+    evbuffer_drain(bus->held, n);
+    bus->held_msgs = 0;
+}
+
 /* Back-pressure cannot outlive the link: release the router. */
 static void
 bus_release_pressure(struct bus *bus)
@@ -481,6 +547,7 @@ bus_link_failed(struct bus *bus, const char *reason, bool auth_failure)
     if (bus->state == BUS_UP &&
         now_ms() - bus->up_since_ms >= bus->cfg.reconnect_reset_ms)
         bus->attempt = 0;
+    bus_report_lost(bus);
     bus_close_link(bus, false, 0);
     snprintf(bus->st.last_error, sizeof bus->st.last_error, "%s", reason);
     bus_log_down(bus, reason);
@@ -683,6 +750,13 @@ bus_go_up(struct bus *bus)
     bus->streak = 0;
     bus->retries = 0;
     log_notice("bus: up%s", extra);
+    if (bus->held_msgs > 0) {
+        log_info("bus: sending %llu message%s (%zu bytes) held until the link was confirmed",
+            (unsigned long long)bus->held_msgs, bus->held_msgs == 1 ? "" : "s",
+            evbuffer_get_length(bus->held));
+        evbuffer_add_buffer(bufferevent_get_output(bus->bev), bus->held);
+        bus->held_msgs = 0;
+    }
     bus_set_state(bus, BUS_UP, NULL);
 }
 
@@ -745,8 +819,7 @@ bus_written(struct bufferevent *bev, void *arg)
 {
     struct bus *bus = arg;
 
-    if (bus->pressure &&
-        evbuffer_get_length(bufferevent_get_output(bev)) <= bus->cfg.output_high_water / 2)
+    if (bus->pressure && bus_queued(bus) <= bus->cfg.output_high_water / 2)
         bus_release_pressure(bus);
 }
 
@@ -1155,6 +1228,10 @@ bus_new(struct event_base *base, struct evdns_base *dns,
     bus->dns = dns;
     LIST_INIT(&bus->drains);
     wire_msg_init(&bus->msg);
+    if ((bus->held = evbuffer_new()) == NULL) {
+        free(bus);
+        return NULL;
+    }
     if (cb != NULL)
         bus->cb = *cb;
     bus->cb_arg = arg;
@@ -1194,15 +1271,38 @@ bus_start(struct bus *bus)
     return 0;
 }
 
+/* Data (as opposed to subscription and notification requests) waits for
+ * confirmation when the watchdog will provide one (see the top). */
+static bool
+bus_hold(const struct bus *bus, const struct wire_msg *msg)
+{
+    return bus->state == BUS_UNCONFIRMED && bus->cfg.heartbeat_timeout_ms > 0 &&
+        (msg->type == WIRE_MULTICAST_DATA || msg->type == WIRE_UNICAST_DATA ||
+         msg->type == WIRE_AUTHORIZATION_RESPONSE);
+}
+
+/* Bytes waiting to go to the bus, held ones included. */
+static size_t
+bus_queued(const struct bus *bus)
+{
+    size_t n = evbuffer_get_length(bus->held);
+
+    if (bus->bev != NULL && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))
+        n += evbuffer_get_length(bufferevent_get_output(bus->bev));
+    return n;
+}
+
 enum bus_send_result
 bus_send(struct bus *bus, const struct wire_msg *msg)
 {
     struct evbuffer *out;
     size_t before, after;
+    bool hold;
 
     if ((bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP) || bus->bev == NULL)
         return BUS_NOT_UP;
-    out = bufferevent_get_output(bus->bev);
+    hold = bus_hold(bus, msg);
+    out = hold ? bus->held : bufferevent_get_output(bus->bev);
     before = evbuffer_get_length(out);
     /* wire_encode appends all of the message or nothing */
     if (wire_encode(out, msg) != 0)
@@ -1210,7 +1310,9 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     after = evbuffer_get_length(out);
     bus->st.msgs_out++;
     bus->st.bytes_out += after - before;
-    if (after > bus->cfg.output_high_water)
+    if (hold)
+        bus->held_msgs++;
+    if (bus_queued(bus) > bus->cfg.output_high_water)
         bus->pressure = true;
     return BUS_SENT;
 }
@@ -1218,8 +1320,7 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
 bool
 bus_congested(const struct bus *bus)
 {
-    return bus->bev != NULL &&
-        evbuffer_get_length(bufferevent_get_output(bus->bev)) > bus->cfg.output_high_water;
+    return bus_queued(bus) > bus->cfg.output_high_water;
 }
 
 enum bus_state
@@ -1232,8 +1333,7 @@ void
 bus_get_stats(const struct bus *bus, struct bus_stats *st)
 {
     *st = bus->st;
-    st->output_queued = bus->bev != NULL ?
-        evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
+    st->output_queued = bus_queued(bus);
 }
 
 int
@@ -1285,6 +1385,7 @@ bus_shutdown(struct bus *bus, uint32_t timeout_ms, void (*done)(void *), void *a
         evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
 
     bus->stopping = true;
+    bus_drop_held(bus, "shutting down");
     bus->shutdown_done = done;
     bus->shutdown_arg = arg;
     bus->shutdown_pending = true;
@@ -1324,5 +1425,6 @@ bus_free(struct bus *bus)
     tls_ctx_free(bus->ssl_ctx);
     bus_cfg_free(&bus->cfg);
     wire_msg_free(&bus->msg);
+    evbuffer_free(bus->held);
     free(bus);
 }

@@ -53,6 +53,7 @@ struct bus_stats {
     uint64_t msgs_in, bytes_in;
     uint64_t msgs_out, bytes_out;
     size_t output_queued;         /* bytes waiting to go to the bus */
+    uint64_t bytes_lost;          /* queued bytes a failed link or shutdown took with it */
     char last_error[256];
 };
 

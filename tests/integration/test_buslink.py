@@ -361,6 +361,26 @@ class TestAuthentication(BusLinkCase):
         self.assert_auth_failure_retried(
             bus, gw, "no heartbeat: not authenticated or dead", token)
 
+    def test_publish_while_unconfirmed_waits_for_a_good_login(self):
+        # with the watchdog on, data accepted while the login is unconfirmed
+        # is held: never thrown at a bus that silently ignores it, sent once
+        # a login is confirmed (here after the password file is fixed)
+        bus = self.bus(heartbeat=HB, defects=["silent-login"])
+        gw = self.gateway(bus, self.heartbeat(SILENT_TIMEOUT), password="Wr0ng-Secret-Pw")
+        s = self.session(gw)
+        wait_until(lambda: s.pub("F", "T", [(None, b"held-1")]) == "+OK",
+                   what="a PUB accepted on an unconfirmed link")
+        self.wait_bus(bus, lambda r: r["event"] == "login-failed", n=2, what="retries")
+        gw.password = "gwpass"
+        gw.write_config()
+        self.wait_bus(bus, lambda r: r["event"] == "recv" and r["type"] == "MulticastData"
+                      and r.get("user") == "gw", what="the held publish")
+        self.assertEqual([r for r in bus.records() if r["event"] == "ignore"
+                          and r.get("type") == "MulticastData"], [],
+                         "data was sent to a rejected login")
+        gw.wait_log(r"bus: sending 1 message \(\d+ bytes\) held until the link was confirmed")
+        self.assert_no_secret(gw, "Wr0ng-Secret-Pw", "gwpass")
+
     def test_unconfirmed_without_heartbeat(self):
         # no watchdog and a silent rejected login: the link stays
         # "connected, unconfirmed" and says so, it never claims to be up

@@ -150,6 +150,8 @@ enum fake_mode {
     FAKE_NORMAL,        /* read and keep everything */
     FAKE_CLOSE_ON_AUTH, /* close as soon as credentials arrive (rejected login) */
     FAKE_GARBAGE,       /* answer the credentials with an unknown message type */
+    FAKE_CLOSE_FIRST,   /* reject the first login by closing, accept later ones */
+    FAKE_DEAF,          /* accept, never read */
 };
 
 struct fake {
@@ -189,7 +191,7 @@ fake_read(struct bufferevent *bev, void *arg)
         return;
     }
     evbuffer_add_buffer(f->rx, bufferevent_get_input(bev));
-    if (f->mode == FAKE_CLOSE_ON_AUTH) {
+    if (f->mode == FAKE_CLOSE_ON_AUTH || (f->mode == FAKE_CLOSE_FIRST && f->accepted == 1)) {
         f->closed++;
         f->conn = NULL;
         bufferevent_free(bev);
@@ -225,7 +227,7 @@ fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
     f->conn = bev;
     evbuffer_drain(f->rx, evbuffer_get_length(f->rx));
     bufferevent_setcb(bev, fake_read, NULL, fake_event, f);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    bufferevent_enable(bev, f->mode == FAKE_DEAF ? EV_WRITE : EV_READ | EV_WRITE);
 }
 
 /* Listen on the loopback address of family; false if it has none. */
@@ -920,6 +922,198 @@ t_link_name_resolution(void **state)
     bus_free(bus);
 }
 
+/* A publish of n bytes of payload to F/T. */
+static void
+data_msg(struct wire_msg *m, struct wire_packet *p, const void *data, uint32_t n)
+{
+    wire_msg_init(m);
+    m->type = WIRE_MULTICAST_DATA;
+    m->feed.ptr = "F";
+    m->feed.len = 1;
+    m->topic.ptr = "T";
+    m->topic.len = 1;
+    p->entitlements.n = 0;
+    p->data = data;
+    p->len = n;
+    m->packets = p;
+    m->n_packets = 1;
+}
+
+static void
+sub_msg(struct wire_msg *m, const char *topic)
+{
+    wire_msg_init(m);
+    m->type = WIRE_SUBSCRIPTION_REQUEST;
+    m->feed.ptr = "F";
+    m->feed.len = 1;
+    m->topic.ptr = topic;
+    m->topic.len = (uint32_t)strlen(topic);
+    m->is_add = true;
+}
+
+/* Skip the credentials and the heartbeat subscription in fk.rx. */
+static void
+skip_login(struct fake *f)
+{
+    struct wire_limits lim;
+    struct wire_msg got;
+    const char *cause = NULL;
+
+    want_bytes = 32 + 28;
+    assert_true(run_until(rx_has, f, 10000));
+    expect_basic_auth(f, "gw", "s3cret", "fwd-host");
+    wire_limits_default(&lim);
+    wire_msg_init(&got);
+    assert_int_equal(wire_decode(f->rx, &lim, &got, &cause), WIRE_DECODED);
+    assert_int_equal(got.type, WIRE_SUBSCRIPTION_REQUEST);
+    wire_msg_free(&got);
+}
+
+/* The types of the messages in f->rx, in order, as a string of digits. */
+static void
+rx_types(struct fake *f, char *out, size_t len)
+{
+    struct wire_limits lim;
+    struct wire_msg got;
+    const char *cause = NULL;
+    size_t n = 0;
+
+    wire_limits_default(&lim);
+    wire_msg_init(&got);
+    while (n + 1 < len && wire_decode(f->rx, &lim, &got, &cause) == WIRE_DECODED)
+        out[n++] = (char)('0' + got.type);
+    out[n] = '\0';
+    wire_msg_free(&got);
+}
+
+static void
+t_link_holds_data_until_confirmed(void **state)
+{
+    struct wire_packet p;
+    struct wire_msg m, sub;
+    struct bus_stats st;
+    char types[16];
+    struct bus *bus;
+
+    fake_start(&fk, FAKE_NORMAL);
+    base_config(fk.port);
+    cfg.bus.heartbeat_timeout_ms = 5000;
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    skip_login(&fk);
+
+    /* unconfirmed: the publish waits, the subscription goes */
+    data_msg(&m, &p, "held", 4);
+    sub_msg(&sub, "T");
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    assert_int_equal(bus_send(bus, &sub), BUS_SENT);
+    want_bytes = wire_encoded_size(&sub);
+    assert_true(run_until(rx_has, &fk, 10000));
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.output_queued, wire_encoded_size(&m));
+    rx_types(&fk, types, sizeof types);
+    assert_string_equal(types, "5");
+
+    /* confirmed by the first message: the publish follows */
+    fake_send(&fk, "admin", "__admin__", "heartbeat", "");
+    assert_true(expect_state(BUS_UP, NULL));
+    want_bytes = wire_encoded_size(&m);
+    assert_true(run_until(rx_has, &fk, 10000));
+    rx_types(&fk, types, sizeof types);
+    assert_string_equal(types, "1");
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.bytes_lost, 0);
+    bus_free(bus);
+}
+
+static void
+t_link_held_data_survives_rejected_login(void **state)
+{
+    struct wire_packet p;
+    struct wire_msg m;
+    char types[16];
+    struct bus *bus;
+
+    fake_start(&fk, FAKE_CLOSE_FIRST);
+    base_config(fk.port);
+    cfg.bus.heartbeat_timeout_ms = 5000;
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    data_msg(&m, &p, "keep me", 7);
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    assert_true(expect_state(BUS_DOWN, "probable authentication failure"));
+    assert_int_equal(bus_send(bus, &m), BUS_NOT_UP);
+
+    /* the next link is accepted: the publish goes out once it is confirmed */
+    want_int = 2;
+    assert_true(run_until(accepted_at_least, &fk, 10000));
+    skip_login(&fk);
+    fake_send(&fk, "admin", "__admin__", "heartbeat", "");
+    assert_true(expect_state(BUS_UP, NULL));
+    want_bytes = wire_encoded_size(&m);
+    assert_true(run_until(rx_has, &fk, 10000));
+    rx_types(&fk, types, sizeof types);
+    assert_string_equal(types, "1");
+    bus_free(bus);
+}
+
+static void
+t_shutdown_reports_held_data(void **state)
+{
+    struct wire_packet p;
+    struct wire_msg m;
+    struct bus_stats st;
+    struct bus *bus;
+
+    fake_start(&fk, FAKE_NORMAL);
+    base_config(fk.port);
+    cfg.bus.heartbeat_timeout_ms = 5000;
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    data_msg(&m, &p, "never confirmed", 15);
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    bus_shutdown(bus, 1000, on_done, &ob);
+    assert_true(run_until(is_done, NULL, 10000));
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.bytes_lost, wire_encoded_size(&m));
+    assert_int_equal(st.output_queued, 0);
+    bus_free(bus);
+}
+
+static bool
+saw_down(void *arg)
+{
+    return bus_state(arg) == BUS_DOWN;
+}
+
+static void
+t_link_lost_output_counted(void **state)
+{
+    static uint8_t payload[1 << 20];
+    struct wire_packet p;
+    struct wire_msg m;
+    struct bus_stats st;
+    struct bus *bus;
+
+    fake_start(&fk, FAKE_DEAF);
+    base_config(fk.port);
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    /* more than the kernel's buffers take from a peer that never reads */
+    data_msg(&m, &p, payload, sizeof payload);
+    for (int i = 0; i < 48; i++)
+        assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    for (int i = 0; i < 20; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    bufferevent_free(fk.conn);      /* unread data: the kernel resets */
+    fk.conn = NULL;
+    assert_true(run_until(saw_down, bus, 10000));
+    bus_get_stats(bus, &st);
+    assert_true(st.bytes_lost > 0);
+    assert_true(st.bytes_lost <= 48 * wire_encoded_size(&m));
+    bus_free(bus);
+}
+
 static void
 t_link_ipv6(void **state)
 {
@@ -961,6 +1155,10 @@ main(void)
         cmocka_unit_test_setup_teardown(t_link_reconfigure, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_name_resolution, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_ipv6, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_holds_data_until_confirmed, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_held_data_survives_rejected_login, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_shutdown_reports_held_data, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_lost_output_counted, setup, teardown),
     };
 
     log_init("test_bus", LOG_DEST_STDERR, LOG_DEBUG);
