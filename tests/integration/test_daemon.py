@@ -141,6 +141,100 @@ class CommandLine(unittest.TestCase):
         self.assertIn(b"/nonexistent/env.sock", r.stderr)
 
 
+# ------------------------------------------------------------ units, man pages
+
+TOP_SRCDIR = gwtest.TOP_SRCDIR
+TOP_BUILDDIR = gwtest.TOP_BUILDDIR
+MAN_PAGES = ("busgate.1", "busgated.8", "busgated.yaml.5")
+
+
+class UnitsAndManPages(WorkDir):
+    """The generated systemd units pass systemd-analyze, the man pages groff."""
+
+    def unit_copies(self):
+        """The built units, ExecStart pointing at the built daemon (the
+        installed path need not exist here), and a man tree for the
+        Documentation= links."""
+        out = {}
+        for name in ("busgated.service", "busgated.socket"):
+            path = os.path.join(TOP_BUILDDIR, "systemd", name)
+            if not os.path.exists(path):
+                self.skipTest("%s not built (make all)" % path)
+            with open(path) as f:
+                text = f.read()
+            self.assertNotIn("@sbindir@", text)
+            self.assertNotIn("@sysconfdir@", text)
+            text = re.sub(r"(?m)^(ExecStart=)\S+/busgated ", r"\g<1>%s " % BUSGATED, text)
+            out[name] = os.path.join(self.tmp, name)
+            with open(out[name], "w") as f:
+                f.write(text)
+        for page in MAN_PAGES:
+            d = os.path.join(self.tmp, "man", "man" + page.rsplit(".", 1)[1])
+            os.makedirs(d, exist_ok=True)
+            os.symlink(os.path.join(TOP_SRCDIR, "doc", page), os.path.join(d, page))
+        return out
+
+    def analyze(self, *args):
+        if shutil.which("systemd-analyze") is None:
+            self.skipTest("no systemd-analyze")
+        return run(["systemd-analyze"] + list(args), env={
+            "MANPATH": os.path.join(self.tmp, "man"), "SYSTEMD_PAGER": "", "LC_ALL": "C.UTF-8"})
+
+    def test_units_verify(self):
+        units = self.unit_copies()
+        with open(units["busgated.service"]) as f:
+            service = f.read()
+        for line in ("Type=notify", "NotifyAccess=main", "WatchdogSec=30s",
+                     "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                     "RuntimeDirectory=busgate", "ConfigurationDirectory=busgate",
+                     "ProtectSystem=strict", "CapabilityBoundingSet=",
+                     "SystemCallFilter=@system-service",
+                     "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6"):
+            self.assertRegex(service, r"(?m)^%s$" % re.escape(line))
+        self.assertRegex(service, r"(?m)^ExecStart=%s -c /\S+/busgate/busgated\.yaml$"
+                         % re.escape(BUSGATED))
+        r = self.analyze("verify", units["busgated.service"], units["busgated.socket"])
+        self.assertEqual((r.returncode, r.stdout, r.stderr), (0, b"", b""), r)
+
+    def test_service_exposure(self):
+        units = self.unit_copies()
+        r = self.analyze("security", "--offline=yes", "--no-pager", units["busgated.service"])
+        if r.returncode != 0 and b"offline" in r.stderr:
+            self.skipTest("systemd-analyze security --offline unsupported")
+        m = re.search(rb"Overall exposure level for busgated\.service: ([0-9.]+)", r.stdout)
+        self.assertIsNotNone(m, r)
+        self.assertLessEqual(float(m.group(1)), 2.0, r.stdout.decode()[-3000:])
+
+    def test_man_pages_render_without_warnings(self):
+        if shutil.which("groff") is None:
+            self.skipTest("no groff")
+        for page in MAN_PAGES:
+            r = run(["groff", "-man", "-Tutf8", "-ww", "-z",
+                     os.path.join(TOP_SRCDIR, "doc", page)])
+            self.assertEqual((r.returncode, r.stderr), (0, b""), page)
+
+    def test_man_pages_document_every_config_key(self):
+        """Every key --check-config prints is in busgated.yaml(5)."""
+        cfg = os.path.join(self.tmp, "c.yaml")
+        with open(cfg, "w") as f:
+            f.write("bus:\n  host: h\n  tls: false\n")
+        r = run([BUSGATED, "-t", "-c", cfg])
+        self.assertEqual(r.returncode, 0, r)
+        keys, stack = [], []
+        for line in r.stdout.decode().splitlines():
+            m = re.match(r"^( *)([a-z_]+):", line)
+            if not m:
+                continue
+            depth = len(m.group(1)) // 2
+            stack[depth:] = [m.group(2)]
+            keys.append(".".join(stack))
+        with open(os.path.join(TOP_SRCDIR, "doc", "busgated.yaml.5")) as f:
+            page = f.read().replace("\\-", "-")
+        missing = [k for k in keys if "." in k and k not in page]
+        self.assertEqual(missing, [])
+        self.assertGreater(len(keys), 40)
+
+
 # ------------------------------------------------------------ --check-config
 
 class CheckConfig(WorkDir):
