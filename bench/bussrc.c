@@ -63,6 +63,8 @@ static struct {
     uint64_t sent;
     uint32_t *topic_subs;        /* per topic: connections subscribed */
     uint32_t covered;            /* topics with at least one subscriber */
+    uint64_t pairs;              /* (connection, topic) subscriptions */
+    uint64_t need_pairs;         /* start when this many, and every topic covered */
     uint64_t *pub_next;          /* per publisher topic: next expected seq */
     uint32_t pub_topics;
     uint64_t pub_recv, pub_bytes, pub_errors, other_subs, bad_msgs;
@@ -83,7 +85,9 @@ usage(void)
     fprintf(stderr,
         "usage: bussrc [--port N] [--port-file FILE] [--ctl FILE] [--topics T]\n"
         "              [--fanout F] [--payload BYTES] [--window DELIVERIES]\n"
-        "              [--rate MSGS_PER_S] [--max-seconds S]\n");
+        "              [--rate MSGS_PER_S] [--subscribers N] [--max-seconds S]\n"
+        "Sending starts when every topic has a subscriber, N (connection, topic)\n"
+        "subscriptions exist (direct clients) and the clients said go.\n");
     exit(2);
 }
 
@@ -203,9 +207,12 @@ do_accept(void)
 static void
 conn_close(struct conn *c)
 {
-    for (uint32_t k = 0; k < S.topics; k++)
+    for (uint32_t k = 0; k < S.topics; k++) {
+        if (c->subs[k] > 0)
+            S.pairs--;
         if (c->subs[k] > 0 && --S.topic_subs[k] == 0)
             S.covered--;
+    }
     epoll_ctl(S.ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
     for (int i = 0; i < S.nconns; i++)
@@ -254,10 +261,14 @@ on_subscription(struct conn *c, const struct wire_msg *m)
         return;
     }
     if (m->is_add) {
-        if (c->subs[k]++ == 0 && S.topic_subs[k]++ == 0)
-            S.covered++;
-    } else if (c->subs[k] > 0) {
-        if (--c->subs[k] == 0 && --S.topic_subs[k] == 0)
+        if (c->subs[k]++ == 0) {
+            S.pairs++;
+            if (S.topic_subs[k]++ == 0)
+                S.covered++;
+        }
+    } else if (c->subs[k] > 0 && --c->subs[k] == 0) {
+        S.pairs--;
+        if (--S.topic_subs[k] == 0)
             S.covered--;
     }
 }
@@ -556,6 +567,7 @@ parse_args(int argc, char **argv, int *port, const char **port_file, const char 
         { "port", 1, NULL, 'p' }, { "port-file", 1, NULL, 'f' }, { "ctl", 1, NULL, 'c' },
         { "topics", 1, NULL, 't' }, { "fanout", 1, NULL, 'F' }, { "payload", 1, NULL, 's' },
         { "window", 1, NULL, 'w' }, { "rate", 1, NULL, 'r' }, { "max-seconds", 1, NULL, 'm' },
+        { "subscribers", 1, NULL, 'n' },
         { NULL, 0, NULL, 0 },
     };
     int o;
@@ -571,6 +583,7 @@ parse_args(int argc, char **argv, int *port, const char **port_file, const char 
         case 'w': S.window = strtoull(optarg, NULL, 10); break;
         case 'r': S.rate = strtod(optarg, NULL); break;
         case 'm': *max_s = strtod(optarg, NULL); break;
+        case 'n': S.need_pairs = strtoull(optarg, NULL, 10); break;
         default: usage();
         }
     }
@@ -583,7 +596,7 @@ parse_args(int argc, char **argv, int *port, const char **port_file, const char 
 static void
 maybe_start(void)
 {
-    if (S.started || S.covered < S.topics)
+    if (S.started || S.covered < S.topics || S.pairs < S.need_pairs)
         return;
     atomic_store(&S.ctl->src_ready, 1);
     if (!atomic_load(&S.ctl->go))

@@ -330,7 +330,8 @@ daemon:
         dur = max(float(self.a.duration), 3.0)
         for subs in self.a.lat_subs:
             log("latency, direct bus clients: %d subscribers at %d msg/s" % (subs, self.a.rate))
-            src = self.bussrc("--topics", 1, "--payload", self.a.lat_payload, "--rate", self.a.rate)
+            src = self.bussrc("--topics", 1, "--payload", self.a.lat_payload, "--rate", self.a.rate,
+                              "--subscribers", subs)
             try:
                 direct = self.lpclient("bussub", "--port", src.port, "-n", subs, "--ctl", src.ctl,
                                        "--latency", "--warmup", 1, "--duration", dur,
