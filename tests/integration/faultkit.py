@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import gwtest  # noqa: E402
-from gwtest import Gateway, TestBus, TIMEOUT, escape, tempdir  # noqa: E402,F401
+from gwtest import Gateway, TestBus, TIMEOUT, tempdir  # noqa: E402,F401
 
 USERS = {"gw": "gwpass", "pub": "pubpass", "sub": "subpass"}
 
@@ -46,18 +46,6 @@ def _sanitized():
 
 # Memory figures mean little under ASan (quarantine, shadow memory).
 BUSGATED_IS_SANITIZED = _sanitized()
-
-
-def known_bug(reason):
-    """Mark a test that exposes a daemon bug not fixed yet: it runs and must
-    fail (an unexpected success fails the run, so the mark goes once the bug
-    is fixed). BUSGATE_KNOWN_BUGS=fail makes it an ordinary failing test."""
-    def wrap(f):
-        f.known_bug = reason
-        if os.environ.get("BUSGATE_KNOWN_BUGS") == "fail":
-            return f
-        return unittest.expectedFailure(f)
-    return wrap
 
 
 def wait_until(pred, timeout=TIMEOUT, what="condition"):

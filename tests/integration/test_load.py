@@ -18,7 +18,7 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from faultkit import (  # noqa: E402
-    BUSGATED_IS_SANITIZED, FaultCase, HB, TIMEOUT, data_payload, open_fds,
+    BUSGATED_IS_SANITIZED, FaultCase, HB, TIMEOUT, open_fds,
     proc_status, stats, wait_until)
 
 N = 10000
