@@ -356,9 +356,12 @@ cli_take(struct cli *c)
     if (have < need)
         return 0;
     line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)need);
-    if (line[need - 1] == '\r' && have > need && line[need] == '\n')
-        need++;     /* "\r\n" terminator: allowed by the protocol */
-    else if (line[need - 1] != '\n')
+    if (line[need - 1] == '\r') {      /* "\r\n": allowed by the protocol */
+        if (have == need)
+            return 0;
+        line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)++need);
+    }
+    if (line[need - 1] != '\n')
         fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
     c->payload = (const uint8_t *)line + eol.pos + 1;
     c->consumed = need;

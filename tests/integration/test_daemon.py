@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -878,6 +879,131 @@ class Cli(WithBus):
             return int(s.stats()[name])
         finally:
             s.close()
+
+
+class FakeDaemon:
+    """A scripted stand-in for busgated on a Unix socket, for what the real
+    one never does (a future protocol, silence, garbage, oversize events):
+    the CLI must fail cleanly and boundedly. Sends each reply after reading
+    a line that starts with its key ("" = at once)."""
+
+    HELLO = (b"HELLO busgate 9.9 proto=1 max_line=65536 max_payload=1048576 "
+             b"max_packets=1024 max_name=4096 max_subscriptions=10 max_output=8388608 bus=up\n")
+
+    def __init__(self, path, script):
+        self.path, self.script = path, list(script)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(1)
+        self.received = b""
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.srv.accept()
+        conn.settimeout(TIMEOUT)
+        buf = b""
+        try:
+            for key, data in self.script:
+                while key and not any(line.startswith(key) for line in buf.split(b"\n")[:-1]):
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                    self.received += chunk
+                buf = b""
+                conn.sendall(data)
+            while True:         # hold the line open until the client leaves
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                self.received += chunk
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self.srv.close()
+
+
+class CliAgainstFakeDaemon(WorkDir):
+
+    def cli(self, script, *args, input=None):
+        path = os.path.join(self.tmp, "fake.sock")
+        if os.path.exists(path):
+            os.unlink(path)
+        self.fake = FakeDaemon(path, script)
+        r = run([BUSGATE, "--socket", path] + list(args), input=input)
+        self.fake.thread.join(TIMEOUT)
+        return r
+
+    def test_other_protocol_version(self):
+        r = self.cli([(b"", b"HELLO busgate 9.9 proto=2 bus=up\n")], "ping")
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"line protocol 2", r.stderr)
+
+    def test_not_busgated(self):
+        r = self.cli([(b"", b"SSH-2.0-OpenSSH_9.2\r\n")], "ping")
+        self.assertEqual(r.returncode, 3, r)
+
+    def test_silent_daemon_times_out(self):
+        r = self.cli([(b"", b"")], "--timeout", "1", "ping")
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"no answer from busgated for 1 s", r.stderr)
+        r = self.cli([(b"", FakeDaemon.HELLO)], "--timeout", "1", "stats")
+        self.assertEqual(r.returncode, 3, r)
+
+    def test_refused_greeting(self):
+        r = self.cli([(b"", b"-ERR too-many-sessions the gateway serves its maximum\n")], "ping")
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"too-many-sessions", r.stderr)
+
+    def test_garbage_after_greeting(self):
+        r = self.cli([(b"", FakeDaemon.HELLO), (b"PING", b"WHAT IS THIS\n")], "ping")
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"unexpected line from busgated: WHAT IS THIS", r.stderr)
+
+    def test_endless_line_is_bounded(self):
+        r = self.cli([(b"", FakeDaemon.HELLO), (b"STATS", b"STAT x " + b"y" * (17 << 20))],
+                     "stats")
+        self.assertEqual(r.returncode, 3, r)
+        self.assertIn(b"longer than 16777216 bytes", r.stderr)
+
+    def test_crlf_and_oversize_data_skipped(self):
+        huge = b"DATA F T u h delta multicast " + b"0 " * ((1 << 20) + 1) + b"\n\n"
+        script = [(b"", FakeDaemon.HELLO),
+                  (b"SUB", b"+OK\r\n" + huge +
+                   b"DATA F T u h image multicast 3:1 2\r\nabcde\r\n")]
+        r = self.cli(script, "sub", "F", "T", "--count", "1")
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(r.stdout, b"F T u h image 1 abc\nF T u h image - de\n")
+        self.assertIn(b"skipping a DATA event past our limits", r.stderr)
+
+    def test_verbose_off_and_final_ping(self):
+        script = [(b"", FakeDaemon.HELLO),
+                  (b"PING", b"-ERR bus-down the bus is down\nPONG end\n")]
+        r = self.cli(script, "pub", "F", "T", input=b"a\nb\n")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"bus-down the bus is down", r.stderr)
+        self.assertIn(b"1 of 2 messages refused", r.stderr)
+        self.assertEqual(self.fake.received, b"VERBOSE off\nPUB F T delta 1\na\n"
+                         b"PUB F T delta 1\nb\nPING end\n")
+
+    def test_send_and_authorize_commands(self):
+        guid = "00112233-4455-6677-8899-aabbccddeeff"
+        script = [(b"", FakeDaemon.HELLO), (b"PING", b"PONG end\n")]
+        r = self.cli(script, "send", guid.upper(), "F", "a topic", "--image",
+                     "--entitlements", "1,-2", "--whole", input=b"x\ny")
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(self.fake.received, ("VERBOSE off\nSEND %s F a%%20topic image 3:1,-2\n"
+                                              "x\ny\nPING end\n" % guid).encode())
+        req = "AUTHREQ %s u h F T\n" % guid
+        script = [(b"", FakeDaemon.HELLO), (b"AUTHORIZER", b"+OK\n" + req.encode()),
+                  (b"AUTHORIZE ", b"+OK\n")]
+        r = self.cli(script, "authorize", "F", "--not-required", "--count", "1")
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(r.stdout.decode(), "%s u h F T\n" % guid)
+        self.assertEqual(self.fake.received.decode(), "AUTHORIZER F\nAUTHORIZE %s F T "
+                         "not-required\n" % guid)
 
 
 class CliConnectionLost(WithBus):
