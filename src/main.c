@@ -348,7 +348,7 @@ daemon_free(struct daemon *d)
     if (d->bus != NULL)
         bus_free(d->bus);
     if (d->dns != NULL)
-        evdns_base_free(d->dns, 0);
+        evdns_base_free(d->dns, 1);   /* fail pending lookups: no leak */
     if (d->base != NULL)
         event_base_free(d->base);
     config_free(&d->cfg);
@@ -428,6 +428,10 @@ main(int argc, char **argv)
     rc = daemon_start(&d) == 0 ? 0 : 1;
     if (rc == 0) {
         event_base_dispatch(d.base);
+        /* The loop is over; a late signal must not kill the teardown. */
+        signal(SIGTERM, SIG_IGN);
+        signal(SIGINT, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
         log_notice("stopped");
     }
     daemon_free(&d);

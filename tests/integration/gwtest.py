@@ -348,13 +348,13 @@ class Gateway:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("busgated exited %s:\n%s" % (self.proc.returncode, self.log()))
-            try:
-                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                s.connect(self.socket_path)
-                s.close()
-                return
-            except OSError:
-                time.sleep(0.02)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(self.socket_path)
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.02)
         raise TimeoutError("busgated socket never appeared:\n" + self.log())
 
     def session(self, **kw):
