@@ -245,6 +245,19 @@ bus_on_drained(void *arg)
     router_bus_drained(((struct daemon *)arg)->router);
 }
 
+/* An absolute version of path: daemonize() changes directory to "/". */
+static const char *
+absolute_path(const char *path)
+{
+    static char abs[4096];
+    char cwd[2048];
+
+    if (path[0] == '/' || getcwd(cwd, sizeof cwd) == NULL)
+        return path;
+    snprintf(abs, sizeof abs, "%s/%s", cwd, path);
+    return abs;
+}
+
 /* Double fork for systems without systemd; logs go to syslog then. */
 static int
 daemonize(const char *pidfile)
@@ -378,7 +391,7 @@ main(int argc, char **argv)
         case 'c': path = optarg; break;
         case 't': check = true; break;
         case 'd': detach = true; break;
-        case 'p': pidfile = optarg; break;
+        case 'p': pidfile = absolute_path(optarg); break;
         case 'D': debug = true; break;
         case 'V': printf("busgated %s (bus protocol v%d, line protocol %d)\n",
                       PACKAGE_VERSION, WIRE_PROTOCOL_VERSION, LP_PROTOCOL_VERSION);
