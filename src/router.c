@@ -1451,12 +1451,14 @@ stats_bus(struct router *r, struct evbuffer *out)
     stat_u64(out, "bus_auth_failures", st.auth_failures);
     stat_u64(out, "bus_protocol_errors", st.protocol_errors);
     stat_u64(out, "bus_heartbeat_timeouts", st.heartbeat_timeouts);
+    stat_u64(out, "bus_heartbeats_in", st.heartbeats_in);
     stat_text(out, "bus_last_error", st.last_error[0] ? st.last_error : "-");
     stat_u64(out, "bus_msgs_in", st.msgs_in);
     stat_u64(out, "bus_msgs_out", st.msgs_out);
     stat_u64(out, "bus_bytes_in", st.bytes_in);
     stat_u64(out, "bus_bytes_out", st.bytes_out);
     stat_u64(out, "bus_output_queued", st.output_queued);
+    stat_u64(out, "bus_bytes_lost", st.bytes_lost);
     stat_u64(out, "bus_congested", r->congested);
 }
 
