@@ -366,7 +366,8 @@ sess_read(struct sess *s)
     ssize_t r;
     uint64_t now;
 
-    memcpy(C.rbuf, s->left, have);
+    if (have > 0)
+        memcpy(C.rbuf, s->left, have);
     r = read(s->fd, C.rbuf + have, RBUF - have);
     if (r < 0 && (errno == EAGAIN || errno == EINTR))
         return;
@@ -390,7 +391,8 @@ sess_read(struct sess *s)
         if ((s->left = realloc(s->left, s->left_cap)) == NULL)
             bench_die("out of memory");
     }
-    memcpy(s->left, C.rbuf + used, s->left_len);
+    if (s->left_len > 0)
+        memcpy(s->left, C.rbuf + used, s->left_len);
 }
 
 /* ---- publishers ---- */

@@ -246,7 +246,8 @@ reader(pid_t writer_pid)
             have += (size_t)got;
             used = parse_records(r, buf, have, &errors);
             r->left_len = have - used;
-            memcpy(r->left, buf + used, r->left_len);
+            if (r->left_len > 0)
+                memcpy(r->left, buf + used, r->left_len);
         }
     }
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
