@@ -148,6 +148,7 @@ class Bench:
         self.results = {}
         self.gateway_ok = None
         self.other = []             # other load of every measured run
+        self.profiles = []          # (case, perf report lines) with --perf
 
     # ---- plumbing ----
 
@@ -240,6 +241,34 @@ daemon:
             raise RuntimeError("rawfanout %s failed:\n%s%s" % (args, r.stdout, r.stderr))
         return res
 
+    def perf_start(self, pid, name):
+        """With --perf: sample busgated (perf record -g) over the measured window."""
+        if not self.a.perf:
+            return None
+        data = self.path(name + ".perf.data")
+        delay = float(self.a.warmup) + 1.0      # connections and warm-up first
+        cmd = "sleep %s; exec perf record -q -F 997 -g -p %d -o %s -- sleep %s" % (
+            delay, pid, data, self.a.duration)
+        p = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        return (p, data, name)
+
+    def perf_end(self, handle):
+        if handle is None:
+            return
+        p, data, name = handle
+        try:
+            p.wait(float(self.a.duration) + 30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        r = subprocess.run(["perf", "report", "-i", data, "--no-children", "--sort", "sym",
+                            "--stdio", "-g", "none", "--percent-limit", "1.5"],
+                           capture_output=True, text=True, timeout=120)
+        top = [l.rstrip() for l in r.stdout.splitlines() if l.strip()[:1].isdigit()]
+        self.profiles.append((name, top[:20]))
+        log("perf %s:\n  %s" % (name, "\n  ".join(top[:20])))
+
     def best(self, fn, *args):
         """The run with the highest rate of --repeat runs (noisy machines)."""
         runs = [fn(*args) for _ in range(self.a.repeat)]
@@ -292,15 +321,17 @@ daemon:
         window = max(1000, self.a.budget_mib * 1048576 // (size + 64))
         src = self.bussrc("--topics", topics, "--fanout", fanout, "--payload", size,
                           "--window", window)
-        g = None
+        g = prof = None
         try:
             g = self.gateway(src)
+            prof = self.perf_start(g.pid, "fanout-%dB-%dsubs-%dtopics" % (size, subs, topics))
             res = self.lpclient("sub", "--socket", g.sock, "-n", subs, "--topics", topics,
                                 "--ctl", src.ctl, "--warmup", self.a.warmup,
                                 "--duration", self.a.duration, "--cpu", "gw=%d" % g.pid,
                                 "--cpu", "src=%d" % src.pid)
             res["gw_hwm"] = proc_status(g.pid, "VmHWM")
         finally:
+            self.perf_end(prof)
             if g is not None:
                 g.stop()
             src.stop()
@@ -323,14 +354,16 @@ daemon:
 
     def publish_case(self, size, pubs):
         src = self.bussrc("--topics", 1)
-        g = None
+        g = prof = None
         try:
             g = self.gateway(src)
+            prof = self.perf_start(g.pid, "publish-%dB-%dpubs" % (size, pubs))
             res = self.lpclient("pub", "--socket", g.sock, "-n", pubs, "--payload", size,
                                 "--ctl", src.ctl, "--warmup", self.a.warmup,
                                 "--duration", self.a.duration,
                                 "--cpu", "gw=%d" % g.pid, "--cpu", "src=%d" % src.pid)
         finally:
+            self.perf_end(prof)
             if g is not None:
                 g.stop()
             src.stop()
@@ -443,6 +476,16 @@ daemon:
         self.report_publish(add)
         self.report_latency(add)
         self.report_memory(add)
+        if self.profiles:
+            add("## Profiles (perf record -g on busgated, self time by symbol)")
+            add("")
+            for name, top in self.profiles:
+                add("%s:" % name)
+                add("")
+                add("```")
+                L.extend(top)
+                add("```")
+                add("")
         return "\n".join(L) + "\n"
 
     @staticmethod
@@ -659,6 +702,9 @@ def main():
     ap.add_argument("--max-output-mib", type=int, default=256)
     ap.add_argument("--write", metavar="FILE", help="also write the report (markdown) here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
+    ap.add_argument("--perf", action="store_true",
+                    help="profile busgated with perf in each fan-out/publish case (the "
+                         "sampling disturbs the figures: use it with --only/--payloads)")
     a = ap.parse_args()
     a.payloads = [int(x) for x in a.payloads.split(",")]
     a.subs = [int(x) for x in a.subs.split(",")]
