@@ -23,6 +23,13 @@ and open descriptors), then a summary and the daemon's STATS. Exit status
 duplicated or reordered messages, or fanned a message out to some local
 subscribers of a topic but not others.
 
+One loss no client can count: publishes the daemon wrote to the link in
+the instant between the bus ceasing to read (SIGTERM) and the daemon
+seeing the close. The bus's TCP accepted them, the bus never read them,
+and v3 has no acknowledgement. They are reported ("NOT COUNTED", with
+their timing against the bus's own log) but fail the run only with
+--strict; a missing publish outside that window always fails it.
+
     python3 bench/soak.py [--duration 180] [--restart-every 20] [--rate 300]
 
 Python standard library only; uses the test bus and tests/integration/gwtest.py.
@@ -74,6 +81,8 @@ def parse_args(argv):
     p.add_argument("--interval", type=float, default=5, help="seconds between status lines (default 5)")
     p.add_argument("--busgated", help="the daemon (default: $BUSGATED or BUILDDIR/src/busgated)")
     p.add_argument("--builddir", help="build directory (default: $top_builddir or the source tree)")
+    p.add_argument("--strict", action="store_true",
+                   help="also fail when publishes in flight at a bus stop were lost uncounted")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     a = p.parse_args(argv)
     if a.duration <= 0 or a.rate <= 0 or a.bus_rate < 0 or a.publishers < 1 \
@@ -559,6 +568,7 @@ class Soak:
         self.samples = []       # (elapsed, rss, fds)
         self.failures = []
         self.notes = []
+        self.figures = {}
         self._sizes = {}
         self.sync_lock = threading.Lock()
         self.sync_got = set()
@@ -796,6 +806,15 @@ class Soak:
 
     # --------------------------------------------------------- accounting
 
+    def inflight_window(self, t):
+        """The index of the bus stop a publish +OK'd at t was in flight at:
+        from 0.1 s before SIGTERM to the bus until sub0 saw the link down."""
+        for i, r in enumerate(self.restarts):
+            end = r.get("down_seen", r["stopped"]) + 0.05
+            if r["stop"] - 0.1 <= t <= end:
+                return i
+        return None
+
     def restart_window(self, t):
         """The index of the restart whose outage t falls into, or None: from
         2 s before the bus was stopped until the link was up again."""
@@ -815,6 +834,10 @@ class Soak:
             for t, line in ev:
                 if t >= r["stop"] and line.startswith("BUS down"):
                     r["down_seen"] = t
+                    break
+            for t, _ in self.buslog.gw_closes:
+                if r["stop"] <= t <= r["stopped"] + 1:
+                    r["bus_dropped"] = t
                     break
 
     def daemon_log_losses(self):
@@ -875,21 +898,38 @@ class Soak:
             % (bytes_lost, busdown_lost))
         out("  daemon log: %d bytes unsent at link loss, %d bytes not acknowledged by the bus, "
             "%d held-data discards" % (unsent, unacked, held_drops))
-        by_restart = {}
+        # Each missing message belongs to a bus stop: +OK'd from just before
+        # the stop until the daemon saw the link go down. Some of those the
+        # daemon still had queued (it counts them, bus_bytes_lost); the rest
+        # it had written to the socket and the bus's TCP had acknowledged, but
+        # the stopping bus never read them. The v3 protocol has no
+        # acknowledgement, so no client can know about those: they are
+        # reported as "in flight", and fail the run only with --strict.
+        by_restart, stray = {}, []
         for k in missing:
-            i = self.restart_window(ok[k][0])
-            by_restart.setdefault(i, []).append(k)
-        for i, ks in sorted(by_restart.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
-            where = "outside any restart" if i is None else "restart %d" % (i + 1)
-            r = self.restarts[i] if i is not None else None
+            i = self.inflight_window(ok[k][0])
+            if i is None:
+                stray.append(k)
+            else:
+                by_restart.setdefault(i, []).append(k)
+        for i, ks in sorted(by_restart.items()):
+            r = self.restarts[i]
             first, last = ok[ks[0]][0], ok[ks[-1]][0]
-            rel = ""
-            if r is not None:
-                rel = " (+OK %.3f..%.3f s relative to the bus stop)" % (first - r["stop"],
-                                                                      last - r["stop"])
-            out("    %s: %d lost%s: %s" % (where, len(ks), rel,
-                                          " ".join("%s#%d" % k for k in ks[:8]) +
-                                          (" ..." if len(ks) > 8 else "")))
+            read_end = r.get("bus_dropped")
+            out("    restart %d: %d missing, +OK'd %+.4f..%+.4f s after SIGTERM to the bus "
+                "(bus stopped reading the link at %s, daemon saw it down at %+.4f s): %s"
+                % (i + 1, len(ks), first - r["stop"], last - r["stop"],
+                   "%+.4f s" % (read_end - r["stop"]) if read_end else "?",
+                   r.get("down_seen", float("nan")) - r["stop"],
+                   " ".join("%s#%d" % k for k in ks[:8]) + (" ..." if len(ks) > 8 else "")))
+        if stray:
+            out("    outside any bus stop: %d missing: %s" % (
+                len(stray), " ".join("%s#%d" % k for k in stray[:8])))
+        inflight_bytes = missing_bytes - sum(ok[k][1] for k in stray)
+        uncounted = max(0, inflight_bytes - counted)
+        self.figures.update(up_ok=len(ok), up_err=len(err), up_delivered=len(delivered),
+                            up_missing=len(missing), up_missing_bytes=missing_bytes,
+                            up_counted=counted, up_uncounted=uncounted)
         order_bad = 0
         for tag, seqs in bl.up_order.items():
             order_bad += sum(1 for x, y in zip(seqs, seqs[1:]) if y < x)
@@ -905,16 +945,23 @@ class Soak:
             fail.append("%d publishes reached the bus twice" % bl.up_dups)
         if order_bad:
             fail.append("%d publishes reached the bus out of their session's order" % order_bad)
-        if missing_bytes > counted:
-            fail.append("%d +OK'd publishes (%d bytes) never reached the bus, but the daemon "
-                        "counts only %d bytes lost (bus_bytes_lost %d, busdown_lost %d): "
-                        "%d bytes lost silently"
-                        % (len(missing), missing_bytes, counted, bytes_lost, busdown_lost,
-                           missing_bytes - counted))
-            out("  => NOT accounted for: %d bytes lost without being counted" % (missing_bytes - counted))
-        elif missing:
+        if stray:
+            fail.append("%d +OK'd publishes never reached the bus although the bus was not "
+                        "being stopped, e.g. %s#%d" % ((len(stray),) + stray[0]))
+            out("  => LOST while the link was up: %d messages" % len(stray))
+        if uncounted:
+            what = ("%d bytes of +OK'd publishes were in flight when the bus stopped: written "
+                    "to the link but never read by the bus, and not counted by the daemon "
+                    "(bus_bytes_lost %d, busdown_lost %d)" % (uncounted, bytes_lost, busdown_lost))
+            out("  => NOT COUNTED: " + what)
+            if a.strict:
+                fail.append(what)
+            else:
+                self.notes.append(what + " (no failure without --strict: the v3 protocol has no "
+                                  "acknowledgement, so no client can count these)")
+        elif missing and not stray:
             out("  => every +OK'd publish was delivered or counted lost by the daemon")
-        else:
+        elif not missing:
             out("  => every +OK'd publish was delivered")
         if counted > missing_bytes:
             out("  (the daemon counts %d bytes more than the missing messages: link-level "
@@ -1064,6 +1111,8 @@ def main(argv=None):
         for t in soak.pubs + soak.subs:
             if t.is_alive() and isinstance(t, Publisher):
                 t.stop()
+    for n in soak.notes:
+        soak.log("NOTE: " + n)
     if soak.failures:
         soak.log("")
         soak.log("SOAK FAILED:")
