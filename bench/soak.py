@@ -1109,26 +1109,22 @@ def main(argv=None):
         soak.t0_wall = now() - soak.elapsed()
         ran = soak.run()
         soak.elapsed_end = soak.elapsed()
-        if not ran:
-            soak.log("soak: ABORTED: %s" % "; ".join(soak.failures))
-            if soak.gw is not None and soak.gw.proc is not None:
-                soak.log(soak.gw.log()[-4000:])
-            soak.abort()
-            return 1
-        soak.log("soak: traffic stopped after %.0f s; draining" % soak.elapsed_end)
-        soak.drain()
-        soak.finish()
-        ok = soak.report()
+        if ran:
+            soak.log("soak: traffic stopped after %.0f s; draining" % soak.elapsed_end)
+            soak.drain()
+            soak.finish()
+            ok = soak.report()
+        else:
+            soak.log("soak: ABORTED after %.0f s: %s" % (soak.elapsed_end, "; ".join(soak.failures)))
     except Exception as e:
         soak.log("soak: ERROR: %s: %s" % (type(e).__name__, e))
-        if soak.gw is not None:
-            soak.log(soak.gw.log()[-3000:])
+        soak.failures.append("%s: %s" % (type(e).__name__, e))
+    if not ok:
+        if soak.gw is not None and soak.gw.proc is not None:
+            if soak.gw.proc.poll() is not None and not any("exited" in f for f in soak.failures):
+                soak.failures.append("busgated exited with status %s" % soak.gw.proc.returncode)
+            soak.log("busgated log (end):\n" + soak.gw.log()[-4000:])
         soak.abort()
-        soak.failures.append(str(e))
-    finally:
-        for t in soak.pubs + soak.subs:
-            if t.is_alive() and isinstance(t, Publisher):
-                t.stop()
     for n in soak.notes:
         soak.log("NOTE: " + n)
     if soak.failures:
