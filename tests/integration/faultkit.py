@@ -22,7 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import gwtest  # noqa: E402
-from gwtest import Gateway, TestBus, TIMEOUT, tempdir  # noqa: E402,F401
+from gwtest import (Gateway, TestBus, TIMEOUT, tempdir,  # noqa: E402,F401
+                    BUSGATED_IS_SANITIZED, proc_status, wait_until)
 
 USERS = {"gw": "gwpass", "pub": "pubpass", "sub": "subpass"}
 
@@ -33,39 +34,6 @@ HB_TIMEOUT = "3s"
 SHORT_HB_TIMEOUT = "500ms"
 FAST_RETRY = {"min": "20ms", "max": "300ms", "reset_after": "5s"}
 
-
-def _sanitized():
-    try:
-        with open(gwtest.BUSGATED, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    # libasan is linked dynamically: look for its entry point or its name
-    return any(mark in data for mark in (b"__asan_init", b"libasan", b"AddressSanitizer"))
-
-
-# Memory figures mean little under ASan (quarantine, shadow memory).
-BUSGATED_IS_SANITIZED = _sanitized()
-
-
-def wait_until(pred, timeout=TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
-
-
-def proc_status(pid, field):
-    """A /proc/PID/status figure in KiB (VmRSS, VmHWM...)."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
 
 
 def open_fds(pid):

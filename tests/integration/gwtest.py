@@ -419,6 +419,41 @@ class Gateway:
         self.proc = None
 
 
+def wait_until(pred, timeout=TIMEOUT, what="condition"):
+    """Poll pred until it returns something true (returned); fail the test
+    after timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.02)
+
+
+def _sanitized():
+    try:
+        with open(BUSGATED, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return any(m in data for m in (b"__asan_init", b"libasan", b"AddressSanitizer"))
+
+
+# Memory figures mean little under ASan (quarantine, shadow memory).
+BUSGATED_IS_SANITIZED = _sanitized()
+
+
+def proc_status(pid, field):
+    """A /proc/PID/status figure in KiB (VmRSS, VmHWM...)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
 def tempdir(prefix="busgate-test-"):
     """A short temp dir (Unix socket paths are limited to 107 bytes)."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")

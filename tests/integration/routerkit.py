@@ -18,24 +18,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import gwtest  # noqa: E402
-from gwtest import Gateway, TestBus, escape, tempdir, TIMEOUT  # noqa: E402,F401
+from gwtest import (Gateway, TestBus, escape, tempdir, TIMEOUT,  # noqa: E402,F401
+                    BUSGATED_IS_SANITIZED, wait_until)
 
 USERS = {"gw": "gwpass", "gw2": "gw2pass", "pub": "pubpass", "sub": "subpass",
          "sub2": "sub2pass"}
 
 _seq = itertools.count(1)
 
-
-def _sanitized():
-    try:
-        with open(gwtest.BUSGATED, "rb") as f:
-            return b"__asan_" in f.read()
-    except OSError:
-        return False
-
-
-# Memory figures mean little under ASan (quarantine, shadow memory).
-BUSGATED_IS_SANITIZED = _sanitized()
 
 
 def uniq(prefix="t"):
@@ -44,36 +34,8 @@ def uniq(prefix="t"):
 
 
 def stats(s):
-    """STATS as {name: value} ('session' lines in a list), leaving any
-    other events queued on the session."""
-    s.send("STATS\n")
-    ev = s.expect("STAT")
-    saved, s.events = s.events, []
-    out = {"session": []}
-    try:
-        while ev.kind == "STAT":
-            name, _, value = " ".join(ev.args).partition(" ")
-            if name == "session":
-                out["session"].append(value)
-            else:
-                out[name] = value
-            ev = s.read_event()
-        assert ev.kind == "END", ev
-    finally:
-        s.events = saved + s.events
-    return out
-
-
-def wait_until(pred, timeout=TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out waiting for " + what)
-        time.sleep(0.02)
-
+    """STATS as {name: value}; other events stay queued on the session."""
+    return s.stats()
 
 class GatewayCase(unittest.TestCase):
     """One test bus and one busgated for the whole class."""

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import gwtest  # noqa: E402
-from gwtest import Gateway, TestBus, TIMEOUT, tempdir  # noqa: E402
+from gwtest import Gateway, TestBus, TIMEOUT, tempdir, wait_until  # noqa: E402
 from control import DEFAULT_JWT_SECRET, make_jwt, make_pki  # noqa: E402
 
 # Heartbeats from the test bus every HB s; the daemon gives up after
@@ -47,33 +47,9 @@ def seconds(text):
     return float(text[:-1])
 
 
-def wait_until(pred, timeout=TIMEOUT, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        time.sleep(0.02)
-
-
 def stats(s):
-    """STATS as {name: value}, leaving other events queued on the session."""
-    s.send("STATS\n")
-    ev = s.expect("STAT")
-    saved, s.events = s.events, []
-    out = {}
-    try:
-        while ev.kind == "STAT":
-            name, _, value = " ".join(ev.args).partition(" ")
-            out[name] = value
-            ev = s.read_event()
-        assert ev.kind == "END", ev
-    finally:
-        s.events = saved + s.events
-    return out
-
+    """STATS as {name: value}; other events stay queued on the session."""
+    return s.stats()
 
 class BusLinkCase(unittest.TestCase):
     """Each test gets a directory, its test buses and its gateways, all
