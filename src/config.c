@@ -24,6 +24,7 @@
 #include "config.h"
 #include "credentials.h"
 #include "log.h"
+#include "util.h"
 
 /* Refuse config files larger than this: a config is a few KiB. */
 #define CONFIG_MAX_BYTES (1024 * 1024)
@@ -358,18 +359,6 @@ edit_distance(const char *a, const char *b)
 }
 
 /* --- errors --- */
-
-static void __attribute__((format(printf, 3, 4)))
-set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* "name:line:col: message"; always returns -1. */
 static int __attribute__((format(printf, 3, 4)))

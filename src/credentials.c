@@ -21,6 +21,7 @@
 #include <ini.h>
 
 #include "credentials.h"
+#include "util.h"
 
 /* A credentials or token file is a few lines; refuse anything bigger. */
 #define CRED_MAX_FILE (64 * 1024)
@@ -45,18 +46,6 @@ struct cred_parse {
     bool failed;            /* err holds the first error */
     bool any;               /* a key was seen in [bus] */
 };
-
-static void __attribute__((format(printf, 3, 4)))
-set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 static void
 wipe_free(char *s)

@@ -3,6 +3,7 @@
  * canonical text are stored little-endian, the last two as written.
  */
 #include "guid.h"
+#include "util.h"
 
 #include <stdbool.h>
 
@@ -35,18 +36,6 @@ guid_to_text(const uint8_t wire[GUID_WIRE_LEN], char out[GUID_TEXT_LEN + 1])
     *p = '\0';
 }
 
-static int
-guid_hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 int
 guid_from_text(const char *text, size_t len, uint8_t wire[GUID_WIRE_LEN])
 {
@@ -56,7 +45,7 @@ guid_from_text(const char *text, size_t len, uint8_t wire[GUID_WIRE_LEN])
     if (text == NULL || len != GUID_TEXT_LEN)
         return -1;
     for (int i = 0; i < GUID_WIRE_LEN; i++) {
-        int hi = guid_hex_value(p[0]), lo = guid_hex_value(p[1]);
+        int hi = hex_value((unsigned char)p[0]), lo = hex_value((unsigned char)p[1]);
 
         if (hi < 0 || lo < 0)
             return -1;

@@ -16,6 +16,7 @@
 
 #include "guid.h"
 #include "lineproto.h"
+#include "util.h"
 
 /* ---- error codes ---- */
 
@@ -69,18 +70,6 @@ static inline bool
 is_sep(char c)
 {
     return c == ' ' || c == '\t';
-}
-
-static int
-hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 /* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing past

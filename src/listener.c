@@ -24,6 +24,7 @@
 
 #include "listener.h"
 #include "log.h"
+#include "util.h"
 
 #define LISTEN_BACKLOG 1024
 #define SD_LISTEN_FDS_START 3
@@ -42,22 +43,6 @@ struct listener {
     dev_t dev;                  /* the socket file we created, to unlink */
     ino_t ino;                  /* only our own at exit */
 };
-
-static void
-errf(char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void
-errf(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (err == NULL || errlen == 0)
-        return;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-}
 
 /* Take fd 3 from systemd if LISTEN_PID/LISTEN_FDS say it is ours. Returns
  * the fd, -1 when not activated, -2 on error (err set). */
@@ -81,7 +66,7 @@ systemd_fd(char *err, size_t errlen)
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     if (*end != '\0' || n < 1) {
-        errf(err, errlen, "systemd socket activation: LISTEN_FDS=%s passes no socket", fds_s);
+        set_err(err, errlen, "systemd socket activation: LISTEN_FDS=%s passes no socket", fds_s);
         return -2;
     }
     if (n > 1)
@@ -96,13 +81,13 @@ systemd_fd(char *err, size_t errlen)
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) != 0)
         acc = 0;
     if (type != SOCK_STREAM || domain != AF_UNIX || !acc) {
-        errf(err, errlen, "systemd socket activation: fd %d is not a listening "
+        set_err(err, errlen, "systemd socket activation: fd %d is not a listening "
             "Unix stream socket (use ListenStream=/path in the .socket unit)", fd);
         return -2;
     }
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 ||
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) {
-        errf(err, errlen, "systemd socket activation: fd %d: %s", fd, strerror(errno));
+        set_err(err, errlen, "systemd socket activation: fd %d: %s", fd, strerror(errno));
         return -2;
     }
     return fd;
@@ -132,7 +117,7 @@ fill_sockaddr(struct sockaddr_un *sun, const char *path, char *err, size_t errle
     memset(sun, 0, sizeof *sun);
     sun->sun_family = AF_UNIX;
     if (strlen(path) >= sizeof sun->sun_path) {
-        errf(err, errlen, "listen.path %s is too long for a Unix socket (%zu bytes max)",
+        set_err(err, errlen, "listen.path %s is too long for a Unix socket (%zu bytes max)",
             path, sizeof sun->sun_path - 1);
         return -1;
     }
@@ -150,31 +135,31 @@ clear_stale(const char *path, const struct sockaddr_un *sun, char *err, size_t e
     if (lstat(path, &st) != 0) {
         if (errno == ENOENT)
             return 0;
-        errf(err, errlen, "%s: %s", path, strerror(errno));
+        set_err(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (!S_ISSOCK(st.st_mode)) {
-        errf(err, errlen, "%s exists and is not a socket; not replacing it", path);
+        set_err(err, errlen, "%s exists and is not a socket; not replacing it", path);
         return -1;
     }
     if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
-        errf(err, errlen, "socket: %s", strerror(errno));
+        set_err(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
     r = connect(fd, (const struct sockaddr *)sun, sizeof *sun);
     saved = errno;
     close(fd);
     if (r == 0) {
-        errf(err, errlen, "another busgated is listening on %s", path);
+        set_err(err, errlen, "another busgated is listening on %s", path);
         return -1;
     }
     if (saved != ECONNREFUSED) {
-        errf(err, errlen, "%s: cannot tell whether the socket is in use: %s",
+        set_err(err, errlen, "%s: cannot tell whether the socket is in use: %s",
             path, strerror(saved));
         return -1;
     }
     if (unlink(path) != 0 && errno != ENOENT) {
-        errf(err, errlen, "removing stale socket %s: %s", path, strerror(errno));
+        set_err(err, errlen, "removing stale socket %s: %s", path, strerror(errno));
         return -1;
     }
     log_notice("removed stale socket %s", path);
@@ -191,14 +176,14 @@ bind_path(struct listener *l, const struct config_listen *cfg, char *err, size_t
     int fd, r;
 
     if (cfg->path == NULL || cfg->path[0] == '\0') {
-        errf(err, errlen, "listen.path is empty");
+        set_err(err, errlen, "listen.path is empty");
         return -1;
     }
     if (fill_sockaddr(&sun, cfg->path, err, errlen) != 0 ||
         clear_stale(cfg->path, &sun, err, errlen) != 0)
         return -1;
     if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)) < 0) {
-        errf(err, errlen, "socket: %s", strerror(errno));
+        set_err(err, errlen, "socket: %s", strerror(errno));
         return -1;
     }
     /* The umask keeps the socket from being wider than cfg->mode between
@@ -209,30 +194,30 @@ bind_path(struct listener *l, const struct config_listen *cfg, char *err, size_t
     if (r != 0) {
         int e = errno;
         if (e == ENOENT || e == ENOTDIR)
-            errf(err, errlen, "cannot create socket %s: its directory does not exist "
+            set_err(err, errlen, "cannot create socket %s: its directory does not exist "
                 "(systemd's RuntimeDirectory= creates it)", cfg->path);
         else
-            errf(err, errlen, "cannot bind %s: %s", cfg->path, strerror(e));
+            set_err(err, errlen, "cannot bind %s: %s", cfg->path, strerror(e));
         close(fd);
         return -1;
     }
     if (chmod(cfg->path, cfg->mode) != 0) {
-        errf(err, errlen, "chmod %04o %s: %s", (unsigned)cfg->mode, cfg->path, strerror(errno));
+        set_err(err, errlen, "chmod %04o %s: %s", (unsigned)cfg->mode, cfg->path, strerror(errno));
         goto fail;
     }
     if (cfg->group != NULL && cfg->group[0] != '\0') {
         struct group *gr = getgrnam(cfg->group);
         if (gr == NULL) {
-            errf(err, errlen, "listen.group %s: no such group", cfg->group);
+            set_err(err, errlen, "listen.group %s: no such group", cfg->group);
             goto fail;
         }
         if (chown(cfg->path, (uid_t)-1, gr->gr_gid) != 0) {
-            errf(err, errlen, "chgrp %s %s: %s", cfg->group, cfg->path, strerror(errno));
+            set_err(err, errlen, "chgrp %s %s: %s", cfg->group, cfg->path, strerror(errno));
             goto fail;
         }
     }
     if (listen(fd, LISTEN_BACKLOG) != 0) {
-        errf(err, errlen, "listen %s: %s", cfg->path, strerror(errno));
+        set_err(err, errlen, "listen %s: %s", cfg->path, strerror(errno));
         goto fail;
     }
     if (stat(cfg->path, &st) == 0) {
@@ -303,7 +288,7 @@ listener_new(struct event_base *base, const struct config_listen *cfg,
     int fd;
 
     if ((l = calloc(1, sizeof *l)) == NULL) {
-        errf(err, errlen, "out of memory");
+        set_err(err, errlen, "out of memory");
         return NULL;
     }
     l->cb = cb;
@@ -320,18 +305,18 @@ listener_new(struct event_base *base, const struct config_listen *cfg,
         l->path = strdup(cfg->path);
     }
     if (l->path == NULL) {
-        errf(err, errlen, "out of memory");
+        set_err(err, errlen, "out of memory");
         goto fail_fd;
     }
     if ((l->backoff = evtimer_new(base, backoff_cb, l)) == NULL) {
-        errf(err, errlen, "out of memory");
+        set_err(err, errlen, "out of memory");
         goto fail_fd;
     }
     /* backlog 0: the socket already listens (ours, or systemd's). */
     l->evl = evconnlistener_new(base, accept_cb, l,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
     if (l->evl == NULL) {
-        errf(err, errlen, "evconnlistener_new failed on %s", l->path);
+        set_err(err, errlen, "evconnlistener_new failed on %s", l->path);
         goto fail_fd;
     }
     evconnlistener_set_error_cb(l->evl, accept_error_cb);
