@@ -1058,6 +1058,9 @@ class Soak:
         out("daemon memory: RSS start %s, middle %s, end %s, max sampled %s, VmHWM %s"
             % (mib(self.rss_start), mib(getattr(self, "rss_mid", 0)), mib(self.rss_end),
                mib(max(rss)), mib(self.hwm)))
+        if getattr(self.gwtest, "BUSGATED_IS_SANITIZED", False):
+            out("  (a sanitizer build: RSS grows with ASan's quarantine of freed memory, up to "
+                "256 MiB by default; ASAN_OPTIONS=quarantine_size_mb=4 for meaningful figures)")
         out("  RSS over time: " + " ".join("%.0fs:%.1f" % (e, r / 1048576.0)
                                           for e, r, _ in self.samples))
         nf0, nf1 = len(self.fds_start), len(self.fds_end)
