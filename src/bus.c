@@ -58,6 +58,7 @@
 #include "credentials.h"
 #include "log.h"
 #include "tls.h"
+#include "sockread.h"
 
 /* Identical failures in a row are logged once, then every this many. */
 #define BUS_LOG_REPEAT_EVERY 10
@@ -779,10 +780,14 @@ bus_read(struct bufferevent *bev, void *arg)
 
     bus->last_rx_ms = now_ms();
     bus->rx_any = true;
+    if (!bus->cfg.tls.enabled)
+        sockread_more(bev, 1 << 20);
     for (;;) {
         before = evbuffer_get_length(in);
         switch (wire_decode(in, &bus->cfg.limits, &bus->msg, &cause)) {
         case WIRE_NEED_MORE:
+            if (bus->cb.on_batch_end != NULL)
+                bus->cb.on_batch_end(bus->cb_arg);
             return;
         case WIRE_ERROR:
             bus->st.protocol_errors++;
@@ -1099,6 +1104,7 @@ bus_try_next_addr(struct bus *bus)
             break;
         }
         bufferevent_setcb(bus->bev, NULL, NULL, bus_tcp_event, bus);
+        bufferevent_set_max_single_read(bus->bev, 1 << 20);
         if (bufferevent_socket_connect(bus->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0)
             return;
         bus->last_sys_err = EVUTIL_SOCKET_ERROR();

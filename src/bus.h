@@ -39,6 +39,8 @@ struct bus_callbacks {
     void (*on_message)(void *arg, const struct wire_msg *msg);
     /* Output fell back below the low-water mark after back-pressure. */
     void (*on_drained)(void *arg);
+    /* Every message of one read has been passed to on_message. */
+    void (*on_batch_end)(void *arg);
 };
 
 struct bus_stats {

@@ -258,6 +258,12 @@ absolute_path(const char *path)
     return abs;
 }
 
+static void
+bus_on_batch_end(void *arg)
+{
+    router_bus_batch_end(((struct daemon *)arg)->router);
+}
+
 /* Double fork for systems without systemd; logs go to syslog then. */
 static int
 daemonize(const char *pidfile)
@@ -298,7 +304,8 @@ daemonize(const char *pidfile)
 static int
 daemon_start(struct daemon *d)
 {
-    struct bus_callbacks cb = { bus_on_state, bus_on_message, bus_on_drained };
+    struct bus_callbacks cb = { bus_on_state, bus_on_message, bus_on_drained,
+        bus_on_batch_end };
     struct timeval tick = { 0, 500000 };
     char err[512];
 

@@ -170,7 +170,10 @@ struct router {
     uint32_t n_authorizer_feeds;
     size_t cache_bytes;             /* all topics' caches */
 
-    struct evbuffer *scratch;       /* one formatted event */
+    struct evbuffer *scratch;       /* one formatted event, or a batch */
+    struct evbuffer *one;           /* one DATA event being added to the batch */
+    struct topic *batch_topic;      /* scratch holds undelivered events of it */
+    uint64_t batch_count;
     struct evbuffer *queue;         /* bus-down queue: wire-encoded, in order */
     uint32_t queue_count;
     struct wire_msg qmsg;           /* decoding the queue at reconnect */
@@ -266,6 +269,7 @@ client_find(const struct router *r, const struct session *s)
 /* ---- the bus side: sending ---- */
 
 static void pause_all(struct router *r);
+static void batch_flush(struct router *r);
 
 /* Send upstream while the link is up; otherwise the replay at reconnect
  * does it. Returns the bus result (BUS_NOT_UP while down). */
@@ -447,6 +451,8 @@ cache_drop(struct router *r, struct topic *t)
 static void
 topic_free(struct router *r, struct topic *t)
 {
+    if (r->batch_topic == t)
+        batch_flush(r);
     cache_drop(r, t);
     HASH_DEL(r->topics, t);
     free(t);
@@ -519,13 +525,48 @@ cache_replay(struct topic *t, struct session *s)
 
 /* ---- bus -> sessions: data ---- */
 
+/* Deliver the batched DATA events of one topic to its subscribers. */
+static void
+batch_flush(struct router *r)
+{
+    const unsigned char *p;
+    struct shared *sh;
+    struct topic *t = r->batch_topic;
+    struct sub *sb, *next;
+    size_t len;
+
+    if (t == NULL)
+        return;
+    r->batch_topic = NULL;
+    p = scratch_bytes(r, &len, &sh);
+    LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
+        if (session_closing(sb->client->s))
+            continue;
+        deliver_bytes(sb->client->s, p, len, sh);
+        r->n.data_delivered += r->batch_count;
+    }
+    scratch_done(r, sh);
+    r->batch_count = 0;
+}
+
+/* Consecutive DATA events of one topic are delivered together, up to this
+ * many bytes, and never more than a quarter of listen.max_output, so a batch
+ * cannot by itself make a reader that keeps up look slow. */
+#define ROUTER_BATCH_MAX (256u << 10)
+
+static size_t
+batch_max(const struct router *r)
+{
+    size_t q = r->listen.max_output / 4;
+
+    return q < ROUTER_BATCH_MAX ? q : ROUTER_BATCH_MAX;
+}
+
 static void
 route_data(struct router *r, const struct wire_msg *m)
 {
     const unsigned char *p;
-    struct shared *sh;
     struct topic *t;
-    struct sub *sb, *next;
     size_t len;
 
     r->n.data_in++;
@@ -538,20 +579,23 @@ route_data(struct router *r, const struct wire_msg *m)
             (int)m->feed.len, m->feed.ptr, (int)m->topic.len, m->topic.ptr);
         return;
     }
-    if (lp_format_data(r->scratch, m) != 0) {
+    if (t != r->batch_topic)
+        batch_flush(r);
+    if (lp_format_data(r->one, m) != 0) {
         log_error("cannot format a DATA event (out of memory)");
-        evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
+        evbuffer_drain(r->one, evbuffer_get_length(r->one));
         return;
     }
-    p = scratch_bytes(r, &len, &sh);
-    cache_update(r, t, m, p, len, sh);
-    LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
-        if (session_closing(sb->client->s))
-            continue;
-        deliver_bytes(sb->client->s, p, len, sh);
-        r->n.data_delivered++;
+    len = evbuffer_get_length(r->one);
+    if (t->cache != NULL || m->is_image) {
+        p = evbuffer_pullup(r->one, -1);
+        cache_update(r, t, m, p, len, NULL);
     }
-    scratch_done(r, sh);
+    evbuffer_add_buffer(r->scratch, r->one);
+    r->batch_topic = t;
+    r->batch_count++;
+    if (evbuffer_get_length(r->scratch) >= batch_max(r))
+        batch_flush(r);
 }
 
 /* ---- feeds, notifications, authorization ---- */
@@ -782,6 +826,8 @@ route_authreq(struct router *r, const struct wire_msg *m)
 void
 router_bus_message(struct router *r, const struct wire_msg *msg)
 {
+    if (msg->type != WIRE_FORWARDED_MULTICAST && msg->type != WIRE_FORWARDED_UNICAST)
+        batch_flush(r);
     switch (msg->type) {
     case WIRE_FORWARDED_MULTICAST:
     case WIRE_FORWARDED_UNICAST:
@@ -885,6 +931,7 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
     enum bus_state old = r->state;
     const char *name = local_state_name(state);
 
+    batch_flush(r);     /* events read before the change go out first */
     r->state = state;
     r->state_since = time(NULL);
     if (linked(old) && !linked(state))
@@ -940,11 +987,24 @@ cb_drained(void *arg)
 }
 
 void
+router_bus_batch_end(struct router *r)
+{
+    batch_flush(r);
+}
+
+static void
+cb_batch_end(void *arg)
+{
+    batch_flush(arg);
+}
+
+void
 router_bus_callbacks(struct bus_callbacks *cb)
 {
     cb->on_state = cb_state;
     cb->on_message = cb_message;
     cb->on_drained = cb_drained;
+    cb->on_batch_end = cb_batch_end;
 }
 
 void
@@ -1600,6 +1660,7 @@ router_new(struct event_base *base, const struct config *cfg)
         return NULL;
     r->base = base;
     r->scratch = evbuffer_new();
+    r->one = evbuffer_new();
     r->queue = evbuffer_new();
     if (r->scratch == NULL || r->queue == NULL) {
         if (r->scratch != NULL)
@@ -1662,6 +1723,7 @@ router_free(struct router *r)
         log_warn("%u publishes held while the bus was down were never sent",
             r->queue_count);
     evbuffer_free(r->scratch);
+    evbuffer_free(r->one);
     evbuffer_free(r->queue);
     wire_msg_free(&r->qmsg);
     free(r->key);

@@ -32,6 +32,8 @@ void router_bus_callbacks(struct bus_callbacks *cb);
 void router_bus_state(struct router *r, enum bus_state state, const char *reason);
 void router_bus_message(struct router *r, const struct wire_msg *msg);
 void router_bus_drained(struct router *r);
+/* Every message of one bus read has been given: deliver what is batched. */
+void router_bus_batch_end(struct router *r);
 
 /* Sessions come and go. Attach returns false when max_sessions is reached
  * (the session then closes itself with too-many-sessions). */

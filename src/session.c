@@ -26,6 +26,7 @@
 #include "log.h"
 #include "router.h"
 #include "session.h"
+#include "sockread.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -380,6 +381,10 @@ session_process(struct session *s)
 static void
 read_cb(struct bufferevent *bev, void *arg)
 {
+    struct session *sess = arg;
+
+    if (!sess->paused)
+        sockread_more(bev, 256 << 10);
     session_process(arg);
 }
 
@@ -511,6 +516,8 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
         goto fail;
     if ((s->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL)
         goto fail;
+    bufferevent_set_max_single_write(s->bev, 1 << 20);
+    bufferevent_set_max_single_read(s->bev, 256 << 10);
     fd = -1;
     bufferevent_setcb(s->bev, read_cb, NULL, event_cb, s);
     evbuffer_add_cb(bufferevent_get_output(s->bev), output_cb, s);

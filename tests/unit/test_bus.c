@@ -341,7 +341,7 @@ on_done(void *arg)
     ((struct obs *)arg)->done++;
 }
 
-static const struct bus_callbacks callbacks = { on_state, on_message, on_drained };
+static const struct bus_callbacks callbacks = { on_state, on_message, on_drained, NULL };
 
 /* ------------------------------------------------------------- helpers */
 

@@ -336,9 +336,9 @@ count_sent(enum wire_type type, const char *feed, const char *topic, bool add)
     return n;
 }
 
-/* A ForwardedMulticastData/UnicastData from the bus. */
+/* A ForwardedMulticastData/UnicastData from the bus, within a read. */
 static void
-bus_data(const char *feed, const char *topic, const char *user, bool image,
+bus_data_in_read(const char *feed, const char *topic, const char *user, bool image,
     const char *data, bool unicast)
 {
     struct wire_msg m;
@@ -361,6 +361,15 @@ bus_data(const char *feed, const char *topic, const char *user, bool image,
         m.n_packets = 1;
     }
     router_bus_message(F->r, &m);
+}
+
+/* The same, as the only message of one bus read. */
+static void
+bus_data(const char *feed, const char *topic, const char *user, bool image,
+    const char *data, bool unicast)
+{
+    bus_data_in_read(feed, topic, user, image, data, unicast);
+    router_bus_batch_end(F->r);
 }
 
 static const uint8_t CID[16] = { 0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66,
@@ -816,6 +825,26 @@ test_names_with_bytes(void **state)
     expect_out(0, "DATA f%20eed t%25op\xc3\xa9 u h1 delta multicast 3\na\nb\n");
 }
 
+/* Events of one bus read are delivered in batches per topic, in order: a
+ * change of topic or the end of the read delivers what is batched. */
+static void
+test_batched_delivery(void **state)
+{
+    run(0, "SUB F A", NULL);
+    run(1, "SUB F B", NULL);
+    free(out(0));
+    free(out(1));
+    bus_data_in_read("F", "A", "u", false, "1", false);
+    bus_data_in_read("F", "A", "u", false, "2", false);
+    expect_out(0, "");
+    bus_data_in_read("F", "B", "u", false, "3", false);
+    expect_out(0, "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
+    expect_out(1, "");
+    router_bus_batch_end(F->r);
+    expect_out(1, "DATA F B u h1 delta multicast 1\n3\n");
+    expect_out(0, "");
+}
+
 int
 main(void)
 {
@@ -836,6 +865,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shutdown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_names_with_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_batched_delivery, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
