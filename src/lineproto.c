@@ -1069,11 +1069,11 @@ lp_format_hello(struct evbuffer *out, const char *version,
     uint64_t max_output, const char *bus_state)
 {
     return evbuffer_add_printf(out, "HELLO busgate %s proto=%d max_line=%u "
-        "max_payload=%u max_packets=%u max_name=%u max_subscriptions=%u "
-        "max_output=%llu bus=%s\n", version, LP_PROTOCOL_VERSION,
+        "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
+        "max_subscriptions=%u max_output=%llu bus=%s\n", version, LP_PROTOCOL_VERSION,
         (unsigned)max_line, (unsigned)lim->max_payload, (unsigned)lim->max_packets,
-        (unsigned)lim->max_name, (unsigned)max_subscriptions,
-        (unsigned long long)max_output, bus_state) < 0 ? -1 : 0;
+        (unsigned)lim->max_name, (unsigned)lim->max_entitlements,
+        (unsigned)max_subscriptions, (unsigned long long)max_output, bus_state) < 0 ? -1 : 0;
 }
 
 /* ---- event parsing (client side) ---- */

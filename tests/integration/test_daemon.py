@@ -888,7 +888,8 @@ class FakeDaemon:
     a line that starts with its key ("" = at once)."""
 
     HELLO = (b"HELLO busgate 9.9 proto=1 max_line=65536 max_payload=1048576 "
-             b"max_packets=1024 max_name=4096 max_subscriptions=10 max_output=8388608 bus=up\n")
+             b"max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10 "
+             b"max_output=8388608 bus=up\n")
 
     def __init__(self, path, script):
         self.path, self.script = path, list(script)
