@@ -1348,7 +1348,9 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
     struct config_bus fresh;
     SSL_CTX *ctx = NULL;
     bool reconnect = bus_cfg_needs_reconnect(&bus->cfg, cfg);
-    bool new_tls = !tls_config_equal(&bus->cfg.tls, &cfg->tls);
+    /* Always a fresh SSL_CTX when TLS is on: certificate and key files may
+     * have new contents under the same names (the next connect uses them). */
+    bool new_tls = cfg->tls.enabled || !tls_config_equal(&bus->cfg.tls, &cfg->tls);
     uint32_t old_hb = bus->cfg.heartbeat_timeout_ms;
 
     if (new_tls && cfg->tls.enabled &&
@@ -1364,6 +1366,16 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
     if (new_tls) {
         tls_ctx_free(bus->ssl_ctx);     /* live SSLs hold their own reference */
         bus->ssl_ctx = ctx;
+    }
+    if (!reconnect && bus->started && !bus->stopping && bus->state == BUS_DOWN &&
+        evtimer_pending(bus->retry_timer, NULL)) {
+        /* Waiting out a backoff, perhaps after bad credentials the operator
+         * has just fixed: try again now with what was re-read. */
+        log_notice("bus: reloaded, retrying %s now", bus_target(bus));
+        evtimer_del(bus->retry_timer);
+        bus->attempt = 0;
+        bus_connect_begin(bus);
+        return 0;
     }
     if (!reconnect || !bus->started || bus->stopping) {
         if (bus->bev != NULL && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))

@@ -515,6 +515,22 @@ class TestLinkLife(BusLinkCase):
         self.wait_bus(bus, lambda r: r["event"] == "close", what="old link closed")
         self.assertEqual(len(self.logins(bus)), 1)
 
+    def test_reload_after_fixing_credentials_retries_at_once(self):
+        # a long backoff after a rejected login; the operator fixes the
+        # password and reloads: the link is retried then, not after the wait
+        bus = self.bus(heartbeat=HB)
+        gw = self.gateway(bus, dict(self.heartbeat(), reconnect={"min": "1h", "max": "2h"}),
+                          password="Wr0ng-Secret-Pw")
+        gw.wait_log(r"bus: down: probable authentication failure \(basic, user gw\)")
+        gw.wait_log(r"bus: retry 1 in ")
+        gw.password = "gwpass"
+        gw.write_config()
+        gw.reload()
+        gw.wait_log(r"bus: reloaded, retrying 127\.0\.0\.1:%d now" % bus.port)
+        self.wait_bus(bus, lambda r: r["event"] == "login", what="a login after the reload")
+        gw.wait_log(r"bus: up")
+        self.assert_no_secret(gw, "Wr0ng-Secret-Pw", "gwpass")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
