@@ -34,6 +34,8 @@
 #include "log.h"
 #include "wire.h"
 
+#include "tmpdir.h"
+
 /* ------------------------------------------------------------ backoff */
 
 static void
@@ -175,7 +177,6 @@ struct obs {
 };
 
 static struct event_base *base;
-static char tmpdir[64];
 static struct fake fk, fk2;
 static struct obs ob;
 static struct config cfg;
@@ -437,16 +438,6 @@ drained(void *arg)
     return ob.drained > 0;
 }
 
-static char *
-tpath(const char *name)
-{
-    static char buf[4][256];
-    static int n;
-    char *p = buf[n++ % 4];
-
-    snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-    return p;
-}
 
 static char *
 write_file(const char *name, const char *text, mode_t mode)
@@ -527,8 +518,7 @@ static int
 setup(void **state)
 {
     memset(&ob, 0, sizeof ob);
-    snprintf(tmpdir, sizeof tmpdir, "%s", "/tmp/test_bus.XXXXXX");
-    if (mkdtemp(tmpdir) == NULL)
+    if (tmpdir_make("test_bus") != 0)
         return -1;
     base = event_base_new();
     config_defaults(&cfg);
@@ -538,15 +528,12 @@ setup(void **state)
 static int
 teardown(void **state)
 {
-    char cmd[128];
-
     fake_stop(&fk);
     fake_stop(&fk2);
     config_free(&cfg);
     event_base_free(base);
     base = NULL;
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tmpdir_remove();
 }
 
 /* ---------------------------------------------------------- link tests */

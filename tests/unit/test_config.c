@@ -16,6 +16,8 @@
 #include "config.h"
 #include "log.h"
 
+#include "tmpdir.h"
+
 static char err[1024];
 
 static int
@@ -652,7 +654,6 @@ test_dump_defaults(void **state)
 
 /* --- files --- */
 
-static char tmpdir[64];
 
 static void
 write_file(const char *path, const char *text, mode_t mode)
@@ -665,34 +666,17 @@ write_file(const char *path, const char *text, mode_t mode)
     assert_int_equal(chmod(path, mode), 0);
 }
 
-static char *
-tpath(const char *name)
-{
-    static char buf[4][256];
-    static int n;
-    char *p = buf[n++ % 4];
-
-    snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-    return p;
-}
 
 static int
 setup_dir(void **state)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s", "/tmp/test_config.XXXXXX");
-    return mkdtemp(tmpdir) == NULL ? -1 : 0;
+    return tmpdir_make("test_config");
 }
 
 static int
 teardown_dir(void **state)
 {
-    static const char *const names[] = {
-        "busgated.yaml", "credentials.ini", "ca.pem", "token.jwt", "client.key", "client.pem",
-    };
-
-    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        unlink(tpath(names[i]));
-    return rmdir(tmpdir);
+    return tmpdir_remove();
 }
 
 static void

@@ -14,19 +14,10 @@
 
 #include "credentials.h"
 
-static char tmpdir[64];
+#include "tmpdir.h"
+
 static char err[1024];
 
-static char *
-tpath(const char *name)
-{
-    static char buf[4][256];
-    static int n;
-    char *p = buf[n++ % 4];
-
-    snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-    return p;
-}
 
 /* A file made with mkstemp, so it never exists with a wider mode. */
 static char *
@@ -46,18 +37,13 @@ temp_file(const char *text, mode_t mode)
 static int
 setup_dir(void **state)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s", "/tmp/test_credentials.XXXXXX");
-    return mkdtemp(tmpdir) == NULL ? -1 : 0;
+    return tmpdir_make("test_credentials");
 }
 
 static int
 teardown_dir(void **state)
 {
-    char cmd[128];
-
-    /* Only our own mkdtemp directory. */
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tmpdir_remove();
 }
 
 /* want with each "%s" replaced by path. */

@@ -23,34 +23,21 @@
 #include "config.h"
 #include "tls.h"
 
-static char tmpdir[64];
+#include "tmpdir.h"
+
 static char err[1024];
 
-static char *
-tpath(const char *name)
-{
-    static char buf[4][256];
-    static int n;
-    char *p = buf[n++ % 4];
-
-    snprintf(p, sizeof buf[0], "%s/%s", tmpdir, name);
-    return p;
-}
 
 static int
 setup(void **state)
 {
-    snprintf(tmpdir, sizeof tmpdir, "%s", "/tmp/test_tls.XXXXXX");
-    return mkdtemp(tmpdir) == NULL ? -1 : 0;
+    return tmpdir_make("test_tls");
 }
 
 static int
 teardown(void **state)
 {
-    char cmd[128];
-
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    return system(cmd) == 0 ? 0 : -1;
+    return tmpdir_remove();
 }
 
 /* A verifying TLS 1.2+ config with nothing else set. */
