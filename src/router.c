@@ -1595,7 +1595,7 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
 {
     struct client *c = client_find(r, s);
 
-    if (c == NULL || c->closing)
+    if (c == NULL || c->closing || session_closing(s))
         return;
     switch (cmd->verb) {
     case LP_SUB:
@@ -1662,9 +1662,11 @@ router_new(struct event_base *base, const struct config *cfg)
     r->scratch = evbuffer_new();
     r->one = evbuffer_new();
     r->queue = evbuffer_new();
-    if (r->scratch == NULL || r->queue == NULL) {
+    if (r->scratch == NULL || r->one == NULL || r->queue == NULL) {
         if (r->scratch != NULL)
             evbuffer_free(r->scratch);
+        if (r->one != NULL)
+            evbuffer_free(r->one);
         if (r->queue != NULL)
             evbuffer_free(r->queue);
         free(r);

@@ -183,6 +183,15 @@ session_dispatch(struct session *s, struct lp_cmd *cmd)
     }
 }
 
+/* Move the reader on; a session that is closing stays closing (a reply
+ * above may just have closed it as a slow consumer). */
+static void
+session_set_state(struct session *s, enum session_state st)
+{
+    if (s->state != SESSION_CLOSING)
+        s->state = st;
+}
+
 /* One command line of n bytes (without its newline) at line. */
 static void
 session_line(struct session *s, const char *line, size_t n)
@@ -201,13 +210,13 @@ session_line(struct session *s, const char *line, size_t n)
         /* A refused PUB/SEND still announced its payload: skip it. */
         if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
             s->skip_left = cmd->payload_len;
-            s->state = SESSION_SKIP_PAYLOAD;
+            session_set_state(s, SESSION_SKIP_PAYLOAD);
         }
         session_cmd_trim(s);
         return;
     }
     if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
-        s->state = SESSION_PAYLOAD;
+        session_set_state(s, SESSION_PAYLOAD);
         return;
     }
     session_dispatch(s, cmd);
@@ -239,7 +248,7 @@ session_read_line(struct session *s, struct evbuffer *in)
          * the end of the line in the rest. */
         s->st.bytes_in += window;
         evbuffer_drain(in, window);
-        s->state = SESSION_SKIP_LINE;
+        session_set_state(s, SESSION_SKIP_LINE);
         return true;
     }
     n = (size_t)nl.pos;
@@ -283,12 +292,12 @@ session_read_payload(struct session *s, struct evbuffer *in)
             "followed by a newline; discarded up to the next newline", need);
         s->st.bytes_in += need;
         evbuffer_drain(in, need);
-        s->state = SESSION_SKIP_LINE;
+        session_set_state(s, SESSION_SKIP_LINE);
         session_cmd_trim(s);
         return true;
     }
     lp_cmd_attach_payload(cmd, p);
-    s->state = SESSION_LINE;
+    session_set_state(s, SESSION_LINE);
     session_dispatch(s, cmd);
     s->st.bytes_in += need + term;
     evbuffer_drain(in, need + term);
@@ -310,7 +319,7 @@ session_skip_line(struct session *s, struct evbuffer *in)
     }
     s->st.bytes_in += (size_t)nl.pos + 1;
     evbuffer_drain(in, (size_t)nl.pos + 1);
-    s->state = SESSION_LINE;
+    session_set_state(s, SESSION_LINE);
     return true;
 }
 
@@ -338,15 +347,15 @@ session_skip_payload(struct session *s, struct evbuffer *in)
     if (p[0] == '\n') {
         s->st.bytes_in += 1;
         evbuffer_drain(in, 1);
-        s->state = SESSION_LINE;
+        session_set_state(s, SESSION_LINE);
     } else if (p[0] == '\r' && len < 2) {
         return false;
     } else if (p[0] == '\r' && p[1] == '\n') {
         s->st.bytes_in += 2;
         evbuffer_drain(in, 2);
-        s->state = SESSION_LINE;
+        session_set_state(s, SESSION_LINE);
     } else {
-        s->state = SESSION_SKIP_LINE;
+        session_set_state(s, SESSION_SKIP_LINE);
     }
     return true;
 }
@@ -535,7 +544,8 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
         return s;
     }
     s->attached = true;
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    /* Bus back-pressure may have paused it in router_session_attach. */
+    bufferevent_enable(s->bev, s->paused ? EV_WRITE : EV_READ | EV_WRITE);
     return s;
 fail:
     log_error("cannot start a session: out of memory");

@@ -7,6 +7,7 @@ replayed upstream on reconnect, which the test bus log shows."""
 import os
 import sys
 import threading
+import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -145,6 +146,37 @@ class BackPressureTest(GatewayCase):
         self.assertLess(ok, n)
         self.assertEqual(codes, ["+OK"] * ok + ["bus-down"] * (n - ok))
         self.assertEqual(s.cmd("PING"), "PONG")
+
+
+class LateSessionBackPressureTest(GatewayCase):
+    BUS_KW = {"fault": "silent"}
+    GW_CONFIG = {"bus": {"output_high_water": 4096}}
+
+    def test_session_arriving_while_congested_is_not_read(self):
+        # A session that connects while the bus holds everyone back is
+        # greeted but not read from either, so what it streams stays in the
+        # socket instead of growing the daemon's memory.
+        s = self.session()
+        size = 512 * 1024
+        block = b"PUB BP t delta %d\n" % size + b"b" * size + b"\n"
+        off = self.gw.log_offset()
+        t = threading.Thread(target=s.send, args=(block * 64,))
+        t.start()
+        self.gw.wait_log(r"high-water mark", start=off)
+        late = self.session()
+        self.assertTrue(late.hello.line.startswith("HELLO "))
+        late.sock.setblocking(False)
+        sent, chunk = 0, b"PING x\n" * 8192
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and sent < (64 << 20):
+            try:
+                sent += late.sock.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+        self.assertLess(sent, 16 << 20, "the daemon kept reading a held-back session")
+        late.close()
+        self.bus.stop()
+        t.join()
 
 
 if __name__ == "__main__":

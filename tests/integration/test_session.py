@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from routerkit import GatewayCase, BUSGATED_IS_SANITIZED, stats, uniq, wait_until  # noqa: E402
 
 GUID = "00112233-4455-6677-8899-aabbccddeeff"
+TIMEOUT_S = 20
 
 
 def code(reply):
@@ -264,6 +265,47 @@ class SlowConsumerTest(GatewayCase):
         pub.publish(feed, "t", [(None, big), ([1], big)], is_image=True)
         self.assertEqual(s.expect("DATA").payloads, [big, big])
         self.assertEqual(s.cmd("PING"), "PONG")
+
+
+class ClosingSessionTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_output": 4096, "max_line": 300}}
+
+    def test_nothing_runs_after_slow_consumer(self):
+        # Replies to a burst of bad commands overflow max_output in one read:
+        # the session is closed as a slow consumer, and the commands behind
+        # them in the same write (after an over-long line, whose refusal must
+        # not reopen the reader) are never executed. k sweeps the burst size
+        # across the point where the overflow happens.
+        cut = []
+        for k in range(60, 110, 2):
+            feed = uniq("AFTER")
+            raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.closers.append(raw)
+            raw.connect(self.gw.socket_path)
+            raw.sendall(b"XX\n" * k + b"Y" * 400 + b"\n" +
+                        ("SUB %s t\nPUB %s t delta 3\nabc\nPING after\nQUIT\n"
+                         % (feed, feed)).encode())
+            out = b""
+            raw.settimeout(TIMEOUT_S)
+            while True:
+                chunk = raw.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+            lines = out.split(b"\n")
+            closed = [i for i, x in enumerate(lines) if x.startswith(b"-ERR slow-consumer")]
+            if not closed:
+                self.assertIn(b"PONG after", lines, "k=%d" % k)
+                continue
+            cut.append(feed)
+            self.assertEqual(len(closed), 1, "k=%d: %r" % (k, lines[-5:]))
+            self.assertEqual([x for x in lines[closed[0] + 1:] if x], [],
+                             "k=%d: replies after slow-consumer" % k)
+        self.assertGreater(len(cut), 5, "the sweep never overflowed max_output")
+        self.barrier()
+        self.assertEqual([r for r in self.bus.messages(direction="recv")
+                          if r.get("user") == "gw" and r["fields"].get("feed") in cut], [])
+        self.assertEqual(stats(self.session())["slow_consumers"], str(len(cut)))
 
 
 class TooManySessionsTest(GatewayCase):
