@@ -153,6 +153,7 @@ static const struct opt opts[] = {
 
     SECTION("router"),
     NUM("router.image_cache", K_SIZE, router.image_cache_bytes, MIB, 0, SIZE_CAP),
+    NUM("router.image_cache_total", K_SIZE, router.image_cache_total, 256 * MIB, 0, SIZE_CAP),
     NUM("router.busdown_queue", K_COUNT, router.busdown_queue, 0, 0, 10000000),
     NUM("router.busdown_queue_bytes", K_SIZE, router.busdown_queue_bytes, 16 * MIB, 1, SIZE_CAP),
     BOOL("router.allow_empty_publish", router.allow_empty_publish, 0),

@@ -72,6 +72,7 @@ struct config_listen {
 
 struct config_router {
     size_t image_cache_bytes;   /* per topic: last image + deltas kept for late joiners */
+    size_t image_cache_total;   /* all topics' caches together */
     uint32_t busdown_queue;     /* publishes/sends held while the bus is down; 0: refuse */
     size_t busdown_queue_bytes;
     bool allow_empty_publish;   /* let a PUB/SEND with zero packets through */

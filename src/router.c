@@ -52,6 +52,8 @@
 #define ROUTER_SHARE_MIN 16384
 /* Authorization requests remembered (answered or not), oldest dropped. */
 #define ROUTER_MAX_PENDING 65536
+/* Remote subscriptions remembered for late local notifiers, all feeds. */
+#define ROUTER_MAX_REMOTES 65536
 
 struct client;
 struct topic;
@@ -155,6 +157,8 @@ struct router_counters {
     uint64_t busdown_queued_total;
     uint64_t busdown_lost;
     uint64_t bus_other;             /* bus messages a client never receives */
+    uint64_t cache_refused;         /* images not cached: router.image_cache_total */
+    uint64_t remotes_dropped;       /* remote subscriptions not remembered */
 };
 
 struct router {
@@ -165,6 +169,7 @@ struct router {
     struct feed *feeds;
     struct pending_list pending_order;
     uint32_t n_pending;
+    uint32_t n_remotes;             /* remembered remote subscriptions */
     uint64_t n_subscriptions;       /* local (session, topic) pairs */
     uint32_t n_notify_feeds;        /* feeds we notify on upstream */
     uint32_t n_authorizer_feeds;
@@ -470,6 +475,14 @@ cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
         cache_drop(r, t);
     if (stale || cap == 0)
         return;
+    if (r->cache_bytes + len > r->cfg.image_cache_total) {
+        /* All topics' caches together are bounded too: this topic's late
+         * joiners get live data only until its next image that fits. */
+        if (m->is_image)
+            r->n.cache_refused++;
+        cache_drop(r, t);
+        return;
+    }
     if (m->is_image) {
         if (len > cap || (t->cache = evbuffer_new()) == NULL)
             return;
@@ -628,13 +641,14 @@ feed_get(struct router *r, const char *name, uint32_t len)
 }
 
 static void
-remotes_clear(struct feed *f)
+remotes_clear(struct router *r, struct feed *f)
 {
     struct remote *rm, *tmp;
 
     HASH_ITER(hh, f->remotes, rm, tmp) {
         HASH_DEL(f->remotes, rm);
         free(rm);
+        r->n_remotes--;
     }
 }
 
@@ -662,14 +676,14 @@ feed_maybe_free(struct router *r, struct feed *f)
 {
     if (f->n_notifiers > 0 || f->n_authorizers > 0 || f->pending != NULL)
         return;
-    remotes_clear(f);
+    remotes_clear(r, f);
     HASH_DEL(r->feeds, f);
     free(f);
 }
 
 /* Keep the remote subscription table in step with a notification. */
 static void
-remote_update(struct feed *f, const struct wire_msg *m)
+remote_update(struct router *r, struct feed *f, const struct wire_msg *m)
 {
     size_t klen = WIRE_GUID_LEN + 12 + (size_t)m->user.len + m->host.len + m->topic.len + 3;
     char *k = malloc(klen), *p;
@@ -695,8 +709,17 @@ remote_update(struct feed *f, const struct wire_msg *m)
 
     HASH_FIND(hh, f->remotes, k, klen, rm);
     if (m->is_add) {
+        if (rm == NULL && r->n_remotes >= ROUTER_MAX_REMOTES) {
+            /* Other bus users decide how many there are: bounded, counted. */
+            r->n.remotes_dropped++;
+            log_warn("%u remote subscriptions remembered already: not keeping more "
+                "for late notifiers", r->n_remotes);
+            free(k);
+            return;
+        }
         if (rm == NULL) {
             rm = xcalloc(sizeof *rm + klen);
+            r->n_remotes++;
             memcpy(rm->key, k, klen);
             rm->keylen = klen;
             p = rm->key;
@@ -716,6 +739,7 @@ remote_update(struct feed *f, const struct wire_msg *m)
     } else if (rm != NULL && --rm->count == 0) {
         HASH_DEL(f->remotes, rm);
         free(rm);
+        r->n_remotes--;
     }
     free(k);
 }
@@ -732,7 +756,7 @@ route_notification(struct router *r, const struct wire_msg *m)
             m->feed.ptr);
         return;
     }
-    remote_update(f, m);
+    remote_update(r, f, m);
     if (lp_format_notification(r->scratch, m) != 0) {
         evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
         return;
@@ -915,7 +939,7 @@ link_lost(struct router *r)
     HASH_ITER(hh, r->topics, t, ttmp)
         cache_drop(r, t);
     HASH_ITER(hh, r->feeds, f, ftmp) {
-        remotes_clear(f);
+        remotes_clear(r, f);
         pending_clear(r, f);
         feed_maybe_free(r, f);
     }
@@ -1068,7 +1092,7 @@ notify_remove(struct router *r, struct role *ro)
     if (--f->n_notifiers == 0) {
         r->n_notify_feeds--;
         upstream_notification(r, f, false);
-        remotes_clear(f);
+        remotes_clear(r, f);
         feed_maybe_free(r, f);
     }
 }
@@ -1541,6 +1565,9 @@ stats_router(struct router *r, struct evbuffer *out)
     stat_u64(out, "auth_requests_unrouted", r->n.auth_requests_unrouted);
     stat_u64(out, "auth_requests_pending", r->n_pending);
     stat_u64(out, "image_cache_bytes", r->cache_bytes);
+    stat_u64(out, "image_cache_refused", r->n.cache_refused);
+    stat_u64(out, "remote_subscriptions", r->n_remotes);
+    stat_u64(out, "remote_subscriptions_dropped", r->n.remotes_dropped);
     stat_u64(out, "busdown_queued", r->queue_count);
     stat_u64(out, "busdown_queued_bytes", evbuffer_get_length(r->queue));
     stat_u64(out, "busdown_queued_total", r->n.busdown_queued_total);
@@ -1560,6 +1587,7 @@ stats_limits(struct router *r, struct evbuffer *out)
     stat_u64(out, "limit.max_subscriptions", r->listen.max_subscriptions);
     stat_u64(out, "limit.max_output", r->listen.max_output);
     stat_u64(out, "limit.image_cache_bytes", r->cfg.image_cache_bytes);
+    stat_u64(out, "limit.image_cache_total", r->cfg.image_cache_total);
     stat_u64(out, "limit.busdown_queue", r->cfg.busdown_queue);
     stat_u64(out, "limit.busdown_queue_bytes", r->cfg.busdown_queue_bytes);
     stat_u64(out, "limit.allow_empty_publish", r->cfg.allow_empty_publish);
@@ -1717,7 +1745,7 @@ router_free(struct router *r)
     while (r->clients != NULL)
         session_free(r->clients->s);    /* detaches itself */
     HASH_ITER(hh, r->feeds, f, ftmp) {
-        remotes_clear(f);
+        remotes_clear(r, f);
         pending_clear(r, f);
         feed_maybe_free(r, f);
     }

@@ -845,6 +845,60 @@ test_batched_delivery(void **state)
     expect_out(0, "");
 }
 
+/* All topics' caches together stay within router.image_cache_total. */
+static void
+test_image_cache_total(void **state)
+{
+    char *o;
+
+    router_free(F->r);
+    for (int i = 0; i < NSESS; i++)
+        evbuffer_free(F->s[i].out);
+    lp_cmd_free(&F->cmd);
+    F->cfg.router.image_cache_total = 80;   /* room for one small image */
+    fx_start(F);
+    run(0, "SUB F A", NULL);
+    run(0, "SUB F B", NULL);
+    bus_data("F", "A", "pub", true, "IMAGE-A", false);
+    bus_data("F", "B", "pub", true, "IMAGE-B", false);    /* over the total */
+    free(out(0));
+    run(1, "SUB F A", NULL);
+    expect_out(1, "+OK\nDATA F A pub h1 image multicast 7\nIMAGE-A\n");
+    run(1, "SUB F B", NULL);
+    expect_out(1, "+OK\n");
+    run(1, "STATS", NULL);
+    o = out(1);
+    assert_non_null(strstr(o, "STAT image_cache_refused 1\n"));
+    assert_non_null(strstr(o, "STAT limit.image_cache_total 80\n"));
+    free(o);
+}
+
+/* Remote subscriptions kept for late notifiers are bounded and counted. */
+static void
+test_remote_subscriptions_bounded(void **state)
+{
+    char topic[32], *o;
+
+    run(0, "NOTIFY N", NULL);
+    for (int i = 0; i <= 65536; i++) {
+        snprintf(topic, sizeof topic, "t%d", i);
+        bus_fwd_sub("N", topic, true);
+        if (i % 4096 == 0)
+            free(out(0));
+    }
+    free(out(0));
+    run(0, "STATS", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "STAT remote_subscriptions 65536\n"));
+    assert_non_null(strstr(o, "STAT remote_subscriptions_dropped 1\n"));
+    free(o);
+    run(0, "UNNOTIFY N", NULL);
+    run(0, "STATS", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "STAT remote_subscriptions 0\n"));
+    free(o);
+}
+
 int
 main(void)
 {
@@ -866,6 +920,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_shutdown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_names_with_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batched_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_image_cache_total, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_remote_subscriptions_bounded, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
