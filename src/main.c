@@ -363,6 +363,7 @@ daemon_free(struct daemon *d)
             event_free(*evs[i]);
     if (d->listener != NULL)
         listener_free(d->listener);
+    session_free_refused();
     if (d->router != NULL)
         router_free(d->router);
     if (d->bus != NULL)

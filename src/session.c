@@ -23,6 +23,8 @@
 #include <event2/event.h>
 #include <event2/util.h>
 
+#include <bsd/sys/queue.h>
+
 #include "log.h"
 #include "router.h"
 #include "session.h"
@@ -55,9 +57,14 @@ struct session {
     struct lp_limits lim;
     struct session_stats st;
     const char *close_reason;
+    LIST_ENTRY(session) refused;    /* on refused_sessions while not attached */
 };
 
 static uint64_t next_session_id = 1;
+
+/* Sessions the router refused (too many sessions), flushing their final
+ * error: nobody else holds them, so they are kept here for freeing at exit. */
+static LIST_HEAD(, session) refused_sessions = LIST_HEAD_INITIALIZER(refused_sessions);
 
 static void session_destroy(struct session *s);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
@@ -539,6 +546,7 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
         log_warn("session %" PRIu64 " (pid %d): refused, listen.max_sessions %u reached",
             s->id, (int)peer->pid, lim->max_sessions);
         s->close_reason = "too many sessions";
+        LIST_INSERT_HEAD(&refused_sessions, s, refused);
         session_close(s, LP_ERR_TOO_MANY_SESSIONS, "the gateway serves its maximum "
             "number of sessions; try later");
         return s;
@@ -569,6 +577,8 @@ session_destroy(struct session *s)
     if (s->attached) {
         s->attached = false;
         router_session_detach(s->router, s);
+    } else {
+        LIST_REMOVE(s, refused);
     }
     bufferevent_free(s->bev);
     event_free(s->closer);
@@ -584,6 +594,13 @@ session_free(struct session *s)
 {
     if (s != NULL)
         session_destroy(s);
+}
+
+void
+session_free_refused(void)
+{
+    while (!LIST_EMPTY(&refused_sessions))
+        session_destroy(LIST_FIRST(&refused_sessions));
 }
 
 /* ---- flow control ---- */

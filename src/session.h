@@ -78,4 +78,7 @@ void session_get_stats(const struct session *s, struct session_stats *st);
 /* Free immediately (router shutdown). */
 void session_free(struct session *s);
 
+/* Free the sessions the router refused that are still flushing (exit). */
+void session_free_refused(void);
+
 #endif /* BUSGATE_SESSION_H */
