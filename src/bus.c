@@ -676,6 +676,47 @@ describe_token(const char *token, char *buf, size_t len)
     }
 }
 
+/* Free a block of secret bytes once libevent is done with it, wiped. */
+static void
+wipe_block(const void *data, size_t len, void *arg)
+{
+    explicit_bzero(arg, len);
+    free(arg);
+}
+
+/* Queue the authentication payload in a block of its own, so the secret is
+ * wiped once written instead of left in freed evbuffer memory. */
+static int
+send_auth(struct bus *bus, const struct wire_auth *a)
+{
+    struct evbuffer *tmp = evbuffer_new();
+    unsigned char *p, *block;
+    size_t len;
+    int r = -1;
+
+    if (tmp == NULL)
+        return -1;
+    if (wire_encode_auth(tmp, a) == 0) {
+        len = evbuffer_get_length(tmp);
+        /* One reservation: pulling up does not copy, so wiping p is enough. */
+        if (len == 0)
+            r = 0;      /* auth none: nothing to send */
+        else if ((p = evbuffer_pullup(tmp, -1)) != NULL && (block = malloc(len)) != NULL) {
+            memcpy(block, p, len);
+            explicit_bzero(p, len);
+            if (evbuffer_add_reference(bufferevent_get_output(bus->bev), block, len,
+                    wipe_block, block) == 0)
+                r = 0;
+            else
+                wipe_block(block, len, block);
+        } else if (p != NULL) {
+            explicit_bzero(p, len);
+        }
+    }
+    evbuffer_free(tmp);
+    return r;
+}
+
 /* Read the credentials (afresh at every connect, so rotated secrets are
  * used without a restart) and queue the authentication payload. */
 static int
@@ -725,7 +766,7 @@ bus_send_auth(struct bus *bus, char *err, size_t errlen)
         host[sizeof host - 1] = '\0';
         a.forwarded_for = host;
     }
-    if (wire_encode_auth(bufferevent_get_output(bus->bev), &a) != 0) {
+    if (send_auth(bus, &a) != 0) {
         snprintf(err, errlen, "cannot encode the credentials (too long?)");
         goto out;
     }
