@@ -323,6 +323,25 @@ expect_out(int who, const char *want)
     free(got);
 }
 
+/* Run STATS as session who; its reply must contain each string given
+ * (NULL-terminated list). */
+static void
+expect_stats(int who, ...)
+{
+    const char *want;
+    va_list ap;
+    char *o;
+
+    run(who, "STATS", NULL);
+    o = out(who);
+    va_start(ap, who);
+    while ((want = va_arg(ap, const char *)) != NULL)
+        if (strstr(o, want) == NULL)
+            fail_msg("STATS lacks %s in:\n%s", want, o);
+    va_end(ap);
+    free(o);
+}
+
 static unsigned
 count_sent(enum wire_type type, const char *feed, const char *topic, bool add)
 {
@@ -452,18 +471,16 @@ test_fanout_and_unwanted(void **state)
     o = out(3);
     assert_string_equal(o, "");
     free(o);
-    run(3, "STATS", NULL);
-    o = out(3);
-    assert_non_null(strstr(o, "STAT data_in 2\n"));
-    assert_non_null(strstr(o, "STAT data_delivered 2\n"));
-    assert_non_null(strstr(o, "STAT data_dropped_unwanted 1\n"));
-    assert_non_null(strstr(o, "STAT topics 2\n"));
-    assert_non_null(strstr(o, "STAT subscriptions 3\n"));
-    assert_non_null(strstr(o, "STAT bus_last_error fake?error\n"));
-    assert_non_null(strstr(o, "STAT session 1 pid=100 "));
-    assert_non_null(strstr(o, "STAT limit.max_line "));
-    assert_non_null(strstr(o, "\nEND\n"));
-    free(o);
+    expect_stats(3,
+        "STAT data_in 2\n",
+        "STAT data_delivered 2\n",
+        "STAT data_dropped_unwanted 1\n",
+        "STAT topics 2\n",
+        "STAT subscriptions 3\n",
+        "STAT bus_last_error fake?error\n",
+        "STAT session 1 pid=100 ",
+        "STAT limit.max_line ",
+        "\nEND\n", NULL);
 }
 
 static void
@@ -725,11 +742,9 @@ test_authorization(void **state)
     run(1, "AUTHORIZE " CID_TEXT " A t not-required", NULL);
     expect_out(1, "+OK\n");
     bus_authreq("B", "t");
-    run(3, "STATS", NULL);
-    o = out(3);
-    assert_non_null(strstr(o, "STAT auth_requests_unrouted 2\n"));
-    assert_non_null(strstr(o, "STAT authorizers 1\n"));
-    free(o);
+    expect_stats(3,
+        "STAT auth_requests_unrouted 2\n",
+        "STAT authorizers 1\n", NULL);
     run(0, "UNAUTHORIZER A", NULL);
     run(0, "UNAUTHORIZER A", NULL);
     o = out(0);
@@ -753,8 +768,6 @@ test_backpressure(void **state)
 static void
 test_slow_consumer_skipped(void **state)
 {
-    char *o;
-
     F->s[1].max_output = 100;
     run(0, "SUB F T", NULL);
     run(1, "SUB F T", NULL);
@@ -770,10 +783,8 @@ test_slow_consumer_skipped(void **state)
     router_session_closing(F->r, &F->s[1]);
     run(0, "UNSUB F T", NULL);
     assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T", false), 1);
-    run(2, "STATS", NULL);
-    o = out(2);
-    assert_non_null(strstr(o, "STAT slow_consumers 1\n"));
-    free(o);
+    expect_stats(2,
+        "STAT slow_consumers 1\n", NULL);
 }
 
 static void
@@ -849,8 +860,6 @@ test_batched_delivery(void **state)
 static void
 test_image_cache_total(void **state)
 {
-    char *o;
-
     router_free(F->r);
     for (int i = 0; i < NSESS; i++)
         evbuffer_free(F->s[i].out);
@@ -866,18 +875,16 @@ test_image_cache_total(void **state)
     expect_out(1, "+OK\nDATA F A pub h1 image multicast 7\nIMAGE-A\n");
     run(1, "SUB F B", NULL);
     expect_out(1, "+OK\n");
-    run(1, "STATS", NULL);
-    o = out(1);
-    assert_non_null(strstr(o, "STAT image_cache_refused 1\n"));
-    assert_non_null(strstr(o, "STAT limit.image_cache_total 80\n"));
-    free(o);
+    expect_stats(1,
+        "STAT image_cache_refused 1\n",
+        "STAT limit.image_cache_total 80\n", NULL);
 }
 
 /* Remote subscriptions kept for late notifiers are bounded and counted. */
 static void
 test_remote_subscriptions_bounded(void **state)
 {
-    char topic[32], *o;
+    char topic[32];
 
     run(0, "NOTIFY N", NULL);
     for (int i = 0; i <= 65536; i++) {
@@ -887,16 +894,12 @@ test_remote_subscriptions_bounded(void **state)
             free(out(0));
     }
     free(out(0));
-    run(0, "STATS", NULL);
-    o = out(0);
-    assert_non_null(strstr(o, "STAT remote_subscriptions 65536\n"));
-    assert_non_null(strstr(o, "STAT remote_subscriptions_dropped 1\n"));
-    free(o);
+    expect_stats(0,
+        "STAT remote_subscriptions 65536\n",
+        "STAT remote_subscriptions_dropped 1\n", NULL);
     run(0, "UNNOTIFY N", NULL);
-    run(0, "STATS", NULL);
-    o = out(0);
-    assert_non_null(strstr(o, "STAT remote_subscriptions 0\n"));
-    free(o);
+    expect_stats(0,
+        "STAT remote_subscriptions 0\n", NULL);
 }
 
 int
