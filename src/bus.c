@@ -19,8 +19,11 @@
  * We only ever append whole messages to the output, so closing after the
  * output has drained closes at a message boundary (defect 8). Deliberate
  * closes (reconfigure, shutdown) drain first, bounded by a timer; a
- * failed link is closed at once, and what it still had queued is reported
- * as lost.
+ * failed link is closed at once, and the data it still had queued
+ * (publishes, sends, authorization answers) is reported as lost. The
+ * output remembers what it holds as runs of data and of requests
+ * (subscription and notification requests, which the router replays on
+ * the next link, and the credentials), so requests are not counted.
  *
  * Data held for confirmation: with the watchdog on, publishes, sends and
  * authorization answers made while the link is unconfirmed wait in a
@@ -131,13 +134,23 @@ struct bus {
 
     struct evbuffer *held;        /* data waiting for confirmation (see top) */
     uint64_t held_msgs;
+    TAILQ_HEAD(out_run_list, out_run) runs;   /* the output's recent appends, oldest first */
+    size_t runs_len;              /* bytes they cover */
 
     struct wire_msg msg;          /* reused for every decoded message */
     struct bus_stats st;
     LIST_HEAD(, bus_drain) drains;
 };
 
+/* A stretch of consecutive appends to the link's output of one kind. */
+struct out_run {
+    TAILQ_ENTRY(out_run) entry;
+    size_t len;
+    bool data;                  /* publishes, sends, answers: lost if the link fails */
+};
+
 static void bus_connect_begin(struct bus *bus);
+static void out_runs_clear(struct bus *bus);
 static void bus_link_failed(struct bus *bus, const char *reason, bool auth_failure);
 static void bus_try_next_addr(struct bus *bus);
 static size_t bus_queued(const struct bus *bus);
@@ -476,7 +489,70 @@ bus_close_link(struct bus *bus, bool drain, uint32_t drain_ms)
             bufferevent_free(bus->bev);
         bus->bev = NULL;
     }
+    out_runs_clear(bus);
     bus->tls_phase = false;
+}
+
+/* Note len bytes just appended to the link's output. Runs the output has
+ * written out already are dropped first: the output is always the last
+ * bytes appended, so runs_len never needs to exceed its length. Appends
+ * not noted (the credentials and requests made at connect) come before any
+ * noted one and count as requests. */
+static void
+out_runs_note(struct bus *bus, size_t len, bool data)
+{
+    size_t queued = evbuffer_get_length(bufferevent_get_output(bus->bev)) - len;
+    struct out_run *run;
+
+    while ((run = TAILQ_FIRST(&bus->runs)) != NULL && bus->runs_len - run->len >= queued) {
+        bus->runs_len -= run->len;
+        TAILQ_REMOVE(&bus->runs, run, entry);
+        free(run);
+    }
+    run = TAILQ_LAST(&bus->runs, out_run_list);
+    if (run == NULL || run->data != data) {
+        struct out_run *fresh = calloc(1, sizeof *fresh);
+
+        if (fresh != NULL) {
+            fresh->data = data;
+            TAILQ_INSERT_TAIL(&bus->runs, fresh, entry);
+            run = fresh;
+        } else if (run == NULL) {
+            return;     /* out of memory: the bytes count as requests */
+        }
+    }
+    run->len += len;
+    bus->runs_len += len;
+}
+
+/* Data bytes among the last queued bytes of the output. */
+static size_t
+out_runs_data(const struct bus *bus, size_t queued)
+{
+    const struct out_run *run;
+    size_t data = 0, n;
+
+    TAILQ_FOREACH_REVERSE(run, &bus->runs, out_run_list, entry) {
+        if (queued == 0)
+            break;
+        n = run->len < queued ? run->len : queued;
+        if (run->data)
+            data += n;
+        queued -= n;
+    }
+    return data;
+}
+
+static void
+out_runs_clear(struct bus *bus)
+{
+    struct out_run *run;
+
+    while ((run = TAILQ_FIRST(&bus->runs)) != NULL) {
+        TAILQ_REMOVE(&bus->runs, run, entry);
+        free(run);
+    }
+    bus->runs_len = 0;
 }
 
 /* Bytes the kernel has not had acknowledged yet on fd (0 if unknown). */
@@ -495,7 +571,7 @@ socket_unacked(evutil_socket_t fd)
 static void
 bus_report_lost(struct bus *bus)
 {
-    size_t queued, kernel;
+    size_t queued, data, kernel;
 
     if (bus->bev == NULL || (bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP))
         return;
@@ -504,12 +580,14 @@ bus_report_lost(struct bus *bus)
     if (bus->state == BUS_UNCONFIRMED && bus->cfg.heartbeat_timeout_ms > 0)
         return;
     queued = evbuffer_get_length(bufferevent_get_output(bus->bev));
+    data = out_runs_data(bus, queued);
     kernel = socket_unacked(bufferevent_getfd(bus->bev));
-    if (queued == 0 && kernel == 0)
+    if (data == 0 && kernel == 0)
         return;
-    bus->st.bytes_lost += queued;
-    log_warn("bus: link lost with %zu bytes of messages unsent "
-        "(and %zu bytes the bus had not acknowledged)", queued, kernel);
+    bus->st.bytes_lost += data;
+    log_warn("bus: link lost with %zu bytes of data unsent (and %zu bytes of requests, "
+        "replayed on the next link; %zu bytes the bus had not acknowledged)", data,
+        queued - data, kernel);
 }
 
 /* Held data that will never go out (shutdown). */
@@ -796,7 +874,10 @@ bus_go_up(struct bus *bus)
         log_info("bus: sending %llu message%s (%zu bytes) held until the link was confirmed",
             (unsigned long long)bus->held_msgs, bus->held_msgs == 1 ? "" : "s",
             evbuffer_get_length(bus->held));
+        size_t n = evbuffer_get_length(bus->held);
+
         evbuffer_add_buffer(bufferevent_get_output(bus->bev), bus->held);
+        out_runs_note(bus, n, true);
         bus->held_msgs = 0;
     }
     bus_set_state(bus, BUS_UP, NULL);
@@ -1275,6 +1356,7 @@ bus_new(struct event_base *base, struct evdns_base *dns,
     bus->dns = dns;
     LIST_INIT(&bus->drains);
     wire_msg_init(&bus->msg);
+    TAILQ_INIT(&bus->runs);
     if ((bus->held = evbuffer_new()) == NULL) {
         free(bus);
         return NULL;
@@ -1318,14 +1400,22 @@ bus_start(struct bus *bus)
     return 0;
 }
 
-/* Data (as opposed to subscription and notification requests) waits for
- * confirmation when the watchdog will provide one (see the top). */
+/* Data, as opposed to subscription and notification requests (which the
+ * router replays on every new link). */
+static bool
+bus_is_data(const struct wire_msg *msg)
+{
+    return msg->type == WIRE_MULTICAST_DATA || msg->type == WIRE_UNICAST_DATA ||
+        msg->type == WIRE_AUTHORIZATION_RESPONSE;
+}
+
+/* Data waits for confirmation when the watchdog will provide one (see the
+ * top). */
 static bool
 bus_hold(const struct bus *bus, const struct wire_msg *msg)
 {
     return bus->state == BUS_UNCONFIRMED && bus->cfg.heartbeat_timeout_ms > 0 &&
-        (msg->type == WIRE_MULTICAST_DATA || msg->type == WIRE_UNICAST_DATA ||
-         msg->type == WIRE_AUTHORIZATION_RESPONSE);
+        bus_is_data(msg);
 }
 
 /* Bytes waiting to go to the bus, held ones included. */
@@ -1359,6 +1449,8 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     bus->st.bytes_out += after - before;
     if (hold)
         bus->held_msgs++;
+    else
+        out_runs_note(bus, after - before, bus_is_data(msg));
     if (bus_queued(bus) > bus->cfg.output_high_water)
         bus->pressure = true;
     return BUS_SENT;

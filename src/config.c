@@ -149,6 +149,8 @@ static const struct opt opts[] = {
     NUM("listen.max_payload", K_SIZE, listen.max_payload, MIB, 1, GIB),
     NUM("listen.max_packets", K_COUNT, listen.max_packets, 1024, 1, 1000000),
     NUM("listen.max_subscriptions", K_COUNT, listen.max_subscriptions, 10000, 1, 10000000),
+    NUM("listen.max_notifications", K_COUNT, listen.max_notifications, 1000, 1, 10000000),
+    NUM("listen.max_authorizers", K_COUNT, listen.max_authorizers, 1000, 1, 10000000),
     NUM("listen.max_output", K_SIZE, listen.max_output, 8 * MIB, 4 * KIB, SIZE_CAP),
 
     SECTION("router"),
@@ -157,6 +159,8 @@ static const struct opt opts[] = {
     NUM("router.busdown_queue", K_COUNT, router.busdown_queue, 0, 0, 10000000),
     NUM("router.busdown_queue_bytes", K_SIZE, router.busdown_queue_bytes, 16 * MIB, 1, SIZE_CAP),
     BOOL("router.allow_empty_publish", router.allow_empty_publish, 0),
+    NUM("router.auth_pending", K_COUNT, router.auth_pending, 65536, 1, 10000000),
+    NUM("router.auth_pending_age", K_MS, router.auth_pending_age_ms, 600000, 1000, DAY_MS),
 
     SECTION("log"),
     ENUM("log.level", log.level, LOG_INFO, level_names),

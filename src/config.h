@@ -67,6 +67,8 @@ struct config_listen {
     uint32_t max_payload;       /* bytes of payload in one PUB/SEND */
     uint32_t max_packets;       /* packets in one PUB/SEND */
     uint32_t max_subscriptions; /* per session */
+    uint32_t max_notifications; /* NOTIFY feeds per session */
+    uint32_t max_authorizers;   /* AUTHORIZER feeds per session */
     size_t max_output;          /* bytes queued to one session: slow consumer */
 };
 
@@ -76,6 +78,8 @@ struct config_router {
     uint32_t busdown_queue;     /* publishes/sends held while the bus is down; 0: refuse */
     size_t busdown_queue_bytes;
     bool allow_empty_publish;   /* let a PUB/SEND with zero packets through */
+    uint32_t auth_pending;      /* authorization requests remembered, oldest dropped */
+    uint32_t auth_pending_age_ms; /* ...and for at most this long (across reconnects) */
 };
 
 struct config_log {

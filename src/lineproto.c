@@ -34,6 +34,8 @@ static const char *const error_codes[] = {
     [LP_ERR_NO_PACKETS] = "no-packets",
     [LP_ERR_BUS_DOWN] = "bus-down",
     [LP_ERR_TOO_MANY_SUBSCRIPTIONS] = "too-many-subscriptions",
+    [LP_ERR_TOO_MANY_NOTIFICATIONS] = "too-many-notifications",
+    [LP_ERR_TOO_MANY_AUTHORIZERS] = "too-many-authorizers",
     [LP_ERR_ALREADY_SUBSCRIBED] = "already-subscribed",
     [LP_ERR_NOT_SUBSCRIBED] = "not-subscribed",
     [LP_ERR_ALREADY_NOTIFYING] = "already-notifying",
@@ -1065,15 +1067,17 @@ lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
 
 int
 lp_format_hello(struct evbuffer *out, const char *version,
-    const struct lp_limits *lim, uint32_t max_line, uint32_t max_subscriptions,
+    const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
     uint64_t max_output, const char *bus_state)
 {
     return evbuffer_add_printf(out, "HELLO busgate %s proto=%d max_line=%u "
         "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
-        "max_subscriptions=%u max_output=%llu bus=%s\n", version, LP_PROTOCOL_VERSION,
+        "max_subscriptions=%u max_notifications=%u max_authorizers=%u max_output=%llu "
+        "bus=%s\n", version, LP_PROTOCOL_VERSION,
         (unsigned)max_line, (unsigned)lim->max_payload, (unsigned)lim->max_packets,
         (unsigned)lim->max_name, (unsigned)lim->max_entitlements,
-        (unsigned)max_subscriptions, (unsigned long long)max_output, bus_state) < 0 ? -1 : 0;
+        (unsigned)sl->max_subscriptions, (unsigned)sl->max_notifications,
+        (unsigned)sl->max_authorizers, (unsigned long long)max_output, bus_state) < 0 ? -1 : 0;
 }
 
 /* ---- event parsing (client side) ---- */

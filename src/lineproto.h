@@ -48,6 +48,8 @@ enum lp_error {
     LP_ERR_NO_PACKETS,
     LP_ERR_BUS_DOWN,
     LP_ERR_TOO_MANY_SUBSCRIPTIONS,
+    LP_ERR_TOO_MANY_NOTIFICATIONS,
+    LP_ERR_TOO_MANY_AUTHORIZERS,
     LP_ERR_ALREADY_SUBSCRIBED,
     LP_ERR_NOT_SUBSCRIBED,
     LP_ERR_ALREADY_NOTIFYING,
@@ -148,9 +150,16 @@ int lp_format_ok(struct evbuffer *out);
 int lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* What one session may hold, for the greeting. */
+struct lp_session_limits {
+    uint32_t max_subscriptions;
+    uint32_t max_notifications;
+    uint32_t max_authorizers;
+};
+
 /* The greeting line. */
 int lp_format_hello(struct evbuffer *out, const char *version,
-    const struct lp_limits *lim, uint32_t max_line, uint32_t max_subscriptions,
+    const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
     uint64_t max_output, const char *bus_state);
 
 /*

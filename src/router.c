@@ -25,6 +25,14 @@
  * cache; losing the bus link drops every cache (nothing stale is replayed
  * as current). A local subscriber joining an already-subscribed topic gets
  * the cache, after its +OK and before live data.
+ *
+ * Across a link drop: the remote subscriptions notifiers were told of end
+ * with the link (each notifier gets the removes); pending authorization
+ * requests stay, bounded in number and age (router.auth_pending[_age]),
+ * because the v3 distributor never asks again. The replay on the new link
+ * is a queue of topics and feeds sent in bounded batches, one per loop
+ * turn and never past the bus's high-water mark; a topic or feed dropped
+ * before its turn leaves the queue and sends nothing upstream.
  */
 #include <inttypes.h>
 #include <stdarg.h>
@@ -35,6 +43,7 @@
 
 #include <bsd/sys/queue.h>
 #include <event2/buffer.h>
+#include <event2/event.h>
 
 #include "guid.h"
 #include "log.h"
@@ -50,8 +59,9 @@
 
 /* Events bigger than this are shared by reference instead of copied. */
 #define ROUTER_SHARE_MIN 16384
-/* Authorization requests remembered (answered or not), oldest dropped. */
-#define ROUTER_MAX_PENDING 65536
+/* Upstream requests replayed per event-loop turn after a reconnect, so
+ * that other sessions are served between batches. */
+#define ROUTER_REPLAY_BATCH 256
 /* Remote subscriptions remembered for late local notifiers, all feeds. */
 #define ROUTER_MAX_REMOTES 65536
 
@@ -71,6 +81,7 @@ struct sub {
 struct role {
     struct feed *feed;
     struct client *client;
+    UT_hash_handle hh;              /* its client's notify_by/authorize_by, by feed */
     LIST_ENTRY(role) by_feed;
     LIST_ENTRY(role) by_client;
 };
@@ -85,7 +96,9 @@ struct client {
     struct sub_list subs;
     struct role_list notifies;
     struct role_list authorizes;
+    struct role *notify_by, *authorize_by;  /* the same roles, by feed pointer */
     uint32_t n_subs;
+    uint32_t n_notifies, n_authorizes;
     bool closing;                   /* released: routed to no more */
 };
 
@@ -95,6 +108,8 @@ struct topic {
     struct sub_list subs;
     uint32_t n_subs;
     struct evbuffer *cache;         /* image + deltas as DATA events; NULL: none */
+    TAILQ_ENTRY(topic) replay;      /* r->replay_topics while replay_queued */
+    bool replay_queued;             /* not yet subscribed upstream on this link */
     struct wire_str feed, name;     /* point into key, NUL-terminated */
     size_t keylen;
     char key[];                     /* feed length (4), feed, NUL, topic, NUL */
@@ -117,6 +132,7 @@ struct pending {
     TAILQ_ENTRY(pending) order;     /* r->pending_order, oldest first */
     struct feed *feed;
     bool answered;
+    uint64_t since_ms;              /* monotonic, when the bus asked */
     const uint8_t *client_id;       /* these point into key/extra */
     struct wire_str topic, user, host;
     size_t keylen;
@@ -133,6 +149,8 @@ struct feed {
     uint32_t n_notifiers, n_authorizers;
     struct remote *remotes;         /* known while it has notifiers */
     struct pending *pending;
+    TAILQ_ENTRY(feed) replay;       /* r->replay_feeds while replay_queued */
+    bool replay_queued;             /* notifiers not yet registered upstream on this link */
     struct wire_str name;           /* points into key */
     char key[];
 };
@@ -169,6 +187,11 @@ struct router {
     struct feed *feeds;
     struct pending_list pending_order;
     uint32_t n_pending;
+    TAILQ_HEAD(, topic) replay_topics;  /* the replay after a reconnect, still to send */
+    TAILQ_HEAD(, feed) replay_feeds;
+    struct event *replay_ev;        /* the next replay batch (NULL: no event base) */
+    bool replaying;
+    unsigned replayed_topics, replayed_feeds;
     uint32_t n_remotes;             /* remembered remote subscriptions */
     uint64_t n_subscriptions;       /* local (session, topic) pairs */
     uint32_t n_notify_feeds;        /* feeds we notify on upstream */
@@ -220,6 +243,15 @@ local_state_name(enum bus_state st)
     default:
         return "down";
     }
+}
+
+static uint64_t
+mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 static void *
@@ -454,10 +486,20 @@ cache_drop(struct router *r, struct topic *t)
 }
 
 static void
+topic_unqueue(struct router *r, struct topic *t)
+{
+    if (t->replay_queued) {
+        TAILQ_REMOVE(&r->replay_topics, t, replay);
+        t->replay_queued = false;
+    }
+}
+
+static void
 topic_free(struct router *r, struct topic *t)
 {
     if (r->batch_topic == t)
         batch_flush(r);
+    topic_unqueue(r, t);
     cache_drop(r, t);
     HASH_DEL(r->topics, t);
     free(t);
@@ -670,12 +712,22 @@ pending_clear(struct router *r, struct feed *f)
         pending_free(r, pd);
 }
 
+static void
+feed_unqueue(struct router *r, struct feed *f)
+{
+    if (f->replay_queued) {
+        TAILQ_REMOVE(&r->replay_feeds, f, replay);
+        f->replay_queued = false;
+    }
+}
+
 /* Forget a feed nobody local uses any more. */
 static void
 feed_maybe_free(struct router *r, struct feed *f)
 {
     if (f->n_notifiers > 0 || f->n_authorizers > 0 || f->pending != NULL)
         return;
+    feed_unqueue(r, f);
     remotes_clear(r, f);
     HASH_DEL(r->feeds, f);
     free(f);
@@ -764,7 +816,31 @@ route_notification(struct router *r, const struct wire_msg *m)
     deliver_roles(r, &f->notifiers);
 }
 
-/* Remember a request (a repeat resets it to unanswered). */
+/* Forget requests older than router.auth_pending_age. They are kept across
+ * reconnects (the v3 distributor never asks again, and takes an answer at
+ * any time), so age is what ends one nobody answers. */
+static void
+pending_expire(struct router *r)
+{
+    uint64_t now = mono_ms();
+    struct pending *pd;
+    struct feed *f;
+    unsigned n = 0;
+
+    while ((pd = TAILQ_FIRST(&r->pending_order)) != NULL &&
+        now - pd->since_ms > r->cfg.auth_pending_age_ms) {
+        f = pd->feed;
+        pending_free(r, pd);
+        feed_maybe_free(r, f);
+        n++;
+    }
+    if (n > 0)
+        log_info("%u authorization request%s older than router.auth_pending_age forgotten",
+            n, n == 1 ? "" : "s");
+}
+
+/* Remember a request (a repeat resets it to unanswered). The caller has
+ * expired old ones already, so f stays. */
 static void
 pending_add(struct router *r, struct feed *f, const struct wire_msg *m)
 {
@@ -778,7 +854,7 @@ pending_add(struct router *r, struct feed *f, const struct wire_msg *m)
     HASH_FIND(hh, f->pending, k, klen, pd);
     if (pd != NULL)
         pending_free(r, pd);    /* user/host may differ: store afresh */
-    if (r->n_pending >= ROUTER_MAX_PENDING) {
+    while (r->n_pending >= r->cfg.auth_pending) {
         struct pending *old = TAILQ_FIRST(&r->pending_order);
         struct feed *of = old->feed;
 
@@ -787,6 +863,7 @@ pending_add(struct router *r, struct feed *f, const struct wire_msg *m)
             feed_maybe_free(r, of);
     }
     pd = xcalloc(sizeof *pd + size);
+    pd->since_ms = mono_ms();
     memcpy(pd->key, m->client_id, WIRE_GUID_LEN);
     memcpy(pd->key + WIRE_GUID_LEN, m->topic.ptr, m->topic.len);
     pd->keylen = klen;
@@ -829,6 +906,7 @@ route_authreq(struct router *r, const struct wire_msg *m)
     char id[GUID_TEXT_LEN + 1];
 
     r->n.auth_requests++;
+    pending_expire(r);
     f = feed_get(r, m->feed.ptr, m->feed.len);
     pending_add(r, f, m);
     if (f->n_authorizers == 0) {
@@ -902,45 +980,136 @@ queue_flush(struct router *r)
         log_info("sent %u publishes held while the bus was down", sent);
 }
 
+static void replay_step(struct router *r);
+
+/* Continue the replay on the next loop turn (at once without a loop). */
+static void
+replay_schedule(struct router *r)
+{
+    static const struct timeval now = { 0, 0 };
+
+    if (r->replay_ev != NULL)
+        evtimer_add(r->replay_ev, &now);
+    else
+        replay_step(r);
+}
+
+/* One batch of the replay: at most ROUTER_REPLAY_BATCH requests, none past
+ * the bus's high-water mark. Subscriptions and notification requests go
+ * first, the publishes held while down after them. A timer (not an active
+ * event) carries it to the next loop turn, so sessions' I/O is polled in
+ * between; back-pressure resumes it from router_bus_drained. */
+static void
+replay_step(struct router *r)
+{
+    struct topic *t;
+    struct feed *f;
+    unsigned n = 0;
+
+    while (r->replaying && linked(r->state) && !r->congested &&
+        (r->replay_ev == NULL || n < ROUTER_REPLAY_BATCH)) {
+        if ((t = TAILQ_FIRST(&r->replay_topics)) != NULL) {
+            topic_unqueue(r, t);
+            upstream_subscription(r, t, true);
+            r->replayed_topics++;
+        } else if ((f = TAILQ_FIRST(&r->replay_feeds)) != NULL) {
+            feed_unqueue(r, f);
+            upstream_notification(r, f, true);
+            r->replayed_feeds++;
+        } else {
+            r->replaying = false;
+            if (r->replayed_topics > 0 || r->replayed_feeds > 0)
+                log_info("bus link: replayed %u subscriptions and %u notification requests",
+                    r->replayed_topics, r->replayed_feeds);
+            queue_flush(r);
+            return;
+        }
+        n++;
+    }
+    if (r->replaying && linked(r->state) && !r->congested)
+        replay_schedule(r);
+}
+
+static void
+replay_cb(evutil_socket_t fd, short what, void *arg)
+{
+    replay_step(arg);
+}
+
 /* The link came (back): tell the bus everything we want, then the queue. */
 static void
 replay_upstream(struct router *r)
 {
     struct topic *t, *ttmp;
     struct feed *f, *ftmp;
-    unsigned nt = 0, nf = 0;
 
     HASH_ITER(hh, r->topics, t, ttmp) {
-        upstream_subscription(r, t, true);
-        if (!linked(r->state))
-            return;
-        nt++;
+        TAILQ_INSERT_TAIL(&r->replay_topics, t, replay);
+        t->replay_queued = true;
     }
     HASH_ITER(hh, r->feeds, f, ftmp) {
         if (f->n_notifiers == 0)
             continue;
-        upstream_notification(r, f, true);
-        if (!linked(r->state))
-            return;
-        nf++;
+        TAILQ_INSERT_TAIL(&r->replay_feeds, f, replay);
+        f->replay_queued = true;
     }
-    if (nt > 0 || nf > 0)
-        log_info("bus link: replayed %u subscriptions and %u notification requests", nt, nf);
-    queue_flush(r);
+    r->replaying = true;
+    r->replayed_topics = r->replayed_feeds = 0;
+    replay_step(r);
 }
 
-/* The link went: what the bus told us no longer holds. */
+static void
+replay_cancel(struct router *r)
+{
+    while (!TAILQ_EMPTY(&r->replay_topics))
+        topic_unqueue(r, TAILQ_FIRST(&r->replay_topics));
+    while (!TAILQ_EMPTY(&r->replay_feeds))
+        feed_unqueue(r, TAILQ_FIRST(&r->replay_feeds));
+    if (r->replay_ev != NULL)
+        evtimer_del(r->replay_ev);
+    r->replaying = false;
+}
+
+/* Tell a feed's notifiers that the remote subscriptions they were told of
+ * are gone (the link that saw them is), as many removes as adds, so a
+ * notifier from before the drop and one from after agree. */
+static void
+remotes_end(struct router *r, struct feed *f)
+{
+    struct remote *rm, *tmp;
+    struct wire_msg m;
+
+    memset(&m, 0, sizeof m);
+    m.type = WIRE_FORWARDED_SUBSCRIPTION;
+    m.feed = f->name;
+    m.is_add = false;
+    HASH_ITER(hh, f->remotes, rm, tmp) {
+        memcpy(m.client_id, rm->client_id, WIRE_GUID_LEN);
+        m.user = rm->user;
+        m.host = rm->host;
+        m.topic = rm->topic;
+        for (uint32_t i = 0; i < rm->count; i++)
+            if (lp_format_notification(r->scratch, &m) != 0)
+                break;
+    }
+    if (evbuffer_get_length(r->scratch) > 0)
+        deliver_roles(r, &f->notifiers);
+}
+
+/* The link went: what the bus told us no longer holds. Pending
+ * authorization requests stay (see pending_expire). */
 static void
 link_lost(struct router *r)
 {
     struct topic *t, *ttmp;
     struct feed *f, *ftmp;
 
+    replay_cancel(r);
     HASH_ITER(hh, r->topics, t, ttmp)
         cache_drop(r, t);
     HASH_ITER(hh, r->feeds, f, ftmp) {
+        remotes_end(r, f);
         remotes_clear(r, f);
-        pending_clear(r, f);
         feed_maybe_free(r, f);
     }
     if (r->congested) {
@@ -958,8 +1127,6 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
     batch_flush(r);     /* events read before the change go out first */
     r->state = state;
     r->state_since = time(NULL);
-    if (linked(old) && !linked(state))
-        link_lost(r);
     if (name != r->announced) {
         r->announced = name;
         if (lp_format_bus(r->scratch, name, state == BUS_DOWN ? reason : NULL) == 0)
@@ -967,6 +1134,8 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
         else
             evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
     }
+    if (linked(old) && !linked(state))
+        link_lost(r);   /* after BUS down: the removes it sends are its consequence */
     if (!linked(old) && linked(state))
         replay_upstream(r);
 }
@@ -990,6 +1159,8 @@ router_bus_drained(struct router *r)
     r->congested = false;
     HASH_ITER(hh, r->clients, c, tmp)
         session_resume(c->s);
+    if (r->replaying)
+        replay_schedule(r);
 }
 
 static void
@@ -1076,7 +1247,9 @@ sub_remove(struct router *r, struct sub *sb)
     r->n_subscriptions--;
     free(sb);
     if (t->n_subs == 0) {
-        upstream_subscription(r, t, false);
+        /* Still waiting for the replay: never subscribed on this link. */
+        if (!t->replay_queued)
+            upstream_subscription(r, t, false);
         topic_free(r, t);
     }
 }
@@ -1088,10 +1261,16 @@ notify_remove(struct router *r, struct role *ro)
 
     LIST_REMOVE(ro, by_feed);
     LIST_REMOVE(ro, by_client);
+    HASH_DEL(ro->client->notify_by, ro);
+    ro->client->n_notifies--;
     free(ro);
     if (--f->n_notifiers == 0) {
         r->n_notify_feeds--;
-        upstream_notification(r, f, false);
+        /* Still waiting for the replay: never registered on this link. */
+        if (f->replay_queued)
+            feed_unqueue(r, f);
+        else
+            upstream_notification(r, f, false);
         remotes_clear(r, f);
         feed_maybe_free(r, f);
     }
@@ -1104,6 +1283,8 @@ authorizer_remove(struct router *r, struct role *ro)
 
     LIST_REMOVE(ro, by_feed);
     LIST_REMOVE(ro, by_client);
+    HASH_DEL(ro->client->authorize_by, ro);
+    ro->client->n_authorizes--;
     free(ro);
     if (--f->n_authorizers == 0) {
         r->n_authorizer_feeds--;
@@ -1196,15 +1377,14 @@ sub_find(struct client *c, struct topic *t)
     return NULL;
 }
 
+/* A session's role on a feed: a hash lookup, whatever its number of roles. */
 static struct role *
-role_find(struct role_list *list, const struct feed *f)
+role_find(struct role *by_feed, const struct feed *f)
 {
     struct role *ro;
 
-    LIST_FOREACH(ro, list, by_client)
-        if (ro->feed == f)
-            return ro;
-    return NULL;
+    HASH_FIND_PTR(by_feed, &f, ro);
+    return ro;
 }
 
 static void
@@ -1258,7 +1438,7 @@ cmd_unsub(struct router *r, struct client *c, const struct lp_cmd *cmd)
 
 static struct role *
 role_new(struct feed *f, struct client *c, struct role_list *feed_list,
-    struct role_list *client_list)
+    struct role_list *client_list, struct role **by_feed)
 {
     struct role *ro = xcalloc(sizeof *ro);
 
@@ -1266,6 +1446,7 @@ role_new(struct feed *f, struct client *c, struct role_list *feed_list,
     ro->client = c;
     LIST_INSERT_HEAD(feed_list, ro, by_feed);
     LIST_INSERT_HEAD(client_list, ro, by_client);
+    HASH_ADD_PTR(*by_feed, feed, ro);
     return ro;
 }
 
@@ -1285,7 +1466,8 @@ remotes_replay(struct router *r, struct feed *f, struct session *s)
         m.user = rm->user;
         m.host = rm->host;
         m.topic = rm->topic;
-        lp_format_notification(session_output(s), &m);
+        for (uint32_t i = 0; i < rm->count; i++)
+            lp_format_notification(session_output(s), &m);
     }
     if (f->remotes != NULL)
         session_flush_check(s);
@@ -1294,13 +1476,21 @@ remotes_replay(struct router *r, struct feed *f, struct session *s)
 static void
 cmd_notify(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct feed *f = feed_get(r, cmd->feed.ptr, cmd->feed.len);
+    struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
 
-    if (role_find(&c->notifies, f) != NULL) {
+    if (f != NULL && role_find(c->notify_by, f) != NULL) {
         session_reply_err(c->s, LP_ERR_ALREADY_NOTIFYING, "already notifying on this feed");
         return;
     }
-    role_new(f, c, &f->notifiers, &c->notifies);
+    if (c->n_notifies >= r->listen.max_notifications) {
+        session_reply_err(c->s, LP_ERR_TOO_MANY_NOTIFICATIONS,
+            "at most %u notified feeds per session", r->listen.max_notifications);
+        return;
+    }
+    if (f == NULL)
+        f = feed_get(r, cmd->feed.ptr, cmd->feed.len);
+    role_new(f, c, &f->notifiers, &c->notifies, &c->notify_by);
+    c->n_notifies++;
     session_reply_ok(c->s);
     if (++f->n_notifiers == 1) {
         r->n_notify_feeds++;
@@ -1314,7 +1504,7 @@ static void
 cmd_unnotify(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
     struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
-    struct role *ro = f != NULL ? role_find(&c->notifies, f) : NULL;
+    struct role *ro = f != NULL ? role_find(c->notify_by, f) : NULL;
 
     if (ro == NULL) {
         session_reply_err(c->s, LP_ERR_NOT_NOTIFYING, "not notifying on this feed");
@@ -1346,13 +1536,23 @@ pending_replay(struct feed *f, struct session *s)
 static void
 cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct feed *f = feed_get(r, cmd->feed.ptr, cmd->feed.len);
+    struct feed *f;
 
-    if (role_find(&c->authorizes, f) != NULL) {
+    pending_expire(r);
+    f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
+    if (f != NULL && role_find(c->authorize_by, f) != NULL) {
         session_reply_err(c->s, LP_ERR_ALREADY_AUTHORIZER, "already an authorizer of this feed");
         return;
     }
-    role_new(f, c, &f->authorizers, &c->authorizes);
+    if (c->n_authorizes >= r->listen.max_authorizers) {
+        session_reply_err(c->s, LP_ERR_TOO_MANY_AUTHORIZERS,
+            "at most %u authorized feeds per session", r->listen.max_authorizers);
+        return;
+    }
+    if (f == NULL)
+        f = feed_get(r, cmd->feed.ptr, cmd->feed.len);
+    role_new(f, c, &f->authorizers, &c->authorizes, &c->authorize_by);
+    c->n_authorizes++;
     if (++f->n_authorizers == 1)
         r->n_authorizer_feeds++;
     session_reply_ok(c->s);
@@ -1363,7 +1563,7 @@ static void
 cmd_unauthorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
     struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
-    struct role *ro = f != NULL ? role_find(&c->authorizes, f) : NULL;
+    struct role *ro = f != NULL ? role_find(c->authorize_by, f) : NULL;
 
     if (ro == NULL) {
         session_reply_err(c->s, LP_ERR_NOT_AUTHORIZER, "not an authorizer of this feed");
@@ -1376,13 +1576,15 @@ cmd_unauthorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
 static void
 cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
     size_t klen = WIRE_GUID_LEN + (size_t)cmd->topic.len;
     struct pending *pd = NULL;
+    struct feed *f;
     struct wire_msg m;
     char *k;
 
-    if (f == NULL || role_find(&c->authorizes, f) == NULL) {
+    pending_expire(r);
+    f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
+    if (f == NULL || role_find(c->authorize_by, f) == NULL) {
         session_reply_err(c->s, LP_ERR_NOT_AUTHORIZER,
             "AUTHORIZER this feed before answering its requests");
         return;
@@ -1393,7 +1595,8 @@ cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
     HASH_FIND(hh, f->pending, k, klen, pd);
     if (pd == NULL) {
         session_reply_err(c->s, LP_ERR_UNKNOWN_REQUEST,
-            "no authorization request from that client for that topic");
+            "no authorization request from that client for that topic (or it is older "
+            "than router.auth_pending_age)");
         return;
     }
     if (pd->answered) {
@@ -1585,12 +1788,16 @@ stats_limits(struct router *r, struct evbuffer *out)
     stat_u64(out, "limit.max_name", r->max_name);
     stat_u64(out, "limit.max_entitlements", r->max_entitlements);
     stat_u64(out, "limit.max_subscriptions", r->listen.max_subscriptions);
+    stat_u64(out, "limit.max_notifications", r->listen.max_notifications);
+    stat_u64(out, "limit.max_authorizers", r->listen.max_authorizers);
     stat_u64(out, "limit.max_output", r->listen.max_output);
     stat_u64(out, "limit.image_cache_bytes", r->cfg.image_cache_bytes);
     stat_u64(out, "limit.image_cache_total", r->cfg.image_cache_total);
     stat_u64(out, "limit.busdown_queue", r->cfg.busdown_queue);
     stat_u64(out, "limit.busdown_queue_bytes", r->cfg.busdown_queue_bytes);
     stat_u64(out, "limit.allow_empty_publish", r->cfg.allow_empty_publish);
+    stat_u64(out, "limit.auth_pending", r->cfg.auth_pending);
+    stat_u64(out, "limit.auth_pending_age_ms", r->cfg.auth_pending_age_ms);
 }
 
 static void
@@ -1600,6 +1807,7 @@ cmd_stats(struct router *r, struct client *c)
     struct client *o, *tmp;
     struct session_stats st;
 
+    pending_expire(r);
     stat_text(out, "version", PACKAGE_VERSION);
     stat_u64(out, "uptime", (uint64_t)(time(NULL) - r->started));
     stats_bus(r, out);
@@ -1701,6 +1909,10 @@ router_new(struct event_base *base, const struct config *cfg)
         return NULL;
     }
     TAILQ_INIT(&r->pending_order);
+    TAILQ_INIT(&r->replay_topics);
+    TAILQ_INIT(&r->replay_feeds);
+    if (base != NULL && (r->replay_ev = evtimer_new(base, replay_cb, r)) == NULL)
+        fatalx("out of memory (replay timer)");
     wire_msg_init(&r->qmsg);
     router_load_config(r, cfg);
     r->state = BUS_DOWN;
@@ -1742,6 +1954,7 @@ router_free(struct router *r)
         return;
     r->freeing = true;
     r->bus = NULL;
+    replay_cancel(r);
     while (r->clients != NULL)
         session_free(r->clients->s);    /* detaches itself */
     HASH_ITER(hh, r->feeds, f, ftmp) {
@@ -1756,6 +1969,8 @@ router_free(struct router *r)
     evbuffer_free(r->one);
     evbuffer_free(r->queue);
     wire_msg_free(&r->qmsg);
+    if (r->replay_ev != NULL)
+        event_free(r->replay_ev);
     free(r->key);
     free(r);
 }

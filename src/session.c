@@ -541,7 +541,8 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
         (int)peer->pid, (int)peer->uid, (int)peer->gid);
 
     lp_format_hello(session_output(s), PACKAGE_VERSION, &s->lim, s->max_line,
-        lim->max_subscriptions, s->max_output, router_bus_state_name(router));
+        &(struct lp_session_limits){ lim->max_subscriptions, lim->max_notifications,
+            lim->max_authorizers }, s->max_output, router_bus_state_name(router));
     if (!router_session_attach(router, s)) {
         log_warn("session %" PRIu64 " (pid %d): refused, listen.max_sessions %u reached",
             s->id, (int)peer->pid, lim->max_sessions);

@@ -818,10 +818,11 @@ test_format_replies(void **state)
     assert_int_equal(lp_format_bus(f->buf, "unconfirmed", ""), 0);
     BUF_IS(f->buf, "BUS unconfirmed\n");
 
-    assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536, 10000, 8388608, "up"), 0);
+    assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536,
+        &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"), 0);
     BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
         "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
-        "max_output=8388608 bus=up\n");
+        "max_notifications=1000 max_authorizers=500 max_output=8388608 bus=up\n");
 }
 
 static void

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 
 #include "bus.h"
 #include "config.h"
@@ -163,10 +164,12 @@ struct sent {
     uint32_t n_ents;
 };
 
+#define FB_SENT_MAX 4096
+
 static struct {
     enum bus_state state;
     bool congested;
-    struct sent sent[256];
+    struct sent sent[FB_SENT_MAX];
     unsigned n_sent;
 } fb;
 
@@ -187,7 +190,7 @@ bus_send(struct bus *bus, const struct wire_msg *m)
     assert_ptr_equal(bus, FAKE_BUS);
     if (fb.state != BUS_UP && fb.state != BUS_UNCONFIRMED)
         return BUS_NOT_UP;
-    assert_true(fb.n_sent < 256);
+    assert_true(fb.n_sent < FB_SENT_MAX);
     x = &fb.sent[fb.n_sent++];
     memset(x, 0, sizeof *x);
     x->type = m->type;
@@ -224,6 +227,7 @@ bus_get_stats(const struct bus *bus, struct bus_stats *st)
 
 struct fx {
     struct config cfg;
+    struct event_base *base;    /* NULL unless a test needs the event loop */
     struct router *r;
     struct session s[NSESS];
     struct lp_cmd cmd;
@@ -237,7 +241,7 @@ fx_start(struct fx *f)
     memset(&fb, 0, sizeof fb);
     fb.state = BUS_UP;
     F = f;
-    f->r = router_new(NULL, &f->cfg);
+    f->r = router_new(f->base, &f->cfg);
     assert_non_null(f->r);
     router_set_bus(f->r, FAKE_BUS);
     router_bus_state(f->r, BUS_UP, NULL);
@@ -281,8 +285,21 @@ teardown(void **state)
     }
     lp_cmd_free(&f->cmd);
     config_free(&f->cfg);
+    if (f->base != NULL)
+        event_base_free(f->base);
     free(f);
     return 0;
+}
+
+/* Start again with the config as the test changed it. */
+static void
+fx_restart(struct fx *f)
+{
+    router_free(f->r);
+    for (int i = 0; i < NSESS; i++)
+        evbuffer_free(f->s[i].out);
+    lp_cmd_free(&f->cmd);
+    fx_start(f);
 }
 
 /* Parse and run a command line (payload appended for PUB/SEND). */
@@ -902,6 +919,229 @@ test_remote_subscriptions_bounded(void **state)
         "STAT remote_subscriptions 0\n", NULL);
 }
 
+/* A link drop ends every remote subscription a notifier was told of, as
+ * many removes as adds, after BUS down; late notifiers then agree. */
+static void
+test_link_drop_ends_notifications(void **state)
+{
+    run(0, "NOTIFY N", NULL);
+    bus_fwd_sub("N", "t1", true);
+    bus_fwd_sub("N", "t1", true);
+    bus_fwd_sub("N", "t2", true);
+    run(1, "NOTIFY N", NULL);
+    expect_out(1, "+OK\nNOTIFICATION add " CID_TEXT " bob hb N t1\n"
+        "NOTIFICATION add " CID_TEXT " bob hb N t1\n"
+        "NOTIFICATION add " CID_TEXT " bob hb N t2\n");
+    free(out(0));
+    fb.state = BUS_DOWN;
+    router_bus_state(F->r, BUS_DOWN, "gone");
+    for (int i = 0; i < 2; i++)
+        expect_out(i, "BUS down gone\n"
+            "NOTIFICATION remove " CID_TEXT " bob hb N t1\n"
+            "NOTIFICATION remove " CID_TEXT " bob hb N t1\n"
+            "NOTIFICATION remove " CID_TEXT " bob hb N t2\n");
+    expect_out(2, "BUS down gone\n");
+    expect_stats(2, "STAT remote_subscriptions 0\n", NULL);
+    run(2, "NOTIFY N", NULL);
+    expect_out(2, "+OK\n");
+}
+
+/* NOTIFY and AUTHORIZER: bounded per session, found by hash, and the
+ * bookkeeping stays right through many registrations. */
+static void
+test_role_limits(void **state)
+{
+    struct fx *f = *state;
+    char line[64];
+    char *o;
+
+    f->cfg.listen.max_notifications = 3000;
+    f->cfg.listen.max_authorizers = 2;
+    fx_restart(f);
+    for (int i = 0; i < 3000; i++) {
+        snprintf(line, sizeof line, "NOTIFY g%08d", i);
+        run(0, line, NULL);
+    }
+    free(out(0));
+    assert_int_equal(fb.n_sent, 3000);
+    fb.n_sent = 0;
+    run(0, "NOTIFY extra", NULL);
+    expect_out(0, "-ERR too-many-notifications at most 3000 notified feeds per session\n");
+    run(0, "NOTIFY g00001234", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR already-notifying"));
+    free(o);
+    for (int i = 0; i < 3000; i += 2) {
+        snprintf(line, sizeof line, "UNNOTIFY g%08d", i);
+        run(0, line, NULL);
+    }
+    free(out(0));
+    expect_stats(0, "STAT notifications 1500\n", "STAT limit.max_notifications 3000\n", NULL);
+    run(0, "UNNOTIFY g00000002", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR not-notifying"));
+    free(o);
+    run(0, "NOTIFY extra", NULL);
+    expect_out(0, "+OK\n");
+    run(1, "NOTIFY g00000001", NULL);    /* another session's own limit */
+    expect_out(1, "+OK\n");
+
+    run(0, "AUTHORIZER A1", NULL);
+    run(0, "AUTHORIZER A2", NULL);
+    run(0, "AUTHORIZER A3", NULL);
+    expect_out(0, "+OK\n+OK\n-ERR too-many-authorizers at most 2 authorized feeds per "
+        "session\n");
+    run(0, "UNAUTHORIZER A1", NULL);
+    run(0, "AUTHORIZER A3", NULL);
+    run(0, "PING", NULL);
+    expect_out(0, "+OK\n+OK\nPONG\n");
+    bus_authreq("A3", "x");
+    run(0, "AUTHORIZE " CID_TEXT " A3 x not-required", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "AUTHREQ " CID_TEXT " bob hb A3 x\n+OK\n"));
+    free(o);
+    session_free(&F->s[0]);
+    expect_stats(1, "STAT notifications 1\n", "STAT authorizers 0\n", NULL);
+}
+
+/* Pending requests survive a link drop and are answered afterwards;
+ * router.auth_pending bounds them, oldest first. */
+static void
+test_pending_across_reconnect(void **state)
+{
+    struct fx *f = *state;
+    char *o;
+
+    f->cfg.router.auth_pending = 2;
+    fx_restart(f);
+    run(0, "AUTHORIZER S", NULL);
+    bus_authreq("S", "a");
+    bus_authreq("S", "b");
+    bus_authreq("S", "c");                /* pushes out "a" */
+    free(out(0));
+    fb.state = BUS_DOWN;
+    router_bus_state(F->r, BUS_DOWN, "gone");
+    run(0, "AUTHORIZE " CID_TEXT " S b not-required", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "-ERR bus-down"));
+    free(o);
+    fb.state = BUS_UP;
+    router_bus_state(F->r, BUS_UP, NULL);
+    free(out(0));
+    fb.n_sent = 0;
+    run(0, "AUTHORIZE " CID_TEXT " S b required 4", NULL);
+    run(0, "AUTHORIZE " CID_TEXT " S a required 4", NULL);
+    o = out(0);
+    assert_non_null(strstr(o, "+OK\n-ERR unknown-request"));
+    free(o);
+    assert_int_equal(fb.n_sent, 1);
+    assert_int_equal(fb.sent[0].type, WIRE_AUTHORIZATION_RESPONSE);
+    assert_string_equal(fb.sent[0].topic, "b");
+    /* A session registering after the reconnect is given what is unanswered. */
+    free(out(1));
+    run(1, "AUTHORIZER S", NULL);
+    expect_out(1, "+OK\nAUTHREQ " CID_TEXT " bob hb S c\n");
+    expect_stats(1, "STAT auth_requests_pending 2\n", "STAT limit.auth_pending 2\n", NULL);
+}
+
+static unsigned
+count_type(enum wire_type type)
+{
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < fb.n_sent; i++)
+        n += fb.sent[i].type == type;
+    return n;
+}
+
+/* Run the event loop once without waiting: one replay batch. */
+static void
+loop_once(void)
+{
+    event_base_loop(F->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+/* The replay after a reconnect goes out in bounded batches, one per loop
+ * turn, stops at the bus's high-water mark and resumes when it drains;
+ * sessions are served meanwhile; what changes during it is sent once. */
+static void
+test_replay_in_batches(void **state)
+{
+    struct fx *f = *state;
+    char line[64];
+    unsigned batches = 0, before;
+
+    f->base = event_base_new();
+    assert_non_null(f->base);
+    f->cfg.router.busdown_queue = 4;
+    fx_restart(f);
+    fb.state = BUS_DOWN;
+    router_bus_state(f->r, BUS_DOWN, "gone");
+    for (int i = 0; i < 1000; i++) {
+        snprintf(line, sizeof line, "SUB F t%04d", i);
+        run(0, line, NULL);
+    }
+    for (int i = 0; i < 300; i++) {
+        snprintf(line, sizeof line, "NOTIFY N%03d", i);
+        run(1, line, NULL);
+    }
+    run(2, "PUB F t0000 delta 1", "q");
+    for (int i = 0; i < 4; i++)
+        free(out(i));
+    fb.n_sent = 0;
+    fb.state = BUS_UP;
+    router_bus_state(f->r, BUS_UP, NULL);
+    /* One batch at once; the rest waits for the loop. */
+    assert_true(fb.n_sent > 0 && fb.n_sent <= 256);
+    run(3, "PING x", NULL);
+    expect_out(3, "BUS up\nPONG x\n");
+    /* Changes meanwhile: a topic not replayed yet is given up (nothing goes
+     * upstream for it), a new one is subscribed at once. */
+    run(0, "UNSUB F t0999", NULL);
+    run(2, "SUB F new", NULL);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "t0999", false), 0);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "new", true), 1);
+    /* Back-pressure stops it ... */
+    fb.congested = true;
+    before = fb.n_sent;
+    loop_once();
+    assert_int_equal(fb.n_sent, before + 1);
+    loop_once();
+    assert_int_equal(fb.n_sent, before + 1);
+    assert_true(F->s[4].paused);
+    /* ... and draining resumes it. */
+    fb.congested = false;
+    router_bus_drained(f->r);
+    while (count_type(WIRE_MULTICAST_DATA) == 0 && batches < 100) {
+        before = fb.n_sent;
+        loop_once();
+        assert_true(fb.n_sent - before <= 256);
+        batches++;
+    }
+    assert_true(batches >= 4);
+    for (int i = 0; i < 999; i++) {
+        snprintf(line, sizeof line, "t%04d", i);
+        assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", line, true), 1);
+    }
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "t0999", true), 0);
+    assert_int_equal(count_type(WIRE_SUBSCRIPTION_REQUEST), 1000);
+    assert_int_equal(count_type(WIRE_NOTIFICATION_REQUEST), 300);
+    /* The publish held while down goes last. */
+    assert_int_equal(fb.sent[fb.n_sent - 1].type, WIRE_MULTICAST_DATA);
+    loop_once();
+    assert_int_equal(count_type(WIRE_SUBSCRIPTION_REQUEST), 1000);
+    /* A drop in the middle of a replay cancels the rest. */
+    fb.state = BUS_DOWN;
+    router_bus_state(f->r, BUS_DOWN, "again");
+    fb.n_sent = 0;
+    fb.state = BUS_UP;
+    router_bus_state(f->r, BUS_UP, NULL);
+    fb.state = BUS_DOWN;
+    router_bus_state(f->r, BUS_DOWN, "and again");
+    loop_once();
+    assert_true(fb.n_sent <= 256);
+}
+
 int
 main(void)
 {
@@ -925,6 +1165,10 @@ main(void)
         cmocka_unit_test_setup_teardown(test_batched_delivery, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_cache_total, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_subscriptions_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_link_drop_ends_notifications, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_role_limits, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_across_reconnect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_in_batches, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
