@@ -322,6 +322,7 @@ bus_cfg_needs_reconnect(const struct config_bus *a, const struct config_bus *b)
         !same_str(a->impersonating, b->impersonating) ||
         !same_str(a->forwarded_for, b->forwarded_for) ||
         a->forwarded_for_host != b->forwarded_for_host ||
+        a->protocol != b->protocol || !same_str(a->application, b->application) ||
         /* the heartbeat subscription is made at connect time */
         (a->heartbeat_timeout_ms == 0) != (b->heartbeat_timeout_ms == 0);
 }
@@ -724,8 +725,9 @@ bus_send_auth(struct bus *bus, char *err, size_t errlen)
 {
     const struct config_bus *c = &bus->cfg;
     struct credentials cr;
-    struct wire_auth a = { .method = WIRE_AUTH_NONE };
-    char host[256];
+    struct wire_auth a = { .method = WIRE_AUTH_NONE, .version = bus->cfg.protocol };
+    char host[256], app[300];
+    const char *cause = NULL;
     int r = -1;
 
     memset(&cr, 0, sizeof cr);
@@ -761,10 +763,16 @@ bus_send_auth(struct bus *bus, char *err, size_t errlen)
     }
     a.impersonating = c->impersonating;
     a.forwarded_for = c->forwarded_for;
-    if (a.forwarded_for == NULL && c->forwarded_for_host &&
-        gethostname(host, sizeof host) == 0) {
-        host[sizeof host - 1] = '\0';
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    if (a.forwarded_for == NULL && c->forwarded_for_host)
         a.forwarded_for = host;
+    snprintf(app, sizeof app, "busgate@%s", host);
+    a.application = c->application != NULL ? c->application : app;
+    if (wire_auth_check(&a, &cause) != 0) {
+        snprintf(err, errlen, "%s (bus.protocol %d)", cause, c->protocol);
+        goto out;
     }
     if (send_auth(bus, &a) != 0) {
         snprintf(err, errlen, "cannot encode the credentials (too long?)");
@@ -821,6 +829,7 @@ bus_read(struct bufferevent *bev, void *arg)
 
     bus->last_rx_ms = now_ms();
     bus->rx_any = true;
+    bus->msg.version = bus->cfg.protocol;   /* decode at the configured protocol */
     if (!bus->cfg.tls.enabled)
         sockread_more(bev, 1 << 20);
     for (;;) {
@@ -1339,6 +1348,16 @@ bus_queued(const struct bus *bus)
     return n;
 }
 
+/* msg at the configured bus protocol, whatever version it was built at. */
+static int
+bus_encode(struct evbuffer *out, const struct config_bus *c, const struct wire_msg *msg)
+{
+    struct wire_msg at = *msg;
+
+    at.version = c->protocol;
+    return wire_encode(out, &at);
+}
+
 enum bus_send_result
 bus_send(struct bus *bus, const struct wire_msg *msg)
 {
@@ -1352,7 +1371,7 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     out = hold ? bus->held : bufferevent_get_output(bus->bev);
     before = evbuffer_get_length(out);
     /* wire_encode appends all of the message or nothing */
-    if (wire_encode(out, msg) != 0)
+    if (bus_encode(out, &bus->cfg, msg) != 0)
         return BUS_ENCODE_ERROR;
     after = evbuffer_get_length(out);
     bus->st.msgs_out++;

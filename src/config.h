@@ -40,6 +40,8 @@ enum config_auth {
 struct config_bus {
     char *host;
     uint16_t port;                  /* default 9091 */
+    int protocol;                   /* bus protocol 3, 4, 5 (= 4) or 6 */
+    char *application;              /* sent from 4 on; NULL: busgate@<host> */
     struct config_tls tls;
     enum config_auth auth;
     char *credentials_file;         /* INI, [bus] username/password/token */
