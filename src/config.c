@@ -164,6 +164,7 @@ static const struct opt opts[] = {
     NUM("router.busdown_queue", K_COUNT, router.busdown_queue, 0, 0, 10000000),
     NUM("router.busdown_queue_bytes", K_SIZE, router.busdown_queue_bytes, 16 * MIB, 1, SIZE_CAP),
     BOOL("router.allow_empty_publish", router.allow_empty_publish, 0),
+    STR("router.image_content_types", router.image_content_types, NULL, 4096),
 
     SECTION("log"),
     ENUM("log.level", log.level, LOG_INFO, level_names),

@@ -78,6 +78,7 @@ struct config_router {
     uint32_t busdown_queue;     /* publishes/sends held while the bus is down; 0: refuse */
     size_t busdown_queue_bytes;
     bool allow_empty_publish;   /* let a PUB/SEND with zero packets through */
+    char *image_content_types;  /* bus protocol 6: comma list of image types */
 };
 
 struct config_log {

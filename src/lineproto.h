@@ -70,6 +70,7 @@ struct lp_limits {
     uint32_t max_payload;   /* sum of packet lengths */
     uint32_t max_packets;
     uint32_t max_entitlements;
+    uint32_t bus_protocol;  /* the bus's; PUB/SEND "type=" needs 6; 0: any */
 };
 
 /* A decoded (unescaped) name; ptr is NUL-terminated, owned by the cmd. */
@@ -89,6 +90,7 @@ struct lp_cmd {
     struct lp_name topic;
     uint8_t client_id[WIRE_GUID_LEN];   /* SEND, AUTHORIZE (wire order) */
     bool is_image;                      /* PUB, SEND */
+    struct lp_name content_type;        /* PUB, SEND: "type=" token, "" if none */
     bool required;                      /* AUTHORIZE */
     bool on;                            /* VERBOSE */
     struct wire_ints entitlements;      /* AUTHORIZE */
@@ -130,8 +132,9 @@ int lp_put_name(struct evbuffer *out, const char *ptr, size_t len);
 
 /*
  * Append the DATA event for a ForwardedMulticastData / ForwardedUnicastData
- * (line + payload block). Formatted once per bus message and shared by
- * every receiving session.
+ * (line + payload block), with "type=<content type>" when m carries a
+ * non-empty one (bus protocol 6). Formatted once per bus message and shared
+ * by every receiving session.
  */
 int lp_format_data(struct evbuffer *out, const struct wire_msg *m);
 
@@ -148,7 +151,7 @@ int lp_format_ok(struct evbuffer *out);
 int lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The greeting line. */
+/* The greeting line (bus_protocol=lim->bus_protocol at its end). */
 int lp_format_hello(struct evbuffer *out, const char *version,
     const struct lp_limits *lim, uint32_t max_line, uint32_t max_subscriptions,
     uint64_t max_output, const char *bus_state);
@@ -169,6 +172,7 @@ struct lp_event {
     uint8_t client_id[WIRE_GUID_LEN];
     bool is_image;
     bool is_unicast;
+    struct lp_name content_type;        /* DATA: "type=" token, "" if none */
     bool is_add;
     struct wire_packet *packets;
     uint32_t n_packets;

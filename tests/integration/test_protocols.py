@@ -111,6 +111,128 @@ class LoginTest(ProtocolCase):
         self.check_token(6)
 
 
+class VerbsTest(ProtocolCase):
+    """Every verb of the line protocol through the daemon at 3, 4 and 6; at
+    6 with content types on PUB, SEND and DATA."""
+
+    def check_verbs(self, protocol):
+        ct = protocol >= 6
+        bus = self.bus(protocol, feeds={"secure": {"authorization_required": True}})
+        gw = self.gateway(bus, protocol)
+        gw.wait_log(r"bus: up")
+        a, b, c = gw.session(), gw.session(), gw.session()
+        for s in (a, b, c):
+            self.addCleanup(s.close)
+        self.assertIn(" bus_protocol=%d" % protocol, a.hello.line)
+        typed = lambda t: (" type=" + t) if ct else ""
+        # NOTIFY, SUB: the gateway's own subscription is notified, with its id
+        self.assertEqual(a.cmd("NOTIFY prices"), "+OK")
+        self.assertEqual(a.cmd("SUB prices AAPL"), "+OK")
+        gwid = a.expect("NOTIFICATION").args[1]
+        # PUB, with a content type at 6
+        self.assertEqual(b.cmd("PUB prices AAPL delta%s 5" % typed("application/json"),
+                               b"hello"), "+OK")
+        d = a.expect("DATA")
+        self.assertEqual((d.data_fields()["packets"], d.content_type()),
+                         ([(None, b"hello")], "application/json" if ct else None))
+        # SEND to the gateway's id: unicast
+        self.assertEqual(b.cmd("SEND %s prices AAPL image%s 3" % (gwid, typed("img")),
+                               b"abc"), "+OK")
+        d = a.expect("DATA", lambda e: e.words[6] == "unicast")
+        self.assertEqual((d.words[5], d.content_type()), ("image", "img" if ct else None))
+        self.assertEqual(a.cmd("UNNOTIFY prices"), "+OK")
+        # AUTHORIZER, AUTHORIZE, UNAUTHORIZER
+        self.assertEqual(c.cmd("AUTHORIZER secure"), "+OK")
+        self.assertEqual(b.cmd("SUB secure T"), "+OK")
+        req = c.expect("AUTHREQ")
+        self.assertEqual(c.cmd("AUTHORIZE %s secure T not-required" % req.args[0]), "+OK")
+        self.assertEqual(c.cmd("UNAUTHORIZER secure"), "+OK")
+        self.assertEqual(a.cmd("PUB secure T delta 1", b"x"), "+OK")
+        self.assertEqual(b.expect("DATA").data_fields()["packets"], [(None, b"x")])
+        # PING, STATS, VERBOSE, UNSUB, QUIT
+        a.send("PING p%d\n" % protocol)
+        self.assertEqual(a.reply(), "PONG p%d" % protocol)
+        self.assertGreaterEqual(int(a.stats()["data_in"]), 3)
+        a.send("VERBOSE off\nUNSUB prices AAPL\nVERBOSE on\n")
+        self.assertEqual((a.reply(), a.reply()), ("+OK", "+OK"))  # the two VERBOSEs
+        self.assertTrue(a.cmd("UNSUB prices AAPL").startswith("-ERR not-subscribed"))
+        self.assertEqual(a.cmd("QUIT"), "+OK")
+        # a content type cannot be sent below 6
+        reply = b.cmd("PUB prices AAPL image type=t 1", b"z")
+        if ct:
+            self.assertEqual(reply, "+OK")
+        else:
+            self.assertEqual(reply, "-ERR syntax type= needs bus protocol 6; the bus "
+                             "speaks %d, which has only image or delta" % protocol)
+        self.assertEqual(b.cmd("PING"), "PONG")   # the payload was skipped
+
+    def test_verbs_at_3(self):
+        self.check_verbs(3)
+
+    def test_verbs_at_4(self):
+        self.check_verbs(4)
+
+    def test_verbs_at_6(self):
+        self.check_verbs(6)
+
+
+class ContentTypeCacheTest(ProtocolCase):
+    """At 6 the image cache does not depend on a flag: a unicast (selectfeed)
+    image and a configured image content type are images, the rest deltas."""
+
+    def test_late_joiner_at_6(self):
+        bus = self.bus(6)
+        gw = self.gateway(bus, 6, start=False)
+        gw.overrides["router"] = {"image_content_types": "image/x-snap, application/x-image"}
+        gw.write_config()
+        gw.start()
+        gw.wait_log(r"bus: up")
+        a, b, c = gw.session(), gw.session(), gw.session()
+        for s in (a, b, c):
+            self.addCleanup(s.close)
+        self.assertEqual(a.cmd("NOTIFY sel"), "+OK")
+        self.assertEqual(a.cmd("SUB sel T"), "+OK")
+        gwid = a.expect("NOTIFICATION").args[1]
+        # an image flag without a content type is a delta at 6: nothing cached
+        self.assertEqual(b.cmd("PUB sel T image 2", b"d0"), "+OK")
+        self.assertEqual(a.expect("DATA").words[5], "delta")
+        self.assertEqual(c.cmd("SUB sel T"), "+OK")
+        self.assertEqual(c.cmd("UNSUB sel T"), "+OK")   # no DATA came before +OK
+        # the selectfeed image: a unicast is an image whatever its type
+        self.assertEqual(b.cmd("SEND %s sel T delta type=text/csv 2" % gwid, b"i1"), "+OK")
+        self.assertEqual(a.expect("DATA").words[5:7], ["image", "unicast"])
+        self.assertEqual(b.cmd("PUB sel T delta type=text/csv 2", b"d1"), "+OK")
+        a.expect("DATA")
+        self.assertEqual(c.cmd("SUB sel T"), "+OK")
+        got = [c.expect("DATA") for _ in range(2)]
+        self.assertEqual([(e.words[5], e.payloads) for e in got],
+                         [("image", [b"i1"]), ("delta", [b"d1"])])
+        self.assertEqual([e.content_type() for e in got], ["text/csv", "text/csv"])
+        # a configured image type replaces the cache
+        self.assertEqual(b.cmd("PUB sel T image type=application/x-image 2", b"i2"), "+OK")
+        self.assertEqual(c.expect("DATA").words[5], "image")
+        self.assertEqual(a.cmd("UNSUB sel T"), "+OK")
+        self.assertEqual(a.cmd("SUB sel T"), "+OK")
+        e = a.expect("DATA")
+        self.assertEqual((e.words[5], e.payloads, e.content_type()),
+                         ("image", [b"i2"], "application/x-image"))
+
+    def test_stale_at_6(self):
+        bus = self.bus(6)
+        gw = self.gateway(bus, 6)
+        gw.wait_log(r"bus: up")
+        a = gw.session()
+        self.addCleanup(a.close)
+        self.assertEqual(a.cmd("SUB st T"), "+OK")
+        p = bus.client("gw")
+        self.addCleanup(p.close)
+        p.publish("st", "T", [(None, b"v")], content_type="text/plain")
+        self.assertEqual(a.expect("DATA").content_type(), "text/plain")
+        p.close()
+        e = a.expect("DATA")
+        self.assertEqual(e.line, 'DATA st T "" "" image multicast')
+
+
 class SemicolonTest(ProtocolCase):
 
     def check_refused(self, gw, pattern):
