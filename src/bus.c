@@ -112,6 +112,11 @@ struct bus {
     uint64_t up_since_ms;
     uint64_t last_rx_ms;
     bool rx_any;                /* something arrived on this link */
+    bool hb_any;                /* a heartbeat arrived on this link */
+    bool hb_warned;             /* "traffic but no heartbeat" said for this link */
+    const char *hb_state;       /* for STATS: see struct bus_stats */
+    bool mismatch_hinted;       /* the protocol mismatch hint is logged once */
+    uint64_t msgs_at_login;     /* st.msgs_in when this link logged in */
     bool pressure;              /* output passed the high-water mark */
 
     struct event *retry_timer;    /* DOWN: the next attempt */
@@ -818,6 +823,26 @@ bus_is_heartbeat(const struct bus *bus, const struct wire_msg *m)
         wire_str_is(&m->feed, HEARTBEAT_FEED) && wire_str_is(&m->topic, HEARTBEAT_TOPIC);
 }
 
+/* Decode errors this early on a link fit a wrong bus.protocol. */
+#define BUS_MISMATCH_WINDOW 8
+
+/*
+ * The distributor has no version handshake: a wrong bus.protocol shows
+ * only as a silent or closed login, or as garbage in the first messages.
+ * Say so once, with the fix, when one of those happens.
+ */
+static void
+bus_hint_mismatch(struct bus *bus, const char *sign)
+{
+    if (bus->mismatch_hinted)
+        return;
+    bus->mismatch_hinted = true;
+    log_warn("bus: possible bus protocol mismatch (bus.protocol=%d): %s. The "
+        "distributor cannot say which protocol it speaks; if its version differs, "
+        "set bus.protocol to 3 (distributor 3.x), 4 (4.0.0 to 5.x) or 6 "
+        "(6.0.0-alpha.6 and later)", bus->cfg.protocol, sign);
+}
+
 static void
 bus_read(struct bufferevent *bev, void *arg)
 {
@@ -841,6 +866,9 @@ bus_read(struct bufferevent *bev, void *arg)
             return;
         case WIRE_ERROR:
             bus->st.protocol_errors++;
+            if (bus->st.msgs_in - bus->msgs_at_login < BUS_MISMATCH_WINDOW)
+                bus_hint_mismatch(bus, "a message among the first the distributor "
+                    "sent could not be decoded");
             log_msg(LOG_ERR, NULL, "bus: protocol error: %s (after %llu messages)",
                 cause != NULL ? cause : "invalid message",
                 (unsigned long long)bus->st.msgs_in);
@@ -860,6 +888,8 @@ bus_read(struct bufferevent *bev, void *arg)
         }
         if (bus_is_heartbeat(bus, &bus->msg)) {
             bus->st.heartbeats_in++;
+            bus->hb_any = true;
+            bus->hb_state = "receiving";
             continue;
         }
         if (bus->cb.on_message != NULL)
@@ -936,9 +966,11 @@ bus_link_event(struct bufferevent *bev, short events, void *arg)
         snprintf(reason, sizeof reason, "probable authentication failure (%s)", bus->auth_desc);
     else
         snprintf(reason, sizeof reason, "%s", why);
-    if (auth_failure)
+    if (auth_failure) {
         log_debug("bus: link closed %llu ms after login: %s",
             (unsigned long long)(now_ms() - bus->auth_sent_ms), why);
+        bus_hint_mismatch(bus, "the distributor closed the link right after the login");
+    }
     bus_link_failed(bus, reason, auth_failure);
 }
 
@@ -948,10 +980,21 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
     struct bus *bus = arg;
     uint32_t timeout = bus->cfg.heartbeat_timeout_ms;
     uint64_t idle = now_ms() - bus->last_rx_ms;
-    char reason[128], d[32];
+    char reason[256], d[32];
 
     if (timeout == 0)
         return;
+    fmt_duration(timeout, d, sizeof d);
+    if (bus->rx_any && !bus->hb_any && !bus->hb_warned &&
+        now_ms() - bus->auth_sent_ms >= timeout) {
+        /* Traffic proves the login; only the heartbeat is missing. */
+        bus->hb_warned = true;
+        bus->hb_state = "none-received";
+        log_warn("bus: no heartbeat received in %s although the link carries traffic "
+            "(so the login worked): check that the distributor has a heartbeat "
+            "interval and, at bus.protocol 6 with authorization on (distributor-wide "
+            "there), that an authorizer grants __admin__/heartbeat", d);
+    }
     if (idle < timeout) {
         timer_arm(bus->watchdog, timeout - idle);
         return;
@@ -959,9 +1002,16 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
     bus->st.heartbeat_timeouts++;
     if (!bus->rx_any) {
         snprintf(reason, sizeof reason, "no heartbeat: not authenticated or dead");
+        bus_hint_mismatch(bus, "nothing came back after the login");
+    } else if (!bus->hb_any) {
+        bus->hb_state = "none-received";
+        snprintf(reason, sizeof reason, "no heartbeat within %s, and none ever received "
+            "on this link: check the distributor's heartbeat interval and (bus.protocol 6) "
+            "an authorizer for __admin__/heartbeat", d);
     } else {
-        fmt_duration(timeout, d, sizeof d);
-        snprintf(reason, sizeof reason, "no heartbeat within %s", d);
+        bus->hb_state = "stopped";
+        snprintf(reason, sizeof reason, "no heartbeat within %s: heartbeats stopped "
+            "(check the distributor and the network path)", d);
     }
     bus_link_failed(bus, reason, false);
 }
@@ -1001,6 +1051,9 @@ bus_link_established(struct bus *bus)
     }
     bus->auth_sent_ms = bus->last_rx_ms = now_ms();
     bus->rx_any = false;
+    bus->hb_any = bus->hb_warned = false;
+    bus->msgs_at_login = bus->st.msgs_in;
+    bus->hb_state = bus->cfg.heartbeat_timeout_ms > 0 ? "waiting" : "off";
     if (bus->cfg.heartbeat_timeout_ms > 0) {
         if (bus_subscribe_heartbeat(bus) != 0) {
             bus_link_failed(bus, "cannot queue the heartbeat subscription", false);
@@ -1400,6 +1453,7 @@ bus_get_stats(const struct bus *bus, struct bus_stats *st)
 {
     *st = bus->st;
     st->output_queued = bus_queued(bus);
+    st->heartbeat = bus->hb_state != NULL ? bus->hb_state : "off";
 }
 
 int

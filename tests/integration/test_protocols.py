@@ -9,6 +9,7 @@ refused at 4 with a clear error before anything is sent.
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from gwtest import BUSGATED, Gateway, TestBus, tempdir  # noqa: E402
+from gwtest import BUSGATED, Gateway, TestBus, tempdir, wait_until  # noqa: E402
 from control import DEFAULT_JWT_SECRET, make_jwt  # noqa: E402
 
 HB = 0.1
@@ -231,6 +232,93 @@ class ContentTypeCacheTest(ProtocolCase):
         p.close()
         e = a.expect("DATA")
         self.assertEqual(e.line, 'DATA st T "" "" image multicast')
+
+
+class MismatchTest(ProtocolCase):
+    """A wrong bus.protocol fails silently or with garbage: the daemon says
+    "possible bus protocol mismatch (bus.protocol=N)" once, with the fix."""
+
+    HINT = r"possible bus protocol mismatch \(bus\.protocol=%d\)"
+
+    def check_hint_once(self, gw, protocol, sign):
+        gw.wait_log(self.HINT % protocol + r": " + sign)
+        self.assertRegex(gw.log(), r"set bus\.protocol to 3 \(distributor 3\.x\), "
+                                   r"4 \(4\.0\.0 to 5\.x\) or 6")
+        # it keeps retrying, and says it once
+        wait_until(lambda: len(re.findall(r"bus: connecting to", gw.log())) >= 3,
+                   what="two reconnections")
+        self.assertEqual(len(re.findall(self.HINT % protocol, gw.log())), 1)
+
+    def test_gateway_3_bus_4_login_closed(self):
+        bus = self.bus(4)
+        gw = self.gateway(bus, 3)
+        self.check_hint_once(gw, 3, "the distributor closed the link right after the login")
+        self.assertIn("without '='", self.login(bus)["reason"])
+
+    def test_gateway_4_bus_3_login_silent(self):
+        # the real v3 distributor leaves a failed login open and silent
+        bus = self.bus(3, defects=["silent-login"])
+        gw = self.gateway(bus, 4, {"heartbeat": {"timeout": "300ms"}})
+        gw.wait_log(r"no heartbeat: not authenticated or dead")
+        self.check_hint_once(gw, 4, "nothing came back after the login")
+
+    def test_gateway_6_bus_4_garbage(self):
+        bus = self.bus(4)
+        gw = self.gateway(bus, 6)
+        gw.wait_log(r"bus: protocol error: .*contentType")
+        self.check_hint_once(gw, 6, "a message among the first the distributor "
+                                    "sent could not be decoded")
+
+    def test_gateway_4_bus_6_garbage(self):
+        bus = self.bus(6)
+        gw = self.gateway(bus, 4)
+        self.check_hint_once(gw, 4, "a message among the first the distributor "
+                                    "sent could not be decoded")
+
+    def test_no_hint_when_the_protocol_matches(self):
+        bus = self.bus(4)
+        gw = self.gateway(bus, 4)
+        self.roundtrip(gw)
+        self.assertNotRegex(gw.log(), r"possible bus protocol mismatch")
+
+
+class HeartbeatTest(ProtocolCase):
+    """v6 authorization is distributor-wide: with no authorizer for
+    __admin__ the heartbeat subscription is never added. Traffic still
+    flows, so the daemon says "none received" (not "stopped") and what to
+    check, in its log and in STATS bus_heartbeat."""
+
+    def test_receiving(self):
+        bus = self.bus(6)
+        gw = self.gateway(bus, 6)
+        gw.wait_log(r"bus: up")
+        s = gw.session()
+        self.addCleanup(s.close)
+        wait_until(lambda: s.stats()["bus_heartbeat"] == "receiving",
+                   what="heartbeats counted")
+
+    def test_none_received_while_traffic_flows(self):
+        bus = self.bus(6, feeds={"__admin__": {"authorization_required": True}})
+        gw = self.gateway(bus, 6, {"heartbeat": {"timeout": "500ms"}})
+        s = gw.session()
+        self.addCleanup(s.close)
+        self.assertEqual(s.cmd("SUB F T"), "+OK")
+        p = bus.client("gw")
+        self.addCleanup(p.close)
+        rx = re.compile(r"no heartbeat received in 500ms although the link carries "
+                        r"traffic \(so the login worked\): check that the distributor "
+                        r"has a heartbeat interval and, at bus\.protocol 6 with "
+                        r"authorization on .* an authorizer grants __admin__/heartbeat")
+
+        def published():
+            p.publish("F", "T", [(None, b"tick")], content_type="t")
+            s.expect("DATA")
+            return rx.search(gw.log())
+        wait_until(published, what="the no-heartbeat warning")
+        st = s.stats()
+        self.assertEqual((st["bus_heartbeat"], st["bus_heartbeats_in"], st["bus_state"]),
+                         ("none-received", "0", "up"))
+        self.assertNotRegex(gw.log(), r"heartbeats stopped")
 
 
 class SemicolonTest(ProtocolCase):
