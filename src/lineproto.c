@@ -1127,11 +1127,11 @@ lp_format_hello(struct evbuffer *out, const char *version,
 {
     return evbuffer_add_printf(out, "HELLO busgate %s proto=%d max_line=%u "
         "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
-        "max_subscriptions=%u max_output=%llu bus=%s bus_protocol=%u\n", version,
+        "max_subscriptions=%u max_output=%llu bus_protocol=%u bus=%s\n", version,
         LP_PROTOCOL_VERSION, (unsigned)max_line, (unsigned)lim->max_payload,
         (unsigned)lim->max_packets, (unsigned)lim->max_name,
         (unsigned)lim->max_entitlements, (unsigned)max_subscriptions,
-        (unsigned long long)max_output, bus_state, (unsigned)lim->bus_protocol) < 0 ? -1 : 0;
+        (unsigned long long)max_output, (unsigned)lim->bus_protocol, bus_state) < 0 ? -1 : 0;
 }
 
 /* ---- event parsing (client side) ---- */

@@ -151,7 +151,7 @@ int lp_format_ok(struct evbuffer *out);
 int lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The greeting line (bus_protocol=lim->bus_protocol at its end). */
+/* The greeting line (bus_protocol=lim->bus_protocol before bus=). */
 int lp_format_hello(struct evbuffer *out, const char *version,
     const struct lp_limits *lim, uint32_t max_line, uint32_t max_subscriptions,
     uint64_t max_output, const char *bus_state);

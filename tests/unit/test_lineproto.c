@@ -903,12 +903,12 @@ test_format_replies(void **state)
     assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536, 10000, 8388608, "up"), 0);
     BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
         "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
-        "max_output=8388608 bus=up bus_protocol=0\n");
+        "max_output=8388608 bus_protocol=0 bus=up\n");
     l.bus_protocol = 6;
     assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536, 10000, 8388608, "up"), 0);
     BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
         "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
-        "max_output=8388608 bus=up bus_protocol=6\n");
+        "max_output=8388608 bus_protocol=6 bus=up\n");
 }
 
 static void
