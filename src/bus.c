@@ -115,6 +115,11 @@ struct bus {
     uint64_t up_since_ms;
     uint64_t last_rx_ms;
     bool rx_any;                /* something arrived on this link */
+    bool hb_any;                /* a heartbeat arrived on this link */
+    bool hb_warned;             /* "traffic but no heartbeat" said for this link */
+    const char *hb_state;       /* for STATS: see struct bus_stats */
+    bool mismatch_hinted;       /* the protocol mismatch hint is logged once */
+    uint64_t msgs_at_login;     /* st.msgs_in when this link logged in */
     bool pressure;              /* output passed the high-water mark */
 
     struct event *retry_timer;    /* DOWN: the next attempt */
@@ -335,6 +340,7 @@ bus_cfg_needs_reconnect(const struct config_bus *a, const struct config_bus *b)
         !same_str(a->impersonating, b->impersonating) ||
         !same_str(a->forwarded_for, b->forwarded_for) ||
         a->forwarded_for_host != b->forwarded_for_host ||
+        a->protocol != b->protocol || !same_str(a->application, b->application) ||
         /* the heartbeat subscription is made at connect time */
         (a->heartbeat_timeout_ms == 0) != (b->heartbeat_timeout_ms == 0);
 }
@@ -802,8 +808,9 @@ bus_send_auth(struct bus *bus, char *err, size_t errlen)
 {
     const struct config_bus *c = &bus->cfg;
     struct credentials cr;
-    struct wire_auth a = { .method = WIRE_AUTH_NONE };
-    char host[256];
+    struct wire_auth a = { .method = WIRE_AUTH_NONE, .version = bus->cfg.protocol };
+    char host[256], app[300];
+    const char *cause = NULL;
     int r = -1;
 
     memset(&cr, 0, sizeof cr);
@@ -839,10 +846,16 @@ bus_send_auth(struct bus *bus, char *err, size_t errlen)
     }
     a.impersonating = c->impersonating;
     a.forwarded_for = c->forwarded_for;
-    if (a.forwarded_for == NULL && c->forwarded_for_host &&
-        gethostname(host, sizeof host) == 0) {
-        host[sizeof host - 1] = '\0';
+    if (gethostname(host, sizeof host) != 0)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    if (a.forwarded_for == NULL && c->forwarded_for_host)
         a.forwarded_for = host;
+    snprintf(app, sizeof app, "busgate@%s", host);
+    a.application = c->application != NULL ? c->application : app;
+    if (wire_auth_check(&a, &cause) != 0) {
+        snprintf(err, errlen, "%s (bus.protocol %d)", cause, c->protocol);
+        goto out;
     }
     if (send_auth(bus, &a) != 0) {
         snprintf(err, errlen, "cannot encode the credentials (too long?)");
@@ -891,6 +904,26 @@ bus_is_heartbeat(const struct bus *bus, const struct wire_msg *m)
         wire_str_is(&m->feed, HEARTBEAT_FEED) && wire_str_is(&m->topic, HEARTBEAT_TOPIC);
 }
 
+/* Decode errors this early on a link fit a wrong bus.protocol. */
+#define BUS_MISMATCH_WINDOW 8
+
+/*
+ * The distributor has no version handshake: a wrong bus.protocol shows
+ * only as a silent or closed login, or as garbage in the first messages.
+ * Say so once, with the fix, when one of those happens.
+ */
+static void
+bus_hint_mismatch(struct bus *bus, const char *sign)
+{
+    if (bus->mismatch_hinted)
+        return;
+    bus->mismatch_hinted = true;
+    log_warn("bus: possible bus protocol mismatch (bus.protocol=%d): %s. The "
+        "distributor cannot say which protocol it speaks; if its version differs, "
+        "set bus.protocol to 3 (distributor 3.x), 4 (4.0.0 to 5.x) or 6 "
+        "(6.0.0-alpha.6 and later)", bus->cfg.protocol, sign);
+}
+
 static void
 bus_read(struct bufferevent *bev, void *arg)
 {
@@ -902,6 +935,7 @@ bus_read(struct bufferevent *bev, void *arg)
 
     bus->last_rx_ms = now_ms();
     bus->rx_any = true;
+    bus->msg.version = bus->cfg.protocol;   /* decode at the configured protocol */
     if (!bus->cfg.tls.enabled)
         sockread_more(bev, 1 << 20);
     for (;;) {
@@ -913,6 +947,9 @@ bus_read(struct bufferevent *bev, void *arg)
             return;
         case WIRE_ERROR:
             bus->st.protocol_errors++;
+            if (bus->st.msgs_in - bus->msgs_at_login < BUS_MISMATCH_WINDOW)
+                bus_hint_mismatch(bus, "a message among the first the distributor "
+                    "sent could not be decoded");
             log_msg(LOG_ERR, NULL, "bus: protocol error: %s (after %llu messages)",
                 cause != NULL ? cause : "invalid message",
                 (unsigned long long)bus->st.msgs_in);
@@ -932,6 +969,8 @@ bus_read(struct bufferevent *bev, void *arg)
         }
         if (bus_is_heartbeat(bus, &bus->msg)) {
             bus->st.heartbeats_in++;
+            bus->hb_any = true;
+            bus->hb_state = "receiving";
             continue;
         }
         if (bus->cb.on_message != NULL)
@@ -1008,9 +1047,11 @@ bus_link_event(struct bufferevent *bev, short events, void *arg)
         snprintf(reason, sizeof reason, "probable authentication failure (%s)", bus->auth_desc);
     else
         snprintf(reason, sizeof reason, "%s", why);
-    if (auth_failure)
+    if (auth_failure) {
         log_debug("bus: link closed %llu ms after login: %s",
             (unsigned long long)(now_ms() - bus->auth_sent_ms), why);
+        bus_hint_mismatch(bus, "the distributor closed the link right after the login");
+    }
     bus_link_failed(bus, reason, auth_failure);
 }
 
@@ -1020,10 +1061,21 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
     struct bus *bus = arg;
     uint32_t timeout = bus->cfg.heartbeat_timeout_ms;
     uint64_t idle = now_ms() - bus->last_rx_ms;
-    char reason[128], d[32];
+    char reason[256], d[32];
 
     if (timeout == 0)
         return;
+    fmt_duration(timeout, d, sizeof d);
+    if (bus->rx_any && !bus->hb_any && !bus->hb_warned &&
+        now_ms() - bus->auth_sent_ms >= timeout) {
+        /* Traffic proves the login; only the heartbeat is missing. */
+        bus->hb_warned = true;
+        bus->hb_state = "none-received";
+        log_warn("bus: no heartbeat received in %s although the link carries traffic "
+            "(so the login worked): check that the distributor has a heartbeat "
+            "interval and, at bus.protocol 6 with authorization on (distributor-wide "
+            "there), that an authorizer grants __admin__/heartbeat", d);
+    }
     if (idle < timeout) {
         timer_arm(bus->watchdog, timeout - idle);
         return;
@@ -1031,9 +1083,16 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
     bus->st.heartbeat_timeouts++;
     if (!bus->rx_any) {
         snprintf(reason, sizeof reason, "no heartbeat: not authenticated or dead");
+        bus_hint_mismatch(bus, "nothing came back after the login");
+    } else if (!bus->hb_any) {
+        bus->hb_state = "none-received";
+        snprintf(reason, sizeof reason, "no heartbeat within %s, and none ever received "
+            "on this link: check the distributor's heartbeat interval and (bus.protocol 6) "
+            "an authorizer for __admin__/heartbeat", d);
     } else {
-        fmt_duration(timeout, d, sizeof d);
-        snprintf(reason, sizeof reason, "no heartbeat within %s", d);
+        bus->hb_state = "stopped";
+        snprintf(reason, sizeof reason, "no heartbeat within %s: heartbeats stopped "
+            "(check the distributor and the network path)", d);
     }
     bus_link_failed(bus, reason, false);
 }
@@ -1073,6 +1132,9 @@ bus_link_established(struct bus *bus)
     }
     bus->auth_sent_ms = bus->last_rx_ms = now_ms();
     bus->rx_any = false;
+    bus->hb_any = bus->hb_warned = false;
+    bus->msgs_at_login = bus->st.msgs_in;
+    bus->hb_state = bus->cfg.heartbeat_timeout_ms > 0 ? "waiting" : "off";
     if (bus->cfg.heartbeat_timeout_ms > 0) {
         if (bus_subscribe_heartbeat(bus) != 0) {
             bus_link_failed(bus, "cannot queue the heartbeat subscription", false);
@@ -1429,6 +1491,16 @@ bus_queued(const struct bus *bus)
     return n;
 }
 
+/* msg at the configured bus protocol, whatever version it was built at. */
+static int
+bus_encode(struct evbuffer *out, const struct config_bus *c, const struct wire_msg *msg)
+{
+    struct wire_msg at = *msg;
+
+    at.version = c->protocol;
+    return wire_encode(out, &at);
+}
+
 enum bus_send_result
 bus_send(struct bus *bus, const struct wire_msg *msg)
 {
@@ -1442,7 +1514,7 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     out = hold ? bus->held : bufferevent_get_output(bus->bev);
     before = evbuffer_get_length(out);
     /* wire_encode appends all of the message or nothing */
-    if (wire_encode(out, msg) != 0)
+    if (bus_encode(out, &bus->cfg, msg) != 0)
         return BUS_ENCODE_ERROR;
     after = evbuffer_get_length(out);
     bus->st.msgs_out++;
@@ -1473,6 +1545,7 @@ bus_get_stats(const struct bus *bus, struct bus_stats *st)
 {
     *st = bus->st;
     st->output_queued = bus_queued(bus);
+    st->heartbeat = bus->hb_state != NULL ? bus->hb_state : "off";
 }
 
 int

@@ -52,6 +52,8 @@ struct bus_stats {
     uint64_t protocol_errors;     /* bad bytes from the bus */
     uint64_t heartbeat_timeouts;
     uint64_t heartbeats_in;       /* heartbeats received (not passed on) */
+    const char *heartbeat;        /* this link: off, waiting, receiving,
+                                   * none-received, stopped (bus_heartbeat) */
     uint64_t msgs_in, bytes_in;
     uint64_t msgs_out, bytes_out;
     size_t output_queued;         /* bytes waiting to go to the bus */

@@ -1073,7 +1073,7 @@ static void
 check_ents(const char *ents)
 {
     static const char head[] = "AUTHORIZE 00000000-0000-0000-0000-000000000000 F T required ";
-    static const struct lp_limits lim = { 4096, 1, 1, CLI_MAX_ENTS };
+    static const struct lp_limits lim = { 4096, 1, 1, CLI_MAX_ENTS, 0 };
     size_t n = strlen(ents);
     struct lp_cmd cmd;
     enum lp_error e;

@@ -77,6 +77,11 @@ static const struct opt_name auth_names[] = {
     { "none", CONFIG_AUTH_NONE }, { "basic", CONFIG_AUTH_BASIC },
     { "token", CONFIG_AUTH_TOKEN }, { NULL, 0 },
 };
+/* 5 is byte-identical to 4 on the wire: a synonym, kept as written. */
+static const struct opt_name protocol_names[] = {
+    { "3", WIRE_V3 }, { "4", WIRE_V4 }, { "5", WIRE_V5 }, { "6", WIRE_V6 },
+    { NULL, 0 },
+};
 static const struct opt_name tls_version_names[] = {
     { "1.2", TLS1_2_VERSION }, { "1.3", TLS1_3_VERSION }, { NULL, 0 },
 };
@@ -117,6 +122,8 @@ static const struct opt opts[] = {
     STR("bus.impersonating", bus.impersonating, NULL, 1024),
     { .key = "bus.forwarded_for", .kind = K_FORWARDED, AT(bus.forwarded_for),
       .def = 1, .min = 1, .max = 1024 },
+    ENUM("bus.protocol", bus.protocol, WIRE_V3, protocol_names),
+    STR("bus.application", bus.application, NULL, 255),
     NUM("bus.connect_timeout", K_MS, bus.connect_timeout_ms, 10000, 1, DAY_MS),
     SECTION("bus.reconnect"),
     NUM("bus.reconnect.min", K_MS, bus.reconnect_min_ms, 500, 1, DAY_MS),
@@ -161,6 +168,7 @@ static const struct opt opts[] = {
     BOOL("router.allow_empty_publish", router.allow_empty_publish, 0),
     NUM("router.auth_pending", K_COUNT, router.auth_pending, 65536, 1, 10000000),
     NUM("router.auth_pending_age", K_MS, router.auth_pending_age_ms, 600000, 1000, DAY_MS),
+    STR("router.image_content_types", router.image_content_types, NULL, 4096),
 
     SECTION("log"),
     ENUM("log.level", log.level, LOG_INFO, level_names),
@@ -835,6 +843,30 @@ check_auth(struct load_ctx *c)
     return 0;
 }
 
+/*
+ * From bus protocol 4 the login is one string the distributor splits on
+ * ';' with no escaping: a setting sent in it cannot hold one.
+ */
+static int
+check_login_strings(struct load_ctx *c)
+{
+    static const char *const keys[] = { "bus.impersonating", "bus.forwarded_for",
+        "bus.application" };
+    const struct config_bus *b = &c->cfg->bus;
+    const char *values[] = { b->impersonating, b->forwarded_for, b->application };
+
+    if (b->protocol < WIRE_V4)
+        return 0;
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (values[i] != NULL && strchr(values[i], ';') != NULL)
+            return err_at(c, mark_for(c, find_opt(keys[i]), true),
+                "%s contains ';', which bus.protocol %d cannot send (the "
+                "distributor splits its one login string on ';' with no "
+                "escaping); remove the ';' or use bus.protocol 3", keys[i],
+                b->protocol);
+    return 0;
+}
+
 static int
 check_values(struct load_ctx *c)
 {
@@ -845,7 +877,7 @@ check_values(struct load_ctx *c)
     if (b->host == NULL)
         return err_at(c, mark_for(c, find_opt("bus.host"), false),
             "bus.host is required (the distributor's host name)");
-    if (check_auth(c) != 0)
+    if (check_auth(c) != 0 || check_login_strings(c) != 0)
         return -1;
     if ((b->tls.cert_file == NULL) != (b->tls.key_file == NULL)) {
         bool cert = b->tls.cert_file != NULL;
@@ -1189,6 +1221,23 @@ check_secret(const char *key, const char *path, char *err, size_t errlen)
     return 0;
 }
 
+/* Whether the secrets in cr can be sent at b's bus protocol. */
+static int
+credentials_sendable(const struct config_bus *b, const struct credentials *cr,
+    char *err, size_t errlen)
+{
+    struct wire_auth a = { .version = b->protocol, .username = cr->username,
+        .password = cr->password, .token = cr->token };
+    const char *cause = NULL;
+
+    a.method = b->auth == CONFIG_AUTH_TOKEN ? WIRE_AUTH_TOKEN : WIRE_AUTH_BASIC;
+    if (wire_auth_check(&a, &cause) == 0)
+        return 0;
+    set_err(err, errlen, "%s (bus.protocol %d); change the secret or use bus.protocol 3",
+        cause, b->protocol);
+    return -1;
+}
+
 static int
 check_credentials(const struct config_bus *b, char *err, size_t errlen)
 {
@@ -1203,6 +1252,9 @@ check_credentials(const struct config_bus *b, char *err, size_t errlen)
     if (b->auth == CONFIG_AUTH_BASIC && (cr.username == NULL || cr.password == NULL)) {
         set_err(err, errlen, "bus.credentials_file: %s: auth basic needs username and "
             "password in [bus]", b->credentials_file);
+        r = -1;
+    } else if (credentials_sendable(b, &cr, why, sizeof why) != 0) {
+        set_err(err, errlen, "bus.credentials_file: %s: %s", b->credentials_file, why);
         r = -1;
     } else if (b->auth == CONFIG_AUTH_TOKEN && b->token_file == NULL && cr.token == NULL) {
         set_err(err, errlen, "bus.credentials_file: %s: auth token needs token in [bus] "
@@ -1220,7 +1272,8 @@ check_token_file(const struct config_bus *b, char *err, size_t errlen)
     char why[512];
     int r;
 
-    if ((r = credentials_load_token_file(&cr, b->token_file, why, sizeof why)) != 0)
+    if ((r = credentials_load_token_file(&cr, b->token_file, why, sizeof why)) != 0 ||
+        (r = credentials_sendable(b, &cr, why, sizeof why)) != 0)
         set_err(err, errlen, "bus.token_file: %s", why);
     credentials_free(&cr);
     return r;

@@ -40,6 +40,8 @@ enum config_auth {
 struct config_bus {
     char *host;
     uint16_t port;                  /* default 9091 */
+    int protocol;                   /* bus protocol 3, 4, 5 (= 4) or 6 */
+    char *application;              /* sent from 4 on; NULL: busgate@<host> */
     struct config_tls tls;
     enum config_auth auth;
     char *credentials_file;         /* INI, [bus] username/password/token */
@@ -80,6 +82,7 @@ struct config_router {
     bool allow_empty_publish;   /* let a PUB/SEND with zero packets through */
     uint32_t auth_pending;      /* authorization requests remembered, oldest dropped */
     uint32_t auth_pending_age_ms; /* ...and for at most this long (across reconnects) */
+    char *image_content_types;  /* bus protocol 6: comma list of image types */
 };
 
 struct config_log {

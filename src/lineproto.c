@@ -531,9 +531,9 @@ static const struct verb_def verbs[] = {
     { "SUB", LP_SUB, { A_FEED, A_TOPIC }, "<feed> <topic>" },
     { "UNSUB", LP_UNSUB, { A_FEED, A_TOPIC }, "<feed> <topic>" },
     { "PUB", LP_PUB, { A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
-      "<feed> <topic> <image|delta> [PKT...]" },
+      "<feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     { "SEND", LP_SEND, { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
-      "<client-id> <feed> <topic> <image|delta> [PKT...]" },
+      "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     { "NOTIFY", LP_NOTIFY, { A_FEED }, "<feed>" },
     { "UNNOTIFY", LP_UNNOTIFY, { A_FEED }, "<feed>" },
     { "AUTHORIZER", LP_AUTHORIZER, { A_FEED }, "<feed>" },
@@ -645,6 +645,49 @@ lp_cmd_free(struct lp_cmd *cmd)
     memset(cmd, 0, sizeof(*cmd));
 }
 
+#define LP_TYPE_PREFIX "type="
+#define LP_TYPE_PREFIX_LEN (sizeof LP_TYPE_PREFIX - 1)
+
+/* Take the optional "type=<content type>" token at *pp (its value to t);
+ * anything else is left for the packet specs. */
+static bool
+take_type_token(const char **pp, const char *end, struct tok *t)
+{
+    const char *p = *pp;
+
+    if (!next_token(&p, end, t) || t->n < LP_TYPE_PREFIX_LEN ||
+        memcmp(t->p, LP_TYPE_PREFIX, LP_TYPE_PREFIX_LEN) != 0)
+        return false;
+    t->p += LP_TYPE_PREFIX_LEN;
+    t->n -= LP_TYPE_PREFIX_LEN;
+    *pp = p;
+    return true;
+}
+
+/* Decode a PUB/SEND content type: a name that may be empty, and only for a
+ * bus that carries one. */
+static int
+client_content_type(struct cmd_parse *cp, const struct tok *t, char *dst,
+    struct lp_name *out)
+{
+    const char *why = NULL;
+    uint32_t n;
+
+    if (cp->lim->bus_protocol != 0 && cp->lim->bus_protocol < WIRE_V6)
+        return fail(cp, LP_ERR_SYNTAX, "type= needs bus protocol 6; the bus "
+            "speaks %u, which has only image or delta", (unsigned)cp->lim->bus_protocol);
+    if (decode_name(t->p, t->n, dst, &n, &why) < 0)
+        return fail(cp, LP_ERR_BAD_NAME, "bad content type: %s", why);
+    if (n > cp->lim->max_name)
+        return fail(cp, LP_ERR_BAD_NAME, "bad content type: %u bytes, at most %u",
+            (unsigned)n, (unsigned)cp->lim->max_name);
+    if (!utf8_valid((const unsigned char *)dst, n))
+        return fail(cp, LP_ERR_BAD_NAME, "bad content type: not valid UTF-8");
+    out->ptr = dst;
+    out->len = n;
+    return 0;
+}
+
 /* Count the fixed arguments and find where packet specs begin. */
 static size_t
 n_fixed(const struct verb_def *vd, bool *packets, size_t *optional)
@@ -691,10 +734,10 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     struct cmd_parse cp = { lim, err, msg, msglen };
     const char *p = line, *end;
     const struct verb_def *vd;
-    struct tok verb, args[MAX_ARGS], extra;
+    struct tok verb, args[MAX_ARGS], extra, ctype;
     struct pkt_scan scan;
     size_t nfix, nopt, nargs = 0, names_room = 0, need;
-    bool has_packets;
+    bool has_packets, has_type = false;
     char ex[40], *names;
     int32_t *ents;
     long n_auth_ents = 0;
@@ -725,6 +768,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
      * caller how many bytes to skip. */
     memset(&scan, 0, sizeof(scan));
     if (has_packets) {
+        has_type = take_type_token(&p, end, &ctype);
         scan_packets(p, end, lim->max_entitlements, &scan);
         if (scan.lens_ok) {
             cmd->n_packets = scan.n_specs;
@@ -739,6 +783,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     /* Storage: packets, then entitlements, then the decoded names. */
     for (size_t i = 0; i < nargs; i++)
         names_room += args[i].n + 1;
+    if (has_type)
+        names_room += ctype.n + 1;
     if (vd->verb == LP_AUTHORIZE && nargs == nfix)   /* room: one per comma + 1 */
         n_auth_ents = (long)count_byte(args[4].p, args[4].n, ',') + 1;
     if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
@@ -821,6 +867,11 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             goto refused;
     }
 
+    if (has_type) {
+        if (client_content_type(&cp, &ctype, names, &cmd->content_type) < 0)
+            goto refused;
+        names += ctype.n + 1;
+    }
     if (has_packets) {
         if (check_packets(&cp, &scan) < 0)
             goto refused;
@@ -906,17 +957,19 @@ int
 lp_format_data(struct evbuffer *out, const struct wire_msg *m)
 {
     struct evbuffer_iovec vec;
-    size_t payload, room, o, ef, et, eu, eh;
+    size_t payload, room, o, ef, et, eu, eh, ec;
     char *d;
 
     if (m->type != WIRE_FORWARDED_MULTICAST && m->type != WIRE_FORWARDED_UNICAST)
         return -1;
+    ec = m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
     ef = escaped_len(m->feed.ptr, m->feed.len);
     et = escaped_len(m->topic.ptr, m->topic.len);
     eu = escaped_len(m->user.ptr, m->user.len);
     eh = escaped_len(m->host.ptr, m->host.len);
     room = sizeof("DATA") + sizeof(" multicast") + sizeof(" image") + 1 +
-        4 + ef + et + eu + eh + packets_room(m->packets, m->n_packets, &payload);
+        4 + ef + et + eu + eh + packets_room(m->packets, m->n_packets, &payload) +
+        (ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + ec : 0);
     if (m->n_packets > 0)
         room += payload + 1;
     if (room > (size_t)EV_SSIZE_MAX)
@@ -933,6 +986,10 @@ lp_format_data(struct evbuffer *out, const struct wire_msg *m)
     o += put_name_tok(d + o, &m->host, eh);
     o += put_lit(d + o, m->is_image ? " image" : " delta");
     o += put_lit(d + o, m->type == WIRE_FORWARDED_UNICAST ? " unicast" : " multicast");
+    if (ec > 0) {
+        o += put_lit(d + o, " " LP_TYPE_PREFIX);
+        o += put_escaped(d + o, m->content_type.ptr, m->content_type.len);
+    }
     o += put_packets(d + o, m->packets, m->n_packets);
     d[o++] = '\n';
     if (m->n_packets > 0) {
@@ -1073,11 +1130,12 @@ lp_format_hello(struct evbuffer *out, const char *version,
     return evbuffer_add_printf(out, "HELLO busgate %s proto=%d max_line=%u "
         "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
         "max_subscriptions=%u max_notifications=%u max_authorizers=%u max_output=%llu "
-        "bus=%s\n", version, LP_PROTOCOL_VERSION,
+        "bus_protocol=%u bus=%s\n", version, LP_PROTOCOL_VERSION,
         (unsigned)max_line, (unsigned)lim->max_payload, (unsigned)lim->max_packets,
         (unsigned)lim->max_name, (unsigned)lim->max_entitlements,
         (unsigned)sl->max_subscriptions, (unsigned)sl->max_notifications,
-        (unsigned)sl->max_authorizers, (unsigned long long)max_output, bus_state) < 0 ? -1 : 0;
+        (unsigned)sl->max_authorizers, (unsigned long long)max_output,
+        (unsigned)lim->bus_protocol, bus_state) < 0 ? -1 : 0;
 }
 
 /* ---- event parsing (client side) ---- */
@@ -1139,11 +1197,15 @@ parse_data(struct lp_event *ev, const struct tok *args, const char *p,
     const char *end, const struct lp_limits *lim, size_t names_room)
 {
     struct pkt_scan scan;
+    struct tok ctype;
     char *names;
     int32_t *ents;
     size_t pk_room;
     struct lp_name *dst[4] = { &ev->feed, &ev->topic, &ev->user, &ev->host };
+    bool has_type = take_type_token(&p, end, &ctype);
 
+    if (has_type)
+        names_room += ctype.n + 1;
     scan_packets(p, end, lim->max_entitlements, &scan);
     if (scan.lens_ok) {
         ev->n_packets = scan.n_specs;
@@ -1165,6 +1227,8 @@ parse_data(struct lp_event *ev, const struct tok *args, const char *p,
             return -1;
     if (!event_word(&args[4], "image", "delta", &ev->is_image) ||
         !event_word(&args[5], "unicast", "multicast", &ev->is_unicast))
+        return -1;
+    if (has_type && event_name(&ctype, lim->max_name, &names, &ev->content_type) < 0)
         return -1;
     fill_packets(p, end, lim->max_entitlements, ev->packets, scan.n_specs, ents);
     return 0;
@@ -1190,7 +1254,7 @@ parse_id_names(struct lp_event *ev, const struct tok *args, const struct lp_limi
 }
 
 static const struct lp_limits no_limits = {
-    UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX,
+    UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 0,
 };
 
 /* Events whose payload is the free text after the verb. */

@@ -72,6 +72,7 @@ struct lp_limits {
     uint32_t max_payload;   /* sum of packet lengths */
     uint32_t max_packets;
     uint32_t max_entitlements;
+    uint32_t bus_protocol;  /* the bus's; PUB/SEND "type=" needs 6; 0: any */
 };
 
 /* A decoded (unescaped) name; ptr is NUL-terminated, owned by the cmd. */
@@ -91,6 +92,7 @@ struct lp_cmd {
     struct lp_name topic;
     uint8_t client_id[WIRE_GUID_LEN];   /* SEND, AUTHORIZE (wire order) */
     bool is_image;                      /* PUB, SEND */
+    struct lp_name content_type;        /* PUB, SEND: "type=" token, "" if none */
     bool required;                      /* AUTHORIZE */
     bool on;                            /* VERBOSE */
     struct wire_ints entitlements;      /* AUTHORIZE */
@@ -132,8 +134,9 @@ int lp_put_name(struct evbuffer *out, const char *ptr, size_t len);
 
 /*
  * Append the DATA event for a ForwardedMulticastData / ForwardedUnicastData
- * (line + payload block). Formatted once per bus message and shared by
- * every receiving session.
+ * (line + payload block), with "type=<content type>" when m carries a
+ * non-empty one (bus protocol 6). Formatted once per bus message and shared
+ * by every receiving session.
  */
 int lp_format_data(struct evbuffer *out, const struct wire_msg *m);
 
@@ -157,7 +160,7 @@ struct lp_session_limits {
     uint32_t max_authorizers;
 };
 
-/* The greeting line. */
+/* The greeting line (bus_protocol=lim->bus_protocol before bus=). */
 int lp_format_hello(struct evbuffer *out, const char *version,
     const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
     uint64_t max_output, const char *bus_state);
@@ -178,6 +181,7 @@ struct lp_event {
     uint8_t client_id[WIRE_GUID_LEN];
     bool is_image;
     bool is_unicast;
+    struct lp_name content_type;        /* DATA: "type=" token, "" if none */
     bool is_add;
     struct wire_packet *packets;
     uint32_t n_packets;

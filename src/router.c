@@ -216,7 +216,8 @@ struct router {
     bool freeing;
     time_t started;
 
-    struct config_router cfg;
+    struct config_router cfg;       /* image_content_types: our own copy */
+    int bus_protocol;
     struct config_listen listen;    /* numbers only: path/group not kept */
     uint32_t max_name, max_entitlements;
     uint32_t grace_ms;
@@ -617,13 +618,52 @@ batch_max(const struct router *r)
     return q < ROUTER_BATCH_MAX ? q : ROUTER_BATCH_MAX;
 }
 
+/* Whether ct is one of the comma-separated content types in list. */
+static bool
+content_type_listed(const char *list, const struct wire_str *ct)
+{
+    for (const char *p = list; p != NULL && *p != '\0';) {
+        const char *end = strchr(p, ',');
+        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+
+        while (n > 0 && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == ct->len && n > 0 && memcmp(p, ct->ptr, n) == 0)
+            return true;
+        p = end != NULL ? end + 1 : NULL;
+    }
+    return false;
+}
+
+/*
+ * Bus protocol 6 has no image flag: a message is an image (for the cache
+ * and the DATA line) if it is a unicast (the image a selectfeed publisher
+ * sends a new subscriber), the distributor's stale or not-entitled form
+ * (empty user and host, no packets), or of a configured image content type.
+ */
+static bool
+image_at_6(const struct router *r, const struct wire_msg *m)
+{
+    return m->type == WIRE_FORWARDED_UNICAST ||
+        (m->user.len == 0 && m->host.len == 0 && m->n_packets == 0) ||
+        content_type_listed(r->cfg.image_content_types, &m->content_type);
+}
+
 static void
 route_data(struct router *r, const struct wire_msg *m)
 {
     const unsigned char *p;
     struct topic *t;
+    struct wire_msg at6;
     size_t len;
 
+    if (m->version >= WIRE_V6) {
+        at6 = *m;
+        at6.is_image = image_at_6(r, m);
+        m = &at6;
+    }
     r->n.data_in++;
     t = topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
     if (t == NULL) {
@@ -1347,6 +1387,7 @@ router_lp_limits(const struct router *r, struct lp_limits *lim)
     lim->max_payload = r->listen.max_payload;
     lim->max_packets = r->listen.max_packets;
     lim->max_entitlements = r->max_entitlements;
+    lim->bus_protocol = (uint32_t)r->bus_protocol;
 }
 
 uint32_t
@@ -1670,7 +1711,10 @@ cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     m.feed.len = cmd->feed.len;
     m.topic.ptr = cmd->topic.ptr;
     m.topic.len = cmd->topic.len;
+    m.version = r->bus_protocol;    /* the bus-down queue keeps the content type */
     m.is_image = cmd->is_image;
+    m.content_type.ptr = cmd->content_type.ptr;
+    m.content_type.len = cmd->content_type.len;
     m.packets = cmd->packets;
     m.n_packets = cmd->n_packets;
     /* Queued messages go first, to keep the order. */
@@ -1739,6 +1783,7 @@ stats_bus(struct router *r, struct evbuffer *out)
     stat_u64(out, "bus_protocol_errors", st.protocol_errors);
     stat_u64(out, "bus_heartbeat_timeouts", st.heartbeat_timeouts);
     stat_u64(out, "bus_heartbeats_in", st.heartbeats_in);
+    stat_text(out, "bus_heartbeat", st.heartbeat != NULL ? st.heartbeat : "off");
     stat_text(out, "bus_last_error", st.last_error[0] ? st.last_error : "-");
     stat_u64(out, "bus_msgs_in", st.msgs_in);
     stat_u64(out, "bus_msgs_out", st.msgs_out);
@@ -1878,7 +1923,12 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
 static void
 router_load_config(struct router *r, const struct config *cfg)
 {
+    free(r->cfg.image_content_types);
     r->cfg = cfg->router;
+    r->cfg.image_content_types = cfg->router.image_content_types != NULL ?
+        strdup(cfg->router.image_content_types) : NULL;
+    r->bus_protocol = cfg->bus.protocol;
+    r->qmsg.version = cfg->bus.protocol;
     r->listen = cfg->listen;
     r->listen.path = NULL;
     r->listen.group = NULL;
@@ -1971,6 +2021,7 @@ router_free(struct router *r)
     wire_msg_free(&r->qmsg);
     if (r->replay_ev != NULL)
         event_free(r->replay_ev);
+    free(r->cfg.image_content_types);
     free(r->key);
     free(r);
 }

@@ -1,5 +1,5 @@
 /*
- * The jetblack-messagebus v3 codec (BUS-PROTOCOL.md).
+ * The jetblack-messagebus codec, bus protocols 3 to 6 (BUS-PROTOCOL.md).
  *
  * Decoding is two passes. The first walks the message's fields where they
  * lie in the evbuffer, consuming nothing, and checks every length and count
@@ -28,7 +28,9 @@ enum wire_field {
     WF_FEED,
     WF_TOPIC,
     WF_CLIENT_ID,
+    WF_IMAGE,          /* the slot: is_image below 6, content_type from 6 */
     WF_IS_IMAGE,
+    WF_CONTENT_TYPE,
     WF_IS_ADD,
     WF_AUTH_REQUIRED,
     WF_ENTITLEMENTS,
@@ -39,9 +41,9 @@ enum wire_field {
 
 static const uint8_t wire_schema[WIRE_TYPE_MAX + 1][WIRE_MAX_FIELDS] = {
     [WIRE_MULTICAST_DATA] =
-        { WF_FEED, WF_TOPIC, WF_IS_IMAGE, WF_PACKETS },
+        { WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
     [WIRE_UNICAST_DATA] =
-        { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IS_IMAGE, WF_PACKETS },
+        { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
     [WIRE_FORWARDED_SUBSCRIPTION] =
         { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IS_ADD },
     [WIRE_NOTIFICATION_REQUEST] =
@@ -53,9 +55,9 @@ static const uint8_t wire_schema[WIRE_TYPE_MAX + 1][WIRE_MAX_FIELDS] = {
     [WIRE_AUTHORIZATION_RESPONSE] =
         { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_AUTH_REQUIRED, WF_ENTITLEMENTS },
     [WIRE_FORWARDED_MULTICAST] =
-        { WF_USER, WF_HOST, WF_FEED, WF_TOPIC, WF_IS_IMAGE, WF_PACKETS },
+        { WF_USER, WF_HOST, WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
     [WIRE_FORWARDED_UNICAST] =
-        { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IS_IMAGE,
+        { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IMAGE,
           WF_PACKETS },
 };
 
@@ -66,7 +68,9 @@ static const char *const wire_field_names[] = {
     [WF_FEED] = "feed",
     [WF_TOPIC] = "topic",
     [WF_CLIENT_ID] = "clientId",
+    [WF_IMAGE] = "image",
     [WF_IS_IMAGE] = "isImage",
+    [WF_CONTENT_TYPE] = "contentType",
     [WF_IS_ADD] = "isAdd",
     [WF_AUTH_REQUIRED] = "isAuthorizationRequired",
     [WF_ENTITLEMENTS] = "entitlements",
@@ -84,6 +88,22 @@ static const char *const wire_type_names[WIRE_TYPE_MAX + 1] = {
     [WIRE_FORWARDED_MULTICAST] = "ForwardedMulticastData",
     [WIRE_FORWARDED_UNICAST] = "ForwardedUnicastData",
 };
+
+/* What a schema slot is at this protocol version. */
+static int
+field_at(int version, int slot)
+{
+    if (slot != WF_IMAGE)
+        return slot;
+    return version >= WIRE_V6 ? WF_CONTENT_TYPE : WF_IS_IMAGE;
+}
+
+bool
+wire_version_valid(int version)
+{
+    return version == WIRE_V3 || version == WIRE_V4 || version == WIRE_V5 ||
+        version == WIRE_V6;
+}
 
 /* The cause of the last error; valid until the next error in this thread. */
 static _Thread_local char wire_cause_buf[192];
@@ -124,6 +144,7 @@ void
 wire_msg_init(struct wire_msg *msg)
 {
     memset(msg, 0, sizeof *msg);
+    msg->version = WIRE_PROTOCOL_VERSION;
 }
 
 void
@@ -139,9 +160,12 @@ wire_msg_clear(struct wire_msg *msg)
 {
     void *store = msg->store;
     size_t cap = msg->store_cap;
+    int version = msg->version;
 
     memset(msg, 0, sizeof *msg);
     msg->user.ptr = msg->host.ptr = msg->feed.ptr = msg->topic.ptr = "";
+    msg->content_type.ptr = "";
+    msg->version = version;
     msg->store = store;
     msg->store_cap = cap;
 }
@@ -156,6 +180,8 @@ msg_str(struct wire_msg *msg, int field)
         return &msg->host;
     case WF_FEED:
         return &msg->feed;
+    case WF_CONTENT_TYPE:
+        return &msg->content_type;
     default:
         return &msg->topic;
     }
@@ -264,12 +290,15 @@ msg_size(const struct wire_msg *msg)
     if (msg->type < WIRE_TYPE_MIN || msg->type > WIRE_TYPE_MAX)
         return 0;
     for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END; f++) {
-        switch (*f) {
+        int field = field_at(msg->version, *f);
+
+        switch (field) {
         case WF_USER:
         case WF_HOST:
         case WF_FEED:
-        case WF_TOPIC: {
-            const struct wire_str *s = msg_cstr(msg, *f);
+        case WF_TOPIC:
+        case WF_CONTENT_TYPE: {
+            const struct wire_str *s = msg_cstr(msg, field);
 
             if (s->len > (uint32_t)INT32_MAX || (s->len > 0 && s->ptr == NULL))
                 return 0;
@@ -337,12 +366,15 @@ put_msg(uint8_t *p, const struct wire_msg *msg)
 {
     *p++ = (uint8_t)msg->type;
     for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END; f++) {
-        switch (*f) {
+        int field = field_at(msg->version, *f);
+
+        switch (field) {
         case WF_USER:
         case WF_HOST:
         case WF_FEED:
         case WF_TOPIC:
-            p = put_str(p, msg_cstr(msg, *f));
+        case WF_CONTENT_TYPE:
+            p = put_str(p, msg_cstr(msg, field));
             break;
         case WF_CLIENT_ID:
             p = put_bytes(p, msg->client_id, WIRE_GUID_LEN);
@@ -354,7 +386,7 @@ put_msg(uint8_t *p, const struct wire_msg *msg)
             p = put_packets(p, msg->packets, msg->n_packets);
             break;
         default:
-            *p++ = msg_cbool(msg, *f) ? 1 : 0;
+            *p++ = msg_cbool(msg, field) ? 1 : 0;
             break;
         }
     }
@@ -593,6 +625,7 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
     case WF_HOST:
     case WF_FEED:
     case WF_TOPIC:
+    case WF_CONTENT_TYPE:
         if ((r = scan_body(c, WC_STRING, lim->max_string, 1, at, &n,
             cause)) != WIRE_DECODED)
             return r;
@@ -621,8 +654,8 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
 
 /* Walk the message at the front of c's buffer; on success c->off is its size. */
 static enum wire_result
-scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int *type,
-    struct wire_scan *sc, const char **cause)
+scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int version,
+    int *type, struct wire_scan *sc, const char **cause)
 {
     struct wire_where at;
     uint8_t t;
@@ -638,8 +671,10 @@ scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int *type,
     at.what = wire_type_name(t);
     memset(sc, 0, sizeof *sc);
     for (const uint8_t *f = wire_schema[t]; *f != WF_END; f++) {
-        at.field = wire_field_names[*f];
-        if ((r = scan_field(c, lim, *f, &at, sc, cause)) != WIRE_DECODED)
+        int field = field_at(version, *f);
+
+        at.field = wire_field_names[field];
+        if ((r = scan_field(c, lim, field, &at, sc, cause)) != WIRE_DECODED)
             return r;
     }
     return WIRE_DECODED;
@@ -736,12 +771,15 @@ build_msg(struct wire_build *b, struct wire_msg *msg)
 {
     msg->type = (enum wire_type)*b->p++;
     for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END; f++) {
-        switch (*f) {
+        int field = field_at(msg->version, *f);
+
+        switch (field) {
         case WF_USER:
         case WF_HOST:
         case WF_FEED:
         case WF_TOPIC:
-            take_str(b, msg_str(msg, *f));
+        case WF_CONTENT_TYPE:
+            take_str(b, msg_str(msg, field));
             break;
         case WF_CLIENT_ID:
             memcpy(msg->client_id, b->p, WIRE_GUID_LEN);
@@ -754,7 +792,7 @@ build_msg(struct wire_build *b, struct wire_msg *msg)
             take_packets(b, msg);
             break;
         default:
-            *msg_bool(msg, *f) = *b->p++ != 0;
+            *msg_bool(msg, field) = *b->p++ != 0;
             break;
         }
     }
@@ -804,7 +842,7 @@ wire_decode(struct evbuffer *in, const struct wire_limits *lim,
     int type;
 
     cursor_init(&c, in, lim->max_message);
-    if ((r = scan_msg(&c, lim, &type, &sc, cause)) != WIRE_DECODED)
+    if ((r = scan_msg(&c, lim, msg->version, &type, &sc, cause)) != WIRE_DECODED)
         return r;
     return take_msg(in, msg, c.off, &sc, cause);
 }
@@ -857,6 +895,159 @@ auth_slots(struct wire_auth *auth, const char **v[WIRE_AUTH_MAX_FIELDS])
     return -1;
 }
 
+/*
+ * The keys of the connection string (4 and later), in the order the
+ * python clients write them; the first two are required for the method
+ * that names them, the rest are written only when non-empty.
+ */
+enum wire_key {
+    WK_USERNAME,
+    WK_PASSWORD,
+    WK_TOKEN,
+    WK_IMPERSONATING,
+    WK_FORWARDED_FOR,
+    WK_APPLICATION,
+    WK_COUNT,
+};
+
+static const char *const wire_key_names[WK_COUNT] = {
+    [WK_USERNAME] = "Username",
+    [WK_PASSWORD] = "Password",
+    [WK_TOKEN] = "Token",
+    [WK_IMPERSONATING] = "Impersonating",
+    [WK_FORWARDED_FOR] = "ForwardedFor",
+    [WK_APPLICATION] = "Application",
+};
+
+static const char **
+auth_key_slot(struct wire_auth *auth, enum wire_key k)
+{
+    switch (k) {
+    case WK_USERNAME:
+        return &auth->username;
+    case WK_PASSWORD:
+        return &auth->password;
+    case WK_TOKEN:
+        return &auth->token;
+    case WK_IMPERSONATING:
+        return &auth->impersonating;
+    case WK_FORWARDED_FOR:
+        return &auth->forwarded_for;
+    default:
+        return &auth->application;
+    }
+}
+
+static const char *
+auth_key_value(const struct wire_auth *auth, enum wire_key k)
+{
+    return *auth_key_slot((struct wire_auth *)auth, k);
+}
+
+/* Whether key k is required (1), optional (0) or not sent (-1) for method. */
+static int
+auth_key_use(enum wire_auth_method method, enum wire_key k)
+{
+    switch (k) {
+    case WK_USERNAME:
+    case WK_PASSWORD:
+        return method == WIRE_AUTH_BASIC ? 1 : -1;
+    case WK_TOKEN:
+        return method == WIRE_AUTH_TOKEN ? 1 : -1;
+    default:
+        return 0;
+    }
+}
+
+static bool
+auth_key_sent(const struct wire_auth *auth, enum wire_key k)
+{
+    const char *v = auth_key_value(auth, k);
+    int use = auth_key_use(auth->method, k);
+
+    return use > 0 || (use == 0 && v != NULL && v[0] != '\0');
+}
+
+static bool
+connection_string(const struct wire_auth *auth)
+{
+    return auth->version >= WIRE_V4 && auth->method != WIRE_AUTH_NONE;
+}
+
+int
+wire_auth_check(const struct wire_auth *auth, const char **cause)
+{
+    if (auth->method != WIRE_AUTH_NONE && auth->method != WIRE_AUTH_BASIC &&
+        auth->method != WIRE_AUTH_TOKEN) {
+        wire_fail(cause, "unknown authentication method %d", (int)auth->method);
+        return -1;
+    }
+    if (!connection_string(auth))
+        return 0;
+    for (int k = 0; k < WK_COUNT; k++) {
+        const char *v = auth_key_value(auth, k);
+
+        if (auth_key_sent(auth, k) && v != NULL && strchr(v, ';') != NULL) {
+            wire_fail(cause, "the %s contains ';', which bus protocol %d cannot "
+                "send: the distributor splits its one login string on ';' with "
+                "no escaping", wire_key_names[k], auth->version);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Bytes of the connection string for auth. */
+static uint64_t
+connection_string_size(const struct wire_auth *auth)
+{
+    uint64_t size = 0;
+
+    for (int k = 0; k < WK_COUNT; k++) {
+        const char *v = auth_key_value(auth, k);
+
+        if (!auth_key_sent(auth, k))
+            continue;
+        size += (size > 0 ? 1 : 0) + strlen(wire_key_names[k]) + 1 +
+            (v != NULL ? strlen(v) : 0);
+    }
+    return size;
+}
+
+static uint8_t *
+put_connection_string(uint8_t *p, const struct wire_auth *auth)
+{
+    bool first = true;
+
+    for (int k = 0; k < WK_COUNT; k++) {
+        const char *v = auth_key_value(auth, k);
+
+        if (!auth_key_sent(auth, k))
+            continue;
+        if (!first)
+            *p++ = ';';
+        first = false;
+        p = put_bytes(p, wire_key_names[k], strlen(wire_key_names[k]));
+        *p++ = '=';
+        p = put_bytes(p, v, v != NULL ? strlen(v) : 0);
+    }
+    return p;
+}
+
+static int
+encode_connection_string(struct evbuffer *out, const struct wire_auth *auth)
+{
+    uint64_t len = connection_string_size(auth);
+    struct evbuffer_iovec vec;
+    uint8_t *p;
+
+    if (len > (uint64_t)INT32_MAX || (p = reserve(out, 4 + len, &vec)) == NULL)
+        return -1;
+    p = put_be32(p, (uint32_t)len);
+    put_connection_string(p, auth);
+    return commit(out, &vec, 4 + len);
+}
+
 int
 wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth)
 {
@@ -867,6 +1058,10 @@ wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth)
     uint8_t *p;
     int n;
 
+    if (wire_auth_check(auth, NULL) != 0)
+        return -1;
+    if (connection_string(auth))
+        return encode_connection_string(out, auth);
     if ((n = auth_fields(auth, v)) < 0)
         return -1;
     if (n == 0)
@@ -889,13 +1084,12 @@ wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth)
 void
 wire_auth_free(struct wire_auth *auth)
 {
-    free((void *)auth->username);
-    free((void *)auth->password);
-    free((void *)auth->token);
-    free((void *)auth->impersonating);
-    free((void *)auth->forwarded_for);
-    auth->username = auth->password = auth->token = NULL;
-    auth->impersonating = auth->forwarded_for = NULL;
+    for (int k = 0; k < WK_COUNT; k++) {
+        const char **slot = auth_key_slot(auth, k);
+
+        free((void *)*slot);
+        *slot = NULL;
+    }
 }
 
 static const char *const wire_auth_names[][WIRE_AUTH_MAX_FIELDS] = {
@@ -906,7 +1100,7 @@ static const char *const wire_auth_names[][WIRE_AUTH_MAX_FIELDS] = {
 
 /* Check the n strings at the front of c's buffer; their lengths to len. */
 static enum wire_result
-scan_auth(struct wire_cursor *c, enum wire_auth_method method, int n,
+scan_auth(struct wire_cursor *c, const char *const names[], int n,
     const struct wire_limits *lim, uint32_t len[WIRE_AUTH_MAX_FIELDS],
     const char **cause)
 {
@@ -914,7 +1108,7 @@ scan_auth(struct wire_cursor *c, enum wire_auth_method method, int n,
     enum wire_result r;
 
     for (int i = 0; i < n; i++) {
-        at.field = wire_auth_names[method][i];
+        at.field = names[i];
         if ((r = scan_count(c, WC_STRING, lim->max_string, 1, &at, &len[i],
             cause)) != WIRE_DECODED)
             return r;
@@ -925,27 +1119,13 @@ scan_auth(struct wire_cursor *c, enum wire_auth_method method, int n,
     return WIRE_DECODED;
 }
 
-enum wire_result
-wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
-    const struct wire_limits *lim, struct wire_auth *auth, const char **cause)
+/* Allocate n copies, then take the n strings scan_auth checked from in. */
+static enum wire_result
+take_auth_strings(struct evbuffer *in, int n, const uint32_t len[],
+    char *copy[], const char **cause)
 {
-    const char **slot[WIRE_AUTH_MAX_FIELDS];
-    char *copy[WIRE_AUTH_MAX_FIELDS] = { NULL };
-    uint32_t len[WIRE_AUTH_MAX_FIELDS];
-    struct wire_cursor c;
-    enum wire_result r;
-    int n;
-
-    memset(auth, 0, sizeof *auth);
-    auth->method = method;
-    if ((n = auth_slots(auth, slot)) < 0)
-        return wire_fail(cause, "unknown authentication method %d",
-            (int)method);
-    cursor_init(&c, in, lim->max_message);
-    if ((r = scan_auth(&c, method, n, lim, len, cause)) != WIRE_DECODED)
-        return r;
-    /* Allocate everything before consuming anything. */
     for (int i = 0; i < n; i++) {
+        copy[i] = NULL;
         if (len[i] > 0 && (copy[i] = malloc((size_t)len[i] + 1)) == NULL) {
             for (int j = 0; j < i; j++)
                 free(copy[j]);
@@ -958,7 +1138,137 @@ wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
             evbuffer_remove(in, copy[i], len[i]);
             copy[i][len[i]] = '\0';
         }
-        *slot[i] = copy[i];
     }
     return WIRE_DECODED;
+}
+
+static int
+key_of(const char *name, size_t len)
+{
+    for (int k = 0; k < WK_COUNT; k++)
+        if (strlen(wire_key_names[k]) == len &&
+            memcmp(wire_key_names[k], name, len) == 0)
+            return k;
+    return -1;
+}
+
+/* Set one "key=value" part of a connection string into auth. */
+static int
+parse_part(struct wire_auth *auth, const char *part, size_t len,
+    const char **cause)
+{
+    const char *eq = memchr(part, '=', len);
+    const char **slot;
+    char *value;
+    int k;
+
+    if (len == 0)
+        return wire_fail(cause, "empty part in the connection string"), -1;
+    if (eq == NULL)
+        return wire_fail(cause, "connection string part without '='"), -1;
+    if ((k = key_of(part, (size_t)(eq - part))) < 0 ||
+        auth_key_use(auth->method, k) < 0)
+        return wire_fail(cause, "unexpected key \"%.*s\" in the connection "
+            "string", (int)(eq - part), part), -1;
+    slot = auth_key_slot(auth, k);
+    if (*slot != NULL)
+        return wire_fail(cause, "repeated key %s in the connection string",
+            wire_key_names[k]), -1;
+    if ((value = strndup(eq + 1, len - (size_t)(eq + 1 - part))) == NULL)
+        return wire_fail(cause, "out of memory"), -1;
+    *slot = value;
+    return 0;
+}
+
+/* Parse a connection string as the distributor does. */
+static enum wire_result
+parse_connection_string(struct wire_auth *auth, const char *s,
+    const char **cause)
+{
+    const char *end = s + strlen(s);
+
+    for (const char *p = s;;) {
+        const char *semi = memchr(p, ';', (size_t)(end - p));
+        const char *stop = semi != NULL ? semi : end;
+
+        if (parse_part(auth, p, (size_t)(stop - p), cause) != 0)
+            return WIRE_ERROR;
+        if (semi == NULL)
+            break;
+        p = semi + 1;
+    }
+    for (int k = 0; k < WK_COUNT; k++)
+        if (auth_key_use(auth->method, k) > 0 && auth_key_value(auth, k) == NULL)
+            return wire_fail(cause, "the connection string has no %s",
+                wire_key_names[k]);
+    return WIRE_DECODED;
+}
+
+/* Nothing is consumed unless the whole string parses. */
+static enum wire_result
+decode_connection_string(struct evbuffer *in, const struct wire_limits *lim,
+    struct wire_auth *auth, const char **cause)
+{
+    static const char *const names[] = { "connection string" };
+    struct wire_cursor c;
+    uint32_t len[WIRE_AUTH_MAX_FIELDS];
+    char *copy;
+    enum wire_result r;
+
+    cursor_init(&c, in, lim->max_message);
+    if ((r = scan_auth(&c, names, 1, lim, len, cause)) != WIRE_DECODED)
+        return r;
+    if ((copy = malloc((size_t)c.off + 1)) == NULL)
+        return wire_fail(cause, "out of memory");
+    if (evbuffer_copyout(in, copy, (size_t)c.off) != (ev_ssize_t)c.off) {
+        free(copy);
+        return wire_fail(cause, "evbuffer copy failed");
+    }
+    copy[c.off] = '\0';
+    r = parse_connection_string(auth, copy + 4, cause);
+    free(copy);
+    if (r != WIRE_DECODED) {
+        wire_auth_free(auth);
+        return r;
+    }
+    evbuffer_drain(in, (size_t)c.off);
+    return WIRE_DECODED;
+}
+
+enum wire_result
+wire_decode_auth_version(struct evbuffer *in, int version,
+    enum wire_auth_method method, const struct wire_limits *lim,
+    struct wire_auth *auth, const char **cause)
+{
+    const char **slot[WIRE_AUTH_MAX_FIELDS];
+    char *copy[WIRE_AUTH_MAX_FIELDS];
+    uint32_t len[WIRE_AUTH_MAX_FIELDS];
+    struct wire_cursor c;
+    enum wire_result r;
+    int n;
+
+    memset(auth, 0, sizeof *auth);
+    auth->method = method;
+    auth->version = version;
+    if ((n = auth_slots(auth, slot)) < 0)
+        return wire_fail(cause, "unknown authentication method %d",
+            (int)method);
+    if (connection_string(auth))
+        return decode_connection_string(in, lim, auth, cause);
+    cursor_init(&c, in, lim->max_message);
+    if ((r = scan_auth(&c, wire_auth_names[method], n, lim, len,
+        cause)) != WIRE_DECODED)
+        return r;
+    if ((r = take_auth_strings(in, n, len, copy, cause)) != WIRE_DECODED)
+        return r;
+    for (int i = 0; i < n; i++)
+        *slot[i] = copy[i];
+    return WIRE_DECODED;
+}
+
+enum wire_result
+wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
+    const struct wire_limits *lim, struct wire_auth *auth, const char **cause)
+{
+    return wire_decode_auth_version(in, WIRE_V3, method, lim, auth, cause);
 }

@@ -1,7 +1,11 @@
 /*
- * The jetblack-messagebus v3 wire codec: message structs, incremental
- * decoding from an evbuffer with limits, encoding into an evbuffer.
- * No I/O. See BUS-PROTOCOL.md for the format.
+ * The jetblack-messagebus wire codec, bus protocols 3, 4 (= 5) and 6:
+ * message structs, incremental decoding from an evbuffer with limits,
+ * encoding into an evbuffer. No I/O. See BUS-PROTOCOL.md for the format.
+ *
+ * The protocol version is a parameter of the one schema: 4 changes only
+ * the login (one connection string), 6 puts a content-type string where
+ * 3 and 4 have the image byte of the four data messages.
  */
 #ifndef BUSGATE_WIRE_H
 #define BUSGATE_WIRE_H
@@ -12,7 +16,16 @@
 
 struct evbuffer;
 
-#define WIRE_PROTOCOL_VERSION 3
+#define WIRE_PROTOCOL_VERSION 3   /* the default bus protocol */
+
+/* Bus protocol versions. 5 is byte-identical to 4 on the wire. */
+#define WIRE_V3 3
+#define WIRE_V4 4
+#define WIRE_V5 5
+#define WIRE_V6 6
+
+/* True for 3, 4, 5 and 6. */
+bool wire_version_valid(int version);
 
 enum wire_type {
     WIRE_MULTICAST_DATA = 1,           /* client -> bus: publish */
@@ -72,8 +85,9 @@ struct wire_packet {
 };
 
 /*
- * One bus message. Each type uses a subset of the fields, in the wire order
- * given by BUS-PROTOCOL.md:
+ * One bus message at one protocol version. Each type uses a subset of the
+ * fields, in the wire order given by BUS-PROTOCOL.md (the "image" slot is
+ * is_image below version 6 and content_type from 6 on):
  *   MULTICAST_DATA          feed, topic, is_image, packets
  *   UNICAST_DATA            client_id, feed, topic, is_image, packets
  *   FORWARDED_SUBSCRIPTION  user, host, client_id, feed, topic, is_add
@@ -84,15 +98,22 @@ struct wire_packet {
  *   FORWARDED_MULTICAST     user, host, feed, topic, is_image, packets
  *   FORWARDED_UNICAST       user, host, client_id, feed, topic, is_image, packets
  * Fields a type does not use are ignored by wire_encode.
+ *
+ * version selects the schema for both directions: wire_encode writes the
+ * message at msg->version, wire_decode reads at msg->version (set it once
+ * after wire_msg_init, which sets WIRE_PROTOCOL_VERSION; decoding keeps
+ * it). 0 is read as 3, so a zeroed message is a version 3 one.
  */
 struct wire_msg {
     enum wire_type type;
+    int version;
     struct wire_str user;
     struct wire_str host;
     struct wire_str feed;
     struct wire_str topic;
     uint8_t client_id[WIRE_GUID_LEN];   /* wire (.NET) byte order */
-    bool is_image;
+    bool is_image;                      /* image slot below 6 */
+    struct wire_str content_type;       /* image slot from 6 on */
     bool is_add;
     bool auth_required;
     struct wire_ints entitlements;      /* AUTHORIZATION_RESPONSE only */
@@ -137,32 +158,56 @@ size_t wire_encoded_size(const struct wire_msg *msg);
 /* Name of a message type for logs ("MulticastData"...), "unknown" if none. */
 const char *wire_type_name(int type);
 
-/* The authentication payload sent right after connecting. */
+/*
+ * The authentication payload sent right after connecting. At 3 it is the
+ * method's strings; from 4 on one connection string,
+ * "Username=u;Password=p" or "Token=t", then ";Impersonating=..",
+ * ";ForwardedFor=.." and ";Application=.." for each one that is non-empty
+ * (as the python clients 4.1.0 and 6.0.0-alpha.1 write it).
+ */
 enum wire_auth_method {
     WIRE_AUTH_NONE,   /* nothing is sent */
     WIRE_AUTH_BASIC,  /* username, password, impersonating, forwarded_for */
     WIRE_AUTH_TOKEN,  /* token, impersonating, forwarded_for */
 };
 
-/* NULL strings are sent as null (length 0). */
+/* NULL strings are sent as null (length 0). application is sent from 4
+ * on only. version as in struct wire_msg (0 is 3). */
 struct wire_auth {
     enum wire_auth_method method;
+    int version;
     const char *username;
     const char *password;
     const char *token;
     const char *impersonating;
     const char *forwarded_for;
+    const char *application;
 };
 
-/* Append the authentication payload for auth to out. Returns 0 or -1. */
+/*
+ * Whether auth can be sent at auth->version: from 4 on no value may hold
+ * ';' (the server splits on it, with no escaping). Returns 0, or -1 with
+ * *cause (codec-owned text, as for wire_decode) naming the field.
+ */
+int wire_auth_check(const struct wire_auth *auth, const char **cause);
+
+/* Append the authentication payload for auth to out. Returns 0, or -1 if
+ * out of memory or wire_auth_check refuses it (nothing is appended). */
 int wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth);
 
 /*
- * Decode an authentication payload of the given method (used by tests and
- * tools; the gateway never receives one). Strings are returned as
- * malloc'd NUL-terminated copies (NULL for null) that the caller frees
- * with wire_auth_free. Same result convention as wire_decode.
+ * Decode an authentication payload of the given method at the given
+ * version (used by tests and tools; the gateway never receives one). From
+ * 4 on the connection string is parsed as the distributor does (split on
+ * ';', then on the first '='; an empty part, a part without '=', an
+ * unknown or repeated key, or a missing required key is an error).
+ * Strings are returned as malloc'd NUL-terminated copies (NULL for null
+ * or absent) that the caller frees with wire_auth_free. Same result
+ * convention as wire_decode. wire_decode_auth is the version 3 decoder.
  */
+enum wire_result wire_decode_auth_version(struct evbuffer *in, int version,
+    enum wire_auth_method method, const struct wire_limits *lim,
+    struct wire_auth *auth, const char **cause);
 enum wire_result wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
     const struct wire_limits *lim, struct wire_auth *auth, const char **cause);
 void wire_auth_free(struct wire_auth *auth);

@@ -117,12 +117,21 @@ class Event:
     def __repr__(self):
         return "Event(%r, %r)" % (self.line, self.payloads)
 
-    # DATA <feed> <topic> <user> <host> <image|delta> <multicast|unicast> [PKT...]
+    # DATA <feed> <topic> <user> <host> <image|delta> <multicast|unicast>
+    #      [type=<content-type>] [PKT...]
+    def content_type(self):
+        """The type= token's value (bus protocol 6), None if there is none."""
+        t = [w for w in self.words[7:8] if w.startswith("type=")]
+        return unescape(t[0][5:]).decode() if t else None
+
+    def packet_specs(self):
+        return [w for w in self.words[7:] if not w.startswith("type=")]
+
     def data_fields(self):
         assert self.kind == "DATA", self
         w = self.words
         packets = []
-        for spec, payload in zip(w[7:], self.payloads):
+        for spec, payload in zip(self.packet_specs(), self.payloads):
             ents = None
             if ":" in spec:
                 ents = [int(x) for x in spec.split(":", 1)[1].split(",")]
@@ -131,7 +140,7 @@ class Event:
             "feed": unescape(w[1]).decode(), "topic": unescape(w[2]).decode(),
             "user": unescape(w[3]).decode(), "host": unescape(w[4]).decode(),
             "image": w[5] == "image", "unicast": w[6] == "unicast",
-            "packets": packets,
+            "content_type": self.content_type(), "packets": packets,
         }
 
 
@@ -186,7 +195,7 @@ class Session:
         line = self._read_line(deadline)
         ev = Event(line)
         if ev.kind == "DATA":
-            lens = [int(spec.split(":", 1)[0]) for spec in ev.words[7:]]
+            lens = [int(spec.split(":", 1)[0]) for spec in ev.packet_specs()]
             if lens:
                 ev.payloads = [self._read_exact(n, deadline) for n in lens]
                 term = self._read_line(deadline)

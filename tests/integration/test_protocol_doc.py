@@ -32,18 +32,33 @@ def doc_text():
 
 
 def fenced_blocks(text, info):
-    """[(first line number, [(line number, text)])] of ```info blocks."""
-    blocks, cur, start = [], None, 0
+    """[(first line number, [(line number, text)], {setting: value})] of
+    ```info blocks; "```info key=value..." sets gateway settings."""
+    blocks, cur, start, settings = [], None, 0, {}
     for n, line in enumerate(text.split("\n"), 1):
+        words = line.strip().split()
         if cur is None:
-            if line.strip() == "```" + info:
+            if words and words[0] == "```" + info:
                 cur, start = [], n
+                settings = dict(w.split("=", 1) for w in words[1:])
         elif line.strip() == "```":
-            blocks.append((start, cur))
+            blocks.append((start, cur, settings))
             cur = None
         else:
             cur.append((n, line))
     return blocks
+
+
+def settings_config(settings):
+    """{"bus.protocol": "6"} -> {"bus": {"protocol": "6"}}."""
+    cfg = {}
+    for key, value in settings.items():
+        node = cfg
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return cfg
 
 
 class Step:
@@ -229,12 +244,14 @@ def setUpModule():
     Env.dir = gwtest.tempdir("busgate-doc-")
 
 
-def run_block(test, index, steps):
+def run_block(test, index, steps, settings):
     bus = gwtest.TestBus(Env.dir, heartbeat=0.2, name="bus%d" % index,
-                         feeds={"secure": {"authorization_required": True}})
+                         feeds={"secure": {"authorization_required": True}},
+                         protocol=int(settings.get("bus.protocol", 3)))
     bus.start()
-    gw = gwtest.Gateway(Env.dir, bus, name="gw%d" % index,
-                        config={"bus": {"heartbeat": {"timeout": "10s"}}})
+    config = gwtest.merge({"bus": {"heartbeat": {"timeout": "10s"}}},
+                          settings_config(settings))
+    gw = gwtest.Gateway(Env.dir, bus, name="gw%d" % index, config=config)
     try:
         gw.start()
         gw.wait_log(r"bus: up")
@@ -252,11 +269,11 @@ class TestProtocolDocExamples(unittest.TestCase):
 
 def _add_block_tests():
     blocks = fenced_blocks(doc_text(), "session")
-    for i, (start, lines) in enumerate(blocks):
+    for i, (start, lines, settings) in enumerate(blocks):
         steps = [Step(n, t) for n, t in lines]
 
-        def test(self, i=i, steps=steps):
-            run_block(self, i, steps)
+        def test(self, i=i, steps=steps, settings=settings):
+            run_block(self, i, steps, settings)
         test.__doc__ = "doc/PROTOCOL.md:%d" % start
         setattr(TestProtocolDocExamples, "test_line_%04d" % start, test)
     return len(blocks)

@@ -46,11 +46,13 @@ def _guid(client_id):
 class BusClient:
     def __init__(self, host, port, tls_ca=None, server_name=None, auth=None,
                  impersonating=None, forwarded_for=None, timeout=10.0,
-                 tls=None, limits=None):
+                 tls=None, limits=None, protocol=3, application=None):
         """Connect, do TLS if tls_ca is given (or tls=True: unverified), and
         send the credentials: auth is None (NULL authenticator),
-        ('password', user, password) or ('jwt', token)."""
-        self.decoder = w.Decoder(limits)
+        ('password', user, password) or ('jwt', token), at bus protocol
+        `protocol` (3, 4, 5 or 6; application is sent from 4 on)."""
+        self.protocol = protocol
+        self.decoder = w.Decoder(limits, protocol)
         self.pending = collections.deque()
         self.closed = False
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -79,13 +81,14 @@ class BusClient:
             kind = auth[0]
             if kind == "password":
                 payload = w.PasswordAuth(auth[1], auth[2], impersonating,
-                                         forwarded_for)
+                                         forwarded_for, application)
             elif kind == "jwt":
-                payload = w.JwtAuth(auth[1], impersonating, forwarded_for)
+                payload = w.JwtAuth(auth[1], impersonating, forwarded_for,
+                                    application)
             else:
                 raise ValueError("auth must be None, ('password', user, pw) "
                                  "or ('jwt', token)")
-            self.send_raw(w.encode_auth(payload))
+            self.send_raw(w.encode_auth(payload, protocol))
 
     # ------------------------------------------------------------ sending
 
@@ -93,7 +96,7 @@ class BusClient:
         self.sock.sendall(data)
 
     def send_message(self, msg):
-        self.send_raw(w.encode_message(msg))
+        self.send_raw(w.encode_message(msg, self.protocol))
 
     def subscribe(self, feed, topic):
         self.send_message(w.SubscriptionRequest(feed, topic, True))
@@ -104,13 +107,15 @@ class BusClient:
     def notify(self, feed, add=True):
         self.send_message(w.NotificationRequest(feed, add))
 
-    def publish(self, feed, topic, packets, is_image=False):
+    def publish(self, feed, topic, packets, is_image=False, content_type=""):
         self.send_message(w.MulticastData(feed, topic, is_image,
-                                          _packets(packets)))
+                                          _packets(packets), content_type))
 
-    def send(self, client_id, feed, topic, packets, is_image=False):
+    def send(self, client_id, feed, topic, packets, is_image=False,
+             content_type=""):
         self.send_message(w.UnicastData(_guid(client_id), feed, topic,
-                                        is_image, _packets(packets)))
+                                        is_image, _packets(packets),
+                                        content_type))
 
     def authorize(self, client_id, feed, topic, required, entitlements):
         self.send_message(w.AuthorizationResponse(

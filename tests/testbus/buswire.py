@@ -1,7 +1,13 @@
-"""Independent codec for the jetblack-messagebus v3 wire protocol.
+"""Independent codec for the jetblack-messagebus wire protocol, 3, 4 (= 5), 6.
 
 Written from doc BUS-PROTOCOL.md, not from the gateway's C codec, so the two
 can check each other.  Standard library only.
+
+Versions (`version=` on every encode/decode, default 3): from 4 the login is
+one connection string (PasswordAuth/JwtAuth gain `application`, sent from 4
+only); from 6 the four data messages carry `content_type` (a string) where
+3 and 4 carry the `is_image` byte.  Each data message has both attributes;
+the one not on the wire at that version is left at its default.
 
 Conventions (the python client's, as in tests/vectors/wire-v3.json):
 - every integer is a big-endian int32; a negative length or count is an error;
@@ -31,6 +37,7 @@ __all__ = [
     "NullAuth", "PasswordAuth", "JwtAuth",
     "MESSAGE_TYPES", "TYPE_IDS", "encode", "encode_message", "decode_message",
     "encode_auth", "decode_auth", "Decoder", "message_fields", "type_name",
+    "VERSIONS", "wire_fields", "connection_string", "parse_connection_string",
 ]
 
 
@@ -63,6 +70,7 @@ class MulticastData:
     topic: str = ""
     is_image: bool = False
     data_packets: Optional[List[DataPacket]] = None
+    content_type: str = ""          # version 6: in the is_image slot
 
 
 @dataclass
@@ -72,6 +80,7 @@ class UnicastData:
     topic: str = ""
     is_image: bool = False
     data_packets: Optional[List[DataPacket]] = None
+    content_type: str = ""          # version 6: in the is_image slot
 
 
 @dataclass
@@ -123,6 +132,7 @@ class ForwardedMulticastData:
     topic: str = ""
     is_image: bool = False
     data_packets: Optional[List[DataPacket]] = None
+    content_type: str = ""          # version 6: in the is_image slot
 
 
 @dataclass
@@ -134,6 +144,7 @@ class ForwardedUnicastData:
     topic: str = ""
     is_image: bool = False
     data_packets: Optional[List[DataPacket]] = None
+    content_type: str = ""          # version 6: in the is_image slot
 
 
 @dataclass
@@ -147,6 +158,7 @@ class PasswordAuth:
     password: str = ""
     impersonating: Optional[str] = None
     forwarded_for: Optional[str] = None
+    application: Optional[str] = None   # version 4 and later
 
 
 @dataclass
@@ -154,6 +166,7 @@ class JwtAuth:
     token: str = ""
     impersonating: Optional[str] = None
     forwarded_for: Optional[str] = None
+    application: Optional[str] = None   # version 4 and later
 
 
 MESSAGE_TYPES = {
@@ -177,7 +190,67 @@ _FIELD_KINDS = {
     "client_id": "guid", "data_packets": "packets", "entitlements": "intset",
     "username": "str", "password": "str", "token": "str",
     "impersonating": "nstr", "forwarded_for": "nstr",
+    "content_type": "str", "application": "nstr",
 }
+
+VERSIONS = (3, 4, 5, 6)
+
+
+def wire_fields(cls, version=3):
+    """The field names of cls on the wire at version, in wire order."""
+    out = []
+    for f in dc_fields(cls):
+        if f.name in ("content_type", "application"):
+            continue
+        if f.name == "is_image" and version >= 6:
+            out.append("content_type")
+        else:
+            out.append(f.name)
+    return out
+
+
+# The connection string's keys (version 4 and later), in the clients' order.
+_CONN_KEYS = (("Username", "username"), ("Password", "password"),
+              ("Token", "token"), ("Impersonating", "impersonating"),
+              ("ForwardedFor", "forwarded_for"), ("Application", "application"))
+_CONN_REQUIRED = {"password": ("Username", "Password"), "jwt": ("Token",)}
+
+
+def connection_string(payload):
+    """The one login string of version 4 and later, as the python clients
+    4.1.0 and 6.0.0-alpha.1 write it (optional keys only when non-empty).
+    Raises ValueError for a value the server's split cannot carry."""
+    parts = []
+    for key, attr in _CONN_KEYS:
+        if not hasattr(payload, attr):
+            continue
+        value = getattr(payload, attr)
+        if key in ("Username", "Password", "Token") or value:
+            if ";" in (value or ""):
+                raise ValueError("%s contains ';'" % key)
+            parts.append("%s=%s" % (key, value or ""))
+    return ";".join(parts)
+
+
+def parse_connection_string(kind, text):
+    """Parse a login string as the distributor does (Split(';'), then
+    Split('=', 2), a case-sensitive dictionary).  ProtocolError if it would
+    fail there: empty part, part without '=', repeated or missing key."""
+    values = {}
+    for part in text.split(";"):
+        if "=" not in part:
+            raise ProtocolError("connection string part %r without '='" % part)
+        key, value = part.split("=", 1)
+        if key in values:
+            raise ProtocolError("repeated key %r in the connection string" % key)
+        values[key] = value
+    for key in _CONN_REQUIRED[kind]:
+        if key not in values:
+            raise ProtocolError("connection string has no %s" % key)
+    cls = AUTH_TYPES[kind]
+    kw = {attr: values.get(key) for key, attr in _CONN_KEYS
+          if attr in {f.name for f in dc_fields(cls)}}
+    return cls(**kw)
 
 
 def type_name(msg):
@@ -239,35 +312,38 @@ def _enc_field(out, kind, value):
         raise AssertionError(kind)
 
 
-def _enc_body(out, obj):
-    for f in dc_fields(obj):
-        _enc_field(out, _FIELD_KINDS[f.name], getattr(obj, f.name))
+def _enc_body(out, obj, version):
+    for name in wire_fields(type(obj), version):
+        _enc_field(out, _FIELD_KINDS[name], getattr(obj, name))
 
 
-def encode_message(msg):
+def encode_message(msg, version=3):
     """Type byte + fields of one message, as bytes."""
     tid = TYPE_IDS.get(type(msg))
     if tid is None:
         raise TypeError("not a bus message: %r" % (msg,))
     out = bytearray([tid])
-    _enc_body(out, msg)
+    _enc_body(out, msg, version)
     return bytes(out)
 
 
-def encode_auth(payload):
+def encode_auth(payload, version=3):
     """The authentication payload a client writes right after connecting."""
     if type(payload) not in AUTH_TYPES.values():
         raise TypeError("not an auth payload: %r" % (payload,))
     out = bytearray()
-    _enc_body(out, payload)
+    if version >= 4 and not isinstance(payload, NullAuth):
+        _enc_str(out, connection_string(payload))
+    else:
+        _enc_body(out, payload, version)
     return bytes(out)
 
 
-def encode(obj):
+def encode(obj, version=3):
     """encode_message or encode_auth, whichever fits."""
     if type(obj) in TYPE_IDS:
-        return encode_message(obj)
-    return encode_auth(obj)
+        return encode_message(obj, version)
+    return encode_auth(obj, version)
 
 
 # ---------------------------------------------------------------- decoding
@@ -363,11 +439,12 @@ class _Reader:
             return self.packets()
         raise AssertionError(kind)
 
-    def body(self, cls):
-        return cls(*[self.field(_FIELD_KINDS[f.name]) for f in dc_fields(cls)])
+    def body(self, cls, version):
+        return cls(**{name: self.field(_FIELD_KINDS[name])
+                      for name in wire_fields(cls, version)})
 
 
-def decode_message(buf, offset=0, limits=None):
+def decode_message(buf, offset=0, limits=None, version=3):
     """Decode one message at buf[offset:].
 
     Returns (message, bytes consumed), or None if the buffer ends before the
@@ -379,13 +456,13 @@ def decode_message(buf, offset=0, limits=None):
         cls = MESSAGE_TYPES.get(tid)
         if cls is None:
             raise ProtocolError("unknown message type byte 0x%02x" % tid)
-        msg = r.body(cls)
+        msg = r.body(cls, version)
     except _NeedMore:
         return None
     return msg, r.pos - offset
 
 
-def decode_auth(kind, buf, offset=0, limits=None):
+def decode_auth(kind, buf, offset=0, limits=None, version=3):
     """Decode an authentication payload of kind 'null'|'password'|'jwt'.
 
     Returns (payload, bytes consumed) or None if more bytes are needed.
@@ -393,7 +470,10 @@ def decode_auth(kind, buf, offset=0, limits=None):
     cls = AUTH_TYPES[kind]
     r = _Reader(buf, offset, limits or DEFAULT_LIMITS)
     try:
-        payload = r.body(cls)
+        if version >= 4 and kind != "null":
+            payload = parse_connection_string(kind, r.string(False))
+        else:
+            payload = r.body(cls, version)
     except _NeedMore:
         return None
     return payload, r.pos - offset
@@ -402,15 +482,16 @@ def decode_auth(kind, buf, offset=0, limits=None):
 class Decoder:
     """Incremental decoder: feed() bytes, then next() until it gives None."""
 
-    def __init__(self, limits=None):
+    def __init__(self, limits=None, version=3):
         self.limits = limits or DEFAULT_LIMITS
+        self.version = version
         self.buf = bytearray()
 
     def feed(self, data):
         self.buf += data
 
     def next(self):
-        res = decode_message(self.buf, 0, self.limits)
+        res = decode_message(self.buf, 0, self.limits, self.version)
         if res is None:
             return None
         msg, n = res
@@ -418,7 +499,7 @@ class Decoder:
         return msg
 
     def next_auth(self, kind):
-        res = decode_auth(kind, self.buf, 0, self.limits)
+        res = decode_auth(kind, self.buf, 0, self.limits, self.version)
         if res is None:
             return None
         payload, n = res
@@ -449,6 +530,8 @@ def _json_value(value):
     return value
 
 
-def message_fields(msg):
-    """JSON-able dict of a message's fields: guids canonical, bytes as hex."""
-    return {f.name: _json_value(getattr(msg, f.name)) for f in dc_fields(msg)}
+def message_fields(msg, version=3):
+    """JSON-able dict of a message's wire fields at version: guids
+    canonical, bytes as hex."""
+    return {name: _json_value(getattr(msg, name))
+            for name in wire_fields(type(msg), version)}

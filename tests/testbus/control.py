@@ -173,7 +173,7 @@ class TestBus:
                  feeds=None, users=None, defects=(), fault=None, port=0,
                  jwt_secret=DEFAULT_JWT_SECRET, jwt_skew=None,
                  heartbeat_host=None, cert="server", extra_args=(),
-                 name="testbus"):
+                 name="testbus", protocol=3):
         self.workdir = os.path.abspath(workdir)
         self.tls = tls
         self.auth = auth
@@ -196,6 +196,7 @@ class TestBus:
         self.cert = cert
         self.extra_args = list(extra_args)
         self.name = name
+        self.protocol = protocol
         self.proc = None
         self.pki = None
         self.ca_file = None
@@ -211,7 +212,7 @@ class TestBus:
         os.makedirs(self.workdir, exist_ok=True)
         cmd = [sys.executable, TESTBUS, "--host", "127.0.0.1",
                "--port", str(self.port), "--auth", self.auth,
-               "--log", self.log_path]
+               "--log", self.log_path, "--protocol", str(self.protocol)]
         if self.tls:
             self.pki = make_pki(os.path.join(self.workdir, "pki"))
             self.ca_file = self.pki.ca_cert
@@ -465,6 +466,7 @@ class TestBus:
                 auth = None
         kw.setdefault("tls_ca", self.ca_file if self.tls else None)
         kw.setdefault("server_name", "localhost")
+        kw.setdefault("protocol", self.protocol)
         c = BusClient("127.0.0.1", self.port, auth=auth, **kw)
         if wait_login:
             try:

@@ -30,17 +30,27 @@ from control import (TestBus, make_jwt, make_pki,  # noqa: E402
 TIMEOUT = float(os.environ.get("BUSGATE_TEST_TIMEOUT", "10"))
 
 
-def vectors_path():
-    rel = os.path.join("tests", "vectors", "wire-v3.json")
+def vectors_path(version=3):
+    name = "wire-v%d.json" % version
+    rel = os.path.join("tests", "vectors", name)
     for var in ("srcdir", "top_srcdir"):
         base = os.environ.get(var)
         if base and os.path.exists(os.path.join(base, rel)):
             return os.path.join(base, rel)
-    return os.path.join(HERE, "..", "vectors", "wire-v3.json")
+    return os.path.join(HERE, "..", "vectors", name)
 
 
-with open(vectors_path(), encoding="utf-8") as _f:
-    VECTORS = json.load(_f)["vectors"]
+def _load(version):
+    with open(vectors_path(version), encoding="utf-8") as f:
+        return json.load(f)["vectors"]
+
+
+# The golden vectors of each protocol (made with the real python clients
+# 3.0.1, 4.1.0 and 6.0.0-alpha.1), and all of them as (version, vector).
+VECTORS_BY_VERSION = {v: _load(v) for v in (3, 4, 6)}
+VECTORS = VECTORS_BY_VERSION[3]
+ALL_VECTORS = [(v, vec) for v, vecs in VECTORS_BY_VERSION.items()
+               for vec in vecs]
 
 WORK = None
 PKI = None
@@ -85,19 +95,27 @@ def _expected_fields(vec):
     return out
 
 
-def _decode(vec, data):
+def _decode(vec, data, version=3):
     if vec["type_id"] is None:
-        return w.decode_auth(vec["type"].split("-", 1)[1], data)
-    return w.decode_message(data)
+        return w.decode_auth(vec["type"].split("-", 1)[1], data,
+                             version=version)
+    return w.decode_message(data, version=version)
+
+
+def _wire_order(msg, version):
+    """The attribute names the vectors list, in their order."""
+    if isinstance(msg, tuple(w.AUTH_TYPES.values())) and version >= 4:
+        return [f for f in vars(msg)]   # a connection string: every key
+    return w.wire_fields(type(msg), version)
 
 
 class CodecTest(unittest.TestCase):
 
     def test_every_vector_decodes_to_its_fields(self):
-        for vec in VECTORS:
-            with self.subTest(vec["name"]):
+        for version, vec in ALL_VECTORS:
+            with self.subTest(vec["name"], version=version):
                 data = bytes.fromhex(vec["hex"])
-                msg, n = _decode(vec, data)
+                msg, n = _decode(vec, data, version)
                 self.assertEqual(n, len(data))
                 cls = w.MESSAGE_TYPES[vec["type_id"]] \
                     if vec["type_id"] is not None \
@@ -110,15 +128,15 @@ class CodecTest(unittest.TestCase):
                 got = {k: getattr(msg, k) for k in vec["fields"]}
                 self.assertEqual(got, _expected_fields(vec))
                 # The field order is the wire order, as the vectors list it.
-                self.assertEqual([f for f in vars(msg)],
+                self.assertEqual(_wire_order(msg, version),
                                  list(vec["fields"]))
 
     def test_every_vector_reencodes_exactly(self):
-        for vec in VECTORS:
-            with self.subTest(vec["name"]):
+        for version, vec in ALL_VECTORS:
+            with self.subTest(vec["name"], version=version):
                 data = bytes.fromhex(vec["hex"])
-                msg, _ = _decode(vec, data)
-                self.assertEqual(w.encode(msg), data)
+                msg, _ = _decode(vec, data, version)
+                self.assertEqual(w.encode(msg, version), data)
                 # Built from the vector's own fields ([] as well as null).
                 cls = type(msg)
                 raw = {}
@@ -132,33 +150,64 @@ class CodecTest(unittest.TestCase):
                               None if p["data_hex"] is None
                               else bytes.fromhex(p["data_hex"])) for p in v]
                     raw[k] = v
-                self.assertEqual(w.encode(cls(**raw)), data)
+                self.assertEqual(w.encode(cls(**raw), version), data)
 
     def test_every_vector_byte_at_a_time(self):
-        for vec in VECTORS:
-            with self.subTest(vec["name"]):
+        for version, vec in ALL_VECTORS:
+            with self.subTest(vec["name"], version=version):
                 data = bytes.fromhex(vec["hex"])
                 for i in range(len(data)):
-                    self.assertIsNone(_decode(vec, data[:i]), i)
+                    self.assertIsNone(_decode(vec, data[:i], version), i)
                 if vec["type_id"] is None:
                     continue
-                dec = w.Decoder()
+                dec = w.Decoder(version=version)
                 for i, b in enumerate(data):
                     self.assertIsNone(dec.next())
                     dec.feed(bytes([b]))
                 msg = dec.next()
-                self.assertEqual(w.encode(msg), data)
+                self.assertEqual(w.encode(msg, version), data)
                 self.assertIsNone(dec.next())
                 self.assertEqual(len(dec.buf), 0)
 
     def test_many_messages_in_one_buffer(self):
-        msgs = [v for v in VECTORS if v["type_id"] is not None]
-        dec = w.Decoder()
-        dec.feed(b"".join(bytes.fromhex(v["hex"]) for v in msgs) + b"\x05")
-        out = dec.messages()
-        self.assertEqual([w.type_name(m) for m in out],
-                         [v["type"] for v in msgs])
-        self.assertEqual(bytes(dec.buf), b"\x05")
+        for version, vecs in VECTORS_BY_VERSION.items():
+            msgs = [v for v in vecs if v["type_id"] is not None]
+            dec = w.Decoder(version=version)
+            dec.feed(b"".join(bytes.fromhex(v["hex"]) for v in msgs) + b"\x05")
+            out = dec.messages()
+            self.assertEqual([w.type_name(m) for m in out],
+                             [v["type"] for v in msgs])
+            self.assertEqual(bytes(dec.buf), b"\x05")
+
+    def test_version_4_login_is_one_connection_string(self):
+        p = w.PasswordAuth("gw", "p=w", None, "", "busgate@h")
+        data = w.encode_auth(p, 4)
+        self.assertEqual(data[4:], b"Username=gw;Password=p=w;"
+                                   b"Application=busgate@h")
+        self.assertEqual(w.decode_auth("password", data, version=4)[0],
+                         w.PasswordAuth("gw", "p=w", None, None, "busgate@h"))
+        with self.assertRaisesRegex(ValueError, "Password contains ';'"):
+            w.encode_auth(w.PasswordAuth("gw", "a;b"), 4)
+        for bad, why in ((b"Username=gw;Password=x;", "without '='"),
+                         (b"Username=gw", "no Password"),
+                         (b"Username=a;Username=b;Password=x", "repeated"),
+                         (b"gw", "without '='")):
+            with self.subTest(bad):
+                with self.assertRaisesRegex(w.ProtocolError, why):
+                    w.decode_auth("password", len(bad).to_bytes(4, "big")
+                                  + bad, version=4)
+
+    def test_version_6_content_type_in_the_image_slot(self):
+        m = w.MulticastData("F", "T", True, None, "text/plain")
+        self.assertEqual(w.encode_message(m, 3)[11], 1)
+        v6 = w.encode_message(m, 6)
+        self.assertEqual(v6[11:25], b"\x00\x00\x00\x0atext/plain")
+        self.assertEqual(w.decode_message(v6, version=6)[0],
+                         w.MulticastData("F", "T", False, None, "text/plain"))
+        # Version 3 bytes read at 6 are an error, never wrong data.
+        with self.assertRaises(w.ProtocolError):
+            w.decode_message(w.encode_message(m, 3) + b"\0" * 64,
+                             limits=w.Limits(max_string=4096), version=6)
 
     def test_guid_example(self):
         g = uuid.UUID("33221100-5544-7766-8899-aabbccddeeff")
@@ -622,6 +671,79 @@ class DefectUnsubscribeTest(ServerTestCase):
         p.publish("DG", "B", [(None, b"1")])
         p.publish("DG", "SENTINEL", [(None, b"2")])
         self.next_is(s, "DG", "SENTINEL")
+
+
+class Protocol4Test(ServerTestCase):
+    """--protocol 4: the connection-string login of 4.0.0 to 5.x."""
+    bus_kw = {"protocol": 4, "users": {"gw": "gw;pass", "pub": "p=w"}}
+
+    def test_password_login_with_application(self):
+        c = self.client("pub", application="busgate@h1")
+        rec = self.bus.identify(c)
+        self.assertEqual((rec["event"], rec["user"], rec["application"]),
+                         ("login", "pub", "busgate@h1"))
+        c.subscribe("F", "T")
+        self.bus.sync(c)
+
+    def test_a_version_3_login_fails(self):
+        c = self.client("pub", protocol=3, wait_login=False)
+        rec = self.bus.identify(c)
+        self.assertEqual(rec["event"], "login-failed")
+        self.assertIn("without '='", rec["reason"])
+        c.expect_closed(TIMEOUT)
+
+    def test_a_semicolon_cannot_be_sent(self):
+        with self.assertRaisesRegex(ValueError, "contains ';'"):
+            self.client("gw")
+
+
+class Protocol4NullTest(ServerTestCase):
+    bus_kw = {"protocol": 4, "tls": False, "auth": "none"}
+
+    def test_user_nobody(self):
+        c = self.client()
+        self.assertEqual(self.bus.identify(c)["user"], "nobody")
+
+
+class Protocol6Test(ServerTestCase):
+    """--protocol 6: content types in the data messages."""
+    bus_kw = {"protocol": 6, "auth": "jwt", "heartbeat": 0.2}
+
+    def test_content_type_is_carried_and_logged(self):
+        p, s = self.client("pub"), self.client()
+        s.subscribe("CT", "A")
+        self.bus.sync(s)
+        p.publish("CT", "A", [(None, b"{}")], content_type="application/json")
+        m = self.next_is(s, "CT", "A")
+        self.assertEqual((m.content_type, m.is_image), ("application/json",
+                                                        False))
+        got = self.bus.messages("MulticastData", conn=p.conn)[-1]["fields"]
+        self.assertEqual(got["content_type"], "application/json")
+        self.assertNotIn("is_image", got)
+        s.send(p.client_id, "CT", "A", [(None, b"x")])   # p is not subscribed
+        p.subscribe("CT", "B")
+        self.bus.sync(p)
+        s.send(p.client_id, "CT", "B", [(None, b"x")], content_type="img")
+        m = self.next_is(p, "CT", "B", "ForwardedUnicastData")
+        self.assertEqual(m.content_type, "img")
+
+    def test_heartbeat_and_stale_carry_an_empty_content_type(self):
+        s = self.client()
+        s.subscribe("__admin__", "heartbeat")
+        m = self.next_is(s, "__admin__", "heartbeat")
+        self.assertEqual((m.user, m.content_type), ("admin", ""))
+        p = self.client("pub")
+        s.subscribe("ST", "A")
+        self.bus.sync(s)
+        p.publish("ST", "A", [(None, b"1")], content_type="t")
+        self.assertEqual(self.next_is(s, "ST", "A").content_type, "t")
+        p.close()
+        while True:
+            m = s.recv(TIMEOUT)
+            if m.topic == "A":
+                break
+        self.assertEqual((m.user, m.content_type, m.data_packets),
+                         ("", "", None))
 
 
 class NullAuthPlainTest(ServerTestCase):

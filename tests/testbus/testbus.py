@@ -43,7 +43,8 @@ class AuthFailed(Exception):
 class EventLog:
     """One JSON object per line, flushed, or nothing at all."""
 
-    def __init__(self, path):
+    def __init__(self, path, protocol=3):
+        self.protocol = protocol
         if path is None:
             self.f = None
         elif path == "-":
@@ -68,7 +69,7 @@ class EventLog:
         if self.f is None:
             return
         self.write(event, conn, type=w.type_name(msg),
-                   fields=w.message_fields(msg), **kw)
+                   fields=w.message_fields(msg, self.protocol), **kw)
 
 
 # ------------------------------------------------------------ authentication
@@ -135,8 +136,10 @@ def load_users(path):
 class Authenticator:
     """Reads and checks the credentials a client sends after connecting."""
 
-    def __init__(self, kind, users=None, jwt_secret=None, jwt_skew=300.0):
+    def __init__(self, kind, users=None, jwt_secret=None, jwt_skew=300.0,
+                 protocol=3):
         self.kind = kind
+        self.protocol = protocol
         self.users = users or {}
         self.jwt_secret = jwt_secret
         self.jwt_skew = jwt_skew
@@ -144,7 +147,8 @@ class Authenticator:
     def check(self, payload):
         """(user, impersonating, forwarded_for) or AuthFailed."""
         if self.kind == "none":
-            return "unknown", None, None
+            # The NULL authenticator's user became "nobody" in 4.0.0.
+            return ("nobody" if self.protocol >= 4 else "unknown"), None, None
         if self.kind == "password":
             expected = self.users.get(payload.username)
             if expected is None or not hmac.compare_digest(
@@ -245,7 +249,8 @@ class Conn:
         self.active = False         # logged in and registered with the bus
         self.closing = False
         self.close_reason = None
-        self.decoder = w.Decoder(bus.limits)
+        self.decoder = w.Decoder(bus.limits, bus.args.protocol)
+        self.application = None
         self.auth_cache = {}        # feed -> topic -> AuthorizationResponse
         self.pending = {}           # (feed, topic) -> adds awaiting answers
         self.subscribed_once = False
@@ -267,7 +272,7 @@ class Conn:
         if self.closing or self.writer is None or self.writer.is_closing():
             return
         self.bus.log.message("send", self, msg)
-        self.write_raw(w.encode_message(msg))
+        self.write_raw(w.encode_message(msg, self.bus.args.protocol))
 
     def write_raw(self, data):
         if self.closing or self.writer is None or self.writer.is_closing():
@@ -379,6 +384,7 @@ class Bus:
             else:
                 conn.close_reason = "login failed"
             return
+        conn.application = getattr(payload, "application", None)
         self.login(conn, user, imp, fwd)
         self.inject_login_fault(conn)
         await self.message_loop(conn)
@@ -460,8 +466,10 @@ class Bus:
         conn.forwarded_for = fwd
         conn.active = True
         self.by_guid[conn.guid] = conn
+        extra = {"application": conn.application} \
+            if self.args.protocol >= 4 else {}
         self.log.write("login", conn, host=conn.host, auth=self.auth.kind,
-                       impersonating=imp, forwarded_for=fwd)
+                       impersonating=imp, forwarded_for=fwd, **extra)
 
     def inject_login_fault(self, conn):
         if self.fault == "garbage":
@@ -762,7 +770,8 @@ class Bus:
             self.add_publisher(pub, msg.feed, msg.topic)
             sub.send(w.ForwardedMulticastData(
                 user, host, msg.feed, msg.topic, msg.is_image,
-                self.authorized_packets(msg.data_packets, state)))
+                self.authorized_packets(msg.data_packets, state),
+                msg.content_type))
 
     def on_unicast(self, conn, msg):
         subscribers = self.subs.get(msg.feed, {}).get(msg.topic, {})
@@ -782,7 +791,8 @@ class Bus:
         target.send(w.ForwardedUnicastData(
             conn.user_for(msg.feed), conn.host_for(msg.feed), msg.client_id,
             msg.feed, msg.topic, msg.is_image,
-            self.authorized_packets(msg.data_packets, state)))
+            self.authorized_packets(msg.data_packets, state),
+            msg.content_type))
 
     def heartbeat(self):
         if self.routing_stopped:
@@ -828,7 +838,8 @@ class Bus:
     def cut_mid_message(self, conn, req):
         data = w.encode_message(w.ForwardedMulticastData(
             "fault", "fault-host", req.feed, req.topic, True,
-            [w.DataPacket([1], b"half of this message never arrives")]))
+            [w.DataPacket([1], b"half of this message never arrives")]),
+            self.args.protocol)
         half = data[:len(data) // 2]
         self.log.write("send", conn, type="raw", fault=self.fault,
                        fields={"hex": half.hex()})
@@ -859,6 +870,10 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--protocol", type=int, choices=w.VERSIONS, default=3,
+                   help="bus protocol: 3 (2019-09), 4 = 5 (connection-string "
+                        "login, 4.0.0 to 5.x), 6 (content types, "
+                        "6.0.0-alpha.6); default 3")
     p.add_argument("--auth", choices=("none", "password", "jwt"),
                    default="none")
     p.add_argument("--users", help="password file: username:password lines")
@@ -906,8 +921,9 @@ def listen_socket(host, port):
 async def run(args):
     policy = FeedPolicy(json.load(open(args.feeds)) if args.feeds else None)
     users = load_users(args.users) if args.users else {}
-    auth = Authenticator(args.auth, users, args.jwt_secret, args.jwt_skew)
-    log = EventLog(args.log)
+    auth = Authenticator(args.auth, users, args.jwt_secret, args.jwt_skew,
+                         args.protocol)
+    log = EventLog(args.log, args.protocol)
     bus = Bus(args, policy, auth, log)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(
@@ -918,6 +934,7 @@ async def run(args):
     accept = asyncio.create_task(bus.accept_loop(lsock))
     log.write("listen", None, host=args.host, port=port, pid=os.getpid(),
               tls=bool(args.tls_cert), auth=args.auth, fault=args.fault,
+              protocol=args.protocol,
               defects=[d for d in ("unsubscribe", "silent_login",
                                    "null_packets")
                        if getattr(args, "defect_" + d)])

@@ -411,6 +411,46 @@ test_forwarded_for(void **state)
     }
 }
 
+/* bus.protocol: 3 by default, 5 kept as written (a synonym of 4); from 4
+ * on a login setting holding ';' cannot be sent and is refused at load. */
+static void
+test_bus_protocol(void **state)
+{
+    static const int ok[] = { 3, 4, 5, 6 };
+    char yaml[256];
+    struct config cfg;
+
+    expect_ok(&cfg, "bus:\n  host: h\n");
+    assert_int_equal(cfg.bus.protocol, 3);
+    assert_null(cfg.bus.application);
+    config_free(&cfg);
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        snprintf(yaml, sizeof yaml, "bus:\n  host: h\n  protocol: %d\n"
+            "  application: a=b\n  impersonating: x;y\n", ok[i]);
+        if (ok[i] == 3) {
+            expect_ok(&cfg, yaml);
+            assert_int_equal(cfg.bus.protocol, 3);
+            assert_string_equal(cfg.bus.application, "a=b");
+            config_free(&cfg);
+            continue;
+        }
+        assert_int_equal(load(&cfg, yaml), -1);
+        assert_non_null(strstr(err, "bus.impersonating contains ';', which "
+            "bus.protocol"));
+        config_free(&cfg);
+    }
+    expect_error("bus:\n  host: h\n  protocol: 7\n",
+        "t.yaml:3:13: bus.protocol: expected one of 3, 4, 5, 6, got \"7\"");
+    expect_error("bus:\n  host: h\n  protocol: 4\n  forwarded_for: \"a;b\"\n",
+        "t.yaml:4:18: bus.forwarded_for contains ';', which bus.protocol 4 "
+        "cannot send (the distributor splits its one login string on ';' "
+        "with no escaping); remove the ';' or use bus.protocol 3");
+    expect_error("bus:\n  host: h\n  protocol: 6\n  application: \";\"\n",
+        "t.yaml:4:16: bus.application contains ';', which bus.protocol 6 "
+        "cannot send (the distributor splits its one login string on ';' "
+        "with no escaping); remove the ';' or use bus.protocol 3");
+}
+
 static void
 test_auth_rules(void **state)
 {
@@ -892,6 +932,7 @@ main(void)
         cmocka_unit_test(test_tls_forms),
         cmocka_unit_test(test_forwarded_for),
         cmocka_unit_test(test_auth_rules),
+        cmocka_unit_test(test_bus_protocol),
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_wrong_types),
         cmocka_unit_test(test_ranges),

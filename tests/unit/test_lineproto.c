@@ -195,6 +195,87 @@ test_pub(void **state)
     assert_ptr_equal(f->cmd.packets[2].data, payload + 5);
 }
 
+/* PUB/SEND type=<content type>: optional, before the packets, escaped like
+ * a name, empty allowed; refused when the bus speaks below 6. */
+static void
+test_content_type(void **state)
+{
+    struct fx *f = *state;
+    struct lp_limits l6 = lim, l3 = lim;
+    char line[160];
+
+    assert_int_equal(parse(f, "PUB prices AAPL image type=application/json 2"), 0);
+    NAME_IS(&f->cmd.content_type, "application/json");
+    assert_int_equal(f->cmd.n_packets, 1);
+    assert_int_equal(f->cmd.payload_len, 2);
+    assert_int_equal(parse(f, "PUB prices AAPL delta type=text/plain%3B%20charset=utf-8"), 0);
+    NAME_IS(&f->cmd.content_type, "text/plain; charset=utf-8");
+    assert_int_equal(f->cmd.n_packets, 0);
+    assert_int_equal(parse(f, "PUB prices AAPL delta type= 1"), 0);
+    assert_int_equal(f->cmd.content_type.len, 0);
+    assert_int_equal(parse(f, "PUB prices AAPL delta 1"), 0);
+    assert_int_equal(f->cmd.content_type.len, 0);   /* none given */
+    snprintf(line, sizeof(line), "SEND %s prices AAPL image type=img 3:7", id_text);
+    assert_int_equal(parse(f, line), 0);
+    NAME_IS(&f->cmd.content_type, "img");
+    assert_int_equal(f->cmd.packets[0].entitlements.v[0], 7);
+    refused(f, "PUB prices AAPL image type=a%zz 2", LP_ERR_BAD_NAME);
+    assert_string_equal(f->msg, "bad content type: '%' must be followed by two hex digits");
+    assert_int_equal(f->cmd.payload_len, 2);    /* the payload can still be skipped */
+
+    l6.bus_protocol = 6;
+    assert_int_equal(lp_parse_command("PUB f t image type=x 1", 22, &l6, &f->cmd,
+        &f->err, f->msg, sizeof(f->msg)), 0);
+    NAME_IS(&f->cmd.content_type, "x");
+    l3.bus_protocol = 4;
+    assert_int_equal(lp_parse_command("PUB f t image type=x 1", 22, &l3, &f->cmd,
+        &f->err, f->msg, sizeof(f->msg)), -1);
+    assert_int_equal(f->err, LP_ERR_SYNTAX);
+    assert_string_equal(f->msg, "type= needs bus protocol 6; the bus speaks 4, which "
+        "has only image or delta");
+    assert_int_equal(f->cmd.n_packets, 1);
+    assert_int_equal(f->cmd.payload_len, 1);
+    assert_int_equal(lp_parse_command("PUB f t image 1", 15, &l3, &f->cmd,
+        &f->err, f->msg, sizeof(f->msg)), 0);
+}
+
+/* DATA carries type= only when the message has a content type. */
+static void
+test_format_data_content_type(void **state)
+{
+    struct fx *f = *state;
+    static const uint8_t p0[] = "{}";
+    struct wire_packet pk = { { NULL, 0 }, p0, 2 };
+    struct wire_msg m;
+    size_t n, eol;
+    char *s;
+    static const char want[] = "DATA F T u h delta multicast type=text/plain;%20x 2\n{}\n";
+
+    wire_msg_init(&m);
+    m.version = WIRE_V6;
+    m.type = WIRE_FORWARDED_MULTICAST;
+    m.feed = (struct wire_str){ "F", 1 };
+    m.topic = (struct wire_str){ "T", 1 };
+    m.user = (struct wire_str){ "u", 1 };
+    m.host = (struct wire_str){ "h", 1 };
+    m.content_type = (struct wire_str){ "text/plain; x", 13 };
+    m.packets = &pk;
+    m.n_packets = 1;
+    assert_int_equal(lp_format_data(f->buf, &m), 0);
+    s = drain(f->buf, &n);
+    assert_int_equal(n, sizeof(want) - 1);
+    assert_memory_equal(s, want, n);
+    eol = (size_t)((char *)memchr(s, '\n', n) - s);
+    assert_int_equal(lp_parse_event(s, eol, &lim, &f->ev), 0);
+    NAME_IS(&f->ev.content_type, "text/plain; x");
+    assert_int_equal(f->ev.n_packets, 1);
+    assert_int_equal(f->ev.payload_len, 2);
+    free(s);
+    m.content_type = (struct wire_str){ "", 0 };
+    assert_int_equal(lp_format_data(f->buf, &m), 0);
+    BUF_IS(f->buf, "DATA F T u h delta multicast 2\n{}\n");
+}
+
 static void
 test_send(void **state)
 {
@@ -338,7 +419,8 @@ test_syntax_errors(void **state)
     refused(f, "+OK", LP_ERR_UNKNOWN_COMMAND);
 
     refused(f, "PUB prices AAPL", LP_ERR_SYNTAX);
-    assert_string_equal(f->msg, "PUB needs <feed> <topic> <image|delta> [PKT...]");
+    assert_string_equal(f->msg, "PUB needs <feed> <topic> <image|delta> "
+        "[type=<content-type>] [PKT...]");
     refused(f, "SUB prices", LP_ERR_SYNTAX);
     assert_string_equal(f->msg, "SUB needs <feed> <topic>");
     refused(f, "SUB a b c", LP_ERR_SYNTAX);
@@ -603,7 +685,7 @@ test_escape_round_trip_all_bytes(void **state)
     assert_int_equal(lp_put_name(f->buf, name, 128), 0);
     evbuffer_add(f->buf, " t", 2);
     s = drain(f->buf, &n);
-    assert_int_equal(lp_parse_command(s, n, &(struct lp_limits){ 256, 1, 1, 1 },
+    assert_int_equal(lp_parse_command(s, n, &(struct lp_limits){ 256, 1, 1, 1, 0 },
         &f->cmd, &f->err, f->msg, sizeof(f->msg)), 0);
     assert_int_equal(f->cmd.feed.len, 128);
     assert_memory_equal(f->cmd.feed.ptr, name, 128);
@@ -793,7 +875,7 @@ static void
 test_format_replies(void **state)
 {
     struct fx *f = *state;
-    struct lp_limits l = { 4096, 1048576, 1024, 1024 };
+    struct lp_limits l = { 4096, 1048576, 1024, 1024, 0 };
     char big[2000];
 
     assert_int_equal(lp_format_ok(f->buf), 0);
@@ -822,7 +904,13 @@ test_format_replies(void **state)
         &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"), 0);
     BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
         "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
-        "max_notifications=1000 max_authorizers=500 max_output=8388608 bus=up\n");
+        "max_notifications=1000 max_authorizers=500 max_output=8388608 bus_protocol=0 bus=up\n");
+    l.bus_protocol = 6;
+    assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536,
+        &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"), 0);
+    BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
+        "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
+        "max_notifications=1000 max_authorizers=500 max_output=8388608 bus_protocol=6 bus=up\n");
 }
 
 static void
@@ -918,6 +1006,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_escape_round_trip_all_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_escape_round_trip_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_data_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_content_type, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_data_content_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_data_stale_and_multicast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_notification_authreq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_replies, setup, teardown),

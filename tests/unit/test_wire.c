@@ -1,8 +1,10 @@
 /*
- * The wire codec against the golden vectors (tests/vectors/wire-v3.json):
- * every vector decodes to its listed fields, encodes from them to the same
- * bytes, survives any split, reports need-more on every truncation and an
- * error on every limit violation; plus hand-made malformed input.
+ * The wire codec against the golden vectors of each bus protocol
+ * (tests/vectors/wire-v3.json, -v4, -v6, made with the real python clients
+ * 3.0.1, 4.1.0 and 6.0.0-alpha.1): every vector decodes to its listed
+ * fields, encodes from them to the same bytes, survives any split, reports
+ * need-more on every truncation and an error on every limit violation;
+ * plus hand-made malformed input. The vector tests run once per version.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -328,6 +330,15 @@ jget_type(const struct jval *v, const char *key, enum jtype t)
 
 static struct jval vectors_doc;
 static const struct jval *vectors;   /* the "vectors" array */
+static int vector_version = WIRE_V3; /* the protocol of the loaded file */
+
+/* A message to decode or encode at the loaded vectors' version. */
+static void
+vmsg_init(struct wire_msg *msg)
+{
+    wire_msg_init(msg);
+    msg->version = vector_version;
+}
 
 static char *
 read_file(const char *path, size_t *len)
@@ -353,18 +364,19 @@ read_file(const char *path, size_t *len)
 }
 
 static int
-load_vectors(void **state)
+load_vectors(int version)
 {
     const char *top = getenv("top_srcdir");
-    char path[4096];
+    char path[4096], rel[64];
     struct jparser jp;
     size_t len;
     char *text;
 
-    snprintf(path, sizeof path, "%s/tests/vectors/wire-v3.json",
-        top != NULL ? top : ".");
+    vector_version = version;
+    snprintf(rel, sizeof rel, "tests/vectors/wire-v%d.json", version);
+    snprintf(path, sizeof path, "%s/%s", top != NULL ? top : ".", rel);
     if ((text = read_file(path, &len)) == NULL &&
-        (text = read_file("tests/vectors/wire-v3.json", &len)) == NULL) {
+        (text = read_file(rel, &len)) == NULL) {
         fprintf(stderr, "cannot read %s\n", path);
         return -1;
     }
@@ -389,9 +401,30 @@ load_vectors(void **state)
 }
 
 static int
+load_v3(void **state)
+{
+    return load_vectors(WIRE_V3);
+}
+
+static int
+load_v4(void **state)
+{
+    return load_vectors(WIRE_V4);
+}
+
+static int
+load_v6(void **state)
+{
+    return load_vectors(WIRE_V6);
+}
+
+static int
 free_vectors(void **state)
 {
     jfree(&vectors_doc);
+    memset(&vectors_doc, 0, sizeof vectors_doc);
+    vectors = NULL;
+    vector_version = WIRE_V3;
     return 0;
 }
 
@@ -489,6 +522,7 @@ limits_wide(struct wire_limits *lim)
 
 /* --- what each message type carries, written down independently --- */
 
+/* "is_image" is the image slot: "content_type" from version 6 on. */
 static const char *const expected_fields[WIRE_TYPE_MAX + 1][8] = {
     [1] = { "feed", "topic", "is_image", "data_packets" },
     [2] = { "client_id", "feed", "topic", "is_image", "data_packets" },
@@ -514,6 +548,8 @@ str_field(const struct wire_msg *msg, const char *key)
         return &msg->feed;
     if (strcmp(key, "topic") == 0)
         return &msg->topic;
+    if (strcmp(key, "content_type") == 0)
+        return &msg->content_type;
     return NULL;
 }
 
@@ -619,8 +655,14 @@ check_msg(const struct wire_msg *msg, const struct jval *v)
     assert_int_equal(msg->type, type);
     assert_string_equal(wire_type_name((int)type),
         jget_type(v, "type", J_STR)->s);
-    for (const char *const *k = expected_fields[type]; *k != NULL; k++, n++) {
-        const struct jval *want = jget(fields, *k);
+    for (const char *const *slot = expected_fields[type]; *slot != NULL;
+        slot++, n++) {
+        const char *const *k = slot, *ct = "content_type";
+        const struct jval *want;
+
+        if (vector_version >= WIRE_V6 && strcmp(*slot, "is_image") == 0)
+            k = &ct;
+        want = jget(fields, *k);
 
         if (want == NULL) {
             fprintf(stderr, "%s: field %s missing\n", vector_name(v), *k);
@@ -696,7 +738,7 @@ build_msg(struct built *b, const struct jval *v)
     const struct jval *fields = jget_type(v, "fields", J_OBJ);
 
     memset(b, 0, sizeof *b);
-    wire_msg_init(&b->msg);
+    vmsg_init(&b->msg);
     b->msg.type = (enum wire_type)jget_type(v, "type_id", J_NUM)->num;
     for (size_t i = 0; i < fields->n; i++) {
         const char *k = fields->keys[i];
@@ -714,6 +756,7 @@ build_msg(struct built *b, const struct jval *v)
         } else if (strcmp(k, "data_packets") == 0) {
             build_packets(b, f);
         } else if (strcmp(k, "is_image") == 0) {
+            assert_true(vector_version < WIRE_V6);
             b->msg.is_image = f->b;
         } else if (strcmp(k, "is_add") == 0) {
             b->msg.is_add = f->b;
@@ -771,7 +814,7 @@ test_vectors_decode(void **state)
         bytes = vector_bytes(v, &len);
         buf = evbuffer_new();
         out = evbuffer_new();
-        wire_msg_init(&msg);
+        vmsg_init(&msg);
         evbuffer_add(buf, bytes, len);
         decode_one(buf, v, &msg);
         /* Re-encoding the decoded message gives the same bytes. */
@@ -833,7 +876,7 @@ test_vectors_bytewise(void **state)
             continue;
         }
         bytes = vector_bytes(v, &len);
-        wire_msg_init(&msg);
+        vmsg_init(&msg);
         for (size_t k = 0; k < len; k++) {
             enum wire_result r;
 
@@ -876,7 +919,7 @@ test_vectors_chains(void **state)
             for (size_t k = 0; k < len; k += pieces[p])
                 evbuffer_add_reference(buf, bytes + k,
                     len - k < pieces[p] ? len - k : pieces[p], NULL, NULL);
-            wire_msg_init(&msg);
+            vmsg_init(&msg);
             decode_one(buf, v, &msg);
             wire_msg_free(&msg);
             evbuffer_free(buf);
@@ -906,7 +949,7 @@ test_vectors_truncations(void **state)
             const char *cause = NULL;
 
             evbuffer_add(buf, bytes, k);
-            wire_msg_init(&msg);
+            vmsg_init(&msg);
             if (wire_decode(buf, &lim, &msg, &cause) != WIRE_NEED_MORE) {
                 fprintf(stderr, "%s: prefix %zu: %s\n", vector_name(v), k,
                     cause ? cause : "decoded");
@@ -964,7 +1007,7 @@ expect_error(const uint8_t *bytes, size_t len, const struct wire_limits *lim,
     enum wire_result r;
 
     evbuffer_add(buf, bytes, len);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     r = wire_decode(buf, lim, &msg, &cause);
     if (r != WIRE_ERROR || cause == NULL || strstr(cause, want_cause) == NULL) {
         fprintf(stderr, "%s: want error \"%s\", got %d \"%s\"\n", name,
@@ -997,7 +1040,7 @@ test_vectors_limits(void **state)
         vector_limits(v, len, &exact);
         buf = evbuffer_new();
         evbuffer_add(buf, bytes, len);
-        wire_msg_init(&msg);
+        vmsg_init(&msg);
         assert_int_equal(wire_decode(buf, &exact, &msg, NULL), WIRE_DECODED);
         check_msg(&msg, v);
         wire_msg_free(&msg);
@@ -1044,7 +1087,7 @@ test_back_to_back(void **state)
             free(bytes);
         }
     }
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     for (int round = 0; round < 2; round++) {
         for (size_t i = 0; i < vectors->n; i++) {
             const struct jval *v = &vectors->items[i];
@@ -1083,7 +1126,7 @@ test_store_reuse(void **state)
     size_t cap = 0;
 
     limits_wide(&lim);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     for (int round = 0; round < 200; round++) {
         for (size_t i = 0; i < vectors->n; i++) {
             const struct jval *v = &vectors->items[i];
@@ -1126,7 +1169,7 @@ test_fields_cleared(void **state)
     struct wire_msg msg;
 
     limits_wide(&lim);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     evbuffer_add(buf, pub, sizeof pub);
     evbuffer_add(buf, note, sizeof note);
     assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_DECODED);
@@ -1156,7 +1199,7 @@ test_bool_nonzero(void **state)
     struct wire_msg msg;
 
     limits_wide(&lim);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     for (unsigned b = 1; b < 256; b += 37) {
         uint8_t m[sizeof in];
 
@@ -1219,7 +1262,7 @@ test_negative_lengths(void **state)
     struct wire_msg msg;
 
     limits_wide(&lim);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     evbuffer_add(buf, base, sizeof base);
     assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_DECODED);
     assert_int_equal(msg.packets[0].len, 2);
@@ -1280,7 +1323,7 @@ test_limits_before_complete(void **state)
         struct evbuffer *buf = evbuffer_new();
         struct wire_msg msg;
 
-        wire_msg_init(&msg);
+        vmsg_init(&msg);
         evbuffer_add(buf, many, sizeof many);
         assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_NEED_MORE);
         assert_int_equal(evbuffer_get_length(buf), sizeof many);
@@ -1317,7 +1360,7 @@ test_large_payload(void **state)
     head[sizeof head - 2] = (uint8_t)(n >> 8);
     head[sizeof head - 1] = (uint8_t)n;
     limits_wide(&lim);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     evbuffer_add(buf, head, sizeof head);
     for (size_t k = 0; k < n; k += chunk) {
         assert_int_equal(wire_decode(buf, &lim, &msg, &cause), WIRE_NEED_MORE);
@@ -1352,7 +1395,7 @@ test_string_with_nul(void **state)
     struct wire_msg msg;
 
     limits_wide(&lim);
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     evbuffer_add(buf, m, sizeof m);
     assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_DECODED);
     assert_int_equal(msg.feed.len, 3);
@@ -1370,14 +1413,14 @@ test_encode_refusals(void **state)
     struct wire_packet pk = { { NULL, 0 }, NULL, 0 };
     struct wire_msg msg;
 
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     msg.type = 0;
     assert_int_equal(wire_encode(out, &msg), -1);
     assert_int_equal(wire_encoded_size(&msg), 0);
     msg.type = 10;
     assert_int_equal(wire_encode(out, &msg), -1);
 
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     msg.type = WIRE_SUBSCRIPTION_REQUEST;
     msg.topic.ptr = "t";
     msg.topic.len = 0x80000000u;
@@ -1393,7 +1436,7 @@ test_encode_refusals(void **state)
     assert_int_equal(wire_encode(out, &msg), 0);
     evbuffer_drain(out, evbuffer_get_length(out));
 
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     msg.type = WIRE_MULTICAST_DATA;
     msg.n_packets = 1;
     assert_int_equal(wire_encode(out, &msg), -1);   /* packets NULL */
@@ -1408,7 +1451,7 @@ test_encode_refusals(void **state)
     assert_int_equal(evbuffer_get_length(out), 1 + 4 + 4 + 1 + 4 + 4 + 4);
     evbuffer_drain(out, evbuffer_get_length(out));
 
-    wire_msg_init(&msg);
+    vmsg_init(&msg);
     msg.type = WIRE_AUTHORIZATION_RESPONSE;
     msg.entitlements.n = 1;
     assert_int_equal(wire_encode(out, &msg), -1);
@@ -1475,9 +1518,10 @@ check_auth(const struct wire_auth *a, const struct jval *v)
 {
     const struct jval *fields = jget_type(v, "fields", J_OBJ);
     static const char *const basic[] = { "username", "password",
-        "impersonating", "forwarded_for" };
+        "impersonating", "forwarded_for", "application" };
     static const char *const token[] = { "token", "impersonating",
-        "forwarded_for" };
+        "forwarded_for", "application" };
+    size_t extra = vector_version >= WIRE_V4 ? 1 : 0;   /* application */
 
     assert_int_equal(a->method, auth_method(v));
     switch (a->method) {
@@ -1485,14 +1529,14 @@ check_auth(const struct wire_auth *a, const struct jval *v)
         assert_int_equal(fields->n, 0);
         break;
     case WIRE_AUTH_BASIC:
-        assert_int_equal(fields->n, 4);
-        for (size_t i = 0; i < 4; i++)
+        assert_int_equal(fields->n, 4 + extra);
+        for (size_t i = 0; i < 4 + extra; i++)
             assert_string_equal(fields->keys[i], basic[i]);
         assert_null(a->token);
         break;
     case WIRE_AUTH_TOKEN:
-        assert_int_equal(fields->n, 3);
-        for (size_t i = 0; i < 3; i++)
+        assert_int_equal(fields->n, 3 + extra);
+        for (size_t i = 0; i < 3 + extra; i++)
             assert_string_equal(fields->keys[i], token[i]);
         assert_null(a->username);
         assert_null(a->password);
@@ -1503,6 +1547,7 @@ check_auth(const struct wire_auth *a, const struct jval *v)
     check_auth_str(a->token, fields, "token");
     check_auth_str(a->impersonating, fields, "impersonating");
     check_auth_str(a->forwarded_for, fields, "forwarded_for");
+    check_auth_str(a->application, fields, "application");
 }
 
 static const char *
@@ -1535,18 +1580,20 @@ test_auth_vectors(void **state)
         /* Encode from the listed fields. */
         memset(&enc, 0, sizeof enc);
         enc.method = auth_method(v);
+        enc.version = vector_version;
         enc.username = auth_field(v, "username");
         enc.password = auth_field(v, "password");
         enc.token = auth_field(v, "token");
         enc.impersonating = auth_field(v, "impersonating");
         enc.forwarded_for = auth_field(v, "forwarded_for");
+        enc.application = auth_field(v, "application");
         out = evbuffer_new();
         assert_int_equal(wire_encode_auth(out, &enc), 0);
         assert_buffer_equals(out, bytes, len, vector_name(v));
         /* Decode, whole and byte by byte. */
         buf = evbuffer_new();
         evbuffer_add(buf, bytes, len);
-        assert_int_equal(wire_decode_auth(buf, enc.method, &lim, &a, &cause),
+        assert_int_equal(wire_decode_auth_version(buf, vector_version, enc.method, &lim, &a, &cause),
             WIRE_DECODED);
         assert_int_equal(evbuffer_get_length(buf), 0);
         check_auth(&a, v);
@@ -1558,7 +1605,7 @@ test_auth_vectors(void **state)
         wire_auth_free(&a);
         for (size_t k = 0; k < len; k++) {
             evbuffer_add(buf, bytes + k, 1);
-            assert_int_equal(wire_decode_auth(buf, enc.method, &lim, &a,
+            assert_int_equal(wire_decode_auth_version(buf, vector_version, enc.method, &lim, &a,
                 &cause), k + 1 < len ? WIRE_NEED_MORE : WIRE_DECODED);
             if (k + 1 < len)
                 assert_int_equal(evbuffer_get_length(buf), k + 1);
@@ -1619,10 +1666,174 @@ test_auth_malformed(void **state)
     evbuffer_free(buf);
 }
 
+/* --- what changes between versions, by hand --- */
+
+/* The same publish at each version: the image slot is a byte below 6 and
+ * a string from 6 on, and a message decodes only at its own layout. */
+static void
+test_image_slot_by_version(void **state)
+{
+    static const uint8_t v3[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1,
+        0, 0, 0, 0 };
+    static const uint8_t v6[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T',
+        0, 0, 0, 4, 't', 'e', 'x', 't', 0, 0, 0, 0 };
+    static const int versions[] = { WIRE_V3, WIRE_V4, WIRE_V5, WIRE_V6 };
+    struct evbuffer *out = evbuffer_new();
+    struct wire_limits lim;
+    struct wire_msg m, got;
+    const char *cause = NULL;
+
+    limits_wide(&lim);
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0]; i++) {
+        bool six = versions[i] >= WIRE_V6;
+
+        wire_msg_init(&m);
+        m.version = versions[i];
+        m.type = WIRE_MULTICAST_DATA;
+        m.feed = (struct wire_str){ "F", 1 };
+        m.topic = (struct wire_str){ "T", 1 };
+        m.is_image = true;
+        m.content_type = (struct wire_str){ "text", 4 };
+        assert_int_equal(wire_encode(out, &m), 0);
+        assert_buffer_equals(out, six ? v6 : v3, six ? sizeof v6 : sizeof v3,
+            "image slot");
+        wire_msg_init(&got);
+        got.version = versions[i];
+        assert_int_equal(wire_decode(out, &lim, &got, NULL), WIRE_DECODED);
+        assert_int_equal(got.version, versions[i]);
+        assert_int_equal(got.is_image, !six);
+        assert_int_equal(got.content_type.len, six ? 4 : 0);
+        assert_string_equal(got.content_type.ptr, six ? "text" : "");
+        wire_msg_free(&got);
+    }
+    /* Version 3 bytes read at 6: the image byte starts a content type
+     * length of 16 MiB, a decode error (what a version mismatch looks
+     * like), never wrong data. */
+    wire_msg_init(&got);
+    got.version = WIRE_V6;
+    evbuffer_add(out, v3, sizeof v3);
+    assert_int_equal(wire_decode(out, &lim, &got, &cause), WIRE_ERROR);
+    assert_non_null(strstr(cause, "string length 16777216 over limit"));
+    assert_non_null(strstr(cause, "contentType"));
+    evbuffer_drain(out, evbuffer_get_length(out));
+    /* A zeroed message is a version 3 one. */
+    memset(&m, 0, sizeof m);
+    m.type = WIRE_MULTICAST_DATA;
+    m.is_image = true;
+    assert_int_equal(wire_encoded_size(&m), 1 + 4 + 4 + 1 + 4);
+    wire_msg_free(&got);
+    evbuffer_free(out);
+    assert_true(wire_version_valid(3) && wire_version_valid(4) &&
+        wire_version_valid(5) && wire_version_valid(6));
+    assert_false(wire_version_valid(0) || wire_version_valid(2) ||
+        wire_version_valid(7));
+}
+
+/* The content type is bounded by max_string like every other string. */
+static void
+test_content_type_limit(void **state)
+{
+    static const uint8_t v6[] = { 8, 0, 0, 0, 0, 0, 0, 0, 0,
+        0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 0, 0, 0, 5, 'i', 'm', 'a', 'g', 'e',
+        0, 0, 0, 0 };
+    struct wire_limits lim;
+
+    limits_wide(&lim);
+    lim.max_string = 4;
+    vector_version = WIRE_V6;
+    expect_error(v6, sizeof v6, &lim, "string length 5 over limit 4 "
+        "(ForwardedMulticastData contentType)", "content type limit");
+    vector_version = WIRE_V3;
+}
+
+/* From 4 on a value with ';' cannot be sent: refused, nothing appended. */
+static void
+test_auth_semicolon(void **state)
+{
+    struct evbuffer *out = evbuffer_new();
+    struct wire_auth a = { .method = WIRE_AUTH_BASIC, .version = WIRE_V4,
+        .username = "gw", .password = "se;cret" };
+    const char *cause = NULL;
+
+    assert_int_equal(wire_auth_check(&a, &cause), -1);
+    assert_non_null(strstr(cause, "Password contains ';'"));
+    assert_non_null(strstr(cause, "bus protocol 4"));
+    assert_int_equal(wire_encode_auth(out, &a), -1);
+    assert_int_equal(evbuffer_get_length(out), 0);
+    a.version = WIRE_V6;
+    a.password = "ok";
+    a.application = "app;x";
+    assert_int_equal(wire_auth_check(&a, &cause), -1);
+    assert_non_null(strstr(cause, "Application contains ';'"));
+    a.method = WIRE_AUTH_TOKEN;
+    a.application = NULL;
+    a.token = "t;t";
+    assert_int_equal(wire_auth_check(&a, &cause), -1);
+    assert_non_null(strstr(cause, "Token"));
+    /* At 3 every string is counted, so ';' is fine; and the application
+     * is not sent at all. */
+    a.version = WIRE_V3;
+    a.application = "x;y";
+    assert_int_equal(wire_auth_check(&a, &cause), 0);
+    assert_int_equal(wire_encode_auth(out, &a), 0);
+    assert_int_equal(evbuffer_get_length(out), 4 + 3 + 4 + 4);
+    evbuffer_free(out);
+}
+
+/* A connection string the distributor would refuse is refused here too. */
+static void
+test_connection_string_malformed(void **state)
+{
+    static const struct {
+        enum wire_auth_method method;
+        const char *text, *cause;
+    } cases[] = {
+        { WIRE_AUTH_BASIC, "Username=u;Password=p;", "empty part" },
+        { WIRE_AUTH_BASIC, "Username=u;;Password=p", "empty part" },
+        { WIRE_AUTH_BASIC, "Username=u;Password", "without '='" },
+        { WIRE_AUTH_BASIC, "Username=u;Username=v;Password=p", "repeated key Username" },
+        { WIRE_AUTH_BASIC, "Username=u", "has no Password" },
+        { WIRE_AUTH_BASIC, "username=u;Password=p", "unexpected key \"username\"" },
+        { WIRE_AUTH_BASIC, "Token=t;Username=u;Password=p", "unexpected key \"Token\"" },
+        { WIRE_AUTH_TOKEN, "Token=t;Password=p", "unexpected key \"Password\"" },
+        { WIRE_AUTH_TOKEN, "Application=a", "has no Token" },
+        { WIRE_AUTH_TOKEN, "", "empty part" },
+    };
+    struct evbuffer *buf = evbuffer_new();
+    struct wire_limits lim;
+    struct wire_auth a;
+    const char *cause = NULL;
+
+    limits_wide(&lim);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint32_t n = (uint32_t)strlen(cases[i].text);
+        uint8_t len[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16),
+            (uint8_t)(n >> 8), (uint8_t)n };
+
+        evbuffer_add(buf, len, 4);
+        evbuffer_add(buf, cases[i].text, n);
+        cause = NULL;
+        assert_int_equal(wire_decode_auth_version(buf, WIRE_V4, cases[i].method,
+            &lim, &a, &cause), WIRE_ERROR);
+        if (cause == NULL || strstr(cause, cases[i].cause) == NULL) {
+            fprintf(stderr, "\"%s\": want \"%s\", got \"%s\"\n", cases[i].text,
+                cases[i].cause, cause ? cause : "");
+            fail();
+        }
+        assert_int_equal(evbuffer_get_length(buf), 4 + n);   /* nothing taken */
+        assert_null(a.username);
+        assert_null(a.token);
+        assert_null(a.application);
+        evbuffer_drain(buf, evbuffer_get_length(buf));
+    }
+    evbuffer_free(buf);
+}
+
 int
 main(void)
 {
-    const struct CMUnitTest tests[] = {
+    /* Run at each version, against that version's vectors. */
+    const struct CMUnitTest vector_tests[] = {
         cmocka_unit_test(test_vectors_decode),
         cmocka_unit_test(test_vectors_encode),
         cmocka_unit_test(test_vectors_bytewise),
@@ -1631,6 +1842,9 @@ main(void)
         cmocka_unit_test(test_vectors_limits),
         cmocka_unit_test(test_back_to_back),
         cmocka_unit_test(test_store_reuse),
+        cmocka_unit_test(test_auth_vectors),
+    };
+    const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fields_cleared),
         cmocka_unit_test(test_bool_nonzero),
         cmocka_unit_test(test_unknown_types),
@@ -1641,9 +1855,20 @@ main(void)
         cmocka_unit_test(test_encode_refusals),
         cmocka_unit_test(test_type_names),
         cmocka_unit_test(test_limits_default),
-        cmocka_unit_test(test_auth_vectors),
         cmocka_unit_test(test_auth_malformed),
+        cmocka_unit_test(test_image_slot_by_version),
+        cmocka_unit_test(test_content_type_limit),
+        cmocka_unit_test(test_auth_semicolon),
+        cmocka_unit_test(test_connection_string_malformed),
     };
+    int failed = 0;
 
-    return cmocka_run_group_tests(tests, load_vectors, free_vectors);
+    failed += cmocka_run_group_tests_name("wire-v3 vectors", vector_tests,
+        load_v3, free_vectors);
+    failed += cmocka_run_group_tests_name("wire-v4 vectors", vector_tests,
+        load_v4, free_vectors);
+    failed += cmocka_run_group_tests_name("wire-v6 vectors", vector_tests,
+        load_v6, free_vectors);
+    failed += cmocka_run_group_tests_name("wire", tests, NULL, NULL);
+    return failed;
 }
