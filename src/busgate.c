@@ -87,11 +87,8 @@ struct cli {
     struct evbuffer *scratch;   /* output formatting */
     struct lp_event ev;         /* the current event */
     struct lp_limits lim;
+    struct lp_framer framer;    /* splits in into event lines and payloads */
     const uint8_t *payload;     /* DATA: the current event's payload block */
-    size_t consumed;            /* bytes of in the current event occupies */
-    size_t scanned;             /* bytes of in known to hold no newline */
-    uint64_t skip;              /* payload bytes of a refused event to discard */
-    bool skip_term;             /* then its terminating newline */
     bool eof;
     bool verbose;               /* the daemon answers every command */
     unsigned awaiting;          /* replies (+OK/-ERR, PONG, END) still due */
@@ -267,30 +264,6 @@ cli_pump(struct cli *c, int in_fd, int timeout_ms)
     return got;
 }
 
-/* Drop what the previous event occupied. */
-static void
-cli_release(struct cli *c)
-{
-    if (c->consumed > 0) {
-        evbuffer_drain(c->in, c->consumed);
-        c->consumed = 0;
-        c->scanned = 0;
-        c->payload = NULL;
-    }
-}
-
-/* Discard the payload of an event we refused; returns true when done. */
-static bool
-cli_skip(struct cli *c)
-{
-    size_t have = evbuffer_get_length(c->in);
-    size_t n = c->skip < have ? (size_t)c->skip : have;
-
-    evbuffer_drain(c->in, n);
-    c->skip -= n;
-    return c->skip == 0;
-}
-
 /* The daemon said something we cannot follow: stop, showing a bit of it. */
 static void __attribute__((noreturn))
 cli_garbled(const char *line, size_t len)
@@ -304,68 +277,53 @@ cli_garbled(const char *line, size_t len)
     fail(EXIT_NODAEMON, "unexpected line from busgated: %s%s", shown, len > n ? "..." : "");
 }
 
+/* An event line: 1 when it is a whole event, 0 when a payload follows (to
+ * read, or to skip when past our limits). */
+static int
+cli_event_line(struct cli *c, const char *line, size_t len)
+{
+    if (lp_parse_event(line, len, &c->lim, &c->ev) != 0) {
+        if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0)
+            cli_garbled(line, len);
+        note("skipping a DATA event past our limits (%" PRIu64 " bytes in %u packets)",
+            c->ev.payload_len, c->ev.n_packets);
+        lp_framer_payload(&c->framer, c->ev.payload_len, false);
+        return 0;
+    }
+    if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0)
+        return 1;
+    lp_framer_payload(&c->framer, c->ev.payload_len, true);
+    return 0;
+}
+
 /*
  * Parse the next complete event in c->in into c->ev (DATA: its payload at
- * c->payload). Returns 1 with an event, 0 when more bytes are needed.
+ * c->payload, valid until the next call). Returns 1 with an event, 0 when
+ * more bytes are needed.
  */
 static int
 cli_take(struct cli *c)
 {
-    struct evbuffer_ptr start, eol;
-    size_t have, need, eol_len = 0;
-    char *line;
+    struct lp_frame fr;
 
-    cli_release(c);
-    if (c->skip > 0 && !cli_skip(c))
-        return 0;
-    have = evbuffer_get_length(c->in);
-    if (evbuffer_ptr_set(c->in, &start, c->scanned, EVBUFFER_PTR_SET) != 0)
-        return 0;
-    eol = evbuffer_search_eol(c->in, &start, &eol_len, EVBUFFER_EOL_LF);
-    if (eol.pos < 0) {
-        c->scanned = have;
-        if (have > CLI_MAX_LINE)
-            fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
-        return 0;
-    }
-    if ((size_t)eol.pos > CLI_MAX_LINE)
-        fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
-    line = (char *)evbuffer_pullup(c->in, eol.pos + 1);
-    if (c->skip_term) {         /* the newline after a skipped payload */
-        if (eol.pos != 0 && !(eol.pos == 1 && line[0] == '\r'))
-            cli_garbled(line, (size_t)eol.pos);
-        c->skip_term = false;
-        c->consumed = (size_t)eol.pos + 1;
-        return cli_take(c);
-    }
-    if (lp_parse_event(line, (size_t)eol.pos, &c->lim, &c->ev) != 0) {
-        if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0)
-            cli_garbled(line, (size_t)eol.pos);
-        note("skipping a DATA event past our limits (%" PRIu64 " bytes in %u packets)",
-            c->ev.payload_len, c->ev.n_packets);
-        c->consumed = (size_t)eol.pos + 1;
-        c->skip = c->ev.payload_len;
-        c->skip_term = true;
-        return cli_take(c);
-    }
-    if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0) {
-        c->consumed = (size_t)eol.pos + 1;
-        return 1;
-    }
-    need = (size_t)eol.pos + 1 + c->ev.payload_len + 1;
-    if (have < need)
-        return 0;
-    line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)need);
-    if (line[need - 1] == '\r') {      /* "\r\n": allowed by the protocol */
-        if (have == need)
+    c->payload = NULL;
+    for (;;) {
+        switch (lp_framer_next(&c->framer, c->in, &fr)) {
+        case LP_FRAME_MORE:
             return 0;
-        line = (char *)evbuffer_pullup(c->in, (ev_ssize_t)++need);
+        case LP_FRAME_LINE:
+            if (cli_event_line(c, fr.data, fr.len))
+                return 1;
+            break;
+        case LP_FRAME_PAYLOAD:
+            c->payload = fr.data;
+            return 1;
+        case LP_FRAME_LINE_TOO_LONG:
+            fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
+        case LP_FRAME_BAD_TERMINATOR:
+            fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
+        }
     }
-    if (line[need - 1] != '\n')
-        fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
-    c->payload = (const uint8_t *)line + eol.pos + 1;
-    c->consumed = need;
-    return 1;
 }
 
 /*
@@ -512,6 +470,7 @@ cli_open(struct cli *c, const struct opts *o)
     if (c->in == NULL || c->out == NULL || c->scratch == NULL)
         fail(EXIT_NODAEMON, "out of memory");
     lp_event_init(&c->ev);
+    lp_framer_init(&c->framer, CLI_MAX_LINE);
     c->lim.max_name = UINT32_MAX;
     c->lim.max_payload = CLI_MAX_PAYLOAD;
     c->lim.max_packets = CLI_MAX_PACKETS;
@@ -524,14 +483,9 @@ cli_open(struct cli *c, const struct opts *o)
 
 /* Queue "VERB name [name]" and count its reply. */
 static void
-cli_send_names(struct cli *c, const char *verb, const char *a, const char *b)
+cli_send_names(struct cli *c, enum lp_verb verb, const char *a, const char *b)
 {
-    int r = evbuffer_add_printf(c->out, "%s ", verb) < 0 ||
-        lp_put_name(c->out, a, strlen(a)) < 0;
-
-    if (r == 0 && b != NULL)
-        r = evbuffer_add(c->out, " ", 1) < 0 || lp_put_name(c->out, b, strlen(b)) < 0;
-    if (r != 0 || evbuffer_add(c->out, "\n", 1) < 0)
+    if (lp_format_cmd_names(c->out, verb, a, strlen(a), b, b != NULL ? strlen(b) : 0) < 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->awaiting++;
 }
@@ -762,7 +716,7 @@ static void
 run_sub(struct cli *c, const struct opts *o, char **args, int nargs)
 {
     for (int i = 1; i < nargs; i++)
-        cli_send_names(c, "SUB", args[0], args[i]);
+        cli_send_names(c, LP_SUB, args[0], args[i]);
     cli_confirm(c, sub_event, o);
     for (;;) {
         cli_next(c, -1, 0);
@@ -784,7 +738,7 @@ notify_event(struct cli *c, const struct opts *o)
 static void
 run_notify(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    cli_send_names(c, "NOTIFY", args[0], NULL);
+    cli_send_names(c, LP_NOTIFY, args[0], NULL);
     cli_confirm(c, notify_event, o);
     for (;;) {
         cli_next(c, -1, 0);
@@ -798,20 +752,11 @@ run_notify(struct cli *c, const struct opts *o, char **args, int nargs)
 static void
 authorize_event(struct cli *c, const struct opts *o)
 {
-    char id[GUID_TEXT_LEN + 1];
-    int r;
-
     if (c->ev.kind != LP_EV_AUTHREQ)
         return;
     print_id_names(c);
-    guid_to_text(c->ev.client_id, id);
-    r = evbuffer_add_printf(c->out, "AUTHORIZE %s ", id) < 0 ||
-        lp_put_name(c->out, c->ev.feed.ptr, c->ev.feed.len) < 0 ||
-        evbuffer_add(c->out, " ", 1) < 0 ||
-        lp_put_name(c->out, c->ev.topic.ptr, c->ev.topic.len) < 0 ||
-        evbuffer_add_printf(c->out, " %s%s%s\n", o->not_required ? "not-required" : "required",
-            o->ents != NULL ? " " : "", o->ents != NULL ? o->ents : "") < 0;
-    if (r != 0)
+    if (lp_format_cmd_authorize(c->out, c->ev.client_id, c->ev.feed.ptr, c->ev.feed.len,
+            c->ev.topic.ptr, c->ev.topic.len, !o->not_required, o->ents) < 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->awaiting++;
     count_event(c, o);
@@ -820,7 +765,7 @@ authorize_event(struct cli *c, const struct opts *o)
 static void
 run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    cli_send_names(c, "AUTHORIZER", args[0], NULL);
+    cli_send_names(c, LP_AUTHORIZER, args[0], NULL);
     cli_confirm(c, authorize_event, o);
     for (;;) {
         cli_next(c, -1, 0);
@@ -832,7 +777,7 @@ run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
 static void
 run_stats(struct cli *c)
 {
-    if (evbuffer_add(c->out, "STATS\n", 6) < 0)
+    if (lp_format_cmd(c->out, LP_STATS, NULL) < 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->awaiting = 1;
     for (;;) {
@@ -865,7 +810,7 @@ run_ping(struct cli *c)
 {
     double t0 = now_ms();
 
-    if (evbuffer_add(c->out, "PING busgate\n", 13) < 0)
+    if (lp_format_cmd(c->out, LP_PING, "busgate") < 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->awaiting = 1;
     for (;;) {
@@ -884,8 +829,7 @@ run_ping(struct cli *c)
 
 struct publisher {
     const struct opts *o;
-    const char *verb;           /* PUB or SEND */
-    char target[GUID_TEXT_LEN + 2];     /* "ID " for SEND, "" for PUB */
+    const uint8_t *client_id;   /* SEND: the receiver; PUB: NULL */
     const char *feed, *topic;
     struct evbuffer *input;     /* stdin bytes not yet queued */
     bool input_eof;
@@ -902,12 +846,8 @@ pub_queue(struct cli *c, struct publisher *p, size_t n)
     const struct opts *o = p->o;
     int r;
 
-    r = evbuffer_add_printf(c->out, "%s %s", p->verb, p->target) < 0 ||
-        lp_put_name(c->out, p->feed, strlen(p->feed)) < 0 ||
-        evbuffer_add(c->out, " ", 1) < 0 ||
-        lp_put_name(c->out, p->topic, strlen(p->topic)) < 0 ||
-        evbuffer_add_printf(c->out, " %s %zu%s%s\n", o->image ? "image" : "delta", n,
-            o->ents != NULL ? ":" : "", o->ents != NULL ? o->ents : "") < 0 ||
+    r = lp_format_cmd_publish(c->out, p->client_id, p->feed, strlen(p->feed), p->topic,
+            strlen(p->topic), o->image, n, o->ents) < 0 ||
         evbuffer_remove_buffer(p->input, c->out, n) != (int)n ||
         evbuffer_add(c->out, "\n", 1) < 0;
     if (r != 0)
@@ -1003,7 +943,7 @@ run_publish(struct cli *c, struct publisher *p)
     bool pinged = false;
 
     if ((p->input = evbuffer_new()) == NULL ||
-        evbuffer_add(c->out, "VERBOSE off\n", 12) < 0)
+        lp_format_cmd(c->out, LP_VERBOSE, "off") < 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->verbose = false;
     for (;;) {
@@ -1013,7 +953,7 @@ run_publish(struct cli *c, struct publisher *p)
             pub_lines(c, p);
         if (p->input_eof && !pinged) {
             pub_last(c, p);
-            if (evbuffer_add(c->out, "PING end\n", 9) < 0)
+            if (lp_format_cmd(c->out, LP_PING, "end") < 0)
                 fail(EXIT_NODAEMON, "out of memory");
             c->awaiting++;
             pinged = true;
@@ -1043,7 +983,7 @@ run_publish(struct cli *c, struct publisher *p)
 static void
 run_pub(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    struct publisher p = { .o = o, .verb = "PUB" };
+    struct publisher p = { .o = o };
 
     p.feed = args[0];
     p.topic = args[1];
@@ -1053,13 +993,11 @@ run_pub(struct cli *c, const struct opts *o, char **args, int nargs)
 static void
 run_send(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    struct publisher p = { .o = o, .verb = "SEND" };
+    struct publisher p = { .o = o };
     uint8_t id[GUID_WIRE_LEN];
 
     guid_from_text(args[0], strlen(args[0]), id);   /* checked in main */
-    guid_to_text(id, p.target);
-    p.target[GUID_TEXT_LEN] = ' ';
-    p.target[GUID_TEXT_LEN + 1] = '\0';
+    p.client_id = id;
     p.feed = args[1];
     p.topic = args[2];
     run_publish(c, &p);

@@ -165,6 +165,39 @@ int lp_format_hello(struct evbuffer *out, const char *version,
     const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
     uint64_t max_output, const char *bus_state);
 
+/* "PONG [token]" (the token as the client sent it). */
+int lp_format_pong(struct evbuffer *out, const char *token, size_t len);
+
+/* STATS lines: "STAT name value", a text value with control bytes as '?';
+ * then "END". */
+int lp_format_stat_u64(struct evbuffer *out, const char *name, uint64_t v);
+int lp_format_stat_text(struct evbuffer *out, const char *name, const char *value);
+int lp_format_end(struct evbuffer *out);
+
+/* The upper-case name of a verb ("SUB"), NULL if unknown. */
+const char *lp_verb_name(enum lp_verb verb);
+
+/*
+ * Commands, client side (the busgate CLI, a C client library). Names are
+ * escaped here; entitlement lists (ents, NULL for none) are passed as text
+ * ("1,-2") the caller has checked.
+ */
+/* "VERB feed topic" for SUB/UNSUB; "VERB feed" (topic NULL) for NOTIFY,
+ * UNNOTIFY, AUTHORIZER, UNAUTHORIZER. */
+int lp_format_cmd_names(struct evbuffer *out, enum lp_verb verb, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len);
+/* "AUTHORIZE id feed topic required|not-required [ents]" */
+int lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_LEN],
+    const char *feed, size_t feed_len, const char *topic, size_t topic_len,
+    bool required, const char *ents);
+/* The line of a one-packet PUB (client_id NULL) or SEND of len bytes; the
+ * caller appends the len payload bytes and "\n". */
+int lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, bool image, uint64_t len,
+    const char *ents);
+/* "VERB [arg]" for PING (token), STATS, VERBOSE (on/off), QUIT. */
+int lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg);
+
 /*
  * Client side (the busgate CLI, benchmarks, tests): a parsed event line.
  * For DATA, packets hold lengths and entitlements; the payload block follows
@@ -204,5 +237,58 @@ void lp_event_free(struct lp_event *ev);
  */
 int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_event *ev);
+
+/*
+ * The framer (lineproto-frame.c): splits a byte stream into lines and
+ * byte-counted payload blocks, in both directions (commands in the daemon,
+ * events in a client). Pure: the caller owns the evbuffer and the I/O,
+ * parses each line itself, and after a line that announces a payload calls
+ * lp_framer_payload to have it delivered or skipped. Items point into the
+ * evbuffer and stay valid until lp_framer_consume or the next
+ * lp_framer_next, which drains them first.
+ */
+enum lp_framer_state {
+    LP_FRAMER_LINE,         /* waiting for a line */
+    LP_FRAMER_PAYLOAD,      /* waiting for a whole payload block and its newline */
+    LP_FRAMER_SKIP_LINE,    /* discarding up to the next newline */
+    LP_FRAMER_SKIP_PAYLOAD, /* discarding a refused payload, then its newline */
+};
+
+struct lp_framer {
+    enum lp_framer_state state;
+    uint32_t max_line;      /* bytes in a line, without "\r\n" */
+    uint64_t need;          /* PAYLOAD/SKIP_PAYLOAD: payload bytes still due */
+    size_t pending;         /* bytes of the current item, drained at consume */
+    size_t scanned;         /* LINE: leading bytes known to hold no newline */
+    uint64_t bytes;         /* every byte drained so far */
+};
+
+enum lp_frame_kind {
+    LP_FRAME_MORE,          /* no complete item: feed more bytes */
+    LP_FRAME_LINE,          /* data/len: a line without "\n" (may end in "\r") */
+    LP_FRAME_PAYLOAD,       /* data/len: the payload block, terminator removed */
+    LP_FRAME_LINE_TOO_LONG, /* a line over max_line, discarded (skipping: up to
+                             * the next newline, not yet seen) */
+    LP_FRAME_BAD_TERMINATOR,/* a payload not followed by a newline; discarded up
+                             * to the next newline (skipping: it was a skipped
+                             * payload; len: the payload bytes discarded) */
+};
+
+struct lp_frame {
+    enum lp_frame_kind kind;
+    const void *data;
+    size_t len;
+    bool skipping;
+};
+
+void lp_framer_init(struct lp_framer *f, uint32_t max_line);
+/* The next item in in (draining the previous one first). */
+enum lp_frame_kind lp_framer_next(struct lp_framer *f, struct evbuffer *in,
+    struct lp_frame *fr);
+/* Drain the current item (its data pointer is then invalid). */
+void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
+/* After a LINE: a payload block of len bytes and a newline follow; deliver
+ * it as a PAYLOAD item, or skip it. */
+void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
 
 #endif /* BUSGATE_LINEPROTO_H */

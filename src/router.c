@@ -1742,27 +1742,21 @@ cmd_ping(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
     struct evbuffer *out = session_output(c->s);
 
-    if (cmd->token.len > 0)
-        evbuffer_add_printf(out, "PONG %.*s\n", (int)cmd->token.len, cmd->token.ptr);
-    else
-        evbuffer_add(out, "PONG\n", 5);
+    lp_format_pong(out, cmd->token.ptr, cmd->token.len);
     session_flush_check(c->s);
 }
 
-/* A value for a STAT line: one line, printable. */
+/* STAT lines are lineproto's. */
 static void
 stat_text(struct evbuffer *out, const char *name, const char *value)
 {
-    evbuffer_add_printf(out, "STAT %s ", name);
-    for (const char *p = value; *p != '\0'; p++)
-        evbuffer_add(out, (unsigned char)*p < 0x20 || *p == 0x7f ? "?" : p, 1);
-    evbuffer_add(out, "\n", 1);
+    lp_format_stat_text(out, name, value);
 }
 
 static void
 stat_u64(struct evbuffer *out, const char *name, uint64_t v)
 {
-    evbuffer_add_printf(out, "STAT %s %" PRIu64 "\n", name, v);
+    lp_format_stat_u64(out, name, v);
 }
 
 static void
@@ -1867,7 +1861,7 @@ cmd_stats(struct router *r, struct client *c)
             (int)p->uid, (int)p->gid, o->n_subs, st.cmds_in, st.events_out,
             session_output_len(o->s), o == c ? " self" : "");
     }
-    evbuffer_add(out, "END\n", 4);
+    lp_format_end(out);
     session_flush_check(c->s);
 }
 

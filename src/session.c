@@ -1,8 +1,8 @@
 /*
- * One local client on the Unix socket. Input is framed here (command
- * lines bounded by max_line, byte-counted payload blocks bounded by
- * max_payload) and parsed with lineproto; complete commands go to the
- * router. Output is the bufferevent's output evbuffer, bounded by
+ * One local client on the Unix socket. Input is framed by lineproto's
+ * framer (command lines bounded by max_line, byte-counted payload blocks
+ * bounded by max_payload) and parsed with lineproto; complete commands go
+ * to the router. Output is the bufferevent's output evbuffer, bounded by
  * max_output: past it the session is a slow consumer and is closed, so a
  * reader that stops reading never holds memory or delays anyone else.
  *
@@ -50,7 +50,7 @@ struct session {
     bool paused;                /* bus back-pressure: not reading */
     bool attached;              /* the router knows this session */
     bool released;              /* router_session_closing done */
-    uint64_t skip_left;         /* SKIP_PAYLOAD: payload bytes still to discard */
+    struct lp_framer framer;    /* where in the input stream the reader is */
     uint32_t max_line;
     size_t max_output;
     size_t last_added;          /* bytes of the newest append to the output */
@@ -190,16 +190,9 @@ session_dispatch(struct session *s, struct lp_cmd *cmd)
     }
 }
 
-/* Move the reader on; a session that is closing stays closing (a reply
- * above may just have closed it as a slow consumer). */
-static void
-session_set_state(struct session *s, enum session_state st)
-{
-    if (s->state != SESSION_CLOSING)
-        s->state = st;
-}
-
-/* One command line of n bytes (without its newline) at line. */
+/* A command line of n bytes (without its newline): a command without a
+ * payload is dispatched now; PUB/SEND wait for theirs, and a refused one
+ * has its announced payload skipped. */
 static void
 session_line(struct session *s, const char *line, size_t n)
 {
@@ -214,156 +207,58 @@ session_line(struct session *s, const char *line, size_t n)
     if (lp_parse_command(line, n, &s->lim, cmd, &e, msg, sizeof msg) != 0) {
         s->st.cmds_in++;
         session_reply_err(s, e, "%s", msg);
-        /* A refused PUB/SEND still announced its payload: skip it. */
-        if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
-            s->skip_left = cmd->payload_len;
-            session_set_state(s, SESSION_SKIP_PAYLOAD);
-        }
+        if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0)
+            lp_framer_payload(&s->framer, cmd->payload_len, false);
         session_cmd_trim(s);
         return;
     }
     if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
-        session_set_state(s, SESSION_PAYLOAD);
+        lp_framer_payload(&s->framer, cmd->payload_len, true);
         return;
     }
     session_dispatch(s, cmd);
     session_cmd_trim(s);
 }
 
-/* SESSION_LINE: a complete line within max_line, or line-too-long. Returns
- * true if it made progress. */
+/* One item from the framer; false when more input is needed. */
 static bool
-session_read_line(struct session *s, struct evbuffer *in)
+session_frame(struct session *s, struct evbuffer *in)
 {
-    size_t len = evbuffer_get_length(in), window, n, content;
-    struct evbuffer_ptr end, nl;
-    char *line;
+    struct lp_frame fr;
 
-    if (len == 0)
+    switch (lp_framer_next(&s->framer, in, &fr)) {
+    case LP_FRAME_MORE:
+        s->st.bytes_in = s->framer.bytes;   /* skipped bytes count too */
         return false;
-    /* Room for max_line bytes plus "\r\n": never scan further. */
-    window = len < (size_t)s->max_line + 2 ? len : (size_t)s->max_line + 2;
-    evbuffer_ptr_set(in, &end, window, EVBUFFER_PTR_SET);
-    nl = evbuffer_search_range(in, "\n", 1, NULL, &end);
-    if (nl.pos < 0) {
-        if (len < (size_t)s->max_line + 2)
-            return false;
+    case LP_FRAME_LINE:
+        session_line(s, fr.data, fr.len);
+        break;
+    case LP_FRAME_PAYLOAD:
+        lp_cmd_attach_payload(s->cmd, fr.data);
+        session_dispatch(s, s->cmd);
+        session_cmd_trim(s);
+        break;
+    case LP_FRAME_LINE_TOO_LONG:
         s->st.cmds_in++;
-        session_reply_err(s, LP_ERR_LINE_TOO_LONG,
-            "line longer than %u bytes; discarded up to the next newline", s->max_line);
-        /* Only the window is known to be newline-free; SKIP_LINE finds
-         * the end of the line in the rest. */
-        s->st.bytes_in += window;
-        evbuffer_drain(in, window);
-        session_set_state(s, SESSION_SKIP_LINE);
-        return true;
-    }
-    n = (size_t)nl.pos;
-    if ((line = (char *)evbuffer_pullup(in, (ev_ssize_t)n + 1)) == NULL)
-        return false;
-    content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
-    if (content > s->max_line) {
-        s->st.cmds_in++;
-        session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
-            s->max_line);
-    } else {
-        session_line(s, line, n);
-    }
-    s->st.bytes_in += n + 1;
-    evbuffer_drain(in, n + 1);
-    return true;
-}
-
-/* SESSION_PAYLOAD: wait for the whole payload block and its terminator. */
-static bool
-session_read_payload(struct session *s, struct evbuffer *in)
-{
-    struct lp_cmd *cmd = s->cmd;
-    size_t len = evbuffer_get_length(in), need = (size_t)cmd->payload_len, pull, term;
-    unsigned char *p;
-
-    if (len < need + 1)
-        return false;
-    pull = len >= need + 2 ? need + 2 : need + 1;
-    if ((p = evbuffer_pullup(in, (ev_ssize_t)pull)) == NULL)
-        return false;
-    if (p[need] == '\n') {
-        term = 1;
-    } else if (p[need] == '\r' && pull == need + 1) {
-        return false;   /* the "\n" of "\r\n" is still to come */
-    } else if (p[need] == '\r' && p[need + 1] == '\n') {
-        term = 2;
-    } else {
+        if (fr.skipping)
+            session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes; "
+                "discarded up to the next newline", s->max_line);
+        else
+            session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
+                s->max_line);
+        break;
+    case LP_FRAME_BAD_TERMINATOR:
+        /* A skipped payload's command already had its reply. */
+        if (fr.skipping)
+            break;
         s->st.cmds_in++;
         session_reply_err(s, LP_ERR_BAD_TERMINATOR, "the %zu-byte payload must be "
-            "followed by a newline; discarded up to the next newline", need);
-        s->st.bytes_in += need;
-        evbuffer_drain(in, need);
-        session_set_state(s, SESSION_SKIP_LINE);
+            "followed by a newline; discarded up to the next newline", fr.len);
         session_cmd_trim(s);
-        return true;
+        break;
     }
-    lp_cmd_attach_payload(cmd, p);
-    session_set_state(s, SESSION_LINE);
-    session_dispatch(s, cmd);
-    s->st.bytes_in += need + term;
-    evbuffer_drain(in, need + term);
-    session_cmd_trim(s);
-    return true;
-}
-
-/* SESSION_SKIP_LINE: discard up to and including the next newline. */
-static bool
-session_skip_line(struct session *s, struct evbuffer *in)
-{
-    struct evbuffer_ptr nl = evbuffer_search(in, "\n", 1, NULL);
-    size_t len = evbuffer_get_length(in);
-
-    if (nl.pos < 0) {
-        s->st.bytes_in += len;
-        evbuffer_drain(in, len);
-        return false;
-    }
-    s->st.bytes_in += (size_t)nl.pos + 1;
-    evbuffer_drain(in, (size_t)nl.pos + 1);
-    session_set_state(s, SESSION_LINE);
-    return true;
-}
-
-/* SESSION_SKIP_PAYLOAD: drain a refused payload as it arrives, then its
- * terminator (anything else there: skip to the next newline, silently,
- * since the command already had its reply). */
-static bool
-session_skip_payload(struct session *s, struct evbuffer *in)
-{
-    size_t len = evbuffer_get_length(in), n;
-    unsigned char *p;
-
-    if (s->skip_left > 0) {
-        n = len < s->skip_left ? len : (size_t)s->skip_left;
-        s->st.bytes_in += n;
-        evbuffer_drain(in, n);
-        s->skip_left -= n;
-        if (s->skip_left > 0)
-            return false;
-        len -= n;
-    }
-    if (len == 0)
-        return false;
-    p = evbuffer_pullup(in, len >= 2 ? 2 : 1);
-    if (p[0] == '\n') {
-        s->st.bytes_in += 1;
-        evbuffer_drain(in, 1);
-        session_set_state(s, SESSION_LINE);
-    } else if (p[0] == '\r' && len < 2) {
-        return false;
-    } else if (p[0] == '\r' && p[1] == '\n') {
-        s->st.bytes_in += 2;
-        evbuffer_drain(in, 2);
-        session_set_state(s, SESSION_LINE);
-    } else {
-        session_set_state(s, SESSION_SKIP_LINE);
-    }
+    lp_framer_consume(&s->framer, in);
+    s->st.bytes_in = s->framer.bytes;
     return true;
 }
 
@@ -372,26 +267,9 @@ static void
 session_process(struct session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
-    bool progress = true;
 
-    while (progress && !s->paused) {
-        switch (s->state) {
-        case SESSION_LINE:
-            progress = session_read_line(s, in);
-            break;
-        case SESSION_PAYLOAD:
-            progress = session_read_payload(s, in);
-            break;
-        case SESSION_SKIP_LINE:
-            progress = session_skip_line(s, in);
-            break;
-        case SESSION_SKIP_PAYLOAD:
-            progress = session_skip_payload(s, in);
-            break;
-        case SESSION_CLOSING:
-            return;
-        }
-    }
+    while (!s->paused && s->state != SESSION_CLOSING && session_frame(s, in))
+        ;
 }
 
 static void
@@ -503,6 +381,7 @@ session_load_limits(struct session *s, const struct config_listen *lim)
     s->lim.max_payload = lim->max_payload;
     s->lim.max_packets = lim->max_packets;
     s->max_line = lim->max_line;
+    s->framer.max_line = lim->max_line;
     s->max_output = lim->max_output;
 }
 
@@ -524,7 +403,8 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
     s->peer = *peer;
     s->router = router;
     s->verbose = true;
-    s->state = SESSION_LINE;
+    s->state = SESSION_OPEN;
+    lp_framer_init(&s->framer, lim->max_line);
     session_load_limits(s, lim);
     if (evutil_make_socket_nonblocking(fd) != 0)
         goto fail;

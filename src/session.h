@@ -26,10 +26,8 @@ struct session_peer {
 };
 
 enum session_state {
-    SESSION_LINE,       /* waiting for a command line */
-    SESSION_PAYLOAD,    /* reading a command's payload block */
-    SESSION_SKIP_LINE,  /* discarding an over-long line up to its newline */
-    SESSION_SKIP_PAYLOAD, /* discarding a refused command's payload */
+    SESSION_OPEN,       /* reading commands (the framer knows where in a
+                         * line or payload block the input is) */
     SESSION_CLOSING,    /* flushing a final reply, then closed */
 };
 

@@ -1,10 +1,15 @@
 /*
  * libFuzzer target for the line protocol. The first input byte picks the
- * limits; the rest is a stream of lines, read the way a session reads
- * them (a PUB/SEND's payload block is skipped by its announced size).
+ * limits and the direction, the next four the sizes of the chunks the
+ * stream arrives in; the rest is the stream. It goes through lineproto's
+ * framer, as the session (commands) or the CLI (events) reads it: once
+ * whole and once in those chunks.
  *
  * Every line goes through both parsers. Checks, beyond "no crash, no
  * leak, no UB":
+ *  - the framer yields the same items, byte for byte, however the stream
+ *    is chunked; lines hold no newline and are within max_line; payloads
+ *    have the announced length; every byte is drained or still buffered;
  *  - an accepted command obeys its limits (names non-empty, valid UTF-8,
  *    at most max_name, NUL-terminated; packets, entitlements and payload
  *    within bounds, payload_len the sum of the lengths), and its names
@@ -176,7 +181,7 @@ check_name_round_trip(const struct lp_cmd *cmd, const struct lp_limits *lim)
 
 static void
 check_command(const char *line, size_t len, const struct lp_limits *lim,
-    struct lp_cmd *cmd, const uint8_t *rest, size_t rest_len)
+    struct lp_cmd *cmd)
 {
     struct evbuffer *b;
     enum lp_error err;
@@ -234,11 +239,14 @@ check_command(const char *line, size_t len, const struct lp_limits *lim,
     (void)ents;
     CHECK(sum == cmd->payload_len);
     CHECK(cmd->payload_len <= lim->max_payload);
-    if (rest_len >= cmd->payload_len) {
-        lp_cmd_attach_payload(cmd, rest);
-        for (uint32_t i = 0; i < cmd->n_packets; i++)
-            CHECK((cmd->packets[i].data != NULL) == (cmd->packets[i].len > 0));
-    }
+}
+
+static void
+check_payload(struct lp_cmd *cmd, const uint8_t *payload)
+{
+    lp_cmd_attach_payload(cmd, payload);
+    for (uint32_t i = 0; i < cmd->n_packets; i++)
+        CHECK((cmd->packets[i].data != NULL) == (cmd->packets[i].len > 0));
 }
 
 /* Re-format an accepted event and parse the result: same event, and the
@@ -335,12 +343,13 @@ check_event_round_trip(const struct lp_event *ev, const struct lp_limits *lim)
     evbuffer_free(b2);
 }
 
-static void
+/* Parse and check an event line; true when it was accepted. */
+static bool
 check_event(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_event *ev)
 {
     if (lp_parse_event(line, len, lim, ev) != 0)
-        return;
+        return false;
     switch (ev->kind) {
     case LP_EV_DATA:
         check_name(&ev->feed, lim, false);
@@ -360,40 +369,131 @@ check_event(const char *line, size_t len, const struct lp_limits *lim,
         CHECK(ev->rest_len <= len);
         break;
     }
+    return true;
+}
+
+/* One pass of the stream through the framer. */
+struct pass {
+    struct lp_limits lim;
+    uint32_t max_line;
+    bool events;            /* read as the CLI reads events, not commands */
+    bool check;             /* run the parser checks (once per input is enough) */
+    struct lp_framer framer;
+    struct evbuffer *in;
+    struct evbuffer *log;   /* every item, to compare the passes */
+    struct lp_cmd cmd;
+    struct lp_event ev;
+};
+
+/* A line: both parsers see it (when checking); the direction's parser
+ * decides whether a payload block follows and whether it is delivered or
+ * skipped (a refused command or event has no packets[]). */
+static void
+pass_line(struct pass *ps, const char *line, size_t len)
+{
+    enum lp_error err;
+    char msg[256];
+    bool ev_ok = false;
+
+    CHECK(memchr(line, '\n', len) == NULL);
+    CHECK(len <= (size_t)ps->max_line + 1);
+    if (ps->check) {
+        check_command(line, len, &ps->lim, &ps->cmd);
+        ev_ok = check_event(line, len, &ps->lim, &ps->ev);
+    } else if (!ps->events) {
+        (void)lp_parse_command(line, len, &ps->lim, &ps->cmd, &err, msg, sizeof msg);
+    } else {
+        ev_ok = lp_parse_event(line, len, &ps->lim, &ps->ev) == 0;
+    }
+    if (!ps->events) {
+        if ((ps->cmd.verb == LP_PUB || ps->cmd.verb == LP_SEND) && ps->cmd.n_packets > 0)
+            lp_framer_payload(&ps->framer, ps->cmd.payload_len, ps->cmd.packets != NULL);
+    } else if (ps->ev.kind == LP_EV_DATA && ps->ev.n_packets > 0) {
+        lp_framer_payload(&ps->framer, ps->ev.payload_len, ev_ok);
+    }
+}
+
+static void
+pass_payload(struct pass *ps, const struct lp_frame *fr)
+{
+    if (!ps->events) {
+        CHECK(fr->len == ps->cmd.payload_len);
+        check_payload(&ps->cmd, fr->data);
+    } else {
+        CHECK(fr->len == ps->ev.payload_len);
+    }
+}
+
+/* Take every complete item out of the buffer, logging each. */
+static void
+pass_drain(struct pass *ps)
+{
+    struct lp_frame fr;
+    enum lp_frame_kind k;
+
+    while ((k = lp_framer_next(&ps->framer, ps->in, &fr)) != LP_FRAME_MORE) {
+        uint64_t head[3] = { k, fr.len, fr.skipping };
+
+        evbuffer_add(ps->log, head, sizeof head);
+        if (k == LP_FRAME_LINE || k == LP_FRAME_PAYLOAD)
+            evbuffer_add(ps->log, fr.data, fr.len);
+        if (k == LP_FRAME_LINE)
+            pass_line(ps, fr.data, fr.len);
+        else if (k == LP_FRAME_PAYLOAD)
+            pass_payload(ps, &fr);
+    }
+}
+
+/* Feed the stream in chunks (sizes[i % 4] + 1 bytes; NULL: whole). */
+static void
+pass_run(struct pass *ps, const uint8_t *data, size_t size, const uint8_t *sizes)
+{
+    size_t off = 0, n;
+
+    lp_framer_init(&ps->framer, ps->max_line);
+    lp_cmd_init(&ps->cmd);
+    lp_event_init(&ps->ev);
+    ps->in = evbuffer_new();
+    ps->log = evbuffer_new();
+    CHECK(ps->in != NULL && ps->log != NULL);
+    for (unsigned i = 0; off < size; i++) {
+        n = sizes != NULL ? (size_t)sizes[i % 4] + 1 : size;
+        if (n > size - off)
+            n = size - off;
+        evbuffer_add(ps->in, data + off, n);
+        off += n;
+        pass_drain(ps);
+    }
+    lp_framer_consume(&ps->framer, ps->in);
+    CHECK(ps->framer.bytes + evbuffer_get_length(ps->in) == size);
+    lp_cmd_free(&ps->cmd);
+    lp_event_free(&ps->ev);
+    evbuffer_free(ps->in);
 }
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    struct lp_limits lim;
-    struct lp_cmd cmd;
-    struct lp_event ev;
-    size_t off = 0;
+    struct pass whole = { 0 }, chunked;
+    const uint8_t *sizes;
 
-    if (size < 1)
+    if (size < 5)
         return 0;
-    pick_limits(data[0], &lim);
-    data++;
-    size--;
-    lp_cmd_init(&cmd);
-    lp_event_init(&ev);
-    while (off < size) {
-        const uint8_t *nl = memchr(data + off, '\n', size - off);
-        size_t len = nl != NULL ? (size_t)(nl - (data + off)) : size - off;
-        const char *line = (const char *)data + off;
-        size_t next = off + len + (nl != NULL ? 1 : 0);
-
-        check_command(line, len, &lim, &cmd, data + next, size - next);
-        check_event(line, len, &lim, &ev);
-        /* Skip an announced payload block as the session would. */
-        if ((cmd.verb == LP_PUB || cmd.verb == LP_SEND) && cmd.n_packets > 0) {
-            uint64_t skip = cmd.payload_len + 1;
-
-            next = skip > size - next ? size : next + (size_t)skip;
-        }
-        off = next;
-    }
-    lp_cmd_free(&cmd);
-    lp_event_free(&ev);
+    pick_limits(data[0], &whole.lim);
+    whole.max_line = data[0] & 0x40 ? 24 : 1024;
+    whole.events = data[0] & 0x20;
+    chunked = whole;
+    whole.check = true;
+    sizes = data + 1;
+    data += 5;
+    size -= 5;
+    pass_run(&whole, data, size, NULL);
+    pass_run(&chunked, data, size, sizes);
+    CHECK(evbuffer_get_length(whole.log) == evbuffer_get_length(chunked.log));
+    CHECK(evbuffer_get_length(whole.log) == 0 ||
+        memcmp(evbuffer_pullup(whole.log, -1), evbuffer_pullup(chunked.log, -1),
+            evbuffer_get_length(whole.log)) == 0);
+    evbuffer_free(whole.log);
+    evbuffer_free(chunked.log);
     return 0;
 }

@@ -86,7 +86,7 @@ build() {
 
 build fuzz_wire wire.c -- libevent &
 p1=$!
-build fuzz_lineproto lineproto.c guid.c wire.c -- libevent &
+build fuzz_lineproto lineproto.c lineproto-event.c lineproto-format.c lineproto-frame.c guid.c wire.c -- libevent &
 p2=$!
 build fuzz_config config.c credentials.c log.c wire.c -- libevent yaml-0.1 inih openssl &
 p3=$!

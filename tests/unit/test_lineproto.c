@@ -914,6 +914,86 @@ test_format_replies(void **state)
 }
 
 static void
+test_format_pong_stat_end(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(lp_format_pong(f->buf, "abc", 3), 0);
+    BUF_IS(f->buf, "PONG abc\n");
+    assert_int_equal(lp_format_pong(f->buf, NULL, 0), 0);
+    BUF_IS(f->buf, "PONG\n");
+    assert_int_equal(lp_format_stat_u64(f->buf, "sessions", 18446744073709551615u), 0);
+    BUF_IS(f->buf, "STAT sessions 18446744073709551615\n");
+    /* A text value stays on its line. */
+    assert_int_equal(lp_format_stat_text(f->buf, "bus_reason", "refused\n(x)\x7f"), 0);
+    BUF_IS(f->buf, "STAT bus_reason refused?(x)?\n");
+    assert_int_equal(lp_format_end(f->buf), 0);
+    BUF_IS(f->buf, "END\n");
+}
+
+/* The buffer holds one formatted command: it parses (without "\n"). */
+static void
+parse_formatted(struct fx *f, const char *want)
+{
+    size_t n;
+    char *line = drain(f->buf, &n);
+
+    assert_string_equal(line, want);
+    assert_true(n > 0 && line[n - 1] == '\n');
+    if (parse_n(f, line, n - 1) != 0)
+        fail_msg("'%s' does not parse: %s", line, f->msg);
+    free(line);
+}
+
+/* What a client writes parses back to what it meant, names escaped. */
+static void
+test_format_commands(void **state)
+{
+    struct fx *f = *state;
+
+    assert_int_equal(lp_format_cmd_names(f->buf, LP_SUB, "a b", 3, "%", 1), 0);
+    parse_formatted(f, "SUB a%20b %25\n");
+    assert_int_equal(f->cmd.verb, LP_SUB);
+    NAME_IS(&f->cmd.feed, "a b");
+    NAME_IS(&f->cmd.topic, "%");
+    assert_int_equal(lp_format_cmd_names(f->buf, LP_AUTHORIZER, "feed", 4, NULL, 0), 0);
+    parse_formatted(f, "AUTHORIZER feed\n");
+    assert_int_equal(f->cmd.verb, LP_AUTHORIZER);
+
+    assert_int_equal(lp_format_cmd_authorize(f->buf, id_wire, "f", 1, "t\"", 2, true, "1,-2"), 0);
+    parse_formatted(f, "AUTHORIZE 00112233-4455-6677-8899-aabbccddeeff f t%22 required 1,-2\n");
+    assert_memory_equal(f->cmd.client_id, id_wire, 16);
+    NAME_IS(&f->cmd.topic, "t\"");
+    assert_true(f->cmd.required);
+    assert_int_equal(f->cmd.entitlements.n, 2);
+    assert_int_equal(lp_format_cmd_authorize(f->buf, id_wire, "f", 1, "t", 1, false, NULL), 0);
+    parse_formatted(f, "AUTHORIZE 00112233-4455-6677-8899-aabbccddeeff f t not-required\n");
+    assert_false(f->cmd.required);
+
+    assert_int_equal(lp_format_cmd_publish(f->buf, NULL, "f", 1, "t", 1, true, 5, "7"), 0);
+    parse_formatted(f, "PUB f t image 5:7\n");
+    assert_int_equal(f->cmd.verb, LP_PUB);
+    assert_int_equal(f->cmd.payload_len, 5);
+    assert_int_equal(lp_format_cmd_publish(f->buf, id_wire, "f", 1, "t", 1, false, 0, NULL), 0);
+    parse_formatted(f, "SEND 00112233-4455-6677-8899-aabbccddeeff f t delta 0\n");
+    assert_int_equal(f->cmd.verb, LP_SEND);
+    assert_false(f->cmd.is_image);
+
+    assert_int_equal(lp_format_cmd(f->buf, LP_PING, "tok"), 0);
+    parse_formatted(f, "PING tok\n");
+    NAME_IS(&f->cmd.token, "tok");
+    assert_int_equal(lp_format_cmd(f->buf, LP_VERBOSE, "off"), 0);
+    parse_formatted(f, "VERBOSE off\n");
+    assert_false(f->cmd.on);
+    assert_int_equal(lp_format_cmd(f->buf, LP_STATS, NULL), 0);
+    parse_formatted(f, "STATS\n");
+    assert_int_equal(lp_format_cmd(f->buf, LP_QUIT, NULL), 0);
+    parse_formatted(f, "QUIT\n");
+    assert_string_equal(lp_verb_name(LP_UNAUTHORIZER), "UNAUTHORIZER");
+    assert_null(lp_verb_name((enum lp_verb)99));
+}
+
+static void
 test_parse_text_events(void **state)
 {
     struct fx *f = *state;
@@ -1013,6 +1093,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_format_replies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_text_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_storage_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_pong_stat_end, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_commands, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

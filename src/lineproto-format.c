@@ -1,0 +1,449 @@
+/*
+ * The local line protocol's formatters: every event and reply the daemon
+ * writes, every command a client writes, and the name escaping they share.
+ * Events are written with one reservation per event (the hot path); the
+ * rare replies and commands use evbuffer_add_printf.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "guid.h"
+#include "lineproto.h"
+#include "lineproto-int.h"
+
+/* ---- small number formatting (snprintf is too slow for the hot path) ---- */
+
+static size_t
+put_u64(char *dst, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static size_t
+put_i32(char *dst, int32_t v)
+{
+    if (v < 0) {
+        dst[0] = '-';
+        return 1 + put_u64(dst + 1, (uint64_t)(-(int64_t)v));
+    }
+    return put_u64(dst, (uint64_t)v);
+}
+
+/* ---- name escaping ---- */
+
+static size_t
+escaped_len(const char *ptr, size_t len)
+{
+    size_t n = len;
+
+    if (len == 0)
+        return 2;
+    for (size_t i = 0; i < len; i++)
+        if (must_escape((unsigned char)ptr[i]))
+            n += 2;
+    return n;
+}
+
+/* Write the token for a name into dst (room for escaped_len bytes). */
+static size_t
+put_escaped(char *dst, const char *ptr, size_t len)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+
+    if (len == 0) {
+        dst[0] = '"';
+        dst[1] = '"';
+        return 2;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)ptr[i];
+
+        if (must_escape(c)) {
+            dst[n++] = '%';
+            dst[n++] = hex[c >> 4];
+            dst[n++] = hex[c & 0x0f];
+        } else {
+            dst[n++] = (char)c;
+        }
+    }
+    return n;
+}
+
+int
+lp_put_name(struct evbuffer *out, const char *ptr, size_t len)
+{
+    struct evbuffer_iovec vec;
+    size_t need = escaped_len(ptr, len);
+
+    if (need == len)
+        return evbuffer_add(out, ptr, len);
+    if (evbuffer_reserve_space(out, (ev_ssize_t)need, &vec, 1) < 1)
+        return -1;
+    vec.iov_len = put_escaped(vec.iov_base, ptr, len);
+    return evbuffer_commit_space(out, &vec, 1);
+}
+
+/* ---- event formatting ---- */
+
+/* Bytes a packet spec list and payload block take. */
+static size_t
+packets_room(const struct wire_packet *pk, uint32_t n, size_t *payload)
+{
+    size_t room = 0;
+
+    *payload = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        room += 1 + 10;     /* " " LEN */
+        if (pk[i].entitlements.n > 0)
+            room += (size_t)pk[i].entitlements.n * 12;  /* ":"/"," and -2147483648 */
+        *payload += pk[i].len;
+    }
+    return room;
+}
+
+static size_t
+put_packets(char *dst, const struct wire_packet *pk, uint32_t n)
+{
+    size_t o = 0;
+
+    for (uint32_t i = 0; i < n; i++) {
+        dst[o++] = ' ';
+        o += put_u64(dst + o, pk[i].len);
+        for (uint32_t k = 0; k < pk[i].entitlements.n; k++) {
+            dst[o++] = k == 0 ? ':' : ',';
+            o += put_i32(dst + o, pk[i].entitlements.v[k]);
+        }
+    }
+    return o;
+}
+
+static size_t
+put_lit(char *dst, const char *s)
+{
+    size_t n = strlen(s);
+
+    memcpy(dst, s, n);
+    return n;
+}
+
+/* " <token>", given the token's length from escaped_len: a name with
+ * nothing to escape (the usual case) is copied as is. */
+static size_t
+put_name_tok(char *dst, const struct wire_str *s, size_t esc_len)
+{
+    dst[0] = ' ';
+    if (esc_len == s->len)
+        memcpy(dst + 1, s->ptr, s->len);
+    else
+        put_escaped(dst + 1, s->ptr, s->len);
+    return esc_len + 1;
+}
+
+int
+lp_format_data(struct evbuffer *out, const struct wire_msg *m)
+{
+    struct evbuffer_iovec vec;
+    size_t payload, room, o, ef, et, eu, eh, ec;
+    char *d;
+
+    if (m->type != WIRE_FORWARDED_MULTICAST && m->type != WIRE_FORWARDED_UNICAST)
+        return -1;
+    ec = m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
+    ef = escaped_len(m->feed.ptr, m->feed.len);
+    et = escaped_len(m->topic.ptr, m->topic.len);
+    eu = escaped_len(m->user.ptr, m->user.len);
+    eh = escaped_len(m->host.ptr, m->host.len);
+    room = sizeof("DATA") + sizeof(" multicast") + sizeof(" image") + 1 +
+        4 + ef + et + eu + eh + packets_room(m->packets, m->n_packets, &payload) +
+        (ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + ec : 0);
+    if (m->n_packets > 0)
+        room += payload + 1;
+    if (room > (size_t)EV_SSIZE_MAX)
+        return -1;
+    /* One contiguous reservation: the line and the payload are copied in
+     * once, with no intermediate buffer. */
+    if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+        return -1;
+    d = vec.iov_base;
+    o = put_lit(d, "DATA");
+    o += put_name_tok(d + o, &m->feed, ef);
+    o += put_name_tok(d + o, &m->topic, et);
+    o += put_name_tok(d + o, &m->user, eu);
+    o += put_name_tok(d + o, &m->host, eh);
+    o += put_lit(d + o, m->is_image ? " image" : " delta");
+    o += put_lit(d + o, m->type == WIRE_FORWARDED_UNICAST ? " unicast" : " multicast");
+    if (ec > 0) {
+        o += put_lit(d + o, " " LP_TYPE_PREFIX);
+        o += put_escaped(d + o, m->content_type.ptr, m->content_type.len);
+    }
+    o += put_packets(d + o, m->packets, m->n_packets);
+    d[o++] = '\n';
+    if (m->n_packets > 0) {
+        for (uint32_t i = 0; i < m->n_packets; i++) {
+            if (m->packets[i].len > 0)
+                memcpy(d + o, m->packets[i].data, m->packets[i].len);
+            o += m->packets[i].len;
+        }
+        d[o++] = '\n';
+    }
+    vec.iov_len = o;
+    return evbuffer_commit_space(out, &vec, 1);
+}
+
+/* A line of a verb, an optional keyword, a client id and four names. */
+static int
+format_id_names(struct evbuffer *out, const char *verb, const uint8_t id[WIRE_GUID_LEN],
+    const struct wire_str *names[4])
+{
+    struct evbuffer_iovec vec;
+    char idtext[GUID_TEXT_LEN + 1];
+    size_t room = strlen(verb) + 1 + GUID_TEXT_LEN + 1, o, esc[4];
+
+    for (int i = 0; i < 4; i++) {
+        esc[i] = escaped_len(names[i]->ptr, names[i]->len);
+        room += 1 + esc[i];
+    }
+    if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+        return -1;
+    guid_to_text(id, idtext);
+    o = put_lit(vec.iov_base, verb);
+    ((char *)vec.iov_base)[o++] = ' ';
+    memcpy((char *)vec.iov_base + o, idtext, GUID_TEXT_LEN);
+    o += GUID_TEXT_LEN;
+    for (int i = 0; i < 4; i++)
+        o += put_name_tok((char *)vec.iov_base + o, names[i], esc[i]);
+    ((char *)vec.iov_base)[o++] = '\n';
+    vec.iov_len = o;
+    return evbuffer_commit_space(out, &vec, 1);
+}
+
+int
+lp_format_notification(struct evbuffer *out, const struct wire_msg *m)
+{
+    const struct wire_str *names[4] = { &m->user, &m->host, &m->feed, &m->topic };
+
+    if (m->type != WIRE_FORWARDED_SUBSCRIPTION)
+        return -1;
+    return format_id_names(out, m->is_add ? "NOTIFICATION add" : "NOTIFICATION remove",
+        m->client_id, names);
+}
+
+int
+lp_format_authreq(struct evbuffer *out, const struct wire_msg *m)
+{
+    const struct wire_str *names[4] = { &m->user, &m->host, &m->feed, &m->topic };
+
+    if (m->type != WIRE_AUTHORIZATION_REQUEST)
+        return -1;
+    return format_id_names(out, "AUTHREQ", m->client_id, names);
+}
+
+/* Append free text on one line: control bytes become spaces. */
+static int
+add_text(struct evbuffer *out, const char *s, size_t n)
+{
+    size_t start = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c < 0x20 || c == 0x7f) {
+            if ((i > start && evbuffer_add(out, s + start, i - start) < 0) ||
+                evbuffer_add(out, " ", 1) < 0)
+                return -1;
+            start = i + 1;
+        }
+    }
+    if (n > start)
+        return evbuffer_add(out, s + start, n - start);
+    return 0;
+}
+
+int
+lp_format_bus(struct evbuffer *out, const char *state, const char *reason)
+{
+    if (evbuffer_add(out, "BUS ", 4) < 0 || add_text(out, state, strlen(state)) < 0)
+        return -1;
+    if (reason != NULL && reason[0] != '\0' &&
+        (evbuffer_add(out, " ", 1) < 0 || add_text(out, reason, strlen(reason)) < 0))
+        return -1;
+    return evbuffer_add(out, "\n", 1);
+}
+
+int
+lp_format_ok(struct evbuffer *out)
+{
+    return evbuffer_add(out, "+OK\n", 4);
+}
+
+int
+lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
+{
+    char buf[512], *text = buf;
+    va_list ap;
+    int n, r;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= sizeof(buf)) {
+        if ((text = malloc((size_t)n + 1)) == NULL) {
+            text = buf;
+            n = sizeof(buf) - 1;
+        } else {
+            va_start(ap, fmt);
+            vsnprintf(text, (size_t)n + 1, fmt, ap);
+            va_end(ap);
+        }
+    }
+    r = evbuffer_add_printf(out, "-ERR %s", lp_error_code(e)) < 0 ? -1 : 0;
+    if (r == 0 && n > 0)
+        r = evbuffer_add(out, " ", 1) < 0 || add_text(out, text, (size_t)n) < 0 ? -1 : 0;
+    if (r == 0)
+        r = evbuffer_add(out, "\n", 1);
+    if (text != buf)
+        free(text);
+    return r;
+}
+
+int
+lp_format_hello(struct evbuffer *out, const char *version,
+    const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
+    uint64_t max_output, const char *bus_state)
+{
+    return evbuffer_add_printf(out, "HELLO busgate %s proto=%d max_line=%u "
+        "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
+        "max_subscriptions=%u max_notifications=%u max_authorizers=%u max_output=%llu "
+        "bus_protocol=%u bus=%s\n", version, LP_PROTOCOL_VERSION,
+        (unsigned)max_line, (unsigned)lim->max_payload, (unsigned)lim->max_packets,
+        (unsigned)lim->max_name, (unsigned)lim->max_entitlements,
+        (unsigned)sl->max_subscriptions, (unsigned)sl->max_notifications,
+        (unsigned)sl->max_authorizers, (unsigned long long)max_output,
+        (unsigned)lim->bus_protocol, bus_state) < 0 ? -1 : 0;
+}
+
+
+/* ---- replies to PING and STATS ---- */
+
+int
+lp_format_pong(struct evbuffer *out, const char *token, size_t len)
+{
+    if (len == 0)
+        return evbuffer_add(out, "PONG\n", 5);
+    return evbuffer_add_printf(out, "PONG %.*s\n", (int)len, token) < 0 ? -1 : 0;
+}
+
+int
+lp_format_stat_u64(struct evbuffer *out, const char *name, uint64_t v)
+{
+    return evbuffer_add_printf(out, "STAT %s %" PRIu64 "\n", name, v) < 0 ? -1 : 0;
+}
+
+int
+lp_format_stat_text(struct evbuffer *out, const char *name, const char *value)
+{
+    if (evbuffer_add_printf(out, "STAT %s ", name) < 0)
+        return -1;
+    for (const char *p = value; *p != '\0'; p++)
+        if (evbuffer_add(out, (unsigned char)*p < 0x20 || *p == 0x7f ? "?" : p, 1) < 0)
+            return -1;
+    return evbuffer_add(out, "\n", 1);
+}
+
+int
+lp_format_end(struct evbuffer *out)
+{
+    return evbuffer_add(out, "END\n", 4);
+}
+
+/* ---- commands (client side) ---- */
+
+/* "VERB" and, when name is not NULL, " name" escaped. */
+static int
+cmd_start(struct evbuffer *out, enum lp_verb verb, const char *name, size_t len)
+{
+    const char *v = lp_verb_name(verb);
+
+    if (v == NULL || evbuffer_add(out, v, strlen(v)) < 0)
+        return -1;
+    if (name != NULL && (evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, name, len) < 0))
+        return -1;
+    return 0;
+}
+
+/* " <client-id>" */
+static int
+cmd_client_id(struct evbuffer *out, const uint8_t id[WIRE_GUID_LEN])
+{
+    char text[GUID_TEXT_LEN + 2];
+
+    text[0] = ' ';
+    guid_to_text(id, text + 1);
+    return evbuffer_add(out, text, GUID_TEXT_LEN + 1);
+}
+
+int
+lp_format_cmd_names(struct evbuffer *out, enum lp_verb verb, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len)
+{
+    if (cmd_start(out, verb, feed, feed_len) < 0)
+        return -1;
+    if (topic != NULL && (evbuffer_add(out, " ", 1) < 0 ||
+        lp_put_name(out, topic, topic_len) < 0))
+        return -1;
+    return evbuffer_add(out, "\n", 1);
+}
+
+int
+lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_LEN],
+    const char *feed, size_t feed_len, const char *topic, size_t topic_len,
+    bool required, const char *ents)
+{
+    if (cmd_start(out, LP_AUTHORIZE, NULL, 0) < 0 || cmd_client_id(out, client_id) < 0 ||
+        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, feed, feed_len) < 0 ||
+        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
+        return -1;
+    return evbuffer_add_printf(out, " %s%s%s\n", required ? "required" : "not-required",
+        ents != NULL ? " " : "", ents != NULL ? ents : "") < 0 ? -1 : 0;
+}
+
+int
+lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, bool image, uint64_t len,
+    const char *ents)
+{
+    if (cmd_start(out, client_id != NULL ? LP_SEND : LP_PUB, NULL, 0) < 0 ||
+        (client_id != NULL && cmd_client_id(out, client_id) < 0) ||
+        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, feed, feed_len) < 0 ||
+        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
+        return -1;
+    return evbuffer_add_printf(out, " %s %" PRIu64 "%s%s\n", image ? "image" : "delta", len,
+        ents != NULL ? ":" : "", ents != NULL ? ents : "") < 0 ? -1 : 0;
+}
+
+int
+lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg)
+{
+    if (cmd_start(out, verb, NULL, 0) < 0)
+        return -1;
+    if (arg != NULL && (evbuffer_add(out, " ", 1) < 0 || evbuffer_add(out, arg, strlen(arg)) < 0))
+        return -1;
+    return evbuffer_add(out, "\n", 1);
+}
