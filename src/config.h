@@ -72,6 +72,7 @@ struct config_listen {
     uint32_t max_notifications; /* NOTIFY feeds per session */
     uint32_t max_authorizers;   /* AUTHORIZER feeds per session */
     size_t max_output;          /* bytes queued to one session: slow consumer */
+    size_t max_memory;          /* all sessions' queues together */
 };
 
 struct config_router {

@@ -209,6 +209,7 @@ daemon_reload(struct daemon *d)
     config_free(&old);
     log_set_level(d->cfg.log.level);
     router_reconfigure(d->router, &d->cfg);
+    session_budget_set(d->cfg.listen.max_memory);
     log_notice("reloaded %s", d->cfg.path);
     sdnotify("READY=1");
 }
@@ -324,6 +325,8 @@ daemon_start(struct daemon *d)
     if ((d->bus = bus_new(d->base, d->dns, &d->cfg.bus, &cb, d)) == NULL)
         return -1;
     router_set_bus(d->router, d->bus);
+    if (session_budget_start(d->base, d->cfg.listen.max_memory) != 0)
+        return -1;
     d->listener = listener_new(d->base, &d->cfg.listen, daemon_accept, d, err, sizeof err);
     if (d->listener == NULL) {
         log_error("%s", err);
@@ -364,6 +367,7 @@ daemon_free(struct daemon *d)
     if (d->listener != NULL)
         listener_free(d->listener);
     session_free_refused();
+    session_budget_stop();
     if (d->router != NULL)
         router_free(d->router);
     if (d->bus != NULL)

@@ -1789,11 +1789,26 @@ stats_bus(struct router *r, struct evbuffer *out)
 }
 
 static void
+stats_memory(struct evbuffer *out)
+{
+    struct session_budget_stats m;
+
+    session_budget_stats(&m);
+    stat_u64(out, "memory_queued", m.bytes);
+    stat_u64(out, "memory_queued_peak", m.peak);
+    stat_u64(out, "memory_budget_closes", m.closes);
+    stat_u64(out, "memory_budget_pauses", m.pauses);
+    stat_u64(out, "memory_budget_paused", m.paused);
+    stat_u64(out, "memory_trims", m.trims);
+}
+
+static void
 stats_router(struct router *r, struct evbuffer *out)
 {
     stat_u64(out, "sessions", HASH_COUNT(r->clients));
     stat_u64(out, "sessions_total", r->n.sessions_total);
     stat_u64(out, "slow_consumers", r->n.slow_consumers);
+    stats_memory(out);
     stat_u64(out, "topics", HASH_COUNT(r->topics));
     stat_u64(out, "subscriptions", r->n_subscriptions);
     stat_u64(out, "notifications", r->n_notify_feeds);
@@ -1830,6 +1845,7 @@ stats_limits(struct router *r, struct evbuffer *out)
     stat_u64(out, "limit.max_notifications", r->listen.max_notifications);
     stat_u64(out, "limit.max_authorizers", r->listen.max_authorizers);
     stat_u64(out, "limit.max_output", r->listen.max_output);
+    stat_u64(out, "limit.max_memory", r->listen.max_memory);
     stat_u64(out, "limit.image_cache_bytes", r->cfg.image_cache_bytes);
     stat_u64(out, "limit.image_cache_total", r->cfg.image_cache_total);
     stat_u64(out, "limit.busdown_queue", r->cfg.busdown_queue);

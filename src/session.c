@@ -9,6 +9,12 @@
  * A session is never freed inside a router call: closing is a state, and
  * the free happens later from the event loop (after flushing, or when the
  * grace runs out).
+ *
+ * All sessions' queued output and buffered input together are bounded by
+ * listen.max_memory (the budget): past it, sessions stop reading commands
+ * (at a command boundary, so a payload in flight completes) and the session
+ * holding the most output beyond its fair share is closed as a slow
+ * consumer; memory freed after a burst is given back to the system.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -17,6 +23,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef HAVE_MALLOC_TRIM
+#include <malloc.h>
+#endif
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -50,14 +59,17 @@ struct session {
     bool paused;                /* bus back-pressure: not reading */
     bool attached;              /* the router knows this session */
     bool released;              /* router_session_closing done */
+    bool budget_paused;         /* memory budget: not reading */
     struct lp_framer framer;    /* where in the input stream the reader is */
     uint32_t max_line;
     size_t max_output;
     size_t last_added;          /* bytes of the newest append to the output */
+    size_t mem;                 /* queued output + buffered input (budget) */
     struct lp_limits lim;
     struct session_stats st;
     const char *close_reason;
     LIST_ENTRY(session) refused;    /* on refused_sessions while not attached */
+    LIST_ENTRY(session) all;        /* on budget.sessions while it lives */
 };
 
 static uint64_t next_session_id = 1;
@@ -68,6 +80,198 @@ static LIST_HEAD(, session) refused_sessions = LIST_HEAD_INITIALIZER(refused_ses
 
 static void session_destroy(struct session *s);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* Memory freed after a peak of at least this much is returned to the
+ * system once the queues have shrunk to a quarter of it. */
+#define BUDGET_TRIM_MIN (8u << 20)
+
+/* The gateway-wide budget over every session's queues. */
+static struct {
+    size_t max;             /* listen.max_memory */
+    size_t bytes;           /* queued output + buffered input, all sessions */
+    size_t peak;            /* highest bytes since the start */
+    size_t trim_peak;       /* highest bytes since the last trim */
+    unsigned live;          /* sessions on the list */
+    unsigned paused;        /* sessions not reading because of the budget */
+    uint64_t closes, pauses, trims;
+    struct event *work;     /* enforce and resume from the loop */
+    struct event *trimmer;  /* trim when the queues have stayed small */
+    LIST_HEAD(, session) sessions;
+} budget = { .sessions = LIST_HEAD_INITIALIZER(budget.sessions) };
+
+static void
+budget_schedule(void)
+{
+    if (budget.work != NULL)
+        event_active(budget.work, EV_TIMEOUT, 1);
+}
+
+static bool
+budget_over(void)
+{
+    return budget.max > 0 && budget.bytes > budget.max;
+}
+
+/* A session's queues grew or shrank by added - deleted bytes. */
+static void
+budget_account(struct session *s, size_t added, size_t deleted)
+{
+    s->mem += added - deleted;
+    budget.bytes += added - deleted;
+    if (budget.bytes > budget.peak)
+        budget.peak = budget.bytes;
+    if (budget.bytes > budget.trim_peak)
+        budget.trim_peak = budget.bytes;
+    if (added > 0 ? budget_over() : budget.paused > 0 || budget.trim_peak >= BUDGET_TRIM_MIN)
+        budget_schedule();
+}
+
+/* Over budget: close the open session with the most output queued, if
+ * that is more than its fair share (budget / sessions). One per loop turn:
+ * the close's own error line schedules the next look. Closing sessions'
+ * queues drain within the grace, so they are not counted against the
+ * open ones. */
+static void
+budget_enforce(void)
+{
+    struct session *s, *worst = NULL;
+    size_t open = 0, fair;
+    char msg[160];
+
+    LIST_FOREACH(s, &budget.sessions, all) {
+        if (s->state == SESSION_CLOSING)
+            continue;
+        open += s->mem;
+        if (worst == NULL || session_output_len(s) > session_output_len(worst))
+            worst = s;
+    }
+    fair = budget.max / (budget.live > 0 ? budget.live : 1);
+    if (open <= budget.max || worst == NULL || session_output_len(worst) <= fair)
+        return;
+    log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued while "
+        "the sessions hold %zu (listen.max_memory %zu); closing it", worst->id,
+        (int)worst->peer.pid, session_output_len(worst), budget.bytes, budget.max);
+    budget.closes++;
+    router_count_slow_consumer(worst->router);
+    snprintf(msg, sizeof msg, "the gateway's memory budget (%zu bytes) is spent and "
+        "this session holds the most unread output; closing", budget.max);
+    session_close(worst, LP_ERR_SLOW_CONSUMER, msg);
+}
+
+/* Over budget, a session stops reading at a command boundary (so a
+ * payload in flight completes and leaves the input buffer). */
+static void
+budget_hold(struct session *s)
+{
+    if (!budget_over() || s->budget_paused || s->state == SESSION_CLOSING ||
+        s->framer.state != LP_FRAMER_LINE)
+        return;
+    s->budget_paused = true;
+    budget.paused++;
+    budget.pauses++;
+    bufferevent_disable(s->bev, EV_READ);
+}
+
+static void
+read_again(struct session *s)
+{
+    bufferevent_enable(s->bev, EV_READ);
+    /* Commands already buffered: handle them from the loop. */
+    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+        bufferevent_trigger(s->bev, EV_READ,
+            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* Below seven eighths of the budget (not at once below it, which would
+ * flap), held sessions read again. */
+static void
+budget_release(void)
+{
+    struct session *s;
+
+    if (budget.paused == 0 || budget.bytes > budget.max - budget.max / 8)
+        return;
+    LIST_FOREACH(s, &budget.sessions, all) {
+        if (!s->budget_paused)
+            continue;
+        s->budget_paused = false;
+        budget.paused--;
+        if (!s->paused && s->state != SESSION_CLOSING)
+            read_again(s);
+    }
+}
+
+/* Once the queues have shrunk to a quarter of a large peak and stayed so
+ * for a second, give the freed memory back: glibc keeps freed chunks below
+ * the heap's top. (Later, not at once: a freed bufferevent releases its
+ * buffers from the loop after the session is gone.) */
+static bool
+budget_trim_due(void)
+{
+    return budget.trim_peak >= BUDGET_TRIM_MIN && budget.bytes <= budget.trim_peak / 4;
+}
+
+static void
+budget_trim(evutil_socket_t fd, short what, void *arg)
+{
+    if (!budget_trim_due())
+        return;
+#ifdef HAVE_MALLOC_TRIM
+    malloc_trim(0);
+    budget.trims++;
+#endif
+    budget.trim_peak = budget.bytes;
+}
+
+static void
+budget_work(evutil_socket_t fd, short what, void *arg)
+{
+    static const struct timeval idle = { 1, 0 };
+
+    if (budget_over())
+        budget_enforce();
+    else
+        budget_release();
+    if (budget_trim_due() && !evtimer_pending(budget.trimmer, NULL))
+        evtimer_add(budget.trimmer, &idle);
+}
+
+int
+session_budget_start(struct event_base *base, size_t max_memory)
+{
+    budget.max = max_memory;
+    budget.work = event_new(base, -1, 0, budget_work, NULL);
+    budget.trimmer = evtimer_new(base, budget_trim, NULL);
+    return budget.work != NULL && budget.trimmer != NULL ? 0 : -1;
+}
+
+void
+session_budget_set(size_t max_memory)
+{
+    budget.max = max_memory;
+    budget_schedule();
+}
+
+void
+session_budget_stop(void)
+{
+    if (budget.work != NULL)
+        event_free(budget.work);
+    if (budget.trimmer != NULL)
+        event_free(budget.trimmer);
+    budget.work = budget.trimmer = NULL;
+}
+
+void
+session_budget_stats(struct session_budget_stats *st)
+{
+    st->bytes = budget.bytes;
+    st->peak = budget.peak;
+    st->closes = budget.closes;
+    st->pauses = budget.pauses;
+    st->paused = budget.paused;
+    st->trims = budget.trims;
+}
 
 /* ---- output ---- */
 
@@ -143,6 +347,13 @@ output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
     s->st.bytes_out += info->n_deleted;
     if (info->n_added > 0)
         s->last_added = info->n_added;
+    budget_account(s, info->n_added, info->n_deleted);
+}
+
+static void
+input_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    budget_account(arg, info->n_added, info->n_deleted);
 }
 
 /* ---- input framing ---- */
@@ -270,6 +481,7 @@ session_process(struct session *s)
 
     while (!s->paused && s->state != SESSION_CLOSING && session_frame(s, in))
         ;
+    budget_hold(s);
 }
 
 static void
@@ -277,7 +489,7 @@ read_cb(struct bufferevent *bev, void *arg)
 {
     struct session *sess = arg;
 
-    if (!sess->paused)
+    if (!sess->paused && !sess->budget_paused)
         sockread_more(bev, 256 << 10);
     session_process(arg);
 }
@@ -417,6 +629,9 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
     fd = -1;
     bufferevent_setcb(s->bev, read_cb, NULL, event_cb, s);
     evbuffer_add_cb(bufferevent_get_output(s->bev), output_cb, s);
+    evbuffer_add_cb(bufferevent_get_input(s->bev), input_cb, s);
+    LIST_INSERT_HEAD(&budget.sessions, s, all);
+    budget.live++;
     log_info("session %" PRIu64 ": connected, pid=%d uid=%d gid=%d", s->id,
         (int)peer->pid, (int)peer->uid, (int)peer->gid);
 
@@ -461,6 +676,11 @@ session_destroy(struct session *s)
     } else {
         LIST_REMOVE(s, refused);
     }
+    LIST_REMOVE(s, all);
+    budget.live--;
+    if (s->budget_paused)
+        budget.paused--;
+    budget_account(s, 0, s->mem);   /* freeing the buffers runs no callback */
     bufferevent_free(s->bev);
     event_free(s->closer);
     if (s->cmd != NULL) {
@@ -500,14 +720,10 @@ session_resume(struct session *s)
     if (!s->paused)
         return;
     s->paused = false;
-    if (s->state == SESSION_CLOSING)
+    if (s->state == SESSION_CLOSING || s->budget_paused)
         return;
-    bufferevent_enable(s->bev, EV_READ);
-    /* Commands already buffered: handle them from the loop, not from
-     * inside the router's resume. */
-    if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
-        bufferevent_trigger(s->bev, EV_READ,
-            BEV_TRIG_IGNORE_WATERMARKS | BEV_TRIG_DEFER_CALLBACKS);
+    /* From the loop, not from inside the router's resume. */
+    read_again(s);
 }
 
 /* ---- accessors ---- */

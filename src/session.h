@@ -73,6 +73,21 @@ struct session_stats {
 };
 void session_get_stats(const struct session *s, struct session_stats *st);
 
+/* The budget over all sessions' queued output and buffered input
+ * (listen.max_memory): set at start and on reload, freed at exit. */
+int session_budget_start(struct event_base *base, size_t max_memory);
+void session_budget_set(size_t max_memory);
+void session_budget_stop(void);
+
+struct session_budget_stats {
+    size_t bytes, peak;         /* queued now, and the most ever */
+    uint64_t closes;            /* sessions closed to stay within it */
+    uint64_t pauses;            /* times a session stopped reading for it */
+    unsigned paused;            /* sessions not reading now */
+    uint64_t trims;             /* times freed memory went back to the system */
+};
+void session_budget_stats(struct session_budget_stats *st);
+
 /* Free immediately (router shutdown). */
 void session_free(struct session *s);
 

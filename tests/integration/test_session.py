@@ -345,5 +345,113 @@ class ShutdownTest(GatewayCase):
         gw.stop()
 
 
+def fresh_stats(case):
+    """STATS on a new session: over the memory budget a session stops
+    reading after each command, so one STATS per session."""
+    s = case.session()
+    st = stats(s)
+    s.close()
+    return st
+
+
+class MemoryBudgetTest(GatewayCase):
+    """listen.max_memory bounds all sessions' queues together, far below
+    what max_output allows each of them."""
+    BUDGET = 1 << 20
+    GW_CONFIG = {"listen": {"max_output": "64MiB", "max_memory": "1MiB"},
+                 "daemon": {"shutdown_grace": "20s"}}
+
+    def test_heaviest_reader_closed_and_readers_held_until_it_drains(self):
+        feed, topic, n = uniq("MEM"), "T", 1000
+        m = self.bus.mark()
+        slow = [self.session(), self.session()]
+        local = self.session()
+        for s in slow:
+            self.assertEqual(s.cmd("SUB %s %s" % (feed, topic)), "+OK")
+        self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
+        data_in = int(fresh_stats(self)["data_in"])
+        pub = self.client("pub")
+        # 1 MiB to each of two sessions that do not read: together they
+        # pass the budget, each alone (after the kernel's share) does not.
+        for i in range(n):
+            pub.publish(feed, topic, [(None, b"%06d" % i + b"." * 1018)])
+        wait_until(lambda: int(fresh_stats(self)["data_in"]) == data_in + n,
+                   what="the burst to reach the gateway")
+        self.gw.wait_log(r"slow consumer, \d+ bytes queued while the sessions hold")
+        st = fresh_stats(self)
+        self.assertEqual(st["memory_budget_closes"], "1")
+        self.assertEqual(st["limit.max_memory"], str(self.BUDGET))
+        self.assertGreater(int(st["memory_queued"]), self.BUDGET)
+        # Still over budget (the closed session's queue is not drained):
+        # a command is answered, then the session waits before the next.
+        self.assertEqual(local.cmd("PING a"), "PONG a")
+        local.send("PING b\n")
+        self.assertTrue(local.no_event("PONG", wait=0.5))
+        self.assertGreaterEqual(int(fresh_stats(self)["memory_budget_paused"]), 1)
+        # Drain both: one was closed with the reason, the other gets all.
+        closed = 0
+        for s in slow:
+            got = 0
+            try:
+                while True:
+                    ev = s.read_event()
+                    if ev.kind == "DATA":
+                        self.assertEqual(ev.payloads[0][:6], b"%06d" % got)
+                        got += 1
+                    elif ev.kind == "-ERR":
+                        self.assertTrue(ev.line.startswith("-ERR slow-consumer "), ev.line)
+                        self.assertIn("memory budget", ev.line)
+                        closed += 1
+                        break
+                    if got == n:
+                        break
+            except EOFError:
+                self.fail("closed without a reason")
+        self.assertEqual(closed, 1)
+        # Below the budget again, the held session goes on: nothing lost.
+        self.assertEqual(local.reply(), "PONG b")
+        st = fresh_stats(self)
+        self.assertLessEqual(int(st["memory_queued"]), self.BUDGET)
+        self.assertGreater(int(st["memory_queued_peak"]), self.BUDGET)
+        self.assertEqual(st["slow_consumers"], "1")
+
+
+class MemoryTrimTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_output": "64MiB"}}
+
+    def test_memory_of_a_burst_goes_back_to_the_system(self):
+        if BUSGATED_IS_SANITIZED:
+            self.skipTest("memory figures mean little under ASan")
+        feed, topic, n = uniq("TRIM"), "T", 24 * 1024
+        m = self.bus.mark()
+        slow, fast = self.session(), self.session()
+        for s in (slow, fast):
+            self.assertEqual(s.cmd("SUB %s %s" % (feed, topic)), "+OK")
+        self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
+        pid = self.gw.proc.pid
+        before = mem_kib(pid, "VmRSS")
+        pub = self.client("pub")
+        # 24 MiB queued for a session that does not read, while another
+        # reads along: the two interleave their allocations.
+        for i in range(n):
+            pub.publish(feed, topic, [(None, b"%06d" % i + b"." * 1018)])
+            if i % 64 == 63:
+                for j in range(64):
+                    fast.expect("DATA")
+        peak = mem_kib(pid, "VmRSS")
+        self.assertGreater(peak - before, 16 * 1024)
+        # Sessions that start now are allocated above the burst and stay:
+        # the heap cannot shrink from its top; freed pages below must be
+        # given back explicitly.
+        later = [self.session() for _ in range(4)]
+        for i, s in enumerate(later):
+            self.assertEqual(s.cmd("SUB %s t%d" % (feed, i)), "+OK")
+        slow.close()
+        wait_until(lambda: fresh_stats(self)["sessions"] == "6", what="the reader to go")
+        wait_until(lambda: mem_kib(pid, "VmRSS") < before + (peak - before) // 4,
+                   what="RSS %d KiB -> %d KiB to fall back" % (before, peak))
+        self.assertGreaterEqual(int(fresh_stats(self)["memory_trims"]), 1)
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)

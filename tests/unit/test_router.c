@@ -144,6 +144,12 @@ session_get_stats(const struct session *s, struct session_stats *st)
 }
 
 void
+session_budget_stats(struct session_budget_stats *st)
+{
+    memset(st, 0, sizeof *st);
+}
+
+void
 session_free(struct session *s)
 {
     s->freed = true;
