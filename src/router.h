@@ -24,10 +24,9 @@ struct router *router_new(struct event_base *base, const struct config *cfg);
 void router_free(struct router *r);
 
 /* The bus link the router talks to (set once, before bus_start). Its
- * callbacks (struct bus_callbacks) should call the three router_bus_*
- * functions below; router_bus_callbacks fills them in. */
+ * callbacks (struct bus_callbacks, wired in main.c) call the router_bus_*
+ * functions below. */
 void router_set_bus(struct router *r, struct bus *bus);
-void router_bus_callbacks(struct bus_callbacks *cb);
 
 void router_bus_state(struct router *r, enum bus_state state, const char *reason);
 void router_bus_message(struct router *r, const struct wire_msg *msg);

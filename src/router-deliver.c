@@ -1,0 +1,222 @@
+/*
+ * Delivery: one formatted event to many sessions.
+ *
+ * A DATA event is formatted once into a scratch evbuffer, then the same
+ * bytes go to every receiver: copied when small (evbuffer_add coalesces
+ * them with whatever is queued for that session), shared by reference when
+ * large (one block, reference counted, no copy per session). Consecutive
+ * events of one topic from one bus read are batched and delivered together.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#include "log.h"
+#include "router-int.h"
+#include "session.h"
+
+static void
+shared_unref(const void *data, size_t len, void *arg)
+{
+    struct shared *sh = arg;
+
+    if (--sh->refs == 0)
+        free(sh);
+}
+
+/* Append len bytes (one or more whole events) to a session's output. */
+static void
+deliver_bytes(struct session *s, const void *p, size_t len, struct shared *sh)
+{
+    struct evbuffer *out = session_output(s);
+
+    if (sh != NULL) {
+        sh->refs++;
+        if (evbuffer_add_reference(out, sh->data, sh->len, shared_unref, sh) != 0) {
+            sh->refs--;
+            evbuffer_add(out, p, len);
+        }
+    } else {
+        evbuffer_add(out, p, len);
+    }
+    session_flush_check(s);
+}
+
+/* The scratch buffer's bytes, linear, and shared when large. */
+static const unsigned char *
+scratch_bytes(struct router *r, size_t *len, struct shared **sh)
+{
+    *len = evbuffer_get_length(r->scratch);
+    *sh = NULL;
+    if (*len >= ROUTER_SHARE_MIN) {
+        struct shared *b = malloc(sizeof *b + *len);
+
+        if (b != NULL) {
+            b->refs = 1;
+            b->len = *len;
+            evbuffer_copyout(r->scratch, b->data, *len);
+            *sh = b;
+            return b->data;
+        }
+    }
+    return evbuffer_pullup(r->scratch, -1);
+}
+
+static void
+scratch_done(struct router *r, struct shared *sh)
+{
+    evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
+    if (sh != NULL)
+        shared_unref(sh->data, sh->len, sh);
+}
+
+/* Send the scratch event to every live session on a feed's role list. */
+void
+rt_deliver_roles(struct router *r, struct role_list *list)
+{
+    const unsigned char *p;
+    struct shared *sh;
+    struct role *ro, *next;
+    size_t len;
+
+    p = scratch_bytes(r, &len, &sh);
+    LIST_FOREACH_SAFE(ro, list, by_feed, next)
+        if (!session_closing(ro->client->s))
+            deliver_bytes(ro->client->s, p, len, sh);
+    scratch_done(r, sh);
+}
+
+/* Every session gets the scratch event (BUS status). */
+void
+rt_deliver_all(struct router *r)
+{
+    const unsigned char *p;
+    struct shared *sh;
+    struct client *c, *tmp;
+    size_t len;
+
+    p = scratch_bytes(r, &len, &sh);
+    HASH_ITER(hh, r->clients, c, tmp)
+        if (!c->closing && !session_closing(c->s))
+            deliver_bytes(c->s, p, len, sh);
+    scratch_done(r, sh);
+}
+
+/* Deliver the batched DATA events of one topic to its subscribers. */
+void
+rt_batch_flush(struct router *r)
+{
+    const unsigned char *p;
+    struct shared *sh;
+    struct topic *t = r->batch_topic;
+    struct sub *sb, *next;
+    size_t len;
+
+    if (t == NULL)
+        return;
+    r->batch_topic = NULL;
+    p = scratch_bytes(r, &len, &sh);
+    LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
+        if (session_closing(sb->client->s))
+            continue;
+        deliver_bytes(sb->client->s, p, len, sh);
+        r->n.data_delivered += r->batch_count;
+    }
+    scratch_done(r, sh);
+    r->batch_count = 0;
+}
+
+/* Consecutive DATA events of one topic are delivered together, up to this
+ * many bytes, and never more than a quarter of listen.max_output, so a batch
+ * cannot by itself make a reader that keeps up look slow. */
+#define ROUTER_BATCH_MAX (256u << 10)
+
+static size_t
+batch_max(const struct router *r)
+{
+    size_t q = r->listen.max_output / 4;
+
+    return q < ROUTER_BATCH_MAX ? q : ROUTER_BATCH_MAX;
+}
+
+/* Whether ct is one of the comma-separated content types in list. */
+static bool
+content_type_listed(const char *list, const struct wire_str *ct)
+{
+    for (const char *p = list; p != NULL && *p != '\0';) {
+        const char *end = strchr(p, ',');
+        size_t n = end != NULL ? (size_t)(end - p) : strlen(p);
+
+        while (n > 0 && (*p == ' ' || *p == '\t'))
+            p++, n--;
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == ct->len && n > 0 && memcmp(p, ct->ptr, n) == 0)
+            return true;
+        p = end != NULL ? end + 1 : NULL;
+    }
+    return false;
+}
+
+/*
+ * Bus protocol 6 has no image flag: a message is an image (for the cache
+ * and the DATA line) if it is a unicast (the image a selectfeed publisher
+ * sends a new subscriber), the distributor's stale or not-entitled form
+ * (empty user and host, no packets), or of a configured image content type.
+ */
+static bool
+image_at_6(const struct router *r, const struct wire_msg *m)
+{
+    return m->type == WIRE_FORWARDED_UNICAST ||
+        (m->user.len == 0 && m->host.len == 0 && m->n_packets == 0) ||
+        content_type_listed(r->cfg.image_content_types, &m->content_type);
+}
+
+void
+rt_route_data(struct router *r, const struct wire_msg *m)
+{
+    const unsigned char *p;
+    struct topic *t;
+    struct wire_msg at6;
+    size_t len;
+
+    if (m->version >= WIRE_V6) {
+        at6 = *m;
+        at6.is_image = image_at_6(r, m);
+        m = &at6;
+    }
+    r->n.data_in++;
+    t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
+    if (t == NULL) {
+        /* Nobody local wants it; the v3 distributor keeps sending after an
+         * unsubscribe (defect 1). */
+        r->n.data_dropped_unwanted++;
+        log_debug("data for %.*s / %.*s: no local subscriber, dropped",
+            (int)m->feed.len, m->feed.ptr, (int)m->topic.len, m->topic.ptr);
+        return;
+    }
+    if (t != r->batch_topic)
+        rt_batch_flush(r);
+    if (lp_format_data(r->one, m) != 0) {
+        log_error("cannot format a DATA event (out of memory)");
+        evbuffer_drain(r->one, evbuffer_get_length(r->one));
+        return;
+    }
+    len = evbuffer_get_length(r->one);
+    if (t->cache != NULL || m->is_image) {
+        p = evbuffer_pullup(r->one, -1);
+        rt_cache_update(r, t, m, p, len);
+    }
+    evbuffer_add_buffer(r->scratch, r->one);
+    r->batch_topic = t;
+    r->batch_count++;
+    if (evbuffer_get_length(r->scratch) >= batch_max(r))
+        rt_batch_flush(r);
+}
+
+void
+router_bus_batch_end(struct router *r)
+{
+    rt_batch_flush(r);
+}

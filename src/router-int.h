@@ -1,0 +1,256 @@
+/*
+ * Private to the router-*.c files and stats.c (the public face is
+ * router.h): the tables and what the router's parts call of each other.
+ *
+ * Containers: uthash for the keyed tables (topics by (feed, topic) bytes,
+ * feeds by name, sessions by pointer, remote subscriptions and pending
+ * authorization requests per feed) and the <sys/queue.h> macros (from
+ * libbsd's header only) for the membership lists. Each membership record
+ * sits on two lists, its topic's or feed's and its session's, so a session
+ * leaving costs O(its own entries) and a fan-out walks exactly the
+ * receivers.
+ *
+ * The parts: router.c (topics, clients, dispatch, bus state, life cycle),
+ * router-deliver.c (one formatted event to many sessions), router-cache.c
+ * (the image cache), router-feeds.c (notifiers, authorizers and pending
+ * requests), router-uplink.c (what goes upstream, the replay after a
+ * reconnect, the bus-down queue), stats.c (STATS).
+ */
+#ifndef BUSGATE_ROUTER_INT_H
+#define BUSGATE_ROUTER_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <bsd/sys/queue.h>
+#include <event2/event.h>
+
+#include "bus.h"
+#include "config.h"
+#include "lineproto.h"
+#include "log.h"
+#include "router.h"
+#include "wire.h"
+
+#define uthash_fatal(msg) fatalx("out of memory (%s)", msg)
+#include <uthash.h>
+
+/* Events bigger than this are shared by reference instead of copied. */
+#define ROUTER_SHARE_MIN 16384
+/* Upstream requests replayed per event-loop turn after a reconnect, so
+ * that other sessions are served between batches. */
+#define ROUTER_REPLAY_BATCH 256
+/* Remote subscriptions remembered for late local notifiers, all feeds. */
+#define ROUTER_MAX_REMOTES 65536
+
+struct client;
+struct topic;
+struct feed;
+
+/* One session subscribed to one topic. */
+struct sub {
+    struct topic *topic;
+    struct client *client;
+    LIST_ENTRY(sub) by_topic;
+    LIST_ENTRY(sub) by_client;
+};
+
+/* One session notifying, or authorizing, one feed. */
+struct role {
+    struct feed *feed;
+    struct client *client;
+    UT_hash_handle hh;              /* its client's notify_by/authorize_by, by feed */
+    LIST_ENTRY(role) by_feed;
+    LIST_ENTRY(role) by_client;
+};
+
+LIST_HEAD(sub_list, sub);
+LIST_HEAD(role_list, role);
+
+/* The router's record of one session. */
+struct client {
+    struct session *s;
+    UT_hash_handle hh;              /* r->clients, by session pointer */
+    struct sub_list subs;
+    struct role_list notifies;
+    struct role_list authorizes;
+    struct role *notify_by, *authorize_by;  /* the same roles, by feed pointer */
+    uint32_t n_subs;
+    uint32_t n_notifies, n_authorizes;
+    bool closing;                   /* released: routed to no more */
+};
+
+/* A (feed, topic) with at least one local subscriber. */
+struct topic {
+    UT_hash_handle hh;              /* r->topics, by key */
+    struct sub_list subs;
+    uint32_t n_subs;
+    struct evbuffer *cache;         /* image + deltas as DATA events; NULL: none */
+    TAILQ_ENTRY(topic) replay;      /* r->replay_topics while replay_queued */
+    bool replay_queued;             /* not yet subscribed upstream on this link */
+    struct wire_str feed, name;     /* point into key, NUL-terminated */
+    size_t keylen;
+    char key[];                     /* feed length (4), feed, NUL, topic, NUL */
+};
+
+/* A remote subscription a notification told us of. */
+struct remote {
+    UT_hash_handle hh;              /* feed->remotes, by key */
+    uint32_t count;                 /* adds minus removes */
+    const uint8_t *client_id;       /* these point into key */
+    struct wire_str user, host, topic;
+    size_t keylen;
+    char key[];
+};
+
+/* An AuthorizationRequest the bus sent us, until answered (and then as
+ * "answered", so a second answer is refused). */
+struct pending {
+    UT_hash_handle hh;              /* feed->pending, by client id + topic */
+    TAILQ_ENTRY(pending) order;     /* r->pending_order, oldest first */
+    struct feed *feed;
+    bool answered;
+    uint64_t since_ms;              /* monotonic, when the bus asked */
+    const uint8_t *client_id;       /* these point into key/extra */
+    struct wire_str topic, user, host;
+    size_t keylen;
+    char key[];                     /* client id (16), topic, NUL, user, NUL, host, NUL */
+};
+
+TAILQ_HEAD(pending_list, pending);
+
+/* A feed with local notifiers or authorizers, or pending requests. */
+struct feed {
+    UT_hash_handle hh;              /* r->feeds, by name */
+    struct role_list notifiers;
+    struct role_list authorizers;
+    uint32_t n_notifiers, n_authorizers;
+    struct remote *remotes;         /* known while it has notifiers */
+    struct pending *pending;
+    TAILQ_ENTRY(feed) replay;       /* r->replay_feeds while replay_queued */
+    bool replay_queued;             /* notifiers not yet registered upstream on this link */
+    struct wire_str name;           /* points into key */
+    char key[];
+};
+
+/* A large formatted event shared by several evbuffers. */
+struct shared {
+    unsigned refs;
+    size_t len;
+    unsigned char data[];
+};
+
+struct router_counters {
+    uint64_t sessions_total;
+    uint64_t slow_consumers;
+    uint64_t data_in;
+    uint64_t data_delivered;
+    uint64_t data_dropped_unwanted;
+    uint64_t notifications_in;
+    uint64_t notifications_unrouted;
+    uint64_t auth_requests;
+    uint64_t auth_requests_unrouted;
+    uint64_t busdown_queued_total;
+    uint64_t busdown_lost;
+    uint64_t bus_other;             /* bus messages a client never receives */
+    uint64_t cache_refused;         /* images not cached: router.image_cache_total */
+    uint64_t remotes_dropped;       /* remote subscriptions not remembered */
+};
+
+struct router {
+    struct event_base *base;
+    struct bus *bus;
+    struct client *clients;
+    struct topic *topics;
+    struct feed *feeds;
+    struct pending_list pending_order;
+    uint32_t n_pending;
+    TAILQ_HEAD(, topic) replay_topics;  /* the replay after a reconnect, still to send */
+    TAILQ_HEAD(, feed) replay_feeds;
+    struct event *replay_ev;        /* the next replay batch (NULL: no event base) */
+    bool replaying;
+    unsigned replayed_topics, replayed_feeds;
+    uint32_t n_remotes;             /* remembered remote subscriptions */
+    uint64_t n_subscriptions;       /* local (session, topic) pairs */
+    uint32_t n_notify_feeds;        /* feeds we notify on upstream */
+    uint32_t n_authorizer_feeds;
+    size_t cache_bytes;             /* all topics' caches */
+
+    struct evbuffer *scratch;       /* one formatted event, or a batch */
+    struct evbuffer *one;           /* one DATA event being added to the batch */
+    struct topic *batch_topic;      /* scratch holds undelivered events of it */
+    uint64_t batch_count;
+    struct evbuffer *queue;         /* bus-down queue: wire-encoded, in order */
+    uint32_t queue_count;
+    struct wire_msg qmsg;           /* decoding the queue at reconnect */
+    char *key;                      /* lookup key scratch */
+    size_t key_cap;
+
+    enum bus_state state;
+    time_t state_since;
+    const char *announced;          /* the BUS state sessions were last told */
+    bool congested;                 /* bus output over its high-water mark */
+    bool shutting_down;
+    bool freeing;
+    time_t started;
+
+    struct config_router cfg;       /* image_content_types: our own copy */
+    int bus_protocol;
+    struct config_listen listen;    /* numbers only: path/group not kept */
+    uint32_t max_name, max_entitlements;
+    uint32_t grace_ms;
+    struct router_counters n;
+};
+
+/* router.c */
+bool rt_linked(enum bus_state st);
+uint64_t rt_mono_ms(void);
+void * rt_xcalloc(size_t n);
+char * rt_key_room(struct router *r, size_t n);
+struct topic * rt_topic_find(struct router *r, const char *feed, uint32_t flen, const char *topic, uint32_t tlen);
+void rt_topic_unqueue(struct router *r, struct topic *t);
+struct role * rt_role_find(struct role *by_feed, const struct feed *f);
+
+/* router-deliver.c */
+void rt_deliver_roles(struct router *r, struct role_list *list);
+void rt_deliver_all(struct router *r);
+void rt_batch_flush(struct router *r);
+void rt_route_data(struct router *r, const struct wire_msg *m);
+
+/* router-cache.c */
+void rt_cache_drop(struct router *r, struct topic *t);
+void rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m, const unsigned char *p, size_t len);
+void rt_cache_replay(struct topic *t, struct session *s);
+
+/* router-feeds.c */
+void rt_remotes_clear(struct router *r, struct feed *f);
+void rt_pending_clear(struct router *r, struct feed *f);
+void rt_feed_unqueue(struct router *r, struct feed *f);
+void rt_feed_maybe_free(struct router *r, struct feed *f);
+void rt_route_notification(struct router *r, const struct wire_msg *m);
+void rt_pending_expire(struct router *r);
+void rt_route_authreq(struct router *r, const struct wire_msg *m);
+void rt_remotes_end(struct router *r, struct feed *f);
+void rt_notify_remove(struct router *r, struct role *ro);
+void rt_authorizer_remove(struct router *r, struct role *ro);
+void rt_cmd_notify(struct router *r, struct client *c, const struct lp_cmd *cmd);
+void rt_cmd_unnotify(struct router *r, struct client *c, const struct lp_cmd *cmd);
+void rt_cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd);
+void rt_cmd_unauthorizer(struct router *r, struct client *c, const struct lp_cmd *cmd);
+void rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd);
+
+/* router-uplink.c */
+enum bus_send_result rt_upstream(struct router *r, const struct wire_msg *m);
+void rt_upstream_subscription(struct router *r, const struct topic *t, bool add);
+void rt_upstream_notification(struct router *r, const struct feed *f, bool add);
+void rt_replay_cb(evutil_socket_t fd, short what, void *arg);
+void rt_replay_upstream(struct router *r);
+void rt_replay_cancel(struct router *r);
+void rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd);
+
+/* stats.c */
+void rt_cmd_stats(struct router *r, struct client *c);
+
+#endif /* BUSGATE_ROUTER_INT_H */
