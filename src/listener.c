@@ -236,7 +236,7 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
     int salen, void *arg)
 {
     struct listener *l = arg;
-    struct session_peer peer = { .pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+    struct peer_cred peer = { .pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1 };
     struct ucred cred;
     socklen_t len = sizeof cred;
 

@@ -16,7 +16,7 @@ struct event_base;
 struct listener;
 
 /* Called for each accepted connection (fd is non-blocking, close-on-exec). */
-typedef void (*listener_accept_cb)(int fd, const struct session_peer *peer, void *arg);
+typedef void (*listener_accept_cb)(int fd, const struct peer_cred *peer, void *arg);
 
 /* Listen (or adopt the systemd socket). NULL with a clear reason in err. */
 struct listener *listener_new(struct event_base *base, const struct config_listen *cfg,

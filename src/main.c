@@ -88,7 +88,7 @@ daemon_tick(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-daemon_accept(int fd, const struct session_peer *peer, void *arg)
+daemon_accept(int fd, const struct peer_cred *peer, void *arg)
 {
     struct daemon *d = arg;
 
@@ -96,7 +96,7 @@ daemon_accept(int fd, const struct session_peer *peer, void *arg)
         close(fd);
         return;
     }
-    session_new(d->base, fd, peer, d->router, &d->cfg.listen);
+    session_new(d->base, fd, peer, d->router);
 }
 
 /* Shutdown ends when the bus link is closed and every session is gone, or
@@ -209,7 +209,7 @@ daemon_reload(struct daemon *d)
     config_free(&old);
     log_set_level(d->cfg.log.level);
     router_reconfigure(d->router, &d->cfg);
-    session_budget_set(d->cfg.listen.max_memory);
+    session_configure(&d->cfg);
     log_notice("reloaded %s", d->cfg.path);
     sdnotify("READY=1");
 }
@@ -325,7 +325,7 @@ daemon_start(struct daemon *d)
     if ((d->bus = bus_new(d->base, d->dns, &d->cfg.bus, &cb, d)) == NULL)
         return -1;
     router_set_bus(d->router, d->bus);
-    if (session_budget_start(d->base, d->cfg.listen.max_memory) != 0)
+    if (session_start(d->base, &d->cfg) != 0)
         return -1;
     d->listener = listener_new(d->base, &d->cfg.listen, daemon_accept, d, err, sizeof err);
     if (d->listener == NULL) {
@@ -366,8 +366,7 @@ daemon_free(struct daemon *d)
             event_free(*evs[i]);
     if (d->listener != NULL)
         listener_free(d->listener);
-    session_free_refused();
-    session_budget_stop();
+    session_stop();
     if (d->router != NULL)
         router_free(d->router);
     if (d->bus != NULL)

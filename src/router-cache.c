@@ -14,7 +14,6 @@
 
 #include "log.h"
 #include "router-int.h"
-#include "session.h"
 
 void
 rt_cache_drop(struct router *r, struct topic *t)
@@ -66,11 +65,11 @@ rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
 
 /* Copy a topic's cached events to one new subscriber. */
 void
-rt_cache_replay(struct topic *t, struct session *s)
+rt_cache_replay(struct topic *t, struct client *c)
 {
     struct evbuffer_iovec vec[16];
     struct evbuffer_ptr pos;
-    struct evbuffer *out = session_output(s);
+    struct evbuffer *out = rt_output(c);
     size_t left;
     int n;
 
@@ -92,5 +91,5 @@ rt_cache_replay(struct topic *t, struct session *s)
             evbuffer_ptr_set(t->cache, &pos, l, EVBUFFER_PTR_ADD);
         }
     }
-    session_flush_check(s);
+    rt_flush(c);
 }

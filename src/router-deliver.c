@@ -14,7 +14,6 @@
 
 #include "log.h"
 #include "router-int.h"
-#include "session.h"
 
 static void
 shared_unref(const void *data, size_t len, void *arg)
@@ -27,9 +26,9 @@ shared_unref(const void *data, size_t len, void *arg)
 
 /* Append len bytes (one or more whole events) to a session's output. */
 static void
-deliver_bytes(struct session *s, const void *p, size_t len, struct shared *sh)
+deliver_bytes(struct client *c, const void *p, size_t len, struct shared *sh)
 {
-    struct evbuffer *out = session_output(s);
+    struct evbuffer *out = rt_output(c);
 
     if (sh != NULL) {
         sh->refs++;
@@ -40,7 +39,7 @@ deliver_bytes(struct session *s, const void *p, size_t len, struct shared *sh)
     } else {
         evbuffer_add(out, p, len);
     }
-    session_flush_check(s);
+    rt_flush(c);
 }
 
 /* The scratch buffer's bytes, linear, and shared when large. */
@@ -82,8 +81,8 @@ rt_deliver_roles(struct router *r, struct role_list *list)
 
     p = scratch_bytes(r, &len, &sh);
     LIST_FOREACH_SAFE(ro, list, by_feed, next)
-        if (!session_closing(ro->client->s))
-            deliver_bytes(ro->client->s, p, len, sh);
+        if (!rt_closing(ro->client))
+            deliver_bytes(ro->client, p, len, sh);
     scratch_done(r, sh);
 }
 
@@ -98,8 +97,8 @@ rt_deliver_all(struct router *r)
 
     p = scratch_bytes(r, &len, &sh);
     HASH_ITER(hh, r->clients, c, tmp)
-        if (!c->closing && !session_closing(c->s))
-            deliver_bytes(c->s, p, len, sh);
+        if (!rt_closing(c))
+            deliver_bytes(c, p, len, sh);
     scratch_done(r, sh);
 }
 
@@ -118,9 +117,9 @@ rt_batch_flush(struct router *r)
     r->batch_topic = NULL;
     p = scratch_bytes(r, &len, &sh);
     LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
-        if (session_closing(sb->client->s))
+        if (rt_closing(sb->client))
             continue;
-        deliver_bytes(sb->client->s, p, len, sh);
+        deliver_bytes(sb->client, p, len, sh);
         r->n.data_delivered += r->batch_count;
     }
     scratch_done(r, sh);

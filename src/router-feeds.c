@@ -16,7 +16,6 @@
 #include "guid.h"
 #include "log.h"
 #include "router-int.h"
-#include "session.h"
 
 static struct feed *
 feed_find(struct router *r, const char *name, uint32_t len)
@@ -368,7 +367,7 @@ role_new(struct feed *f, struct client *c, struct role_list *feed_list,
 
 /* Tell a late notifier of the remote subscriptions already known. */
 static void
-remotes_replay(struct router *r, struct feed *f, struct session *s)
+remotes_replay(struct router *r, struct feed *f, struct client *c)
 {
     struct remote *rm, *tmp;
     struct wire_msg m;
@@ -383,10 +382,10 @@ remotes_replay(struct router *r, struct feed *f, struct session *s)
         m.host = rm->host;
         m.topic = rm->topic;
         for (uint32_t i = 0; i < rm->count; i++)
-            lp_format_notification(session_output(s), &m);
+            lp_format_notification(rt_output(c), &m);
     }
     if (f->remotes != NULL)
-        session_flush_check(s);
+        rt_flush(c);
 }
 
 void
@@ -395,11 +394,11 @@ rt_cmd_notify(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
 
     if (f != NULL && rt_role_find(c->notify_by, f) != NULL) {
-        session_reply_err(c->s, LP_ERR_ALREADY_NOTIFYING, "already notifying on this feed");
+        rt_reply_err(c, LP_ERR_ALREADY_NOTIFYING, "already notifying on this feed");
         return;
     }
     if (c->n_notifies >= r->listen.max_notifications) {
-        session_reply_err(c->s, LP_ERR_TOO_MANY_NOTIFICATIONS,
+        rt_reply_err(c, LP_ERR_TOO_MANY_NOTIFICATIONS,
             "at most %u notified feeds per session", r->listen.max_notifications);
         return;
     }
@@ -407,12 +406,12 @@ rt_cmd_notify(struct router *r, struct client *c, const struct lp_cmd *cmd)
         f = feed_get(r, cmd->feed.ptr, cmd->feed.len);
     role_new(f, c, &f->notifiers, &c->notifies, &c->notify_by);
     c->n_notifies++;
-    session_reply_ok(c->s);
+    rt_reply_ok(c);
     if (++f->n_notifiers == 1) {
         r->n_notify_feeds++;
         rt_upstream_notification(r, f, true);
     } else {
-        remotes_replay(r, f, c->s);
+        remotes_replay(r, f, c);
     }
 }
 
@@ -423,16 +422,16 @@ rt_cmd_unnotify(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct role *ro = f != NULL ? rt_role_find(c->notify_by, f) : NULL;
 
     if (ro == NULL) {
-        session_reply_err(c->s, LP_ERR_NOT_NOTIFYING, "not notifying on this feed");
+        rt_reply_err(c, LP_ERR_NOT_NOTIFYING, "not notifying on this feed");
         return;
     }
     rt_notify_remove(r, ro);
-    session_reply_ok(c->s);
+    rt_reply_ok(c);
 }
 
 /* Tell a late authorizer of the requests nobody has answered yet. */
 static void
-pending_replay(struct feed *f, struct session *s)
+pending_replay(struct feed *f, struct client *c)
 {
     struct pending *pd, *tmp;
     struct wire_msg m;
@@ -442,11 +441,11 @@ pending_replay(struct feed *f, struct session *s)
         if (pd->answered)
             continue;
         pending_msg(pd, &m);
-        lp_format_authreq(session_output(s), &m);
+        lp_format_authreq(rt_output(c), &m);
         any = true;
     }
     if (any)
-        session_flush_check(s);
+        rt_flush(c);
 }
 
 void
@@ -457,11 +456,11 @@ rt_cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
     rt_pending_expire(r);
     f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
     if (f != NULL && rt_role_find(c->authorize_by, f) != NULL) {
-        session_reply_err(c->s, LP_ERR_ALREADY_AUTHORIZER, "already an authorizer of this feed");
+        rt_reply_err(c, LP_ERR_ALREADY_AUTHORIZER, "already an authorizer of this feed");
         return;
     }
     if (c->n_authorizes >= r->listen.max_authorizers) {
-        session_reply_err(c->s, LP_ERR_TOO_MANY_AUTHORIZERS,
+        rt_reply_err(c, LP_ERR_TOO_MANY_AUTHORIZERS,
             "at most %u authorized feeds per session", r->listen.max_authorizers);
         return;
     }
@@ -471,8 +470,8 @@ rt_cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
     c->n_authorizes++;
     if (++f->n_authorizers == 1)
         r->n_authorizer_feeds++;
-    session_reply_ok(c->s);
-    pending_replay(f, c->s);
+    rt_reply_ok(c);
+    pending_replay(f, c);
 }
 
 void
@@ -482,11 +481,11 @@ rt_cmd_unauthorizer(struct router *r, struct client *c, const struct lp_cmd *cmd
     struct role *ro = f != NULL ? rt_role_find(c->authorize_by, f) : NULL;
 
     if (ro == NULL) {
-        session_reply_err(c->s, LP_ERR_NOT_AUTHORIZER, "not an authorizer of this feed");
+        rt_reply_err(c, LP_ERR_NOT_AUTHORIZER, "not an authorizer of this feed");
         return;
     }
     rt_authorizer_remove(r, ro);
-    session_reply_ok(c->s);
+    rt_reply_ok(c);
 }
 
 void
@@ -501,7 +500,7 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
     rt_pending_expire(r);
     f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
     if (f == NULL || rt_role_find(c->authorize_by, f) == NULL) {
-        session_reply_err(c->s, LP_ERR_NOT_AUTHORIZER,
+        rt_reply_err(c, LP_ERR_NOT_AUTHORIZER,
             "AUTHORIZER this feed before answering its requests");
         return;
     }
@@ -510,13 +509,13 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
     memcpy(k + WIRE_GUID_LEN, cmd->topic.ptr, cmd->topic.len);
     HASH_FIND(hh, f->pending, k, klen, pd);
     if (pd == NULL) {
-        session_reply_err(c->s, LP_ERR_UNKNOWN_REQUEST,
+        rt_reply_err(c, LP_ERR_UNKNOWN_REQUEST,
             "no authorization request from that client for that topic (or it is older "
             "than router.auth_pending_age)");
         return;
     }
     if (pd->answered) {
-        session_reply_err(c->s, LP_ERR_ALREADY_ANSWERED,
+        rt_reply_err(c, LP_ERR_ALREADY_ANSWERED,
             "that request was already answered (the first answer counts)");
         return;
     }
@@ -530,13 +529,13 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
     switch (rt_upstream(r, &m)) {
     case BUS_SENT:
         pd->answered = true;
-        session_reply_ok(c->s);
+        rt_reply_ok(c);
         break;
     case BUS_ENCODE_ERROR:
-        session_reply_err(c->s, LP_ERR_SYNTAX, "the answer cannot be encoded");
+        rt_reply_err(c, LP_ERR_SYNTAX, "the answer cannot be encoded");
         break;
     default:
-        session_reply_err(c->s, LP_ERR_BUS_DOWN, "the bus link is %s; answer again "
+        rt_reply_err(c, LP_ERR_BUS_DOWN, "the bus link is %s; answer again "
             "when it is up", bus_state_name(r->state));
         break;
     }

@@ -71,7 +71,10 @@ LIST_HEAD(role_list, role);
 
 /* The router's record of one session. */
 struct client {
-    struct session *s;
+    struct session *s;              /* opaque: reached through port */
+    const struct router_port *port;
+    uint64_t id;                    /* the session's number, for STATS */
+    struct peer_cred peer;
     UT_hash_handle hh;              /* r->clients, by session pointer */
     struct sub_list subs;
     struct role_list notifies;
@@ -200,11 +203,37 @@ struct router {
     int bus_protocol;
     struct config_listen listen;    /* numbers only: path/group not kept */
     uint32_t max_name, max_entitlements;
-    uint32_t grace_ms;
     struct router_counters n;
 };
 
+/* A client's session, through its port. */
+static inline struct evbuffer *
+rt_output(const struct client *c)
+{
+    return c->port->output(c->s);
+}
+
+static inline bool
+rt_flush(struct client *c)
+{
+    return c->port->flush(c->s);
+}
+
+static inline bool
+rt_closing(const struct client *c)
+{
+    return c->closing || c->port->closing(c->s);
+}
+
+static inline void
+rt_reply_ok(struct client *c)
+{
+    c->port->reply(c->s, LP_ERR_NONE, NULL);
+}
+
 /* router.c */
+void rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 bool rt_linked(enum bus_state st);
 uint64_t rt_mono_ms(void);
 void * rt_xcalloc(size_t n);
@@ -222,7 +251,7 @@ void rt_route_data(struct router *r, const struct wire_msg *m);
 /* router-cache.c */
 void rt_cache_drop(struct router *r, struct topic *t);
 void rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m, const unsigned char *p, size_t len);
-void rt_cache_replay(struct topic *t, struct session *s);
+void rt_cache_replay(struct topic *t, struct client *c);
 
 /* router-feeds.c */
 void rt_remotes_clear(struct router *r, struct feed *f);

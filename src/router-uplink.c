@@ -13,7 +13,6 @@
 
 #include "log.h"
 #include "router-int.h"
-#include "session.h"
 
 static void pause_all(struct router *r);
 static void replay_step(struct router *r);
@@ -189,7 +188,7 @@ pause_all(struct router *r)
     struct client *c, *tmp;
 
     HASH_ITER(hh, r->clients, c, tmp)
-        session_pause(c->s);
+        c->port->pause(c->s, true);
 }
 
 void
@@ -201,7 +200,7 @@ router_bus_drained(struct router *r)
         log_notice("bus output drained: reading from sessions again");
     r->congested = false;
     HASH_ITER(hh, r->clients, c, tmp)
-        session_resume(c->s);
+        c->port->pause(c->s, false);
     if (r->replaying)
         replay_schedule(r);
 }
@@ -213,24 +212,24 @@ queue_publish(struct router *r, struct client *c, const struct wire_msg *m)
     size_t size = wire_encoded_size(m), have = evbuffer_get_length(r->queue);
 
     if (r->cfg.busdown_queue == 0) {
-        session_reply_err(c->s, LP_ERR_BUS_DOWN, "the bus link is %s; nothing was sent",
+        rt_reply_err(c, LP_ERR_BUS_DOWN, "the bus link is %s; nothing was sent",
             bus_state_name(r->state));
         return;
     }
     if (r->queue_count >= r->cfg.busdown_queue ||
         have + size > r->cfg.busdown_queue_bytes) {
-        session_reply_err(c->s, LP_ERR_BUS_DOWN, "the bus link is %s and the bus-down "
+        rt_reply_err(c, LP_ERR_BUS_DOWN, "the bus link is %s and the bus-down "
             "queue is full (%u messages, %zu bytes); nothing was sent",
             bus_state_name(r->state), r->queue_count, have);
         return;
     }
     if (wire_encode(r->queue, m) != 0) {
-        session_reply_err(c->s, LP_ERR_BAD_PACKET, "the message cannot be encoded");
+        rt_reply_err(c, LP_ERR_BAD_PACKET, "the message cannot be encoded");
         return;
     }
     r->queue_count++;
     r->n.busdown_queued_total++;
-    session_reply_ok(c->s);
+    rt_reply_ok(c);
 }
 
 void
@@ -239,7 +238,7 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct wire_msg m;
 
     if (cmd->n_packets == 0 && !r->cfg.allow_empty_publish) {
-        session_reply_err(c->s, LP_ERR_NO_PACKETS, "a publish needs at least one packet "
+        rt_reply_err(c, LP_ERR_NO_PACKETS, "a publish needs at least one packet "
             "(router.allow_empty_publish is off)");
         return;
     }
@@ -265,10 +264,10 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     }
     switch (rt_upstream(r, &m)) {
     case BUS_SENT:
-        session_reply_ok(c->s);
+        rt_reply_ok(c);
         break;
     case BUS_ENCODE_ERROR:
-        session_reply_err(c->s, LP_ERR_BAD_PACKET, "the message cannot be encoded");
+        rt_reply_err(c, LP_ERR_BAD_PACKET, "the message cannot be encoded");
         break;
     default:
         queue_publish(r, c, &m);

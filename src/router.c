@@ -4,6 +4,8 @@
  * holds topics and clients, command dispatch, the bus link's state and the
  * life cycle; router-int.h lists the other parts.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -13,7 +15,10 @@
 
 #include "log.h"
 #include "router-int.h"
-#include "session.h"
+
+#ifndef PACKAGE_VERSION
+#define PACKAGE_VERSION "unknown"
+#endif
 
 /* ---- small helpers ---- */
 
@@ -93,6 +98,18 @@ client_find(const struct router *r, const struct session *s)
 
     HASH_FIND_PTR(r->clients, &s, c);
     return c;
+}
+
+void
+rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    c->port->reply(c->s, e, msg);
 }
 
 /* ---- topics ---- */
@@ -229,23 +246,49 @@ router_bus_state_name(const struct router *r)
 
 /* ---- sessions ---- */
 
-bool
-router_session_attach(struct router *r, struct session *s)
+/* What a session's commands are parsed against: listen.max_payload and
+ * max_packets, and the bus string and entitlement limits (a name the
+ * gateway could not read back from the bus is refused up front). */
+static void
+lp_limits_of(const struct router *r, struct lp_limits *lim)
 {
-    struct client *c;
+    lim->max_name = r->max_name;
+    lim->max_payload = r->listen.max_payload;
+    lim->max_packets = r->listen.max_packets;
+    lim->max_entitlements = r->max_entitlements;
+    lim->bus_protocol = (uint32_t)r->bus_protocol;
+}
 
-    if (HASH_COUNT(r->clients) >= r->listen.max_sessions)
-        return false;
-    c = rt_xcalloc(sizeof *c);
+void
+router_greeting(const struct router *r, struct evbuffer *out)
+{
+    struct lp_limits lim;
+
+    lp_limits_of(r, &lim);
+    lp_format_hello(out, PACKAGE_VERSION, &lim, r->listen.max_line,
+        &(struct lp_session_limits){ r->listen.max_subscriptions,
+            r->listen.max_notifications, r->listen.max_authorizers },
+        r->listen.max_output, local_state_name(r->state));
+}
+
+void
+router_session_attach(struct router *r, struct session *s,
+    const struct router_port *port, uint64_t id, const struct peer_cred *peer)
+{
+    struct client *c = rt_xcalloc(sizeof *c);
+
     c->s = s;
+    c->port = port;
+    c->id = id;
+    c->peer = *peer;
     LIST_INIT(&c->subs);
     LIST_INIT(&c->notifies);
     LIST_INIT(&c->authorizes);
     HASH_ADD_PTR(r->clients, s, c);
     r->n.sessions_total++;
+    router_greeting(r, rt_output(c));
     if (r->congested)
-        session_pause(s);
-    return true;
+        port->pause(s, true);
 }
 
 static void
@@ -315,25 +358,9 @@ router_session_count(const struct router *r)
     return HASH_COUNT(r->clients);
 }
 
-void
-router_lp_limits(const struct router *r, struct lp_limits *lim)
-{
-    lim->max_name = r->max_name;
-    lim->max_payload = r->listen.max_payload;
-    lim->max_packets = r->listen.max_packets;
-    lim->max_entitlements = r->max_entitlements;
-    lim->bus_protocol = (uint32_t)r->bus_protocol;
-}
-
-uint32_t
-router_close_grace_ms(const struct router *r)
-{
-    return r->grace_ms;
-}
-
-/* A session's subscription to t, walking the shorter of the two lists. */
 /* ---- commands ---- */
 
+/* A session's subscription to t, walking the shorter of the two lists. */
 static struct sub *
 sub_find(struct client *c, struct topic *t)
 {
@@ -372,11 +399,11 @@ cmd_sub(struct router *r, struct client *c, const struct lp_cmd *cmd)
     bool first = t == NULL;
 
     if (sub_find(c, t) != NULL) {
-        session_reply_err(c->s, LP_ERR_ALREADY_SUBSCRIBED, "already subscribed to this topic");
+        rt_reply_err(c, LP_ERR_ALREADY_SUBSCRIBED, "already subscribed to this topic");
         return;
     }
     if (c->n_subs >= r->listen.max_subscriptions) {
-        session_reply_err(c->s, LP_ERR_TOO_MANY_SUBSCRIPTIONS,
+        rt_reply_err(c, LP_ERR_TOO_MANY_SUBSCRIPTIONS,
             "at most %u subscriptions per session", r->listen.max_subscriptions);
         return;
     }
@@ -390,11 +417,11 @@ cmd_sub(struct router *r, struct client *c, const struct lp_cmd *cmd)
     t->n_subs++;
     c->n_subs++;
     r->n_subscriptions++;
-    session_reply_ok(c->s);
+    rt_reply_ok(c);
     if (first)
         rt_upstream_subscription(r, t, true);
     else
-        rt_cache_replay(t, c->s);
+        rt_cache_replay(t, c);
 }
 
 static void
@@ -405,20 +432,20 @@ cmd_unsub(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct sub *sb = sub_find(c, t);
 
     if (sb == NULL) {
-        session_reply_err(c->s, LP_ERR_NOT_SUBSCRIBED, "not subscribed to this topic");
+        rt_reply_err(c, LP_ERR_NOT_SUBSCRIBED, "not subscribed to this topic");
         return;
     }
     sub_remove(r, sb);
-    session_reply_ok(c->s);
+    rt_reply_ok(c);
 }
 
 static void
 cmd_ping(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct evbuffer *out = session_output(c->s);
+    struct evbuffer *out = rt_output(c);
 
     lp_format_pong(out, cmd->token.ptr, cmd->token.len);
-    session_flush_check(c->s);
+    rt_flush(c);
 }
 
 void
@@ -426,7 +453,7 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
 {
     struct client *c = client_find(r, s);
 
-    if (c == NULL || c->closing || session_closing(s))
+    if (c == NULL || rt_closing(c))
         return;
     switch (cmd->verb) {
     case LP_SUB:
@@ -463,7 +490,7 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
     case LP_VERBOSE:
     case LP_QUIT:
         /* The session handles these itself. */
-        session_reply_ok(s);
+        rt_reply_ok(c);
         break;
     }
 }
@@ -484,7 +511,6 @@ router_load_config(struct router *r, const struct config *cfg)
     r->listen.group = NULL;
     r->max_name = cfg->bus.limits.max_string;
     r->max_entitlements = cfg->bus.limits.max_entitlements;
-    r->grace_ms = cfg->daemon.shutdown_grace_ms;
 }
 
 struct router *
@@ -525,14 +551,11 @@ void
 router_reconfigure(struct router *r, const struct config *cfg)
 {
     struct topic *t, *ttmp;
-    struct client *c, *ctmp;
 
     router_load_config(r, cfg);
     HASH_ITER(hh, r->topics, t, ttmp)
         if (t->cache != NULL && evbuffer_get_length(t->cache) > r->cfg.image_cache_bytes)
             rt_cache_drop(r, t);
-    HASH_ITER(hh, r->clients, c, ctmp)
-        session_set_limits(c->s, &cfg->listen);
 }
 
 void
@@ -542,7 +565,7 @@ router_shutdown(struct router *r)
 
     r->shutting_down = true;
     HASH_ITER(hh, r->clients, c, tmp)
-        session_close(c->s, LP_ERR_SHUTTING_DOWN, "busgated is stopping");
+        c->port->close(c->s, LP_ERR_SHUTTING_DOWN, "busgated is stopping");
 }
 
 void
@@ -555,8 +578,10 @@ router_free(struct router *r)
     r->freeing = true;
     r->bus = NULL;
     rt_replay_cancel(r);
+    /* The sessions are freed first (session_stop), each detaching; any
+     * left only lose their records here. */
     while (r->clients != NULL)
-        session_free(r->clients->s);    /* detaches itself */
+        router_session_detach(r, r->clients->s);
     HASH_ITER(hh, r->feeds, f, ftmp) {
         rt_remotes_clear(r, f);
         rt_pending_clear(r, f);

@@ -9,7 +9,9 @@
 #define BUSGATE_ROUTER_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "bus.h"
 #include "config.h"
@@ -17,6 +19,7 @@
 #include "wire.h"
 
 struct event_base;
+struct evbuffer;
 struct router;
 struct session;
 
@@ -34,10 +37,59 @@ void router_bus_drained(struct router *r);
 /* Every message of one bus read has been given: deliver what is batched. */
 void router_bus_batch_end(struct router *r);
 
-/* Sessions come and go. Attach returns false when max_sessions is reached
- * (the session then closes itself with too-many-sessions). */
-bool router_session_attach(struct router *r, struct session *s);
+/* Who is at the other end of a local connection (SO_PEERCRED). */
+struct peer_cred {
+    pid_t pid;
+    uid_t uid;
+    gid_t gid;
+};
+
+/* A local connection's counters, for STATS. */
+struct router_conn_stats {
+    uint64_t cmds_in, bytes_in;
+    uint64_t events_out, bytes_out;
+    size_t queued;              /* output not yet taken */
+};
+
+/* The budget over all local connections' queues (listen.max_memory). */
+struct router_memory_stats {
+    size_t bytes, peak;         /* queued now, and the most ever */
+    uint64_t closes;            /* sessions closed to stay within it */
+    uint64_t pauses;            /* times a session stopped reading for it */
+    unsigned paused;            /* sessions not reading now */
+    uint64_t trims;             /* times freed memory went back to the system */
+};
+
+/* What the router needs of a local connection. It never calls the session
+ * module: it reaches each session through the port given at attach
+ * (session.c's, or a test's fake). */
+struct router_port {
+    /* Where events go: append whole events, then call flush. */
+    struct evbuffer *(*output)(struct session *s);
+    /* After appending: applies the slow-consumer bound; false if that
+     * closed the session. */
+    bool (*flush)(struct session *s);
+    /* The answer to the command in hand: +OK (e is LP_ERR_NONE; only if
+     * VERBOSE is on) or -ERR e msg. */
+    void (*reply)(struct session *s, enum lp_error e, const char *msg);
+    /* Stop (on) or resume reading commands: bus back-pressure. */
+    void (*pause)(struct session *s, bool on);
+    /* A final -ERR e msg (none for LP_ERR_NONE), flushed, then closed. */
+    void (*close)(struct session *s, enum lp_error e, const char *msg);
+    bool (*closing)(const struct session *s);
+    void (*stats)(const struct session *s, struct router_conn_stats *st);
+    void (*memory)(struct router_memory_stats *st);
+};
+
+/* A new session, greeted here (HELLO). The caller has checked
+ * router_session_count against listen.max_sessions. */
+void router_session_attach(struct router *r, struct session *s,
+    const struct router_port *port, uint64_t id, const struct peer_cred *peer);
 void router_session_detach(struct router *r, struct session *s);
+
+/* The greeting (HELLO) with the limits and the bus state, for a session
+ * and for one refused before it was built. */
+void router_greeting(const struct router *r, struct evbuffer *out);
 
 /* A complete command from a session (payload attached for PUB/SEND). The
  * router replies to the session (ok/err/PONG/STAT...). */
@@ -48,19 +100,10 @@ void router_command(struct router *r, struct session *s, const struct lp_cmd *cm
  * authorizer roles now; router_session_detach follows when it is freed. */
 void router_session_closing(struct router *r, struct session *s);
 
-/* Limits for parsing a session's commands: listen.max_payload and
- * max_packets, and the bus string and entitlement limits (a name the
- * gateway could not read back from the bus is refused up front). */
-void router_lp_limits(const struct router *r, struct lp_limits *lim);
-
-/* How long a closing session may take to flush its output
- * (daemon.shutdown_grace). */
-uint32_t router_close_grace_ms(const struct router *r);
-
 /* A session was closed as a slow consumer (for the counter). */
 void router_count_slow_consumer(struct router *r);
 
-/* Current bus state name for greetings. */
+/* Current bus state name (sd_notify STATUS). */
 const char *router_bus_state_name(const struct router *r);
 
 /* New config after SIGHUP (router, listen limits). */

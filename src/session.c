@@ -39,10 +39,6 @@
 #include "session.h"
 #include "sockread.h"
 
-#ifndef PACKAGE_VERSION
-#define PACKAGE_VERSION "unknown"
-#endif
-
 /* A parse buffer bigger than this is released after its command, so an
  * idle session holds no more than a small lp_cmd. */
 #define SESSION_CMD_STORE_KEEP 4096
@@ -53,32 +49,37 @@ struct session {
     struct event *closer;       /* closing: release, then free on timeout */
     struct lp_cmd *cmd;         /* allocated at the first command */
     uint64_t id;
-    struct session_peer peer;
+    struct peer_cred peer;
     enum session_state state;
     bool verbose;
     bool paused;                /* bus back-pressure: not reading */
-    bool attached;              /* the router knows this session */
     bool released;              /* router_session_closing done */
     bool budget_paused;         /* memory budget: not reading */
     struct lp_framer framer;    /* where in the input stream the reader is */
-    uint32_t max_line;
-    size_t max_output;
     size_t last_added;          /* bytes of the newest append to the output */
     size_t mem;                 /* queued output + buffered input (budget) */
-    struct lp_limits lim;
-    struct session_stats st;
+    struct router_conn_stats st;    /* queued: filled in when asked */
     const char *close_reason;
-    LIST_ENTRY(session) refused;    /* on refused_sessions while not attached */
     LIST_ENTRY(session) all;        /* on budget.sessions while it lives */
 };
 
 static uint64_t next_session_id = 1;
 
-/* Sessions the router refused (too many sessions), flushing their final
- * error: nobody else holds them, so they are kept here for freeing at exit. */
-static LIST_HEAD(, session) refused_sessions = LIST_HEAD_INITIALIZER(refused_sessions);
+/* What every session is held to, from the configuration (set at start and
+ * on reload, for all sessions at once). */
+static struct {
+    struct lp_limits lp;        /* what commands are parsed against */
+    uint32_t max_line;
+    size_t max_output;
+    uint32_t grace_ms;          /* for a closing session to flush */
+    uint32_t max_sessions;
+} limits;
+
+static const struct router_port session_port;
 
 static void session_destroy(struct session *s);
+static void session_close(struct session *s, enum lp_error e, const char *msg);
+static size_t session_output_len(const struct session *s);
 static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 /* Memory freed after a peak of at least this much is returned to the
@@ -236,34 +237,8 @@ budget_work(evutil_socket_t fd, short what, void *arg)
         evtimer_add(budget.trimmer, &idle);
 }
 
-int
-session_budget_start(struct event_base *base, size_t max_memory)
-{
-    budget.max = max_memory;
-    budget.work = event_new(base, -1, 0, budget_work, NULL);
-    budget.trimmer = evtimer_new(base, budget_trim, NULL);
-    return budget.work != NULL && budget.trimmer != NULL ? 0 : -1;
-}
-
-void
-session_budget_set(size_t max_memory)
-{
-    budget.max = max_memory;
-    budget_schedule();
-}
-
-void
-session_budget_stop(void)
-{
-    if (budget.work != NULL)
-        event_free(budget.work);
-    if (budget.trimmer != NULL)
-        event_free(budget.trimmer);
-    budget.work = budget.trimmer = NULL;
-}
-
-void
-session_budget_stats(struct session_budget_stats *st)
+static void
+budget_stats(struct router_memory_stats *st)
 {
     st->bytes = budget.bytes;
     st->peak = budget.peak;
@@ -275,19 +250,21 @@ session_budget_stats(struct session_budget_stats *st)
 
 /* ---- output ---- */
 
-struct evbuffer *
+static struct evbuffer *
 session_output(struct session *s)
 {
     return bufferevent_get_output(s->bev);
 }
 
-size_t
+static size_t
 session_output_len(const struct session *s)
 {
     return evbuffer_get_length(bufferevent_get_output(s->bev));
 }
 
-bool
+/* After appending to the output: the slow-consumer bound. False if the
+ * session was closed by it (it stays valid until freed from the loop). */
+static bool
 session_flush_check(struct session *s)
 {
     size_t len;
@@ -298,22 +275,22 @@ session_flush_check(struct session *s)
     len = session_output_len(s);
     /* The bound is on the backlog before the newest event, so one event
      * bigger than max_output still reaches a reader that keeps up. */
-    if (len <= s->max_output || len - s->last_added <= s->max_output)
+    if (len <= limits.max_output || len - s->last_added <= limits.max_output)
         return true;
     log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued "
         "(listen.max_output %zu); closing it", s->id, (int)s->peer.pid, len,
-        s->max_output);
+        limits.max_output);
     router_count_slow_consumer(s->router);
     {
         char msg[128];
         snprintf(msg, sizeof msg, "more than %zu bytes of output queued; closing",
-            s->max_output);
+            limits.max_output);
         session_close(s, LP_ERR_SLOW_CONSUMER, msg);
     }
     return false;
 }
 
-void
+static void
 session_reply_ok(struct session *s)
 {
     if (!s->verbose || s->state == SESSION_CLOSING)
@@ -322,7 +299,7 @@ session_reply_ok(struct session *s)
     session_flush_check(s);
 }
 
-void
+static void __attribute__((format(printf, 3, 4)))
 session_reply_err(struct session *s, enum lp_error e, const char *fmt, ...)
 {
     char msg[512];
@@ -415,7 +392,7 @@ session_line(struct session *s, const char *line, size_t n)
         session_reply_err(s, LP_ERR_SYNTAX, "out of memory");
         return;
     }
-    if (lp_parse_command(line, n, &s->lim, cmd, &e, msg, sizeof msg) != 0) {
+    if (lp_parse_command(line, n, &limits.lp, cmd, &e, msg, sizeof msg) != 0) {
         s->st.cmds_in++;
         session_reply_err(s, e, "%s", msg);
         if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0)
@@ -453,10 +430,10 @@ session_frame(struct session *s, struct evbuffer *in)
         s->st.cmds_in++;
         if (fr.skipping)
             session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes; "
-                "discarded up to the next newline", s->max_line);
+                "discarded up to the next newline", limits.max_line);
         else
             session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
-                s->max_line);
+                limits.max_line);
         break;
     case LP_FRAME_BAD_TERMINATOR:
         /* A skipped payload's command already had its reply. */
@@ -517,13 +494,12 @@ closer_cb(evutil_socket_t fd, short what, void *arg)
 
     if (!s->released) {
         s->released = true;
-        if (s->attached)
-            router_session_closing(s->router, s);
+        router_session_closing(s->router, s);
         if (session_output_len(s) == 0) {
             session_destroy(s);
             return;
         }
-        ms = router_close_grace_ms(s->router);
+        ms = limits.grace_ms;
         tv.tv_sec = ms / 1000;
         tv.tv_usec = (ms % 1000) * 1000;
         evtimer_add(s->closer, &tv);
@@ -534,7 +510,7 @@ closer_cb(evutil_socket_t fd, short what, void *arg)
     session_destroy(s);
 }
 
-void
+static void
 session_close(struct session *s, enum lp_error e, const char *msg)
 {
     if (s->state == SESSION_CLOSING)
@@ -551,7 +527,7 @@ session_close(struct session *s, enum lp_error e, const char *msg)
     event_active(s->closer, EV_TIMEOUT, 1);
 }
 
-bool
+static bool
 session_closing(const struct session *s)
 {
     return s->state == SESSION_CLOSING;
@@ -586,29 +562,36 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 /* ---- life cycle ---- */
 
+/* Over listen.max_sessions: the greeting and the error in one write (a new
+ * socket's buffer holds them), then closed; no session is built. */
 static void
-session_load_limits(struct session *s, const struct config_listen *lim)
+session_refuse(int fd, const struct peer_cred *peer, struct router *router)
 {
-    router_lp_limits(s->router, &s->lim);
-    s->lim.max_payload = lim->max_payload;
-    s->lim.max_packets = lim->max_packets;
-    s->max_line = lim->max_line;
-    s->framer.max_line = lim->max_line;
-    s->max_output = lim->max_output;
-}
+    struct evbuffer *out = evbuffer_new();
 
-void
-session_set_limits(struct session *s, const struct config_listen *lim)
-{
-    session_load_limits(s, lim);
+    log_warn("a client (pid %d) refused: listen.max_sessions %u reached",
+        (int)peer->pid, limits.max_sessions);
+    if (out != NULL && evutil_make_socket_nonblocking(fd) == 0) {
+        router_greeting(router, out);
+        lp_format_err(out, LP_ERR_TOO_MANY_SESSIONS, "the gateway serves its maximum "
+            "number of sessions; try later");
+        evbuffer_write(out, fd);
+    }
+    if (out != NULL)
+        evbuffer_free(out);
+    close(fd);
 }
 
 struct session *
-session_new(struct event_base *base, int fd, const struct session_peer *peer,
-    struct router *router, const struct config_listen *lim)
+session_new(struct event_base *base, int fd, const struct peer_cred *peer,
+    struct router *router)
 {
     struct session *s;
 
+    if (router_session_count(router) >= limits.max_sessions) {
+        session_refuse(fd, peer, router);
+        return NULL;
+    }
     if ((s = calloc(1, sizeof *s)) == NULL)
         goto fail;
     s->id = next_session_id++;
@@ -616,8 +599,7 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
     s->router = router;
     s->verbose = true;
     s->state = SESSION_OPEN;
-    lp_framer_init(&s->framer, lim->max_line);
-    session_load_limits(s, lim);
+    lp_framer_init(&s->framer, limits.max_line);
     if (evutil_make_socket_nonblocking(fd) != 0)
         goto fail;
     if ((s->closer = evtimer_new(base, closer_cb, s)) == NULL)
@@ -634,21 +616,8 @@ session_new(struct event_base *base, int fd, const struct session_peer *peer,
     budget.live++;
     log_info("session %" PRIu64 ": connected, pid=%d uid=%d gid=%d", s->id,
         (int)peer->pid, (int)peer->uid, (int)peer->gid);
-
-    lp_format_hello(session_output(s), PACKAGE_VERSION, &s->lim, s->max_line,
-        &(struct lp_session_limits){ lim->max_subscriptions, lim->max_notifications,
-            lim->max_authorizers }, s->max_output, router_bus_state_name(router));
-    if (!router_session_attach(router, s)) {
-        log_warn("session %" PRIu64 " (pid %d): refused, listen.max_sessions %u reached",
-            s->id, (int)peer->pid, lim->max_sessions);
-        s->close_reason = "too many sessions";
-        LIST_INSERT_HEAD(&refused_sessions, s, refused);
-        session_close(s, LP_ERR_TOO_MANY_SESSIONS, "the gateway serves its maximum "
-            "number of sessions; try later");
-        return s;
-    }
-    s->attached = true;
-    /* Bus back-pressure may have paused it in router_session_attach. */
+    /* Greets it, and pauses it under bus back-pressure. */
+    router_session_attach(router, s, &session_port, s->id, peer);
     bufferevent_enable(s->bev, s->paused ? EV_WRITE : EV_READ | EV_WRITE);
     return s;
 fail:
@@ -670,12 +639,7 @@ session_destroy(struct session *s)
     log_info("session %" PRIu64 ": closed (%s), pid=%d, %" PRIu64 " commands in, %"
         PRIu64 " events out", s->id, s->close_reason != NULL ? s->close_reason : "closed",
         (int)s->peer.pid, s->st.cmds_in, s->st.events_out);
-    if (s->attached) {
-        s->attached = false;
-        router_session_detach(s->router, s);
-    } else {
-        LIST_REMOVE(s, refused);
-    }
+    router_session_detach(s->router, s);
     LIST_REMOVE(s, all);
     budget.live--;
     if (s->budget_paused)
@@ -690,23 +654,9 @@ session_destroy(struct session *s)
     free(s);
 }
 
-void
-session_free(struct session *s)
-{
-    if (s != NULL)
-        session_destroy(s);
-}
-
-void
-session_free_refused(void)
-{
-    while (!LIST_EMPTY(&refused_sessions))
-        session_destroy(LIST_FIRST(&refused_sessions));
-}
-
 /* ---- flow control ---- */
 
-void
+static void
 session_pause(struct session *s)
 {
     s->paused = true;
@@ -714,7 +664,7 @@ session_pause(struct session *s)
         bufferevent_disable(s->bev, EV_READ);
 }
 
-void
+static void
 session_resume(struct session *s)
 {
     if (!s->paused)
@@ -726,22 +676,95 @@ session_resume(struct session *s)
     read_again(s);
 }
 
-/* ---- accessors ---- */
+/* ---- the router's port ---- */
 
-uint64_t
-session_id(const struct session *s)
+static struct evbuffer *
+port_output(struct session *s)
 {
-    return s->id;
+    return session_output(s);
 }
 
-const struct session_peer *
-session_peer(const struct session *s)
+static void
+port_reply(struct session *s, enum lp_error e, const char *msg)
 {
-    return &s->peer;
+    if (e == LP_ERR_NONE)
+        session_reply_ok(s);
+    else
+        session_reply_err(s, e, "%s", msg);
+}
+
+static void
+port_pause(struct session *s, bool on)
+{
+    if (on)
+        session_pause(s);
+    else
+        session_resume(s);
+}
+
+static void
+port_stats(const struct session *s, struct router_conn_stats *st)
+{
+    *st = s->st;
+    st->queued = session_output_len(s);
+}
+
+static const struct router_port session_port = {
+    .output = port_output,
+    .flush = session_flush_check,
+    .reply = port_reply,
+    .pause = port_pause,
+    .close = session_close,
+    .closing = session_closing,
+    .stats = port_stats,
+    .memory = budget_stats,
+};
+
+/* ---- the module ---- */
+
+static void
+load_limits(const struct config *cfg)
+{
+    struct session *s;
+
+    limits.lp.max_name = cfg->bus.limits.max_string;
+    limits.lp.max_payload = cfg->listen.max_payload;
+    limits.lp.max_packets = cfg->listen.max_packets;
+    limits.lp.max_entitlements = cfg->bus.limits.max_entitlements;
+    limits.lp.bus_protocol = (uint32_t)cfg->bus.protocol;
+    limits.max_line = cfg->listen.max_line;
+    limits.max_output = cfg->listen.max_output;
+    limits.grace_ms = cfg->daemon.shutdown_grace_ms;
+    limits.max_sessions = cfg->listen.max_sessions;
+    budget.max = cfg->listen.max_memory;
+    LIST_FOREACH(s, &budget.sessions, all)
+        s->framer.max_line = limits.max_line;
+}
+
+int
+session_start(struct event_base *base, const struct config *cfg)
+{
+    load_limits(cfg);
+    budget.work = event_new(base, -1, 0, budget_work, NULL);
+    budget.trimmer = evtimer_new(base, budget_trim, NULL);
+    return budget.work != NULL && budget.trimmer != NULL ? 0 : -1;
 }
 
 void
-session_get_stats(const struct session *s, struct session_stats *st)
+session_configure(const struct config *cfg)
 {
-    *st = s->st;
+    load_limits(cfg);
+    budget_schedule();
+}
+
+void
+session_stop(void)
+{
+    while (!LIST_EMPTY(&budget.sessions))
+        session_destroy(LIST_FIRST(&budget.sessions));
+    if (budget.work != NULL)
+        event_free(budget.work);
+    if (budget.trimmer != NULL)
+        event_free(budget.trimmer);
+    budget.work = budget.trimmer = NULL;
 }

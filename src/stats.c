@@ -10,7 +10,6 @@
 #include <event2/buffer.h>
 
 #include "router-int.h"
-#include "session.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -59,11 +58,11 @@ stats_bus(struct router *r, struct evbuffer *out)
 }
 
 static void
-stats_memory(struct evbuffer *out)
+stats_memory(const struct client *c, struct evbuffer *out)
 {
-    struct session_budget_stats m;
+    struct router_memory_stats m;
 
-    session_budget_stats(&m);
+    c->port->memory(&m);
     stat_u64(out, "memory_queued", m.bytes);
     stat_u64(out, "memory_queued_peak", m.peak);
     stat_u64(out, "memory_budget_closes", m.closes);
@@ -73,12 +72,12 @@ stats_memory(struct evbuffer *out)
 }
 
 static void
-stats_router(struct router *r, struct evbuffer *out)
+stats_router(struct router *r, const struct client *c, struct evbuffer *out)
 {
     stat_u64(out, "sessions", HASH_COUNT(r->clients));
     stat_u64(out, "sessions_total", r->n.sessions_total);
     stat_u64(out, "slow_consumers", r->n.slow_consumers);
-    stats_memory(out);
+    stats_memory(c, out);
     stat_u64(out, "topics", HASH_COUNT(r->topics));
     stat_u64(out, "subscriptions", r->n_subscriptions);
     stat_u64(out, "notifications", r->n_notify_feeds);
@@ -128,25 +127,23 @@ stats_limits(struct router *r, struct evbuffer *out)
 void
 rt_cmd_stats(struct router *r, struct client *c)
 {
-    struct evbuffer *out = session_output(c->s);
+    struct evbuffer *out = rt_output(c);
     struct client *o, *tmp;
-    struct session_stats st;
+    struct router_conn_stats st;
 
     rt_pending_expire(r);
     stat_text(out, "version", PACKAGE_VERSION);
     stat_u64(out, "uptime", (uint64_t)(time(NULL) - r->started));
     stats_bus(r, out);
-    stats_router(r, out);
+    stats_router(r, c, out);
     stats_limits(r, out);
     HASH_ITER(hh, r->clients, o, tmp) {
-        const struct session_peer *p = session_peer(o->s);
-
-        session_get_stats(o->s, &st);
+        o->port->stats(o->s, &st);
         evbuffer_add_printf(out, "STAT session %" PRIu64 " pid=%d uid=%d gid=%d subs=%u "
-            "in=%" PRIu64 " out=%" PRIu64 " queued=%zu%s\n", session_id(o->s), (int)p->pid,
-            (int)p->uid, (int)p->gid, o->n_subs, st.cmds_in, st.events_out,
-            session_output_len(o->s), o == c ? " self" : "");
+            "in=%" PRIu64 " out=%" PRIu64 " queued=%zu%s\n", o->id, (int)o->peer.pid,
+            (int)o->peer.uid, (int)o->peer.gid, o->n_subs, st.cmds_in, st.events_out,
+            st.queued, o == c ? " self" : "");
     }
     lp_format_end(out);
-    session_flush_check(c->s);
+    rt_flush(c);
 }

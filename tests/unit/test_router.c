@@ -1,8 +1,9 @@
 /*
- * Router tables, with a fake session and a fake bus link defined here (the
- * linker then takes these instead of session.o and bus.o from the
- * library): what goes upstream, which session gets which event, the image
- * cache, the bus-down queue, authorization bookkeeping, back-pressure.
+ * Router tables, with fake sessions reached through the router's port (as
+ * the real ones are) and a fake bus link defined here (the linker takes it
+ * instead of bus.o from the library): what goes upstream, which session
+ * gets which event, the image cache, the bus-down queue, authorization
+ * bookkeeping, back-pressure.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,40 +21,30 @@
 #include "config.h"
 #include "lineproto.h"
 #include "router.h"
-#include "session.h"
 #include "wire.h"
 
-/* ---- fake session ---- */
+/* ---- fake session, reached through the router's port ---- */
 
 struct session {
     struct evbuffer *out;
     struct router *r;
-    uint64_t id;
-    struct session_peer peer;
     bool verbose;
     bool closing;
     bool paused;
     bool attached;
-    bool freed;
     enum lp_error close_err;
     size_t max_output;
-    struct session_stats st;
+    struct router_conn_stats st;
 };
 
-struct evbuffer *
-session_output(struct session *s)
+static struct evbuffer *
+fake_output(struct session *s)
 {
     return s->out;
 }
 
-size_t
-session_output_len(const struct session *s)
-{
-    return evbuffer_get_length(s->out);
-}
-
-void
-session_close(struct session *s, enum lp_error e, const char *msg)
+static void
+fake_close(struct session *s, enum lp_error e, const char *msg)
 {
     if (s->closing)
         return;
@@ -63,96 +54,72 @@ session_close(struct session *s, enum lp_error e, const char *msg)
         lp_format_err(s->out, e, "%s", msg);
 }
 
-bool
-session_flush_check(struct session *s)
+static bool
+fake_flush(struct session *s)
 {
     if (s->closing)
         return false;
     s->st.events_out++;
     if (evbuffer_get_length(s->out) > s->max_output) {
         router_count_slow_consumer(s->r);
-        session_close(s, LP_ERR_SLOW_CONSUMER, "slow");
+        fake_close(s, LP_ERR_SLOW_CONSUMER, "slow");
         return false;
     }
     return true;
 }
 
-void
-session_reply_ok(struct session *s)
+static void
+fake_reply(struct session *s, enum lp_error e, const char *msg)
 {
-    if (s->verbose && !s->closing) {
-        lp_format_ok(s->out);
-        session_flush_check(s);
-    }
-}
-
-void
-session_reply_err(struct session *s, enum lp_error e, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-
-    if (s->closing)
+    if (s->closing || (e == LP_ERR_NONE && !s->verbose))
         return;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    lp_format_err(s->out, e, "%s", msg);
-    session_flush_check(s);
+    if (e == LP_ERR_NONE)
+        lp_format_ok(s->out);
+    else
+        lp_format_err(s->out, e, "%s", msg);
+    fake_flush(s);
 }
 
-void
-session_pause(struct session *s)
+static void
+fake_pause(struct session *s, bool on)
 {
-    s->paused = true;
+    s->paused = on;
 }
 
-void
-session_resume(struct session *s)
-{
-    s->paused = false;
-}
-
-void
-session_set_limits(struct session *s, const struct config_listen *lim)
-{
-    s->max_output = lim->max_output;
-}
-
-uint64_t
-session_id(const struct session *s)
-{
-    return s->id;
-}
-
-const struct session_peer *
-session_peer(const struct session *s)
-{
-    return &s->peer;
-}
-
-bool
-session_closing(const struct session *s)
+static bool
+fake_closing(const struct session *s)
 {
     return s->closing;
 }
 
-void
-session_get_stats(const struct session *s, struct session_stats *st)
+static void
+fake_stats(const struct session *s, struct router_conn_stats *st)
 {
     *st = s->st;
+    st->queued = evbuffer_get_length(s->out);
 }
 
-void
-session_budget_stats(struct session_budget_stats *st)
+static void
+fake_memory(struct router_memory_stats *st)
 {
     memset(st, 0, sizeof *st);
 }
 
-void
-session_free(struct session *s)
+static const struct router_port fake_port = {
+    .output = fake_output,
+    .flush = fake_flush,
+    .reply = fake_reply,
+    .pause = fake_pause,
+    .close = fake_close,
+    .closing = fake_closing,
+    .stats = fake_stats,
+    .memory = fake_memory,
+};
+
+/* The session goes away (its client disconnected). */
+static void
+fake_free(struct session *s)
 {
-    s->freed = true;
     if (s->attached) {
         s->attached = false;
         router_session_detach(s->r, s);
@@ -257,12 +224,14 @@ fx_start(struct fx *f)
         memset(s, 0, sizeof *s);
         s->out = evbuffer_new();
         s->r = f->r;
-        s->id = (uint64_t)i + 1;
-        s->peer.pid = 100 + i;
         s->verbose = true;
         s->max_output = f->cfg.listen.max_output;
-        assert_true(router_session_attach(f->r, s));
+        router_session_attach(f->r, s, &fake_port, (uint64_t)i + 1,
+            &(struct peer_cred){ .pid = 100 + i });
         s->attached = true;
+        /* The router greets it. */
+        assert_int_equal(evbuffer_search(s->out, "HELLO busgate ", 14, NULL).pos, 0);
+        evbuffer_drain(s->out, evbuffer_get_length(s->out));
     }
     lp_cmd_init(&f->cmd);
 }
@@ -286,7 +255,6 @@ teardown(void **state)
 
     router_free(f->r);
     for (int i = 0; i < NSESS; i++) {
-        assert_true(f->s[i].freed || !f->s[i].attached);
         evbuffer_free(f->s[i].out);
     }
     lp_cmd_free(&f->cmd);
@@ -316,7 +284,9 @@ run(int who, const char *line, const char *payload)
     enum lp_error e;
     char msg[256];
 
-    router_lp_limits(F->r, &lim);
+    lim = (struct lp_limits){ F->cfg.bus.limits.max_string, F->cfg.listen.max_payload,
+        F->cfg.listen.max_packets, F->cfg.bus.limits.max_entitlements,
+        (uint32_t)F->cfg.bus.protocol };
     assert_int_equal(lp_parse_command(line, strlen(line), &lim, &F->cmd, &e, msg,
         sizeof msg), 0);
     if (payload != NULL)
@@ -471,7 +441,7 @@ test_one_upstream_subscription(void **state)
         free(o);
     }
     /* The last one leaves by disconnecting. */
-    session_free(&F->s[2]);
+    fake_free(&F->s[2]);
     assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "PRICES", "VOD.L", false), 1);
     assert_int_equal(fb.n_sent, 2);
 }
@@ -719,7 +689,7 @@ test_notifications(void **state)
     assert_non_null(strstr(o, "-ERR not-notifying"));
     free(o);
     run(0, "UNNOTIFY N", NULL);
-    session_free(&F->s[1]);
+    fake_free(&F->s[1]);
     assert_int_equal(count_sent(WIRE_NOTIFICATION_REQUEST, "N", NULL, false), 1);
     /* Re-registering starts from an empty table (the bus replays). */
     run(2, "NOTIFY N", NULL);
@@ -814,7 +784,6 @@ static void
 test_limits(void **state)
 {
     struct fx *f = *state;
-    struct session extra;
     char *o;
 
     router_free(f->r);
@@ -824,8 +793,6 @@ test_limits(void **state)
     f->cfg.listen.max_sessions = NSESS;
     f->cfg.listen.max_subscriptions = 2;
     fx_start(f);
-    memset(&extra, 0, sizeof extra);
-    assert_false(router_session_attach(f->r, &extra));
     run(0, "SUB F a", NULL);
     run(0, "SUB F b", NULL);
     run(0, "SUB F c", NULL);
@@ -1006,7 +973,7 @@ test_role_limits(void **state)
     o = out(0);
     assert_non_null(strstr(o, "AUTHREQ " CID_TEXT " bob hb A3 x\n+OK\n"));
     free(o);
-    session_free(&F->s[0]);
+    fake_free(&F->s[0]);
     expect_stats(1, "STAT notifications 1\n", "STAT authorizers 0\n", NULL);
 }
 
