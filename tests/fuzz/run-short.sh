@@ -68,7 +68,9 @@ cflags=$(pkg-config --cflags libevent yaml-0.1 inih openssl 2>/dev/null || true)
 
 CFLAGS="-std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
     -fno-omit-frame-pointer -D_GNU_SOURCE -DPACKAGE_VERSION=\"fuzz\"
-    -DSYSCONFDIR=\"/etc\" -DRUNSTATEDIR=\"/run\" -I$src $cflags"
+    -I$tmp -I$src $cflags"
+# The configure-time paths (src/paths.h in a build); any will do here.
+sed -e 's|@sysconfdir@|/etc|' -e 's|@runstatedir@|/run|' "$src/paths.h.in" >"$tmp/paths.h"
 
 # target: its sources (besides tests/fuzz/<target>.c) and libraries
 build() {
