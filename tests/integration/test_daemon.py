@@ -235,6 +235,28 @@ class UnitsAndManPages(WorkDir):
         self.assertEqual(missing, [])
         self.assertGreater(len(keys), 40)
 
+    def test_shipped_config_shows_defaults(self):
+        """etc/busgated.yaml says every setting is shown with its default:
+        without the lines marked "example" it is the default configuration
+        (bus.host, required, is given the same value in both; listen.path's
+        default follows --runstatedir, as the file says)."""
+        with open(os.path.join(TOP_SRCDIR, "etc", "busgated.yaml")) as f:
+            shipped = f.read()
+        self.assertRegex(shipped, r"(?m)^  host: \S+ +# example$")
+        kept = [line for line in shipped.splitlines()
+                if not re.search(r"#\s*example\b", line)
+                and not re.match(r"^  (host|path): ", line)]
+        shipped = "\n".join(kept).replace("\nbus:\n", "\nbus:\n  host: h\n", 1)
+        dumps = []
+        for name, text in (("shipped.yaml", shipped), ("defaults.yaml", "bus:\n  host: h\n")):
+            path = os.path.join(self.tmp, name)
+            with open(path, "w") as f:
+                f.write(text)
+            r = run([BUSGATED, "-t", "-c", path])
+            self.assertEqual(r.returncode, 0, r)
+            dumps.append(r.stdout.decode().split("\n", 1)[1])
+        self.assertEqual(dumps[0], dumps[1])
+
 
 # ------------------------------------------------------------ --check-config
 
