@@ -337,6 +337,38 @@ class CheckConfig(WorkDir):
         self.assertEqual(r.returncode, 1, r)
         self.assertIn(b"mode 0644", r.stderr)
 
+    # A FIFO where a file is expected: refused at once, naming it (a read
+    # would wait for a writer for ever). The short timeout proves no hang.
+    def check_fifo(self, text, fifo, config=None):
+        os.mkfifo(fifo, 0o600)
+        path = config or os.path.join(self.tmp, "busgated.yaml")
+        if config is None:
+            with open(path, "w") as f:
+                f.write(text)
+        for args in (["--check-config", "-c", path], ["-c", path]):
+            r = run([BUSGATED] + args, timeout=5)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertIn("%s: not a regular file (a FIFO)" % fifo, r.stderr.decode())
+
+    def test_fifo_credentials_file_refused(self):
+        os.unlink(self.creds)
+        self.check_fifo(self.GOOD, self.creds)
+
+    def test_fifo_token_file_refused(self):
+        self.check_fifo(self.GOOD.replace("auth: basic\n", "auth: token\n  token_file: token.jwt\n"),
+                        os.path.join(self.tmp, "token.jwt"))
+
+    def test_fifo_tls_files_refused(self):
+        for key in ("ca_file", "cert_file"):
+            fifo = os.path.join(self.tmp, key + ".pem")
+            extra = "    key_file: credentials.ini\n" if key == "cert_file" else ""
+            tls = "  tls:\n    %s: %s\n%s" % (key, fifo, extra)
+            self.check_fifo(self.GOOD.replace("  auth: basic\n", "  auth: basic\n" + tls), fifo)
+
+    def test_fifo_config_file_refused(self):
+        fifo = os.path.join(self.tmp, "fifo.yaml")
+        self.check_fifo(None, fifo, config=fifo)
+
     def test_missing_config_file(self):
         r = run([BUSGATED, "-t", "-c", os.path.join(self.tmp, "absent.yaml")])
         self.assertEqual(r.returncode, 1, r)
@@ -450,6 +482,36 @@ class Reload(WithBus):
         self.assertEqual(p.cmd("PING"), "PONG")
         s.close()
         p.close()
+        gw.stop()
+
+    def test_fifo_refused_at_reload_and_reconnect(self):
+        """A credentials or CA file replaced by a FIFO is refused, naming it,
+        at a reload and at a reconnect; the daemon keeps serving."""
+        gw = self.gateway("fifo")
+        s = gw.session()
+        fifo_ca = os.path.join(gw.dir, "ca-fifo.pem")
+        os.mkfifo(fifo_ca, 0o600)
+        off = gw.log_offset()
+        gw.write_config({"bus": {"tls": {"ca_file": fifo_ca}}})
+        gw.reload()
+        gw.wait_log(r"reload refused, old configuration stays: .*%s: not a regular file "
+                    r"\(a FIFO\)" % re.escape(fifo_ca), start=off, timeout=5)
+        self.assertEqual(s.cmd("PING ca"), "PONG ca")
+        gw.write_config({})
+        os.unlink(gw.creds_path)
+        os.mkfifo(gw.creds_path, 0o600)
+        off = gw.log_offset()
+        gw.reload()
+        gw.wait_log(r"reload refused, old configuration stays: .*%s: not a regular file "
+                    r"\(a FIFO\)" % re.escape(gw.creds_path), start=off, timeout=5)
+        self.assertEqual(s.cmd("PING creds"), "PONG creds")
+        # The link reads the credentials again when it reconnects.
+        off = gw.log_offset()
+        self.bus.drop_all()
+        gw.wait_log(r"%s: not a regular file \(a FIFO\)" % re.escape(gw.creds_path),
+                    start=off, timeout=5)
+        self.assertEqual(s.cmd("PING link"), "PONG link")
+        s.close()
         gw.stop()
 
     def test_changed_listen_path_needs_restart(self):
