@@ -1057,7 +1057,8 @@ config_load_string(struct config *cfg, const char *name, const char *yaml, size_
     return load_buffer(cfg, name, NULL, yaml, len, err, errlen);
 }
 
-/* Read a whole (small) configuration file. */
+/* Read a whole (small) configuration file. One anyone may write is
+ * refused: it names the files busgated trusts and the socket it serves. */
 static int
 read_file(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
 {
@@ -1066,6 +1067,12 @@ read_file(const char *path, char **out, size_t *outlen, char *err, size_t errlen
 
     if ((fd = fileio_open(path, false, &st, err, errlen)) < 0)
         return -1;
+    if (st.st_mode & S_IWOTH) {
+        set_err(err, errlen, "%s: mode %04o lets anyone change it: chmod o-w %s", path,
+            (unsigned)(st.st_mode & 07777), path);
+        close(fd);
+        return -1;
+    }
     return fileio_read_all(fd, path, CONFIG_MAX_BYTES, out, outlen, err, errlen);
 }
 

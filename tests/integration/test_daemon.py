@@ -369,6 +369,19 @@ class CheckConfig(WorkDir):
         fifo = os.path.join(self.tmp, "fifo.yaml")
         self.check_fifo(None, fifo, config=fifo)
 
+    def test_world_writable_config_refused(self):
+        r, path = self.check(self.GOOD)
+        self.assertEqual(r.returncode, 0, r)
+        os.chmod(path, 0o666)
+        for args in (["--check-config", "-c", path], ["-c", path]):
+            r = run([BUSGATED] + args)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertEqual(r.stderr.decode(), "busgated: %s: mode 0666 lets anyone change "
+                             "it: chmod o-w %s\n" % (path, path))
+        os.chmod(path, 0o664)       # a group of editors is the owner's choice
+        r = run([BUSGATED, "--check-config", "-c", path])
+        self.assertEqual(r.returncode, 0, r)
+
     def test_missing_config_file(self):
         r = run([BUSGATED, "-t", "-c", os.path.join(self.tmp, "absent.yaml")])
         self.assertEqual(r.returncode, 1, r)
