@@ -718,6 +718,60 @@ class Daemonize(WithBus):
         wait_until(lambda: not os.path.exists(pidfile), "the pid file to go")
         self.assertFalse(os.path.exists(gw.socket_path))
 
+    def detach(self, gw, pidfile):
+        """busgated --daemon --pidfile; the foreground process's result."""
+        r = run([BUSGATED, "-c", gw.config_path, "--daemon", "--pidfile", pidfile])
+        if r.returncode == 0:
+            # detached: stop it at the end, whatever the test finds
+            pid = wait_until(lambda: self.read_pid(pidfile), "the pid file")
+            self.addCleanup(self.kill_quietly, pid)
+        return r
+
+    def test_symlink_pidfile_refused(self):
+        gw = self.gateway("symlink", start=False)
+        target = os.path.join(gw.dir, "precious")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        pidfile = os.path.join(gw.dir, "busgated.pid")
+        os.symlink(target, pidfile)
+        r = run([BUSGATED, "-c", gw.config_path, "--daemon", "--pidfile", pidfile])
+        with open(target) as f:
+            content = f.read()
+        if r.returncode == 0:           # it detached: stop what started
+            pid = wait_until(lambda: self.read_pid(target), "the pid file")
+            self.addCleanup(self.kill_quietly, pid)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stderr.decode(), "busgated: pid file %s is a symbolic link: "
+                         "refused\n" % pidfile)
+        self.assertEqual(content, "precious\n")
+        self.assertFalse(os.path.exists(gw.socket_path))
+
+    def test_second_daemon_on_same_pidfile_refused(self):
+        first = self.gateway("first", start=False)
+        second = self.gateway("second", start=False)
+        pidfile = os.path.join(self.tmp, "shared.pid")
+        r = self.detach(first, pidfile)
+        self.assertEqual(r.returncode, 0, r)
+        pid = self.read_pid(pidfile)
+        s = wait_until(lambda: self.try_session(first.socket_path), "the socket")
+        r = self.detach(second, pidfile)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stderr.decode(), "busgated: another busgated (pid %d) holds %s\n"
+                         % (pid, pidfile))
+        self.assertEqual(self.read_pid(pidfile), pid)
+        self.assertFalse(os.path.exists(second.socket_path))
+        self.assertEqual(s.cmd("PING"), "PONG")     # the first one is unharmed
+        s.close()
+        # Once the first has gone, the file is free again.
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(pidfile), "the pid file to go")
+        r = self.detach(second, pidfile)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertNotEqual(self.read_pid(pidfile), pid)
+        wait_until(lambda: self.try_session(second.socket_path), "the second socket").close()
+        os.kill(self.read_pid(pidfile), signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(pidfile), "the second pid file to go")
+
     @staticmethod
     def read_pid(path):
         try:
