@@ -745,6 +745,15 @@ class Daemonize(WithBus):
                          "refused\n" % pidfile)
         self.assertEqual(content, "precious\n")
         self.assertFalse(os.path.exists(gw.socket_path))
+        # A hard link to the file likewise.
+        os.unlink(pidfile)
+        os.link(target, pidfile)
+        r = self.detach(gw, pidfile)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stderr.decode(), "busgated: pid file %s has other hard links: "
+                         "refused\n" % pidfile)
+        with open(target) as f:
+            self.assertEqual(f.read(), "precious\n")
 
     def test_second_daemon_on_same_pidfile_refused(self):
         first = self.gateway("first", start=False)
