@@ -23,6 +23,7 @@
 
 #include "config.h"
 #include "credentials.h"
+#include "fileio.h"
 #include "log.h"
 #include "util.h"
 
@@ -1057,52 +1058,23 @@ config_load_string(struct config *cfg, const char *name, const char *yaml, size_
     return load_buffer(cfg, name, NULL, yaml, len, err, errlen);
 }
 
-/* Read a whole (small) file. */
+/* Read a whole (small) configuration file. One anyone may write is
+ * refused: it names the files busgated trusts and the socket it serves. */
 static int
 read_file(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
 {
     struct stat st;
-    char *buf = NULL;
-    size_t len = 0;
-    ssize_t n;
     int fd;
 
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+    if ((fd = fileio_open(path, false, &st, err, errlen)) < 0)
         return -1;
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+    if (st.st_mode & S_IWOTH) {
+        set_err(err, errlen, "%s: mode %04o lets anyone change it: chmod o-w %s", path,
+            (unsigned)(st.st_mode & 07777), path);
         close(fd);
         return -1;
     }
-    if ((buf = malloc(CONFIG_MAX_BYTES + 1)) == NULL) {
-        set_err(err, errlen, "%s: out of memory", path);
-        close(fd);
-        return -1;
-    }
-    while (len <= CONFIG_MAX_BYTES &&
-        (n = read(fd, buf + len, CONFIG_MAX_BYTES + 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            set_err(err, errlen, "%s: %s", path, strerror(errno));
-            free(buf);
-            close(fd);
-            return -1;
-        }
-        len += (size_t)n;
-    }
-    close(fd);
-    if (len > CONFIG_MAX_BYTES) {
-        set_err(err, errlen, "%s: larger than %d bytes, not a config file", path,
-            CONFIG_MAX_BYTES);
-        free(buf);
-        return -1;
-    }
-    *out = buf;
-    *outlen = len;
-    return 0;
+    return fileio_read_all(fd, path, CONFIG_MAX_BYTES, out, outlen, err, errlen);
 }
 
 /* The directory relative paths in path's file are taken from. */
@@ -1191,19 +1163,12 @@ config_free(struct config *cfg)
 static int
 check_readable(const char *key, const char *path, bool dir, char *err, size_t errlen)
 {
-    struct stat st;
-    int fd;
+    char why[512];
 
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC | (dir ? O_DIRECTORY : 0))) < 0) {
-        set_err(err, errlen, "%s: %s: %s", key, path, strerror(errno));
+    if (fileio_check(path, dir, why, sizeof why) != 0) {
+        set_err(err, errlen, "%s: %s", key, why);
         return -1;
     }
-    if (fstat(fd, &st) != 0 || (!dir && !S_ISREG(st.st_mode))) {
-        set_err(err, errlen, "%s: %s: not a regular file", key, path);
-        close(fd);
-        return -1;
-    }
-    close(fd);
     return 0;
 }
 

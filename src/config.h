@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include "paths.h"
 #include "wire.h"
 
 #define CONFIG_DEFAULT_PATH SYSCONFDIR "/busgate/busgated.yaml"

@@ -21,6 +21,7 @@
 #include <ini.h>
 
 #include "credentials.h"
+#include "fileio.h"
 #include "util.h"
 
 /* A credentials or token file is a few lines; refuse anything bigger. */
@@ -69,10 +70,8 @@ credentials_free(struct credentials *cr)
 static int
 check_stat(const char *path, const struct stat *st, char *err, size_t errlen)
 {
-    if (!S_ISREG(st->st_mode)) {
-        set_err(err, errlen, "%s: not a regular file", path);
+    if (fileio_check_type(path, st, false, err, errlen) != 0)
         return -1;
-    }
     if (st->st_mode & 077) {
         set_err(err, errlen, "%s: mode %04o lets group or others read or write it; "
             "it holds secrets: chmod 600 %s", path, (unsigned)(st->st_mode & 07777), path);
@@ -99,45 +98,15 @@ static int
 read_secret(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
 {
     struct stat st;
-    char *buf;
-    size_t len = 0;
-    ssize_t n = 0;
     int fd;
 
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
-        set_err(err, errlen, "%s: %s", path, strerror(errno));
+    if ((fd = fileio_open(path, false, &st, err, errlen)) < 0)
         return -1;
-    }
-    if (fstat(fd, &st) != 0 || check_stat(path, &st, err, errlen) != 0) {
+    if (check_stat(path, &st, err, errlen) != 0) {
         close(fd);
         return -1;
     }
-    if ((buf = malloc(CRED_MAX_FILE + 1)) == NULL) {
-        set_err(err, errlen, "%s: out of memory", path);
-        close(fd);
-        return -1;
-    }
-    while (len <= CRED_MAX_FILE && (n = read(fd, buf + len, CRED_MAX_FILE + 1 - len)) != 0) {
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            set_err(err, errlen, "%s: %s", path, strerror(errno));
-            break;
-        }
-        len += (size_t)n;
-    }
-    close(fd);
-    if (len > CRED_MAX_FILE)
-        set_err(err, errlen, "%s: larger than %d bytes", path, CRED_MAX_FILE);
-    if (len > CRED_MAX_FILE || n < 0) {
-        explicit_bzero(buf, len < CRED_MAX_FILE + 1 ? len : CRED_MAX_FILE + 1);
-        free(buf);
-        return -1;
-    }
-    buf[len] = '\0';
-    *out = buf;
-    *outlen = len;
-    return 0;
+    return fileio_read_all(fd, path, CRED_MAX_FILE, out, outlen, err, errlen);
 }
 
 static void

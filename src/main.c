@@ -20,6 +20,7 @@
 #include "config.h"
 #include "listener.h"
 #include "log.h"
+#include "pidfile.h"
 #include "router.h"
 #include "sdnotify.h"
 #include "session.h"
@@ -52,7 +53,7 @@ usage(FILE *out)
         "  -t, --check-config  validate the configuration, print it (secrets\n"
         "                      masked) and exit 0 if good, 1 if not\n"
         "  -d, --daemon        detach (double fork) for systems without systemd\n"
-        "  -p, --pidfile FILE  with --daemon, write the pid here\n"
+        "  -p, --pidfile FILE  with --daemon, write the pid here and lock it\n"
         "  -D, --debug         log at debug level, overriding log.level\n"
         "  -V, --version       print the version and exit\n"
         "  -h, --help          this text\n", CONFIG_DEFAULT_PATH);
@@ -265,9 +266,10 @@ bus_on_batch_end(void *arg)
     router_bus_batch_end(((struct daemon *)arg)->router);
 }
 
-/* Double fork for systems without systemd; logs go to syslog then. */
+/* Double fork for systems without systemd; logs go to syslog then. The
+ * pid file, opened and locked before, gets the final pid. */
 static int
-daemonize(const char *pidfile)
+daemonize(int pidfd)
 {
     pid_t pid;
     int fd;
@@ -291,14 +293,8 @@ daemonize(const char *pidfile)
         if (fd > STDERR_FILENO)
             close(fd);
     }
-    if (pidfile != NULL) {
-        FILE *f = fopen(pidfile, "w");
-
-        if (f == NULL)
-            return -1;
-        fprintf(f, "%ld\n", (long)getpid());
-        fclose(f);
-    }
+    if (pidfd >= 0 && pidfile_write(pidfd) != 0)
+        return -1;
     return 0;
 }
 
@@ -395,7 +391,7 @@ main(int argc, char **argv)
     bool check = false, detach = false, debug = false;
     struct daemon d;
     char err[512];
-    int c, rc;
+    int c, rc, pidfd = -1;
 
     while ((c = getopt_long(argc, argv, "c:tdp:DVh", opts, NULL)) != -1) {
         switch (c) {
@@ -439,12 +435,21 @@ main(int argc, char **argv)
         return 1;
     }
 
+    /* Locked before detaching, so a refusal still reaches the terminal. */
+    if (detach && pidfile != NULL && (pidfd = pidfile_open(pidfile, err, sizeof err)) < 0) {
+        fprintf(stderr, "busgated: %s\n", err);
+        config_free(&d.cfg);
+        return 1;
+    }
+
     if (detach)
         d.cfg.log.dest = LOG_DEST_SYSLOG;
     log_init("busgated", d.cfg.log.dest, debug ? LOG_DEBUG : d.cfg.log.level);
     signal(SIGPIPE, SIG_IGN);
-    if (detach && daemonize(pidfile) != 0) {
+    if (detach && daemonize(pidfd) != 0) {
         log_error("cannot detach: %s", strerror(errno));
+        if (pidfd >= 0)
+            pidfile_remove(pidfile, pidfd);
         config_free(&d.cfg);
         return 1;
     }
@@ -459,8 +464,8 @@ main(int argc, char **argv)
         log_notice("stopped");
     }
     daemon_free(&d);
-    if (detach && pidfile != NULL)
-        unlink(pidfile);
+    if (pidfd >= 0)
+        pidfile_remove(pidfile, pidfd);
     log_close();
     return rc;
 }

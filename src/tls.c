@@ -8,6 +8,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "fileio.h"
 #include "tls.h"
 
 /* Append the reasons queued in OpenSSL's error stack to buf (and clear it). */
@@ -48,12 +49,16 @@ tls_fail(char *err, size_t errlen, const char *what)
         snprintf(err, errlen, "%s", what);
 }
 
-/* A file OpenSSL is about to read, checked first for a clear message. */
+/* A file OpenSSL is about to open by name, checked first with the open the
+ * daemon's own readers use: a clear message, and a FIFO or device refused
+ * instead of blocking the event loop in OpenSSL's read. */
 static int
-tls_check_readable(const char *setting, const char *path, char *err, size_t errlen)
+tls_check_readable(const char *setting, const char *path, bool dir, char *err, size_t errlen)
 {
-    if (access(path, R_OK) != 0) {
-        snprintf(err, errlen, "%s %s: %s", setting, path, strerror(errno));
+    char why[512];
+
+    if (fileio_check(path, dir, why, sizeof why) != 0) {
+        snprintf(err, errlen, "%s %s", setting, why);
         return -1;
     }
     return 0;
@@ -77,10 +82,10 @@ tls_ctx_trust(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_t errl
         return 0;
     }
     if (cfg->ca_file != NULL &&
-        tls_check_readable("tls.ca_file", cfg->ca_file, err, errlen) != 0)
+        tls_check_readable("tls.ca_file", cfg->ca_file, false, err, errlen) != 0)
         return -1;
     if (cfg->ca_dir != NULL &&
-        tls_check_readable("tls.ca_dir", cfg->ca_dir, err, errlen) != 0)
+        tls_check_readable("tls.ca_dir", cfg->ca_dir, true, err, errlen) != 0)
         return -1;
     if (SSL_CTX_load_verify_locations(ctx, cfg->ca_file, cfg->ca_dir) != 1) {
         snprintf(what, sizeof what, "cannot load CA certificates from %s",
@@ -104,8 +109,8 @@ tls_ctx_client_cert(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_
         }
         return 0;
     }
-    if (tls_check_readable("tls.cert_file", cfg->cert_file, err, errlen) != 0 ||
-        tls_check_readable("tls.key_file", key, err, errlen) != 0)
+    if (tls_check_readable("tls.cert_file", cfg->cert_file, false, err, errlen) != 0 ||
+        tls_check_readable("tls.key_file", key, false, err, errlen) != 0)
         return -1;
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->cert_file) != 1) {
         snprintf(what, sizeof what, "cannot load client certificate %s", cfg->cert_file);

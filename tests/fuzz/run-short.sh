@@ -68,7 +68,9 @@ cflags=$(pkg-config --cflags libevent yaml-0.1 inih openssl 2>/dev/null || true)
 
 CFLAGS="-std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
     -fno-omit-frame-pointer -D_GNU_SOURCE -DPACKAGE_VERSION=\"fuzz\"
-    -DSYSCONFDIR=\"/etc\" -DRUNSTATEDIR=\"/run\" -I$src $cflags"
+    -I$tmp -I$src $cflags"
+# The configure-time paths (src/paths.h in a build); any will do here.
+sed -e 's|@sysconfdir@|/etc|' -e 's|@runstatedir@|/run|' "$src/paths.h.in" >"$tmp/paths.h"
 
 # target: its sources (besides tests/fuzz/<target>.c) and libraries
 build() {
@@ -88,7 +90,7 @@ build fuzz_wire wire.c -- libevent &
 p1=$!
 build fuzz_lineproto lineproto.c lineproto-event.c lineproto-format.c lineproto-frame.c guid.c wire.c -- libevent &
 p2=$!
-build fuzz_config config.c credentials.c log.c wire.c -- libevent yaml-0.1 inih openssl &
+build fuzz_config config.c credentials.c fileio.c log.c wire.c -- libevent yaml-0.1 inih openssl &
 p3=$!
 status=0
 for t in fuzz_wire:$p1 fuzz_lineproto:$p2 fuzz_config:$p3; do

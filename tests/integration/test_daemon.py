@@ -235,6 +235,28 @@ class UnitsAndManPages(WorkDir):
         self.assertEqual(missing, [])
         self.assertGreater(len(keys), 40)
 
+    def test_shipped_config_shows_defaults(self):
+        """etc/busgated.yaml says every setting is shown with its default:
+        without the lines marked "example" it is the default configuration
+        (bus.host, required, is given the same value in both; listen.path's
+        default follows --runstatedir, as the file says)."""
+        with open(os.path.join(TOP_SRCDIR, "etc", "busgated.yaml")) as f:
+            shipped = f.read()
+        self.assertRegex(shipped, r"(?m)^  host: \S+ +# example$")
+        kept = [line for line in shipped.splitlines()
+                if not re.search(r"#\s*example\b", line)
+                and not re.match(r"^  (host|path): ", line)]
+        shipped = "\n".join(kept).replace("\nbus:\n", "\nbus:\n  host: h\n", 1)
+        dumps = []
+        for name, text in (("shipped.yaml", shipped), ("defaults.yaml", "bus:\n  host: h\n")):
+            path = os.path.join(self.tmp, name)
+            with open(path, "w") as f:
+                f.write(text)
+            r = run([BUSGATED, "-t", "-c", path])
+            self.assertEqual(r.returncode, 0, r)
+            dumps.append(r.stdout.decode().split("\n", 1)[1])
+        self.assertEqual(dumps[0], dumps[1])
+
 
 # ------------------------------------------------------------ --check-config
 
@@ -314,6 +336,51 @@ class CheckConfig(WorkDir):
         r = run([BUSGATED, "-c", path])
         self.assertEqual(r.returncode, 1, r)
         self.assertIn(b"mode 0644", r.stderr)
+
+    # A FIFO where a file is expected: refused at once, naming it (a read
+    # would wait for a writer for ever). The short timeout proves no hang.
+    def check_fifo(self, text, fifo, config=None):
+        os.mkfifo(fifo, 0o600)
+        path = config or os.path.join(self.tmp, "busgated.yaml")
+        if config is None:
+            with open(path, "w") as f:
+                f.write(text)
+        for args in (["--check-config", "-c", path], ["-c", path]):
+            r = run([BUSGATED] + args, timeout=5)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertIn("%s: not a regular file (a FIFO)" % fifo, r.stderr.decode())
+
+    def test_fifo_credentials_file_refused(self):
+        os.unlink(self.creds)
+        self.check_fifo(self.GOOD, self.creds)
+
+    def test_fifo_token_file_refused(self):
+        self.check_fifo(self.GOOD.replace("auth: basic\n", "auth: token\n  token_file: token.jwt\n"),
+                        os.path.join(self.tmp, "token.jwt"))
+
+    def test_fifo_tls_files_refused(self):
+        for key in ("ca_file", "cert_file"):
+            fifo = os.path.join(self.tmp, key + ".pem")
+            extra = "    key_file: credentials.ini\n" if key == "cert_file" else ""
+            tls = "  tls:\n    %s: %s\n%s" % (key, fifo, extra)
+            self.check_fifo(self.GOOD.replace("  auth: basic\n", "  auth: basic\n" + tls), fifo)
+
+    def test_fifo_config_file_refused(self):
+        fifo = os.path.join(self.tmp, "fifo.yaml")
+        self.check_fifo(None, fifo, config=fifo)
+
+    def test_world_writable_config_refused(self):
+        r, path = self.check(self.GOOD)
+        self.assertEqual(r.returncode, 0, r)
+        os.chmod(path, 0o666)
+        for args in (["--check-config", "-c", path], ["-c", path]):
+            r = run([BUSGATED] + args)
+            self.assertEqual(r.returncode, 1, r)
+            self.assertEqual(r.stderr.decode(), "busgated: %s: mode 0666 lets anyone change "
+                             "it: chmod o-w %s\n" % (path, path))
+        os.chmod(path, 0o664)       # a group of editors is the owner's choice
+        r = run([BUSGATED, "--check-config", "-c", path])
+        self.assertEqual(r.returncode, 0, r)
 
     def test_missing_config_file(self):
         r = run([BUSGATED, "-t", "-c", os.path.join(self.tmp, "absent.yaml")])
@@ -428,6 +495,36 @@ class Reload(WithBus):
         self.assertEqual(p.cmd("PING"), "PONG")
         s.close()
         p.close()
+        gw.stop()
+
+    def test_fifo_refused_at_reload_and_reconnect(self):
+        """A credentials or CA file replaced by a FIFO is refused, naming it,
+        at a reload and at a reconnect; the daemon keeps serving."""
+        gw = self.gateway("fifo")
+        s = gw.session()
+        fifo_ca = os.path.join(gw.dir, "ca-fifo.pem")
+        os.mkfifo(fifo_ca, 0o600)
+        off = gw.log_offset()
+        gw.write_config({"bus": {"tls": {"ca_file": fifo_ca}}})
+        gw.reload()
+        gw.wait_log(r"reload refused, old configuration stays: .*%s: not a regular file "
+                    r"\(a FIFO\)" % re.escape(fifo_ca), start=off, timeout=5)
+        self.assertEqual(s.cmd("PING ca"), "PONG ca")
+        gw.write_config({})
+        os.unlink(gw.creds_path)
+        os.mkfifo(gw.creds_path, 0o600)
+        off = gw.log_offset()
+        gw.reload()
+        gw.wait_log(r"reload refused, old configuration stays: .*%s: not a regular file "
+                    r"\(a FIFO\)" % re.escape(gw.creds_path), start=off, timeout=5)
+        self.assertEqual(s.cmd("PING creds"), "PONG creds")
+        # The link reads the credentials again when it reconnects.
+        off = gw.log_offset()
+        self.bus.drop_all()
+        gw.wait_log(r"%s: not a regular file \(a FIFO\)" % re.escape(gw.creds_path),
+                    start=off, timeout=5)
+        self.assertEqual(s.cmd("PING link"), "PONG link")
+        s.close()
         gw.stop()
 
     def test_changed_listen_path_needs_restart(self):
@@ -620,6 +717,69 @@ class Daemonize(WithBus):
             wait_until(lambda: not self.running(pid), "the daemon to exit")
         wait_until(lambda: not os.path.exists(pidfile), "the pid file to go")
         self.assertFalse(os.path.exists(gw.socket_path))
+
+    def detach(self, gw, pidfile):
+        """busgated --daemon --pidfile; the foreground process's result."""
+        r = run([BUSGATED, "-c", gw.config_path, "--daemon", "--pidfile", pidfile])
+        if r.returncode == 0:
+            # detached: stop it at the end, whatever the test finds
+            pid = wait_until(lambda: self.read_pid(pidfile), "the pid file")
+            self.addCleanup(self.kill_quietly, pid)
+        return r
+
+    def test_symlink_pidfile_refused(self):
+        gw = self.gateway("symlink", start=False)
+        target = os.path.join(gw.dir, "precious")
+        with open(target, "w") as f:
+            f.write("precious\n")
+        pidfile = os.path.join(gw.dir, "busgated.pid")
+        os.symlink(target, pidfile)
+        r = run([BUSGATED, "-c", gw.config_path, "--daemon", "--pidfile", pidfile])
+        with open(target) as f:
+            content = f.read()
+        if r.returncode == 0:           # it detached: stop what started
+            pid = wait_until(lambda: self.read_pid(target), "the pid file")
+            self.addCleanup(self.kill_quietly, pid)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stderr.decode(), "busgated: pid file %s is a symbolic link: "
+                         "refused\n" % pidfile)
+        self.assertEqual(content, "precious\n")
+        self.assertFalse(os.path.exists(gw.socket_path))
+        # A hard link to the file likewise.
+        os.unlink(pidfile)
+        os.link(target, pidfile)
+        r = self.detach(gw, pidfile)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stderr.decode(), "busgated: pid file %s has other hard links: "
+                         "refused\n" % pidfile)
+        with open(target) as f:
+            self.assertEqual(f.read(), "precious\n")
+
+    def test_second_daemon_on_same_pidfile_refused(self):
+        first = self.gateway("first", start=False)
+        second = self.gateway("second", start=False)
+        pidfile = os.path.join(self.tmp, "shared.pid")
+        r = self.detach(first, pidfile)
+        self.assertEqual(r.returncode, 0, r)
+        pid = self.read_pid(pidfile)
+        s = wait_until(lambda: self.try_session(first.socket_path), "the socket")
+        r = self.detach(second, pidfile)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stderr.decode(), "busgated: another busgated (pid %d) holds %s\n"
+                         % (pid, pidfile))
+        self.assertEqual(self.read_pid(pidfile), pid)
+        self.assertFalse(os.path.exists(second.socket_path))
+        self.assertEqual(s.cmd("PING"), "PONG")     # the first one is unharmed
+        s.close()
+        # Once the first has gone, the file is free again.
+        os.kill(pid, signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(pidfile), "the pid file to go")
+        r = self.detach(second, pidfile)
+        self.assertEqual(r.returncode, 0, r)
+        self.assertNotEqual(self.read_pid(pidfile), pid)
+        wait_until(lambda: self.try_session(second.socket_path), "the second socket").close()
+        os.kill(self.read_pid(pidfile), signal.SIGTERM)
+        wait_until(lambda: not os.path.exists(pidfile), "the second pid file to go")
 
     @staticmethod
     def read_pid(path):

@@ -757,7 +757,7 @@ test_load_file_errors(void **state)
     config_free(&cfg);
 
     assert_int_equal(config_load(&cfg, tmpdir, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: not a regular file", tmpdir);
+    snprintf(want, sizeof want, "%s: not a regular file (a directory)", tmpdir);
     assert_string_equal(err, want);
     config_free(&cfg);
 

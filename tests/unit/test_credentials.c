@@ -177,7 +177,7 @@ test_check_mode(void **state)
     snprintf(want, sizeof want, "%s: No such file or directory", path);
     assert_string_equal(err, want);
     assert_int_equal(credentials_check_mode(tmpdir, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: not a regular file", tmpdir);
+    snprintf(want, sizeof want, "%s: not a regular file (a directory)", tmpdir);
     assert_string_equal(err, want);
 }
 
@@ -234,7 +234,7 @@ test_missing_file(void **state)
     snprintf(want, sizeof want, "%s: No such file or directory", tpath("nope.ini"));
     assert_string_equal(err, want);
     assert_int_equal(credentials_load(&cr, tmpdir, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: not a regular file", tmpdir);
+    snprintf(want, sizeof want, "%s: not a regular file (a directory)", tmpdir);
     assert_string_equal(err, want);
 }
 
