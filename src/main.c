@@ -356,7 +356,16 @@ daemon_free(struct daemon *d)
 {
     struct event **evs[] = { &d->sig_term, &d->sig_int, &d->sig_hup, &d->tick, &d->stop_timer,
         &d->stop_poll };
+    sigset_t stop;
 
+    /* Freeing the signal events restores the default actions: a second
+     * SIGTERM during the teardown would then kill the daemon mid-exit.
+     * Blocked, it waits and goes with the process. */
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGHUP);
+    sigprocmask(SIG_BLOCK, &stop, NULL);
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (*evs[i] != NULL)
             event_free(*evs[i]);
