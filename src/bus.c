@@ -932,8 +932,8 @@ bus_read(struct bufferevent *bev, void *arg)
     const char *cause = NULL;
     char reason[300];
     size_t before;
+    bool decoded = false;
 
-    bus->last_rx_ms = now_ms();
     bus->rx_any = true;
     bus->msg.version = bus->cfg.protocol;   /* decode at the configured protocol */
     if (!bus->cfg.tls.enabled)
@@ -959,6 +959,13 @@ bus_read(struct bufferevent *bev, void *arg)
             return;
         case WIRE_DECODED:
             break;
+        }
+        /* Only a whole message feeds the watchdog: a peer trickling bytes
+         * that never complete one is as dead as a silent one. Once per
+         * batch: the clock is read once, not per message. */
+        if (!decoded) {
+            decoded = true;
+            bus->last_rx_ms = now_ms();
         }
         bus->st.msgs_in++;
         bus->st.bytes_in += before - evbuffer_get_length(in);
@@ -1061,6 +1068,7 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
     struct bus *bus = arg;
     uint32_t timeout = bus->cfg.heartbeat_timeout_ms;
     uint64_t idle = now_ms() - bus->last_rx_ms;
+    size_t partial;
     char reason[256], d[32];
 
     if (timeout == 0)
@@ -1081,7 +1089,10 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
         return;
     }
     bus->st.heartbeat_timeouts++;
-    if (!bus->rx_any) {
+    if (bus->bev != NULL && (partial = evbuffer_get_length(bufferevent_get_input(bus->bev))) > 0) {
+        snprintf(reason, sizeof reason, "no complete message within %s (%zu bytes of an "
+            "unfinished one arrived): the bus is stuck or trickling", d, partial);
+    } else if (!bus->rx_any) {
         snprintf(reason, sizeof reason, "no heartbeat: not authenticated or dead");
         bus_hint_mismatch(bus, "nothing came back after the login");
     } else if (!bus->hb_any) {

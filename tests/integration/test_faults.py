@@ -213,6 +213,25 @@ class BusFaultTest(FaultCase):
         self.assert_alive(gw, s, other)
         self.healthy_again(bus, gw, s, "F", "T")
 
+    def test_trickling_bus_is_declared_dead(self):
+        # After login the bus sends a 4 KiB message a byte every 50 ms and
+        # nothing else: bytes keep coming, a whole message never does (for
+        # over 3 minutes). The watchdog counts messages, not bytes, so the
+        # link is dead after its 1 s timeout, well inside TIMEOUT.
+        bus = self.bus(fault="trickle", heartbeat=HB)
+        gw = self.gateway(bus, self.heartbeat("1s"))
+        s, other = self.session(gw), self.session(gw)
+        ev = self.expect_bus(s, "down")
+        self.assertRegex(ev.line, r"^BUS down no complete message within 1s "
+                         r"\(\d+ bytes of an unfinished one arrived\)")
+        st = stats(other)
+        self.assertGreaterEqual(int(st["bus_heartbeat_timeouts"]), 1)
+        self.assertEqual(st["bus_msgs_in"], "0")
+        self.assertEqual(st["bus_auth_failures"], "0")
+        self.assert_alive(gw, s, other)
+        self.assertEqual(s.cmd("SUB F T"), "+OK")
+        self.healthy_again(bus, gw, s, "F", "T")
+
     def test_publish_into_unconfirmed_silent_link_is_not_lost(self):
         # A silent bus is what a failed login looks like (defect 2). A PUB
         # answered +OK must reach the bus (once a link is confirmed); one

@@ -26,7 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import buswire as w  # noqa: E402
 
 ROLES = ("subscribe", "publish", "notify", "authorize")
-FAULTS = ("garbage", "oversize", "silent", "stall-tls", "cut-mid-message")
+FAULTS = ("garbage", "oversize", "silent", "stall-tls", "cut-mid-message",
+          "trickle")
+# The trickle fault: one byte of a message this often, and the message is
+# long enough (TRICKLE_DATA bytes of data) never to complete in a test.
+TRICKLE_INTERVAL = 0.05
+TRICKLE_DATA = 4096
 # Output a peer does not read is bounded; past this the peer is dropped.
 MAX_WRITE_BUFFER = 64 << 20
 # How long a closing connection may take to flush before it is aborted.
@@ -254,6 +259,8 @@ class Conn:
         self.auth_cache = {}        # feed -> topic -> AuthorizationResponse
         self.pending = {}           # (feed, topic) -> adds awaiting answers
         self.subscribed_once = False
+        self.trickling = False      # the trickle fault owns the output
+
 
     def user_for(self, feed):
         if self.bus.policy.impersonation_allowed(feed) and self.impersonating:
@@ -270,6 +277,11 @@ class Conn:
 
     def send(self, msg):
         if self.closing or self.writer is None or self.writer.is_closing():
+            return
+        if self.trickling:
+            # a whole message now would land inside the trickled one
+            self.bus.log.write("ignore", self, type=w.type_name(msg),
+                               reason="fault trickle: output is trickling")
             return
         self.bus.log.message("send", self, msg)
         self.write_raw(w.encode_message(msg, self.bus.args.protocol))
@@ -476,6 +488,10 @@ class Bus:
             data = bytes([0xee, 0x13, 0x37, 0x00, 0xff, 0x42, 0x99, 0x01])
         elif self.fault == "oversize":
             data = bytes([8]) + b"\x7f\xff\xff\xff" + b"x" * 16
+        elif self.fault == "trickle":
+            conn.trickling = True
+            asyncio.create_task(self.trickle(conn))
+            return
         else:
             return
         self.log.write("send", conn, type="raw", fault=self.fault,
@@ -834,6 +850,21 @@ class Bus:
             self.forward_subscription(conn, feed, topic, False)
 
     # -------------------------------------------------------------- faults
+
+    async def trickle(self, conn):
+        """A long ForwardedMulticastData one byte at a time: the peer
+        always has bytes arriving and never a whole message."""
+        data = w.encode_message(w.ForwardedMulticastData(
+            "fault", "fault-host", "__admin__", "heartbeat", True,
+            [w.DataPacket(None, b"t" * TRICKLE_DATA)]), self.args.protocol)
+        self.log.write("fault", conn, reason="trickle: %d bytes, one every "
+                       "%g s" % (len(data), TRICKLE_INTERVAL))
+        for i in range(len(data)):
+            if conn.closing or conn.writer is None or conn.writer.is_closing():
+                return
+            conn.writer.write(data[i:i + 1])
+            await asyncio.sleep(TRICKLE_INTERVAL)
+        conn.trickling = False
 
     def cut_mid_message(self, conn, req):
         data = w.encode_message(w.ForwardedMulticastData(
