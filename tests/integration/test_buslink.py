@@ -399,6 +399,25 @@ class TestAuthentication(BusLinkCase):
         self.assertEqual(len(self.logins(bus)), 2)
         self.assert_no_secret(gw, "gwpass")
 
+    def test_credentials_parse_error_shows_line_not_content(self):
+        # A password typed in the key position, found at a reconnect: the
+        # log and STAT bus_last_error (readable by every local client)
+        # name the file and line, never the text.
+        secret = "Sup3rS3cretPa55"
+        bus = self.bus(heartbeat=HB)
+        gw = self.gateway(bus, self.heartbeat())
+        gw.wait_log(r"bus: up")
+        with open(gw.creds_path, "w") as f:
+            f.write("[bus]\nusername = gw\n%s = \n" % secret)
+        bus.drop_all()
+        gw.wait_log(r"bus: down: credentials: %s:3: unknown key in \[bus\]"
+                    % re.escape(gw.creds_path))
+        s = self.session(gw)
+        st = stats(s)
+        self.assertEqual(st["bus_last_error"], "credentials: %s:3: unknown key in [bus] "
+                         "(expected username, password or token)" % gw.creds_path)
+        self.assert_no_secret(gw, secret, "S3cret")
+
 
 class TestLinkLife(BusLinkCase):
 
