@@ -1005,8 +1005,9 @@ bus_closed_reason(struct bufferevent *bev)
     return "connection closed by the bus";
 }
 
-/* Why an established link or a TLS handshake failed. */
-static void
+/* Why an established link or a TLS handshake failed; true if it was a
+ * TLS-level error (see tls_is_protocol_error). */
+static bool
 bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
     char *buf, size_t len)
 {
@@ -1020,7 +1021,7 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
             snprintf(buf, len, "%s", bus_closed_reason(bev));
         else
             snprintf(buf, len, "%s", evutil_socket_error_to_string(sys_err));
-        return;
+        return false;
     }
     while ((e = bufferevent_get_openssl_error(bev)) != 0)
         if (n < BUS_MAX_SSL_ERRORS)
@@ -1032,6 +1033,14 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
         snprintf(buf, len, "%s", bus_closed_reason(bev));
     else
         snprintf(buf, len, "%s", why);
+    return tls_is_protocol_error(errs, n);
+}
+
+bool
+bus_probable_auth_failure(const struct bus_close_facts *f)
+{
+    return f->unconfirmed && !f->rx_any && f->auth && !f->tls_error &&
+        f->since_login_ms <= f->window_ms;
 }
 
 static void
@@ -1039,19 +1048,22 @@ bus_link_event(struct bufferevent *bev, short events, void *arg)
 {
     struct bus *bus = arg;
     char why[300], reason[512];
+    struct bus_close_facts f;
     bool auth_failure;
 
     if (!(events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
         return;
-    bus_describe_error(bus, bev, events, why, sizeof why);
-    /* The v3 distributor never says "wrong password": a link closed soon
-     * after the credentials went out, before anything came back, is the
-     * only sign of a rejected login. */
-    auth_failure = bus->state == BUS_UNCONFIRMED && !bus->rx_any &&
-        bus->cfg.auth != CONFIG_AUTH_NONE &&
-        now_ms() - bus->auth_sent_ms <= bus->cfg.auth_fail_window_ms;
+    f.tls_error = bus_describe_error(bus, bev, events, why, sizeof why);
+    f.unconfirmed = bus->state == BUS_UNCONFIRMED;
+    f.rx_any = bus->rx_any;
+    f.auth = bus->cfg.auth != CONFIG_AUTH_NONE;
+    f.since_login_ms = now_ms() - bus->auth_sent_ms;
+    f.window_ms = bus->cfg.auth_fail_window_ms;
+    auth_failure = bus_probable_auth_failure(&f);
     if (auth_failure)
         snprintf(reason, sizeof reason, "probable authentication failure (%s)", bus->auth_desc);
+    else if (f.tls_error)
+        snprintf(reason, sizeof reason, "TLS error: %s", why);
     else
         snprintf(reason, sizeof reason, "%s", why);
     if (auth_failure) {

@@ -287,6 +287,16 @@ tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
     ERR_clear_error();
 }
 
+bool
+tls_is_protocol_error(const unsigned long *errs, size_t nerrs)
+{
+    /* ERR_GET_LIB says ERR_LIB_SYS for OpenSSL 3's flagged errno values too */
+    for (size_t i = 0; i < nerrs; i++)
+        if (ERR_GET_LIB(errs[i]) != 0 && ERR_GET_LIB(errs[i]) != ERR_LIB_SYS)
+            return true;
+    return false;
+}
+
 void
 tls_describe_session(SSL *ssl, char *buf, size_t len)
 {

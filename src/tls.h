@@ -49,6 +49,14 @@ bool tls_is_ip_literal(const char *name);
 void tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
     int sys_err, char *buf, size_t len);
 
+/*
+ * True when errs (as for tls_describe_failure) hold a TLS-level failure:
+ * an alert from the peer, a refused renegotiation, a record that fails its
+ * checks. An error of a system call is not one, nor are the SSL_get_error()
+ * codes libevent mixes in.
+ */
+bool tls_is_protocol_error(const unsigned long *errs, size_t nerrs);
+
 /* "TLSv1.3, TLS_AES_256_GCM_SHA384" for the log once the handshake is done. */
 void tls_describe_session(SSL *ssl, char *buf, size_t len);
 

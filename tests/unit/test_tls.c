@@ -368,6 +368,27 @@ t_describe_openssl_errors(void **state)
     assert_string_equal(buf, strerror(EPIPE));
 }
 
+/* An alert or a refused renegotiation is a TLS error; a system call's
+ * error and libevent's SSL_get_error() codes are not. */
+static void
+t_protocol_error(void **state)
+{
+    unsigned long errs[3];
+
+    assert_false(tls_is_protocol_error(NULL, 0));
+    errs[0] = SSL_ERROR_SSL;
+    errs[1] = ERR_PACK(ERR_LIB_SYS, 0, ECONNRESET);
+    assert_false(tls_is_protocol_error(errs, 2));
+#ifdef ERR_SYSTEM_FLAG
+    errs[1] = ERR_SYSTEM_FLAG | ECONNRESET;
+    assert_false(tls_is_protocol_error(errs, 2));
+#endif
+    errs[2] = ERR_PACK(ERR_LIB_SSL, 0, SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE);
+    assert_true(tls_is_protocol_error(errs, 3));
+    errs[0] = ERR_PACK(ERR_LIB_SSL, 0, SSL_R_NO_RENEGOTIATION);
+    assert_true(tls_is_protocol_error(errs, 1));
+}
+
 int
 main(void)
 {
@@ -388,6 +409,7 @@ main(void)
         cmocka_unit_test(t_ssl_verify_off_still_sends_sni),
         cmocka_unit_test(t_describe_verify_failures),
         cmocka_unit_test(t_describe_openssl_errors),
+        cmocka_unit_test(t_protocol_error),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
