@@ -25,6 +25,26 @@ SSL_CTX *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errlen);
 void tls_ctx_free(SSL_CTX *ctx);
 
 /*
+ * TLS 1.2 suites when bus.tls.ciphers is unset: Mozilla's "intermediate"
+ * profile, forward-secret (ECDHE, DHE) AEAD (AES-GCM, ChaCha20-Poly1305)
+ * only. TLS 1.3 suites stay OpenSSL's (all of them are both).
+ */
+#define TLS_DEFAULT_CIPHERS \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+
+/*
+ * Whether a bus.tls.ciphers list keeps the default's strength: it must
+ * name at least one suite OpenSSL knows, every TLS 1.2 suite it enables
+ * must be AEAD, forward-secret (ECDHE or DHE key exchange, no PSK) and
+ * authenticate the server, and it must not lower @SECLEVEL below 2.
+ * Returns 0, or -1 with the reason (naming the first weak suite) in err.
+ */
+int tls_check_ciphers(const char *list, char *err, size_t errlen);
+
+/*
  * A connection's SSL: the name checked is cfg->server_name, else host; a
  * DNS name is checked against the certificate's names and sent as SNI, an
  * IP literal is checked against its IP addresses and not sent as SNI.

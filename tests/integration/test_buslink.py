@@ -226,6 +226,25 @@ class TestTransport(BusLinkCase):
         gw = self.gateway(bus, self.heartbeat())
         self.assert_tls_refused(bus, gw, "certificate verify failed: certificate has expired")
 
+    def test_tls_weak_suites_refused_by_default(self):
+        # A TLS 1.2 bus offering only AES128-SHA (RSA key exchange, no
+        # forward secrecy; CBC with SHA-1): the default suites do not
+        # include it, so there is no link, and the log says why.
+        bus = self.bus(cert="rsa", heartbeat=HB, extra_args=["--tls-ciphers", "AES128-SHA"])
+        gw = self.gateway(bus, self.heartbeat())
+        self.assert_tls_refused(bus, gw, "sslv3 alert handshake failure (no TLS version or "
+                                "cipher suite in common with the bus? busgate offers "
+                                "forward-secret AEAD suites only, see bus.tls.ciphers)")
+        self.assertNotIn("TLS up", gw.log())
+
+    def test_tls_rsa_bus_with_strong_suites_accepted(self):
+        # The same RSA-keyed bus offering ECDHE-RSA-AES128-GCM-SHA256: fine.
+        bus = self.bus(cert="rsa", heartbeat=HB,
+                       extra_args=["--tls-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"])
+        gw = self.gateway(bus, self.heartbeat())
+        gw.wait_log(r"bus: TLS up \(TLSv1\.2, ECDHE-RSA-AES128-GCM-SHA256\)")
+        gw.wait_log(r"bus: up")
+
     def test_tls_to_plain_bus_never_falls_back(self):
         bus = self.bus(tls=False, heartbeat=HB)
         pki = make_pki(os.path.join(self.dir, "pki"))

@@ -315,6 +315,15 @@ class CheckConfig(WorkDir):
         self.assertEqual(r.returncode, 1, r)
         self.assertIn(b"mode 0644", r.stderr)
 
+    def test_weak_tls_ciphers_refused(self):
+        for ciphers, why in (('"ECDHE+AESGCM:@SECLEVEL=0"', r"@SECLEVEL=0 allows weak"),
+                             ("AES128-SHA", r"the list enables AES128-SHA, which is not AEAD")):
+            r, path = self.check("bus:\n  host: x\n  tls:\n    ciphers: %s\n" % ciphers,
+                                 "weak.yaml")
+            self.assertEqual(r.returncode, 1, r)
+            self.assertRegex(r.stderr.decode(), r"%s:4:14: bus\.tls\.ciphers: %s"
+                             % (re.escape(path), why))
+
     def test_missing_config_file(self):
         r = run([BUSGATED, "-t", "-c", os.path.join(self.tmp, "absent.yaml")])
         self.assertEqual(r.returncode, 1, r)

@@ -37,6 +37,7 @@ MAX_WRITE_BUFFER = 64 << 20
 # How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 HEARTBEAT = object()  # the heartbeat's pseudo publisher
+ALERT_HANDSHAKE_FAILURE = 40  # TLS alert: no suite or version in common
 
 
 class AuthFailed(Exception):
@@ -323,6 +324,10 @@ class Bus:
         if args.tls_cert:
             self.ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            if args.tls_ciphers:
+                # set_ciphers governs TLS 1.2 and older only: stop at 1.2
+                self.ssl_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+                self.ssl_ctx.set_ciphers(args.tls_ciphers)
         self.next_id = 1
         self.conns = {}             # id -> Conn, every open connection
         self.by_guid = {}           # Guid -> Conn, logged-in interactors
@@ -365,6 +370,9 @@ class Bus:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 16)
         protocol = asyncio.StreamReaderProtocol(reader)
+        # asyncio drops the alert OpenSSL queues when a handshake fails; a
+        # second descriptor lets us send it as a real server would.
+        spare = os.dup(conn.sock.fileno()) if self.ssl_ctx else None
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol, conn.sock, ssl=self.ssl_ctx,
@@ -373,7 +381,12 @@ class Bus:
                 asyncio.TimeoutError) as e:
             conn.close_reason = "tls handshake failed: %s" % (
                 str(e) or type(e).__name__)
+            if getattr(e, "reason", None) == "NO_SHARED_CIPHER":
+                _send_alert(spare, ALERT_HANDSHAKE_FAILURE)
             return
+        finally:
+            if spare is not None:
+                os.close(spare)
         conn.reader = reader
         conn.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if self.fault == "silent":
@@ -878,6 +891,14 @@ class Bus:
         conn.drop("fault cut-mid-message")
 
 
+def _send_alert(fd, description):
+    """A fatal TLS alert record, unencrypted (the handshake never finished)."""
+    try:
+        os.write(fd, bytes([21, 3, 3, 0, 2, 2, description]))
+    except OSError:
+        pass
+
+
 def _abort(transport):
     """Last resort for a peer that does not let a close complete."""
     try:
@@ -901,6 +922,9 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--tls-ciphers",
+                   help="OpenSSL cipher list the server offers; implies at "
+                        "most TLS 1.2 (e.g. AES128-SHA, with an RSA cert)")
     p.add_argument("--protocol", type=int, choices=w.VERSIONS, default=3,
                    help="bus protocol: 3 (2019-09), 4 = 5 (connection-string "
                         "login, 4.0.0 to 5.x), 6 (content types, "
