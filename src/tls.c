@@ -282,7 +282,11 @@ tls_ssl_expect_name(SSL *ssl, const char *name, char *err, size_t errlen)
         }
         return 0;
     }
-    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    /* The name must be in the certificate's subjectAltName: a certificate
+     * naming the host in its subject CN only is refused (RFC 6125; a CN
+     * is not bound to a name type). */
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+        X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
     if (SSL_set1_host(ssl, name) != 1) {
         tls_fail(err, errlen, "cannot set the expected host name");
         return -1;

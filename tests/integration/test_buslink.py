@@ -216,6 +216,13 @@ class TestTransport(BusLinkCase):
         gw = self.gateway(bus, self.heartbeat())
         self.assert_tls_refused(bus, gw, "certificate verify failed: hostname mismatch")
 
+    def test_tls_name_in_common_name_only_refused(self):
+        # localhost only in the subject CN, no subjectAltName: the name must
+        # be in the SAN (RFC 6125), so this is a mismatch.
+        bus = self.bus(cert="cnonly", heartbeat=HB)
+        gw = self.gateway(bus, self.heartbeat())
+        self.assert_tls_refused(bus, gw, "certificate verify failed: hostname mismatch")
+
     def test_tls_ip_address_mismatch_refused(self):
         bus = self.bus(cert="wronghost", heartbeat=HB)
         gw = self.gateway(bus, dict(self.heartbeat(), tls={"server_name": None}))
