@@ -932,8 +932,8 @@ bus_read(struct bufferevent *bev, void *arg)
     const char *cause = NULL;
     char reason[300];
     size_t before;
+    bool decoded = false;
 
-    bus->last_rx_ms = now_ms();
     bus->rx_any = true;
     bus->msg.version = bus->cfg.protocol;   /* decode at the configured protocol */
     if (!bus->cfg.tls.enabled)
@@ -959,6 +959,13 @@ bus_read(struct bufferevent *bev, void *arg)
             return;
         case WIRE_DECODED:
             break;
+        }
+        /* Only a whole message feeds the watchdog: a peer trickling bytes
+         * that never complete one is as dead as a silent one. Once per
+         * batch: the clock is read once, not per message. */
+        if (!decoded) {
+            decoded = true;
+            bus->last_rx_ms = now_ms();
         }
         bus->st.msgs_in++;
         bus->st.bytes_in += before - evbuffer_get_length(in);
@@ -998,8 +1005,9 @@ bus_closed_reason(struct bufferevent *bev)
     return "connection closed by the bus";
 }
 
-/* Why an established link or a TLS handshake failed. */
-static void
+/* Why an established link or a TLS handshake failed; true if it was a
+ * TLS-level error (see tls_is_protocol_error). */
+static bool
 bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
     char *buf, size_t len)
 {
@@ -1013,7 +1021,7 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
             snprintf(buf, len, "%s", bus_closed_reason(bev));
         else
             snprintf(buf, len, "%s", evutil_socket_error_to_string(sys_err));
-        return;
+        return false;
     }
     while ((e = bufferevent_get_openssl_error(bev)) != 0)
         if (n < BUS_MAX_SSL_ERRORS)
@@ -1025,6 +1033,14 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
         snprintf(buf, len, "%s", bus_closed_reason(bev));
     else
         snprintf(buf, len, "%s", why);
+    return tls_is_protocol_error(errs, n);
+}
+
+bool
+bus_probable_auth_failure(const struct bus_close_facts *f)
+{
+    return f->unconfirmed && !f->rx_any && f->auth && !f->tls_error &&
+        f->since_login_ms <= f->window_ms;
 }
 
 static void
@@ -1032,19 +1048,22 @@ bus_link_event(struct bufferevent *bev, short events, void *arg)
 {
     struct bus *bus = arg;
     char why[300], reason[512];
+    struct bus_close_facts f;
     bool auth_failure;
 
     if (!(events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
         return;
-    bus_describe_error(bus, bev, events, why, sizeof why);
-    /* The v3 distributor never says "wrong password": a link closed soon
-     * after the credentials went out, before anything came back, is the
-     * only sign of a rejected login. */
-    auth_failure = bus->state == BUS_UNCONFIRMED && !bus->rx_any &&
-        bus->cfg.auth != CONFIG_AUTH_NONE &&
-        now_ms() - bus->auth_sent_ms <= bus->cfg.auth_fail_window_ms;
+    f.tls_error = bus_describe_error(bus, bev, events, why, sizeof why);
+    f.unconfirmed = bus->state == BUS_UNCONFIRMED;
+    f.rx_any = bus->rx_any;
+    f.auth = bus->cfg.auth != CONFIG_AUTH_NONE;
+    f.since_login_ms = now_ms() - bus->auth_sent_ms;
+    f.window_ms = bus->cfg.auth_fail_window_ms;
+    auth_failure = bus_probable_auth_failure(&f);
     if (auth_failure)
         snprintf(reason, sizeof reason, "probable authentication failure (%s)", bus->auth_desc);
+    else if (f.tls_error)
+        snprintf(reason, sizeof reason, "TLS error: %s", why);
     else
         snprintf(reason, sizeof reason, "%s", why);
     if (auth_failure) {
@@ -1061,6 +1080,7 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
     struct bus *bus = arg;
     uint32_t timeout = bus->cfg.heartbeat_timeout_ms;
     uint64_t idle = now_ms() - bus->last_rx_ms;
+    size_t partial;
     char reason[256], d[32];
 
     if (timeout == 0)
@@ -1081,7 +1101,10 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
         return;
     }
     bus->st.heartbeat_timeouts++;
-    if (!bus->rx_any) {
+    if (bus->bev != NULL && (partial = evbuffer_get_length(bufferevent_get_input(bus->bev))) > 0) {
+        snprintf(reason, sizeof reason, "no complete message within %s (%zu bytes of an "
+            "unfinished one arrived): the bus is stuck or trickling", d, partial);
+    } else if (!bus->rx_any) {
         snprintf(reason, sizeof reason, "no heartbeat: not authenticated or dead");
         bus_hint_mismatch(bus, "nothing came back after the login");
     } else if (!bus->hb_any) {

@@ -111,4 +111,24 @@ uint32_t bus_backoff_ms(uint32_t min_ms, uint32_t max_ms, unsigned attempt, doub
  * +BUS_AUTH_FAILURE_ATTEMPTS for a probable authentication failure. */
 unsigned bus_next_attempt(unsigned attempt, bool auth_failure);
 
+/* What is known when a link fails, to tell a rejected login from the rest. */
+struct bus_close_facts {
+    bool unconfirmed;           /* credentials sent, nothing confirmed them yet */
+    bool rx_any;                /* some bytes came back on this link */
+    bool auth;                  /* credentials were sent (bus.auth is not none) */
+    bool tls_error;             /* a TLS-level failure: an alert, a refused
+                                 * renegotiation, a bad record */
+    uint64_t since_login_ms;    /* since the credentials went out */
+    uint32_t window_ms;         /* bus.auth_fail_window */
+};
+
+/*
+ * Whether a failed link is a probable authentication failure (backed off
+ * harder). The distributor never says "wrong password": it closes the
+ * connection soon after the credentials, before sending anything. A TLS
+ * error is no such close (the distributor rejects a login by closing,
+ * never with an alert): its own reason is the cause. Exposed for unit tests.
+ */
+bool bus_probable_auth_failure(const struct bus_close_facts *f);
+
 #endif /* BUSGATE_BUS_H */

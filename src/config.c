@@ -25,6 +25,7 @@
 #include "credentials.h"
 #include "fileio.h"
 #include "log.h"
+#include "tls.h"
 #include "util.h"
 
 /* Refuse config files larger than this: a config is a few KiB. */
@@ -873,7 +874,7 @@ static int
 check_values(struct load_ctx *c)
 {
     const struct config_bus *b = &c->cfg->bus;
-    char lo[32], hi[32];
+    char lo[32], hi[32], why[400];
     int i;
 
     if (b->host == NULL)
@@ -887,6 +888,9 @@ check_values(struct load_ctx *c)
             "%s needs %s as well", cert ? "bus.tls.cert_file" : "bus.tls.key_file",
             cert ? "bus.tls.key_file" : "bus.tls.cert_file");
     }
+    if (b->tls.ciphers != NULL && tls_check_ciphers(b->tls.ciphers, why, sizeof why) != 0)
+        return err_at(c, mark_for(c, find_opt("bus.tls.ciphers"), true),
+            "bus.tls.ciphers: %s", why);
     if (b->reconnect_min_ms > b->reconnect_max_ms) {
         fmt_ms(b->reconnect_min_ms, lo, sizeof lo);
         fmt_ms(b->reconnect_max_ms, hi, sizeof hi);

@@ -3,7 +3,8 @@
  * token file. We read each file ourselves into a buffer we wipe, feed inih
  * line by line from it (so we know the line number of every key and can
  * bound line lengths), and copy the values we keep. Secrets never appear
- * in messages: errors name the file, the line and the key, never a value.
+ * in messages: errors name the file, the line and (for a known key) the
+ * key, never a value nor a name we did not expect.
  *
  * inih here is Debian's build, whose options are run-time variables; we
  * set the ones that matter before each parse (see cred_ini_options).
@@ -156,18 +157,6 @@ cred_fail(struct cred_parse *p, const char *fmt, ...)
     return 0;
 }
 
-/* A key name from the file, safe to print: printable ASCII, bounded. */
-static const char *
-shown_key(const char *s, char *buf, size_t n)
-{
-    size_t i;
-
-    for (i = 0; s[i] != '\0' && i + 1 < n && i < 40; i++)
-        buf[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    buf[i] = '\0';
-    return buf;
-}
-
 static bool
 has_space_or_control(const char *s)
 {
@@ -181,14 +170,15 @@ static int
 cred_handler(void *user, const char *section, const char *name, const char *value)
 {
     struct cred_parse *p = user;
-    char **slot, key[48];
+    char **slot;
 
+    /* A name we do not know may be a secret typed in the wrong place (a
+     * password on a line of its own, with '='): it is never shown, only
+     * the file and line are. */
     if (strcmp(section, "bus") != 0)
         return section[0] == '\0'
-            ? cred_fail(p, "'%s' is outside a section (expected [bus] first)",
-                shown_key(name, key, sizeof key))
-            : cred_fail(p, "unknown section [%s] (expected [bus])",
-                shown_key(section, key, sizeof key));
+            ? cred_fail(p, "a key outside a section (expected [bus] first)")
+            : cred_fail(p, "unknown section (expected [bus])");
     if (strcmp(name, "username") == 0)
         slot = &p->cr->username;
     else if (strcmp(name, "password") == 0)
@@ -196,8 +186,7 @@ cred_handler(void *user, const char *section, const char *name, const char *valu
     else if (strcmp(name, "token") == 0)
         slot = &p->cr->token;
     else
-        return cred_fail(p, "unknown key '%s' in [bus] (expected username, password or token)",
-            shown_key(name, key, sizeof key));
+        return cred_fail(p, "unknown key in [bus] (expected username, password or token)");
     if (*slot != NULL)
         return cred_fail(p, "duplicate key '%s'", name);
     if (value[0] == '\0')

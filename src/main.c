@@ -18,6 +18,7 @@
 
 #include "bus.h"
 #include "config.h"
+#include "audit.h"
 #include "listener.h"
 #include "log.h"
 #include "pidfile.h"
@@ -158,6 +159,13 @@ daemon_stop(struct daemon *d, const char *why)
     event_add(d->stop_poll, &poll);
 }
 
+/* A permissive setting (see audit.h), said through the log. */
+static void
+warn_permissive(void *arg, const char *msg)
+{
+    log_warn("%s", msg);
+}
+
 /* Settings a running daemon cannot change: keep the old ones, say so. */
 static void
 keep_restart_only(const struct config *old, struct config *new)
@@ -199,6 +207,7 @@ daemon_reload(struct daemon *d)
         return;
     }
     keep_restart_only(&d->cfg, &next);
+    audit_config(&next, warn_permissive, NULL);
     if (bus_reconfigure(d->bus, &next.bus, err, sizeof err) != 0) {
         log_error("reload refused, old configuration stays: %s", err);
         config_free(&next);
@@ -432,6 +441,7 @@ main(int argc, char **argv)
         if (rc != 0)
             fprintf(stderr, "busgated: %s\n", err);
         else {
+            audit_config(&d.cfg, warn_permissive, NULL);
             config_dump(&d.cfg, stdout);
             fprintf(stderr, "busgated: %s: configuration OK\n", path);
         }
@@ -463,6 +473,7 @@ main(int argc, char **argv)
         return 1;
     }
 
+    audit_config(&d.cfg, warn_permissive, NULL);
     rc = daemon_start(&d) == 0 ? 0 : 1;
     if (rc == 0) {
         event_base_dispatch(d.base);

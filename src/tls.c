@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <openssl/err.h>
+#include <openssl/objects.h>
 #include <openssl/x509v3.h>
 
 #include "fileio.h"
@@ -156,11 +157,80 @@ tls_ctx_protocol(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_t e
      * pass for data; report such a close as an end of stream. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 #endif
-    if (cfg->ciphers != NULL && SSL_CTX_set_cipher_list(ctx, cfg->ciphers) != 1) {
+    if (SSL_CTX_set_cipher_list(ctx, cfg->ciphers != NULL ? cfg->ciphers :
+            TLS_DEFAULT_CIPHERS) != 1) {
         tls_fail(err, errlen, "tls.ciphers: no usable cipher in the list");
         return -1;
     }
     return 0;
+}
+
+/* Why one TLS 1.2 suite is too weak, or NULL if it is not. */
+static const char *
+tls_cipher_weakness(const SSL_CIPHER *c)
+{
+    int kx = SSL_CIPHER_get_kx_nid(c);
+
+    if (!SSL_CIPHER_is_aead(c))
+        return "is not AEAD (a CBC or stream cipher)";
+    if (kx != NID_kx_ecdhe && kx != NID_kx_dhe)
+        return "has no forward secrecy (no ECDHE or DHE key exchange)";
+    if (SSL_CIPHER_get_auth_nid(c) == NID_auth_null)
+        return "does not authenticate the server";
+    return NULL;
+}
+
+/* The suites of a list, checked one by one in a throwaway context. */
+static int
+tls_check_cipher_ctx(SSL_CTX *ctx, const char *list, char *err, size_t errlen)
+{
+    STACK_OF(SSL_CIPHER) *sk;
+    const char *why;
+    int level;
+
+    if (SSL_CTX_set_cipher_list(ctx, list) != 1) {
+        tls_fail(err, errlen, "no cipher suite OpenSSL knows in the list");
+        return -1;
+    }
+    level = SSL_CTX_get_security_level(ctx);
+    if (strstr(list, "@SECLEVEL") != NULL && level < 2) {
+        snprintf(err, errlen, "@SECLEVEL=%d allows weak keys and suites; "
+            "use 2 or more, or leave it out", level);
+        return -1;
+    }
+    sk = SSL_CTX_get_ciphers(ctx);
+    for (int i = 0; i < sk_SSL_CIPHER_num(sk); i++) {
+        const SSL_CIPHER *c = sk_SSL_CIPHER_value(sk, i);
+
+        /* TLS 1.3 suites (no key exchange of their own) are all AEAD and
+         * forward-secret */
+        if (SSL_CIPHER_get_kx_nid(c) == NID_kx_any)
+            continue;
+        if ((why = tls_cipher_weakness(c)) != NULL) {
+            snprintf(err, errlen, "the list enables %s, which %s; only "
+                "forward-secret AEAD suites are allowed (leave bus.tls.ciphers "
+                "unset for the safe default)", SSL_CIPHER_get_name(c), why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+tls_check_ciphers(const char *list, char *err, size_t errlen)
+{
+    SSL_CTX *ctx;
+    int r;
+
+    ERR_clear_error();
+    if ((ctx = SSL_CTX_new(TLS_client_method())) == NULL) {
+        tls_fail(err, errlen, "cannot create a TLS context");
+        return -1;
+    }
+    r = tls_check_cipher_ctx(ctx, list, err, errlen);
+    SSL_CTX_free(ctx);
+    ERR_clear_error();
+    return r;
 }
 
 SSL_CTX *
@@ -217,7 +287,11 @@ tls_ssl_expect_name(SSL *ssl, const char *name, char *err, size_t errlen)
         }
         return 0;
     }
-    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    /* The name must be in the certificate's subjectAltName: a certificate
+     * naming the host in its subject CN only is refused (RFC 6125; a CN
+     * is not bound to a name type). */
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
+        X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
     if (SSL_set1_host(ssl, name) != 1) {
         tls_fail(err, errlen, "cannot set the expected host name");
         return -1;
@@ -255,6 +329,18 @@ fail:
     return NULL;
 }
 
+/* The peer ended the handshake with a handshake_failure alert: what a
+ * server says when it shares no suite or version with us. */
+static bool
+tls_refused_handshake(const unsigned long *errs, size_t nerrs)
+{
+    for (size_t i = 0; i < nerrs; i++)
+        if (ERR_GET_LIB(errs[i]) == ERR_LIB_SSL &&
+            ERR_GET_REASON(errs[i]) == SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE)
+            return true;
+    return false;
+}
+
 void
 tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
     int sys_err, char *buf, size_t len)
@@ -285,11 +371,27 @@ tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
         used = strlen(buf);
         snprintf(buf + used, len - used, "%s%s", used > 0 ? ": " : "", r);
     }
+    if (ssl != NULL && !SSL_is_init_finished(ssl) && tls_refused_handshake(errs, nerrs)) {
+        used = strlen(buf);
+        snprintf(buf + used, len - used, " (no TLS version or cipher suite in common "
+            "with the bus? busgate offers forward-secret AEAD suites only, see "
+            "bus.tls.ciphers)");
+    }
     if (buf[0] == '\0' && sys_err != 0)
         snprintf(buf, len, "%s", strerror(sys_err));
     if (buf[0] == '\0')
         snprintf(buf, len, "connection closed");
     ERR_clear_error();
+}
+
+bool
+tls_is_protocol_error(const unsigned long *errs, size_t nerrs)
+{
+    /* ERR_GET_LIB says ERR_LIB_SYS for OpenSSL 3's flagged errno values too */
+    for (size_t i = 0; i < nerrs; i++)
+        if (ERR_GET_LIB(errs[i]) != 0 && ERR_GET_LIB(errs[i]) != ERR_LIB_SYS)
+            return true;
+    return false;
 }
 
 void

@@ -25,6 +25,26 @@ SSL_CTX *tls_ctx_new(const struct config_tls *cfg, char *err, size_t errlen);
 void tls_ctx_free(SSL_CTX *ctx);
 
 /*
+ * TLS 1.2 suites when bus.tls.ciphers is unset: Mozilla's "intermediate"
+ * profile, forward-secret (ECDHE, DHE) AEAD (AES-GCM, ChaCha20-Poly1305)
+ * only. TLS 1.3 suites stay OpenSSL's (all of them are both).
+ */
+#define TLS_DEFAULT_CIPHERS \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
+
+/*
+ * Whether a bus.tls.ciphers list keeps the default's strength: it must
+ * name at least one suite OpenSSL knows, every TLS 1.2 suite it enables
+ * must be AEAD, forward-secret (ECDHE or DHE key exchange, no PSK) and
+ * authenticate the server, and it must not lower @SECLEVEL below 2.
+ * Returns 0, or -1 with the reason (naming the first weak suite) in err.
+ */
+int tls_check_ciphers(const char *list, char *err, size_t errlen);
+
+/*
  * A connection's SSL: the name checked is cfg->server_name, else host; a
  * DNS name is checked against the certificate's names and sent as SNI, an
  * IP literal is checked against its IP addresses and not sent as SNI.
@@ -48,6 +68,14 @@ bool tls_is_ip_literal(const char *name);
  */
 void tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
     int sys_err, char *buf, size_t len);
+
+/*
+ * True when errs (as for tls_describe_failure) hold a TLS-level failure:
+ * an alert from the peer, a refused renegotiation, a record that fails its
+ * checks. An error of a system call is not one, nor are the SSL_get_error()
+ * codes libevent mixes in.
+ */
+bool tls_is_protocol_error(const unsigned long *errs, size_t nerrs);
 
 /* "TLSv1.3, TLS_AES_256_GCM_SHA384" for the log once the handshake is done. */
 void tls_describe_session(SSL *ssl, char *buf, size_t len);

@@ -13,6 +13,7 @@ import re
 import select
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -195,6 +196,60 @@ class TlsDamageProxy:
                 p[0].sendall(out)
             except OSError:
                 self._close_pair(p)
+
+
+# ------------------------------------------------------ renegotiation
+
+class RenegotiatingServer:
+    """openssl s_server (TLS 1.2, the test PKI's server certificate) in
+    place of a distributor: once the gateway's login has arrived it asks
+    for a renegotiation, which the gateway refuses (SSL_OP_NO_RENEGOTIATION)
+    and the server answers with a fatal handshake_failure alert. Stands in
+    for a distributor whose TLS fails right after the login. Only what the
+    Gateway config needs of a bus: port, ca_file, tls."""
+
+    tls = True
+
+    def __init__(self, pki, password):
+        self.ca_file = pki.ca_cert
+        self.password = password.encode()
+        self.proc = subprocess.Popen(
+            ["openssl", "s_server", "-tls1_2", "-accept", "127.0.0.1:0",
+             "-cert", pki.server_cert, "-key", pki.server_key],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.out = b""
+        self.cond = threading.Condition()
+        self.renegotiated = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        m = self.wait(lambda: re.search(rb"ACCEPT \S*:(\d+)", self.out), "ACCEPT")
+        self.port = int(m.group(1))
+
+    def _read(self):
+        while True:
+            data = self.proc.stdout.read1(65536)
+            with self.cond:
+                self.out += data
+                self.cond.notify_all()
+                if data and not self.renegotiated.is_set() and self.password in self.out:
+                    # the login (username and password) has arrived
+                    self.proc.stdin.write(b"r\n")
+                    self.proc.stdin.flush()
+                    self.renegotiated.set()
+            if not data:
+                return
+
+    def wait(self, pred, what):
+        with self.cond:
+            if not self.cond.wait_for(pred, TIMEOUT):
+                raise AssertionError("s_server: no %s in:\n%s" % (what, self.out[-2000:]))
+            return pred()
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdin.close()
+        self.proc.stdout.close()
 
 
 # ------------------------------------------------------------- test case

@@ -216,6 +216,13 @@ class TestTransport(BusLinkCase):
         gw = self.gateway(bus, self.heartbeat())
         self.assert_tls_refused(bus, gw, "certificate verify failed: hostname mismatch")
 
+    def test_tls_name_in_common_name_only_refused(self):
+        # localhost only in the subject CN, no subjectAltName: the name must
+        # be in the SAN (RFC 6125), so this is a mismatch.
+        bus = self.bus(cert="cnonly", heartbeat=HB)
+        gw = self.gateway(bus, self.heartbeat())
+        self.assert_tls_refused(bus, gw, "certificate verify failed: hostname mismatch")
+
     def test_tls_ip_address_mismatch_refused(self):
         bus = self.bus(cert="wronghost", heartbeat=HB)
         gw = self.gateway(bus, dict(self.heartbeat(), tls={"server_name": None}))
@@ -225,6 +232,25 @@ class TestTransport(BusLinkCase):
         bus = self.bus(cert="expired", heartbeat=HB)
         gw = self.gateway(bus, self.heartbeat())
         self.assert_tls_refused(bus, gw, "certificate verify failed: certificate has expired")
+
+    def test_tls_weak_suites_refused_by_default(self):
+        # A TLS 1.2 bus offering only AES128-SHA (RSA key exchange, no
+        # forward secrecy; CBC with SHA-1): the default suites do not
+        # include it, so there is no link, and the log says why.
+        bus = self.bus(cert="rsa", heartbeat=HB, extra_args=["--tls-ciphers", "AES128-SHA"])
+        gw = self.gateway(bus, self.heartbeat())
+        self.assert_tls_refused(bus, gw, "sslv3 alert handshake failure (no TLS version or "
+                                "cipher suite in common with the bus? busgate offers "
+                                "forward-secret AEAD suites only, see bus.tls.ciphers)")
+        self.assertNotIn("TLS up", gw.log())
+
+    def test_tls_rsa_bus_with_strong_suites_accepted(self):
+        # The same RSA-keyed bus offering ECDHE-RSA-AES128-GCM-SHA256: fine.
+        bus = self.bus(cert="rsa", heartbeat=HB,
+                       extra_args=["--tls-ciphers", "ECDHE-RSA-AES128-GCM-SHA256"])
+        gw = self.gateway(bus, self.heartbeat())
+        gw.wait_log(r"bus: TLS up \(TLSv1\.2, ECDHE-RSA-AES128-GCM-SHA256\)")
+        gw.wait_log(r"bus: up")
 
     def test_tls_to_plain_bus_never_falls_back(self):
         bus = self.bus(tls=False, heartbeat=HB)
@@ -398,6 +424,25 @@ class TestAuthentication(BusLinkCase):
         gw.wait_log(r"bus: up", start=start)
         self.assertEqual(len(self.logins(bus)), 2)
         self.assert_no_secret(gw, "gwpass")
+
+    def test_credentials_parse_error_shows_line_not_content(self):
+        # A password typed in the key position, found at a reconnect: the
+        # log and STAT bus_last_error (readable by every local client)
+        # name the file and line, never the text.
+        secret = "Sup3rS3cretPa55"
+        bus = self.bus(heartbeat=HB)
+        gw = self.gateway(bus, self.heartbeat())
+        gw.wait_log(r"bus: up")
+        with open(gw.creds_path, "w") as f:
+            f.write("[bus]\nusername = gw\n%s = \n" % secret)
+        bus.drop_all()
+        gw.wait_log(r"bus: down: credentials: %s:3: unknown key in \[bus\]"
+                    % re.escape(gw.creds_path))
+        s = self.session(gw)
+        st = stats(s)
+        self.assertEqual(st["bus_last_error"], "credentials: %s:3: unknown key in [bus] "
+                         "(expected username, password or token)" % gw.creds_path)
+        self.assert_no_secret(gw, secret, "S3cret")
 
 
 class TestLinkLife(BusLinkCase):

@@ -382,6 +382,67 @@ class CheckConfig(WorkDir):
         r = run([BUSGATED, "--check-config", "-c", path])
         self.assertEqual(r.returncode, 0, r)
 
+    def test_weak_tls_ciphers_refused(self):
+        for ciphers, why in (('"ECDHE+AESGCM:@SECLEVEL=0"', r"@SECLEVEL=0 allows weak"),
+                             ("AES128-SHA", r"the list enables AES128-SHA, which is not AEAD")):
+            r, path = self.check("bus:\n  host: x\n  tls:\n    ciphers: %s\n" % ciphers,
+                                 "weak.yaml")
+            self.assertEqual(r.returncode, 1, r)
+            self.assertRegex(r.stderr.decode(), r"%s:4:14: bus\.tls\.ciphers: %s"
+                             % (re.escape(path), why))
+
+    # -- permissive settings: allowed, and said (issue 10)
+
+    def warnings(self, text, name="busgated.yaml"):
+        """--check-config on text: it passes; the warning lines it logs."""
+        r, path = self.check(text, name)
+        self.assertEqual(r.returncode, 0, r)
+        err = r.stderr.decode()
+        self.assertIn("configuration OK", err)
+        self.assertNotIn(SECRET, err + r.stdout.decode())
+        return re.findall(r"(?m)^<4>(.*)$", err)
+
+    def assert_warned(self, text, pattern, name="busgated.yaml"):
+        found = self.warnings(text, name)
+        self.assertTrue(any(re.search(pattern, w) for w in found),
+                        "no warning matching %r in %r" % (pattern, found))
+
+    def test_good_config_gives_no_warning(self):
+        self.assertEqual(self.warnings(self.GOOD), [])
+
+    def test_world_writable_socket_warned(self):
+        for mode in ("0666", "0777"):
+            self.assert_warned(self.GOOD.replace("  max_output: 2MiB\n",
+                                                 "  mode: \"%s\"\n" % mode),
+                               r"^listen\.mode %s lets every local user connect to "
+                               r"/tmp/never-bound\.sock \(a world-writable socket\)" % mode)
+
+    def test_world_writable_socket_directory_warned(self):
+        d = os.path.join(self.tmp, "open")
+        os.mkdir(d)
+        os.chmod(d, 0o777)
+        text = self.GOOD.replace("/tmp/never-bound.sock", os.path.join(d, "gw.sock"))
+        self.assert_warned(text, r"^the socket directory %s \(mode 0777\) is world-writable "
+                           r"without the sticky bit" % re.escape(d))
+        os.chmod(d, 0o1777)     # sticky, like /tmp: fine
+        self.assertEqual(self.warnings(text), [])
+
+    @unittest.skipUnless(os.geteuid() == 0, "needs root to give a file away")
+    def test_credentials_owned_by_another_user_warned(self):
+        os.chown(self.creds, 65534, -1)
+        self.assert_warned(self.GOOD, r"^bus\.credentials_file %s is owned by uid 65534, "
+                           r"not by busgated's user \(uid 0\)" % re.escape(self.creds))
+
+    def test_credentials_in_clear_warned(self):
+        text = self.GOOD.replace("  auth: basic\n", "  auth: basic\n  tls: false\n")
+        self.assert_warned(text, r"^bus\.tls is off with bus\.auth basic: the password "
+                           r"crosses the network to bus\.example\.com in clear text")
+
+    def test_tls_verify_off_warned(self):
+        text = self.GOOD.replace("  auth: basic\n", "  auth: basic\n  tls: {verify: false}\n")
+        self.assert_warned(text, r"^bus\.tls\.verify is false: the bus's certificate and "
+                           r"name are not checked.* and receive the credentials$")
+
     def test_missing_config_file(self):
         r = run([BUSGATED, "-t", "-c", os.path.join(self.tmp, "absent.yaml")])
         self.assertEqual(r.returncode, 1, r)

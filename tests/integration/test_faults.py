@@ -26,8 +26,9 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from faultkit import (  # noqa: E402
-    BUSGATED_IS_SANITIZED, FaultCase, HB, HB_TIMEOUT, SHORT_HB_TIMEOUT, TIMEOUT,
-    data_payload, proc_status, stats, wait_until)
+    BUSGATED_IS_SANITIZED, FaultCase, Gateway, HB, HB_TIMEOUT, RenegotiatingServer,
+    SHORT_HB_TIMEOUT, TIMEOUT, data_payload, proc_status, stats, wait_until)
+from control import make_pki  # noqa: E402
 
 MIB = 1 << 20
 
@@ -212,6 +213,48 @@ class BusFaultTest(FaultCase):
         self.assertEqual(st["bus_last_error"], "no heartbeat: not authenticated or dead")
         self.assert_alive(gw, s, other)
         self.healthy_again(bus, gw, s, "F", "T")
+
+    def test_trickling_bus_is_declared_dead(self):
+        # After login the bus sends a 4 KiB message a byte every 50 ms and
+        # nothing else: bytes keep coming, a whole message never does (for
+        # over 3 minutes). The watchdog counts messages, not bytes, so the
+        # link is dead after its 1 s timeout, well inside TIMEOUT.
+        bus = self.bus(fault="trickle", heartbeat=HB)
+        gw = self.gateway(bus, self.heartbeat("1s"))
+        s, other = self.session(gw), self.session(gw)
+        ev = self.expect_bus(s, "down")
+        self.assertRegex(ev.line, r"^BUS down no complete message within 1s "
+                         r"\(\d+ bytes of an unfinished one arrived\)")
+        st = stats(other)
+        self.assertGreaterEqual(int(st["bus_heartbeat_timeouts"]), 1)
+        self.assertEqual(st["bus_msgs_in"], "0")
+        self.assertEqual(st["bus_auth_failures"], "0")
+        self.assert_alive(gw, s, other)
+        self.assertEqual(s.cmd("SUB F T"), "+OK")
+        self.healthy_again(bus, gw, s, "F", "T")
+
+    def test_tls_error_after_login_is_not_an_auth_failure(self):
+        # Right after the login the server asks for a renegotiation; the
+        # gateway refuses it and the server ends the link with a fatal
+        # alert. That is a TLS failure with a reason of its own, not the
+        # silent close of a rejected login: said as such, normal backoff.
+        srv = RenegotiatingServer(make_pki(os.path.join(self.dir, "pki")), "gwpass")
+        self.closers.append(srv)
+        gw = Gateway(self.dir, srv, config={"bus": {"auth_fail_window": "10s"}})
+        self.gws.append(gw)
+        gw.start()
+        self.assertTrue(srv.renegotiated.wait(TIMEOUT), "the login never arrived")
+        gw.wait_log(r"bus: down: ")
+        gw.wait_log(r"bus: retry 1 ")
+        s = self.session(gw)
+        st = stats(s)
+        self.assertRegex(st["bus_last_error"], r"^TLS error: .*handshake failure")
+        self.assertEqual(st["bus_auth_failures"], "0")
+        log = gw.log()
+        self.assertRegex(log, r"bus: down: TLS error: .*handshake failure")
+        self.assertNotIn("authentication", log)
+        self.assertNotIn("protocol mismatch", log)
+        self.assert_alive(gw, s)
 
     def test_publish_into_unconfirmed_silent_link_is_not_lost(self):
         # A silent bus is what a failed login looks like (defect 2). A PUB

@@ -5,6 +5,7 @@ exit, and systemd socket activation (LISTEN_FDS/LISTEN_PID, fd 3)."""
 
 import grp
 import os
+import re
 import resource
 import shutil
 import socket
@@ -75,6 +76,15 @@ class ListenerTest(unittest.TestCase):
         self.assert_serves(gw)
         gw.stop()
         self.assertFalse(os.path.exists(gw.socket_path))
+
+    def test_world_writable_socket_warned_at_start(self):
+        # allowed, and said in the log at start (as --check-config does)
+        gw = self.gateway("open", {"mode": "0666"})
+        gw.start()
+        self.assertEqual(stat.S_IMODE(os.stat(gw.socket_path).st_mode), 0o666)
+        self.assertRegex(gw.log(), r"(?m)^<4>listen\.mode 0666 lets every local user "
+                         r"connect to %s \(a world-writable socket\)" % re.escape(gw.socket_path))
+        self.assert_serves(gw)
 
     def test_stale_socket_is_replaced(self):
         gw = self.gateway("stale")

@@ -37,6 +37,9 @@ __all__ = ["TestBus", "make_pki", "make_jwt", "Pki", "DEFAULT_JWT_SECRET"]
 
 # --------------------------------------------------------------------- PKI
 
+EXTRA_CERTS = ("rsa", "cnonly")
+
+
 class Pki:
     """Paths of the files make_pki() wrote."""
 
@@ -44,7 +47,7 @@ class Pki:
         self.dir = d
         self.ca_cert = os.path.join(d, "ca.pem")
         self.ca_key = os.path.join(d, "ca.key")
-        for name in ("server", "selfsigned", "wronghost", "expired"):
+        for name in ("server", "selfsigned", "wronghost", "expired") + EXTRA_CERTS:
             setattr(self, name + "_cert", os.path.join(d, name + ".pem"))
             setattr(self, name + "_key", os.path.join(d, name + ".key"))
 
@@ -78,6 +81,19 @@ keyUsage = critical,digitalSignature,keyCertSign
 extendedKeyUsage = serverAuth
 subjectKeyIdentifier = hash
 subjectAltName = DNS:localhost,IP:127.0.0.1
+[rsaleaf]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+subjectAltName = DNS:localhost,IP:127.0.0.1
+[cnonly]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 [wrong]
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
@@ -139,6 +155,34 @@ def make_pki(d):
     return pki
 
 
+# Certificates made only when a test asks for them (an RSA key is slow):
+# name -> (key options, openssl.cnf extensions).
+_EXTRA = {
+    "rsa": (["-newkey", "rsa:2048", "-nodes"], "rsaleaf"),
+    "cnonly": (_EC, "cnonly"),
+}
+
+
+def make_extra_cert(pki, name):
+    """Write pki's certificate name from EXTRA_CERTS (if not there yet),
+    signed by its CA for CN=localhost: "rsa" an RSA leaf with the usual
+    names, "cnonly" an EC leaf whose only name is the subject CN."""
+    if os.path.exists(pki[name + "_cert"]):
+        return pki
+    keyopts, ext = _EXTRA[name]
+    cnf = os.path.join(pki.dir, "openssl.cnf")
+    with open(cnf, "w") as f:
+        f.write(_OPENSSL_CNF)
+    csr = os.path.join(pki.dir, name + ".csr")
+    _openssl("req", "-new", *keyopts, "-config", cnf, "-subj", "/CN=localhost",
+             "-keyout", pki[name + "_key"], "-out", csr)
+    _openssl("x509", "-req", "-in", csr, "-CA", pki.ca_cert, "-CAkey", pki.ca_key,
+             "-set_serial", str(10 + sorted(_EXTRA).index(name)), "-days", "3650",
+             "-extfile", cnf, "-extensions", ext, "-out", pki[name + "_cert"])
+    os.unlink(csr)
+    return pki
+
+
 # --------------------------------------------------------------------- JWT
 
 def _b64url(data):
@@ -190,9 +234,9 @@ class TestBus:
         self.jwt_secret = jwt_secret
         self.jwt_skew = jwt_skew
         self.heartbeat_host = heartbeat_host
-        if cert not in ("server", "selfsigned", "wronghost", "expired"):
-            raise ValueError("cert must be server, selfsigned, wronghost "
-                             "or expired")
+        if cert not in ("server", "selfsigned", "wronghost", "expired") + EXTRA_CERTS:
+            raise ValueError("cert must be server, selfsigned, wronghost, "
+                             "expired, rsa or cnonly")
         self.cert = cert
         self.extra_args = list(extra_args)
         self.name = name
@@ -215,6 +259,8 @@ class TestBus:
                "--log", self.log_path, "--protocol", str(self.protocol)]
         if self.tls:
             self.pki = make_pki(os.path.join(self.workdir, "pki"))
+            if self.cert in EXTRA_CERTS:
+                make_extra_cert(self.pki, self.cert)
             self.ca_file = self.pki.ca_cert
             cmd += ["--tls-cert", getattr(self.pki, self.cert + "_cert"),
                     "--tls-key", getattr(self.pki, self.cert + "_key")]

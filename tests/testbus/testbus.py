@@ -26,12 +26,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import buswire as w  # noqa: E402
 
 ROLES = ("subscribe", "publish", "notify", "authorize")
-FAULTS = ("garbage", "oversize", "silent", "stall-tls", "cut-mid-message")
+FAULTS = ("garbage", "oversize", "silent", "stall-tls", "cut-mid-message",
+          "trickle")
+# The trickle fault: one byte of a message this often, and the message is
+# long enough (TRICKLE_DATA bytes of data) never to complete in a test.
+TRICKLE_INTERVAL = 0.05
+TRICKLE_DATA = 4096
 # Output a peer does not read is bounded; past this the peer is dropped.
 MAX_WRITE_BUFFER = 64 << 20
 # How long a closing connection may take to flush before it is aborted.
 CLOSE_GRACE = 2.0
 HEARTBEAT = object()  # the heartbeat's pseudo publisher
+ALERT_HANDSHAKE_FAILURE = 40  # TLS alert: no suite or version in common
 
 
 class AuthFailed(Exception):
@@ -254,6 +260,8 @@ class Conn:
         self.auth_cache = {}        # feed -> topic -> AuthorizationResponse
         self.pending = {}           # (feed, topic) -> adds awaiting answers
         self.subscribed_once = False
+        self.trickling = False      # the trickle fault owns the output
+
 
     def user_for(self, feed):
         if self.bus.policy.impersonation_allowed(feed) and self.impersonating:
@@ -270,6 +278,11 @@ class Conn:
 
     def send(self, msg):
         if self.closing or self.writer is None or self.writer.is_closing():
+            return
+        if self.trickling:
+            # a whole message now would land inside the trickled one
+            self.bus.log.write("ignore", self, type=w.type_name(msg),
+                               reason="fault trickle: output is trickling")
             return
         self.bus.log.message("send", self, msg)
         self.write_raw(w.encode_message(msg, self.bus.args.protocol))
@@ -311,6 +324,10 @@ class Bus:
         if args.tls_cert:
             self.ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.ssl_ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            if args.tls_ciphers:
+                # set_ciphers governs TLS 1.2 and older only: stop at 1.2
+                self.ssl_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+                self.ssl_ctx.set_ciphers(args.tls_ciphers)
         self.next_id = 1
         self.conns = {}             # id -> Conn, every open connection
         self.by_guid = {}           # Guid -> Conn, logged-in interactors
@@ -353,6 +370,9 @@ class Bus:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 16)
         protocol = asyncio.StreamReaderProtocol(reader)
+        # asyncio drops the alert OpenSSL queues when a handshake fails; a
+        # second descriptor lets us send it as a real server would.
+        spare = os.dup(conn.sock.fileno()) if self.ssl_ctx else None
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol, conn.sock, ssl=self.ssl_ctx,
@@ -361,7 +381,12 @@ class Bus:
                 asyncio.TimeoutError) as e:
             conn.close_reason = "tls handshake failed: %s" % (
                 str(e) or type(e).__name__)
+            if getattr(e, "reason", None) == "NO_SHARED_CIPHER":
+                _send_alert(spare, ALERT_HANDSHAKE_FAILURE)
             return
+        finally:
+            if spare is not None:
+                os.close(spare)
         conn.reader = reader
         conn.writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         if self.fault == "silent":
@@ -476,6 +501,10 @@ class Bus:
             data = bytes([0xee, 0x13, 0x37, 0x00, 0xff, 0x42, 0x99, 0x01])
         elif self.fault == "oversize":
             data = bytes([8]) + b"\x7f\xff\xff\xff" + b"x" * 16
+        elif self.fault == "trickle":
+            conn.trickling = True
+            asyncio.create_task(self.trickle(conn))
+            return
         else:
             return
         self.log.write("send", conn, type="raw", fault=self.fault,
@@ -835,6 +864,21 @@ class Bus:
 
     # -------------------------------------------------------------- faults
 
+    async def trickle(self, conn):
+        """A long ForwardedMulticastData one byte at a time: the peer
+        always has bytes arriving and never a whole message."""
+        data = w.encode_message(w.ForwardedMulticastData(
+            "fault", "fault-host", "__admin__", "heartbeat", True,
+            [w.DataPacket(None, b"t" * TRICKLE_DATA)]), self.args.protocol)
+        self.log.write("fault", conn, reason="trickle: %d bytes, one every "
+                       "%g s" % (len(data), TRICKLE_INTERVAL))
+        for i in range(len(data)):
+            if conn.closing or conn.writer is None or conn.writer.is_closing():
+                return
+            conn.writer.write(data[i:i + 1])
+            await asyncio.sleep(TRICKLE_INTERVAL)
+        conn.trickling = False
+
     def cut_mid_message(self, conn, req):
         data = w.encode_message(w.ForwardedMulticastData(
             "fault", "fault-host", req.feed, req.topic, True,
@@ -845,6 +889,14 @@ class Bus:
                        fields={"hex": half.hex()})
         conn.write_raw(half)
         conn.drop("fault cut-mid-message")
+
+
+def _send_alert(fd, description):
+    """A fatal TLS alert record, unencrypted (the handshake never finished)."""
+    try:
+        os.write(fd, bytes([21, 3, 3, 0, 2, 2, description]))
+    except OSError:
+        pass
 
 
 def _abort(transport):
@@ -870,6 +922,9 @@ def parse_args(argv):
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--tls-cert")
     p.add_argument("--tls-key")
+    p.add_argument("--tls-ciphers",
+                   help="OpenSSL cipher list the server offers; implies at "
+                        "most TLS 1.2 (e.g. AES128-SHA, with an RSA cert)")
     p.add_argument("--protocol", type=int, choices=w.VERSIONS, default=3,
                    help="bus protocol: 3 (2019-09), 4 = 5 (connection-string "
                         "login, 4.0.0 to 5.x), 6 (content types, "

@@ -122,6 +122,32 @@ t_backoff_jitter_spreads(void **state)
     assert_true(hi > 2900);
 }
 
+/* A close soon after the login, before anything came back, is a probable
+ * authentication failure; a TLS error (a refused renegotiation, an alert)
+ * never is, however soon it comes. */
+static void
+t_probable_auth_failure(void **state)
+{
+    struct bus_close_facts f = {
+        .unconfirmed = true, .rx_any = false, .auth = true, .tls_error = false,
+        .since_login_ms = 100, .window_ms = 2000,
+    }, g;
+
+    assert_true(bus_probable_auth_failure(&f));
+    g = f, g.tls_error = true;
+    assert_false(bus_probable_auth_failure(&g));
+    g = f, g.unconfirmed = false;
+    assert_false(bus_probable_auth_failure(&g));
+    g = f, g.rx_any = true;
+    assert_false(bus_probable_auth_failure(&g));
+    g = f, g.auth = false;
+    assert_false(bus_probable_auth_failure(&g));
+    g = f, g.since_login_ms = 2001;
+    assert_false(bus_probable_auth_failure(&g));
+    g = f, g.since_login_ms = 2000;
+    assert_true(bus_probable_auth_failure(&g));
+}
+
 static void
 t_next_attempt(void **state)
 {
@@ -1128,6 +1154,7 @@ main(void)
         cmocka_unit_test(t_backoff_degenerate),
         cmocka_unit_test(t_backoff_jitter_spreads),
         cmocka_unit_test(t_next_attempt),
+        cmocka_unit_test(t_probable_auth_failure),
         cmocka_unit_test(t_state_names),
         cmocka_unit_test_setup_teardown(t_link_up_and_messages, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_auth_failure, setup, teardown),

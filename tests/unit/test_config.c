@@ -380,6 +380,33 @@ test_tls_forms(void **state)
         "t.yaml:3:20: bus.tls.key_file needs bus.tls.cert_file as well");
 }
 
+/* Weak suites are refused where they are written (issue 10). */
+static void
+test_tls_ciphers_strength(void **state)
+{
+    struct config cfg;
+
+    expect_ok(&cfg, "bus:\n  host: h\n  tls: { ciphers: \"ECDHE+AESGCM:ECDHE+CHACHA20\" }\n");
+    config_free(&cfg);
+    expect_error("bus:\n  host: h\n  tls:\n    ciphers: \"ECDHE+AESGCM:@SECLEVEL=0\"\n",
+        "t.yaml:4:14: bus.tls.ciphers: @SECLEVEL=0 allows weak keys and suites; "
+        "use 2 or more, or leave it out");
+    expect_error("bus:\n  host: h\n  tls:\n    ciphers: \"ECDHE+AESGCM:@SECLEVEL=1\"\n",
+        "t.yaml:4:14: bus.tls.ciphers: @SECLEVEL=1 allows weak keys and suites; "
+        "use 2 or more, or leave it out");
+    expect_error("bus:\n  host: h\n  tls: { ciphers: AES128-SHA }\n",
+        "t.yaml:3:19: bus.tls.ciphers: the list enables AES128-SHA, which is not AEAD "
+        "(a CBC or stream cipher); only forward-secret AEAD suites are allowed (leave "
+        "bus.tls.ciphers unset for the safe default)");
+    expect_error("bus:\n  host: h\n  tls: { ciphers: \"kRSA+AESGCM\" }\n",
+        "t.yaml:3:19: bus.tls.ciphers: the list enables AES256-GCM-SHA384, which has no "
+        "forward secrecy (no ECDHE or DHE key exchange); only forward-secret AEAD suites "
+        "are allowed (leave bus.tls.ciphers unset for the safe default)");
+    assert_int_equal(load(&cfg, "bus:\n  host: h\n  tls: { ciphers: NO-SUCH }\n"), -1);
+    assert_non_null(strstr(err, "t.yaml:3:19: bus.tls.ciphers: no cipher suite OpenSSL knows"));
+    config_free(&cfg);
+}
+
 static void
 test_forwarded_for(void **state)
 {
@@ -821,7 +848,7 @@ test_check_files(void **state)
     expect_check_error(basic_yaml, "auth basic needs username and password in [bus]");
     /* A bad credentials file is reported with its line. */
     write_file(tpath("credentials.ini"), "[bus]\nuser = gw\n", 0600);
-    expect_check_error(basic_yaml, "credentials.ini:2: unknown key 'user' in [bus]");
+    expect_check_error(basic_yaml, "credentials.ini:2: unknown key in [bus]");
 
     /* A missing CA file. */
     unlink(tpath("ca.pem"));
@@ -930,6 +957,7 @@ main(void)
         cmocka_unit_test(test_modes),
         cmocka_unit_test(test_keepalive_whole_seconds),
         cmocka_unit_test(test_tls_forms),
+        cmocka_unit_test(test_tls_ciphers_strength),
         cmocka_unit_test(test_forwarded_for),
         cmocka_unit_test(test_auth_rules),
         cmocka_unit_test(test_bus_protocol),

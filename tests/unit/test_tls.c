@@ -368,6 +368,64 @@ t_describe_openssl_errors(void **state)
     assert_string_equal(buf, strerror(EPIPE));
 }
 
+/* An alert or a refused renegotiation is a TLS error; a system call's
+ * error and libevent's SSL_get_error() codes are not. */
+static void
+t_protocol_error(void **state)
+{
+    unsigned long errs[3];
+
+    assert_false(tls_is_protocol_error(NULL, 0));
+    errs[0] = SSL_ERROR_SSL;
+    errs[1] = ERR_PACK(ERR_LIB_SYS, 0, ECONNRESET);
+    assert_false(tls_is_protocol_error(errs, 2));
+#ifdef ERR_SYSTEM_FLAG
+    errs[1] = ERR_SYSTEM_FLAG | ECONNRESET;
+    assert_false(tls_is_protocol_error(errs, 2));
+#endif
+    errs[2] = ERR_PACK(ERR_LIB_SSL, 0, SSL_R_SSLV3_ALERT_HANDSHAKE_FAILURE);
+    assert_true(tls_is_protocol_error(errs, 3));
+    errs[0] = ERR_PACK(ERR_LIB_SSL, 0, SSL_R_NO_RENEGOTIATION);
+    assert_true(tls_is_protocol_error(errs, 1));
+}
+
+/* The default offers forward-secret AEAD TLS 1.2 suites only, and a
+ * setting that weakens it is refused. */
+static void
+t_ciphers_default_and_check(void **state)
+{
+    struct config_tls t = tls_defaults();
+    STACK_OF(SSL_CIPHER) *sk;
+    SSL_CTX *ctx;
+    int tls12 = 0;
+
+    assert_int_equal(tls_check_ciphers(TLS_DEFAULT_CIPHERS, err, sizeof err), 0);
+    assert_non_null(ctx = tls_ctx_new(&t, err, sizeof err));
+    sk = SSL_CTX_get_ciphers(ctx);
+    for (int i = 0; i < sk_SSL_CIPHER_num(sk); i++) {
+        const SSL_CIPHER *c = sk_SSL_CIPHER_value(sk, i);
+        int kx = SSL_CIPHER_get_kx_nid(c);
+
+        if (kx == NID_kx_any)
+            continue;   /* TLS 1.3 */
+        tls12++;
+        assert_true(SSL_CIPHER_is_aead(c));
+        assert_true(kx == NID_kx_ecdhe || kx == NID_kx_dhe);
+        assert_string_not_equal(SSL_CIPHER_get_name(c), "AES128-SHA");
+    }
+    assert_int_equal(tls12, 9);
+    tls_ctx_free(ctx);
+
+    assert_int_equal(tls_check_ciphers("AES128-SHA", err, sizeof err), -1);
+    assert_non_null(strstr(err, "AES128-SHA, which is not AEAD"));
+    assert_int_equal(tls_check_ciphers("DEFAULT", err, sizeof err), -1);
+    assert_int_equal(tls_check_ciphers("HIGH", err, sizeof err), -1);
+    assert_non_null(strstr(err, "does not authenticate the server"));
+    assert_int_equal(tls_check_ciphers("ECDHE+AESGCM:@SECLEVEL=0", err, sizeof err), -1);
+    assert_non_null(strstr(err, "@SECLEVEL=0"));
+    assert_int_equal(tls_check_ciphers("ECDHE+AESGCM:@SECLEVEL=2", err, sizeof err), 0);
+}
+
 int
 main(void)
 {
@@ -388,6 +446,8 @@ main(void)
         cmocka_unit_test(t_ssl_verify_off_still_sends_sni),
         cmocka_unit_test(t_describe_verify_failures),
         cmocka_unit_test(t_describe_openssl_errors),
+        cmocka_unit_test(t_protocol_error),
+        cmocka_unit_test(t_ciphers_default_and_check),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
