@@ -2,11 +2,16 @@
  * Logging: one line per event, to stderr with syslog priority prefixes
  * ("<3>...") that journald turns into levels, or to syslog. Never log a
  * secret. Identical lines repeated quickly are summarised, not repeated.
+ *
+ * Every line is escaped here, once, after formatting (log_escape): names
+ * from the bus or from local clients go into messages as they are, and no
+ * call site escapes anything itself.
  */
 #ifndef BUSGATE_LOG_H
 #define BUSGATE_LOG_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <syslog.h>
 
 enum log_dest {
@@ -23,6 +28,15 @@ void log_close(void);
 /* Parse "error", "warning", "notice", "info", "debug"; -1 if unknown. */
 int log_level_from_name(const char *name);
 const char *log_level_name(int level);
+
+/*
+ * Copy src (n bytes) into dst (dstlen > 0 bytes, NUL-terminated) with
+ * control bytes (newline included), DEL, C1 controls, '%' and bytes that
+ * are not strict UTF-8 written %XX, so a message is one line whatever it
+ * quotes and reads back unambiguously. Truncates at a whole character;
+ * returns the length written.
+ */
+size_t log_escape(char *dst, size_t dstlen, const char *src, size_t n);
 
 void log_msg(int prio, const char *func, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
