@@ -1,7 +1,10 @@
 /*
  * Logging: the escaping every line goes through (names from the bus or a
  * local client can never start a new line or forge a priority prefix),
- * and what reaches stderr.
+ * what reaches stderr, and the flood limit per message kind on a fake clock.
+ *
+ * The flood limit keys on the format string's address: each test uses
+ * formats of its own (the compiler may merge equal literals).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -103,6 +106,13 @@ test_truncation_whole_characters(void **state)
 
 static FILE *captured;
 static int saved_stderr = -1;
+static int64_t fake_ms;
+
+static int64_t
+fake_clock(void)
+{
+    return fake_ms;
+}
 
 static int
 capture_start(void **state)
@@ -114,6 +124,9 @@ capture_start(void **state)
         dup2(fileno(captured), STDERR_FILENO) < 0)
         return -1;
     log_init("test_log", LOG_DEST_STDERR, LOG_DEBUG);
+    fake_ms = 1000000;
+    log_set_clock(fake_clock);
+    log_limit_floods(true);
     return 0;
 }
 
@@ -122,6 +135,8 @@ capture_stop(void **state)
 {
     (void)state;
     log_close();
+    log_limit_floods(false);
+    log_set_clock(NULL);
     fflush(stderr);
     dup2(saved_stderr, STDERR_FILENO);
     close(saved_stderr);
@@ -158,6 +173,115 @@ test_log_line_escaped_with_one_prefix(void **state)
         "<3>test_log_line_escaped_with_one_prefix: feed a%0Ab%0D\n");
 }
 
+/* Lines of the captured text that start with prefix. */
+static int
+count_lines(const char *prefix)
+{
+    const char *p = captured_text();
+    int n = 0;
+
+    for (; *p != '\0'; p = strchr(p, '\n') + 1)
+        if (strncmp(p, prefix, strlen(prefix)) == 0)
+            n++;
+    return n;
+}
+
+/* 2,000 distinct notices of one kind in a window: the burst, then one
+ * summary when the window is over; the next window logs again. */
+static void
+test_flood_limited_then_summarised(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 2000; i++)
+        log_notice("authorization request for feed / t%d: none here", i);
+    assert_int_equal(count_lines("<5>authorization request for feed / t"), 10);
+    assert_int_equal(count_lines("<5>suppressed"), 0);
+    fake_ms += 4999;
+    log_tick();
+    assert_int_equal(count_lines("<5>suppressed"), 0);
+    fake_ms += 1;
+    log_tick();
+    log_tick();
+    assert_int_equal(count_lines("<5>suppressed 1990 similar messages in 5 s: "
+        "authorization request for feed / t ...\n"), 1);
+    log_notice("authorization request for feed / t%d: none here", 2001);
+    assert_int_equal(count_lines("<5>authorization request for feed / t"), 11);
+    assert_int_equal(count_lines("<"), 12);
+}
+
+/* Without a tick, the next line of the kind after the window brings the
+ * summary first; at the end, log_close writes what is pending. */
+static void
+test_summary_on_next_line_and_at_close(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 12; i++)
+        log_warn("peer %d said no", i);
+    fake_ms += 6000;
+    log_warn("peer %d said no", 99);
+    assert_string_equal(strstr(captured_text(), "<4>peer 9 said no\n") + 18,
+        "<4>suppressed 2 similar messages in 5 s: peer ...\n<4>peer 99 said no\n");
+    for (int i = 0; i < 10; i++)
+        log_warn("peer %d said no", i);
+    log_close();
+    assert_int_equal(count_lines("<4>suppressed 1 similar message in 5 s: peer ...\n"), 1);
+}
+
+/* Exact repeats are one kind: folded as well. */
+static void
+test_repeats_folded(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 500; i++)
+        log_info("session closed");
+    fake_ms += 5000;
+    log_tick();
+    assert_int_equal(count_lines("<6>session closed\n"), 10);
+    assert_int_equal(count_lines("<6>suppressed 490 similar messages in 5 s: session closed\n"),
+        1);
+}
+
+/* One kind's flood does not silence another. */
+static void
+test_kinds_independent(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 100; i++)
+        log_notice("noisy %d", i);
+    log_notice("quiet %d", 1);
+    assert_int_equal(count_lines("<5>noisy"), 10);
+    assert_int_equal(count_lines("<5>quiet 1\n"), 1);
+}
+
+/* Start-up and reloads (the limit off): every line gets out. */
+static void
+test_no_limit_when_off(void **state)
+{
+    (void)state;
+    log_limit_floods(false);
+    for (int i = 0; i < 30; i++)
+        log_notice("reloaded config %d", i);
+    log_limit_floods(true);
+    log_tick();
+    assert_int_equal(count_lines("<5>reloaded config "), 30);
+    assert_int_equal(count_lines("<"), 30);
+}
+
+/* Errors are never suppressed; debug lines, asked for, neither. */
+static void
+test_errors_and_debug_never_limited(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 50; i++) {
+        log_error("cannot %d", i);
+        log_debug("trace %d", i);
+    }
+    log_tick();
+    assert_int_equal(count_lines("<3>test_errors_and_debug_never_limited: cannot "), 50);
+    assert_int_equal(count_lines("<7>test_errors_and_debug_never_limited: trace "), 50);
+    assert_int_equal(count_lines("<"), 100);
+}
+
 int
 main(void)
 {
@@ -168,6 +292,15 @@ main(void)
         cmocka_unit_test(test_utf8_kept_invalid_escaped),
         cmocka_unit_test(test_truncation_whole_characters),
         cmocka_unit_test_setup_teardown(test_log_line_escaped_with_one_prefix,
+            capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_flood_limited_then_summarised,
+            capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_summary_on_next_line_and_at_close,
+            capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_repeats_folded, capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_kinds_independent, capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_no_limit_when_off, capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_errors_and_debug_never_limited,
             capture_start, capture_stop),
     };
 
