@@ -30,6 +30,7 @@
 #include "config.h"
 #include "guid.h"
 #include "lineproto.h"
+#include "util.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -492,34 +493,6 @@ cli_send_names(struct cli *c, enum lp_verb verb, const char *a, const char *b)
 
 /* ---- printing events ---- */
 
-/* Length of a valid multi-byte UTF-8 sequence at p, or 0. */
-static size_t
-utf8_seq(const uint8_t *p, size_t n)
-{
-    size_t need;
-    uint32_t cp;
-
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        need = 1, cp = p[0] & 0x1f;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        need = 2, cp = p[0] & 0x0f;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        need = 3, cp = p[0] & 0x07;
-    else
-        return 0;
-    if (n < need + 1)
-        return 0;
-    for (size_t k = 1; k <= need; k++) {
-        if ((p[k] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (p[k] & 0x3f);
-    }
-    if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
-        (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-        return 0;
-    return need + 1;
-}
-
 /* A payload as one line of text: UTF-8 as is; backslash, control bytes
  * and invalid UTF-8 as C escapes, so every packet stays on its line. */
 static void
@@ -533,7 +506,7 @@ put_text(FILE *f, const uint8_t *p, size_t n)
         if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
             putc_unlocked(ch, f);
             i++;
-        } else if (ch >= 0x80 && (k = utf8_seq(p + i, n - i)) > 0) {
+        } else if (ch >= 0x80 && (k = utf8_seq_len(p + i, n - i)) > 0) {
             fwrite(p + i, 1, k, f);
             i += k;
         } else {

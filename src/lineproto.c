@@ -63,44 +63,19 @@ lp_error_code(enum lp_error e)
 
 /* ---- byte classes ---- */
 
-/* Strict UTF-8 (RFC 3629): no overlongs, no surrogates, nothing past
- * U+10FFFF. The bus is .NET: anything else would be mangled upstream. */
+/* Strict UTF-8 (utf8_seq_len) throughout. */
 static bool
 utf8_valid(const unsigned char *s, size_t n)
 {
-    size_t i = 0;
+    size_t i = 0, k;
 
     while (i < n) {
-        unsigned char c = s[i];
-        size_t need;
-        uint32_t cp;
-
-        if (c < 0x80) {
+        if (s[i] < 0x80)
             i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            need = 1;
-            cp = c & 0x1f;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            need = 2;
-            cp = c & 0x0f;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            need = 3;
-            cp = c & 0x07;
-        } else {
+        else if ((k = utf8_seq_len(s + i, n - i)) > 0)
+            i += k;
+        else
             return false;
-        }
-        if (n - i - 1 < need)
-            return false;
-        for (size_t k = 1; k <= need; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return false;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((need == 2 && cp < 0x800) || (need == 3 && cp < 0x10000) ||
-            (cp >= 0xd800 && cp <= 0xdfff) || cp > 0x10ffff)
-            return false;
-        i += need + 1;
     }
     return true;
 }

@@ -80,6 +80,7 @@ daemon_tick(evutil_socket_t fd, short what, void *arg)
     struct daemon *d = arg;
 
     daemon_status(d);
+    log_tick();
     /* The tick runs every 500 ms; ping the watchdog at half its interval. */
     d->ticks++;
     if (d->watchdog_usec != 0 &&
@@ -229,9 +230,12 @@ daemon_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct daemon *d = arg;
 
-    if (sig == SIGHUP)
+    if (sig == SIGHUP) {
+        /* A reload's lines, which the operator asked for, all get out. */
+        log_limit_floods(false);
         daemon_reload(d);
-    else
+        log_limit_floods(true);
+    } else
         daemon_stop(d, sig == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
@@ -476,6 +480,7 @@ main(int argc, char **argv)
     audit_config(&d.cfg, warn_permissive, NULL);
     rc = daemon_start(&d) == 0 ? 0 : 1;
     if (rc == 0) {
+        log_limit_floods(true);     /* start-up is over: every line of it got out */
         event_base_dispatch(d.base);
         /* The loop is over; a late signal must not kill the teardown. */
         signal(SIGTERM, SIG_IGN);
