@@ -13,24 +13,13 @@
 #include <sys/types.h>
 
 #include "paths.h"
+#include "tls.h"
 #include "wire.h"
 
 #define CONFIG_DEFAULT_PATH SYSCONFDIR "/busgate/busgated.yaml"
 #define CONFIG_DEFAULT_SOCKET RUNSTATEDIR "/busgate/busgate.sock"
 
 /* Durations are held in milliseconds, sizes in bytes. */
-
-struct config_tls {
-    bool enabled;           /* bus.tls: false turns TLS off explicitly */
-    bool verify;            /* bus.tls.verify: false needs saying */
-    char *ca_file;          /* NULL: the system trust store */
-    char *ca_dir;
-    char *server_name;      /* NULL: bus.host */
-    char *cert_file;        /* client certificate, optional */
-    char *key_file;
-    char *ciphers;          /* OpenSSL cipher list, optional */
-    int min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
-};
 
 enum config_auth {
     CONFIG_AUTH_NONE,

@@ -12,7 +12,19 @@
 
 #include <openssl/ssl.h>
 
-#include "config.h"
+/* The bus.tls settings (config.c fills them). Declared here, with the code
+ * that uses them, so that config includes tls and not the reverse. */
+struct config_tls {
+    bool enabled;           /* bus.tls: false turns TLS off explicitly */
+    bool verify;            /* bus.tls.verify: false needs saying */
+    char *ca_file;          /* NULL: the system trust store */
+    char *ca_dir;
+    char *server_name;      /* NULL: bus.host */
+    char *cert_file;        /* client certificate, optional */
+    char *key_file;
+    char *ciphers;          /* OpenSSL cipher list, optional */
+    int min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
+};
 
 /*
  * Build a client context from cfg: verification on unless cfg->verify is
