@@ -12,9 +12,11 @@
  * of the connection (no filter layer, no extra copy).
  *
  * Heartbeats: when the watchdog is on, the link itself subscribes to
- * __admin__/heartbeat and consumes the heartbeats (counted, not passed to
- * on_message): the subscription belongs to the link, so the router never
- * sees, replays or unsubscribes it.
+ * __admin__/heartbeat at connect, counts the heartbeats and passes them on
+ * like any data, so local subscribers of that topic receive them. The
+ * subscription is the link's: bus_holds says so, and the router counts the
+ * link as one holder of the topic among its local subscribers (it neither
+ * subscribes a second time nor unsubscribes it while the watchdog is on).
  *
  * We only ever append whole messages to the output, so closing after the
  * output has drained closes at a message boundary (defect 8). Deliberate
@@ -971,7 +973,6 @@ bus_read(struct bufferevent *bev, void *arg)
             bus->st.heartbeats_in++;
             bus->hb_any = true;
             bus->hb_state = "receiving";
-            continue;
         }
         if (bus->cb.on_message != NULL)
             bus->cb.on_message(bus->cb_arg, &bus->msg);
@@ -1532,6 +1533,13 @@ bool
 bus_congested(const struct bus *bus)
 {
     return bus_queued(bus) > bus->cfg.output_high_water;
+}
+
+bool
+bus_holds(const struct bus *bus, const struct wire_str *feed, const struct wire_str *topic)
+{
+    return bus->cfg.heartbeat_timeout_ms > 0 && wire_str_is(feed, HEARTBEAT_FEED) &&
+        wire_str_is(topic, HEARTBEAT_TOPIC);
 }
 
 enum bus_state

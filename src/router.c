@@ -328,12 +328,23 @@ upstream(struct router *r, const struct wire_msg *m)
     return res;
 }
 
+/* The link itself holds a subscription to this topic (the heartbeat
+ * watchdog's): it is one holder among the local subscribers. */
+static bool
+link_holds(const struct router *r, const struct wire_str *feed, const struct wire_str *topic)
+{
+    return r->bus != NULL && bus_holds(r->bus, feed, topic);
+}
+
+/* The first local subscriber's add and the last one's remove; nothing for
+ * a topic the link holds itself (a second add, or a remove that would end
+ * the link's subscription on a distributor that counts them, defect 1). */
 static void
 upstream_subscription(struct router *r, const struct topic *t, bool add)
 {
     struct wire_msg m;
 
-    if (r->shutting_down)
+    if (r->shutting_down || link_holds(r, &t->feed, &t->name))
         return;
     memset(&m, 0, sizeof m);
     m.type = WIRE_SUBSCRIPTION_REQUEST;
@@ -664,8 +675,10 @@ route_data(struct router *r, const struct wire_msg *m)
         at6.is_image = image_at_6(r, m);
         m = &at6;
     }
-    r->n.data_in++;
     t = topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
+    if (t == NULL && link_holds(r, &m->feed, &m->topic))
+        return;     /* the link's own (heartbeats), counted there */
+    r->n.data_in++;
     if (t == NULL) {
         /* Nobody local wants it; the v3 distributor keeps sending after an
          * unsubscribe (defect 1). */
