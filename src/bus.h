@@ -54,6 +54,9 @@ struct bus_stats {
     uint64_t heartbeats_in;       /* heartbeats received (also passed on) */
     const char *heartbeat;        /* this link: off, waiting, receiving,
                                    * none-received, stopped (bus_heartbeat) */
+    const char *confirm;          /* the login's confirmation: off, waiting,
+                                   * confirmed, probe-denied, failed */
+    const char *client_id;        /* this link's id on the bus, "" until learned */
     uint64_t msgs_in, bytes_in;
     uint64_t msgs_out, bytes_out;
     size_t output_queued;         /* bytes waiting to go to the bus */

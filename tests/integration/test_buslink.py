@@ -349,22 +349,28 @@ class TestAuthentication(BusLinkCase):
         gw.write_config()
         self.wait_bus(bus, lambda r: r["event"] == "recv" and r["type"] == "MulticastData"
                       and r.get("user") == "gw", what="the held publish")
-        self.assertEqual([r for r in bus.records() if r["event"] == "ignore"
-                          and r.get("type") == "MulticastData"], [],
+        rejected = {r["conn"] for r in bus.events("login-failed")}
+        self.assertEqual([r for r in bus.messages("MulticastData", direction="recv")
+                          if r["conn"] in rejected and gwtest.not_probe(r)], [],
                          "data was sent to a rejected login")
         gw.wait_log(r"bus: sending 1 message \(\d+ bytes\) held until the link was confirmed")
         self.assert_no_secret(gw, "Wr0ng-Secret-Pw", "gwpass")
 
     def test_unconfirmed_without_heartbeat(self):
-        # no watchdog and a silent rejected login: the link stays
-        # "connected, unconfirmed" and says so, it never claims to be up
+        # no watchdog, no login probe (bus.confirm none) and a silent
+        # rejected login: the link stays "connected, unconfirmed" and says
+        # so, it never claims to be up (test_confirm.py: the default probe)
         bus = self.bus(defects=["silent-login"])
-        gw = self.gateway(bus, password="Wr0ng-Secret-Pw")
+        gw = self.gateway(bus, {"confirm": "none"}, password="Wr0ng-Secret-Pw")
         gw.wait_log(r"bus: connected, unconfirmed \(auth basic, user gw\)")
         self.wait_bus(bus, lambda r: r["event"] == "login-failed")
         s = self.session(gw)
         self.assertIn("bus=unconfirmed", s.hello.line)
-        self.assertEqual(stats(s)["bus_state"], "unconfirmed")
+        st = stats(s)
+        self.assertEqual(st["bus_state"], "unconfirmed")
+        self.assertEqual(st["bus_confirm"], "off")
+        self.assertEqual([r for r in bus.messages("SubscriptionRequest")
+                          if not gwtest.not_probe(r)], [])
         self.assertNotIn("bus: up", gw.log())
 
     def test_credentials_file_0644_refused_at_start(self):

@@ -479,6 +479,9 @@ base_config(int port)
     cfg.bus.connect_timeout_ms = 5000;
     cfg.bus.auth_fail_window_ms = 5000;
     cfg.bus.heartbeat_timeout_ms = 0;
+    /* no login probe: these tests count the bytes a login sends (the
+     * probe is tested end to end in tests/integration/test_confirm.py) */
+    cfg.bus.confirm = CONFIG_CONFIRM_NONE;
     wire_limits_default(&cfg.bus.limits);
 }
 
