@@ -505,6 +505,33 @@ class TestLinkLife(BusLinkCase):
         s.expect("DATA", lambda e: e.words[1:3] == ["__admin__", "heartbeat"])
         self.assertEqual(len(self.heartbeat_requests(bus)), 1)
 
+    def test_local_heartbeat_subscriber_across_watchdog_reloads(self):
+        # turning the watchdog off (a new link) makes the local subscriber's
+        # subscription the usual one, replayed by the router; turning it on
+        # again leaves the link's own as the only one
+        bus = self.bus(tls=False, heartbeat=HB, defects=["unsubscribe"])
+        gw = self.gateway(bus, self.heartbeat("1s"))
+        gw.wait_log(r"bus: up")
+        s = self.session(gw)
+        self.assertEqual(s.cmd("SUB __admin__ heartbeat"), "+OK")
+        for timeout in (0, "1s"):
+            gw.write_config({"bus": {"reconnect": dict(FAST_RETRY),
+                                     "heartbeat": {"timeout": timeout}}})
+            n = len(bus.events("login"))
+            gw.reload()
+            wait_until(lambda: len(bus.events("login")) > n, what="a new link")
+            conn = bus.events("login")[-1]["conn"]
+            s.expect("BUS", lambda e: e.words[1] == "up")
+            s.expect("DATA", lambda e: e.words[1:3] == ["__admin__", "heartbeat"])
+            reqs = [r for r in self.heartbeat_requests(bus) if r["conn"] == conn]
+            self.assertEqual([r["fields"]["is_add"] for r in reqs], [True], reqs)
+        self.assertEqual(s.cmd("UNSUB __admin__ heartbeat"), "+OK")
+        start = gw.log_offset()
+        time.sleep(2.5)
+        self.assertNotIn("bus: down", gw.log()[start:])
+        self.assertEqual([r for r in self.heartbeat_requests(bus)
+                          if r["conn"] == conn and not r["fields"]["is_add"]], [])
+
     def test_local_heartbeat_subscriber_without_watchdog(self):
         # watchdog off: the heartbeat topic is an ordinary one
         bus = self.bus(tls=False, heartbeat=HB)
