@@ -220,6 +220,19 @@ class TestProbeDenied(ConfirmCase):
                       "on feed __busgate__", gw.log())
 
 
+    def test_unanswered_probe_without_authentication(self):
+        # bus.auth none: no password to be wrong, so silence is not called
+        # an authentication failure
+        feeds = {PROBE_FEED: {"authorization_required": False, "impersonation_allowed": False,
+                              "proxy_allowed": False, "roles": {"unknown": []}}}
+        bus = self.bus(auth="none", feeds=feeds)
+        gw = self.gateway(bus, {"confirm_timeout": "1s"}, auth="none")
+        gw.wait_log(r"bus: down: no answer to the login probe within 1s: "
+                    r"the bus ignores this link")
+        s = self.session(gw)
+        self.assertEqual(s.stats()["bus_auth_failures"], "0")
+
+
 class TestProbeProtocols(ConfirmCase):
 
     def test_probe_at_every_protocol(self):
