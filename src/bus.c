@@ -12,9 +12,11 @@
  * of the connection (no filter layer, no extra copy).
  *
  * Heartbeats: when the watchdog is on, the link itself subscribes to
- * __admin__/heartbeat and consumes the heartbeats (counted, not passed to
- * on_message): the subscription belongs to the link, so the router never
- * sees, replays or unsubscribes it.
+ * __admin__/heartbeat at connect, counts the heartbeats and passes them on
+ * like any data, so local subscribers of that topic receive them. The
+ * subscription is the link's: bus_holds says so, and the router counts the
+ * link as one holder of the topic among its local subscribers (it neither
+ * subscribes a second time nor unsubscribes it while the watchdog is on).
  *
  * We only ever append whole messages to the output, so closing after the
  * output has drained closes at a message boundary (defect 8). Deliberate
@@ -25,16 +27,26 @@
  * (subscription and notification requests, which the router replays on
  * the next link, and the credentials), so requests are not counted.
  *
- * Data held for confirmation: with the watchdog on, publishes, sends and
- * authorization answers made while the link is unconfirmed wait in a
- * separate buffer until the first message proves the login was accepted.
+ * Confirming the login (bus.confirm): the first message of any kind from
+ * the bus proves the login was accepted (a rejected one hears nothing).
+ * With the probe (busconfirm.c, the default) the link asks the bus for an
+ * echo right after the credentials (the notification of a subscription of
+ * its own), so even a quiet bus confirms at once;
+ * nothing at all within bus.confirm_timeout is a probable authentication
+ * failure, retried with the harder backoff. Traffic but no echo means the
+ * login worked and the probe's roles are denied: said once, the link stays.
+ *
+ * Data held for confirmation: with a confirmation (the probe or the
+ * watchdog) on, publishes, sends and authorization answers made while the
+ * link is unconfirmed wait in a separate buffer until the first message
+ * proves the login was accepted.
  * A rejected login is silent (defect 2): sent at once they would vanish
  * although the router acknowledged them. Held data moves to the next link
  * when this one fails unconfirmed (nothing reached an authenticated
  * session), and counts towards the high-water mark. Subscription and
  * notification requests go out at once: the router replays them anyway.
- * Without the watchdog a quiet bus may never confirm the link, so nothing
- * is held.
+ * With neither (bus.confirm none, no watchdog) a quiet bus may never
+ * confirm the link, so nothing is held.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -58,6 +70,7 @@
 #include <openssl/ssl.h>
 
 #include "bus.h"
+#include "busconfirm.h"
 #include "credentials.h"
 #include "log.h"
 #include "tls.h"
@@ -125,6 +138,10 @@ struct bus {
     struct event *retry_timer;    /* DOWN: the next attempt */
     struct event *connect_timer;  /* CONNECTING: bounds the whole attempt */
     struct event *watchdog;       /* UNCONFIRMED/UP: heartbeat timeout */
+    struct event *confirm_timer;  /* UNCONFIRMED/UP: the probe's deadline */
+    struct busconfirm confirm;    /* how this link's login is confirmed */
+    char client_id[GUID_TEXT_LEN + 1];  /* learned from the probe, "" if not */
+    bool probe_hinted;            /* the "roles may deny the probe" hint is logged once */
     struct event *done_ev;        /* bus_shutdown completion */
 
     unsigned attempt;             /* failures since the link was last up for long */
@@ -159,6 +176,7 @@ static void out_runs_clear(struct bus *bus);
 static void bus_link_failed(struct bus *bus, const char *reason, bool auth_failure);
 static void bus_try_next_addr(struct bus *bus);
 static size_t bus_queued(const struct bus *bus);
+static void bus_hint_mismatch(struct bus *bus, const char *sign);
 
 /* ---- small helpers ---- */
 
@@ -218,6 +236,14 @@ wire_str_is(const struct wire_str *s, const char *lit)
     size_t n = strlen(lit);
 
     return s->len == n && memcmp(s->ptr, lit, n) == 0;
+}
+
+/* Whether something will confirm the login in bounded time (the probe or
+ * the watchdog), so that data can wait for it. */
+static bool
+bus_confirms(const struct bus *bus)
+{
+    return bus->cfg.confirm == CONFIG_CONFIRM_PROBE || bus->cfg.heartbeat_timeout_ms > 0;
 }
 
 const char *
@@ -290,7 +316,8 @@ bus_cfg_free(struct config_bus *c)
 {
     char **strs[] = {
         &c->host, &c->credentials_file, &c->token_file, &c->impersonating,
-        &c->forwarded_for, &c->tls.ca_file, &c->tls.ca_dir, &c->tls.server_name,
+        &c->forwarded_for, &c->confirm_feed, &c->tls.ca_file, &c->tls.ca_dir,
+        &c->tls.server_name,
         &c->tls.cert_file, &c->tls.key_file, &c->tls.ciphers,
     };
 
@@ -309,6 +336,7 @@ bus_cfg_copy(struct config_bus *dst, const struct config_bus *src)
         dup_str(&dst->token_file, src->token_file) != 0 ||
         dup_str(&dst->impersonating, src->impersonating) != 0 ||
         dup_str(&dst->forwarded_for, src->forwarded_for) != 0 ||
+        dup_str(&dst->confirm_feed, src->confirm_feed) != 0 ||
         dup_str(&dst->tls.ca_file, src->tls.ca_file) != 0 ||
         dup_str(&dst->tls.ca_dir, src->tls.ca_dir) != 0 ||
         dup_str(&dst->tls.server_name, src->tls.server_name) != 0 ||
@@ -488,6 +516,8 @@ bus_close_link(struct bus *bus, bool drain, uint32_t drain_ms)
         evtimer_del(bus->connect_timer);
     if (bus->watchdog != NULL)
         evtimer_del(bus->watchdog);
+    if (bus->confirm_timer != NULL)
+        evtimer_del(bus->confirm_timer);
     if (bus->bev != NULL) {
         if (drain && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))
             bus_drain_link(bus, drain_ms);
@@ -581,9 +611,9 @@ bus_report_lost(struct bus *bus)
 
     if (bus->bev == NULL || (bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP))
         return;
-    /* Unconfirmed with the watchdog on, the output holds only credentials
+    /* Unconfirmed with a confirmation on, the output holds only credentials
      * and requests the router replays: the data is held, not lost. */
-    if (bus->state == BUS_UNCONFIRMED && bus->cfg.heartbeat_timeout_ms > 0)
+    if (bus->state == BUS_UNCONFIRMED && bus_confirms(bus))
         return;
     queued = evbuffer_get_length(bufferevent_get_output(bus->bev));
     data = out_runs_data(bus, queued);
@@ -904,6 +934,95 @@ bus_is_heartbeat(const struct bus *bus, const struct wire_msg *m)
         wire_str_is(&m->feed, HEARTBEAT_FEED) && wire_str_is(&m->topic, HEARTBEAT_TOPIC);
 }
 
+/* Queue requests the link makes itself: like its heartbeat subscription,
+ * not counted as messages out, nor as data lost if the link fails. */
+static void
+bus_queue_own(struct bus *bus, struct evbuffer *tmp)
+{
+    size_t n = evbuffer_get_length(tmp);
+
+    if (n == 0)
+        return;
+    evbuffer_add_buffer(bufferevent_get_output(bus->bev), tmp);
+    out_runs_note(bus, n, false);
+}
+
+/* The probe is settled one way or the other: stop its deadline and
+ * withdraw its requests. */
+static void
+bus_probe_settle(struct bus *bus, enum busconfirm_state state)
+{
+    struct evbuffer *tmp;
+
+    evtimer_del(bus->confirm_timer);
+    bus->confirm.state = state;
+    if (bus->confirm.method != CONFIG_CONFIRM_PROBE || (tmp = evbuffer_new()) == NULL)
+        return;
+    if (busconfirm_withdraw(&bus->confirm, bus->cfg.protocol, tmp) == 0)
+        bus_queue_own(bus, tmp);
+    evbuffer_free(tmp);
+}
+
+/* A message came back about the probe (or a heartbeat, confirming by
+ * heartbeat). */
+static void
+bus_probe_answered(struct bus *bus, enum busconfirm_verdict v)
+{
+    if (v == BUSCONFIRM_REFUSED) {
+        bus_probe_settle(bus, BUSCONFIRM_DENIED);
+        log_warn("bus: login confirmed, but the login probe was refused (not entitled "
+            "to %s/%s): grant user %s that feed or set bus.confirm", bus->confirm.feed,
+            bus->confirm.topic, bus->auth_desc);
+        return;
+    }
+    bus_probe_settle(bus, BUSCONFIRM_CONFIRMED);
+    if (bus->confirm.have_client_id) {
+        guid_to_text(bus->confirm.client_id, bus->client_id);
+        log_info("bus: login confirmed by the probe; this link's client id is %s",
+            bus->client_id);
+    } else {
+        log_info("bus: login confirmed by the %s",
+            bus->confirm.method == CONFIG_CONFIRM_PROBE ? "probe" : "first heartbeat");
+    }
+}
+
+/* bus.confirm_timeout passed without the probe coming back. */
+static void
+bus_confirm_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct bus *bus = arg;
+    char reason[512], d[32];
+
+    fmt_duration(bus->cfg.confirm_timeout_ms, d, sizeof d);
+    if (bus->rx_any) {
+        /* Traffic proves the login: the probe's own roles are denied. */
+        bus_probe_settle(bus, BUSCONFIRM_DENIED);
+        log_warn("bus: the login probe on feed %s did not come back within %s although "
+            "the link carries traffic (so the login worked): the distributor's roles "
+            "for %s probably deny notify or subscribe on %s, or it waits "
+            "for an authorizer of that feed; grant them or set bus.confirm (STAT "
+            "bus_confirm probe-denied)", bus->confirm.feed, d, bus->auth_desc,
+            bus->confirm.feed);
+        return;
+    }
+    bus->confirm.state = BUSCONFIRM_FAILED;
+    bus_hint_mismatch(bus, "nothing came back after the login");
+    if (!bus->probe_hinted) {
+        bus->probe_hinted = true;
+        log_notice("bus: if the credentials are right, the distributor may be "
+            "quiet and deny %s the probe's roles (notify, subscribe) on "
+            "feed %s: grant them, or set bus.confirm to heartbeat or none",
+            bus->auth_desc, bus->confirm.feed);
+    }
+    if (bus->cfg.auth != CONFIG_AUTH_NONE)
+        snprintf(reason, sizeof reason, "probable authentication failure (%s): "
+            "no answer to the login probe within %s", bus->auth_desc, d);
+    else
+        snprintf(reason, sizeof reason, "no answer to the login probe within %s: "
+            "the bus ignores this link", d);
+    bus_link_failed(bus, reason, bus->cfg.auth != CONFIG_AUTH_NONE);
+}
+
 /* Decode errors this early on a link fit a wrong bus.protocol. */
 #define BUS_MISMATCH_WINDOW 8
 
@@ -929,6 +1048,7 @@ bus_read(struct bufferevent *bev, void *arg)
 {
     struct bus *bus = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
+    enum busconfirm_verdict v;
     const char *cause = NULL;
     char reason[300];
     size_t before;
@@ -978,6 +1098,18 @@ bus_read(struct bufferevent *bev, void *arg)
             bus->st.heartbeats_in++;
             bus->hb_any = true;
             bus->hb_state = "receiving";
+            if (bus->confirm.method == CONFIG_CONFIRM_HEARTBEAT &&
+                bus->confirm.state == BUSCONFIRM_WAITING)
+                bus_probe_answered(bus, BUSCONFIRM_ECHO);
+        }
+        switch ((v = busconfirm_check(&bus->confirm, &bus->msg))) {
+        case BUSCONFIRM_NOT_OURS:
+            break;
+        case BUSCONFIRM_ECHO:
+        case BUSCONFIRM_REFUSED:
+            bus_probe_answered(bus, v);
+            continue;
+        case BUSCONFIRM_CONSUMED:
             continue;
         }
         if (bus->cb.on_message != NULL)
@@ -1165,6 +1297,13 @@ bus_link_established(struct bus *bus)
         }
         timer_arm(bus->watchdog, bus->cfg.heartbeat_timeout_ms);
     }
+    bus->client_id[0] = '\0';
+    if (busconfirm_begin(&bus->confirm, &bus->cfg, bufferevent_get_output(bus->bev)) != 0) {
+        bus_link_failed(bus, "cannot queue the login probe", false);
+        return;
+    }
+    if (bus->confirm.method == CONFIG_CONFIRM_PROBE)
+        timer_arm(bus->confirm_timer, bus->cfg.confirm_timeout_ms);
     bus_log_attempt(bus, "bus: connected, unconfirmed (auth %s)", bus->auth_desc);
     bus_set_state(bus, BUS_UNCONFIRMED, NULL);
 }
@@ -1441,6 +1580,7 @@ bus_new(struct event_base *base, struct evdns_base *dns,
     bus->dns = dns;
     LIST_INIT(&bus->drains);
     wire_msg_init(&bus->msg);
+    busconfirm_init(&bus->confirm);
     TAILQ_INIT(&bus->runs);
     if ((bus->held = evbuffer_new()) == NULL) {
         free(bus);
@@ -1462,6 +1602,7 @@ bus_new(struct event_base *base, struct evdns_base *dns,
     if ((bus->retry_timer = evtimer_new(base, bus_retry, bus)) == NULL ||
         (bus->connect_timer = evtimer_new(base, bus_connect_timeout, bus)) == NULL ||
         (bus->watchdog = evtimer_new(base, bus_watchdog, bus)) == NULL ||
+        (bus->confirm_timer = evtimer_new(base, bus_confirm_timeout, bus)) == NULL ||
         (bus->done_ev = evtimer_new(base, bus_shutdown_done, bus)) == NULL)
         goto fail;
     /* A bad TLS setting is reported (and retried) at connect time, where it
@@ -1494,13 +1635,12 @@ bus_is_data(const struct wire_msg *msg)
         msg->type == WIRE_AUTHORIZATION_RESPONSE;
 }
 
-/* Data waits for confirmation when the watchdog will provide one (see the
- * top). */
+/* Data waits for confirmation when the probe or the watchdog will provide
+ * one (see the top). */
 static bool
 bus_hold(const struct bus *bus, const struct wire_msg *msg)
 {
-    return bus->state == BUS_UNCONFIRMED && bus->cfg.heartbeat_timeout_ms > 0 &&
-        bus_is_data(msg);
+    return bus->state == BUS_UNCONFIRMED && bus_confirms(bus) && bus_is_data(msg);
 }
 
 /* Bytes waiting to go to the bus, held ones included. */
@@ -1557,6 +1697,13 @@ bus_congested(const struct bus *bus)
     return bus_queued(bus) > bus->cfg.output_high_water;
 }
 
+bool
+bus_holds(const struct bus *bus, const struct wire_str *feed, const struct wire_str *topic)
+{
+    return bus->cfg.heartbeat_timeout_ms > 0 && wire_str_is(feed, HEARTBEAT_FEED) &&
+        wire_str_is(topic, HEARTBEAT_TOPIC);
+}
+
 enum bus_state
 bus_state(const struct bus *bus)
 {
@@ -1569,6 +1716,8 @@ bus_get_stats(const struct bus *bus, struct bus_stats *st)
     *st = bus->st;
     st->output_queued = bus_queued(bus);
     st->heartbeat = bus->hb_state != NULL ? bus->hb_state : "off";
+    st->confirm = busconfirm_state_name(bus->confirm.state);
+    st->client_id = bus->client_id;
 }
 
 int
@@ -1665,6 +1814,8 @@ bus_free(struct bus *bus)
         event_free(bus->connect_timer);
     if (bus->watchdog != NULL)
         event_free(bus->watchdog);
+    if (bus->confirm_timer != NULL)
+        event_free(bus->confirm_timer);
     if (bus->done_ev != NULL)
         event_free(bus->done_ev);
     if (bus->own_dns)
@@ -1672,6 +1823,7 @@ bus_free(struct bus *bus)
     tls_ctx_free(bus->ssl_ctx);
     bus_cfg_free(&bus->cfg);
     wire_msg_free(&bus->msg);
+    busconfirm_free(&bus->confirm);
     evbuffer_free(bus->held);
     free(bus);
 }

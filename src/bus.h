@@ -51,9 +51,12 @@ struct bus_stats {
     uint64_t auth_failures;       /* probable authentication failures */
     uint64_t protocol_errors;     /* bad bytes from the bus */
     uint64_t heartbeat_timeouts;
-    uint64_t heartbeats_in;       /* heartbeats received (not passed on) */
+    uint64_t heartbeats_in;       /* heartbeats received (also passed on) */
     const char *heartbeat;        /* this link: off, waiting, receiving,
                                    * none-received, stopped (bus_heartbeat) */
+    const char *confirm;          /* the login's confirmation: off, waiting,
+                                   * confirmed, probe-denied, failed */
+    const char *client_id;        /* this link's id on the bus, "" until learned */
     uint64_t msgs_in, bytes_in;
     uint64_t msgs_out, bytes_out;
     size_t output_queued;         /* bytes waiting to go to the bus */
@@ -80,6 +83,12 @@ enum bus_send_result bus_send(struct bus *bus, const struct wire_msg *msg);
 /* True while more than output_high_water bytes wait to go out; the router
  * stops reading from sessions until on_drained. */
 bool bus_congested(const struct bus *bus);
+
+/* True when the link itself subscribes to (feed, topic) on every
+ * connection (__admin__/heartbeat while the watchdog is on): the router
+ * then sends no subscribe or unsubscribe of its own for that topic, and
+ * drops its data uncounted when no local session wants it. */
+bool bus_holds(const struct bus *bus, const struct wire_str *feed, const struct wire_str *topic);
 
 enum bus_state bus_state(const struct bus *bus);
 void bus_get_stats(const struct bus *bus, struct bus_stats *st);

@@ -84,6 +84,10 @@ static const struct opt_name protocol_names[] = {
     { "3", WIRE_V3 }, { "4", WIRE_V4 }, { "5", WIRE_V5 }, { "6", WIRE_V6 },
     { NULL, 0 },
 };
+static const struct opt_name confirm_names[] = {
+    { "none", CONFIG_CONFIRM_NONE }, { "probe", CONFIG_CONFIRM_PROBE },
+    { "heartbeat", CONFIG_CONFIRM_HEARTBEAT }, { NULL, 0 },
+};
 static const struct opt_name tls_version_names[] = {
     { "1.2", TLS1_2_VERSION }, { "1.3", TLS1_3_VERSION }, { NULL, 0 },
 };
@@ -134,6 +138,10 @@ static const struct opt opts[] = {
     NUM("bus.auth_fail_window", K_MS, bus.auth_fail_window_ms, 2000, 0, DAY_MS),
     SECTION("bus.heartbeat"),
     NUM("bus.heartbeat.timeout", K_MS, bus.heartbeat_timeout_ms, 0, 0, DAY_MS),
+    ENUM("bus.confirm", bus.confirm, CONFIG_CONFIRM_PROBE, confirm_names),
+    { .key = "bus.confirm_feed", .kind = K_STRING, AT(bus.confirm_feed),
+      .defstr = "__busgate__", .min = 1, .max = 255, .flags = OPT_NONNULL },
+    NUM("bus.confirm_timeout", K_MS, bus.confirm_timeout_ms, 10000, 1, DAY_MS),
     NUM("bus.keepalive", K_SEC, bus.keepalive_s, 30, 0, 32767),
     NUM("bus.output_high_water", K_SIZE, bus.output_high_water, 4 * MIB, 4 * KIB, SIZE_CAP),
     SECTION("bus.limits"),
@@ -882,6 +890,10 @@ check_values(struct load_ctx *c)
             "bus.host is required (the distributor's host name)");
     if (check_auth(c) != 0 || check_login_strings(c) != 0)
         return -1;
+    if (b->confirm == CONFIG_CONFIRM_HEARTBEAT && b->heartbeat_timeout_ms == 0)
+        return err_at(c, mark_for(c, find_opt("bus.confirm"), true),
+            "bus.confirm: heartbeat needs bus.heartbeat.timeout (the first heartbeat "
+            "confirms the login); use probe for a distributor without heartbeats");
     if ((b->tls.cert_file == NULL) != (b->tls.key_file == NULL)) {
         bool cert = b->tls.cert_file != NULL;
         return err_at(c, mark_for(c, find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"), true),

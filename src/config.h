@@ -27,6 +27,13 @@ enum config_auth {
     CONFIG_AUTH_TOKEN,      /* a JWT from the credentials file or token_file */
 };
 
+/* How the link learns that its login worked (the distributor never says). */
+enum config_confirm {
+    CONFIG_CONFIRM_NONE,        /* the first message from the bus, whenever it comes */
+    CONFIG_CONFIRM_PROBE,       /* a private subscription and publish echoed back */
+    CONFIG_CONFIRM_HEARTBEAT,   /* the first heartbeat (needs bus.heartbeat.timeout) */
+};
+
 struct config_bus {
     char *host;
     uint16_t port;                  /* default 9091 */
@@ -45,6 +52,9 @@ struct config_bus {
     uint32_t reconnect_reset_ms;    /* up this long: backoff starts over */
     uint32_t auth_fail_window_ms;   /* closed this soon after login: auth failure */
     uint32_t heartbeat_timeout_ms;  /* 0: no heartbeat watchdog */
+    enum config_confirm confirm;    /* default: probe */
+    char *confirm_feed;             /* the probe's feed, default __busgate__ */
+    uint32_t confirm_timeout_ms;    /* no echo nor traffic this long: login failed */
     uint32_t keepalive_s;           /* TCP keepalive idle seconds, 0 off */
     size_t output_high_water;       /* bytes queued to the bus before back-pressure */
     struct wire_limits limits;      /* on everything read from the bus */

@@ -185,8 +185,10 @@ rt_route_data(struct router *r, const struct wire_msg *m)
         at6.is_image = image_at_6(r, m);
         m = &at6;
     }
-    r->n.data_in++;
     t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
+    if (t == NULL && rt_link_holds(r, &m->feed, &m->topic))
+        return;     /* the link's own (heartbeats), counted there */
+    r->n.data_in++;
     if (t == NULL) {
         /* Nobody local wants it; the v3 distributor keeps sending after an
          * unsubscribe (defect 1). */

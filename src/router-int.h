@@ -272,6 +272,8 @@ void rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *c
 
 /* router-uplink.c */
 enum bus_send_result rt_upstream(struct router *r, const struct wire_msg *m);
+bool rt_link_holds(const struct router *r, const struct wire_str *feed,
+    const struct wire_str *topic);
 void rt_upstream_subscription(struct router *r, const struct topic *t, bool add);
 void rt_upstream_notification(struct router *r, const struct feed *f, bool add);
 void rt_replay_cb(evutil_socket_t fd, short what, void *arg);

@@ -36,12 +36,23 @@ rt_upstream(struct router *r, const struct wire_msg *m)
     return res;
 }
 
+/* The link itself holds a subscription to this topic (the heartbeat
+ * watchdog's): it is one holder among the local subscribers. */
+bool
+rt_link_holds(const struct router *r, const struct wire_str *feed, const struct wire_str *topic)
+{
+    return r->bus != NULL && bus_holds(r->bus, feed, topic);
+}
+
+/* The first local subscriber's add and the last one's remove; nothing for
+ * a topic the link holds itself (a second add, or a remove that would end
+ * the link's subscription on a distributor that counts them, defect 1). */
 void
 rt_upstream_subscription(struct router *r, const struct topic *t, bool add)
 {
     struct wire_msg m;
 
-    if (r->shutting_down)
+    if (r->shutting_down || rt_link_holds(r, &t->feed, &t->name))
         return;
     memset(&m, 0, sizeof m);
     m.type = WIRE_SUBSCRIPTION_REQUEST;

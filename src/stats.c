@@ -47,6 +47,9 @@ stats_bus(struct router *r, struct evbuffer *out)
     stat_u64(out, "bus_heartbeat_timeouts", st.heartbeat_timeouts);
     stat_u64(out, "bus_heartbeats_in", st.heartbeats_in);
     stat_text(out, "bus_heartbeat", st.heartbeat != NULL ? st.heartbeat : "off");
+    stat_text(out, "bus_confirm", st.confirm != NULL ? st.confirm : "off");
+    if (st.client_id != NULL && st.client_id[0] != '\0')
+        stat_text(out, "bus_client_id", st.client_id);
     stat_text(out, "bus_last_error", st.last_error[0] ? st.last_error : "-");
     stat_u64(out, "bus_msgs_in", st.msgs_in);
     stat_u64(out, "bus_msgs_out", st.msgs_out);

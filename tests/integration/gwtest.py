@@ -34,6 +34,16 @@ BUSGATE = os.environ.get("BUSGATE") or os.path.join(TOP_BUILDDIR, "src", "busgat
 # Slower under the sanitizers; every wait is bounded by this.
 TIMEOUT = float(os.environ.get("BUSGATE_TEST_TIMEOUT", "20"))
 
+# The login probe's feed (bus.confirm_feed's default): every link sends a
+# notification, a subscription and a publish there at login (issue 9.5).
+PROBE_FEED = "__busgate__"
+
+
+def not_probe(record):
+    """A test bus log record not about the login probe."""
+    return record.get("fields", {}).get("feed") != PROBE_FEED
+
+
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
                    "runtime error:", "SUMMARY: UndefinedBehaviorSanitizer")
 

@@ -157,15 +157,13 @@ class TestTransport(BusLinkCase):
         self.assertEqual(login["auth"], "password")
         # forwarded_for defaults to this host's name
         self.assertEqual(login["forwarded_for"], socket.gethostname())
-        # the link subscribes to heartbeats itself; sessions never see them
+        # the link subscribes to heartbeats itself
         self.wait_bus(bus, lambda r: r["event"] == "recv"
                       and r["type"] == "SubscriptionRequest"
                       and r["fields"]["feed"] == "__admin__"
                       and r["fields"]["topic"] == "heartbeat")
         s = self.session(gw)
         self.assertIn("bus=up", s.hello.line)
-        self.assertEqual(s.cmd("SUB __admin__ heartbeat"), "+OK")
-        self.assertTrue(s.no_event("DATA", wait=0.5))
         st = stats(s)
         self.assertEqual(st["bus_state"], "up")
         self.assertEqual(st["bus_connects"], "1")
@@ -377,22 +375,28 @@ class TestAuthentication(BusLinkCase):
         gw.write_config()
         self.wait_bus(bus, lambda r: r["event"] == "recv" and r["type"] == "MulticastData"
                       and r.get("user") == "gw", what="the held publish")
-        self.assertEqual([r for r in bus.records() if r["event"] == "ignore"
-                          and r.get("type") == "MulticastData"], [],
+        rejected = {r["conn"] for r in bus.events("login-failed")}
+        self.assertEqual([r for r in bus.messages("MulticastData", direction="recv")
+                          if r["conn"] in rejected and gwtest.not_probe(r)], [],
                          "data was sent to a rejected login")
         gw.wait_log(r"bus: sending 1 message \(\d+ bytes\) held until the link was confirmed")
         self.assert_no_secret(gw, "Wr0ng-Secret-Pw", "gwpass")
 
     def test_unconfirmed_without_heartbeat(self):
-        # no watchdog and a silent rejected login: the link stays
-        # "connected, unconfirmed" and says so, it never claims to be up
+        # no watchdog, no login probe (bus.confirm none) and a silent
+        # rejected login: the link stays "connected, unconfirmed" and says
+        # so, it never claims to be up (test_confirm.py: the default probe)
         bus = self.bus(defects=["silent-login"])
-        gw = self.gateway(bus, password="Wr0ng-Secret-Pw")
+        gw = self.gateway(bus, {"confirm": "none"}, password="Wr0ng-Secret-Pw")
         gw.wait_log(r"bus: connected, unconfirmed \(auth basic, user gw\)")
         self.wait_bus(bus, lambda r: r["event"] == "login-failed")
         s = self.session(gw)
         self.assertIn("bus=unconfirmed", s.hello.line)
-        self.assertEqual(stats(s)["bus_state"], "unconfirmed")
+        st = stats(s)
+        self.assertEqual(st["bus_state"], "unconfirmed")
+        self.assertEqual(st["bus_confirm"], "off")
+        self.assertEqual([r for r in bus.messages("SubscriptionRequest")
+                          if not gwtest.not_probe(r)], [])
         self.assertNotIn("bus: up", gw.log())
 
     def test_credentials_file_0644_refused_at_start(self):
@@ -510,6 +514,80 @@ class TestLinkLife(BusLinkCase):
         finally:
             bus.signal(__import__("signal").SIGCONT)
         gw.wait_log(r"bus: up", start=gw.log().index("no heartbeat within"))
+
+    def heartbeat_requests(self, bus):
+        return [r for r in bus.messages("SubscriptionRequest", direction="recv")
+                if r["fields"]["feed"] == "__admin__"
+                and r["fields"]["topic"] == "heartbeat"]
+
+    def test_local_heartbeat_subscriber_shares_the_watchdog_subscription(self):
+        # issue 9.2: the link's own heartbeat subscription is one holder
+        # among the local subscribers: a local SUB gets the heartbeats, no
+        # second upstream subscribe goes out, and a local UNSUB sends no
+        # upstream unsubscribe (on a distributor counting subscriptions as
+        # v3 does, that one remove would end the watchdog's subscription)
+        bus = self.bus(tls=False, heartbeat=HB, defects=["unsubscribe"])
+        gw = self.gateway(bus, self.heartbeat("1s"))
+        gw.wait_log(r"bus: up")
+        s = self.session(gw)
+        self.assertEqual(s.cmd("SUB __admin__ heartbeat"), "+OK")
+        for _ in range(2):
+            ev = s.expect("DATA", lambda e: e.words[1:3] == ["__admin__", "heartbeat"])
+            self.assertEqual(ev.data_fields()["user"], "admin")
+        self.assertEqual(s.cmd("UNSUB __admin__ heartbeat"), "+OK")
+        start = gw.log_offset()
+        time.sleep(3)       # three watchdog timeouts
+        self.assertNotIn("bus: down", gw.log()[start:])
+        st = stats(s)
+        self.assertEqual(st["bus_state"], "up")
+        self.assertEqual(st["bus_connects"], "1")
+        self.assertEqual(st["bus_heartbeat_timeouts"], "0")
+        self.assertEqual(st["data_dropped_unwanted"], "0")
+        reqs = self.heartbeat_requests(bus)
+        self.assertEqual([r["fields"]["is_add"] for r in reqs], [True], reqs)
+        # a subscriber after the UNSUB gets them again, still with one add
+        self.assertEqual(s.cmd("SUB __admin__ heartbeat"), "+OK")
+        s.expect("DATA", lambda e: e.words[1:3] == ["__admin__", "heartbeat"])
+        self.assertEqual(len(self.heartbeat_requests(bus)), 1)
+
+    def test_local_heartbeat_subscriber_across_watchdog_reloads(self):
+        # turning the watchdog off (a new link) makes the local subscriber's
+        # subscription the usual one, replayed by the router; turning it on
+        # again leaves the link's own as the only one
+        bus = self.bus(tls=False, heartbeat=HB, defects=["unsubscribe"])
+        gw = self.gateway(bus, self.heartbeat("1s"))
+        gw.wait_log(r"bus: up")
+        s = self.session(gw)
+        self.assertEqual(s.cmd("SUB __admin__ heartbeat"), "+OK")
+        for timeout in (0, "1s"):
+            gw.write_config({"bus": {"reconnect": dict(FAST_RETRY),
+                                     "heartbeat": {"timeout": timeout}}})
+            n = len(bus.events("login"))
+            gw.reload()
+            wait_until(lambda: len(bus.events("login")) > n, what="a new link")
+            conn = bus.events("login")[-1]["conn"]
+            s.expect("BUS", lambda e: e.words[1] == "up")
+            s.expect("DATA", lambda e: e.words[1:3] == ["__admin__", "heartbeat"])
+            reqs = [r for r in self.heartbeat_requests(bus) if r["conn"] == conn]
+            self.assertEqual([r["fields"]["is_add"] for r in reqs], [True], reqs)
+        self.assertEqual(s.cmd("UNSUB __admin__ heartbeat"), "+OK")
+        start = gw.log_offset()
+        time.sleep(2.5)
+        self.assertNotIn("bus: down", gw.log()[start:])
+        self.assertEqual([r for r in self.heartbeat_requests(bus)
+                          if r["conn"] == conn and not r["fields"]["is_add"]], [])
+
+    def test_local_heartbeat_subscriber_without_watchdog(self):
+        # watchdog off: the heartbeat topic is an ordinary one
+        bus = self.bus(tls=False, heartbeat=HB)
+        gw = self.gateway(bus)
+        gw.wait_log(r"bus: connected")
+        s = self.session(gw)
+        self.assertEqual(s.cmd("SUB __admin__ heartbeat"), "+OK")
+        s.expect("DATA", lambda e: e.words[1:3] == ["__admin__", "heartbeat"])
+        self.assertEqual(s.cmd("UNSUB __admin__ heartbeat"), "+OK")
+        wait_until(lambda: [r["fields"]["is_add"] for r in self.heartbeat_requests(bus)]
+                   == [True, False], what="the usual subscribe and unsubscribe")
 
     def assert_protocol_error_survived(self, bus, gw, cause_rx):
         gw.wait_log(r"<3>bus: protocol error: " + cause_rx)

@@ -499,6 +499,11 @@ test_auth_rules(void **state)
         "t.yaml:3:9: bus.auth: token needs bus.token_file or bus.credentials_file");
     expect_error("bus:\n  host: h\n  auth: basic\n  credentials_file: /c\n  token_file: /t\n",
         "t.yaml:5:15: bus.token_file is only used with bus.auth: token (bus.auth is basic)");
+    expect_error("bus:\n  host: h\n  confirm: heartbeat\n",
+        "t.yaml:3:12: bus.confirm: heartbeat needs bus.heartbeat.timeout (the first "
+        "heartbeat confirms the login); use probe for a distributor without heartbeats");
+    expect_error("bus:\n  host: h\n  confirm: sometimes\n",
+        "t.yaml:3:12: bus.confirm: expected one of none, probe, heartbeat, got \"sometimes\"");
     expect_error("bus:\n  host: h\n  credentials_file: /c\n",
         "t.yaml:3:21: bus.credentials_file is set but bus.auth is none "
         "(set bus.auth to basic or token, or remove credentials_file)");

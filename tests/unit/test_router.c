@@ -142,6 +142,7 @@ struct sent {
 static struct {
     enum bus_state state;
     bool congested;
+    bool holds_heartbeat;       /* the link's watchdog holds __admin__/heartbeat */
     struct sent sent[FB_SENT_MAX];
     unsigned n_sent;
 } fb;
@@ -178,6 +179,18 @@ bus_send(struct bus *bus, const struct wire_msg *m)
         snprintf(x->data, sizeof x->data, "%.*s", (int)m->packets[0].len,
             (const char *)m->packets[0].data);
     return BUS_SENT;
+}
+
+static bool
+str_is(const struct wire_str *s, const char *lit)
+{
+    return s->len == strlen(lit) && memcmp(s->ptr, lit, s->len) == 0;
+}
+
+bool
+bus_holds(const struct bus *bus, const struct wire_str *feed, const struct wire_str *topic)
+{
+    return fb.holds_heartbeat && str_is(feed, "__admin__") && str_is(topic, "heartbeat");
 }
 
 bool
@@ -474,6 +487,34 @@ test_fanout_and_unwanted(void **state)
         "STAT session 1 pid=100 ",
         "STAT limit.max_line ",
         "\nEND\n", NULL);
+}
+
+/* The link's heartbeat subscription is one holder of the topic: a local
+ * subscriber gets the heartbeats, and neither its SUB nor its UNSUB (nor a
+ * replay) reaches the bus; unheld, the topic is an ordinary one. */
+static void
+test_link_holds_heartbeat(void **state)
+{
+    fb.holds_heartbeat = true;
+    bus_data("__admin__", "heartbeat", "admin", true, "", false);
+    run(0, "SUB __admin__ heartbeat", NULL);
+    expect_out(0, "+OK\n");
+    bus_data("__admin__", "heartbeat", "admin", true, "", false);
+    expect_out(0, "DATA __admin__ heartbeat admin h1 image multicast 0\n\n");
+    router_bus_state(F->r, BUS_DOWN, "gone");
+    router_bus_state(F->r, BUS_UP, NULL);
+    free(out(0));
+    run(0, "UNSUB __admin__ heartbeat", NULL);
+    expect_out(0, "+OK\n");
+    assert_int_equal(fb.n_sent, 0);
+    expect_stats(1, "STAT data_in 1\n", "STAT data_dropped_unwanted 0\n", NULL);
+
+    fb.holds_heartbeat = false;
+    run(0, "SUB __admin__ heartbeat", NULL);
+    run(0, "UNSUB __admin__ heartbeat", NULL);
+    assert_int_equal(fb.n_sent, 2);
+    assert_true(fb.sent[0].is_add);
+    assert_false(fb.sent[1].is_add);
 }
 
 static void
@@ -1121,6 +1162,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_one_upstream_subscription, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fanout_and_unwanted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_link_holds_heartbeat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_event_shared, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_cache, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_cache_overflow, setup, teardown),
