@@ -36,17 +36,15 @@
  * failure, retried with the harder backoff. Traffic but no echo means the
  * login worked and the probe's roles are denied: said once, the link stays.
  *
- * Data held for confirmation: with a confirmation (the probe or the
- * watchdog) on, publishes, sends and authorization answers made while the
- * link is unconfirmed wait in a separate buffer until the first message
- * proves the login was accepted.
- * A rejected login is silent (defect 2): sent at once they would vanish
- * although the router acknowledged them. Held data moves to the next link
- * when this one fails unconfirmed (nothing reached an authenticated
- * session), and counts towards the high-water mark. Subscription and
- * notification requests go out at once: the router replays them anyway.
- * With neither (bus.confirm none, no watchdog) a quiet bus may never
- * confirm the link, so nothing is held.
+ * Data waits for confirmation: with a confirmation (the probe or the
+ * watchdog) on, the link takes no publishes, sends or authorization
+ * answers while it is unconfirmed (bus_data_ready): a rejected login is
+ * silent (defect 2), and data sent to it would vanish although the router
+ * acknowledged it. The router keeps such data in its one queue for a link
+ * that is not ready and hands it over whole (bus_send_encoded) once the
+ * link is up. Subscription and notification requests go out at once: the
+ * router replays them anyway. With neither (bus.confirm none, no
+ * watchdog) a quiet bus may never confirm the link, so data goes at once.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -154,8 +152,6 @@ struct bus {
     void *shutdown_arg;
     bool shutdown_pending;
 
-    struct evbuffer *held;        /* data waiting for confirmation (see top) */
-    uint64_t held_msgs;
     TAILQ_HEAD(out_run_list, out_run) runs;   /* the output's recent appends, oldest first */
     size_t runs_len;              /* bytes they cover */
 
@@ -611,10 +607,6 @@ bus_report_lost(struct bus *bus)
 
     if (bus->bev == NULL || (bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP))
         return;
-    /* Unconfirmed with a confirmation on, the output holds only credentials
-     * and requests the router replays: the data is held, not lost. */
-    if (bus->state == BUS_UNCONFIRMED && bus_confirms(bus))
-        return;
     queued = evbuffer_get_length(bufferevent_get_output(bus->bev));
     data = out_runs_data(bus, queued);
     kernel = socket_unacked(bufferevent_getfd(bus->bev));
@@ -624,21 +616,6 @@ bus_report_lost(struct bus *bus)
     log_warn("bus: link lost with %zu bytes of data unsent (and %zu bytes of requests, "
         "replayed on the next link; %zu bytes the bus had not acknowledged)", data,
         queued - data, kernel);
-}
-
-/* Held data that will never go out (shutdown). */
-static void
-bus_drop_held(struct bus *bus, const char *why)
-{
-    size_t n = evbuffer_get_length(bus->held);
-
-    if (n == 0)
-        return;
-    log_warn("bus: %llu message%s (%zu bytes) held for an unconfirmed link discarded: %s",
-        (unsigned long long)bus->held_msgs, bus->held_msgs == 1 ? "" : "s", n, why);
-    bus->st.bytes_lost += n;
-    evbuffer_drain(bus->held, n);
-    bus->held_msgs = 0;
 }
 
 /* Back-pressure cannot outlive the link: release the router. */
@@ -913,16 +890,6 @@ bus_go_up(struct bus *bus)
     bus->streak = 0;
     bus->retries = 0;
     log_notice("bus: up%s", extra);
-    if (bus->held_msgs > 0) {
-        log_info("bus: sending %llu message%s (%zu bytes) held until the link was confirmed",
-            (unsigned long long)bus->held_msgs, bus->held_msgs == 1 ? "" : "s",
-            evbuffer_get_length(bus->held));
-        size_t n = evbuffer_get_length(bus->held);
-
-        evbuffer_add_buffer(bufferevent_get_output(bus->bev), bus->held);
-        out_runs_note(bus, n, true);
-        bus->held_msgs = 0;
-    }
     bus_set_state(bus, BUS_UP, NULL);
 }
 
@@ -1582,10 +1549,6 @@ bus_new(struct event_base *base, struct evdns_base *dns,
     wire_msg_init(&bus->msg);
     busconfirm_init(&bus->confirm);
     TAILQ_INIT(&bus->runs);
-    if ((bus->held = evbuffer_new()) == NULL) {
-        free(bus);
-        return NULL;
-    }
     if (cb != NULL)
         bus->cb = *cb;
     bus->cb_arg = arg;
@@ -1635,23 +1598,28 @@ bus_is_data(const struct wire_msg *msg)
         msg->type == WIRE_AUTHORIZATION_RESPONSE;
 }
 
-/* Data waits for confirmation when the probe or the watchdog will provide
- * one (see the top). */
-static bool
-bus_hold(const struct bus *bus, const struct wire_msg *msg)
+bool
+bus_data_ready(const struct bus *bus)
 {
-    return bus->state == BUS_UNCONFIRMED && bus_confirms(bus) && bus_is_data(msg);
+    return bus->bev != NULL && (bus->state == BUS_UP ||
+        (bus->state == BUS_UNCONFIRMED && !bus_confirms(bus)));
 }
 
-/* Bytes waiting to go to the bus, held ones included. */
+/* Bytes waiting to go to the bus. */
 static size_t
 bus_queued(const struct bus *bus)
 {
-    size_t n = evbuffer_get_length(bus->held);
-
     if (bus->bev != NULL && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))
-        n += evbuffer_get_length(bufferevent_get_output(bus->bev));
-    return n;
+        return evbuffer_get_length(bufferevent_get_output(bus->bev));
+    return 0;
+}
+
+/* After appending to the output: back-pressure past the high-water mark. */
+static void
+bus_note_queued(struct bus *bus)
+{
+    if (bus_queued(bus) > bus->cfg.output_high_water)
+        bus->pressure = true;
 }
 
 /* msg at the configured bus protocol, whatever version it was built at. */
@@ -1669,12 +1637,12 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
 {
     struct evbuffer *out;
     size_t before, after;
-    bool hold;
 
     if ((bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP) || bus->bev == NULL)
         return BUS_NOT_UP;
-    hold = bus_hold(bus, msg);
-    out = hold ? bus->held : bufferevent_get_output(bus->bev);
+    if (bus_is_data(msg) && !bus_data_ready(bus))
+        return BUS_NOT_UP;
+    out = bufferevent_get_output(bus->bev);
     before = evbuffer_get_length(out);
     /* wire_encode appends all of the message or nothing */
     if (bus_encode(out, &bus->cfg, msg) != 0)
@@ -1682,12 +1650,24 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     after = evbuffer_get_length(out);
     bus->st.msgs_out++;
     bus->st.bytes_out += after - before;
-    if (hold)
-        bus->held_msgs++;
-    else
-        out_runs_note(bus, after - before, bus_is_data(msg));
-    if (bus_queued(bus) > bus->cfg.output_high_water)
-        bus->pressure = true;
+    out_runs_note(bus, after - before, bus_is_data(msg));
+    bus_note_queued(bus);
+    return BUS_SENT;
+}
+
+enum bus_send_result
+bus_send_encoded(struct bus *bus, struct evbuffer *data, uint64_t n)
+{
+    size_t len = evbuffer_get_length(data);
+
+    if (!bus_data_ready(bus))
+        return BUS_NOT_UP;
+    if (evbuffer_add_buffer(bufferevent_get_output(bus->bev), data) != 0)
+        return BUS_ENCODE_ERROR;
+    bus->st.msgs_out += n;
+    bus->st.bytes_out += len;
+    out_runs_note(bus, len, true);
+    bus_note_queued(bus);
     return BUS_SENT;
 }
 
@@ -1781,7 +1761,6 @@ bus_shutdown(struct bus *bus, uint32_t timeout_ms, void (*done)(void *), void *a
         evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
 
     bus->stopping = true;
-    bus_drop_held(bus, "shutting down");
     bus->shutdown_done = done;
     bus->shutdown_arg = arg;
     bus->shutdown_pending = true;
@@ -1824,6 +1803,5 @@ bus_free(struct bus *bus)
     bus_cfg_free(&bus->cfg);
     wire_msg_free(&bus->msg);
     busconfirm_free(&bus->confirm);
-    evbuffer_free(bus->held);
     free(bus);
 }

@@ -18,6 +18,7 @@
 struct event_base;
 struct evdns_base;
 struct bus;
+struct evbuffer;
 
 enum bus_state {
     BUS_DOWN,          /* not connected; a retry is scheduled (or stopped) */
@@ -77,8 +78,18 @@ struct bus *bus_new(struct event_base *base, struct evdns_base *dns,
 /* Start connecting (and reconnecting forever). */
 int bus_start(struct bus *bus);
 
-/* Queue msg when the state is UNCONFIRMED or UP. */
+/* Queue msg when the state is UNCONFIRMED or UP; data (publishes, sends,
+ * authorization answers) only when bus_data_ready. */
 enum bus_send_result bus_send(struct bus *bus, const struct wire_msg *msg);
+
+/* Whether the link takes data now: up, or unconfirmed with no way to
+ * confirm it (bus.confirm none and no heartbeat watchdog). Until then the
+ * router keeps data in its queue. */
+bool bus_data_ready(const struct bus *bus);
+
+/* Hand n messages of data already encoded at this bus's protocol to the
+ * link, whole (data is left empty), when bus_data_ready. */
+enum bus_send_result bus_send_encoded(struct bus *bus, struct evbuffer *data, uint64_t n);
 
 /* True while more than output_high_water bytes wait to go out; the router
  * stops reading from sessions until on_drained. */

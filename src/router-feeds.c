@@ -495,6 +495,7 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct pending *pd = NULL;
     struct feed *f;
     struct wire_msg m;
+    char why[192];
     char *k;
 
     rt_pending_expire(r);
@@ -526,7 +527,9 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
     m.topic = pd->topic;
     m.auth_required = cmd->required;
     m.entitlements = cmd->entitlements;
-    switch (rt_upstream(r, &m)) {
+    /* Held while the login is unconfirmed; refused while down (the
+     * request stays pending: answer again when it is up). */
+    switch (rt_send_data(r, &m, false, why, sizeof why)) {
     case BUS_SENT:
         pd->answered = true;
         rt_reply_ok(c);
@@ -535,8 +538,7 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
         rt_reply_err(c, LP_ERR_SYNTAX, "the answer cannot be encoded");
         break;
     default:
-        rt_reply_err(c, LP_ERR_BUS_DOWN, "the bus link is %s; answer again "
-            "when it is up", bus_state_name(r->state));
+        rt_reply_err(c, LP_ERR_BUS_DOWN, "%s; answer again when it is up", why);
         break;
     }
 }

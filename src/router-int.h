@@ -185,9 +185,10 @@ struct router {
     struct evbuffer *one;           /* one DATA event being added to the batch */
     struct topic *batch_topic;      /* scratch holds undelivered events of it */
     uint64_t batch_count;
-    struct evbuffer *queue;         /* bus-down queue: wire-encoded, in order */
+    struct evbuffer *queue;         /* data for a link not ready: encoded, in order */
     uint32_t queue_count;
-    struct wire_msg qmsg;           /* decoding the queue at reconnect */
+    struct wire_msg qmsg;           /* re-encoding the queue (protocol change) */
+    size_t bus_high_water;          /* bus.output_high_water */
     char *key;                      /* lookup key scratch */
     size_t key_cap;
 
@@ -276,6 +277,10 @@ bool rt_link_holds(const struct router *r, const struct wire_str *feed,
     const struct wire_str *topic);
 void rt_upstream_subscription(struct router *r, const struct topic *t, bool add);
 void rt_upstream_notification(struct router *r, const struct feed *f, bool add);
+enum bus_send_result rt_send_data(struct router *r, const struct wire_msg *m,
+    bool while_down, char *why, size_t whylen);
+void rt_queue_flush(struct router *r);
+void rt_queue_reencode(struct router *r, int old_version, int new_version);
 void rt_replay_cb(evutil_socket_t fd, short what, void *arg);
 void rt_replay_upstream(struct router *r);
 void rt_replay_cancel(struct router *r);

@@ -1,10 +1,19 @@
 /*
  * The uplink: what goes upstream and when. Subscription and notification
- * requests for the first local holder, publishes and sends, the bus-down
- * queue, and the replay after a reconnect: a queue of topics and feeds
+ * requests for the first local holder, publishes, sends and authorization
+ * answers, and the replay after a reconnect: a queue of topics and feeds
  * sent in bounded batches, one per loop turn and never past the bus's
  * high-water mark; a topic or feed dropped before its turn leaves the
  * queue and sends nothing upstream.
+ *
+ * Data for a link that is not ready waits in ONE queue, encoded for the
+ * bus once and handed to it whole when it is ready (bus_data_ready: up,
+ * or unconfirmed with no way to confirm). While the login is unconfirmed
+ * data always waits there (a rejected login is silent: data sent to it
+ * would vanish), with back-pressure past bus.output_high_water; while the
+ * link is down only up to router.busdown_queue (0: refused). Both are
+ * bounded by router.busdown_queue_bytes; busdown_lost counts what the
+ * queue loses.
  */
 #include <string.h>
 
@@ -17,7 +26,24 @@
 static void pause_all(struct router *r);
 static void replay_step(struct router *r);
 
-/* Send rt_upstream while the link is up; otherwise the replay at reconnect
+/* Stop reading from sessions until the bus (or the queue) drains. */
+static void
+congest(struct router *r, const char *why)
+{
+    if (r->congested)
+        return;
+    r->congested = true;
+    log_notice("%s: not reading from sessions until it drains", why);
+    pause_all(r);
+}
+
+static bool
+uplink_ready(const struct router *r)
+{
+    return r->bus != NULL && !r->freeing && rt_linked(r->state) && bus_data_ready(r->bus);
+}
+
+/* Send upstream while the link is up; otherwise the replay at reconnect
  * does it. Returns the bus result (BUS_NOT_UP while down). */
 enum bus_send_result
 rt_upstream(struct router *r, const struct wire_msg *m)
@@ -27,12 +53,8 @@ rt_upstream(struct router *r, const struct wire_msg *m)
     if (r->bus == NULL || r->freeing || !rt_linked(r->state))
         return BUS_NOT_UP;
     res = bus_send(r->bus, m);
-    if (res == BUS_SENT && !r->congested && bus_congested(r->bus)) {
-        r->congested = true;
-        log_notice("bus output over its high-water mark: not reading from sessions "
-            "until it drains");
-        pause_all(r);
-    }
+    if (res == BUS_SENT && bus_congested(r->bus))
+        congest(r, "bus output over its high-water mark");
     return res;
 }
 
@@ -76,33 +98,58 @@ rt_upstream_notification(struct router *r, const struct feed *f, bool add)
     rt_upstream(r, &m);
 }
 
-/* Send every queued publish/send, in order. */
-static void
-queue_flush(struct router *r)
+/* Hand the queue to a ready link, whole and in order. */
+void
+rt_queue_flush(struct router *r)
+{
+    size_t bytes = evbuffer_get_length(r->queue);
+    uint32_t n = r->queue_count;
+
+    if (n == 0 || !uplink_ready(r))
+        return;
+    if (bus_send_encoded(r->bus, r->queue, n) != BUS_SENT)
+        return;
+    r->queue_count = 0;
+    log_info("sending %u message%s (%zu bytes) held until the bus link was ready", n,
+        n == 1 ? "" : "s", bytes);
+    if (bus_congested(r->bus))
+        congest(r, "bus output over its high-water mark");
+    else if (r->congested && !r->replaying)
+        router_bus_drained(r);      /* the queue itself held sessions back */
+}
+
+/* A protocol change on reload: the queue is re-encoded for the new one. */
+void
+rt_queue_reencode(struct router *r, int old_version, int new_version)
 {
     struct wire_limits lim = { UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX };
+    struct evbuffer *again = evbuffer_new();
     const char *cause = NULL;
-    uint32_t sent = 0;
+    uint32_t kept = 0;
 
-    while (r->queue_count > 0 && rt_linked(r->state) && r->bus != NULL) {
-        if (wire_decode(r->queue, &lim, &r->qmsg, &cause) != WIRE_DECODED) {
-            log_error("bus-down queue unreadable (%s): %u messages lost",
-                cause != NULL ? cause : "incomplete", r->queue_count);
-            r->n.busdown_lost += r->queue_count;
-            evbuffer_drain(r->queue, evbuffer_get_length(r->queue));
-            r->queue_count = 0;
-            break;
-        }
-        r->queue_count--;
-        if (rt_upstream(r, &r->qmsg) != BUS_SENT) {
-            log_warn("a queued %s could not be sent", wire_type_name(r->qmsg.type));
-            r->n.busdown_lost++;
-        } else {
-            sent++;
-        }
+    if (r->queue_count == 0 || old_version == new_version || again == NULL) {
+        if (again != NULL)
+            evbuffer_free(again);
+        return;
     }
-    if (sent > 0)
-        log_info("sent %u publishes held while the bus was down", sent);
+    r->qmsg.version = old_version;
+    while (kept < r->queue_count &&
+        wire_decode(r->queue, &lim, &r->qmsg, &cause) == WIRE_DECODED) {
+        r->qmsg.version = new_version;
+        if (wire_encode(again, &r->qmsg) != 0)
+            break;
+        r->qmsg.version = old_version;
+        kept++;
+    }
+    if (kept < r->queue_count) {
+        log_error("bus protocol %d -> %d: %u held messages cannot be re-encoded; lost",
+            old_version, new_version, r->queue_count - kept);
+        r->n.busdown_lost += r->queue_count - kept;
+    }
+    evbuffer_free(r->queue);
+    r->queue = again;
+    r->queue_count = kept;
+    r->qmsg.version = new_version;
 }
 
 /* Continue the replay on the next loop turn (at once without a loop). */
@@ -144,7 +191,7 @@ replay_step(struct router *r)
             if (r->replayed_topics > 0 || r->replayed_feeds > 0)
                 log_info("bus link: replayed %u subscriptions and %u notification requests",
                     r->replayed_topics, r->replayed_feeds);
-            queue_flush(r);
+            rt_queue_flush(r);
             return;
         }
         n++;
@@ -216,37 +263,54 @@ router_bus_drained(struct router *r)
         replay_schedule(r);
 }
 
-/* Hold a publish while the bus is down, if the queue has room. */
-static void
-queue_publish(struct router *r, struct client *c, const struct wire_msg *m)
+/* Keep data for a link that is not ready (see the top). */
+static enum bus_send_result
+queue_data(struct router *r, const struct wire_msg *m, bool while_down, char *why,
+    size_t whylen)
 {
     size_t size = wire_encoded_size(m), have = evbuffer_get_length(r->queue);
+    bool confirming = r->state == BUS_UNCONFIRMED;
+    struct wire_msg at = *m;
 
-    if (r->cfg.busdown_queue == 0) {
-        rt_reply_err(c, LP_ERR_BUS_DOWN, "the bus link is %s; nothing was sent",
-            bus_state_name(r->state));
-        return;
+    if (!confirming && (!while_down || r->cfg.busdown_queue == 0)) {
+        snprintf(why, whylen, "the bus link is %s", bus_state_name(r->state));
+        return BUS_NOT_UP;
     }
-    if (r->queue_count >= r->cfg.busdown_queue ||
+    if ((!confirming && r->queue_count >= r->cfg.busdown_queue) ||
         have + size > r->cfg.busdown_queue_bytes) {
-        rt_reply_err(c, LP_ERR_BUS_DOWN, "the bus link is %s and the bus-down "
-            "queue is full (%u messages, %zu bytes); nothing was sent",
-            bus_state_name(r->state), r->queue_count, have);
-        return;
+        snprintf(why, whylen, "the bus link is %s and its queue is full "
+            "(%u messages, %zu bytes)", bus_state_name(r->state), r->queue_count, have);
+        return BUS_NOT_UP;
     }
-    if (wire_encode(r->queue, m) != 0) {
-        rt_reply_err(c, LP_ERR_BAD_PACKET, "the message cannot be encoded");
-        return;
-    }
+    at.version = r->bus_protocol;
+    if (wire_encode(r->queue, &at) != 0)
+        return BUS_ENCODE_ERROR;
     r->queue_count++;
     r->n.busdown_queued_total++;
-    rt_reply_ok(c);
+    if (confirming && have + size > r->bus_high_water)
+        congest(r, "data held for an unconfirmed login over the high-water mark "
+            "(bus.output_high_water)");
+    return BUS_SENT;
+}
+
+enum bus_send_result
+rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *why,
+    size_t whylen)
+{
+    enum bus_send_result res;
+
+    rt_queue_flush(r);
+    if (r->queue_count == 0 && uplink_ready(r) &&
+        (res = rt_upstream(r, m)) != BUS_NOT_UP)
+        return res;
+    return queue_data(r, m, while_down, why, whylen);
 }
 
 void
 rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
     struct wire_msg m;
+    char why[192];
 
     if (cmd->n_packets == 0 && !r->cfg.allow_empty_publish) {
         rt_reply_err(c, LP_ERR_NO_PACKETS, "a publish needs at least one packet "
@@ -260,20 +324,13 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     m.feed.len = cmd->feed.len;
     m.topic.ptr = cmd->topic.ptr;
     m.topic.len = cmd->topic.len;
-    m.version = r->bus_protocol;    /* the bus-down queue keeps the content type */
+    m.version = r->bus_protocol;    /* the queue keeps the content type */
     m.is_image = cmd->is_image;
     m.content_type.ptr = cmd->content_type.ptr;
     m.content_type.len = cmd->content_type.len;
     m.packets = cmd->packets;
     m.n_packets = cmd->n_packets;
-    /* Queued messages go first, to keep the order. */
-    if (r->queue_count > 0)
-        queue_flush(r);
-    if (r->queue_count > 0) {
-        queue_publish(r, c, &m);
-        return;
-    }
-    switch (rt_upstream(r, &m)) {
+    switch (rt_send_data(r, &m, true, why, sizeof why)) {
     case BUS_SENT:
         rt_reply_ok(c);
         break;
@@ -281,7 +338,7 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
         rt_reply_err(c, LP_ERR_BAD_PACKET, "the message cannot be encoded");
         break;
     default:
-        queue_publish(r, c, &m);
+        rt_reply_err(c, LP_ERR_BUS_DOWN, "%s; nothing was sent", why);
         break;
     }
 }

@@ -230,6 +230,8 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
         link_lost(r);   /* after BUS down: the removes it sends are its consequence */
     if (!rt_linked(old) && rt_linked(state))
         rt_replay_upstream(r);
+    else if (state == BUS_UP && !r->replaying)
+        rt_queue_flush(r);      /* confirmed: the data held for the login */
 }
 
 void
@@ -504,8 +506,11 @@ router_load_config(struct router *r, const struct config *cfg)
     r->cfg = cfg->router;
     r->cfg.image_content_types = cfg->router.image_content_types != NULL ?
         strdup(cfg->router.image_content_types) : NULL;
+    if (r->bus_protocol != 0)
+        rt_queue_reencode(r, r->bus_protocol, cfg->bus.protocol);
     r->bus_protocol = cfg->bus.protocol;
     r->qmsg.version = cfg->bus.protocol;
+    r->bus_high_water = cfg->bus.output_high_water;
     r->listen = cfg->listen;
     r->listen.path = NULL;
     r->listen.group = NULL;
@@ -588,8 +593,8 @@ router_free(struct router *r)
         rt_feed_maybe_free(r, f);
     }
     if (r->queue_count > 0)
-        log_warn("%u publishes held while the bus was down were never sent",
-            r->queue_count);
+        log_warn("%u messages held for the bus link were never sent (%zu bytes)",
+            r->queue_count, evbuffer_get_length(r->queue));
     evbuffer_free(r->scratch);
     evbuffer_free(r->one);
     evbuffer_free(r->queue);

@@ -379,7 +379,7 @@ class TestAuthentication(BusLinkCase):
         self.assertEqual([r for r in bus.messages("MulticastData", direction="recv")
                           if r["conn"] in rejected and gwtest.not_probe(r)], [],
                          "data was sent to a rejected login")
-        gw.wait_log(r"bus: sending 1 message \(\d+ bytes\) held until the link was confirmed")
+        gw.wait_log(r"sending 1 message \(\d+ bytes\) held until the bus link was ready")
         self.assert_no_secret(gw, "Wr0ng-Secret-Pw", "gwpass")
 
     def test_unconfirmed_without_heartbeat(self):

@@ -143,6 +143,7 @@ static struct {
     enum bus_state state;
     bool congested;
     bool holds_heartbeat;       /* the link's watchdog holds __admin__/heartbeat */
+    bool confirms;              /* the link confirms its login: data waits for up */
     struct sent sent[FB_SENT_MAX];
     unsigned n_sent;
 } fb;
@@ -156,14 +157,17 @@ bus_state_name(enum bus_state s)
     return names[s];
 }
 
-enum bus_send_result
-bus_send(struct bus *bus, const struct wire_msg *m)
+bool
+bus_data_ready(const struct bus *bus)
+{
+    return fb.state == BUS_UP || (fb.state == BUS_UNCONFIRMED && !fb.confirms);
+}
+
+static void
+record(const struct wire_msg *m)
 {
     struct sent *x;
 
-    assert_ptr_equal(bus, FAKE_BUS);
-    if (fb.state != BUS_UP && fb.state != BUS_UNCONFIRMED)
-        return BUS_NOT_UP;
     assert_true(fb.n_sent < FB_SENT_MAX);
     x = &fb.sent[fb.n_sent++];
     memset(x, 0, sizeof *x);
@@ -178,6 +182,47 @@ bus_send(struct bus *bus, const struct wire_msg *m)
     if (m->n_packets > 0 && m->packets[0].len > 0)
         snprintf(x->data, sizeof x->data, "%.*s", (int)m->packets[0].len,
             (const char *)m->packets[0].data);
+}
+
+static bool
+is_data(const struct wire_msg *m)
+{
+    return m->type == WIRE_MULTICAST_DATA || m->type == WIRE_UNICAST_DATA ||
+        m->type == WIRE_AUTHORIZATION_RESPONSE;
+}
+
+enum bus_send_result
+bus_send(struct bus *bus, const struct wire_msg *m)
+{
+    assert_ptr_equal(bus, FAKE_BUS);
+    if (fb.state != BUS_UP && fb.state != BUS_UNCONFIRMED)
+        return BUS_NOT_UP;
+    if (is_data(m) && !bus_data_ready(bus))
+        return BUS_NOT_UP;
+    record(m);
+    return BUS_SENT;
+}
+
+/* The router's queue, handed over whole: every message in it is data. */
+enum bus_send_result
+bus_send_encoded(struct bus *bus, struct evbuffer *data, uint64_t n)
+{
+    struct wire_limits lim = { UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX };
+    struct wire_msg m;
+    const char *cause;
+
+    assert_ptr_equal(bus, FAKE_BUS);
+    if (!bus_data_ready(bus))
+        return BUS_NOT_UP;
+    wire_msg_init(&m);
+    m.version = 3;
+    for (uint64_t i = 0; i < n; i++) {
+        assert_int_equal(wire_decode(data, &lim, &m, &cause), WIRE_DECODED);
+        assert_true(is_data(&m));
+        record(&m);
+    }
+    assert_int_equal(evbuffer_get_length(data), 0);
+    wire_msg_free(&m);
     return BUS_SENT;
 }
 
@@ -661,6 +706,34 @@ test_busdown_queue(void **state)
     assert_true(fb.sent[1].is_image);
     run(0, "PUB F T delta 2", "p4");
     assert_string_equal(fb.sent[2].data, "p4");
+}
+
+/* A link that confirms its login takes no data while unconfirmed: the
+ * router holds publishes, sends and answers (even with the bus-down queue
+ * off) and hands them over, in order, once it is up. */
+static void
+test_unconfirmed_data_held(void **state)
+{
+    fb.n_sent = 0;
+    fb.confirms = true;
+    fb.state = BUS_UNCONFIRMED;
+    router_bus_state(F->r, BUS_UNCONFIRMED, NULL);
+    free(out(0));
+    run(0, "SUB F T", NULL);
+    run(0, "PUB F T delta 2", "h1");
+    run(0, "SEND " CID_TEXT " F T image 2", "h2");
+    expect_out(0, "+OK\n+OK\n+OK\n");
+    assert_int_equal(fb.n_sent, 1);     /* the subscription went at once */
+    expect_stats(1, "STAT busdown_queued 2\n", NULL);
+    fb.state = BUS_UP;
+    router_bus_state(F->r, BUS_UP, NULL);
+    free(out(0));
+    assert_int_equal(fb.n_sent, 3);
+    assert_string_equal(fb.sent[1].data, "h1");
+    assert_string_equal(fb.sent[2].data, "h2");
+    run(0, "PUB F T delta 2", "h3");
+    assert_string_equal(fb.sent[3].data, "h3");
+    expect_stats(1, "STAT busdown_queued 0\n", NULL);
 }
 
 static void
@@ -1168,6 +1241,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_image_cache_overflow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bus_down_and_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busdown_queue, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unconfirmed_data_held, setup, teardown),
         cmocka_unit_test_setup_teardown(test_publish_checks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_allow_empty_publish, setup, teardown),
         cmocka_unit_test_setup_teardown(test_notifications, setup, teardown),
