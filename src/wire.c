@@ -10,7 +10,7 @@
  * pointed into that copy. Encoding reserves the exact size once and writes
  * straight into the evbuffer.
  */
-#include "wire.h"
+#include "wire-int.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -108,8 +108,7 @@ wire_version_valid(int version)
 /* The cause of the last error; valid until the next error in this thread. */
 static _Thread_local char wire_cause_buf[192];
 
-__attribute__((format(printf, 2, 3)))
-static enum wire_result
+enum wire_result
 wire_fail(const char **cause, const char *fmt, ...)
 {
     va_list ap;
@@ -230,8 +229,8 @@ to_int32(uint32_t v)
     return -(int32_t)(~v) - 1;
 }
 
-static uint8_t *
-put_be32(uint8_t *p, uint32_t v)
+uint8_t *
+wire_put_be32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 24);
     p[1] = (uint8_t)(v >> 16);
@@ -240,8 +239,8 @@ put_be32(uint8_t *p, uint32_t v)
     return p + 4;
 }
 
-static uint8_t *
-put_bytes(uint8_t *p, const void *src, size_t len)
+uint8_t *
+wire_put_bytes(uint8_t *p, const void *src, size_t len)
 {
     if (len > 0)
         memcpy(p, src, len);
@@ -335,27 +334,27 @@ wire_encoded_size(const struct wire_msg *msg)
 static uint8_t *
 put_str(uint8_t *p, const struct wire_str *s)
 {
-    p = put_be32(p, s->len);
-    return put_bytes(p, s->ptr, s->len);
+    p = wire_put_be32(p, s->len);
+    return wire_put_bytes(p, s->ptr, s->len);
 }
 
 static uint8_t *
 put_ints(uint8_t *p, const struct wire_ints *ints)
 {
-    p = put_be32(p, ints->n);
+    p = wire_put_be32(p, ints->n);
     for (uint32_t i = 0; i < ints->n; i++)
-        p = put_be32(p, (uint32_t)ints->v[i]);
+        p = wire_put_be32(p, (uint32_t)ints->v[i]);
     return p;
 }
 
 static uint8_t *
 put_packets(uint8_t *p, const struct wire_packet *packets, uint32_t n)
 {
-    p = put_be32(p, n);
+    p = wire_put_be32(p, n);
     for (uint32_t i = 0; i < n; i++) {
         p = put_ints(p, &packets[i].entitlements);
-        p = put_be32(p, packets[i].len);
-        p = put_bytes(p, packets[i].data, packets[i].len);
+        p = wire_put_be32(p, packets[i].len);
+        p = wire_put_bytes(p, packets[i].data, packets[i].len);
     }
     return p;
 }
@@ -377,7 +376,7 @@ put_msg(uint8_t *p, const struct wire_msg *msg)
             p = put_str(p, msg_cstr(msg, field));
             break;
         case WF_CLIENT_ID:
-            p = put_bytes(p, msg->client_id, WIRE_GUID_LEN);
+            p = wire_put_bytes(p, msg->client_id, WIRE_GUID_LEN);
             break;
         case WF_ENTITLEMENTS:
             p = put_ints(p, &msg->entitlements);
@@ -394,8 +393,8 @@ put_msg(uint8_t *p, const struct wire_msg *msg)
 }
 
 /* Reserve size contiguous bytes at the end of out, in one chain. */
-static uint8_t *
-reserve(struct evbuffer *out, uint64_t size, struct evbuffer_iovec *vec)
+uint8_t *
+wire_reserve(struct evbuffer *out, uint64_t size, struct evbuffer_iovec *vec)
 {
     if (evbuffer_reserve_space(out, (ev_ssize_t)size, vec, 1) != 1 ||
         vec->iov_len < size)
@@ -403,8 +402,8 @@ reserve(struct evbuffer *out, uint64_t size, struct evbuffer_iovec *vec)
     return vec->iov_base;
 }
 
-static int
-commit(struct evbuffer *out, struct evbuffer_iovec *vec, uint64_t size)
+int
+wire_commit(struct evbuffer *out, struct evbuffer_iovec *vec, uint64_t size)
 {
     vec->iov_len = (size_t)size;
     return evbuffer_commit_space(out, vec, 1) == 0 ? 0 : -1;
@@ -417,33 +416,17 @@ wire_encode(struct evbuffer *out, const struct wire_msg *msg)
     uint64_t size;
     uint8_t *p;
 
-    if ((size = msg_size(msg)) == 0 || (p = reserve(out, size, &vec)) == NULL)
+    if ((size = msg_size(msg)) == 0 || (p = wire_reserve(out, size, &vec)) == NULL)
         return -1;
     if (put_msg(p, msg) != p + size)
         return -1;   /* impossible: msg_size and put_msg disagree */
-    return commit(out, &vec, size);
+    return wire_commit(out, &vec, size);
 }
 
-/* --- decoding: a non-consuming read position in an evbuffer --- */
+/* --- decoding: a non-consuming read position in an evbuffer (wire-int.h) --- */
 
-/*
- * Reads go through the contiguous segment (chain) holding the current
- * offset, so most field reads are a memcpy; skips are arithmetic, and
- * moving to a later chain walks forward from the current one.
- */
-struct wire_cursor {
-    struct evbuffer *buf;
-    struct evbuffer_ptr seg_ptr;   /* where seg starts in buf */
-    const uint8_t *seg;            /* NULL until the first read */
-    size_t seg_len;
-    uint64_t seg_off;              /* offset of seg from the buffer start */
-    uint64_t off;                  /* bytes walked from the message start */
-    uint64_t avail;                /* bytes in buf */
-    uint64_t max;                  /* the whole-message limit */
-};
-
-static void
-cursor_init(struct wire_cursor *c, struct evbuffer *buf, uint32_t max)
+void
+wire_cursor_init(struct wire_cursor *c, struct evbuffer *buf, uint32_t max)
 {
     memset(c, 0, sizeof *c);
     c->buf = buf;
@@ -501,8 +484,8 @@ cursor_read(struct wire_cursor *c, void *dst, size_t n)
  * then exceed its limit (checked first, so an oversized message is refused
  * as early as possible), need-more if they have not arrived yet.
  */
-static enum wire_result
-cursor_claim(struct wire_cursor *c, uint64_t n, const char **cause)
+enum wire_result
+wire_cursor_claim(struct wire_cursor *c, uint64_t n, const char **cause)
 {
     if (n > c->max || c->off + n > c->max)
         return wire_fail(cause, "message size at least %llu over limit %llu",
@@ -521,19 +504,6 @@ struct wire_scan {
     uint64_t str_bytes;    /* bytes of non-empty strings, NULs included */
 };
 
-/* Names the field being read, for error messages. */
-struct wire_where {
-    const char *what;    /* message type name, or "authentication" */
-    const char *field;
-};
-
-enum wire_count {
-    WC_STRING,
-    WC_PAYLOAD,
-    WC_ENTITLEMENTS,
-    WC_PACKETS,
-};
-
 static const char *const wire_count_names[] = {
     [WC_STRING] = "string length",
     [WC_PAYLOAD] = "payload length",
@@ -545,8 +515,8 @@ static const char *const wire_count_names[] = {
  * Read a length or count, refuse it if negative or over limit, and claim
  * the unit * count bytes that must follow (a packet's minimum is 8).
  */
-static enum wire_result
-scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
+enum wire_result
+wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
     unsigned unit, const struct wire_where *at, uint32_t *out,
     const char **cause)
 {
@@ -556,7 +526,7 @@ scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
     int32_t v;
     enum wire_result r;
 
-    if ((r = cursor_claim(c, 4, cause)) != WIRE_DECODED)
+    if ((r = wire_cursor_claim(c, 4, cause)) != WIRE_DECODED)
         return r;
     if (cursor_read(c, b, 4) != 0)
         return wire_fail(cause, "evbuffer walk failed");
@@ -568,7 +538,7 @@ scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
     if (raw > limit)
         return wire_fail(cause, "%s %lu over limit %lu (%s %s)", name,
             (unsigned long)raw, (unsigned long)limit, at->what, at->field);
-    if ((r = cursor_claim(c, (uint64_t)raw * unit, cause)) == WIRE_ERROR)
+    if ((r = wire_cursor_claim(c, (uint64_t)raw * unit, cause)) == WIRE_ERROR)
         return r;
     *out = raw;
     return WIRE_DECODED;
@@ -582,9 +552,9 @@ scan_body(struct wire_cursor *c, enum wire_count what, uint32_t limit,
 {
     enum wire_result r;
 
-    if ((r = scan_count(c, what, limit, unit, at, n, cause)) != WIRE_DECODED)
+    if ((r = wire_scan_count(c, what, limit, unit, at, n, cause)) != WIRE_DECODED)
         return r;
-    if ((r = cursor_claim(c, (uint64_t)*n * unit, cause)) != WIRE_DECODED)
+    if ((r = wire_cursor_claim(c, (uint64_t)*n * unit, cause)) != WIRE_DECODED)
         return r;
     c->off += (uint64_t)*n * unit;
     return WIRE_DECODED;
@@ -597,7 +567,7 @@ scan_packets(struct wire_cursor *c, const struct wire_limits *lim,
     uint32_t n, k;
     enum wire_result r;
 
-    if ((r = scan_count(c, WC_PACKETS, lim->max_packets, 8, at, &n,
+    if ((r = wire_scan_count(c, WC_PACKETS, lim->max_packets, 8, at, &n,
         cause)) != WIRE_DECODED)
         return r;
     sc->n_packets = n;
@@ -632,7 +602,7 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
         sc->str_bytes += n > 0 ? n + 1 : 0;
         return WIRE_DECODED;
     case WF_CLIENT_ID:
-        if ((r = cursor_claim(c, WIRE_GUID_LEN, cause)) != WIRE_DECODED)
+        if ((r = wire_cursor_claim(c, WIRE_GUID_LEN, cause)) != WIRE_DECODED)
             return r;
         c->off += WIRE_GUID_LEN;
         return WIRE_DECODED;
@@ -645,7 +615,7 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
     case WF_PACKETS:
         return scan_packets(c, lim, at, sc, cause);
     default:
-        if ((r = cursor_claim(c, 1, cause)) != WIRE_DECODED)
+        if ((r = wire_cursor_claim(c, 1, cause)) != WIRE_DECODED)
             return r;
         c->off += 1;
         return WIRE_DECODED;
@@ -661,7 +631,7 @@ scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int version,
     uint8_t t;
     enum wire_result r;
 
-    if ((r = cursor_claim(c, 1, cause)) != WIRE_DECODED)
+    if ((r = wire_cursor_claim(c, 1, cause)) != WIRE_DECODED)
         return r;
     if (cursor_read(c, &t, 1) != 0)
         return wire_fail(cause, "evbuffer walk failed");
@@ -841,434 +811,8 @@ wire_decode(struct evbuffer *in, const struct wire_limits *lim,
     enum wire_result r;
     int type;
 
-    cursor_init(&c, in, lim->max_message);
+    wire_cursor_init(&c, in, lim->max_message);
     if ((r = scan_msg(&c, lim, msg->version, &type, &sc, cause)) != WIRE_DECODED)
         return r;
     return take_msg(in, msg, c.off, &sc, cause);
-}
-
-/* --- the authentication payload --- */
-
-#define WIRE_AUTH_MAX_FIELDS 4
-
-/* The payload's strings for auth's method, in wire order; -1 if unknown. */
-static int
-auth_fields(const struct wire_auth *auth, const char *v[WIRE_AUTH_MAX_FIELDS])
-{
-    switch (auth->method) {
-    case WIRE_AUTH_NONE:
-        return 0;
-    case WIRE_AUTH_BASIC:
-        v[0] = auth->username;
-        v[1] = auth->password;
-        v[2] = auth->impersonating;
-        v[3] = auth->forwarded_for;
-        return 4;
-    case WIRE_AUTH_TOKEN:
-        v[0] = auth->token;
-        v[1] = auth->impersonating;
-        v[2] = auth->forwarded_for;
-        return 3;
-    }
-    return -1;
-}
-
-/* Where decoded strings go, in wire order; -1 if the method is unknown. */
-static int
-auth_slots(struct wire_auth *auth, const char **v[WIRE_AUTH_MAX_FIELDS])
-{
-    switch (auth->method) {
-    case WIRE_AUTH_NONE:
-        return 0;
-    case WIRE_AUTH_BASIC:
-        v[0] = &auth->username;
-        v[1] = &auth->password;
-        v[2] = &auth->impersonating;
-        v[3] = &auth->forwarded_for;
-        return 4;
-    case WIRE_AUTH_TOKEN:
-        v[0] = &auth->token;
-        v[1] = &auth->impersonating;
-        v[2] = &auth->forwarded_for;
-        return 3;
-    }
-    return -1;
-}
-
-/*
- * The keys of the connection string (4 and later), in the order the
- * python clients write them; the first two are required for the method
- * that names them, the rest are written only when non-empty.
- */
-enum wire_key {
-    WK_USERNAME,
-    WK_PASSWORD,
-    WK_TOKEN,
-    WK_IMPERSONATING,
-    WK_FORWARDED_FOR,
-    WK_APPLICATION,
-    WK_COUNT,
-};
-
-static const char *const wire_key_names[WK_COUNT] = {
-    [WK_USERNAME] = "Username",
-    [WK_PASSWORD] = "Password",
-    [WK_TOKEN] = "Token",
-    [WK_IMPERSONATING] = "Impersonating",
-    [WK_FORWARDED_FOR] = "ForwardedFor",
-    [WK_APPLICATION] = "Application",
-};
-
-static const char **
-auth_key_slot(struct wire_auth *auth, enum wire_key k)
-{
-    switch (k) {
-    case WK_USERNAME:
-        return &auth->username;
-    case WK_PASSWORD:
-        return &auth->password;
-    case WK_TOKEN:
-        return &auth->token;
-    case WK_IMPERSONATING:
-        return &auth->impersonating;
-    case WK_FORWARDED_FOR:
-        return &auth->forwarded_for;
-    default:
-        return &auth->application;
-    }
-}
-
-static const char *
-auth_key_value(const struct wire_auth *auth, enum wire_key k)
-{
-    return *auth_key_slot((struct wire_auth *)auth, k);
-}
-
-/* Whether key k is required (1), optional (0) or not sent (-1) for method. */
-static int
-auth_key_use(enum wire_auth_method method, enum wire_key k)
-{
-    switch (k) {
-    case WK_USERNAME:
-    case WK_PASSWORD:
-        return method == WIRE_AUTH_BASIC ? 1 : -1;
-    case WK_TOKEN:
-        return method == WIRE_AUTH_TOKEN ? 1 : -1;
-    default:
-        return 0;
-    }
-}
-
-static bool
-auth_key_sent(const struct wire_auth *auth, enum wire_key k)
-{
-    const char *v = auth_key_value(auth, k);
-    int use = auth_key_use(auth->method, k);
-
-    return use > 0 || (use == 0 && v != NULL && v[0] != '\0');
-}
-
-static bool
-connection_string(const struct wire_auth *auth)
-{
-    return auth->version >= WIRE_V4 && auth->method != WIRE_AUTH_NONE;
-}
-
-int
-wire_auth_check(const struct wire_auth *auth, const char **cause)
-{
-    if (auth->method != WIRE_AUTH_NONE && auth->method != WIRE_AUTH_BASIC &&
-        auth->method != WIRE_AUTH_TOKEN) {
-        wire_fail(cause, "unknown authentication method %d", (int)auth->method);
-        return -1;
-    }
-    if (!connection_string(auth))
-        return 0;
-    for (int k = 0; k < WK_COUNT; k++) {
-        const char *v = auth_key_value(auth, k);
-
-        if (auth_key_sent(auth, k) && v != NULL && strchr(v, ';') != NULL) {
-            wire_fail(cause, "the %s contains ';', which bus protocol %d cannot "
-                "send: the distributor splits its one login string on ';' with "
-                "no escaping", wire_key_names[k], auth->version);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* Bytes of the connection string for auth. */
-static uint64_t
-connection_string_size(const struct wire_auth *auth)
-{
-    uint64_t size = 0;
-
-    for (int k = 0; k < WK_COUNT; k++) {
-        const char *v = auth_key_value(auth, k);
-
-        if (!auth_key_sent(auth, k))
-            continue;
-        size += (size > 0 ? 1 : 0) + strlen(wire_key_names[k]) + 1 +
-            (v != NULL ? strlen(v) : 0);
-    }
-    return size;
-}
-
-static uint8_t *
-put_connection_string(uint8_t *p, const struct wire_auth *auth)
-{
-    bool first = true;
-
-    for (int k = 0; k < WK_COUNT; k++) {
-        const char *v = auth_key_value(auth, k);
-
-        if (!auth_key_sent(auth, k))
-            continue;
-        if (!first)
-            *p++ = ';';
-        first = false;
-        p = put_bytes(p, wire_key_names[k], strlen(wire_key_names[k]));
-        *p++ = '=';
-        p = put_bytes(p, v, v != NULL ? strlen(v) : 0);
-    }
-    return p;
-}
-
-static int
-encode_connection_string(struct evbuffer *out, const struct wire_auth *auth)
-{
-    uint64_t len = connection_string_size(auth);
-    struct evbuffer_iovec vec;
-    uint8_t *p;
-
-    if (len > (uint64_t)INT32_MAX || (p = reserve(out, 4 + len, &vec)) == NULL)
-        return -1;
-    p = put_be32(p, (uint32_t)len);
-    put_connection_string(p, auth);
-    return commit(out, &vec, 4 + len);
-}
-
-int
-wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth)
-{
-    const char *v[WIRE_AUTH_MAX_FIELDS];
-    size_t len[WIRE_AUTH_MAX_FIELDS];
-    struct evbuffer_iovec vec;
-    uint64_t size = 0;
-    uint8_t *p;
-    int n;
-
-    if (wire_auth_check(auth, NULL) != 0)
-        return -1;
-    if (connection_string(auth))
-        return encode_connection_string(out, auth);
-    if ((n = auth_fields(auth, v)) < 0)
-        return -1;
-    if (n == 0)
-        return 0;
-    for (int i = 0; i < n; i++) {
-        len[i] = v[i] != NULL ? strlen(v[i]) : 0;
-        if (len[i] > (size_t)INT32_MAX)
-            return -1;
-        size += 4 + (uint64_t)len[i];
-    }
-    if ((p = reserve(out, size, &vec)) == NULL)
-        return -1;
-    for (int i = 0; i < n; i++) {
-        p = put_be32(p, (uint32_t)len[i]);
-        p = put_bytes(p, v[i], len[i]);
-    }
-    return commit(out, &vec, size);
-}
-
-void
-wire_auth_free(struct wire_auth *auth)
-{
-    for (int k = 0; k < WK_COUNT; k++) {
-        const char **slot = auth_key_slot(auth, k);
-
-        free((void *)*slot);
-        *slot = NULL;
-    }
-}
-
-static const char *const wire_auth_names[][WIRE_AUTH_MAX_FIELDS] = {
-    [WIRE_AUTH_BASIC] = { "username", "password", "impersonating",
-                          "forwardedFor" },
-    [WIRE_AUTH_TOKEN] = { "token", "impersonating", "forwardedFor" },
-};
-
-/* Check the n strings at the front of c's buffer; their lengths to len. */
-static enum wire_result
-scan_auth(struct wire_cursor *c, const char *const names[], int n,
-    const struct wire_limits *lim, uint32_t len[WIRE_AUTH_MAX_FIELDS],
-    const char **cause)
-{
-    struct wire_where at = { "authentication", NULL };
-    enum wire_result r;
-
-    for (int i = 0; i < n; i++) {
-        at.field = names[i];
-        if ((r = scan_count(c, WC_STRING, lim->max_string, 1, &at, &len[i],
-            cause)) != WIRE_DECODED)
-            return r;
-        if ((r = cursor_claim(c, len[i], cause)) != WIRE_DECODED)
-            return r;
-        c->off += len[i];
-    }
-    return WIRE_DECODED;
-}
-
-/* Allocate n copies, then take the n strings scan_auth checked from in. */
-static enum wire_result
-take_auth_strings(struct evbuffer *in, int n, const uint32_t len[],
-    char *copy[], const char **cause)
-{
-    for (int i = 0; i < n; i++) {
-        copy[i] = NULL;
-        if (len[i] > 0 && (copy[i] = malloc((size_t)len[i] + 1)) == NULL) {
-            for (int j = 0; j < i; j++)
-                free(copy[j]);
-            return wire_fail(cause, "out of memory");
-        }
-    }
-    for (int i = 0; i < n; i++) {
-        evbuffer_drain(in, 4);
-        if (len[i] > 0) {
-            evbuffer_remove(in, copy[i], len[i]);
-            copy[i][len[i]] = '\0';
-        }
-    }
-    return WIRE_DECODED;
-}
-
-static int
-key_of(const char *name, size_t len)
-{
-    for (int k = 0; k < WK_COUNT; k++)
-        if (strlen(wire_key_names[k]) == len &&
-            memcmp(wire_key_names[k], name, len) == 0)
-            return k;
-    return -1;
-}
-
-/* Set one "key=value" part of a connection string into auth. */
-static int
-parse_part(struct wire_auth *auth, const char *part, size_t len,
-    const char **cause)
-{
-    const char *eq = memchr(part, '=', len);
-    const char **slot;
-    char *value;
-    int k;
-
-    if (len == 0)
-        return wire_fail(cause, "empty part in the connection string"), -1;
-    if (eq == NULL)
-        return wire_fail(cause, "connection string part without '='"), -1;
-    if ((k = key_of(part, (size_t)(eq - part))) < 0 ||
-        auth_key_use(auth->method, k) < 0)
-        return wire_fail(cause, "unexpected key \"%.*s\" in the connection "
-            "string", (int)(eq - part), part), -1;
-    slot = auth_key_slot(auth, k);
-    if (*slot != NULL)
-        return wire_fail(cause, "repeated key %s in the connection string",
-            wire_key_names[k]), -1;
-    if ((value = strndup(eq + 1, len - (size_t)(eq + 1 - part))) == NULL)
-        return wire_fail(cause, "out of memory"), -1;
-    *slot = value;
-    return 0;
-}
-
-/* Parse a connection string as the distributor does. */
-static enum wire_result
-parse_connection_string(struct wire_auth *auth, const char *s,
-    const char **cause)
-{
-    const char *end = s + strlen(s);
-
-    for (const char *p = s;;) {
-        const char *semi = memchr(p, ';', (size_t)(end - p));
-        const char *stop = semi != NULL ? semi : end;
-
-        if (parse_part(auth, p, (size_t)(stop - p), cause) != 0)
-            return WIRE_ERROR;
-        if (semi == NULL)
-            break;
-        p = semi + 1;
-    }
-    for (int k = 0; k < WK_COUNT; k++)
-        if (auth_key_use(auth->method, k) > 0 && auth_key_value(auth, k) == NULL)
-            return wire_fail(cause, "the connection string has no %s",
-                wire_key_names[k]);
-    return WIRE_DECODED;
-}
-
-/* Nothing is consumed unless the whole string parses. */
-static enum wire_result
-decode_connection_string(struct evbuffer *in, const struct wire_limits *lim,
-    struct wire_auth *auth, const char **cause)
-{
-    static const char *const names[] = { "connection string" };
-    struct wire_cursor c;
-    uint32_t len[WIRE_AUTH_MAX_FIELDS];
-    char *copy;
-    enum wire_result r;
-
-    cursor_init(&c, in, lim->max_message);
-    if ((r = scan_auth(&c, names, 1, lim, len, cause)) != WIRE_DECODED)
-        return r;
-    if ((copy = malloc((size_t)c.off + 1)) == NULL)
-        return wire_fail(cause, "out of memory");
-    if (evbuffer_copyout(in, copy, (size_t)c.off) != (ev_ssize_t)c.off) {
-        free(copy);
-        return wire_fail(cause, "evbuffer copy failed");
-    }
-    copy[c.off] = '\0';
-    r = parse_connection_string(auth, copy + 4, cause);
-    free(copy);
-    if (r != WIRE_DECODED) {
-        wire_auth_free(auth);
-        return r;
-    }
-    evbuffer_drain(in, (size_t)c.off);
-    return WIRE_DECODED;
-}
-
-enum wire_result
-wire_decode_auth_version(struct evbuffer *in, int version,
-    enum wire_auth_method method, const struct wire_limits *lim,
-    struct wire_auth *auth, const char **cause)
-{
-    const char **slot[WIRE_AUTH_MAX_FIELDS];
-    char *copy[WIRE_AUTH_MAX_FIELDS];
-    uint32_t len[WIRE_AUTH_MAX_FIELDS];
-    struct wire_cursor c;
-    enum wire_result r;
-    int n;
-
-    memset(auth, 0, sizeof *auth);
-    auth->method = method;
-    auth->version = version;
-    if ((n = auth_slots(auth, slot)) < 0)
-        return wire_fail(cause, "unknown authentication method %d",
-            (int)method);
-    if (connection_string(auth))
-        return decode_connection_string(in, lim, auth, cause);
-    cursor_init(&c, in, lim->max_message);
-    if ((r = scan_auth(&c, wire_auth_names[method], n, lim, len,
-        cause)) != WIRE_DECODED)
-        return r;
-    if ((r = take_auth_strings(in, n, len, copy, cause)) != WIRE_DECODED)
-        return r;
-    for (int i = 0; i < n; i++)
-        *slot[i] = copy[i];
-    return WIRE_DECODED;
-}
-
-enum wire_result
-wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
-    const struct wire_limits *lim, struct wire_auth *auth, const char **cause)
-{
-    return wire_decode_auth_version(in, WIRE_V3, method, lim, auth, cause);
 }
