@@ -5,9 +5,7 @@
  * default and range. Defaults, parsing, validation, "did you mean", the
  * dump and freeing all walk that table, so a setting is added in one place.
  */
-#include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -21,7 +19,7 @@
 #include <openssl/tls1.h>
 #include <yaml.h>
 
-#include "config.h"
+#include "config-int.h"
 #include "credentials.h"
 #include "fileio.h"
 #include "log.h"
@@ -33,47 +31,10 @@
 /* Nesting of mappings and sequences; the settings go 3 deep. */
 #define CONFIG_MAX_DEPTH 32
 
-#define KIB 1024ull
-#define MIB (1024ull * KIB)
-#define GIB (1024ull * MIB)
 #define DAY_MS (24ull * 3600 * 1000)
 /* size_t settings: up to 1 TiB where size_t allows it. */
 #define SIZE_CAP ((uint64_t)SIZE_MAX < (1ull << 40) ? (uint64_t)SIZE_MAX : (1ull << 40))
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1)
-
-enum opt_kind {
-    K_SECTION,      /* a mapping of further keys */
-    K_TLS,          /* bus.tls: true, false, or a mapping */
-    K_STRING,       /* text; min/max bound its length */
-    K_PATH,         /* a file path; relative ones are taken from the config's directory */
-    K_BOOL,
-    K_COUNT,        /* a plain decimal number */
-    K_SIZE,         /* bytes: 4KiB, 16MiB, 1024 */
-    K_MS,           /* a duration held in milliseconds */
-    K_SEC,          /* a duration held in whole seconds */
-    K_MODE,         /* an octal file mode */
-    K_ENUM,         /* one of names[] */
-    K_FORWARDED,    /* bus.forwarded_for: a name, host, or none */
-};
-
-#define OPT_NONNULL 0x1    /* a string that cannot be unset */
-
-struct opt_name {
-    const char *name;
-    int value;
-};
-
-struct opt {
-    const char *key;                /* dotted path: "bus.tls.verify" */
-    enum opt_kind kind;
-    size_t off;                     /* field in struct config */
-    size_t width;                   /* sizeof that field */
-    uint64_t def;                   /* default of numbers, bools, enums */
-    const char *defstr;             /* default of strings; NULL: unset */
-    uint64_t min, max;              /* value range, or string length range */
-    const struct opt_name *names;   /* K_ENUM */
-    unsigned flags;
-};
 
 static const struct opt_name auth_names[] = {
     { "none", CONFIG_AUTH_NONE }, { "basic", CONFIG_AUTH_BASIC },
@@ -108,7 +69,7 @@ static const struct opt_name dest_names[] = {
 #define ENUM(k, m, d, n) { .key = k, .kind = K_ENUM, AT(m), .def = d, .names = n }
 
 /* Every setting, its default and its range: the one table. */
-static const struct opt opts[] = {
+const struct opt config_opts[] = {
     SECTION("bus"),
     STR("bus.host", bus.host, NULL, 255),
     NUM("bus.port", K_COUNT, bus.port, 9091, 1, 65535),
@@ -189,7 +150,8 @@ static const struct opt opts[] = {
     NUM("daemon.shutdown_grace", K_MS, daemon.shutdown_grace_ms, 5000, 0, DAY_MS),
 };
 
-#define NOPTS (sizeof opts / sizeof opts[0])
+#define NOPTS (sizeof config_opts / sizeof config_opts[0])
+const size_t config_nopts = NOPTS;
 
 /* One load: where errors go, and where each key was seen for later checks. */
 struct load_ctx {
@@ -207,7 +169,7 @@ struct load_ctx {
     yaml_mark_t val_mark[NOPTS];
 };
 
-/* --- small helpers --- */
+static int walk_mapping(struct load_ctx *c, const yaml_node_t *map, const char *prefix);
 
 static void *
 field(struct config *cfg, const struct opt *o)
@@ -236,8 +198,8 @@ set_num(struct config *cfg, const struct opt *o, uint64_t v)
     }
 }
 
-static uint64_t
-get_num(const struct config *cfg, const struct opt *o)
+uint64_t
+config_get_num(const struct config *cfg, const struct opt *o)
 {
     const void *p = cfield(cfg, o);
 
@@ -256,8 +218,8 @@ str_field(struct config *cfg, const struct opt *o)
     return (char **)field(cfg, o);
 }
 
-static const char *
-get_str(const struct config *cfg, const struct opt *o)
+const char *
+config_get_str(const struct config *cfg, const struct opt *o)
 {
     return *(char *const *)cfield(cfg, o);
 }
@@ -266,13 +228,13 @@ static int
 find_opt(const char *key)
 {
     for (size_t i = 0; i < NOPTS; i++)
-        if (strcmp(opts[i].key, key) == 0)
+        if (strcmp(config_opts[i].key, key) == 0)
             return (int)i;
     return -1;
 }
 
-static const char *
-last_part(const char *key)
+const char *
+config_last_part(const char *key)
 {
     const char *dot = strrchr(key, '.');
 
@@ -290,51 +252,21 @@ is_child(const char *key, const char *prefix)
     return strncmp(key, prefix, n) == 0 && key[n] == '.' && strchr(key + n + 1, '.') == NULL;
 }
 
-static void
-fmt_size(uint64_t v, char *buf, size_t n)
-{
-    if (v == 0)
-        snprintf(buf, n, "0");
-    else if (v % GIB == 0)
-        snprintf(buf, n, "%lluGiB", (unsigned long long)(v / GIB));
-    else if (v % MIB == 0)
-        snprintf(buf, n, "%lluMiB", (unsigned long long)(v / MIB));
-    else if (v % KIB == 0)
-        snprintf(buf, n, "%lluKiB", (unsigned long long)(v / KIB));
-    else
-        snprintf(buf, n, "%lluB", (unsigned long long)v);
-}
-
-static void
-fmt_ms(uint64_t v, char *buf, size_t n)
-{
-    if (v == 0)
-        snprintf(buf, n, "0");
-    else if (v % 3600000 == 0)
-        snprintf(buf, n, "%lluh", (unsigned long long)(v / 3600000));
-    else if (v % 60000 == 0)
-        snprintf(buf, n, "%llum", (unsigned long long)(v / 60000));
-    else if (v % 1000 == 0)
-        snprintf(buf, n, "%llus", (unsigned long long)(v / 1000));
-    else
-        snprintf(buf, n, "%llums", (unsigned long long)v);
-}
-
 /* A number of o's kind as it would be written in the file. */
-static void
-fmt_num(const struct opt *o, uint64_t v, char *buf, size_t n)
+void
+config_fmt_num(const struct opt *o, uint64_t v, char *buf, size_t n)
 {
     switch (o->kind) {
-    case K_SIZE: fmt_size(v, buf, n); break;
-    case K_MS: fmt_ms(v, buf, n); break;
-    case K_SEC: fmt_ms(v * 1000, buf, n); break;
+    case K_SIZE: config_fmt_size(v, buf, n); break;
+    case K_MS: config_fmt_ms(v, buf, n); break;
+    case K_SEC: config_fmt_ms(v * 1000, buf, n); break;
     case K_MODE: snprintf(buf, n, "0%03llo", (unsigned long long)v); break;
     default: snprintf(buf, n, "%llu", (unsigned long long)v); break;
     }
 }
 
-static const char *
-enum_name(const struct opt_name *names, int value)
+const char *
+config_enum_name(const struct opt_name *names, int value)
 {
     for (; names->name != NULL; names++)
         if (names->value == value)
@@ -382,8 +314,6 @@ edit_distance(const char *a, const char *b)
     return prev[lb];
 }
 
-/* --- errors --- */
-
 /* "name:line:col: message"; always returns -1. */
 static int __attribute__((format(printf, 3, 4)))
 err_at(struct load_ctx *c, const yaml_mark_t *m, const char *fmt, ...)
@@ -399,7 +329,7 @@ err_at(struct load_ctx *c, const yaml_mark_t *m, const char *fmt, ...)
     return -1;
 }
 
-/* Where a check about opts[i] should point: its value, else its nearest
+/* Where a check about config_opts[i] should point: its value, else its nearest
  * section that was written, else the top of the file. */
 static const yaml_mark_t *
 mark_for(struct load_ctx *c, int i, bool value)
@@ -409,7 +339,7 @@ mark_for(struct load_ctx *c, int i, bool value)
 
     if (i >= 0 && c->seen[i])
         return value ? &c->val_mark[i] : &c->key_mark[i];
-    snprintf(key, sizeof key, "%s", i >= 0 ? opts[i].key : "");
+    snprintf(key, sizeof key, "%s", i >= 0 ? config_opts[i].key : "");
     for (char *dot; (dot = strrchr(key, '.')) != NULL;) {
         *dot = '\0';
         if ((j = find_opt(key)) >= 0 && c->seen[j])
@@ -442,8 +372,8 @@ expected(const struct opt *o, char *buf, size_t n)
     case K_PATH: snprintf(buf, n, "a path"); break;
     case K_BOOL: snprintf(buf, n, "true or false"); break;
     case K_COUNT:
-        fmt_num(o, o->min, lo, sizeof lo);
-        fmt_num(o, o->max, hi, sizeof hi);
+        config_fmt_num(o, o->min, lo, sizeof lo);
+        config_fmt_num(o, o->max, hi, sizeof hi);
         snprintf(buf, n, "a number from %s to %s", lo, hi);
         break;
     case K_SIZE: snprintf(buf, n, "a size such as 4KiB, 16MiB or 1024"); break;
@@ -478,125 +408,11 @@ err_range(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
 {
     char lo[32], hi[32], text[64];
 
-    fmt_num(o, o->min, lo, sizeof lo);
-    fmt_num(o, o->max, hi, sizeof hi);
+    config_fmt_num(o, o->min, lo, sizeof lo);
+    config_fmt_num(o, o->max, hi, sizeof hi);
     return err_at(c, &v->start_mark, "%s: \"%s\" is out of range (%s to %s)", o->key,
         shown((const char *)v->data.scalar.value, v->data.scalar.length, text, sizeof text),
         lo, hi);
-}
-
-/* --- scalar parsing --- */
-
-/* Leading decimal digits into *out; *end after them. -1 if none or overflow. */
-static int
-parse_digits(const char *s, uint64_t *out, const char **end)
-{
-    uint64_t v = 0;
-
-    if (*s < '0' || *s > '9')
-        return -1;
-    for (; *s >= '0' && *s <= '9'; s++) {
-        if (v > (UINT64_MAX - (uint64_t)(*s - '0')) / 10)
-            return -1;
-        v = v * 10 + (uint64_t)(*s - '0');
-    }
-    *out = v;
-    *end = s;
-    return 0;
-}
-
-static int
-scale(uint64_t n, uint64_t mult, uint64_t *out)
-{
-    if (mult != 0 && n > UINT64_MAX / mult)
-        return -1;
-    *out = n * mult;
-    return 0;
-}
-
-int
-config_parse_size(const char *s, uint64_t *out)
-{
-    static const struct { const char *unit; uint64_t mult; } units[] = {
-        { "", 1 }, { "B", 1 }, { "KiB", KIB }, { "MiB", MIB }, { "GiB", GIB },
-        { "kB", 1000 }, { "MB", 1000000 }, { "GB", 1000000000 },
-    };
-    uint64_t n;
-    const char *p;
-
-    if (s == NULL || parse_digits(s, &n, &p) != 0)
-        return -1;
-    /* One space may separate the number from its unit: "4 MiB". */
-    if (*p == ' ' && *++p == '\0')
-        return -1;
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcasecmp(p, units[i].unit) == 0)
-            return scale(n, units[i].mult, out);
-    return -1;
-}
-
-int
-config_parse_duration_ms(const char *s, uint64_t *out)
-{
-    static const struct { const char *unit; uint64_t mult; } units[] = {
-        { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
-    };
-    uint64_t n;
-    const char *p;
-
-    if (s == NULL || parse_digits(s, &n, &p) != 0)
-        return -1;
-    if (*p == '\0') {
-        /* A bare number is ambiguous, except 0. */
-        if (n != 0)
-            return -1;
-        *out = 0;
-        return 0;
-    }
-    if (*p == ' ')
-        p++;
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcmp(p, units[i].unit) == 0)
-            return scale(n, units[i].mult, out);
-    return -1;
-}
-
-static int
-parse_bool(const char *s, bool *out)
-{
-    static const char *const yes[] = { "true", "yes", "on" };
-    static const char *const no[] = { "false", "no", "off" };
-
-    for (size_t i = 0; i < 3; i++) {
-        if (strcasecmp(s, yes[i]) == 0) {
-            *out = true;
-            return 0;
-        }
-        if (strcasecmp(s, no[i]) == 0) {
-            *out = false;
-            return 0;
-        }
-    }
-    return -1;
-}
-
-/* Octal, with or without a leading 0 or 0o: a mode is always octal. */
-static int
-parse_mode(const char *s, uint64_t *out)
-{
-    uint64_t v = 0;
-
-    if (s[0] == '0' && (s[1] == 'o' || s[1] == 'O'))
-        s += 2;
-    if (*s == '\0')
-        return -1;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '7' || v > 0xffffff)
-            return -1;
-        v = v * 8 + (uint64_t)(*s - '0');
-    }
-    *out = v;
-    return 0;
 }
 
 static bool
@@ -609,10 +425,6 @@ is_null(const yaml_node_t *n)
     return n->data.scalar.length == 0 || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 ||
         strcmp(s, "Null") == 0 || strcmp(s, "NULL") == 0;
 }
-
-/* --- applying one key --- */
-
-static int walk_mapping(struct load_ctx *c, const yaml_node_t *map, const char *prefix);
 
 static int
 set_string(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const char *s)
@@ -653,7 +465,7 @@ set_forwarded(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, con
     c->cfg->bus.forwarded_for = NULL;
     if (is_null(v) || *s == '\0' || strcasecmp(s, "none") == 0)
         return 0;
-    if (parse_bool(s, &b) == 0) {
+    if (config_parse_bool(s, &b) == 0) {
         c->cfg->bus.forwarded_for_host = b;
         return 0;
     }
@@ -684,7 +496,7 @@ set_number(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
     int r = -1;
 
     switch (o->kind) {
-    case K_COUNT: r = (parse_digits(s, &n, &end) == 0 && *end == '\0') ? 0 : -1; break;
+    case K_COUNT: r = (config_parse_digits(s, &n, &end) == 0 && *end == '\0') ? 0 : -1; break;
     case K_SIZE: r = config_parse_size(s, &n); break;
     case K_MS: r = config_parse_duration_ms(s, &n); break;
     case K_SEC:
@@ -695,7 +507,7 @@ set_number(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
             n /= 1000;
         }
         break;
-    case K_MODE: r = parse_mode(s, &n); break;
+    case K_MODE: r = config_parse_mode(s, &n); break;
     default: break;
     }
     if (r != 0)
@@ -721,7 +533,7 @@ apply_scalar(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
     case K_FORWARDED:
         return set_forwarded(c, o, v, s);
     case K_BOOL:
-        if (parse_bool(s, &b) != 0)
+        if (config_parse_bool(s, &b) != 0)
             return err_expected(c, o, v);
         set_num(c->cfg, o, b);
         return 0;
@@ -752,7 +564,7 @@ apply(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
             return 0;
         }
         if (v->type != YAML_SCALAR_NODE ||
-            parse_bool((const char *)v->data.scalar.value, &b) != 0)
+            config_parse_bool((const char *)v->data.scalar.value, &b) != 0)
             return err_expected(c, o, v);
         c->cfg->bus.tls.enabled = b;
         return 0;
@@ -774,16 +586,16 @@ err_unknown(struct load_ctx *c, const yaml_node_t *k, const char *prefix, const 
 
     for (size_t i = 0; i < NOPTS; i++) {
         size_t d;
-        if (!is_child(opts[i].key, prefix))
+        if (!is_child(config_opts[i].key, prefix))
             continue;
-        if ((d = edit_distance(name, last_part(opts[i].key))) < best_d) {
+        if ((d = edit_distance(name, config_last_part(config_opts[i].key))) < best_d) {
             best_d = d;
-            best = last_part(opts[i].key);
+            best = config_last_part(config_opts[i].key);
         }
     }
     for (size_t i = 0; best == NULL && i < NOPTS; i++)
-        if (opts[i].kind != K_SECTION && strcmp(last_part(opts[i].key), name) == 0)
-            best = opts[i].key;
+        if (config_opts[i].kind != K_SECTION && strcmp(config_last_part(config_opts[i].key), name) == 0)
+            best = config_opts[i].key;
     snprintf(full, sizeof full, "%s%s%s", prefix, *prefix ? "." : "",
         shown(name, strlen(name), text, sizeof text));
     if (best != NULL)
@@ -816,7 +628,7 @@ walk_pair(struct load_ctx *c, const yaml_node_pair_t *p, const char *prefix)
     c->seen[i] = true;
     c->key_mark[i] = k->start_mark;
     c->val_mark[i] = v->start_mark;
-    return apply(c, &opts[i], v);
+    return apply(c, &config_opts[i], v);
 }
 
 static int
@@ -828,8 +640,6 @@ walk_mapping(struct load_ctx *c, const yaml_node_t *map, const char *prefix)
             return -1;
     return 0;
 }
-
-/* --- checks across settings --- */
 
 static int
 check_auth(struct load_ctx *c)
@@ -846,7 +656,7 @@ check_auth(struct load_ctx *c)
     if (b->auth != CONFIG_AUTH_TOKEN && b->token_file != NULL)
         return err_at(c, mark_for(c, find_opt("bus.token_file"), true),
             "bus.token_file is only used with bus.auth: token (bus.auth is %s)",
-            enum_name(auth_names, (int)b->auth));
+            config_enum_name(auth_names, (int)b->auth));
     if (b->auth == CONFIG_AUTH_NONE && b->credentials_file != NULL)
         return err_at(c, mark_for(c, find_opt("bus.credentials_file"), true),
             "bus.credentials_file is set but bus.auth is none "
@@ -904,8 +714,8 @@ check_values(struct load_ctx *c)
         return err_at(c, mark_for(c, find_opt("bus.tls.ciphers"), true),
             "bus.tls.ciphers: %s", why);
     if (b->reconnect_min_ms > b->reconnect_max_ms) {
-        fmt_ms(b->reconnect_min_ms, lo, sizeof lo);
-        fmt_ms(b->reconnect_max_ms, hi, sizeof hi);
+        config_fmt_ms(b->reconnect_min_ms, lo, sizeof lo);
+        config_fmt_ms(b->reconnect_max_ms, hi, sizeof hi);
         i = find_opt("bus.reconnect.min");
         if (!c->seen[i])
             i = find_opt("bus.reconnect.max");
@@ -914,8 +724,6 @@ check_values(struct load_ctx *c)
     }
     return 0;
 }
-
-/* --- loading --- */
 
 static void
 yaml_err(struct load_ctx *c, const yaml_parser_t *p)
@@ -1138,7 +946,7 @@ config_defaults(struct config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NOPTS; i++) {
-        const struct opt *o = &opts[i];
+        const struct opt *o = &config_opts[i];
         switch (o->kind) {
         case K_SECTION:
             break;
@@ -1164,212 +972,12 @@ void
 config_free(struct config *cfg)
 {
     for (size_t i = 0; i < NOPTS; i++) {
-        if (opts[i].kind == K_STRING || opts[i].kind == K_PATH || opts[i].kind == K_FORWARDED) {
-            char **fp = str_field(cfg, &opts[i]);
+        if (config_opts[i].kind == K_STRING || config_opts[i].kind == K_PATH || config_opts[i].kind == K_FORWARDED) {
+            char **fp = str_field(cfg, &config_opts[i]);
             free(*fp);
             *fp = NULL;
         }
     }
     free(cfg->path);
     cfg->path = NULL;
-}
-
-/* --- checking referenced files --- */
-
-static int
-check_readable(const char *key, const char *path, bool dir, char *err, size_t errlen)
-{
-    char why[512];
-
-    if (fileio_check(path, dir, why, sizeof why) != 0) {
-        set_err(err, errlen, "%s: %s", key, why);
-        return -1;
-    }
-    return 0;
-}
-
-/* A secret file: readable, and no one but its owner may read or write it. */
-static int
-check_secret(const char *key, const char *path, char *err, size_t errlen)
-{
-    char why[512];
-
-    if (check_readable(key, path, false, err, errlen) != 0)
-        return -1;
-    if (credentials_check_mode(path, why, sizeof why) != 0) {
-        set_err(err, errlen, "%s: %s", key, why);
-        return -1;
-    }
-    return 0;
-}
-
-/* Whether the secrets in cr can be sent at b's bus protocol. */
-static int
-credentials_sendable(const struct config_bus *b, const struct credentials *cr,
-    char *err, size_t errlen)
-{
-    struct wire_auth a = { .version = b->protocol, .username = cr->username,
-        .password = cr->password, .token = cr->token };
-    const char *cause = NULL;
-
-    a.method = b->auth == CONFIG_AUTH_TOKEN ? WIRE_AUTH_TOKEN : WIRE_AUTH_BASIC;
-    if (wire_auth_check(&a, &cause) == 0)
-        return 0;
-    set_err(err, errlen, "%s (bus.protocol %d); change the secret or use bus.protocol 3",
-        cause, b->protocol);
-    return -1;
-}
-
-static int
-check_credentials(const struct config_bus *b, char *err, size_t errlen)
-{
-    struct credentials cr;
-    char why[512];
-    int r = 0;
-
-    if (credentials_load(&cr, b->credentials_file, why, sizeof why) != 0) {
-        set_err(err, errlen, "bus.credentials_file: %s", why);
-        return -1;
-    }
-    if (b->auth == CONFIG_AUTH_BASIC && (cr.username == NULL || cr.password == NULL)) {
-        set_err(err, errlen, "bus.credentials_file: %s: auth basic needs username and "
-            "password in [bus]", b->credentials_file);
-        r = -1;
-    } else if (credentials_sendable(b, &cr, why, sizeof why) != 0) {
-        set_err(err, errlen, "bus.credentials_file: %s: %s", b->credentials_file, why);
-        r = -1;
-    } else if (b->auth == CONFIG_AUTH_TOKEN && b->token_file == NULL && cr.token == NULL) {
-        set_err(err, errlen, "bus.credentials_file: %s: auth token needs token in [bus] "
-            "(or set bus.token_file)", b->credentials_file);
-        r = -1;
-    }
-    credentials_free(&cr);
-    return r;
-}
-
-static int
-check_token_file(const struct config_bus *b, char *err, size_t errlen)
-{
-    struct credentials cr = { 0 };
-    char why[512];
-    int r;
-
-    if ((r = credentials_load_token_file(&cr, b->token_file, why, sizeof why)) != 0 ||
-        (r = credentials_sendable(b, &cr, why, sizeof why)) != 0)
-        set_err(err, errlen, "bus.token_file: %s", why);
-    credentials_free(&cr);
-    return r;
-}
-
-int
-config_check_files(const struct config *cfg, char *err, size_t errlen)
-{
-    const struct config_bus *b = &cfg->bus;
-    const struct config_tls *t = &b->tls;
-    char why[1024];
-    int r = 0;
-
-    if (t->enabled) {
-        if ((t->ca_file != NULL && check_readable("bus.tls.ca_file", t->ca_file, false, why, sizeof why) != 0) ||
-            (t->ca_dir != NULL && check_readable("bus.tls.ca_dir", t->ca_dir, true, why, sizeof why) != 0) ||
-            (t->cert_file != NULL && check_readable("bus.tls.cert_file", t->cert_file, false, why, sizeof why) != 0) ||
-            (t->key_file != NULL && check_secret("bus.tls.key_file", t->key_file, why, sizeof why) != 0))
-            r = -1;
-    }
-    if (r == 0 && b->auth != CONFIG_AUTH_NONE) {
-        if ((b->credentials_file != NULL &&
-                (check_secret("bus.credentials_file", b->credentials_file, why, sizeof why) != 0 ||
-                 check_credentials(b, why, sizeof why) != 0)) ||
-            (b->auth == CONFIG_AUTH_TOKEN && b->token_file != NULL &&
-                check_token_file(b, why, sizeof why) != 0))
-            r = -1;
-    }
-    if (r == 0 && cfg->listen.group != NULL && getgrnam(cfg->listen.group) == NULL) {
-        snprintf(why, sizeof why, "listen.group: no group named '%s'", cfg->listen.group);
-        r = -1;
-    }
-    if (r != 0)
-        set_err(err, errlen, "%s: %s", cfg->path != NULL ? cfg->path : "config", why);
-    return r;
-}
-
-/* --- dumping --- */
-
-/* A string as a YAML double-quoted scalar. */
-static void
-dump_quoted(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s != '\0'; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(out, "\\%c", ch);
-        else if (ch < 0x20 || ch == 0x7f)
-            fprintf(out, "\\x%02x", ch);
-        else
-            fputc(ch, out);
-    }
-    fputc('"', out);
-}
-
-static void
-dump_value(const struct config *cfg, const struct opt *o, FILE *out)
-{
-    char buf[64];
-    const char *s;
-
-    switch (o->kind) {
-    case K_STRING:
-    case K_PATH:
-        if ((s = get_str(cfg, o)) != NULL)
-            dump_quoted(out, s);
-        else
-            fputc('~', out);
-        break;
-    case K_FORWARDED:
-        if (cfg->bus.forwarded_for_host)
-            fputs("host", out);
-        else if (cfg->bus.forwarded_for != NULL)
-            dump_quoted(out, cfg->bus.forwarded_for);
-        else
-            fputs("none", out);
-        break;
-    case K_BOOL:
-        fputs(get_num(cfg, o) ? "true" : "false", out);
-        break;
-    case K_ENUM:
-        s = enum_name(o->names, (int)get_num(cfg, o));
-        fprintf(out, (s[0] >= '0' && s[0] <= '9') ? "\"%s\"" : "%s", s);
-        break;
-    case K_MODE:
-        fmt_num(o, get_num(cfg, o), buf, sizeof buf);
-        fprintf(out, "\"%s\"", buf);
-        break;
-    default:
-        fmt_num(o, get_num(cfg, o), buf, sizeof buf);
-        fputs(buf, out);
-        break;
-    }
-}
-
-void
-config_dump(const struct config *cfg, FILE *out)
-{
-    fprintf(out, "# busgated effective configuration%s%s%s\n",
-        cfg->path != NULL ? " (from " : "", cfg->path != NULL ? cfg->path : "",
-        cfg->path != NULL ? ")" : "");
-    for (size_t i = 0; i < NOPTS; i++) {
-        const struct opt *o = &opts[i];
-        int depth = 0;
-        for (const char *p = o->key; *p != '\0'; p++)
-            depth += *p == '.';
-        fprintf(out, "%*s%s:", depth * 2, "", last_part(o->key));
-        if (o->kind == K_SECTION || o->kind == K_TLS) {
-            fputc('\n', out);
-            continue;
-        }
-        fputc(' ', out);
-        dump_value(cfg, o, out);
-        fputc('\n', out);
-    }
 }

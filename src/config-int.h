@@ -1,0 +1,74 @@
+/*
+ * Private to config.c, config-value.c and config-files.c (the public face
+ * is config.h): the settings table's types, the table itself (config.c),
+ * and what the parts call of each other.
+ */
+#ifndef BUSGATE_CONFIG_INT_H
+#define BUSGATE_CONFIG_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+
+#define KIB 1024ull
+#define MIB (1024ull * KIB)
+#define GIB (1024ull * MIB)
+
+enum opt_kind {
+    K_SECTION,      /* a mapping of further keys */
+    K_TLS,          /* bus.tls: true, false, or a mapping */
+    K_STRING,       /* text; min/max bound its length */
+    K_PATH,         /* a file path; relative ones are taken from the config's directory */
+    K_BOOL,
+    K_COUNT,        /* a plain decimal number */
+    K_SIZE,         /* bytes: 4KiB, 16MiB, 1024 */
+    K_MS,           /* a duration held in milliseconds */
+    K_SEC,          /* a duration held in whole seconds */
+    K_MODE,         /* an octal file mode */
+    K_ENUM,         /* one of names[] */
+    K_FORWARDED,    /* bus.forwarded_for: a name, host, or none */
+};
+
+#define OPT_NONNULL 0x1    /* a string that cannot be unset */
+
+struct opt_name {
+    const char *name;
+    int value;
+};
+
+struct opt {
+    const char *key;                /* dotted path: "bus.tls.verify" */
+    enum opt_kind kind;
+    size_t off;                     /* field in struct config */
+    size_t width;                   /* sizeof that field */
+    uint64_t def;                   /* default of numbers, bools, enums */
+    const char *defstr;             /* default of strings; NULL: unset */
+    uint64_t min, max;              /* value range, or string length range */
+    const struct opt_name *names;   /* K_ENUM */
+    unsigned flags;
+};
+
+/* The settings table (config.c): every setting, once. */
+extern const struct opt config_opts[];
+extern const size_t config_nopts;
+
+/* config.c */
+uint64_t config_get_num(const struct config *cfg, const struct opt *o);
+const char * config_get_str(const struct config *cfg, const struct opt *o);
+const char * config_last_part(const char *key);
+void config_fmt_num(const struct opt *o, uint64_t v, char *buf, size_t n);
+const char * config_enum_name(const struct opt_name *names, int value);
+
+/* config-value.c */
+void config_fmt_size(uint64_t v, char *buf, size_t n);
+void config_fmt_ms(uint64_t v, char *buf, size_t n);
+int config_parse_digits(const char *s, uint64_t *out, const char **end);
+int config_parse_bool(const char *s, bool *out);
+int config_parse_mode(const char *s, uint64_t *out);
+
+/* config-files.c */
+
+#endif /* BUSGATE_CONFIG_INT_H */
