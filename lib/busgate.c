@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -152,16 +153,17 @@ bg_error_name(int code)
     return "daemon error";
 }
 
+/* NULL-safe: bg_connect's NULL (out of memory) reads as an error too. */
 int
 bg_error_code(const bg_conn *c)
 {
-    return c->err;
+    return c != NULL ? c->err : BG_E_NOMEM;
 }
 
 const char *
 bg_errstr(const bg_conn *c)
 {
-    return c->errmsg;
+    return c != NULL ? c->errmsg : "out of memory";
 }
 
 /* The bg_error of a daemon code word ("bad-name"). */
@@ -355,15 +357,29 @@ read_some(struct bg_conn *c)
         link_closing(c, BG_E_IO, strerror(errno));
 }
 
+/* Write what is queued, as far as the socket takes it. sendmsg with
+ * MSG_NOSIGNAL: a daemon gone away must not kill the application with
+ * SIGPIPE (evbuffer_write would). */
 static void
 flush_out(struct bg_conn *c)
 {
+    struct evbuffer_iovec vec[16];
+    struct iovec iov[16];
+    struct msghdr mh = { .msg_iov = iov };
+    ssize_t n;
+    int k;
+
     while (c->fd >= 0 && c->state != LINK_CLOSING && evbuffer_get_length(c->out) > 0) {
-        if (evbuffer_write(c->out, c->fd) < 0) {
+        k = evbuffer_peek(c->out, -1, NULL, vec, 16);
+        for (int i = 0; i < k && i < 16; i++)
+            iov[i] = (struct iovec){ vec[i].iov_base, vec[i].iov_len };
+        mh.msg_iovlen = (size_t)(k < 16 ? k : 16);
+        if ((n = sendmsg(c->fd, &mh, MSG_NOSIGNAL)) < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 link_closing(c, BG_E_IO, strerror(errno));
             return;
         }
+        evbuffer_drain(c->out, (size_t)n);
     }
 }
 

@@ -123,7 +123,8 @@ typedef struct bg_conn bg_conn;
 bg_conn *bg_connect(const char *path);
 void bg_free(bg_conn *c);
 
-/* The last error (a bg_error, not negated) and its message. */
+/* The last error (a bg_error, not negated) and its message; c may be NULL
+ * (bg_connect out of memory): BG_E_NOMEM. */
 int bg_error_code(const bg_conn *c);
 const char *bg_errstr(const bg_conn *c);
 /* "bad-name", "slow-consumer"... for daemon codes; a phrase otherwise. */
