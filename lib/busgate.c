@@ -742,7 +742,7 @@ ensure_up(struct bg_conn *c, bool force)
         settle_closing(c);
         return set_err(c, BG_E_TIMEOUT, "no greeting from busgated in %d ms", c->timeout_ms);
     }
-    return set_err(c, c->close_err ? c->close_err : BG_E_CLOSED, "not connected to busgated%s%s",
+    return set_err(c, BG_E_CLOSED, "not connected to busgated%s%s",
         c->close_msg[0] ? ": " : "", c->close_msg);
 }
 

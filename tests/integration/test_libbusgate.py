@@ -8,6 +8,7 @@ starts again on the same socket; BUS-STOP / BUS-START: the test bus) and waits
 for "OK" on stdin."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -98,6 +99,17 @@ class LibbusgateTest(unittest.TestCase):
     def test_slow_consumer_is_reported(self):
         self.run_c("slow_consumer")
         self.gw.wait_log(r"slow consumer")
+
+    def test_man_page_names_every_function(self):
+        with open(os.path.join(gwtest.TOP_SRCDIR, "lib", "busgate.h")) as f:
+            api = set(re.findall(r"(?m)^[a-z].*?[ *](bg_[a-z_]+)\(", f.read())) - {"bg_callback"}
+        with open(os.path.join(gwtest.TOP_SRCDIR, "doc", "libbusgate.3")) as f:
+            page = f.read()
+        name = page.split(".SH SYNOPSIS")[0]
+        self.assertTrue(api)
+        for fn in sorted(api):
+            self.assertIn(fn, name, "libbusgate(3) NAME must list %s" % fn)
+            self.assertIn(fn + "(", page, "libbusgate(3) SYNOPSIS must show %s" % fn)
 
     def test_readme_example(self):
         """The C example of README.md, as built from lib/examples/subscribe.c."""
