@@ -547,6 +547,8 @@ pump(struct bg_conn *c, bool queue)
             if (on_hello(c) < 0)
                 link_closing(c, c->err, c->errmsg);
             flush_out(c);
+            if (!queue)
+                return 0;   /* the LINK up event it queued goes first */
             break;
         default:
             if (is_event(c->lev.kind) && !queue)
@@ -944,6 +946,7 @@ int
 bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
 {
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
+    bool polled = false;    /* the socket was read at least once (timeout 0) */
     int wait;
 
     for (;;) {
@@ -959,12 +962,13 @@ bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
         }
         if (c->state == LINK_DOWN && c->backoff_max == 0)
             return set_err(c, BG_E_CLOSED, "not connected to busgated");
-        if (now_ms() >= deadline)
+        if (now_ms() >= deadline && (polled || c->fd < 0))
             return set_err(c, BG_E_TIMEOUT, "no event in %d ms", timeout_ms);
         wait = remaining(deadline);
         if (c->state == LINK_DOWN && c->retry_at - now_ms() < wait)
             wait = remaining(c->retry_at);
         wait_io(c, wait);
+        polled = true;
     }
 }
 

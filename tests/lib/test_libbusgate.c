@@ -200,6 +200,29 @@ test_authorize(void)
     bg_free(b);
 }
 
+/* A zero timeout still reads what the socket holds. */
+static void
+test_timeout_zero(void)
+{
+    bg_conn *c = conn(), *p = conn();
+    const struct bg_event *ev;
+    const struct bg_packet pk = { "now", 3, NULL, 0 };
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    int r;
+
+    CHECK(bg_next_event(c, 0, &ev) == -BG_E_TIMEOUT);
+    CHECK(bg_error_code(c) == BG_E_TIMEOUT);
+    CHECK_OK(c, bg_subscribe(c, S("zero"), S("t")));
+    CHECK_OK(p, bg_publish(p, S("zero"), S("t"), false, &pk, 1));
+    while ((r = bg_next_event(c, 0, &ev)) == -BG_E_TIMEOUT) {
+        CHECK(time(NULL) < end);
+        poll(NULL, 0, 5);
+    }
+    CHECK(r == 0 && ev->kind == BG_EV_DATA && ev->n_packets == 1);
+    bg_free(c);
+    bg_free(p);
+}
+
 struct loop_state {
     int replies, reply_errors, data;
     char last[16];
@@ -370,6 +393,7 @@ main(int argc, char **argv)
         { "notify_and_send", test_notify_and_send },
         { "authorize", test_authorize },
         { "event_loop", test_event_loop },
+        { "timeout_zero", test_timeout_zero },
         { "bus_events", test_bus_events },
         { "restart", test_restart },
         { "slow_consumer", test_slow_consumer },
