@@ -225,6 +225,7 @@ test_timeout_zero(void)
 
 struct loop_state {
     int replies, reply_errors, data;
+    int link_down, link_up, data_after_up;
     char last[16];
 };
 
@@ -237,11 +238,32 @@ on_event(bg_conn *c, const struct bg_event *ev, void *arg)
         st->replies++;
         if (ev->error != 0)
             st->reply_errors++;
+    } else if (ev->kind == BG_EV_LINK) {
+        if (ev->up)
+            st->link_up++;
+        else
+            st->link_down++;
     } else if (ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len < sizeof(st->last)) {
         st->data++;
+        if (st->link_up > 0)
+            st->data_after_up++;
         memcpy(st->last, ev->packets[0].data, ev->packets[0].len);
         st->last[ev->packets[0].len] = '\0';
     }
+}
+
+/* One turn of an application's poll loop around c, waiting at most max_ms. */
+static void
+loop_once(bg_conn *c, int max_ms)
+{
+    struct pollfd pfd = { .fd = bg_fd(c), .events = POLLIN };
+    int t = bg_timeout_ms(c), r;
+
+    if (bg_want_write(c))
+        pfd.events |= POLLOUT;
+    r = poll(&pfd, pfd.fd >= 0 ? 1 : 0, t < 0 || t > max_ms ? max_ms : t);
+    bg_process(c, r <= 0 ? 0 : ((pfd.revents & (POLLIN | POLLHUP)) ? BG_READABLE : 0) |
+        ((pfd.revents & POLLOUT) ? BG_WRITABLE : 0));
 }
 
 /* Run c's loop until done(st) or the deadline. */
@@ -251,15 +273,8 @@ run_loop(bg_conn *c, struct loop_state *st, int (*done)(const struct loop_state 
     time_t end = time(NULL) + WAIT_MS / 1000;
 
     while (!done(st)) {
-        struct pollfd pfd = { .fd = bg_fd(c), .events = POLLIN };
-        int t = bg_timeout_ms(c), r;
-
         CHECK(time(NULL) < end);
-        if (bg_want_write(c))
-            pfd.events |= POLLOUT;
-        r = poll(&pfd, pfd.fd >= 0 ? 1 : 0, t < 0 || t > 200 ? 200 : t);
-        bg_process(c, r <= 0 ? 0 : ((pfd.revents & (POLLIN | POLLHUP)) ? BG_READABLE : 0) |
-            ((pfd.revents & POLLOUT) ? BG_WRITABLE : 0));
+        loop_once(c, 200);
     }
 }
 
@@ -311,7 +326,8 @@ test_bus_events(void)
 static void
 test_restart(void)
 {
-    bg_conn *s = conn(), *p = conn();
+    bg_conn *s = conn(), *p = conn(), *a = conn();
+    struct loop_state ast = { 0 };
     const struct bg_event *ev;
     bool down = false, up = false, data = false, notified = false;
     const struct bg_packet pk = { "again", 5, NULL, 0 };
@@ -321,10 +337,14 @@ test_restart(void)
     CHECK_OK(s, bg_notify(s, S("restart feed")));
     CHECK_OK(s, bg_authorizer(s, S("secure")));
     ev = wait_for(s, BG_EV_NOTIFICATION, S("t"));   /* its own subscription */
+    /* An event-loop subscriber alongside the blocking one. */
+    CHECK_OK(a, bg_subscribe(a, S("restart feed"), S("t")));
+    bg_set_callback(a, on_event, &ast);
     ask_driver("RESTART");
     end = time(NULL) + WAIT_MS / 1000 * 2;
-    while (!(down && up && data && notified)) {
+    while (!(down && up && data && notified && ast.data_after_up > 0)) {
         CHECK(time(NULL) < end);
+        loop_once(a, 0);
         if (bg_publish(p, S("restart feed"), S("t"), false, &pk, 1) != 0)
             CHECK(bg_error_code(p) == BG_E_CLOSED || bg_error_code(p) == BG_E_IO ||
                 bg_error_code(p) == BG_E_BUS_DOWN || bg_error_code(p) == BG_E_SHUTTING_DOWN);
@@ -348,8 +368,10 @@ test_restart(void)
     CHECK(bg_subscribe(s, S("restart feed"), S("t")) == -BG_E_ALREADY_SUBSCRIBED);
     CHECK(bg_notify(s, S("restart feed")) == -BG_E_ALREADY_NOTIFYING);
     CHECK(bg_authorizer(s, S("secure")) == -BG_E_ALREADY_AUTHORIZER);
+    CHECK(ast.link_down == 1 && ast.link_up == 1);
     bg_free(s);
     bg_free(p);
+    bg_free(a);
 }
 
 /* A subscriber that does not read is cut off by the daemon: it is told
