@@ -165,7 +165,8 @@ uint64_t bg_last_request(const bg_conn *c);
  * happens in here. */
 int bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev);
 
-/* Event-loop use. */
+/* Event-loop use. The callback may issue commands (they are queued) but
+ * must not call bg_free, bg_process or bg_next_event on c. */
 typedef void bg_callback(bg_conn *c, const struct bg_event *ev, void *arg);
 void bg_set_callback(bg_conn *c, bg_callback *cb, void *arg);
 /* The socket to poll (-1 while disconnected); it changes across a
