@@ -6,6 +6,10 @@
  *                   DATA event is parsed and its sequence number checked:
  *                   each subscriber must see 0, 1, 2... of its topic, in
  *                   order, exactly once, and at the end all that was sent.
+ *                   With --lib, each subscriber is a libbusgate
+ *                   connection in event-loop use (bg_fd, bg_process and
+ *                   a callback) instead of the hand-written reader: the
+ *                   library's cost against it.
  *   lpclient bussub the same, but each subscriber is a direct TCP client of
  *                   the bus source (the baseline without the gateway).
  *   lpclient pub    P publishers streaming PUB with VERBOSE off; the bus
@@ -32,6 +36,7 @@
 #include <event2/buffer.h>
 
 #include "bench.h"
+#include "busgate.h"
 #include "lineproto.h"
 #include "wire.h"
 
@@ -61,6 +66,8 @@ struct sess {
     uint8_t *out;               /* pub: chunk being written */
     size_t out_off, out_len;
     bool want_out;
+    bg_conn *bg;                /* --lib: the library's connection */
+    bool bg_down;               /* --lib: it reported LINK down */
 };
 
 static struct {
@@ -70,6 +77,7 @@ static struct {
     uint32_t n, topics, payload, subs_each;
     double warmup, duration, drain;
     bool latency;
+    bool lib;                   /* sub: through libbusgate */
     struct bench_ctl *ctl;
     struct sess *s;
     int ep;
@@ -101,7 +109,8 @@ usage(void)
         "  --ctl FILE         control block shared with bussrc\n"
         "  --warmup S --duration S --drain S\n"
         "  --latency          record one-way latency of every message measured\n"
-        "  --cpu NAME=PID     report this process's CPU seconds in the window\n");
+        "  --cpu NAME=PID     report this process's CPU seconds in the window\n"
+        "  --lib              sub: subscribe through libbusgate (event-loop use)\n");
     exit(2);
 }
 
@@ -223,7 +232,11 @@ sess_dead(struct sess *s, const char *why)
     s->state = SS_DEAD;
     C.closed++;
     epoll_ctl(C.ep, EPOLL_CTL_DEL, s->fd, NULL);
-    close(s->fd);
+    if (s->bg != NULL)
+        bg_free(s->bg);     /* closes s->fd */
+    else
+        close(s->fd);
+    s->bg = NULL;
     s->fd = -1;
 }
 
@@ -358,6 +371,55 @@ parse_events(struct sess *s, const uint8_t *p, size_t n, uint64_t now)
     return o;
 }
 
+/* --lib: the library's events for one subscriber. */
+static void
+lib_event(bg_conn *c, const struct bg_event *ev, void *arg)
+{
+    struct sess *s = arg;
+    struct bench_data d = { NULL, 0, 0 };
+
+    switch (ev->kind) {
+    case BG_EV_DATA:
+        if (ev->n_packets > 0) {
+            d.payload = ev->packets[0].data;
+            d.payload_len = (uint32_t)ev->packets[0].len;
+        }
+        C.bytes_in += ev->feed_len + ev->topic_len + ev->user_len + ev->host_len + 32 +
+            (ev->n_packets > 0 ? ev->packets[0].len + 1 : 0);     /* about the line's bytes */
+        on_data(s, &d, C.latency ? bench_now_ns() : 0);
+        break;
+    case BG_EV_BUS:
+        free(C.bus_state);
+        C.bus_state = strdup(ev->state);
+        break;
+    case BG_EV_LINK:
+        if (!ev->up)
+            s->bg_down = true;  /* freed after bg_process returns */
+        break;
+    default:
+        break;
+    }
+}
+
+/* --lib: connect and subscribe with the blocking calls, then hand the
+ * socket to the epoll loop. */
+static void
+lib_connect(struct sess *s)
+{
+    char topic[32];
+    int l = snprintf(topic, sizeof topic, "t%u", s->topic);
+
+    if ((s->bg = bg_connect(C.socket_path)) == NULL || bg_error_code(s->bg) != 0)
+        bench_die("bg_connect %s: %s", C.socket_path, bg_errstr(s->bg));
+    bg_set_reconnect(s->bg, 1, 0);      /* a drop is a failure of the run */
+    if (bg_subscribe(s->bg, BENCH_FEED, strlen(BENCH_FEED), topic, (size_t)l) != 0)
+        bench_die("bg_subscribe: %s", bg_errstr(s->bg));
+    bg_set_callback(s->bg, lib_event, s);
+    s->fd = bg_fd(s->bg);
+    s->state = SS_RUN;
+    ep_add(s, EPOLLIN);
+}
+
 /* Read once from a session (level-triggered: fair over many sessions). */
 static void
 sess_read(struct sess *s)
@@ -483,7 +545,12 @@ poll_once(int timeout_ms)
 
         if (s->state == SS_DEAD)
             continue;
-        if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        if (s->bg != NULL) {
+            bg_process(s->bg, BG_READABLE);
+            if (s->bg_down)
+                sess_dead(s, "closed by the daemon");
+        }
+        else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
             sess_read(s);
         if (s->state != SS_DEAD && (evs[i].events & EPOLLOUT))
             pub_write(s);
@@ -549,6 +616,10 @@ connect_all(void)
         struct sess *s = &C.s[i];
 
         s->topic = i % C.topics;
+        if (C.lib) {
+            lib_connect(s);
+            continue;
+        }
         s->fd = C.mode == M_BUSSUB ? connect_tcp(C.port) : connect_unix(C.socket_path);
         s->state = C.mode == M_BUSSUB ? SS_RUN : SS_HELLO;
         if (C.mode == M_SUB) {
@@ -739,7 +810,8 @@ parse_args(int argc, char **argv)
         { "socket", 1, NULL, 'S' }, { "port", 1, NULL, 'P' }, { "topics", 1, NULL, 't' },
         { "payload", 1, NULL, 's' }, { "subs", 1, NULL, 'm' }, { "ctl", 1, NULL, 'c' },
         { "warmup", 1, NULL, 'W' }, { "duration", 1, NULL, 'D' }, { "drain", 1, NULL, 'R' },
-        { "latency", 0, NULL, 'L' }, { "cpu", 1, NULL, 'C' }, { NULL, 0, NULL, 0 },
+        { "latency", 0, NULL, 'L' }, { "cpu", 1, NULL, 'C' }, { "lib", 0, NULL, 'B' },
+        { NULL, 0, NULL, 0 },
     };
     int o;
 
@@ -769,6 +841,7 @@ parse_args(int argc, char **argv)
         case 'D': C.duration = strtod(optarg, NULL); break;
         case 'R': C.drain = strtod(optarg, NULL); break;
         case 'L': C.latency = true; break;
+        case 'B': C.lib = true; break;
         case 'C': {
             char *eq = strchr(optarg, '=');
 
@@ -784,7 +857,7 @@ parse_args(int argc, char **argv)
     }
     if (optind != argc || C.n == 0 || C.topics == 0 ||
         (C.mode == M_BUSSUB ? C.port == 0 : C.socket_path == NULL) ||
-        (C.mode != M_IDLE && C.ctl == NULL) ||
+        (C.mode != M_IDLE && C.ctl == NULL) || (C.lib && C.mode != M_SUB) ||
         (C.mode == M_PUB && (C.payload < BENCH_MIN_PAYLOAD || C.payload > BENCH_MAX_PAYLOAD)))
         usage();
 }

@@ -28,6 +28,7 @@ import tempfile
 import time
 
 SCENARIOS = ("fanout", "publish", "latency", "memory")
+LIB_TARGET = 0.9        # libbusgate subscribers against the hand-written ones
 
 # Targets (DESIGN.md quality bars and the benchmark issue).
 FANOUT_TARGET = 0.5         # x raw, at 16 B and 256 B with 100 and 1000 subscribers
@@ -298,7 +299,7 @@ daemon:
     # ---- scenarios ----
 
     def run_fanout(self):
-        raw, rawp, rows = {}, {}, []
+        raw, rawp, rows, lib_rows = {}, {}, [], []
         for size in self.a.payloads:
             for n in sorted(set(self.a.subs + [1000])):
                 log("raw fan-out: %d readers, %d B" % (n, size))
@@ -314,9 +315,13 @@ daemon:
             for subs, topics in cases:
                 log("gateway fan-out: %d subscribers, %d topics, %d B" % (subs, topics, size))
                 rows.append(self.best(self.fanout_case, size, subs, topics))
+                log("gateway fan-out through libbusgate: %d subscribers, %d topics, %d B"
+                    % (subs, topics, size))
+                lib_rows.append(self.best(self.fanout_case, size, subs, topics, True))
         self.results["fanout"] = rows
+        self.results["fanout_lib"] = lib_rows
 
-    def fanout_case(self, size, subs, topics):
+    def fanout_case(self, size, subs, topics, lib=False):
         fanout = subs // topics
         window = max(1000, self.a.budget_mib * 1048576 // (size + 64))
         src = self.bussrc("--topics", topics, "--fanout", fanout, "--payload", size,
@@ -328,7 +333,7 @@ daemon:
             res = self.lpclient("sub", "--socket", g.sock, "-n", subs, "--topics", topics,
                                 "--ctl", src.ctl, "--warmup", self.a.warmup,
                                 "--duration", self.a.duration, "--cpu", "gw=%d" % g.pid,
-                                "--cpu", "src=%d" % src.pid)
+                                "--cpu", "src=%d" % src.pid, *(["--lib"] if lib else []))
             res["gw_hwm"] = proc_status(g.pid, "VmHWM")
         finally:
             self.perf_end(prof)
@@ -540,12 +545,37 @@ daemon:
                     100 * r["cpu_gw"] / secs, 100 * r["cpu_client"] / secs, per_m,
                     r["gw_hwm"] / 1048576, other_cores(r), other_cores(rr), check))
         add("")
+        self.report_fanout_lib(add, rows)
         add("check: every subscriber received every message sent, in order, exactly once "
             "(sequence numbers), and no session was dropped. gw CPU / client CPU: share of "
             "one core over the window (a client near 100% means the subscriber process, not "
             "the gateway, was the limit). other load: CPU cores busy with other processes "
             "during the gateway run / the raw run (/proc/stat minus the measured "
             "processes); above ~0.3 the figures of that row are disturbed.")
+        add("")
+
+    def report_fanout_lib(self, add, rows):
+        """The same fan-out with libbusgate subscribers (issue 13: at most 10% dearer)."""
+        lib_rows = self.results.get("fanout_lib") or []
+        if not lib_rows:
+            return
+        add("Through libbusgate: the same runs with every subscriber a libbusgate "
+            "connection in event-loop use (bg_fd, bg_process, a callback) instead of "
+            "lpclient's hand-written reader. Target: >= %.2f x the hand-written row."
+            % LIB_TARGET)
+        add("")
+        add("| payload | subscribers | topics | hand-written msg/s | libbusgate msg/s | ratio | "
+            "target | client CPU hand / lib | check |")
+        add("| ---: | ---: | ---: | ---: | ---: | ---: | :--- | ---: | :--- |")
+        for r, l in zip(rows, lib_rows):
+            ratio = l["rate"] / r["rate"] if r["rate"] else 0
+            ok = (l["missing"] == 0 and l["seq_errors"] == 0 and l["errors"] == 0 and
+                  l["closed"] == 0)
+            add("| %d B | %d | %d | %s | %s | %.2f | %s | %.0f%% / %.0f%% | %s |" % (
+                r["payload"], r["subs"], r["topics"], fmt_rate(r["rate"]), fmt_rate(l["rate"]),
+                ratio, self.verdict(ratio >= LIB_TARGET),
+                100 * r["cpu_client"] / r["seconds"], 100 * l["cpu_client"] / l["seconds"],
+                "ok" if ok else "FAIL"))
         add("")
 
     def report_publish(self, add):

@@ -439,6 +439,42 @@ lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char
 }
 
 int
+lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, bool image,
+    const struct wire_packet *packets, uint32_t n_packets)
+{
+    struct evbuffer_iovec vec;
+    size_t payload, room, o;
+    char *d;
+
+    if (cmd_start(out, client_id != NULL ? LP_SEND : LP_PUB, NULL, 0) < 0 ||
+        (client_id != NULL && cmd_client_id(out, client_id) < 0) ||
+        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, feed, feed_len) < 0 ||
+        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
+        return -1;
+    room = sizeof(" image") + packets_room(packets, n_packets, &payload) + 1;
+    if (n_packets > 0)
+        room += payload + 1;
+    if (room > (size_t)EV_SSIZE_MAX ||
+        evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+        return -1;
+    d = vec.iov_base;
+    o = put_lit(d, image ? " image" : " delta");
+    o += put_packets(d + o, packets, n_packets);
+    d[o++] = '\n';
+    if (n_packets > 0) {
+        for (uint32_t i = 0; i < n_packets; i++) {
+            if (packets[i].len > 0)
+                memcpy(d + o, packets[i].data, packets[i].len);
+            o += packets[i].len;
+        }
+        d[o++] = '\n';
+    }
+    vec.iov_len = o;
+    return evbuffer_commit_space(out, &vec, 1);
+}
+
+int
 lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg)
 {
     if (cmd_start(out, verb, NULL, 0) < 0)

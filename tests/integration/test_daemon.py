@@ -146,7 +146,7 @@ class CommandLine(unittest.TestCase):
 
 TOP_SRCDIR = gwtest.TOP_SRCDIR
 TOP_BUILDDIR = gwtest.TOP_BUILDDIR
-MAN_PAGES = ("busgate.1", "busgated.8", "busgated.yaml.5")
+MAN_PAGES = ("busgate.1", "busgated.8", "busgated.yaml.5", "libbusgate.3")
 
 
 class UnitsAndManPages(WorkDir):

@@ -979,6 +979,26 @@ test_format_commands(void **state)
     assert_int_equal(f->cmd.verb, LP_SEND);
     assert_false(f->cmd.is_image);
 
+    {
+        /* Several packets, entitlements on some, a NUL and a newline in the
+         * data, an empty one: the whole command, line and payload block. */
+        static const int32_t ents[] = { 1, -2 };
+        const struct wire_packet pk[] = {
+            { { ents, 2 }, (const uint8_t *)"a\0\n", 3 },
+            { { NULL, 0 }, NULL, 0 },
+        };
+        size_t n;
+        char *all;
+
+        assert_int_equal(lp_format_cmd_message(f->buf, id_wire, "f f", 3, "t", 1, true, pk, 2), 0);
+        all = drain(f->buf, &n);
+        assert_int_equal(n, sizeof("SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n") - 1);
+        assert_memory_equal(all, "SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n", n);
+        free(all);
+        assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false, NULL, 0), 0);
+        parse_formatted(f, "PUB f t delta\n");
+    }
+
     assert_int_equal(lp_format_cmd(f->buf, LP_PING, "tok"), 0);
     parse_formatted(f, "PING tok\n");
     NAME_IS(&f->cmd.token, "tok");

@@ -1,0 +1,1124 @@
+/*
+ * libbusgate: one connection to busgated. The framing, the event parser,
+ * the command formatters and the name escaping are the daemon's own
+ * (src/lineproto*.c, built into this library); this file adds the I/O,
+ * the reply bookkeeping, the blocking and event-loop faces, and the
+ * reconnect that restores what the daemon had accepted.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <uthash.h>
+
+#include "busgate.h"
+#include "guid.h"
+#include "lineproto.h"
+
+/* The daemon's -ERR codes are ours, in the same order. */
+_Static_assert(BG_E_UNKNOWN_COMMAND == 100 + LP_ERR_UNKNOWN_COMMAND, "error table");
+_Static_assert(BG_E_TOO_MANY_SESSIONS == 100 + LP_ERR_TOO_MANY_SESSIONS, "error table");
+_Static_assert(WIRE_GUID_LEN == 16, "client id size");
+
+/* Lines from the daemon are bounded by its names and packet counts; this
+ * only stops a runaway stream. */
+#define BG_MAX_LINE (16u * 1024 * 1024)
+#define BG_READ_CHUNK 65536
+#define BG_READ_CHUNKS 4
+/* The pseudo-line that queues a link event among the daemon's events. */
+#define LINK_WORD "LINK "
+
+enum link_state {
+    LINK_DOWN,      /* no socket; the next attempt is due at retry_at */
+    LINK_HELLO,     /* connected, waiting for the greeting */
+    LINK_UP,        /* greeted: commands flow */
+    LINK_CLOSING,   /* the daemon closed: buffered events are read, then DOWN */
+};
+
+/* A registration the daemon accepted, restored after a reconnect. */
+struct reg {
+    char *line;             /* "SUB feed topic", "NOTIFY feed", "AUTHORIZER feed" */
+    UT_hash_handle hh;
+};
+
+/* A command waiting for its reply, in the order sent. */
+struct req {
+    uint64_t id;
+    bool internal;          /* a restore: the application is not told */
+    int reg_op;             /* on +OK: +1 adds line to the registrations, -1 removes it */
+    char *line;
+};
+
+/* Events to read: the socket's bytes, or those queued during a blocking
+ * command (with link events), each with its own framer. */
+struct src {
+    struct evbuffer *buf;
+    struct lp_framer fr;
+};
+
+struct bg_conn {
+    char *path;
+    enum link_state state;
+    int fd;
+    bool was_up;            /* greeted once: later greetings are reconnects */
+    struct src sock, queued;
+    struct evbuffer *out, *tmp;
+
+    struct req *reqs;       /* ring of req_cap; req_n from req_head */
+    size_t req_cap, req_head, req_n;
+    uint64_t last_id;
+    struct reg *regs;
+
+    uint64_t wait_id;       /* the reply a blocking command waits for */
+    bool wait_done;
+    int wait_err;
+
+    int err;
+    char errmsg[256];
+    int close_err;          /* why the link is CLOSING */
+    char close_msg[256];
+
+    int timeout_ms, backoff_min, backoff_max, backoff;
+    int64_t retry_at;
+
+    bg_callback *cb;
+    void *cb_arg;
+
+    struct lp_event lev;    /* the item being read */
+    bool link_item;         /* ... is a queued link event: */
+    bool link_up;
+    int link_err;
+    char link_text[256];
+    struct bg_packet *pk;
+    size_t pk_cap;
+    char bus_state[16];
+    struct bg_event ev;
+};
+
+/* ---- small helpers ---- */
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int
+set_err(struct bg_conn *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int
+set_err(struct bg_conn *c, int code, const char *fmt, ...)
+{
+    va_list ap;
+
+    c->err = code;
+    va_start(ap, fmt);
+    vsnprintf(c->errmsg, sizeof(c->errmsg), fmt, ap);
+    va_end(ap);
+    return -code;
+}
+
+static const char *const local_errors[] = {
+    [BG_OK] = "ok",
+    [BG_E_IO] = "i/o error",
+    [BG_E_CLOSED] = "not connected",
+    [BG_E_TIMEOUT] = "timed out",
+    [BG_E_PROTOCOL] = "protocol error",
+    [BG_E_INVALID] = "invalid argument",
+    [BG_E_NOMEM] = "out of memory",
+};
+
+const char *
+bg_error_name(int code)
+{
+    if (code < 0)
+        code = -code;
+    if (code >= BG_E_UNKNOWN_COMMAND && code <= BG_E_TOO_MANY_SESSIONS)
+        return lp_error_code((enum lp_error)(code - 100));
+    if ((size_t)code < sizeof(local_errors) / sizeof(local_errors[0]))
+        return local_errors[code];
+    return "daemon error";
+}
+
+/* NULL-safe: bg_connect's NULL (out of memory) reads as an error too. */
+int
+bg_error_code(const bg_conn *c)
+{
+    return c != NULL ? c->err : BG_E_NOMEM;
+}
+
+const char *
+bg_errstr(const bg_conn *c)
+{
+    return c != NULL ? c->errmsg : "out of memory";
+}
+
+/* The bg_error of a daemon code word ("bad-name"). */
+static int
+daemon_error(const char *word, size_t n)
+{
+    for (int e = LP_ERR_UNKNOWN_COMMAND; e <= LP_ERR_TOO_MANY_SESSIONS; e++) {
+        const char *name = lp_error_code((enum lp_error)e);
+
+        if (strlen(name) == n && memcmp(name, word, n) == 0)
+            return 100 + e;
+    }
+    return BG_E_DAEMON_OTHER;
+}
+
+static bool
+closing_error(int code)
+{
+    return code == BG_E_SLOW_CONSUMER || code == BG_E_SHUTTING_DOWN ||
+        code == BG_E_TOO_MANY_SESSIONS;
+}
+
+/* ---- the reply queue and the registrations ---- */
+
+static int
+req_push(struct bg_conn *c, bool internal, int reg_op, char *line)
+{
+    struct req *r;
+
+    if (c->req_n == c->req_cap) {
+        size_t cap = c->req_cap ? c->req_cap * 2 : 64;
+        struct req *n = malloc(cap * sizeof(*n));
+
+        if (n == NULL)
+            return -1;
+        for (size_t i = 0; i < c->req_n; i++)
+            n[i] = c->reqs[(c->req_head + i) % c->req_cap];
+        free(c->reqs);
+        c->reqs = n;
+        c->req_cap = cap;
+        c->req_head = 0;
+    }
+    r = &c->reqs[(c->req_head + c->req_n++) % c->req_cap];
+    r->id = ++c->last_id;
+    r->internal = internal;
+    r->reg_op = reg_op;
+    r->line = line;
+    return 0;
+}
+
+static struct req
+req_pop(struct bg_conn *c)
+{
+    struct req r = c->reqs[c->req_head];
+
+    c->req_head = (c->req_head + 1) % c->req_cap;
+    c->req_n--;
+    return r;
+}
+
+static void
+reqs_clear(struct bg_conn *c)
+{
+    while (c->req_n > 0)
+        free(req_pop(c).line);
+}
+
+static void
+reg_apply(struct bg_conn *c, int op, const char *line)
+{
+    struct reg *r;
+
+    HASH_FIND_STR(c->regs, line, r);
+    if (op > 0 && r == NULL) {
+        if ((r = calloc(1, sizeof(*r))) == NULL || (r->line = strdup(line)) == NULL) {
+            free(r);
+            return;     /* not restored after a reconnect; nothing else lost */
+        }
+        HASH_ADD_KEYPTR(hh, c->regs, r->line, strlen(r->line), r);
+    } else if (op < 0 && r != NULL) {
+        HASH_DEL(c->regs, r);
+        free(r->line);
+        free(r);
+    }
+}
+
+static void
+regs_free(struct bg_conn *c)
+{
+    struct reg *r, *t;
+
+    HASH_ITER(hh, c->regs, r, t) {
+        HASH_DEL(c->regs, r);
+        free(r->line);
+        free(r);
+    }
+}
+
+/* ---- the link ---- */
+
+static void
+src_reset(struct src *s)
+{
+    evbuffer_drain(s->buf, evbuffer_get_length(s->buf));
+    lp_framer_init(&s->fr, BG_MAX_LINE);
+}
+
+/* Queue a link event behind the events already queued. */
+static void
+queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
+{
+    char clean[200];
+    size_t i;
+
+    for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
+        clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
+    clean[i] = '\0';
+    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", up ? "up" : "down", err, clean);
+}
+
+static void
+link_down(struct bg_conn *c)
+{
+    int err = c->close_err ? c->close_err : BG_E_CLOSED;
+
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    src_reset(&c->sock);
+    evbuffer_drain(c->out, evbuffer_get_length(c->out));
+    reqs_clear(c);
+    if (c->wait_id != 0 && !c->wait_done) {
+        c->wait_done = true;
+        c->wait_err = BG_E_CLOSED;
+        set_err(c, BG_E_CLOSED, "connection to busgated lost: %s",
+            c->close_msg[0] ? c->close_msg : "closed");
+    }
+    c->state = LINK_DOWN;
+    c->retry_at = now_ms() + c->backoff;
+    c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
+    queue_link_event(c, false, err, c->close_msg[0] ? c->close_msg : "busgated closed the connection");
+}
+
+/* The daemon closed, or said why it will: read what is buffered, then DOWN. */
+static void
+link_closing(struct bg_conn *c, int err, const char *msg)
+{
+    if (c->state == LINK_CLOSING || c->state == LINK_DOWN)
+        return;
+    c->state = LINK_CLOSING;
+    c->close_err = err;
+    snprintf(c->close_msg, sizeof(c->close_msg), "%s", msg);
+}
+
+static int
+link_open(struct bg_conn *c)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int fd;
+
+    if (strlen(c->path) >= sizeof(sa.sun_path))
+        return set_err(c, BG_E_INVALID, "socket path too long: %s", c->path);
+    memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+        return set_err(c, BG_E_IO, "socket: %s", strerror(errno));
+    if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+
+        close(fd);
+        c->retry_at = now_ms() + c->backoff;
+        c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
+        return set_err(c, BG_E_IO, "connect %s: %s", c->path, strerror(e));
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    c->fd = fd;
+    c->state = LINK_HELLO;
+    c->close_err = 0;
+    c->close_msg[0] = '\0';
+    src_reset(&c->sock);
+    return 0;
+}
+
+/* Read what the socket holds, in up to BG_READ_CHUNKS chunks straight
+ * into the buffer: evbuffer_read stops at 4 KiB a call, which costs a
+ * subscriber half its rate in system calls. */
+static void
+read_some(struct bg_conn *c)
+{
+    struct evbuffer_iovec vec;
+    ssize_t n;
+
+    for (int i = 0; i < BG_READ_CHUNKS; i++) {
+        if (evbuffer_reserve_space(c->sock.buf, BG_READ_CHUNK, &vec, 1) < 1) {
+            link_closing(c, BG_E_NOMEM, "out of memory");
+            return;
+        }
+        if ((n = read(c->fd, vec.iov_base, vec.iov_len)) <= 0) {
+            vec.iov_len = 0;
+            evbuffer_commit_space(c->sock.buf, &vec, 1);
+            if (n == 0)
+                link_closing(c, BG_E_CLOSED, "busgated closed the connection");
+            else if (errno != EAGAIN && errno != EINTR)
+                link_closing(c, BG_E_IO, strerror(errno));
+            return;
+        }
+        vec.iov_len = (size_t)n;
+        evbuffer_commit_space(c->sock.buf, &vec, 1);
+        if ((size_t)n < BG_READ_CHUNK)
+            return;
+    }
+}
+
+/* Write what is queued, as far as the socket takes it. sendmsg with
+ * MSG_NOSIGNAL: a daemon gone away must not kill the application with
+ * SIGPIPE (evbuffer_write would). */
+static void
+flush_out(struct bg_conn *c)
+{
+    struct evbuffer_iovec vec[16];
+    struct iovec iov[16];
+    struct msghdr mh = { .msg_iov = iov };
+    ssize_t n;
+    int k;
+
+    while (c->fd >= 0 && c->state != LINK_CLOSING && evbuffer_get_length(c->out) > 0) {
+        k = evbuffer_peek(c->out, -1, NULL, vec, 16);
+        for (int i = 0; i < k && i < 16; i++)
+            iov[i] = (struct iovec){ vec[i].iov_base, vec[i].iov_len };
+        mh.msg_iovlen = (size_t)(k < 16 ? k : 16);
+        if ((n = sendmsg(c->fd, &mh, MSG_NOSIGNAL)) < 0) {
+            if (errno != EAGAIN && errno != EINTR)
+                link_closing(c, BG_E_IO, strerror(errno));
+            return;
+        }
+        evbuffer_drain(c->out, (size_t)n);
+    }
+}
+
+/* The greeting: restore the registrations after a reconnect. */
+static int
+on_hello(struct bg_conn *c)
+{
+    const char *bus = strstr(c->lev.rest, " bus=");
+    struct reg *r, *t;
+    int n = 0;
+
+    snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
+    c->state = LINK_UP;
+    c->backoff = c->backoff_min;
+    if (!c->was_up) {
+        c->was_up = true;
+        return 0;
+    }
+    HASH_ITER(hh, c->regs, r, t) {
+        if (evbuffer_add_printf(c->out, "%s\n", r->line) < 0 || req_push(c, true, 0, NULL) < 0)
+            return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
+        n++;
+    }
+    snprintf(c->link_text, sizeof(c->link_text), "reconnected, %d registrations restored, bus=%s",
+        n, c->bus_state);
+    queue_link_event(c, true, 0, c->link_text);
+    return 0;
+}
+
+static void deliver(struct bg_conn *c);
+
+static void
+on_reply(struct bg_conn *c)
+{
+    int code = 0;
+    const char *msg = c->lev.rest;
+    struct req r;
+
+    if (c->lev.kind == LP_EV_ERR) {
+        size_t n = strcspn(msg, " ");
+
+        code = daemon_error(msg, n);
+        msg += n;
+        msg += strspn(msg, " ");
+        if (closing_error(code) || c->req_n == 0) {
+            /* The daemon's reason, even when the end of the stream, read
+             * in the same go, was seen first. */
+            link_closing(c, code, c->lev.rest);
+            c->close_err = code;
+            snprintf(c->close_msg, sizeof(c->close_msg), "%s", c->lev.rest);
+            return;
+        }
+    }
+    if (c->req_n == 0)
+        return;     /* an unasked reply: nothing waits for it */
+    r = req_pop(c);
+    if (code == 0 && r.reg_op != 0)
+        reg_apply(c, r.reg_op, r.line);
+    free(r.line);
+    if (r.id == c->wait_id) {
+        c->wait_done = true;
+        c->wait_err = code;
+        if (code != 0)
+            set_err(c, code, "%s", c->lev.rest);
+    } else if (c->cb != NULL && !r.internal) {
+        c->ev = (struct bg_event){ .kind = BG_EV_REPLY, .error = code, .text = msg,
+            .request = r.id };
+        c->cb(c, &c->ev, c->cb_arg);
+    }
+}
+
+/* ---- reading items ---- */
+
+static bool
+is_event(enum lp_event_kind k)
+{
+    return k == LP_EV_DATA || k == LP_EV_NOTIFICATION || k == LP_EV_AUTHREQ || k == LP_EV_BUS;
+}
+
+static int
+parse_link_item(struct bg_conn *c, const char *line, size_t len)
+{
+    char buf[300];
+    int off = 0;
+
+    if (len >= sizeof(buf))
+        len = sizeof(buf) - 1;
+    memcpy(buf, line, len);
+    buf[len] = '\0';
+    c->link_up = strncmp(buf + strlen(LINK_WORD), "up", 2) == 0;
+    if (sscanf(buf + strlen(LINK_WORD), "%*s %d %n", &c->link_err, &off) < 1)
+        return -1;
+    snprintf(c->link_text, sizeof(c->link_text), "%s", buf + strlen(LINK_WORD) + off);
+    c->link_item = true;
+    return 1;
+}
+
+/*
+ * The next whole item of s into c->lev (DATA with its payload attached):
+ * 1, or 0 when more bytes are needed, -1 when it is malformed. Events are
+ * also appended as they came to copy, when copy is not NULL.
+ */
+static int
+next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
+{
+    struct lp_frame fr;
+    const uint8_t *p;
+
+    c->link_item = false;
+    for (;;) {
+        switch (lp_framer_next(&s->fr, s->buf, &fr)) {
+        case LP_FRAME_MORE:
+            return 0;
+        case LP_FRAME_LINE:
+            if (s == &c->queued && fr.len >= strlen(LINK_WORD) &&
+                memcmp(fr.data, LINK_WORD, strlen(LINK_WORD)) == 0)
+                return parse_link_item(c, fr.data, fr.len);
+            if (lp_parse_event(fr.data, fr.len, NULL, &c->lev) < 0)
+                return -1;
+            if (copy != NULL && is_event(c->lev.kind) &&
+                (evbuffer_add(copy, fr.data, fr.len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+                return -1;
+            if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
+                return 1;
+            lp_framer_payload(&s->fr, c->lev.payload_len, true);
+            break;
+        case LP_FRAME_PAYLOAD:
+            p = fr.data;
+            for (uint32_t i = 0; i < c->lev.n_packets; i++) {
+                c->lev.packets[i].data = p;
+                p += c->lev.packets[i].len;
+            }
+            if (copy != NULL &&
+                (evbuffer_add(copy, fr.data, fr.len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+                return -1;
+            return 1;
+        default:
+            return -1;
+        }
+    }
+}
+
+/*
+ * Read what the socket buffer holds: replies settle commands, the greeting
+ * restores registrations. Returns 1 with an event in c->lev (queue false),
+ * 0 when the buffer holds nothing more; with queue, events are appended to
+ * the queued stream instead.
+ */
+static int
+pump(struct bg_conn *c, bool queue)
+{
+    int r;
+
+    while (c->fd >= 0) {
+        if ((r = next_item(c, &c->sock, queue ? c->queued.buf : NULL)) < 0) {
+            link_closing(c, BG_E_PROTOCOL, "unparsable input from busgated");
+            src_reset(&c->sock);
+            return 0;
+        }
+        if (r == 0)
+            return 0;
+        switch (c->lev.kind) {
+        case LP_EV_OK:
+        case LP_EV_ERR:
+        case LP_EV_PONG:
+            on_reply(c);
+            break;
+        case LP_EV_HELLO:
+            if (on_hello(c) < 0)
+                link_closing(c, c->err, c->errmsg);
+            flush_out(c);
+            if (!queue)
+                return 0;   /* the LINK up event it queued goes first */
+            break;
+        default:
+            if (is_event(c->lev.kind) && !queue)
+                return 1;
+            break;
+        }
+    }
+    return 0;
+}
+
+/* After the socket's buffered items: a closed link goes DOWN. */
+static void
+settle_closing(struct bg_conn *c)
+{
+    if (c->state == LINK_CLOSING)
+        link_down(c);
+}
+
+/* ---- building the public event ---- */
+
+static void
+name_out(const struct lp_name *n, const char **p, size_t *len)
+{
+    *p = n->ptr != NULL ? n->ptr : "";
+    *len = n->len;
+}
+
+static int
+build_event(struct bg_conn *c)
+{
+    struct bg_event *ev = &c->ev;
+    const struct lp_event *l = &c->lev;
+
+    memset(ev, 0, sizeof(*ev));
+    ev->content_type = "";
+    ev->text = "";
+    if (c->link_item) {
+        ev->kind = BG_EV_LINK;
+        ev->up = c->link_up;
+        ev->state = c->link_up ? "up" : "down";
+        ev->error = c->link_err;
+        ev->text = c->link_text;
+        return 0;
+    }
+    name_out(&l->feed, &ev->feed, &ev->feed_len);
+    name_out(&l->topic, &ev->topic, &ev->topic_len);
+    name_out(&l->user, &ev->user, &ev->user_len);
+    name_out(&l->host, &ev->host, &ev->host_len);
+    switch (l->kind) {
+    case LP_EV_DATA:
+        ev->kind = BG_EV_DATA;
+        ev->is_image = l->is_image;
+        ev->is_unicast = l->is_unicast;
+        if (l->content_type.len > 0)
+            ev->content_type = l->content_type.ptr;
+        if (l->n_packets > c->pk_cap) {
+            struct bg_packet *pk = realloc(c->pk, l->n_packets * sizeof(*pk));
+
+            if (pk == NULL)
+                return set_err(c, BG_E_NOMEM, "out of memory");
+            c->pk = pk;
+            c->pk_cap = l->n_packets;
+        }
+        for (uint32_t i = 0; i < l->n_packets; i++)
+            c->pk[i] = (struct bg_packet){ l->packets[i].data, l->packets[i].len,
+                l->packets[i].entitlements.v, l->packets[i].entitlements.n };
+        ev->packets = c->pk;
+        ev->n_packets = l->n_packets;
+        break;
+    case LP_EV_NOTIFICATION:
+    case LP_EV_AUTHREQ:
+        ev->kind = l->kind == LP_EV_AUTHREQ ? BG_EV_AUTHREQ : BG_EV_NOTIFICATION;
+        ev->is_add = l->is_add;
+        memcpy(ev->client_id, l->client_id, 16);
+        guid_to_text(l->client_id, ev->client_id_text);
+        break;
+    default: {
+        size_t n = strcspn(l->rest, " ");
+
+        ev->kind = BG_EV_BUS;
+        snprintf(c->bus_state, sizeof(c->bus_state), "%.*s", (int)n, l->rest);
+        ev->state = c->bus_state;
+        ev->up = strcmp(c->bus_state, "up") == 0;
+        ev->text = l->rest + n + strspn(l->rest + n, " ");
+        break;
+    }
+    }
+    return 0;
+}
+
+/* One event ready to hand over (queued first, then the socket's): 1, or 0. */
+static int
+take_event(struct bg_conn *c)
+{
+    int r = next_item(c, &c->queued, NULL);
+
+    if (r < 0) {    /* cannot happen: we wrote these */
+        src_reset(&c->queued);
+        return 0;
+    }
+    if (r > 0)
+        return 1;
+    if (pump(c, false) > 0)
+        return 1;
+    settle_closing(c);
+    return next_item(c, &c->queued, NULL) > 0;
+}
+
+/* ---- waiting ---- */
+
+static bool
+reconnect_due(const struct bg_conn *c)
+{
+    return c->state == LINK_DOWN && c->backoff_max > 0 && now_ms() >= c->retry_at;
+}
+
+/* Wait for input (or room to write) up to wait_ms, then read/write. */
+static void
+wait_io(struct bg_conn *c, int wait_ms)
+{
+    struct pollfd pfd = { .fd = c->fd, .events = POLLIN };
+
+    if (c->fd < 0) {
+        poll(NULL, 0, wait_ms);
+        return;
+    }
+    flush_out(c);
+    if (evbuffer_get_length(c->out) > 0)
+        pfd.events |= POLLOUT;
+    if (poll(&pfd, 1, wait_ms) <= 0)
+        return;
+    if (pfd.revents & POLLOUT)
+        flush_out(c);
+    if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
+        read_some(c);
+}
+
+static int
+remaining(int64_t deadline)
+{
+    int64_t left = deadline - now_ms();
+
+    return left < 0 ? 0 : left > 1000000 ? 1000000 : (int)left;
+}
+
+/* Blocking: wait for request id's reply, queueing events meanwhile. */
+static int
+wait_reply(struct bg_conn *c, uint64_t id)
+{
+    int64_t deadline = now_ms() + c->timeout_ms;
+
+    c->wait_id = id;
+    c->wait_done = false;
+    for (;;) {
+        pump(c, true);
+        if (c->wait_done)
+            break;
+        if (c->state == LINK_CLOSING) {
+            settle_closing(c);
+            continue;
+        }
+        if (c->state == LINK_DOWN) {
+            c->wait_id = 0;
+            return set_err(c, BG_E_CLOSED, "%s", c->errmsg[0] ? c->errmsg : "not connected");
+        }
+        if (now_ms() >= deadline) {
+            c->wait_id = 0;
+            return set_err(c, BG_E_TIMEOUT, "no reply from busgated in %d ms", c->timeout_ms);
+        }
+        wait_io(c, remaining(deadline));
+    }
+    c->wait_id = 0;
+    return c->wait_err ? -c->wait_err : 0;
+}
+
+/* Blocking: connect (or reconnect when due) and wait for the greeting. */
+static int
+ensure_up(struct bg_conn *c, bool force)
+{
+    int64_t deadline = now_ms() + c->timeout_ms;
+
+    if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
+        return -c->err;
+    while (c->state == LINK_HELLO && now_ms() < deadline) {
+        wait_io(c, remaining(deadline));
+        pump(c, true);
+        settle_closing(c);
+    }
+    if (c->state == LINK_UP)
+        return 0;
+    if (c->state == LINK_HELLO) {
+        link_closing(c, BG_E_TIMEOUT, "no greeting from busgated");
+        settle_closing(c);
+        return set_err(c, BG_E_TIMEOUT, "no greeting from busgated in %d ms", c->timeout_ms);
+    }
+    return set_err(c, BG_E_CLOSED, "not connected to busgated%s%s",
+        c->close_msg[0] ? ": " : "", c->close_msg);
+}
+
+/* ---- commands ---- */
+
+/* Send what c->tmp holds as one command (and wait, when blocking). */
+static int
+command(struct bg_conn *c, int reg_op, char *reg_line)
+{
+    int r;
+
+    if (c->cb == NULL && (r = ensure_up(c, false)) < 0) {
+        free(reg_line);
+        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+        return r;
+    }
+    if (c->cb != NULL && (c->state == LINK_DOWN || c->state == LINK_CLOSING)) {
+        free(reg_line);
+        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+        return set_err(c, BG_E_CLOSED, "not connected to busgated (reconnecting)");
+    }
+    if (req_push(c, false, reg_op, reg_line) < 0) {
+        free(reg_line);
+        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    }
+    evbuffer_add_buffer(c->out, c->tmp);
+    flush_out(c);
+    if (c->cb != NULL)
+        return 0;
+    return wait_reply(c, c->last_id);
+}
+
+/* The registration line of (verb, names), without its newline. */
+static char *
+reg_line(struct bg_conn *c, enum lp_verb verb, const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len)
+{
+    struct evbuffer *b = evbuffer_new();
+    size_t n;
+    char *s = NULL;
+
+    if (b != NULL && lp_format_cmd_names(b, verb, feed, feed_len, topic, topic_len) == 0 &&
+        (n = evbuffer_get_length(b)) > 0 && (s = malloc(n)) != NULL) {
+        evbuffer_remove(b, s, n);
+        s[n - 1] = '\0';
+    }
+    if (b != NULL)
+        evbuffer_free(b);
+    return s;
+}
+
+/* SUB/UNSUB/NOTIFY/... : reg is the verb whose registration it adds or removes. */
+static int
+names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
+    const char *feed, size_t feed_len, const char *topic, size_t topic_len)
+{
+    char *line;
+
+    if (feed == NULL || (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
+        return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
+    if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL ||
+        lp_format_cmd_names(c->tmp, verb, feed, feed_len, topic, topic_len) < 0) {
+        free(line);
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    }
+    return command(c, op, line);
+}
+
+int
+bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len)
+{
+    return names_command(c, LP_SUB, LP_SUB, 1, feed, feed_len, topic, topic_len);
+}
+
+int
+bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len)
+{
+    return names_command(c, LP_UNSUB, LP_SUB, -1, feed, feed_len, topic, topic_len);
+}
+
+int
+bg_notify(bg_conn *c, const char *feed, size_t feed_len)
+{
+    return names_command(c, LP_NOTIFY, LP_NOTIFY, 1, feed, feed_len, NULL, 0);
+}
+
+int
+bg_unnotify(bg_conn *c, const char *feed, size_t feed_len)
+{
+    return names_command(c, LP_UNNOTIFY, LP_NOTIFY, -1, feed, feed_len, NULL, 0);
+}
+
+int
+bg_authorizer(bg_conn *c, const char *feed, size_t feed_len)
+{
+    return names_command(c, LP_AUTHORIZER, LP_AUTHORIZER, 1, feed, feed_len, NULL, 0);
+}
+
+int
+bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len)
+{
+    return names_command(c, LP_UNAUTHORIZER, LP_AUTHORIZER, -1, feed, feed_len, NULL, 0);
+}
+
+static int
+message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,
+    size_t n_packets)
+{
+    struct wire_packet stack[8] = { { { NULL, 0 }, NULL, 0 } }, *pk = stack;
+    int r;
+
+    if (feed == NULL || topic == NULL || (n_packets > 0 && packets == NULL) ||
+        n_packets > UINT32_MAX)
+        return set_err(c, BG_E_INVALID, "a feed, a topic and the packets are needed");
+    if (n_packets > 8 && (pk = calloc(n_packets, sizeof(*pk))) == NULL)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    for (size_t i = 0; i < n_packets; i++) {
+        if (packets[i].len > UINT32_MAX || packets[i].n_entitlements > UINT32_MAX) {
+            if (pk != stack)
+                free(pk);
+            return set_err(c, BG_E_INVALID, "packet %zu is too large", i);
+        }
+        pk[i] = (struct wire_packet){ { packets[i].entitlements, (uint32_t)packets[i].n_entitlements },
+            packets[i].data, (uint32_t)packets[i].len };
+    }
+    r = lp_format_cmd_message(c->tmp, client_id, feed, feed_len, topic, topic_len, is_image,
+        pk, (uint32_t)n_packets);
+    if (pk != stack)
+        free(pk);
+    if (r < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    return command(c, 0, NULL);
+}
+
+int
+bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len,
+    bool is_image, const struct bg_packet *packets, size_t n_packets)
+{
+    return message_command(c, NULL, feed, feed_len, topic, topic_len, is_image, packets, n_packets);
+}
+
+int
+bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,
+    size_t n_packets)
+{
+    if (client_id == NULL)
+        return set_err(c, BG_E_INVALID, "a client id is needed");
+    return message_command(c, client_id, feed, feed_len, topic, topic_len, is_image, packets,
+        n_packets);
+}
+
+int
+bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, bool is_required, const int32_t *entitlements,
+    size_t n_entitlements)
+{
+    char *ents = NULL;
+    int r;
+
+    if (client_id == NULL || feed == NULL || topic == NULL ||
+        (n_entitlements > 0 && entitlements == NULL) || n_entitlements > UINT32_MAX / 12)
+        return set_err(c, BG_E_INVALID, "a client id, a feed and a topic are needed");
+    if (is_required && n_entitlements > 0) {
+        size_t o = 0;
+
+        if ((ents = malloc(n_entitlements * 12 + 1)) == NULL)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        for (size_t i = 0; i < n_entitlements; i++)
+            o += (size_t)sprintf(ents + o, "%s%d", i ? "," : "", (int)entitlements[i]);
+    }
+    r = lp_format_cmd_authorize(c->tmp, client_id, feed, feed_len, topic, topic_len,
+        is_required, ents);
+    free(ents);
+    if (r < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    return command(c, 0, NULL);
+}
+
+int
+bg_ping(bg_conn *c)
+{
+    if (lp_format_cmd(c->tmp, LP_PING, NULL) < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    return command(c, 0, NULL);
+}
+
+uint64_t
+bg_last_request(const bg_conn *c)
+{
+    return c->last_id;
+}
+
+/* ---- blocking use ---- */
+
+int
+bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
+{
+    int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
+    bool polled = false;    /* the socket was read at least once (timeout 0) */
+    int wait;
+
+    for (;;) {
+        if (take_event(c)) {
+            if (build_event(c) < 0)
+                return -c->err;
+            *ev = &c->ev;
+            return 0;
+        }
+        if (reconnect_due(c)) {
+            (void)ensure_up(c, true);
+            continue;
+        }
+        if (c->state == LINK_DOWN && c->backoff_max == 0)
+            return set_err(c, BG_E_CLOSED, "not connected to busgated");
+        if (now_ms() >= deadline && (polled || c->fd < 0))
+            return set_err(c, BG_E_TIMEOUT, "no event in %d ms", timeout_ms);
+        wait = remaining(deadline);
+        if (c->state == LINK_DOWN && c->retry_at - now_ms() < wait)
+            wait = remaining(c->retry_at);
+        wait_io(c, wait);
+        polled = true;
+    }
+}
+
+/* ---- event-loop use ---- */
+
+void
+bg_set_callback(bg_conn *c, bg_callback *cb, void *arg)
+{
+    c->cb = cb;
+    c->cb_arg = arg;
+}
+
+int
+bg_fd(const bg_conn *c)
+{
+    return c->fd;
+}
+
+bool
+bg_want_write(const bg_conn *c)
+{
+    return c->fd >= 0 && evbuffer_get_length(c->out) > 0;
+}
+
+int
+bg_timeout_ms(const bg_conn *c)
+{
+    if (c->state != LINK_DOWN || c->backoff_max == 0)
+        return evbuffer_get_length(c->queued.buf) > 0 ? 0 : -1;
+    return remaining(c->retry_at);
+}
+
+static void
+deliver(struct bg_conn *c)
+{
+    if (build_event(c) == 0 && c->cb != NULL)
+        c->cb(c, &c->ev, c->cb_arg);
+}
+
+int
+bg_process(bg_conn *c, int readiness)
+{
+    if (reconnect_due(c))
+        (void)link_open(c);
+    if (c->fd >= 0 && (readiness & BG_WRITABLE))
+        flush_out(c);
+    if (c->fd >= 0 && (readiness & BG_READABLE))
+        read_some(c);
+    while (take_event(c))
+        deliver(c);
+    flush_out(c);
+    return c->state == LINK_DOWN ? -BG_E_CLOSED : 0;
+}
+
+/* ---- the connection ---- */
+
+void
+bg_set_timeout(bg_conn *c, int timeout_ms)
+{
+    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
+}
+
+void
+bg_set_reconnect(bg_conn *c, int min_ms, int max_ms)
+{
+    c->backoff_min = min_ms > 0 ? min_ms : 1;
+    c->backoff_max = max_ms < 0 ? 0 : max_ms;
+    if (c->backoff_max > 0 && c->backoff_max < c->backoff_min)
+        c->backoff_max = c->backoff_min;
+    c->backoff = c->backoff_min;
+}
+
+bg_conn *
+bg_connect(const char *path)
+{
+    struct bg_conn *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return NULL;
+    c->fd = -1;
+    c->state = LINK_DOWN;
+    c->timeout_ms = 10000;
+    bg_set_reconnect(c, 50, 2000);
+    lp_event_init(&c->lev);
+    c->path = strdup(path != NULL ? path : BG_DEFAULT_PATH);
+    c->sock.buf = evbuffer_new();
+    c->queued.buf = evbuffer_new();
+    c->out = evbuffer_new();
+    c->tmp = evbuffer_new();
+    if (c->path == NULL || c->sock.buf == NULL || c->queued.buf == NULL || c->out == NULL ||
+        c->tmp == NULL) {
+        bg_free(c);
+        return NULL;
+    }
+    lp_framer_init(&c->sock.fr, BG_MAX_LINE);
+    lp_framer_init(&c->queued.fr, BG_MAX_LINE);
+    if (ensure_up(c, true) == 0) {
+        c->err = 0;
+        c->errmsg[0] = '\0';
+    } else {
+        /* The first failure is the application's to see, not a link event. */
+        src_reset(&c->queued);
+    }
+    return c;
+}
+
+void
+bg_free(bg_conn *c)
+{
+    if (c == NULL)
+        return;
+    if (c->fd >= 0)
+        close(c->fd);
+    reqs_clear(c);
+    free(c->reqs);
+    regs_free(c);
+    lp_event_free(&c->lev);
+    free(c->pk);
+    free(c->path);
+    if (c->sock.buf != NULL)
+        evbuffer_free(c->sock.buf);
+    if (c->queued.buf != NULL)
+        evbuffer_free(c->queued.buf);
+    if (c->out != NULL)
+        evbuffer_free(c->out);
+    if (c->tmp != NULL)
+        evbuffer_free(c->tmp);
+    free(c);
+}

@@ -1,0 +1,189 @@
+/*
+ * libbusgate: a C client for busgated, the jetblack-messagebus gateway
+ * (the line protocol of doc/PROTOCOL.md over its Unix socket).
+ *
+ * Two ways to use one connection, as hiredis does:
+ *
+ *  - blocking: every command waits for its reply; bg_next_event() waits
+ *    for the next event (events that arrive while a command waits are
+ *    queued for it);
+ *  - event loop: after bg_set_callback(), commands only queue their line
+ *    and return; the application polls bg_fd() (readable, and writable
+ *    when bg_want_write()), calls bg_process() on readiness and after
+ *    bg_timeout_ms(), and receives events and replies in the callback.
+ *
+ * When busgated goes away (restart, slow-consumer cut-off), the library
+ * reports a BG_EV_LINK down event, reconnects with a bounded backoff,
+ * restores the subscriptions, notifications and authorizer registrations
+ * the daemon had accepted, and reports BG_EV_LINK up. The bus link's own
+ * state changes (the daemon's BUS events) arrive as BG_EV_BUS.
+ *
+ * Not thread-safe: one connection must be used by one thread at a time.
+ * Functions returning int return 0 or a negative bg_error; the message of
+ * the last error is bg_errstr().
+ */
+#ifndef BUSGATE_H
+#define BUSGATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BG_DEFAULT_PATH "/run/busgate/busgate.sock"
+
+/* Error codes (returned negated). The daemon's "-ERR <code>" replies map
+ * one to one onto BG_E_UNKNOWN_COMMAND... (same order as the table in
+ * doc/PROTOCOL.md); bg_error_name() gives the daemon's spelling. */
+enum bg_error {
+    BG_OK = 0,
+    BG_E_IO = 1,            /* socket error (connect, read, write) */
+    BG_E_CLOSED,            /* not connected to busgated (reconnecting) */
+    BG_E_TIMEOUT,           /* no reply in time */
+    BG_E_PROTOCOL,          /* the daemon said something this library cannot parse */
+    BG_E_INVALID,           /* a bad argument */
+    BG_E_NOMEM,
+    BG_E_UNKNOWN_COMMAND = 101,
+    BG_E_SYNTAX,
+    BG_E_BAD_NAME,
+    BG_E_BAD_CLIENT_ID,
+    BG_E_BAD_PACKET,
+    BG_E_LINE_TOO_LONG,
+    BG_E_PAYLOAD_TOO_LARGE,
+    BG_E_TOO_MANY_PACKETS,
+    BG_E_BAD_TERMINATOR,
+    BG_E_NO_PACKETS,
+    BG_E_BUS_DOWN,
+    BG_E_TOO_MANY_SUBSCRIPTIONS,
+    BG_E_TOO_MANY_NOTIFICATIONS,
+    BG_E_TOO_MANY_AUTHORIZERS,
+    BG_E_ALREADY_SUBSCRIBED,
+    BG_E_NOT_SUBSCRIBED,
+    BG_E_ALREADY_NOTIFYING,
+    BG_E_NOT_NOTIFYING,
+    BG_E_ALREADY_AUTHORIZER,
+    BG_E_NOT_AUTHORIZER,
+    BG_E_UNKNOWN_REQUEST,
+    BG_E_ALREADY_ANSWERED,
+    BG_E_SLOW_CONSUMER,     /* the daemon cut this connection off */
+    BG_E_SHUTTING_DOWN,     /* the daemon is stopping */
+    BG_E_TOO_MANY_SESSIONS,
+    BG_E_DAEMON_OTHER = 199 /* an -ERR code this library does not know */
+};
+
+/* A data packet: bytes (data may be NULL when len is 0) and entitlements
+ * (none: n_entitlements 0). */
+struct bg_packet {
+    const void *data;
+    size_t len;
+    const int32_t *entitlements;
+    size_t n_entitlements;
+};
+
+enum bg_event_kind {
+    BG_EV_DATA,             /* a message on a subscribed topic */
+    BG_EV_NOTIFICATION,     /* a bus client (un)subscribed on a NOTIFY'd feed */
+    BG_EV_AUTHREQ,          /* an authorization request for an AUTHORIZER'd feed */
+    BG_EV_BUS,              /* the daemon's bus link changed state */
+    BG_EV_LINK,             /* this connection to busgated went down / came back */
+    BG_EV_REPLY,            /* event-loop use: the reply to a command */
+};
+
+/* One event. Strings are NUL-terminated and also have a length (names may
+ * contain NUL bytes); everything points into the connection and stays
+ * valid until the next bg_next_event()/bg_process() call or the callback
+ * returns. */
+struct bg_event {
+    enum bg_event_kind kind;
+    const char *feed, *topic, *user, *host;     /* DATA, NOTIFICATION, AUTHREQ */
+    size_t feed_len, topic_len, user_len, host_len;
+    uint8_t client_id[16];      /* NOTIFICATION, AUTHREQ: wire (.NET Guid) order */
+    char client_id_text[37];    /* the same as canonical Guid text */
+    bool is_image;              /* DATA */
+    bool is_unicast;            /* DATA: SEND to this gateway's id */
+    const char *content_type;   /* DATA: "" unless the bus speaks protocol 6 */
+    bool is_add;                /* NOTIFICATION: add or remove */
+    const struct bg_packet *packets;            /* DATA */
+    size_t n_packets;
+    bool up;                    /* BUS: state "up"; LINK: connected again */
+    const char *state;          /* BUS: "up", "unconfirmed" or "down"; LINK: "up"/"down" */
+    const char *text;           /* BUS: the reason; LINK down and REPLY: the message */
+    int error;                  /* LINK down, REPLY: 0 or a bg_error (not negated) */
+    uint64_t request;           /* REPLY: what bg_last_request() said for the command */
+};
+
+typedef struct bg_conn bg_conn;
+
+/* Connect to busgated at path (NULL: BG_DEFAULT_PATH) and read its
+ * greeting. Returns NULL only when out of memory; otherwise check
+ * bg_error_code(): a failed connection must still be freed. */
+bg_conn *bg_connect(const char *path);
+void bg_free(bg_conn *c);
+
+/* The last error (a bg_error, not negated) and its message; c may be NULL
+ * (bg_connect out of memory): BG_E_NOMEM. */
+int bg_error_code(const bg_conn *c);
+const char *bg_errstr(const bg_conn *c);
+/* "bad-name", "slow-consumer"... for daemon codes; a phrase otherwise. */
+const char *bg_error_name(int code);
+
+/* Blocking use: how long a command waits for its reply (default 10000). */
+void bg_set_timeout(bg_conn *c, int timeout_ms);
+/* Reconnect backoff: first wait min_ms, doubling up to max_ms (defaults
+ * 50 and 2000); max_ms 0 turns reconnecting off. */
+void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
+
+/* Commands. Names are byte strings of the given length (UTF-8 on the bus).
+ * Blocking use: returns once the daemon answered. Event-loop use: returns
+ * once queued; the reply comes as BG_EV_REPLY. */
+int bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len);
+int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len);
+int bg_notify(bg_conn *c, const char *feed, size_t feed_len);
+int bg_unnotify(bg_conn *c, const char *feed, size_t feed_len);
+int bg_authorizer(bg_conn *c, const char *feed, size_t feed_len);
+int bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len);
+int bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len,
+    bool is_image, const struct bg_packet *packets, size_t n_packets);
+/* client_id: 16 bytes in wire order, as in a bg_event. */
+int bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,
+    size_t n_packets);
+/* Answer an AUTHREQ; entitlements apply when is_required. */
+int bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, bool is_required, const int32_t *entitlements,
+    size_t n_entitlements);
+/* A round trip: everything sent before has been handled. */
+int bg_ping(bg_conn *c);
+/* The number of the last command sent (BG_EV_REPLY's request). */
+uint64_t bg_last_request(const bg_conn *c);
+
+/* Blocking use: the next event, waiting at most timeout_ms (-1: forever).
+ * Returns 0 with *ev set, -BG_E_TIMEOUT, or another error. Reconnecting
+ * happens in here. */
+int bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev);
+
+/* Event-loop use. The callback may issue commands (they are queued) but
+ * must not call bg_free, bg_process or bg_next_event on c. */
+typedef void bg_callback(bg_conn *c, const struct bg_event *ev, void *arg);
+void bg_set_callback(bg_conn *c, bg_callback *cb, void *arg);
+/* The socket to poll (-1 while disconnected); it changes across a
+ * reconnect (watch for BG_EV_LINK). Poll it for reading always. */
+int bg_fd(const bg_conn *c);
+/* Whether queued output waits for the socket to be writable. */
+bool bg_want_write(const bg_conn *c);
+/* Milliseconds until bg_process() has timed work (a reconnect), -1: none. */
+int bg_timeout_ms(const bg_conn *c);
+#define BG_READABLE 1
+#define BG_WRITABLE 2
+/* Do what readiness (BG_READABLE|BG_WRITABLE, 0 for a timeout) allows,
+ * calling the callback for each event and reply. */
+int bg_process(bg_conn *c, int readiness);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BUSGATE_H */

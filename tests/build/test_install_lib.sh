@@ -1,0 +1,48 @@
+#!/bin/sh
+# libbusgate installs as a library should: the header, a shared library
+# with a soname that exports only the bg_* API, a pkg-config file that
+# builds the README's example, and its man page (issue 13).
+#
+# Installs the library's pieces from the build tree into a DESTDIR (only
+# these install targets: nothing is rebuilt) and compiles the example
+# against the installed copy.
+#
+# Environment: top_builddir, top_srcdir (set by make check).
+
+set -u
+
+builddir=${top_builddir:-.}
+srcdir=${top_srcdir:-.}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/busgate-lib.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT INT TERM
+unset MAKEFLAGS MFLAGS MAKELEVEL
+make=${MAKE:-make}
+
+fail() {
+    echo "FAIL: $*"
+    exit 1
+}
+
+root=$tmp/root
+$make -s -C "$builddir" DESTDIR="$root" install-libLTLIBRARIES install-includeHEADERS \
+    install-pkgconfigDATA install-man3 >"$tmp/install.log" 2>&1 ||
+    { tail -20 "$tmp/install.log"; fail "make install of the library failed"; }
+
+libdir=$(sed -n 's/^libdir=//p' "$builddir/lib/busgate.pc")
+prefix=$(sed -n 's/^prefix=//p' "$builddir/lib/busgate.pc")
+libdir=$(echo "$libdir" | sed "s|\${exec_prefix}|$prefix|; s|\${prefix}|$prefix|")
+for f in "$libdir/libbusgate.so.0" "$libdir/libbusgate.so" "$libdir/pkgconfig/busgate.pc" \
+    "$prefix/include/busgate.h" "$prefix/share/man/man3/libbusgate.3"; do
+    [ -e "$root$f" ] || { find "$root" | sed 's/^/  /'; fail "$f not installed"; }
+done
+
+soname=$(readelf -d "$root$libdir/libbusgate.so.0" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
+[ "$soname" = libbusgate.so.0 ] || fail "soname is '$soname', not libbusgate.so.0"
+others=$(nm -D --defined-only "$root$libdir/libbusgate.so.0" | awk '$2 ~ /^[TDBR]$/ && $3 !~ /^bg_/ {print $3}')
+[ -z "$others" ] || fail "exported beyond the bg_* API: $others"
+
+flags=$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$root$libdir/pkgconfig \
+    pkg-config --cflags --libs busgate) || fail "pkg-config busgate failed"
+${CC:-cc} "$srcdir/lib/examples/subscribe.c" $flags -o "$tmp/subscribe" 2>"$tmp/cc.log" ||
+    { cat "$tmp/cc.log"; fail "the example does not build with pkg-config --cflags --libs busgate"; }
+echo "PASS: libbusgate installs (soname $soname, bg_* only, pkg-config builds the example)"

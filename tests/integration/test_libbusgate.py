@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""libbusgate (lib/) end to end: the C test program tests/lib/test_libbusgate
+and the README's C example run against the real busgated and the test bus.
+
+The C program drives everything through the library; when it needs the world
+to change it writes a request line on stdout (RESTART: busgated stops and
+starts again on the same socket; BUS-STOP / BUS-START: the test bus) and waits
+for "OK" on stdin."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import gwtest  # noqa: E402
+
+TEST_PROG = os.path.join(gwtest.TOP_BUILDDIR, "tests", "lib", "test_libbusgate")
+EXAMPLE = os.path.join(gwtest.TOP_BUILDDIR, "lib", "examples", "subscribe")
+
+
+def prog_env():
+    env = dict(os.environ)
+    env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
+    env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
+    return env
+
+
+class LibbusgateTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.dir = gwtest.tempdir("busgate-lib-")
+        cls.bus = gwtest.TestBus(cls.dir, heartbeat=0.2,
+                                 feeds={"secure": {"authorization_required": True}})
+        cls.bus.start()
+        # A small output bound, so that the slow-consumer case is quick.
+        cls.gw = gwtest.Gateway(cls.dir, cls.bus, config={"listen": {"max_output": "64KiB"}})
+        cls.gw.start()
+        cls.gw.wait_bus_up()
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.gw.stop()
+        finally:
+            cls.bus.stop()
+            if not os.environ.get("BUSGATE_TEST_KEEP"):
+                shutil.rmtree(cls.dir, ignore_errors=True)
+
+    def act(self, request):
+        if request == "RESTART":
+            self.gw.stop()
+            self.gw.start()
+        elif request == "BUS-STOP":
+            self.bus.stop()
+        elif request == "BUS-START":
+            self.bus.start()
+        else:
+            self.fail("unknown request from the C test: %r" % request)
+
+    def run_c(self, *tests):
+        proc = subprocess.Popen([TEST_PROG, self.gw.socket_path] + list(tests),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=prog_env(), text=True)
+        try:
+            for line in proc.stdout:
+                self.act(line.strip())
+                proc.stdin.write("OK\n")
+                proc.stdin.flush()
+            rc = proc.wait(gwtest.TIMEOUT * 4)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err = proc.stderr.read()
+        if os.environ.get("BUSGATE_TEST_VERBOSE"):
+            sys.stderr.write(err)
+        proc.stderr.close()
+        proc.stdin.close()
+        proc.stdout.close()
+        self.assertEqual(rc, 0, err + "\n--- busgated log ---\n" + self.gw.log()[-3000:])
+        for mark in gwtest.SANITIZER_MARKS:
+            self.assertNotIn(mark, err)
+
+    def test_verbs_and_events(self):
+        self.run_c("connect_refused", "publish_binary", "errors", "notify_and_send",
+                   "authorize", "event_loop", "timeout_zero")
+
+    def test_bus_events_pass_through(self):
+        self.run_c("bus_events")
+
+    def test_busgated_restart_mid_subscription(self):
+        self.run_c("restart")
+
+    def test_slow_consumer_is_reported(self):
+        self.run_c("slow_consumer")
+        self.gw.wait_log(r"slow consumer")
+
+    def test_man_page_names_every_function(self):
+        with open(os.path.join(gwtest.TOP_SRCDIR, "lib", "busgate.h")) as f:
+            api = set(re.findall(r"(?m)^[a-z].*?[ *](bg_[a-z_]+)\(", f.read())) - {"bg_callback"}
+        with open(os.path.join(gwtest.TOP_SRCDIR, "doc", "libbusgate.3")) as f:
+            page = f.read()
+        name = page.split(".SH SYNOPSIS")[0]
+        self.assertTrue(api)
+        for fn in sorted(api):
+            self.assertIn(fn, name, "libbusgate(3) NAME must list %s" % fn)
+            self.assertIn(fn + "(", page, "libbusgate(3) SYNOPSIS must show %s" % fn)
+
+    def test_readme_example(self):
+        """The C example of README.md, as built from lib/examples/subscribe.c."""
+        with open(os.path.join(gwtest.TOP_SRCDIR, "README.md")) as f:
+            readme = f.read()
+        with open(os.path.join(gwtest.TOP_SRCDIR, "lib", "examples", "subscribe.c")) as f:
+            example = f.read()
+        self.assertIn(example.strip(), readme, "README.md must show lib/examples/subscribe.c")
+        out = subprocess.run([EXAMPLE, self.gw.socket_path], capture_output=True, text=True,
+                             timeout=gwtest.TIMEOUT, env=prog_env())
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "prices AAPL: hello\n")
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,441 @@
+/*
+ * libbusgate against the real busgated and the test bus. Run by
+ * tests/integration/test_libbusgate.py, which starts both and passes the
+ * socket path; a line written to stdout ("RESTART", "BUS-STOP",
+ * "BUS-START") asks the driver to act, and it answers "OK" on stdin.
+ * Uses only the public API (busgate.h).
+ */
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "busgate.h"
+
+static const char *sock_path;
+static int failures;
+
+#define CHECK(cond) do { if (!(cond)) { \
+    fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+    exit(1); } } while (0)
+#define CHECK_OK(c, call) do { int r_ = (call); if (r_ != 0) { \
+    fprintf(stderr, "%s:%d: %s = %d (%s): %s\n", __FILE__, __LINE__, #call, r_, \
+        bg_error_name(r_), bg_errstr(c)); exit(1); } } while (0)
+#define S(str) str, strlen(str)
+
+#define WAIT_MS 20000
+
+static void
+ask_driver(const char *what)
+{
+    char line[64];
+
+    printf("%s\n", what);
+    fflush(stdout);
+    CHECK(fgets(line, sizeof(line), stdin) != NULL && strncmp(line, "OK", 2) == 0);
+}
+
+static bg_conn *
+conn(void)
+{
+    bg_conn *c = bg_connect(sock_path);
+
+    CHECK(c != NULL);
+    if (bg_error_code(c) != 0)
+        fprintf(stderr, "connect: %s\n", bg_errstr(c));
+    CHECK(bg_error_code(c) == 0);
+    return c;
+}
+
+static bool
+name_is(const char *p, size_t n, const char *want, size_t want_len)
+{
+    return n == want_len && memcmp(p, want, n) == 0 && p[n] == '\0';
+}
+
+/* The next event of kind (others skipped), on feed/topic when given. */
+static const struct bg_event *
+wait_for(bg_conn *c, enum bg_event_kind kind, const char *topic, size_t topic_len)
+{
+    const struct bg_event *ev;
+    int r;
+
+    for (;;) {
+        if ((r = bg_next_event(c, WAIT_MS, &ev)) != 0) {
+            fprintf(stderr, "waiting for event %d: %s: %s\n", kind, bg_error_name(r), bg_errstr(c));
+            exit(1);
+        }
+        if (ev->kind == kind && (topic == NULL || name_is(ev->topic, ev->topic_len, topic, topic_len)))
+            return ev;
+    }
+}
+
+static void
+test_connect_refused(void)
+{
+    bg_conn *c = bg_connect("/nonexistent/busgate.sock");
+
+    CHECK(c != NULL);
+    CHECK(bg_error_code(c) == BG_E_IO);
+    CHECK(strstr(bg_errstr(c), "/nonexistent/busgate.sock") != NULL);
+    bg_free(c);
+}
+
+/* Binary and empty packets, entitlements, names with spaces and non-ASCII. */
+static void
+test_publish_binary(void)
+{
+    static const char feed[] = "my feed", topic[] = "caf\xc3\xa9 \xe2\x82\xac 100%";
+    static const char bin[] = { 'a', 0, '\n', '\r', (char)0xff, 'z' };
+    static const int32_t ents[] = { 1, -2 };
+    const struct bg_packet pk[] = {
+        { bin, sizeof(bin), ents, 2 },
+        { NULL, 0, NULL, 0 },
+        { "\n", 1, NULL, 0 },
+    };
+    bg_conn *c = conn();
+    const struct bg_event *ev;
+
+    CHECK_OK(c, bg_subscribe(c, S(feed), S(topic)));
+    CHECK_OK(c, bg_publish(c, S(feed), S(topic), true, pk, 3));
+    ev = wait_for(c, BG_EV_DATA, S(topic));
+    CHECK(name_is(ev->feed, ev->feed_len, S(feed)));
+    CHECK(ev->is_image && !ev->is_unicast);
+    CHECK(ev->user_len > 0 && ev->host_len > 0);
+    CHECK(ev->n_packets == 3);
+    CHECK(ev->packets[0].len == sizeof(bin) && memcmp(ev->packets[0].data, bin, sizeof(bin)) == 0);
+    CHECK(ev->packets[0].n_entitlements == 2 && ev->packets[0].entitlements[0] == 1 &&
+        ev->packets[0].entitlements[1] == -2);
+    CHECK(ev->packets[1].len == 0 && ev->packets[1].n_entitlements == 0);
+    CHECK(ev->packets[2].len == 1 && memcmp(ev->packets[2].data, "\n", 1) == 0);
+
+    /* A delta with one empty packet. */
+    CHECK_OK(c, bg_publish(c, S(feed), S(topic), false, pk + 1, 1));
+    ev = wait_for(c, BG_EV_DATA, S(topic));
+    CHECK(!ev->is_image && ev->n_packets == 1 && ev->packets[0].len == 0);
+
+    /* A name with a NUL byte round-trips too. */
+    CHECK_OK(c, bg_subscribe(c, S(feed), "nul\0byte", 8));
+    CHECK_OK(c, bg_publish(c, S(feed), "nul\0byte", 8, false, pk + 2, 1));
+    ev = wait_for(c, BG_EV_DATA, "nul\0byte", 8);
+    CHECK(ev->n_packets == 1);
+    CHECK_OK(c, bg_unsubscribe(c, S(feed), S(topic)));
+    bg_free(c);
+}
+
+/* -ERR replies map to codes with the daemon's message. */
+static void
+test_errors(void)
+{
+    bg_conn *c = conn();
+
+    CHECK_OK(c, bg_subscribe(c, S("prices"), S("AAPL")));
+    CHECK(bg_subscribe(c, S("prices"), S("AAPL")) == -BG_E_ALREADY_SUBSCRIBED);
+    CHECK(strstr(bg_errstr(c), "already-subscribed") != NULL);
+    CHECK(strcmp(bg_error_name(BG_E_ALREADY_SUBSCRIBED), "already-subscribed") == 0);
+    CHECK_OK(c, bg_unsubscribe(c, S("prices"), S("AAPL")));
+    CHECK(bg_unsubscribe(c, S("prices"), S("AAPL")) == -BG_E_NOT_SUBSCRIBED);
+    CHECK(bg_subscribe(c, S(""), S("AAPL")) == -BG_E_BAD_NAME);
+    CHECK(bg_subscribe(c, S("prices"), "\xc3", 1) == -BG_E_BAD_NAME);
+    CHECK(bg_publish(c, S("prices"), S("AAPL"), true, NULL, 0) == -BG_E_NO_PACKETS);
+    CHECK(bg_unnotify(c, S("prices")) == -BG_E_NOT_NOTIFYING);
+    CHECK(bg_unauthorizer(c, S("secure")) == -BG_E_NOT_AUTHORIZER);
+    CHECK(bg_subscribe(c, NULL, 0, S("x")) == -BG_E_INVALID);
+    /* The session is still usable. */
+    CHECK_OK(c, bg_ping(c));
+    bg_free(c);
+}
+
+/* NOTIFY, then SEND to the id a notification told. */
+static void
+test_notify_and_send(void)
+{
+    bg_conn *a = conn(), *b = conn();
+    const struct bg_event *ev;
+    uint8_t gw[16];
+    const struct bg_packet pk = { "hello", 5, NULL, 0 };
+
+    CHECK_OK(a, bg_notify(a, S("n feed")));
+    CHECK_OK(b, bg_subscribe(b, S("n feed"), S("t\xc3\xa9")));
+    ev = wait_for(a, BG_EV_NOTIFICATION, S("t\xc3\xa9"));
+    CHECK(ev->is_add && name_is(ev->feed, ev->feed_len, S("n feed")));
+    CHECK(strlen(ev->client_id_text) == 36);
+    memcpy(gw, ev->client_id, 16);
+
+    CHECK_OK(a, bg_send(a, gw, S("n feed"), S("t\xc3\xa9"), true, &pk, 1));
+    ev = wait_for(b, BG_EV_DATA, S("t\xc3\xa9"));
+    CHECK(ev->is_unicast && ev->n_packets == 1 && memcmp(ev->packets[0].data, "hello", 5) == 0);
+
+    CHECK_OK(b, bg_unsubscribe(b, S("n feed"), S("t\xc3\xa9")));
+    ev = wait_for(a, BG_EV_NOTIFICATION, S("t\xc3\xa9"));
+    CHECK(!ev->is_add && memcmp(ev->client_id, gw, 16) == 0);
+    CHECK_OK(a, bg_unnotify(a, S("n feed")));
+    bg_free(a);
+    bg_free(b);
+}
+
+/* AUTHORIZER, AUTHREQ, AUTHORIZE with entitlements: the subscriber gets
+ * only the entitled packet. */
+static void
+test_authorize(void)
+{
+    bg_conn *a = conn(), *b = conn();
+    const struct bg_event *ev;
+    static const int32_t grant[] = { 1, 2 }, e1[] = { 1 }, e3[] = { 3 };
+    const struct bg_packet pk[] = { { "one", 3, e1, 1 }, { "three", 5, e3, 1 } };
+
+    CHECK_OK(a, bg_authorizer(a, S("secure")));
+    CHECK_OK(b, bg_subscribe(b, S("secure"), S("AAPL")));
+    ev = wait_for(a, BG_EV_AUTHREQ, S("AAPL"));
+    CHECK(name_is(ev->feed, ev->feed_len, S("secure")));
+    CHECK_OK(a, bg_authorize(a, ev->client_id, S("secure"), S("AAPL"), true, grant, 2));
+    CHECK(bg_authorize(a, ev->client_id, S("secure"), S("AAPL"), false, NULL, 0) ==
+        -BG_E_ALREADY_ANSWERED);
+    CHECK_OK(a, bg_publish(a, S("secure"), S("AAPL"), true, pk, 2));
+    ev = wait_for(b, BG_EV_DATA, S("AAPL"));
+    CHECK(ev->n_packets == 1 && ev->packets[0].len == 3 && memcmp(ev->packets[0].data, "one", 3) == 0);
+    CHECK_OK(a, bg_unauthorizer(a, S("secure")));
+    bg_free(a);
+    bg_free(b);
+}
+
+/* A zero timeout still reads what the socket holds. */
+static void
+test_timeout_zero(void)
+{
+    bg_conn *c = conn(), *p = conn();
+    const struct bg_event *ev;
+    const struct bg_packet pk = { "now", 3, NULL, 0 };
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    int r;
+
+    CHECK(bg_next_event(c, 0, &ev) == -BG_E_TIMEOUT);
+    CHECK(bg_error_code(c) == BG_E_TIMEOUT);
+    CHECK_OK(c, bg_subscribe(c, S("zero"), S("t")));
+    CHECK_OK(p, bg_publish(p, S("zero"), S("t"), false, &pk, 1));
+    while ((r = bg_next_event(c, 0, &ev)) == -BG_E_TIMEOUT) {
+        CHECK(time(NULL) < end);
+        poll(NULL, 0, 5);
+    }
+    CHECK(r == 0 && ev->kind == BG_EV_DATA && ev->n_packets == 1);
+    bg_free(c);
+    bg_free(p);
+}
+
+struct loop_state {
+    int replies, reply_errors, data;
+    int link_down, link_up, data_after_up;
+    char last[16];
+};
+
+static void
+on_event(bg_conn *c, const struct bg_event *ev, void *arg)
+{
+    struct loop_state *st = arg;
+
+    if (ev->kind == BG_EV_REPLY) {
+        st->replies++;
+        if (ev->error != 0)
+            st->reply_errors++;
+    } else if (ev->kind == BG_EV_LINK) {
+        if (ev->up)
+            st->link_up++;
+        else
+            st->link_down++;
+    } else if (ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len < sizeof(st->last)) {
+        st->data++;
+        if (st->link_up > 0)
+            st->data_after_up++;
+        memcpy(st->last, ev->packets[0].data, ev->packets[0].len);
+        st->last[ev->packets[0].len] = '\0';
+    }
+}
+
+/* One turn of an application's poll loop around c, waiting at most max_ms. */
+static void
+loop_once(bg_conn *c, int max_ms)
+{
+    struct pollfd pfd = { .fd = bg_fd(c), .events = POLLIN };
+    int t = bg_timeout_ms(c), r;
+
+    if (bg_want_write(c))
+        pfd.events |= POLLOUT;
+    r = poll(&pfd, pfd.fd >= 0 ? 1 : 0, t < 0 || t > max_ms ? max_ms : t);
+    bg_process(c, r <= 0 ? 0 : ((pfd.revents & (POLLIN | POLLHUP)) ? BG_READABLE : 0) |
+        ((pfd.revents & POLLOUT) ? BG_WRITABLE : 0));
+}
+
+/* Run c's loop until done(st) or the deadline. */
+static void
+run_loop(bg_conn *c, struct loop_state *st, int (*done)(const struct loop_state *))
+{
+    time_t end = time(NULL) + WAIT_MS / 1000;
+
+    while (!done(st)) {
+        CHECK(time(NULL) < end);
+        loop_once(c, 200);
+    }
+}
+
+static int two_replies(const struct loop_state *st) { return st->replies >= 2; }
+static int one_data(const struct loop_state *st) { return st->data >= 1; }
+
+/* Event-loop use: replies and data through the callback. */
+static void
+test_event_loop(void)
+{
+    bg_conn *c = conn(), *p = conn();
+    struct loop_state st = { 0 };
+    const struct bg_packet pk = { "async", 5, NULL, 0 };
+
+    bg_set_callback(c, on_event, &st);
+    CHECK_OK(c, bg_subscribe(c, S("loop"), S("t")));
+    CHECK(bg_last_request(c) > 0);
+    CHECK_OK(c, bg_subscribe(c, S("loop"), S("t")));   /* refused: a reply with an error */
+    run_loop(c, &st, two_replies);
+    CHECK(st.reply_errors == 1);
+    CHECK_OK(p, bg_publish(p, S("loop"), S("t"), false, &pk, 1));
+    run_loop(c, &st, one_data);
+    CHECK(strcmp(st.last, "async") == 0);
+    bg_free(c);
+    bg_free(p);
+}
+
+/* The daemon's BUS events pass through. */
+static void
+test_bus_events(void)
+{
+    bg_conn *c = conn();
+    const struct bg_event *ev;
+
+    CHECK_OK(c, bg_ping(c));
+    ask_driver("BUS-STOP");
+    ev = wait_for(c, BG_EV_BUS, NULL, 0);
+    CHECK(!ev->up && strcmp(ev->state, "down") == 0);
+    ask_driver("BUS-START");
+    do
+        ev = wait_for(c, BG_EV_BUS, NULL, 0);
+    while (!ev->up);
+    CHECK(strcmp(ev->state, "up") == 0);
+    bg_free(c);
+}
+
+/* busgated restarts under a subscriber, a notifier and an authorizer: it
+ * keeps receiving without doing anything, and is told by link events. */
+static void
+test_restart(void)
+{
+    bg_conn *s = conn(), *p = conn(), *a = conn();
+    struct loop_state ast = { 0 };
+    const struct bg_event *ev;
+    bool down = false, up = false, data = false, notified = false;
+    const struct bg_packet pk = { "again", 5, NULL, 0 };
+    time_t end;
+
+    CHECK_OK(s, bg_subscribe(s, S("restart feed"), S("t")));
+    CHECK_OK(s, bg_notify(s, S("restart feed")));
+    CHECK_OK(s, bg_authorizer(s, S("secure")));
+    ev = wait_for(s, BG_EV_NOTIFICATION, S("t"));   /* its own subscription */
+    /* An event-loop subscriber alongside the blocking one. */
+    CHECK_OK(a, bg_subscribe(a, S("restart feed"), S("t")));
+    bg_set_callback(a, on_event, &ast);
+    ask_driver("RESTART");
+    end = time(NULL) + WAIT_MS / 1000 * 2;
+    while (!(down && up && data && notified && ast.data_after_up > 0)) {
+        CHECK(time(NULL) < end);
+        loop_once(a, 0);
+        if (bg_publish(p, S("restart feed"), S("t"), false, &pk, 1) != 0)
+            CHECK(bg_error_code(p) == BG_E_CLOSED || bg_error_code(p) == BG_E_IO ||
+                bg_error_code(p) == BG_E_BUS_DOWN || bg_error_code(p) == BG_E_SHUTTING_DOWN);
+        while (bg_next_event(s, 200, &ev) == 0) {
+            if (ev->kind == BG_EV_LINK && !ev->up) {
+                CHECK(!up);
+                down = true;
+            } else if (ev->kind == BG_EV_LINK) {
+                CHECK(down);
+                CHECK(strstr(ev->text, "3 registrations restored") != NULL);
+                up = true;
+            } else if (ev->kind == BG_EV_DATA && up) {
+                CHECK(ev->n_packets == 1 && memcmp(ev->packets[0].data, "again", 5) == 0);
+                data = true;
+            } else if (ev->kind == BG_EV_NOTIFICATION && up && ev->is_add) {
+                notified = true;
+            }
+        }
+    }
+    /* The restored registrations are the daemon's again. */
+    CHECK(bg_subscribe(s, S("restart feed"), S("t")) == -BG_E_ALREADY_SUBSCRIBED);
+    CHECK(bg_notify(s, S("restart feed")) == -BG_E_ALREADY_NOTIFYING);
+    CHECK(bg_authorizer(s, S("secure")) == -BG_E_ALREADY_AUTHORIZER);
+    CHECK(ast.link_down == 1 && ast.link_up == 1);
+    bg_free(s);
+    bg_free(p);
+    bg_free(a);
+}
+
+/* A subscriber that does not read is cut off by the daemon: it is told
+ * why, and reconnects. */
+static void
+test_slow_consumer(void)
+{
+    bg_conn *s = conn(), *p = conn();
+    const struct bg_event *ev;
+    static char block[32768];
+    const struct bg_packet pk = { block, sizeof(block), NULL, 0 };
+    int n = 0;
+
+    CHECK_OK(s, bg_subscribe(s, S("slow"), S("t")));
+    for (int i = 0; i < 200; i++)
+        CHECK_OK(p, bg_publish(p, S("slow"), S("t"), false, &pk, 1));
+    CHECK_OK(p, bg_ping(p));
+    for (;;) {
+        CHECK_OK(s, bg_next_event(s, WAIT_MS, &ev));
+        if (ev->kind == BG_EV_DATA)
+            n++;
+        else if (ev->kind == BG_EV_LINK)
+            break;
+    }
+    CHECK(!ev->up && ev->error == BG_E_SLOW_CONSUMER);
+    CHECK(strstr(ev->text, "slow-consumer") != NULL);
+    CHECK(n < 200);
+    ev = wait_for(s, BG_EV_LINK, NULL, 0);
+    CHECK(ev->up);
+    bg_free(s);
+    bg_free(p);
+}
+
+int
+main(int argc, char **argv)
+{
+    static const struct { const char *name; void (*fn)(void); } tests[] = {
+        { "connect_refused", test_connect_refused },
+        { "publish_binary", test_publish_binary },
+        { "errors", test_errors },
+        { "notify_and_send", test_notify_and_send },
+        { "authorize", test_authorize },
+        { "event_loop", test_event_loop },
+        { "timeout_zero", test_timeout_zero },
+        { "bus_events", test_bus_events },
+        { "restart", test_restart },
+        { "slow_consumer", test_slow_consumer },
+    };
+
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s SOCKET [TEST...]\n", argv[0]);
+        return 2;
+    }
+    sock_path = argv[1];
+    for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); i++) {
+        bool run = argc == 2;
+
+        for (int k = 2; k < argc; k++)
+            run = run || strcmp(argv[k], tests[i].name) == 0;
+        if (!run)
+            continue;
+        fprintf(stderr, "test %s\n", tests[i].name);
+        tests[i].fn();
+        fprintf(stderr, "ok %s\n", tests[i].name);
+    }
+    return failures;
+}
