@@ -50,6 +50,7 @@ static const char *const error_codes[] = {
     [LP_ERR_SLOW_CONSUMER] = "slow-consumer",
     [LP_ERR_SHUTTING_DOWN] = "shutting-down",
     [LP_ERR_TOO_MANY_SESSIONS] = "too-many-sessions",
+    [LP_ERR_PERM] = "perm",
 };
 
 const char *
