@@ -31,6 +31,7 @@ enum lp_verb {
     LP_STATS,
     LP_VERBOSE,
     LP_QUIT,
+    LP_NAME,
 };
 
 /* Stable error codes, written as "-ERR <code> <message>". */
@@ -67,6 +68,9 @@ enum lp_error {
 /* "bad-name" etc. */
 const char *lp_error_code(enum lp_error e);
 
+/* Longest app name (NAME): it is shown in STATS and logs, and grants nothing. */
+#define LP_MAX_APP_NAME 64
+
 /* Limits a parsed command must respect. */
 struct lp_limits {
     uint32_t max_name;      /* bytes in a decoded name (the bus string limit) */
@@ -101,6 +105,7 @@ struct lp_cmd {
     uint32_t n_packets;
     uint64_t payload_len;               /* sum of packet lengths */
     struct lp_name token;               /* PING's optional token (raw, not unescaped) */
+    struct lp_name app;                 /* NAME: the name an app gives itself */
 
     void *store;
     size_t store_cap;

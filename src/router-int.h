@@ -79,6 +79,7 @@ struct client {
     struct peer_cred peer;
     struct access_id who;           /* peer's uid, gid and groups (own copy) */
     char *user;                     /* the uid's name, for logs */
+    char *app;                      /* what the app called itself (NAME); NULL: nothing */
     uint64_t perm_denied;           /* commands the access rules refused */
     uint64_t revoked;               /* registrations a reload's rules ended */
     UT_hash_handle hh;              /* r->clients, by session pointer */

@@ -147,8 +147,9 @@ rt_permit(struct router *r, struct client *c, enum access_verb verb,
     deny_reason(&d, why, sizeof why);
     c->perm_denied++;
     r->n.perm_denied++;
-    log_notice("access: session %llu (%s, uid %u, pid %d) may not %s%s%.*s: %s",
+    log_notice("access: session %llu (%s, uid %u, pid %d%s%s) may not %s%s%.*s: %s",
         (unsigned long long)c->id, c->user, (unsigned)c->peer.uid, (int)c->peer.pid,
+        c->app != NULL ? ", app " : "", c->app != NULL ? c->app : "",
         access_verb_name(verb), feed != NULL ? " " : "", (int)flen, fp, why);
     if (feed != NULL)
         rt_reply_err(c, LP_ERR_PERM, "%s %.*s: %s", access_verb_name(verb), (int)flen, fp,
@@ -412,6 +413,7 @@ router_session_detach(struct router *r, struct session *s)
         client_release(r, c);
     HASH_DEL(r->clients, c);
     free(c->user);
+    free(c->app);
     free((gid_t *)c->who.groups);
     free(c);
 }
@@ -511,6 +513,16 @@ cmd_unsub(struct router *r, struct client *c, const struct lp_cmd *cmd)
     rt_reply_ok(c);
 }
 
+/* NAME: a label for logs and STATS; it grants nothing. */
+static void
+cmd_name(struct client *c, const struct lp_cmd *cmd)
+{
+    free(c->app);
+    if ((c->app = strndup(cmd->app.ptr, cmd->app.len)) == NULL)
+        fatalx("out of memory (app name)");
+    rt_reply_ok(c);
+}
+
 static void
 cmd_ping(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
@@ -552,6 +564,9 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
         break;
     case LP_AUTHORIZE:
         rt_cmd_authorize(r, c, cmd);
+        break;
+    case LP_NAME:
+        cmd_name(c, cmd);
         break;
     case LP_PING:
         cmd_ping(r, c, cmd);

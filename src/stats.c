@@ -152,6 +152,10 @@ rt_cmd_stats(struct router *r, struct client *c)
             o->n_subs, st.cmds_in, st.events_out, st.queued, o->perm_denied, o->revoked);
         /* The name comes from the user database: written as a name token. */
         lp_put_name(out, o->user, strlen(o->user));
+        if (o->app != NULL) {
+            evbuffer_add(out, " app=", 5);
+            lp_put_name(out, o->app, strlen(o->app));
+        }
         evbuffer_add_printf(out, "%s\n", o == c ? " self" : "");
     }
     lp_format_end(out);

@@ -174,6 +174,8 @@ class AccessTests(GatewayCase):
     def test_stats_counters_and_log(self):
         a, b = self.as_(NOBODY), self.as_(DAEMON)
         start = self.gw.log_offset()
+        # An app name labels the session; it grants nothing.
+        self.assertEqual(a.cmd("NAME team-a%20pricer"), "+OK")
         r = a.cmd("STATS")
         self.assertEqual(r, "-ERR perm stats: no access rule allows it")
         self.assertPerm(a.cmd("SUB B.log t"), "subscribe", "B.log")
@@ -183,8 +185,11 @@ class AccessTests(GatewayCase):
         self.assertGreaterEqual(int(st["access_denied"]), 2)
         mine = [x for x in st["session"] if "user=nobody" in x and " uid=65534 " in x]
         self.assertTrue(any("denied=2 " in x for x in mine), st["session"])
-        self.gw.wait_log(r"access: session \d+ \(nobody, uid 65534, pid \d+\) may not "
-                         r"subscribe B\.log: no access rule allows it", start=start)
+        self.assertTrue(any(x.endswith(" user=nobody app=team-a%20pricer") for x in mine),
+                        st["session"])
+        self.gw.wait_log(r"access: session \d+ \(nobody, uid 65534, pid \d+, app team-a "
+                         r"pricer\) may not subscribe B\.log: no access rule allows it",
+                         start=start)
         self.assertIn("access: 4 access rules, the first matching one decides",
                       self.gw.log())
 
