@@ -407,6 +407,9 @@ cli_common(struct cli *c, bool tell_bus)
     case LP_EV_BUS:
         note_bus(c, tell_bus);
         return 0;
+    case LP_EV_REVOKED:
+        note("revoked %s", c->ev.rest);
+        return 0;
     case LP_EV_HELLO:
         fail(EXIT_NODAEMON, "a second greeting from busgated");
     default:

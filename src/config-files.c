@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "access.h"
 #include "config-int.h"
 #include "credentials.h"
 #include "fileio.h"
@@ -199,6 +200,11 @@ config_dump(const struct config *cfg, FILE *out)
     for (size_t i = 0; i < config_nopts; i++) {
         const struct opt *o = &config_opts[i];
         int depth = 0;
+
+        if (o->kind == K_ACCESS) {
+            access_rules_dump(cfg->access, out);
+            continue;
+        }
         for (const char *p = o->key; *p != '\0'; p++)
             depth += *p == '.';
         fprintf(out, "%*s%s:", depth * 2, "", config_last_part(o->key));

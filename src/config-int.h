@@ -30,6 +30,7 @@ enum opt_kind {
     K_MODE,         /* an octal file mode */
     K_ENUM,         /* one of names[] */
     K_FORWARDED,    /* bus.forwarded_for: a name, host, or none */
+    K_ACCESS,       /* access: a list of rules (access.c builds them) */
 };
 
 #define OPT_NONNULL 0x1    /* a string that cannot be unset */

@@ -95,6 +95,8 @@ struct config_daemon {
     uint32_t shutdown_grace_ms; /* SIGTERM: time to flush before closing */
 };
 
+struct access_rules;
+
 struct config {
     char *path;                 /* the file this came from */
     struct config_bus bus;
@@ -102,6 +104,7 @@ struct config {
     struct config_router router;
     struct config_log log;
     struct config_daemon daemon;
+    struct access_rules *access;    /* NULL: no access section, everyone may do everything */
 };
 
 /* Fill cfg with every default (the one table of defaults). */

@@ -139,6 +139,7 @@ static const struct text_event text_events[] = {
     { "HELLO", LP_EV_HELLO, true },
     { "-ERR", LP_EV_ERR, true },
     { "BUS", LP_EV_BUS, true },
+    { "REVOKED", LP_EV_REVOKED, true },
     { "STAT", LP_EV_STAT, true },
     { "PONG", LP_EV_PONG, false },
     { "+OK", LP_EV_OK, false },

@@ -286,6 +286,21 @@ lp_format_bus(struct evbuffer *out, const char *state, const char *reason)
 }
 
 int
+lp_format_revoked(struct evbuffer *out, const char *verb, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, const char *reason)
+{
+    if (evbuffer_add_printf(out, "REVOKED %s ", verb) < 0 ||
+        lp_put_name(out, feed, feed_len) < 0)
+        return -1;
+    if (topic != NULL &&
+        (evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0))
+        return -1;
+    if (evbuffer_add(out, " ", 1) < 0 || add_text(out, reason, strlen(reason)) < 0)
+        return -1;
+    return evbuffer_add(out, "\n", 1);
+}
+
+int
 lp_format_ok(struct evbuffer *out)
 {
     return evbuffer_add(out, "+OK\n", 4);

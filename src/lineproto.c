@@ -50,6 +50,7 @@ static const char *const error_codes[] = {
     [LP_ERR_SLOW_CONSUMER] = "slow-consumer",
     [LP_ERR_SHUTTING_DOWN] = "shutting-down",
     [LP_ERR_TOO_MANY_SESSIONS] = "too-many-sessions",
+    [LP_ERR_PERM] = "perm",
 };
 
 const char *
@@ -346,6 +347,7 @@ enum arg_kind {
     A_OPT_ENTS,     /* optional comma list */
     A_OPT_TOKEN,    /* optional raw token */
     A_PACKETS,      /* zero or more packet specs to the end of the line */
+    A_APP,          /* NAME's app name: a name, at most LP_MAX_APP_NAME bytes */
 };
 
 #define MAX_ARGS 6
@@ -374,6 +376,7 @@ static const struct verb_def verbs[] = {
     { "STATS", LP_STATS, { A_END }, "" },
     { "VERBOSE", LP_VERBOSE, { A_ON_OFF }, "<on|off>" },
     { "QUIT", LP_QUIT, { A_END }, "" },
+    { "NAME", LP_NAME, { A_APP }, "<app-name>" },
 };
 
 const char *
@@ -643,6 +646,13 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         case A_TOPIC:
             r = client_name(&cp, t, "topic", names, &cmd->topic);
             names += t->n + 1;
+            break;
+        case A_APP:
+            r = client_name(&cp, t, "app name", names, &cmd->app);
+            names += t->n + 1;
+            if (r == 0 && cmd->app.len > LP_MAX_APP_NAME)
+                r = fail(&cp, LP_ERR_BAD_NAME, "bad app name: %u bytes, at most %d",
+                    (unsigned)cmd->app.len, LP_MAX_APP_NAME);
             break;
         case A_CLIENT_ID:
             if (guid_from_text(t->p, t->n, cmd->client_id) < 0) {

@@ -31,6 +31,7 @@ enum lp_verb {
     LP_STATS,
     LP_VERBOSE,
     LP_QUIT,
+    LP_NAME,
 };
 
 /* Stable error codes, written as "-ERR <code> <message>". */
@@ -61,10 +62,14 @@ enum lp_error {
     LP_ERR_SLOW_CONSUMER,       /* closes the session */
     LP_ERR_SHUTTING_DOWN,       /* closes the session */
     LP_ERR_TOO_MANY_SESSIONS,   /* closes the session */
+    LP_ERR_PERM,                /* the access rules refuse it */
 };
 
 /* "bad-name" etc. */
 const char *lp_error_code(enum lp_error e);
+
+/* Longest app name (NAME): it is shown in STATS and logs, and grants nothing. */
+#define LP_MAX_APP_NAME 64
 
 /* Limits a parsed command must respect. */
 struct lp_limits {
@@ -100,6 +105,7 @@ struct lp_cmd {
     uint32_t n_packets;
     uint64_t payload_len;               /* sum of packet lengths */
     struct lp_name token;               /* PING's optional token (raw, not unescaped) */
+    struct lp_name app;                 /* NAME: the name an app gives itself */
 
     void *store;
     size_t store_cap;
@@ -148,6 +154,11 @@ int lp_format_authreq(struct evbuffer *out, const struct wire_msg *m);
 
 /* "BUS <state> [reason]"; state is "up", "unconfirmed" or "down". */
 int lp_format_bus(struct evbuffer *out, const char *state, const char *reason);
+
+/* "REVOKED <verb> <feed> [<topic>] <reason>": a reload's access rules ended
+ * a subscription (topic non-NULL), a notifier or an authorizer role. */
+int lp_format_revoked(struct evbuffer *out, const char *verb, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, const char *reason);
 
 int lp_format_ok(struct evbuffer *out);
 int lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
@@ -210,7 +221,7 @@ int lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg);
  */
 enum lp_event_kind {
     LP_EV_HELLO, LP_EV_OK, LP_EV_ERR, LP_EV_DATA, LP_EV_NOTIFICATION,
-    LP_EV_AUTHREQ, LP_EV_BUS, LP_EV_PONG, LP_EV_STAT, LP_EV_END,
+    LP_EV_AUTHREQ, LP_EV_BUS, LP_EV_PONG, LP_EV_STAT, LP_EV_END, LP_EV_REVOKED,
 };
 
 struct lp_event {
@@ -224,7 +235,7 @@ struct lp_event {
     struct wire_packet *packets;
     uint32_t n_packets;
     uint64_t payload_len;
-    const char *rest;       /* HELLO/ERR/BUS/STAT/PONG: the text after the verb */
+    const char *rest;       /* HELLO/ERR/BUS/STAT/PONG/REVOKED: the text after the verb */
     size_t rest_len;
 
     void *store;

@@ -6,6 +6,11 @@
  * them with whatever is queued for that session), shared by reference when
  * large (one block, reference counted, no copy per session). Consecutive
  * events of one topic from one bus read are batched and delivered together.
+ *
+ * Access rules cost nothing here: a topic's subscribers were allowed to
+ * subscribe to its feed when they subscribed (and a reload ends those no
+ * longer allowed), so multicast data, unicast data to the gateway's id
+ * (routed to the same subscribers) and the cache replay reach only them.
  */
 #include <stdlib.h>
 #include <string.h>

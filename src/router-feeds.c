@@ -393,6 +393,8 @@ rt_cmd_notify(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
     struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
 
+    if (!rt_permit(r, c, ACCESS_NOTIFY, &cmd->feed))
+        return;
     if (f != NULL && rt_role_find(c->notify_by, f) != NULL) {
         rt_reply_err(c, LP_ERR_ALREADY_NOTIFYING, "already notifying on this feed");
         return;
@@ -453,6 +455,8 @@ rt_cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
     struct feed *f;
 
+    if (!rt_permit(r, c, ACCESS_AUTHORIZE, &cmd->feed))
+        return;
     rt_pending_expire(r);
     f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
     if (f != NULL && rt_role_find(c->authorize_by, f) != NULL) {

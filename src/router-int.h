@@ -27,10 +27,12 @@
 #include <bsd/sys/queue.h>
 #include <event2/event.h>
 
+#include "access.h"
 #include "bus.h"
 #include "config.h"
 #include "lineproto.h"
 #include "log.h"
+#include "peerid.h"
 #include "router.h"
 #include "wire.h"
 
@@ -75,6 +77,11 @@ struct client {
     const struct router_port *port;
     uint64_t id;                    /* the session's number, for STATS */
     struct peer_cred peer;
+    struct access_id who;           /* peer's uid, gid and groups (own copy) */
+    char *user;                     /* the uid's name, for logs */
+    char *app;                      /* what the app called itself (NAME); NULL: nothing */
+    uint64_t perm_denied;           /* commands the access rules refused */
+    uint64_t revoked;               /* registrations a reload's rules ended */
     UT_hash_handle hh;              /* r->clients, by session pointer */
     struct sub_list subs;
     struct role_list notifies;
@@ -160,6 +167,8 @@ struct router_counters {
     uint64_t bus_other;             /* bus messages a client never receives */
     uint64_t cache_refused;         /* images not cached: router.image_cache_total */
     uint64_t remotes_dropped;       /* remote subscriptions not remembered */
+    uint64_t perm_denied;           /* commands the access rules refused */
+    uint64_t revoked;               /* registrations a reload's rules ended */
 };
 
 struct router {
@@ -201,6 +210,8 @@ struct router {
     time_t started;
 
     struct config_router cfg;       /* image_content_types: our own copy */
+    struct access_rules *access;    /* a reference; NULL: everyone may do everything */
+    struct peerid *ids;             /* uid -> name and groups */
     int bus_protocol;
     struct config_listen listen;    /* numbers only: path/group not kept */
     uint32_t max_name, max_entitlements;
@@ -236,6 +247,8 @@ rt_reply_ok(struct client *c)
 void rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 bool rt_linked(enum bus_state st);
+bool rt_permit(struct router *r, struct client *c, enum access_verb verb,
+    const struct lp_name *feed);
 uint64_t rt_mono_ms(void);
 void * rt_xcalloc(size_t n);
 char * rt_key_room(struct router *r, size_t n);

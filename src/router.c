@@ -112,6 +112,74 @@ rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
     c->port->reply(c->s, e, msg);
 }
 
+/* ---- access control ---- */
+
+/* Why a decision denies, for -ERR perm, REVOKED and the log. */
+static void
+deny_reason(const struct access_decision *d, char *buf, size_t len)
+{
+    if (d->rule != NULL)
+        snprintf(buf, len, "denied by access rule %zu (line %u)", d->index, d->rule->line);
+    else
+        snprintf(buf, len, "no access rule allows it");
+}
+
+static struct access_decision
+decide(const struct router *r, const struct client *c, enum access_verb verb,
+    const char *feed, size_t feed_len)
+{
+    return access_check(r->access, &c->who, verb, feed, feed_len);
+}
+
+/* Whether c may do verb on feed (NULL for stats). A refusal is answered
+ * (-ERR perm), counted and logged here; the log rate-limits a flood. */
+bool
+rt_permit(struct router *r, struct client *c, enum access_verb verb,
+    const struct lp_name *feed)
+{
+    const char *fp = feed != NULL ? feed->ptr : "";
+    size_t flen = feed != NULL ? feed->len : 0;
+    struct access_decision d = decide(r, c, verb, fp, flen);
+    char why[128];
+
+    if (d.allow)
+        return true;
+    deny_reason(&d, why, sizeof why);
+    c->perm_denied++;
+    r->n.perm_denied++;
+    log_notice("access: session %llu (%s, uid %u, pid %d%s%s) may not %s%s%.*s: %s",
+        (unsigned long long)c->id, c->user, (unsigned)c->peer.uid, (int)c->peer.pid,
+        c->app != NULL ? ", app " : "", c->app != NULL ? c->app : "",
+        access_verb_name(verb), feed != NULL ? " " : "", (int)flen, fp, why);
+    if (feed != NULL)
+        rt_reply_err(c, LP_ERR_PERM, "%s %.*s: %s", access_verb_name(verb), (int)flen, fp,
+            why);
+    else
+        rt_reply_err(c, LP_ERR_PERM, "%s: %s", access_verb_name(verb), why);
+    return false;
+}
+
+/* The client's identity from its credentials and the user database. */
+static void
+client_identify(struct router *r, struct client *c)
+{
+    const struct peerid_user *u = peerid_lookup(r->ids, c->peer.uid, c->peer.gid);
+    gid_t *groups = NULL;
+
+    if (u->n_groups > 0) {
+        groups = rt_xcalloc(u->n_groups * sizeof *groups);
+        memcpy(groups, u->groups, u->n_groups * sizeof *groups);
+    }
+    free(c->user);
+    free((gid_t *)c->who.groups);
+    if ((c->user = strdup(u->name)) == NULL)
+        fatalx("out of memory (user name)");
+    c->who.uid = c->peer.uid;
+    c->who.gid = c->peer.gid;
+    c->who.groups = groups;
+    c->who.n_groups = u->n_groups;
+}
+
 /* ---- topics ---- */
 
 struct topic *
@@ -283,6 +351,7 @@ router_session_attach(struct router *r, struct session *s,
     c->port = port;
     c->id = id;
     c->peer = *peer;
+    client_identify(r, c);
     LIST_INIT(&c->subs);
     LIST_INIT(&c->notifies);
     LIST_INIT(&c->authorizes);
@@ -345,6 +414,9 @@ router_session_detach(struct router *r, struct session *s)
     if (!c->closing)
         client_release(r, c);
     HASH_DEL(r->clients, c);
+    free(c->user);
+    free(c->app);
+    free((gid_t *)c->who.groups);
     free(c);
 }
 
@@ -400,6 +472,8 @@ cmd_sub(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct sub *sb;
     bool first = t == NULL;
 
+    if (!rt_permit(r, c, ACCESS_SUBSCRIBE, &cmd->feed))
+        return;
     if (sub_find(c, t) != NULL) {
         rt_reply_err(c, LP_ERR_ALREADY_SUBSCRIBED, "already subscribed to this topic");
         return;
@@ -438,6 +512,16 @@ cmd_unsub(struct router *r, struct client *c, const struct lp_cmd *cmd)
         return;
     }
     sub_remove(r, sb);
+    rt_reply_ok(c);
+}
+
+/* NAME: a label for logs and STATS; it grants nothing. */
+static void
+cmd_name(struct client *c, const struct lp_cmd *cmd)
+{
+    free(c->app);
+    if ((c->app = strndup(cmd->app.ptr, cmd->app.len)) == NULL)
+        fatalx("out of memory (app name)");
     rt_reply_ok(c);
 }
 
@@ -483,11 +567,15 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
     case LP_AUTHORIZE:
         rt_cmd_authorize(r, c, cmd);
         break;
+    case LP_NAME:
+        cmd_name(c, cmd);
+        break;
     case LP_PING:
         cmd_ping(r, c, cmd);
         break;
     case LP_STATS:
-        rt_cmd_stats(r, c);
+        if (rt_permit(r, c, ACCESS_STATS, NULL))
+            rt_cmd_stats(r, c);
         break;
     case LP_VERBOSE:
     case LP_QUIT:
@@ -495,6 +583,63 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
         rt_reply_ok(c);
         break;
     }
+}
+
+/* ---- a reload's access rules on live sessions ---- */
+
+/* Tell c that the rules ended one of its registrations (topic NULL: a
+ * notifier or authorizer role), before it is removed. */
+static void
+revoke_note(struct router *r, struct client *c, enum access_verb verb,
+    const struct wire_str *feed, const struct wire_str *topic,
+    const struct access_decision *d)
+{
+    char why[128];
+
+    deny_reason(d, why, sizeof why);
+    c->revoked++;
+    r->n.revoked++;
+    lp_format_revoked(rt_output(c), access_verb_name(verb), feed->ptr, feed->len,
+        topic != NULL ? topic->ptr : NULL, topic != NULL ? topic->len : 0, why);
+    log_notice("access: reload ended %s on %.*s%s%.*s of session %llu (%s, uid %u): %s",
+        access_verb_name(verb), (int)feed->len, feed->ptr, topic != NULL ? " / " : "",
+        topic != NULL ? (int)topic->len : 0, topic != NULL ? topic->ptr : "",
+        (unsigned long long)c->id, c->user, (unsigned)c->peer.uid, why);
+}
+
+/* End what c holds that the rules no longer allow; the usual removal paths
+ * release the upstream subscription or notification of the last holder. */
+static void
+client_recheck(struct router *r, struct client *c)
+{
+    struct sub *sb, *snext;
+    struct role *ro, *rnext;
+    struct access_decision d;
+    uint64_t before = c->revoked;
+
+    LIST_FOREACH_SAFE(sb, &c->subs, by_client, snext) {
+        d = decide(r, c, ACCESS_SUBSCRIBE, sb->topic->feed.ptr, sb->topic->feed.len);
+        if (!d.allow) {
+            revoke_note(r, c, ACCESS_SUBSCRIBE, &sb->topic->feed, &sb->topic->name, &d);
+            sub_remove(r, sb);
+        }
+    }
+    LIST_FOREACH_SAFE(ro, &c->notifies, by_client, rnext) {
+        d = decide(r, c, ACCESS_NOTIFY, ro->feed->name.ptr, ro->feed->name.len);
+        if (!d.allow) {
+            revoke_note(r, c, ACCESS_NOTIFY, &ro->feed->name, NULL, &d);
+            rt_notify_remove(r, ro);
+        }
+    }
+    LIST_FOREACH_SAFE(ro, &c->authorizes, by_client, rnext) {
+        d = decide(r, c, ACCESS_AUTHORIZE, ro->feed->name.ptr, ro->feed->name.len);
+        if (!d.allow) {
+            revoke_note(r, c, ACCESS_AUTHORIZE, &ro->feed->name, NULL, &d);
+            rt_authorizer_remove(r, ro);
+        }
+    }
+    if (c->revoked != before)
+        rt_flush(c);
 }
 
 /* ---- life cycle ---- */
@@ -516,6 +661,14 @@ router_load_config(struct router *r, const struct config *cfg)
     r->listen.group = NULL;
     r->max_name = cfg->bus.limits.max_string;
     r->max_entitlements = cfg->bus.limits.max_entitlements;
+    access_rules_free(r->access);
+    r->access = access_rules_ref(cfg->access);
+    if (r->access == NULL)
+        log_notice("access: no access rules: every local user who can open the socket "
+            "may subscribe, publish, send, notify, authorize and read STATS");
+    else
+        log_notice("access: %zu access rule%s, the first matching one decides; "
+            "what none allows is refused", r->access->n, r->access->n == 1 ? "" : "s");
 }
 
 struct router *
@@ -545,6 +698,7 @@ router_new(struct event_base *base, const struct config *cfg)
     if (base != NULL && (r->replay_ev = evtimer_new(base, rt_replay_cb, r)) == NULL)
         fatalx("out of memory (replay timer)");
     wire_msg_init(&r->qmsg);
+    r->ids = peerid_new();
     router_load_config(r, cfg);
     r->state = BUS_DOWN;
     r->state_since = r->started = time(NULL);
@@ -556,8 +710,17 @@ void
 router_reconfigure(struct router *r, const struct config *cfg)
 {
     struct topic *t, *ttmp;
+    struct client *c, *ctmp;
 
     router_load_config(r, cfg);
+    /* Group membership may have changed too: look every peer up again. */
+    peerid_flush(r->ids);
+    HASH_ITER(hh, r->clients, c, ctmp) {
+        if (rt_closing(c))
+            continue;
+        client_identify(r, c);
+        client_recheck(r, c);
+    }
     HASH_ITER(hh, r->topics, t, ttmp)
         if (t->cache != NULL && evbuffer_get_length(t->cache) > r->cfg.image_cache_bytes)
             rt_cache_drop(r, t);
@@ -602,6 +765,8 @@ router_free(struct router *r)
     if (r->replay_ev != NULL)
         event_free(r->replay_ev);
     free(r->cfg.image_content_types);
+    access_rules_free(r->access);
+    peerid_free(r->ids);
     free(r->key);
     free(r);
 }

@@ -102,6 +102,10 @@ stats_router(struct router *r, const struct client *c, struct evbuffer *out)
     stat_u64(out, "busdown_queued_total", r->n.busdown_queued_total);
     stat_u64(out, "busdown_lost", r->n.busdown_lost);
     stat_u64(out, "bus_messages_ignored", r->n.bus_other);
+    stat_text(out, "access", r->access != NULL ? "rules" : "off");
+    stat_u64(out, "access_rules", r->access != NULL ? r->access->n : 0);
+    stat_u64(out, "access_denied", r->n.perm_denied);
+    stat_u64(out, "access_revoked", r->n.revoked);
 }
 
 static void
@@ -143,9 +147,16 @@ rt_cmd_stats(struct router *r, struct client *c)
     HASH_ITER(hh, r->clients, o, tmp) {
         o->port->stats(o->s, &st);
         evbuffer_add_printf(out, "STAT session %" PRIu64 " pid=%d uid=%d gid=%d subs=%u "
-            "in=%" PRIu64 " out=%" PRIu64 " queued=%zu%s\n", o->id, (int)o->peer.pid,
-            (int)o->peer.uid, (int)o->peer.gid, o->n_subs, st.cmds_in, st.events_out,
-            st.queued, o == c ? " self" : "");
+            "in=%" PRIu64 " out=%" PRIu64 " queued=%zu denied=%" PRIu64 " revoked=%"
+            PRIu64 " user=", o->id, (int)o->peer.pid, (int)o->peer.uid, (int)o->peer.gid,
+            o->n_subs, st.cmds_in, st.events_out, st.queued, o->perm_denied, o->revoked);
+        /* The name comes from the user database: written as a name token. */
+        lp_put_name(out, o->user, strlen(o->user));
+        if (o->app != NULL) {
+            evbuffer_add(out, " app=", 5);
+            lp_put_name(out, o->app, strlen(o->app));
+        }
+        evbuffer_add_printf(out, "%s\n", o == c ? " self" : "");
     }
     lp_format_end(out);
     rt_flush(c);

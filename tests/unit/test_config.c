@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include <openssl/tls1.h>
 
+#include "access.h"
 #include "config.h"
 #include "log.h"
 
@@ -949,6 +950,69 @@ test_shipped_example(void **state)
     config_free(&cfg);
 }
 
+/* --- access rules --- */
+
+static void
+test_access(void **state)
+{
+    struct config cfg;
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f;
+
+    (void)state;
+    expect_ok(&cfg, "bus: {host: h}\n");
+    assert_null(cfg.access);
+    config_free(&cfg);
+    expect_ok(&cfg, "bus: {host: h}\naccess: []\n");
+    assert_null(cfg.access);
+    config_free(&cfg);
+    expect_ok(&cfg, "bus: {host: h}\naccess:\n"
+        "  - uid: 7\n    deny: publish\n    feeds: \"p.x\"\n"
+        "  - group: root\n    allow: [subscribe, stats]\n    feeds: [\"p.*\", q]\n"
+        "  - allow: all\n");
+    assert_non_null(cfg.access);
+    assert_int_equal(cfg.access->n, 3);
+    assert_false(cfg.access->rules[0].allow);
+    assert_int_equal(cfg.access->rules[0].line, 3);
+    assert_int_equal(cfg.access->rules[1].subject, ACCESS_GID);
+    assert_int_equal(cfg.access->rules[1].who, 0);
+    assert_int_equal(cfg.access->rules[1].n_feeds, 2);
+    assert_int_equal(cfg.access->rules[2].subject, ACCESS_ANYONE);
+    f = open_memstream(&text, &len);
+    config_dump(&cfg, f);
+    fclose(f);
+    assert_non_null(strstr(text, "  - # rule 2 (line 6)\n    gid: 0   # group root\n"
+        "    allow: [subscribe, stats]\n    feeds: [\"p.*\", \"q\"]\n"));
+    assert_non_null(strstr(text, "    deny: [publish]\n    feeds: [\"p.x\"]\n"));
+    free(text);
+    config_free(&cfg);
+
+    expect_error("bus: {host: h}\naccess: {uid: 1}\n",
+        "t.yaml:2:9: access: expected a list of rules (- user: ..., allow: [...], "
+        "feeds: [...]), got a mapping");
+    expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    alow: all\n",
+        "t.yaml:4:5: access: unknown key 'alow' in a rule (expected user, group, uid, "
+        "gid, allow, deny or feeds)");
+    expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    allow: [publish, fly]\n",
+        "t.yaml:4:22: access: unknown verb 'fly' (expected all, subscribe, publish, "
+        "send, notify, authorize or stats)");
+    expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    feeds: [a]\n",
+        "t.yaml:3:5: access: a rule needs allow: or deny: (a list of verbs, or all)");
+    expect_error("bus: {host: h}\naccess:\n  - user: no-such-user-busgate\n    allow: all\n",
+        "t.yaml:3:11: access: user: no user named 'no-such-user-busgate'");
+    expect_error("bus: {host: h}\naccess:\n  - allow: all\n    feeds: [\"a*b\"]\n",
+        "t.yaml:4:13: access: feed pattern 'a*b': '*' may only end a pattern");
+    expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    gid: 2\n    allow: all\n",
+        "t.yaml:4:10: access: a rule names one user, group, uid or gid (this one has "
+        "uid 1 already)");
+    expect_error("bus: {host: h}\naccess:\n  - allow: all\n    deny: [send]\n",
+        "t.yaml:4:12: access: a rule either allows or denies, not both");
+    expect_error("bus: {host: h}\naccess:\n  - 5\n",
+        "t.yaml:3:5: access: each rule is a mapping (user:/group:/uid:/gid:, "
+        "allow:/deny:, feeds:)");
+}
+
 int
 main(void)
 {
@@ -981,6 +1045,7 @@ main(void)
         cmocka_unit_test(test_check_files_token),
         cmocka_unit_test(test_check_files_tls_key),
         cmocka_unit_test(test_shipped_example),
+        cmocka_unit_test(test_access),
     };
 
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);

@@ -132,7 +132,7 @@ static void
 test_error_codes(void **state)
 {
     (void)state;
-    for (int e = LP_ERR_UNKNOWN_COMMAND; e <= LP_ERR_TOO_MANY_SESSIONS; e++) {
+    for (int e = LP_ERR_UNKNOWN_COMMAND; e <= LP_ERR_PERM; e++) {
         const char *c = lp_error_code(e);
 
         assert_string_not_equal(c, "internal");
@@ -142,6 +142,7 @@ test_error_codes(void **state)
     assert_string_equal(lp_error_code(LP_ERR_BAD_NAME), "bad-name");
     assert_string_equal(lp_error_code(LP_ERR_SLOW_CONSUMER), "slow-consumer");
     assert_string_equal(lp_error_code(LP_ERR_TOO_MANY_SESSIONS), "too-many-sessions");
+    assert_string_equal(lp_error_code(LP_ERR_PERM), "perm");
     assert_string_equal(lp_error_code((enum lp_error)999), "internal");
 }
 
@@ -385,6 +386,16 @@ test_ping_stats_verbose_quit(void **state)
     assert_int_equal(parse(f, "QUIT"), 0);
     assert_int_equal(f->cmd.verb, LP_QUIT);
     refused(f, "QUIT now", LP_ERR_SYNTAX);
+
+    /* NAME: one name, unescaped, at most LP_MAX_APP_NAME bytes. */
+    assert_int_equal(parse(f, "NAME team-a%20pricer"), 0);
+    assert_int_equal(f->cmd.verb, LP_NAME);
+    NAME_IS(&f->cmd.app, "team-a pricer");
+    refused(f, "NAME", LP_ERR_SYNTAX);
+    refused(f, "NAME a b", LP_ERR_SYNTAX);
+    refused(f, "NAME 12345678901234567890123456789012345678901234567890123456789012345",
+        LP_ERR_BAD_NAME);
+    assert_string_equal(f->msg, "bad app name: 65 bytes, at most 64");
 }
 
 static void
@@ -899,6 +910,14 @@ test_format_replies(void **state)
     BUF_IS(f->buf, "BUS down connection refused (retrying)\n");
     assert_int_equal(lp_format_bus(f->buf, "unconfirmed", ""), 0);
     BUF_IS(f->buf, "BUS unconfirmed\n");
+
+    /* REVOKED: names escaped, the reason as text; no topic for roles. */
+    assert_int_equal(lp_format_revoked(f->buf, "subscribe", "my feed", 7, "T", 1,
+        "no access rule allows it"), 0);
+    BUF_IS(f->buf, "REVOKED subscribe my%20feed T no access rule allows it\n");
+    assert_int_equal(lp_format_revoked(f->buf, "notify", "p", 1, NULL, 0,
+        "denied by access rule 2 (line 9)"), 0);
+    BUF_IS(f->buf, "REVOKED notify p denied by access rule 2 (line 9)\n");
 
     assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536,
         &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"), 0);
