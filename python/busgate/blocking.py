@@ -113,6 +113,7 @@ class Client:
     def close(self) -> None:
         if not self._loop.is_closed():
             self._run(self._client.stop())
+            self._run(asyncio.sleep(0))      # let the transport close
             self._loop.close()
 
     def __enter__(self) -> "Client":

@@ -8,8 +8,11 @@ from typing import Iterable, List, NamedTuple, Optional, Set, Tuple
 
 PROTO_VERSION = "1"
 # busgated's compiled-in listen.path; $BUSGATE_SOCKET overrides it, as for
-# the busgate CLI. `make install` writes the configured runstatedir here.
-DEFAULT_SOCKET = "/run/busgate/busgate.sock"
+# the busgate CLI. `make install` writes the configured one in _config.py.
+try:
+    from ._config import DEFAULT_SOCKET
+except ImportError:
+    DEFAULT_SOCKET = "/run/busgate/busgate.sock"
 
 # -ERR codes after which the daemon closes the session (PROTOCOL.md).
 CLOSING_CODES = ("slow-consumer", "shutting-down", "too-many-sessions")
