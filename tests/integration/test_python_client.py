@@ -375,6 +375,39 @@ class SlowConsumerTest(GatewayCase):
                     break
             self.assertIsNotNone(ev, "no data after the reconnect")
 
+    def test_slow_handler_reaches_error_handlers(self):
+        feed = uniq("SLOWA")
+        pub = self.client("pub")
+
+        async def go():
+            r = Recorder(await CallbackClient.create(path=self.gw.socket_path,
+                                                     backoff_max=0.5))
+            errors, links, bursts = [], [], []
+
+            async def on_data(user, host, feed_, topic, data_packets, is_image):
+                if not bursts:
+                    # A handler that blocks the loop while a burst comes.
+                    bursts.append(1)
+                    for i in range(3000):
+                        pub.publish(feed, "T", [(None, b"." * 1000)])
+                    self.gw.wait_log(r"slow consumer")
+
+            async def on_error(code, message):
+                errors.append(code)
+
+            async def on_link(state, reason):
+                links.append(state)
+            r.client.data_handlers.append(on_data)
+            r.client.error_handlers.append(on_error)
+            r.client.link_handlers.append(on_link)
+            await r.client.add_subscription(feed, "T")
+            self.barrier()
+            pub.publish(feed, "T", [(None, b"first")])
+            await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "up")
+            self.assertEqual((errors, links), (["slow-consumer"], ["down", "up"]))
+            await r.client.stop()
+        run(go())
+
 
 if __name__ == "__main__":
     unittest.main()
