@@ -1,0 +1,129 @@
+"""A blocking API for scripts, over the asyncio client (so it shares its
+reconnect and restore): events are read while the script is inside a
+call, and the daemon holds them (up to max_output) in between.
+
+    with busgate.connect() as bus:
+        bus.subscribe("prices", "AAPL")
+        for event in bus.events(timeout=5):
+            print(event)
+"""
+
+import asyncio
+from typing import Iterator, List, Optional, Set, Union
+
+from . import protocol as p
+from .client import CallbackClient
+from .protocol import DataPacket
+
+Payload = Union[bytes, str, List[DataPacket], None]
+
+
+def _packets(data: Payload, entitlements: Optional[Set[int]]) -> List[DataPacket]:
+    if isinstance(data, list):
+        return data
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return [DataPacket(entitlements, data)]
+
+
+class Client:
+    """A session with busgated used from ordinary (non-async) code."""
+
+    def __init__(self, path: Optional[str] = None, **kwargs) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._queue: Optional[asyncio.Queue] = None
+        self._client: CallbackClient = self._run(self._open(path, kwargs))
+
+    async def _open(self, path, kwargs) -> CallbackClient:
+        self._queue = asyncio.Queue()
+        client = await CallbackClient.create(path, **kwargs)
+
+        async def queue_event(ev):
+            self._queue.put_nowait(ev)
+        client.event_handlers.append(queue_event)
+        client._started.set()      # dispatch without blocking in start()
+        return client
+
+    def _run(self, coro):
+        return self._loop.run_until_complete(coro)
+
+    @property
+    def hello(self) -> p.Hello:
+        return self._client.hello
+
+    @property
+    def bus_state(self) -> str:
+        return self._client.bus_state
+
+    def subscribe(self, feed: str, topic: str) -> None:
+        self._run(self._client.add_subscription(feed, topic))
+
+    def unsubscribe(self, feed: str, topic: str) -> None:
+        self._run(self._client.remove_subscription(feed, topic))
+
+    def notify(self, feed: str) -> None:
+        self._run(self._client.add_notification(feed))
+
+    def unnotify(self, feed: str) -> None:
+        self._run(self._client.remove_notification(feed))
+
+    def authorizer(self, feed: str) -> None:
+        self._run(self._client.add_authorizer(feed))
+
+    def unauthorizer(self, feed: str) -> None:
+        self._run(self._client.remove_authorizer(feed))
+
+    def publish(self, feed: str, topic: str, data: Payload, image: bool = False,
+                entitlements: Optional[Set[int]] = None) -> None:
+        """data: bytes or str (one packet), or a list of DataPacket."""
+        self._run(self._client.publish(feed, topic, image, _packets(data, entitlements)))
+
+    def send(self, client_id, feed: str, topic: str, data: Payload, image: bool = False,
+             entitlements: Optional[Set[int]] = None) -> None:
+        self._run(self._client.send(client_id, feed, topic, image,
+                                    _packets(data, entitlements)))
+
+    def authorize(self, client_id, feed: str, topic: str, required: bool,
+                  entitlements: Optional[Set[int]] = None) -> None:
+        self._run(self._client.authorize(client_id, feed, topic, required, entitlements))
+
+    def ping(self, token: str = "") -> str:
+        return self._run(self._client.ping(token))
+
+    def stats(self) -> dict:
+        return self._run(self._client.stats())
+
+    def next_event(self, timeout: Optional[float] = None):
+        """The next event (protocol.Data, Notification, AuthRequest,
+        BusState, Link, Error), or None after timeout seconds."""
+        try:
+            return self._run(asyncio.wait_for(self._queue.get(), timeout))
+        except asyncio.TimeoutError:
+            return None
+
+    def events(self, timeout: Optional[float] = None) -> Iterator:
+        """Events as they come; ends when none came for timeout seconds
+        (None: never)."""
+        while True:
+            ev = self.next_event(timeout)
+            if ev is None:
+                return
+            yield ev
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._run(self._client.stop())
+            self._run(asyncio.sleep(0))      # let the transport close
+            self._loop.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def connect(path: Optional[str] = None, **kwargs) -> Client:
+    """A blocking session with busgated at path (default $BUSGATE_SOCKET or
+    the daemon's compiled-in socket). kwargs as for CallbackClient."""
+    return Client(path, **kwargs)

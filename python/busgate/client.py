@@ -1,0 +1,309 @@
+"""An asyncio client of busgated whose surface mirrors the upstream
+jetblack-messagebus python client 3.0.1 (CallbackClient), so an app moves
+onto the gateway by changing its import and its create(...) line.
+
+Beyond upstream: bus state events (bus_state_handlers), the session's own
+state (link_handlers), closing errors such as slow-consumer
+(error_handlers), and automatic reconnect with bounded backoff after which
+subscriptions, notifications and authorizer registrations are restored."""
+
+import asyncio
+import collections
+import logging
+from typing import Awaitable, Callable, List, Optional, Set
+
+from . import protocol as p
+from .protocol import BusgateError, DataPacket  # noqa: F401  (part of the API)
+
+log = logging.getLogger("busgate")
+
+# Lines from the daemon are at most a few packet specs longer than
+# max_line; a generous bound keeps a broken peer from eating memory.
+READ_LIMIT = 1 << 24
+
+
+class CallbackClient:
+    """A session with busgated whose events go to lists of async handlers."""
+
+    def __init__(self, path: Optional[str] = None, *, reconnect: bool = True,
+                 backoff_min: float = 0.05, backoff_max: float = 5.0) -> None:
+        self.path = path or p.default_socket()
+        self.reconnect = reconnect
+        self.backoff = (backoff_min, backoff_max)
+        # The upstream handler lists (same arguments as upstream).
+        self.data_handlers: List[Callable[..., Awaitable[None]]] = []
+        self.notification_handlers: List[Callable[..., Awaitable[None]]] = []
+        self._authorization_handlers: List[Callable[..., Awaitable[None]]] = []
+        # busgate's own: (state, reason) and (code, message).
+        self.bus_state_handlers: List[Callable[..., Awaitable[None]]] = []
+        self.link_handlers: List[Callable[..., Awaitable[None]]] = []
+        self.error_handlers: List[Callable[..., Awaitable[None]]] = []
+        # Every event as one object (protocol.Data, Notification, ...).
+        self.event_handlers: List[Callable[..., Awaitable[None]]] = []
+        self.hello: Optional[p.Hello] = None
+        self.bus_state = "down"
+        # What a new session must be told again after a reconnect.
+        self._subscriptions: Set[tuple] = set()
+        self._notifications: Set[str] = set()
+        self._authorizers: Set[str] = set()
+        self._writer: Optional[asyncio.StreamWriter] = None
+        self._pending: collections.deque = collections.deque()   # [future, STAT list]
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._started = asyncio.Event()
+        self._done = asyncio.Event()
+        self._stopping = False
+        self._tasks: List[asyncio.Task] = []
+
+    @property
+    def authorization_handlers(self) -> list:
+        return self._authorization_handlers
+
+    @classmethod
+    async def create(cls, path: Optional[str] = None, *, authenticator=None, ssl=None,
+                     **kwargs) -> "CallbackClient":
+        """Connect to busgated's socket (default $BUSGATE_SOCKET or the daemon's
+        compiled-in path). authenticator and ssl are accepted for upstream
+        compatibility and ignored: the gateway holds the bus credentials."""
+        client = cls(path, **kwargs)
+        reader = await client._connect()
+        client._tasks = [asyncio.ensure_future(client._run(reader)),
+                         asyncio.ensure_future(client._dispatch_loop())]
+        return client
+
+    # -------------------------------------------------------- the session
+
+    async def _connect(self) -> asyncio.StreamReader:
+        reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_LIMIT)
+        try:
+            self.hello = p.parse_hello(await reader.readline())
+        except BaseException:
+            writer.close()
+            raise
+        self.bus_state = self.hello.fields.get("bus", "down")
+        self._writer = writer
+        return reader
+
+    async def _run(self, reader: asyncio.StreamReader) -> None:
+        """Read the session; when it is lost, reconnect and restore it."""
+        while True:
+            reason = await self._read_until_lost(reader)
+            self._lost(reason)
+            if self._stopping or not self.reconnect:
+                break
+            reader = await self._reconnect()
+            if reader is None:
+                break
+        self._done.set()
+
+    async def _read_until_lost(self, reader: asyncio.StreamReader) -> str:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return "busgated closed the session"
+                line = line.rstrip(b"\r\n")
+                n = p.payload_length(line)
+                payloads: list = []
+                if n >= 0:
+                    block = await reader.readexactly(n + 1)
+                    if not block.endswith(b"\n"):
+                        raise BusgateError("protocol", "bad payload terminator")
+                    payloads = p.split_payload(line, block[:n])
+                self._on_message(p.parse_line(line, payloads))
+        except (OSError, asyncio.IncompleteReadError, ValueError, BusgateError) as e:
+            return "session lost: %s" % (e or type(e).__name__)
+
+    def _on_message(self, msg) -> None:
+        if isinstance(msg, p.Reply):
+            self._on_reply(msg)
+            return
+        if isinstance(msg, p.Error):
+            self._fail_pending(BusgateError(msg.code, msg.message))
+        elif isinstance(msg, p.BusState):
+            self.bus_state = msg.state
+        self._events.put_nowait(msg)
+
+    def _on_reply(self, reply: p.Reply) -> None:
+        if not self._pending:
+            log.warning("busgate: a reply nobody waits for: %r", reply)
+            return
+        fut, stats = self._pending[0]
+        if reply.kind == "STAT" and stats is not None:
+            stats.append(reply)
+            return
+        self._pending.popleft()
+        if not fut.done():
+            fut.set_result(stats if reply.kind == "END" else reply)
+
+    def _fail_pending(self, exc: Exception) -> None:
+        while self._pending:
+            fut, _ = self._pending.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _lost(self, reason: str) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._fail_pending(BusgateError("disconnected", reason))
+        if not self._stopping:
+            self._events.put_nowait(p.Link("down", reason))
+
+    async def _reconnect(self) -> Optional[asyncio.StreamReader]:
+        """Connect again with bounded exponential backoff, then restore."""
+        delay = self.backoff[0]
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            try:
+                reader = await self._connect()
+            except (OSError, BusgateError) as e:
+                log.debug("busgate: reconnect to %s: %s", self.path, e)
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            self._tasks.append(asyncio.ensure_future(self._restore()))
+            return reader
+        return None
+
+    async def _restore(self) -> None:
+        """Tell the new session what the old one had, then say so."""
+        lines = ([p.command("SUB", f, t) for f, t in sorted(self._subscriptions)]
+                 + [p.command("NOTIFY", f) for f in sorted(self._notifications)]
+                 + [p.command("AUTHORIZER", f) for f in sorted(self._authorizers)])
+        results = await asyncio.gather(*(self._request(x) for x in lines),
+                                       return_exceptions=True)
+        for r in results:
+            # already-*: the app made it again itself while we restored.
+            if isinstance(r, BusgateError) and not r.code.startswith("already"):
+                self._events.put_nowait(p.Error(r.code, "restoring: " + r.message))
+        self._events.put_nowait(p.Link("up", "restored %d requests" % len(lines)))
+
+    async def _request(self, line: bytes, stats: bool = False):
+        if self._writer is None:
+            raise BusgateError("disconnected", "not connected to busgated")
+        fut = asyncio.get_event_loop().create_future()
+        self._pending.append([fut, [] if stats else None])
+        self._writer.write(line)
+        reply = await fut
+        if isinstance(reply, p.Reply) and reply.kind == "-ERR":
+            raise BusgateError(reply.code, reply.text)
+        return reply
+
+    # ----------------------------------------------------- dispatching
+
+    async def _dispatch_loop(self) -> None:
+        await self._started.wait()
+        while True:
+            ev = await self._events.get()
+            for handler, args in self._handlers_for(ev):
+                try:
+                    await handler(*args)
+                except Exception:
+                    log.exception("busgate: handler %r failed", handler)
+
+    def _handlers_for(self, ev):
+        return [(h, (ev,)) for h in list(self.event_handlers)] + self._upstream_handlers(ev)
+
+    def _upstream_handlers(self, ev):
+        if isinstance(ev, p.Data):
+            args = (ev.user, ev.host, ev.feed, ev.topic, ev.packets or None, ev.is_image)
+            return [(h, args) for h in list(self.data_handlers)]
+        if isinstance(ev, p.Notification):
+            args = (ev.client_id, ev.user, ev.host, ev.feed, ev.topic, ev.is_add)
+            return [(h, args) for h in list(self.notification_handlers)]
+        if isinstance(ev, p.AuthRequest):
+            # Upstream's order: client_id, host, user, feed, topic.
+            args = (ev.client_id, ev.host, ev.user, ev.feed, ev.topic)
+            return [(h, args) for h in list(self._authorization_handlers)]
+        lists = {p.BusState: self.bus_state_handlers, p.Link: self.link_handlers,
+                 p.Error: self.error_handlers}
+        return [(h, tuple(ev)) for h in list(lists[type(ev)])]
+
+    async def start(self) -> None:
+        """Deliver events to the handlers until stop() (or, without
+        reconnect, until the session ends)."""
+        self._started.set()
+        await self._done.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.close()
+        self._done.set()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._lost("stopped")
+
+    # ------------------------------------------------------- requests
+
+    async def _remembered(self, table: set, key, add: bool, line: bytes) -> None:
+        """A request a reconnect must restore: recorded even while
+        disconnected (the restore sends it), forgotten if refused."""
+        (table.add if add else table.discard)(key)
+        try:
+            await self._request(line)
+        except BusgateError as e:
+            if e.code == "disconnected":
+                return
+            if add and not e.code.startswith("already"):
+                table.discard(key)
+            raise
+
+    async def add_subscription(self, feed: str, topic: str) -> None:
+        await self._remembered(self._subscriptions, (feed, topic), True,
+                               p.command("SUB", feed, topic))
+
+    async def remove_subscription(self, feed: str, topic: str) -> None:
+        await self._remembered(self._subscriptions, (feed, topic), False,
+                               p.command("UNSUB", feed, topic))
+
+    async def add_notification(self, feed: str) -> None:
+        await self._remembered(self._notifications, feed, True, p.command("NOTIFY", feed))
+
+    async def remove_notification(self, feed: str) -> None:
+        await self._remembered(self._notifications, feed, False, p.command("UNNOTIFY", feed))
+
+    async def add_authorizer(self, feed: str) -> None:
+        """Receive the feed's authorization requests. Upstream has no such
+        call (a bus client gets them all); the gateway routes by feed."""
+        await self._remembered(self._authorizers, feed, True, p.command("AUTHORIZER", feed))
+
+    async def remove_authorizer(self, feed: str) -> None:
+        await self._remembered(self._authorizers, feed, False, p.command("UNAUTHORIZER", feed))
+
+    async def publish(self, feed: str, topic: str, is_image: bool,
+                      data_packets: Optional[List[DataPacket]]) -> None:
+        await self._request(p.command("PUB", feed, topic, _flag(is_image),
+                                      packets=data_packets or []))
+
+    async def send(self, client_id, feed: str, topic: str, is_image: bool,
+                   data_packets: Optional[List[DataPacket]]) -> None:
+        await self._request(p.command("SEND", p.client_id_token(client_id), feed, topic,
+                                      _flag(is_image), packets=data_packets or []))
+
+    async def authorize(self, client_id, feed: str, topic: str,
+                        is_authorization_required: bool,
+                        entitlements: Optional[Set[int]] = None) -> None:
+        words = [b"required" if is_authorization_required else b"not-required"]
+        if is_authorization_required and entitlements:
+            words.append(b",".join(b"%d" % e for e in sorted(entitlements)))
+        await self._request(p.command("AUTHORIZE", p.client_id_token(client_id),
+                                      feed, topic, extra=words))
+
+    async def ping(self, token: str = "") -> str:
+        reply = await self._request(b"PING %s\n" % token.encode() if token else b"PING\n")
+        return reply.text
+
+    async def stats(self) -> dict:
+        """STATS as {name: value}; the per-session lines under 'session'."""
+        out: dict = {"session": []}
+        for r in await self._request(b"STATS\n", stats=True):
+            if r.code == "session":
+                out["session"].append(r.text)
+            else:
+                out[r.code] = r.text
+        return out
+
+
+def _flag(is_image: bool) -> bytes:
+    return b"image" if is_image else b"delta"

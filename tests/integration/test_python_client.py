@@ -1,0 +1,413 @@
+#!/usr/bin/env python3
+"""The python package (python/busgate) against the real busgated and the
+test bus: every verb and event, the upstream README's examples, restart,
+slow consumer, the README example."""
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+import unittest
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from routerkit import GatewayCase, TIMEOUT, uniq, wait_until  # noqa: E402
+
+PYDIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "python")
+sys.path.insert(0, PYDIR)
+import busgate  # noqa: E402
+from busgate import BusgateError, CallbackClient, DataPacket  # noqa: E402
+from busgate import protocol  # noqa: E402
+
+EXAMPLES = os.path.join(PYDIR, "examples")
+
+
+class Recorder:
+    """An asyncio client whose every event lands in a list, with waits."""
+
+    def __init__(self, client):
+        self.client = client
+        self.events = []
+        client.event_handlers.append(self._record)
+        self.task = asyncio.ensure_future(client.start())
+
+    async def _record(self, ev):
+        self.events.append(ev)
+
+    async def wait(self, pred, what="an event"):
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:
+            for ev in self.events:
+                if pred(ev):
+                    self.events.remove(ev)
+                    return ev
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out waiting for %s; got %r" % (what, self.events))
+
+    async def data(self, topic):
+        return await self.wait(lambda e: isinstance(e, busgate.Data) and e.topic == topic,
+                               "DATA on %s" % topic)
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 4 * TIMEOUT))
+
+
+class ProtocolTest(unittest.TestCase):
+    """The escaping and formatting of doc/PROTOCOL.md's table."""
+
+    def test_escape_table(self):
+        table = {"prices": b"prices", "my feed": b"my%20feed", "100%": b"100%25",
+                 'say "hi"': b"say%20%22hi%22", "café": "café".encode(),
+                 "a\tb": b"a%09b", "": b'""', '""': b"%22%22"}
+        for name, token in table.items():
+            self.assertEqual(protocol.escape(name), token)
+            self.assertEqual(protocol.unescape(token).decode(), name)
+
+    def test_payload_is_byte_counted(self):
+        line = protocol.command("PUB", "f", "t", b"image",
+                                packets=[DataPacket({2, 1}, "é".encode()), DataPacket()])
+        self.assertEqual(line, "PUB f t image 2:1,2 0\né\n".encode())
+
+
+class CallbackClientTest(GatewayCase):
+    BUS_KW = {"feeds": {"secure": {"authorization_required": True}}}
+
+    async def recorder(self):
+        return Recorder(await CallbackClient.create(path=self.gw.socket_path))
+
+    def test_pub_sub_binary_empty_and_odd_names(self):
+        feed, topic = "my feed %\"é", uniq("tö pic\t")
+
+        async def go():
+            r = await self.recorder()
+            got = []
+
+            async def on_data(user, host, feed, topic, data_packets, is_image):
+                got.append((user, host, feed, topic, data_packets, is_image))
+            r.client.data_handlers.append(on_data)
+            await r.client.add_subscription(feed, topic)
+            packets = [DataPacket({1, 2}, b"\x00\n\xff\r\n"), DataPacket(None, b"")]
+            await r.client.publish(feed, topic, True, packets)
+            ev = await r.data(topic)
+            self.assertEqual((ev.feed, ev.is_image, ev.unicast), (feed, True, False))
+            self.assertEqual(ev.packets, packets)
+            self.assertEqual(got[0][2:4], (feed, topic))
+            self.assertEqual(got[0][4], packets)
+            self.assertTrue(got[0][5])
+            self.assertEqual(got[0][0], "gw")
+            with self.assertRaises(BusgateError) as cm:
+                await r.client.publish(feed, topic, False, [])
+            self.assertEqual(cm.exception.code, "no-packets")
+            with self.assertRaises(BusgateError) as cm:
+                await r.client.add_subscription(feed, topic)
+            self.assertEqual(cm.exception.code, "already-subscribed")
+            await r.client.remove_subscription(feed, topic)
+            other = uniq("other")
+            await r.client.add_subscription(feed, other)
+            await r.client.publish(feed, topic, False, [DataPacket(None, b"gone")])
+            await r.client.publish(feed, other, False, [DataPacket(None, b"here")])
+            await r.data(other)
+            self.assertFalse([e for e in r.events if isinstance(e, busgate.Data)])
+            self.assertEqual(await r.client.ping("x"), "x")
+            self.assertEqual((await r.client.stats())["bus_state"], "up")
+            await r.client.stop()
+        run(go())
+
+    def test_notification_and_send(self):
+        feed, topic = uniq("NF"), "AAPL"
+
+        async def go():
+            a, b = await self.recorder(), await self.recorder()
+            notes = []
+
+            async def on_notification(client_id, user, host, feed, topic, is_add):
+                notes.append((client_id, user, host, feed, topic, is_add))
+            a.client.notification_handlers.append(on_notification)
+            await a.client.add_notification(feed)
+            await b.client.add_subscription(feed, topic)
+            await a.wait(lambda e: isinstance(e, busgate.Notification) and e.is_add)
+            cid = notes[0][0]
+            self.assertIsInstance(cid, uuid.UUID)
+            self.assertEqual(notes[0][1:], ("gw", notes[0][2], feed, topic, True))
+            await a.client.send(cid, feed, topic, True, [DataPacket(None, b"img")])
+            ev = await b.data(topic)
+            self.assertTrue(ev.unicast)
+            self.assertEqual(ev.packets[0].data, b"img")
+            await b.client.remove_subscription(feed, topic)
+            await a.wait(lambda e: isinstance(e, busgate.Notification) and not e.is_add)
+            self.assertFalse(notes[-1][5])
+            await a.client.remove_notification(feed)
+            for c in (a, b):
+                await c.client.stop()
+        run(go())
+
+    def test_authorization(self):
+        topic = uniq("AUTH")
+
+        async def go():
+            a, b = await self.recorder(), await self.recorder()
+            reqs = []
+
+            async def on_authorization(client_id, host, user, feed, topic):
+                reqs.append((client_id, host, user, feed, topic))
+            a.client._authorization_handlers.append(on_authorization)
+            self.assertIs(a.client.authorization_handlers, a.client._authorization_handlers)
+            await a.client.add_authorizer("secure")
+            await b.client.add_subscription("secure", topic)
+            await a.wait(lambda e: isinstance(e, busgate.AuthRequest))
+            cid, host, user, feed, topic_ = reqs[0]
+            self.assertEqual((user, feed, topic_), ("gw", "secure", topic))
+            await a.client.authorize(cid, "secure", topic, True, {1, 2})
+            with self.assertRaises(BusgateError) as cm:
+                await a.client.authorize(cid, "secure", topic, False)
+            self.assertEqual(cm.exception.code, "already-answered")
+            await a.client.publish("secure", topic, True,
+                                   [DataPacket({1}, b"one"), DataPacket({3}, b"three")])
+            ev = await b.data(topic)
+            self.assertEqual(ev.packets, [DataPacket({1}, b"one")])
+            await a.client.remove_authorizer("secure")
+            for c in (a, b):
+                await c.client.stop()
+        run(go())
+
+
+class BlockingTest(GatewayCase):
+    def test_blocking_iterator(self):
+        with busgate.connect(self.gw.socket_path) as bus:
+            self.assertIn(bus.bus_state, ("up", "unconfirmed"))
+            bus.subscribe("prices", "a b")
+            bus.publish("prices", "a b", b"", image=True)
+            bus.publish("prices", "a b", [DataPacket({1}, b"x"), DataPacket(None, b"\n")])
+            got = []
+            for ev in bus.events(timeout=TIMEOUT):
+                if isinstance(ev, busgate.Data):
+                    got.append(ev)
+                if len(got) == 2:
+                    break
+            self.assertEqual([(e.is_image, e.packets) for e in got],
+                             [(True, [DataPacket(None, b"")]),
+                              (False, [DataPacket({1}, b"x"), DataPacket(None, b"\n")])])
+            self.assertFalse([e for e in bus.events(timeout=0.2) if isinstance(e, busgate.Data)])
+        with busgate.connect(self.gw.socket_path) as bus:
+            bus.subscribe("prices", "c")
+            bus.publish("prices", "c", "héllo", entitlements={7})
+            ev = next(e for e in bus.events(timeout=TIMEOUT) if isinstance(e, busgate.Data))
+            self.assertEqual(ev.packets, [DataPacket({7}, "héllo".encode())])
+            bus.notify("prices")
+            bus.unnotify("prices")
+            bus.authorizer("secure")
+            bus.unauthorizer("secure")
+            bus.unsubscribe("prices", "c")
+            self.assertFalse([e for e in bus.events(timeout=0.2) if isinstance(e, busgate.Data)])
+            self.assertEqual(bus.ping(), "")
+
+
+def run_example(path, env):
+    return subprocess.Popen([sys.executable, path], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+class ExamplesTest(GatewayCase):
+    """Every example of the upstream client's README, with only the import
+    and the create(...) line changed, through busgated."""
+
+    def env(self):
+        env = dict(os.environ, BUSGATE_SOCKET=self.gw.socket_path,
+                   PYTHONPATH=PYDIR + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        return env
+
+    def subscribed(self, watcher, n):
+        return wait_until(lambda: int(watcher.stats()["subscriptions"]) >= n,
+                          what="%d subscriptions" % n)
+
+    def test_readme_example_subscriber(self):
+        watcher = self.session()
+        before = int(watcher.stats()["subscriptions"])
+        m = self.bus.mark()
+        proc = run_example(os.path.join(EXAMPLES, "upstream_example.py"), self.env())
+        try:
+            self.subscribed(watcher, before + 1)
+            self.wait_recv("SubscriptionRequest",
+                           lambda f: (f["feed"], f["topic"]) == ("TEST", "FOO"), since=m)
+            pub = self.client("pub")
+            pub.publish("TEST", "FOO", [(None, "hé".encode()), ([1], b"")], is_image=True)
+            time.sleep(1)
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=TIMEOUT)
+        self.assertIn('data: user="pub",host=', out, err)
+        self.assertIn('feed="TEST",topic="FOO",is_image=True', out)
+        self.assertIn("packet: entitlements=None,message=hé", out)
+        self.assertIn("packet: entitlements={1},message=None", out)
+
+    def test_connection_examples(self):
+        # SSL, basic and token authentication: main() subscribes and runs.
+        for name in ("upstream_ssl", "upstream_basic_auth", "upstream_token_auth"):
+            watcher = self.session()
+            before = len([s for s in watcher.stats()["session"] if "subs=1" in s])
+            code = ("import asyncio, runpy; ns = runpy.run_path(%r); "
+                    "asyncio.run(ns['main']())" % os.path.join(EXAMPLES, name + ".py"))
+            proc = subprocess.Popen([sys.executable, "-c", code], env=self.env(),
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                wait_until(lambda: len([s for s in watcher.stats()["session"]
+                                        if "subs=1" in s]) == before + 1,
+                           what="%s to subscribe" % name)
+                self.assertIsNone(proc.poll())
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=TIMEOUT)
+
+    def test_handler_examples(self):
+        for name in ("upstream_data_handler", "upstream_notification_handler",
+                     "upstream_authorization_handler"):
+            out = subprocess.run([sys.executable, os.path.join(EXAMPLES, name + ".py")],
+                                 env=self.env(), capture_output=True, text=True,
+                                 timeout=TIMEOUT)
+            self.assertEqual(out.returncode, 0, out.stderr)
+
+    def test_busgate_readme_example(self):
+        # README.md shows python/examples/readme.py; both must agree.
+        with open(os.path.join(os.path.dirname(PYDIR), "README.md"), encoding="utf-8") as f:
+            readme = f.read()
+        with open(os.path.join(EXAMPLES, "readme.py"), encoding="utf-8") as f:
+            example = f.read()
+        self.assertIn("```python\n" + example + "```", readme)
+        out = subprocess.run([sys.executable, os.path.join(EXAMPLES, "readme.py")],
+                             env=self.env(), capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "prices café au lait True b'\\x00binary\\n'\n")
+
+
+class RestartTest(GatewayCase):
+    """busgated restarts in the middle of a subscription; the bus goes
+    down and up: the app keeps receiving and is told."""
+    BUS_KW = {"heartbeat": 0.2}
+    GW_CONFIG = {"bus": {"heartbeat": {"timeout": "10s"}}}
+
+    def test_busgated_restart_keeps_subscription(self):
+        feed, topic = uniq("RS"), "T é"
+
+        async def go():
+            r = Recorder(await CallbackClient.create(path=self.gw.socket_path,
+                                                     backoff_max=0.5))
+            await r.client.add_subscription(feed, topic)
+            await r.client.add_notification(feed)
+            await r.client.add_authorizer("secure")
+            pub = self.client("pub")
+            pub.publish(feed, topic, [(None, b"before")])
+            self.assertEqual((await r.data(topic)).packets[0].data, b"before")
+            await asyncio.get_event_loop().run_in_executor(None, self.gw.stop)
+            await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "down")
+            await asyncio.sleep(0.3)        # a reconnect attempt or two fail
+            await asyncio.get_event_loop().run_in_executor(None, self.gw.start)
+            self.gw.wait_bus_up()
+            await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "up")
+            sessions = (await r.client.stats())["session"]
+            self.assertTrue(any("subs=1" in s and "self" in s for s in sessions), sessions)
+            # The restored NOTIFY sees the restored subscription.
+            await r.wait(lambda e: isinstance(e, busgate.Notification) and e.topic == topic)
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:       # until the bus has the new SUB
+                pub.publish(feed, topic, [(None, b"after")])
+                await asyncio.sleep(0.1)
+                if any(isinstance(e, busgate.Data) for e in r.events):
+                    break
+            self.assertEqual((await r.data(topic)).packets[0].data, b"after")
+            await r.client.stop()
+        run(go())
+
+    def test_bus_state_events(self):
+        async def go():
+            r = Recorder(await CallbackClient.create(path=self.gw.socket_path))
+            states = []
+
+            async def on_bus(state, reason):
+                states.append(state)
+            r.client.bus_state_handlers.append(on_bus)
+            await asyncio.get_event_loop().run_in_executor(None, self.bus.stop)
+            await r.wait(lambda e: isinstance(e, busgate.BusState) and e.state == "down")
+            self.assertEqual(r.client.bus_state, "down")
+            await asyncio.get_event_loop().run_in_executor(None, self.bus.start)
+            await r.wait(lambda e: isinstance(e, busgate.BusState) and e.state == "up")
+            # (An "up" may come first: the link confirmed after we connected.)
+            down = states.index("down")
+            self.assertIn("unconfirmed", states[down:])
+            self.assertEqual(states[-1], "up")
+            await r.client.stop()
+        run(go())
+
+
+class SlowConsumerTest(GatewayCase):
+    GW_CONFIG = {"listen": {"max_output": 65536}}
+
+    def test_slow_app_is_told(self):
+        feed = uniq("SLOW")
+        with busgate.connect(self.gw.socket_path, backoff_max=0.5) as bus:
+            bus.subscribe(feed, "T")
+            self.barrier()
+            pub = self.client("pub")
+            # The script does not read while the burst comes: cut off.
+            for i in range(3000):
+                pub.publish(feed, "T", [(None, b"%06d" % i + b"." * 1000)])
+            self.gw.wait_log(r"slow consumer")
+            told = []      # Data of the old session, the error, the link down, up
+            for ev in bus.events(timeout=TIMEOUT):
+                if isinstance(ev, (busgate.Error, busgate.Link)):
+                    told.append(ev[:1])
+                if isinstance(ev, busgate.Link) and ev.state == "up":
+                    break
+            self.assertEqual(told, [("slow-consumer",), ("down",), ("up",)])
+            # Restored: data flows again (once the bus has the new SUB).
+            ev = None
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:
+                pub.publish(feed, "T", [(None, b"again")])
+                ev = bus.next_event(timeout=0.2)
+                while ev is not None and not (isinstance(ev, busgate.Data)
+                                              and ev.packets[0].data == b"again"):
+                    ev = bus.next_event(timeout=0.2)
+                if ev is not None:
+                    break
+            self.assertIsNotNone(ev, "no data after the reconnect")
+
+    def test_slow_handler_reaches_error_handlers(self):
+        feed = uniq("SLOWA")
+        pub = self.client("pub")
+
+        async def go():
+            r = Recorder(await CallbackClient.create(path=self.gw.socket_path,
+                                                     backoff_max=0.5))
+            errors, links, bursts = [], [], []
+
+            async def on_data(user, host, feed_, topic, data_packets, is_image):
+                if not bursts:
+                    # A handler that blocks the loop while a burst comes.
+                    bursts.append(1)
+                    for i in range(3000):
+                        pub.publish(feed, "T", [(None, b"." * 1000)])
+                    self.gw.wait_log(r"slow consumer")
+
+            async def on_error(code, message):
+                errors.append(code)
+
+            async def on_link(state, reason):
+                links.append(state)
+            r.client.data_handlers.append(on_data)
+            r.client.error_handlers.append(on_error)
+            r.client.link_handlers.append(on_link)
+            await r.client.add_subscription(feed, "T")
+            self.barrier()
+            pub.publish(feed, "T", [(None, b"first")])
+            await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "up")
+            self.assertEqual((errors, links), (["slow-consumer"], ["down", "up"]))
+            await r.client.stop()
+        run(go())
+
+
+if __name__ == "__main__":
+    unittest.main()
