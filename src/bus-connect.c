@@ -82,6 +82,17 @@ bus_set_sockopts(struct bus *bus, evutil_socket_t fd)
         log_debug("bus: TCP keepalive: %s", strerror(errno));
 }
 
+/* This address did not answer: note why, drop the attempt's bufferevent. */
+static void
+connect_failed(struct bus *bus)
+{
+    bus->last_sys_err = EVUTIL_SOCKET_ERROR();
+    log_debug("bus: connect to %s: %s", bus->peer,
+        evutil_socket_error_to_string(bus->last_sys_err));
+    bufferevent_free(bus->bev);
+    bus->bev = NULL;
+}
+
 static void
 bus_tcp_event(struct bufferevent *bev, short events, void *arg)
 {
@@ -99,11 +110,7 @@ bus_tcp_event(struct bufferevent *bev, short events, void *arg)
     }
     if (!(events & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
         return;
-    bus->last_sys_err = EVUTIL_SOCKET_ERROR();
-    log_debug("bus: connect to %s: %s", bus->peer,
-        evutil_socket_error_to_string(bus->last_sys_err));
-    bufferevent_free(bus->bev);
-    bus->bev = NULL;
+    connect_failed(bus);
     bus_try_next_addr(bus);
 }
 
@@ -149,11 +156,7 @@ bus_try_next_addr(struct bus *bus)
         bufferevent_set_max_single_read(bus->bev, 1 << 20);
         if (bufferevent_socket_connect(bus->bev, ai->ai_addr, (int)ai->ai_addrlen) == 0)
             return;
-        bus->last_sys_err = EVUTIL_SOCKET_ERROR();
-        log_debug("bus: connect to %s: %s", bus->peer,
-            evutil_socket_error_to_string(bus->last_sys_err));
-        bufferevent_free(bus->bev);
-        bus->bev = NULL;
+        connect_failed(bus);
     }
     snprintf(reason, sizeof reason, "connect to %s: %s", bus_target(bus),
         evutil_socket_error_to_string(bus->last_sys_err));

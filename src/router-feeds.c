@@ -287,11 +287,10 @@ rt_route_authreq(struct router *r, const struct wire_msg *m)
     rt_deliver_roles(r, &f->authorizers);
 }
 
-/* Tell a feed's notifiers that the remote subscriptions they were told of
- * are gone (the link that saw them is), as many removes as adds, so a
- * notifier from before the drop and one from after agree. */
-void
-rt_remotes_end(struct router *r, struct feed *f)
+/* A NOTIFICATION for every remote subscription of f, as many as it was
+ * added (adds, or the removes that end them), to out. */
+static void
+format_remotes(const struct feed *f, bool add, struct evbuffer *out)
 {
     struct remote *rm, *tmp;
     struct wire_msg m;
@@ -299,16 +298,25 @@ rt_remotes_end(struct router *r, struct feed *f)
     memset(&m, 0, sizeof m);
     m.type = WIRE_FORWARDED_SUBSCRIPTION;
     m.feed = f->name;
-    m.is_add = false;
+    m.is_add = add;
     HASH_ITER(hh, f->remotes, rm, tmp) {
         memcpy(m.client_id, rm->client_id, WIRE_GUID_LEN);
         m.user = rm->user;
         m.host = rm->host;
         m.topic = rm->topic;
         for (uint32_t i = 0; i < rm->count; i++)
-            if (lp_format_notification(r->scratch, &m) != 0)
-                break;
+            if (lp_format_notification(out, &m) != 0)
+                return;
     }
+}
+
+/* Tell a feed's notifiers that the remote subscriptions they were told of
+ * are gone (the link that saw them is), as many removes as adds, so a
+ * notifier from before the drop and one from after agree. */
+void
+rt_remotes_end(struct router *r, struct feed *f)
+{
+    format_remotes(f, false, r->scratch);
     if (evbuffer_get_length(r->scratch) > 0)
         rt_deliver_roles(r, &f->notifiers);
 }
@@ -367,25 +375,12 @@ role_new(struct feed *f, struct client *c, struct role_list *feed_list,
 
 /* Tell a late notifier of the remote subscriptions already known. */
 static void
-remotes_replay(struct router *r, struct feed *f, struct client *c)
+remotes_replay(struct feed *f, struct client *c)
 {
-    struct remote *rm, *tmp;
-    struct wire_msg m;
-
-    memset(&m, 0, sizeof m);
-    m.type = WIRE_FORWARDED_SUBSCRIPTION;
-    m.feed = f->name;
-    m.is_add = true;
-    HASH_ITER(hh, f->remotes, rm, tmp) {
-        memcpy(m.client_id, rm->client_id, WIRE_GUID_LEN);
-        m.user = rm->user;
-        m.host = rm->host;
-        m.topic = rm->topic;
-        for (uint32_t i = 0; i < rm->count; i++)
-            lp_format_notification(rt_output(c), &m);
-    }
-    if (f->remotes != NULL)
-        rt_flush(c);
+    if (f->remotes == NULL)
+        return;
+    format_remotes(f, true, rt_output(c));
+    rt_flush(c);
 }
 
 void
@@ -413,7 +408,7 @@ rt_cmd_notify(struct router *r, struct client *c, const struct lp_cmd *cmd)
         r->n_notify_feeds++;
         rt_upstream_notification(r, f, true);
     } else {
-        remotes_replay(r, f, c);
+        remotes_replay(f, c);
     }
 }
 
