@@ -279,6 +279,7 @@ router_session_attach(struct router *r, struct session *s,
 
     c->s = s;
     c->port = port;
+    r->port = port;
     c->id = id;
     c->peer = *peer;
     LIST_INIT(&c->subs);
@@ -485,7 +486,7 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
         cmd_ping(r, c, cmd);
         break;
     case LP_STATS:
-        rt_cmd_stats(r, c);
+        rt_cmd_stats(r, c, cmd->stats_view);
         break;
     case LP_VERBOSE:
     case LP_QUIT:

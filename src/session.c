@@ -360,6 +360,7 @@ static void
 session_dispatch(struct session *s, struct lp_cmd *cmd)
 {
     s->st.cmds_in++;
+    s->st.last_command = time(NULL);
     switch (cmd->verb) {
     case LP_VERBOSE:
         /* VERBOSE itself is always acknowledged: "off" as the last +OK. */
@@ -394,6 +395,7 @@ session_line(struct session *s, const char *line, size_t n)
     }
     if (lp_parse_command(line, n, &limits.lp, cmd, &e, msg, sizeof msg) != 0) {
         s->st.cmds_in++;
+        s->st.last_command = time(NULL);
         session_reply_err(s, e, "%s", msg);
         if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0)
             lp_framer_payload(&s->framer, cmd->payload_len, false);
@@ -428,6 +430,7 @@ session_frame(struct session *s, struct evbuffer *in)
         break;
     case LP_FRAME_LINE_TOO_LONG:
         s->st.cmds_in++;
+        s->st.last_command = time(NULL);
         if (fr.skipping)
             session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes; "
                 "discarded up to the next newline", limits.max_line);
@@ -440,6 +443,7 @@ session_frame(struct session *s, struct evbuffer *in)
         if (fr.skipping)
             break;
         s->st.cmds_in++;
+        s->st.last_command = time(NULL);
         session_reply_err(s, LP_ERR_BAD_TERMINATOR, "the %zu-byte payload must be "
             "followed by a newline; discarded up to the next newline", fr.len);
         session_cmd_trim(s);
@@ -599,6 +603,7 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
     s->router = router;
     s->verbose = true;
     s->state = SESSION_OPEN;
+    s->st.started = s->st.last_command = time(NULL);
     lp_framer_init(&s->framer, limits.max_line);
     if (evutil_make_socket_nonblocking(fd) != 0)
         goto fail;
@@ -707,6 +712,8 @@ port_stats(const struct session *s, struct router_conn_stats *st)
 {
     *st = s->st;
     st->queued = session_output_len(s);
+    st->state = s->state == SESSION_CLOSING ? "closing" : s->budget_paused ? "paused-memory"
+        : s->paused ? "paused-bus" : "open";
 }
 
 static const struct router_port session_port = {
