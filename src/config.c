@@ -16,6 +16,8 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <openssl/tls1.h>
@@ -187,6 +189,11 @@ static const struct opt opts[] = {
 
     SECTION("daemon"),
     NUM("daemon.shutdown_grace", K_MS, daemon.shutdown_grace_ms, 5000, 0, DAY_MS),
+
+    SECTION("metrics"),
+    STR("metrics.listen", metrics.listen, NULL, SUN_PATH_MAX),
+    BOOL("metrics.allow_remote", metrics.allow_remote, 0),
+    NUM("metrics.timeout", K_MS, metrics.timeout_ms, 10000, 100, 600000),
 };
 
 #define NOPTS (sizeof opts / sizeof opts[0])
@@ -831,6 +838,105 @@ walk_mapping(struct load_ctx *c, const yaml_node_t *map, const char *prefix)
 
 /* --- checks across settings --- */
 
+/* The port after an address: 1 to 65535. */
+static int
+parse_port(const char *s, uint16_t *port)
+{
+    uint64_t v;
+    const char *end;
+
+    if (parse_digits(s, &v, &end) != 0 || *end != '\0' || v == 0 || v > 65535)
+        return -1;
+    *port = (uint16_t)v;
+    return 0;
+}
+
+static int
+metrics_inet(const char *s, struct sockaddr_storage *ss, socklen_t *len, bool *loopback,
+    const char **why)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *colon;
+    uint16_t port;
+    size_t n;
+    bool v6 = s[0] == '[';
+
+    colon = v6 ? strstr(s, "]:") : strrchr(s, ':');
+    if (colon == NULL || (n = (size_t)(colon - s) - v6) == 0 || n >= sizeof host) {
+        *why = "expected a Unix socket path (absolute), 127.0.0.1:PORT or [::1]:PORT";
+        return -1;
+    }
+    memcpy(host, s + v6, n);
+    host[n] = '\0';
+    if (parse_port(colon + 1 + v6, &port) != 0) {
+        *why = "the port must be a number from 1 to 65535";
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(port);
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
+            return *why = "not an IPv6 address literal", -1;
+        *loopback = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr);
+        *len = sizeof *a;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+            return *why = "not an IPv4 address literal (names are not resolved)", -1;
+        *loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+        *len = sizeof *a;
+    }
+    return 0;
+}
+
+int
+config_metrics_address(const char *s, struct sockaddr_storage *ss, socklen_t *len,
+    bool *loopback, const char **why)
+{
+    struct sockaddr_un *un = (struct sockaddr_un *)ss;
+
+    if (s[0] != '/')
+        return metrics_inet(s, ss, len, loopback, why);
+    if (strlen(s) > SUN_PATH_MAX) {
+        *why = "the socket path is too long";
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, s, strlen(s));
+    *len = sizeof *un;
+    *loopback = true;
+    return 0;
+}
+
+/* metrics.listen: an address we can bind, loopback unless allow_remote. */
+static int
+check_metrics(struct load_ctx *c)
+{
+    const struct config_metrics *m = &c->cfg->metrics;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    bool loopback;
+    const char *why;
+
+    if (m->listen == NULL)
+        return 0;
+    if (config_metrics_address(m->listen, &ss, &len, &loopback, &why) != 0)
+        return err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+            "metrics.listen: %s", why);
+    if (!loopback && !m->allow_remote)
+        return err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+            "metrics.listen: %s is not a loopback address; the endpoint has no "
+            "authentication, so set metrics.allow_remote: true to serve it there", m->listen);
+    return 0;
+}
+
 static int
 check_auth(struct load_ctx *c)
 {
@@ -888,7 +994,7 @@ check_values(struct load_ctx *c)
     if (b->host == NULL)
         return err_at(c, mark_for(c, find_opt("bus.host"), false),
             "bus.host is required (the distributor's host name)");
-    if (check_auth(c) != 0 || check_login_strings(c) != 0)
+    if (check_auth(c) != 0 || check_login_strings(c) != 0 || check_metrics(c) != 0)
         return -1;
     if (b->confirm == CONFIG_CONFIRM_HEARTBEAT && b->heartbeat_timeout_ms == 0)
         return err_at(c, mark_for(c, find_opt("bus.confirm"), true),

@@ -95,6 +95,13 @@ struct config_daemon {
     uint32_t shutdown_grace_ms; /* SIGTERM: time to flush before closing */
 };
 
+/* The optional HTTP endpoint (/metrics, /healthz, /readyz). */
+struct config_metrics {
+    char *listen;               /* NULL: off; "/path" or "host:port" (IP literal) */
+    bool allow_remote;          /* a non-loopback address must be asked for */
+    uint32_t timeout_ms;        /* a request must arrive, and go out, within this */
+};
+
 struct config {
     char *path;                 /* the file this came from */
     struct config_bus bus;
@@ -102,6 +109,7 @@ struct config {
     struct config_router router;
     struct config_log log;
     struct config_daemon daemon;
+    struct config_metrics metrics;
 };
 
 /* Fill cfg with every default (the one table of defaults). */
@@ -132,5 +140,12 @@ void config_free(struct config *cfg);
  * exposed for tests). Return 0 or -1. */
 int config_parse_size(const char *s, uint64_t *out);
 int config_parse_duration_ms(const char *s, uint64_t *out);
+
+/* metrics.listen as an address: a Unix socket path (absolute) or an IPv4
+ * "a.b.c.d:port" / IPv6 "[addr]:port" literal. Returns 0 and fills ss/len
+ * (and loopback), or -1 with why. */
+struct sockaddr_storage;
+int config_metrics_address(const char *s, struct sockaddr_storage *ss, socklen_t *len,
+    bool *loopback, const char **why);
 
 #endif /* BUSGATE_CONFIG_H */
