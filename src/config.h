@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "paths.h"
@@ -144,7 +145,6 @@ int config_parse_duration_ms(const char *s, uint64_t *out);
 /* metrics.listen as an address: a Unix socket path (absolute) or an IPv4
  * "a.b.c.d:port" / IPv6 "[addr]:port" literal. Returns 0 and fills ss/len
  * (and loopback), or -1 with why. */
-struct sockaddr_storage;
 int config_metrics_address(const char *s, struct sockaddr_storage *ss, socklen_t *len,
     bool *loopback, const char **why);
 

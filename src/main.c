@@ -348,13 +348,14 @@ daemon_start(struct daemon *d)
     router_set_bus(d->router, d->bus);
     if (session_start(d->base, &d->cfg) != 0)
         return -1;
-    d->listener = listener_new(d->base, &d->cfg.listen, daemon_accept, d, err, sizeof err);
-    if (d->listener == NULL) {
+    /* Before the session socket: once that answers, everything does. */
+    if (d->cfg.metrics.listen != NULL &&
+        (d->metrics = metrics_new(d->base, &d->cfg.metrics, d->router, err, sizeof err)) == NULL) {
         log_error("%s", err);
         return -1;
     }
-    if (d->cfg.metrics.listen != NULL &&
-        (d->metrics = metrics_new(d->base, &d->cfg.metrics, d->router, err, sizeof err)) == NULL) {
+    d->listener = listener_new(d->base, &d->cfg.listen, daemon_accept, d, err, sizeof err);
+    if (d->listener == NULL) {
         log_error("%s", err);
         return -1;
     }

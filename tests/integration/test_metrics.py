@@ -211,6 +211,20 @@ class MetricsTest(GatewayCase):
             self.assertIn(k, link)
         self.assertEqual(s.cmd("STATS NOPE").split()[:2], ["-ERR", "syntax"])
 
+    def test_reload_keeps_the_address(self):
+        off = self.gw.log_offset()
+        self.gw.write_config({"metrics": {"listen": "127.0.0.1:%d" % free_port(),
+                                          "timeout": "2s"}})
+        try:
+            self.gw.reload()
+            self.gw.wait_log(r"reload: metrics.listen needs a restart; keeping 127\.0\.0\.1:%d"
+                             % PORT, start=off)
+            self.gw.wait_log(r"reloaded ", start=off)
+            self.assertEqual(get("/healthz")[0], 200)
+        finally:
+            self.gw.write_config(self.GW_CONFIG)
+            self.gw.reload()
+
     def test_cli_formats(self):
         r = cli(self.gw, "stats", "--format", "json")
         self.assertEqual(r.returncode, 0, r.stderr)
