@@ -55,13 +55,16 @@ struct router_conn_stats {
     const char *state;          /* open, paused-bus, paused-memory, closing */
 };
 
-/* The budget over all local connections' queues (listen.max_memory). */
+/* The budget over all local connections' queues (listen.max_memory), and
+ * their traffic since the start (gone sessions included). */
 struct router_memory_stats {
     size_t bytes, peak;         /* queued now, and the most ever */
     uint64_t closes;            /* sessions closed to stay within it */
     uint64_t pauses;            /* times a session stopped reading for it */
     unsigned paused;            /* sessions not reading now */
     uint64_t trims;             /* times freed memory went back to the system */
+    uint64_t cmds_in, bytes_in; /* commands and bytes read from sessions */
+    uint64_t events_out, bytes_out; /* events and bytes written to them */
 };
 
 /* What the router needs of a local connection. It never calls the session

@@ -74,6 +74,10 @@ snap_memory(const struct router *r, struct statsfmt *sf)
     statsfmt_u64(sf, "memory_budget_pauses", m.pauses);
     statsfmt_u64(sf, "memory_budget_paused", m.paused);
     statsfmt_u64(sf, "memory_trims", m.trims);
+    statsfmt_u64(sf, "sessions_msgs_in", m.cmds_in);
+    statsfmt_u64(sf, "sessions_bytes_in", m.bytes_in);
+    statsfmt_u64(sf, "sessions_msgs_out", m.events_out);
+    statsfmt_u64(sf, "sessions_bytes_out", m.bytes_out);
 }
 
 static void

@@ -115,7 +115,8 @@ class MetricsTest(GatewayCase):
                      "busgate_bus_received_messages", "busgate_bus_sent_bytes",
                      "busgate_local_subscriptions", "busgate_upstream_subscriptions",
                      "busgate_messages_dropped", "busgate_image_cache_bytes",
-                     "busgate_busdown_queue_messages", "busgate_sessions_queued_bytes"):
+                     "busgate_busdown_queue_messages", "busgate_sessions_queued_bytes",
+                     "busgate_sessions_received_messages", "busgate_sessions_sent_bytes"):
             self.assertIn(name, fam)
         self.assertEqual(fam["busgate_build_info"].type, "gauge")
         states = {smp.labels["state"]: smp.value for smp in fam["busgate_bus_link_state"].samples}
@@ -128,6 +129,13 @@ class MetricsTest(GatewayCase):
                          float(st["sessions_total"]))
         self.assertEqual(fam["busgate_start_time_seconds"].samples[0].value,
                          float(st["start_time"]))
+        # The local side's traffic counts gone sessions too: it never falls.
+        before = int(st["sessions_msgs_in"])
+        t = self.session()
+        n = int(stats(t)["sessions"])
+        s.close()
+        wait_until(lambda: int(stats(t)["sessions"]) == n - 1, what="session gone")
+        self.assertGreater(int(stats(t)["sessions_msgs_in"]), before)
         # No per-session or per-topic labels (cardinality).
         labels = {k for f in fam.values() for smp in f.samples for k in smp.labels}
         self.assertEqual(labels - {"version", "state", "reason", "name"}, set())
