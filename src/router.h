@@ -51,7 +51,7 @@ struct router_conn_stats {
     uint64_t events_out, bytes_out;
     size_t queued;              /* output not yet taken */
     time_t started;             /* wall clock: accepted */
-    time_t last_command;        /* wall clock: the newest command (or started) */
+    time_t last_input;          /* wall clock: the newest read from it (or started) */
     const char *state;          /* open, paused-bus, paused-memory, closing */
 };
 

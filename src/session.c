@@ -378,7 +378,6 @@ static void
 session_dispatch(struct session *s, struct lp_cmd *cmd)
 {
     s->st.cmds_in++;
-    s->st.last_command = time(NULL);
     switch (cmd->verb) {
     case LP_VERBOSE:
         /* VERBOSE itself is always acknowledged: "off" as the last +OK. */
@@ -413,7 +412,6 @@ session_line(struct session *s, const char *line, size_t n)
     }
     if (lp_parse_command(line, n, &limits.lp, cmd, &e, msg, sizeof msg) != 0) {
         s->st.cmds_in++;
-        s->st.last_command = time(NULL);
         session_reply_err(s, e, "%s", msg);
         if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0)
             lp_framer_payload(&s->framer, cmd->payload_len, false);
@@ -448,7 +446,6 @@ session_frame(struct session *s, struct evbuffer *in)
         break;
     case LP_FRAME_LINE_TOO_LONG:
         s->st.cmds_in++;
-        s->st.last_command = time(NULL);
         if (fr.skipping)
             session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes; "
                 "discarded up to the next newline", limits.max_line);
@@ -461,7 +458,6 @@ session_frame(struct session *s, struct evbuffer *in)
         if (fr.skipping)
             break;
         s->st.cmds_in++;
-        s->st.last_command = time(NULL);
         session_reply_err(s, LP_ERR_BAD_TERMINATOR, "the %zu-byte payload must be "
             "followed by a newline; discarded up to the next newline", fr.len);
         session_cmd_trim(s);
@@ -488,6 +484,8 @@ read_cb(struct bufferevent *bev, void *arg)
 {
     struct session *sess = arg;
 
+    /* Once per read, not per command: idle time needs no finer clock. */
+    sess->st.last_input = time(NULL);
     if (!sess->paused && !sess->budget_paused)
         sockread_more(bev, 256 << 10);
     session_process(arg);
@@ -621,7 +619,7 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
     s->router = router;
     s->verbose = true;
     s->state = SESSION_OPEN;
-    s->st.started = s->st.last_command = time(NULL);
+    s->st.started = s->st.last_input = time(NULL);
     lp_framer_init(&s->framer, limits.max_line);
     if (evutil_make_socket_nonblocking(fd) != 0)
         goto fail;

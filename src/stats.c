@@ -204,7 +204,7 @@ stats_sessions(struct router *r, struct client *c, struct evbuffer *out)
             " idle=%" PRIu64 " subs=%u msgs_in=%" PRIu64 " bytes_in=%" PRIu64
             " msgs_out=%" PRIu64 " bytes_out=%" PRIu64 " queued=%zu state=%s%s\n",
             o->id, (int)o->peer.pid, (int)o->peer.uid, age(now, st.started),
-            age(now, st.last_command), o->n_subs, st.cmds_in, st.bytes_in, st.events_out,
+            age(now, st.last_input), o->n_subs, st.cmds_in, st.bytes_in, st.events_out,
             st.bytes_out, st.queued, st.state != NULL ? st.state : "open",
             o == c ? " self" : "");
     }
