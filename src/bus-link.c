@@ -194,6 +194,7 @@ bus_read(struct bufferevent *bev, void *arg)
         }
         if (bus_is_heartbeat(bus, &bus->msg)) {
             bus->st.heartbeats_in++;
+            bus->st.last_heartbeat = time(NULL);
             bus->hb_any = true;
             bus->hb_state = "receiving";
             if (bus->confirm.method == CONFIG_CONFIRM_HEARTBEAT &&

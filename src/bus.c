@@ -458,6 +458,19 @@ bus_get_stats(const struct bus *bus, struct bus_stats *st)
     st->heartbeat = bus->hb_state != NULL ? bus->hb_state : "off";
     st->confirm = busconfirm_state_name(bus->confirm.state);
     st->client_id = bus->client_id;
+    st->server = bus->bev != NULL ? bus->peer : "";
+    st->protocol = bus->cfg.protocol;
+    st->host = bus->cfg.host;
+    st->port = bus->cfg.port;
+    st->tls_version = st->tls_cipher = NULL;
+    if (bus->bev != NULL && bus->tls_phase && bus->state != BUS_CONNECTING) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bus->bev);
+
+        if (ssl != NULL) {
+            st->tls_version = SSL_get_version(ssl);
+            st->tls_cipher = SSL_get_cipher_name(ssl);
+        }
+    }
 }
 
 int

@@ -63,6 +63,14 @@ struct bus_stats {
     size_t output_queued;         /* bytes waiting to go to the bus */
     uint64_t bytes_lost;          /* queued bytes a failed link or shutdown took with it */
     char last_error[256];
+    /* For STATS LINK and /metrics. */
+    time_t last_heartbeat;        /* wall clock of the newest heartbeat, 0: none yet */
+    const char *server;           /* "addr:port" of the current attempt or link, "" if none */
+    const char *tls_version;      /* the link's TLS version, NULL without TLS */
+    const char *tls_cipher;
+    int protocol;                 /* bus.protocol */
+    const char *host;             /* bus.host and bus.port */
+    unsigned port;
 };
 
 enum bus_send_result {

@@ -30,6 +30,7 @@
 #include "config.h"
 #include "guid.h"
 #include "lineproto.h"
+#include "statsfmt.h"
 #include "util.h"
 
 #ifndef PACKAGE_VERSION
@@ -56,6 +57,9 @@ enum {
 
 enum payload_form { FORM_TEXT, FORM_HEX, FORM_BASE64 };
 
+/* How `busgate stats` prints: as STATS says it, JSON, Prometheus text. */
+enum stats_format { STATS_TEXT, STATS_JSON, STATS_PROMETHEUS };
+
 /* Command-line options; seen records which were given, for the checks. */
 struct opts {
     const char *socket;
@@ -66,12 +70,13 @@ struct opts {
     bool whole;
     bool not_required;
     const char *ents;           /* comma list, checked */
+    enum stats_format format;
     unsigned seen;
 };
 
 enum opt_bit {
     O_FORM = 1u << 0, O_COUNT = 1u << 1, O_IMAGE = 1u << 2, O_WHOLE = 1u << 3,
-    O_ENTS = 1u << 4, O_NOTREQ = 1u << 5,
+    O_ENTS = 1u << 4, O_NOTREQ = 1u << 5, O_FORMAT = 1u << 6,
 };
 
 /* What the greeting announced. */
@@ -750,26 +755,154 @@ run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
     }
 }
 
+/* Send STATS [view] and hand each STAT line's text to line(arg); END
+ * returns. */
 static void
-run_stats(struct cli *c)
+stats_lines(struct cli *c, const char *view, void (*line)(const char *, void *), void *arg)
 {
-    if (lp_format_cmd(c->out, LP_STATS, NULL) < 0)
+    if (lp_format_cmd(c->out, LP_STATS, view) < 0)
         fail(EXIT_NODAEMON, "out of memory");
     c->awaiting = 1;
     for (;;) {
         cli_next(c, -1, 0);
         switch (c->ev.kind) {
         case LP_EV_STAT:
-            printf("%s\n", c->ev.rest);
+            line(c->ev.rest, arg);
             break;
         case LP_EV_END:
-            finish(EXIT_DONE);
+            return;
         default:
             if (cli_common(c, false) < 0)
                 finish(EXIT_REFUSED);
             break;
         }
     }
+}
+
+static void
+print_line(const char *rest, void *arg)
+{
+    printf("%s\n", rest);
+}
+
+/* A STAT line into the snapshot: its name, then the rest as the value. */
+static void
+snapshot_line(const char *rest, void *arg)
+{
+    char name[128];
+    size_t n = strcspn(rest, " ");
+    const char *value = rest[n] == ' ' ? rest + n + 1 : "";
+
+    if (n >= sizeof name)
+        return;
+    memcpy(name, rest, n);
+    name[n] = '\0';
+    if (statsfmt_line(arg, name, value) != 0)
+        fail(EXIT_NODAEMON, "out of memory");
+}
+
+static void
+write_buffer(struct evbuffer *b)
+{
+    size_t n = evbuffer_get_length(b);
+
+    if (n > 0 && fwrite(evbuffer_pullup(b, -1), 1, n, stdout) != n)
+        fail(EXIT_NODAEMON, "cannot write the output");
+}
+
+/* The same snapshot the daemon's /metrics renders, from the STAT lines. */
+static void
+run_stats(struct cli *c, enum stats_format format)
+{
+    struct statsfmt *sf;
+    struct evbuffer *out;
+
+    if (format == STATS_TEXT) {
+        stats_lines(c, NULL, print_line, NULL);
+        finish(EXIT_DONE);
+    }
+    if ((sf = statsfmt_new()) == NULL || (out = evbuffer_new()) == NULL)
+        fail(EXIT_NODAEMON, "out of memory");
+    stats_lines(c, NULL, snapshot_line, sf);
+    if (format == STATS_JSON)
+        statsfmt_render_json(sf, out);
+    else
+        statsfmt_render_prometheus(sf, out);
+    write_buffer(out);
+    evbuffer_free(out);
+    statsfmt_free(sf);
+    finish(EXIT_DONE);
+}
+
+/* One line of STATS SESSIONS, kept with its queued bytes for sorting. */
+struct session_row {
+    char *line;
+    uint64_t queued;
+};
+
+struct session_table {
+    struct session_row *rows;
+    size_t n, cap;
+};
+
+static void
+session_row(const char *rest, void *arg)
+{
+    struct session_table *t = arg;
+    const char *q = strstr(rest, " queued=");
+
+    if (strncmp(rest, "session ", 8) != 0)
+        return;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 16;
+        struct session_row *p = realloc(t->rows, cap * sizeof *p);
+
+        if (p == NULL)
+            fail(EXIT_NODAEMON, "out of memory");
+        t->rows = p;
+        t->cap = cap;
+    }
+    if ((t->rows[t->n].line = strdup(rest + 8)) == NULL)
+        fail(EXIT_NODAEMON, "out of memory");
+    t->rows[t->n++].queued = q != NULL ? strtoull(q + 8, NULL, 10) : 0;
+}
+
+static int
+by_queued(const void *a, const void *b)
+{
+    const struct session_row *x = a, *y = b;
+
+    return x->queued < y->queued ? 1 : x->queued > y->queued ? -1 : 0;
+}
+
+/* `busgate sessions`: STATS SESSIONS as a table, the most queued first. */
+static void
+run_sessions(struct cli *c)
+{
+    static const char *const cols[] = { "pid", "uid", "app", "age", "idle", "subs", "msgs_in",
+        "bytes_in", "msgs_out", "bytes_out", "queued", "state" };
+    struct session_table t = { NULL, 0, 0 };
+
+    stats_lines(c, "SESSIONS", session_row, &t);
+    qsort(t.rows, t.n, sizeof *t.rows, by_queued);
+    printf("%-6s", "id");
+    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
+        printf(" %10s", cols[i]);
+    printf("\n");
+    for (size_t r = 0; r < t.n; r++) {
+        char *save = NULL, *w = strtok_r(t.rows[r].line, " ", &save);
+
+        printf("%-6s", w != NULL ? w : "?");
+        while ((w = strtok_r(NULL, " ", &save)) != NULL) {
+            char *eq = strchr(w, '=');
+
+            printf(" %10s", eq != NULL ? eq + 1 : w);
+        }
+        printf("\n");
+        free(t.rows[r].line);
+    }
+    free(t.rows);
+    finish(EXIT_DONE);
 }
 
 static double
@@ -1021,6 +1154,19 @@ number_arg(const char *name, const char *s, uint64_t max)
     return v;
 }
 
+static enum stats_format
+format_arg(const char *s)
+{
+    if (strcmp(s, "text") == 0)
+        return STATS_TEXT;
+    if (strcmp(s, "json") == 0)
+        return STATS_JSON;
+    if (strcmp(s, "prometheus") == 0)
+        return STATS_PROMETHEUS;
+    usage_error("--format wants text, json or prometheus, not '%s'", s);
+    return STATS_TEXT;
+}
+
 static void
 usage(FILE *out)
 {
@@ -1036,7 +1182,10 @@ usage(FILE *out)
         "        print subscriptions coming and going on FEED\n"
         "  authorize FEED [--entitlements LIST | --not-required] [--count N]\n"
         "        answer FEED's authorization requests, printing each\n"
-        "  stats   print busgated's counters and limits\n"
+        "  stats [--format text|json|prometheus]\n"
+        "        print busgated's counters and limits (prometheus: for node_exporter's\n"
+        "        textfile collector)\n"
+        "  sessions  print the local sessions, the most queued first\n"
         "  ping    check that busgated answers\n"
         "options:\n"
         "  -s, --socket PATH      busgated's socket (default $BUSGATE_SOCKET or %s)\n"
@@ -1050,7 +1199,13 @@ usage(FILE *out)
 static void
 run_stats_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    run_stats(c);
+    run_stats(c, o->format);
+}
+
+static void
+run_sessions_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
+{
+    run_sessions(c);
 }
 
 static void
@@ -1072,14 +1227,15 @@ static const struct command commands[] = {
     { "send", 3, 3, O_IMAGE | O_ENTS | O_WHOLE, run_send },
     { "notify", 1, 1, O_COUNT, run_notify },
     { "authorize", 1, 1, O_ENTS | O_NOTREQ | O_COUNT, run_authorize },
-    { "stats", 0, 0, 0, run_stats_cmd },
+    { "stats", 0, 0, O_FORMAT, run_stats_cmd },
+    { "sessions", 0, 0, 0, run_sessions_cmd },
     { "ping", 0, 0, 0, run_ping_cmd },
 };
 
 static void
 parse_options(int argc, char **argv, struct opts *o)
 {
-    enum { OPT_HEX = 256, OPT_BASE64, OPT_NOTREQ };
+    enum { OPT_HEX = 256, OPT_BASE64, OPT_NOTREQ, OPT_FORMAT };
     static const struct option longopts[] = {
         { "socket", required_argument, NULL, 's' },
         { "timeout", required_argument, NULL, 'T' },
@@ -1090,6 +1246,7 @@ parse_options(int argc, char **argv, struct opts *o)
         { "entitlements", required_argument, NULL, 'e' },
         { "whole", no_argument, NULL, 'w' },
         { "not-required", no_argument, NULL, OPT_NOTREQ },
+        { "format", required_argument, NULL, OPT_FORMAT },
         { "version", no_argument, NULL, 'V' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
@@ -1115,6 +1272,7 @@ parse_options(int argc, char **argv, struct opts *o)
         case 'e': check_ents(optarg); o->ents = optarg; o->seen |= O_ENTS; break;
         case 'w': o->whole = true; o->seen |= O_WHOLE; break;
         case OPT_NOTREQ: o->not_required = true; o->seen |= O_NOTREQ; break;
+        case OPT_FORMAT: o->format = format_arg(optarg); o->seen |= O_FORMAT; break;
         case 'V':
             printf("busgate %s (line protocol %d)\n", PACKAGE_VERSION, LP_PROTOCOL_VERSION);
             finish(EXIT_DONE);

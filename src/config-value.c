@@ -3,8 +3,11 @@
  * durations (500ms, 10s, 5m), octal modes and booleans, parsed strictly and
  * written back the same way for --check-config.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/un.h>
 
 #include "config-int.h"
 
@@ -147,5 +150,82 @@ config_parse_mode(const char *s, uint64_t *out)
         v = v * 8 + (uint64_t)(*s - '0');
     }
     *out = v;
+    return 0;
+}
+
+/* The port after an address: 1 to 65535. */
+static int
+parse_port(const char *s, uint16_t *port)
+{
+    uint64_t v;
+    const char *end;
+
+    if (config_parse_digits(s, &v, &end) != 0 || *end != '\0' || v == 0 || v > 65535)
+        return -1;
+    *port = (uint16_t)v;
+    return 0;
+}
+
+static int
+metrics_inet(const char *s, struct sockaddr_storage *ss, socklen_t *len, bool *loopback,
+    const char **why)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *colon;
+    uint16_t port;
+    size_t n;
+    bool v6 = s[0] == '[';
+
+    colon = v6 ? strstr(s, "]:") : strrchr(s, ':');
+    if (colon == NULL || (n = (size_t)(colon - s) - v6) == 0 || n >= sizeof host) {
+        *why = "expected a Unix socket path (absolute), 127.0.0.1:PORT or [::1]:PORT";
+        return -1;
+    }
+    memcpy(host, s + v6, n);
+    host[n] = '\0';
+    if (parse_port(colon + 1 + v6, &port) != 0) {
+        *why = "the port must be a number from 1 to 65535";
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    if (v6) {
+        struct sockaddr_in6 *a = (struct sockaddr_in6 *)ss;
+
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(port);
+        if (inet_pton(AF_INET6, host, &a->sin6_addr) != 1)
+            return *why = "not an IPv6 address literal", -1;
+        *loopback = IN6_IS_ADDR_LOOPBACK(&a->sin6_addr);
+        *len = sizeof *a;
+    } else {
+        struct sockaddr_in *a = (struct sockaddr_in *)ss;
+
+        a->sin_family = AF_INET;
+        a->sin_port = htons(port);
+        if (inet_pton(AF_INET, host, &a->sin_addr) != 1)
+            return *why = "not an IPv4 address literal (names are not resolved)", -1;
+        *loopback = (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+        *len = sizeof *a;
+    }
+    return 0;
+}
+
+int
+config_metrics_address(const char *s, struct sockaddr_storage *ss, socklen_t *len,
+    bool *loopback, const char **why)
+{
+    struct sockaddr_un *un = (struct sockaddr_un *)ss;
+
+    if (s[0] != '/')
+        return metrics_inet(s, ss, len, loopback, why);
+    if (strlen(s) > sizeof un->sun_path - 1) {
+        *why = "the socket path is too long";
+        return -1;
+    }
+    memset(ss, 0, sizeof *ss);
+    un->sun_family = AF_UNIX;
+    memcpy(un->sun_path, s, strlen(s));
+    *len = sizeof *un;
+    *loopback = true;
     return 0;
 }

@@ -150,6 +150,11 @@ const struct opt config_opts[] = {
     SECTION("daemon"),
     NUM("daemon.shutdown_grace", K_MS, daemon.shutdown_grace_ms, 5000, 0, DAY_MS),
 
+    SECTION("metrics"),
+    STR("metrics.listen", metrics.listen, NULL, SUN_PATH_MAX),
+    BOOL("metrics.allow_remote", metrics.allow_remote, 0),
+    NUM("metrics.timeout", K_MS, metrics.timeout_ms, 10000, 100, 600000),
+
     { .key = "access", .kind = K_ACCESS, AT(access) },
 };
 
@@ -765,6 +770,28 @@ walk_mapping(struct load_ctx *c, const yaml_node_t *map, const char *prefix)
     return 0;
 }
 
+/* metrics.listen: an address we can bind, loopback unless allow_remote. */
+static int
+check_metrics(struct load_ctx *c)
+{
+    const struct config_metrics *m = &c->cfg->metrics;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    bool loopback;
+    const char *why;
+
+    if (m->listen == NULL)
+        return 0;
+    if (config_metrics_address(m->listen, &ss, &len, &loopback, &why) != 0)
+        return err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+            "metrics.listen: %s", why);
+    if (!loopback && !m->allow_remote)
+        return err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+            "metrics.listen: %s is not a loopback address; the endpoint has no "
+            "authentication, so set metrics.allow_remote: true to serve it there", m->listen);
+    return 0;
+}
+
 static int
 check_auth(struct load_ctx *c)
 {
@@ -822,7 +849,7 @@ check_values(struct load_ctx *c)
     if (b->host == NULL)
         return err_at(c, mark_for(c, find_opt("bus.host"), false),
             "bus.host is required (the distributor's host name)");
-    if (check_auth(c) != 0 || check_login_strings(c) != 0)
+    if (check_auth(c) != 0 || check_login_strings(c) != 0 || check_metrics(c) != 0)
         return -1;
     if (b->confirm == CONFIG_CONFIRM_HEARTBEAT && b->heartbeat_timeout_ms == 0)
         return err_at(c, mark_for(c, find_opt("bus.confirm"), true),

@@ -10,6 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "paths.h"
@@ -97,6 +98,13 @@ struct config_daemon {
 
 struct access_rules;
 
+/* The optional HTTP endpoint (/metrics, /healthz, /readyz). */
+struct config_metrics {
+    char *listen;               /* NULL: off; "/path" or "host:port" (IP literal) */
+    bool allow_remote;          /* a non-loopback address must be asked for */
+    uint32_t timeout_ms;        /* a request must arrive, and go out, within this */
+};
+
 struct config {
     char *path;                 /* the file this came from */
     struct config_bus bus;
@@ -104,6 +112,7 @@ struct config {
     struct config_router router;
     struct config_log log;
     struct config_daemon daemon;
+    struct config_metrics metrics;
     struct access_rules *access;    /* NULL: no access section, everyone may do everything */
 };
 
@@ -135,5 +144,11 @@ void config_free(struct config *cfg);
  * exposed for tests). Return 0 or -1. */
 int config_parse_size(const char *s, uint64_t *out);
 int config_parse_duration_ms(const char *s, uint64_t *out);
+
+/* metrics.listen as an address: a Unix socket path (absolute) or an IPv4
+ * "a.b.c.d:port" / IPv6 "[addr]:port" literal. Returns 0 and fills ss/len
+ * (and loopback), or -1 with why. */
+int config_metrics_address(const char *s, struct sockaddr_storage *ss, socklen_t *len,
+    bool *loopback, const char **why);
 
 #endif /* BUSGATE_CONFIG_H */

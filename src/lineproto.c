@@ -346,6 +346,7 @@ enum arg_kind {
     A_ON_OFF,
     A_OPT_ENTS,     /* optional comma list */
     A_OPT_TOKEN,    /* optional raw token */
+    A_OPT_VIEW,     /* optional STATS view: SESSIONS | LINK */
     A_PACKETS,      /* zero or more packet specs to the end of the line */
     A_APP,          /* NAME's app name: a name, at most LP_MAX_APP_NAME bytes */
 };
@@ -373,7 +374,7 @@ static const struct verb_def verbs[] = {
     { "AUTHORIZE", LP_AUTHORIZE, { A_CLIENT_ID, A_FEED, A_TOPIC, A_REQUIRED, A_OPT_ENTS },
       "<client-id> <feed> <topic> <required|not-required> [ENTS]" },
     { "PING", LP_PING, { A_OPT_TOKEN }, "[token]" },
-    { "STATS", LP_STATS, { A_END }, "" },
+    { "STATS", LP_STATS, { A_OPT_VIEW }, "[SESSIONS|LINK]" },
     { "VERBOSE", LP_VERBOSE, { A_ON_OFF }, "<on|off>" },
     { "QUIT", LP_QUIT, { A_END }, "" },
     { "NAME", LP_NAME, { A_APP }, "<app-name>" },
@@ -524,7 +525,7 @@ n_fixed(const struct verb_def *vd, bool *packets, size_t *optional)
             *packets = true;
             break;
         }
-        if (vd->args[n] == A_OPT_ENTS || vd->args[n] == A_OPT_TOKEN)
+        if (vd->args[n] == A_OPT_ENTS || vd->args[n] == A_OPT_TOKEN || vd->args[n] == A_OPT_VIEW)
             (*optional)++;
         n++;
     }
@@ -683,6 +684,16 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             cmd->entitlements.n = (uint32_t)n;
             break;
         }
+        case A_OPT_VIEW:
+            if (tok_is(t, "SESSIONS"))
+                cmd->stats_view = LP_STATS_SESSIONS;
+            else if (tok_is(t, "LINK"))
+                cmd->stats_view = LP_STATS_LINK;
+            else {
+                excerpt(t, ex, sizeof(ex));
+                r = fail(&cp, LP_ERR_SYNTAX, "expected SESSIONS or LINK, got '%s'", ex);
+            }
+            break;
         case A_OPT_TOKEN:
             memcpy(names, t->p, t->n);
             names[t->n] = '\0';

@@ -91,6 +91,13 @@ struct lp_name {
  * cmd's own storage, reused across lp_parse_command calls (no per-command
  * allocation in steady state); free it with lp_cmd_free.
  */
+/* What STATS shows: the counters, or one line per session, or the link. */
+enum lp_stats_view {
+    LP_STATS_ALL,
+    LP_STATS_SESSIONS,
+    LP_STATS_LINK,
+};
+
 struct lp_cmd {
     enum lp_verb verb;
     struct lp_name feed;
@@ -106,6 +113,7 @@ struct lp_cmd {
     uint64_t payload_len;               /* sum of packet lengths */
     struct lp_name token;               /* PING's optional token (raw, not unescaped) */
     struct lp_name app;                 /* NAME: the name an app gives itself */
+    enum lp_stats_view stats_view;      /* STATS */
 
     void *store;
     size_t store_cap;

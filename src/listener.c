@@ -166,6 +166,16 @@ clear_stale(const char *path, const struct sockaddr_un *sun, char *err, size_t e
     return 0;
 }
 
+int
+listener_clear_stale(const char *path, char *err, size_t errlen)
+{
+    struct sockaddr_un sun;
+
+    if (fill_sockaddr(&sun, path, err, errlen) != 0)
+        return -1;
+    return clear_stale(path, &sun, err, errlen);
+}
+
 /* Bind and listen at cfg->path with its mode and group. */
 static int
 bind_path(struct listener *l, const struct config_listen *cfg, char *err, size_t errlen)

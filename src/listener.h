@@ -30,6 +30,10 @@ void listener_resume(struct listener *l);
 int listener_is_activated(const struct listener *l);
 const char *listener_path(const struct listener *l);
 
+/* Before binding a Unix socket at path: unlink a stale socket there,
+ * refuse a live one or any other file. 0 or -1 with err. */
+int listener_clear_stale(const char *path, char *err, size_t errlen);
+
 /* Close; unlink the path if we created it. */
 void listener_free(struct listener *l);
 

@@ -21,6 +21,7 @@
 #include "audit.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "pidfile.h"
 #include "router.h"
 #include "sdnotify.h"
@@ -33,6 +34,7 @@ struct daemon {
     struct router *router;
     struct bus *bus;
     struct listener *listener;
+    struct metrics *metrics;    /* NULL: metrics.listen unset */
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *tick;         /* STATUS= updates and the watchdog */
     struct event *stop_timer;   /* bounds the shutdown grace period */
@@ -185,6 +187,14 @@ keep_restart_only(const struct config *old, struct config *new)
         free(n->group);
         n->group = o->group ? strdup(o->group) : NULL;
     }
+    if ((old->metrics.listen == NULL) != (new->metrics.listen == NULL) ||
+        (old->metrics.listen != NULL && strcmp(old->metrics.listen, new->metrics.listen) != 0)) {
+        log_warn("reload: metrics.listen needs a restart; keeping %s",
+            old->metrics.listen != NULL ? old->metrics.listen : "it off");
+        free(new->metrics.listen);
+        new->metrics.listen = old->metrics.listen ? strdup(old->metrics.listen) : NULL;
+        new->metrics.allow_remote = old->metrics.allow_remote;
+    }
     if (old->log.dest != new->log.dest) {
         log_warn("reload: log.destination needs a restart");
         new->log.dest = old->log.dest;
@@ -221,6 +231,8 @@ daemon_reload(struct daemon *d)
     log_set_level(d->cfg.log.level);
     router_reconfigure(d->router, &d->cfg);
     session_configure(&d->cfg);
+    if (d->metrics != NULL)
+        metrics_reconfigure(d->metrics, &d->cfg.metrics);
     log_notice("reloaded %s", d->cfg.path);
     sdnotify("READY=1");
 }
@@ -336,6 +348,12 @@ daemon_start(struct daemon *d)
     router_set_bus(d->router, d->bus);
     if (session_start(d->base, &d->cfg) != 0)
         return -1;
+    /* Before the session socket: once that answers, everything does. */
+    if (d->cfg.metrics.listen != NULL &&
+        (d->metrics = metrics_new(d->base, &d->cfg.metrics, d->router, err, sizeof err)) == NULL) {
+        log_error("%s", err);
+        return -1;
+    }
     d->listener = listener_new(d->base, &d->cfg.listen, daemon_accept, d, err, sizeof err);
     if (d->listener == NULL) {
         log_error("%s", err);
@@ -382,6 +400,7 @@ daemon_free(struct daemon *d)
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
         if (*evs[i] != NULL)
             event_free(*evs[i]);
+    metrics_free(d->metrics);
     if (d->listener != NULL)
         listener_free(d->listener);
     session_stop();

@@ -208,6 +208,7 @@ struct router {
     bool shutting_down;
     bool freeing;
     time_t started;
+    const struct router_port *port; /* the newest session's: the memory budget */
 
     struct config_router cfg;       /* image_content_types: our own copy */
     struct access_rules *access;    /* a reference; NULL: everyone may do everything */
@@ -300,6 +301,6 @@ void rt_replay_cancel(struct router *r);
 void rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd);
 
 /* stats.c */
-void rt_cmd_stats(struct router *r, struct client *c);
+void rt_cmd_stats(struct router *r, struct client *c, enum lp_stats_view view);
 
 #endif /* BUSGATE_ROUTER_INT_H */

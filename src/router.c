@@ -349,6 +349,7 @@ router_session_attach(struct router *r, struct session *s,
 
     c->s = s;
     c->port = port;
+    r->port = port;
     c->id = id;
     c->peer = *peer;
     client_identify(r, c);
@@ -575,7 +576,7 @@ router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
         break;
     case LP_STATS:
         if (rt_permit(r, c, ACCESS_STATS, NULL))
-            rt_cmd_stats(r, c);
+            rt_cmd_stats(r, c, cmd->stats_view);
         break;
     case LP_VERBOSE:
     case LP_QUIT:

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "bus.h"
 #include "config.h"
@@ -49,15 +50,21 @@ struct router_conn_stats {
     uint64_t cmds_in, bytes_in;
     uint64_t events_out, bytes_out;
     size_t queued;              /* output not yet taken */
+    time_t started;             /* wall clock: accepted */
+    time_t last_input;          /* wall clock: the newest read from it (or started) */
+    const char *state;          /* open, paused-bus, paused-memory, closing */
 };
 
-/* The budget over all local connections' queues (listen.max_memory). */
+/* The budget over all local connections' queues (listen.max_memory), and
+ * their traffic since the start (gone sessions included). */
 struct router_memory_stats {
     size_t bytes, peak;         /* queued now, and the most ever */
     uint64_t closes;            /* sessions closed to stay within it */
     uint64_t pauses;            /* times a session stopped reading for it */
     unsigned paused;            /* sessions not reading now */
     uint64_t trims;             /* times freed memory went back to the system */
+    uint64_t cmds_in, bytes_in; /* commands and bytes read from sessions */
+    uint64_t events_out, bytes_out; /* events and bytes written to them */
 };
 
 /* What the router needs of a local connection. It never calls the session
@@ -111,6 +118,15 @@ void router_reconfigure(struct router *r, const struct config *cfg);
 
 /* Daemon stopping: tell every session and close them (bounded by grace). */
 void router_shutdown(struct router *r);
+
+/* Every counter, gauge and fact of STATS (not the per-session lines) into
+ * sf, in STAT order: the one source of STATS, /metrics and the CLI. */
+struct statsfmt;
+int router_stats_snapshot(struct router *r, struct statsfmt *sf);
+
+/* True when the bus link is up and its login confirmed; otherwise false,
+ * with the link's state and the last error in reason. */
+bool router_ready(const struct router *r, char *reason, size_t len);
 
 /* Session count, for sd_notify STATUS. */
 unsigned router_session_count(const struct router *r);

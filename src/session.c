@@ -237,9 +237,27 @@ budget_work(evutil_socket_t fd, short what, void *arg)
         evtimer_add(budget.trimmer, &idle);
 }
 
+/* Traffic of the sessions already gone, for the totals (STATS). */
+static struct router_conn_stats gone;
+
+static void
+traffic_add(struct router_memory_stats *st, const struct router_conn_stats *c)
+{
+    st->cmds_in += c->cmds_in;
+    st->bytes_in += c->bytes_in;
+    st->events_out += c->events_out;
+    st->bytes_out += c->bytes_out;
+}
+
 static void
 budget_stats(struct router_memory_stats *st)
 {
+    struct session *s;
+
+    memset(st, 0, sizeof *st);
+    traffic_add(st, &gone);
+    LIST_FOREACH(s, &budget.sessions, all)
+        traffic_add(st, &s->st);
     st->bytes = budget.bytes;
     st->peak = budget.peak;
     st->closes = budget.closes;
@@ -466,6 +484,8 @@ read_cb(struct bufferevent *bev, void *arg)
 {
     struct session *sess = arg;
 
+    /* Once per read, not per command: idle time needs no finer clock. */
+    sess->st.last_input = time(NULL);
     if (!sess->paused && !sess->budget_paused)
         sockread_more(bev, 256 << 10);
     session_process(arg);
@@ -599,6 +619,7 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
     s->router = router;
     s->verbose = true;
     s->state = SESSION_OPEN;
+    s->st.started = s->st.last_input = time(NULL);
     lp_framer_init(&s->framer, limits.max_line);
     if (evutil_make_socket_nonblocking(fd) != 0)
         goto fail;
@@ -641,6 +662,10 @@ session_destroy(struct session *s)
         (int)s->peer.pid, s->st.cmds_in, s->st.events_out);
     router_session_detach(s->router, s);
     LIST_REMOVE(s, all);
+    gone.cmds_in += s->st.cmds_in;
+    gone.bytes_in += s->st.bytes_in;
+    gone.events_out += s->st.events_out;
+    gone.bytes_out += s->st.bytes_out;
     budget.live--;
     if (s->budget_paused)
         budget.paused--;
@@ -707,6 +732,8 @@ port_stats(const struct session *s, struct router_conn_stats *st)
 {
     *st = s->st;
     st->queued = session_output_len(s);
+    st->state = s->state == SESSION_CLOSING ? "closing" : s->budget_paused ? "paused-memory"
+        : s->paused ? "paused-bus" : "open";
 }
 
 static const struct router_port session_port = {

@@ -372,8 +372,16 @@ test_ping_stats_verbose_quit(void **state)
 
     assert_int_equal(parse(f, "STATS"), 0);
     assert_int_equal(f->cmd.verb, LP_STATS);
+    assert_int_equal(f->cmd.stats_view, LP_STATS_ALL);
+    assert_int_equal(parse(f, "STATS sessions"), 0);
+    assert_int_equal(f->cmd.stats_view, LP_STATS_SESSIONS);
+    assert_int_equal(parse(f, "STATS LINK"), 0);
+    assert_int_equal(f->cmd.stats_view, LP_STATS_LINK);
+    assert_int_equal(parse(f, "STATS"), 0);
+    assert_int_equal(f->cmd.stats_view, LP_STATS_ALL);
     refused(f, "STATS all", LP_ERR_SYNTAX);
-    assert_string_equal(f->msg, "STATS takes no arguments");
+    assert_string_equal(f->msg, "expected SESSIONS or LINK, got 'all'");
+    refused(f, "STATS LINK x", LP_ERR_SYNTAX);
 
     assert_int_equal(parse(f, "VERBOSE off"), 0);
     assert_int_equal(f->cmd.verb, LP_VERBOSE);

@@ -1,0 +1,313 @@
+#!/usr/bin/env python3
+"""The metrics endpoint (metrics.listen) through the real daemon and a real
+HTTP client: /metrics in Prometheus text format (checked by the
+prometheus_client parser), /healthz, /readyz following the bus link down
+and up, refused methods, a malformed, an over-long and a slow request, the
+listener on a Unix socket; STATS SESSIONS and STATS LINK; the CLI's
+stats --format and sessions."""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from routerkit import GatewayCase, stats  # noqa: E402
+from gwtest import BUSGATE, BUSGATED, TIMEOUT, Gateway, wait_until  # noqa: E402
+
+try:
+    from prometheus_client.parser import text_string_to_metric_families
+except ImportError:     # Debian's python3-prometheus-client beside another python
+    sys.path.append("/usr/lib/python3/dist-packages")
+    try:
+        from prometheus_client.parser import text_string_to_metric_families
+    except ImportError:
+        text_string_to_metric_families = None
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+PORT = free_port()
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout=TIMEOUT):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
+def get(path, method="GET", conn=None):
+    c = conn or http.client.HTTPConnection("127.0.0.1", PORT, timeout=TIMEOUT)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, r.getheader("Content-Type"), r.read().decode()
+    finally:
+        c.close()
+
+
+def raw(data, wait=TIMEOUT):
+    """Send data on a fresh connection; what comes back before the close."""
+    with socket.create_connection(("127.0.0.1", PORT), timeout=wait) as s:
+        s.sendall(data)
+        out = b""
+        try:
+            while True:
+                b = s.recv(4096)
+                if not b:
+                    break
+                out += b
+        except (ConnectionResetError, socket.timeout):
+            pass
+        return out
+
+
+def families(text):
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def cli(gw, *args):
+    return subprocess.run([BUSGATE, "-s", gw.socket_path] + list(args),
+                          capture_output=True, text=True, timeout=TIMEOUT)
+
+
+class MetricsTest(GatewayCase):
+
+    GW_CONFIG = {"metrics": {"listen": "127.0.0.1:%d" % PORT, "timeout": "1s"}}
+
+    def ready(self):
+        return get("/readyz")[0] == 200
+
+    def test_healthz(self):
+        self.assertEqual(get("/healthz")[0:3:2], (200, "ok\n"))
+        self.assertEqual(get("/healthz", "HEAD")[0], 200)
+
+    def test_metrics_parse(self):
+        if text_string_to_metric_families is None:
+            self.skipTest("python3-prometheus-client is not installed")
+        s = self.session()
+        wait_until(self.ready, what="bus up")
+        status, ctype, body = get("/metrics")
+        self.assertEqual(status, 200)
+        self.assertEqual(ctype, "text/plain; version=0.0.4; charset=utf-8")
+        fam = families(body)
+        for name, f in fam.items():
+            self.assertTrue(name.startswith("busgate_"), name)
+            for smp in f.samples:
+                self.assertEqual(smp.name.endswith("_total"), f.type == "counter", smp.name)
+        for name in ("busgate_build_info", "busgate_start_time_seconds", "busgate_bus_link_state",
+                     "busgate_bus_reconnects", "busgate_bus_login_failures", "busgate_sessions",
+                     "busgate_sessions_accepted", "busgate_sessions_closed",
+                     "busgate_bus_received_messages", "busgate_bus_sent_bytes",
+                     "busgate_local_subscriptions", "busgate_upstream_subscriptions",
+                     "busgate_messages_dropped", "busgate_image_cache_bytes",
+                     "busgate_busdown_queue_messages", "busgate_sessions_queued_bytes",
+                     "busgate_sessions_received_messages", "busgate_sessions_sent_bytes"):
+            self.assertIn(name, fam)
+        self.assertEqual(fam["busgate_build_info"].type, "gauge")
+        states = {smp.labels["state"]: smp.value for smp in fam["busgate_bus_link_state"].samples}
+        self.assertEqual(states, {"connecting": 0, "unconfirmed": 0, "up": 1, "down": 0})
+        reasons = {smp.labels["reason"] for smp in fam["busgate_messages_dropped"].samples}
+        self.assertIn("unwanted", reasons)
+        # One source: the counters agree with STATS.
+        st = stats(s)
+        self.assertEqual(fam["busgate_sessions_accepted"].samples[0].value,
+                         float(st["sessions_total"]))
+        self.assertEqual(fam["busgate_start_time_seconds"].samples[0].value,
+                         float(st["start_time"]))
+        # The local side's traffic counts gone sessions too: it never falls.
+        before = int(st["sessions_msgs_in"])
+        t = self.session()
+        n = int(stats(t)["sessions"])
+        s.close()
+        wait_until(lambda: int(stats(t)["sessions"]) == n - 1, what="session gone")
+        self.assertGreater(int(stats(t)["sessions_msgs_in"]), before)
+        # No per-session or per-topic labels (cardinality).
+        labels = {k for f in fam.values() for smp in f.samples for k in smp.labels}
+        self.assertEqual(labels - {"version", "state", "reason", "name"}, set())
+
+    def test_methods_and_paths(self):
+        status, _, body = get("/metrics", "POST")
+        self.assertEqual(status, 405)
+        self.assertEqual(get("/nothing")[0], 404)
+        self.assertEqual(get("/metrics", "DELETE")[0], 405)
+
+    def test_malformed_and_overlong(self):
+        out = raw(b"THIS IS NOT HTTP\r\n\r\n")
+        self.assertTrue(out == b"" or out.startswith(b"HTTP/1.1 400"), out[:100])
+        out = raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n")
+        self.assertTrue(out == b"" or out.split(b" ")[1] in (b"400", b"413", b"431"), out[:100])
+        out = raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" +
+                  b"x" * 100)
+        self.assertNotIn(b" 200 ", out.split(b"\r\n")[0] if out else b"")
+        self.assertEqual(get("/healthz")[0], 200)
+
+    def test_slow_client_is_timed_out(self):
+        s = socket.create_connection(("127.0.0.1", PORT), timeout=TIMEOUT)
+        try:
+            s.sendall(b"GET /metr")
+            t0 = time.monotonic()
+            # Others are served meanwhile.
+            self.assertEqual(get("/healthz")[0], 200)
+            try:
+                rest = s.recv(4096)
+            except ConnectionResetError:
+                rest = b""
+            self.assertFalse(rest.startswith(b"HTTP/1.1 200"), rest[:100])
+            self.assertLess(time.monotonic() - t0, TIMEOUT / 2)
+        finally:
+            s.close()
+
+    def test_readyz_follows_the_bus(self):
+        wait_until(self.ready, what="ready")
+        self.assertEqual(get("/readyz")[2], "ready\n")
+        self.bus.stop()
+        try:
+            wait_until(lambda: get("/readyz")[0] == 503, what="not ready")
+            status, _, body = get("/readyz")
+            self.assertRegex(body, r"^not ready: bus (down|connecting) since \d+: ")
+            self.assertEqual(get("/healthz")[0], 200)
+            fam = families(get("/metrics")[2]) if text_string_to_metric_families else None
+            if fam:
+                states = {x.labels["state"]: x.value for x in fam["busgate_bus_link_state"].samples}
+                self.assertEqual(states["up"], 0)
+        finally:
+            self.bus.start()
+        wait_until(self.ready, what="ready again")
+
+    def test_stats_sessions_and_link(self):
+        s = self.session()
+        self.assertEqual(s.cmd("SUB F1 T1"), "+OK")
+        s.send("STATS SESSIONS\n")
+        lines = []
+        ev = s.expect("STAT")
+        while ev.kind != "END":
+            lines.append(" ".join(ev.args))
+            ev = s._next_stat()
+        mine = [x for x in lines if x.endswith(" self")]
+        self.assertEqual(len(mine), 1, lines)
+        self.assertRegex(mine[0], r"^session \d+ pid=%d uid=%d app=- age=\d+ idle=\d+ subs=1 "
+                         r"msgs_in=\d+ bytes_in=\d+ msgs_out=\d+ bytes_out=\d+ queued=\d+ "
+                         r"state=open self$" % (os.getpid(), os.getuid()))
+        s.send("STATS LINK\n")
+        link = {}
+        ev = s.expect("STAT")
+        while ev.kind != "END":
+            name, _, value = " ".join(ev.args).partition(" ")
+            link[name] = value
+            ev = s._next_stat()
+        self.assertEqual(link["state"], "up")
+        self.assertRegex(link["server"], r"^127\.0\.0\.1:%d \(127\.0\.0\.1:%d\)$"
+                         % (self.bus.port, self.bus.port))
+        self.assertRegex(link["tls_version"], r"^TLSv1\.[23]$")
+        self.assertNotEqual(link["tls_cipher"], "-")
+        for k in ("since", "protocol", "reconnects", "last_error", "heartbeat_age"):
+            self.assertIn(k, link)
+        self.assertEqual(s.cmd("STATS NOPE").split()[:2], ["-ERR", "syntax"])
+
+    def test_reload_keeps_the_address(self):
+        off = self.gw.log_offset()
+        self.gw.write_config({"metrics": {"listen": "127.0.0.1:%d" % free_port(),
+                                          "timeout": "2s"}})
+        try:
+            self.gw.reload()
+            self.gw.wait_log(r"reload: metrics.listen needs a restart; keeping 127\.0\.0\.1:%d"
+                             % PORT, start=off)
+            self.gw.wait_log(r"reloaded ", start=off)
+            self.assertEqual(get("/healthz")[0], 200)
+        finally:
+            self.gw.write_config(self.GW_CONFIG)
+            self.gw.reload()
+
+    def test_cli_formats(self):
+        r = cli(self.gw, "stats", "--format", "json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        js = json.loads(r.stdout)
+        self.assertIsInstance(js["sessions_total"], int)
+        self.assertIsInstance(js["version"], str)
+        self.assertIsInstance(js["session"], list)
+        r = cli(self.gw, "stats", "--format", "prometheus")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        if text_string_to_metric_families is not None:
+            self.assertIn("busgate_sessions_accepted", families(r.stdout))
+        r = cli(self.gw, "stats", "--format", "text")
+        self.assertRegex(r.stdout, r"(?m)^bus_state \w+$")
+        r = cli(self.gw, "stats", "--format", "xml")
+        self.assertEqual(r.returncode, 2)
+        s = self.session()
+        self.assertEqual(s.cmd("SUB F2 T2"), "+OK")
+        r = cli(self.gw, "sessions")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = r.stdout.splitlines()
+        self.assertRegex(rows[0], r"^id\s+pid\s+uid\s+app\s+age\s+idle\s+subs")
+        self.assertGreaterEqual(len(rows), 3)
+        queued = [int(x.split()[11]) for x in rows[1:]]
+        self.assertEqual(queued, sorted(queued, reverse=True))
+
+
+class UnixMetricsTest(GatewayCase):
+    """metrics.listen as a Unix socket path; removed at exit."""
+
+    def test_unix_socket(self):
+        path = os.path.join(self.dir, "metrics.sock")
+        gw = Gateway(self.dir, self.bus, username="gw2", password="gw2pass",
+                     config={"metrics": {"listen": path}}, name="unix")
+        gw.start()
+        try:
+            self.assertEqual(get("/healthz", conn=UnixHTTPConnection(path))[0], 200)
+            wait_until(lambda: get("/readyz", conn=UnixHTTPConnection(path))[0] == 200,
+                       what="ready")
+            self.assertEqual(get("/metrics", conn=UnixHTTPConnection(path))[0], 200)
+        finally:
+            gw.stop()
+        self.assertFalse(os.path.exists(path))
+
+
+class ConfigTest(unittest.TestCase):
+    """A non-loopback address needs metrics.allow_remote."""
+
+    def check(self, yaml):
+        import gwtest
+        d = gwtest.tempdir()
+        p = os.path.join(d, "c.yaml")
+        with open(p, "w") as f:
+            f.write("bus:\n  host: localhost\n  tls: false\n  auth: none\n"
+                    "listen:\n  path: %s/s.sock\n%s" % (d, yaml))
+        try:
+            return subprocess.run([BUSGATED, "-t", "-c", p], capture_output=True, text=True,
+                                  timeout=TIMEOUT)
+        finally:
+            os.unlink(p)
+            os.rmdir(d)
+
+    def test_remote_refused_unless_allowed(self):
+        r = self.check("metrics:\n  listen: 0.0.0.0:9100\n")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("c.yaml:8:11: metrics.listen: 0.0.0.0:9100 is not a loopback address",
+                      r.stderr)
+        r = self.check("metrics:\n  listen: 0.0.0.0:9100\n  allow_remote: true\n")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.check("metrics:\n  listen: localhost:9100\n")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("not an IPv4 address literal", r.stderr)
+        for good in ("127.0.0.1:9100", "'[::1]:9100'", "/run/busgate/metrics.sock"):
+            r = self.check("metrics:\n  listen: %s\n" % good)
+            self.assertEqual(r.returncode, 0, r.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)
