@@ -9,103 +9,15 @@
  * limits), 2 usage, 3 no daemon (cannot connect, connection lost or
  * closed by the daemon, timed out, I/O error).
  */
-#include <errno.h>
-#include <getopt.h>
-#include <inttypes.h>
-#include <poll.h>
-#include <stdarg.h>
-#include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
-
-#include <event2/buffer.h>
-#include <openssl/evp.h>
-
-#include "config.h"
-#include "guid.h"
-#include "lineproto.h"
-#include "statsfmt.h"
-#include "util.h"
-
-#ifndef PACKAGE_VERSION
-#define PACKAGE_VERSION "unknown"
-#endif
-
-enum {
-    EXIT_DONE = 0,
-    EXIT_REFUSED = 1,
-    EXIT_USAGE = 2,
-    EXIT_NODAEMON = 3,
-};
-
-/* What we accept from the daemon: far above anything its defaults let
- * through, low enough that a confused peer cannot eat the machine. */
-#define CLI_MAX_LINE        (16u << 20)
-#define CLI_MAX_PAYLOAD     (64u << 20)
-#define CLI_MAX_PACKETS     (1u << 20)
-#define CLI_MAX_ENTS        (1u << 20)
-/* Queued publishes before we stop reading stdin and let the daemon catch up. */
-#define CLI_OUT_HIGH_WATER  (1u << 20)
-#define CLI_READ_CHUNK      65536
-#define CLI_DEFAULT_TIMEOUT 30
-
-enum payload_form { FORM_TEXT, FORM_HEX, FORM_BASE64 };
-
-/* How `busgate stats` prints: as STATS says it, JSON, Prometheus text. */
-enum stats_format { STATS_TEXT, STATS_JSON, STATS_PROMETHEUS };
-
-/* Command-line options; seen records which were given, for the checks. */
-struct opts {
-    const char *socket;
-    int timeout_s;
-    enum payload_form form;
-    uint64_t count;             /* 0: no limit */
-    bool image;
-    bool whole;
-    bool not_required;
-    const char *ents;           /* comma list, checked */
-    enum stats_format format;
-    unsigned seen;
-};
-
-enum opt_bit {
-    O_FORM = 1u << 0, O_COUNT = 1u << 1, O_IMAGE = 1u << 2, O_WHOLE = 1u << 3,
-    O_ENTS = 1u << 4, O_NOTREQ = 1u << 5, O_FORMAT = 1u << 6,
-};
-
-/* What the greeting announced. */
-struct hello {
-    char version[64];
-    uint64_t proto, max_line, max_payload, max_packets, max_name;
-};
-
-struct cli {
-    int fd;
-    int timeout_ms;             /* -1: wait for ever */
-    struct evbuffer *in;        /* from the daemon */
-    struct evbuffer *out;       /* to the daemon */
-    struct evbuffer *scratch;   /* output formatting */
-    struct lp_event ev;         /* the current event */
-    struct lp_limits lim;
-    struct lp_framer framer;    /* splits in into event lines and payloads */
-    const uint8_t *payload;     /* DATA: the current event's payload block */
-    bool eof;
-    bool verbose;               /* the daemon answers every command */
-    unsigned awaiting;          /* replies (+OK/-ERR, PONG, END) still due */
-    uint64_t refused;           /* -ERR replies and local refusals */
-    struct hello hello;
-    char bus[16];               /* the latest bus state */
-};
+#include "busgate-int.h"
 
 static struct cli cli;          /* one per process; reachable for LSan at exit */
 
 static void usage(FILE *out);
+
+/* One poll round: send what is queued, read what came. Polls in_fd too
+ * when it is >= 0. Returns PUMP_* bits, 0 on timeout. */
+enum { PUMP_SOCKET = 1, PUMP_INPUT = 2 };
 
 static void
 cli_free(struct cli *c)
@@ -123,8 +35,8 @@ cli_free(struct cli *c)
     lp_event_free(&c->ev);
 }
 
-static void __attribute__((noreturn))
-finish(int code)
+void __attribute__((noreturn))
+cli_finish(int code)
 {
     if (fflush(stdout) != 0 && code == EXIT_DONE) {
         fprintf(stderr, "busgate: writing output: %s\n", strerror(errno));
@@ -134,8 +46,8 @@ finish(int code)
     exit(code);
 }
 
-static void __attribute__((noreturn, format(printf, 2, 3)))
-fail(int code, const char *fmt, ...)
+void __attribute__((noreturn, format(printf, 2, 3)))
+cli_fail(int code, const char *fmt, ...)
 {
     va_list ap;
 
@@ -145,7 +57,7 @@ fail(int code, const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
-    finish(code);
+    cli_finish(code);
 }
 
 static void __attribute__((noreturn, format(printf, 1, 2)))
@@ -158,14 +70,11 @@ usage_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputs("\nTry 'busgate --help'.\n", stderr);
-    finish(EXIT_USAGE);
+    cli_finish(EXIT_USAGE);
 }
 
-static void
-note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-static void
-note(const char *fmt, ...)
+void
+cli_note(const char *fmt, ...)
 {
     va_list ap;
 
@@ -176,8 +85,6 @@ note(const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
 }
-
-/* ---- connection ---- */
 
 static void
 cli_connect(struct cli *c, const char *path)
@@ -191,11 +98,11 @@ cli_connect(struct cli *c, const char *path)
     memcpy(sun.sun_path, path, strlen(path));
     c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (c->fd < 0)
-        fail(EXIT_NODAEMON, "socket: %s", strerror(errno));
+        cli_fail(EXIT_NODAEMON, "socket: %s", strerror(errno));
     /* A Unix stream connect completes at once or fails (EAGAIN: the
      * backlog is full; say so rather than wait). */
     if (connect(c->fd, (struct sockaddr *)&sun, sizeof sun) != 0)
-        fail(EXIT_NODAEMON, "cannot connect to %s: %s", path, strerror(errno));
+        cli_fail(EXIT_NODAEMON, "cannot connect to %s: %s", path, strerror(errno));
 }
 
 /* Send what we can without blocking. MSG_NOSIGNAL: a daemon that went
@@ -226,10 +133,6 @@ cli_write(struct cli *c)
     return 0;
 }
 
-/* One poll round: send what is queued, read what came. Polls in_fd too
- * when it is >= 0. Returns PUMP_* bits, 0 on timeout. */
-enum { PUMP_SOCKET = 1, PUMP_INPUT = 2 };
-
 static int
 cli_pump(struct cli *c, int in_fd, int timeout_ms)
 {
@@ -238,7 +141,7 @@ cli_pump(struct cli *c, int in_fd, int timeout_ms)
     int r, got = 0;
 
     if (fflush(stdout) != 0)
-        fail(EXIT_NODAEMON, "writing output: %s", strerror(errno));
+        cli_fail(EXIT_NODAEMON, "writing output: %s", strerror(errno));
     pfd[0].fd = c->fd;
     pfd[0].events = POLLIN | (evbuffer_get_length(c->out) > 0 ? POLLOUT : 0);
     if (in_fd >= 0) {
@@ -250,7 +153,7 @@ cli_pump(struct cli *c, int in_fd, int timeout_ms)
         r = poll(pfd, n, timeout_ms);
     while (r < 0 && errno == EINTR);
     if (r < 0)
-        fail(EXIT_NODAEMON, "poll: %s", strerror(errno));
+        cli_fail(EXIT_NODAEMON, "poll: %s", strerror(errno));
     if (r == 0)
         return 0;
     if (pfd[0].revents & POLLOUT) {
@@ -280,7 +183,7 @@ cli_garbled(const char *line, size_t len)
     for (size_t i = 0; i < n; i++)
         shown[i] = line[i] >= 0x20 && line[i] < 0x7f ? line[i] : '?';
     shown[n] = '\0';
-    fail(EXIT_NODAEMON, "unexpected line from busgated: %s%s", shown, len > n ? "..." : "");
+    cli_fail(EXIT_NODAEMON, "unexpected line from busgated: %s%s", shown, len > n ? "..." : "");
 }
 
 /* An event line: 1 when it is a whole event, 0 when a payload follows (to
@@ -291,7 +194,7 @@ cli_event_line(struct cli *c, const char *line, size_t len)
     if (lp_parse_event(line, len, &c->lim, &c->ev) != 0) {
         if (c->ev.kind != LP_EV_DATA || c->ev.n_packets == 0)
             cli_garbled(line, len);
-        note("skipping a DATA event past our limits (%" PRIu64 " bytes in %u packets)",
+        cli_note("skipping a DATA event past our limits (%" PRIu64 " bytes in %u packets)",
             c->ev.payload_len, c->ev.n_packets);
         lp_framer_payload(&c->framer, c->ev.payload_len, false);
         return 0;
@@ -325,9 +228,9 @@ cli_take(struct cli *c)
             c->payload = fr.data;
             return 1;
         case LP_FRAME_LINE_TOO_LONG:
-            fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
+            cli_fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
         case LP_FRAME_BAD_TERMINATOR:
-            fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
+            cli_fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
         }
     }
 }
@@ -338,7 +241,7 @@ cli_take(struct cli *c)
  * While replies are due and nothing else is watched, the wait is bounded
  * by the timeout.
  */
-static int
+int
 cli_next(struct cli *c, int in_fd, size_t wake_below)
 {
     for (;;) {
@@ -347,18 +250,16 @@ cli_next(struct cli *c, int in_fd, size_t wake_below)
         if (cli_take(c) > 0)
             return 1;
         if (c->eof)
-            fail(EXIT_NODAEMON, "connection to busgated lost");
+            cli_fail(EXIT_NODAEMON, "connection to busgated lost");
         timeout = in_fd < 0 && (c->awaiting > 0 || evbuffer_get_length(c->out) > 0) ?
             c->timeout_ms : -1;
         got = cli_pump(c, in_fd, timeout);
         if (got == 0)
-            fail(EXIT_NODAEMON, "no answer from busgated for %d s", c->timeout_ms / 1000);
+            cli_fail(EXIT_NODAEMON, "no answer from busgated for %d s", c->timeout_ms / 1000);
         if ((got & PUMP_INPUT) || evbuffer_get_length(c->out) < wake_below)
             return 0;
     }
 }
-
-/* ---- replies every command shares ---- */
 
 static bool
 err_closes(const char *rest)
@@ -385,7 +286,7 @@ note_bus(struct cli *c, bool tell)
 
     snprintf(c->bus, sizeof c->bus, "%.*s", (int)n, c->ev.rest);
     if (tell)
-        note("bus %s", c->ev.rest);
+        cli_note("bus %s", c->ev.rest);
 }
 
 /*
@@ -393,7 +294,7 @@ note_bus(struct cli *c, bool tell)
  * for anything else (left to the caller). An -ERR that closes the session
  * ends the program: the daemon is going away.
  */
-static int
+int
 cli_common(struct cli *c, bool tell_bus)
 {
     switch (c->ev.kind) {
@@ -402,9 +303,9 @@ cli_common(struct cli *c, bool tell_bus)
             c->awaiting--;
         return 1;
     case LP_EV_ERR:
-        note("%s", c->ev.rest);
+        cli_note("%s", c->ev.rest);
         if (err_closes(c->ev.rest))
-            finish(EXIT_NODAEMON);
+            cli_finish(EXIT_NODAEMON);
         if (c->verbose && c->awaiting > 0)
             c->awaiting--;
         c->refused++;
@@ -413,10 +314,10 @@ cli_common(struct cli *c, bool tell_bus)
         note_bus(c, tell_bus);
         return 0;
     case LP_EV_REVOKED:
-        note("revoked %s", c->ev.rest);
+        cli_note("revoked %s", c->ev.rest);
         return 0;
     case LP_EV_HELLO:
-        fail(EXIT_NODAEMON, "a second greeting from busgated");
+        cli_fail(EXIT_NODAEMON, "a second greeting from busgated");
     default:
         return 0;
     }
@@ -446,15 +347,15 @@ cli_hello(struct cli *c)
     cli_next(c, -1, 0);
     c->awaiting = 0;
     if (c->ev.kind == LP_EV_ERR) {
-        note("%s", c->ev.rest);
-        finish(err_closes(c->ev.rest) ? EXIT_NODAEMON : EXIT_REFUSED);
+        cli_note("%s", c->ev.rest);
+        cli_finish(err_closes(c->ev.rest) ? EXIT_NODAEMON : EXIT_REFUSED);
     }
     if (c->ev.kind != LP_EV_HELLO || strncmp(c->ev.rest, "busgate ", 8) != 0)
-        fail(EXIT_NODAEMON, "this is not busgated speaking");
+        cli_fail(EXIT_NODAEMON, "this is not busgated speaking");
     sscanf(c->ev.rest + 8, "%63s", c->hello.version);
     hello_number(c->ev.rest, "proto", &c->hello.proto);
     if (c->hello.proto != LP_PROTOCOL_VERSION)
-        fail(EXIT_NODAEMON, "busgated speaks line protocol %" PRIu64 ", this busgate %d",
+        cli_fail(EXIT_NODAEMON, "busgated speaks line protocol %" PRIu64 ", this busgate %d",
             c->hello.proto, LP_PROTOCOL_VERSION);
     hello_number(c->ev.rest, "max_line", &c->hello.max_line);
     hello_number(c->ev.rest, "max_payload", &c->hello.max_payload);
@@ -477,7 +378,7 @@ cli_open(struct cli *c, const struct opts *o)
     c->out = evbuffer_new();
     c->scratch = evbuffer_new();
     if (c->in == NULL || c->out == NULL || c->scratch == NULL)
-        fail(EXIT_NODAEMON, "out of memory");
+        cli_fail(EXIT_NODAEMON, "out of memory");
     lp_event_init(&c->ev);
     lp_framer_init(&c->framer, CLI_MAX_LINE);
     c->lim.max_name = UINT32_MAX;
@@ -491,418 +392,36 @@ cli_open(struct cli *c, const struct opts *o)
 }
 
 /* Queue "VERB name [name]" and count its reply. */
-static void
+void
 cli_send_names(struct cli *c, enum lp_verb verb, const char *a, const char *b)
 {
     if (lp_format_cmd_names(c->out, verb, a, strlen(a), b, b != NULL ? strlen(b) : 0) < 0)
-        fail(EXIT_NODAEMON, "out of memory");
+        cli_fail(EXIT_NODAEMON, "out of memory");
     c->awaiting++;
 }
 
-/* ---- printing events ---- */
-
-/* A payload as one line of text: UTF-8 as is; backslash, control bytes
- * and invalid UTF-8 as C escapes, so every packet stays on its line. */
-static void
-put_text(FILE *f, const uint8_t *p, size_t n)
-{
-    size_t i = 0, k;
-
-    while (i < n) {
-        uint8_t ch = p[i];
-
-        if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
-            putc_unlocked(ch, f);
-            i++;
-        } else if (ch >= 0x80 && (k = utf8_seq_len(p + i, n - i)) > 0) {
-            fwrite(p + i, 1, k, f);
-            i += k;
-        } else {
-            switch (ch) {
-            case '\\': fputs("\\\\", f); break;
-            case '\n': fputs("\\n", f); break;
-            case '\r': fputs("\\r", f); break;
-            case '\t': fputs("\\t", f); break;
-            default: fprintf(f, "\\x%02x", ch); break;
-            }
-            i++;
-        }
-    }
-}
-
-static void
-put_hex(FILE *f, const uint8_t *p, size_t n)
-{
-    static const char digits[] = "0123456789abcdef";
-
-    for (size_t i = 0; i < n; i++) {
-        putc_unlocked(digits[p[i] >> 4], f);
-        putc_unlocked(digits[p[i] & 15], f);
-    }
-}
-
-static void
-put_base64(FILE *f, const uint8_t *p, size_t n)
-{
-    unsigned char buf[4 * 768 / 3 + 1];
-
-    /* Whole 3-byte groups per call, so the pieces join into one encoding. */
-    while (n > 0) {
-        size_t k = n < 768 ? n : 768;
-        int m = EVP_EncodeBlock(buf, p, (int)k);
-
-        fwrite(buf, 1, (size_t)m, f);
-        p += k;
-        n -= k;
-    }
-}
-
-static void
-put_payload(FILE *f, enum payload_form form, const uint8_t *p, size_t n)
-{
-    switch (form) {
-    case FORM_TEXT: put_text(f, p, n); break;
-    case FORM_HEX: put_hex(f, p, n); break;
-    case FORM_BASE64: put_base64(f, p, n); break;
-    }
-}
-
-static void
-put_name(struct cli *c, const struct lp_name *name)
-{
-    evbuffer_drain(c->scratch, evbuffer_get_length(c->scratch));
-    lp_put_name(c->scratch, name->ptr, name->len);
-    fwrite(evbuffer_pullup(c->scratch, -1), 1, evbuffer_get_length(c->scratch), stdout);
-}
-
-static void
-put_ents(const struct wire_ints *e)
-{
-    if (e->n == 0) {
-        putc_unlocked('-', stdout);
-        return;
-    }
-    printf("%" PRId32, e->v[0]);
-    for (uint32_t i = 1; i < e->n; i++)
-        printf(",%" PRId32, e->v[i]);
-}
-
-/* "FEED TOPIC USER HOST image|delta" */
-static void
-put_data_prefix(struct cli *c)
-{
-    put_name(c, &c->ev.feed);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.topic);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.user);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.host);
-    fputs(c->ev.is_image ? " image " : " delta ", stdout);
-}
-
-/* One line per packet; a message without packets gets one line saying
- * what it is: STALE (publisher gone, or not entitled) or EMPTY. */
-static void
-print_data(struct cli *c, enum payload_form form)
-{
-    const uint8_t *p = c->payload;
-
-    if (c->ev.n_packets == 0) {
-        put_data_prefix(c);
-        fputs(c->ev.user.len == 0 && c->ev.host.len == 0 && c->ev.is_image ?
-            "STALE\n" : "EMPTY\n", stdout);
-        return;
-    }
-    for (uint32_t i = 0; i < c->ev.n_packets; i++) {
-        const struct wire_packet *pk = &c->ev.packets[i];
-
-        put_data_prefix(c);
-        put_ents(&pk->entitlements);
-        if (pk->len > 0) {
-            putc_unlocked(' ', stdout);
-            put_payload(stdout, form, p, pk->len);
-        }
-        putc_unlocked('\n', stdout);
-        p += pk->len;
-    }
-}
-
-/* "CLIENT-ID USER HOST FEED TOPIC" (NOTIFICATION after add|remove, AUTHREQ). */
-static void
-print_id_names(struct cli *c)
-{
-    char id[GUID_TEXT_LEN + 1];
-
-    guid_to_text(c->ev.client_id, id);
-    fputs(id, stdout);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.user);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.host);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.feed);
-    putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.topic);
-    putc_unlocked('\n', stdout);
-}
-
-/* ---- commands ---- */
-
 /* Wait for the replies to the commands just queued; any -ERR ends the
  * program (exit 1). Events arriving meanwhile go to on_event. */
-static void
+void
 cli_confirm(struct cli *c, void (*on_event)(struct cli *, const struct opts *),
     const struct opts *o)
 {
     while (c->awaiting > 0) {
         cli_next(c, -1, 0);
         if (cli_common(c, true) < 0)
-            finish(EXIT_REFUSED);
+            cli_finish(EXIT_REFUSED);
         if (on_event != NULL)
             on_event(c, o);
     }
 }
 
 /* Before leaving: everything queued is sent and every reply is in. */
-static void
+void
 cli_settle(struct cli *c)
 {
     while (c->awaiting > 0 || evbuffer_get_length(c->out) > 0)
         if (cli_next(c, -1, 1) > 0)
             cli_common(c, false);
-}
-
-static uint64_t seen_events;
-
-static void
-count_event(struct cli *c, const struct opts *o)
-{
-    if (o->count > 0 && ++seen_events >= o->count) {
-        cli_settle(c);
-        finish(EXIT_DONE);
-    }
-}
-
-static void
-sub_event(struct cli *c, const struct opts *o)
-{
-    if (c->ev.kind == LP_EV_DATA) {
-        print_data(c, o->form);
-        count_event(c, o);
-    }
-}
-
-static void
-run_sub(struct cli *c, const struct opts *o, char **args, int nargs)
-{
-    for (int i = 1; i < nargs; i++)
-        cli_send_names(c, LP_SUB, args[0], args[i]);
-    cli_confirm(c, sub_event, o);
-    for (;;) {
-        cli_next(c, -1, 0);
-        if (cli_common(c, true) == 0)
-            sub_event(c, o);
-    }
-}
-
-static void
-notify_event(struct cli *c, const struct opts *o)
-{
-    if (c->ev.kind == LP_EV_NOTIFICATION) {
-        fputs(c->ev.is_add ? "add " : "remove ", stdout);
-        print_id_names(c);
-        count_event(c, o);
-    }
-}
-
-static void
-run_notify(struct cli *c, const struct opts *o, char **args, int nargs)
-{
-    cli_send_names(c, LP_NOTIFY, args[0], NULL);
-    cli_confirm(c, notify_event, o);
-    for (;;) {
-        cli_next(c, -1, 0);
-        if (cli_common(c, true) == 0)
-            notify_event(c, o);
-    }
-}
-
-/* Answer each request as the options say; print it. Replies to the
- * answers are not fatal: another authorizer may have answered first. */
-static void
-authorize_event(struct cli *c, const struct opts *o)
-{
-    if (c->ev.kind != LP_EV_AUTHREQ)
-        return;
-    print_id_names(c);
-    if (lp_format_cmd_authorize(c->out, c->ev.client_id, c->ev.feed.ptr, c->ev.feed.len,
-            c->ev.topic.ptr, c->ev.topic.len, !o->not_required, o->ents) < 0)
-        fail(EXIT_NODAEMON, "out of memory");
-    c->awaiting++;
-    count_event(c, o);
-}
-
-static void
-run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
-{
-    cli_send_names(c, LP_AUTHORIZER, args[0], NULL);
-    cli_confirm(c, authorize_event, o);
-    for (;;) {
-        cli_next(c, -1, 0);
-        if (cli_common(c, true) == 0)
-            authorize_event(c, o);
-    }
-}
-
-/* Send STATS [view] and hand each STAT line's text to line(arg); END
- * returns. */
-static void
-stats_lines(struct cli *c, const char *view, void (*line)(const char *, void *), void *arg)
-{
-    if (lp_format_cmd(c->out, LP_STATS, view) < 0)
-        fail(EXIT_NODAEMON, "out of memory");
-    c->awaiting = 1;
-    for (;;) {
-        cli_next(c, -1, 0);
-        switch (c->ev.kind) {
-        case LP_EV_STAT:
-            line(c->ev.rest, arg);
-            break;
-        case LP_EV_END:
-            return;
-        default:
-            if (cli_common(c, false) < 0)
-                finish(EXIT_REFUSED);
-            break;
-        }
-    }
-}
-
-static void
-print_line(const char *rest, void *arg)
-{
-    printf("%s\n", rest);
-}
-
-/* A STAT line into the snapshot: its name, then the rest as the value. */
-static void
-snapshot_line(const char *rest, void *arg)
-{
-    char name[128];
-    size_t n = strcspn(rest, " ");
-    const char *value = rest[n] == ' ' ? rest + n + 1 : "";
-
-    if (n >= sizeof name)
-        return;
-    memcpy(name, rest, n);
-    name[n] = '\0';
-    if (statsfmt_line(arg, name, value) != 0)
-        fail(EXIT_NODAEMON, "out of memory");
-}
-
-static void
-write_buffer(struct evbuffer *b)
-{
-    size_t n = evbuffer_get_length(b);
-
-    if (n > 0 && fwrite(evbuffer_pullup(b, -1), 1, n, stdout) != n)
-        fail(EXIT_NODAEMON, "cannot write the output");
-}
-
-/* The same snapshot the daemon's /metrics renders, from the STAT lines. */
-static void
-run_stats(struct cli *c, enum stats_format format)
-{
-    struct statsfmt *sf;
-    struct evbuffer *out;
-
-    if (format == STATS_TEXT) {
-        stats_lines(c, NULL, print_line, NULL);
-        finish(EXIT_DONE);
-    }
-    if ((sf = statsfmt_new()) == NULL || (out = evbuffer_new()) == NULL)
-        fail(EXIT_NODAEMON, "out of memory");
-    stats_lines(c, NULL, snapshot_line, sf);
-    if (format == STATS_JSON)
-        statsfmt_render_json(sf, out);
-    else
-        statsfmt_render_prometheus(sf, out);
-    write_buffer(out);
-    evbuffer_free(out);
-    statsfmt_free(sf);
-    finish(EXIT_DONE);
-}
-
-/* One line of STATS SESSIONS, kept with its queued bytes for sorting. */
-struct session_row {
-    char *line;
-    uint64_t queued;
-};
-
-struct session_table {
-    struct session_row *rows;
-    size_t n, cap;
-};
-
-static void
-session_row(const char *rest, void *arg)
-{
-    struct session_table *t = arg;
-    const char *q = strstr(rest, " queued=");
-
-    if (strncmp(rest, "session ", 8) != 0)
-        return;
-    if (t->n == t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 16;
-        struct session_row *p = realloc(t->rows, cap * sizeof *p);
-
-        if (p == NULL)
-            fail(EXIT_NODAEMON, "out of memory");
-        t->rows = p;
-        t->cap = cap;
-    }
-    if ((t->rows[t->n].line = strdup(rest + 8)) == NULL)
-        fail(EXIT_NODAEMON, "out of memory");
-    t->rows[t->n++].queued = q != NULL ? strtoull(q + 8, NULL, 10) : 0;
-}
-
-static int
-by_queued(const void *a, const void *b)
-{
-    const struct session_row *x = a, *y = b;
-
-    return x->queued < y->queued ? 1 : x->queued > y->queued ? -1 : 0;
-}
-
-/* `busgate sessions`: STATS SESSIONS as a table, the most queued first. */
-static void
-run_sessions(struct cli *c)
-{
-    static const char *const cols[] = { "pid", "uid", "app", "age", "idle", "subs", "msgs_in",
-        "bytes_in", "msgs_out", "bytes_out", "queued", "state" };
-    struct session_table t = { NULL, 0, 0 };
-
-    stats_lines(c, "SESSIONS", session_row, &t);
-    qsort(t.rows, t.n, sizeof *t.rows, by_queued);
-    printf("%-6s", "id");
-    for (size_t i = 0; i < sizeof cols / sizeof cols[0]; i++)
-        printf(" %10s", cols[i]);
-    printf("\n");
-    for (size_t r = 0; r < t.n; r++) {
-        char *save = NULL, *w = strtok_r(t.rows[r].line, " ", &save);
-
-        printf("%-6s", w != NULL ? w : "?");
-        while ((w = strtok_r(NULL, " ", &save)) != NULL) {
-            char *eq = strchr(w, '=');
-
-            printf(" %10s", eq != NULL ? eq + 1 : w);
-        }
-        printf("\n");
-        free(t.rows[r].line);
-    }
-    free(t.rows);
-    finish(EXIT_DONE);
 }
 
 static double
@@ -920,199 +439,19 @@ run_ping(struct cli *c)
     double t0 = now_ms();
 
     if (lp_format_cmd(c->out, LP_PING, "busgate") < 0)
-        fail(EXIT_NODAEMON, "out of memory");
+        cli_fail(EXIT_NODAEMON, "out of memory");
     c->awaiting = 1;
     for (;;) {
         cli_next(c, -1, 0);
         if (c->ev.kind == LP_EV_PONG) {
             printf("PONG from busgated %s in %.3f ms, bus %s\n", c->hello.version,
                 now_ms() - t0, c->bus);
-            finish(EXIT_DONE);
+            cli_finish(EXIT_DONE);
         }
         if (cli_common(c, false) < 0)
-            finish(EXIT_REFUSED);
+            cli_finish(EXIT_REFUSED);
     }
 }
-
-/* ---- publishing from stdin ---- */
-
-struct publisher {
-    const struct opts *o;
-    const uint8_t *client_id;   /* SEND: the receiver; PUB: NULL */
-    const char *feed, *topic;
-    struct evbuffer *input;     /* stdin bytes not yet queued */
-    bool input_eof;
-    bool discarding;            /* dropping the rest of a too-long line */
-    uint64_t line_no;
-    uint64_t queued;            /* messages sent to the daemon */
-    uint64_t too_long;          /* messages refused here */
-};
-
-/* Queue one message: the command line, then n bytes moved from input. */
-static void
-pub_queue(struct cli *c, struct publisher *p, size_t n)
-{
-    const struct opts *o = p->o;
-    int r;
-
-    r = lp_format_cmd_publish(c->out, p->client_id, p->feed, strlen(p->feed), p->topic,
-            strlen(p->topic), o->image, n, o->ents) < 0 ||
-        evbuffer_remove_buffer(p->input, c->out, n) != (int)n ||
-        evbuffer_add(c->out, "\n", 1) < 0;
-    if (r != 0)
-        fail(EXIT_NODAEMON, "out of memory");
-    p->queued++;
-}
-
-/* A message longer than the daemon takes: refuse it here, keep going. */
-static void
-pub_too_long(struct cli *c, struct publisher *p, uint64_t len)
-{
-    note("stdin line %" PRIu64 ": %" PRIu64 "%s bytes, over busgated's max_payload "
-        "of %" PRIu64 "; not sent", p->line_no, len, p->discarding ? "+" : "",
-        c->hello.max_payload);
-    p->too_long++;
-}
-
-/* Queue every complete line of input, one message each. The input itself
- * is bounded: stdin is read only while the queue is short. */
-static void
-pub_lines(struct cli *c, struct publisher *p)
-{
-    uint64_t max = c->hello.max_payload;
-
-    for (;;) {
-        struct evbuffer_ptr nl = evbuffer_search(p->input, "\n", 1, NULL);
-        size_t have = evbuffer_get_length(p->input);
-
-        if (nl.pos < 0) {
-            if (have > max) {           /* can never be sent: stop holding it */
-                if (!p->discarding) {
-                    p->line_no++;
-                    p->discarding = true;
-                    pub_too_long(c, p, have);
-                }
-                evbuffer_drain(p->input, have);
-            }
-            return;
-        }
-        if (p->discarding) {
-            p->discarding = false;
-        } else {
-            p->line_no++;
-            if ((uint64_t)nl.pos <= max) {
-                pub_queue(c, p, (size_t)nl.pos);
-                evbuffer_drain(p->input, 1);
-                continue;
-            }
-            pub_too_long(c, p, (uint64_t)nl.pos);
-        }
-        evbuffer_drain(p->input, (size_t)nl.pos + 1);
-    }
-}
-
-/* End of input: the last unterminated line, or the whole input. */
-static void
-pub_last(struct cli *c, struct publisher *p)
-{
-    size_t have = evbuffer_get_length(p->input);
-
-    if (p->o->whole) {
-        pub_queue(c, p, have);
-    } else if (have > 0 && !p->discarding) {
-        p->line_no++;
-        pub_queue(c, p, have);
-    }
-}
-
-static void
-pub_read_input(struct cli *c, struct publisher *p)
-{
-    int n = evbuffer_read(p->input, STDIN_FILENO, CLI_READ_CHUNK);
-
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n < 0)
-        fail(EXIT_NODAEMON, "reading stdin: %s", strerror(errno));
-    if (n == 0)
-        p->input_eof = true;
-    if (p->o->whole && evbuffer_get_length(p->input) > c->hello.max_payload)
-        fail(EXIT_REFUSED, "input is over busgated's max_payload of %" PRIu64
-            " bytes; nothing sent", c->hello.max_payload);
-}
-
-/*
- * Stream messages without waiting for replies (VERBOSE off), then PING:
- * its PONG comes after the daemon has handled every message, so by then
- * every -ERR has arrived.
- */
-static void
-run_publish(struct cli *c, struct publisher *p)
-{
-    bool pinged = false;
-
-    if ((p->input = evbuffer_new()) == NULL ||
-        lp_format_cmd(c->out, LP_VERBOSE, "off") < 0)
-        fail(EXIT_NODAEMON, "out of memory");
-    c->verbose = false;
-    for (;;) {
-        bool room = evbuffer_get_length(c->out) < CLI_OUT_HIGH_WATER;
-
-        if (!p->o->whole)
-            pub_lines(c, p);
-        if (p->input_eof && !pinged) {
-            pub_last(c, p);
-            if (lp_format_cmd(c->out, LP_PING, "end") < 0)
-                fail(EXIT_NODAEMON, "out of memory");
-            c->awaiting++;
-            pinged = true;
-        }
-        if (p->input_eof)
-            room = false;
-        if (cli_next(c, room ? STDIN_FILENO : -1,
-                p->input_eof ? 0 : CLI_OUT_HIGH_WATER) == 0) {
-            if (room)
-                pub_read_input(c, p);
-            continue;
-        }
-        if (c->ev.kind == LP_EV_PONG && pinged) {
-            c->awaiting--;
-            break;
-        }
-        cli_common(c, false);
-    }
-    evbuffer_free(p->input);
-    p->input = NULL;
-    if (c->refused + p->too_long > 0)
-        fail(EXIT_REFUSED, "%" PRIu64 " of %" PRIu64 " messages refused",
-            c->refused + p->too_long, p->queued + p->too_long);
-    finish(EXIT_DONE);
-}
-
-static void
-run_pub(struct cli *c, const struct opts *o, char **args, int nargs)
-{
-    struct publisher p = { .o = o };
-
-    p.feed = args[0];
-    p.topic = args[1];
-    run_publish(c, &p);
-}
-
-static void
-run_send(struct cli *c, const struct opts *o, char **args, int nargs)
-{
-    struct publisher p = { .o = o };
-    uint8_t id[GUID_WIRE_LEN];
-
-    guid_from_text(args[0], strlen(args[0]), id);   /* checked in main */
-    p.client_id = id;
-    p.feed = args[1];
-    p.topic = args[2];
-    run_publish(c, &p);
-}
-
-/* ---- command line ---- */
 
 /* An entitlement list must be what the daemon accepts: ask the parser
  * itself, on a stand-in AUTHORIZE line. */
@@ -1199,13 +538,13 @@ usage(FILE *out)
 static void
 run_stats_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    run_stats(c, o->format);
+    cli_run_stats(c, o->format);
 }
 
 static void
 run_sessions_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    run_sessions(c);
+    cli_run_sessions(c);
 }
 
 static void
@@ -1222,11 +561,11 @@ struct command {
 };
 
 static const struct command commands[] = {
-    { "sub", 2, -1, O_FORM | O_COUNT, run_sub },
-    { "pub", 2, 2, O_IMAGE | O_ENTS | O_WHOLE, run_pub },
-    { "send", 3, 3, O_IMAGE | O_ENTS | O_WHOLE, run_send },
-    { "notify", 1, 1, O_COUNT, run_notify },
-    { "authorize", 1, 1, O_ENTS | O_NOTREQ | O_COUNT, run_authorize },
+    { "sub", 2, -1, O_FORM | O_COUNT, cli_run_sub },
+    { "pub", 2, 2, O_IMAGE | O_ENTS | O_WHOLE, cli_run_pub },
+    { "send", 3, 3, O_IMAGE | O_ENTS | O_WHOLE, cli_run_send },
+    { "notify", 1, 1, O_COUNT, cli_run_notify },
+    { "authorize", 1, 1, O_ENTS | O_NOTREQ | O_COUNT, cli_run_authorize },
     { "stats", 0, 0, O_FORMAT, run_stats_cmd },
     { "sessions", 0, 0, 0, run_sessions_cmd },
     { "ping", 0, 0, 0, run_ping_cmd },
@@ -1275,9 +614,9 @@ parse_options(int argc, char **argv, struct opts *o)
         case OPT_FORMAT: o->format = format_arg(optarg); o->seen |= O_FORMAT; break;
         case 'V':
             printf("busgate %s (line protocol %d)\n", PACKAGE_VERSION, LP_PROTOCOL_VERSION);
-            finish(EXIT_DONE);
-        case 'h': usage(stdout); finish(EXIT_DONE);
-        default: fputs("Try 'busgate --help'.\n", stderr); finish(EXIT_USAGE);
+            cli_finish(EXIT_DONE);
+        case 'h': usage(stdout); cli_finish(EXIT_DONE);
+        default: fputs("Try 'busgate --help'.\n", stderr); cli_finish(EXIT_USAGE);
         }
     }
 }
@@ -1327,5 +666,5 @@ main(int argc, char **argv)
     setvbuf(stdout, outbuf, _IOFBF, sizeof outbuf);
     cli_open(&cli, &o);
     cmd->run(&cli, &o, argv + optind + 1, argc - optind - 1);
-    finish(EXIT_DONE);
+    cli_finish(EXIT_DONE);
 }
