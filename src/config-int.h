@@ -72,4 +72,36 @@ int config_parse_mode(const char *s, uint64_t *out);
 
 /* config-files.c */
 
+
+#include <yaml.h>
+
+/* Most settings the table may hold (the load marks are arrays of it). */
+#define CONFIG_MAX_OPTS 128
+
+/* One load: where errors go, and where each key was seen for later checks. */
+struct load_ctx {
+    const char *name;           /* file name for messages */
+    const char *base;           /* directory for relative paths; NULL: keep them */
+    const unsigned char *input;
+    size_t len;
+    char *err;
+    size_t errlen;
+    yaml_document_t *doc;
+    struct config *cfg;
+    yaml_mark_t root_mark;
+    bool seen[CONFIG_MAX_OPTS];
+    yaml_mark_t key_mark[CONFIG_MAX_OPTS];
+    yaml_mark_t val_mark[CONFIG_MAX_OPTS];
+};
+
+/* config.c: errors at a node, "name:line:col: message"; -1. */
+int config_err_at(struct load_ctx *c, const yaml_mark_t *m, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+const char *config_node_type_name(const yaml_node_t *n);
+bool config_is_null(const yaml_node_t *n);
+int config_err_expected(struct load_ctx *c, const struct opt *o, const yaml_node_t *v);
+
+/* config-access.c: the access: section, into cfg->access. */
+int config_apply_access(struct load_ctx *c, const struct opt *o, const yaml_node_t *v);
+
 #endif /* BUSGATE_CONFIG_INT_H */

@@ -161,21 +161,7 @@ const struct opt config_opts[] = {
 #define NOPTS (sizeof config_opts / sizeof config_opts[0])
 const size_t config_nopts = NOPTS;
 
-/* One load: where errors go, and where each key was seen for later checks. */
-struct load_ctx {
-    const char *name;           /* file name for messages */
-    const char *base;           /* directory for relative paths; NULL: keep them */
-    const unsigned char *input;
-    size_t len;
-    char *err;
-    size_t errlen;
-    yaml_document_t *doc;
-    struct config *cfg;
-    yaml_mark_t root_mark;
-    bool seen[NOPTS];
-    yaml_mark_t key_mark[NOPTS];
-    yaml_mark_t val_mark[NOPTS];
-};
+_Static_assert(NOPTS <= CONFIG_MAX_OPTS, "raise CONFIG_MAX_OPTS in config-int.h");
 
 static int walk_mapping(struct load_ctx *c, const yaml_node_t *map, const char *prefix);
 
@@ -323,8 +309,8 @@ edit_distance(const char *a, const char *b)
 }
 
 /* "name:line:col: message"; always returns -1. */
-static int __attribute__((format(printf, 3, 4)))
-err_at(struct load_ctx *c, const yaml_mark_t *m, const char *fmt, ...)
+int __attribute__((format(printf, 3, 4)))
+config_err_at(struct load_ctx *c, const yaml_mark_t *m, const char *fmt, ...)
 {
     char msg[768];
     va_list ap;
@@ -356,8 +342,8 @@ mark_for(struct load_ctx *c, int i, bool value)
     return &c->root_mark;
 }
 
-static const char *
-node_type_name(const yaml_node_t *n)
+const char *
+config_node_type_name(const yaml_node_t *n)
 {
     switch (n->type) {
     case YAML_MAPPING_NODE: return "a mapping";
@@ -399,16 +385,16 @@ expected(const struct opt *o, char *buf, size_t n)
     }
 }
 
-static int
-err_expected(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
+int
+config_err_expected(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
 {
     char exp[128], text[64];
 
     expected(o, exp, sizeof exp);
     if (v->type != YAML_SCALAR_NODE)
-        return err_at(c, &v->start_mark, "%s: expected %s, got %s", o->key, exp,
-            node_type_name(v));
-    return err_at(c, &v->start_mark, "%s: expected %s, got \"%s\"", o->key, exp,
+        return config_err_at(c, &v->start_mark, "%s: expected %s, got %s", o->key, exp,
+            config_node_type_name(v));
+    return config_err_at(c, &v->start_mark, "%s: expected %s, got \"%s\"", o->key, exp,
         shown((const char *)v->data.scalar.value, v->data.scalar.length, text, sizeof text));
 }
 
@@ -419,13 +405,13 @@ err_range(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
 
     config_fmt_num(o, o->min, lo, sizeof lo);
     config_fmt_num(o, o->max, hi, sizeof hi);
-    return err_at(c, &v->start_mark, "%s: \"%s\" is out of range (%s to %s)", o->key,
+    return config_err_at(c, &v->start_mark, "%s: \"%s\" is out of range (%s to %s)", o->key,
         shown((const char *)v->data.scalar.value, v->data.scalar.length, text, sizeof text),
         lo, hi);
 }
 
-static bool
-is_null(const yaml_node_t *n)
+bool
+config_is_null(const yaml_node_t *n)
 {
     const char *s = (const char *)n->data.scalar.value;
 
@@ -441,22 +427,22 @@ set_string(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
     char **fp = str_field(c->cfg, o), *copy, text[64];
     size_t len = strlen(s);
 
-    if (len == 0 || is_null(v)) {
+    if (len == 0 || config_is_null(v)) {
         if (o->flags & OPT_NONNULL)
-            return err_expected(c, o, v);
+            return config_err_expected(c, o, v);
         free(*fp);
         *fp = NULL;
         return 0;
     }
     if (o->kind == K_PATH && c->base != NULL && s[0] != '/') {
         if (asprintf(&copy, "%s/%s", c->base, s) < 0)
-            return err_at(c, &v->start_mark, "%s: out of memory", o->key);
+            return config_err_at(c, &v->start_mark, "%s: out of memory", o->key);
     } else if ((copy = strdup(s)) == NULL) {
-        return err_at(c, &v->start_mark, "%s: out of memory", o->key);
+        return config_err_at(c, &v->start_mark, "%s: out of memory", o->key);
     }
     if (strlen(copy) > o->max) {
         free(copy);
-        return err_at(c, &v->start_mark, "%s: \"%s\" is longer than %llu bytes", o->key,
+        return config_err_at(c, &v->start_mark, "%s: \"%s\" is longer than %llu bytes", o->key,
             shown(s, len, text, sizeof text), (unsigned long long)o->max);
     }
     free(*fp);
@@ -472,7 +458,7 @@ set_forwarded(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, con
     c->cfg->bus.forwarded_for_host = false;
     free(c->cfg->bus.forwarded_for);
     c->cfg->bus.forwarded_for = NULL;
-    if (is_null(v) || *s == '\0' || strcasecmp(s, "none") == 0)
+    if (config_is_null(v) || *s == '\0' || strcasecmp(s, "none") == 0)
         return 0;
     if (config_parse_bool(s, &b) == 0) {
         c->cfg->bus.forwarded_for_host = b;
@@ -494,7 +480,7 @@ set_enum(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const ch
             return 0;
         }
     }
-    return err_expected(c, o, v);
+    return config_err_expected(c, o, v);
 }
 
 static int
@@ -511,7 +497,7 @@ set_number(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
     case K_SEC:
         if ((r = config_parse_duration_ms(s, &n)) == 0) {
             if (n % 1000 != 0)
-                return err_at(c, &v->start_mark, "%s: %s is not a whole number of seconds",
+                return config_err_at(c, &v->start_mark, "%s: %s is not a whole number of seconds",
                     o->key, s);
             n /= 1000;
         }
@@ -520,7 +506,7 @@ set_number(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
     default: break;
     }
     if (r != 0)
-        return err_expected(c, o, v);
+        return config_err_expected(c, o, v);
     if (n < o->min || n > o->max)
         return err_range(c, o, v);
     set_num(c->cfg, o, n);
@@ -534,7 +520,7 @@ apply_scalar(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
     bool b;
 
     if (strlen(s) != v->data.scalar.length)
-        return err_at(c, &v->start_mark, "%s: contains a NUL byte", o->key);
+        return config_err_at(c, &v->start_mark, "%s: contains a NUL byte", o->key);
     switch (o->kind) {
     case K_STRING:
     case K_PATH:
@@ -543,7 +529,7 @@ apply_scalar(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
         return set_forwarded(c, o, v, s);
     case K_BOOL:
         if (config_parse_bool(s, &b) != 0)
-            return err_expected(c, o, v);
+            return config_err_expected(c, o, v);
         set_num(c->cfg, o, b);
         return 0;
     case K_ENUM:
@@ -553,124 +539,6 @@ apply_scalar(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
     }
 }
 
-/* One scalar of an access rule, as a NUL-free string, or NULL after an error. */
-static const char *
-access_scalar(struct load_ctx *c, const char *what, const yaml_node_t *v)
-{
-    if (v->type != YAML_SCALAR_NODE) {
-        err_at(c, &v->start_mark, "access: %s: expected a scalar, got %s", what,
-            node_type_name(v));
-        return NULL;
-    }
-    if (strlen((const char *)v->data.scalar.value) != v->data.scalar.length) {
-        err_at(c, &v->start_mark, "access: %s: contains a NUL byte", what);
-        return NULL;
-    }
-    return (const char *)v->data.scalar.value;
-}
-
-/* A scalar or a sequence of scalars, each given to add. */
-static int
-access_list(struct load_ctx *c, struct access_rule *ru, const char *key, const yaml_node_t *v)
-{
-    const yaml_node_item_t *it, *end;
-    const yaml_node_t *one;
-    const char *s;
-    char why[300];
-    int r;
-
-    if (v->type == YAML_SCALAR_NODE)
-        it = NULL, end = NULL, one = v;
-    else if (v->type == YAML_SEQUENCE_NODE)
-        it = v->data.sequence.items.start, end = v->data.sequence.items.top, one = NULL;
-    else
-        return err_at(c, &v->start_mark, "access: %s: expected a list, got %s", key,
-            node_type_name(v));
-    for (;;) {
-        if (one == NULL) {
-            if (it >= end)
-                return 0;
-            one = yaml_document_get_node(c->doc, *it++);
-        }
-        if (one == NULL || (s = access_scalar(c, key, one)) == NULL)
-            return -1;
-        if (strcmp(key, "feeds") == 0)
-            r = access_rule_feed(ru, s, why, sizeof why);
-        else
-            r = access_rule_verb(ru, strcmp(key, "allow") == 0, s, why, sizeof why);
-        if (r != 0)
-            return err_at(c, &one->start_mark, "access: %s", why);
-        if (it == NULL)
-            return 0;
-        one = NULL;
-    }
-}
-
-/* One rule: a mapping of a subject (user, group, uid, gid; none: anyone),
- * allow or deny (verbs), and feeds (patterns; none: every feed). */
-static int
-access_rule(struct load_ctx *c, struct access_rules *rs, const yaml_node_t *map)
-{
-    struct access_rule *ru;
-    char why[300];
-
-    if (map == NULL || map->type != YAML_MAPPING_NODE)
-        return err_at(c, map != NULL ? &map->start_mark : &c->root_mark,
-            "access: each rule is a mapping (user:/group:/uid:/gid:, allow:/deny:, feeds:)");
-    ru = access_rule_add(rs, (unsigned)map->start_mark.line + 1);
-    for (const yaml_node_pair_t *p = map->data.mapping.pairs.start;
-         p < map->data.mapping.pairs.top; p++) {
-        const yaml_node_t *k = yaml_document_get_node(c->doc, p->key);
-        const yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
-        const char *key, *s;
-
-        if (k == NULL || v == NULL || (key = access_scalar(c, "key", k)) == NULL)
-            return -1;
-        if (strcmp(key, "allow") == 0 || strcmp(key, "deny") == 0 ||
-            strcmp(key, "feeds") == 0) {
-            if (access_list(c, ru, key, v) != 0)
-                return -1;
-        } else if (strcmp(key, "user") == 0 || strcmp(key, "group") == 0 ||
-            strcmp(key, "uid") == 0 || strcmp(key, "gid") == 0) {
-            if ((s = access_scalar(c, key, v)) == NULL)
-                return -1;
-            if (access_rule_subject(ru, key, s, why, sizeof why) != 0)
-                return err_at(c, &v->start_mark, "access: %s", why);
-        } else {
-            return err_at(c, &k->start_mark, "access: unknown key '%s' in a rule (expected "
-                "user, group, uid, gid, allow, deny or feeds)", key);
-        }
-    }
-    if (access_rule_check(ru, why, sizeof why) != 0)
-        return err_at(c, &map->start_mark, "access: %s", why);
-    return 0;
-}
-
-/* access: a sequence of rules, into cfg->access. */
-static int
-apply_access(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
-{
-    struct access_rules *rs;
-
-    if (is_null(v))
-        return 0;
-    if (v->type != YAML_SEQUENCE_NODE)
-        return err_expected(c, o, v);
-    rs = access_rules_new();
-    access_rules_free(c->cfg->access);
-    c->cfg->access = rs;
-    for (const yaml_node_item_t *it = v->data.sequence.items.start;
-         it < v->data.sequence.items.top; it++)
-        if (access_rule(c, rs, yaml_document_get_node(c->doc, *it)) != 0)
-            return -1;
-    if (rs->n == 0) {
-        /* An empty list is no rules: the same as no access section. */
-        access_rules_free(rs);
-        c->cfg->access = NULL;
-    }
-    return 0;
-}
-
 static int
 apply(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
 {
@@ -678,28 +546,28 @@ apply(struct load_ctx *c, const struct opt *o, const yaml_node_t *v)
 
     switch (o->kind) {
     case K_ACCESS:
-        return apply_access(c, o, v);
+        return config_apply_access(c, o, v);
     case K_SECTION:
         if (v->type == YAML_MAPPING_NODE)
             return walk_mapping(c, v, o->key);
-        return is_null(v) ? 0 : err_expected(c, o, v);
+        return config_is_null(v) ? 0 : config_err_expected(c, o, v);
     case K_TLS:
         if (v->type == YAML_MAPPING_NODE) {
             c->cfg->bus.tls.enabled = true;
             return walk_mapping(c, v, o->key);
         }
-        if (is_null(v)) {
+        if (config_is_null(v)) {
             c->cfg->bus.tls.enabled = true;
             return 0;
         }
         if (v->type != YAML_SCALAR_NODE ||
             config_parse_bool((const char *)v->data.scalar.value, &b) != 0)
-            return err_expected(c, o, v);
+            return config_err_expected(c, o, v);
         c->cfg->bus.tls.enabled = b;
         return 0;
     default:
         if (v->type != YAML_SCALAR_NODE)
-            return err_expected(c, o, v);
+            return config_err_expected(c, o, v);
         return apply_scalar(c, o, v);
     }
 }
@@ -728,8 +596,8 @@ err_unknown(struct load_ctx *c, const yaml_node_t *k, const char *prefix, const 
     snprintf(full, sizeof full, "%s%s%s", prefix, *prefix ? "." : "",
         shown(name, strlen(name), text, sizeof text));
     if (best != NULL)
-        return err_at(c, &k->start_mark, "unknown key '%s' (did you mean '%s'?)", full, best);
-    return err_at(c, &k->start_mark, "unknown key '%s'", full);
+        return config_err_at(c, &k->start_mark, "unknown key '%s' (did you mean '%s'?)", full, best);
+    return config_err_at(c, &k->start_mark, "unknown key '%s'", full);
 }
 
 static int
@@ -742,9 +610,9 @@ walk_pair(struct load_ctx *c, const yaml_node_pair_t *p, const char *prefix)
     int i;
 
     if (k == NULL || v == NULL)
-        return err_at(c, &c->root_mark, "malformed YAML document");
+        return config_err_at(c, &c->root_mark, "malformed YAML document");
     if (k->type != YAML_SCALAR_NODE)
-        return err_at(c, &k->start_mark, "expected a key name, got %s", node_type_name(k));
+        return config_err_at(c, &k->start_mark, "expected a key name, got %s", config_node_type_name(k));
     name = (const char *)k->data.scalar.value;
     if (strlen(name) != k->data.scalar.length || k->data.scalar.length > 64)
         return err_unknown(c, k, prefix, name);
@@ -752,7 +620,7 @@ walk_pair(struct load_ctx *c, const yaml_node_pair_t *p, const char *prefix)
     if ((i = find_opt(full)) < 0 || !is_child(full, prefix))
         return err_unknown(c, k, prefix, name);
     if (c->seen[i])
-        return err_at(c, &k->start_mark, "duplicate key '%s' (first at line %zu)", full,
+        return config_err_at(c, &k->start_mark, "duplicate key '%s' (first at line %zu)", full,
             c->key_mark[i].line + 1);
     c->seen[i] = true;
     c->key_mark[i] = k->start_mark;
@@ -783,10 +651,10 @@ check_metrics(struct load_ctx *c)
     if (m->listen == NULL)
         return 0;
     if (config_metrics_address(m->listen, &ss, &len, &loopback, &why) != 0)
-        return err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+        return config_err_at(c, mark_for(c, find_opt("metrics.listen"), true),
             "metrics.listen: %s", why);
     if (!loopback && !m->allow_remote)
-        return err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+        return config_err_at(c, mark_for(c, find_opt("metrics.listen"), true),
             "metrics.listen: %s is not a loopback address; the endpoint has no "
             "authentication, so set metrics.allow_remote: true to serve it there", m->listen);
     return 0;
@@ -799,17 +667,17 @@ check_auth(struct load_ctx *c)
     int auth = find_opt("bus.auth");
 
     if (b->auth == CONFIG_AUTH_BASIC && b->credentials_file == NULL)
-        return err_at(c, mark_for(c, auth, true),
+        return config_err_at(c, mark_for(c, auth, true),
             "bus.auth: basic needs bus.credentials_file (an INI file with username and password)");
     if (b->auth == CONFIG_AUTH_TOKEN && b->credentials_file == NULL && b->token_file == NULL)
-        return err_at(c, mark_for(c, auth, true),
+        return config_err_at(c, mark_for(c, auth, true),
             "bus.auth: token needs bus.token_file or bus.credentials_file");
     if (b->auth != CONFIG_AUTH_TOKEN && b->token_file != NULL)
-        return err_at(c, mark_for(c, find_opt("bus.token_file"), true),
+        return config_err_at(c, mark_for(c, find_opt("bus.token_file"), true),
             "bus.token_file is only used with bus.auth: token (bus.auth is %s)",
             config_enum_name(auth_names, (int)b->auth));
     if (b->auth == CONFIG_AUTH_NONE && b->credentials_file != NULL)
-        return err_at(c, mark_for(c, find_opt("bus.credentials_file"), true),
+        return config_err_at(c, mark_for(c, find_opt("bus.credentials_file"), true),
             "bus.credentials_file is set but bus.auth is none "
             "(set bus.auth to basic or token, or remove credentials_file)");
     return 0;
@@ -831,7 +699,7 @@ check_login_strings(struct load_ctx *c)
         return 0;
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (values[i] != NULL && strchr(values[i], ';') != NULL)
-            return err_at(c, mark_for(c, find_opt(keys[i]), true),
+            return config_err_at(c, mark_for(c, find_opt(keys[i]), true),
                 "%s contains ';', which bus.protocol %d cannot send (the "
                 "distributor splits its one login string on ';' with no "
                 "escaping); remove the ';' or use bus.protocol 3", keys[i],
@@ -847,22 +715,22 @@ check_values(struct load_ctx *c)
     int i;
 
     if (b->host == NULL)
-        return err_at(c, mark_for(c, find_opt("bus.host"), false),
+        return config_err_at(c, mark_for(c, find_opt("bus.host"), false),
             "bus.host is required (the distributor's host name)");
     if (check_auth(c) != 0 || check_login_strings(c) != 0 || check_metrics(c) != 0)
         return -1;
     if (b->confirm == CONFIG_CONFIRM_HEARTBEAT && b->heartbeat_timeout_ms == 0)
-        return err_at(c, mark_for(c, find_opt("bus.confirm"), true),
+        return config_err_at(c, mark_for(c, find_opt("bus.confirm"), true),
             "bus.confirm: heartbeat needs bus.heartbeat.timeout (the first heartbeat "
             "confirms the login); use probe for a distributor without heartbeats");
     if ((b->tls.cert_file == NULL) != (b->tls.key_file == NULL)) {
         bool cert = b->tls.cert_file != NULL;
-        return err_at(c, mark_for(c, find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"), true),
+        return config_err_at(c, mark_for(c, find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"), true),
             "%s needs %s as well", cert ? "bus.tls.cert_file" : "bus.tls.key_file",
             cert ? "bus.tls.key_file" : "bus.tls.cert_file");
     }
     if (b->tls.ciphers != NULL && tls_check_ciphers(b->tls.ciphers, why, sizeof why) != 0)
-        return err_at(c, mark_for(c, find_opt("bus.tls.ciphers"), true),
+        return config_err_at(c, mark_for(c, find_opt("bus.tls.ciphers"), true),
             "bus.tls.ciphers: %s", why);
     if (b->reconnect_min_ms > b->reconnect_max_ms) {
         config_fmt_ms(b->reconnect_min_ms, lo, sizeof lo);
@@ -870,7 +738,7 @@ check_values(struct load_ctx *c)
         i = find_opt("bus.reconnect.min");
         if (!c->seen[i])
             i = find_opt("bus.reconnect.max");
-        return err_at(c, mark_for(c, i, true),
+        return config_err_at(c, mark_for(c, i, true),
             "bus.reconnect.min (%s) is greater than bus.reconnect.max (%s)", lo, hi);
     }
     return 0;
@@ -897,14 +765,14 @@ yaml_err(struct load_ctx *c, const yaml_parser_t *p)
                 m.column++;
             }
         }
-        err_at(c, &m, "YAML error: %s", problem);
+        config_err_at(c, &m, "YAML error: %s", problem);
         return;
     }
     if (p->context != NULL)
-        err_at(c, &m, "YAML syntax error: %s (%s at line %zu column %zu)", problem,
+        config_err_at(c, &m, "YAML syntax error: %s (%s at line %zu column %zu)", problem,
             p->context, p->context_mark.line + 1, p->context_mark.column + 1);
     else
-        err_at(c, &m, "YAML syntax error: %s", problem);
+        config_err_at(c, &m, "YAML syntax error: %s", problem);
 }
 
 /*
@@ -933,7 +801,7 @@ check_depth(struct load_ctx *c)
         }
         if (ev.type == YAML_SEQUENCE_START_EVENT || ev.type == YAML_MAPPING_START_EVENT) {
             if (++depth > CONFIG_MAX_DEPTH)
-                r = err_at(c, &ev.start_mark, "nested more than %d levels deep",
+                r = config_err_at(c, &ev.start_mark, "nested more than %d levels deep",
                     CONFIG_MAX_DEPTH);
         } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
             depth--;
@@ -961,9 +829,9 @@ load_document(struct load_ctx *c, yaml_parser_t *parser)
     root = yaml_document_get_root_node(&doc);
     if (root != NULL)
         c->root_mark = root->start_mark;
-    if (root != NULL && root->type != YAML_MAPPING_NODE && !is_null(root))
-        err_at(c, &root->start_mark, "expected a mapping of settings (bus:, listen:, ...), got %s",
-            node_type_name(root));
+    if (root != NULL && root->type != YAML_MAPPING_NODE && !config_is_null(root))
+        config_err_at(c, &root->start_mark, "expected a mapping of settings (bus:, listen:, ...), got %s",
+            config_node_type_name(root));
     else if ((root == NULL || root->type != YAML_MAPPING_NODE || walk_mapping(c, root, "") == 0) &&
         check_values(c) == 0)
         r = 0;
@@ -973,7 +841,7 @@ load_document(struct load_ctx *c, yaml_parser_t *parser)
             r = -1;
         } else {
             if (yaml_document_get_root_node(&extra) != NULL)
-                r = err_at(c, &yaml_document_get_root_node(&extra)->start_mark,
+                r = config_err_at(c, &yaml_document_get_root_node(&extra)->start_mark,
                     "only one YAML document is expected (found a second one)");
             yaml_document_delete(&extra);
         }

@@ -90,7 +90,7 @@ build fuzz_wire wire.c wire-auth.c -- libevent &
 p1=$!
 build fuzz_lineproto lineproto.c lineproto-event.c lineproto-format.c lineproto-frame.c guid.c wire.c wire-auth.c -- libevent &
 p2=$!
-build fuzz_config access.c config.c config-value.c config-files.c credentials.c fileio.c log.c tls.c wire.c wire-auth.c -- libevent yaml-0.1 inih openssl &
+build fuzz_config access.c config.c config-value.c config-files.c config-access.c credentials.c fileio.c log.c tls.c wire.c wire-auth.c -- libevent yaml-0.1 inih openssl &
 p3=$!
 status=0
 for t in fuzz_wire:$p1 fuzz_lineproto:$p2 fuzz_config:$p3; do
