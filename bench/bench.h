@@ -120,15 +120,15 @@ bench_raise_nofile(void)
 
 struct bench_ctl {
     uint64_t magic;
-    _Atomic uint64_t go;          /* clients ready: start sending */
-    _Atomic uint64_t stop;        /* measurement over: stop sending */
-    _Atomic uint64_t delivered;   /* clients: data messages received, all sessions */
-    _Atomic uint64_t sent;        /* source: data messages generated */
-    _Atomic uint64_t done;        /* source: stopped; sent is final */
-    _Atomic uint64_t pub_recv;    /* source: MulticastData received */
-    _Atomic uint64_t pub_bytes;   /* source: bytes of those messages */
-    _Atomic uint64_t pub_errors;  /* source: out of order / duplicate publishes */
-    _Atomic uint64_t src_ready;   /* source: every expected topic subscribed */
+    _Atomic uint64_t go;         /* clients ready: start sending */
+    _Atomic uint64_t stop;       /* measurement over: stop sending */
+    _Atomic uint64_t delivered;  /* clients: data messages received, all sessions */
+    _Atomic uint64_t sent;       /* source: data messages generated */
+    _Atomic uint64_t done;       /* source: stopped; sent is final */
+    _Atomic uint64_t pub_recv;   /* source: MulticastData received */
+    _Atomic uint64_t pub_bytes;  /* source: bytes of those messages */
+    _Atomic uint64_t pub_errors; /* source: out of order / duplicate publishes */
+    _Atomic uint64_t src_ready;  /* source: every expected topic subscribed */
 };
 
 static inline struct bench_ctl *
@@ -182,7 +182,8 @@ bench_proc_cpu_ns(int pid)
     buf[n] = 0;
     /* After the ")" closing comm: state is field 3; utime 14, stime 15. */
     if ((p = strrchr(buf, ')')) == NULL ||
-        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) !=
+            2)
         return 0;
     return (ut + st) * (1000000000ull / (unsigned long long)sysconf(_SC_CLK_TCK));
 }
@@ -231,9 +232,9 @@ bench_proc_rss(int pid)
 
 /* What a data message carried, for the sequence and latency checks. */
 struct bench_data {
-    const uint8_t *payload;     /* first packet's data */
+    const uint8_t *payload; /* first packet's data */
     uint32_t payload_len;
-    size_t total;               /* bytes the whole message took */
+    size_t total; /* bytes the whole message took */
 };
 
 /*
@@ -274,7 +275,7 @@ bench_parse_lp_data(const uint8_t *p, size_t n, struct bench_data *d)
         while (q < end && *q >= '0' && *q <= '9')
             len = len * 10 + (uint64_t)(*q++ - '0');
         while (q < end && *q != ' ')
-            q++;        /* ":ENTS" */
+            q++; /* ":ENTS" */
         if (len > BENCH_MAX_PAYLOAD)
             return -1;
         if (npk++ == 0)
@@ -343,9 +344,14 @@ bench_parse_bus_data(const uint8_t *p, size_t n, struct bench_data *d)
     d->payload = NULL;
     d->payload_len = 0;
     switch (p[0]) {
-    case 8: nstr = 4; break;
-    case 9: nstr = 2; break;
-    default: return -1;
+    case 8:
+        nstr = 4;
+        break;
+    case 9:
+        nstr = 2;
+        break;
+    default:
+        return -1;
     }
     for (int i = 0; i < nstr; i++)
         if ((r = bench_skip_lv(p, n, &o, 65536, NULL, NULL)) != 1)
@@ -358,7 +364,7 @@ bench_parse_bus_data(const uint8_t *p, size_t n, struct bench_data *d)
     }
     if (o + 5 > n)
         return 0;
-    o += 1;     /* isImage */
+    o += 1; /* isImage */
     count = bench_be32(p + o);
     o += 4;
     if (count > 65536)

@@ -36,18 +36,18 @@
 
 struct conn {
     int fd;
-    bool want_out;               /* EPOLLOUT registered */
-    uint8_t *in;                 /* bytes read, not yet decoded */
+    bool want_out; /* EPOLLOUT registered */
+    uint8_t *in;   /* bytes read, not yet decoded */
     size_t in_len;
-    uint8_t *out;                /* generated, not yet written */
+    uint8_t *out; /* generated, not yet written */
     size_t out_off, out_len, out_cap;
-    uint32_t *subs;              /* per data topic: subscription count */
+    uint32_t *subs; /* per data topic: subscription count */
     uint64_t msgs_in, bytes_out;
 };
 
 struct tmpl {
     uint8_t *bytes;
-    size_t len;                  /* whole message; the payload is its tail */
+    size_t len; /* whole message; the payload is its tail */
 };
 
 static struct {
@@ -56,16 +56,16 @@ static struct {
     int nconns;
     struct bench_ctl *ctl;
     struct wire_limits lim;
-    struct tmpl *tmpl;           /* per data topic */
+    struct tmpl *tmpl; /* per data topic */
     uint32_t topics, fanout, payload;
-    uint64_t window;             /* deliveries in flight (flood + ctl) */
-    double rate;                 /* messages/s, 0: flood */
+    uint64_t window; /* deliveries in flight (flood + ctl) */
+    double rate;     /* messages/s, 0: flood */
     uint64_t sent;
-    uint32_t *topic_subs;        /* per topic: connections subscribed */
-    uint32_t covered;            /* topics with at least one subscriber */
-    uint64_t pairs;              /* (connection, topic) subscriptions */
-    uint64_t need_pairs;         /* start when this many, and every topic covered */
-    uint64_t *pub_next;          /* per publisher topic: next expected seq */
+    uint32_t *topic_subs; /* per topic: connections subscribed */
+    uint32_t covered;     /* topics with at least one subscriber */
+    uint64_t pairs;       /* (connection, topic) subscriptions */
+    uint64_t need_pairs;  /* start when this many, and every topic covered */
+    uint64_t *pub_next;   /* per publisher topic: next expected seq */
     uint32_t pub_topics;
     uint64_t pub_recv, pub_bytes, pub_errors, other_subs, bad_msgs;
     bool started;
@@ -221,7 +221,8 @@ conn_close(struct conn *c)
             break;
         }
     if (S.nconns < 4)
-        fprintf(stderr, "bussrc: connection closed after %llu messages in, %llu bytes out\n",
+        fprintf(stderr,
+            "bussrc: connection closed after %llu messages in, %llu bytes out\n",
             (unsigned long long)c->msgs_in, (unsigned long long)c->bytes_out);
     free(c->in);
     free(c->out);
@@ -373,8 +374,8 @@ slow_decode(struct conn *c, const uint8_t *p, size_t n)
         else if (m.type == WIRE_MULTICAST_DATA || m.type == WIRE_UNICAST_DATA)
             on_publish((const uint8_t *)m.feed.ptr, m.feed.len,
                 (const uint8_t *)m.topic.ptr, m.topic.len,
-                m.n_packets ? m.packets[0].data : NULL,
-                m.n_packets ? m.packets[0].len : 0, (size_t)used);
+                m.n_packets ? m.packets[0].data : NULL, m.n_packets ? m.packets[0].len : 0,
+                (size_t)used);
         break;
     }
     wire_msg_free(&m);
@@ -408,7 +409,7 @@ do_read(struct conn *c)
         o += (size_t)used;
     }
     if (o == 0 && c->in_len == IN_CAP)
-        return false;       /* one message larger than the buffer */
+        return false; /* one message larger than the buffer */
     memmove(c->in, c->in + o, c->in_len - o);
     c->in_len -= o;
     atomic_store(&S.ctl->pub_recv, S.pub_recv);
@@ -564,9 +565,15 @@ parse_args(int argc, char **argv, int *port, const char **port_file, const char 
     double *max_s)
 {
     static const struct option opts[] = {
-        { "port", 1, NULL, 'p' }, { "port-file", 1, NULL, 'f' }, { "ctl", 1, NULL, 'c' },
-        { "topics", 1, NULL, 't' }, { "fanout", 1, NULL, 'F' }, { "payload", 1, NULL, 's' },
-        { "window", 1, NULL, 'w' }, { "rate", 1, NULL, 'r' }, { "max-seconds", 1, NULL, 'm' },
+        { "port", 1, NULL, 'p' },
+        { "port-file", 1, NULL, 'f' },
+        { "ctl", 1, NULL, 'c' },
+        { "topics", 1, NULL, 't' },
+        { "fanout", 1, NULL, 'F' },
+        { "payload", 1, NULL, 's' },
+        { "window", 1, NULL, 'w' },
+        { "rate", 1, NULL, 'r' },
+        { "max-seconds", 1, NULL, 'm' },
         { "subscribers", 1, NULL, 'n' },
         { NULL, 0, NULL, 0 },
     };
@@ -574,17 +581,38 @@ parse_args(int argc, char **argv, int *port, const char **port_file, const char 
 
     while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (o) {
-        case 'p': *port = atoi(optarg); break;
-        case 'f': *port_file = optarg; break;
-        case 'c': *ctl = optarg; break;
-        case 't': S.topics = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'F': S.fanout = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 's': S.payload = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'w': S.window = strtoull(optarg, NULL, 10); break;
-        case 'r': S.rate = strtod(optarg, NULL); break;
-        case 'm': *max_s = strtod(optarg, NULL); break;
-        case 'n': S.need_pairs = strtoull(optarg, NULL, 10); break;
-        default: usage();
+        case 'p':
+            *port = atoi(optarg);
+            break;
+        case 'f':
+            *port_file = optarg;
+            break;
+        case 'c':
+            *ctl = optarg;
+            break;
+        case 't':
+            S.topics = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'F':
+            S.fanout = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            S.payload = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'w':
+            S.window = strtoull(optarg, NULL, 10);
+            break;
+        case 'r':
+            S.rate = strtod(optarg, NULL);
+            break;
+        case 'm':
+            *max_s = strtod(optarg, NULL);
+            break;
+        case 'n':
+            S.need_pairs = strtoull(optarg, NULL, 10);
+            break;
+        default:
+            usage();
         }
     }
     if (optind != argc || S.topics == 0 || S.topics > 1000000 || S.fanout == 0 ||
@@ -645,7 +673,7 @@ run(double max_s)
             uint64_t next = produce_rate(), now = bench_now_ns();
 
             if (any_pending()) {
-                timeout = 1;        /* EPOLLOUT wakes us */
+                timeout = 1; /* EPOLLOUT wakes us */
             } else {
                 if (next > now)
                     bench_sleep_ns(next - now > 1000000 ? 1000000 : next - now);
@@ -658,7 +686,7 @@ run(double max_s)
                 timeout = 1;
             } else {
                 if (!progress)
-                    bench_sleep_ns(20000);  /* window full: let the consumers catch up */
+                    bench_sleep_ns(20000); /* window full: let the consumers catch up */
                 timeout = 0;
             }
         }
@@ -686,7 +714,7 @@ main(int argc, char **argv)
     wire_limits_default(&S.lim);
     S.ctl = ctl != NULL ? bench_ctl_open(ctl) : &local;
     if (ctl == NULL)
-        atomic_store(&S.ctl->go, 1);    /* no clients to wait for */
+        atomic_store(&S.ctl->go, 1); /* no clients to wait for */
     if (ctl == NULL)
         S.window = 0;
     S.tmpl = calloc(S.topics, sizeof *S.tmpl);
@@ -700,7 +728,8 @@ main(int argc, char **argv)
         bench_die("epoll: %s", strerror(errno));
     epoll_ctl(S.ep, EPOLL_CTL_ADD, S.lfd, &ev);
     run(max_s);
-    fprintf(stderr, "bussrc: sent %llu data messages; received %llu publishes "
+    fprintf(stderr,
+        "bussrc: sent %llu data messages; received %llu publishes "
         "(%llu bytes, %llu sequence errors), %llu other subscriptions\n",
         (unsigned long long)S.sent, (unsigned long long)S.pub_recv,
         (unsigned long long)S.pub_bytes, (unsigned long long)S.pub_errors,

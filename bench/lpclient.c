@@ -47,27 +47,27 @@ enum mode { M_SUB, M_BUSSUB, M_PUB, M_IDLE };
 
 /* A session's progress through its set-up. */
 enum sess_state {
-    SS_HELLO,       /* waiting for the greeting */
-    SS_REPLIES,     /* waiting for the +OK of its commands */
-    SS_PONG,        /* idle mode: waiting for PONG */
-    SS_RUN,         /* data flowing */
-    SS_DEAD,        /* closed by the daemon */
+    SS_HELLO,   /* waiting for the greeting */
+    SS_REPLIES, /* waiting for the +OK of its commands */
+    SS_PONG,    /* idle mode: waiting for PONG */
+    SS_RUN,     /* data flowing */
+    SS_DEAD,    /* closed by the daemon */
 };
 
 struct sess {
     int fd;
     enum sess_state state;
-    uint32_t topic;             /* data topic index */
+    uint32_t topic; /* data topic index */
     uint32_t oks_wanted;
-    uint64_t next_seq;          /* sub: next expected; pub: next to send */
+    uint64_t next_seq; /* sub: next expected; pub: next to send */
     uint64_t count;
-    uint8_t *left;              /* sub: bytes of an incomplete event */
+    uint8_t *left; /* sub: bytes of an incomplete event */
     size_t left_len, left_cap;
-    uint8_t *out;               /* pub: chunk being written */
+    uint8_t *out; /* pub: chunk being written */
     size_t out_off, out_len;
     bool want_out;
-    bg_conn *bg;                /* --lib: the library's connection */
-    bool bg_down;               /* --lib: it reported LINK down */
+    bg_conn *bg;  /* --lib: the library's connection */
+    bool bg_down; /* --lib: it reported LINK down */
 };
 
 static struct {
@@ -77,7 +77,7 @@ static struct {
     uint32_t n, topics, payload, subs_each;
     double warmup, duration, drain;
     bool latency;
-    bool lib;                   /* sub: through libbusgate */
+    bool lib; /* sub: through libbusgate */
     struct bench_ctl *ctl;
     struct sess *s;
     int ep;
@@ -87,10 +87,14 @@ static struct {
     bool measuring, measure_done;
     struct bench_lat lat;
     char *bus_state;
-    struct { const char *name; int pid; uint64_t t0, t1; } cpu[MAX_CPU];
+    struct {
+        const char *name;
+        int pid;
+        uint64_t t0, t1;
+    } cpu[MAX_CPU];
     int ncpu;
-    uint64_t busy0, busy1;      /* machine busy time at the window's ends */
-    uint8_t *pub_tmpl;          /* one PUB command; seq patched at pub_seq_off */
+    uint64_t busy0, busy1; /* machine busy time at the window's ends */
+    uint8_t *pub_tmpl;     /* one PUB command; seq patched at pub_seq_off */
     size_t pub_len, pub_seq_off;
     uint32_t pub_per_chunk;
 } C;
@@ -233,7 +237,7 @@ sess_dead(struct sess *s, const char *why)
     C.closed++;
     epoll_ctl(C.ep, EPOLL_CTL_DEL, s->fd, NULL);
     if (s->bg != NULL)
-        bg_free(s->bg);     /* closes s->fd */
+        bg_free(s->bg); /* closes s->fd */
     else
         close(s->fd);
     s->bg = NULL;
@@ -311,7 +315,7 @@ on_data(struct sess *s, const struct bench_data *d, uint64_t now)
 
     if (d->payload == NULL || d->payload_len < BENCH_MIN_PAYLOAD) {
         if (C.mode == M_BUSSUB)
-            return;     /* the link's heartbeat */
+            return; /* the link's heartbeat */
         C.errors++;
         return;
     }
@@ -385,7 +389,7 @@ lib_event(bg_conn *c, const struct bg_event *ev, void *arg)
             d.payload_len = (uint32_t)ev->packets[0].len;
         }
         C.bytes_in += ev->feed_len + ev->topic_len + ev->user_len + ev->host_len + 32 +
-            (ev->n_packets > 0 ? ev->packets[0].len + 1 : 0);     /* about the line's bytes */
+            (ev->n_packets > 0 ? ev->packets[0].len + 1 : 0); /* about the line's bytes */
         on_data(s, &d, C.latency ? bench_now_ns() : 0);
         break;
     case BG_EV_BUS:
@@ -394,7 +398,7 @@ lib_event(bg_conn *c, const struct bg_event *ev, void *arg)
         break;
     case BG_EV_LINK:
         if (!ev->up)
-            s->bg_down = true;  /* freed after bg_process returns */
+            s->bg_down = true; /* freed after bg_process returns */
         break;
     default:
         break;
@@ -411,7 +415,7 @@ lib_connect(struct sess *s)
 
     if ((s->bg = bg_connect(C.socket_path)) == NULL || bg_error_code(s->bg) != 0)
         bench_die("bg_connect %s: %s", C.socket_path, bg_errstr(s->bg));
-    bg_set_reconnect(s->bg, 1, 0);      /* a drop is a failure of the run */
+    bg_set_reconnect(s->bg, 1, 0); /* a drop is a failure of the run */
     if (bg_subscribe(s->bg, BENCH_FEED, strlen(BENCH_FEED), topic, (size_t)l) != 0)
         bench_die("bg_subscribe: %s", bg_errstr(s->bg));
     bg_set_callback(s->bg, lib_event, s);
@@ -549,8 +553,7 @@ poll_once(int timeout_ms)
             bg_process(s->bg, BG_READABLE);
             if (s->bg_down)
                 sess_dead(s, "closed by the daemon");
-        }
-        else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        } else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
             sess_read(s);
         if (s->state != SS_DEAD && (evs[i].events & EPOLLOUT))
             pub_write(s);
@@ -643,7 +646,7 @@ static void
 measure(void)
 {
     uint64_t go = bench_now_ns(), t0 = go + (uint64_t)(C.warmup * 1e9),
-        t1 = t0 + (uint64_t)(C.duration * 1e9), d0 = 0, d1 = 0, p0 = 0, p1 = 0, now;
+             t1 = t0 + (uint64_t)(C.duration * 1e9), d0 = 0, d1 = 0, p0 = 0, p1 = 0, now;
     uint64_t b0 = 0, b1 = 0;
     double secs;
 
@@ -671,9 +674,13 @@ measure(void)
     atomic_store(&C.ctl->stop, 1);
     secs = (double)(now - t0) / 1e9;
     printf("RESULT mode=%s sessions=%u topics=%u seconds=%.3f",
-        C.mode == M_SUB ? "sub" : C.mode == M_BUSSUB ? "bussub" : "pub", C.n, C.topics, secs);
+        C.mode == M_SUB          ? "sub"
+            : C.mode == M_BUSSUB ? "bussub"
+                                 : "pub",
+        C.n, C.topics, secs);
     if (C.mode == M_PUB)
-        printf(" msgs=%llu rate=%.0f", (unsigned long long)(p1 - p0), (double)(p1 - p0) / secs);
+        printf(" msgs=%llu rate=%.0f", (unsigned long long)(p1 - p0),
+            (double)(p1 - p0) / secs);
     else
         printf(" msgs=%llu rate=%.0f bytes_rate=%.0f", (unsigned long long)(d1 - d0),
             (double)(d1 - d0) / secs, (double)(b1 - b0) / secs);
@@ -708,7 +715,7 @@ drain_sub(void)
         if (C.s[i].count < want)
             missing += want - C.s[i].count;
         else if (C.s[i].count > want)
-            C.seq_errors++;     /* more than was sent: duplicates */
+            C.seq_errors++; /* more than was sent: duplicates */
     }
     printf(" sent=%llu delivered=%llu missing=%llu seq_errors=%llu errors=%llu closed=%llu",
         (unsigned long long)sent, (unsigned long long)C.delivered,
@@ -738,7 +745,7 @@ drain_pub(void)
     while (bench_now_ns() < end && atomic_load(&C.ctl->pub_recv) < total)
         poll_once(10);
     printf(" sent=%llu received=%llu missing=%llu seq_errors=%llu errors=%llu closed=%llu"
-        " err_replies=%llu",
+           " err_replies=%llu",
         (unsigned long long)total, (unsigned long long)atomic_load(&C.ctl->pub_recv),
         (unsigned long long)(total - atomic_load(&C.ctl->pub_recv)),
         (unsigned long long)atomic_load(&C.ctl->pub_errors), (unsigned long long)C.errors,
@@ -789,7 +796,7 @@ run_idle(void)
 
             write_all(s->fd, line, (size_t)l);
         }
-        s->oks_wanted = C.subs_each;     /* no event was read yet: still SS_HELLO */
+        s->oks_wanted = C.subs_each; /* no event was read yet: still SS_HELLO */
         write_all(s->fd, "PING\n", 5);
         subs += C.subs_each;
     }
@@ -807,10 +814,18 @@ static void
 parse_args(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "socket", 1, NULL, 'S' }, { "port", 1, NULL, 'P' }, { "topics", 1, NULL, 't' },
-        { "payload", 1, NULL, 's' }, { "subs", 1, NULL, 'm' }, { "ctl", 1, NULL, 'c' },
-        { "warmup", 1, NULL, 'W' }, { "duration", 1, NULL, 'D' }, { "drain", 1, NULL, 'R' },
-        { "latency", 0, NULL, 'L' }, { "cpu", 1, NULL, 'C' }, { "lib", 0, NULL, 'B' },
+        { "socket", 1, NULL, 'S' },
+        { "port", 1, NULL, 'P' },
+        { "topics", 1, NULL, 't' },
+        { "payload", 1, NULL, 's' },
+        { "subs", 1, NULL, 'm' },
+        { "ctl", 1, NULL, 'c' },
+        { "warmup", 1, NULL, 'W' },
+        { "duration", 1, NULL, 'D' },
+        { "drain", 1, NULL, 'R' },
+        { "latency", 0, NULL, 'L' },
+        { "cpu", 1, NULL, 'C' },
+        { "lib", 0, NULL, 'B' },
         { NULL, 0, NULL, 0 },
     };
     int o;
@@ -830,18 +845,42 @@ parse_args(int argc, char **argv)
     optind = 2;
     while ((o = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
         switch (o) {
-        case 'n': C.n = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'S': C.socket_path = optarg; break;
-        case 'P': C.port = atoi(optarg); break;
-        case 't': C.topics = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 's': C.payload = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'm': C.subs_each = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'c': C.ctl = bench_ctl_open(optarg); break;
-        case 'W': C.warmup = strtod(optarg, NULL); break;
-        case 'D': C.duration = strtod(optarg, NULL); break;
-        case 'R': C.drain = strtod(optarg, NULL); break;
-        case 'L': C.latency = true; break;
-        case 'B': C.lib = true; break;
+        case 'n':
+            C.n = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'S':
+            C.socket_path = optarg;
+            break;
+        case 'P':
+            C.port = atoi(optarg);
+            break;
+        case 't':
+            C.topics = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            C.payload = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'm':
+            C.subs_each = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'c':
+            C.ctl = bench_ctl_open(optarg);
+            break;
+        case 'W':
+            C.warmup = strtod(optarg, NULL);
+            break;
+        case 'D':
+            C.duration = strtod(optarg, NULL);
+            break;
+        case 'R':
+            C.drain = strtod(optarg, NULL);
+            break;
+        case 'L':
+            C.latency = true;
+            break;
+        case 'B':
+            C.lib = true;
+            break;
         case 'C': {
             char *eq = strchr(optarg, '=');
 
@@ -852,13 +891,15 @@ parse_args(int argc, char **argv)
             C.cpu[C.ncpu++].pid = atoi(eq + 1);
             break;
         }
-        default: usage();
+        default:
+            usage();
         }
     }
     if (optind != argc || C.n == 0 || C.topics == 0 ||
         (C.mode == M_BUSSUB ? C.port == 0 : C.socket_path == NULL) ||
         (C.mode != M_IDLE && C.ctl == NULL) || (C.lib && C.mode != M_SUB) ||
-        (C.mode == M_PUB && (C.payload < BENCH_MIN_PAYLOAD || C.payload > BENCH_MAX_PAYLOAD)))
+        (C.mode == M_PUB &&
+            (C.payload < BENCH_MIN_PAYLOAD || C.payload > BENCH_MAX_PAYLOAD)))
         usage();
 }
 

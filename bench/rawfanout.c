@@ -31,7 +31,7 @@ static struct {
     uint32_t n, payload;
     double warmup, duration;
     bool parse, pub;
-    uint8_t *rec;           /* one DATA event */
+    uint8_t *rec; /* one DATA event */
     size_t rec_len, payload_off;
     uint8_t *chunk;
     size_t chunk_len;
@@ -42,7 +42,8 @@ static struct {
 static void
 usage(void)
 {
-    fprintf(stderr, "usage: rawfanout -n READERS [--payload BYTES] [--parse | --pub]\n"
+    fprintf(stderr,
+        "usage: rawfanout -n READERS [--payload BYTES] [--parse | --pub]\n"
         "                 [--warmup S] [--duration S]\n");
     exit(2);
 }
@@ -143,7 +144,7 @@ writer(pid_t child)
                     if (w < 0 && errno == EAGAIN)
                         break;
                     if (w <= 0)
-                        goto out;   /* the reader is done */
+                        goto out; /* the reader is done */
                     off[i] += (size_t)w;
                     if (off[i] == R.chunk_len)
                         done++;
@@ -238,7 +239,8 @@ reader(pid_t writer_pid)
             if (got <= 0) {
                 if (got < 0 && (errno == EAGAIN || errno == EINTR))
                     continue;
-                bench_die("rawfanout: reader %u: %s", i, got == 0 ? "EOF" : strerror(errno));
+                bench_die("rawfanout: reader %u: %s", i,
+                    got == 0 ? "EOF" : strerror(errno));
             }
             bytes += (uint64_t)got;
             if (!R.parse)
@@ -257,11 +259,14 @@ reader(pid_t writer_pid)
     double secs = (double)(now - t0) / 1e9, brate = (double)(bytes - b0) / secs;
 
     printf("RESULT mode=raw%s readers=%u payload=%u record=%zu chunk=%zu seconds=%.3f"
-        " rate=%.0f bytes_rate=%.0f cpu_writer=%.4f cpu_reader=%.4f cpu_machine=%.4f"
-        " seq_errors=%llu\n",
-        R.parse ? "+parse" : R.pub ? "-pub" : "", R.n, R.payload, R.rec_len, R.chunk_len, secs,
-        brate / (double)R.rec_len, brate, (double)(w1 - w0) / 1e9, (double)(c1 - c0) / 1e9,
-        (double)(m1 - m0) / 1e9, (unsigned long long)errors);
+           " rate=%.0f bytes_rate=%.0f cpu_writer=%.4f cpu_reader=%.4f cpu_machine=%.4f"
+           " seq_errors=%llu\n",
+        R.parse     ? "+parse"
+            : R.pub ? "-pub"
+                    : "",
+        R.n, R.payload, R.rec_len, R.chunk_len, secs, brate / (double)R.rec_len, brate,
+        (double)(w1 - w0) / 1e9, (double)(c1 - c0) / 1e9, (double)(m1 - m0) / 1e9,
+        (unsigned long long)errors);
     fflush(stdout);
     return errors > 0 ? 1 : 0;
 }
@@ -270,8 +275,12 @@ int
 main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        { "payload", 1, NULL, 's' }, { "parse", 0, NULL, 'p' }, { "pub", 0, NULL, 'P' },
-        { "warmup", 1, NULL, 'W' }, { "duration", 1, NULL, 'D' }, { NULL, 0, NULL, 0 },
+        { "payload", 1, NULL, 's' },
+        { "parse", 0, NULL, 'p' },
+        { "pub", 0, NULL, 'P' },
+        { "warmup", 1, NULL, 'W' },
+        { "duration", 1, NULL, 'D' },
+        { NULL, 0, NULL, 0 },
     };
     pid_t parent = getpid(), child;
     int o;
@@ -281,13 +290,26 @@ main(int argc, char **argv)
     R.duration = 3;
     while ((o = getopt_long(argc, argv, "n:", opts, NULL)) != -1) {
         switch (o) {
-        case 'n': R.n = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 's': R.payload = (uint32_t)strtoul(optarg, NULL, 10); break;
-        case 'p': R.parse = true; break;
-        case 'P': R.pub = true; break;
-        case 'W': R.warmup = strtod(optarg, NULL); break;
-        case 'D': R.duration = strtod(optarg, NULL); break;
-        default: usage();
+        case 'n':
+            R.n = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 's':
+            R.payload = (uint32_t)strtoul(optarg, NULL, 10);
+            break;
+        case 'p':
+            R.parse = true;
+            break;
+        case 'P':
+            R.pub = true;
+            break;
+        case 'W':
+            R.warmup = strtod(optarg, NULL);
+            break;
+        case 'D':
+            R.duration = strtod(optarg, NULL);
+            break;
+        default:
+            usage();
         }
     }
     if (optind != argc || R.n == 0 || R.n > 100000 || R.payload < BENCH_MIN_PAYLOAD ||

@@ -39,23 +39,23 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define LINK_WORD "LINK "
 
 enum link_state {
-    LINK_DOWN,      /* no socket; the next attempt is due at retry_at */
-    LINK_HELLO,     /* connected, waiting for the greeting */
-    LINK_UP,        /* greeted: commands flow */
-    LINK_CLOSING,   /* the daemon closed: buffered events are read, then DOWN */
+    LINK_DOWN,    /* no socket; the next attempt is due at retry_at */
+    LINK_HELLO,   /* connected, waiting for the greeting */
+    LINK_UP,      /* greeted: commands flow */
+    LINK_CLOSING, /* the daemon closed: buffered events are read, then DOWN */
 };
 
 /* A registration the daemon accepted, restored after a reconnect. */
 struct reg {
-    char *line;             /* "SUB feed topic", "NOTIFY feed", "AUTHORIZER feed" */
+    char *line; /* "SUB feed topic", "NOTIFY feed", "AUTHORIZER feed" */
     UT_hash_handle hh;
 };
 
 /* A command waiting for its reply, in the order sent. */
 struct req {
     uint64_t id;
-    bool internal;          /* a restore: the application is not told */
-    int reg_op;             /* on +OK: +1 adds line to the registrations, -1 removes it */
+    bool internal; /* a restore: the application is not told */
+    int reg_op;    /* on +OK: +1 adds line to the registrations, -1 removes it */
     char *line;
 };
 
@@ -70,22 +70,22 @@ struct bg_conn {
     char *path;
     enum link_state state;
     int fd;
-    bool was_up;            /* greeted once: later greetings are reconnects */
+    bool was_up; /* greeted once: later greetings are reconnects */
     struct src sock, queued;
     struct evbuffer *out, *tmp;
 
-    struct req *reqs;       /* ring of req_cap; req_n from req_head */
+    struct req *reqs; /* ring of req_cap; req_n from req_head */
     size_t req_cap, req_head, req_n;
     uint64_t last_id;
     struct reg *regs;
 
-    uint64_t wait_id;       /* the reply a blocking command waits for */
+    uint64_t wait_id; /* the reply a blocking command waits for */
     bool wait_done;
     int wait_err;
 
     int err;
     char errmsg[256];
-    int close_err;          /* why the link is CLOSING */
+    int close_err; /* why the link is CLOSING */
     char close_msg[256];
 
     int timeout_ms, backoff_min, backoff_max, backoff;
@@ -94,8 +94,8 @@ struct bg_conn {
     bg_callback *cb;
     void *cb_arg;
 
-    struct lp_event lev;    /* the item being read */
-    bool link_item;         /* ... is a queued link event: */
+    struct lp_event lev; /* the item being read */
+    bool link_item;      /* ... is a queued link event: */
     bool link_up;
     int link_err;
     char link_text[256];
@@ -116,8 +116,7 @@ now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static int
-set_err(struct bg_conn *c, int code, const char *fmt, ...)
+static int set_err(struct bg_conn *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static int
@@ -241,7 +240,7 @@ reg_apply(struct bg_conn *c, int op, const char *line)
     if (op > 0 && r == NULL) {
         if ((r = calloc(1, sizeof(*r))) == NULL || (r->line = strdup(line)) == NULL) {
             free(r);
-            return;     /* not restored after a reconnect; nothing else lost */
+            return; /* not restored after a reconnect; nothing else lost */
         }
         HASH_ADD_KEYPTR(hh, c->regs, r->line, strlen(r->line), r);
     } else if (op < 0 && r != NULL) {
@@ -282,7 +281,8 @@ queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
     for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
         clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
     clean[i] = '\0';
-    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", up ? "up" : "down", err, clean);
+    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", up ? "up" : "down", err,
+        clean);
 }
 
 static void
@@ -305,7 +305,8 @@ link_down(struct bg_conn *c)
     c->state = LINK_DOWN;
     c->retry_at = now_ms() + c->backoff;
     c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
-    queue_link_event(c, false, err, c->close_msg[0] ? c->close_msg : "busgated closed the connection");
+    queue_link_event(c, false, err,
+        c->close_msg[0] ? c->close_msg : "busgated closed the connection");
 }
 
 /* The daemon closed, or said why it will: read what is buffered, then DOWN. */
@@ -419,12 +420,13 @@ on_hello(struct bg_conn *c)
         return 0;
     }
     HASH_ITER(hh, c->regs, r, t) {
-        if (evbuffer_add_printf(c->out, "%s\n", r->line) < 0 || req_push(c, true, 0, NULL) < 0)
+        if (evbuffer_add_printf(c->out, "%s\n", r->line) < 0 ||
+            req_push(c, true, 0, NULL) < 0)
             return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
         n++;
     }
-    snprintf(c->link_text, sizeof(c->link_text), "reconnected, %d registrations restored, bus=%s",
-        n, c->bus_state);
+    snprintf(c->link_text, sizeof(c->link_text),
+        "reconnected, %d registrations restored, bus=%s", n, c->bus_state);
     queue_link_event(c, true, 0, c->link_text);
     return 0;
 }
@@ -454,7 +456,7 @@ on_reply(struct bg_conn *c)
         }
     }
     if (c->req_n == 0)
-        return;     /* an unasked reply: nothing waits for it */
+        return; /* an unasked reply: nothing waits for it */
     r = req_pop(c);
     if (code == 0 && r.reg_op != 0)
         reg_apply(c, r.reg_op, r.line);
@@ -465,7 +467,9 @@ on_reply(struct bg_conn *c)
         if (code != 0)
             set_err(c, code, "%s", c->lev.rest);
     } else if (c->cb != NULL && !r.internal) {
-        c->ev = (struct bg_event){ .kind = BG_EV_REPLY, .error = code, .text = msg,
+        c->ev = (struct bg_event){ .kind = BG_EV_REPLY,
+            .error = code,
+            .text = msg,
             .request = r.id };
         c->cb(c, &c->ev, c->cb_arg);
     }
@@ -476,7 +480,8 @@ on_reply(struct bg_conn *c)
 static bool
 is_event(enum lp_event_kind k)
 {
-    return k == LP_EV_DATA || k == LP_EV_NOTIFICATION || k == LP_EV_AUTHREQ || k == LP_EV_BUS;
+    return k == LP_EV_DATA || k == LP_EV_NOTIFICATION || k == LP_EV_AUTHREQ ||
+        k == LP_EV_BUS;
 }
 
 static int
@@ -520,7 +525,8 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
             if (lp_parse_event(fr.data, fr.len, NULL, &c->lev) < 0)
                 return -1;
             if (copy != NULL && is_event(c->lev.kind) &&
-                (evbuffer_add(copy, fr.data, fr.len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+                (evbuffer_add(copy, fr.data, fr.len) < 0 ||
+                    evbuffer_add(copy, "\n", 1) < 0))
                 return -1;
             if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
                 return 1;
@@ -533,7 +539,8 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
                 p += c->lev.packets[i].len;
             }
             if (copy != NULL &&
-                (evbuffer_add(copy, fr.data, fr.len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+                (evbuffer_add(copy, fr.data, fr.len) < 0 ||
+                    evbuffer_add(copy, "\n", 1) < 0))
                 return -1;
             return 1;
         default:
@@ -572,7 +579,7 @@ pump(struct bg_conn *c, bool queue)
                 link_closing(c, c->err, c->errmsg);
             flush_out(c);
             if (!queue)
-                return 0;   /* the LINK up event it queued goes first */
+                return 0; /* the LINK up event it queued goes first */
             break;
         default:
             if (is_event(c->lev.kind) && !queue)
@@ -669,7 +676,7 @@ take_event(struct bg_conn *c)
 {
     int r = next_item(c, &c->queued, NULL);
 
-    if (r < 0) {    /* cannot happen: we wrote these */
+    if (r < 0) { /* cannot happen: we wrote these */
         src_reset(&c->queued);
         return 0;
     }
@@ -736,11 +743,13 @@ wait_reply(struct bg_conn *c, uint64_t id)
         }
         if (c->state == LINK_DOWN) {
             c->wait_id = 0;
-            return set_err(c, BG_E_CLOSED, "%s", c->errmsg[0] ? c->errmsg : "not connected");
+            return set_err(c, BG_E_CLOSED, "%s",
+                c->errmsg[0] ? c->errmsg : "not connected");
         }
         if (now_ms() >= deadline) {
             c->wait_id = 0;
-            return set_err(c, BG_E_TIMEOUT, "no reply from busgated in %d ms", c->timeout_ms);
+            return set_err(c, BG_E_TIMEOUT, "no reply from busgated in %d ms",
+                c->timeout_ms);
         }
         wait_io(c, remaining(deadline));
     }
@@ -766,7 +775,8 @@ ensure_up(struct bg_conn *c, bool force)
     if (c->state == LINK_HELLO) {
         link_closing(c, BG_E_TIMEOUT, "no greeting from busgated");
         settle_closing(c);
-        return set_err(c, BG_E_TIMEOUT, "no greeting from busgated in %d ms", c->timeout_ms);
+        return set_err(c, BG_E_TIMEOUT, "no greeting from busgated in %d ms",
+            c->timeout_ms);
     }
     return set_err(c, BG_E_CLOSED, "not connected to busgated%s%s",
         c->close_msg[0] ? ": " : "", c->close_msg);
@@ -839,13 +849,15 @@ names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
 }
 
 int
-bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len)
+bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len)
 {
     return names_command(c, LP_SUB, LP_SUB, 1, feed, feed_len, topic, topic_len);
 }
 
 int
-bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len)
+bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len)
 {
     return names_command(c, LP_UNSUB, LP_SUB, -1, feed, feed_len, topic, topic_len);
 }
@@ -875,9 +887,9 @@ bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len)
 }
 
 static int
-message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed, size_t feed_len,
-    const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,
-    size_t n_packets)
+message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, bool is_image,
+    const struct bg_packet *packets, size_t n_packets)
 {
     struct wire_packet stack[8] = { { { NULL, 0 }, NULL, 0 } }, *pk = stack;
     int r;
@@ -893,7 +905,8 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed, s
                 free(pk);
             return set_err(c, BG_E_INVALID, "packet %zu is too large", i);
         }
-        pk[i] = (struct wire_packet){ { packets[i].entitlements, (uint32_t)packets[i].n_entitlements },
+        pk[i] = (struct wire_packet){ { packets[i].entitlements,
+                                          (uint32_t)packets[i].n_entitlements },
             packets[i].data, (uint32_t)packets[i].len };
     }
     r = lp_format_cmd_message(c->tmp, client_id, feed, feed_len, topic, topic_len, is_image,
@@ -906,10 +919,11 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed, s
 }
 
 int
-bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len,
-    bool is_image, const struct bg_packet *packets, size_t n_packets)
+bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len, bool is_image, const struct bg_packet *packets, size_t n_packets)
 {
-    return message_command(c, NULL, feed, feed_len, topic, topic_len, is_image, packets, n_packets);
+    return message_command(c, NULL, feed, feed_len, topic, topic_len, is_image, packets,
+        n_packets);
 }
 
 int
@@ -919,8 +933,8 @@ bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_l
 {
     if (client_id == NULL)
         return set_err(c, BG_E_INVALID, "a client id is needed");
-    return message_command(c, client_id, feed, feed_len, topic, topic_len, is_image, packets,
-        n_packets);
+    return message_command(c, client_id, feed, feed_len, topic, topic_len, is_image,
+        packets, n_packets);
 }
 
 int
@@ -970,7 +984,7 @@ int
 bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
 {
     int64_t deadline = timeout_ms < 0 ? INT64_MAX : now_ms() + timeout_ms;
-    bool polled = false;    /* the socket was read at least once (timeout 0) */
+    bool polled = false; /* the socket was read at least once (timeout 0) */
     int wait;
 
     for (;;) {

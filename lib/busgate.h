@@ -40,11 +40,11 @@ extern "C" {
  * doc/PROTOCOL.md); bg_error_name() gives the daemon's spelling. */
 enum bg_error {
     BG_OK = 0,
-    BG_E_IO = 1,            /* socket error (connect, read, write) */
-    BG_E_CLOSED,            /* not connected to busgated (reconnecting) */
-    BG_E_TIMEOUT,           /* no reply in time */
-    BG_E_PROTOCOL,          /* the daemon said something this library cannot parse */
-    BG_E_INVALID,           /* a bad argument */
+    BG_E_IO = 1,   /* socket error (connect, read, write) */
+    BG_E_CLOSED,   /* not connected to busgated (reconnecting) */
+    BG_E_TIMEOUT,  /* no reply in time */
+    BG_E_PROTOCOL, /* the daemon said something this library cannot parse */
+    BG_E_INVALID,  /* a bad argument */
     BG_E_NOMEM,
     BG_E_UNKNOWN_COMMAND = 101,
     BG_E_SYNTAX,
@@ -68,8 +68,8 @@ enum bg_error {
     BG_E_NOT_AUTHORIZER,
     BG_E_UNKNOWN_REQUEST,
     BG_E_ALREADY_ANSWERED,
-    BG_E_SLOW_CONSUMER,     /* the daemon cut this connection off */
-    BG_E_SHUTTING_DOWN,     /* the daemon is stopping */
+    BG_E_SLOW_CONSUMER, /* the daemon cut this connection off */
+    BG_E_SHUTTING_DOWN, /* the daemon is stopping */
     BG_E_TOO_MANY_SESSIONS,
     BG_E_DAEMON_OTHER = 199 /* an -ERR code this library does not know */
 };
@@ -84,12 +84,12 @@ struct bg_packet {
 };
 
 enum bg_event_kind {
-    BG_EV_DATA,             /* a message on a subscribed topic */
-    BG_EV_NOTIFICATION,     /* a bus client (un)subscribed on a NOTIFY'd feed */
-    BG_EV_AUTHREQ,          /* an authorization request for an AUTHORIZER'd feed */
-    BG_EV_BUS,              /* the daemon's bus link changed state */
-    BG_EV_LINK,             /* this connection to busgated went down / came back */
-    BG_EV_REPLY,            /* event-loop use: the reply to a command */
+    BG_EV_DATA,         /* a message on a subscribed topic */
+    BG_EV_NOTIFICATION, /* a bus client (un)subscribed on a NOTIFY'd feed */
+    BG_EV_AUTHREQ,      /* an authorization request for an AUTHORIZER'd feed */
+    BG_EV_BUS,          /* the daemon's bus link changed state */
+    BG_EV_LINK,         /* this connection to busgated went down / came back */
+    BG_EV_REPLY,        /* event-loop use: the reply to a command */
 };
 
 /* One event. Strings are NUL-terminated and also have a length (names may
@@ -98,21 +98,21 @@ enum bg_event_kind {
  * returns. */
 struct bg_event {
     enum bg_event_kind kind;
-    const char *feed, *topic, *user, *host;     /* DATA, NOTIFICATION, AUTHREQ */
+    const char *feed, *topic, *user, *host; /* DATA, NOTIFICATION, AUTHREQ */
     size_t feed_len, topic_len, user_len, host_len;
-    uint8_t client_id[16];      /* NOTIFICATION, AUTHREQ: wire (.NET Guid) order */
-    char client_id_text[37];    /* the same as canonical Guid text */
-    bool is_image;              /* DATA */
-    bool is_unicast;            /* DATA: SEND to this gateway's id */
-    const char *content_type;   /* DATA: "" unless the bus speaks protocol 6 */
-    bool is_add;                /* NOTIFICATION: add or remove */
-    const struct bg_packet *packets;            /* DATA */
+    uint8_t client_id[16];           /* NOTIFICATION, AUTHREQ: wire (.NET Guid) order */
+    char client_id_text[37];         /* the same as canonical Guid text */
+    bool is_image;                   /* DATA */
+    bool is_unicast;                 /* DATA: SEND to this gateway's id */
+    const char *content_type;        /* DATA: "" unless the bus speaks protocol 6 */
+    bool is_add;                     /* NOTIFICATION: add or remove */
+    const struct bg_packet *packets; /* DATA */
     size_t n_packets;
-    bool up;                    /* BUS: state "up"; LINK: connected again */
-    const char *state;          /* BUS: "up", "unconfirmed" or "down"; LINK: "up"/"down" */
-    const char *text;           /* BUS: the reason; LINK down and REPLY: the message */
-    int error;                  /* LINK down, REPLY: 0 or a bg_error (not negated) */
-    uint64_t request;           /* REPLY: what bg_last_request() said for the command */
+    bool up;           /* BUS: state "up"; LINK: connected again */
+    const char *state; /* BUS: "up", "unconfirmed" or "down"; LINK: "up"/"down" */
+    const char *text;  /* BUS: the reason; LINK down and REPLY: the message */
+    int error;         /* LINK down, REPLY: 0 or a bg_error (not negated) */
+    uint64_t request;  /* REPLY: what bg_last_request() said for the command */
 };
 
 typedef struct bg_conn bg_conn;
@@ -139,14 +139,16 @@ void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
 /* Commands. Names are byte strings of the given length (UTF-8 on the bus).
  * Blocking use: returns once the daemon answered. Event-loop use: returns
  * once queued; the reply comes as BG_EV_REPLY. */
-int bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len);
-int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len);
+int bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len);
+int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len);
 int bg_notify(bg_conn *c, const char *feed, size_t feed_len);
 int bg_unnotify(bg_conn *c, const char *feed, size_t feed_len);
 int bg_authorizer(bg_conn *c, const char *feed, size_t feed_len);
 int bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len);
-int bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic, size_t topic_len,
-    bool is_image, const struct bg_packet *packets, size_t n_packets);
+int bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len, bool is_image, const struct bg_packet *packets, size_t n_packets);
 /* client_id: 16 bytes in wire order, as in a bg_event. */
 int bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
     const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,

@@ -140,8 +140,8 @@ parse_id(const char *s, uint32_t *out)
 }
 
 int
-access_rule_subject(struct access_rule *ru, const char *key, const char *value,
-    char *why, size_t whylen)
+access_rule_subject(struct access_rule *ru, const char *key, const char *value, char *why,
+    size_t whylen)
 {
     bool user = strcmp(key, "user") == 0, uid = strcmp(key, "uid") == 0;
     bool group = strcmp(key, "group") == 0, gid = strcmp(key, "gid") == 0;
@@ -149,8 +149,10 @@ access_rule_subject(struct access_rule *ru, const char *key, const char *value,
     struct group *gr;
 
     if (ru->subject != ACCESS_ANYONE)
-        return FAIL(why, whylen, "a rule names one user, group, uid or gid (this one "
-            "has %s already)", ru->who_name);
+        return FAIL(why, whylen,
+            "a rule names one user, group, uid or gid (this one "
+            "has %s already)",
+            ru->who_name);
     if ((uid || gid) && parse_id(value, &ru->who) != 0)
         return FAIL(why, whylen, "%s: expected a number, got \"%s\"", key, value);
     if (user) {
@@ -187,8 +189,10 @@ access_rule_verb(struct access_rule *ru, bool allow, const char *verb, char *why
             return 0;
         }
     }
-    return FAIL(why, whylen, "unknown verb '%s' (expected all, subscribe, publish, "
-        "send, notify, authorize or stats)", verb);
+    return FAIL(why, whylen,
+        "unknown verb '%s' (expected all, subscribe, publish, "
+        "send, notify, authorize or stats)",
+        verb);
 }
 
 int
@@ -200,8 +204,7 @@ access_rule_feed(struct access_rule *ru, const char *pattern, char *why, size_t 
     if (*pattern == '\0')
         return FAIL(why, whylen, "a feed pattern must not be empty");
     if (star != NULL && star[1] != '\0')
-        return FAIL(why, whylen, "feed pattern '%s': '*' may only end a pattern",
-            pattern);
+        return FAIL(why, whylen, "feed pattern '%s': '*' may only end a pattern", pattern);
     if ((p = realloc(ru->feeds, (ru->n_feeds + 1) * sizeof *p)) == NULL ||
         (p[ru->n_feeds] = strdup(pattern)) == NULL)
         fatalx("out of memory (access rules)");
@@ -267,8 +270,9 @@ access_rule_describe(const struct access_rule *ru, char *buf, size_t len)
     size_t used;
 
     verbs_text(ru->verbs, verbs, sizeof verbs);
-    used = (size_t)snprintf(buf, len, "%s %s [%s] feeds", ru->who_name != NULL ?
-        ru->who_name : "anyone", ru->allow ? "allow" : "deny", verbs);
+    used = (size_t)snprintf(buf, len, "%s %s [%s] feeds",
+        ru->who_name != NULL ? ru->who_name : "anyone", ru->allow ? "allow" : "deny",
+        verbs);
     if (ru->n_feeds == 0 && used < len)
         used += (size_t)snprintf(buf + used, len - used, " *");
     for (size_t i = 0; i < ru->n_feeds && used < len; i++)

@@ -33,8 +33,8 @@ enum access_verb {
 /* Who a rule is about. */
 enum access_subject {
     ACCESS_ANYONE,
-    ACCESS_UID,         /* "user: name" or "uid: n" */
-    ACCESS_GID,         /* "group: name" or "gid: n": primary or supplementary */
+    ACCESS_UID, /* "user: name" or "uid: n" */
+    ACCESS_GID, /* "group: name" or "gid: n": primary or supplementary */
 };
 
 /* Who is asking: what the kernel says (SO_PEERCRED) and the groups the
@@ -49,12 +49,12 @@ struct access_id {
 struct access_rule {
     bool allow;
     enum access_subject subject;
-    uint32_t who;               /* the uid or gid */
-    char *who_name;             /* as written ("alice", "1000"), for messages */
-    unsigned verbs;             /* 1 << enum access_verb */
-    char **feeds;               /* exact names, or prefixes when ending in '*' */
-    size_t n_feeds;             /* 0: every feed */
-    unsigned line;              /* in the config file, for messages */
+    uint32_t who;   /* the uid or gid */
+    char *who_name; /* as written ("alice", "1000"), for messages */
+    unsigned verbs; /* 1 << enum access_verb */
+    char **feeds;   /* exact names, or prefixes when ending in '*' */
+    size_t n_feeds; /* 0: every feed */
+    unsigned line;  /* in the config file, for messages */
 };
 
 struct access_rules {
@@ -65,8 +65,8 @@ struct access_rules {
 
 struct access_decision {
     bool allow;
-    const struct access_rule *rule;     /* NULL: no rule matched (or no rules) */
-    size_t index;                       /* the rule's number, from 1 */
+    const struct access_rule *rule; /* NULL: no rule matched (or no rules) */
+    size_t index;                   /* the rule's number, from 1 */
 };
 
 /* "subscribe", ... */
@@ -88,15 +88,15 @@ struct access_rule *access_rule_add(struct access_rules *rs, unsigned line);
 int access_rule_subject(struct access_rule *ru, const char *key, const char *value,
     char *why, size_t whylen);
 /* One verb (or "all") of an allow/deny list. */
-int access_rule_verb(struct access_rule *ru, bool allow, const char *verb,
-    char *why, size_t whylen);
+int access_rule_verb(struct access_rule *ru, bool allow, const char *verb, char *why,
+    size_t whylen);
 /* One feed pattern. */
 int access_rule_feed(struct access_rule *ru, const char *pattern, char *why, size_t whylen);
 /* A finished rule: it has verbs. */
 int access_rule_check(const struct access_rule *ru, char *why, size_t whylen);
 
 struct access_rules *access_rules_ref(struct access_rules *rs);
-void access_rules_free(struct access_rules *rs);    /* drops one reference */
+void access_rules_free(struct access_rules *rs); /* drops one reference */
 
 /* A rule as one line of text (for logs, --check-config, REVOKED). */
 void access_rule_describe(const struct access_rule *ru, char *buf, size_t len);

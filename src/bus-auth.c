@@ -67,7 +67,8 @@ jwt_claim(const char *json, const char *name, char *out, size_t outlen)
     if (*p == '"') {
         for (p++; *p != '"' && *p != '\0'; p++) {
             /* printable ASCII only: this goes into a log line */
-            if (*p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e || n + 1 >= outlen)
+            if (*p == '\\' || (unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e ||
+                n + 1 >= outlen)
                 return -1;
             out[n++] = *p;
         }
@@ -133,7 +134,7 @@ send_auth(struct bus *bus, const struct wire_auth *a)
         len = evbuffer_get_length(tmp);
         /* One reservation: pulling up does not copy, so wiping p is enough. */
         if (len == 0)
-            r = 0;      /* auth none: nothing to send */
+            r = 0; /* auth none: nothing to send */
         else if ((p = evbuffer_pullup(tmp, -1)) != NULL && (block = malloc(len)) != NULL) {
             memcpy(block, p, len);
             explicit_bzero(p, len);
@@ -185,8 +186,9 @@ bus_send_auth(struct bus *bus, char *err, size_t errlen)
     } else {
         if (cr.token == NULL) {
             snprintf(err, errlen, "%s: auth token needs a token",
-                c->token_file != NULL ? c->token_file :
-                c->credentials_file != NULL ? c->credentials_file : "credentials");
+                c->token_file != NULL             ? c->token_file
+                    : c->credentials_file != NULL ? c->credentials_file
+                                                  : "credentials");
             goto out;
         }
         a.method = WIRE_AUTH_TOKEN;

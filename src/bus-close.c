@@ -16,7 +16,7 @@ bus_cancel_resolve(struct bus *bus)
     if (r == NULL)
         return;
     bus->resolve = NULL;
-    r->bus = NULL;          /* the callback frees r when evdns calls it */
+    r->bus = NULL; /* the callback frees r when evdns calls it */
     if (r->req != NULL)
         evdns_getaddrinfo_cancel(r->req);
 }
@@ -143,7 +143,7 @@ bus_out_runs_note(struct bus *bus, size_t len, bool data)
             TAILQ_INSERT_TAIL(&bus->runs, fresh, entry);
             run = fresh;
         } else if (run == NULL) {
-            return;     /* out of memory: the bytes count as requests */
+            return; /* out of memory: the bytes count as requests */
         }
     }
     run->len += len;
@@ -207,8 +207,8 @@ bus_report_lost(struct bus *bus)
         return;
     bus->st.bytes_lost += data;
     log_warn("bus: link lost with %zu bytes of data unsent (and %zu bytes of requests, "
-        "replayed on the next link; %zu bytes the bus had not acknowledged)", data,
-        queued - data, kernel);
+             "replayed on the next link; %zu bytes the bus had not acknowledged)",
+        data, queued - data, kernel);
 }
 
 /* Back-pressure cannot outlive the link: release the router. */
@@ -237,7 +237,7 @@ bus_link_failed(struct bus *bus, const char *reason, bool auth_failure)
     snprintf(bus->st.last_error, sizeof bus->st.last_error, "%s", reason);
     bus_log_down(bus, reason);
     if (bus->state != BUS_UP)
-        bus->streak++;      /* a link that was up did not fail to come up */
+        bus->streak++; /* a link that was up did not fail to come up */
     if (auth_failure)
         bus->st.auth_failures++;
     if (!bus->stopping) {

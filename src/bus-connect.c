@@ -17,7 +17,8 @@ bus_tls_event(struct bufferevent *bev, short events, void *arg)
         bus_log_attempt(bus, "bus: TLS up (%s)", desc);
         if (!bus->cfg.tls.verify)
             log_warn("bus: TLS certificate verification is off (bus.tls.verify: false): "
-                "the bus at %s is not authenticated", bus->peer);
+                     "the bus at %s is not authenticated",
+                bus->peer);
         bus_link_established(bus);
         return;
     }
@@ -42,14 +43,15 @@ bus_start_tls(struct bus *bus)
         bus_link_failed(bus, reason, false);
         return;
     }
-    if ((ssl = tls_ssl_new(bus->ssl_ctx, &bus->cfg.tls, bus->cfg.host, err, sizeof err)) == NULL) {
+    if ((ssl = tls_ssl_new(bus->ssl_ctx, &bus->cfg.tls, bus->cfg.host, err, sizeof err)) ==
+        NULL) {
         snprintf(reason, sizeof reason, "TLS: %s", err);
         bus_link_failed(bus, reason, false);
         return;
     }
     fd = bufferevent_getfd(bus->bev);
     bufferevent_disable(bus->bev, EV_READ | EV_WRITE);
-    bufferevent_setfd(bus->bev, -1);    /* keep the socket when freeing */
+    bufferevent_setfd(bus->bev, -1); /* keep the socket when freeing */
     bufferevent_free(bus->bev);
     bus->bev = bufferevent_openssl_socket_new(bus->base, fd, ssl,
         BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
@@ -171,7 +173,7 @@ bus_resolved(int result, struct evutil_addrinfo *res, void *arg)
     char reason[400];
 
     free(r);
-    if (bus == NULL) {              /* cancelled */
+    if (bus == NULL) { /* cancelled */
         if (res != NULL)
             evutil_freeaddrinfo(res);
         return;
@@ -200,8 +202,8 @@ bus_connect_timeout(evutil_socket_t fd, short what, void *arg)
     if (bus->resolve != NULL)
         snprintf(reason, sizeof reason, "timeout after %s resolving %s", d, bus->cfg.host);
     else if (bus->tls_phase)
-        snprintf(reason, sizeof reason, "timeout after %s in the TLS handshake with %s",
-            d, bus->peer);
+        snprintf(reason, sizeof reason, "timeout after %s in the TLS handshake with %s", d,
+            bus->peer);
     else
         snprintf(reason, sizeof reason, "timeout after %s connecting to %s", d, bus->peer);
     bus_link_failed(bus, reason, false);
@@ -225,7 +227,7 @@ bus_connect_begin(struct bus *bus)
     bus_log_attempt(bus, "bus: connecting to %s", bus_target(bus));
     bus_set_state(bus, BUS_CONNECTING, NULL);
     if (bus->state != BUS_CONNECTING)
-        return;     /* on_state shut us down */
+        return; /* on_state shut us down */
     bus_timer_arm(bus->connect_timer, bus->cfg.connect_timeout_ms);
 
     if ((r = calloc(1, sizeof *r)) == NULL) {

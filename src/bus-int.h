@@ -58,67 +58,67 @@ struct bus_drain {
 
 /* A pending DNS lookup; outlives the bus if cancelled (evdns calls back later). */
 struct bus_resolve {
-    struct bus *bus;            /* NULL once cancelled */
+    struct bus *bus; /* NULL once cancelled */
     struct evdns_getaddrinfo_request *req;
 };
 
 struct bus {
     struct event_base *base;
     struct evdns_base *dns;
-    bool own_dns;               /* created here because the caller gave none */
-    struct config_bus cfg;      /* our deep copy */
-    SSL_CTX *ssl_ctx;           /* NULL without TLS (or until it can be built) */
+    bool own_dns;          /* created here because the caller gave none */
+    struct config_bus cfg; /* our deep copy */
+    SSL_CTX *ssl_ctx;      /* NULL without TLS (or until it can be built) */
     struct bus_callbacks cb;
     void *cb_arg;
 
     enum bus_state state;
     bool started;
-    bool stopping;              /* bus_shutdown called: no more attempts */
-    bool attempted;             /* an attempt was made before (for stats) */
+    bool stopping;  /* bus_shutdown called: no more attempts */
+    bool attempted; /* an attempt was made before (for stats) */
 
     /* The current attempt or link. */
     struct bufferevent *bev;
-    bool tls_phase;             /* bev is the OpenSSL one */
+    bool tls_phase; /* bev is the OpenSSL one */
     struct bus_resolve *resolve;
-    struct evutil_addrinfo *addrs;      /* resolved addresses */
-    struct evutil_addrinfo *next_addr;  /* the next one to try */
-    char peer[INET6_ADDRSTRLEN + 16];   /* "addr:port" being tried */
+    struct evutil_addrinfo *addrs;     /* resolved addresses */
+    struct evutil_addrinfo *next_addr; /* the next one to try */
+    char peer[INET6_ADDRSTRLEN + 16];  /* "addr:port" being tried */
     int last_sys_err;
-    char auth_desc[192];        /* "basic, user gw": for logs, never a secret */
-    uint64_t auth_sent_ms;      /* monotonic, when the credentials went out */
+    char auth_desc[192];   /* "basic, user gw": for logs, never a secret */
+    uint64_t auth_sent_ms; /* monotonic, when the credentials went out */
     uint64_t up_since_ms;
     uint64_t last_rx_ms;
-    bool rx_any;                /* something arrived on this link */
-    bool hb_any;                /* a heartbeat arrived on this link */
-    bool hb_warned;             /* "traffic but no heartbeat" said for this link */
-    const char *hb_state;       /* for STATS: see struct bus_stats */
-    bool mismatch_hinted;       /* the protocol mismatch hint is logged once */
-    uint64_t msgs_at_login;     /* st.msgs_in when this link logged in */
-    bool pressure;              /* output passed the high-water mark */
+    bool rx_any;            /* something arrived on this link */
+    bool hb_any;            /* a heartbeat arrived on this link */
+    bool hb_warned;         /* "traffic but no heartbeat" said for this link */
+    const char *hb_state;   /* for STATS: see struct bus_stats */
+    bool mismatch_hinted;   /* the protocol mismatch hint is logged once */
+    uint64_t msgs_at_login; /* st.msgs_in when this link logged in */
+    bool pressure;          /* output passed the high-water mark */
 
-    struct event *retry_timer;    /* DOWN: the next attempt */
-    struct event *connect_timer;  /* CONNECTING: bounds the whole attempt */
-    struct event *watchdog;       /* UNCONFIRMED/UP: heartbeat timeout */
-    struct event *confirm_timer;  /* UNCONFIRMED/UP: the probe's deadline */
-    struct busconfirm confirm;    /* how this link's login is confirmed */
-    char client_id[GUID_TEXT_LEN + 1];  /* learned from the probe, "" if not */
-    bool probe_hinted;            /* the "roles may deny the probe" hint is logged once */
-    struct event *done_ev;        /* bus_shutdown completion */
+    struct event *retry_timer;         /* DOWN: the next attempt */
+    struct event *connect_timer;       /* CONNECTING: bounds the whole attempt */
+    struct event *watchdog;            /* UNCONFIRMED/UP: heartbeat timeout */
+    struct event *confirm_timer;       /* UNCONFIRMED/UP: the probe's deadline */
+    struct busconfirm confirm;         /* how this link's login is confirmed */
+    char client_id[GUID_TEXT_LEN + 1]; /* learned from the probe, "" if not */
+    bool probe_hinted;     /* the "roles may deny the probe" hint is logged once */
+    struct event *done_ev; /* bus_shutdown completion */
 
-    unsigned attempt;             /* failures since the link was last up for long */
-    unsigned streak;              /* failed attempts since the link was last up */
-    unsigned retries;             /* retries scheduled since the link was last up */
-    char fail_reason[256];        /* the last failure, to summarise repeats */
+    unsigned attempt;      /* failures since the link was last up for long */
+    unsigned streak;       /* failed attempts since the link was last up */
+    unsigned retries;      /* retries scheduled since the link was last up */
+    char fail_reason[256]; /* the last failure, to summarise repeats */
     unsigned fail_repeats;
 
     void (*shutdown_done)(void *);
     void *shutdown_arg;
     bool shutdown_pending;
 
-    TAILQ_HEAD(out_run_list, out_run) runs;   /* the output's recent appends, oldest first */
-    size_t runs_len;              /* bytes they cover */
+    TAILQ_HEAD(out_run_list, out_run) runs; /* the output's recent appends, oldest first */
+    size_t runs_len;                        /* bytes they cover */
 
-    struct wire_msg msg;          /* reused for every decoded message */
+    struct wire_msg msg; /* reused for every decoded message */
     struct bus_stats st;
     LIST_HEAD(, bus_drain) drains;
 };
@@ -127,11 +127,11 @@ struct bus {
 struct out_run {
     TAILQ_ENTRY(out_run) entry;
     size_t len;
-    bool data;                  /* publishes, sends, answers: lost if the link fails */
+    bool data; /* publishes, sends, answers: lost if the link fails */
 };
 
 /* Attempts are logged at info until a failure repeats, then at debug. */
-#define bus_log_attempt(bus, ...) \
+#define bus_log_attempt(bus, ...)                                                          \
     log_msg(bus_quiet(bus) ? LOG_DEBUG : LOG_INFO, NULL, __VA_ARGS__)
 
 /* bus.c */
@@ -139,7 +139,7 @@ bool bus_quiet(const struct bus *bus);
 uint64_t bus_now_ms(void);
 void bus_timer_arm(struct event *ev, uint64_t ms);
 double bus_random_unit(void);
-const char * bus_target(const struct bus *bus);
+const char *bus_target(const struct bus *bus);
 void bus_fmt_duration(uint32_t ms, char *buf, size_t len);
 bool bus_wire_str_is(const struct wire_str *s, const char *lit);
 uint32_t bus_backoff_cap(uint32_t *min_ms, uint32_t max_ms, unsigned attempt);
@@ -160,7 +160,8 @@ int bus_send_auth(struct bus *bus, char *err, size_t errlen);
 
 /* bus-link.c */
 void bus_confirm_timeout(evutil_socket_t fd, short what, void *arg);
-bool bus_describe_error(struct bus *bus, struct bufferevent *bev, short events, char *buf, size_t len);
+bool bus_describe_error(struct bus *bus, struct bufferevent *bev, short events, char *buf,
+    size_t len);
 void bus_watchdog(evutil_socket_t fd, short what, void *arg);
 void bus_link_established(struct bus *bus);
 

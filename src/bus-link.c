@@ -32,7 +32,8 @@ bus_is_heartbeat(const struct bus *bus, const struct wire_msg *m)
 {
     return bus->cfg.heartbeat_timeout_ms > 0 &&
         (m->type == WIRE_FORWARDED_MULTICAST || m->type == WIRE_FORWARDED_UNICAST) &&
-        bus_wire_str_is(&m->feed, HEARTBEAT_FEED) && bus_wire_str_is(&m->topic, HEARTBEAT_TOPIC);
+        bus_wire_str_is(&m->feed, HEARTBEAT_FEED) &&
+        bus_wire_str_is(&m->topic, HEARTBEAT_TOPIC);
 }
 
 /* Queue requests the link makes itself: like its heartbeat subscription,
@@ -72,8 +73,8 @@ bus_probe_answered(struct bus *bus, enum busconfirm_verdict v)
     if (v == BUSCONFIRM_REFUSED) {
         bus_probe_settle(bus, BUSCONFIRM_DENIED);
         log_warn("bus: login confirmed, but the login probe was refused (not entitled "
-            "to %s/%s): grant user %s that feed or set bus.confirm", bus->confirm.feed,
-            bus->confirm.topic, bus->auth_desc);
+                 "to %s/%s): grant user %s that feed or set bus.confirm",
+            bus->confirm.feed, bus->confirm.topic, bus->auth_desc);
         return;
     }
     bus_probe_settle(bus, BUSCONFIRM_CONFIRMED);
@@ -99,11 +100,11 @@ bus_confirm_timeout(evutil_socket_t fd, short what, void *arg)
         /* Traffic proves the login: the probe's own roles are denied. */
         bus_probe_settle(bus, BUSCONFIRM_DENIED);
         log_warn("bus: the login probe on feed %s did not come back within %s although "
-            "the link carries traffic (so the login worked): the distributor's roles "
-            "for %s probably deny notify or subscribe on %s, or it waits "
-            "for an authorizer of that feed; grant them or set bus.confirm (STAT "
-            "bus_confirm probe-denied)", bus->confirm.feed, d, bus->auth_desc,
-            bus->confirm.feed);
+                 "the link carries traffic (so the login worked): the distributor's roles "
+                 "for %s probably deny notify or subscribe on %s, or it waits "
+                 "for an authorizer of that feed; grant them or set bus.confirm (STAT "
+                 "bus_confirm probe-denied)",
+            bus->confirm.feed, d, bus->auth_desc, bus->confirm.feed);
         return;
     }
     bus->confirm.state = BUSCONFIRM_FAILED;
@@ -111,16 +112,20 @@ bus_confirm_timeout(evutil_socket_t fd, short what, void *arg)
     if (!bus->probe_hinted) {
         bus->probe_hinted = true;
         log_notice("bus: if the credentials are right, the distributor may be "
-            "quiet and deny %s the probe's roles (notify, subscribe) on "
-            "feed %s: grant them, or set bus.confirm to heartbeat or none",
+                   "quiet and deny %s the probe's roles (notify, subscribe) on "
+                   "feed %s: grant them, or set bus.confirm to heartbeat or none",
             bus->auth_desc, bus->confirm.feed);
     }
     if (bus->cfg.auth != CONFIG_AUTH_NONE)
-        snprintf(reason, sizeof reason, "probable authentication failure (%s): "
-            "no answer to the login probe within %s", bus->auth_desc, d);
+        snprintf(reason, sizeof reason,
+            "probable authentication failure (%s): "
+            "no answer to the login probe within %s",
+            bus->auth_desc, d);
     else
-        snprintf(reason, sizeof reason, "no answer to the login probe within %s: "
-            "the bus ignores this link", d);
+        snprintf(reason, sizeof reason,
+            "no answer to the login probe within %s: "
+            "the bus ignores this link",
+            d);
     bus_link_failed(bus, reason, bus->cfg.auth != CONFIG_AUTH_NONE);
 }
 
@@ -136,9 +141,10 @@ bus_hint_mismatch(struct bus *bus, const char *sign)
         return;
     bus->mismatch_hinted = true;
     log_warn("bus: possible bus protocol mismatch (bus.protocol=%d): %s. The "
-        "distributor cannot say which protocol it speaks; if its version differs, "
-        "set bus.protocol to 3 (distributor 3.x), 4 (4.0.0 to 5.x) or 6 "
-        "(6.0.0-alpha.6 and later)", bus->cfg.protocol, sign);
+             "distributor cannot say which protocol it speaks; if its version differs, "
+             "set bus.protocol to 3 (distributor 3.x), 4 (4.0.0 to 5.x) or 6 "
+             "(6.0.0-alpha.6 and later)",
+        bus->cfg.protocol, sign);
 }
 
 static void
@@ -153,7 +159,7 @@ bus_read(struct bufferevent *bev, void *arg)
     bool decoded = false;
 
     bus->rx_any = true;
-    bus->msg.version = bus->cfg.protocol;   /* decode at the configured protocol */
+    bus->msg.version = bus->cfg.protocol; /* decode at the configured protocol */
     if (!bus->cfg.tls.enabled)
         sockread_more(bev, 1 << 20);
     for (;;) {
@@ -166,7 +172,8 @@ bus_read(struct bufferevent *bev, void *arg)
         case WIRE_ERROR:
             bus->st.protocol_errors++;
             if (bus->st.msgs_in - bus->msgs_at_login < BUS_MISMATCH_WINDOW)
-                bus_hint_mismatch(bus, "a message among the first the distributor "
+                bus_hint_mismatch(bus,
+                    "a message among the first the distributor "
                     "sent could not be decoded");
             log_msg(LOG_ERR, NULL, "bus: protocol error: %s (after %llu messages)",
                 cause != NULL ? cause : "invalid message",
@@ -190,7 +197,7 @@ bus_read(struct bufferevent *bev, void *arg)
         if (bus->state == BUS_UNCONFIRMED) {
             bus_go_up(bus);
             if (bus->bev != bev)
-                return;     /* on_state closed or replaced the link */
+                return; /* on_state closed or replaced the link */
         }
         if (bus_is_heartbeat(bus, &bus->msg)) {
             bus->st.heartbeats_in++;
@@ -239,8 +246,8 @@ bus_closed_reason(struct bufferevent *bev)
 /* Why an established link or a TLS handshake failed; true if it was a
  * TLS-level error (see tls_is_protocol_error). */
 bool
-bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
-    char *buf, size_t len)
+bus_describe_error(struct bus *bus, struct bufferevent *bev, short events, char *buf,
+    size_t len)
 {
     unsigned long errs[BUS_MAX_SSL_ERRORS], e;
     size_t n = 0;
@@ -259,7 +266,8 @@ bus_describe_error(struct bus *bus, struct bufferevent *bev, short events,
             errs[n++] = e;
     if ((events & BEV_EVENT_EOF) && n == 0)
         sys_err = 0;
-    tls_describe_failure(bufferevent_openssl_get_ssl(bev), errs, n, sys_err, why, sizeof why);
+    tls_describe_failure(bufferevent_openssl_get_ssl(bev), errs, n, sys_err, why,
+        sizeof why);
     if ((events & BEV_EVENT_EOF) && strcmp(why, "connection closed") == 0)
         snprintf(buf, len, "%s", bus_closed_reason(bev));
     else
@@ -292,7 +300,8 @@ bus_link_event(struct bufferevent *bev, short events, void *arg)
     f.window_ms = bus->cfg.auth_fail_window_ms;
     auth_failure = bus_probable_auth_failure(&f);
     if (auth_failure)
-        snprintf(reason, sizeof reason, "probable authentication failure (%s)", bus->auth_desc);
+        snprintf(reason, sizeof reason, "probable authentication failure (%s)",
+            bus->auth_desc);
     else if (f.tls_error)
         snprintf(reason, sizeof reason, "TLS error: %s", why);
     else
@@ -323,30 +332,38 @@ bus_watchdog(evutil_socket_t fd, short what, void *arg)
         bus->hb_warned = true;
         bus->hb_state = "none-received";
         log_warn("bus: no heartbeat received in %s although the link carries traffic "
-            "(so the login worked): check that the distributor has a heartbeat "
-            "interval and, at bus.protocol 6 with authorization on (distributor-wide "
-            "there), that an authorizer grants __admin__/heartbeat", d);
+                 "(so the login worked): check that the distributor has a heartbeat "
+                 "interval and, at bus.protocol 6 with authorization on (distributor-wide "
+                 "there), that an authorizer grants __admin__/heartbeat",
+            d);
     }
     if (idle < timeout) {
         bus_timer_arm(bus->watchdog, timeout - idle);
         return;
     }
     bus->st.heartbeat_timeouts++;
-    if (bus->bev != NULL && (partial = evbuffer_get_length(bufferevent_get_input(bus->bev))) > 0) {
-        snprintf(reason, sizeof reason, "no complete message within %s (%zu bytes of an "
-            "unfinished one arrived): the bus is stuck or trickling", d, partial);
+    if (bus->bev != NULL &&
+        (partial = evbuffer_get_length(bufferevent_get_input(bus->bev))) > 0) {
+        snprintf(reason, sizeof reason,
+            "no complete message within %s (%zu bytes of an "
+            "unfinished one arrived): the bus is stuck or trickling",
+            d, partial);
     } else if (!bus->rx_any) {
         snprintf(reason, sizeof reason, "no heartbeat: not authenticated or dead");
         bus_hint_mismatch(bus, "nothing came back after the login");
     } else if (!bus->hb_any) {
         bus->hb_state = "none-received";
-        snprintf(reason, sizeof reason, "no heartbeat within %s, and none ever received "
+        snprintf(reason, sizeof reason,
+            "no heartbeat within %s, and none ever received "
             "on this link: check the distributor's heartbeat interval and (bus.protocol 6) "
-            "an authorizer for __admin__/heartbeat", d);
+            "an authorizer for __admin__/heartbeat",
+            d);
     } else {
         bus->hb_state = "stopped";
-        snprintf(reason, sizeof reason, "no heartbeat within %s: heartbeats stopped "
-            "(check the distributor and the network path)", d);
+        snprintf(reason, sizeof reason,
+            "no heartbeat within %s: heartbeats stopped "
+            "(check the distributor and the network path)",
+            d);
     }
     bus_link_failed(bus, reason, false);
 }

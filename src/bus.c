@@ -60,7 +60,8 @@ bus_now_ms(void)
 void
 bus_timer_arm(struct event *ev, uint64_t ms)
 {
-    struct timeval tv = { .tv_sec = (time_t)(ms / 1000), .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
+    struct timeval tv = { .tv_sec = (time_t)(ms / 1000),
+        .tv_usec = (suseconds_t)(ms % 1000) * 1000 };
 
     evtimer_add(ev, &tv);
 }
@@ -151,7 +152,7 @@ bus_backoff_ms(uint32_t min_ms, uint32_t max_ms, unsigned attempt, double rnd)
 {
     uint32_t cap = bus_backoff_cap(&min_ms, max_ms, attempt);
 
-    if (!(rnd > 0.0))       /* also catches NaN */
+    if (!(rnd > 0.0)) /* also catches NaN */
         rnd = 0.0;
     if (rnd >= 1.0)
         rnd = 0.999999999;
@@ -179,10 +180,18 @@ static void
 bus_cfg_free(struct config_bus *c)
 {
     char **strs[] = {
-        &c->host, &c->credentials_file, &c->token_file, &c->impersonating,
-        &c->forwarded_for, &c->confirm_feed, &c->tls.ca_file, &c->tls.ca_dir,
+        &c->host,
+        &c->credentials_file,
+        &c->token_file,
+        &c->impersonating,
+        &c->forwarded_for,
+        &c->confirm_feed,
+        &c->tls.ca_file,
+        &c->tls.ca_dir,
         &c->tls.server_name,
-        &c->tls.cert_file, &c->tls.key_file, &c->tls.ciphers,
+        &c->tls.cert_file,
+        &c->tls.key_file,
+        &c->tls.ciphers,
     };
 
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
@@ -231,8 +240,8 @@ bus_cfg_needs_reconnect(const struct config_bus *a, const struct config_bus *b)
         !same_str(a->token_file, b->token_file) ||
         !same_str(a->impersonating, b->impersonating) ||
         !same_str(a->forwarded_for, b->forwarded_for) ||
-        a->forwarded_for_host != b->forwarded_for_host ||
-        a->protocol != b->protocol || !same_str(a->application, b->application) ||
+        a->forwarded_for_host != b->forwarded_for_host || a->protocol != b->protocol ||
+        !same_str(a->application, b->application) ||
         /* the heartbeat subscription is made at connect time */
         (a->heartbeat_timeout_ms == 0) != (b->heartbeat_timeout_ms == 0);
 }
@@ -295,8 +304,8 @@ bus_shutdown_done(evutil_socket_t fd, short what, void *arg)
 }
 
 struct bus *
-bus_new(struct event_base *base, struct evdns_base *dns,
-    const struct config_bus *cfg, const struct bus_callbacks *cb, void *arg)
+bus_new(struct event_base *base, struct evdns_base *dns, const struct config_bus *cfg,
+    const struct bus_callbacks *cb, void *arg)
 {
     struct bus *bus;
     char err[512];
@@ -361,8 +370,8 @@ bus_is_data(const struct wire_msg *msg)
 bool
 bus_data_ready(const struct bus *bus)
 {
-    return bus->bev != NULL && (bus->state == BUS_UP ||
-        (bus->state == BUS_UNCONFIRMED && !bus_confirms(bus)));
+    return bus->bev != NULL &&
+        (bus->state == BUS_UP || (bus->state == BUS_UNCONFIRMED && !bus_confirms(bus)));
 }
 
 /* Bytes waiting to go to the bus. */
@@ -484,8 +493,7 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
     bool new_tls = cfg->tls.enabled || !tls_config_equal(&bus->cfg.tls, &cfg->tls);
     uint32_t old_hb = bus->cfg.heartbeat_timeout_ms;
 
-    if (new_tls && cfg->tls.enabled &&
-        (ctx = tls_ctx_new(&cfg->tls, err, errlen)) == NULL)
+    if (new_tls && cfg->tls.enabled && (ctx = tls_ctx_new(&cfg->tls, err, errlen)) == NULL)
         return -1;
     if (bus_cfg_copy(&fresh, cfg) != 0) {
         tls_ctx_free(ctx);
@@ -495,7 +503,7 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
     bus_cfg_free(&bus->cfg);
     bus->cfg = fresh;
     if (new_tls) {
-        tls_ctx_free(bus->ssl_ctx);     /* live SSLs hold their own reference */
+        tls_ctx_free(bus->ssl_ctx); /* live SSLs hold their own reference */
         bus->ssl_ctx = ctx;
     }
     if (!reconnect && bus->started && !bus->stopping && bus->state == BUS_DOWN &&
@@ -522,7 +530,8 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
     bus->fail_reason[0] = '\0';
     bus_set_state(bus, BUS_DOWN, "configuration changed");
     bus_release_pressure(bus);
-    if (bus->state == BUS_DOWN && !bus->stopping && !evtimer_pending(bus->retry_timer, NULL))
+    if (bus->state == BUS_DOWN && !bus->stopping &&
+        !evtimer_pending(bus->retry_timer, NULL))
         bus_connect_begin(bus);
     return 0;
 }
@@ -530,8 +539,8 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
 void
 bus_shutdown(struct bus *bus, uint32_t timeout_ms, void (*done)(void *), void *arg)
 {
-    size_t queued = bus->bev != NULL ?
-        evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
+    size_t queued =
+        bus->bev != NULL ? evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
 
     bus->stopping = true;
     bus->shutdown_done = done;
@@ -571,7 +580,7 @@ bus_free(struct bus *bus)
     if (bus->done_ev != NULL)
         event_free(bus->done_ev);
     if (bus->own_dns)
-        evdns_base_free(bus->dns, 1);   /* fails (and frees) a pending lookup */
+        evdns_base_free(bus->dns, 1); /* fails (and frees) a pending lookup */
     tls_ctx_free(bus->ssl_ctx);
     bus_cfg_free(&bus->cfg);
     wire_msg_free(&bus->msg);

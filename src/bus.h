@@ -21,10 +21,10 @@ struct bus;
 struct evbuffer;
 
 enum bus_state {
-    BUS_DOWN,          /* not connected; a retry is scheduled (or stopped) */
-    BUS_CONNECTING,    /* resolving, TCP connect, TLS handshake */
-    BUS_UNCONFIRMED,   /* credentials sent, nothing received from the bus yet */
-    BUS_UP,            /* traffic received: authenticated and live */
+    BUS_DOWN,        /* not connected; a retry is scheduled (or stopped) */
+    BUS_CONNECTING,  /* resolving, TCP connect, TLS handshake */
+    BUS_UNCONFIRMED, /* credentials sent, nothing received from the bus yet */
+    BUS_UP,          /* traffic received: authenticated and live */
 };
 
 /* "down", "connecting", "unconfirmed", "up" */
@@ -46,36 +46,36 @@ struct bus_callbacks {
 
 struct bus_stats {
     enum bus_state state;
-    time_t state_since;           /* wall clock of the last state change */
-    uint64_t connects;            /* successful TCP(+TLS) connections */
-    uint64_t reconnects;          /* connection attempts after the first */
-    uint64_t auth_failures;       /* probable authentication failures */
-    uint64_t protocol_errors;     /* bad bytes from the bus */
+    time_t state_since;       /* wall clock of the last state change */
+    uint64_t connects;        /* successful TCP(+TLS) connections */
+    uint64_t reconnects;      /* connection attempts after the first */
+    uint64_t auth_failures;   /* probable authentication failures */
+    uint64_t protocol_errors; /* bad bytes from the bus */
     uint64_t heartbeat_timeouts;
-    uint64_t heartbeats_in;       /* heartbeats received (also passed on) */
-    const char *heartbeat;        /* this link: off, waiting, receiving,
+    uint64_t heartbeats_in; /* heartbeats received (also passed on) */
+    const char *heartbeat;  /* this link: off, waiting, receiving,
                                    * none-received, stopped (bus_heartbeat) */
-    const char *confirm;          /* the login's confirmation: off, waiting,
+    const char *confirm;    /* the login's confirmation: off, waiting,
                                    * confirmed, probe-denied, failed */
-    const char *client_id;        /* this link's id on the bus, "" until learned */
+    const char *client_id;  /* this link's id on the bus, "" until learned */
     uint64_t msgs_in, bytes_in;
     uint64_t msgs_out, bytes_out;
-    size_t output_queued;         /* bytes waiting to go to the bus */
-    uint64_t bytes_lost;          /* queued bytes a failed link or shutdown took with it */
+    size_t output_queued; /* bytes waiting to go to the bus */
+    uint64_t bytes_lost;  /* queued bytes a failed link or shutdown took with it */
     char last_error[256];
     /* For STATS LINK and /metrics. */
-    time_t last_heartbeat;        /* wall clock of the newest heartbeat, 0: none yet */
-    const char *server;           /* "addr:port" of the current attempt or link, "" if none */
-    const char *tls_version;      /* the link's TLS version, NULL without TLS */
+    time_t last_heartbeat;   /* wall clock of the newest heartbeat, 0: none yet */
+    const char *server;      /* "addr:port" of the current attempt or link, "" if none */
+    const char *tls_version; /* the link's TLS version, NULL without TLS */
     const char *tls_cipher;
-    int protocol;                 /* bus.protocol */
-    const char *host;             /* bus.host and bus.port */
+    int protocol;     /* bus.protocol */
+    const char *host; /* bus.host and bus.port */
     unsigned port;
 };
 
 enum bus_send_result {
-    BUS_SENT = 0,        /* queued for the bus */
-    BUS_NOT_UP = -1,     /* link down or connecting: nothing queued */
+    BUS_SENT = 0,    /* queued for the bus */
+    BUS_NOT_UP = -1, /* link down or connecting: nothing queued */
     BUS_ENCODE_ERROR = -2,
 };
 
@@ -107,7 +107,8 @@ bool bus_congested(const struct bus *bus);
  * connection (__admin__/heartbeat while the watchdog is on): the router
  * then sends no subscribe or unsubscribe of its own for that topic, and
  * drops its data uncounted when no local session wants it. */
-bool bus_holds(const struct bus *bus, const struct wire_str *feed, const struct wire_str *topic);
+bool
+bus_holds(const struct bus *bus, const struct wire_str *feed, const struct wire_str *topic);
 
 enum bus_state bus_state(const struct bus *bus);
 void bus_get_stats(const struct bus *bus, struct bus_stats *st);
@@ -115,7 +116,8 @@ void bus_get_stats(const struct bus *bus, struct bus_stats *st);
 /* Apply a new bus config (SIGHUP). If anything that matters to the
  * connection changed (host, port, TLS, auth, credentials), the link is
  * closed at a message boundary and rebuilt. Returns 0 or -1 with err. */
-int bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t errlen);
+int
+bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t errlen);
 
 /* Flush what is queued (whole messages), then close; done(arg) is called
  * when closed or after timeout_ms. No reconnect after this. */
@@ -141,13 +143,13 @@ unsigned bus_next_attempt(unsigned attempt, bool auth_failure);
 
 /* What is known when a link fails, to tell a rejected login from the rest. */
 struct bus_close_facts {
-    bool unconfirmed;           /* credentials sent, nothing confirmed them yet */
-    bool rx_any;                /* some bytes came back on this link */
-    bool auth;                  /* credentials were sent (bus.auth is not none) */
-    bool tls_error;             /* a TLS-level failure: an alert, a refused
+    bool unconfirmed;        /* credentials sent, nothing confirmed them yet */
+    bool rx_any;             /* some bytes came back on this link */
+    bool auth;               /* credentials were sent (bus.auth is not none) */
+    bool tls_error;          /* a TLS-level failure: an alert, a refused
                                  * renegotiation, a bad record */
-    uint64_t since_login_ms;    /* since the credentials went out */
-    uint32_t window_ms;         /* bus.auth_fail_window */
+    uint64_t since_login_ms; /* since the credentials went out */
+    uint32_t window_ms;      /* bus.auth_fail_window */
 };
 
 /*

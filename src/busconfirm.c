@@ -62,8 +62,8 @@ fresh_topic(struct busconfirm *p)
     char host[256], text[GUID_TEXT_LEN + 1];
 
     evutil_secure_rng_get_bytes(g, sizeof g);
-    g[7] = (uint8_t)((g[7] & 0x0f) | 0x40);    /* version 4 (wire order) */
-    g[8] = (uint8_t)((g[8] & 0x3f) | 0x80);    /* RFC 4122 variant */
+    g[7] = (uint8_t)((g[7] & 0x0f) | 0x40); /* version 4 (wire order) */
+    g[8] = (uint8_t)((g[8] & 0x3f) | 0x80); /* RFC 4122 variant */
     guid_to_text(g, text);
     if (gethostname(host, sizeof host) != 0)
         snprintf(host, sizeof host, "unknown");
@@ -108,7 +108,8 @@ busconfirm_begin(struct busconfirm *p, const struct config_bus *cfg, struct evbu
     if (p->method != CONFIG_CONFIRM_PROBE)
         return 0;
     free(p->feed);
-    if ((p->feed = strdup(cfg->confirm_feed != NULL ? cfg->confirm_feed : "__busgate__")) == NULL)
+    if ((p->feed = strdup(cfg->confirm_feed != NULL ? cfg->confirm_feed : "__busgate__")) ==
+        NULL)
         return -1;
     fresh_topic(p);
     return probe_encode(p, cfg->protocol, out);
@@ -132,7 +133,7 @@ busconfirm_check(struct busconfirm *p, const struct wire_msg *m)
     switch (m->type) {
     case WIRE_FORWARDED_SUBSCRIPTION:
         if (!str_is(&m->topic, p->topic) || !m->is_add)
-            return BUSCONFIRM_CONSUMED;     /* other links' probes, our own remove */
+            return BUSCONFIRM_CONSUMED; /* other links' probes, our own remove */
         if (!p->have_client_id) {
             memcpy(p->client_id, m->client_id, GUID_WIRE_LEN);
             p->have_client_id = true;

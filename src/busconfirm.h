@@ -24,29 +24,29 @@ struct evbuffer;
 
 /* What STAT bus_confirm says about the current (or last) link. */
 enum busconfirm_state {
-    BUSCONFIRM_OFF,         /* bus.confirm none: the first message confirms, no deadline */
-    BUSCONFIRM_WAITING,     /* credentials sent; no echo (or heartbeat) yet */
-    BUSCONFIRM_CONFIRMED,   /* the probe came back (or a heartbeat came): logged in */
-    BUSCONFIRM_DENIED,      /* logged in (the bus sent traffic), but the probe was
+    BUSCONFIRM_OFF,       /* bus.confirm none: the first message confirms, no deadline */
+    BUSCONFIRM_WAITING,   /* credentials sent; no echo (or heartbeat) yet */
+    BUSCONFIRM_CONFIRMED, /* the probe came back (or a heartbeat came): logged in */
+    BUSCONFIRM_DENIED,    /* logged in (the bus sent traffic), but the probe was
                              * refused (not entitled) or never came back: roles */
-    BUSCONFIRM_FAILED,      /* nothing at all came back in time: probable
+    BUSCONFIRM_FAILED,    /* nothing at all came back in time: probable
                              * authentication failure; the link was dropped */
 };
 
 /* What a message from the bus is to the probe. */
 enum busconfirm_verdict {
-    BUSCONFIRM_NOT_OURS,    /* pass it on to the router */
-    BUSCONFIRM_CONSUMED,    /* on the probe's feed: the link's own, nothing new */
-    BUSCONFIRM_ECHO,        /* the probe came back: the login is confirmed */
-    BUSCONFIRM_REFUSED,     /* the probe was answered "not entitled" */
+    BUSCONFIRM_NOT_OURS, /* pass it on to the router */
+    BUSCONFIRM_CONSUMED, /* on the probe's feed: the link's own, nothing new */
+    BUSCONFIRM_ECHO,     /* the probe came back: the login is confirmed */
+    BUSCONFIRM_REFUSED,  /* the probe was answered "not entitled" */
 };
 
 struct busconfirm {
     enum config_confirm method;
     enum busconfirm_state state;
-    char *feed;                             /* bus.confirm_feed (probe only) */
-    char topic[320];                        /* this link's: "<host>/<guid>" */
-    bool have_client_id;                    /* learned from the notification */
+    char *feed;          /* bus.confirm_feed (probe only) */
+    char topic[320];     /* this link's: "<host>/<guid>" */
+    bool have_client_id; /* learned from the notification */
     uint8_t client_id[GUID_WIRE_LEN];
 };
 
@@ -56,7 +56,8 @@ void busconfirm_free(struct busconfirm *p);
 /* A new link logged in: take the method from cfg and, for the probe,
  * append its requests to out at cfg->protocol. Returns 0 or -1
  * (out of memory; nothing appended). */
-int busconfirm_begin(struct busconfirm *p, const struct config_bus *cfg, struct evbuffer *out);
+int
+busconfirm_begin(struct busconfirm *p, const struct config_bus *cfg, struct evbuffer *out);
 
 /* Classify one message from the bus (see enum busconfirm_verdict). Learns
  * the client id from the notification of the probe's subscription. */

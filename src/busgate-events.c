@@ -4,7 +4,7 @@
  */
 #include "busgate-int.h"
 
-static uint64_t seen_events;     /* for --count */
+static uint64_t seen_events; /* for --count */
 
 /* A payload as one line of text: UTF-8 as is; backslash, control bytes
  * and invalid UTF-8 as C escapes, so every packet stays on its line. */
@@ -24,11 +24,21 @@ put_text(FILE *f, const uint8_t *p, size_t n)
             i += k;
         } else {
             switch (ch) {
-            case '\\': fputs("\\\\", f); break;
-            case '\n': fputs("\\n", f); break;
-            case '\r': fputs("\\r", f); break;
-            case '\t': fputs("\\t", f); break;
-            default: fprintf(f, "\\x%02x", ch); break;
+            case '\\':
+                fputs("\\\\", f);
+                break;
+            case '\n':
+                fputs("\\n", f);
+                break;
+            case '\r':
+                fputs("\\r", f);
+                break;
+            case '\t':
+                fputs("\\t", f);
+                break;
+            default:
+                fprintf(f, "\\x%02x", ch);
+                break;
             }
             i++;
         }
@@ -66,9 +76,15 @@ static void
 put_payload(FILE *f, enum payload_form form, const uint8_t *p, size_t n)
 {
     switch (form) {
-    case FORM_TEXT: put_text(f, p, n); break;
-    case FORM_HEX: put_hex(f, p, n); break;
-    case FORM_BASE64: put_base64(f, p, n); break;
+    case FORM_TEXT:
+        put_text(f, p, n);
+        break;
+    case FORM_HEX:
+        put_hex(f, p, n);
+        break;
+    case FORM_BASE64:
+        put_base64(f, p, n);
+        break;
     }
 }
 
@@ -115,8 +131,9 @@ print_data(struct cli *c, enum payload_form form)
 
     if (c->ev.n_packets == 0) {
         put_data_prefix(c);
-        fputs(c->ev.user.len == 0 && c->ev.host.len == 0 && c->ev.is_image ?
-            "STALE\n" : "EMPTY\n", stdout);
+        fputs(c->ev.user.len == 0 && c->ev.host.len == 0 && c->ev.is_image ? "STALE\n"
+                                                                           : "EMPTY\n",
+            stdout);
         return;
     }
     for (uint32_t i = 0; i < c->ev.n_packets; i++) {

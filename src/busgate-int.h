@@ -45,13 +45,13 @@ enum {
 
 /* What we accept from the daemon: far above anything its defaults let
  * through, low enough that a confused peer cannot eat the machine. */
-#define CLI_MAX_LINE        (16u << 20)
-#define CLI_MAX_PAYLOAD     (64u << 20)
-#define CLI_MAX_PACKETS     (1u << 20)
-#define CLI_MAX_ENTS        (1u << 20)
+#define CLI_MAX_LINE (16u << 20)
+#define CLI_MAX_PAYLOAD (64u << 20)
+#define CLI_MAX_PACKETS (1u << 20)
+#define CLI_MAX_ENTS (1u << 20)
 /* Queued publishes before we stop reading stdin and let the daemon catch up. */
-#define CLI_OUT_HIGH_WATER  (1u << 20)
-#define CLI_READ_CHUNK      65536
+#define CLI_OUT_HIGH_WATER (1u << 20)
+#define CLI_READ_CHUNK 65536
 #define CLI_DEFAULT_TIMEOUT 30
 
 enum payload_form { FORM_TEXT, FORM_HEX, FORM_BASE64 };
@@ -64,18 +64,23 @@ struct opts {
     const char *socket;
     int timeout_s;
     enum payload_form form;
-    uint64_t count;             /* 0: no limit */
+    uint64_t count; /* 0: no limit */
     bool image;
     bool whole;
     bool not_required;
-    const char *ents;           /* comma list, checked */
+    const char *ents; /* comma list, checked */
     enum stats_format format;
     unsigned seen;
 };
 
 enum opt_bit {
-    O_FORM = 1u << 0, O_COUNT = 1u << 1, O_IMAGE = 1u << 2, O_WHOLE = 1u << 3,
-    O_ENTS = 1u << 4, O_NOTREQ = 1u << 5, O_FORMAT = 1u << 6,
+    O_FORM = 1u << 0,
+    O_COUNT = 1u << 1,
+    O_IMAGE = 1u << 2,
+    O_WHOLE = 1u << 3,
+    O_ENTS = 1u << 4,
+    O_NOTREQ = 1u << 5,
+    O_FORMAT = 1u << 6,
 };
 
 /* What the greeting announced. */
@@ -86,30 +91,32 @@ struct hello {
 
 struct cli {
     int fd;
-    int timeout_ms;             /* -1: wait for ever */
-    struct evbuffer *in;        /* from the daemon */
-    struct evbuffer *out;       /* to the daemon */
-    struct evbuffer *scratch;   /* output formatting */
-    struct lp_event ev;         /* the current event */
+    int timeout_ms;           /* -1: wait for ever */
+    struct evbuffer *in;      /* from the daemon */
+    struct evbuffer *out;     /* to the daemon */
+    struct evbuffer *scratch; /* output formatting */
+    struct lp_event ev;       /* the current event */
     struct lp_limits lim;
-    struct lp_framer framer;    /* splits in into event lines and payloads */
-    const uint8_t *payload;     /* DATA: the current event's payload block */
+    struct lp_framer framer; /* splits in into event lines and payloads */
+    const uint8_t *payload;  /* DATA: the current event's payload block */
     bool eof;
-    bool verbose;               /* the daemon answers every command */
-    unsigned awaiting;          /* replies (+OK/-ERR, PONG, END) still due */
-    uint64_t refused;           /* -ERR replies and local refusals */
+    bool verbose;      /* the daemon answers every command */
+    unsigned awaiting; /* replies (+OK/-ERR, PONG, END) still due */
+    uint64_t refused;  /* -ERR replies and local refusals */
     struct hello hello;
-    char bus[16];               /* the latest bus state */
+    char bus[16]; /* the latest bus state */
 };
 
 /* busgate.c */
 void cli_finish(int code) __attribute__((noreturn));
-void cli_fail(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
+void
+cli_fail(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int cli_next(struct cli *c, int in_fd, size_t wake_below);
 int cli_common(struct cli *c, bool tell_bus);
 void cli_send_names(struct cli *c, enum lp_verb verb, const char *a, const char *b);
-void cli_confirm(struct cli *c, void (*on_event)(struct cli *, const struct opts *), const struct opts *o);
+void cli_confirm(struct cli *c, void (*on_event)(struct cli *, const struct opts *),
+    const struct opts *o);
 void cli_settle(struct cli *c);
 
 /* busgate-events.c */

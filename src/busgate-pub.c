@@ -7,14 +7,14 @@
 
 struct publisher {
     const struct opts *o;
-    const uint8_t *client_id;   /* SEND: the receiver; PUB: NULL */
+    const uint8_t *client_id; /* SEND: the receiver; PUB: NULL */
     const char *feed, *topic;
-    struct evbuffer *input;     /* stdin bytes not yet queued */
+    struct evbuffer *input; /* stdin bytes not yet queued */
     bool input_eof;
-    bool discarding;            /* dropping the rest of a too-long line */
+    bool discarding; /* dropping the rest of a too-long line */
     uint64_t line_no;
-    uint64_t queued;            /* messages sent to the daemon */
-    uint64_t too_long;          /* messages refused here */
+    uint64_t queued;   /* messages sent to the daemon */
+    uint64_t too_long; /* messages refused here */
 };
 
 /* Queue one message: the command line, then n bytes moved from input. */
@@ -38,8 +38,8 @@ static void
 pub_too_long(struct cli *c, struct publisher *p, uint64_t len)
 {
     cli_note("stdin line %" PRIu64 ": %" PRIu64 "%s bytes, over busgated's max_payload "
-        "of %" PRIu64 "; not sent", p->line_no, len, p->discarding ? "+" : "",
-        c->hello.max_payload);
+             "of %" PRIu64 "; not sent",
+        p->line_no, len, p->discarding ? "+" : "", c->hello.max_payload);
     p->too_long++;
 }
 
@@ -55,7 +55,7 @@ pub_lines(struct cli *c, struct publisher *p)
         size_t have = evbuffer_get_length(p->input);
 
         if (nl.pos < 0) {
-            if (have > max) {           /* can never be sent: stop holding it */
+            if (have > max) { /* can never be sent: stop holding it */
                 if (!p->discarding) {
                     p->line_no++;
                     p->discarding = true;
@@ -106,8 +106,9 @@ pub_read_input(struct cli *c, struct publisher *p)
     if (n == 0)
         p->input_eof = true;
     if (p->o->whole && evbuffer_get_length(p->input) > c->hello.max_payload)
-        cli_fail(EXIT_REFUSED, "input is over busgated's max_payload of %" PRIu64
-            " bytes; nothing sent", c->hello.max_payload);
+        cli_fail(EXIT_REFUSED,
+            "input is over busgated's max_payload of %" PRIu64 " bytes; nothing sent",
+            c->hello.max_payload);
 }
 
 /*
@@ -120,8 +121,7 @@ run_publish(struct cli *c, struct publisher *p)
 {
     bool pinged = false;
 
-    if ((p->input = evbuffer_new()) == NULL ||
-        lp_format_cmd(c->out, LP_VERBOSE, "off") < 0)
+    if ((p->input = evbuffer_new()) == NULL || lp_format_cmd(c->out, LP_VERBOSE, "off") < 0)
         cli_fail(EXIT_NODAEMON, "out of memory");
     c->verbose = false;
     for (;;) {
@@ -138,8 +138,8 @@ run_publish(struct cli *c, struct publisher *p)
         }
         if (p->input_eof)
             room = false;
-        if (cli_next(c, room ? STDIN_FILENO : -1,
-                p->input_eof ? 0 : CLI_OUT_HIGH_WATER) == 0) {
+        if (cli_next(c, room ? STDIN_FILENO : -1, p->input_eof ? 0 : CLI_OUT_HIGH_WATER) ==
+            0) {
             if (room)
                 pub_read_input(c, p);
             continue;
@@ -174,7 +174,7 @@ cli_run_send(struct cli *c, const struct opts *o, char **args, int nargs)
     struct publisher p = { .o = o };
     uint8_t id[GUID_WIRE_LEN];
 
-    guid_from_text(args[0], strlen(args[0]), id);   /* checked in main */
+    guid_from_text(args[0], strlen(args[0]), id); /* checked in main */
     p.client_id = id;
     p.feed = args[1];
     p.topic = args[2];

@@ -128,8 +128,8 @@ by_queued(const void *a, const void *b)
 void
 cli_run_sessions(struct cli *c)
 {
-    static const char *const cols[] = { "pid", "uid", "app", "age", "idle", "subs", "msgs_in",
-        "bytes_in", "msgs_out", "bytes_out", "queued", "state" };
+    static const char *const cols[] = { "pid", "uid", "app", "age", "idle", "subs",
+        "msgs_in", "bytes_in", "msgs_out", "bytes_out", "queued", "state" };
     struct session_table t = { NULL, 0, 0 };
 
     stats_lines(c, "SESSIONS", session_row, &t);

@@ -11,7 +11,7 @@
  */
 #include "busgate-int.h"
 
-static struct cli cli;          /* one per process; reachable for LSan at exit */
+static struct cli cli; /* one per process; reachable for LSan at exit */
 
 static void usage(FILE *out);
 
@@ -35,8 +35,7 @@ cli_free(struct cli *c)
     lp_event_free(&c->ev);
 }
 
-void __attribute__((noreturn))
-cli_finish(int code)
+void __attribute__((noreturn)) cli_finish(int code)
 {
     if (fflush(stdout) != 0 && code == EXIT_DONE) {
         fprintf(stderr, "busgate: writing output: %s\n", strerror(errno));
@@ -158,7 +157,7 @@ cli_pump(struct cli *c, int in_fd, int timeout_ms)
         return 0;
     if (pfd[0].revents & POLLOUT) {
         if (cli_write(c) < 0)
-            c->eof = true;  /* EPIPE and friends: read what is left, then stop */
+            c->eof = true; /* EPIPE and friends: read what is left, then stop */
         got |= PUMP_SOCKET;
     }
     if (pfd[0].revents & (POLLIN | POLLHUP | POLLERR)) {
@@ -174,8 +173,7 @@ cli_pump(struct cli *c, int in_fd, int timeout_ms)
 }
 
 /* The daemon said something we cannot follow: stop, showing a bit of it. */
-static void __attribute__((noreturn))
-cli_garbled(const char *line, size_t len)
+static void __attribute__((noreturn)) cli_garbled(const char *line, size_t len)
 {
     char shown[81];
     size_t n = len < 80 ? len : 80;
@@ -183,7 +181,8 @@ cli_garbled(const char *line, size_t len)
     for (size_t i = 0; i < n; i++)
         shown[i] = line[i] >= 0x20 && line[i] < 0x7f ? line[i] : '?';
     shown[n] = '\0';
-    cli_fail(EXIT_NODAEMON, "unexpected line from busgated: %s%s", shown, len > n ? "..." : "");
+    cli_fail(EXIT_NODAEMON, "unexpected line from busgated: %s%s", shown,
+        len > n ? "..." : "");
 }
 
 /* An event line: 1 when it is a whole event, 0 when a payload follows (to
@@ -228,9 +227,11 @@ cli_take(struct cli *c)
             c->payload = fr.data;
             return 1;
         case LP_FRAME_LINE_TOO_LONG:
-            cli_fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes", CLI_MAX_LINE);
+            cli_fail(EXIT_NODAEMON, "a line from busgated is longer than %u bytes",
+                CLI_MAX_LINE);
         case LP_FRAME_BAD_TERMINATOR:
-            cli_fail(EXIT_NODAEMON, "a DATA payload from busgated is not followed by a newline");
+            cli_fail(EXIT_NODAEMON,
+                "a DATA payload from busgated is not followed by a newline");
         }
     }
 }
@@ -251,11 +252,13 @@ cli_next(struct cli *c, int in_fd, size_t wake_below)
             return 1;
         if (c->eof)
             cli_fail(EXIT_NODAEMON, "connection to busgated lost");
-        timeout = in_fd < 0 && (c->awaiting > 0 || evbuffer_get_length(c->out) > 0) ?
-            c->timeout_ms : -1;
+        timeout = in_fd < 0 && (c->awaiting > 0 || evbuffer_get_length(c->out) > 0)
+            ? c->timeout_ms
+            : -1;
         got = cli_pump(c, in_fd, timeout);
         if (got == 0)
-            cli_fail(EXIT_NODAEMON, "no answer from busgated for %d s", c->timeout_ms / 1000);
+            cli_fail(EXIT_NODAEMON, "no answer from busgated for %d s",
+                c->timeout_ms / 1000);
         if ((got & PUMP_INPUT) || evbuffer_get_length(c->out) < wake_below)
             return 0;
     }
@@ -265,7 +268,9 @@ static bool
 err_closes(const char *rest)
 {
     static const enum lp_error closing[] = {
-        LP_ERR_SLOW_CONSUMER, LP_ERR_SHUTTING_DOWN, LP_ERR_TOO_MANY_SESSIONS,
+        LP_ERR_SLOW_CONSUMER,
+        LP_ERR_SHUTTING_DOWN,
+        LP_ERR_TOO_MANY_SESSIONS,
     };
 
     for (size_t i = 0; i < sizeof closing / sizeof closing[0]; i++) {
@@ -355,8 +360,9 @@ cli_hello(struct cli *c)
     sscanf(c->ev.rest + 8, "%63s", c->hello.version);
     hello_number(c->ev.rest, "proto", &c->hello.proto);
     if (c->hello.proto != LP_PROTOCOL_VERSION)
-        cli_fail(EXIT_NODAEMON, "busgated speaks line protocol %" PRIu64 ", this busgate %d",
-            c->hello.proto, LP_PROTOCOL_VERSION);
+        cli_fail(EXIT_NODAEMON,
+            "busgated speaks line protocol %" PRIu64 ", this busgate %d", c->hello.proto,
+            LP_PROTOCOL_VERSION);
     hello_number(c->ev.rest, "max_line", &c->hello.max_line);
     hello_number(c->ev.rest, "max_payload", &c->hello.max_payload);
     if (c->hello.max_payload == 0 || c->hello.max_payload > CLI_MAX_PAYLOAD)
@@ -458,7 +464,8 @@ run_ping(struct cli *c)
 static void
 check_ents(const char *ents)
 {
-    static const char head[] = "AUTHORIZE 00000000-0000-0000-0000-000000000000 F T required ";
+    static const char head[] =
+        "AUTHORIZE 00000000-0000-0000-0000-000000000000 F T required ";
     static const struct lp_limits lim = { 4096, 1, 1, CLI_MAX_ENTS, 0 };
     size_t n = strlen(ents);
     struct lp_cmd cmd;
@@ -476,7 +483,8 @@ check_ents(const char *ents)
         free(line);
     }
     if (r != 0)
-        usage_error("bad entitlement list '%s' (want integers separated by commas, like 1,2,3)",
+        usage_error(
+            "bad entitlement list '%s' (want integers separated by commas, like 1,2,3)",
             ents);
 }
 
@@ -555,8 +563,8 @@ run_ping_cmd(struct cli *c, const struct opts *o, char **args, int nargs)
 
 struct command {
     const char *name;
-    int min_args, max_args;     /* max -1: no limit */
-    unsigned allowed;           /* enum opt_bit set */
+    int min_args, max_args; /* max -1: no limit */
+    unsigned allowed;       /* enum opt_bit set */
     void (*run)(struct cli *, const struct opts *, char **, int);
 };
 
@@ -594,8 +602,12 @@ parse_options(int argc, char **argv, struct opts *o)
 
     while ((ch = getopt_long(argc, argv, "s:T:n:ie:wVh", longopts, NULL)) != -1) {
         switch (ch) {
-        case 's': o->socket = optarg; break;
-        case 'T': o->timeout_s = (int)number_arg("--timeout", optarg, 86400); break;
+        case 's':
+            o->socket = optarg;
+            break;
+        case 'T':
+            o->timeout_s = (int)number_arg("--timeout", optarg, 86400);
+            break;
         case OPT_HEX:
         case OPT_BASE64:
             if ((o->seen & O_FORM) != 0)
@@ -607,16 +619,36 @@ parse_options(int argc, char **argv, struct opts *o)
             o->count = number_arg("--count", optarg, UINT64_MAX);
             o->seen |= O_COUNT;
             break;
-        case 'i': o->image = true; o->seen |= O_IMAGE; break;
-        case 'e': check_ents(optarg); o->ents = optarg; o->seen |= O_ENTS; break;
-        case 'w': o->whole = true; o->seen |= O_WHOLE; break;
-        case OPT_NOTREQ: o->not_required = true; o->seen |= O_NOTREQ; break;
-        case OPT_FORMAT: o->format = format_arg(optarg); o->seen |= O_FORMAT; break;
+        case 'i':
+            o->image = true;
+            o->seen |= O_IMAGE;
+            break;
+        case 'e':
+            check_ents(optarg);
+            o->ents = optarg;
+            o->seen |= O_ENTS;
+            break;
+        case 'w':
+            o->whole = true;
+            o->seen |= O_WHOLE;
+            break;
+        case OPT_NOTREQ:
+            o->not_required = true;
+            o->seen |= O_NOTREQ;
+            break;
+        case OPT_FORMAT:
+            o->format = format_arg(optarg);
+            o->seen |= O_FORMAT;
+            break;
         case 'V':
             printf("busgate %s (line protocol %d)\n", PACKAGE_VERSION, LP_PROTOCOL_VERSION);
             cli_finish(EXIT_DONE);
-        case 'h': usage(stdout); cli_finish(EXIT_DONE);
-        default: fputs("Try 'busgate --help'.\n", stderr); cli_finish(EXIT_USAGE);
+        case 'h':
+            usage(stdout);
+            cli_finish(EXIT_DONE);
+        default:
+            fputs("Try 'busgate --help'.\n", stderr);
+            cli_finish(EXIT_USAGE);
         }
     }
 }

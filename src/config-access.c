@@ -26,7 +26,8 @@ access_scalar(struct load_ctx *c, const char *what, const yaml_node_t *v)
 
 /* A scalar or a sequence of scalars, each given to add. */
 static int
-access_list(struct load_ctx *c, struct access_rule *ru, const char *key, const yaml_node_t *v)
+access_list(struct load_ctx *c, struct access_rule *ru, const char *key,
+    const yaml_node_t *v)
 {
     const yaml_node_item_t *it, *end;
     const yaml_node_t *one;
@@ -92,8 +93,10 @@ access_rule(struct load_ctx *c, struct access_rules *rs, const yaml_node_t *map)
             if (access_rule_subject(ru, key, s, why, sizeof why) != 0)
                 return config_err_at(c, &v->start_mark, "access: %s", why);
         } else {
-            return config_err_at(c, &k->start_mark, "access: unknown key '%s' in a rule (expected "
-                "user, group, uid, gid, allow, deny or feeds)", key);
+            return config_err_at(c, &k->start_mark,
+                "access: unknown key '%s' in a rule (expected "
+                "user, group, uid, gid, allow, deny or feeds)",
+                key);
         }
     }
     if (access_rule_check(ru, why, sizeof why) != 0)

@@ -46,11 +46,13 @@ check_secret(const char *key, const char *path, char *err, size_t errlen)
 
 /* Whether the secrets in cr can be sent at b's bus protocol. */
 static int
-credentials_sendable(const struct config_bus *b, const struct credentials *cr,
-    char *err, size_t errlen)
+credentials_sendable(const struct config_bus *b, const struct credentials *cr, char *err,
+    size_t errlen)
 {
-    struct wire_auth a = { .version = b->protocol, .username = cr->username,
-        .password = cr->password, .token = cr->token };
+    struct wire_auth a = { .version = b->protocol,
+        .username = cr->username,
+        .password = cr->password,
+        .token = cr->token };
     const char *cause = NULL;
 
     a.method = b->auth == CONFIG_AUTH_TOKEN ? WIRE_AUTH_TOKEN : WIRE_AUTH_BASIC;
@@ -73,15 +75,19 @@ check_credentials(const struct config_bus *b, char *err, size_t errlen)
         return -1;
     }
     if (b->auth == CONFIG_AUTH_BASIC && (cr.username == NULL || cr.password == NULL)) {
-        set_err(err, errlen, "bus.credentials_file: %s: auth basic needs username and "
-            "password in [bus]", b->credentials_file);
+        set_err(err, errlen,
+            "bus.credentials_file: %s: auth basic needs username and "
+            "password in [bus]",
+            b->credentials_file);
         r = -1;
     } else if (credentials_sendable(b, &cr, why, sizeof why) != 0) {
         set_err(err, errlen, "bus.credentials_file: %s: %s", b->credentials_file, why);
         r = -1;
     } else if (b->auth == CONFIG_AUTH_TOKEN && b->token_file == NULL && cr.token == NULL) {
-        set_err(err, errlen, "bus.credentials_file: %s: auth token needs token in [bus] "
-            "(or set bus.token_file)", b->credentials_file);
+        set_err(err, errlen,
+            "bus.credentials_file: %s: auth token needs token in [bus] "
+            "(or set bus.token_file)",
+            b->credentials_file);
         r = -1;
     }
     credentials_free(&cr);
@@ -111,16 +117,23 @@ config_check_files(const struct config *cfg, char *err, size_t errlen)
     int r = 0;
 
     if (t->enabled) {
-        if ((t->ca_file != NULL && check_readable("bus.tls.ca_file", t->ca_file, false, why, sizeof why) != 0) ||
-            (t->ca_dir != NULL && check_readable("bus.tls.ca_dir", t->ca_dir, true, why, sizeof why) != 0) ||
-            (t->cert_file != NULL && check_readable("bus.tls.cert_file", t->cert_file, false, why, sizeof why) != 0) ||
-            (t->key_file != NULL && check_secret("bus.tls.key_file", t->key_file, why, sizeof why) != 0))
+        if ((t->ca_file != NULL &&
+                check_readable("bus.tls.ca_file", t->ca_file, false, why, sizeof why) !=
+                    0) ||
+            (t->ca_dir != NULL &&
+                check_readable("bus.tls.ca_dir", t->ca_dir, true, why, sizeof why) != 0) ||
+            (t->cert_file != NULL &&
+                check_readable("bus.tls.cert_file", t->cert_file, false, why, sizeof why) !=
+                    0) ||
+            (t->key_file != NULL &&
+                check_secret("bus.tls.key_file", t->key_file, why, sizeof why) != 0))
             r = -1;
     }
     if (r == 0 && b->auth != CONFIG_AUTH_NONE) {
         if ((b->credentials_file != NULL &&
-                (check_secret("bus.credentials_file", b->credentials_file, why, sizeof why) != 0 ||
-                 check_credentials(b, why, sizeof why) != 0)) ||
+                (check_secret("bus.credentials_file", b->credentials_file, why,
+                     sizeof why) != 0 ||
+                    check_credentials(b, why, sizeof why) != 0)) ||
             (b->auth == CONFIG_AUTH_TOKEN && b->token_file != NULL &&
                 check_token_file(b, why, sizeof why) != 0))
             r = -1;

@@ -18,22 +18,22 @@
 #define GIB (1024ull * MIB)
 
 enum opt_kind {
-    K_SECTION,      /* a mapping of further keys */
-    K_TLS,          /* bus.tls: true, false, or a mapping */
-    K_STRING,       /* text; min/max bound its length */
-    K_PATH,         /* a file path; relative ones are taken from the config's directory */
+    K_SECTION, /* a mapping of further keys */
+    K_TLS,     /* bus.tls: true, false, or a mapping */
+    K_STRING,  /* text; min/max bound its length */
+    K_PATH,    /* a file path; relative ones are taken from the config's directory */
     K_BOOL,
-    K_COUNT,        /* a plain decimal number */
-    K_SIZE,         /* bytes: 4KiB, 16MiB, 1024 */
-    K_MS,           /* a duration held in milliseconds */
-    K_SEC,          /* a duration held in whole seconds */
-    K_MODE,         /* an octal file mode */
-    K_ENUM,         /* one of names[] */
-    K_FORWARDED,    /* bus.forwarded_for: a name, host, or none */
-    K_ACCESS,       /* access: a list of rules (access.c builds them) */
+    K_COUNT,     /* a plain decimal number */
+    K_SIZE,      /* bytes: 4KiB, 16MiB, 1024 */
+    K_MS,        /* a duration held in milliseconds */
+    K_SEC,       /* a duration held in whole seconds */
+    K_MODE,      /* an octal file mode */
+    K_ENUM,      /* one of names[] */
+    K_FORWARDED, /* bus.forwarded_for: a name, host, or none */
+    K_ACCESS,    /* access: a list of rules (access.c builds them) */
 };
 
-#define OPT_NONNULL 0x1    /* a string that cannot be unset */
+#define OPT_NONNULL 0x1 /* a string that cannot be unset */
 
 struct opt_name {
     const char *name;
@@ -41,14 +41,14 @@ struct opt_name {
 };
 
 struct opt {
-    const char *key;                /* dotted path: "bus.tls.verify" */
+    const char *key; /* dotted path: "bus.tls.verify" */
     enum opt_kind kind;
-    size_t off;                     /* field in struct config */
-    size_t width;                   /* sizeof that field */
-    uint64_t def;                   /* default of numbers, bools, enums */
-    const char *defstr;             /* default of strings; NULL: unset */
-    uint64_t min, max;              /* value range, or string length range */
-    const struct opt_name *names;   /* K_ENUM */
+    size_t off;                   /* field in struct config */
+    size_t width;                 /* sizeof that field */
+    uint64_t def;                 /* default of numbers, bools, enums */
+    const char *defstr;           /* default of strings; NULL: unset */
+    uint64_t min, max;            /* value range, or string length range */
+    const struct opt_name *names; /* K_ENUM */
     unsigned flags;
 };
 
@@ -58,10 +58,10 @@ extern const size_t config_nopts;
 
 /* config.c */
 uint64_t config_get_num(const struct config *cfg, const struct opt *o);
-const char * config_get_str(const struct config *cfg, const struct opt *o);
-const char * config_last_part(const char *key);
+const char *config_get_str(const struct config *cfg, const struct opt *o);
+const char *config_last_part(const char *key);
 void config_fmt_num(const struct opt *o, uint64_t v, char *buf, size_t n);
-const char * config_enum_name(const struct opt_name *names, int value);
+const char *config_enum_name(const struct opt_name *names, int value);
 
 /* config-value.c */
 void config_fmt_size(uint64_t v, char *buf, size_t n);
@@ -72,7 +72,6 @@ int config_parse_mode(const char *s, uint64_t *out);
 
 /* config-files.c */
 
-
 #include <yaml.h>
 
 /* Most settings the table may hold (the load marks are arrays of it). */
@@ -80,8 +79,8 @@ int config_parse_mode(const char *s, uint64_t *out);
 
 /* One load: where errors go, and where each key was seen for later checks. */
 struct load_ctx {
-    const char *name;           /* file name for messages */
-    const char *base;           /* directory for relative paths; NULL: keep them */
+    const char *name; /* file name for messages */
+    const char *base; /* directory for relative paths; NULL: keep them */
     const unsigned char *input;
     size_t len;
     char *err;

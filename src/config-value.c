@@ -71,9 +71,18 @@ scale(uint64_t n, uint64_t mult, uint64_t *out)
 int
 config_parse_size(const char *s, uint64_t *out)
 {
-    static const struct { const char *unit; uint64_t mult; } units[] = {
-        { "", 1 }, { "B", 1 }, { "KiB", KIB }, { "MiB", MIB }, { "GiB", GIB },
-        { "kB", 1000 }, { "MB", 1000000 }, { "GB", 1000000000 },
+    static const struct {
+        const char *unit;
+        uint64_t mult;
+    } units[] = {
+        { "", 1 },
+        { "B", 1 },
+        { "KiB", KIB },
+        { "MiB", MIB },
+        { "GiB", GIB },
+        { "kB", 1000 },
+        { "MB", 1000000 },
+        { "GB", 1000000000 },
     };
     uint64_t n;
     const char *p;
@@ -92,8 +101,14 @@ config_parse_size(const char *s, uint64_t *out)
 int
 config_parse_duration_ms(const char *s, uint64_t *out)
 {
-    static const struct { const char *unit; uint64_t mult; } units[] = {
-        { "ms", 1 }, { "s", 1000 }, { "m", 60000 }, { "h", 3600000 },
+    static const struct {
+        const char *unit;
+        uint64_t mult;
+    } units[] = {
+        { "ms", 1 },
+        { "s", 1000 },
+        { "m", 60000 },
+        { "h", 3600000 },
     };
     uint64_t n;
     const char *p;

@@ -38,36 +38,69 @@
 #define SUN_PATH_MAX (sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1)
 
 static const struct opt_name auth_names[] = {
-    { "none", CONFIG_AUTH_NONE }, { "basic", CONFIG_AUTH_BASIC },
-    { "token", CONFIG_AUTH_TOKEN }, { NULL, 0 },
+    { "none", CONFIG_AUTH_NONE },
+    { "basic", CONFIG_AUTH_BASIC },
+    { "token", CONFIG_AUTH_TOKEN },
+    { NULL, 0 },
 };
 /* 5 is byte-identical to 4 on the wire: a synonym, kept as written. */
 static const struct opt_name protocol_names[] = {
-    { "3", WIRE_V3 }, { "4", WIRE_V4 }, { "5", WIRE_V5 }, { "6", WIRE_V6 },
+    { "3", WIRE_V3 },
+    { "4", WIRE_V4 },
+    { "5", WIRE_V5 },
+    { "6", WIRE_V6 },
     { NULL, 0 },
 };
 static const struct opt_name confirm_names[] = {
-    { "none", CONFIG_CONFIRM_NONE }, { "probe", CONFIG_CONFIRM_PROBE },
-    { "heartbeat", CONFIG_CONFIRM_HEARTBEAT }, { NULL, 0 },
+    { "none", CONFIG_CONFIRM_NONE },
+    { "probe", CONFIG_CONFIRM_PROBE },
+    { "heartbeat", CONFIG_CONFIRM_HEARTBEAT },
+    { NULL, 0 },
 };
 static const struct opt_name tls_version_names[] = {
-    { "1.2", TLS1_2_VERSION }, { "1.3", TLS1_3_VERSION }, { NULL, 0 },
+    { "1.2", TLS1_2_VERSION },
+    { "1.3", TLS1_3_VERSION },
+    { NULL, 0 },
 };
 static const struct opt_name level_names[] = {
-    { "error", LOG_ERR }, { "warning", LOG_WARNING }, { "notice", LOG_NOTICE },
-    { "info", LOG_INFO }, { "debug", LOG_DEBUG }, { NULL, 0 },
+    { "error", LOG_ERR },
+    { "warning", LOG_WARNING },
+    { "notice", LOG_NOTICE },
+    { "info", LOG_INFO },
+    { "debug", LOG_DEBUG },
+    { NULL, 0 },
 };
 static const struct opt_name dest_names[] = {
-    { "stderr", LOG_DEST_STDERR }, { "syslog", LOG_DEST_SYSLOG }, { NULL, 0 },
+    { "stderr", LOG_DEST_STDERR },
+    { "syslog", LOG_DEST_SYSLOG },
+    { NULL, 0 },
 };
 
 #define AT(m) .off = offsetof(struct config, m), .width = sizeof(((struct config *)NULL)->m)
-#define SECTION(k) { .key = k, .kind = K_SECTION }
-#define STR(k, m, d, maxlen) { .key = k, .kind = K_STRING, AT(m), .defstr = d, .min = 1, .max = maxlen }
-#define PATH(k, m) { .key = k, .kind = K_PATH, AT(m), .min = 1, .max = PATH_MAX - 1 }
-#define BOOL(k, m, d) { .key = k, .kind = K_BOOL, AT(m), .def = d }
-#define NUM(k, kind_, m, d, lo, hi) { .key = k, .kind = kind_, AT(m), .def = d, .min = lo, .max = hi }
-#define ENUM(k, m, d, n) { .key = k, .kind = K_ENUM, AT(m), .def = d, .names = n }
+#define SECTION(k)                                                                         \
+    {                                                                                      \
+        .key = k, .kind = K_SECTION                                                        \
+    }
+#define STR(k, m, d, maxlen)                                                               \
+    {                                                                                      \
+        .key = k, .kind = K_STRING, AT(m), .defstr = d, .min = 1, .max = maxlen            \
+    }
+#define PATH(k, m)                                                                         \
+    {                                                                                      \
+        .key = k, .kind = K_PATH, AT(m), .min = 1, .max = PATH_MAX - 1                     \
+    }
+#define BOOL(k, m, d)                                                                      \
+    {                                                                                      \
+        .key = k, .kind = K_BOOL, AT(m), .def = d                                          \
+    }
+#define NUM(k, kind_, m, d, lo, hi)                                                        \
+    {                                                                                      \
+        .key = k, .kind = kind_, AT(m), .def = d, .min = lo, .max = hi                     \
+    }
+#define ENUM(k, m, d, n)                                                                   \
+    {                                                                                      \
+        .key = k, .kind = K_ENUM, AT(m), .def = d, .names = n                              \
+    }
 
 /* Every setting, its default and its range: the one table. */
 const struct opt config_opts[] = {
@@ -88,8 +121,12 @@ const struct opt config_opts[] = {
     PATH("bus.credentials_file", bus.credentials_file),
     PATH("bus.token_file", bus.token_file),
     STR("bus.impersonating", bus.impersonating, NULL, 1024),
-    { .key = "bus.forwarded_for", .kind = K_FORWARDED, AT(bus.forwarded_for),
-      .def = 1, .min = 1, .max = 1024 },
+    { .key = "bus.forwarded_for",
+        .kind = K_FORWARDED,
+        AT(bus.forwarded_for),
+        .def = 1,
+        .min = 1,
+        .max = 1024 },
     ENUM("bus.protocol", bus.protocol, WIRE_V3, protocol_names),
     STR("bus.application", bus.application, NULL, 255),
     NUM("bus.connect_timeout", K_MS, bus.connect_timeout_ms, 10000, 1, DAY_MS),
@@ -101,26 +138,36 @@ const struct opt config_opts[] = {
     SECTION("bus.heartbeat"),
     NUM("bus.heartbeat.timeout", K_MS, bus.heartbeat_timeout_ms, 0, 0, DAY_MS),
     ENUM("bus.confirm", bus.confirm, CONFIG_CONFIRM_PROBE, confirm_names),
-    { .key = "bus.confirm_feed", .kind = K_STRING, AT(bus.confirm_feed),
-      .defstr = "__busgate__", .min = 1, .max = 255, .flags = OPT_NONNULL },
+    { .key = "bus.confirm_feed",
+        .kind = K_STRING,
+        AT(bus.confirm_feed),
+        .defstr = "__busgate__",
+        .min = 1,
+        .max = 255,
+        .flags = OPT_NONNULL },
     NUM("bus.confirm_timeout", K_MS, bus.confirm_timeout_ms, 10000, 1, DAY_MS),
     NUM("bus.keepalive", K_SEC, bus.keepalive_s, 30, 0, 32767),
     NUM("bus.output_high_water", K_SIZE, bus.output_high_water, 4 * MIB, 4 * KIB, SIZE_CAP),
     SECTION("bus.limits"),
-    NUM("bus.limits.max_string", K_SIZE, bus.limits.max_string,
-        WIRE_DEFAULT_MAX_STRING, 1, GIB),
-    NUM("bus.limits.max_payload", K_SIZE, bus.limits.max_payload,
-        WIRE_DEFAULT_MAX_PAYLOAD, 1, GIB),
-    NUM("bus.limits.max_packets", K_COUNT, bus.limits.max_packets,
-        WIRE_DEFAULT_MAX_PACKETS, 1, 1000000),
+    NUM("bus.limits.max_string", K_SIZE, bus.limits.max_string, WIRE_DEFAULT_MAX_STRING, 1,
+        GIB),
+    NUM("bus.limits.max_payload", K_SIZE, bus.limits.max_payload, WIRE_DEFAULT_MAX_PAYLOAD,
+        1, GIB),
+    NUM("bus.limits.max_packets", K_COUNT, bus.limits.max_packets, WIRE_DEFAULT_MAX_PACKETS,
+        1, 1000000),
     NUM("bus.limits.max_entitlements", K_COUNT, bus.limits.max_entitlements,
         WIRE_DEFAULT_MAX_ENTITLEMENTS, 1, 1000000),
-    NUM("bus.limits.max_message", K_SIZE, bus.limits.max_message,
-        WIRE_DEFAULT_MAX_MESSAGE, 1, GIB),
+    NUM("bus.limits.max_message", K_SIZE, bus.limits.max_message, WIRE_DEFAULT_MAX_MESSAGE,
+        1, GIB),
 
     SECTION("listen"),
-    { .key = "listen.path", .kind = K_PATH, AT(listen.path), .defstr = CONFIG_DEFAULT_SOCKET,
-      .min = 1, .max = SUN_PATH_MAX, .flags = OPT_NONNULL },
+    { .key = "listen.path",
+        .kind = K_PATH,
+        AT(listen.path),
+        .defstr = CONFIG_DEFAULT_SOCKET,
+        .min = 1,
+        .max = SUN_PATH_MAX,
+        .flags = OPT_NONNULL },
     NUM("listen.mode", K_MODE, listen.mode, 0660, 0, 07777),
     STR("listen.group", listen.group, NULL, 255),
     NUM("listen.max_sessions", K_COUNT, listen.max_sessions, 10000, 1, 1000000),
@@ -135,9 +182,11 @@ const struct opt config_opts[] = {
 
     SECTION("router"),
     NUM("router.image_cache", K_SIZE, router.image_cache_bytes, MIB, 0, SIZE_CAP),
-    NUM("router.image_cache_total", K_SIZE, router.image_cache_total, 256 * MIB, 0, SIZE_CAP),
+    NUM("router.image_cache_total", K_SIZE, router.image_cache_total, 256 * MIB, 0,
+        SIZE_CAP),
     NUM("router.busdown_queue", K_COUNT, router.busdown_queue, 0, 0, 10000000),
-    NUM("router.busdown_queue_bytes", K_SIZE, router.busdown_queue_bytes, 16 * MIB, 1, SIZE_CAP),
+    NUM("router.busdown_queue_bytes", K_SIZE, router.busdown_queue_bytes, 16 * MIB, 1,
+        SIZE_CAP),
     BOOL("router.allow_empty_publish", router.allow_empty_publish, 0),
     NUM("router.auth_pending", K_COUNT, router.auth_pending, 65536, 1, 10000000),
     NUM("router.auth_pending_age", K_MS, router.auth_pending_age_ms, 600000, 1000, DAY_MS),
@@ -184,11 +233,26 @@ set_num(struct config *cfg, const struct opt *o, uint64_t v)
     void *p = field(cfg, o);
 
     switch (o->width) {
-    case 1: { uint8_t x = (uint8_t)v; memcpy(p, &x, 1); break; }
-    case 2: { uint16_t x = (uint16_t)v; memcpy(p, &x, 2); break; }
-    case 4: { uint32_t x = (uint32_t)v; memcpy(p, &x, 4); break; }
-    case 8: memcpy(p, &v, 8); break;
-    default: fatalx("config: %s has an unsupported width %zu", o->key, o->width);
+    case 1: {
+        uint8_t x = (uint8_t)v;
+        memcpy(p, &x, 1);
+        break;
+    }
+    case 2: {
+        uint16_t x = (uint16_t)v;
+        memcpy(p, &x, 2);
+        break;
+    }
+    case 4: {
+        uint32_t x = (uint32_t)v;
+        memcpy(p, &x, 4);
+        break;
+    }
+    case 8:
+        memcpy(p, &v, 8);
+        break;
+    default:
+        fatalx("config: %s has an unsupported width %zu", o->key, o->width);
     }
 }
 
@@ -198,11 +262,28 @@ config_get_num(const struct config *cfg, const struct opt *o)
     const void *p = cfield(cfg, o);
 
     switch (o->width) {
-    case 1: { uint8_t x; memcpy(&x, p, 1); return x; }
-    case 2: { uint16_t x; memcpy(&x, p, 2); return x; }
-    case 4: { uint32_t x; memcpy(&x, p, 4); return x; }
-    case 8: { uint64_t x; memcpy(&x, p, 8); return x; }
-    default: fatalx("config: %s has an unsupported width %zu", o->key, o->width);
+    case 1: {
+        uint8_t x;
+        memcpy(&x, p, 1);
+        return x;
+    }
+    case 2: {
+        uint16_t x;
+        memcpy(&x, p, 2);
+        return x;
+    }
+    case 4: {
+        uint32_t x;
+        memcpy(&x, p, 4);
+        return x;
+    }
+    case 8: {
+        uint64_t x;
+        memcpy(&x, p, 8);
+        return x;
+    }
+    default:
+        fatalx("config: %s has an unsupported width %zu", o->key, o->width);
     }
 }
 
@@ -243,7 +324,8 @@ is_child(const char *key, const char *prefix)
 
     if (n == 0)
         return strchr(key, '.') == NULL;
-    return strncmp(key, prefix, n) == 0 && key[n] == '.' && strchr(key + n + 1, '.') == NULL;
+    return strncmp(key, prefix, n) == 0 && key[n] == '.' &&
+        strchr(key + n + 1, '.') == NULL;
 }
 
 /* A number of o's kind as it would be written in the file. */
@@ -251,11 +333,21 @@ void
 config_fmt_num(const struct opt *o, uint64_t v, char *buf, size_t n)
 {
     switch (o->kind) {
-    case K_SIZE: config_fmt_size(v, buf, n); break;
-    case K_MS: config_fmt_ms(v, buf, n); break;
-    case K_SEC: config_fmt_ms(v * 1000, buf, n); break;
-    case K_MODE: snprintf(buf, n, "0%03llo", (unsigned long long)v); break;
-    default: snprintf(buf, n, "%llu", (unsigned long long)v); break;
+    case K_SIZE:
+        config_fmt_size(v, buf, n);
+        break;
+    case K_MS:
+        config_fmt_ms(v, buf, n);
+        break;
+    case K_SEC:
+        config_fmt_ms(v * 1000, buf, n);
+        break;
+    case K_MODE:
+        snprintf(buf, n, "0%03llo", (unsigned long long)v);
+        break;
+    default:
+        snprintf(buf, n, "%llu", (unsigned long long)v);
+        break;
     }
 }
 
@@ -318,8 +410,8 @@ config_err_at(struct load_ctx *c, const yaml_mark_t *m, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    set_err(c->err, c->errlen, "%s:%zu:%zu: %s", c->name,
-        m != NULL ? m->line + 1 : 1, m != NULL ? m->column + 1 : 1, msg);
+    set_err(c->err, c->errlen, "%s:%zu:%zu: %s", c->name, m != NULL ? m->line + 1 : 1,
+        m != NULL ? m->column + 1 : 1, msg);
     return -1;
 }
 
@@ -346,9 +438,12 @@ const char *
 config_node_type_name(const yaml_node_t *n)
 {
     switch (n->type) {
-    case YAML_MAPPING_NODE: return "a mapping";
-    case YAML_SEQUENCE_NODE: return "a sequence";
-    default: return "a scalar";
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    case YAML_SEQUENCE_NODE:
+        return "a sequence";
+    default:
+        return "a scalar";
     }
 }
 
@@ -360,22 +455,44 @@ expected(const struct opt *o, char *buf, size_t n)
     size_t used;
 
     switch (o->kind) {
-    case K_SECTION: snprintf(buf, n, "a mapping"); break;
-    case K_TLS: snprintf(buf, n, "true, false or a mapping of TLS settings"); break;
-    case K_STRING: snprintf(buf, n, "a string"); break;
-    case K_PATH: snprintf(buf, n, "a path"); break;
-    case K_BOOL: snprintf(buf, n, "true or false"); break;
+    case K_SECTION:
+        snprintf(buf, n, "a mapping");
+        break;
+    case K_TLS:
+        snprintf(buf, n, "true, false or a mapping of TLS settings");
+        break;
+    case K_STRING:
+        snprintf(buf, n, "a string");
+        break;
+    case K_PATH:
+        snprintf(buf, n, "a path");
+        break;
+    case K_BOOL:
+        snprintf(buf, n, "true or false");
+        break;
     case K_COUNT:
         config_fmt_num(o, o->min, lo, sizeof lo);
         config_fmt_num(o, o->max, hi, sizeof hi);
         snprintf(buf, n, "a number from %s to %s", lo, hi);
         break;
-    case K_SIZE: snprintf(buf, n, "a size such as 4KiB, 16MiB or 1024"); break;
-    case K_MS: snprintf(buf, n, "a duration such as 500ms, 30s, 5m or 0"); break;
-    case K_SEC: snprintf(buf, n, "a duration in whole seconds such as 30s, 5m or 0"); break;
-    case K_MODE: snprintf(buf, n, "an octal file mode such as \"0660\""); break;
-    case K_FORWARDED: snprintf(buf, n, "a host name, host or none"); break;
-    case K_ACCESS: snprintf(buf, n, "a list of rules (- user: ..., allow: [...], feeds: [...])"); break;
+    case K_SIZE:
+        snprintf(buf, n, "a size such as 4KiB, 16MiB or 1024");
+        break;
+    case K_MS:
+        snprintf(buf, n, "a duration such as 500ms, 30s, 5m or 0");
+        break;
+    case K_SEC:
+        snprintf(buf, n, "a duration in whole seconds such as 30s, 5m or 0");
+        break;
+    case K_MODE:
+        snprintf(buf, n, "an octal file mode such as \"0660\"");
+        break;
+    case K_FORWARDED:
+        snprintf(buf, n, "a host name, host or none");
+        break;
+    case K_ACCESS:
+        snprintf(buf, n, "a list of rules (- user: ..., allow: [...], feeds: [...])");
+        break;
     case K_ENUM:
         used = (size_t)snprintf(buf, n, "one of");
         for (const struct opt_name *nm = o->names; nm->name != NULL && used < n; nm++)
@@ -395,7 +512,8 @@ config_err_expected(struct load_ctx *c, const struct opt *o, const yaml_node_t *
         return config_err_at(c, &v->start_mark, "%s: expected %s, got %s", o->key, exp,
             config_node_type_name(v));
     return config_err_at(c, &v->start_mark, "%s: expected %s, got \"%s\"", o->key, exp,
-        shown((const char *)v->data.scalar.value, v->data.scalar.length, text, sizeof text));
+        shown((const char *)v->data.scalar.value, v->data.scalar.length, text,
+            sizeof text));
 }
 
 static int
@@ -442,8 +560,8 @@ set_string(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
     }
     if (strlen(copy) > o->max) {
         free(copy);
-        return config_err_at(c, &v->start_mark, "%s: \"%s\" is longer than %llu bytes", o->key,
-            shown(s, len, text, sizeof text), (unsigned long long)o->max);
+        return config_err_at(c, &v->start_mark, "%s: \"%s\" is longer than %llu bytes",
+            o->key, shown(s, len, text, sizeof text), (unsigned long long)o->max);
     }
     free(*fp);
     *fp = copy;
@@ -491,19 +609,28 @@ set_number(struct load_ctx *c, const struct opt *o, const yaml_node_t *v, const 
     int r = -1;
 
     switch (o->kind) {
-    case K_COUNT: r = (config_parse_digits(s, &n, &end) == 0 && *end == '\0') ? 0 : -1; break;
-    case K_SIZE: r = config_parse_size(s, &n); break;
-    case K_MS: r = config_parse_duration_ms(s, &n); break;
+    case K_COUNT:
+        r = (config_parse_digits(s, &n, &end) == 0 && *end == '\0') ? 0 : -1;
+        break;
+    case K_SIZE:
+        r = config_parse_size(s, &n);
+        break;
+    case K_MS:
+        r = config_parse_duration_ms(s, &n);
+        break;
     case K_SEC:
         if ((r = config_parse_duration_ms(s, &n)) == 0) {
             if (n % 1000 != 0)
-                return config_err_at(c, &v->start_mark, "%s: %s is not a whole number of seconds",
-                    o->key, s);
+                return config_err_at(c, &v->start_mark,
+                    "%s: %s is not a whole number of seconds", o->key, s);
             n /= 1000;
         }
         break;
-    case K_MODE: r = config_parse_mode(s, &n); break;
-    default: break;
+    case K_MODE:
+        r = config_parse_mode(s, &n);
+        break;
+    default:
+        break;
     }
     if (r != 0)
         return config_err_expected(c, o, v);
@@ -591,12 +718,14 @@ err_unknown(struct load_ctx *c, const yaml_node_t *k, const char *prefix, const 
         }
     }
     for (size_t i = 0; best == NULL && i < NOPTS; i++)
-        if (config_opts[i].kind != K_SECTION && strcmp(config_last_part(config_opts[i].key), name) == 0)
+        if (config_opts[i].kind != K_SECTION &&
+            strcmp(config_last_part(config_opts[i].key), name) == 0)
             best = config_opts[i].key;
     snprintf(full, sizeof full, "%s%s%s", prefix, *prefix ? "." : "",
         shown(name, strlen(name), text, sizeof text));
     if (best != NULL)
-        return config_err_at(c, &k->start_mark, "unknown key '%s' (did you mean '%s'?)", full, best);
+        return config_err_at(c, &k->start_mark, "unknown key '%s' (did you mean '%s'?)",
+            full, best);
     return config_err_at(c, &k->start_mark, "unknown key '%s'", full);
 }
 
@@ -612,7 +741,8 @@ walk_pair(struct load_ctx *c, const yaml_node_pair_t *p, const char *prefix)
     if (k == NULL || v == NULL)
         return config_err_at(c, &c->root_mark, "malformed YAML document");
     if (k->type != YAML_SCALAR_NODE)
-        return config_err_at(c, &k->start_mark, "expected a key name, got %s", config_node_type_name(k));
+        return config_err_at(c, &k->start_mark, "expected a key name, got %s",
+            config_node_type_name(k));
     name = (const char *)k->data.scalar.value;
     if (strlen(name) != k->data.scalar.length || k->data.scalar.length > 64)
         return err_unknown(c, k, prefix, name);
@@ -620,8 +750,8 @@ walk_pair(struct load_ctx *c, const yaml_node_pair_t *p, const char *prefix)
     if ((i = find_opt(full)) < 0 || !is_child(full, prefix))
         return err_unknown(c, k, prefix, name);
     if (c->seen[i])
-        return config_err_at(c, &k->start_mark, "duplicate key '%s' (first at line %zu)", full,
-            c->key_mark[i].line + 1);
+        return config_err_at(c, &k->start_mark, "duplicate key '%s' (first at line %zu)",
+            full, c->key_mark[i].line + 1);
     c->seen[i] = true;
     c->key_mark[i] = k->start_mark;
     c->val_mark[i] = v->start_mark;
@@ -656,7 +786,8 @@ check_metrics(struct load_ctx *c)
     if (!loopback && !m->allow_remote)
         return config_err_at(c, mark_for(c, find_opt("metrics.listen"), true),
             "metrics.listen: %s is not a loopback address; the endpoint has no "
-            "authentication, so set metrics.allow_remote: true to serve it there", m->listen);
+            "authentication, so set metrics.allow_remote: true to serve it there",
+            m->listen);
     return 0;
 }
 
@@ -669,7 +800,8 @@ check_auth(struct load_ctx *c)
     if (b->auth == CONFIG_AUTH_BASIC && b->credentials_file == NULL)
         return config_err_at(c, mark_for(c, auth, true),
             "bus.auth: basic needs bus.credentials_file (an INI file with username and password)");
-    if (b->auth == CONFIG_AUTH_TOKEN && b->credentials_file == NULL && b->token_file == NULL)
+    if (b->auth == CONFIG_AUTH_TOKEN && b->credentials_file == NULL &&
+        b->token_file == NULL)
         return config_err_at(c, mark_for(c, auth, true),
             "bus.auth: token needs bus.token_file or bus.credentials_file");
     if (b->auth != CONFIG_AUTH_TOKEN && b->token_file != NULL)
@@ -702,8 +834,8 @@ check_login_strings(struct load_ctx *c)
             return config_err_at(c, mark_for(c, find_opt(keys[i]), true),
                 "%s contains ';', which bus.protocol %d cannot send (the "
                 "distributor splits its one login string on ';' with no "
-                "escaping); remove the ';' or use bus.protocol 3", keys[i],
-                b->protocol);
+                "escaping); remove the ';' or use bus.protocol 3",
+                keys[i], b->protocol);
     return 0;
 }
 
@@ -725,7 +857,8 @@ check_values(struct load_ctx *c)
             "confirms the login); use probe for a distributor without heartbeats");
     if ((b->tls.cert_file == NULL) != (b->tls.key_file == NULL)) {
         bool cert = b->tls.cert_file != NULL;
-        return config_err_at(c, mark_for(c, find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"), true),
+        return config_err_at(c,
+            mark_for(c, find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"), true),
             "%s needs %s as well", cert ? "bus.tls.cert_file" : "bus.tls.key_file",
             cert ? "bus.tls.key_file" : "bus.tls.cert_file");
     }
@@ -803,7 +936,8 @@ check_depth(struct load_ctx *c)
             if (++depth > CONFIG_MAX_DEPTH)
                 r = config_err_at(c, &ev.start_mark, "nested more than %d levels deep",
                     CONFIG_MAX_DEPTH);
-        } else if (ev.type == YAML_SEQUENCE_END_EVENT || ev.type == YAML_MAPPING_END_EVENT) {
+        } else if (ev.type == YAML_SEQUENCE_END_EVENT ||
+            ev.type == YAML_MAPPING_END_EVENT) {
             depth--;
         }
         done = ev.type == YAML_STREAM_END_EVENT;
@@ -830,9 +964,11 @@ load_document(struct load_ctx *c, yaml_parser_t *parser)
     if (root != NULL)
         c->root_mark = root->start_mark;
     if (root != NULL && root->type != YAML_MAPPING_NODE && !config_is_null(root))
-        config_err_at(c, &root->start_mark, "expected a mapping of settings (bus:, listen:, ...), got %s",
+        config_err_at(c, &root->start_mark,
+            "expected a mapping of settings (bus:, listen:, ...), got %s",
             config_node_type_name(root));
-    else if ((root == NULL || root->type != YAML_MAPPING_NODE || walk_mapping(c, root, "") == 0) &&
+    else if ((root == NULL || root->type != YAML_MAPPING_NODE ||
+                 walk_mapping(c, root, "") == 0) &&
         check_values(c) == 0)
         r = 0;
     if (r == 0 && root != NULL) {
@@ -992,7 +1128,8 @@ void
 config_free(struct config *cfg)
 {
     for (size_t i = 0; i < NOPTS; i++) {
-        if (config_opts[i].kind == K_STRING || config_opts[i].kind == K_PATH || config_opts[i].kind == K_FORWARDED) {
+        if (config_opts[i].kind == K_STRING || config_opts[i].kind == K_PATH ||
+            config_opts[i].kind == K_FORWARDED) {
             char **fp = str_field(cfg, &config_opts[i]);
             free(*fp);
             *fp = NULL;

@@ -24,47 +24,47 @@
 
 enum config_auth {
     CONFIG_AUTH_NONE,
-    CONFIG_AUTH_BASIC,      /* username + password from the credentials file */
-    CONFIG_AUTH_TOKEN,      /* a JWT from the credentials file or token_file */
+    CONFIG_AUTH_BASIC, /* username + password from the credentials file */
+    CONFIG_AUTH_TOKEN, /* a JWT from the credentials file or token_file */
 };
 
 /* How the link learns that its login worked (the distributor never says). */
 enum config_confirm {
-    CONFIG_CONFIRM_NONE,        /* the first message from the bus, whenever it comes */
-    CONFIG_CONFIRM_PROBE,       /* a private subscription and publish echoed back */
-    CONFIG_CONFIRM_HEARTBEAT,   /* the first heartbeat (needs bus.heartbeat.timeout) */
+    CONFIG_CONFIRM_NONE,      /* the first message from the bus, whenever it comes */
+    CONFIG_CONFIRM_PROBE,     /* a private subscription and publish echoed back */
+    CONFIG_CONFIRM_HEARTBEAT, /* the first heartbeat (needs bus.heartbeat.timeout) */
 };
 
 struct config_bus {
     char *host;
-    uint16_t port;                  /* default 9091 */
-    int protocol;                   /* bus protocol 3, 4, 5 (= 4) or 6 */
-    char *application;              /* sent from 4 on; NULL: busgate@<host> */
+    uint16_t port;     /* default 9091 */
+    int protocol;      /* bus protocol 3, 4, 5 (= 4) or 6 */
+    char *application; /* sent from 4 on; NULL: busgate@<host> */
     struct config_tls tls;
     enum config_auth auth;
-    char *credentials_file;         /* INI, [bus] username/password/token */
-    char *token_file;               /* re-read at each connect when set */
-    char *impersonating;            /* NULL: none */
-    char *forwarded_for;            /* NULL: none (see forwarded_for_host) */
-    bool forwarded_for_host;        /* default: this host's name */
+    char *credentials_file;  /* INI, [bus] username/password/token */
+    char *token_file;        /* re-read at each connect when set */
+    char *impersonating;     /* NULL: none */
+    char *forwarded_for;     /* NULL: none (see forwarded_for_host) */
+    bool forwarded_for_host; /* default: this host's name */
     uint32_t connect_timeout_ms;
     uint32_t reconnect_min_ms;
     uint32_t reconnect_max_ms;
-    uint32_t reconnect_reset_ms;    /* up this long: backoff starts over */
-    uint32_t auth_fail_window_ms;   /* closed this soon after login: auth failure */
-    uint32_t heartbeat_timeout_ms;  /* 0: no heartbeat watchdog */
-    enum config_confirm confirm;    /* default: probe */
-    char *confirm_feed;             /* the probe's feed, default __busgate__ */
-    uint32_t confirm_timeout_ms;    /* no echo nor traffic this long: login failed */
-    uint32_t keepalive_s;           /* TCP keepalive idle seconds, 0 off */
-    size_t output_high_water;       /* bytes queued to the bus before back-pressure */
-    struct wire_limits limits;      /* on everything read from the bus */
+    uint32_t reconnect_reset_ms;   /* up this long: backoff starts over */
+    uint32_t auth_fail_window_ms;  /* closed this soon after login: auth failure */
+    uint32_t heartbeat_timeout_ms; /* 0: no heartbeat watchdog */
+    enum config_confirm confirm;   /* default: probe */
+    char *confirm_feed;            /* the probe's feed, default __busgate__ */
+    uint32_t confirm_timeout_ms;   /* no echo nor traffic this long: login failed */
+    uint32_t keepalive_s;          /* TCP keepalive idle seconds, 0 off */
+    size_t output_high_water;      /* bytes queued to the bus before back-pressure */
+    struct wire_limits limits;     /* on everything read from the bus */
 };
 
 struct config_listen {
-    char *path;                 /* Unix socket path */
-    mode_t mode;                /* default 0660 */
-    char *group;                /* NULL: the daemon's group */
+    char *path;  /* Unix socket path */
+    mode_t mode; /* default 0660 */
+    char *group; /* NULL: the daemon's group */
     uint32_t max_sessions;
     uint32_t max_line;          /* bytes in one command line */
     uint32_t max_payload;       /* bytes of payload in one PUB/SEND */
@@ -77,19 +77,19 @@ struct config_listen {
 };
 
 struct config_router {
-    size_t image_cache_bytes;   /* per topic: last image + deltas kept for late joiners */
-    size_t image_cache_total;   /* all topics' caches together */
-    uint32_t busdown_queue;     /* publishes/sends held while the bus is down; 0: refuse */
+    size_t image_cache_bytes; /* per topic: last image + deltas kept for late joiners */
+    size_t image_cache_total; /* all topics' caches together */
+    uint32_t busdown_queue;   /* publishes/sends held while the bus is down; 0: refuse */
     size_t busdown_queue_bytes;
-    bool allow_empty_publish;   /* let a PUB/SEND with zero packets through */
-    uint32_t auth_pending;      /* authorization requests remembered, oldest dropped */
+    bool allow_empty_publish;     /* let a PUB/SEND with zero packets through */
+    uint32_t auth_pending;        /* authorization requests remembered, oldest dropped */
     uint32_t auth_pending_age_ms; /* ...and for at most this long (across reconnects) */
-    char *image_content_types;  /* bus protocol 6: comma list of image types */
+    char *image_content_types;    /* bus protocol 6: comma list of image types */
 };
 
 struct config_log {
-    int level;                  /* syslog priority */
-    int dest;                   /* enum log_dest */
+    int level; /* syslog priority */
+    int dest;  /* enum log_dest */
 };
 
 struct config_daemon {
@@ -100,20 +100,20 @@ struct access_rules;
 
 /* The optional HTTP endpoint (/metrics, /healthz, /readyz). */
 struct config_metrics {
-    char *listen;               /* NULL: off; "/path" or "host:port" (IP literal) */
-    bool allow_remote;          /* a non-loopback address must be asked for */
-    uint32_t timeout_ms;        /* a request must arrive, and go out, within this */
+    char *listen;        /* NULL: off; "/path" or "host:port" (IP literal) */
+    bool allow_remote;   /* a non-loopback address must be asked for */
+    uint32_t timeout_ms; /* a request must arrive, and go out, within this */
 };
 
 struct config {
-    char *path;                 /* the file this came from */
+    char *path; /* the file this came from */
     struct config_bus bus;
     struct config_listen listen;
     struct config_router router;
     struct config_log log;
     struct config_daemon daemon;
     struct config_metrics metrics;
-    struct access_rules *access;    /* NULL: no access section, everyone may do everything */
+    struct access_rules *access; /* NULL: no access section, everyone may do everything */
 };
 
 /* Fill cfg with every default (the one table of defaults). */
@@ -126,8 +126,8 @@ void config_defaults(struct config *cfg);
 int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
 
 /* Same, from a string (tests, fuzzing); name is used in messages. */
-int config_load_string(struct config *cfg, const char *name, const char *yaml,
-    size_t len, char *err, size_t errlen);
+int config_load_string(struct config *cfg, const char *name, const char *yaml, size_t len,
+    char *err, size_t errlen);
 
 /*
  * Check what loading cannot: referenced files exist and are readable, the

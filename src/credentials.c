@@ -34,8 +34,8 @@
 struct cred_reader {
     const char *buf;
     size_t len, pos;
-    int lineno;             /* line last handed to inih */
-    int too_long;           /* line number of an over-long line, 0 if none */
+    int lineno;   /* line last handed to inih */
+    int too_long; /* line number of an over-long line, 0 if none */
 };
 
 /* State while parsing one credentials file. */
@@ -45,8 +45,8 @@ struct cred_parse {
     struct cred_reader *rd;
     char *err;
     size_t errlen;
-    bool failed;            /* err holds the first error */
-    bool any;               /* a key was seen in [bus] */
+    bool failed; /* err holds the first error */
+    bool any;    /* a key was seen in [bus] */
 };
 
 static void
@@ -74,8 +74,10 @@ check_stat(const char *path, const struct stat *st, char *err, size_t errlen)
     if (fileio_check_type(path, st, false, err, errlen) != 0)
         return -1;
     if (st->st_mode & 077) {
-        set_err(err, errlen, "%s: mode %04o lets group or others read or write it; "
-            "it holds secrets: chmod 600 %s", path, (unsigned)(st->st_mode & 07777), path);
+        set_err(err, errlen,
+            "%s: mode %04o lets group or others read or write it; "
+            "it holds secrets: chmod 600 %s",
+            path, (unsigned)(st->st_mode & 07777), path);
         return -1;
     }
     return 0;
@@ -215,8 +217,7 @@ cred_ini_options(void)
 
 /* Overwrite the stack below us, where inih's line buffer (holding secrets)
  * lived; noinline so the array lands where inih's frame was. */
-static void __attribute__((noinline))
-cred_burn_stack(void)
+static void __attribute__((noinline)) cred_burn_stack(void)
 {
     char pad[CRED_MAX_LINE + 2048];
 
@@ -246,13 +247,17 @@ cred_parse(struct cred_parse *p, struct cred_reader *rd)
     if (p->failed)
         return -1;
     if (r != 0) {
-        set_err(p->err, p->errlen, "%s:%d: syntax error (expected [bus], key = value "
-            "or a comment starting with # or ;)", p->path, r);
+        set_err(p->err, p->errlen,
+            "%s:%d: syntax error (expected [bus], key = value "
+            "or a comment starting with # or ;)",
+            p->path, r);
         return -1;
     }
     if (!p->any) {
-        set_err(p->err, p->errlen, "%s: no [bus] section with username and password, "
-            "or token", p->path);
+        set_err(p->err, p->errlen,
+            "%s: no [bus] section with username and password, "
+            "or token",
+            p->path);
         return -1;
     }
     return 0;
@@ -294,15 +299,21 @@ credentials_load_token_file(struct credentials *cr, const char *path, char *err,
         return -1;
     start = buf;
     end = buf + len;
-    while (start < end && (*start == ' ' || *start == '\t' || *start == '\n' || *start == '\r'))
+    while (start < end &&
+        (*start == ' ' || *start == '\t' || *start == '\n' || *start == '\r'))
         start++;
-    while (end > start && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
+    while (end > start &&
+        (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\n' || end[-1] == '\r'))
         end--;
     *end = '\0';
-    if (start == end || strlen(start) != (size_t)(end - start) || has_space_or_control(start)) {
-        set_err(err, errlen, start == end ? "%s: empty token file" :
-            "%s: expected one token on one line (found white space or control characters "
-            "inside it)", path);
+    if (start == end || strlen(start) != (size_t)(end - start) ||
+        has_space_or_control(start)) {
+        set_err(err, errlen,
+            start == end
+                ? "%s: empty token file"
+                : "%s: expected one token on one line (found white space or control characters "
+                  "inside it)",
+            path);
         wipe_buffer(buf, len);
         return -1;
     }

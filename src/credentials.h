@@ -23,8 +23,8 @@ int credentials_load(struct credentials *cr, const char *path, char *err, size_t
 
 /* Read a token file (one JWT, surrounding white space trimmed) into
  * cr->token, replacing any previous token. Same permission rules. */
-int credentials_load_token_file(struct credentials *cr, const char *path,
-    char *err, size_t errlen);
+int credentials_load_token_file(struct credentials *cr, const char *path, char *err,
+    size_t errlen);
 
 /* Refuse a file that group or others may read or write: 0 or -1 + err. */
 int credentials_check_mode(const char *path, char *err, size_t errlen);

@@ -27,8 +27,8 @@ file_kind(mode_t mode)
 }
 
 int
-fileio_check_type(const char *path, const struct stat *st, bool want_dir,
-    char *err, size_t errlen)
+fileio_check_type(const char *path, const struct stat *st, bool want_dir, char *err,
+    size_t errlen)
 {
     if (want_dir ? S_ISDIR(st->st_mode) : S_ISREG(st->st_mode))
         return 0;
@@ -44,7 +44,8 @@ fileio_open(const char *path, bool want_dir, struct stat *st, char *err, size_t 
 
     /* O_NONBLOCK: opening a FIFO for reading would wait for a writer. It
      * changes nothing for the regular files that pass the check. */
-    fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY | (want_dir ? O_DIRECTORY : 0));
+    fd = open(path,
+        O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY | (want_dir ? O_DIRECTORY : 0));
     if (fd < 0) {
         set_err(err, errlen, "%s: %s", path, strerror(errno));
         return -1;
@@ -62,8 +63,8 @@ fileio_open(const char *path, bool want_dir, struct stat *st, char *err, size_t 
 }
 
 int
-fileio_read_all(int fd, const char *path, size_t max, char **out, size_t *outlen,
-    char *err, size_t errlen)
+fileio_read_all(int fd, const char *path, size_t max, char **out, size_t *outlen, char *err,
+    size_t errlen)
 {
     char *buf;
     size_t len = 0;

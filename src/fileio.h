@@ -13,8 +13,8 @@
 
 /* The file-type rule on a stat'ed file: a regular file, or a directory
  * when want_dir; otherwise -1 with "path: not a regular file (a FIFO)". */
-int fileio_check_type(const char *path, const struct stat *st, bool want_dir,
-    char *err, size_t errlen);
+int fileio_check_type(const char *path, const struct stat *st, bool want_dir, char *err,
+    size_t errlen);
 
 /* Open path for reading without blocking, even on a FIFO, and check its
  * type on the open descriptor (so the file checked is the file read).

@@ -9,7 +9,22 @@
 
 /* Wire byte shown at each hex pair of the text, in text order. */
 static const uint8_t guid_text_order[GUID_WIRE_LEN] = {
-    3, 2, 1, 0, 5, 4, 7, 6, 8, 9, 10, 11, 12, 13, 14, 15,
+    3,
+    2,
+    1,
+    0,
+    5,
+    4,
+    7,
+    6,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
 };
 
 /* Dashes follow these hex pairs (0-based, in text order). */

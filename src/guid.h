@@ -9,7 +9,7 @@
 #include <stdint.h>
 
 #define GUID_WIRE_LEN 16
-#define GUID_TEXT_LEN 36   /* without the terminating NUL */
+#define GUID_TEXT_LEN 36 /* without the terminating NUL */
 
 /* Write the canonical lower-case text of wire bytes into out (37 bytes). */
 void guid_to_text(const uint8_t wire[GUID_WIRE_LEN], char out[GUID_TEXT_LEN + 1]);

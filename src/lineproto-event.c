@@ -64,8 +64,8 @@ event_word(const struct tok *t, const char *yes, const char *no, bool *out)
 
 /* Token counts and layout of the structured events. */
 static int
-parse_data(struct lp_event *ev, const struct tok *args, const char *p,
-    const char *end, const struct lp_limits *lim, size_t names_room)
+parse_data(struct lp_event *ev, const struct tok *args, const char *p, const char *end,
+    const struct lp_limits *lim, size_t names_room)
 {
     struct pkt_scan scan;
     struct tok ctype = { NULL, 0 };
@@ -90,8 +90,8 @@ parse_data(struct lp_event *ev, const struct tok *args, const char *p,
     if (lp_store_reserve(&ev->store, &ev->store_cap, pk_room + names_room) == NULL)
         return -1;
     ev->packets = ev->store;
-    ents = (int32_t *)((char *)ev->store +
-        ALIGN8(scan.n_specs * sizeof(struct wire_packet)));
+    ents =
+        (int32_t *)((char *)ev->store + ALIGN8(scan.n_specs * sizeof(struct wire_packet)));
     names = (char *)ev->store + pk_room;
     for (int i = 0; i < 4; i++)
         if (event_name(&args[i], lim->max_name, &names, dst[i]) < 0)
@@ -125,7 +125,11 @@ parse_id_names(struct lp_event *ev, const struct tok *args, const struct lp_limi
 }
 
 static const struct lp_limits no_limits = {
-    UINT32_MAX, UINT32_MAX, UINT32_MAX, UINT32_MAX, 0,
+    UINT32_MAX,
+    UINT32_MAX,
+    UINT32_MAX,
+    UINT32_MAX,
+    0,
 };
 
 /* Events whose payload is the free text after the verb. */
@@ -215,7 +219,8 @@ lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     case LP_EV_DATA:
         return parse_data(ev, args, p, end, lim, names_room);
     case LP_EV_NOTIFICATION:
-        if (next_token(&p, end, &extra) || !event_word(&args[0], "add", "remove", &ev->is_add))
+        if (next_token(&p, end, &extra) ||
+            !event_word(&args[0], "add", "remove", &ev->is_add))
             return -1;
         return parse_id_names(ev, args + 1, lim, names_room);
     default:

@@ -108,9 +108,9 @@ packets_room(const struct wire_packet *pk, uint32_t n, size_t *payload)
 
     *payload = 0;
     for (uint32_t i = 0; i < n; i++) {
-        room += 1 + 10;     /* " " LEN */
+        room += 1 + 10; /* " " LEN */
         if (pk[i].entitlements.n > 0)
-            room += (size_t)pk[i].entitlements.n * 12;  /* ":"/"," and -2147483648 */
+            room += (size_t)pk[i].entitlements.n * 12; /* ":"/"," and -2147483648 */
         *payload += pk[i].len;
     }
     return room;
@@ -163,13 +163,14 @@ lp_format_data(struct evbuffer *out, const struct wire_msg *m)
 
     if (m->type != WIRE_FORWARDED_MULTICAST && m->type != WIRE_FORWARDED_UNICAST)
         return -1;
-    ec = m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
+    ec =
+        m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
     ef = escaped_len(m->feed.ptr, m->feed.len);
     et = escaped_len(m->topic.ptr, m->topic.len);
     eu = escaped_len(m->user.ptr, m->user.len);
     eh = escaped_len(m->host.ptr, m->host.len);
-    room = sizeof("DATA") + sizeof(" multicast") + sizeof(" image") + 1 +
-        4 + ef + et + eu + eh + packets_room(m->packets, m->n_packets, &payload) +
+    room = sizeof("DATA") + sizeof(" multicast") + sizeof(" image") + 1 + 4 + ef + et + eu +
+        eh + packets_room(m->packets, m->n_packets, &payload) +
         (ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + ec : 0);
     if (m->n_packets > 0)
         room += payload + 1;
@@ -286,8 +287,8 @@ lp_format_bus(struct evbuffer *out, const char *state, const char *reason)
 }
 
 int
-lp_format_revoked(struct evbuffer *out, const char *verb, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, const char *reason)
+lp_format_revoked(struct evbuffer *out, const char *verb, const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, const char *reason)
 {
     if (evbuffer_add_printf(out, "REVOKED %s ", verb) < 0 ||
         lp_put_name(out, feed, feed_len) < 0)
@@ -339,21 +340,23 @@ lp_format_err(struct evbuffer *out, enum lp_error e, const char *fmt, ...)
 }
 
 int
-lp_format_hello(struct evbuffer *out, const char *version,
-    const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
-    uint64_t max_output, const char *bus_state)
+lp_format_hello(struct evbuffer *out, const char *version, const struct lp_limits *lim,
+    uint32_t max_line, const struct lp_session_limits *sl, uint64_t max_output,
+    const char *bus_state)
 {
-    return evbuffer_add_printf(out, "HELLO busgate %s proto=%d max_line=%u "
-        "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
-        "max_subscriptions=%u max_notifications=%u max_authorizers=%u max_output=%llu "
-        "bus_protocol=%u bus=%s\n", version, LP_PROTOCOL_VERSION,
-        (unsigned)max_line, (unsigned)lim->max_payload, (unsigned)lim->max_packets,
-        (unsigned)lim->max_name, (unsigned)lim->max_entitlements,
-        (unsigned)sl->max_subscriptions, (unsigned)sl->max_notifications,
-        (unsigned)sl->max_authorizers, (unsigned long long)max_output,
-        (unsigned)lim->bus_protocol, bus_state) < 0 ? -1 : 0;
+    return evbuffer_add_printf(out,
+               "HELLO busgate %s proto=%d max_line=%u "
+               "max_payload=%u max_packets=%u max_name=%u max_entitlements=%u "
+               "max_subscriptions=%u max_notifications=%u max_authorizers=%u max_output=%llu "
+               "bus_protocol=%u bus=%s\n",
+               version, LP_PROTOCOL_VERSION, (unsigned)max_line, (unsigned)lim->max_payload,
+               (unsigned)lim->max_packets, (unsigned)lim->max_name,
+               (unsigned)lim->max_entitlements, (unsigned)sl->max_subscriptions,
+               (unsigned)sl->max_notifications, (unsigned)sl->max_authorizers,
+               (unsigned long long)max_output, (unsigned)lim->bus_protocol, bus_state) < 0
+        ? -1
+        : 0;
 }
-
 
 /* ---- replies to PING and STATS ---- */
 
@@ -420,23 +423,25 @@ lp_format_cmd_names(struct evbuffer *out, enum lp_verb verb, const char *feed,
 {
     if (cmd_start(out, verb, feed, feed_len) < 0)
         return -1;
-    if (topic != NULL && (evbuffer_add(out, " ", 1) < 0 ||
-        lp_put_name(out, topic, topic_len) < 0))
+    if (topic != NULL &&
+        (evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0))
         return -1;
     return evbuffer_add(out, "\n", 1);
 }
 
 int
 lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_LEN],
-    const char *feed, size_t feed_len, const char *topic, size_t topic_len,
-    bool required, const char *ents)
+    const char *feed, size_t feed_len, const char *topic, size_t topic_len, bool required,
+    const char *ents)
 {
     if (cmd_start(out, LP_AUTHORIZE, NULL, 0) < 0 || cmd_client_id(out, client_id) < 0 ||
         evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, feed, feed_len) < 0 ||
         evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
         return -1;
     return evbuffer_add_printf(out, " %s%s%s\n", required ? "required" : "not-required",
-        ents != NULL ? " " : "", ents != NULL ? ents : "") < 0 ? -1 : 0;
+               ents != NULL ? " " : "", ents != NULL ? ents : "") < 0
+        ? -1
+        : 0;
 }
 
 int
@@ -450,7 +455,9 @@ lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char
         evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
         return -1;
     return evbuffer_add_printf(out, " %s %" PRIu64 "%s%s\n", image ? "image" : "delta", len,
-        ents != NULL ? ":" : "", ents != NULL ? ents : "") < 0 ? -1 : 0;
+               ents != NULL ? ":" : "", ents != NULL ? ents : "") < 0
+        ? -1
+        : 0;
 }
 
 int
@@ -494,7 +501,8 @@ lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg)
 {
     if (cmd_start(out, verb, NULL, 0) < 0)
         return -1;
-    if (arg != NULL && (evbuffer_add(out, " ", 1) < 0 || evbuffer_add(out, arg, strlen(arg)) < 0))
+    if (arg != NULL &&
+        (evbuffer_add(out, " ", 1) < 0 || evbuffer_add(out, arg, strlen(arg)) < 0))
         return -1;
     return evbuffer_add(out, "\n", 1);
 }

@@ -74,7 +74,7 @@ framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     nl = evbuffer_search_range(in, "\n", 1, &start, &end);
     if (nl.pos < 0) {
         if (len < limit) {
-            f->scanned = len;   /* a long line arriving in pieces is scanned once */
+            f->scanned = len; /* a long line arriving in pieces is scanned once */
             return LP_FRAME_MORE;
         }
         /* Only the window is known to be newline-free: the rest of the

@@ -74,14 +74,12 @@ tok_is(const struct tok *t, const char *word)
 
 #define ALIGN8(x) (((x) + 7u) & ~(size_t)7u)
 
-
-
 struct pkt_scan {
-    uint32_t n_specs;       /* packet specs on the line */
-    uint32_t n_ents;        /* entitlements across all specs */
-    uint64_t payload_len;   /* sum of LENs */
-    bool lens_ok;           /* every LEN parsed: payload_len is right */
-    const char *bad;        /* first problem, or NULL */
+    uint32_t n_specs;     /* packet specs on the line */
+    uint32_t n_ents;      /* entitlements across all specs */
+    uint64_t payload_len; /* sum of LENs */
+    bool lens_ok;         /* every LEN parsed: payload_len is right */
+    const char *bad;      /* first problem, or NULL */
     struct tok bad_tok;
 };
 

@@ -81,7 +81,6 @@ utf8_valid(const unsigned char *s, size_t n)
     return true;
 }
 
-
 /*
  * Decode a name token into dst (room for toklen + 1 bytes; decoding never
  * grows). Raw bytes that must be escaped are refused, so every name has
@@ -295,7 +294,8 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
 
             if (n < 0) {
                 if (s->bad == NULL) {
-                    s->bad = "ENTS must be a comma list of int32 values, at most max_entitlements";
+                    s->bad =
+                        "ENTS must be a comma list of int32 values, at most max_entitlements";
                     s->bad_tok = t;
                 }
                 continue;
@@ -338,23 +338,23 @@ lp_fill_packets(const char *p, const char *end, uint32_t max_ents,
 
 enum arg_kind {
     A_END,
-    A_FEED,         /* a client name (feed or topic) */
+    A_FEED, /* a client name (feed or topic) */
     A_TOPIC,
     A_CLIENT_ID,
-    A_IMAGE,        /* image | delta */
-    A_REQUIRED,     /* required | not-required */
+    A_IMAGE,    /* image | delta */
+    A_REQUIRED, /* required | not-required */
     A_ON_OFF,
-    A_OPT_ENTS,     /* optional comma list */
-    A_OPT_TOKEN,    /* optional raw token */
-    A_OPT_VIEW,     /* optional STATS view: SESSIONS | LINK */
-    A_PACKETS,      /* zero or more packet specs to the end of the line */
-    A_APP,          /* NAME's app name: a name, at most LP_MAX_APP_NAME bytes */
+    A_OPT_ENTS,  /* optional comma list */
+    A_OPT_TOKEN, /* optional raw token */
+    A_OPT_VIEW,  /* optional STATS view: SESSIONS | LINK */
+    A_PACKETS,   /* zero or more packet specs to the end of the line */
+    A_APP,       /* NAME's app name: a name, at most LP_MAX_APP_NAME bytes */
 };
 
 #define MAX_ARGS 6
 
 struct verb_def {
-    const char *name;       /* upper case */
+    const char *name; /* upper case */
     enum lp_verb verb;
     enum arg_kind args[MAX_ARGS];
     const char *usage;
@@ -364,15 +364,15 @@ static const struct verb_def verbs[] = {
     { "SUB", LP_SUB, { A_FEED, A_TOPIC }, "<feed> <topic>" },
     { "UNSUB", LP_UNSUB, { A_FEED, A_TOPIC }, "<feed> <topic>" },
     { "PUB", LP_PUB, { A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
-      "<feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
+        "<feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     { "SEND", LP_SEND, { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
-      "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
+        "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     { "NOTIFY", LP_NOTIFY, { A_FEED }, "<feed>" },
     { "UNNOTIFY", LP_UNNOTIFY, { A_FEED }, "<feed>" },
     { "AUTHORIZER", LP_AUTHORIZER, { A_FEED }, "<feed>" },
     { "UNAUTHORIZER", LP_UNAUTHORIZER, { A_FEED }, "<feed>" },
     { "AUTHORIZE", LP_AUTHORIZE, { A_CLIENT_ID, A_FEED, A_TOPIC, A_REQUIRED, A_OPT_ENTS },
-      "<client-id> <feed> <topic> <required|not-required> [ENTS]" },
+        "<client-id> <feed> <topic> <required|not-required> [ENTS]" },
     { "PING", LP_PING, { A_OPT_TOKEN }, "[token]" },
     { "STATS", LP_STATS, { A_OPT_VIEW }, "[SESSIONS|LINK]" },
     { "VERBOSE", LP_VERBOSE, { A_ON_OFF }, "<on|off>" },
@@ -406,8 +406,7 @@ struct cmd_parse {
     size_t msglen;
 };
 
-static int
-fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
+static int fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static int
@@ -426,8 +425,8 @@ fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
 
 /* Decode a client-supplied name into dst and check it. */
 static int
-client_name(struct cmd_parse *cp, const struct tok *t, const char *what,
-    char *dst, struct lp_name *out)
+client_name(struct cmd_parse *cp, const struct tok *t, const char *what, char *dst,
+    struct lp_name *out)
 {
     const char *why = NULL;
     uint32_t n;
@@ -437,8 +436,8 @@ client_name(struct cmd_parse *cp, const struct tok *t, const char *what,
     if (n == 0)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: must not be empty", what);
     if (n > cp->lim->max_name)
-        return fail(cp, LP_ERR_BAD_NAME, "bad %s: %u bytes, at most %u", what,
-            (unsigned)n, (unsigned)cp->lim->max_name);
+        return fail(cp, LP_ERR_BAD_NAME, "bad %s: %u bytes, at most %u", what, (unsigned)n,
+            (unsigned)cp->lim->max_name);
     if (!utf8_valid((const unsigned char *)dst, n))
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: not valid UTF-8", what);
     out->ptr = dst;
@@ -447,8 +446,8 @@ client_name(struct cmd_parse *cp, const struct tok *t, const char *what,
 }
 
 static int
-keyword(struct cmd_parse *cp, const struct tok *t, const char *yes,
-    const char *no, bool *out)
+keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, const char *no,
+    bool *out)
 {
     char ex[40];
 
@@ -498,8 +497,10 @@ client_content_type(struct cmd_parse *cp, const struct tok *t, char *dst,
     uint32_t n;
 
     if (cp->lim->bus_protocol != 0 && cp->lim->bus_protocol < WIRE_V6)
-        return fail(cp, LP_ERR_SYNTAX, "type= needs bus protocol 6; the bus "
-            "speaks %u, which has only image or delta", (unsigned)cp->lim->bus_protocol);
+        return fail(cp, LP_ERR_SYNTAX,
+            "type= needs bus protocol 6; the bus "
+            "speaks %u, which has only image or delta",
+            (unsigned)cp->lim->bus_protocol);
     if (lp_decode_name(t->p, t->n, dst, &n, &why) < 0)
         return fail(cp, LP_ERR_BAD_NAME, "bad content type: %s", why);
     if (n > cp->lim->max_name)
@@ -525,7 +526,8 @@ n_fixed(const struct verb_def *vd, bool *packets, size_t *optional)
             *packets = true;
             break;
         }
-        if (vd->args[n] == A_OPT_ENTS || vd->args[n] == A_OPT_TOKEN || vd->args[n] == A_OPT_VIEW)
+        if (vd->args[n] == A_OPT_ENTS || vd->args[n] == A_OPT_TOKEN ||
+            vd->args[n] == A_OPT_VIEW)
             (*optional)++;
         n++;
     }
@@ -609,14 +611,14 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         names_room += args[i].n + 1;
     if (has_type)
         names_room += ctype.n + 1;
-    if (vd->verb == LP_AUTHORIZE && nargs == nfix)   /* room: one per comma + 1 */
+    if (vd->verb == LP_AUTHORIZE && nargs == nfix) /* room: one per comma + 1 */
         n_auth_ents = (long)count_byte(args[4].p, args[4].n, ',') + 1;
     if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
         need = ALIGN8(scan.n_specs * sizeof(struct wire_packet)) +
             ALIGN8(((size_t)scan.n_ents + (size_t)n_auth_ents) * sizeof(int32_t)) +
             names_room;
     } else {
-        need = names_room;  /* refused anyway: do not size from the specs */
+        need = names_room; /* refused anyway: do not size from the specs */
     }
     if (need > 0 && lp_store_reserve(&cmd->store, &cmd->store_cap, need) == NULL)
         return fail(&cp, LP_ERR_SYNTAX, "out of memory");
@@ -628,8 +630,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         cmd->packets = cmd->store;
         ents = (int32_t *)((char *)cmd->store +
             ALIGN8(scan.n_specs * sizeof(struct wire_packet)));
-        names = (char *)ents + ALIGN8(((size_t)scan.n_ents + (size_t)n_auth_ents) *
-            sizeof(int32_t));
+        names = (char *)ents +
+            ALIGN8(((size_t)scan.n_ents + (size_t)n_auth_ents) * sizeof(int32_t));
     } else {
         ents = NULL;
         names = cmd->store;
@@ -659,7 +661,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             if (guid_from_text(t->p, t->n, cmd->client_id) < 0) {
                 excerpt(t, ex, sizeof(ex));
                 r = fail(&cp, LP_ERR_BAD_CLIENT_ID,
-                    "'%s' is not a client id like 00112233-4455-6677-8899-aabbccddeeff", ex);
+                    "'%s' is not a client id like 00112233-4455-6677-8899-aabbccddeeff",
+                    ex);
             }
             break;
         case A_IMAGE:
@@ -676,8 +679,10 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
 
             if (n < 0) {
                 excerpt(t, ex, sizeof(ex));
-                r = fail(&cp, LP_ERR_SYNTAX, "entitlements '%s': a comma list of "
-                    "int32 values, at most %u", ex, (unsigned)lim->max_entitlements);
+                r = fail(&cp, LP_ERR_SYNTAX,
+                    "entitlements '%s': a comma list of "
+                    "int32 values, at most %u",
+                    ex, (unsigned)lim->max_entitlements);
                 break;
             }
             cmd->entitlements.v = ents;

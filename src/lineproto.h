@@ -59,10 +59,10 @@ enum lp_error {
     LP_ERR_NOT_AUTHORIZER,
     LP_ERR_UNKNOWN_REQUEST,
     LP_ERR_ALREADY_ANSWERED,
-    LP_ERR_SLOW_CONSUMER,       /* closes the session */
-    LP_ERR_SHUTTING_DOWN,       /* closes the session */
-    LP_ERR_TOO_MANY_SESSIONS,   /* closes the session */
-    LP_ERR_PERM,                /* the access rules refuse it */
+    LP_ERR_SLOW_CONSUMER,     /* closes the session */
+    LP_ERR_SHUTTING_DOWN,     /* closes the session */
+    LP_ERR_TOO_MANY_SESSIONS, /* closes the session */
+    LP_ERR_PERM,              /* the access rules refuse it */
 };
 
 /* "bad-name" etc. */
@@ -73,11 +73,11 @@ const char *lp_error_code(enum lp_error e);
 
 /* Limits a parsed command must respect. */
 struct lp_limits {
-    uint32_t max_name;      /* bytes in a decoded name (the bus string limit) */
-    uint32_t max_payload;   /* sum of packet lengths */
+    uint32_t max_name;    /* bytes in a decoded name (the bus string limit) */
+    uint32_t max_payload; /* sum of packet lengths */
     uint32_t max_packets;
     uint32_t max_entitlements;
-    uint32_t bus_protocol;  /* the bus's; PUB/SEND "type=" needs 6; 0: any */
+    uint32_t bus_protocol; /* the bus's; PUB/SEND "type=" needs 6; 0: any */
 };
 
 /* A decoded (unescaped) name; ptr is NUL-terminated, owned by the cmd. */
@@ -102,18 +102,19 @@ struct lp_cmd {
     enum lp_verb verb;
     struct lp_name feed;
     struct lp_name topic;
-    uint8_t client_id[WIRE_GUID_LEN];   /* SEND, AUTHORIZE (wire order) */
-    bool is_image;                      /* PUB, SEND */
-    struct lp_name content_type;        /* PUB, SEND: "type=" token, "" if none */
-    bool required;                      /* AUTHORIZE */
-    bool on;                            /* VERBOSE */
-    struct wire_ints entitlements;      /* AUTHORIZE */
-    struct wire_packet *packets;        /* PUB, SEND: lengths + entitlements; data NULL until filled */
+    uint8_t client_id[WIRE_GUID_LEN]; /* SEND, AUTHORIZE (wire order) */
+    bool is_image;                    /* PUB, SEND */
+    struct lp_name content_type;      /* PUB, SEND: "type=" token, "" if none */
+    bool required;                    /* AUTHORIZE */
+    bool on;                          /* VERBOSE */
+    struct wire_ints entitlements;    /* AUTHORIZE */
+    struct wire_packet
+        *packets; /* PUB, SEND: lengths + entitlements; data NULL until filled */
     uint32_t n_packets;
-    uint64_t payload_len;               /* sum of packet lengths */
-    struct lp_name token;               /* PING's optional token (raw, not unescaped) */
-    struct lp_name app;                 /* NAME: the name an app gives itself */
-    enum lp_stats_view stats_view;      /* STATS */
+    uint64_t payload_len;          /* sum of packet lengths */
+    struct lp_name token;          /* PING's optional token (raw, not unescaped) */
+    struct lp_name app;            /* NAME: the name an app gives itself */
+    enum lp_stats_view stats_view; /* STATS */
 
     void *store;
     size_t store_cap;
@@ -180,9 +181,9 @@ struct lp_session_limits {
 };
 
 /* The greeting line (bus_protocol=lim->bus_protocol before bus=). */
-int lp_format_hello(struct evbuffer *out, const char *version,
-    const struct lp_limits *lim, uint32_t max_line, const struct lp_session_limits *sl,
-    uint64_t max_output, const char *bus_state);
+int lp_format_hello(struct evbuffer *out, const char *version, const struct lp_limits *lim,
+    uint32_t max_line, const struct lp_session_limits *sl, uint64_t max_output,
+    const char *bus_state);
 
 /* "PONG [token]" (the token as the client sent it). */
 int lp_format_pong(struct evbuffer *out, const char *token, size_t len);
@@ -207,8 +208,8 @@ int lp_format_cmd_names(struct evbuffer *out, enum lp_verb verb, const char *fee
     size_t feed_len, const char *topic, size_t topic_len);
 /* "AUTHORIZE id feed topic required|not-required [ents]" */
 int lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_LEN],
-    const char *feed, size_t feed_len, const char *topic, size_t topic_len,
-    bool required, const char *ents);
+    const char *feed, size_t feed_len, const char *topic, size_t topic_len, bool required,
+    const char *ents);
 /* The line of a one-packet PUB (client_id NULL) or SEND of len bytes; the
  * caller appends the len payload bytes and "\n". */
 int lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char *feed,
@@ -228,8 +229,17 @@ int lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg);
  * (payload_len bytes, then the newline).
  */
 enum lp_event_kind {
-    LP_EV_HELLO, LP_EV_OK, LP_EV_ERR, LP_EV_DATA, LP_EV_NOTIFICATION,
-    LP_EV_AUTHREQ, LP_EV_BUS, LP_EV_PONG, LP_EV_STAT, LP_EV_END, LP_EV_REVOKED,
+    LP_EV_HELLO,
+    LP_EV_OK,
+    LP_EV_ERR,
+    LP_EV_DATA,
+    LP_EV_NOTIFICATION,
+    LP_EV_AUTHREQ,
+    LP_EV_BUS,
+    LP_EV_PONG,
+    LP_EV_STAT,
+    LP_EV_END,
+    LP_EV_REVOKED,
 };
 
 struct lp_event {
@@ -238,12 +248,12 @@ struct lp_event {
     uint8_t client_id[WIRE_GUID_LEN];
     bool is_image;
     bool is_unicast;
-    struct lp_name content_type;        /* DATA: "type=" token, "" if none */
+    struct lp_name content_type; /* DATA: "type=" token, "" if none */
     bool is_add;
     struct wire_packet *packets;
     uint32_t n_packets;
     uint64_t payload_len;
-    const char *rest;       /* HELLO/ERR/BUS/STAT/PONG/REVOKED: the text after the verb */
+    const char *rest; /* HELLO/ERR/BUS/STAT/PONG/REVOKED: the text after the verb */
     size_t rest_len;
 
     void *store;
@@ -280,20 +290,20 @@ enum lp_framer_state {
 
 struct lp_framer {
     enum lp_framer_state state;
-    uint32_t max_line;      /* bytes in a line, without "\r\n" */
-    uint64_t need;          /* PAYLOAD/SKIP_PAYLOAD: payload bytes still due */
-    size_t pending;         /* bytes of the current item, drained at consume */
-    size_t scanned;         /* LINE: leading bytes known to hold no newline */
-    uint64_t bytes;         /* every byte drained so far */
+    uint32_t max_line; /* bytes in a line, without "\r\n" */
+    uint64_t need;     /* PAYLOAD/SKIP_PAYLOAD: payload bytes still due */
+    size_t pending;    /* bytes of the current item, drained at consume */
+    size_t scanned;    /* LINE: leading bytes known to hold no newline */
+    uint64_t bytes;    /* every byte drained so far */
 };
 
 enum lp_frame_kind {
-    LP_FRAME_MORE,          /* no complete item: feed more bytes */
-    LP_FRAME_LINE,          /* data/len: a line without "\n" (may end in "\r") */
-    LP_FRAME_PAYLOAD,       /* data/len: the payload block, terminator removed */
-    LP_FRAME_LINE_TOO_LONG, /* a line over max_line, discarded (skipping: up to
+    LP_FRAME_MORE,           /* no complete item: feed more bytes */
+    LP_FRAME_LINE,           /* data/len: a line without "\n" (may end in "\r") */
+    LP_FRAME_PAYLOAD,        /* data/len: the payload block, terminator removed */
+    LP_FRAME_LINE_TOO_LONG,  /* a line over max_line, discarded (skipping: up to
                              * the next newline, not yet seen) */
-    LP_FRAME_BAD_TERMINATOR,/* a payload not followed by a newline; discarded up
+    LP_FRAME_BAD_TERMINATOR, /* a payload not followed by a newline; discarded up
                              * to the next newline (skipping: it was a skipped
                              * payload; len: the payload bytes discarded) */
 };
@@ -307,8 +317,8 @@ struct lp_frame {
 
 void lp_framer_init(struct lp_framer *f, uint32_t max_line);
 /* The next item in in (draining the previous one first). */
-enum lp_frame_kind lp_framer_next(struct lp_framer *f, struct evbuffer *in,
-    struct lp_frame *fr);
+enum lp_frame_kind
+lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr);
 /* Drain the current item (its data pointer is then invalid). */
 void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
 /* After a LINE: a payload block of len bytes and a newline follow; deliver

@@ -33,15 +33,15 @@
 
 struct listener {
     struct evconnlistener *evl;
-    struct event *backoff;      /* re-enables accepting after fd exhaustion */
+    struct event *backoff; /* re-enables accepting after fd exhaustion */
     listener_accept_cb cb;
     void *arg;
-    char *path;                 /* where we bound (or what systemd gave us) */
-    bool activated;             /* socket came from systemd: never unlink */
-    bool paused;                /* listener_pause: the back-off must not resume */
+    char *path;     /* where we bound (or what systemd gave us) */
+    bool activated; /* socket came from systemd: never unlink */
+    bool paused;    /* listener_pause: the back-off must not resume */
     bool backing_off;
-    dev_t dev;                  /* the socket file we created, to unlink */
-    ino_t ino;                  /* only our own at exit */
+    dev_t dev; /* the socket file we created, to unlink */
+    ino_t ino; /* only our own at exit */
 };
 
 /* Take fd 3 from systemd if LISTEN_PID/LISTEN_FDS say it is ours. Returns
@@ -66,7 +66,8 @@ systemd_fd(char *err, size_t errlen)
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
     if (*end != '\0' || n < 1) {
-        set_err(err, errlen, "systemd socket activation: LISTEN_FDS=%s passes no socket", fds_s);
+        set_err(err, errlen, "systemd socket activation: LISTEN_FDS=%s passes no socket",
+            fds_s);
         return -2;
     }
     if (n > 1)
@@ -81,8 +82,10 @@ systemd_fd(char *err, size_t errlen)
     if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) != 0)
         acc = 0;
     if (type != SOCK_STREAM || domain != AF_UNIX || !acc) {
-        set_err(err, errlen, "systemd socket activation: fd %d is not a listening "
-            "Unix stream socket (use ListenStream=/path in the .socket unit)", fd);
+        set_err(err, errlen,
+            "systemd socket activation: fd %d is not a listening "
+            "Unix stream socket (use ListenStream=/path in the .socket unit)",
+            fd);
         return -2;
     }
     if (fcntl(fd, F_SETFD, FD_CLOEXEC) != 0 ||
@@ -154,8 +157,8 @@ clear_stale(const char *path, const struct sockaddr_un *sun, char *err, size_t e
         return -1;
     }
     if (saved != ECONNREFUSED) {
-        set_err(err, errlen, "%s: cannot tell whether the socket is in use: %s",
-            path, strerror(saved));
+        set_err(err, errlen, "%s: cannot tell whether the socket is in use: %s", path,
+            strerror(saved));
         return -1;
     }
     if (unlink(path) != 0 && errno != ENOENT) {
@@ -204,15 +207,18 @@ bind_path(struct listener *l, const struct config_listen *cfg, char *err, size_t
     if (r != 0) {
         int e = errno;
         if (e == ENOENT || e == ENOTDIR)
-            set_err(err, errlen, "cannot create socket %s: its directory does not exist "
-                "(systemd's RuntimeDirectory= creates it)", cfg->path);
+            set_err(err, errlen,
+                "cannot create socket %s: its directory does not exist "
+                "(systemd's RuntimeDirectory= creates it)",
+                cfg->path);
         else
             set_err(err, errlen, "cannot bind %s: %s", cfg->path, strerror(e));
         close(fd);
         return -1;
     }
     if (chmod(cfg->path, cfg->mode) != 0) {
-        set_err(err, errlen, "chmod %04o %s: %s", (unsigned)cfg->mode, cfg->path, strerror(errno));
+        set_err(err, errlen, "chmod %04o %s: %s", (unsigned)cfg->mode, cfg->path,
+            strerror(errno));
         goto fail;
     }
     if (cfg->group != NULL && cfg->group[0] != '\0') {
@@ -242,8 +248,8 @@ fail:
 }
 
 static void
-accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
-    int salen, void *arg)
+accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa, int salen,
+    void *arg)
 {
     struct listener *l = arg;
     struct peer_cred peer = { .pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1 };

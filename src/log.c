@@ -30,22 +30,27 @@ static int log_level = LOG_INFO;
 #define LOG_KINDS (1 << LOG_KINDS_BITS) /* more than there are call sites */
 
 struct log_kind {
-    const char *fmt;           /* NULL: a free slot */
-    int prio;                  /* of the last suppressed line */
-    int64_t start_ms;          /* when the window opened */
-    unsigned lines;            /* logged in this window */
-    unsigned long suppressed;  /* not logged in this window */
+    const char *fmt;          /* NULL: a free slot */
+    int prio;                 /* of the last suppressed line */
+    int64_t start_ms;         /* when the window opened */
+    unsigned lines;           /* logged in this window */
+    unsigned long suppressed; /* not logged in this window */
 };
 
 static struct log_kind kinds[LOG_KINDS];
-static struct log_kind kind_overflow;   /* shared, should the table fill */
+static struct log_kind kind_overflow; /* shared, should the table fill */
 static int64_t (*log_clock)(void);
 static bool limit_on;
 
 static const char *const level_names[] = {
-    [LOG_EMERG] = "emergency", [LOG_ALERT] = "alert", [LOG_CRIT] = "critical",
-    [LOG_ERR] = "error", [LOG_WARNING] = "warning", [LOG_NOTICE] = "notice",
-    [LOG_INFO] = "info", [LOG_DEBUG] = "debug",
+    [LOG_EMERG] = "emergency",
+    [LOG_ALERT] = "alert",
+    [LOG_CRIT] = "critical",
+    [LOG_ERR] = "error",
+    [LOG_WARNING] = "warning",
+    [LOG_NOTICE] = "notice",
+    [LOG_INFO] = "info",
+    [LOG_DEBUG] = "debug",
 };
 
 void
@@ -165,8 +170,7 @@ log_emit(int prio, const char *line)
 }
 
 /* Escape and write a line of our own (no limit applies). */
-static void __attribute__((format(printf, 2, 3)))
-log_line(int prio, const char *fmt, ...)
+static void __attribute__((format(printf, 2, 3))) log_line(int prio, const char *fmt, ...)
 {
     char line[LOG_LINE_MAX];
     va_list ap;
@@ -279,7 +283,8 @@ kinds_summarise(bool all)
     for (size_t i = 0; i < LOG_KINDS; i++)
         if (kinds[i].suppressed != 0 && (all || now - kinds[i].start_ms >= LOG_WINDOW_MS))
             kind_summarise(&kinds[i]);
-    if (kind_overflow.suppressed != 0 && (all || now - kind_overflow.start_ms >= LOG_WINDOW_MS))
+    if (kind_overflow.suppressed != 0 &&
+        (all || now - kind_overflow.start_ms >= LOG_WINDOW_MS))
         kind_summarise(&kind_overflow);
 }
 

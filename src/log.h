@@ -19,8 +19,8 @@
 #include <syslog.h>
 
 enum log_dest {
-    LOG_DEST_STDERR,   /* "<N>message" lines, for journald */
-    LOG_DEST_SYSLOG,   /* syslog(3) */
+    LOG_DEST_STDERR, /* "<N>message" lines, for journald */
+    LOG_DEST_SYSLOG, /* syslog(3) */
 };
 
 /* Start logging; level is a syslog priority (LOG_ERR ... LOG_DEBUG). */
@@ -58,11 +58,11 @@ void log_msg(int prio, const char *func, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Error and debug lines carry the function name (OpenSSH error_f style). */
-#define log_error(...)   log_msg(LOG_ERR, __func__, __VA_ARGS__)
-#define log_warn(...)    log_msg(LOG_WARNING, NULL, __VA_ARGS__)
-#define log_notice(...)  log_msg(LOG_NOTICE, NULL, __VA_ARGS__)
-#define log_info(...)    log_msg(LOG_INFO, NULL, __VA_ARGS__)
-#define log_debug(...)   log_msg(LOG_DEBUG, __func__, __VA_ARGS__)
+#define log_error(...) log_msg(LOG_ERR, __func__, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARNING, NULL, __VA_ARGS__)
+#define log_notice(...) log_msg(LOG_NOTICE, NULL, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, NULL, __VA_ARGS__)
+#define log_debug(...) log_msg(LOG_DEBUG, __func__, __VA_ARGS__)
 
 /* Abort on an impossible state, with a message. */
 void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

@@ -30,15 +30,15 @@
 struct daemon {
     struct event_base *base;
     struct evdns_base *dns;
-    struct config cfg;          /* stable address: modules keep pointers into it */
+    struct config cfg; /* stable address: modules keep pointers into it */
     struct router *router;
     struct bus *bus;
     struct listener *listener;
-    struct metrics *metrics;    /* NULL: metrics.listen unset */
+    struct metrics *metrics; /* NULL: metrics.listen unset */
     struct event *sig_term, *sig_int, *sig_hup;
-    struct event *tick;         /* STATUS= updates and the watchdog */
-    struct event *stop_timer;   /* bounds the shutdown grace period */
-    struct event *stop_poll;    /* notices when the last session has gone */
+    struct event *tick;       /* STATUS= updates and the watchdog */
+    struct event *stop_timer; /* bounds the shutdown grace period */
+    struct event *stop_poll;  /* notices when the last session has gone */
     char last_status[128];
     uint64_t watchdog_usec;
     uint64_t ticks;
@@ -59,7 +59,8 @@ usage(FILE *out)
         "  -p, --pidfile FILE  with --daemon, write the pid here and lock it\n"
         "  -D, --debug         log at debug level, overriding log.level\n"
         "  -V, --version       print the version and exit\n"
-        "  -h, --help          this text\n", CONFIG_DEFAULT_PATH);
+        "  -h, --help          this text\n",
+        CONFIG_DEFAULT_PATH);
 }
 
 /* Tell systemd how things are, when it changed. */
@@ -68,8 +69,8 @@ daemon_status(struct daemon *d)
 {
     char status[128];
 
-    snprintf(status, sizeof status, "bus %s, %u sessions",
-        router_bus_state_name(d->router), router_session_count(d->router));
+    snprintf(status, sizeof status, "bus %s, %u sessions", router_bus_state_name(d->router),
+        router_session_count(d->router));
     if (strcmp(status, d->last_status) != 0) {
         snprintf(d->last_status, sizeof d->last_status, "%s", status);
         sdnotify_status("%s", status);
@@ -85,8 +86,7 @@ daemon_tick(evutil_socket_t fd, short what, void *arg)
     log_tick();
     /* The tick runs every 500 ms; ping the watchdog at half its interval. */
     d->ticks++;
-    if (d->watchdog_usec != 0 &&
-        d->ticks * 500000ull >= d->watchdog_usec / 2) {
+    if (d->watchdog_usec != 0 && d->ticks * 500000ull >= d->watchdog_usec / 2) {
         sdnotify("WATCHDOG=1");
         d->ticks = 0;
     }
@@ -180,7 +180,8 @@ keep_restart_only(const struct config *old, struct config *new)
         (o->group == NULL) != (n->group == NULL) ||
         (o->group != NULL && strcmp(o->group, n->group) != 0)) {
         log_warn("reload: listen.path, listen.mode and listen.group need a restart; "
-            "keeping %s", o->path);
+                 "keeping %s",
+            o->path);
         free(n->path);
         n->path = strdup(o->path);
         n->mode = o->mode;
@@ -188,7 +189,8 @@ keep_restart_only(const struct config *old, struct config *new)
         n->group = o->group ? strdup(o->group) : NULL;
     }
     if ((old->metrics.listen == NULL) != (new->metrics.listen == NULL) ||
-        (old->metrics.listen != NULL && strcmp(old->metrics.listen, new->metrics.listen) != 0)) {
+        (old->metrics.listen != NULL &&
+            strcmp(old->metrics.listen, new->metrics.listen) != 0)) {
         log_warn("reload: metrics.listen needs a restart; keeping %s",
             old->metrics.listen != NULL ? old->metrics.listen : "it off");
         free(new->metrics.listen);
@@ -333,8 +335,8 @@ daemon_start(struct daemon *d)
 
     if ((d->base = event_base_new()) == NULL)
         return -1;
-    d->dns = evdns_base_new(d->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-        EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    d->dns = evdns_base_new(d->base,
+        EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (d->dns == NULL)
         d->dns = evdns_base_new(d->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (d->dns == NULL) {
@@ -350,7 +352,8 @@ daemon_start(struct daemon *d)
         return -1;
     /* Before the session socket: once that answers, everything does. */
     if (d->cfg.metrics.listen != NULL &&
-        (d->metrics = metrics_new(d->base, &d->cfg.metrics, d->router, err, sizeof err)) == NULL) {
+        (d->metrics = metrics_new(d->base, &d->cfg.metrics, d->router, err, sizeof err)) ==
+            NULL) {
         log_error("%s", err);
         return -1;
     }
@@ -375,8 +378,8 @@ daemon_start(struct daemon *d)
         return -1;
     log_notice("busgated %s listening on %s%s, bus %s:%u", PACKAGE_VERSION,
         listener_path(d->listener),
-        listener_is_activated(d->listener) ? " (socket activation)" : "",
-        d->cfg.bus.host, d->cfg.bus.port);
+        listener_is_activated(d->listener) ? " (socket activation)" : "", d->cfg.bus.host,
+        d->cfg.bus.port);
     sdnotify("READY=1");
     daemon_status(d);
     return 0;
@@ -385,8 +388,8 @@ daemon_start(struct daemon *d)
 static void
 daemon_free(struct daemon *d)
 {
-    struct event **evs[] = { &d->sig_term, &d->sig_int, &d->sig_hup, &d->tick, &d->stop_timer,
-        &d->stop_poll };
+    struct event **evs[] = { &d->sig_term, &d->sig_int, &d->sig_hup, &d->tick,
+        &d->stop_timer, &d->stop_poll };
     sigset_t stop;
 
     /* Freeing the signal events restores the default actions: a second
@@ -409,7 +412,7 @@ daemon_free(struct daemon *d)
     if (d->bus != NULL)
         bus_free(d->bus);
     if (d->dns != NULL)
-        evdns_base_free(d->dns, 1);   /* fail pending lookups: no leak */
+        evdns_base_free(d->dns, 1); /* fail pending lookups: no leak */
     if (d->base != NULL)
         event_base_free(d->base);
     config_free(&d->cfg);
@@ -436,16 +439,31 @@ main(int argc, char **argv)
 
     while ((c = getopt_long(argc, argv, "c:tdp:DVh", opts, NULL)) != -1) {
         switch (c) {
-        case 'c': path = optarg; break;
-        case 't': check = true; break;
-        case 'd': detach = true; break;
-        case 'p': pidfile = absolute_path(optarg); break;
-        case 'D': debug = true; break;
-        case 'V': printf("busgated %s (bus protocol v%d, line protocol %d)\n",
-                      PACKAGE_VERSION, WIRE_PROTOCOL_VERSION, LP_PROTOCOL_VERSION);
-                  return 0;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check = true;
+            break;
+        case 'd':
+            detach = true;
+            break;
+        case 'p':
+            pidfile = absolute_path(optarg);
+            break;
+        case 'D':
+            debug = true;
+            break;
+        case 'V':
+            printf("busgated %s (bus protocol v%d, line protocol %d)\n", PACKAGE_VERSION,
+                WIRE_PROTOCOL_VERSION, LP_PROTOCOL_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (optind != argc) {
@@ -499,7 +517,7 @@ main(int argc, char **argv)
     audit_config(&d.cfg, warn_permissive, NULL);
     rc = daemon_start(&d) == 0 ? 0 : 1;
     if (rc == 0) {
-        log_limit_floods(true);     /* start-up is over: every line of it got out */
+        log_limit_floods(true); /* start-up is over: every line of it got out */
         event_base_dispatch(d.base);
         /* The loop is over; a late signal must not kill the teardown. */
         signal(SIGTERM, SIG_IGN);

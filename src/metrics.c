@@ -29,7 +29,7 @@
 struct metrics {
     struct evhttp *http;
     struct router *router;
-    char *path;                 /* the Unix socket we created, to unlink */
+    char *path; /* the Unix socket we created, to unlink */
     dev_t dev;
     ino_t ino;
 };
@@ -106,11 +106,12 @@ on_request(struct evhttp_request *req, void *arg)
     else if (strcmp(path, "/metrics") == 0)
         serve_metrics(m, req);
     else if (strcmp(path, "/healthz") == 0)
-        reply_text(req, HTTP_OK, "OK", "ok");   /* answered by the loop: it runs */
+        reply_text(req, HTTP_OK, "OK", "ok"); /* answered by the loop: it runs */
     else if (strcmp(path, "/readyz") == 0)
         serve_readyz(m, req);
     else
-        reply_text(req, HTTP_NOTFOUND, "Not Found", "not found: /metrics, /healthz, /readyz");
+        reply_text(req, HTTP_NOTFOUND, "Not Found",
+            "not found: /metrics, /healthz, /readyz");
 }
 
 /* A listening socket at the configured address. -1 with err. */
@@ -173,9 +174,10 @@ metrics_new(struct event_base *base, const struct config_metrics *cfg, struct ro
     evhttp_set_max_headers_size(m->http, METRICS_MAX_HEADERS);
     evhttp_set_max_body_size(m->http, METRICS_MAX_BODY);
     /* Every method reaches on_request, which answers 405 (not evhttp's 501). */
-    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-        EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-        EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+    evhttp_set_allowed_methods(m->http,
+        EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+            EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT |
+            EVHTTP_REQ_PATCH);
     evhttp_set_gencb(m->http, on_request, m);
     metrics_reconfigure(m, cfg);
     if ((fd = bind_address(m, cfg->listen, err, errlen)) < 0 ||

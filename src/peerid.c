@@ -52,7 +52,7 @@ entry_load(uid_t uid, gid_t gid)
     if (pw != NULL) {
         e->name = strdup(pw->pw_name);
         if (getgrouplist(pw->pw_name, gid, e->groups, &n) < 0)
-            n = PEERID_MAX_GROUPS;      /* truncated: the first ones count */
+            n = PEERID_MAX_GROUPS; /* truncated: the first ones count */
     } else {
         if (asprintf(&e->name, "#%u", (unsigned)uid) < 0)
             e->name = NULL;

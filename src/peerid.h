@@ -15,7 +15,7 @@ struct peerid;
 
 /* What is known of one uid. groups holds the primary gid too. */
 struct peerid_user {
-    const char *name;           /* "#1234" when the database has no entry */
+    const char *name; /* "#1234" when the database has no entry */
     const gid_t *groups;
     size_t n_groups;
 };

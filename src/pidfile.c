@@ -55,7 +55,8 @@ pidfile_open(const char *path, char *err, size_t errlen)
 
     /* O_NOFOLLOW: in a directory others may write, a link planted at path
      * would make us overwrite its target. O_NONBLOCK: a FIFO never blocks. */
-    fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0644);
+    fd =
+        open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC | O_NOCTTY, 0644);
     if (fd < 0) {
         if (errno == ELOOP)
             set_err(err, errlen, "pid file %s is a symbolic link: refused", path);

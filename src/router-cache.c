@@ -50,7 +50,7 @@ rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
             return;
     } else {
         if (t->cache == NULL)
-            return;     /* no image since the last overflow: nothing to build on */
+            return; /* no image since the last overflow: nothing to build on */
         have = evbuffer_get_length(t->cache);
         if (have + len > cap) {
             log_debug("image cache of a topic over %zu bytes: dropped until the next image",

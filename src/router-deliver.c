@@ -192,14 +192,14 @@ rt_route_data(struct router *r, const struct wire_msg *m)
     }
     t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
     if (t == NULL && rt_link_holds(r, &m->feed, &m->topic))
-        return;     /* the link's own (heartbeats), counted there */
+        return; /* the link's own (heartbeats), counted there */
     r->n.data_in++;
     if (t == NULL) {
         /* Nobody local wants it; the v3 distributor keeps sending after an
          * unsubscribe (defect 1). */
         r->n.data_dropped_unwanted++;
-        log_debug("data for %.*s / %.*s: no local subscriber, dropped",
-            (int)m->feed.len, m->feed.ptr, (int)m->topic.len, m->topic.ptr);
+        log_debug("data for %.*s / %.*s: no local subscriber, dropped", (int)m->feed.len,
+            m->feed.ptr, (int)m->topic.len, m->topic.ptr);
         return;
     }
     if (t != r->batch_topic)

@@ -127,7 +127,8 @@ remote_update(struct router *r, struct feed *f, const struct wire_msg *m)
             /* Other bus users decide how many there are: bounded, counted. */
             r->n.remotes_dropped++;
             log_warn("%u remote subscriptions remembered already: not keeping more "
-                "for late notifiers", r->n_remotes);
+                     "for late notifiers",
+                r->n_remotes);
             free(k);
             return;
         }
@@ -215,7 +216,7 @@ pending_add(struct router *r, struct feed *f, const struct wire_msg *m)
     memcpy(k + WIRE_GUID_LEN, m->topic.ptr, m->topic.len);
     HASH_FIND(hh, f->pending, k, klen, pd);
     if (pd != NULL)
-        pending_free(r, pd);    /* user/host may differ: store afresh */
+        pending_free(r, pd); /* user/host may differ: store afresh */
     while (r->n_pending >= r->cfg.auth_pending) {
         struct pending *old = TAILQ_FIRST(&r->pending_order);
         struct feed *of = old->feed;
@@ -275,9 +276,9 @@ rt_route_authreq(struct router *r, const struct wire_msg *m)
         r->n.auth_requests_unrouted++;
         guid_to_text(m->client_id, id);
         log_notice("authorization request from %s (%.*s@%.*s) for %.*s / %.*s: no local "
-            "authorizer; kept for one that registers", id, (int)m->user.len, m->user.ptr,
-            (int)m->host.len, m->host.ptr, (int)m->feed.len, m->feed.ptr,
-            (int)m->topic.len, m->topic.ptr);
+                   "authorizer; kept for one that registers",
+            id, (int)m->user.len, m->user.ptr, (int)m->host.len, m->host.ptr,
+            (int)m->feed.len, m->feed.ptr, (int)m->topic.len, m->topic.ptr);
         return;
     }
     if (lp_format_authreq(r->scratch, m) != 0) {

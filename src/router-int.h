@@ -63,7 +63,7 @@ struct sub {
 struct role {
     struct feed *feed;
     struct client *client;
-    UT_hash_handle hh;              /* its client's notify_by/authorize_by, by feed */
+    UT_hash_handle hh; /* its client's notify_by/authorize_by, by feed */
     LIST_ENTRY(role) by_feed;
     LIST_ENTRY(role) by_client;
 };
@@ -73,43 +73,43 @@ LIST_HEAD(role_list, role);
 
 /* The router's record of one session. */
 struct client {
-    struct session *s;              /* opaque: reached through port */
+    struct session *s; /* opaque: reached through port */
     const struct router_port *port;
-    uint64_t id;                    /* the session's number, for STATS */
+    uint64_t id; /* the session's number, for STATS */
     struct peer_cred peer;
-    struct access_id who;           /* peer's uid, gid and groups (own copy) */
-    char *user;                     /* the uid's name, for logs */
-    char *app;                      /* what the app called itself (NAME); NULL: nothing */
-    uint64_t perm_denied;           /* commands the access rules refused */
-    uint64_t revoked;               /* registrations a reload's rules ended */
-    UT_hash_handle hh;              /* r->clients, by session pointer */
+    struct access_id who; /* peer's uid, gid and groups (own copy) */
+    char *user;           /* the uid's name, for logs */
+    char *app;            /* what the app called itself (NAME); NULL: nothing */
+    uint64_t perm_denied; /* commands the access rules refused */
+    uint64_t revoked;     /* registrations a reload's rules ended */
+    UT_hash_handle hh;    /* r->clients, by session pointer */
     struct sub_list subs;
     struct role_list notifies;
     struct role_list authorizes;
-    struct role *notify_by, *authorize_by;  /* the same roles, by feed pointer */
+    struct role *notify_by, *authorize_by; /* the same roles, by feed pointer */
     uint32_t n_subs;
     uint32_t n_notifies, n_authorizes;
-    bool closing;                   /* released: routed to no more */
+    bool closing; /* released: routed to no more */
 };
 
 /* A (feed, topic) with at least one local subscriber. */
 struct topic {
-    UT_hash_handle hh;              /* r->topics, by key */
+    UT_hash_handle hh; /* r->topics, by key */
     struct sub_list subs;
     uint32_t n_subs;
-    struct evbuffer *cache;         /* image + deltas as DATA events; NULL: none */
-    TAILQ_ENTRY(topic) replay;      /* r->replay_topics while replay_queued */
-    bool replay_queued;             /* not yet subscribed upstream on this link */
-    struct wire_str feed, name;     /* point into key, NUL-terminated */
+    struct evbuffer *cache;     /* image + deltas as DATA events; NULL: none */
+    TAILQ_ENTRY(topic) replay;  /* r->replay_topics while replay_queued */
+    bool replay_queued;         /* not yet subscribed upstream on this link */
+    struct wire_str feed, name; /* point into key, NUL-terminated */
     size_t keylen;
-    char key[];                     /* feed length (4), feed, NUL, topic, NUL */
+    char key[]; /* feed length (4), feed, NUL, topic, NUL */
 };
 
 /* A remote subscription a notification told us of. */
 struct remote {
-    UT_hash_handle hh;              /* feed->remotes, by key */
-    uint32_t count;                 /* adds minus removes */
-    const uint8_t *client_id;       /* these point into key */
+    UT_hash_handle hh;        /* feed->remotes, by key */
+    uint32_t count;           /* adds minus removes */
+    const uint8_t *client_id; /* these point into key */
     struct wire_str user, host, topic;
     size_t keylen;
     char key[];
@@ -118,30 +118,30 @@ struct remote {
 /* An AuthorizationRequest the bus sent us, until answered (and then as
  * "answered", so a second answer is refused). */
 struct pending {
-    UT_hash_handle hh;              /* feed->pending, by client id + topic */
-    TAILQ_ENTRY(pending) order;     /* r->pending_order, oldest first */
+    UT_hash_handle hh;          /* feed->pending, by client id + topic */
+    TAILQ_ENTRY(pending) order; /* r->pending_order, oldest first */
     struct feed *feed;
     bool answered;
-    uint64_t since_ms;              /* monotonic, when the bus asked */
-    const uint8_t *client_id;       /* these point into key/extra */
+    uint64_t since_ms;        /* monotonic, when the bus asked */
+    const uint8_t *client_id; /* these point into key/extra */
     struct wire_str topic, user, host;
     size_t keylen;
-    char key[];                     /* client id (16), topic, NUL, user, NUL, host, NUL */
+    char key[]; /* client id (16), topic, NUL, user, NUL, host, NUL */
 };
 
 TAILQ_HEAD(pending_list, pending);
 
 /* A feed with local notifiers or authorizers, or pending requests. */
 struct feed {
-    UT_hash_handle hh;              /* r->feeds, by name */
+    UT_hash_handle hh; /* r->feeds, by name */
     struct role_list notifiers;
     struct role_list authorizers;
     uint32_t n_notifiers, n_authorizers;
-    struct remote *remotes;         /* known while it has notifiers */
+    struct remote *remotes; /* known while it has notifiers */
     struct pending *pending;
-    TAILQ_ENTRY(feed) replay;       /* r->replay_feeds while replay_queued */
-    bool replay_queued;             /* notifiers not yet registered upstream on this link */
-    struct wire_str name;           /* points into key */
+    TAILQ_ENTRY(feed) replay; /* r->replay_feeds while replay_queued */
+    bool replay_queued;       /* notifiers not yet registered upstream on this link */
+    struct wire_str name;     /* points into key */
     char key[];
 };
 
@@ -164,11 +164,11 @@ struct router_counters {
     uint64_t auth_requests_unrouted;
     uint64_t busdown_queued_total;
     uint64_t busdown_lost;
-    uint64_t bus_other;             /* bus messages a client never receives */
-    uint64_t cache_refused;         /* images not cached: router.image_cache_total */
-    uint64_t remotes_dropped;       /* remote subscriptions not remembered */
-    uint64_t perm_denied;           /* commands the access rules refused */
-    uint64_t revoked;               /* registrations a reload's rules ended */
+    uint64_t bus_other;       /* bus messages a client never receives */
+    uint64_t cache_refused;   /* images not cached: router.image_cache_total */
+    uint64_t remotes_dropped; /* remote subscriptions not remembered */
+    uint64_t perm_denied;     /* commands the access rules refused */
+    uint64_t revoked;         /* registrations a reload's rules ended */
 };
 
 struct router {
@@ -179,42 +179,42 @@ struct router {
     struct feed *feeds;
     struct pending_list pending_order;
     uint32_t n_pending;
-    TAILQ_HEAD(, topic) replay_topics;  /* the replay after a reconnect, still to send */
+    TAILQ_HEAD(, topic) replay_topics; /* the replay after a reconnect, still to send */
     TAILQ_HEAD(, feed) replay_feeds;
-    struct event *replay_ev;        /* the next replay batch (NULL: no event base) */
+    struct event *replay_ev; /* the next replay batch (NULL: no event base) */
     bool replaying;
     unsigned replayed_topics, replayed_feeds;
-    uint32_t n_remotes;             /* remembered remote subscriptions */
-    uint64_t n_subscriptions;       /* local (session, topic) pairs */
-    uint32_t n_notify_feeds;        /* feeds we notify on upstream */
+    uint32_t n_remotes;       /* remembered remote subscriptions */
+    uint64_t n_subscriptions; /* local (session, topic) pairs */
+    uint32_t n_notify_feeds;  /* feeds we notify on upstream */
     uint32_t n_authorizer_feeds;
-    size_t cache_bytes;             /* all topics' caches */
+    size_t cache_bytes; /* all topics' caches */
 
-    struct evbuffer *scratch;       /* one formatted event, or a batch */
-    struct evbuffer *one;           /* one DATA event being added to the batch */
-    struct topic *batch_topic;      /* scratch holds undelivered events of it */
+    struct evbuffer *scratch;  /* one formatted event, or a batch */
+    struct evbuffer *one;      /* one DATA event being added to the batch */
+    struct topic *batch_topic; /* scratch holds undelivered events of it */
     uint64_t batch_count;
-    struct evbuffer *queue;         /* data for a link not ready: encoded, in order */
+    struct evbuffer *queue; /* data for a link not ready: encoded, in order */
     uint32_t queue_count;
-    struct wire_msg qmsg;           /* re-encoding the queue (protocol change) */
-    size_t bus_high_water;          /* bus.output_high_water */
-    char *key;                      /* lookup key scratch */
+    struct wire_msg qmsg;  /* re-encoding the queue (protocol change) */
+    size_t bus_high_water; /* bus.output_high_water */
+    char *key;             /* lookup key scratch */
     size_t key_cap;
 
     enum bus_state state;
     time_t state_since;
-    const char *announced;          /* the BUS state sessions were last told */
-    bool congested;                 /* bus output over its high-water mark */
+    const char *announced; /* the BUS state sessions were last told */
+    bool congested;        /* bus output over its high-water mark */
     bool shutting_down;
     bool freeing;
     time_t started;
     const struct router_port *port; /* the newest session's: the memory budget */
 
-    struct config_router cfg;       /* image_content_types: our own copy */
-    struct access_rules *access;    /* a reference; NULL: everyone may do everything */
-    struct peerid *ids;             /* uid -> name and groups */
+    struct config_router cfg;    /* image_content_types: our own copy */
+    struct access_rules *access; /* a reference; NULL: everyone may do everything */
+    struct peerid *ids;          /* uid -> name and groups */
     int bus_protocol;
-    struct config_listen listen;    /* numbers only: path/group not kept */
+    struct config_listen listen; /* numbers only: path/group not kept */
     uint32_t max_name, max_entitlements;
     struct router_counters n;
 };
@@ -251,11 +251,12 @@ bool rt_linked(enum bus_state st);
 bool rt_permit(struct router *r, struct client *c, enum access_verb verb,
     const struct lp_name *feed);
 uint64_t rt_mono_ms(void);
-void * rt_xcalloc(size_t n);
-char * rt_key_room(struct router *r, size_t n);
-struct topic * rt_topic_find(struct router *r, const char *feed, uint32_t flen, const char *topic, uint32_t tlen);
+void *rt_xcalloc(size_t n);
+char *rt_key_room(struct router *r, size_t n);
+struct topic *rt_topic_find(struct router *r, const char *feed, uint32_t flen,
+    const char *topic, uint32_t tlen);
 void rt_topic_unqueue(struct router *r, struct topic *t);
-struct role * rt_role_find(struct role *by_feed, const struct feed *f);
+struct role *rt_role_find(struct role *by_feed, const struct feed *f);
 
 /* router-deliver.c */
 void rt_deliver_roles(struct router *r, struct role_list *list);
@@ -265,7 +266,8 @@ void rt_route_data(struct router *r, const struct wire_msg *m);
 
 /* router-cache.c */
 void rt_cache_drop(struct router *r, struct topic *t);
-void rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m, const unsigned char *p, size_t len);
+void rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
+    const unsigned char *p, size_t len);
 void rt_cache_replay(struct topic *t, struct client *c);
 
 /* router-feeds.c */

@@ -61,7 +61,8 @@ rt_upstream(struct router *r, const struct wire_msg *m)
 /* The link itself holds a subscription to this topic (the heartbeat
  * watchdog's): it is one holder among the local subscribers. */
 bool
-rt_link_holds(const struct router *r, const struct wire_str *feed, const struct wire_str *topic)
+rt_link_holds(const struct router *r, const struct wire_str *feed,
+    const struct wire_str *topic)
 {
     return r->bus != NULL && bus_holds(r->bus, feed, topic);
 }
@@ -115,7 +116,7 @@ rt_queue_flush(struct router *r)
     if (bus_congested(r->bus))
         congest(r, "bus output over its high-water mark");
     else if (r->congested && !r->replaying)
-        router_bus_drained(r);      /* the queue itself held sessions back */
+        router_bus_drained(r); /* the queue itself held sessions back */
 }
 
 /* A protocol change on reload: the queue is re-encoded for the new one. */
@@ -278,8 +279,10 @@ queue_data(struct router *r, const struct wire_msg *m, bool while_down, char *wh
     }
     if ((!confirming && r->queue_count >= r->cfg.busdown_queue) ||
         have + size > r->cfg.busdown_queue_bytes) {
-        snprintf(why, whylen, "the bus link is %s and its queue is full "
-            "(%u messages, %zu bytes)", bus_state_name(r->state), r->queue_count, have);
+        snprintf(why, whylen,
+            "the bus link is %s and its queue is full "
+            "(%u messages, %zu bytes)",
+            bus_state_name(r->state), r->queue_count, have);
         return BUS_NOT_UP;
     }
     at.version = r->bus_protocol;
@@ -288,7 +291,8 @@ queue_data(struct router *r, const struct wire_msg *m, bool while_down, char *wh
     r->queue_count++;
     r->n.busdown_queued_total++;
     if (confirming && have + size > r->bus_high_water)
-        congest(r, "data held for an unconfirmed login over the high-water mark "
+        congest(r,
+            "data held for an unconfirmed login over the high-water mark "
             "(bus.output_high_water)");
     return BUS_SENT;
 }
@@ -300,8 +304,7 @@ rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *
     enum bus_send_result res;
 
     rt_queue_flush(r);
-    if (r->queue_count == 0 && uplink_ready(r) &&
-        (res = rt_upstream(r, m)) != BUS_NOT_UP)
+    if (r->queue_count == 0 && uplink_ready(r) && (res = rt_upstream(r, m)) != BUS_NOT_UP)
         return res;
     return queue_data(r, m, while_down, why, whylen);
 }
@@ -315,7 +318,8 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     if (!rt_permit(r, c, cmd->verb == LP_SEND ? ACCESS_SEND : ACCESS_PUBLISH, &cmd->feed))
         return;
     if (cmd->n_packets == 0 && !r->cfg.allow_empty_publish) {
-        rt_reply_err(c, LP_ERR_NO_PACKETS, "a publish needs at least one packet "
+        rt_reply_err(c, LP_ERR_NO_PACKETS,
+            "a publish needs at least one packet "
             "(router.allow_empty_publish is off)");
         return;
     }
@@ -326,7 +330,7 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     m.feed.len = cmd->feed.len;
     m.topic.ptr = cmd->topic.ptr;
     m.topic.len = cmd->topic.len;
-    m.version = r->bus_protocol;    /* the queue keeps the content type */
+    m.version = r->bus_protocol; /* the queue keeps the content type */
     m.is_image = cmd->is_image;
     m.content_type.ptr = cmd->content_type.ptr;
     m.content_type.len = cmd->content_type.len;

@@ -284,7 +284,7 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
     enum bus_state old = r->state;
     const char *name = local_state_name(state);
 
-    rt_batch_flush(r);     /* events read before the change go out first */
+    rt_batch_flush(r); /* events read before the change go out first */
     r->state = state;
     r->state_since = time(NULL);
     if (name != r->announced) {
@@ -295,11 +295,11 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
             evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
     }
     if (rt_linked(old) && !rt_linked(state))
-        link_lost(r);   /* after BUS down: the removes it sends are its consequence */
+        link_lost(r); /* after BUS down: the removes it sends are its consequence */
     if (!rt_linked(old) && rt_linked(state))
         rt_replay_upstream(r);
     else if (state == BUS_UP && !r->replaying)
-        rt_queue_flush(r);      /* confirmed: the data held for the login */
+        rt_queue_flush(r); /* confirmed: the data held for the login */
 }
 
 void
@@ -342,8 +342,8 @@ router_greeting(const struct router *r, struct evbuffer *out)
 }
 
 void
-router_session_attach(struct router *r, struct session *s,
-    const struct router_port *port, uint64_t id, const struct peer_cred *peer)
+router_session_attach(struct router *r, struct session *s, const struct router_port *port,
+    uint64_t id, const struct peer_cred *peer)
 {
     struct client *c = rt_xcalloc(sizeof *c);
 
@@ -468,8 +468,8 @@ rt_role_find(struct role *by_feed, const struct feed *f)
 static void
 cmd_sub(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct topic *t = rt_topic_find(r, cmd->feed.ptr, cmd->feed.len, cmd->topic.ptr,
-        cmd->topic.len);
+    struct topic *t =
+        rt_topic_find(r, cmd->feed.ptr, cmd->feed.len, cmd->topic.ptr, cmd->topic.len);
     struct sub *sb;
     bool first = t == NULL;
 
@@ -504,8 +504,8 @@ cmd_sub(struct router *r, struct client *c, const struct lp_cmd *cmd)
 static void
 cmd_unsub(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct topic *t = rt_topic_find(r, cmd->feed.ptr, cmd->feed.len, cmd->topic.ptr,
-        cmd->topic.len);
+    struct topic *t =
+        rt_topic_find(r, cmd->feed.ptr, cmd->feed.len, cmd->topic.ptr, cmd->topic.len);
     struct sub *sb = sub_find(c, t);
 
     if (sb == NULL) {
@@ -650,8 +650,9 @@ router_load_config(struct router *r, const struct config *cfg)
 {
     free(r->cfg.image_content_types);
     r->cfg = cfg->router;
-    r->cfg.image_content_types = cfg->router.image_content_types != NULL ?
-        strdup(cfg->router.image_content_types) : NULL;
+    r->cfg.image_content_types = cfg->router.image_content_types != NULL
+        ? strdup(cfg->router.image_content_types)
+        : NULL;
     if (r->bus_protocol != 0)
         rt_queue_reencode(r, r->bus_protocol, cfg->bus.protocol);
     r->bus_protocol = cfg->bus.protocol;
@@ -666,10 +667,11 @@ router_load_config(struct router *r, const struct config *cfg)
     r->access = access_rules_ref(cfg->access);
     if (r->access == NULL)
         log_notice("access: no access rules: every local user who can open the socket "
-            "may subscribe, publish, send, notify, authorize and read STATS");
+                   "may subscribe, publish, send, notify, authorize and read STATS");
     else
         log_notice("access: %zu access rule%s, the first matching one decides; "
-            "what none allows is refused", r->access->n, r->access->n == 1 ? "" : "s");
+                   "what none allows is refused",
+            r->access->n, r->access->n == 1 ? "" : "s");
 }
 
 struct router *

@@ -49,21 +49,21 @@ struct peer_cred {
 struct router_conn_stats {
     uint64_t cmds_in, bytes_in;
     uint64_t events_out, bytes_out;
-    size_t queued;              /* output not yet taken */
-    time_t started;             /* wall clock: accepted */
-    time_t last_input;          /* wall clock: the newest read from it (or started) */
-    const char *state;          /* open, paused-bus, paused-memory, closing */
+    size_t queued;     /* output not yet taken */
+    time_t started;    /* wall clock: accepted */
+    time_t last_input; /* wall clock: the newest read from it (or started) */
+    const char *state; /* open, paused-bus, paused-memory, closing */
 };
 
 /* The budget over all local connections' queues (listen.max_memory), and
  * their traffic since the start (gone sessions included). */
 struct router_memory_stats {
-    size_t bytes, peak;         /* queued now, and the most ever */
-    uint64_t closes;            /* sessions closed to stay within it */
-    uint64_t pauses;            /* times a session stopped reading for it */
-    unsigned paused;            /* sessions not reading now */
-    uint64_t trims;             /* times freed memory went back to the system */
-    uint64_t cmds_in, bytes_in; /* commands and bytes read from sessions */
+    size_t bytes, peak;             /* queued now, and the most ever */
+    uint64_t closes;                /* sessions closed to stay within it */
+    uint64_t pauses;                /* times a session stopped reading for it */
+    unsigned paused;                /* sessions not reading now */
+    uint64_t trims;                 /* times freed memory went back to the system */
+    uint64_t cmds_in, bytes_in;     /* commands and bytes read from sessions */
     uint64_t events_out, bytes_out; /* events and bytes written to them */
 };
 

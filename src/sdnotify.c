@@ -28,7 +28,7 @@ sdnotify(const char *state)
     memset(&sun, 0, sizeof sun);
     sun.sun_family = AF_UNIX;
     memcpy(sun.sun_path, path, plen);
-    if (sun.sun_path[0] == '@')     /* abstract namespace */
+    if (sun.sun_path[0] == '@') /* abstract namespace */
         sun.sun_path[0] = '\0';
     len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
 

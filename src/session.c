@@ -46,21 +46,21 @@
 struct session {
     struct bufferevent *bev;
     struct router *router;
-    struct event *closer;       /* closing: release, then free on timeout */
-    struct lp_cmd *cmd;         /* allocated at the first command */
+    struct event *closer; /* closing: release, then free on timeout */
+    struct lp_cmd *cmd;   /* allocated at the first command */
     uint64_t id;
     struct peer_cred peer;
     enum session_state state;
     bool verbose;
-    bool paused;                /* bus back-pressure: not reading */
-    bool released;              /* router_session_closing done */
-    bool budget_paused;         /* memory budget: not reading */
-    struct lp_framer framer;    /* where in the input stream the reader is */
-    size_t last_added;          /* bytes of the newest append to the output */
-    size_t mem;                 /* queued output + buffered input (budget) */
-    struct router_conn_stats st;    /* queued: filled in when asked */
+    bool paused;                 /* bus back-pressure: not reading */
+    bool released;               /* router_session_closing done */
+    bool budget_paused;          /* memory budget: not reading */
+    struct lp_framer framer;     /* where in the input stream the reader is */
+    size_t last_added;           /* bytes of the newest append to the output */
+    size_t mem;                  /* queued output + buffered input (budget) */
+    struct router_conn_stats st; /* queued: filled in when asked */
     const char *close_reason;
-    LIST_ENTRY(session) all;        /* on budget.sessions while it lives */
+    LIST_ENTRY(session) all; /* on budget.sessions while it lives */
 };
 
 static uint64_t next_session_id = 1;
@@ -68,10 +68,10 @@ static uint64_t next_session_id = 1;
 /* What every session is held to, from the configuration (set at start and
  * on reload, for all sessions at once). */
 static struct {
-    struct lp_limits lp;        /* what commands are parsed against */
+    struct lp_limits lp; /* what commands are parsed against */
     uint32_t max_line;
     size_t max_output;
-    uint32_t grace_ms;          /* for a closing session to flush */
+    uint32_t grace_ms; /* for a closing session to flush */
     uint32_t max_sessions;
 } limits;
 
@@ -88,15 +88,15 @@ static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 /* The gateway-wide budget over every session's queues. */
 static struct {
-    size_t max;             /* listen.max_memory */
-    size_t bytes;           /* queued output + buffered input, all sessions */
-    size_t peak;            /* highest bytes since the start */
-    size_t trim_peak;       /* highest bytes since the last trim */
-    unsigned live;          /* sessions on the list */
-    unsigned paused;        /* sessions not reading because of the budget */
+    size_t max;       /* listen.max_memory */
+    size_t bytes;     /* queued output + buffered input, all sessions */
+    size_t peak;      /* highest bytes since the start */
+    size_t trim_peak; /* highest bytes since the last trim */
+    unsigned live;    /* sessions on the list */
+    unsigned paused;  /* sessions not reading because of the budget */
     uint64_t closes, pauses, trims;
-    struct event *work;     /* enforce and resume from the loop */
-    struct event *trimmer;  /* trim when the queues have stayed small */
+    struct event *work;    /* enforce and resume from the loop */
+    struct event *trimmer; /* trim when the queues have stayed small */
     LIST_HEAD(, session) sessions;
 } budget = { .sessions = LIST_HEAD_INITIALIZER(budget.sessions) };
 
@@ -123,7 +123,8 @@ budget_account(struct session *s, size_t added, size_t deleted)
         budget.peak = budget.bytes;
     if (budget.bytes > budget.trim_peak)
         budget.trim_peak = budget.bytes;
-    if (added > 0 ? budget_over() : budget.paused > 0 || budget.trim_peak >= BUDGET_TRIM_MIN)
+    if (added > 0 ? budget_over()
+                  : budget.paused > 0 || budget.trim_peak >= BUDGET_TRIM_MIN)
         budget_schedule();
 }
 
@@ -150,12 +151,15 @@ budget_enforce(void)
     if (open <= budget.max || worst == NULL || session_output_len(worst) <= fair)
         return;
     log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued while "
-        "the sessions hold %zu (listen.max_memory %zu); closing it", worst->id,
-        (int)worst->peer.pid, session_output_len(worst), budget.bytes, budget.max);
+             "the sessions hold %zu (listen.max_memory %zu); closing it",
+        worst->id, (int)worst->peer.pid, session_output_len(worst), budget.bytes,
+        budget.max);
     budget.closes++;
     router_count_slow_consumer(worst->router);
-    snprintf(msg, sizeof msg, "the gateway's memory budget (%zu bytes) is spent and "
-        "this session holds the most unread output; closing", budget.max);
+    snprintf(msg, sizeof msg,
+        "the gateway's memory budget (%zu bytes) is spent and "
+        "this session holds the most unread output; closing",
+        budget.max);
     session_close(worst, LP_ERR_SLOW_CONSUMER, msg);
 }
 
@@ -296,8 +300,8 @@ session_flush_check(struct session *s)
     if (len <= limits.max_output || len - s->last_added <= limits.max_output)
         return true;
     log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued "
-        "(listen.max_output %zu); closing it", s->id, (int)s->peer.pid, len,
-        limits.max_output);
+             "(listen.max_output %zu); closing it",
+        s->id, (int)s->peer.pid, len, limits.max_output);
     router_count_slow_consumer(s->router);
     {
         char msg[128];
@@ -434,7 +438,7 @@ session_frame(struct session *s, struct evbuffer *in)
 
     switch (lp_framer_next(&s->framer, in, &fr)) {
     case LP_FRAME_MORE:
-        s->st.bytes_in = s->framer.bytes;   /* skipped bytes count too */
+        s->st.bytes_in = s->framer.bytes; /* skipped bytes count too */
         return false;
     case LP_FRAME_LINE:
         session_line(s, fr.data, fr.len);
@@ -447,8 +451,10 @@ session_frame(struct session *s, struct evbuffer *in)
     case LP_FRAME_LINE_TOO_LONG:
         s->st.cmds_in++;
         if (fr.skipping)
-            session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes; "
-                "discarded up to the next newline", limits.max_line);
+            session_reply_err(s, LP_ERR_LINE_TOO_LONG,
+                "line longer than %u bytes; "
+                "discarded up to the next newline",
+                limits.max_line);
         else
             session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
                 limits.max_line);
@@ -458,8 +464,10 @@ session_frame(struct session *s, struct evbuffer *in)
         if (fr.skipping)
             break;
         s->st.cmds_in++;
-        session_reply_err(s, LP_ERR_BAD_TERMINATOR, "the %zu-byte payload must be "
-            "followed by a newline; discarded up to the next newline", fr.len);
+        session_reply_err(s, LP_ERR_BAD_TERMINATOR,
+            "the %zu-byte payload must be "
+            "followed by a newline; discarded up to the next newline",
+            fr.len);
         session_cmd_trim(s);
         break;
     }
@@ -526,7 +534,8 @@ closer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     log_info("session %" PRIu64 ": %zu bytes of output not taken within the grace; "
-        "dropped", s->id, session_output_len(s));
+             "dropped",
+        s->id, session_output_len(s));
     session_destroy(s);
 }
 
@@ -589,11 +598,12 @@ session_refuse(int fd, const struct peer_cred *peer, struct router *router)
 {
     struct evbuffer *out = evbuffer_new();
 
-    log_warn("a client (pid %d) refused: listen.max_sessions %u reached",
-        (int)peer->pid, limits.max_sessions);
+    log_warn("a client (pid %d) refused: listen.max_sessions %u reached", (int)peer->pid,
+        limits.max_sessions);
     if (out != NULL && evutil_make_socket_nonblocking(fd) == 0) {
         router_greeting(router, out);
-        lp_format_err(out, LP_ERR_TOO_MANY_SESSIONS, "the gateway serves its maximum "
+        lp_format_err(out, LP_ERR_TOO_MANY_SESSIONS,
+            "the gateway serves its maximum "
             "number of sessions; try later");
         evbuffer_write(out, fd);
     }
@@ -635,8 +645,8 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
     evbuffer_add_cb(bufferevent_get_input(s->bev), input_cb, s);
     LIST_INSERT_HEAD(&budget.sessions, s, all);
     budget.live++;
-    log_info("session %" PRIu64 ": connected, pid=%d uid=%d gid=%d", s->id,
-        (int)peer->pid, (int)peer->uid, (int)peer->gid);
+    log_info("session %" PRIu64 ": connected, pid=%d uid=%d gid=%d", s->id, (int)peer->pid,
+        (int)peer->uid, (int)peer->gid);
     /* Greets it, and pauses it under bus back-pressure. */
     router_session_attach(router, s, &session_port, s->id, peer);
     bufferevent_enable(s->bev, s->paused ? EV_WRITE : EV_READ | EV_WRITE);
@@ -657,9 +667,10 @@ fail:
 static void
 session_destroy(struct session *s)
 {
-    log_info("session %" PRIu64 ": closed (%s), pid=%d, %" PRIu64 " commands in, %"
-        PRIu64 " events out", s->id, s->close_reason != NULL ? s->close_reason : "closed",
-        (int)s->peer.pid, s->st.cmds_in, s->st.events_out);
+    log_info("session %" PRIu64 ": closed (%s), pid=%d, %" PRIu64 " commands in, %" PRIu64
+             " events out",
+        s->id, s->close_reason != NULL ? s->close_reason : "closed", (int)s->peer.pid,
+        s->st.cmds_in, s->st.events_out);
     router_session_detach(s->router, s);
     LIST_REMOVE(s, all);
     gone.cmds_in += s->st.cmds_in;
@@ -669,7 +680,7 @@ session_destroy(struct session *s)
     budget.live--;
     if (s->budget_paused)
         budget.paused--;
-    budget_account(s, 0, s->mem);   /* freeing the buffers runs no callback */
+    budget_account(s, 0, s->mem); /* freeing the buffers runs no callback */
     bufferevent_free(s->bev);
     event_free(s->closer);
     if (s->cmd != NULL) {
@@ -732,8 +743,10 @@ port_stats(const struct session *s, struct router_conn_stats *st)
 {
     *st = s->st;
     st->queued = session_output_len(s);
-    st->state = s->state == SESSION_CLOSING ? "closing" : s->budget_paused ? "paused-memory"
-        : s->paused ? "paused-bus" : "open";
+    st->state = s->state == SESSION_CLOSING ? "closing"
+        : s->budget_paused                  ? "paused-memory"
+        : s->paused                         ? "paused-bus"
+                                            : "open";
 }
 
 static const struct router_port session_port = {

@@ -15,9 +15,9 @@ struct event_base;
 struct session;
 
 enum session_state {
-    SESSION_OPEN,       /* reading commands (the framer knows where in a
+    SESSION_OPEN,    /* reading commands (the framer knows where in a
                          * line or payload block the input is) */
-    SESSION_CLOSING,    /* flushing a final reply, then closed */
+    SESSION_CLOSING, /* flushing a final reply, then closed */
 };
 
 /* The limits and the memory budget from the configuration: at start, and
@@ -33,7 +33,7 @@ void session_stop(void);
  * the router, which greets it. Over listen.max_sessions the client gets
  * the greeting and -ERR too-many-sessions and no session is built. NULL
  * then, or on failure (fd closed either way). */
-struct session *session_new(struct event_base *base, int fd,
-    const struct peer_cred *peer, struct router *router);
+struct session *session_new(struct event_base *base, int fd, const struct peer_cred *peer,
+    struct router *router);
 
 #endif /* BUSGATE_SESSION_H */

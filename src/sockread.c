@@ -41,7 +41,7 @@ sockread_more(struct bufferevent *bev, size_t max)
         evbuffer_commit_space(in, v, n);
         total += (size_t)r;
         if ((size_t)r < SOCKREAD_CHUNK)
-            break;      /* the socket is drained */
+            break; /* the socket is drained */
     }
     evbuffer_freeze(in, 0);
 }

@@ -195,10 +195,12 @@ stats_all(struct router *r, struct client *c, struct evbuffer *out)
     statsfmt_free(sf);
     HASH_ITER(hh, r->clients, o, tmp) {
         o->port->stats(o->s, &st);
-        evbuffer_add_printf(out, "STAT session %" PRIu64 " pid=%d uid=%d gid=%d subs=%u "
-            "in=%" PRIu64 " out=%" PRIu64 " queued=%zu denied=%" PRIu64 " revoked=%"
-            PRIu64 " user=", o->id, (int)o->peer.pid, (int)o->peer.uid, (int)o->peer.gid,
-            o->n_subs, st.cmds_in, st.events_out, st.queued, o->perm_denied, o->revoked);
+        evbuffer_add_printf(out,
+            "STAT session %" PRIu64 " pid=%d uid=%d gid=%d subs=%u "
+            "in=%" PRIu64 " out=%" PRIu64 " queued=%zu denied=%" PRIu64 " revoked=%" PRIu64
+            " user=",
+            o->id, (int)o->peer.pid, (int)o->peer.uid, (int)o->peer.gid, o->n_subs,
+            st.cmds_in, st.events_out, st.queued, o->perm_denied, o->revoked);
         /* The name comes from the user database: written as a name token. */
         lp_put_name(out, o->user, strlen(o->user));
         put_app(out, o);
@@ -224,13 +226,13 @@ stats_sessions(struct router *r, struct client *c, struct evbuffer *out)
             put_app(out, o);
         else
             evbuffer_add(out, " app=-", 6);
-        evbuffer_add_printf(out, " age=%" PRIu64
-            " idle=%" PRIu64 " subs=%u msgs_in=%" PRIu64 " bytes_in=%" PRIu64
-            " msgs_out=%" PRIu64 " bytes_out=%" PRIu64 " queued=%zu state=%s%s\n",
-            age(now, st.started),
-            age(now, st.last_input), o->n_subs, st.cmds_in, st.bytes_in, st.events_out,
-            st.bytes_out, st.queued, st.state != NULL ? st.state : "open",
-            o == c ? " self" : "");
+        evbuffer_add_printf(out,
+            " age=%" PRIu64 " idle=%" PRIu64 " subs=%u msgs_in=%" PRIu64
+            " bytes_in=%" PRIu64 " msgs_out=%" PRIu64 " bytes_out=%" PRIu64
+            " queued=%zu state=%s%s\n",
+            age(now, st.started), age(now, st.last_input), o->n_subs, st.cmds_in,
+            st.bytes_in, st.events_out, st.bytes_out, st.queued,
+            st.state != NULL ? st.state : "open", o == c ? " self" : "");
     }
 }
 
@@ -246,8 +248,9 @@ stats_link(struct router *r, struct evbuffer *out)
     if (sf == NULL)
         return;
     bus_stats_of(r, &st);
-    snprintf(server, sizeof server, "%s:%u%s%s%s", st.host != NULL ? st.host : "-", st.port, st.server != NULL && st.server[0] ? " (" : "",
-        st.server != NULL ? st.server : "", st.server != NULL && st.server[0] ? ")" : "");
+    snprintf(server, sizeof server, "%s:%u%s%s%s", st.host != NULL ? st.host : "-", st.port,
+        st.server != NULL && st.server[0] ? " (" : "", st.server != NULL ? st.server : "",
+        st.server != NULL && st.server[0] ? ")" : "");
     statsfmt_text(sf, "state", bus_state_name(st.state));
     statsfmt_u64(sf, "since", (uint64_t)st.state_since);
     statsfmt_text(sf, "server", server);

@@ -13,18 +13,18 @@
 #include "statsfmt.h"
 
 enum kind {
-    K_COUNTER,      /* only grows (until restart): Prometheus _total */
-    K_GAUGE,        /* goes up and down */
-    K_INFO,         /* text: build_info-style, the value as a label of a 1 */
-    K_STATE,        /* text, one of states[]: one 0/1 sample per state */
-    K_TEXT,         /* text only in STAT lines and JSON */
+    K_COUNTER, /* only grows (until restart): Prometheus _total */
+    K_GAUGE,   /* goes up and down */
+    K_INFO,    /* text: build_info-style, the value as a label of a 1 */
+    K_STATE,   /* text, one of states[]: one 0/1 sample per state */
+    K_TEXT,    /* text only in STAT lines and JSON */
 };
 
 struct def {
-    const char *name;       /* STAT name; ending in '.': a prefix */
+    const char *name; /* STAT name; ending in '.': a prefix */
     enum kind kind;
-    const char *family;     /* Prometheus name after busgate_; NULL: none */
-    const char *label;      /* label="value" of this name in its family */
+    const char *family; /* Prometheus name after busgate_; NULL: none */
+    const char *label;  /* label="value" of this name in its family */
     const char *help;
 };
 
@@ -38,113 +38,122 @@ static const struct def defs[] = {
     { "version", K_INFO, "build_info", "version", "The busgated version (always 1)." },
     { "uptime", K_GAUGE, "uptime_seconds", NULL, "Seconds since busgated started." },
     { "start_time", K_GAUGE, "start_time_seconds", NULL,
-      "When busgated started, seconds since the Unix epoch." },
+        "When busgated started, seconds since the Unix epoch." },
     { "bus_state", K_STATE, "bus_link_state", "state",
-      "The bus link's state: 1 for the current one." },
+        "The bus link's state: 1 for the current one." },
     { "bus_state_since", K_GAUGE, "bus_link_state_since_seconds", NULL,
-      "When the bus link entered its state, seconds since the Unix epoch." },
-    { "bus_connects", K_COUNTER, "bus_connects_total", NULL, "Successful connections to the bus." },
+        "When the bus link entered its state, seconds since the Unix epoch." },
+    { "bus_connects", K_COUNTER, "bus_connects_total", NULL,
+        "Successful connections to the bus." },
     { "bus_reconnects", K_COUNTER, "bus_reconnects_total", NULL,
-      "Connection attempts after the first." },
+        "Connection attempts after the first." },
     { "bus_auth_failures", K_COUNTER, "bus_login_failures_total", NULL,
-      "Probable authentication failures (failed logins) at the bus." },
+        "Probable authentication failures (failed logins) at the bus." },
     { "bus_protocol_errors", K_COUNTER, "bus_protocol_errors_total", NULL,
-      "Undecodable bytes from the bus." },
+        "Undecodable bytes from the bus." },
     { "bus_heartbeat_timeouts", K_COUNTER, "bus_heartbeat_timeouts_total", NULL,
-      "Links closed for want of heartbeats." },
+        "Links closed for want of heartbeats." },
     { "bus_heartbeats_in", K_COUNTER, "bus_heartbeats_received_total", NULL,
-      "Heartbeats received from the bus." },
+        "Heartbeats received from the bus." },
     { "bus_heartbeat_age", K_GAUGE, "bus_heartbeat_age_seconds", NULL,
-      "Seconds since the last heartbeat (absent before the first)." },
+        "Seconds since the last heartbeat (absent before the first)." },
     { "bus_heartbeat", K_TEXT, NULL, NULL, NULL },
     { "bus_confirm", K_TEXT, NULL, NULL, NULL },
     { "bus_client_id", K_TEXT, NULL, NULL, NULL },
     { "bus_last_error", K_TEXT, NULL, NULL, NULL },
     { "bus_msgs_in", K_COUNTER, "bus_received_messages_total", NULL,
-      "Messages received from the bus." },
-    { "bus_msgs_out", K_COUNTER, "bus_sent_messages_total", NULL, "Messages sent to the bus." },
-    { "bus_bytes_in", K_COUNTER, "bus_received_bytes_total", NULL, "Bytes received from the bus." },
+        "Messages received from the bus." },
+    { "bus_msgs_out", K_COUNTER, "bus_sent_messages_total", NULL,
+        "Messages sent to the bus." },
+    { "bus_bytes_in", K_COUNTER, "bus_received_bytes_total", NULL,
+        "Bytes received from the bus." },
     { "bus_bytes_out", K_COUNTER, "bus_sent_bytes_total", NULL, "Bytes sent to the bus." },
     { "bus_output_queued", K_GAUGE, "bus_output_queued_bytes", NULL,
-      "Bytes waiting to go to the bus." },
+        "Bytes waiting to go to the bus." },
     { "bus_bytes_lost", K_COUNTER, "bus_lost_bytes_total", NULL,
-      "Queued bytes a failed link or the shutdown took with it." },
+        "Queued bytes a failed link or the shutdown took with it." },
     { "bus_congested", K_GAUGE, "bus_congested", NULL,
-      "1 while the bus output is over its high-water mark." },
+        "1 while the bus output is over its high-water mark." },
     { "sessions", K_GAUGE, "sessions", NULL, "Local sessions connected now." },
-    { "sessions_total", K_COUNTER, "sessions_accepted_total", NULL, "Local sessions accepted." },
-    { "slow_consumers", K_COUNTER, "sessions_closed_total", "reason=\"slow_consumer\"", CLOSED },
+    { "sessions_total", K_COUNTER, "sessions_accepted_total", NULL,
+        "Local sessions accepted." },
+    { "slow_consumers", K_COUNTER, "sessions_closed_total", "reason=\"slow_consumer\"",
+        CLOSED },
     { "memory_queued", K_GAUGE, "sessions_queued_bytes", NULL,
-      "Bytes queued to all local sessions together." },
+        "Bytes queued to all local sessions together." },
     { "memory_queued_peak", K_GAUGE, "sessions_queued_peak_bytes", NULL,
-      "The most bytes ever queued to local sessions together." },
-    { "memory_budget_closes", K_COUNTER, "sessions_closed_total", "reason=\"memory_budget\"",
-      CLOSED },
+        "The most bytes ever queued to local sessions together." },
+    { "memory_budget_closes", K_COUNTER, "sessions_closed_total",
+        "reason=\"memory_budget\"", CLOSED },
     { "memory_budget_pauses", K_COUNTER, "memory_budget_pauses_total", NULL,
-      "Times a session stopped reading for the memory budget." },
+        "Times a session stopped reading for the memory budget." },
     { "memory_budget_paused", K_GAUGE, "memory_budget_paused_sessions", NULL,
-      "Sessions not reading now for the memory budget." },
+        "Sessions not reading now for the memory budget." },
     { "memory_trims", K_COUNTER, "memory_trims_total", NULL,
-      "Times freed memory went back to the system." },
+        "Times freed memory went back to the system." },
     { "sessions_msgs_in", K_COUNTER, "sessions_received_messages_total", NULL,
-      "Commands received from local sessions." },
+        "Commands received from local sessions." },
     { "sessions_bytes_in", K_COUNTER, "sessions_received_bytes_total", NULL,
-      "Bytes received from local sessions." },
+        "Bytes received from local sessions." },
     { "sessions_msgs_out", K_COUNTER, "sessions_sent_messages_total", NULL,
-      "Events sent to local sessions." },
+        "Events sent to local sessions." },
     { "sessions_bytes_out", K_COUNTER, "sessions_sent_bytes_total", NULL,
-      "Bytes sent to local sessions." },
+        "Bytes sent to local sessions." },
     { "topics", K_GAUGE, "upstream_subscriptions", NULL,
-      "(feed, topic) pairs with local subscribers, subscribed upstream." },
+        "(feed, topic) pairs with local subscribers, subscribed upstream." },
     { "subscriptions", K_GAUGE, "local_subscriptions", NULL,
-      "Local (session, feed, topic) subscriptions." },
+        "Local (session, feed, topic) subscriptions." },
     { "notifications", K_GAUGE, "notification_feeds", NULL, "Feeds notified on upstream." },
     { "authorizers", K_GAUGE, "authorizer_feeds", NULL, "Feeds authorized for upstream." },
     { "data_in", K_COUNTER, "data_received_messages_total", NULL,
-      "Data messages received from the bus." },
+        "Data messages received from the bus." },
     { "data_delivered", K_COUNTER, "data_delivered_messages_total", NULL,
-      "Data messages delivered to local sessions (one per session)." },
-    { "data_dropped_unwanted", K_COUNTER, "messages_dropped_total", "reason=\"unwanted\"", DROP },
+        "Data messages delivered to local sessions (one per session)." },
+    { "data_dropped_unwanted", K_COUNTER, "messages_dropped_total", "reason=\"unwanted\"",
+        DROP },
     { "notifications_in", K_COUNTER, "notifications_received_total", NULL,
-      "Subscription notifications received from the bus." },
+        "Subscription notifications received from the bus." },
     { "notifications_unrouted", K_COUNTER, "messages_dropped_total",
-      "reason=\"notification_unrouted\"", DROP },
+        "reason=\"notification_unrouted\"", DROP },
     { "auth_requests", K_COUNTER, "auth_requests_received_total", NULL,
-      "Authorization requests received from the bus." },
+        "Authorization requests received from the bus." },
     { "auth_requests_unrouted", K_COUNTER, "messages_dropped_total",
-      "reason=\"auth_request_unrouted\"", DROP },
+        "reason=\"auth_request_unrouted\"", DROP },
     { "auth_requests_pending", K_GAUGE, "auth_requests_pending", NULL,
-      "Authorization requests waiting for an answer." },
-    { "image_cache_bytes", K_GAUGE, "image_cache_bytes", NULL, "Bytes in the image cache." },
+        "Authorization requests waiting for an answer." },
+    { "image_cache_bytes", K_GAUGE, "image_cache_bytes", NULL,
+        "Bytes in the image cache." },
     { "image_cache_refused", K_COUNTER, "image_cache_refused_total", NULL,
-      "Images not cached for want of room." },
+        "Images not cached for want of room." },
     { "remote_subscriptions", K_GAUGE, "remote_subscriptions", NULL,
-      "Remote subscriptions remembered for notifiers." },
+        "Remote subscriptions remembered for notifiers." },
     { "remote_subscriptions_dropped", K_COUNTER, "remote_subscriptions_dropped_total", NULL,
-      "Remote subscriptions not remembered for want of room." },
+        "Remote subscriptions not remembered for want of room." },
     { "busdown_queued", K_GAUGE, "busdown_queue_messages", NULL,
-      "Publishes and sends held while the bus is down." },
+        "Publishes and sends held while the bus is down." },
     { "busdown_queued_bytes", K_GAUGE, "busdown_queue_bytes", NULL,
-      "Bytes held while the bus is down." },
+        "Bytes held while the bus is down." },
     { "busdown_queued_total", K_COUNTER, "busdown_queued_messages_total", NULL,
-      "Publishes and sends ever held while the bus was down." },
-    { "busdown_lost", K_COUNTER, "messages_dropped_total", "reason=\"busdown_lost\"", DROP },
+        "Publishes and sends ever held while the bus was down." },
+    { "busdown_lost", K_COUNTER, "messages_dropped_total", "reason=\"busdown_lost\"",
+        DROP },
     { "bus_messages_ignored", K_COUNTER, "bus_ignored_messages_total", NULL,
-      "Bus messages no local session receives." },
+        "Bus messages no local session receives." },
     { "access", K_TEXT, NULL, NULL, NULL },
-    { "access_rules", K_GAUGE, "access_rules", NULL, "Local access rules in force (0: none)." },
+    { "access_rules", K_GAUGE, "access_rules", NULL,
+        "Local access rules in force (0: none)." },
     { "access_denied", K_COUNTER, "access_denied_total", NULL,
-      "Commands refused by the access rules (-ERR perm)." },
+        "Commands refused by the access rules (-ERR perm)." },
     { "access_revoked", K_COUNTER, "access_revoked_total", NULL,
-      "Registrations a reload's access rules ended (REVOKED)." },
+        "Registrations a reload's access rules ended (REVOKED)." },
     { "limit.", K_GAUGE, "limit", NULL, "A configured limit, by setting." },
     { "session", K_TEXT, NULL, NULL, NULL },
 };
 
 struct item {
-    const struct def *def;  /* NULL: unknown name, text */
+    const struct def *def; /* NULL: unknown name, text */
     char *name;
-    char *text;             /* NULL: a number */
+    char *text; /* NULL: a number */
     uint64_t v;
 };
 
@@ -339,11 +348,12 @@ statsfmt_render_prometheus(const struct statsfmt *sf, struct evbuffer *out)
             seen = exported(&sf->items[j]) &&
                 strcmp(sf->items[j].def->family, it->def->family) == 0;
         if (seen)
-            continue;   /* its family is out already */
+            continue; /* its family is out already */
         evbuffer_add_printf(out, "# HELP busgate_%s %s\n# TYPE busgate_%s %s\n",
             it->def->family, it->def->help, it->def->family, prom_type(it->def->kind));
         for (size_t j = i; j < sf->n; j++)
-            if (exported(&sf->items[j]) && strcmp(sf->items[j].def->family, it->def->family) == 0)
+            if (exported(&sf->items[j]) &&
+                strcmp(sf->items[j].def->family, it->def->family) == 0)
                 prom_sample(out, &sf->items[j]);
     }
     return 0;
@@ -393,7 +403,7 @@ statsfmt_render_json(const struct statsfmt *sf, struct evbuffer *out)
             }
         }
         if (seen)
-            continue;   /* printed with the first of its name */
+            continue; /* printed with the first of its name */
         evbuffer_add_printf(out, "%s\n  ", first ? "" : ",");
         first = false;
         json_string(out, it->name);

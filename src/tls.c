@@ -30,9 +30,8 @@ tls_ssl_errors(char *buf, size_t len)
             r = one;
         }
         if (strstr(buf, r) != NULL)
-            continue;   /* the same reason again from another layer */
-        snprintf(buf + used, len > used ? len - used : 0, "%s%s",
-            used > 0 ? ": " : "", r);
+            continue; /* the same reason again from another layer */
+        snprintf(buf + used, len > used ? len - used : 0, "%s%s", used > 0 ? ": " : "", r);
         used = strlen(buf);
     }
 }
@@ -54,7 +53,8 @@ tls_fail(char *err, size_t errlen, const char *what)
  * daemon's own readers use: a clear message, and a FIFO or device refused
  * instead of blocking the event loop in OpenSSL's read. */
 static int
-tls_check_readable(const char *setting, const char *path, bool dir, char *err, size_t errlen)
+tls_check_readable(const char *setting, const char *path, bool dir, char *err,
+    size_t errlen)
 {
     char why[512];
 
@@ -123,9 +123,10 @@ tls_ctx_client_cert(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_
         SSL_CTX_check_private_key(ctx) != 1) {
         unsigned long e = ERR_peek_last_error();
 
-        if (ERR_GET_LIB(e) == ERR_LIB_X509 && ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
-            snprintf(err, errlen, "client key %s does not match certificate %s",
-                key, cfg->cert_file);
+        if (ERR_GET_LIB(e) == ERR_LIB_X509 &&
+            ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH) {
+            snprintf(err, errlen, "client key %s does not match certificate %s", key,
+                cfg->cert_file);
             ERR_clear_error();
             return -1;
         }
@@ -157,8 +158,8 @@ tls_ctx_protocol(SSL_CTX *ctx, const struct config_tls *cfg, char *err, size_t e
      * pass for data; report such a close as an end of stream. */
     SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
 #endif
-    if (SSL_CTX_set_cipher_list(ctx, cfg->ciphers != NULL ? cfg->ciphers :
-            TLS_DEFAULT_CIPHERS) != 1) {
+    if (SSL_CTX_set_cipher_list(ctx,
+            cfg->ciphers != NULL ? cfg->ciphers : TLS_DEFAULT_CIPHERS) != 1) {
         tls_fail(err, errlen, "tls.ciphers: no usable cipher in the list");
         return -1;
     }
@@ -184,7 +185,7 @@ tls_cipher_weakness(const SSL_CIPHER *c)
 static int
 tls_check_cipher_ctx(SSL_CTX *ctx, const char *list, char *err, size_t errlen)
 {
-    STACK_OF(SSL_CIPHER) *sk;
+    STACK_OF(SSL_CIPHER) * sk;
     const char *why;
     int level;
 
@@ -194,8 +195,10 @@ tls_check_cipher_ctx(SSL_CTX *ctx, const char *list, char *err, size_t errlen)
     }
     level = SSL_CTX_get_security_level(ctx);
     if (strstr(list, "@SECLEVEL") != NULL && level < 2) {
-        snprintf(err, errlen, "@SECLEVEL=%d allows weak keys and suites; "
-            "use 2 or more, or leave it out", level);
+        snprintf(err, errlen,
+            "@SECLEVEL=%d allows weak keys and suites; "
+            "use 2 or more, or leave it out",
+            level);
         return -1;
     }
     sk = SSL_CTX_get_ciphers(ctx);
@@ -207,9 +210,11 @@ tls_check_cipher_ctx(SSL_CTX *ctx, const char *list, char *err, size_t errlen)
         if (SSL_CIPHER_get_kx_nid(c) == NID_kx_any)
             continue;
         if ((why = tls_cipher_weakness(c)) != NULL) {
-            snprintf(err, errlen, "the list enables %s, which %s; only "
+            snprintf(err, errlen,
+                "the list enables %s, which %s; only "
                 "forward-secret AEAD suites are allowed (leave bus.tls.ciphers "
-                "unset for the safe default)", SSL_CIPHER_get_name(c), why);
+                "unset for the safe default)",
+                SSL_CIPHER_get_name(c), why);
             return -1;
         }
     }
@@ -290,8 +295,8 @@ tls_ssl_expect_name(SSL *ssl, const char *name, char *err, size_t errlen)
     /* The name must be in the certificate's subjectAltName: a certificate
      * naming the host in its subject CN only is refused (RFC 6125; a CN
      * is not bound to a name type). */
-    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS |
-        X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
+    SSL_set_hostflags(ssl,
+        X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT);
     if (SSL_set1_host(ssl, name) != 1) {
         tls_fail(err, errlen, "cannot set the expected host name");
         return -1;
@@ -300,8 +305,8 @@ tls_ssl_expect_name(SSL *ssl, const char *name, char *err, size_t errlen)
 }
 
 SSL *
-tls_ssl_new(SSL_CTX *ctx, const struct config_tls *cfg, const char *host,
-    char *err, size_t errlen)
+tls_ssl_new(SSL_CTX *ctx, const struct config_tls *cfg, const char *host, char *err,
+    size_t errlen)
 {
     const char *name = tls_peer_name(cfg, host);
     SSL *ssl;
@@ -342,8 +347,8 @@ tls_refused_handshake(const unsigned long *errs, size_t nerrs)
 }
 
 void
-tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
-    int sys_err, char *buf, size_t len)
+tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs, int sys_err,
+    char *buf, size_t len)
 {
     long vr;
     size_t used;
@@ -373,7 +378,8 @@ tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
     }
     if (ssl != NULL && !SSL_is_init_finished(ssl) && tls_refused_handshake(errs, nerrs)) {
         used = strlen(buf);
-        snprintf(buf + used, len - used, " (no TLS version or cipher suite in common "
+        snprintf(buf + used, len - used,
+            " (no TLS version or cipher suite in common "
             "with the bus? busgate offers forward-secret AEAD suites only, see "
             "bus.tls.ciphers)");
     }
@@ -412,9 +418,8 @@ bool
 tls_config_equal(const struct config_tls *a, const struct config_tls *b)
 {
     return a->enabled == b->enabled && a->verify == b->verify &&
-        a->min_version == b->min_version &&
-        str_equal(a->ca_file, b->ca_file) && str_equal(a->ca_dir, b->ca_dir) &&
-        str_equal(a->server_name, b->server_name) &&
+        a->min_version == b->min_version && str_equal(a->ca_file, b->ca_file) &&
+        str_equal(a->ca_dir, b->ca_dir) && str_equal(a->server_name, b->server_name) &&
         str_equal(a->cert_file, b->cert_file) && str_equal(a->key_file, b->key_file) &&
         str_equal(a->ciphers, b->ciphers);
 }

@@ -15,15 +15,15 @@
 /* The bus.tls settings (config.c fills them). Declared here, with the code
  * that uses them, so that config includes tls and not the reverse. */
 struct config_tls {
-    bool enabled;           /* bus.tls: false turns TLS off explicitly */
-    bool verify;            /* bus.tls.verify: false needs saying */
-    char *ca_file;          /* NULL: the system trust store */
+    bool enabled;  /* bus.tls: false turns TLS off explicitly */
+    bool verify;   /* bus.tls.verify: false needs saying */
+    char *ca_file; /* NULL: the system trust store */
     char *ca_dir;
-    char *server_name;      /* NULL: bus.host */
-    char *cert_file;        /* client certificate, optional */
+    char *server_name; /* NULL: bus.host */
+    char *cert_file;   /* client certificate, optional */
     char *key_file;
-    char *ciphers;          /* OpenSSL cipher list, optional */
-    int min_version;        /* TLS1_2_VERSION or TLS1_3_VERSION */
+    char *ciphers;   /* OpenSSL cipher list, optional */
+    int min_version; /* TLS1_2_VERSION or TLS1_3_VERSION */
 };
 
 /*
@@ -41,10 +41,10 @@ void tls_ctx_free(SSL_CTX *ctx);
  * profile, forward-secret (ECDHE, DHE) AEAD (AES-GCM, ChaCha20-Poly1305)
  * only. TLS 1.3 suites stay OpenSSL's (all of them are both).
  */
-#define TLS_DEFAULT_CIPHERS \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:" \
-    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:" \
-    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" \
+#define TLS_DEFAULT_CIPHERS                                                                \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                           \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                           \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"                           \
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"
 
 /*
@@ -62,8 +62,8 @@ int tls_check_ciphers(const char *list, char *err, size_t errlen);
  * IP literal is checked against its IP addresses and not sent as SNI.
  * Returns NULL with the reason in err.
  */
-SSL *tls_ssl_new(SSL_CTX *ctx, const struct config_tls *cfg, const char *host,
-    char *err, size_t errlen);
+SSL *tls_ssl_new(SSL_CTX *ctx, const struct config_tls *cfg, const char *host, char *err,
+    size_t errlen);
 
 /* The name the certificate must carry: server_name, else host. */
 const char *tls_peer_name(const struct config_tls *cfg, const char *host);
@@ -78,8 +78,8 @@ bool tls_is_ip_literal(const char *name);
  * reasons in errs[0..nerrs) (as bufferevent_get_openssl_error gives them),
  * else sys_err (an errno value, 0 if none).
  */
-void tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs,
-    int sys_err, char *buf, size_t len);
+void tls_describe_failure(SSL *ssl, const unsigned long *errs, size_t nerrs, int sys_err,
+    char *buf, size_t len);
 
 /*
  * True when errs (as for tls_describe_failure) hold a TLS-level failure:

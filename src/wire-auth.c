@@ -150,9 +150,11 @@ wire_auth_check(const struct wire_auth *auth, const char **cause)
         const char *v = auth_key_value(auth, k);
 
         if (auth_key_sent(auth, k) && v != NULL && strchr(v, ';') != NULL) {
-            wire_fail(cause, "the %s contains ';', which bus protocol %d cannot "
+            wire_fail(cause,
+                "the %s contains ';', which bus protocol %d cannot "
                 "send: the distributor splits its one login string on ';' with "
-                "no escaping", wire_key_names[k], auth->version);
+                "no escaping",
+                wire_key_names[k], auth->version);
             return -1;
         }
     }
@@ -255,24 +257,22 @@ wire_auth_free(struct wire_auth *auth)
 }
 
 static const char *const wire_auth_names[][WIRE_AUTH_MAX_FIELDS] = {
-    [WIRE_AUTH_BASIC] = { "username", "password", "impersonating",
-                          "forwardedFor" },
+    [WIRE_AUTH_BASIC] = { "username", "password", "impersonating", "forwardedFor" },
     [WIRE_AUTH_TOKEN] = { "token", "impersonating", "forwardedFor" },
 };
 
 /* Check the n strings at the front of c's buffer; their lengths to len. */
 static enum wire_result
 scan_auth(struct wire_cursor *c, const char *const names[], int n,
-    const struct wire_limits *lim, uint32_t len[WIRE_AUTH_MAX_FIELDS],
-    const char **cause)
+    const struct wire_limits *lim, uint32_t len[WIRE_AUTH_MAX_FIELDS], const char **cause)
 {
     struct wire_where at = { "authentication", NULL };
     enum wire_result r;
 
     for (int i = 0; i < n; i++) {
         at.field = names[i];
-        if ((r = wire_scan_count(c, WC_STRING, lim->max_string, 1, &at, &len[i],
-            cause)) != WIRE_DECODED)
+        if ((r = wire_scan_count(c, WC_STRING, lim->max_string, 1, &at, &len[i], cause)) !=
+            WIRE_DECODED)
             return r;
         if ((r = wire_cursor_claim(c, len[i], cause)) != WIRE_DECODED)
             return r;
@@ -283,8 +283,8 @@ scan_auth(struct wire_cursor *c, const char *const names[], int n,
 
 /* Allocate n copies, then take the n strings scan_auth checked from in. */
 static enum wire_result
-take_auth_strings(struct evbuffer *in, int n, const uint32_t len[],
-    char *copy[], const char **cause)
+take_auth_strings(struct evbuffer *in, int n, const uint32_t len[], char *copy[],
+    const char **cause)
 {
     for (int i = 0; i < n; i++) {
         copy[i] = NULL;
@@ -308,16 +308,14 @@ static int
 key_of(const char *name, size_t len)
 {
     for (int k = 0; k < WK_COUNT; k++)
-        if (strlen(wire_key_names[k]) == len &&
-            memcmp(wire_key_names[k], name, len) == 0)
+        if (strlen(wire_key_names[k]) == len && memcmp(wire_key_names[k], name, len) == 0)
             return k;
     return -1;
 }
 
 /* Set one "key=value" part of a connection string into auth. */
 static int
-parse_part(struct wire_auth *auth, const char *part, size_t len,
-    const char **cause)
+parse_part(struct wire_auth *auth, const char *part, size_t len, const char **cause)
 {
     const char *eq = memchr(part, '=', len);
     const char **slot;
@@ -328,14 +326,17 @@ parse_part(struct wire_auth *auth, const char *part, size_t len,
         return wire_fail(cause, "empty part in the connection string"), -1;
     if (eq == NULL)
         return wire_fail(cause, "connection string part without '='"), -1;
-    if ((k = key_of(part, (size_t)(eq - part))) < 0 ||
-        auth_key_use(auth->method, k) < 0)
-        return wire_fail(cause, "unexpected key \"%.*s\" in the connection "
-            "string", (int)(eq - part), part), -1;
+    if ((k = key_of(part, (size_t)(eq - part))) < 0 || auth_key_use(auth->method, k) < 0)
+        return wire_fail(cause,
+                   "unexpected key \"%.*s\" in the connection "
+                   "string",
+                   (int)(eq - part), part),
+               -1;
     slot = auth_key_slot(auth, k);
     if (*slot != NULL)
         return wire_fail(cause, "repeated key %s in the connection string",
-            wire_key_names[k]), -1;
+                   wire_key_names[k]),
+               -1;
     if ((value = strndup(eq + 1, len - (size_t)(eq + 1 - part))) == NULL)
         return wire_fail(cause, "out of memory"), -1;
     *slot = value;
@@ -344,8 +345,7 @@ parse_part(struct wire_auth *auth, const char *part, size_t len,
 
 /* Parse a connection string as the distributor does. */
 static enum wire_result
-parse_connection_string(struct wire_auth *auth, const char *s,
-    const char **cause)
+parse_connection_string(struct wire_auth *auth, const char *s, const char **cause)
 {
     const char *end = s + strlen(s);
 
@@ -361,8 +361,7 @@ parse_connection_string(struct wire_auth *auth, const char *s,
     }
     for (int k = 0; k < WK_COUNT; k++)
         if (auth_key_use(auth->method, k) > 0 && auth_key_value(auth, k) == NULL)
-            return wire_fail(cause, "the connection string has no %s",
-                wire_key_names[k]);
+            return wire_fail(cause, "the connection string has no %s", wire_key_names[k]);
     return WIRE_DECODED;
 }
 
@@ -398,9 +397,8 @@ decode_connection_string(struct evbuffer *in, const struct wire_limits *lim,
 }
 
 enum wire_result
-wire_decode_auth_version(struct evbuffer *in, int version,
-    enum wire_auth_method method, const struct wire_limits *lim,
-    struct wire_auth *auth, const char **cause)
+wire_decode_auth_version(struct evbuffer *in, int version, enum wire_auth_method method,
+    const struct wire_limits *lim, struct wire_auth *auth, const char **cause)
 {
     const char **slot[WIRE_AUTH_MAX_FIELDS];
     char *copy[WIRE_AUTH_MAX_FIELDS];
@@ -413,13 +411,11 @@ wire_decode_auth_version(struct evbuffer *in, int version,
     auth->method = method;
     auth->version = version;
     if ((n = auth_slots(auth, slot)) < 0)
-        return wire_fail(cause, "unknown authentication method %d",
-            (int)method);
+        return wire_fail(cause, "unknown authentication method %d", (int)method);
     if (connection_string(auth))
         return decode_connection_string(in, lim, auth, cause);
     wire_cursor_init(&c, in, lim->max_message);
-    if ((r = scan_auth(&c, wire_auth_names[method], n, lim, len,
-        cause)) != WIRE_DECODED)
+    if ((r = scan_auth(&c, wire_auth_names[method], n, lim, len, cause)) != WIRE_DECODED)
         return r;
     if ((r = take_auth_strings(in, n, len, copy, cause)) != WIRE_DECODED)
         return r;

@@ -28,7 +28,7 @@ enum wire_field {
     WF_FEED,
     WF_TOPIC,
     WF_CLIENT_ID,
-    WF_IMAGE,          /* the slot: is_image below 6, content_type from 6 */
+    WF_IMAGE, /* the slot: is_image below 6, content_type from 6 */
     WF_IS_IMAGE,
     WF_CONTENT_TYPE,
     WF_IS_ADD,
@@ -37,28 +37,22 @@ enum wire_field {
     WF_PACKETS,
 };
 
-#define WIRE_MAX_FIELDS 8   /* the longest list (7) plus WF_END */
+#define WIRE_MAX_FIELDS 8 /* the longest list (7) plus WF_END */
 
 static const uint8_t wire_schema[WIRE_TYPE_MAX + 1][WIRE_MAX_FIELDS] = {
-    [WIRE_MULTICAST_DATA] =
-        { WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
-    [WIRE_UNICAST_DATA] =
-        { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
-    [WIRE_FORWARDED_SUBSCRIPTION] =
-        { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IS_ADD },
-    [WIRE_NOTIFICATION_REQUEST] =
-        { WF_FEED, WF_IS_ADD },
-    [WIRE_SUBSCRIPTION_REQUEST] =
-        { WF_FEED, WF_TOPIC, WF_IS_ADD },
-    [WIRE_AUTHORIZATION_REQUEST] =
-        { WF_CLIENT_ID, WF_HOST, WF_USER, WF_FEED, WF_TOPIC },
-    [WIRE_AUTHORIZATION_RESPONSE] =
-        { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_AUTH_REQUIRED, WF_ENTITLEMENTS },
-    [WIRE_FORWARDED_MULTICAST] =
-        { WF_USER, WF_HOST, WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
-    [WIRE_FORWARDED_UNICAST] =
-        { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IMAGE,
-          WF_PACKETS },
+    [WIRE_MULTICAST_DATA] = { WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
+    [WIRE_UNICAST_DATA] = { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
+    [WIRE_FORWARDED_SUBSCRIPTION] = { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC,
+        WF_IS_ADD },
+    [WIRE_NOTIFICATION_REQUEST] = { WF_FEED, WF_IS_ADD },
+    [WIRE_SUBSCRIPTION_REQUEST] = { WF_FEED, WF_TOPIC, WF_IS_ADD },
+    [WIRE_AUTHORIZATION_REQUEST] = { WF_CLIENT_ID, WF_HOST, WF_USER, WF_FEED, WF_TOPIC },
+    [WIRE_AUTHORIZATION_RESPONSE] = { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_AUTH_REQUIRED,
+        WF_ENTITLEMENTS },
+    [WIRE_FORWARDED_MULTICAST] = { WF_USER, WF_HOST, WF_FEED, WF_TOPIC, WF_IMAGE,
+        WF_PACKETS },
+    [WIRE_FORWARDED_UNICAST] = { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC,
+        WF_IMAGE, WF_PACKETS },
 };
 
 static const char *const wire_field_names[] = {
@@ -216,8 +210,8 @@ msg_cbool(const struct wire_msg *msg, int field)
 static uint32_t
 get_be32(const uint8_t *p)
 {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 |
-        (uint32_t)p[2] << 8 | (uint32_t)p[3];
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 |
+        (uint32_t)p[3];
 }
 
 /* Two's complement without relying on implementation-defined conversion. */
@@ -269,8 +263,8 @@ packets_size(const struct wire_packet *packets, uint32_t n)
     for (uint32_t i = 0; i < n; i++) {
         const struct wire_packet *pk = &packets[i];
 
-        if ((ints = ints_size(&pk->entitlements)) == 0 ||
-            pk->len > (uint32_t)INT32_MAX || (pk->len > 0 && pk->data == NULL))
+        if ((ints = ints_size(&pk->entitlements)) == 0 || pk->len > (uint32_t)INT32_MAX ||
+            (pk->len > 0 && pk->data == NULL))
             return 0;
         size += ints + 4 + pk->len;
         /* Each packet adds under 2^35, so checking here cannot wrap. */
@@ -396,8 +390,7 @@ put_msg(uint8_t *p, const struct wire_msg *msg)
 uint8_t *
 wire_reserve(struct evbuffer *out, uint64_t size, struct evbuffer_iovec *vec)
 {
-    if (evbuffer_reserve_space(out, (ev_ssize_t)size, vec, 1) != 1 ||
-        vec->iov_len < size)
+    if (evbuffer_reserve_space(out, (ev_ssize_t)size, vec, 1) != 1 || vec->iov_len < size)
         return NULL;
     return vec->iov_base;
 }
@@ -419,7 +412,7 @@ wire_encode(struct evbuffer *out, const struct wire_msg *msg)
     if ((size = msg_size(msg)) == 0 || (p = wire_reserve(out, size, &vec)) == NULL)
         return -1;
     if (put_msg(p, msg) != p + size)
-        return -1;   /* impossible: msg_size and put_msg disagree */
+        return -1; /* impossible: msg_size and put_msg disagree */
     return wire_commit(out, &vec, size);
 }
 
@@ -444,13 +437,11 @@ cursor_seek(struct wire_cursor *c)
     if (c->seg != NULL && c->off < c->seg_off + c->seg_len)
         return 0;
     if (c->seg == NULL)
-        r = evbuffer_ptr_set(c->buf, &c->seg_ptr, (size_t)c->off,
-            EVBUFFER_PTR_SET);
+        r = evbuffer_ptr_set(c->buf, &c->seg_ptr, (size_t)c->off, EVBUFFER_PTR_SET);
     else
-        r = evbuffer_ptr_set(c->buf, &c->seg_ptr,
-            (size_t)(c->off - c->seg_off), EVBUFFER_PTR_ADD);
-    if (r != 0 || evbuffer_peek(c->buf, -1, &c->seg_ptr, &v, 1) < 1 ||
-        v.iov_len == 0)
+        r = evbuffer_ptr_set(c->buf, &c->seg_ptr, (size_t)(c->off - c->seg_off),
+            EVBUFFER_PTR_ADD);
+    if (r != 0 || evbuffer_peek(c->buf, -1, &c->seg_ptr, &v, 1) < 1 || v.iov_len == 0)
         return -1;
     c->seg = v.iov_base;
     c->seg_len = v.iov_len;
@@ -500,8 +491,8 @@ wire_cursor_claim(struct wire_cursor *c, uint64_t n, const char **cause)
 /* What the walk learned: enough to size the storage exactly. */
 struct wire_scan {
     uint64_t n_packets;
-    uint64_t n_ints;       /* ints in all int sets */
-    uint64_t str_bytes;    /* bytes of non-empty strings, NULs included */
+    uint64_t n_ints;    /* ints in all int sets */
+    uint64_t str_bytes; /* bytes of non-empty strings, NULs included */
 };
 
 static const char *const wire_count_names[] = {
@@ -516,9 +507,8 @@ static const char *const wire_count_names[] = {
  * the unit * count bytes that must follow (a packet's minimum is 8).
  */
 enum wire_result
-wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
-    unsigned unit, const struct wire_where *at, uint32_t *out,
-    const char **cause)
+wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit, unsigned unit,
+    const struct wire_where *at, uint32_t *out, const char **cause)
 {
     const char *name = wire_count_names[what];
     uint8_t b[4];
@@ -533,11 +523,11 @@ wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
     raw = get_be32(b);
     v = to_int32(raw);
     if (v < 0)
-        return wire_fail(cause, "negative %s %ld (%s %s)", name, (long)v,
-            at->what, at->field);
+        return wire_fail(cause, "negative %s %ld (%s %s)", name, (long)v, at->what,
+            at->field);
     if (raw > limit)
-        return wire_fail(cause, "%s %lu over limit %lu (%s %s)", name,
-            (unsigned long)raw, (unsigned long)limit, at->what, at->field);
+        return wire_fail(cause, "%s %lu over limit %lu (%s %s)", name, (unsigned long)raw,
+            (unsigned long)limit, at->what, at->field);
     if ((r = wire_cursor_claim(c, (uint64_t)raw * unit, cause)) == WIRE_ERROR)
         return r;
     *out = raw;
@@ -546,9 +536,8 @@ wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
 
 /* A counted run of bytes or ints: check, then step over it. */
 static enum wire_result
-scan_body(struct wire_cursor *c, enum wire_count what, uint32_t limit,
-    unsigned unit, const struct wire_where *at, uint32_t *n,
-    const char **cause)
+scan_body(struct wire_cursor *c, enum wire_count what, uint32_t limit, unsigned unit,
+    const struct wire_where *at, uint32_t *n, const char **cause)
 {
     enum wire_result r;
 
@@ -567,17 +556,17 @@ scan_packets(struct wire_cursor *c, const struct wire_limits *lim,
     uint32_t n, k;
     enum wire_result r;
 
-    if ((r = wire_scan_count(c, WC_PACKETS, lim->max_packets, 8, at, &n,
-        cause)) != WIRE_DECODED)
+    if ((r = wire_scan_count(c, WC_PACKETS, lim->max_packets, 8, at, &n, cause)) !=
+        WIRE_DECODED)
         return r;
     sc->n_packets = n;
     for (uint32_t i = 0; i < n; i++) {
-        if ((r = scan_body(c, WC_ENTITLEMENTS, lim->max_entitlements, 4, at,
-            &k, cause)) != WIRE_DECODED)
+        if ((r = scan_body(c, WC_ENTITLEMENTS, lim->max_entitlements, 4, at, &k, cause)) !=
+            WIRE_DECODED)
             return r;
         sc->n_ints += k;
-        if ((r = scan_body(c, WC_PAYLOAD, lim->max_payload, 1, at, &k,
-            cause)) != WIRE_DECODED)
+        if ((r = scan_body(c, WC_PAYLOAD, lim->max_payload, 1, at, &k, cause)) !=
+            WIRE_DECODED)
             return r;
     }
     return WIRE_DECODED;
@@ -596,8 +585,8 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
     case WF_FEED:
     case WF_TOPIC:
     case WF_CONTENT_TYPE:
-        if ((r = scan_body(c, WC_STRING, lim->max_string, 1, at, &n,
-            cause)) != WIRE_DECODED)
+        if ((r = scan_body(c, WC_STRING, lim->max_string, 1, at, &n, cause)) !=
+            WIRE_DECODED)
             return r;
         sc->str_bytes += n > 0 ? n + 1 : 0;
         return WIRE_DECODED;
@@ -607,8 +596,8 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
         c->off += WIRE_GUID_LEN;
         return WIRE_DECODED;
     case WF_ENTITLEMENTS:
-        if ((r = scan_body(c, WC_ENTITLEMENTS, lim->max_entitlements, 4, at,
-            &n, cause)) != WIRE_DECODED)
+        if ((r = scan_body(c, WC_ENTITLEMENTS, lim->max_entitlements, 4, at, &n, cause)) !=
+            WIRE_DECODED)
             return r;
         sc->n_ints += n;
         return WIRE_DECODED;
@@ -624,8 +613,8 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
 
 /* Walk the message at the front of c's buffer; on success c->off is its size. */
 static enum wire_result
-scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int version,
-    int *type, struct wire_scan *sc, const char **cause)
+scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int version, int *type,
+    struct wire_scan *sc, const char **cause)
 {
     struct wire_where at;
     uint8_t t;
@@ -654,7 +643,7 @@ scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int version,
 
 /* Where the next packet, int and string go in the storage. */
 struct wire_build {
-    const uint8_t *p;          /* next raw byte */
+    const uint8_t *p; /* next raw byte */
     struct wire_packet *pk;
     int32_t *ints;
     char *str;
@@ -739,7 +728,7 @@ take_packets(struct wire_build *b, struct wire_msg *msg)
 static void
 build_msg(struct wire_build *b, struct wire_msg *msg)
 {
-    msg->type = (enum wire_type)*b->p++;
+    msg->type = (enum wire_type) * b->p++;
     for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END; f++) {
         int field = field_at(msg->version, *f);
 
@@ -803,8 +792,8 @@ take_msg(struct evbuffer *in, struct wire_msg *msg, uint64_t size,
 }
 
 enum wire_result
-wire_decode(struct evbuffer *in, const struct wire_limits *lim,
-    struct wire_msg *msg, const char **cause)
+wire_decode(struct evbuffer *in, const struct wire_limits *lim, struct wire_msg *msg,
+    const char **cause)
 {
     struct wire_cursor c;
     struct wire_scan sc;

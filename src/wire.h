@@ -16,7 +16,7 @@
 
 struct evbuffer;
 
-#define WIRE_PROTOCOL_VERSION 3   /* the default bus protocol */
+#define WIRE_PROTOCOL_VERSION 3 /* the default bus protocol */
 
 /* Bus protocol versions. 5 is byte-identical to 4 on the wire. */
 #define WIRE_V3 3
@@ -28,15 +28,15 @@ struct evbuffer;
 bool wire_version_valid(int version);
 
 enum wire_type {
-    WIRE_MULTICAST_DATA = 1,           /* client -> bus: publish */
-    WIRE_UNICAST_DATA = 2,             /* client -> bus: send to one client */
-    WIRE_FORWARDED_SUBSCRIPTION = 3,   /* bus -> notifier */
-    WIRE_NOTIFICATION_REQUEST = 4,     /* client -> bus */
-    WIRE_SUBSCRIPTION_REQUEST = 5,     /* client -> bus */
-    WIRE_AUTHORIZATION_REQUEST = 6,    /* bus -> authorizer */
-    WIRE_AUTHORIZATION_RESPONSE = 7,   /* authorizer -> bus */
-    WIRE_FORWARDED_MULTICAST = 8,      /* bus -> subscriber */
-    WIRE_FORWARDED_UNICAST = 9,        /* bus -> subscriber */
+    WIRE_MULTICAST_DATA = 1,         /* client -> bus: publish */
+    WIRE_UNICAST_DATA = 2,           /* client -> bus: send to one client */
+    WIRE_FORWARDED_SUBSCRIPTION = 3, /* bus -> notifier */
+    WIRE_NOTIFICATION_REQUEST = 4,   /* client -> bus */
+    WIRE_SUBSCRIPTION_REQUEST = 5,   /* client -> bus */
+    WIRE_AUTHORIZATION_REQUEST = 6,  /* bus -> authorizer */
+    WIRE_AUTHORIZATION_RESPONSE = 7, /* authorizer -> bus */
+    WIRE_FORWARDED_MULTICAST = 8,    /* bus -> subscriber */
+    WIRE_FORWARDED_UNICAST = 9,      /* bus -> subscriber */
 };
 
 #define WIRE_TYPE_MIN 1
@@ -45,19 +45,19 @@ enum wire_type {
 
 /* Limits applied to everything decoded; a violation is a protocol error. */
 struct wire_limits {
-    uint32_t max_string;        /* bytes in one string */
-    uint32_t max_payload;       /* bytes in one packet's data */
-    uint32_t max_packets;       /* packets in one message */
-    uint32_t max_entitlements;  /* ints in one int set */
-    uint32_t max_message;       /* bytes in one whole message */
+    uint32_t max_string;       /* bytes in one string */
+    uint32_t max_payload;      /* bytes in one packet's data */
+    uint32_t max_packets;      /* packets in one message */
+    uint32_t max_entitlements; /* ints in one int set */
+    uint32_t max_message;      /* bytes in one whole message */
 };
 
 /* Defaults used when the config says nothing. */
-#define WIRE_DEFAULT_MAX_STRING       4096u
-#define WIRE_DEFAULT_MAX_PAYLOAD      (1u << 20)
-#define WIRE_DEFAULT_MAX_PACKETS      1024u
+#define WIRE_DEFAULT_MAX_STRING 4096u
+#define WIRE_DEFAULT_MAX_PAYLOAD (1u << 20)
+#define WIRE_DEFAULT_MAX_PACKETS 1024u
 #define WIRE_DEFAULT_MAX_ENTITLEMENTS 1024u
-#define WIRE_DEFAULT_MAX_MESSAGE      (16u << 20)
+#define WIRE_DEFAULT_MAX_MESSAGE (16u << 20)
 
 void wire_limits_default(struct wire_limits *lim);
 
@@ -111,13 +111,13 @@ struct wire_msg {
     struct wire_str host;
     struct wire_str feed;
     struct wire_str topic;
-    uint8_t client_id[WIRE_GUID_LEN];   /* wire (.NET) byte order */
-    bool is_image;                      /* image slot below 6 */
-    struct wire_str content_type;       /* image slot from 6 on */
+    uint8_t client_id[WIRE_GUID_LEN]; /* wire (.NET) byte order */
+    bool is_image;                    /* image slot below 6 */
+    struct wire_str content_type;     /* image slot from 6 on */
     bool is_add;
     bool auth_required;
-    struct wire_ints entitlements;      /* AUTHORIZATION_RESPONSE only */
-    const struct wire_packet *packets;  /* n_packets == 0 is null */
+    struct wire_ints entitlements;     /* AUTHORIZATION_RESPONSE only */
+    const struct wire_packet *packets; /* n_packets == 0 is null */
     uint32_t n_packets;
 
     /* Decoder-owned storage, reused across wire_decode calls on the same
@@ -127,9 +127,9 @@ struct wire_msg {
 };
 
 enum wire_result {
-    WIRE_ERROR = -1,     /* protocol error; *cause says why; nothing consumed */
-    WIRE_NEED_MORE = 0,  /* incomplete message; nothing consumed */
-    WIRE_DECODED = 1,    /* one message decoded; exactly its bytes consumed */
+    WIRE_ERROR = -1,    /* protocol error; *cause says why; nothing consumed */
+    WIRE_NEED_MORE = 0, /* incomplete message; nothing consumed */
+    WIRE_DECODED = 1,   /* one message decoded; exactly its bytes consumed */
 };
 
 /* Initialise a message (all fields empty, no storage). */
@@ -166,9 +166,9 @@ const char *wire_type_name(int type);
  * (as the python clients 4.1.0 and 6.0.0-alpha.1 write it).
  */
 enum wire_auth_method {
-    WIRE_AUTH_NONE,   /* nothing is sent */
-    WIRE_AUTH_BASIC,  /* username, password, impersonating, forwarded_for */
-    WIRE_AUTH_TOKEN,  /* token, impersonating, forwarded_for */
+    WIRE_AUTH_NONE,  /* nothing is sent */
+    WIRE_AUTH_BASIC, /* username, password, impersonating, forwarded_for */
+    WIRE_AUTH_TOKEN, /* token, impersonating, forwarded_for */
 };
 
 /* NULL strings are sent as null (length 0). application is sent from 4
@@ -205,9 +205,9 @@ int wire_encode_auth(struct evbuffer *out, const struct wire_auth *auth);
  * or absent) that the caller frees with wire_auth_free. Same result
  * convention as wire_decode. wire_decode_auth is the version 3 decoder.
  */
-enum wire_result wire_decode_auth_version(struct evbuffer *in, int version,
-    enum wire_auth_method method, const struct wire_limits *lim,
-    struct wire_auth *auth, const char **cause);
+enum wire_result
+wire_decode_auth_version(struct evbuffer *in, int version, enum wire_auth_method method,
+    const struct wire_limits *lim, struct wire_auth *auth, const char **cause);
 enum wire_result wire_decode_auth(struct evbuffer *in, enum wire_auth_method method,
     const struct wire_limits *lim, struct wire_auth *auth, const char **cause);
 void wire_auth_free(struct wire_auth *auth);

@@ -16,12 +16,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond) do {                                                \
-        if (!(cond)) {                                                  \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                __LINE__, #cond);                                       \
-            abort();                                                    \
-        }                                                               \
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
+            abort();                                                                       \
+        }                                                                                  \
     } while (0)
 
 static char *
@@ -44,7 +44,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t l1, l2;
 
     memset(err, 'x', sizeof err);
-    if (config_load_string(&a, "fuzz.yaml", (const char *)data, size, err, sizeof err) != 0) {
+    if (config_load_string(&a, "fuzz.yaml", (const char *)data, size, err, sizeof err) !=
+        0) {
         CHECK(memchr(err, '\0', sizeof err) != NULL);
         CHECK(strncmp(err, "fuzz.yaml:", 10) == 0);
         CHECK(a.path == NULL && a.bus.host == NULL && a.listen.path == NULL);

@@ -32,12 +32,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond) do {                                                \
-        if (!(cond)) {                                                  \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                __LINE__, #cond);                                       \
-            abort();                                                    \
-        }                                                               \
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
+            abort();                                                                       \
+        }                                                                                  \
     } while (0)
 
 /* Payload bytes for re-formatted events whose payload was not in the input. */
@@ -124,8 +124,9 @@ packets_equal(const struct wire_packet *a, uint32_t na, const struct wire_packet
         return false;
     for (uint32_t i = 0; i < na; i++) {
         if (a[i].len != b[i].len || a[i].entitlements.n != b[i].entitlements.n ||
-            (a[i].entitlements.n > 0 && memcmp(a[i].entitlements.v,
-                b[i].entitlements.v, a[i].entitlements.n * sizeof(int32_t)) != 0))
+            (a[i].entitlements.n > 0 &&
+                memcmp(a[i].entitlements.v, b[i].entitlements.v,
+                    a[i].entitlements.n * sizeof(int32_t)) != 0))
             return false;
     }
     return true;
@@ -180,8 +181,7 @@ check_name_round_trip(const struct lp_cmd *cmd, const struct lp_limits *lim)
 }
 
 static void
-check_command(const char *line, size_t len, const struct lp_limits *lim,
-    struct lp_cmd *cmd)
+check_command(const char *line, size_t len, const struct lp_limits *lim, struct lp_cmd *cmd)
 {
     struct evbuffer *b;
     enum lp_error err;
@@ -212,10 +212,17 @@ check_command(const char *line, size_t len, const struct lp_limits *lim,
     }
     CHECK(err == LP_ERR_NONE);
     switch (cmd->verb) {
-    case LP_SUB: case LP_UNSUB: case LP_PUB: case LP_SEND: case LP_AUTHORIZE:
+    case LP_SUB:
+    case LP_UNSUB:
+    case LP_PUB:
+    case LP_SEND:
+    case LP_AUTHORIZE:
         check_name(&cmd->topic, lim, true);
         /* fall through */
-    case LP_NOTIFY: case LP_UNNOTIFY: case LP_AUTHORIZER: case LP_UNAUTHORIZER:
+    case LP_NOTIFY:
+    case LP_UNNOTIFY:
+    case LP_AUTHORIZER:
+    case LP_UNAUTHORIZER:
         check_name(&cmd->feed, lim, true);
         check_name_round_trip(cmd, lim);
         break;
@@ -302,8 +309,8 @@ check_event_round_trip(const struct lp_event *ev, const struct lp_limits *lim)
         CHECK(again.is_image == ev->is_image && again.is_unicast == ev->is_unicast);
         CHECK(packets_equal(again.packets, again.n_packets, ev->packets, ev->n_packets));
         CHECK(again.payload_len == ev->payload_len);
-        CHECK(evbuffer_get_length(b1) == n + 1 +
-            (ev->n_packets > 0 ? ev->payload_len + 1 : 0));
+        CHECK(evbuffer_get_length(b1) ==
+            n + 1 + (ev->n_packets > 0 ? ev->payload_len + 1 : 0));
     } else {
         CHECK(memcmp(again.client_id, ev->client_id, WIRE_GUID_LEN) == 0);
         CHECK(again.is_add == ev->is_add || ev->kind == LP_EV_AUTHREQ);
@@ -333,7 +340,7 @@ check_event_round_trip(const struct lp_event *ev, const struct lp_limits *lim)
     }
     CHECK(evbuffer_get_length(b1) == evbuffer_get_length(b2));
     CHECK(memcmp(evbuffer_pullup(b1, -1), evbuffer_pullup(b2, -1),
-        evbuffer_get_length(b1)) == 0);
+              evbuffer_get_length(b1)) == 0);
 
     free(pk);
     free(pk2);
@@ -345,8 +352,7 @@ check_event_round_trip(const struct lp_event *ev, const struct lp_limits *lim)
 
 /* Parse and check an event line; true when it was accepted. */
 static bool
-check_event(const char *line, size_t len, const struct lp_limits *lim,
-    struct lp_event *ev)
+check_event(const char *line, size_t len, const struct lp_limits *lim, struct lp_event *ev)
 {
     if (lp_parse_event(line, len, lim, ev) != 0)
         return false;
@@ -376,11 +382,11 @@ check_event(const char *line, size_t len, const struct lp_limits *lim,
 struct pass {
     struct lp_limits lim;
     uint32_t max_line;
-    bool events;            /* read as the CLI reads events, not commands */
-    bool check;             /* run the parser checks (once per input is enough) */
+    bool events; /* read as the CLI reads events, not commands */
+    bool check;  /* run the parser checks (once per input is enough) */
     struct lp_framer framer;
     struct evbuffer *in;
-    struct evbuffer *log;   /* every item, to compare the passes */
+    struct evbuffer *log; /* every item, to compare the passes */
     struct lp_cmd cmd;
     struct lp_event ev;
 };

@@ -25,12 +25,12 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-#define CHECK(cond) do {                                                \
-        if (!(cond)) {                                                  \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__,    \
-                __LINE__, #cond);                                       \
-            abort();                                                    \
-        }                                                               \
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
+            abort();                                                                       \
+        }                                                                                  \
     } while (0)
 
 static int
@@ -63,38 +63,36 @@ pick_limits(uint8_t seed, struct wire_limits *lim)
 static bool
 str_equal(const struct wire_str *a, const struct wire_str *b)
 {
-    return a->len == b->len &&
-        (a->len == 0 || memcmp(a->ptr, b->ptr, a->len) == 0) &&
+    return a->len == b->len && (a->len == 0 || memcmp(a->ptr, b->ptr, a->len) == 0) &&
         a->ptr[a->len] == '\0' && b->ptr[b->len] == '\0';
 }
 
 static bool
 ints_equal(const struct wire_ints *a, const struct wire_ints *b)
 {
-    return a->n == b->n && (a->n == 0 ? a->v == NULL && b->v == NULL :
-        memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
+    return a->n == b->n &&
+        (a->n == 0 ? a->v == NULL && b->v == NULL
+                   : memcmp(a->v, b->v, a->n * sizeof *a->v) == 0);
 }
 
 static bool
 msg_equal(const struct wire_msg *a, const struct wire_msg *b)
 {
     if (a->type != b->type || a->version != b->version ||
-        !str_equal(&a->content_type, &b->content_type) ||
-        !str_equal(&a->user, &b->user) ||
+        !str_equal(&a->content_type, &b->content_type) || !str_equal(&a->user, &b->user) ||
         !str_equal(&a->host, &b->host) || !str_equal(&a->feed, &b->feed) ||
         !str_equal(&a->topic, &b->topic) ||
         memcmp(a->client_id, b->client_id, WIRE_GUID_LEN) != 0 ||
         a->is_image != b->is_image || a->is_add != b->is_add ||
         a->auth_required != b->auth_required ||
-        !ints_equal(&a->entitlements, &b->entitlements) ||
-        a->n_packets != b->n_packets ||
+        !ints_equal(&a->entitlements, &b->entitlements) || a->n_packets != b->n_packets ||
         (a->packets == NULL) != (b->packets == NULL))
         return false;
     for (uint32_t i = 0; i < a->n_packets; i++) {
         const struct wire_packet *p = &a->packets[i], *q = &b->packets[i];
 
-        if (!ints_equal(&p->entitlements, &q->entitlements) ||
-            p->len != q->len || (p->data == NULL) != (q->data == NULL) ||
+        if (!ints_equal(&p->entitlements, &q->entitlements) || p->len != q->len ||
+            (p->data == NULL) != (q->data == NULL) ||
             (p->len > 0 && memcmp(p->data, q->data, p->len) != 0))
             return false;
     }
@@ -106,15 +104,15 @@ buffers_equal(struct evbuffer *a, struct evbuffer *b)
 {
     size_t n = evbuffer_get_length(a);
 
-    return n == evbuffer_get_length(b) && (n == 0 ||
-        memcmp(evbuffer_pullup(a, -1), evbuffer_pullup(b, -1), n) == 0);
+    return n == evbuffer_get_length(b) &&
+        (n == 0 || memcmp(evbuffer_pullup(a, -1), evbuffer_pullup(b, -1), n) == 0);
 }
 
 /* msg was just decoded from consumed bytes: check its round trip, and
  * append its encoding to log. */
 static void
-check_round_trip(const struct wire_msg *msg, size_t consumed,
-    const struct wire_limits *lim, struct evbuffer *log)
+check_round_trip(const struct wire_msg *msg, size_t consumed, const struct wire_limits *lim,
+    struct evbuffer *log)
 {
     struct evbuffer *e1 = evbuffer_new(), *e2 = evbuffer_new();
     struct wire_msg again;
@@ -140,7 +138,7 @@ check_round_trip(const struct wire_msg *msg, size_t consumed,
 
 /* How one pass over the stream went. */
 struct outcome {
-    struct evbuffer *log;      /* re-encodings of the decoded messages */
+    struct evbuffer *log; /* re-encodings of the decoded messages */
     size_t count;
     size_t consumed;
     enum wire_result last;
@@ -149,8 +147,8 @@ struct outcome {
 
 /* Decode everything decodable at the front of buf into o. */
 static enum wire_result
-drain(struct evbuffer *buf, const struct wire_limits *lim,
-    struct wire_msg *msg, struct outcome *o)
+drain(struct evbuffer *buf, const struct wire_limits *lim, struct wire_msg *msg,
+    struct outcome *o)
 {
     for (;;) {
         size_t before = evbuffer_get_length(buf);
@@ -173,8 +171,8 @@ drain(struct evbuffer *buf, const struct wire_limits *lim,
 }
 
 static void
-run_whole(const uint8_t *data, size_t size, int version,
-    const struct wire_limits *lim, struct outcome *o)
+run_whole(const uint8_t *data, size_t size, int version, const struct wire_limits *lim,
+    struct outcome *o)
 {
     struct evbuffer *buf = evbuffer_new();
     struct wire_msg msg;
@@ -191,8 +189,8 @@ run_whole(const uint8_t *data, size_t size, int version,
 
 /* The same stream in pseudo-random pieces, each its own chain. */
 static void
-run_split(const uint8_t *data, size_t size, uint8_t seed,
-    const struct wire_limits *lim, struct outcome *o)
+run_split(const uint8_t *data, size_t size, uint8_t seed, const struct wire_limits *lim,
+    struct outcome *o)
 {
     struct evbuffer *buf = evbuffer_new();
     struct wire_msg msg;
@@ -225,25 +223,22 @@ run_split(const uint8_t *data, size_t size, uint8_t seed,
 static bool
 cstr_equal(const char *a, const char *b)
 {
-    return (a == NULL && b == NULL) ||
-        (a != NULL && b != NULL && strcmp(a, b) == 0);
+    return (a == NULL && b == NULL) || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
 static bool
 auth_equal(const struct wire_auth *a, const struct wire_auth *b)
 {
     return a->method == b->method && a->version == b->version &&
-        cstr_equal(a->username, b->username) &&
-        cstr_equal(a->password, b->password) &&
-        cstr_equal(a->token, b->token) &&
-        cstr_equal(a->impersonating, b->impersonating) &&
+        cstr_equal(a->username, b->username) && cstr_equal(a->password, b->password) &&
+        cstr_equal(a->token, b->token) && cstr_equal(a->impersonating, b->impersonating) &&
         cstr_equal(a->forwarded_for, b->forwarded_for) &&
         cstr_equal(a->application, b->application);
 }
 
 static void
-check_auth(const uint8_t *data, size_t size, int version,
-    enum wire_auth_method method, const struct wire_limits *lim)
+check_auth(const uint8_t *data, size_t size, int version, enum wire_auth_method method,
+    const struct wire_limits *lim)
 {
     struct evbuffer *buf = evbuffer_new(), *enc = evbuffer_new();
     struct wire_auth a, b;
@@ -266,8 +261,7 @@ check_auth(const uint8_t *data, size_t size, int version,
      * string may list its keys in any order; it is written in one. */
     CHECK(wire_encode_auth(enc, &a) == 0);
     if (evbuffer_get_length(enc) == used) {
-        CHECK(version >= WIRE_V4 ||
-            memcmp(evbuffer_pullup(enc, -1), data, used) == 0);
+        CHECK(version >= WIRE_V4 || memcmp(evbuffer_pullup(enc, -1), data, used) == 0);
         CHECK(wire_decode_auth_version(enc, version, method, lim, &b, &cause) ==
             WIRE_DECODED);
         CHECK(evbuffer_get_length(enc) == 0);

@@ -16,12 +16,22 @@
 static const char *sock_path;
 static int failures;
 
-#define CHECK(cond) do { if (!(cond)) { \
-    fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-    exit(1); } } while (0)
-#define CHECK_OK(c, call) do { int r_ = (call); if (r_ != 0) { \
-    fprintf(stderr, "%s:%d: %s = %d (%s): %s\n", __FILE__, __LINE__, #call, r_, \
-        bg_error_name(r_), bg_errstr(c)); exit(1); } } while (0)
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);       \
+            exit(1);                                                                       \
+        }                                                                                  \
+    } while (0)
+#define CHECK_OK(c, call)                                                                  \
+    do {                                                                                   \
+        int r_ = (call);                                                                   \
+        if (r_ != 0) {                                                                     \
+            fprintf(stderr, "%s:%d: %s = %d (%s): %s\n", __FILE__, __LINE__, #call, r_,    \
+                bg_error_name(r_), bg_errstr(c));                                          \
+            exit(1);                                                                       \
+        }                                                                                  \
+    } while (0)
 #define S(str) str, strlen(str)
 
 #define WAIT_MS 20000
@@ -63,10 +73,12 @@ wait_for(bg_conn *c, enum bg_event_kind kind, const char *topic, size_t topic_le
 
     for (;;) {
         if ((r = bg_next_event(c, WAIT_MS, &ev)) != 0) {
-            fprintf(stderr, "waiting for event %d: %s: %s\n", kind, bg_error_name(r), bg_errstr(c));
+            fprintf(stderr, "waiting for event %d: %s: %s\n", kind, bg_error_name(r),
+                bg_errstr(c));
             exit(1);
         }
-        if (ev->kind == kind && (topic == NULL || name_is(ev->topic, ev->topic_len, topic, topic_len)))
+        if (ev->kind == kind &&
+            (topic == NULL || name_is(ev->topic, ev->topic_len, topic, topic_len)))
             return ev;
     }
 }
@@ -104,7 +116,8 @@ test_publish_binary(void)
     CHECK(ev->is_image && !ev->is_unicast);
     CHECK(ev->user_len > 0 && ev->host_len > 0);
     CHECK(ev->n_packets == 3);
-    CHECK(ev->packets[0].len == sizeof(bin) && memcmp(ev->packets[0].data, bin, sizeof(bin)) == 0);
+    CHECK(ev->packets[0].len == sizeof(bin) &&
+        memcmp(ev->packets[0].data, bin, sizeof(bin)) == 0);
     CHECK(ev->packets[0].n_entitlements == 2 && ev->packets[0].entitlements[0] == 1 &&
         ev->packets[0].entitlements[1] == -2);
     CHECK(ev->packets[1].len == 0 && ev->packets[1].n_entitlements == 0);
@@ -165,7 +178,8 @@ test_notify_and_send(void)
 
     CHECK_OK(a, bg_send(a, gw, S("n feed"), S("t\xc3\xa9"), true, &pk, 1));
     ev = wait_for(b, BG_EV_DATA, S("t\xc3\xa9"));
-    CHECK(ev->is_unicast && ev->n_packets == 1 && memcmp(ev->packets[0].data, "hello", 5) == 0);
+    CHECK(ev->is_unicast && ev->n_packets == 1 &&
+        memcmp(ev->packets[0].data, "hello", 5) == 0);
 
     CHECK_OK(b, bg_unsubscribe(b, S("n feed"), S("t\xc3\xa9")));
     ev = wait_for(a, BG_EV_NOTIFICATION, S("t\xc3\xa9"));
@@ -194,7 +208,8 @@ test_authorize(void)
         -BG_E_ALREADY_ANSWERED);
     CHECK_OK(a, bg_publish(a, S("secure"), S("AAPL"), true, pk, 2));
     ev = wait_for(b, BG_EV_DATA, S("AAPL"));
-    CHECK(ev->n_packets == 1 && ev->packets[0].len == 3 && memcmp(ev->packets[0].data, "one", 3) == 0);
+    CHECK(ev->n_packets == 1 && ev->packets[0].len == 3 &&
+        memcmp(ev->packets[0].data, "one", 3) == 0);
     CHECK_OK(a, bg_unauthorizer(a, S("secure")));
     bg_free(a);
     bg_free(b);
@@ -243,7 +258,8 @@ on_event(bg_conn *c, const struct bg_event *ev, void *arg)
             st->link_up++;
         else
             st->link_down++;
-    } else if (ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len < sizeof(st->last)) {
+    } else if (ev->kind == BG_EV_DATA && ev->n_packets == 1 &&
+        ev->packets[0].len < sizeof(st->last)) {
         st->data++;
         if (st->link_up > 0)
             st->data_after_up++;
@@ -262,8 +278,10 @@ loop_once(bg_conn *c, int max_ms)
     if (bg_want_write(c))
         pfd.events |= POLLOUT;
     r = poll(&pfd, pfd.fd >= 0 ? 1 : 0, t < 0 || t > max_ms ? max_ms : t);
-    bg_process(c, r <= 0 ? 0 : ((pfd.revents & (POLLIN | POLLHUP)) ? BG_READABLE : 0) |
-        ((pfd.revents & POLLOUT) ? BG_WRITABLE : 0));
+    bg_process(c,
+        r <= 0 ? 0
+               : ((pfd.revents & (POLLIN | POLLHUP)) ? BG_READABLE : 0) |
+                ((pfd.revents & POLLOUT) ? BG_WRITABLE : 0));
 }
 
 /* Run c's loop until done(st) or the deadline. */
@@ -278,8 +296,16 @@ run_loop(bg_conn *c, struct loop_state *st, int (*done)(const struct loop_state 
     }
 }
 
-static int two_replies(const struct loop_state *st) { return st->replies >= 2; }
-static int one_data(const struct loop_state *st) { return st->data >= 1; }
+static int
+two_replies(const struct loop_state *st)
+{
+    return st->replies >= 2;
+}
+static int
+one_data(const struct loop_state *st)
+{
+    return st->data >= 1;
+}
 
 /* Event-loop use: replies and data through the callback. */
 static void
@@ -292,7 +318,7 @@ test_event_loop(void)
     bg_set_callback(c, on_event, &st);
     CHECK_OK(c, bg_subscribe(c, S("loop"), S("t")));
     CHECK(bg_last_request(c) > 0);
-    CHECK_OK(c, bg_subscribe(c, S("loop"), S("t")));   /* refused: a reply with an error */
+    CHECK_OK(c, bg_subscribe(c, S("loop"), S("t"))); /* refused: a reply with an error */
     run_loop(c, &st, two_replies);
     CHECK(st.reply_errors == 1);
     CHECK_OK(p, bg_publish(p, S("loop"), S("t"), false, &pk, 1));
@@ -336,7 +362,7 @@ test_restart(void)
     CHECK_OK(s, bg_subscribe(s, S("restart feed"), S("t")));
     CHECK_OK(s, bg_notify(s, S("restart feed")));
     CHECK_OK(s, bg_authorizer(s, S("secure")));
-    ev = wait_for(s, BG_EV_NOTIFICATION, S("t"));   /* its own subscription */
+    ev = wait_for(s, BG_EV_NOTIFICATION, S("t")); /* its own subscription */
     /* An event-loop subscriber alongside the blocking one. */
     CHECK_OK(a, bg_subscribe(a, S("restart feed"), S("t")));
     bg_set_callback(a, on_event, &ast);
@@ -347,7 +373,8 @@ test_restart(void)
         loop_once(a, 0);
         if (bg_publish(p, S("restart feed"), S("t"), false, &pk, 1) != 0)
             CHECK(bg_error_code(p) == BG_E_CLOSED || bg_error_code(p) == BG_E_IO ||
-                bg_error_code(p) == BG_E_BUS_DOWN || bg_error_code(p) == BG_E_SHUTTING_DOWN);
+                bg_error_code(p) == BG_E_BUS_DOWN ||
+                bg_error_code(p) == BG_E_SHUTTING_DOWN);
         while (bg_next_event(s, 200, &ev) == 0) {
             if (ev->kind == BG_EV_LINK && !ev->up) {
                 CHECK(!up);
@@ -408,7 +435,10 @@ test_slow_consumer(void)
 int
 main(int argc, char **argv)
 {
-    static const struct { const char *name; void (*fn)(void); } tests[] = {
+    static const struct {
+        const char *name;
+        void (*fn)(void);
+    } tests[] = {
         { "connect_refused", test_connect_refused },
         { "publish_binary", test_publish_binary },
         { "errors", test_errors },

@@ -77,9 +77,9 @@ t_first_match(void **state)
     assert_false(allowed(rs, &a, ACCESS_PUBLISH, "prices.secret"));
     d = access_check(rs, &a, ACCESS_PUBLISH, "prices.secret", 13);
     assert_int_equal(d.index, 1);
-    assert_true(allowed(rs, &a, ACCESS_SUBSCRIBE, "prices.secret"));   /* rule 2 */
+    assert_true(allowed(rs, &a, ACCESS_SUBSCRIBE, "prices.secret")); /* rule 2 */
     assert_true(allowed(rs, &a, ACCESS_PUBLISH, "prices.x"));
-    assert_false(allowed(rs, &a, ACCESS_SEND, "prices.x"));             /* default */
+    assert_false(allowed(rs, &a, ACCESS_SEND, "prices.x")); /* default */
     assert_null(access_check(rs, &a, ACCESS_SEND, "prices.x", 8).rule);
     assert_false(allowed(rs, &b, ACCESS_SUBSCRIBE, "prices.x"));
     assert_true(allowed(rs, &b, ACCESS_AUTHORIZE, "orders"));
@@ -118,23 +118,28 @@ t_bad_rules(void **state)
     assert_int_equal(access_rule_feed(ru, "a*b", why, sizeof why), -1);
     assert_int_equal(access_rule_feed(ru, "", why, sizeof why), -1);
     assert_int_equal(access_rule_subject(ru, "uid", "x1", why, sizeof why), -1);
-    assert_int_equal(access_rule_subject(ru, "user", "no-such-user-busgate", why, sizeof why), -1);
-    assert_int_equal(access_rule_subject(ru, "group", "no-such-group-busgate", why, sizeof why), -1);
+    assert_int_equal(access_rule_subject(ru, "user", "no-such-user-busgate", why,
+                         sizeof why),
+        -1);
+    assert_int_equal(access_rule_subject(ru, "group", "no-such-group-busgate", why,
+                         sizeof why),
+        -1);
     assert_int_equal(access_rule_check(ru, why, sizeof why), -1);
     assert_int_equal(access_rule_subject(ru, "uid", "5", why, sizeof why), 0);
     assert_int_equal(access_rule_subject(ru, "gid", "5", why, sizeof why), -1);
     assert_int_equal(access_rule_verb(ru, true, "publish", why, sizeof why), 0);
     assert_int_equal(access_rule_verb(ru, false, "send", why, sizeof why), -1);
     assert_int_equal(access_rule_subject(access_rule_add(rs, 4), "user", "root", why,
-        sizeof why), 0);
+                         sizeof why),
+        0);
     assert_int_equal(rs->rules[1].who, 0);
     access_rules_free(rs);
 }
 
 /* ---- property test: random rules against a brute-force reference ---- */
 
-static const char *const feeds_pool[] = { "", "a", "ab", "abc", "b", "ba", "a*", "ab*",
-    "*", "b*" };
+static const char *const feeds_pool[] = { "", "a", "ab", "abc", "b", "ba", "a*", "ab*", "*",
+    "b*" };
 #define NPOOL (sizeof feeds_pool / sizeof feeds_pool[0])
 
 /* The reference: every rule's every condition spelled out, character by
@@ -153,7 +158,7 @@ ref_pattern(const char *p, const char *f)
 }
 
 struct ref_rule {
-    int subj;           /* 0 anyone, 1 uid, 2 gid */
+    int subj; /* 0 anyone, 1 uid, 2 gid */
     unsigned who;
     bool allow;
     unsigned verbs;
@@ -205,14 +210,16 @@ t_property(void **state)
             if (rr[i].subj != 0) {
                 snprintf(num, sizeof num, "%u", rr[i].who);
                 assert_int_equal(access_rule_subject(ru, subjects[rr[i].subj], num, why,
-                    sizeof why), 0);
+                                     sizeof why),
+                    0);
             }
             while (rr[i].verbs == 0)
                 rr[i].verbs = (unsigned)(rand() % (1 << ACCESS_NVERBS));
             for (int v = 0; v < ACCESS_NVERBS; v++)
                 if (rr[i].verbs >> v & 1)
-                    assert_int_equal(access_rule_verb(ru, rr[i].allow,
-                        access_verb_name(v), why, sizeof why), 0);
+                    assert_int_equal(access_rule_verb(ru, rr[i].allow, access_verb_name(v),
+                                         why, sizeof why),
+                        0);
             for (int j = 0; j < rr[i].n_feeds; j++) {
                 /* Patterns: anything in the pool but the empty name. */
                 rr[i].feeds[j] = feeds_pool[1 + rand() % (int)(NPOOL - 1)];
@@ -223,13 +230,14 @@ t_property(void **state)
             unsigned groups[2] = { (unsigned)(rand() % 3), (unsigned)(rand() % 3) };
             gid_t g2[2] = { groups[0], groups[1] };
             int ng = rand() % 3;
-            struct access_id id = { (uid_t)(rand() % 3), (gid_t)(rand() % 3), g2, (size_t)ng };
+            struct access_id id = { (uid_t)(rand() % 3), (gid_t)(rand() % 3), g2,
+                (size_t)ng };
             int verb = rand() % ACCESS_NVERBS;
             const char *feed = feeds_pool[rand() % (int)NPOOL];
             struct access_decision d = access_check(rs, &id, verb, feed, strlen(feed));
 
-            assert_int_equal(d.allow, ref_allowed(rr, n, id.uid, id.gid, groups, ng, verb,
-                feed));
+            assert_int_equal(d.allow,
+                ref_allowed(rr, n, id.uid, id.gid, groups, ng, verb, feed));
             if (d.rule != NULL)
                 assert_ptr_equal(d.rule, &rs->rules[d.index - 1]);
         }

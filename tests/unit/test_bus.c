@@ -187,9 +187,9 @@ struct fake {
     int port;
     enum fake_mode mode;
     int accepted;
-    int closed;                 /* connections that ended (EOF/error) */
-    struct bufferevent *conn;   /* the latest connection */
-    struct evbuffer *rx;        /* everything the latest connection sent */
+    int closed;               /* connections that ended (EOF/error) */
+    struct bufferevent *conn; /* the latest connection */
+    struct evbuffer *rx;      /* everything the latest connection sent */
 };
 
 struct obs {
@@ -213,18 +213,19 @@ fake_read(struct bufferevent *bev, void *arg)
     struct fake *f = arg;
     static const uint8_t garbage[] = { 0xee, 0x13, 0x37, 0x00 };
 
-    if (bev != f->conn) {       /* an older connection */
+    if (bev != f->conn) { /* an older connection */
         evbuffer_drain(bufferevent_get_input(bev), (size_t)-1);
         return;
     }
     evbuffer_add_buffer(f->rx, bufferevent_get_input(bev));
-    if (f->mode == FAKE_CLOSE_ON_AUTH || (f->mode == FAKE_CLOSE_FIRST && f->accepted == 1)) {
+    if (f->mode == FAKE_CLOSE_ON_AUTH ||
+        (f->mode == FAKE_CLOSE_FIRST && f->accepted == 1)) {
         f->closed++;
         f->conn = NULL;
         bufferevent_free(bev);
     } else if (f->mode == FAKE_GARBAGE) {
         bufferevent_write(bev, garbage, sizeof garbage);
-        f->mode = FAKE_NORMAL;   /* only the first connection */
+        f->mode = FAKE_NORMAL; /* only the first connection */
     }
 }
 
@@ -242,14 +243,14 @@ fake_event(struct bufferevent *bev, short events, void *arg)
 }
 
 static void
-fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-    int socklen, void *arg)
+fake_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int socklen,
+    void *arg)
 {
     struct fake *f = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
 
     f->accepted++;
-    if (f->conn != NULL)        /* the bus only ever has one link */
+    if (f->conn != NULL) /* the bus only ever has one link */
         bufferevent_free(f->conn);
     f->conn = bev;
     evbuffer_drain(f->rx, evbuffer_get_length(f->rx));
@@ -282,7 +283,9 @@ fake_listen(struct fake *f, enum fake_mode mode, int family)
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 16, (struct sockaddr *)&ss, (int)len);
     if (f->lis == NULL)
         return false;
-    assert_int_equal(getsockname(evconnlistener_get_fd(f->lis), (struct sockaddr *)&ss, &len), 0);
+    assert_int_equal(getsockname(evconnlistener_get_fd(f->lis), (struct sockaddr *)&ss,
+                         &len),
+        0);
     f->port = ntohs(family == AF_INET6 ? sin6->sin6_port : sin->sin_port);
     assert_non_null(f->rx = evbuffer_new());
     return true;
@@ -342,7 +345,8 @@ on_state(void *arg, enum bus_state st, const char *reason)
 
     if (o->n < 256) {
         o->states[o->n] = st;
-        snprintf(o->reasons[o->n], sizeof o->reasons[0], "%s", reason != NULL ? reason : "");
+        snprintf(o->reasons[o->n], sizeof o->reasons[0], "%s",
+            reason != NULL ? reason : "");
         o->n++;
     }
 }
@@ -394,7 +398,8 @@ run_until(bool (*pred)(void *), void *arg, int timeout_ms)
             break;
         }
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > timeout_ms)
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 >
+            timeout_ms)
             break;
         event_base_loop(base, EVLOOP_ONCE);
     }
@@ -464,7 +469,6 @@ drained(void *arg)
     return ob.drained > 0;
 }
 
-
 static char *
 write_file(const char *name, const char *text, mode_t mode)
 {
@@ -517,7 +521,7 @@ start_bus(void)
     struct bus *bus = bus_new(base, NULL, &cfg.bus, &callbacks, &ob);
 
     assert_non_null(bus);
-    config_free(&cfg);      /* the bus keeps its own copy */
+    config_free(&cfg); /* the bus keeps its own copy */
     config_defaults(&cfg);
     assert_int_equal(bus_start(bus), 0);
     return bus;
@@ -532,7 +536,8 @@ expect_basic_auth(struct fake *f, const char *user, const char *pass, const char
     const char *cause = NULL;
 
     wire_limits_default(&lim);
-    assert_int_equal(wire_decode_auth(f->rx, WIRE_AUTH_BASIC, &lim, &a, &cause), WIRE_DECODED);
+    assert_int_equal(wire_decode_auth(f->rx, WIRE_AUTH_BASIC, &lim, &a, &cause),
+        WIRE_DECODED);
     assert_string_equal(a.username, user);
     assert_string_equal(a.password, pass);
     assert_null(a.impersonating);
@@ -691,7 +696,7 @@ t_link_watchdog_after_up(void **state)
     fake_send(&fk, "admin", "__admin__", "heartbeat", "");
     assert_true(expect_state(BUS_UP, NULL));
     assert_true(expect_state(BUS_DOWN, "no heartbeat within 300ms"));
-    assert_int_equal(ob.msgs, 1);     /* the heartbeat, passed on */
+    assert_int_equal(ob.msgs, 1); /* the heartbeat, passed on */
     bus_free(bus);
 }
 
@@ -769,7 +774,8 @@ t_link_token_file_reread(void **state)
     bus = start_bus();
     want_bytes = 4 + 17 + 4 + 4 + 8;
     assert_true(run_until(rx_has, &fk, 10000));
-    assert_int_equal(wire_decode_auth(fk.rx, WIRE_AUTH_TOKEN, &lim, &a, &cause), WIRE_DECODED);
+    assert_int_equal(wire_decode_auth(fk.rx, WIRE_AUTH_TOKEN, &lim, &a, &cause),
+        WIRE_DECODED);
     assert_string_equal(a.token, "first.token.value");
     wire_auth_free(&a);
 
@@ -781,7 +787,8 @@ t_link_token_file_reread(void **state)
     assert_true(run_until(accepted_at_least, &fk, 10000));
     want_bytes = 4 + 18 + 4 + 4 + 8;
     assert_true(run_until(rx_has, &fk, 10000));
-    assert_int_equal(wire_decode_auth(fk.rx, WIRE_AUTH_TOKEN, &lim, &a, &cause), WIRE_DECODED);
+    assert_int_equal(wire_decode_auth(fk.rx, WIRE_AUTH_TOKEN, &lim, &a, &cause),
+        WIRE_DECODED);
     assert_string_equal(a.token, "second.token.value");
     wire_auth_free(&a);
     bus_free(bus);
@@ -933,7 +940,7 @@ t_link_name_resolution(void **state)
         for (int i = 0; i < ob.n; i++)
             print_message("state %s: %s\n", bus_state_name(ob.states[i]), ob.reasons[i]);
         bus_free(bus);
-        skip();     /* no localhost in this system's hosts file */
+        skip(); /* no localhost in this system's hosts file */
     }
     assert_true(expect_state(BUS_UNCONFIRMED, NULL));
     bus_free(bus);
@@ -1077,7 +1084,7 @@ t_link_lost_output_counted(void **state)
         assert_int_equal(bus_send(bus, &m), BUS_SENT);
     for (int i = 0; i < 20; i++)
         event_base_loop(base, EVLOOP_NONBLOCK);
-    bufferevent_free(fk.conn);      /* unread data: the kernel resets */
+    bufferevent_free(fk.conn); /* unread data: the kernel resets */
     fk.conn = NULL;
     assert_true(run_until(saw_down, bus, 10000));
     bus_get_stats(bus, &st);
@@ -1092,7 +1099,7 @@ t_link_ipv6(void **state)
     struct bus *bus;
 
     if (!fake_listen(&fk, FAKE_NORMAL, AF_INET6))
-        skip();     /* no IPv6 loopback here */
+        skip(); /* no IPv6 loopback here */
     base_config(fk.port);
     set_str(&cfg.bus.host, "::1");
     bus = start_bus();
@@ -1124,11 +1131,13 @@ main(void)
         cmocka_unit_test_setup_teardown(t_link_unsafe_credentials, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_token_file_reread, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_backpressure, setup, teardown),
-        cmocka_unit_test_setup_teardown(t_link_shutdown_flushes_whole_messages, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_shutdown_flushes_whole_messages, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(t_link_reconfigure, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_name_resolution, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_ipv6, setup, teardown),
-        cmocka_unit_test_setup_teardown(t_link_takes_data_only_when_confirmed, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_takes_data_only_when_confirmed, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(t_link_lost_output_counted, setup, teardown),
     };
 

@@ -231,7 +231,7 @@ test_every_key(void **state)
     config_free(&cfg);
     assert_null(cfg.bus.host);
     assert_null(cfg.path);
-    config_free(&cfg);      /* a second free is harmless */
+    config_free(&cfg); /* a second free is harmless */
 }
 
 /* --- units --- */
@@ -239,14 +239,40 @@ test_every_key(void **state)
 static void
 test_sizes(void **state)
 {
-    static const struct { const char *s; uint64_t v; } ok[] = {
-        { "0", 0 }, { "1024", 1024 }, { "1B", 1 }, { "4KiB", 4096 }, { "4kib", 4096 },
-        { "16MiB", 16u << 20 }, { "1GiB", 1u << 30 }, { "2kB", 2000 }, { "3MB", 3000000 },
-        { "1GB", 1000000000 }, { "4 MiB", 4u << 20 }, { "007KiB", 7168 },
+    static const struct {
+        const char *s;
+        uint64_t v;
+    } ok[] = {
+        { "0", 0 },
+        { "1024", 1024 },
+        { "1B", 1 },
+        { "4KiB", 4096 },
+        { "4kib", 4096 },
+        { "16MiB", 16u << 20 },
+        { "1GiB", 1u << 30 },
+        { "2kB", 2000 },
+        { "3MB", 3000000 },
+        { "1GB", 1000000000 },
+        { "4 MiB", 4u << 20 },
+        { "007KiB", 7168 },
     };
     static const char *const bad[] = {
-        "", "K", "4K", "4M", "4 ", "4  MiB", "-1", "+1", "1.5MiB", "MiB", "4MiBx", "0x10",
-        " 4", "99999999999999999999", "17179869184GiB", "4TiB",
+        "",
+        "K",
+        "4K",
+        "4M",
+        "4 ",
+        "4  MiB",
+        "-1",
+        "+1",
+        "1.5MiB",
+        "MiB",
+        "4MiBx",
+        "0x10",
+        " 4",
+        "99999999999999999999",
+        "17179869184GiB",
+        "4TiB",
     };
     uint64_t v;
 
@@ -263,13 +289,34 @@ test_sizes(void **state)
 static void
 test_durations(void **state)
 {
-    static const struct { const char *s; uint64_t v; } ok[] = {
-        { "0", 0 }, { "0s", 0 }, { "0ms", 0 }, { "500ms", 500 }, { "30s", 30000 },
-        { "5m", 300000 }, { "2h", 7200000 }, { "1 s", 1000 },
+    static const struct {
+        const char *s;
+        uint64_t v;
+    } ok[] = {
+        { "0", 0 },
+        { "0s", 0 },
+        { "0ms", 0 },
+        { "500ms", 500 },
+        { "30s", 30000 },
+        { "5m", 300000 },
+        { "2h", 7200000 },
+        { "1 s", 1000 },
     };
     static const char *const bad[] = {
-        "", "5", "1000", "5S", "5 ", "5sec", "1d", "-1s", "1.5s", "s", "ms", "5ms ",
-        "99999999999999999999s", "9999999999999999h",
+        "",
+        "5",
+        "1000",
+        "5S",
+        "5 ",
+        "5sec",
+        "1d",
+        "-1s",
+        "1.5s",
+        "s",
+        "ms",
+        "5ms ",
+        "99999999999999999999s",
+        "9999999999999999h",
     };
     uint64_t v;
 
@@ -286,9 +333,19 @@ test_durations(void **state)
 static void
 test_bools(void **state)
 {
-    static const struct { const char *s; bool v; } cases[] = {
-        { "true", true }, { "True", true }, { "yes", true }, { "on", true }, { "ON", true },
-        { "false", false }, { "FALSE", false }, { "no", false }, { "off", false },
+    static const struct {
+        const char *s;
+        bool v;
+    } cases[] = {
+        { "true", true },
+        { "True", true },
+        { "yes", true },
+        { "on", true },
+        { "ON", true },
+        { "false", false },
+        { "FALSE", false },
+        { "no", false },
+        { "off", false },
     };
     char yaml[128];
     struct config cfg;
@@ -307,9 +364,16 @@ test_bools(void **state)
 static void
 test_modes(void **state)
 {
-    static const struct { const char *s; unsigned v; } cases[] = {
-        { "0660", 0660 }, { "\"0660\"", 0660 }, { "0o640", 0640 }, { "600", 0600 },
-        { "0", 0 }, { "07777", 07777 },
+    static const struct {
+        const char *s;
+        unsigned v;
+    } cases[] = {
+        { "0660", 0660 },
+        { "\"0660\"", 0660 },
+        { "0o640", 0640 },
+        { "600", 0600 },
+        { "0", 0 },
+        { "07777", 07777 },
     };
     char yaml[128];
     struct config cfg;
@@ -365,7 +429,7 @@ test_tls_forms(void **state)
 
     expect_ok(&cfg, "bus:\n  host: h\n  tls: { ca_file: ca.pem, ca_dir: ~ }\n");
     assert_true(cfg.bus.tls.enabled);
-    assert_string_equal(cfg.bus.tls.ca_file, "ca.pem");   /* no base dir from a string */
+    assert_string_equal(cfg.bus.tls.ca_file, "ca.pem"); /* no base dir from a string */
     assert_null(cfg.bus.tls.ca_dir);
     config_free(&cfg);
 
@@ -387,7 +451,8 @@ test_tls_ciphers_strength(void **state)
 {
     struct config cfg;
 
-    expect_ok(&cfg, "bus:\n  host: h\n  tls: { ciphers: \"ECDHE+AESGCM:ECDHE+CHACHA20\" }\n");
+    expect_ok(&cfg,
+        "bus:\n  host: h\n  tls: { ciphers: \"ECDHE+AESGCM:ECDHE+CHACHA20\" }\n");
     config_free(&cfg);
     expect_error("bus:\n  host: h\n  tls:\n    ciphers: \"ECDHE+AESGCM:@SECLEVEL=0\"\n",
         "t.yaml:4:14: bus.tls.ciphers: @SECLEVEL=0 allows weak keys and suites; "
@@ -404,14 +469,19 @@ test_tls_ciphers_strength(void **state)
         "forward secrecy (no ECDHE or DHE key exchange); only forward-secret AEAD suites "
         "are allowed (leave bus.tls.ciphers unset for the safe default)");
     assert_int_equal(load(&cfg, "bus:\n  host: h\n  tls: { ciphers: NO-SUCH }\n"), -1);
-    assert_non_null(strstr(err, "t.yaml:3:19: bus.tls.ciphers: no cipher suite OpenSSL knows"));
+    assert_non_null(
+        strstr(err, "t.yaml:3:19: bus.tls.ciphers: no cipher suite OpenSSL knows"));
     config_free(&cfg);
 }
 
 static void
 test_forwarded_for(void **state)
 {
-    static const struct { const char *yaml; bool host; const char *name; } cases[] = {
+    static const struct {
+        const char *yaml;
+        bool host;
+        const char *name;
+    } cases[] = {
         { "", true, NULL },
         { "  forwarded_for: host\n", true, NULL },
         { "  forwarded_for: \"host\"\n", true, NULL },
@@ -453,8 +523,10 @@ test_bus_protocol(void **state)
     assert_null(cfg.bus.application);
     config_free(&cfg);
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
-        snprintf(yaml, sizeof yaml, "bus:\n  host: h\n  protocol: %d\n"
-            "  application: a=b\n  impersonating: x;y\n", ok[i]);
+        snprintf(yaml, sizeof yaml,
+            "bus:\n  host: h\n  protocol: %d\n"
+            "  application: a=b\n  impersonating: x;y\n",
+            ok[i]);
         if (ok[i] == 3) {
             expect_ok(&cfg, yaml);
             assert_int_equal(cfg.bus.protocol, 3);
@@ -463,7 +535,8 @@ test_bus_protocol(void **state)
             continue;
         }
         assert_int_equal(load(&cfg, yaml), -1);
-        assert_non_null(strstr(err, "bus.impersonating contains ';', which "
+        assert_non_null(strstr(err,
+            "bus.impersonating contains ';', which "
             "bus.protocol"));
         config_free(&cfg);
     }
@@ -498,7 +571,8 @@ test_auth_rules(void **state)
         "(an INI file with username and password)");
     expect_error("bus:\n  host: h\n  auth: token\n",
         "t.yaml:3:9: bus.auth: token needs bus.token_file or bus.credentials_file");
-    expect_error("bus:\n  host: h\n  auth: basic\n  credentials_file: /c\n  token_file: /t\n",
+    expect_error(
+        "bus:\n  host: h\n  auth: basic\n  credentials_file: /c\n  token_file: /t\n",
         "t.yaml:5:15: bus.token_file is only used with bus.auth: token (bus.auth is basic)");
     expect_error("bus:\n  host: h\n  confirm: heartbeat\n",
         "t.yaml:3:12: bus.confirm: heartbeat needs bus.heartbeat.timeout (the first "
@@ -522,7 +596,8 @@ test_unknown_keys(void **state)
     expect_error("bus:\n  host: h\n  tls:\n    verfy: true\n",
         "t.yaml:4:5: unknown key 'bus.tls.verfy' (did you mean 'verify'?)");
     expect_error("bus:\n  host: h\n  zzzzzz: 1\n", "t.yaml:3:3: unknown key 'bus.zzzzzz'");
-    expect_error("port: 9091\n", "t.yaml:1:1: unknown key 'port' (did you mean 'bus.port'?)");
+    expect_error("port: 9091\n",
+        "t.yaml:1:1: unknown key 'port' (did you mean 'bus.port'?)");
     expect_error("bus:\n  host: h\nlistn: {}\n",
         "t.yaml:3:1: unknown key 'listn' (did you mean 'listen'?)");
     expect_error("bus:\n  host: h\n  reconnect: { min: 1s, maximum: 2s }\n",
@@ -586,7 +661,8 @@ test_ranges(void **state)
         "t.yaml:4:10: bus.reconnect.min (500ms) is greater than bus.reconnect.max (100ms)");
     expect_error("bus: {host: h}\nlisten: {max_line: 100}\n",
         "t.yaml:2:20: listen.max_line: \"100\" is out of range (256B to 16MiB)");
-    expect_error("bus: {host: h}\nlisten: {path: /run/"
+    expect_error(
+        "bus: {host: h}\nlisten: {path: /run/"
         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.sock}\n",
         "t.yaml:2:16: listen.path: \"/run/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" is longer than "
         "107 bytes");
@@ -600,7 +676,8 @@ test_missing_and_duplicate(void **state)
         "t.yaml:1:1: bus.host is required (the distributor's host name)");
     expect_error("log:\n  level: debug\nbus:\n  port: 1\n",
         "t.yaml:3:1: bus.host is required (the distributor's host name)");
-    expect_error("bus:\n  host:\n", "t.yaml:2:3: bus.host is required (the distributor's host name)");
+    expect_error("bus:\n  host:\n",
+        "t.yaml:2:3: bus.host is required (the distributor's host name)");
     expect_error("bus:\n  host: x\n  host: y\n",
         "t.yaml:3:3: duplicate key 'bus.host' (first at line 2)");
     expect_error("bus: {host: x}\nbus: {port: 1}\n",
@@ -630,7 +707,8 @@ test_deep_nesting(void **state)
     char yaml[256];
 
     /* Refused early: libyaml's scanner is slow on deep flow nesting. */
-    snprintf(yaml, sizeof yaml, "a: %.100s", "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[");
+    snprintf(yaml, sizeof yaml, "a: %.100s",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[");
     expect_error(yaml, "t.yaml:1:35: nested more than 32 levels deep");
 }
 
@@ -677,9 +755,11 @@ test_dump_round_trip(void **state)
 
     expect_ok(&a, full_yaml);
     d1 = dump(&a);
-    assert_non_null(strstr(d1, "\nbus:\n  host: \"bus.example.com\"\n  port: 9443\n  tls:\n"
+    assert_non_null(strstr(d1,
+        "\nbus:\n  host: \"bus.example.com\"\n  port: 9443\n  tls:\n"
         "    enabled: true\n    verify: false\n"));
-    assert_non_null(strstr(d1, "\n  reconnect:\n    min: 250ms\n    max: 2m\n"
+    assert_non_null(strstr(d1,
+        "\n  reconnect:\n    min: 250ms\n    max: 2m\n"
         "    reset_after: 1h\n"));
     assert_non_null(strstr(d1, "\n    min_version: \"1.3\"\n"));
     assert_non_null(strstr(d1, "\n  forwarded_for: \"gw01.example.com\"\n"));
@@ -727,7 +807,6 @@ test_dump_defaults(void **state)
 
 /* --- files --- */
 
-
 static void
 write_file(const char *path, const char *text, mode_t mode)
 {
@@ -738,7 +817,6 @@ write_file(const char *path, const char *text, mode_t mode)
     fclose(f);
     assert_int_equal(chmod(path, mode), 0);
 }
-
 
 static int
 setup_dir(void **state)
@@ -761,7 +839,8 @@ test_load_file_relative_paths(void **state)
     write_file(tpath("busgated.yaml"),
         "bus:\n  host: localhost\n  tls: { ca_file: ca.pem, cert_file: /abs/c.pem, "
         "key_file: ./client.key }\n  auth: basic\n  credentials_file: credentials.ini\n"
-        "listen:\n  path: bg.sock\n", 0644);
+        "listen:\n  path: bg.sock\n",
+        0644);
     assert_non_null(realpath(tmpdir, real));
     if (config_load(&cfg, tpath("busgated.yaml"), err, sizeof err) != 0)
         fail_msg("%s", err);
@@ -843,9 +922,10 @@ test_check_files(void **state)
     assert_int_equal(chmod(tpath("credentials.ini"), 0644), 0);
     load_checked(&cfg, basic_yaml);
     assert_int_equal(config_check_files(&cfg, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: bus.credentials_file: %s: mode 0644 lets group or "
-        "others read or write it; it holds secrets: chmod 600 %s", tpath("busgated.yaml"),
-        cfg.bus.credentials_file, cfg.bus.credentials_file);
+    snprintf(want, sizeof want,
+        "%s: bus.credentials_file: %s: mode 0644 lets group or "
+        "others read or write it; it holds secrets: chmod 600 %s",
+        tpath("busgated.yaml"), cfg.bus.credentials_file, cfg.bus.credentials_file);
     assert_string_equal(err, want);
     config_free(&cfg);
 
@@ -967,7 +1047,8 @@ test_access(void **state)
     expect_ok(&cfg, "bus: {host: h}\naccess: []\n");
     assert_null(cfg.access);
     config_free(&cfg);
-    expect_ok(&cfg, "bus: {host: h}\naccess:\n"
+    expect_ok(&cfg,
+        "bus: {host: h}\naccess:\n"
         "  - uid: 7\n    deny: publish\n    feeds: \"p.x\"\n"
         "  - group: root\n    allow: [subscribe, stats]\n    feeds: [\"p.*\", q]\n"
         "  - allow: all\n");
@@ -982,7 +1063,8 @@ test_access(void **state)
     f = open_memstream(&text, &len);
     config_dump(&cfg, f);
     fclose(f);
-    assert_non_null(strstr(text, "  - # rule 2 (line 6)\n    gid: 0   # group root\n"
+    assert_non_null(strstr(text,
+        "  - # rule 2 (line 6)\n    gid: 0   # group root\n"
         "    allow: [subscribe, stats]\n    feeds: [\"p.*\", \"q\"]\n"));
     assert_non_null(strstr(text, "    deny: [publish]\n    feeds: [\"p.x\"]\n"));
     free(text);
@@ -999,7 +1081,8 @@ test_access(void **state)
         "send, notify, authorize or stats)");
     expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    feeds: [a]\n",
         "t.yaml:3:5: access: a rule needs allow: or deny: (a list of verbs, or all)");
-    expect_error("bus: {host: h}\naccess:\n  - user: no-such-user-busgate\n    allow: all\n",
+    expect_error(
+        "bus: {host: h}\naccess:\n  - user: no-such-user-busgate\n    allow: all\n",
         "t.yaml:3:11: access: user: no user named 'no-such-user-busgate'");
     expect_error("bus: {host: h}\naccess:\n  - allow: all\n    feeds: [\"a*b\"]\n",
         "t.yaml:4:13: access: feed pattern 'a*b': '*' may only end a pattern");

@@ -18,7 +18,6 @@
 
 static char err[1024];
 
-
 /* A file made with mkstemp, so it never exists with a wider mode. */
 static char *
 temp_file(const char *text, mode_t mode)
@@ -55,7 +54,8 @@ expand(const char *want, const char *path, char *out, size_t n)
 
     out[0] = '\0';
     while ((p = strstr(want, "%s")) != NULL) {
-        used += (size_t)snprintf(out + used, n - used, "%.*s%s", (int)(p - want), want, path);
+        used +=
+            (size_t)snprintf(out + used, n - used, "%.*s%s", (int)(p - want), want, path);
         assert_true(used < n);
         want = p + 2;
     }
@@ -82,14 +82,14 @@ static void
 test_load_basic(void **state)
 {
     struct credentials cr;
-    char *path = temp_file(
-        "# bus credentials\n"
-        "; another comment\n"
-        "\n"
-        "[bus]\n"
-        "username = gw\n"
-        "password =  p@ss ; not a comment # nor this\n"
-        "token=eyJhbGciOiJIUzI1NiJ9.e30.sig\n", 0600);
+    char *path = temp_file("# bus credentials\n"
+                           "; another comment\n"
+                           "\n"
+                           "[bus]\n"
+                           "username = gw\n"
+                           "password =  p@ss ; not a comment # nor this\n"
+                           "token=eyJhbGciOiJIUzI1NiJ9.e30.sig\n",
+        0600);
 
     if (credentials_load(&cr, path, err, sizeof err) != 0)
         fail_msg("%s", err);
@@ -108,7 +108,8 @@ static void
 test_load_crlf_and_bom(void **state)
 {
     struct credentials cr;
-    char *path = temp_file("\xef\xbb\xbf[bus]\r\nusername = gw\r\npassword = gwpass\r\n", 0400);
+    char *path =
+        temp_file("\xef\xbb\xbf[bus]\r\nusername = gw\r\npassword = gwpass\r\n", 0400);
 
     if (credentials_load(&cr, path, err, sizeof err) != 0)
         fail_msg("%s", err);
@@ -191,8 +192,10 @@ test_check_mode(void **state)
     assert_int_equal(credentials_check_mode(path, err, sizeof err), 0);
     assert_int_equal(chmod(path, 0660), 0);
     assert_int_equal(credentials_check_mode(path, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: mode 0660 lets group or others read or write it; "
-        "it holds secrets: chmod 600 %s", path, path);
+    snprintf(want, sizeof want,
+        "%s: mode 0660 lets group or others read or write it; "
+        "it holds secrets: chmod 600 %s",
+        path, path);
     assert_string_equal(err, want);
     unlink(path);
 
@@ -299,14 +302,18 @@ test_token_file(void **state)
 
     write_token(path, "eyJ0.a.b\neyJ0.c.d\n", 0600);
     assert_int_equal(credentials_load_token_file(&cr, path, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: expected one token on one line (found white space or "
-        "control characters inside it)", path);
+    snprintf(want, sizeof want,
+        "%s: expected one token on one line (found white space or "
+        "control characters inside it)",
+        path);
     assert_string_equal(err, want);
 
     write_token(path, "eyJ0.a.b\n", 0644);
     assert_int_equal(credentials_load_token_file(&cr, path, err, sizeof err), -1);
-    snprintf(want, sizeof want, "%s: mode 0644 lets group or others read or write it; "
-        "it holds secrets: chmod 600 %s", path, path);
+    snprintf(want, sizeof want,
+        "%s: mode 0644 lets group or others read or write it; "
+        "it holds secrets: chmod 600 %s",
+        path, path);
     assert_string_equal(err, want);
 
     credentials_free(&cr);

@@ -50,7 +50,8 @@ t_regular_file_read(void **state)
     write_file(tpath("a.txt"), "hello\n");
     assert_true((fd = fileio_open(tpath("a.txt"), false, &st, err, sizeof err)) >= 0);
     assert_true(S_ISREG(st.st_mode));
-    assert_int_equal(fileio_read_all(fd, tpath("a.txt"), 6, &buf, &len, err, sizeof err), 0);
+    assert_int_equal(fileio_read_all(fd, tpath("a.txt"), 6, &buf, &len, err, sizeof err),
+        0);
     assert_int_equal(len, 6);
     assert_string_equal(buf, "hello\n");
     free(buf);
@@ -67,7 +68,8 @@ t_too_large(void **state)
 
     write_file(tpath("b.txt"), "1234567");
     assert_true((fd = fileio_open(tpath("b.txt"), false, &st, err, sizeof err)) >= 0);
-    assert_int_equal(fileio_read_all(fd, tpath("b.txt"), 6, &buf, &len, err, sizeof err), -1);
+    assert_int_equal(fileio_read_all(fd, tpath("b.txt"), 6, &buf, &len, err, sizeof err),
+        -1);
     assert_null(buf);
     expect_err(tpath("b.txt"), "larger than 6 bytes");
 }
@@ -79,7 +81,7 @@ t_fifo_refused(void **state)
     struct stat st;
 
     assert_int_equal(mkfifo(tpath("fifo"), 0600), 0);
-    alarm(5);   /* a blocking open fails the test instead of hanging it */
+    alarm(5); /* a blocking open fails the test instead of hanging it */
     assert_int_equal(fileio_open(tpath("fifo"), false, &st, err, sizeof err), -1);
     expect_err(tpath("fifo"), "not a regular file (a FIFO)");
     assert_int_equal(fileio_check(tpath("fifo"), false, err, sizeof err), -1);

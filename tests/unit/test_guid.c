@@ -16,8 +16,22 @@
 
 static const char *example_uuid = "33221100-5544-7766-8899-aabbccddeeff";
 static const uint8_t example_wire[GUID_WIRE_LEN] = {
-    0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
-    0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+    0x00,
+    0x11,
+    0x22,
+    0x33,
+    0x44,
+    0x55,
+    0x66,
+    0x77,
+    0x88,
+    0x99,
+    0xaa,
+    0xbb,
+    0xcc,
+    0xdd,
+    0xee,
+    0xff,
 };
 
 static char *
@@ -29,8 +43,7 @@ read_vectors(void)
     char *buf;
     long len;
 
-    snprintf(path, sizeof path, "%s/tests/vectors/wire-v3.json",
-        top != NULL ? top : ".");
+    snprintf(path, sizeof path, "%s/tests/vectors/wire-v3.json", top != NULL ? top : ".");
     if ((f = fopen(path, "rb")) == NULL &&
         (f = fopen("tests/vectors/wire-v3.json", "rb")) == NULL)
         return NULL;
@@ -115,8 +128,22 @@ static void
 test_protocol_example(void **state)
 {
     static const uint8_t wire[GUID_WIRE_LEN] = {
-        0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66,
-        0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+        0x33,
+        0x22,
+        0x11,
+        0x00,
+        0x55,
+        0x44,
+        0x77,
+        0x66,
+        0x88,
+        0x99,
+        0xaa,
+        0xbb,
+        0xcc,
+        0xdd,
+        0xee,
+        0xff,
     };
     const char *text = "00112233-4455-6677-8899-aabbccddeeff";
     char out[GUID_TEXT_LEN + 1];
@@ -134,14 +161,16 @@ test_upper_case(void **state)
     uint8_t got[GUID_WIRE_LEN];
     char out[GUID_TEXT_LEN + 1];
 
-    assert_int_equal(guid_from_text("33221100-5544-7766-8899-AABBCCDDEEFF",
-        GUID_TEXT_LEN, got), 0);
+    assert_int_equal(guid_from_text("33221100-5544-7766-8899-AABBCCDDEEFF", GUID_TEXT_LEN,
+                         got),
+        0);
     assert_memory_equal(got, example_wire, GUID_WIRE_LEN);
-    assert_int_equal(guid_from_text("33221100-5544-7766-8899-AaBbCcDdEeFf",
-        GUID_TEXT_LEN, got), 0);
+    assert_int_equal(guid_from_text("33221100-5544-7766-8899-AaBbCcDdEeFf", GUID_TEXT_LEN,
+                         got),
+        0);
     assert_memory_equal(got, example_wire, GUID_WIRE_LEN);
     guid_to_text(got, out);
-    assert_string_equal(out, example_uuid);   /* always lower case */
+    assert_string_equal(out, example_uuid); /* always lower case */
 }
 
 /* Many byte patterns survive wire -> text -> wire, and text is canonical. */
@@ -184,7 +213,7 @@ expect_bad(const char *text, size_t len)
         fail();
     }
     for (int i = 0; i < GUID_WIRE_LEN; i++)
-        assert_int_equal(out[i], 0x5a);   /* untouched on failure */
+        assert_int_equal(out[i], 0x5a); /* untouched on failure */
 }
 
 static void
@@ -192,16 +221,17 @@ test_rejects(void **state)
 {
     static const char *const bad[] = {
         "",
-        "33221100-5544-7766-8899-aabbccddeef",      /* 35 */
-        "33221100-5544-7766-8899-aabbccddeeff0",    /* 37 */
-        "33221100554477668899aabbccddeeff",         /* no dashes */
-        "{33221100-5544-7766-8899-aabbccddee}",     /* braces */
-        "33221100-5544-7766-8899-aabbccddeefg",     /* bad hex */
+        "33221100-5544-7766-8899-aabbccddeef",   /* 35 */
+        "33221100-5544-7766-8899-aabbccddeeff0", /* 37 */
+        "33221100554477668899aabbccddeeff",      /* no dashes */
+        "{33221100-5544-7766-8899-aabbccddee}",  /* braces */
+        "33221100-5544-7766-8899-aabbccddeefg",  /* bad hex */
         "3322110x-5544-7766-8899-aabbccddeeff",
         "33221100-5544-7766-8899-aabbccddee f",
         "33221100-5544-7766-8899-+abbccddeeff",
-        "33221100-5544-7766-8899-aabbccddee\xff" "f",
-        "332211005-544-7766-8899-aabbccddeeff",     /* dashes misplaced */
+        "33221100-5544-7766-8899-aabbccddee\xff"
+        "f",
+        "332211005-544-7766-8899-aabbccddeeff", /* dashes misplaced */
         "33221100-55447-766-8899-aabbccddeeff",
         "33221100-5544-77668-899-aabbccddeeff",
         "33221100-5544-7766-88998aabbccddeef-",

@@ -25,8 +25,22 @@ static const struct lp_limits lim = {
 
 static const char id_text[] = "00112233-4455-6677-8899-aabbccddeeff";
 static const uint8_t id_wire[16] = {
-    0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66,
-    0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+    0x33,
+    0x22,
+    0x11,
+    0x00,
+    0x55,
+    0x44,
+    0x77,
+    0x66,
+    0x88,
+    0x99,
+    0xaa,
+    0xbb,
+    0xcc,
+    0xdd,
+    0xee,
+    0xff,
 };
 
 /* Per-test state: one command, one event, one buffer, reused. */
@@ -175,7 +189,8 @@ test_pub(void **state)
     assert_true(f->cmd.is_image);
     assert_int_equal(f->cmd.n_packets, 0);
 
-    assert_int_equal(parse(f, "pub prices AAPL Delta 5 0 4:1,-2,2147483647,-2147483648"), 0);
+    assert_int_equal(parse(f, "pub prices AAPL Delta 5 0 4:1,-2,2147483647,-2147483648"),
+        0);
     assert_false(f->cmd.is_image);
     assert_int_equal(f->cmd.n_packets, 3);
     assert_int_equal(f->cmd.payload_len, 9);
@@ -209,35 +224,40 @@ test_content_type(void **state)
     NAME_IS(&f->cmd.content_type, "application/json");
     assert_int_equal(f->cmd.n_packets, 1);
     assert_int_equal(f->cmd.payload_len, 2);
-    assert_int_equal(parse(f, "PUB prices AAPL delta type=text/plain%3B%20charset=utf-8"), 0);
+    assert_int_equal(parse(f, "PUB prices AAPL delta type=text/plain%3B%20charset=utf-8"),
+        0);
     NAME_IS(&f->cmd.content_type, "text/plain; charset=utf-8");
     assert_int_equal(f->cmd.n_packets, 0);
     assert_int_equal(parse(f, "PUB prices AAPL delta type= 1"), 0);
     assert_int_equal(f->cmd.content_type.len, 0);
     assert_int_equal(parse(f, "PUB prices AAPL delta 1"), 0);
-    assert_int_equal(f->cmd.content_type.len, 0);   /* none given */
+    assert_int_equal(f->cmd.content_type.len, 0); /* none given */
     snprintf(line, sizeof(line), "SEND %s prices AAPL image type=img 3:7", id_text);
     assert_int_equal(parse(f, line), 0);
     NAME_IS(&f->cmd.content_type, "img");
     assert_int_equal(f->cmd.packets[0].entitlements.v[0], 7);
     refused(f, "PUB prices AAPL image type=a%zz 2", LP_ERR_BAD_NAME);
     assert_string_equal(f->msg, "bad content type: '%' must be followed by two hex digits");
-    assert_int_equal(f->cmd.payload_len, 2);    /* the payload can still be skipped */
+    assert_int_equal(f->cmd.payload_len, 2); /* the payload can still be skipped */
 
     l6.bus_protocol = 6;
-    assert_int_equal(lp_parse_command("PUB f t image type=x 1", 22, &l6, &f->cmd,
-        &f->err, f->msg, sizeof(f->msg)), 0);
+    assert_int_equal(lp_parse_command("PUB f t image type=x 1", 22, &l6, &f->cmd, &f->err,
+                         f->msg, sizeof(f->msg)),
+        0);
     NAME_IS(&f->cmd.content_type, "x");
     l3.bus_protocol = 4;
-    assert_int_equal(lp_parse_command("PUB f t image type=x 1", 22, &l3, &f->cmd,
-        &f->err, f->msg, sizeof(f->msg)), -1);
+    assert_int_equal(lp_parse_command("PUB f t image type=x 1", 22, &l3, &f->cmd, &f->err,
+                         f->msg, sizeof(f->msg)),
+        -1);
     assert_int_equal(f->err, LP_ERR_SYNTAX);
-    assert_string_equal(f->msg, "type= needs bus protocol 6; the bus speaks 4, which "
+    assert_string_equal(f->msg,
+        "type= needs bus protocol 6; the bus speaks 4, which "
         "has only image or delta");
     assert_int_equal(f->cmd.n_packets, 1);
     assert_int_equal(f->cmd.payload_len, 1);
-    assert_int_equal(lp_parse_command("PUB f t image 1", 15, &l3, &f->cmd,
-        &f->err, f->msg, sizeof(f->msg)), 0);
+    assert_int_equal(lp_parse_command("PUB f t image 1", 15, &l3, &f->cmd, &f->err, f->msg,
+                         sizeof(f->msg)),
+        0);
 }
 
 /* DATA carries type= only when the message has a content type. */
@@ -304,7 +324,10 @@ static void
 test_feed_verbs(void **state)
 {
     struct fx *f = *state;
-    static const struct { const char *line; enum lp_verb verb; } cases[] = {
+    static const struct {
+        const char *line;
+        enum lp_verb verb;
+    } cases[] = {
         { "NOTIFY prices", LP_NOTIFY },
         { "unnotify prices", LP_UNNOTIFY },
         { "AUTHORIZER prices", LP_AUTHORIZER },
@@ -438,7 +461,8 @@ test_syntax_errors(void **state)
     refused(f, "+OK", LP_ERR_UNKNOWN_COMMAND);
 
     refused(f, "PUB prices AAPL", LP_ERR_SYNTAX);
-    assert_string_equal(f->msg, "PUB needs <feed> <topic> <image|delta> "
+    assert_string_equal(f->msg,
+        "PUB needs <feed> <topic> <image|delta> "
         "[type=<content-type>] [PKT...]");
     refused(f, "SUB prices", LP_ERR_SYNTAX);
     assert_string_equal(f->msg, "SUB needs <feed> <topic>");
@@ -523,8 +547,10 @@ test_bad_client_id(void **state)
 
     refused(f, "SEND 00112233445566778899aabbccddeeff f t image", LP_ERR_BAD_CLIENT_ID);
     refused(f, "SEND 00112233-4455-6677-8899-aabbccddeefg f t image", LP_ERR_BAD_CLIENT_ID);
-    refused(f, "SEND {00112233-4455-6677-8899-aabbccddeeff} f t image", LP_ERR_BAD_CLIENT_ID);
-    refused(f, "SEND 00112233-4455-6677-8899-aabbccddeeff0 f t image", LP_ERR_BAD_CLIENT_ID);
+    refused(f, "SEND {00112233-4455-6677-8899-aabbccddeeff} f t image",
+        LP_ERR_BAD_CLIENT_ID);
+    refused(f, "SEND 00112233-4455-6677-8899-aabbccddeeff0 f t image",
+        LP_ERR_BAD_CLIENT_ID);
 }
 
 static void
@@ -623,7 +649,8 @@ test_storage_reuse(void **state)
     size_t cap;
     int n;
 
-    n = snprintf(line, sizeof(line), "PUB feed-%050d topic image 1:1,2,3,4 2:1 3 4 5 6 7 8", 0);
+    n = snprintf(line, sizeof(line), "PUB feed-%050d topic image 1:1,2,3,4 2:1 3 4 5 6 7 8",
+        0);
     assert_true(n > 0);
     assert_int_equal(parse(f, line), 0);
     store = f->cmd.store;
@@ -704,8 +731,9 @@ test_escape_round_trip_all_bytes(void **state)
     assert_int_equal(lp_put_name(f->buf, name, 128), 0);
     evbuffer_add(f->buf, " t", 2);
     s = drain(f->buf, &n);
-    assert_int_equal(lp_parse_command(s, n, &(struct lp_limits){ 256, 1, 1, 1, 0 },
-        &f->cmd, &f->err, f->msg, sizeof(f->msg)), 0);
+    assert_int_equal(lp_parse_command(s, n, &(struct lp_limits){ 256, 1, 1, 1, 0 }, &f->cmd,
+                         &f->err, f->msg, sizeof(f->msg)),
+        0);
     assert_int_equal(f->cmd.feed.len, 128);
     assert_memory_equal(f->cmd.feed.ptr, name, 128);
     free(s);
@@ -716,9 +744,21 @@ test_escape_round_trip_utf8(void **state)
 {
     struct fx *f = *state;
     static const char *names[] = {
-        "price feed", "100%", "\"quoted\"", "tab\there", "line\nbreak", "cr\r",
-        "caf\xc3\xa9", "\xe6\x97\xa5\xe6\x9c\xac", "\xf0\x9f\x98\x80 emoji", "%20",
-        "\"\"", "a\"\"b", " ", "%", "\x7f",
+        "price feed",
+        "100%",
+        "\"quoted\"",
+        "tab\there",
+        "line\nbreak",
+        "cr\r",
+        "caf\xc3\xa9",
+        "\xe6\x97\xa5\xe6\x9c\xac",
+        "\xf0\x9f\x98\x80 emoji",
+        "%20",
+        "\"\"",
+        "a\"\"b",
+        " ",
+        "%",
+        "\x7f",
     };
 
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -858,7 +898,8 @@ test_format_notification_authreq(void **state)
     m.is_add = true;
     assert_int_equal(lp_format_notification(f->buf, &m), 0);
     s = drain(f->buf, &n);
-    assert_string_equal(s, "NOTIFICATION add 00112233-4455-6677-8899-aabbccddeeff bob \"\" prices A%20B\n");
+    assert_string_equal(s,
+        "NOTIFICATION add 00112233-4455-6677-8899-aabbccddeeff bob \"\" prices A%20B\n");
     assert_int_equal(lp_parse_event(s, n - 1, &lim, &f->ev), 0);
     assert_int_equal(f->ev.kind, LP_EV_NOTIFICATION);
     assert_true(f->ev.is_add);
@@ -880,7 +921,8 @@ test_format_notification_authreq(void **state)
     assert_int_equal(lp_format_notification(f->buf, &m), -1);
     assert_int_equal(lp_format_authreq(f->buf, &m), 0);
     s = drain(f->buf, &n);
-    assert_string_equal(s, "AUTHREQ 00112233-4455-6677-8899-aabbccddeeff bob \"\" prices A%20B\n");
+    assert_string_equal(s,
+        "AUTHREQ 00112233-4455-6677-8899-aabbccddeeff bob \"\" prices A%20B\n");
     assert_int_equal(lp_parse_event(s, n - 1, &lim, &f->ev), 0);
     assert_int_equal(f->ev.kind, LP_EV_AUTHREQ);
     assert_memory_equal(f->ev.client_id, id_wire, 16);
@@ -909,7 +951,8 @@ test_format_replies(void **state)
     memset(big, 'm', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     assert_int_equal(lp_format_err(f->buf, LP_ERR_SYNTAX, "%s", big), 0);
-    assert_int_equal(evbuffer_get_length(f->buf), strlen("-ERR syntax \n") + sizeof(big) - 1);
+    assert_int_equal(evbuffer_get_length(f->buf),
+        strlen("-ERR syntax \n") + sizeof(big) - 1);
     evbuffer_drain(f->buf, evbuffer_get_length(f->buf));
 
     assert_int_equal(lp_format_bus(f->buf, "up", NULL), 0);
@@ -921,21 +964,27 @@ test_format_replies(void **state)
 
     /* REVOKED: names escaped, the reason as text; no topic for roles. */
     assert_int_equal(lp_format_revoked(f->buf, "subscribe", "my feed", 7, "T", 1,
-        "no access rule allows it"), 0);
+                         "no access rule allows it"),
+        0);
     BUF_IS(f->buf, "REVOKED subscribe my%20feed T no access rule allows it\n");
     assert_int_equal(lp_format_revoked(f->buf, "notify", "p", 1, NULL, 0,
-        "denied by access rule 2 (line 9)"), 0);
+                         "denied by access rule 2 (line 9)"),
+        0);
     BUF_IS(f->buf, "REVOKED notify p denied by access rule 2 (line 9)\n");
 
     assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536,
-        &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"), 0);
-    BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
+                         &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"),
+        0);
+    BUF_IS(f->buf,
+        "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
         "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
         "max_notifications=1000 max_authorizers=500 max_output=8388608 bus_protocol=0 bus=up\n");
     l.bus_protocol = 6;
     assert_int_equal(lp_format_hello(f->buf, "0.1.0", &l, 65536,
-        &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"), 0);
-    BUF_IS(f->buf, "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
+                         &(struct lp_session_limits){ 10000, 1000, 500 }, 8388608, "up"),
+        0);
+    BUF_IS(f->buf,
+        "HELLO busgate 0.1.0 proto=1 max_line=65536 max_payload=1048576 "
         "max_packets=1024 max_name=4096 max_entitlements=1024 max_subscriptions=10000 "
         "max_notifications=1000 max_authorizers=500 max_output=8388608 bus_protocol=6 bus=up\n");
 }
@@ -987,13 +1036,17 @@ test_format_commands(void **state)
     parse_formatted(f, "AUTHORIZER feed\n");
     assert_int_equal(f->cmd.verb, LP_AUTHORIZER);
 
-    assert_int_equal(lp_format_cmd_authorize(f->buf, id_wire, "f", 1, "t\"", 2, true, "1,-2"), 0);
-    parse_formatted(f, "AUTHORIZE 00112233-4455-6677-8899-aabbccddeeff f t%22 required 1,-2\n");
+    assert_int_equal(lp_format_cmd_authorize(f->buf, id_wire, "f", 1, "t\"", 2, true,
+                         "1,-2"),
+        0);
+    parse_formatted(f,
+        "AUTHORIZE 00112233-4455-6677-8899-aabbccddeeff f t%22 required 1,-2\n");
     assert_memory_equal(f->cmd.client_id, id_wire, 16);
     NAME_IS(&f->cmd.topic, "t\"");
     assert_true(f->cmd.required);
     assert_int_equal(f->cmd.entitlements.n, 2);
-    assert_int_equal(lp_format_cmd_authorize(f->buf, id_wire, "f", 1, "t", 1, false, NULL), 0);
+    assert_int_equal(lp_format_cmd_authorize(f->buf, id_wire, "f", 1, "t", 1, false, NULL),
+        0);
     parse_formatted(f, "AUTHORIZE 00112233-4455-6677-8899-aabbccddeeff f t not-required\n");
     assert_false(f->cmd.required);
 
@@ -1001,7 +1054,8 @@ test_format_commands(void **state)
     parse_formatted(f, "PUB f t image 5:7\n");
     assert_int_equal(f->cmd.verb, LP_PUB);
     assert_int_equal(f->cmd.payload_len, 5);
-    assert_int_equal(lp_format_cmd_publish(f->buf, id_wire, "f", 1, "t", 1, false, 0, NULL), 0);
+    assert_int_equal(lp_format_cmd_publish(f->buf, id_wire, "f", 1, "t", 1, false, 0, NULL),
+        0);
     parse_formatted(f, "SEND 00112233-4455-6677-8899-aabbccddeeff f t delta 0\n");
     assert_int_equal(f->cmd.verb, LP_SEND);
     assert_false(f->cmd.is_image);
@@ -1017,12 +1071,20 @@ test_format_commands(void **state)
         size_t n;
         char *all;
 
-        assert_int_equal(lp_format_cmd_message(f->buf, id_wire, "f f", 3, "t", 1, true, pk, 2), 0);
+        assert_int_equal(lp_format_cmd_message(f->buf, id_wire, "f f", 3, "t", 1, true, pk,
+                             2),
+            0);
         all = drain(f->buf, &n);
-        assert_int_equal(n, sizeof("SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n") - 1);
-        assert_memory_equal(all, "SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n", n);
+        assert_int_equal(n,
+            sizeof(
+                "SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n") -
+                1);
+        assert_memory_equal(all,
+            "SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n", n);
         free(all);
-        assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false, NULL, 0), 0);
+        assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false, NULL,
+                             0),
+            0);
         parse_formatted(f, "PUB f t delta\n");
     }
 
@@ -1044,8 +1106,13 @@ static void
 test_parse_text_events(void **state)
 {
     struct fx *f = *state;
-    static const struct { const char *line; enum lp_event_kind kind; const char *rest; } ok[] = {
-        { "HELLO busgate 0.1.0 proto=1 bus=up", LP_EV_HELLO, "busgate 0.1.0 proto=1 bus=up" },
+    static const struct {
+        const char *line;
+        enum lp_event_kind kind;
+        const char *rest;
+    } ok[] = {
+        { "HELLO busgate 0.1.0 proto=1 bus=up", LP_EV_HELLO,
+            "busgate 0.1.0 proto=1 bus=up" },
         { "+OK", LP_EV_OK, "" },
         { "+OK\r", LP_EV_OK, "" },
         { "-ERR bad-name bad feed: x", LP_EV_ERR, "bad-name bad feed: x" },
@@ -1057,7 +1124,13 @@ test_parse_text_events(void **state)
         { "END", LP_EV_END, "" },
     };
     static const char *bad[] = {
-        "", "HELLO", "-ERR", "BUS", "STAT", "WHAT now", "OK",
+        "",
+        "HELLO",
+        "-ERR",
+        "BUS",
+        "STAT",
+        "WHAT now",
+        "OK",
         "DATA f t u h image multicast x",
         "DATA f t u h image broadcast",
         "DATA f t u h picture multicast",
@@ -1085,7 +1158,8 @@ test_parse_text_events(void **state)
         if (lp_parse_event(bad[i], strlen(bad[i]), &lim, &f->ev) == 0)
             fail_msg("'%s' accepted", bad[i]);
     /* A DATA line refused for its limits still says how much to skip. */
-    assert_int_equal(lp_parse_event("DATA f t u h image multicast 1001", 33, &lim, &f->ev), -1);
+    assert_int_equal(lp_parse_event("DATA f t u h image multicast 1001", 33, &lim, &f->ev),
+        -1);
     assert_int_equal(f->ev.payload_len, 1001);
     assert_int_equal(f->ev.n_packets, 1);
 }
@@ -1135,7 +1209,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_format_data_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_content_type, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_data_content_type, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_format_data_stale_and_multicast, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_data_stale_and_multicast, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(test_format_notification_authreq, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_replies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_text_events, setup, teardown),

@@ -212,12 +212,15 @@ test_refused_payload_skipped(void **state)
      * them included, and the next command still read. */
     n = snprintf(stream, sizeof stream, "PUB f t delta 200\n%0200d\nPING after\n", 0);
     stream[18 + 50] = '\n';
-    check_stream(stream, (size_t)n, 64, "L[PUB f t delta 200]!payload-too-largeL[PING after]");
+    check_stream(stream, (size_t)n, 64,
+        "L[PUB f t delta 200]!payload-too-largeL[PING after]");
     /* A refused name still has its payload skipped. */
-    CHECK_STREAM("PUB \"\" t delta 3\nabc\nPING\n", 64, "L[PUB \"\" t delta 3]!bad-nameL[PING]");
+    CHECK_STREAM("PUB \"\" t delta 3\nabc\nPING\n", 64,
+        "L[PUB \"\" t delta 3]!bad-nameL[PING]");
     /* A skipped payload with a bad terminator: skipped to the next newline. */
     n = snprintf(stream, sizeof stream, "PUB f t delta 5 96\n%0101dX junk\nPING ok\n", 0);
-    check_stream(stream, (size_t)n, 64, "L[PUB f t delta 5 96]!payload-too-largeB+L[PING ok]");
+    check_stream(stream, (size_t)n, 64,
+        "L[PUB f t delta 5 96]!payload-too-largeB+L[PING ok]");
 }
 
 static void

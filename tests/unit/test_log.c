@@ -70,7 +70,7 @@ test_utf8_kept_invalid_escaped(void **state)
     /* é, €, U+1F600: valid UTF-8 passes as is. */
     assert_string_equal(ESC("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"),
         "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
-    assert_string_equal(ESC("\xc2\xa0"), "\xc2\xa0");          /* U+00A0 */
+    assert_string_equal(ESC("\xc2\xa0"), "\xc2\xa0"); /* U+00A0 */
     /* Invalid: stray continuation, overlong '/', surrogate, past U+10FFFF,
      * a sequence cut short, a lone lead byte at the end. */
     assert_string_equal(ESC("a\x80z"), "a%80z");
@@ -203,7 +203,8 @@ test_flood_limited_then_summarised(void **state)
     log_tick();
     log_tick();
     assert_int_equal(count_lines("<5>suppressed 1990 similar messages in 5 s: "
-        "authorization request for feed / t ...\n"), 1);
+                                 "authorization request for feed / t ...\n"),
+        1);
     log_notice("authorization request for feed / t%d: none here", 2001);
     assert_int_equal(count_lines("<5>authorization request for feed / t"), 11);
     assert_int_equal(count_lines("<"), 12);
@@ -237,7 +238,8 @@ test_repeats_folded(void **state)
     fake_ms += 5000;
     log_tick();
     assert_int_equal(count_lines("<6>session closed\n"), 10);
-    assert_int_equal(count_lines("<6>suppressed 490 similar messages in 5 s: session closed\n"),
+    assert_int_equal(count_lines(
+                         "<6>suppressed 490 similar messages in 5 s: session closed\n"),
         1);
 }
 
@@ -293,15 +295,17 @@ main(void)
         cmocka_unit_test(test_truncation_whole_characters),
         cmocka_unit_test_setup_teardown(test_log_line_escaped_with_one_prefix,
             capture_start, capture_stop),
-        cmocka_unit_test_setup_teardown(test_flood_limited_then_summarised,
-            capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_flood_limited_then_summarised, capture_start,
+            capture_stop),
         cmocka_unit_test_setup_teardown(test_summary_on_next_line_and_at_close,
             capture_start, capture_stop),
         cmocka_unit_test_setup_teardown(test_repeats_folded, capture_start, capture_stop),
-        cmocka_unit_test_setup_teardown(test_kinds_independent, capture_start, capture_stop),
-        cmocka_unit_test_setup_teardown(test_no_limit_when_off, capture_start, capture_stop),
-        cmocka_unit_test_setup_teardown(test_errors_and_debug_never_limited,
-            capture_start, capture_stop),
+        cmocka_unit_test_setup_teardown(test_kinds_independent, capture_start,
+            capture_stop),
+        cmocka_unit_test_setup_teardown(test_no_limit_when_off, capture_start,
+            capture_stop),
+        cmocka_unit_test_setup_teardown(test_errors_and_debug_never_limited, capture_start,
+            capture_stop),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

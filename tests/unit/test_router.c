@@ -142,8 +142,8 @@ struct sent {
 static struct {
     enum bus_state state;
     bool congested;
-    bool holds_heartbeat;       /* the link's watchdog holds __admin__/heartbeat */
-    bool confirms;              /* the link confirms its login: data waits for up */
+    bool holds_heartbeat; /* the link's watchdog holds __admin__/heartbeat */
+    bool confirms;        /* the link confirms its login: data waits for up */
     struct sent sent[FB_SENT_MAX];
     unsigned n_sent;
 } fb;
@@ -258,7 +258,7 @@ bus_get_stats(const struct bus *bus, struct bus_stats *st)
 
 struct fx {
     struct config cfg;
-    struct event_base *base;    /* NULL unless a test needs the event loop */
+    struct event_base *base; /* NULL unless a test needs the event loop */
     struct router *r;
     struct session s[NSESS];
     struct lp_cmd cmd;
@@ -346,7 +346,8 @@ run(int who, const char *line, const char *payload)
         F->cfg.listen.max_packets, F->cfg.bus.limits.max_entitlements,
         (uint32_t)F->cfg.bus.protocol };
     assert_int_equal(lp_parse_command(line, strlen(line), &lim, &F->cmd, &e, msg,
-        sizeof msg), 0);
+                         sizeof msg),
+        0);
     if (payload != NULL)
         lp_cmd_attach_payload(&F->cmd, (const uint8_t *)payload);
     router_command(F->r, &F->s[who], &F->cmd);
@@ -442,8 +443,8 @@ bus_data(const char *feed, const char *topic, const char *user, bool image,
     router_bus_batch_end(F->r);
 }
 
-static const uint8_t CID[16] = { 0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66,
-    0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff };
+static const uint8_t CID[16] = { 0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99,
+    0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff };
 #define CID_TEXT "00112233-4455-6677-8899-aabbccddeeff"
 
 static void
@@ -522,16 +523,10 @@ test_fanout_and_unwanted(void **state)
     o = out(3);
     assert_string_equal(o, "");
     free(o);
-    expect_stats(3,
-        "STAT data_in 2\n",
-        "STAT data_delivered 2\n",
-        "STAT data_dropped_unwanted 1\n",
-        "STAT topics 2\n",
-        "STAT subscriptions 3\n",
-        "STAT bus_last_error fake?error\n",
-        "STAT session 1 pid=100 ",
-        "STAT limit.max_line ",
-        "\nEND\n", NULL);
+    expect_stats(3, "STAT data_in 2\n", "STAT data_delivered 2\n",
+        "STAT data_dropped_unwanted 1\n", "STAT topics 2\n", "STAT subscriptions 3\n",
+        "STAT bus_last_error fake?error\n", "STAT session 1 pid=100 ",
+        "STAT limit.max_line ", "\nEND\n", NULL);
 }
 
 /* The link's heartbeat subscription is one holder of the topic: a local
@@ -577,7 +572,8 @@ test_large_event_shared(void **state)
     bus_data("F", "T", "u", false, big, false);
     for (int i = 0; i < 2; i++) {
         o = out(i);
-        assert_int_equal(strlen(o), strlen("DATA F T u h1 delta multicast 100000\n") + n + 1);
+        assert_int_equal(strlen(o),
+            strlen("DATA F T u h1 delta multicast 100000\n") + n + 1);
         assert_int_equal(o[strlen(o) - 2], 'z');
         free(o);
     }
@@ -595,7 +591,8 @@ test_image_cache(void **state)
     bus_data("F", "T", "pub", false, "d2", false);
     free(out(0));
     run(1, "SUB F T", NULL);
-    expect_out(1, "+OK\n"
+    expect_out(1,
+        "+OK\n"
         "DATA F T pub h1 image unicast 3\nIMG\n"
         "DATA F T pub h1 delta multicast 2\nd1\n"
         "DATA F T pub h1 delta multicast 2\nd2\n");
@@ -625,8 +622,8 @@ test_image_cache_overflow(void **state)
     big[sizeof big - 1] = '\0';
     run(0, "SUB F T", NULL);
     bus_data("F", "T", "pub", true, "IMG", false);
-    bus_data("F", "T", "pub", false, big, false);    /* fits in 4096 */
-    bus_data("F", "T", "pub", false, big, false);    /* does not: cache dropped */
+    bus_data("F", "T", "pub", false, big, false); /* fits in 4096 */
+    bus_data("F", "T", "pub", false, big, false); /* does not: cache dropped */
     bus_data("F", "T", "pub", false, "small", false);
     run(1, "SUB F T", NULL);
     expect_out(1, "+OK\n");
@@ -653,8 +650,8 @@ test_bus_down_and_replay(void **state)
     router_bus_state(F->r, BUS_CONNECTING, NULL);
     expect_out(1, "");
     run(1, "SUB F T2", NULL);
-    run(1, "UNSUB F T", NULL);     /* not subscribed */
-    run(0, "UNSUB F T", NULL);     /* recorded only */
+    run(1, "UNSUB F T", NULL); /* not subscribed */
+    run(0, "UNSUB F T", NULL); /* recorded only */
     run(2, "PUB F T delta 1", "x");
     o = out(2);
     assert_non_null(strstr(o, "-ERR bus-down"));
@@ -723,7 +720,7 @@ test_unconfirmed_data_held(void **state)
     run(0, "PUB F T delta 2", "h1");
     run(0, "SEND " CID_TEXT " F T image 2", "h2");
     expect_out(0, "+OK\n+OK\n+OK\n");
-    assert_int_equal(fb.n_sent, 1);     /* the subscription went at once */
+    assert_int_equal(fb.n_sent, 1); /* the subscription went at once */
     expect_stats(1, "STAT busdown_queued 2\n", NULL);
     fb.state = BUS_UP;
     router_bus_state(F->r, BUS_UP, NULL);
@@ -750,7 +747,7 @@ test_publish_checks(void **state)
     assert_int_equal(fb.sent[0].type, WIRE_MULTICAST_DATA);
     assert_string_equal(fb.sent[0].data, "abc");
     assert_true(fb.sent[0].is_image);
-    run(0, "VERBOSE off", NULL);   /* router ignores: the session owns it */
+    run(0, "VERBOSE off", NULL); /* router ignores: the session owns it */
     free(out(0));
     F->s[0].verbose = false;
     run(0, "PUB F T delta 1", "z");
@@ -790,8 +787,9 @@ test_notifications(void **state)
     bus_fwd_sub("N", "t1", true);
     bus_fwd_sub("N", "t2", true);
     bus_fwd_sub("N", "t2", false);
-    bus_fwd_sub("OTHER", "t", true);      /* nobody notifies on it */
-    expect_out(0, "NOTIFICATION add " CID_TEXT " bob hb N t1\n"
+    bus_fwd_sub("OTHER", "t", true); /* nobody notifies on it */
+    expect_out(0,
+        "NOTIFICATION add " CID_TEXT " bob hb N t1\n"
         "NOTIFICATION add " CID_TEXT " bob hb N t2\n"
         "NOTIFICATION remove " CID_TEXT " bob hb N t2\n");
     /* A late notifier hears of what is known, nothing goes upstream. */
@@ -816,7 +814,7 @@ test_authorization(void **state)
 {
     char *o;
 
-    bus_authreq("A", "t");     /* nobody authorizes A yet: kept */
+    bus_authreq("A", "t"); /* nobody authorizes A yet: kept */
     run(0, "AUTHORIZER A", NULL);
     expect_out(0, "+OK\nAUTHREQ " CID_TEXT " bob hb A t\n");
     run(1, "AUTHORIZER A", NULL);
@@ -849,9 +847,7 @@ test_authorization(void **state)
     run(1, "AUTHORIZE " CID_TEXT " A t not-required", NULL);
     expect_out(1, "+OK\n");
     bus_authreq("B", "t");
-    expect_stats(3,
-        "STAT auth_requests_unrouted 2\n",
-        "STAT authorizers 1\n", NULL);
+    expect_stats(3, "STAT auth_requests_unrouted 2\n", "STAT authorizers 1\n", NULL);
     run(0, "UNAUTHORIZER A", NULL);
     run(0, "UNAUTHORIZER A", NULL);
     o = out(0);
@@ -890,8 +886,7 @@ test_slow_consumer_skipped(void **state)
     router_session_closing(F->r, &F->s[1]);
     run(0, "UNSUB F T", NULL);
     assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T", false), 1);
-    expect_stats(2,
-        "STAT slow_consumers 1\n", NULL);
+    expect_stats(2, "STAT slow_consumers 1\n", NULL);
 }
 
 static void
@@ -935,7 +930,8 @@ test_names_with_bytes(void **state)
 {
     run(0, "SUB f%20eed t%25op%C3%A9", NULL);
     free(out(0));
-    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "f eed", "t%op\xc3\xa9", true), 1);
+    assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "f eed", "t%op\xc3\xa9", true),
+        1);
     bus_data("f eed", "t%op\xc3\xa9", "u", false, "a\nb", false);
     expect_out(0, "DATA f%20eed t%25op\xc3\xa9 u h1 delta multicast 3\na\nb\n");
 }
@@ -953,7 +949,8 @@ test_batched_delivery(void **state)
     bus_data_in_read("F", "A", "u", false, "2", false);
     expect_out(0, "");
     bus_data_in_read("F", "B", "u", false, "3", false);
-    expect_out(0, "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
+    expect_out(0,
+        "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
     expect_out(1, "");
     router_bus_batch_end(F->r);
     expect_out(1, "DATA F B u h1 delta multicast 1\n3\n");
@@ -968,20 +965,19 @@ test_image_cache_total(void **state)
     for (int i = 0; i < NSESS; i++)
         evbuffer_free(F->s[i].out);
     lp_cmd_free(&F->cmd);
-    F->cfg.router.image_cache_total = 80;   /* room for one small image */
+    F->cfg.router.image_cache_total = 80; /* room for one small image */
     fx_start(F);
     run(0, "SUB F A", NULL);
     run(0, "SUB F B", NULL);
     bus_data("F", "A", "pub", true, "IMAGE-A", false);
-    bus_data("F", "B", "pub", true, "IMAGE-B", false);    /* over the total */
+    bus_data("F", "B", "pub", true, "IMAGE-B", false); /* over the total */
     free(out(0));
     run(1, "SUB F A", NULL);
     expect_out(1, "+OK\nDATA F A pub h1 image multicast 7\nIMAGE-A\n");
     run(1, "SUB F B", NULL);
     expect_out(1, "+OK\n");
-    expect_stats(1,
-        "STAT image_cache_refused 1\n",
-        "STAT limit.image_cache_total 80\n", NULL);
+    expect_stats(1, "STAT image_cache_refused 1\n", "STAT limit.image_cache_total 80\n",
+        NULL);
 }
 
 /* Remote subscriptions kept for late notifiers are bounded and counted. */
@@ -998,12 +994,10 @@ test_remote_subscriptions_bounded(void **state)
             free(out(0));
     }
     free(out(0));
-    expect_stats(0,
-        "STAT remote_subscriptions 65536\n",
+    expect_stats(0, "STAT remote_subscriptions 65536\n",
         "STAT remote_subscriptions_dropped 1\n", NULL);
     run(0, "UNNOTIFY N", NULL);
-    expect_stats(0,
-        "STAT remote_subscriptions 0\n", NULL);
+    expect_stats(0, "STAT remote_subscriptions 0\n", NULL);
 }
 
 /* A link drop ends every remote subscription a notifier was told of, as
@@ -1016,14 +1010,16 @@ test_link_drop_ends_notifications(void **state)
     bus_fwd_sub("N", "t1", true);
     bus_fwd_sub("N", "t2", true);
     run(1, "NOTIFY N", NULL);
-    expect_out(1, "+OK\nNOTIFICATION add " CID_TEXT " bob hb N t1\n"
+    expect_out(1,
+        "+OK\nNOTIFICATION add " CID_TEXT " bob hb N t1\n"
         "NOTIFICATION add " CID_TEXT " bob hb N t1\n"
         "NOTIFICATION add " CID_TEXT " bob hb N t2\n");
     free(out(0));
     fb.state = BUS_DOWN;
     router_bus_state(F->r, BUS_DOWN, "gone");
     for (int i = 0; i < 2; i++)
-        expect_out(i, "BUS down gone\n"
+        expect_out(i,
+            "BUS down gone\n"
             "NOTIFICATION remove " CID_TEXT " bob hb N t1\n"
             "NOTIFICATION remove " CID_TEXT " bob hb N t1\n"
             "NOTIFICATION remove " CID_TEXT " bob hb N t2\n");
@@ -1063,20 +1059,22 @@ test_role_limits(void **state)
         run(0, line, NULL);
     }
     free(out(0));
-    expect_stats(0, "STAT notifications 1500\n", "STAT limit.max_notifications 3000\n", NULL);
+    expect_stats(0, "STAT notifications 1500\n", "STAT limit.max_notifications 3000\n",
+        NULL);
     run(0, "UNNOTIFY g00000002", NULL);
     o = out(0);
     assert_non_null(strstr(o, "-ERR not-notifying"));
     free(o);
     run(0, "NOTIFY extra", NULL);
     expect_out(0, "+OK\n");
-    run(1, "NOTIFY g00000001", NULL);    /* another session's own limit */
+    run(1, "NOTIFY g00000001", NULL); /* another session's own limit */
     expect_out(1, "+OK\n");
 
     run(0, "AUTHORIZER A1", NULL);
     run(0, "AUTHORIZER A2", NULL);
     run(0, "AUTHORIZER A3", NULL);
-    expect_out(0, "+OK\n+OK\n-ERR too-many-authorizers at most 2 authorized feeds per "
+    expect_out(0,
+        "+OK\n+OK\n-ERR too-many-authorizers at most 2 authorized feeds per "
         "session\n");
     run(0, "UNAUTHORIZER A1", NULL);
     run(0, "AUTHORIZER A3", NULL);
@@ -1104,7 +1102,7 @@ test_pending_across_reconnect(void **state)
     run(0, "AUTHORIZER S", NULL);
     bus_authreq("S", "a");
     bus_authreq("S", "b");
-    bus_authreq("S", "c");                /* pushes out "a" */
+    bus_authreq("S", "c"); /* pushes out "a" */
     free(out(0));
     fb.state = BUS_DOWN;
     router_bus_state(F->r, BUS_DOWN, "gone");

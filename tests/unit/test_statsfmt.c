@@ -53,7 +53,8 @@ t_stat_lines(void **state)
 
     assert_int_equal(statsfmt_render_stat(sf, b), 0);
     s = text_of(b);
-    assert_string_equal(s, "STAT version 1.0 \"x\"\\\nSTAT bus_state up\nSTAT slow_consumers 3\n"
+    assert_string_equal(s,
+        "STAT version 1.0 \"x\"\\\nSTAT bus_state up\nSTAT slow_consumers 3\n"
         "STAT sessions 2\nSTAT memory_budget_closes 1\nSTAT bus_last_error refused\n"
         "STAT limit.max_line 65536\nSTAT no_such_name 7\n");
     free(s);
@@ -104,12 +105,13 @@ t_json_from_lines(void **state)
 
     assert_int_equal(statsfmt_line(sf, "uptime", "12"), 0);
     assert_int_equal(statsfmt_line(sf, "bus_state", "down"), 0);
-    assert_int_equal(statsfmt_line(sf, "sessions", "12x"), 0);   /* not a number: text */
+    assert_int_equal(statsfmt_line(sf, "sessions", "12x"), 0); /* not a number: text */
     assert_int_equal(statsfmt_line(sf, "session", "1 pid=2"), 0);
     assert_int_equal(statsfmt_line(sf, "session", "3 pid=4\t\"q\""), 0);
     assert_int_equal(statsfmt_render_json(sf, b), 0);
     s = text_of(b);
-    assert_string_equal(s, "{\n  \"uptime\": 12,\n  \"bus_state\": \"down\",\n"
+    assert_string_equal(s,
+        "{\n  \"uptime\": 12,\n  \"bus_state\": \"down\",\n"
         "  \"sessions\": \"12x\",\n  \"session\": [\"1 pid=2\", \"3 pid=4\\u0009\\\"q\\\"\"]\n}\n");
     free(s);
     evbuffer_free(b);

@@ -27,7 +27,6 @@
 
 static char err[1024];
 
-
 static int
 setup(void **state)
 {
@@ -86,7 +85,7 @@ t_config_equal(void **state)
     assert_true(tls_config_equal(&a, &b));
     a.ca_file = ca1;
     b.ca_file = ca2;
-    assert_true(tls_config_equal(&a, &b));      /* by value, not pointer */
+    assert_true(tls_config_equal(&a, &b)); /* by value, not pointer */
     b.ca_file = ca3;
     assert_false(tls_config_equal(&a, &b));
     b.ca_file = NULL;
@@ -219,8 +218,10 @@ make_cert(const char *key, const char *cert)
 {
     char cmd[1024];
 
-    snprintf(cmd, sizeof cmd, "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-        "-nodes -subj /CN=client -days 1 -keyout '%s' -out '%s' >/dev/null 2>&1", key, cert);
+    snprintf(cmd, sizeof cmd,
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
+        "-nodes -subj /CN=client -days 1 -keyout '%s' -out '%s' >/dev/null 2>&1",
+        key, cert);
     return system(cmd) == 0 ? 0 : -1;
 }
 
@@ -236,7 +237,7 @@ t_ctx_client_cert(void **state)
     snprintf(k2, sizeof k2, "%s", tpath("b.key"));
     snprintf(c2, sizeof c2, "%s", tpath("b.pem"));
     if (make_cert(k1, c1) != 0 || make_cert(k2, c2) != 0)
-        skip();     /* no openssl command line tool */
+        skip(); /* no openssl command line tool */
     t.cert_file = c1;
     t.key_file = k1;
     assert_non_null(ctx = tls_ctx_new(&t, err, sizeof err));
@@ -272,7 +273,8 @@ t_ssl_dns_name(void **state)
     t.server_name = "real.example";
     assert_non_null(ssl = tls_ssl_new(ctx, &t, "10.1.2.3", err, sizeof err));
     assert_string_equal(SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name), "real.example");
-    assert_string_equal(X509_VERIFY_PARAM_get0_host(SSL_get0_param(ssl), 0), "real.example");
+    assert_string_equal(X509_VERIFY_PARAM_get0_host(SSL_get0_param(ssl), 0),
+        "real.example");
     SSL_free(ssl);
     tls_ctx_free(ctx);
 }
@@ -395,7 +397,7 @@ static void
 t_ciphers_default_and_check(void **state)
 {
     struct config_tls t = tls_defaults();
-    STACK_OF(SSL_CIPHER) *sk;
+    STACK_OF(SSL_CIPHER) * sk;
     SSL_CTX *ctx;
     int tls12 = 0;
 
@@ -407,7 +409,7 @@ t_ciphers_default_and_check(void **state)
         int kx = SSL_CIPHER_get_kx_nid(c);
 
         if (kx == NID_kx_any)
-            continue;   /* TLS 1.3 */
+            continue; /* TLS 1.3 */
         tls12++;
         assert_true(SSL_CIPHER_is_aead(c));
         assert_true(kx == NID_kx_ecdhe || kx == NID_kx_dhe);

@@ -27,11 +27,11 @@ enum jtype { J_NULL, J_BOOL, J_NUM, J_STR, J_ARR, J_OBJ };
 struct jval {
     enum jtype t;
     bool b;
-    long long num;       /* the vectors only hold integers */
-    char *s;             /* J_STR: UTF-8, NUL-terminated */
+    long long num; /* the vectors only hold integers */
+    char *s;       /* J_STR: UTF-8, NUL-terminated */
     size_t slen;
-    struct jval *items;  /* J_ARR elements or J_OBJ values */
-    char **keys;         /* J_OBJ keys */
+    struct jval *items; /* J_ARR elements or J_OBJ values */
+    char **keys;        /* J_OBJ keys */
     size_t n;
 };
 
@@ -45,8 +45,8 @@ static int jparse_value(struct jparser *jp, struct jval *v, int depth);
 static void
 jskip_ws(struct jparser *jp)
 {
-    while (jp->p < jp->end && (*jp->p == ' ' || *jp->p == '\t' ||
-        *jp->p == '\n' || *jp->p == '\r'))
+    while (jp->p < jp->end &&
+        (*jp->p == ' ' || *jp->p == '\t' || *jp->p == '\n' || *jp->p == '\r'))
         jp->p++;
 }
 
@@ -195,7 +195,11 @@ jparse_number(struct jparser *jp, struct jval *v)
 static int
 jparse_word(struct jparser *jp, struct jval *v)
 {
-    static const struct { const char *w; enum jtype t; bool b; } words[] = {
+    static const struct {
+        const char *w;
+        enum jtype t;
+        bool b;
+    } words[] = {
         { "null", J_NULL, false },
         { "true", J_BOOL, true },
         { "false", J_BOOL, false },
@@ -204,8 +208,7 @@ jparse_word(struct jparser *jp, struct jval *v)
     for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
         size_t len = strlen(words[i].w);
 
-        if ((size_t)(jp->end - jp->p) >= len &&
-            memcmp(jp->p, words[i].w, len) == 0) {
+        if ((size_t)(jp->end - jp->p) >= len && memcmp(jp->p, words[i].w, len) == 0) {
             jp->p += len;
             v->t = words[i].t;
             v->b = words[i].b;
@@ -282,8 +285,16 @@ jparse_value(struct jparser *jp, struct jval *v, int depth)
         v->t = J_STR;
         return jparse_string(jp, &v->s, &v->slen);
     case '-':
-    case '0': case '1': case '2': case '3': case '4':
-    case '5': case '6': case '7': case '8': case '9':
+    case '0':
+    case '1':
+    case '2':
+    case '3':
+    case '4':
+    case '5':
+    case '6':
+    case '7':
+    case '8':
+    case '9':
         return jparse_number(jp, v);
     default:
         return jparse_word(jp, v);
@@ -375,8 +386,7 @@ load_vectors(int version)
     vector_version = version;
     snprintf(rel, sizeof rel, "tests/vectors/wire-v%d.json", version);
     snprintf(path, sizeof path, "%s/%s", top != NULL ? top : ".", rel);
-    if ((text = read_file(path, &len)) == NULL &&
-        (text = read_file(rel, &len)) == NULL) {
+    if ((text = read_file(path, &len)) == NULL && (text = read_file(rel, &len)) == NULL) {
         fprintf(stderr, "cannot read %s\n", path);
         return -1;
     }
@@ -384,8 +394,8 @@ load_vectors(int version)
     jp.end = text + len;
     jp.err = NULL;
     if (jparse_value(&jp, &vectors_doc, 0) != 0) {
-        fprintf(stderr, "%s: JSON error at offset %ld: %s\n", path,
-            (long)(jp.p - text), jp.err);
+        fprintf(stderr, "%s: JSON error at offset %ld: %s\n", path, (long)(jp.p - text),
+            jp.err);
         free(text);
         jfree(&vectors_doc);
         return -1;
@@ -507,8 +517,7 @@ assert_buffer_equals(struct evbuffer *buf, const uint8_t *want, size_t len,
     uint8_t *got = buffer_bytes(buf, &got_len);
 
     if (got_len != len || memcmp(got, want, len) != 0) {
-        fprintf(stderr, "%s: encoding differs (%zu vs %zu bytes)\n", name,
-            got_len, len);
+        fprintf(stderr, "%s: encoding differs (%zu vs %zu bytes)\n", name, got_len, len);
         fail();
     }
     free(got);
@@ -530,11 +539,9 @@ static const char *const expected_fields[WIRE_TYPE_MAX + 1][8] = {
     [4] = { "feed", "is_add" },
     [5] = { "feed", "topic", "is_add" },
     [6] = { "client_id", "host", "user", "feed", "topic" },
-    [7] = { "client_id", "feed", "topic", "is_authorization_required",
-            "entitlements" },
+    [7] = { "client_id", "feed", "topic", "is_authorization_required", "entitlements" },
     [8] = { "user", "host", "feed", "topic", "is_image", "data_packets" },
-    [9] = { "user", "host", "client_id", "feed", "topic", "is_image",
-            "data_packets" },
+    [9] = { "user", "host", "client_id", "feed", "topic", "is_image", "data_packets" },
 };
 
 static const struct wire_str *
@@ -624,8 +631,7 @@ check_packets(const struct wire_msg *msg, const struct jval *want)
     assert_int_equal(want->t, J_ARR);
     assert_int_equal(msg->n_packets, want->n);
     for (size_t i = 0; i < want->n; i++) {
-        check_ints(&msg->packets[i].entitlements,
-            jget(&want->items[i], "entitlements"));
+        check_ints(&msg->packets[i].entitlements, jget(&want->items[i], "entitlements"));
         check_data(&msg->packets[i], jget(&want->items[i], "data_hex"));
     }
 }
@@ -653,10 +659,8 @@ check_msg(const struct wire_msg *msg, const struct jval *v)
     size_t n = 0;
 
     assert_int_equal(msg->type, type);
-    assert_string_equal(wire_type_name((int)type),
-        jget_type(v, "type", J_STR)->s);
-    for (const char *const *slot = expected_fields[type]; *slot != NULL;
-        slot++, n++) {
+    assert_string_equal(wire_type_name((int)type), jget_type(v, "type", J_STR)->s);
+    for (const char *const *slot = expected_fields[type]; *slot != NULL; slot++, n++) {
         const char *const *k = slot, *ct = "content_type";
         const struct jval *want;
 
@@ -668,7 +672,7 @@ check_msg(const struct wire_msg *msg, const struct jval *v)
             fprintf(stderr, "%s: field %s missing\n", vector_name(v), *k);
             fail();
         }
-        assert_string_equal(fields->keys[n], *k);   /* wire order */
+        assert_string_equal(fields->keys[n], *k); /* wire order */
         if (str_field(msg, *k) != NULL)
             check_str(str_field(msg, *k), want);
         else if (strcmp(*k, "client_id") == 0)
@@ -688,7 +692,7 @@ check_msg(const struct wire_msg *msg, const struct jval *v)
 struct built {
     struct wire_msg msg;
     struct wire_packet *packets;
-    int32_t *ints[65];      /* [0] the message's set, [1 + i] packet i's */
+    int32_t *ints[65]; /* [0] the message's set, [1 + i] packet i's */
     uint8_t *data[64];
 };
 
@@ -749,8 +753,9 @@ build_msg(struct built *b, const struct jval *v)
             s->ptr = f->t == J_STR ? f->s : NULL;
             s->len = f->t == J_STR ? (uint32_t)f->slen : 0;
         } else if (strcmp(k, "client_id") == 0) {
-            assert_int_equal(guid_from_text(jget_type(f, "uuid", J_STR)->s,
-                GUID_TEXT_LEN, b->msg.client_id), 0);
+            assert_int_equal(guid_from_text(jget_type(f, "uuid", J_STR)->s, GUID_TEXT_LEN,
+                                 b->msg.client_id),
+                0);
         } else if (strcmp(k, "entitlements") == 0) {
             build_ints(&b->msg.entitlements, &b->ints[0], f);
         } else if (strcmp(k, "data_packets") == 0) {
@@ -789,8 +794,7 @@ decode_one(struct evbuffer *buf, const struct jval *v, struct wire_msg *msg)
     limits_wide(&lim);
     r = wire_decode(buf, &lim, msg, &cause);
     if (r != WIRE_DECODED) {
-        fprintf(stderr, "%s: result %d: %s\n", vector_name(v), r,
-            cause ? cause : "");
+        fprintf(stderr, "%s: result %d: %s\n", vector_name(v), r, cause ? cause : "");
         fail();
     }
     assert_int_equal(evbuffer_get_length(buf), 0);
@@ -845,7 +849,7 @@ test_vectors_encode(void **state)
         bytes = vector_bytes(v, &len);
         build_msg(&b, v);
         out = evbuffer_new();
-        evbuffer_add(out, "x", 1);   /* appends, never replaces */
+        evbuffer_add(out, "x", 1); /* appends, never replaces */
         assert_int_equal(wire_encoded_size(&b.msg), len);
         assert_int_equal(wire_encode(out, &b.msg), 0);
         evbuffer_drain(out, 1);
@@ -956,7 +960,7 @@ test_vectors_truncations(void **state)
                 fail();
             }
             assert_int_equal(evbuffer_get_length(buf), k);
-            assert_null(msg.store);   /* nothing allocated for a partial */
+            assert_null(msg.store); /* nothing allocated for a partial */
             wire_msg_free(&msg);
             evbuffer_free(buf);
         }
@@ -979,8 +983,7 @@ vector_limits(const struct jval *v, size_t len, struct wire_limits *lim)
         if (str_field(&(struct wire_msg){ 0 }, k) != NULL && f->t == J_STR &&
             f->slen > lim->max_string)
             lim->max_string = (uint32_t)f->slen;
-        if (strcmp(k, "entitlements") == 0 && f->t == J_ARR &&
-            f->n > lim->max_entitlements)
+        if (strcmp(k, "entitlements") == 0 && f->t == J_ARR && f->n > lim->max_entitlements)
             lim->max_entitlements = (uint32_t)f->n;
         if (strcmp(k, "data_packets") != 0 || f->t != J_ARR)
             continue;
@@ -1010,8 +1013,8 @@ expect_error(const uint8_t *bytes, size_t len, const struct wire_limits *lim,
     vmsg_init(&msg);
     r = wire_decode(buf, lim, &msg, &cause);
     if (r != WIRE_ERROR || cause == NULL || strstr(cause, want_cause) == NULL) {
-        fprintf(stderr, "%s: want error \"%s\", got %d \"%s\"\n", name,
-            want_cause, r, cause ? cause : "");
+        fprintf(stderr, "%s: want error \"%s\", got %d \"%s\"\n", name, want_cause, r,
+            cause ? cause : "");
         fail();
     }
     assert_int_equal(evbuffer_get_length(buf), len);
@@ -1046,13 +1049,13 @@ test_vectors_limits(void **state)
         wire_msg_free(&msg);
         evbuffer_free(buf);
 
-#define VIOLATE(field, text)                                            \
-        if (exact.field > 0) {                                          \
-            lim = exact;                                                \
-            lim.field--;                                                \
-            expect_error(bytes, len, &lim, text, vector_name(v));       \
-            violations++;                                               \
-        }
+#define VIOLATE(field, text)                                                               \
+    if (exact.field > 0) {                                                                 \
+        lim = exact;                                                                       \
+        lim.field--;                                                                       \
+        expect_error(bytes, len, &lim, text, vector_name(v));                              \
+        violations++;                                                                      \
+    }
         VIOLATE(max_string, "string length");
         VIOLATE(max_payload, "payload length");
         VIOLATE(max_packets, "packet count");
@@ -1151,7 +1154,7 @@ test_store_reuse(void **state)
     wire_msg_free(&msg);
     assert_null(msg.store);
     assert_int_equal(msg.store_cap, 0);
-    wire_msg_free(&msg);   /* twice is harmless */
+    wire_msg_free(&msg); /* twice is harmless */
     evbuffer_free(buf);
 }
 
@@ -1160,8 +1163,35 @@ test_fields_cleared(void **state)
 {
     /* A publish with two packets, then a notification request. */
     static const uint8_t pub[] = {
-        1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1,
-        0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 7, 0, 0, 0, 1, 'x',
+        1,
+        0,
+        0,
+        0,
+        1,
+        'F',
+        0,
+        0,
+        0,
+        1,
+        'T',
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        7,
+        0,
+        0,
+        0,
+        1,
+        'x',
     };
     static const uint8_t note[] = { 4, 0, 0, 0, 1, 'N', 1 };
     struct evbuffer *buf = evbuffer_new();
@@ -1230,8 +1260,7 @@ test_unknown_types(void **state)
         uint8_t m[8] = { types[i], 0, 0, 0, 1, 'F', 1, 0 };
         char want[64];
 
-        snprintf(want, sizeof want, "unknown message type %u",
-            (unsigned)types[i]);
+        snprintf(want, sizeof want, "unknown message type %u", (unsigned)types[i]);
         expect_error(m, sizeof m, &lim, want, "unknown type");
         expect_error(m, 1, &lim, want, "unknown type alone");
     }
@@ -1242,12 +1271,14 @@ test_negative_lengths(void **state)
 {
     /* MulticastData: feed, topic, isImage, 1 packet {ents, data}. */
     static const uint8_t base[] = {
-        1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1,
-        0, 0, 0, 1,                  /* packet count at 12 */
-        0, 0, 0, 1, 0, 0, 0, 9,      /* entitlement count at 16 */
-        0, 0, 0, 2, 'h', 'i',        /* payload length at 24 */
+        1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1, 0, 0, 0, 1, /* packet count at 12 */
+        0, 0, 0, 1, 0, 0, 0, 9,                             /* entitlement count at 16 */
+        0, 0, 0, 2, 'h', 'i',                               /* payload length at 24 */
     };
-    static const struct { size_t at; const char *cause; } cases[] = {
+    static const struct {
+        size_t at;
+        const char *cause;
+    } cases[] = {
         { 1, "negative string length" },
         { 6, "negative string length" },
         { 12, "negative packet count" },
@@ -1255,7 +1286,9 @@ test_negative_lengths(void **state)
         { 24, "negative payload length" },
     };
     static const uint8_t negs[][4] = {
-        { 0xff, 0xff, 0xff, 0xff }, { 0x80, 0, 0, 0 }, { 0xff, 0, 0, 0 },
+        { 0xff, 0xff, 0xff, 0xff },
+        { 0x80, 0, 0, 0 },
+        { 0xff, 0, 0, 0 },
     };
     struct wire_limits lim;
     struct evbuffer *buf = evbuffer_new();
@@ -1276,8 +1309,7 @@ test_negative_lengths(void **state)
             memcpy(m + cases[i].at, negs[n], 4);
             /* Refused as soon as the length has arrived. */
             expect_error(m, sizeof m, &lim, cases[i].cause, "negative");
-            expect_error(m, cases[i].at + 4, &lim, cases[i].cause,
-                "negative, prefix");
+            expect_error(m, cases[i].at + 4, &lim, cases[i].cause, "negative, prefix");
         }
     }
     /* The authorization response's own entitlement set. */
@@ -1285,8 +1317,7 @@ test_negative_lengths(void **state)
         uint8_t m[1 + 16 + 5 + 5 + 1 + 4] = { 7 };
 
         memcpy(m + 17, "\0\0\0\1F\0\0\0\1T\1\xff\xff\xff\xfe", 15);
-        expect_error(m, sizeof m, &lim, "negative entitlement count -2",
-            "auth response");
+        expect_error(m, sizeof m, &lim, "negative entitlement count -2", "auth response");
     }
 }
 
@@ -1298,7 +1329,22 @@ test_limits_before_complete(void **state)
     static const uint8_t big[] = { 5, 0, 0x01, 0x86, 0x9f, 'a', 'b' };
     /* Publish claiming 1000 packets: at least 8000 more bytes. */
     static const uint8_t many[] = {
-        1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1, 0, 0, 0x03, 0xe8,
+        1,
+        0,
+        0,
+        0,
+        1,
+        'F',
+        0,
+        0,
+        0,
+        1,
+        'T',
+        1,
+        0,
+        0,
+        0x03,
+        0xe8,
     };
     struct wire_limits lim;
 
@@ -1343,8 +1389,40 @@ test_large_payload(void **state)
 {
     const size_t n = 300000, chunk = 4096;
     uint8_t head[] = {
-        8, 0, 0, 0, 1, 'u', 0, 0, 0, 1, 'h', 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T',
-        0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0,
+        8,
+        0,
+        0,
+        0,
+        1,
+        'u',
+        0,
+        0,
+        0,
+        1,
+        'h',
+        0,
+        0,
+        0,
+        1,
+        'F',
+        0,
+        0,
+        0,
+        1,
+        'T',
+        0,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
     };
     uint8_t *data = malloc(n);
     struct evbuffer *buf = evbuffer_new(), *out = evbuffer_new();
@@ -1364,8 +1442,7 @@ test_large_payload(void **state)
     evbuffer_add(buf, head, sizeof head);
     for (size_t k = 0; k < n; k += chunk) {
         assert_int_equal(wire_decode(buf, &lim, &msg, &cause), WIRE_NEED_MORE);
-        evbuffer_add_reference(buf, data + k, n - k < chunk ? n - k : chunk,
-            NULL, NULL);
+        evbuffer_add_reference(buf, data + k, n - k < chunk ? n - k : chunk, NULL, NULL);
     }
     lim.max_payload = (uint32_t)n - 1;
     assert_int_equal(wire_decode(buf, &lim, &msg, &cause), WIRE_ERROR);
@@ -1439,13 +1516,13 @@ test_encode_refusals(void **state)
     vmsg_init(&msg);
     msg.type = WIRE_MULTICAST_DATA;
     msg.n_packets = 1;
-    assert_int_equal(wire_encode(out, &msg), -1);   /* packets NULL */
+    assert_int_equal(wire_encode(out, &msg), -1); /* packets NULL */
     msg.packets = &pk;
     pk.entitlements.n = 2;
-    assert_int_equal(wire_encode(out, &msg), -1);   /* entitlements NULL */
+    assert_int_equal(wire_encode(out, &msg), -1); /* entitlements NULL */
     pk.entitlements.n = 0;
     pk.len = 5;
-    assert_int_equal(wire_encode(out, &msg), -1);   /* data NULL */
+    assert_int_equal(wire_encode(out, &msg), -1); /* data NULL */
     pk.len = 0;
     assert_int_equal(wire_encode(out, &msg), 0);
     assert_int_equal(evbuffer_get_length(out), 1 + 4 + 4 + 1 + 4 + 4 + 4);
@@ -1463,8 +1540,7 @@ static void
 test_type_names(void **state)
 {
     assert_string_equal(wire_type_name(WIRE_MULTICAST_DATA), "MulticastData");
-    assert_string_equal(wire_type_name(WIRE_FORWARDED_UNICAST),
-        "ForwardedUnicastData");
+    assert_string_equal(wire_type_name(WIRE_FORWARDED_UNICAST), "ForwardedUnicastData");
     assert_string_equal(wire_type_name(0), "unknown");
     assert_string_equal(wire_type_name(10), "unknown");
     assert_string_equal(wire_type_name(-1), "unknown");
@@ -1517,11 +1593,11 @@ static void
 check_auth(const struct wire_auth *a, const struct jval *v)
 {
     const struct jval *fields = jget_type(v, "fields", J_OBJ);
-    static const char *const basic[] = { "username", "password",
-        "impersonating", "forwarded_for", "application" };
-    static const char *const token[] = { "token", "impersonating",
+    static const char *const basic[] = { "username", "password", "impersonating",
         "forwarded_for", "application" };
-    size_t extra = vector_version >= WIRE_V4 ? 1 : 0;   /* application */
+    static const char *const token[] = { "token", "impersonating", "forwarded_for",
+        "application" };
+    size_t extra = vector_version >= WIRE_V4 ? 1 : 0; /* application */
 
     assert_int_equal(a->method, auth_method(v));
     switch (a->method) {
@@ -1593,7 +1669,8 @@ test_auth_vectors(void **state)
         /* Decode, whole and byte by byte. */
         buf = evbuffer_new();
         evbuffer_add(buf, bytes, len);
-        assert_int_equal(wire_decode_auth_version(buf, vector_version, enc.method, &lim, &a, &cause),
+        assert_int_equal(wire_decode_auth_version(buf, vector_version, enc.method, &lim, &a,
+                             &cause),
             WIRE_DECODED);
         assert_int_equal(evbuffer_get_length(buf), 0);
         check_auth(&a, v);
@@ -1605,8 +1682,9 @@ test_auth_vectors(void **state)
         wire_auth_free(&a);
         for (size_t k = 0; k < len; k++) {
             evbuffer_add(buf, bytes + k, 1);
-            assert_int_equal(wire_decode_auth_version(buf, vector_version, enc.method, &lim, &a,
-                &cause), k + 1 < len ? WIRE_NEED_MORE : WIRE_DECODED);
+            assert_int_equal(wire_decode_auth_version(buf, vector_version, enc.method, &lim,
+                                 &a, &cause),
+                k + 1 < len ? WIRE_NEED_MORE : WIRE_DECODED);
             if (k + 1 < len)
                 assert_int_equal(evbuffer_get_length(buf), k + 1);
         }
@@ -1631,8 +1709,7 @@ test_auth_malformed(void **state)
 
     limits_wide(&lim);
     evbuffer_add(buf, neg, sizeof neg);
-    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_BASIC, &lim, &a, &cause),
-        WIRE_ERROR);
+    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_BASIC, &lim, &a, &cause), WIRE_ERROR);
     assert_non_null(strstr(cause, "negative string length -1"));
     assert_non_null(strstr(cause, "password"));
     assert_int_equal(evbuffer_get_length(buf), sizeof neg);
@@ -1640,13 +1717,11 @@ test_auth_malformed(void **state)
     evbuffer_drain(buf, sizeof neg);
 
     evbuffer_add(buf, big, sizeof big);
-    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_TOKEN, &lim, &a, &cause),
-        WIRE_ERROR);
+    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_TOKEN, &lim, &a, &cause), WIRE_ERROR);
     assert_non_null(strstr(cause, "string length 4097 over limit 4096"));
     lim.max_string = 8192;
     lim.max_message = 4000;
-    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_TOKEN, &lim, &a, &cause),
-        WIRE_ERROR);
+    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_TOKEN, &lim, &a, &cause), WIRE_ERROR);
     assert_non_null(strstr(cause, "message size"));
     lim.max_message = 1u << 20;
     assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_TOKEN, &lim, &a, &cause),
@@ -1654,11 +1729,10 @@ test_auth_malformed(void **state)
     assert_int_equal(evbuffer_get_length(buf), sizeof big);
 
     /* NONE reads nothing; an unknown method is an error either way. */
-    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_NONE, &lim, &a, &cause),
-        WIRE_DECODED);
+    assert_int_equal(wire_decode_auth(buf, WIRE_AUTH_NONE, &lim, &a, &cause), WIRE_DECODED);
     assert_int_equal(evbuffer_get_length(buf), sizeof big);
-    assert_int_equal(wire_decode_auth(buf, (enum wire_auth_method)7, &lim, &a,
-        &cause), WIRE_ERROR);
+    assert_int_equal(wire_decode_auth(buf, (enum wire_auth_method)7, &lim, &a, &cause),
+        WIRE_ERROR);
     memset(&a, 0, sizeof a);
     a.method = (enum wire_auth_method)7;
     assert_int_equal(wire_encode_auth(buf, &a), -1);
@@ -1673,10 +1747,9 @@ test_auth_malformed(void **state)
 static void
 test_image_slot_by_version(void **state)
 {
-    static const uint8_t v3[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1,
-        0, 0, 0, 0 };
-    static const uint8_t v6[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T',
-        0, 0, 0, 4, 't', 'e', 'x', 't', 0, 0, 0, 0 };
+    static const uint8_t v3[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1, 0, 0, 0, 0 };
+    static const uint8_t v6[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 0, 0, 0, 4, 't', 'e',
+        'x', 't', 0, 0, 0, 0 };
     static const int versions[] = { WIRE_V3, WIRE_V4, WIRE_V5, WIRE_V6 };
     struct evbuffer *out = evbuffer_new();
     struct wire_limits lim;
@@ -1695,8 +1768,7 @@ test_image_slot_by_version(void **state)
         m.is_image = true;
         m.content_type = (struct wire_str){ "text", 4 };
         assert_int_equal(wire_encode(out, &m), 0);
-        assert_buffer_equals(out, six ? v6 : v3, six ? sizeof v6 : sizeof v3,
-            "image slot");
+        assert_buffer_equals(out, six ? v6 : v3, six ? sizeof v6 : sizeof v3, "image slot");
         wire_msg_init(&got);
         got.version = versions[i];
         assert_int_equal(wire_decode(out, &lim, &got, NULL), WIRE_DECODED);
@@ -1723,26 +1795,26 @@ test_image_slot_by_version(void **state)
     assert_int_equal(wire_encoded_size(&m), 1 + 4 + 4 + 1 + 4);
     wire_msg_free(&got);
     evbuffer_free(out);
-    assert_true(wire_version_valid(3) && wire_version_valid(4) &&
-        wire_version_valid(5) && wire_version_valid(6));
-    assert_false(wire_version_valid(0) || wire_version_valid(2) ||
-        wire_version_valid(7));
+    assert_true(wire_version_valid(3) && wire_version_valid(4) && wire_version_valid(5) &&
+        wire_version_valid(6));
+    assert_false(wire_version_valid(0) || wire_version_valid(2) || wire_version_valid(7));
 }
 
 /* The content type is bounded by max_string like every other string. */
 static void
 test_content_type_limit(void **state)
 {
-    static const uint8_t v6[] = { 8, 0, 0, 0, 0, 0, 0, 0, 0,
-        0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 0, 0, 0, 5, 'i', 'm', 'a', 'g', 'e',
-        0, 0, 0, 0 };
+    static const uint8_t v6[] = { 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 'F', 0, 0, 0, 1,
+        'T', 0, 0, 0, 5, 'i', 'm', 'a', 'g', 'e', 0, 0, 0, 0 };
     struct wire_limits lim;
 
     limits_wide(&lim);
     lim.max_string = 4;
     vector_version = WIRE_V6;
-    expect_error(v6, sizeof v6, &lim, "string length 5 over limit 4 "
-        "(ForwardedMulticastData contentType)", "content type limit");
+    expect_error(v6, sizeof v6, &lim,
+        "string length 5 over limit 4 "
+        "(ForwardedMulticastData contentType)",
+        "content type limit");
     vector_version = WIRE_V3;
 }
 
@@ -1751,8 +1823,10 @@ static void
 test_auth_semicolon(void **state)
 {
     struct evbuffer *out = evbuffer_new();
-    struct wire_auth a = { .method = WIRE_AUTH_BASIC, .version = WIRE_V4,
-        .username = "gw", .password = "se;cret" };
+    struct wire_auth a = { .method = WIRE_AUTH_BASIC,
+        .version = WIRE_V4,
+        .username = "gw",
+        .password = "se;cret" };
     const char *cause = NULL;
 
     assert_int_equal(wire_auth_check(&a, &cause), -1);
@@ -1807,20 +1881,21 @@ test_connection_string_malformed(void **state)
     limits_wide(&lim);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         uint32_t n = (uint32_t)strlen(cases[i].text);
-        uint8_t len[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16),
-            (uint8_t)(n >> 8), (uint8_t)n };
+        uint8_t len[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16), (uint8_t)(n >> 8),
+            (uint8_t)n };
 
         evbuffer_add(buf, len, 4);
         evbuffer_add(buf, cases[i].text, n);
         cause = NULL;
-        assert_int_equal(wire_decode_auth_version(buf, WIRE_V4, cases[i].method,
-            &lim, &a, &cause), WIRE_ERROR);
+        assert_int_equal(wire_decode_auth_version(buf, WIRE_V4, cases[i].method, &lim, &a,
+                             &cause),
+            WIRE_ERROR);
         if (cause == NULL || strstr(cause, cases[i].cause) == NULL) {
             fprintf(stderr, "\"%s\": want \"%s\", got \"%s\"\n", cases[i].text,
                 cases[i].cause, cause ? cause : "");
             fail();
         }
-        assert_int_equal(evbuffer_get_length(buf), 4 + n);   /* nothing taken */
+        assert_int_equal(evbuffer_get_length(buf), 4 + n); /* nothing taken */
         assert_null(a.username);
         assert_null(a.token);
         assert_null(a.application);
@@ -1863,12 +1938,12 @@ main(void)
     };
     int failed = 0;
 
-    failed += cmocka_run_group_tests_name("wire-v3 vectors", vector_tests,
-        load_v3, free_vectors);
-    failed += cmocka_run_group_tests_name("wire-v4 vectors", vector_tests,
-        load_v4, free_vectors);
-    failed += cmocka_run_group_tests_name("wire-v6 vectors", vector_tests,
-        load_v6, free_vectors);
+    failed +=
+        cmocka_run_group_tests_name("wire-v3 vectors", vector_tests, load_v3, free_vectors);
+    failed +=
+        cmocka_run_group_tests_name("wire-v4 vectors", vector_tests, load_v4, free_vectors);
+    failed +=
+        cmocka_run_group_tests_name("wire-v6 vectors", vector_tests, load_v6, free_vectors);
     failed += cmocka_run_group_tests_name("wire", tests, NULL, NULL);
     return failed;
 }
