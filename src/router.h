@@ -55,6 +55,16 @@ struct router_conn_stats {
     const char *state; /* open, paused-bus, paused-memory, closing */
 };
 
+/* Why a session ended, as STATS and /metrics count it. */
+enum router_closed {
+    ROUTER_CLOSED_PEER, /* the client closed or reset the connection */
+    ROUTER_CLOSED_QUIT,
+    ROUTER_CLOSED_ERROR,    /* an I/O error */
+    ROUTER_CLOSED_SHUTDOWN, /* busgated stopping */
+    ROUTER_CLOSED_OTHER,
+    ROUTER_CLOSED_N,
+};
+
 /* The budget over all local connections' queues (listen.max_memory), and
  * their traffic since the start (gone sessions included). */
 struct router_memory_stats {
@@ -65,6 +75,9 @@ struct router_memory_stats {
     uint64_t trims;                 /* times freed memory went back to the system */
     uint64_t cmds_in, bytes_in;     /* commands and bytes read from sessions */
     uint64_t events_out, bytes_out; /* events and bytes written to them */
+    uint64_t
+        closed[ROUTER_CLOSED_N]; /* sessions gone, by why (slow consumers: the router's) */
+    uint64_t refused;            /* clients refused over listen.max_sessions */
 };
 
 /* What the router needs of a local connection. It never calls the session

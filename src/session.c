@@ -241,8 +241,33 @@ budget_work(evutil_socket_t fd, short what, void *arg)
         evtimer_add(budget.trimmer, &idle);
 }
 
-/* Traffic of the sessions already gone, for the totals (STATS). */
+/* Traffic of the sessions already gone, for the totals (STATS), and why
+ * they went. */
 static struct router_conn_stats gone;
+static uint64_t closed[ROUTER_CLOSED_N], refused;
+
+/* A close_reason as STATS counts it; -1: slow consumers, which the router
+ * counts itself. */
+static int
+closed_kind(const char *reason)
+{
+    static const struct {
+        const char *reason;
+        enum router_closed kind;
+    } kinds[] = {
+        { "peer closed", ROUTER_CLOSED_PEER },
+        { "quit", ROUTER_CLOSED_QUIT },
+        { "i/o error", ROUTER_CLOSED_ERROR },
+        { "shutting-down", ROUTER_CLOSED_SHUTDOWN },
+    };
+
+    if (reason != NULL && strcmp(reason, "slow-consumer") == 0)
+        return -1;
+    for (size_t i = 0; reason != NULL && i < sizeof kinds / sizeof kinds[0]; i++)
+        if (strcmp(reason, kinds[i].reason) == 0)
+            return (int)kinds[i].kind;
+    return ROUTER_CLOSED_OTHER;
+}
 
 static void
 traffic_add(struct router_memory_stats *st, const struct router_conn_stats *c)
@@ -268,6 +293,8 @@ budget_stats(struct router_memory_stats *st)
     st->pauses = budget.pauses;
     st->paused = budget.paused;
     st->trims = budget.trims;
+    memcpy(st->closed, closed, sizeof closed);
+    st->refused = refused;
 }
 
 /* ---- output ---- */
@@ -598,6 +625,7 @@ session_refuse(int fd, const struct peer_cred *peer, struct router *router)
 {
     struct evbuffer *out = evbuffer_new();
 
+    refused++;
     log_warn("a client (pid %d) refused: listen.max_sessions %u reached", (int)peer->pid,
         limits.max_sessions);
     if (out != NULL && evutil_make_socket_nonblocking(fd) == 0) {
@@ -677,6 +705,8 @@ session_destroy(struct session *s)
     gone.bytes_in += s->st.bytes_in;
     gone.events_out += s->st.events_out;
     gone.bytes_out += s->st.bytes_out;
+    if (closed_kind(s->close_reason) >= 0)
+        closed[closed_kind(s->close_reason)]++;
     budget.live--;
     if (s->budget_paused)
         budget.paused--;

@@ -74,6 +74,12 @@ snap_memory(const struct router *r, struct statsfmt *sf)
     statsfmt_u64(sf, "memory_budget_pauses", m.pauses);
     statsfmt_u64(sf, "memory_budget_paused", m.paused);
     statsfmt_u64(sf, "memory_trims", m.trims);
+    statsfmt_u64(sf, "sessions_closed_peer", m.closed[ROUTER_CLOSED_PEER]);
+    statsfmt_u64(sf, "sessions_closed_quit", m.closed[ROUTER_CLOSED_QUIT]);
+    statsfmt_u64(sf, "sessions_closed_error", m.closed[ROUTER_CLOSED_ERROR]);
+    statsfmt_u64(sf, "sessions_closed_shutdown", m.closed[ROUTER_CLOSED_SHUTDOWN]);
+    statsfmt_u64(sf, "sessions_closed_other", m.closed[ROUTER_CLOSED_OTHER]);
+    statsfmt_u64(sf, "sessions_refused", m.refused);
     statsfmt_u64(sf, "sessions_msgs_in", m.cmds_in);
     statsfmt_u64(sf, "sessions_bytes_in", m.bytes_in);
     statsfmt_u64(sf, "sessions_msgs_out", m.events_out);

@@ -32,7 +32,7 @@ struct def {
 static const char *const states[] = { "connecting", "unconfirmed", "up", "down" };
 
 #define DROP "Messages dropped, by reason."
-#define CLOSED "Local sessions closed by the daemon, by reason."
+#define CLOSED "Local sessions closed, by reason (slow_consumer includes memory_budget)."
 
 static const struct def defs[] = {
     { "version", K_INFO, "build_info", "version", "The busgated version (always 1)." },
@@ -91,6 +91,18 @@ static const struct def defs[] = {
         "Sessions not reading now for the memory budget." },
     { "memory_trims", K_COUNTER, "memory_trims_total", NULL,
         "Times freed memory went back to the system." },
+    { "sessions_closed_peer", K_COUNTER, "sessions_closed_total", "reason=\"peer_closed\"",
+        CLOSED },
+    { "sessions_closed_quit", K_COUNTER, "sessions_closed_total", "reason=\"quit\"",
+        CLOSED },
+    { "sessions_closed_error", K_COUNTER, "sessions_closed_total", "reason=\"io_error\"",
+        CLOSED },
+    { "sessions_closed_shutdown", K_COUNTER, "sessions_closed_total", "reason=\"shutdown\"",
+        CLOSED },
+    { "sessions_closed_other", K_COUNTER, "sessions_closed_total", "reason=\"other\"",
+        CLOSED },
+    { "sessions_refused", K_COUNTER, "sessions_refused_total", NULL,
+        "Clients refused over listen.max_sessions." },
     { "sessions_msgs_in", K_COUNTER, "sessions_received_messages_total", NULL,
         "Commands received from local sessions." },
     { "sessions_bytes_in", K_COUNTER, "sessions_received_bytes_total", NULL,

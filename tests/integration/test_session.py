@@ -329,6 +329,27 @@ class TooManySessionsTest(GatewayCase):
         s5 = self.session()
         self.assertEqual(s5.cmd("PING"), "PONG")
 
+    def test_closed_and_refused_counted_by_reason(self):
+        # STATS (and /metrics) count why sessions went: QUIT, the peer
+        # closing, and a client refused before a session was built.
+        s = self.session()
+        wait_until(lambda: stats(s)["sessions"] == "1", what="probe sessions to go")
+        before = stats(s)
+        q = self.session()
+        self.assertEqual(q.cmd("QUIT"), "+OK")
+        self.session().close()
+        wait_until(lambda: stats(s)["sessions"] == "1", what="the two to go")
+        others = [self.session(), self.session()]
+        extra = self.session()
+        self.assertTrue(read_all(extra)[-1].startswith("-ERR too-many-sessions "))
+        for o in others:
+            o.close()
+
+        def grew(name, by):
+            return int(stats(s)[name]) == int(before[name]) + by
+        wait_until(lambda: grew("sessions_closed_quit", 1) and grew("sessions_closed_peer", 3)
+                   and grew("sessions_refused", 1), what="the counters")
+
 
 class ShutdownTest(GatewayCase):
 

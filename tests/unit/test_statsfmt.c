@@ -81,7 +81,7 @@ t_prometheus(void **state)
         "busgate_bus_link_state{state=\"unconfirmed\"} 0\n"
         "busgate_bus_link_state{state=\"up\"} 1\n"
         "busgate_bus_link_state{state=\"down\"} 0\n"
-        "# HELP busgate_sessions_closed_total Local sessions closed by the daemon, by reason.\n"
+        "# HELP busgate_sessions_closed_total Local sessions closed, by reason (slow_consumer includes memory_budget).\n"
         "# TYPE busgate_sessions_closed_total counter\n"
         "busgate_sessions_closed_total{reason=\"slow_consumer\"} 3\n"
         "busgate_sessions_closed_total{reason=\"memory_budget\"} 1\n"
