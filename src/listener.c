@@ -44,8 +44,25 @@ struct listener {
     ino_t ino; /* only our own at exit */
 };
 
-/* Take fd 3 from systemd if LISTEN_PID/LISTEN_FDS say it is ours. Returns
- * the fd, -1 when not activated, -2 on error (err set). */
+/* Which of the n fds systemd passed is the session socket: the first not
+ * named "metrics" (the endpoint's, FileDescriptorName=metrics). */
+static int
+session_fd_index(const char *names, long n)
+{
+    const char *p = names;
+
+    for (int i = 0; p != NULL && i < n; i++) {
+        size_t l = strcspn(p, ":");
+
+        if (!(l == 7 && memcmp(p, "metrics", 7) == 0))
+            return i;
+        p = p[l] == ':' ? p + l + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Take the session socket from systemd if LISTEN_PID/LISTEN_FDS say it is
+ * ours. Returns the fd, -1 when not activated, -2 on error (err set). */
 static int
 systemd_fd(char *err, size_t errlen)
 {
@@ -62,6 +79,8 @@ systemd_fd(char *err, size_t errlen)
     if (errno != 0 || *end != '\0' || pid != (long)getpid())
         return -1;
     n = strtol(fds_s, &end, 10);
+    if (*end == '\0' && n > 1)
+        fd += session_fd_index(getenv("LISTEN_FDNAMES"), n);
     unsetenv("LISTEN_PID");
     unsetenv("LISTEN_FDS");
     unsetenv("LISTEN_FDNAMES");
@@ -71,7 +90,7 @@ systemd_fd(char *err, size_t errlen)
         return -2;
     }
     if (n > 1)
-        log_warn("systemd passed %ld sockets; using the first (fd %d)", n, fd);
+        log_info("systemd passed %ld sockets; sessions on fd %d", n, fd);
     len = sizeof type;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0)
         type = -1;

@@ -351,7 +351,7 @@ daemon_start(struct daemon *d)
     if (session_start(d->base, &d->cfg) != 0)
         return -1;
     /* Before the session socket: once that answers, everything does. */
-    if (d->cfg.metrics.listen != NULL &&
+    if ((d->cfg.metrics.listen != NULL || metrics_passed_fd() >= 0) &&
         (d->metrics = metrics_new(d->base, &d->cfg.metrics, d->router, err, sizeof err)) ==
             NULL) {
         log_error("%s", err);

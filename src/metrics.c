@@ -3,6 +3,7 @@
  * body bounded, every connection timed out, no per-request state kept.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -150,6 +151,41 @@ bind_address(struct metrics *m, const char *addr, char *err, size_t errlen)
     return fd;
 }
 
+int
+metrics_passed_fd(void)
+{
+    const char *pid_s = getenv("LISTEN_PID"), *fds_s = getenv("LISTEN_FDS");
+    const char *names = getenv("LISTEN_FDNAMES");
+    int acc = 0, type = 0, i = 0;
+    socklen_t len = sizeof acc;
+    long n;
+
+    if (pid_s == NULL || fds_s == NULL || names == NULL || atol(pid_s) != (long)getpid())
+        return -1;
+    n = atol(fds_s);
+    /* LISTEN_FDNAMES: the names of fds 3, 4, ... separated by ':'. */
+    for (const char *p = names; i < n; i++) {
+        size_t l = strcspn(p, ":");
+
+        if (l == strlen(METRICS_FD_NAME) && memcmp(p, METRICS_FD_NAME, l) == 0)
+            break;
+        if (p[l] == '\0') {
+            i = (int)n;
+            break;
+        }
+        p += l + 1;
+    }
+    if (i >= n)
+        return -1;
+    if (getsockopt(3 + i, SOL_SOCKET, SO_ACCEPTCONN, &acc, &len) != 0 || !acc ||
+        (len = sizeof type, getsockopt(3 + i, SOL_SOCKET, SO_TYPE, &type, &len)) != 0 ||
+        type != SOCK_STREAM)
+        return -1;
+    fcntl(3 + i, F_SETFD, FD_CLOEXEC);
+    fcntl(3 + i, F_SETFL, fcntl(3 + i, F_GETFL) | O_NONBLOCK);
+    return 3 + i;
+}
+
 void
 metrics_reconfigure(struct metrics *m, const struct config_metrics *cfg)
 {
@@ -180,6 +216,17 @@ metrics_new(struct event_base *base, const struct config_metrics *cfg, struct ro
             EVHTTP_REQ_PATCH);
     evhttp_set_gencb(m->http, on_request, m);
     metrics_reconfigure(m, cfg);
+    if ((fd = metrics_passed_fd()) >= 0) {
+        if (evhttp_accept_socket(m->http, fd) != 0) {
+            snprintf(err, errlen, "metrics: the systemd socket (fd %d): cannot accept", fd);
+            metrics_free(m);
+            return NULL;
+        }
+        log_notice("metrics: serving /metrics, /healthz, /readyz on the systemd socket "
+                   "named %s (fd %d)",
+            METRICS_FD_NAME, fd);
+        return m;
+    }
     if ((fd = bind_address(m, cfg->listen, err, errlen)) < 0 ||
         evhttp_accept_socket(m->http, fd) != 0) {
         if (fd >= 0) {

@@ -15,7 +15,16 @@
 struct event_base;
 struct metrics;
 
-/* Listen at cfg->listen (which must be set). NULL with a reason in err. */
+/* The name of the socket systemd passes for the endpoint
+ * (FileDescriptorName= in the .socket unit). */
+#define METRICS_FD_NAME "metrics"
+
+/* The fd systemd passed under that name (LISTEN_FDNAMES), made
+ * non-blocking, or -1. */
+int metrics_passed_fd(void);
+
+/* Serve on the socket systemd passed for it, else at cfg->listen (which
+ * must then be set). NULL with a reason in err. */
 struct metrics *metrics_new(struct event_base *base, const struct config_metrics *cfg,
     struct router *r, char *err, size_t errlen);
 

@@ -277,6 +277,54 @@ class UnixMetricsTest(GatewayCase):
         self.assertFalse(os.path.exists(path))
 
 
+# Starts busgated as systemd does: the fds from argv moved to 3, 4...,
+# LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID set.
+ACTIVATE = """
+import os, sys
+fds = [int(x) for x in sys.argv[1].split(",")]
+for i, fd in enumerate(fds):
+    os.dup2(fd, 3 + i)
+os.environ["LISTEN_FDS"] = str(len(fds))
+os.environ["LISTEN_FDNAMES"] = sys.argv[2]
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[3], sys.argv[3:])
+"""
+
+
+class ActivatedMetricsTest(GatewayCase):
+    """The endpoint on a socket systemd passes (FileDescriptorName=metrics),
+    beside the session socket, whichever comes first; metrics.listen unset."""
+
+    def test_socket_passed_by_systemd(self):
+        gw = Gateway(self.dir, self.bus, username="gw2", password="gw2pass", name="act")
+        gw.write_config()
+        sess_path = os.path.join(gw.dir, "activated.sock")
+        ssock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ssock.bind(sess_path)
+        ssock.listen(16)
+        msock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        msock.bind(("127.0.0.1", 0))
+        msock.listen(16)
+        port = msock.getsockname()[1]
+        fds = (msock.fileno(), ssock.fileno())
+        gw.logf = open(gw.log_path, "ab")
+        gw.proc = subprocess.Popen(
+            [sys.executable, "-c", ACTIVATE, "%d,%d" % fds, "metrics:busgate", BUSGATED,
+             "-c", gw.config_path], pass_fds=fds, stdout=gw.logf, stderr=gw.logf)
+        msock.close()
+        ssock.close()
+        try:
+            wait_until(lambda: "systemd socket named metrics" in gw.log(), what="metrics up")
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+            self.assertEqual(get("/healthz", conn=conn)[0], 200)
+            from gwtest import Session
+            s = Session(sess_path)
+            self.assertEqual(s.cmd("PING"), "PONG")
+            s.close()
+        finally:
+            gw.stop()
+
+
 class ConfigTest(unittest.TestCase):
     """A non-loopback address needs metrics.allow_remote."""
 
