@@ -299,7 +299,12 @@ class RestartTest(GatewayCase):
             await r.client.add_notification(feed)
             await r.client.add_authorizer("secure")
             pub = self.client("pub")
-            pub.publish(feed, topic, [(None, b"before")])
+            deadline = time.monotonic() + TIMEOUT
+            while time.monotonic() < deadline:       # until the bus has the SUB
+                pub.publish(feed, topic, [(None, b"before")])
+                await asyncio.sleep(0.1)
+                if any(isinstance(e, busgate.Data) for e in r.events):
+                    break
             self.assertEqual((await r.data(topic)).packets[0].data, b"before")
             await asyncio.get_event_loop().run_in_executor(None, self.gw.stop)
             await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "down")
@@ -315,9 +320,11 @@ class RestartTest(GatewayCase):
             while time.monotonic() < deadline:       # until the bus has the new SUB
                 pub.publish(feed, topic, [(None, b"after")])
                 await asyncio.sleep(0.1)
-                if any(isinstance(e, busgate.Data) for e in r.events):
+                if any(isinstance(e, busgate.Data) and e.packets[0].data == b"after"
+                       for e in r.events):
                     break
-            self.assertEqual((await r.data(topic)).packets[0].data, b"after")
+            await r.wait(lambda e: isinstance(e, busgate.Data) and e.topic == topic
+                         and e.packets[0].data == b"after", "DATA after the restart")
             await r.client.stop()
         run(go())
 
@@ -333,9 +340,12 @@ class RestartTest(GatewayCase):
             await r.wait(lambda e: isinstance(e, busgate.BusState) and e.state == "down")
             self.assertEqual(r.client.bus_state, "down")
             await asyncio.get_event_loop().run_in_executor(None, self.bus.start)
-            await r.wait(lambda e: isinstance(e, busgate.BusState) and e.state == "up")
-            # (An "up" may come first: the link confirmed after we connected.)
+            # (An "up" may come before the down: the link confirmed after we
+            # connected; the one wanted is after it.)
             down = states.index("down")
+            deadline = time.monotonic() + TIMEOUT
+            while "up" not in states[down:] and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
             self.assertIn("unconfirmed", states[down:])
             self.assertEqual(states[-1], "up")
             await r.client.stop()
