@@ -1328,24 +1328,8 @@ test_limits_before_complete(void **state)
     /* SubscriptionRequest whose feed claims 99999 bytes. */
     static const uint8_t big[] = { 5, 0, 0x01, 0x86, 0x9f, 'a', 'b' };
     /* Publish claiming 1000 packets: at least 8000 more bytes. */
-    static const uint8_t many[] = {
-        1,
-        0,
-        0,
-        0,
-        1,
-        'F',
-        0,
-        0,
-        0,
-        1,
-        'T',
-        1,
-        0,
-        0,
-        0x03,
-        0xe8,
-    };
+    static const uint8_t many[] = { 1, 0, 0, 0, 1, 'F', 0, 0, 0, 1, 'T', 1, 0, 0, 0x03,
+        0xe8 };
     struct wire_limits lim;
 
     limits_wide(&lim);
