@@ -14,12 +14,14 @@ sanitizer report), so every test also checks shutdown and leaks.
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOP_SRCDIR = os.environ.get("top_srcdir") or os.path.dirname(os.path.dirname(HERE))
@@ -476,3 +478,21 @@ def proc_status(pid, field):
 def tempdir(prefix="busgate-test-"):
     """A short temp dir (Unix socket paths are limited to 107 bytes)."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+class BusesCase(unittest.TestCase):
+    """Each test starts its own test buses and gateways (in self.buses and
+    self.gws, stopped after it) in a fresh work dir."""
+    DIR_PREFIX = "busgate-test-"
+
+    def setUp(self):
+        self.dir = tempdir(self.DIR_PREFIX)
+        self.buses, self.gws = [], []
+
+    def tearDown(self):
+        for gw in self.gws:
+            gw.stop()
+        for bus in self.buses:
+            bus.stop()
+        if not os.environ.get("BUSGATE_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -13,32 +13,20 @@ probe's roles denied, reported as such (STAT bus_confirm probe-denied).
 
 import os
 import re
-import shutil
 import sys
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from gwtest import Gateway, TestBus, tempdir, wait_until, PROBE_FEED  # noqa: E402
+from gwtest import BusesCase, Gateway, TestBus, wait_until, PROBE_FEED  # noqa: E402
 
 HB = 0.1
 FAST_RETRY = {"min": "20ms", "max": "400ms", "reset_after": "5s"}
 
 
-class ConfirmCase(unittest.TestCase):
-
-    def setUp(self):
-        self.dir = tempdir("busgate-confirm-")
-        self.buses, self.gws = [], []
-
-    def tearDown(self):
-        for gw in self.gws:
-            gw.stop()
-        for bus in self.buses:
-            bus.stop()
-        if not os.environ.get("BUSGATE_KEEP"):
-            shutil.rmtree(self.dir, ignore_errors=True)
+class ConfirmCase(BusesCase):
+    DIR_PREFIX = "busgate-confirm-"
 
     def bus(self, **kw):
         b = TestBus(self.dir, name="bus%d" % len(self.buses), **kw)

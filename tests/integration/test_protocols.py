@@ -10,7 +10,6 @@ refused at 4 with a clear error before anything is sent.
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -19,25 +18,14 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from gwtest import BUSGATED, Gateway, TestBus, tempdir, wait_until  # noqa: E402
+from gwtest import BUSGATED, BusesCase, Gateway, TestBus, wait_until  # noqa: E402
 from control import DEFAULT_JWT_SECRET, make_jwt  # noqa: E402
 
 HB = 0.1
 
 
-class ProtocolCase(unittest.TestCase):
-
-    def setUp(self):
-        self.dir = tempdir("busgate-proto-")
-        self.buses, self.gws = [], []
-
-    def tearDown(self):
-        for gw in self.gws:
-            gw.stop()
-        for bus in self.buses:
-            bus.stop()
-        if not os.environ.get("BUSGATE_KEEP"):
-            shutil.rmtree(self.dir, ignore_errors=True)
+class ProtocolCase(BusesCase):
+    DIR_PREFIX = "busgate-proto-"
 
     def bus(self, protocol, **kw):
         b = TestBus(self.dir, name="bus%d" % protocol, protocol=protocol,
