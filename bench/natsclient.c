@@ -249,7 +249,8 @@ on_line(struct conn *c, const uint8_t *p, size_t len)
             (int)(len > 200 ? 200 : len), (const char *)p);
         N.err_replies++;
         N.errors++;
-    } else if (!(len >= 5 && memcmp(p, "INFO ", 5) == 0) && !(len == 3 && memcmp(p, "+OK", 3) == 0)) {
+    } else if (!(len >= 5 && memcmp(p, "INFO ", 5) == 0) &&
+        !(len == 3 && memcmp(p, "+OK", 3) == 0)) {
         fprintf(stderr, "natsclient: unexpected line: %.*s\n", (int)(len > 200 ? 200 : len),
             (const char *)p);
         N.errors++;
@@ -283,6 +284,8 @@ parse_msg(struct conn *c, const uint8_t *p, size_t n, const uint8_t *nl)
     total = (size_t)(nl + 1 - p) + len + 2;
     if (total > n)
         return 0;
+    if (p[total - 2] != '\r' || p[total - 1] != '\n')
+        return -1; /* framing lost */
     on_msg(c, sid, nl + 1, len);
     return (long)total;
 }
@@ -633,6 +636,10 @@ drain_sub(void)
                 if (!N.c[i].dead && N.c[i].count[j] < want_of(sent, N.c[i].topics[j]))
                     complete = false;
     }
+    if (!atomic_load(&N.ctl->done)) {
+        fprintf(stderr, "natsclient: the publisher never said how much it sent\n");
+        N.errors++;
+    }
     for (uint32_t i = 0; i < N.n; i++)
         for (uint32_t j = 0; j < N.c[i].ntopics; j++) {
             uint64_t want = want_of(sent, N.c[i].topics[j]), got = N.c[i].count[j];
@@ -663,9 +670,8 @@ drain_pub(void)
            " err_replies=%llu",
         (unsigned long long)N.sent, (unsigned long long)got,
         (unsigned long long)(got < N.sent ? N.sent - got : 0),
-        (unsigned long long)seq_errors,
-        (unsigned long long)N.errors, (unsigned long long)N.closed,
-        (unsigned long long)N.err_replies);
+        (unsigned long long)seq_errors, (unsigned long long)N.errors,
+        (unsigned long long)N.closed, (unsigned long long)N.err_replies);
 }
 
 /* ---- the background sides ---- */
@@ -700,7 +706,8 @@ run_background(void)
         if (atomic_load(&N.ctl->done) && !any_pending())
             poll_once(10);
     }
-    fprintf(stderr, "natsclient %s: sent %llu, received %llu, %llu sequence errors, %llu closed\n",
+    fprintf(stderr,
+        "natsclient %s: sent %llu, received %llu, %llu sequence errors, %llu closed\n",
         N.mode == M_SRC ? "src" : "sink", (unsigned long long)N.sent,
         (unsigned long long)N.delivered, (unsigned long long)N.seq_errors,
         (unsigned long long)N.closed);
