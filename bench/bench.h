@@ -1,5 +1,6 @@
 /*
- * Shared pieces of the benchmark programs (bussrc, lpclient, rawfanout):
+ * Shared pieces of the benchmark programs (bussrc, lpclient, rawfanout,
+ * natsclient):
  * clocks, the shared-memory control block that lets the load source and
  * the load clients agree on start, stop and an in-flight window, the
  * payload layout, fast parsers for the two protocols' data messages, and
@@ -9,6 +10,7 @@
 #ifndef BUSGATE_BENCH_H
 #define BUSGATE_BENCH_H
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -153,26 +155,36 @@ bench_ctl_open(const char *path)
 }
 
 /*
- * CPU time of a process in ns. /proc/PID/schedstat gives the run time of
- * its main thread with ns resolution (the daemon is single-threaded); when
- * the kernel lacks it, utime + stime of the whole process from
- * /proc/PID/stat (10 ms ticks). Returns 0 if unreadable.
+ * CPU time of a process in ns: the run time of each of its threads from
+ * /proc/PID/task/TID/schedstat (ns resolution; busgated is single-threaded,
+ * nats-server is not); when the kernel lacks it, utime + stime of the whole
+ * process from /proc/PID/stat (10 ms ticks). Returns 0 if unreadable.
  */
 static inline uint64_t
 bench_proc_cpu_ns(int pid)
 {
-    char path[64], buf[1024], *p;
-    unsigned long long run = 0, ut = 0, st = 0;
+    char path[96], buf[1024], *p;
+    unsigned long long run = 0, sum = 0, ut = 0, st = 0;
+    struct dirent *de;
+    DIR *d;
     FILE *f;
     size_t n;
 
-    snprintf(path, sizeof path, "/proc/%d/schedstat", pid);
-    if ((f = fopen(path, "r")) != NULL) {
-        int ok = fscanf(f, "%llu", &run) == 1;
-
-        fclose(f);
-        if (ok && run > 0)
-            return run;
+    snprintf(path, sizeof path, "/proc/%d/task", pid);
+    if ((d = opendir(path)) != NULL) {
+        while ((de = readdir(d)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            snprintf(path, sizeof path, "/proc/%d/task/%.20s/schedstat", pid, de->d_name);
+            if ((f = fopen(path, "r")) == NULL)
+                continue;
+            if (fscanf(f, "%llu", &run) == 1)
+                sum += run;
+            fclose(f);
+        }
+        closedir(d);
+        if (sum > 0)
+            return sum;
     }
     snprintf(path, sizeof path, "/proc/%d/stat", pid);
     if ((f = fopen(path, "r")) == NULL)

@@ -6,6 +6,9 @@ Starts the bus load source (bussrc), a busgated with a generated config
 load clients (lpclient) and the raw Unix-socket baseline (rawfanout), runs
 each scenario for a few seconds, and prints every figure beside the
 baseline measured in the same run, with PASS/MISS against the targets.
+When nats-server is installed, every fan-out and publish case also runs
+through it (bench/natsclient in the roles of bussrc and lpclient) and the
+rows print gateway / nats-server as well as gateway / raw.
 
     python3 bench/run.py --builddir BUILD [--write bench/RESULTS.md]
                          [--duration 3] [--only fanout,publish,latency,memory]
@@ -29,6 +32,10 @@ import time
 
 SCENARIOS = ("fanout", "publish", "latency", "memory")
 LIB_TARGET = 0.9        # libbusgate subscribers against the hand-written ones
+NATS_TARGET = 3.0       # gateway >= 3 x nats-server, fan-out and publish at 16 B and 256 B
+NATS_SUBS = (1, 100, 1000)  # fan-out rows (one topic) with the nats-server target
+GW_CPU_TARGET = 0.12    # gateway CPU-s per million messages, 1 subscriber, 16 B
+TOPICS_RATE_TARGET = 4e6    # msg/s, 1000 topics x 1 subscriber, 16 B
 
 # Targets (DESIGN.md quality bars and the benchmark issue).
 FANOUT_TARGET = 0.5         # x raw, at 16 B and 256 B with 100 and 1000 subscribers
@@ -143,11 +150,13 @@ class Bench:
         self.a = args
         self.tmp = tempfile.mkdtemp(prefix="busgate-bench-")
         self.bin = {p: os.path.join(args.builddir, "bench", p)
-                    for p in ("bussrc", "lpclient", "rawfanout")}
+                    for p in ("bussrc", "lpclient", "rawfanout", "natsclient")}
         self.busgated = args.busgated or os.path.join(args.builddir, "src", "busgated")
         self.n = 0
         self.results = {}
         self.gateway_ok = None
+        self.nats_ok = None
+        self.nats_note = ""
         self.other = []             # other load of every measured run
         self.profiles = []          # (case, perf report lines) with --perf
 
@@ -221,15 +230,126 @@ daemon:
             time.sleep(0.02)
         return g
 
-    def lpclient(self, *args, timeout=180):
-        argv = [self.bin["lpclient"]] + [str(x) for x in args]
+    def client(self, prog, *args, timeout=180):
+        """Run a measuring client (lpclient, natsclient) to its RESULT line."""
+        argv = [self.bin[prog]] + [str(x) for x in args]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
                            preexec_fn=raise_nofile)
         res = parse_result(r.stdout)
         if r.returncode != 0 or res is None:
-            raise RuntimeError("lpclient %s failed (%s):\n%s%s" % (
-                " ".join(argv[1:]), r.returncode, r.stdout[-2000:], r.stderr[-4000:]))
+            raise RuntimeError("%s %s failed (%s):\n%s%s" % (
+                prog, " ".join(argv[1:]), r.returncode, r.stdout[-2000:], r.stderr[-4000:]))
         res["stderr"] = r.stderr
+        return res
+
+    def lpclient(self, *args, timeout=180):
+        return self.client("lpclient", *args, timeout=timeout)
+
+    # ---- nats-server, the peer ----
+
+    def nats_server(self):
+        """A fresh nats-server on a free loopback port, limits for big fan-out."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cfg = self.path("nats.conf")
+        with open(cfg, "w") as f:
+            # max_pending: bytes queued for one client before it is dropped as
+            # a slow consumer (the analogue of listen.max_output);
+            # write_deadline: a loaded 2-core machine must not drop anyone.
+            f.write("max_connections: 20000\nmax_payload: 1MB\nmax_pending: %dMB\n"
+                    "write_deadline: \"60s\"\nping_interval: \"2m\"\n"
+                    % self.a.max_output_mib)
+        n = Proc([self.a.nats_server, "-a", "127.0.0.1", "-p", str(port), "-c", cfg],
+                 self.path("nats-server.log"), nofile=True)
+        n.port = port
+        deadline = time.monotonic() + 10
+        while True:
+            if not n.alive():
+                raise RuntimeError("nats-server exited %s:\n%s" % (
+                    n.proc.returncode, n.output()[-2000:]))
+            if time.monotonic() > deadline:
+                n.stop()
+                raise RuntimeError("nats-server never listened:\n" + n.output()[-2000:])
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                    if s.recv(4096).startswith(b"INFO "):
+                        return n
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    def natsclient_bg(self, role, port, ctl, *args):
+        """natsclient src or sink in the background (bussrc's roles)."""
+        return Proc([self.bin["natsclient"], role, "--port", str(port), "--ctl", ctl,
+                     "--max-seconds", "300"] + [str(x) for x in args],
+                    self.path("nats-%s.log" % role), nofile=True)
+
+    def check_nats(self):
+        """Is nats-server installed and does it run here?"""
+        if self.nats_ok is not None:
+            return self.nats_ok
+        self.nats_ok = False
+        if self.a.no_nats:
+            self.nats_note = "not asked for (--no-nats)"
+        elif not self.a.nats_server or not os.access(self.a.nats_server, os.X_OK):
+            self.nats_note = "nats-server not found (apt-get install nats-server)"
+        else:
+            try:
+                self.nats_server().stop()
+                self.nats_ok = True
+                v = subprocess.run([self.a.nats_server, "--version"], capture_output=True,
+                                   text=True, timeout=10).stdout.strip()
+                self.nats_note = v or "nats-server"
+            except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+                self.nats_note = "nats-server does not run here (see the log above)"
+                log(str(e)[-1500:])
+        if not self.nats_ok:
+            log("nats-server columns skipped: " + self.nats_note)
+        return self.nats_ok
+
+    def nats_fanout_case(self, size, subs, topics):
+        """bussrc -> busgated -> lpclient sub, with natsclient src -> nats-server ->
+        natsclient sub: one publishing connection, the same window, subs
+        connections in one process."""
+        fanout = subs // topics
+        window = max(1000, self.a.budget_mib * 1048576 // (size + 64))
+        ctl = self.path("ctl")
+        n = self.nats_server()
+        src = None
+        try:
+            src = self.natsclient_bg("src", n.port, ctl, "--topics", topics, "--fanout", fanout,
+                                     "--payload", size, "--window", window)
+            res = self.client("natsclient", "sub", "--port", n.port, "-n", subs,
+                              "--topics", topics, "--ctl", ctl, "--warmup", self.a.warmup,
+                              "--duration", self.a.duration, "--cpu", "nats=%d" % n.pid,
+                              "--cpu", "src=%d" % src.pid)
+        finally:
+            if src is not None and src.stop() not in (0, None):
+                log("natsclient src: %s" % src.output()[-1500:])
+            n.stop()
+        res.update(payload=size, subs=subs, topics=topics, window=window)
+        return res
+
+    def nats_publish_case(self, size, pubs):
+        """lpclient pub -> busgated -> bussrc, with natsclient pub -> nats-server ->
+        natsclient sink (one connection subscribed to every publisher's topic)."""
+        window = max(1000, self.a.budget_mib * 1048576 // (size + 64))
+        ctl = self.path("ctl")
+        n = self.nats_server()
+        sink = None
+        try:
+            sink = self.natsclient_bg("sink", n.port, ctl, "--topics", pubs)
+            res = self.client("natsclient", "pub", "--port", n.port, "-n", pubs,
+                              "--topics", pubs, "--payload", size, "--window", window,
+                              "--ctl", ctl, "--warmup", self.a.warmup,
+                              "--duration", self.a.duration, "--cpu", "nats=%d" % n.pid,
+                              "--cpu", "sink=%d" % sink.pid)
+        finally:
+            if sink is not None and sink.stop() not in (0, None):
+                log("natsclient sink: %s" % sink.output()[-1500:])
+            n.stop()
+        res.update(payload=size, pubs=pubs, window=window)
         return res
 
     def rawfanout(self, *args):
@@ -299,7 +419,7 @@ daemon:
     # ---- scenarios ----
 
     def run_fanout(self):
-        raw, rawp, rows, lib_rows = {}, {}, [], []
+        raw, rawp, rows, lib_rows, nats_rows = {}, {}, [], [], []
         for size in self.a.payloads:
             for n in sorted(set(self.a.subs + [1000])):
                 log("raw fan-out: %d readers, %d B" % (n, size))
@@ -318,8 +438,13 @@ daemon:
                 log("gateway fan-out through libbusgate: %d subscribers, %d topics, %d B"
                     % (subs, topics, size))
                 lib_rows.append(self.best(self.fanout_case, size, subs, topics, True))
+                if self.check_nats():
+                    log("nats-server fan-out: %d subscribers, %d topics, %d B"
+                        % (subs, topics, size))
+                    nats_rows.append(self.best(self.nats_fanout_case, size, subs, topics))
         self.results["fanout"] = rows
         self.results["fanout_lib"] = lib_rows
+        self.results["fanout_nats"] = nats_rows
 
     def fanout_case(self, size, subs, topics, lib=False):
         fanout = subs // topics
@@ -344,7 +469,7 @@ daemon:
         return res
 
     def run_publish(self):
-        raw, rows = {}, []
+        raw, rows, nats_rows = {}, [], []
         for size in self.a.payloads:
             log("raw publish bytes: %d B" % size)
             raw[size] = self.best(self.rawfanout, "-n", 1, "--payload", size, "--pub")
@@ -355,7 +480,11 @@ daemon:
             for pubs in self.a.pubs:
                 log("gateway publish: %d publishers, %d B" % (pubs, size))
                 rows.append(self.best(self.publish_case, size, pubs))
+                if self.check_nats():
+                    log("nats-server publish: %d publishers, %d B" % (pubs, size))
+                    nats_rows.append(self.best(self.nats_publish_case, size, pubs))
         self.results["publish"] = rows
+        self.results["publish_nats"] = nats_rows
 
     def publish_case(self, size, pubs):
         src = self.bussrc("--topics", 1)
@@ -476,6 +605,9 @@ daemon:
             "delivery); the gateway's CPU is from /proc/PID/schedstat over the measured window")
         if self.gateway_ok is False:
             add("- **busgated did not run: only the baselines were measured**")
+        if self.nats_ok is not None:
+            add("- peer: %s" % (self.nats_note if self.nats_ok else
+                                "**nats-server columns skipped: %s**" % self.nats_note))
         add("")
         self.report_fanout(add)
         self.report_publish(add)
@@ -519,40 +651,98 @@ daemon:
                     r["bytes_rate"] / 1e6, fmt_rate(rawp[(size, n)]["rate"]), other_cores(r)))
             add("")
             return
-        add("| payload | subscribers | topics | gateway msg/s | MB/s | raw msg/s | ratio | "
-            "raw+parse msg/s | ratio | target | gw CPU | client CPU | gw CPU s / 1M msgs | "
-            "gw peak RSS | other load | check |")
-        add("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- | ---: | "
-            "---: | ---: | ---: | ---: | :--- |")
-        for r in rows:
-            size, subs = r["payload"], r["subs"]
+        nats = self.results.get("fanout_nats") or []
+        self.report_nats_intro(add, "fan-out", "natsclient src publishes on the topics "
+                               "round-robin over one connection (bussrc's role), the N "
+                               "subscribers are N connections of one natsclient sub process "
+                               "(lpclient's role), the same in-flight window paces the "
+                               "publisher", "at 16 B and 256 B with %s subscribers on one "
+                               "topic and with 1000 topics x 1 subscriber" %
+                               ", ".join(str(n) for n in NATS_SUBS))
+        head = ["payload", "subscribers", "topics", "gateway msg/s", "MB/s", "raw msg/s",
+                "ratio", "raw+parse msg/s", "ratio", "target"]
+        if nats:
+            head += ["nats msg/s", "gw/nats", "nats target"]
+        head += ["gw CPU", "client CPU", "gw CPU s / 1M msgs", "gw target"]
+        if nats:
+            head += ["nats-server / client CPU", "nats CPU s / 1M msgs"]
+        head += ["gw peak RSS", "other load", "check"]
+        table = []
+        for i, r in enumerate(rows):
+            size, subs, topics = r["payload"], r["subs"], r["topics"]
             rr, rp = raw[(size, subs)], rawp[(size, subs)]
+            n = nats[i] if i < len(nats) else None
             ratio = r["rate"] / rr["rate"] if rr["rate"] else 0
             ratio_p = r["rate"] / rp["rate"] if rp["rate"] else 0
             target = ""
-            if size in (16, 256) and subs in (100, 1000) and r["topics"] == 1:
+            if size in (16, 256) and subs in (100, 1000) and topics == 1:
                 target = "%s (>= %.1f)" % (self.verdict(ratio >= FANOUT_TARGET), FANOUT_TARGET)
             secs = r["seconds"]
             per_m = r["cpu_gw"] / r["msgs"] * 1e6 if r["msgs"] else 0
-            ok = (r["missing"] == 0 and r["seq_errors"] == 0 and r["errors"] == 0 and
-                  r["closed"] == 0)
-            check = "ok" if ok else "FAIL missing=%d seq=%d err=%d closed=%d" % (
-                r["missing"], r["seq_errors"], r["errors"], r["closed"])
-            add("| %d B | %d | %d | %s | %.0f | %s | %.2f | %s | %.2f | %s | %.0f%% | %.0f%% | "
-                "%.3f | %.1f MiB | %.1f / %.1f | %s |" % (
-                    size, subs, r["topics"], fmt_rate(r["rate"]), r["bytes_rate"] / 1e6,
-                    fmt_rate(rr["rate"]), ratio, fmt_rate(rp["rate"]), ratio_p, target,
-                    100 * r["cpu_gw"] / secs, 100 * r["cpu_client"] / secs, per_m,
-                    r["gw_hwm"] / 1048576, other_cores(r), other_cores(rr), check))
+            gw_target = []
+            if size == 16 and subs == 1 and topics == 1:
+                gw_target.append("CPU %s (<= %.2f s / 1M)" % (
+                    self.verdict(per_m <= GW_CPU_TARGET), GW_CPU_TARGET))
+            if size == 16 and subs == 1000 and topics == 1000:
+                gw_target.append("rate %s (>= %s msg/s)" % (
+                    self.verdict(r["rate"] >= TOPICS_RATE_TARGET), fmt_rate(TOPICS_RATE_TARGET)))
+            cells = [size_s(size), subs, topics, fmt_rate(r["rate"]),
+                     "%.0f" % (r["bytes_rate"] / 1e6), fmt_rate(rr["rate"]), "%.2f" % ratio,
+                     fmt_rate(rp["rate"]), "%.2f" % ratio_p, target]
+            if nats:
+                cells += self.nats_cells(r, n, size in (16, 256) and (
+                    (topics == 1 and subs in NATS_SUBS) or (topics == 1000 and subs == 1000)))
+            cells += ["%.0f%%" % (100 * r["cpu_gw"] / secs),
+                      "%.0f%%" % (100 * r["cpu_client"] / secs), "%.3f" % per_m,
+                      "; ".join(gw_target)]
+            if nats:
+                cells += self.nats_cpu_cells(n)
+            other = "%.1f / %.1f" % (other_cores(r), other_cores(rr))
+            if nats:
+                other += " / %.1f" % other_cores(n)
+            cells += ["%.1f MiB" % (r["gw_hwm"] / 1048576), other, check_cell(r, n)]
+            table.append(cells)
+        add_table(add, head, table, 3)
         add("")
         self.report_fanout_lib(add, rows)
         add("check: every subscriber received every message sent, in order, exactly once "
             "(sequence numbers), and no session was dropped. gw CPU / client CPU: share of "
-            "one core over the window (a client near 100% means the subscriber process, not "
+            "one core over the window (a client near 100%% means the subscriber process, not "
             "the gateway, was the limit). other load: CPU cores busy with other processes "
-            "during the gateway run / the raw run (/proc/stat minus the measured "
-            "processes); above ~0.3 the figures of that row are disturbed.")
+            "during the gateway run / the raw run%s (/proc/stat minus the measured "
+            "processes); above ~0.3 the figures of that row are disturbed." % (
+                " / the nats-server run" if nats else ""))
         add("")
+
+    def report_nats_intro(self, add, what, layout, cases):
+        """What the nats-server columns are, or why they are missing."""
+        if not self.nats_ok:
+            add("nats-server columns skipped: %s." % self.nats_note)
+            add("")
+            return
+        add("Peer: %s on loopback, fresh per run (max_pending %d MB, write_deadline 60s), "
+            "the same %s through it: %s. nats msg/s, gw/nats: its rate and the gateway's "
+            "against it; nats-server / client CPU: its process, all threads, in cores x 100%%, "
+            "and the natsclient process that measures (subscribers, or publishers). "
+            "Target: gateway >= %.0f x nats-server %s." % (
+                self.nats_note, self.a.max_output_mib, what, layout, NATS_TARGET, cases))
+        add("")
+
+    def nats_cells(self, r, n, targeted):
+        if n is None:
+            return ["", "", ""]
+        ratio = r["rate"] / n["rate"] if n["rate"] else 0
+        target = "%s (>= %.0f)" % (self.verdict(ratio >= NATS_TARGET), NATS_TARGET) \
+            if targeted else ""
+        return [fmt_rate(n["rate"]), "%.2f" % ratio, target]
+
+    @staticmethod
+    def nats_cpu_cells(n):
+        if n is None:
+            return ["", ""]
+        per_m = n["cpu_nats"] / n["msgs"] * 1e6 if n["msgs"] else 0
+        return ["%.0f%% / %.0f%%" % (100 * n["cpu_nats"] / n["seconds"],
+                                     100 * n["cpu_client"] / n["seconds"]), "%.3f" % per_m]
 
     def report_fanout_lib(self, add, rows):
         """The same fan-out with libbusgate subscribers (issue 13: at most 10% dearer)."""
@@ -594,24 +784,44 @@ daemon:
                 add("- raw PUB bytes, %d B payload: %s msg/s" % (size, fmt_rate(r["rate"])))
             add("")
             return
-        add("| payload | publishers | gateway msg/s | raw msg/s | ratio | target | gw CPU | "
-            "gw CPU s / 1M msgs | other load | check |")
-        add("| ---: | ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | :--- |")
-        for r in rows:
+        nats = self.results.get("publish_nats") or []
+        self.report_nats_intro(add, "publishers", "P natsclient pub connections in one "
+                               "process (lpclient's role), one natsclient sink connection "
+                               "subscribed to every publisher's topic counts and checks "
+                               "(the bus source's role), rate = messages reaching it; NATS "
+                               "has no backpressure, so the publishers are held to the "
+                               "fan-out's in-flight window", "publish ingest at 16 B and "
+                               "256 B")
+        head = ["payload", "publishers", "gateway msg/s", "raw msg/s", "ratio", "target"]
+        if nats:
+            head += ["nats msg/s", "gw/nats", "nats target"]
+        head += ["gw CPU", "gw CPU s / 1M msgs"]
+        if nats:
+            head += ["nats-server / client CPU", "nats CPU s / 1M msgs"]
+        head += ["other load", "check"]
+        table = []
+        for i, r in enumerate(rows):
             rr = raw[r["payload"]]
+            n = nats[i] if i < len(nats) else None
             ratio = r["rate"] / rr["rate"] if rr["rate"] else 0
             per_m = r["cpu_gw"] / r["msgs"] * 1e6 if r["msgs"] else 0
-            ok = (r["missing"] == 0 and r["seq_errors"] == 0 and r["errors"] == 0 and
-                  r["closed"] == 0 and r["err_replies"] == 0)
-            check = "ok" if ok else "FAIL missing=%d seq=%d err=%d closed=%d -ERR=%d" % (
-                r["missing"], r["seq_errors"], r["errors"], r["closed"], r["err_replies"])
-            add("| %d B | %d | %s | %s | %.2f | %s (>= %.1f) | %.0f%% | %.3f | %.1f / %.1f | %s |" % (
-                r["payload"], r["pubs"], fmt_rate(r["rate"]), fmt_rate(rr["rate"]), ratio,
-                self.verdict(ratio >= PUBLISH_TARGET), PUBLISH_TARGET,
-                100 * r["cpu_gw"] / r["seconds"], per_m, other_cores(r), other_cores(rr), check))
+            cells = [size_s(r["payload"]), r["pubs"], fmt_rate(r["rate"]), fmt_rate(rr["rate"]),
+                     "%.2f" % ratio, "%s (>= %.1f)" % (self.verdict(ratio >= PUBLISH_TARGET),
+                                                      PUBLISH_TARGET)]
+            if nats:
+                cells += self.nats_cells(r, n, r["payload"] in (16, 256))
+            cells += ["%.0f%%" % (100 * r["cpu_gw"] / r["seconds"]), "%.3f" % per_m]
+            if nats:
+                cells += self.nats_cpu_cells(n)
+            other = "%.1f / %.1f" % (other_cores(r), other_cores(rr))
+            if nats:
+                other += " / %.1f" % other_cores(n)
+            cells += [other, check_cell(r, n)]
+            table.append(cells)
+        add_table(add, head, table, 2)
         add("")
-        add("check: the bus source saw every published message, per publisher in order, "
-            "exactly once; no -ERR reply.")
+        add("check: the bus source (nats: the sink) saw every published message, per "
+            "publisher in order, exactly once; no -ERR reply.")
         add("")
 
     def report_latency(self, add):
@@ -691,6 +901,33 @@ daemon:
             add("")
 
 
+def size_s(size):
+    return "%d B" % size
+
+
+def check_cell(r, n=None):
+    """'ok', or what failed, for a gateway row and its nats-server peer."""
+    out = []
+    for name, x in (("", r), ("nats ", n)):
+        if x is None:
+            continue
+        bad = ["%s=%d" % (k, x.get(k, 0)) for k in
+               ("missing", "seq_errors", "errors", "closed", "err_replies") if x.get(k, 0)]
+        if bad:
+            out.append("%sFAIL %s" % (name, " ".join(bad)))
+    return "; ".join(out) or "ok"
+
+
+def add_table(add, head, rows, left):
+    """A markdown table; the first `left` columns are keys, the rest numbers
+    except those that say PASS/MISS or ok/FAIL."""
+    text_cols = {i for i, h in enumerate(head) if "target" in h or h == "check"}
+    add("| " + " | ".join(head) + " |")
+    add("| " + " | ".join(":---" if i in text_cols else "---:" for i in range(len(head))) + " |")
+    for cells in rows:
+        add("| " + " | ".join(str(c) for c in cells) + " |")
+
+
 def other_cores(r):
     """Cores used by processes other than the measured ones in the window."""
     if r is None or "cpu_machine" not in r or not r.get("seconds"):
@@ -730,6 +967,10 @@ def main():
     ap.add_argument("--budget-mib", type=int, default=64,
                     help="flood: MiB of events in flight between source and subscribers")
     ap.add_argument("--max-output-mib", type=int, default=256)
+    ap.add_argument("--nats-server", default=shutil.which("nats-server") or
+                    ("/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK)
+                     else None), help="nats-server binary (the peer; optional)")
+    ap.add_argument("--no-nats", action="store_true", help="skip the nats-server runs")
     ap.add_argument("--write", metavar="FILE", help="also write the report (markdown) here")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     ap.add_argument("--perf", action="store_true",
