@@ -497,22 +497,25 @@ client_name(struct cmd_parse *cp, const struct tok *t, const char *what, char *d
 }
 
 static int
-keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, const char *no,
-    bool *out)
+keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_len,
+    const char *no, size_t no_len, bool *out)
 {
     char ex[40];
 
-    if (tok_eq(t, yes, strlen(yes))) {
+    if (tok_eq(t, yes, yes_len)) {
         *out = true;
         return 0;
     }
-    if (tok_eq(t, no, strlen(no))) {
+    if (tok_eq(t, no, no_len)) {
         *out = false;
         return 0;
     }
     excerpt(t, ex, sizeof(ex));
     return fail(cp, LP_ERR_SYNTAX, "expected %s or %s, got '%s'", yes, no, ex);
 }
+
+/* keyword() with the two words' lengths known at compile time. */
+#define KEYWORD(cp, t, yes, no, out) keyword(cp, t, yes, sizeof yes - 1, no, sizeof no - 1, out)
 
 static void
 cmd_reset(struct lp_cmd *cmd)
@@ -697,13 +700,13 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             }
             break;
         case A_IMAGE:
-            r = keyword(&cp, t, "image", "delta", &cmd->is_image);
+            r = KEYWORD(&cp, t, "image", "delta", &cmd->is_image);
             break;
         case A_REQUIRED:
-            r = keyword(&cp, t, "required", "not-required", &cmd->required);
+            r = KEYWORD(&cp, t, "required", "not-required", &cmd->required);
             break;
         case A_ON_OFF:
-            r = keyword(&cp, t, "on", "off", &cmd->on);
+            r = KEYWORD(&cp, t, "on", "off", &cmd->on);
             break;
         case A_OPT_ENTS: {
             long n = parse_ints(t->p, t->n, lim->max_entitlements, ents);

@@ -163,46 +163,40 @@ wire_msg_clear(struct wire_msg *msg)
     msg->store_cap = cap;
 }
 
-static struct wire_str *
+/* Where each string and bool field lives in struct wire_msg. */
+static const unsigned short wire_field_at[] = {
+    [WF_USER] = offsetof(struct wire_msg, user),
+    [WF_HOST] = offsetof(struct wire_msg, host),
+    [WF_FEED] = offsetof(struct wire_msg, feed),
+    [WF_TOPIC] = offsetof(struct wire_msg, topic),
+    [WF_CONTENT_TYPE] = offsetof(struct wire_msg, content_type),
+    [WF_IS_IMAGE] = offsetof(struct wire_msg, is_image),
+    [WF_IS_ADD] = offsetof(struct wire_msg, is_add),
+    [WF_AUTH_REQUIRED] = offsetof(struct wire_msg, auth_required),
+};
+
+static inline struct wire_str *
 msg_str(struct wire_msg *msg, int field)
 {
-    switch (field) {
-    case WF_USER:
-        return &msg->user;
-    case WF_HOST:
-        return &msg->host;
-    case WF_FEED:
-        return &msg->feed;
-    case WF_CONTENT_TYPE:
-        return &msg->content_type;
-    default:
-        return &msg->topic;
-    }
+    return (struct wire_str *)(void *)((char *)msg + wire_field_at[field]);
 }
 
-static const struct wire_str *
+static inline const struct wire_str *
 msg_cstr(const struct wire_msg *msg, int field)
 {
-    return msg_str((struct wire_msg *)msg, field);
+    return (const struct wire_str *)(const void *)((const char *)msg + wire_field_at[field]);
 }
 
-static bool *
+static inline bool *
 msg_bool(struct wire_msg *msg, int field)
 {
-    switch (field) {
-    case WF_IS_IMAGE:
-        return &msg->is_image;
-    case WF_IS_ADD:
-        return &msg->is_add;
-    default:
-        return &msg->auth_required;
-    }
+    return (bool *)((char *)msg + wire_field_at[field]);
 }
 
-static bool
+static inline bool
 msg_cbool(const struct wire_msg *msg, int field)
 {
-    return *msg_bool((struct wire_msg *)msg, field);
+    return *(const bool *)((const char *)msg + wire_field_at[field]);
 }
 
 /* --- big-endian helpers --- */
