@@ -34,32 +34,6 @@ struct tok {
     size_t n;
 };
 
-/* Where the first separator at or after p is (end if none): eight bytes
- * at a time where eight remain (a zero-byte test on p ^ ' ' and p ^ '\t';
- * the lowest flagged byte is exact), then byte by byte. */
-static inline const char *
-token_end(const char *p, const char *end)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
-
-    while (end - p >= 8) {
-        uint64_t w, sp, tab, m;
-
-        memcpy(&w, p, 8);
-        sp = w ^ (ones * ' ');
-        tab = w ^ (ones * '\t');
-        m = (((sp - ones) & ~sp) | ((tab - ones) & ~tab)) & highs;
-        if (m != 0)
-            return p + (__builtin_ctzll(m) >> 3);
-        p += 8;
-    }
-#endif
-    while (p < end && !is_sep(*p))
-        p++;
-    return p;
-}
-
 static inline bool
 next_token(const char **pp, const char *end, struct tok *t)
 {
@@ -72,7 +46,8 @@ next_token(const char **pp, const char *end, struct tok *t)
         return false;
     }
     t->p = p;
-    p = token_end(p, end);
+    while (p < end && !is_sep(*p))
+        p++;
     t->n = (size_t)(p - t->p);
     *pp = p;
     return true;
