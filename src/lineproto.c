@@ -523,7 +523,7 @@ cmd_reset(struct lp_cmd *cmd)
     void *store = cmd->store;
     size_t cap = cmd->store_cap;
 
-    memset(cmd, 0, sizeof(*cmd));
+    zero_bytes(cmd, sizeof(*cmd));
     cmd->store = store;
     cmd->store_cap = cap;
 }

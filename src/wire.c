@@ -20,6 +20,8 @@
 #include <event2/buffer.h>
 #include <event2/util.h>
 
+#include "util.h"
+
 /* The fields a message can carry; each type is a list of them in wire order. */
 enum wire_field {
     WF_END = 0,
@@ -155,7 +157,7 @@ wire_msg_clear(struct wire_msg *msg)
     size_t cap = msg->store_cap;
     int version = msg->version;
 
-    memset(msg, 0, sizeof *msg);
+    zero_bytes(msg, sizeof *msg);
     msg->user.ptr = msg->host.ptr = msg->feed.ptr = msg->topic.ptr = "";
     msg->content_type.ptr = "";
     msg->version = version;
