@@ -1,13 +1,14 @@
 /*
  * The jetblack-messagebus codec, bus protocols 3 to 6 (BUS-PROTOCOL.md).
  *
- * Decoding is two passes. The first walks the message's fields where they
- * lie in the evbuffer, consuming nothing, and checks every length and count
- * against the limits as soon as it is read (so nothing is allocated from an
- * unchecked length, and an oversized message is refused before it has all
- * arrived). Only when the whole message is present is it removed in one
- * piece into msg->store, which is reused across calls, and the fields are
- * pointed into that copy. Encoding reserves the exact size once and writes
+ * Decoding is one walk over the message where it lies in the evbuffer's
+ * first chain (a contiguous window; a message that spans chains is pulled
+ * up into one first), consuming nothing until it is done. Every length and
+ * count is checked against the limits as soon as it is read (so nothing
+ * is allocated from an unchecked length, and an oversized message is
+ * refused before it has all arrived), and the message is built in the
+ * same pass into msg->store, which is reused across calls. Only a whole
+ * message is consumed. Encoding reserves the exact size once and writes
  * straight into the evbuffer.
  */
 #include "wire-int.h"
