@@ -4,9 +4,15 @@
  * events from it). Pure: no I/O, no parsing of the line itself, no replies.
  * The caller parses each line and says whether a payload follows and
  * whether to deliver or skip it, as hiredis's redisReader separates reading
- * replies from the socket. Items point into the evbuffer (one pullup, no
- * copy) and stay valid until lp_framer_consume or the next lp_framer_next.
+ * replies from the socket. Items point into the evbuffer (no copy unless
+ * one spans chains) and stay valid until lp_framer_consume or the next
+ * lp_framer_next. The bytes of delivered items are drained together, at
+ * lp_framer_consume or when more input is needed, not one item at a
+ * time: a batch of commands costs one drain.
  */
+#include <string.h>
+#include <sys/types.h>
+
 #include <event2/buffer.h>
 
 #include "lineproto.h"
@@ -22,21 +28,29 @@ lp_framer_init(struct lp_framer *f, uint32_t max_line)
     f->bytes = 0;
 }
 
+/* Drain the items already delivered. */
 static void
-framer_drain(struct lp_framer *f, struct evbuffer *in, size_t n)
+framer_settle(struct lp_framer *f, struct evbuffer *in)
 {
+    if (f->pending > 0) {
+        evbuffer_drain(in, f->pending);
+        f->pending = 0;
+    }
+}
+
+/* Discard n bytes that are no item (a skipped line or payload). */
+static void
+framer_discard(struct lp_framer *f, struct evbuffer *in, size_t n)
+{
+    framer_settle(f, in);
     evbuffer_drain(in, n);
     f->bytes += n;
-    f->scanned = 0;
 }
 
 void
 lp_framer_consume(struct lp_framer *f, struct evbuffer *in)
 {
-    if (f->pending > 0) {
-        framer_drain(f, in, f->pending);
-        f->pending = 0;
-    }
+    framer_settle(f, in);
 }
 
 void
@@ -46,6 +60,9 @@ lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver)
     f->state = deliver ? LP_FRAMER_PAYLOAD : LP_FRAMER_SKIP_PAYLOAD;
 }
 
+/* An item of len bytes at data, whose consumed bytes follow the items
+ * already delivered (drained together, at consume or when more input is
+ * needed). */
 static enum lp_frame_kind
 framer_item(struct lp_framer *f, struct lp_frame *fr, enum lp_frame_kind kind,
     const void *data, size_t len, size_t consumed)
@@ -53,8 +70,63 @@ framer_item(struct lp_framer *f, struct lp_frame *fr, enum lp_frame_kind kind,
     fr->kind = kind;
     fr->data = data;
     fr->len = len;
-    f->pending = consumed;
+    f->pending += consumed;
+    f->bytes += consumed;
+    f->scanned = 0;
     return kind;
+}
+
+/* The buffer's first chain (its length 0 when the buffer is empty): where
+ * the items normally lie, read without copying. */
+static void
+framer_chain(struct evbuffer *in, struct evbuffer_iovec *v)
+{
+    if (evbuffer_peek(in, -1, NULL, v, 1) < 1)
+        v->iov_len = 0;
+}
+
+/*
+ * The n bytes after the delivered items, contiguous: where they lie in the
+ * first chain v (the common case: reads are large), else pulled up into
+ * one chain, after draining what was delivered.
+ */
+static const unsigned char *
+framer_bytes(struct lp_framer *f, struct evbuffer *in, const struct evbuffer_iovec *v,
+    size_t n)
+{
+    if (v->iov_len >= f->pending + n)
+        return (const unsigned char *)v->iov_base + f->pending;
+    framer_settle(f, in);
+    return evbuffer_pullup(in, (ev_ssize_t)n);
+}
+
+/*
+ * Where the first newline is in the window of the first len bytes after
+ * the delivered items, from f->scanned on: a memchr over the part in the
+ * first chain v, a search of the rest only when the window goes beyond
+ * it. -1 if there is none.
+ */
+static ssize_t
+framer_find_newline(struct lp_framer *f, struct evbuffer *in,
+    const struct evbuffer_iovec *v, size_t len)
+{
+    struct evbuffer_ptr start, end, nl;
+    size_t in_chain = v->iov_len > f->pending ? v->iov_len - f->pending : 0;
+    const char *base = (const char *)v->iov_base + f->pending, *p;
+
+    if (in_chain > f->scanned) {
+        size_t n = (in_chain < len ? in_chain : len) - f->scanned;
+
+        if ((p = memchr(base + f->scanned, '\n', n)) != NULL)
+            return p - base;
+        f->scanned += n;
+    }
+    if (len <= f->scanned)
+        return -1;
+    evbuffer_ptr_set(in, &start, f->pending + f->scanned, EVBUFFER_PTR_SET);
+    evbuffer_ptr_set(in, &end, f->pending + len, EVBUFFER_PTR_SET);
+    nl = evbuffer_search_range(in, "\n", 1, &start, &end);
+    return nl.pos < 0 ? -1 : (ssize_t)(nl.pos - f->pending);
 }
 
 /* LINE: a line within max_line, or an over-long one. Room for max_line
@@ -62,17 +134,16 @@ framer_item(struct lp_framer *f, struct lp_frame *fr, enum lp_frame_kind kind,
 static enum lp_frame_kind
 framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
-    size_t len = evbuffer_get_length(in), limit = (size_t)f->max_line + 2;
+    size_t len = evbuffer_get_length(in) - f->pending, limit = (size_t)f->max_line + 2;
     size_t window = len < limit ? len : limit, n, content;
-    struct evbuffer_ptr start, end, nl;
+    struct evbuffer_iovec v;
     const char *line;
+    ssize_t nl;
 
     if (len <= f->scanned)
         return LP_FRAME_MORE;
-    evbuffer_ptr_set(in, &start, f->scanned, EVBUFFER_PTR_SET);
-    evbuffer_ptr_set(in, &end, window, EVBUFFER_PTR_SET);
-    nl = evbuffer_search_range(in, "\n", 1, &start, &end);
-    if (nl.pos < 0) {
+    framer_chain(in, &v);
+    if ((nl = framer_find_newline(f, in, &v, window)) < 0) {
         if (len < limit) {
             f->scanned = len; /* a long line arriving in pieces is scanned once */
             return LP_FRAME_MORE;
@@ -83,13 +154,12 @@ framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
         f->state = LP_FRAMER_SKIP_LINE;
         return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, window);
     }
-    n = (size_t)nl.pos;
-    if ((line = (const char *)evbuffer_pullup(in, (ev_ssize_t)n + 1)) == NULL)
+    n = (size_t)nl;
+    if ((line = (const char *)framer_bytes(f, in, &v, n + 1)) == NULL)
         return LP_FRAME_MORE;
     content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
-    if (content > f->max_line) {
+    if (content > f->max_line)
         return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, n + 1);
-    }
     return framer_item(f, fr, LP_FRAME_LINE, line, n, n + 1);
 }
 
@@ -107,18 +177,20 @@ framer_terminator(const unsigned char *p, size_t avail)
     return p[1] == '\n' ? 2 : -1;
 }
 
-/* PAYLOAD: the whole block and its terminator, in one pullup. */
+/* PAYLOAD: the whole block and its terminator, contiguous. */
 static enum lp_frame_kind
 framer_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
-    size_t len = evbuffer_get_length(in), need = (size_t)f->need, pull;
+    size_t len = evbuffer_get_length(in) - f->pending, need = (size_t)f->need, pull;
+    struct evbuffer_iovec v;
     const unsigned char *p;
     int term;
 
     if (len < need + 1)
         return LP_FRAME_MORE;
     pull = len >= need + 2 ? need + 2 : need + 1;
-    if ((p = evbuffer_pullup(in, (ev_ssize_t)pull)) == NULL)
+    framer_chain(in, &v);
+    if ((p = framer_bytes(f, in, &v, pull)) == NULL)
         return LP_FRAME_MORE;
     if ((term = framer_terminator(p + need, pull - need)) == 0)
         return LP_FRAME_MORE;
@@ -136,13 +208,15 @@ static bool
 framer_skip_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr,
     enum lp_frame_kind *kind)
 {
-    size_t len = evbuffer_get_length(in), n;
+    size_t len, n;
     const unsigned char *p;
     int term;
 
+    framer_settle(f, in);
+    len = evbuffer_get_length(in);
     if (f->need > 0) {
         n = len < f->need ? len : (size_t)f->need;
-        framer_drain(f, in, n);
+        framer_discard(f, in, n);
         f->need -= n;
         len -= n;
         if (f->need > 0)
@@ -159,7 +233,7 @@ framer_skip_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *f
         *kind = framer_item(f, fr, LP_FRAME_BAD_TERMINATOR, NULL, 0, 0);
         return true;
     }
-    framer_drain(f, in, (size_t)term);
+    framer_discard(f, in, (size_t)term);
     f->state = LP_FRAMER_LINE;
     return true;
 }
@@ -168,24 +242,26 @@ framer_skip_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *f
 static bool
 framer_skip_line(struct lp_framer *f, struct evbuffer *in)
 {
-    struct evbuffer_ptr nl = evbuffer_search(in, "\n", 1, NULL);
+    struct evbuffer_ptr nl;
 
+    framer_settle(f, in);
+    nl = evbuffer_search(in, "\n", 1, NULL);
+    f->scanned = 0;
     if (nl.pos < 0) {
-        framer_drain(f, in, evbuffer_get_length(in));
+        framer_discard(f, in, evbuffer_get_length(in));
         return false;
     }
-    framer_drain(f, in, (size_t)nl.pos + 1);
+    framer_discard(f, in, (size_t)nl.pos + 1);
     f->state = LP_FRAMER_LINE;
     return true;
 }
 
-enum lp_frame_kind
-lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
+/* The next item, or MORE, with everything delivered drained. */
+static enum lp_frame_kind
+framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
     enum lp_frame_kind kind = LP_FRAME_MORE;
 
-    *fr = (struct lp_frame){ .kind = LP_FRAME_MORE };
-    lp_framer_consume(f, in);
     for (;;) {
         switch (f->state) {
         case LP_FRAMER_LINE:
@@ -204,4 +280,15 @@ lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
             break;
         }
     }
+}
+
+enum lp_frame_kind
+lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
+{
+    enum lp_frame_kind kind;
+
+    *fr = (struct lp_frame){ .kind = LP_FRAME_MORE };
+    if ((kind = framer_next(f, in, fr)) == LP_FRAME_MORE)
+        framer_settle(f, in); /* the buffer holds just what is still due */
+    return kind;
 }

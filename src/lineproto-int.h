@@ -25,7 +25,8 @@ must_escape(unsigned char c)
 static inline bool
 is_sep(char c)
 {
-    return c == ' ' || c == '\t';
+    /* Most bytes are above ' ': one compare decides for them. */
+    return (unsigned char)c <= ' ' && (c == ' ' || c == '\t');
 }
 
 struct tok {

@@ -84,13 +84,15 @@ utf8_valid(const unsigned char *s, size_t n)
 /*
  * Decode a name token into dst (room for toklen + 1 bytes; decoding never
  * grows). Raw bytes that must be escaped are refused, so every name has
- * one spelling apart from optional extra escapes. Returns 0 or -1 with a
- * reason in *why.
+ * one spelling apart from optional extra escapes. *high (if not NULL) is
+ * set when the name holds a byte >= 0x80, which only then needs the UTF-8
+ * check. Returns 0 or -1 with a reason in *why.
  */
-int
-lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
+static int
+decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen, bool *high,
     const char **why)
 {
+    unsigned char seen = 0;
     size_t n = 0;
 
     if (toklen == 2 && tok[0] == '"' && tok[1] == '"') {
@@ -101,7 +103,10 @@ lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
     for (size_t i = 0; i < toklen; i++) {
         unsigned char c = (unsigned char)tok[i];
 
-        if (c == '%') {
+        if (!must_escape(c)) {
+            seen |= c;
+            dst[n++] = (char)c;
+        } else if (c == '%') {
             int hi, lo;
 
             if (toklen - i < 3 || (hi = hex_value((unsigned char)tok[i + 1])) < 0 ||
@@ -109,41 +114,30 @@ lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
                 *why = "'%' must be followed by two hex digits";
                 return -1;
             }
+            seen |= (unsigned char)(hi << 4 | lo);
             dst[n++] = (char)(hi << 4 | lo);
             i += 2;
-        } else if (must_escape(c)) {
+        } else {
             *why = c == '"' ? "a '\"' in a name must be written %22"
                             : "control bytes in a name must be %-escaped";
             return -1;
-        } else {
-            dst[n++] = (char)c;
         }
     }
     dst[n] = '\0';
     *outlen = (uint32_t)n;
+    if (high != NULL)
+        *high = (seen & 0x80) != 0;
     return 0;
+}
+
+int
+lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
+    const char **why)
+{
+    return decode_name(tok, toklen, dst, outlen, NULL, why);
 }
 
 /* ---- tokens and numbers ---- */
-
-/* Decimal digits only, no sign, at most UINT32_MAX. */
-static int
-parse_u32(const char *p, size_t n, uint32_t *out)
-{
-    uint64_t v = 0;
-
-    if (n == 0)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        if (p[i] < '0' || p[i] > '9')
-            return -1;
-        v = v * 10 + (uint64_t)(p[i] - '0');
-        if (v > UINT32_MAX)
-            return -1;
-    }
-    *out = (uint32_t)v;
-    return 0;
-}
 
 /* Optional '-', then decimal digits, within int32. */
 static int
@@ -250,19 +244,25 @@ lp_store_reserve(void **store, size_t *cap, size_t need)
 
 /* ---- packet specs (shared by commands and events) ---- */
 
-/* Split "LEN[:ENTS]". */
-static void
-split_spec(const struct tok *t, struct tok *len, struct tok *ents, bool *has_ents)
+/* Parse a spec's "LEN" up to its end or ':'; returns where it stopped,
+ * or NULL if LEN is not a decimal number within uint32. */
+static const char *
+spec_len(const char *p, const char *end, uint32_t *len)
 {
-    const char *colon = memchr(t->p, ':', t->n);
+    const char *start = p;
+    uint64_t v = 0;
 
-    len->p = t->p;
-    len->n = colon != NULL ? (size_t)(colon - t->p) : t->n;
-    *has_ents = colon != NULL;
-    if (colon != NULL) {
-        ents->p = colon + 1;
-        ents->n = t->n - len->n - 1;
+    for (; p < end && *p != ':'; p++) {
+        if (*p < '0' || *p > '9')
+            return NULL;
+        v = v * 10 + (uint64_t)(*p - '0');
+        if (v > UINT32_MAX)
+            return NULL;
     }
+    if (p == start)
+        return NULL;
+    *len = (uint32_t)v;
+    return p;
 }
 
 /* Validate and measure the packet specs from p to end, storing nothing. */
@@ -274,13 +274,11 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
     memset(s, 0, sizeof(*s));
     s->lens_ok = true;
     while (next_token(&p, end, &t)) {
-        struct tok lt, et;
-        bool has_ents;
+        const char *tend = t.p + t.n, *q;
         uint32_t len;
 
         s->n_specs++;
-        split_spec(&t, &lt, &et, &has_ents);
-        if (parse_u32(lt.p, lt.n, &len) < 0) {
+        if ((q = spec_len(t.p, tend, &len)) == NULL) {
             s->lens_ok = false;
             if (s->bad == NULL) {
                 s->bad = "LEN must be a decimal number of bytes (0 to 4294967295)";
@@ -289,8 +287,8 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
             continue;
         }
         s->payload_len += len;
-        if (has_ents) {
-            long n = parse_ints(et.p, et.n, max_ents, NULL);
+        if (q < tend) {
+            long n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, NULL);
 
             if (n < 0) {
                 if (s->bad == NULL) {
@@ -306,7 +304,7 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
 }
 
 /* Fill packets[] (and their entitlements from ents) from specs already
- * validated by scan_packets. */
+ * validated by lp_scan_packets. */
 void
 lp_fill_packets(const char *p, const char *end, uint32_t max_ents,
     struct wire_packet *packets, uint32_t n_specs, int32_t *ents)
@@ -315,17 +313,15 @@ lp_fill_packets(const char *p, const char *end, uint32_t max_ents,
     uint32_t i = 0;
 
     while (i < n_specs && next_token(&p, end, &t)) {
-        struct tok lt, et;
-        bool has_ents;
+        const char *tend = t.p + t.n, *q;
         struct wire_packet *pk = &packets[i++];
 
-        split_spec(&t, &lt, &et, &has_ents);
-        (void)parse_u32(lt.p, lt.n, &pk->len);
+        q = spec_len(t.p, tend, &pk->len);
         pk->data = NULL;
         pk->entitlements.v = NULL;
         pk->entitlements.n = 0;
-        if (has_ents) {
-            long n = parse_ints(et.p, et.n, max_ents, ents);
+        if (q != NULL && q < tend) {
+            long n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, ents);
 
             pk->entitlements.v = ents;
             pk->entitlements.n = (uint32_t)n;
@@ -355,47 +351,100 @@ enum arg_kind {
 
 struct verb_def {
     const char *name; /* upper case */
-    enum lp_verb verb;
+    unsigned char name_len;
+    unsigned char n_fixed;    /* arguments before the packet specs (if any) */
+    unsigned char n_optional; /* of those, how many may be left out */
+    bool packets;             /* packet specs follow */
     enum arg_kind args[MAX_ARGS];
     const char *usage;
 };
 
+/* NAME, then the counts that follow from its arguments (checked against
+ * them by the lineproto unit tests, through lp_parse_command). */
+#define VERB(name, n_fixed, n_optional, packets) name, sizeof name - 1, n_fixed, n_optional, packets
+
+/* Indexed by enum lp_verb. */
 static const struct verb_def verbs[] = {
-    { "SUB", LP_SUB, { A_FEED, A_TOPIC }, "<feed> <topic>" },
-    { "UNSUB", LP_UNSUB, { A_FEED, A_TOPIC }, "<feed> <topic>" },
-    { "PUB", LP_PUB, { A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
+    [LP_SUB] = { VERB("SUB", 2, 0, false), { A_FEED, A_TOPIC }, "<feed> <topic>" },
+    [LP_UNSUB] = { VERB("UNSUB", 2, 0, false), { A_FEED, A_TOPIC }, "<feed> <topic>" },
+    [LP_PUB] = { VERB("PUB", 3, 0, true), { A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
         "<feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
-    { "SEND", LP_SEND, { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
+    [LP_SEND] = { VERB("SEND", 4, 0, true), { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
         "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
-    { "NOTIFY", LP_NOTIFY, { A_FEED }, "<feed>" },
-    { "UNNOTIFY", LP_UNNOTIFY, { A_FEED }, "<feed>" },
-    { "AUTHORIZER", LP_AUTHORIZER, { A_FEED }, "<feed>" },
-    { "UNAUTHORIZER", LP_UNAUTHORIZER, { A_FEED }, "<feed>" },
-    { "AUTHORIZE", LP_AUTHORIZE, { A_CLIENT_ID, A_FEED, A_TOPIC, A_REQUIRED, A_OPT_ENTS },
+    [LP_NOTIFY] = { VERB("NOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
+    [LP_UNNOTIFY] = { VERB("UNNOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
+    [LP_AUTHORIZER] = { VERB("AUTHORIZER", 1, 0, false), { A_FEED }, "<feed>" },
+    [LP_UNAUTHORIZER] = { VERB("UNAUTHORIZER", 1, 0, false), { A_FEED }, "<feed>" },
+    [LP_AUTHORIZE] = { VERB("AUTHORIZE", 5, 1, false),
+        { A_CLIENT_ID, A_FEED, A_TOPIC, A_REQUIRED, A_OPT_ENTS },
         "<client-id> <feed> <topic> <required|not-required> [ENTS]" },
-    { "PING", LP_PING, { A_OPT_TOKEN }, "[token]" },
-    { "STATS", LP_STATS, { A_OPT_VIEW }, "[SESSIONS|LINK]" },
-    { "VERBOSE", LP_VERBOSE, { A_ON_OFF }, "<on|off>" },
-    { "QUIT", LP_QUIT, { A_END }, "" },
-    { "NAME", LP_NAME, { A_APP }, "<app-name>" },
+    [LP_PING] = { VERB("PING", 1, 1, false), { A_OPT_TOKEN }, "[token]" },
+    [LP_STATS] = { VERB("STATS", 1, 1, false), { A_OPT_VIEW }, "[SESSIONS|LINK]" },
+    [LP_VERBOSE] = { VERB("VERBOSE", 1, 0, false), { A_ON_OFF }, "<on|off>" },
+    [LP_QUIT] = { VERB("QUIT", 0, 0, false), { A_END }, "" },
+    [LP_NAME] = { VERB("NAME", 1, 0, false), { A_APP }, "<app-name>" },
 };
+
+#undef VERB
 
 const char *
 lp_verb_name(enum lp_verb verb)
 {
-    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-        if (verbs[i].verb == verb)
-            return verbs[i].name;
-    return NULL;
+    if ((unsigned)verb >= sizeof(verbs) / sizeof(verbs[0]))
+        return NULL;
+    return verbs[verb].name;
 }
 
+/* Case-insensitive match of a token against a word of n bytes (ASCII
+ * letters and '-'); an exact byte match is the quick case. */
+static inline bool
+tok_eq(const struct tok *t, const char *word, size_t n)
+{
+    if (t->n != n)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char a = (unsigned char)t->p[i], b = (unsigned char)word[i];
+
+        /* Otherwise only the case bit may differ, and only for a letter. */
+        if (a != b && ((a ^ b) != 0x20 || (unsigned)((a | 0x20) - 'a') > 25))
+            return false;
+    }
+    return true;
+}
+
+/* The verb a token names: the first byte and the length pick the one
+ * candidate, which is then compared whole. */
 static const struct verb_def *
 find_verb(const struct tok *t)
 {
-    for (size_t i = 0; i < sizeof(verbs) / sizeof(verbs[0]); i++)
-        if (tok_is(t, verbs[i].name))
-            return &verbs[i];
-    return NULL;
+    const struct verb_def *vd;
+
+    switch (ascii_lower(t->p[0])) {
+    case 'p':
+        vd = &verbs[t->n == 3 ? LP_PUB : LP_PING];
+        break;
+    case 's':
+        vd = &verbs[t->n == 3 ? LP_SUB : t->n == 4 ? LP_SEND : LP_STATS];
+        break;
+    case 'u':
+        vd = &verbs[t->n == 5 ? LP_UNSUB : t->n == 8 ? LP_UNNOTIFY : LP_UNAUTHORIZER];
+        break;
+    case 'n':
+        vd = &verbs[t->n == 4 ? LP_NAME : LP_NOTIFY];
+        break;
+    case 'a':
+        vd = &verbs[t->n == 9 ? LP_AUTHORIZE : LP_AUTHORIZER];
+        break;
+    case 'v':
+        vd = &verbs[LP_VERBOSE];
+        break;
+    case 'q':
+        vd = &verbs[LP_QUIT];
+        break;
+    default:
+        return NULL;
+    }
+    return tok_eq(t, vd->name, vd->name_len) ? vd : NULL;
 }
 
 /* Parsing context for one command. */
@@ -431,14 +480,16 @@ client_name(struct cmd_parse *cp, const struct tok *t, const char *what, char *d
     const char *why = NULL;
     uint32_t n;
 
-    if (lp_decode_name(t->p, t->n, dst, &n, &why) < 0)
+    bool high;
+
+    if (decode_name(t->p, t->n, dst, &n, &high, &why) < 0)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: %s", what, why);
     if (n == 0)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: must not be empty", what);
     if (n > cp->lim->max_name)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: %u bytes, at most %u", what, (unsigned)n,
             (unsigned)cp->lim->max_name);
-    if (!utf8_valid((const unsigned char *)dst, n))
+    if (high && !utf8_valid((const unsigned char *)dst, n))
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: not valid UTF-8", what);
     out->ptr = dst;
     out->len = n;
@@ -446,16 +497,16 @@ client_name(struct cmd_parse *cp, const struct tok *t, const char *what, char *d
 }
 
 static int
-keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, const char *no,
-    bool *out)
+keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_len,
+    const char *no, size_t no_len, bool *out)
 {
     char ex[40];
 
-    if (tok_is(t, yes)) {
+    if (tok_eq(t, yes, yes_len)) {
         *out = true;
         return 0;
     }
-    if (tok_is(t, no)) {
+    if (tok_eq(t, no, no_len)) {
         *out = false;
         return 0;
     }
@@ -463,13 +514,16 @@ keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, const char *
     return fail(cp, LP_ERR_SYNTAX, "expected %s or %s, got '%s'", yes, no, ex);
 }
 
+/* keyword() with the two words' lengths known at compile time. */
+#define KEYWORD(cp, t, yes, no, out) keyword(cp, t, yes, sizeof yes - 1, no, sizeof no - 1, out)
+
 static void
 cmd_reset(struct lp_cmd *cmd)
 {
     void *store = cmd->store;
     size_t cap = cmd->store_cap;
 
-    memset(cmd, 0, sizeof(*cmd));
+    zero_bytes(cmd, sizeof(*cmd));
     cmd->store = store;
     cmd->store_cap = cap;
 }
@@ -511,27 +565,6 @@ client_content_type(struct cmd_parse *cp, const struct tok *t, char *dst,
     out->ptr = dst;
     out->len = n;
     return 0;
-}
-
-/* Count the fixed arguments and find where packet specs begin. */
-static size_t
-n_fixed(const struct verb_def *vd, bool *packets, size_t *optional)
-{
-    size_t n = 0;
-
-    *packets = false;
-    *optional = 0;
-    while (n < MAX_ARGS && vd->args[n] != A_END) {
-        if (vd->args[n] == A_PACKETS) {
-            *packets = true;
-            break;
-        }
-        if (vd->args[n] == A_OPT_ENTS || vd->args[n] == A_OPT_TOKEN ||
-            vd->args[n] == A_OPT_VIEW)
-            (*optional)++;
-        n++;
-    }
-    return n;
 }
 
 /* Apply the packet checks, after the fixed arguments were found good. */
@@ -582,9 +615,10 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         excerpt(&verb, ex, sizeof(ex));
         return fail(&cp, LP_ERR_UNKNOWN_COMMAND, "unknown command '%s'", ex);
     }
-    cmd->verb = vd->verb;
-
-    nfix = n_fixed(vd, &has_packets, &nopt);
+    cmd->verb = (enum lp_verb)(vd - verbs);
+    nfix = vd->n_fixed;
+    nopt = vd->n_optional;
+    has_packets = vd->packets;
     while (nargs < nfix && next_token(&p, end, &args[nargs]))
         nargs++;
     if (nargs < nfix - nopt)
@@ -611,7 +645,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         names_room += args[i].n + 1;
     if (has_type)
         names_room += ctype.n + 1;
-    if (vd->verb == LP_AUTHORIZE && nargs == nfix) /* room: one per comma + 1 */
+    if (cmd->verb == LP_AUTHORIZE && nargs == nfix) /* room: one per comma + 1 */
         n_auth_ents = (long)count_byte(args[4].p, args[4].n, ',') + 1;
     if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
         need = ALIGN8(scan.n_specs * sizeof(struct wire_packet)) +
@@ -666,13 +700,13 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             }
             break;
         case A_IMAGE:
-            r = keyword(&cp, t, "image", "delta", &cmd->is_image);
+            r = KEYWORD(&cp, t, "image", "delta", &cmd->is_image);
             break;
         case A_REQUIRED:
-            r = keyword(&cp, t, "required", "not-required", &cmd->required);
+            r = KEYWORD(&cp, t, "required", "not-required", &cmd->required);
             break;
         case A_ON_OFF:
-            r = keyword(&cp, t, "on", "off", &cmd->on);
+            r = KEYWORD(&cp, t, "on", "off", &cmd->on);
             break;
         case A_OPT_ENTS: {
             long n = parse_ints(t->p, t->n, lim->max_entitlements, ents);

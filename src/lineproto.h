@@ -279,7 +279,9 @@ int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
  * parses each line itself, and after a line that announces a payload calls
  * lp_framer_payload to have it delivered or skipped. Items point into the
  * evbuffer and stay valid until lp_framer_consume or the next
- * lp_framer_next, which drains them first.
+ * lp_framer_next. The bytes of delivered items stay in the evbuffer until
+ * lp_framer_consume, or until lp_framer_next needs more input (it then
+ * drains them before returning LP_FRAME_MORE): a batch costs one drain.
  */
 enum lp_framer_state {
     LP_FRAMER_LINE,         /* waiting for a line */
@@ -292,8 +294,8 @@ struct lp_framer {
     enum lp_framer_state state;
     uint32_t max_line; /* bytes in a line, without "\r\n" */
     uint64_t need;     /* PAYLOAD/SKIP_PAYLOAD: payload bytes still due */
-    size_t pending;    /* bytes of the current item, drained at consume */
-    size_t scanned;    /* LINE: leading bytes known to hold no newline */
+    size_t pending;    /* bytes of the items delivered, not yet drained */
+    size_t scanned;    /* LINE: bytes after those known to hold no newline */
     uint64_t bytes;    /* every byte drained so far */
 };
 
@@ -319,7 +321,7 @@ void lp_framer_init(struct lp_framer *f, uint32_t max_line);
 /* The next item in in (draining the previous one first). */
 enum lp_frame_kind
 lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr);
-/* Drain the current item (its data pointer is then invalid). */
+/* Drain the items delivered so far (their data pointers are then invalid). */
 void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
 /* After a LINE: a payload block of len bytes and a newline follow; deliver
  * it as a PAYLOAD item, or skip it. */

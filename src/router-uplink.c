@@ -22,6 +22,7 @@
 
 #include "log.h"
 #include "router-int.h"
+#include "util.h"
 
 static void pause_all(struct router *r);
 static void replay_step(struct router *r);
@@ -103,11 +104,12 @@ rt_upstream_notification(struct router *r, const struct feed *f, bool add)
 void
 rt_queue_flush(struct router *r)
 {
-    size_t bytes = evbuffer_get_length(r->queue);
     uint32_t n = r->queue_count;
+    size_t bytes;
 
     if (n == 0 || !uplink_ready(r))
-        return;
+        return; /* the common case, on every publish: nothing held */
+    bytes = evbuffer_get_length(r->queue);
     if (bus_send_encoded(r->bus, r->queue, n) != BUS_SENT)
         return;
     r->queue_count = 0;
@@ -323,7 +325,7 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
             "(router.allow_empty_publish is off)");
         return;
     }
-    memset(&m, 0, sizeof m);
+    zero_bytes(&m, sizeof m); /* once per PUB: see zero_bytes */
     m.type = cmd->verb == LP_SEND ? WIRE_UNICAST_DATA : WIRE_MULTICAST_DATA;
     memcpy(m.client_id, cmd->client_id, WIRE_GUID_LEN);
     m.feed.ptr = cmd->feed.ptr;

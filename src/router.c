@@ -91,13 +91,17 @@ topic_key(char *k, const char *feed, uint32_t flen, const char *topic, uint32_t 
     return (size_t)flen + tlen + 6;
 }
 
+/* The opaque handle of router.h is the client record itself. */
 static struct client *
-client_find(const struct router *r, const struct session *s)
+client_of(struct router_client *rc)
 {
-    struct client *c;
+    return (struct client *)(void *)rc;
+}
 
-    HASH_FIND_PTR(r->clients, &s, c);
-    return c;
+static struct router_client *
+handle_of(struct client *c)
+{
+    return (struct router_client *)(void *)c;
 }
 
 void
@@ -341,7 +345,7 @@ router_greeting(const struct router *r, struct evbuffer *out)
         r->listen.max_output, local_state_name(r->state));
 }
 
-void
+struct router_client *
 router_session_attach(struct router *r, struct session *s, const struct router_port *port,
     uint64_t id, const struct peer_cred *peer)
 {
@@ -361,6 +365,7 @@ router_session_attach(struct router *r, struct session *s, const struct router_p
     router_greeting(r, rt_output(c));
     if (r->congested)
         port->pause(s, true);
+    return handle_of(c);
 }
 
 static void
@@ -395,9 +400,9 @@ client_release(struct router *r, struct client *c)
 }
 
 void
-router_session_closing(struct router *r, struct session *s)
+router_session_closing(struct router *r, struct router_client *rc)
 {
-    struct client *c = client_find(r, s);
+    struct client *c = client_of(rc);
 
     if (c == NULL || c->closing)
         return;
@@ -406,9 +411,9 @@ router_session_closing(struct router *r, struct session *s)
 }
 
 void
-router_session_detach(struct router *r, struct session *s)
+router_session_detach(struct router *r, struct router_client *rc)
 {
-    struct client *c = client_find(r, s);
+    struct client *c = client_of(rc);
 
     if (c == NULL)
         return;
@@ -536,9 +541,9 @@ cmd_ping(struct router *r, struct client *c, const struct lp_cmd *cmd)
 }
 
 void
-router_command(struct router *r, struct session *s, const struct lp_cmd *cmd)
+router_command(struct router *r, struct router_client *rc, const struct lp_cmd *cmd)
 {
-    struct client *c = client_find(r, s);
+    struct client *c = client_of(rc);
 
     if (c == NULL || rt_closing(c))
         return;
@@ -752,7 +757,7 @@ router_free(struct router *r)
     /* The sessions are freed first (session_stop), each detaching; any
      * left only lose their records here. */
     while (r->clients != NULL)
-        router_session_detach(r, r->clients->s);
+        router_session_detach(r, handle_of(r->clients));
     HASH_ITER(hh, r->feeds, f, ftmp) {
         rt_remotes_clear(r, f);
         rt_pending_clear(r, f);

@@ -101,11 +101,15 @@ struct router_port {
     void (*memory)(struct router_memory_stats *st);
 };
 
+/* The router's record of one session, opaque: attach returns it and the
+ * session hands it back with each command (no lookup per command). */
+struct router_client;
+
 /* A new session, greeted here (HELLO). The caller has checked
  * router_session_count against listen.max_sessions. */
-void router_session_attach(struct router *r, struct session *s,
+struct router_client *router_session_attach(struct router *r, struct session *s,
     const struct router_port *port, uint64_t id, const struct peer_cred *peer);
-void router_session_detach(struct router *r, struct session *s);
+void router_session_detach(struct router *r, struct router_client *rc);
 
 /* The greeting (HELLO) with the limits and the bus state, for a session
  * and for one refused before it was built. */
@@ -113,12 +117,12 @@ void router_greeting(const struct router *r, struct evbuffer *out);
 
 /* A complete command from a session (payload attached for PUB/SEND). The
  * router replies to the session (ok/err/PONG/STAT...). */
-void router_command(struct router *r, struct session *s, const struct lp_cmd *cmd);
+void router_command(struct router *r, struct router_client *rc, const struct lp_cmd *cmd);
 
 /* The session is closing (slow consumer, QUIT, EOF, shutdown): stop
  * routing to it and release its subscriptions, notifications and
  * authorizer roles now; router_session_detach follows when it is freed. */
-void router_session_closing(struct router *r, struct session *s);
+void router_session_closing(struct router *r, struct router_client *rc);
 
 /* A session was closed as a slow consumer (for the counter). */
 void router_count_slow_consumer(struct router *r);

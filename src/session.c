@@ -46,7 +46,8 @@
 struct session {
     struct bufferevent *bev;
     struct router *router;
-    struct event *closer; /* closing: release, then free on timeout */
+    struct router_client *rc; /* the router's record of it */
+    struct event *closer;     /* closing: release, then free on timeout */
     struct lp_cmd *cmd;   /* allocated at the first command */
     uint64_t id;
     struct peer_cred peer;
@@ -422,7 +423,7 @@ session_dispatch(struct session *s, struct lp_cmd *cmd)
         session_close(s, LP_ERR_NONE, NULL);
         break;
     default:
-        router_command(s->router, s, cmd);
+        router_command(s->router, s->rc, cmd);
         break;
     }
 }
@@ -498,12 +499,12 @@ session_frame(struct session *s, struct evbuffer *in)
         session_cmd_trim(s);
         break;
     }
-    lp_framer_consume(&s->framer, in);
     s->st.bytes_in = s->framer.bytes;
     return true;
 }
 
-/* Handle every complete command buffered, unless paused or closing. */
+/* Handle every complete command buffered, unless paused or closing; what
+ * they took is drained once, at the end. */
 static void
 session_process(struct session *s)
 {
@@ -511,6 +512,7 @@ session_process(struct session *s)
 
     while (!s->paused && s->state != SESSION_CLOSING && session_frame(s, in))
         ;
+    lp_framer_consume(&s->framer, in);
     budget_hold(s);
 }
 
@@ -549,7 +551,7 @@ closer_cb(evutil_socket_t fd, short what, void *arg)
 
     if (!s->released) {
         s->released = true;
-        router_session_closing(s->router, s);
+        router_session_closing(s->router, s->rc);
         if (session_output_len(s) == 0) {
             session_destroy(s);
             return;
@@ -676,7 +678,7 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
     log_info("session %" PRIu64 ": connected, pid=%d uid=%d gid=%d", s->id, (int)peer->pid,
         (int)peer->uid, (int)peer->gid);
     /* Greets it, and pauses it under bus back-pressure. */
-    router_session_attach(router, s, &session_port, s->id, peer);
+    s->rc = router_session_attach(router, s, &session_port, s->id, peer);
     bufferevent_enable(s->bev, s->paused ? EV_WRITE : EV_READ | EV_WRITE);
     return s;
 fail:
@@ -699,7 +701,7 @@ session_destroy(struct session *s)
              " events out",
         s->id, s->close_reason != NULL ? s->close_reason : "closed", (int)s->peer.pid,
         s->st.cmds_in, s->st.events_out);
-    router_session_detach(s->router, s);
+    router_session_detach(s->router, s->rc);
     LIST_REMOVE(s, all);
     gone.cmds_in += s->st.cmds_in;
     gone.bytes_in += s->st.bytes_in;

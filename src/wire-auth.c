@@ -261,45 +261,49 @@ static const char *const wire_auth_names[][WIRE_AUTH_MAX_FIELDS] = {
     [WIRE_AUTH_TOKEN] = { "token", "impersonating", "forwardedFor" },
 };
 
-/* Check the n strings at the front of c's buffer; their lengths to len. */
+/* The strings scan_auth checks, and their lengths. */
+struct auth_scan {
+    const char *const *names;
+    int n;
+    const struct wire_limits *lim;
+    uint32_t len[WIRE_AUTH_MAX_FIELDS];
+};
+
+/* Check the strings at the front of the window; their lengths to a->len. */
 static enum wire_result
-scan_auth(struct wire_cursor *c, const char *const names[], int n,
-    const struct wire_limits *lim, uint32_t len[WIRE_AUTH_MAX_FIELDS], const char **cause)
+scan_auth(struct wire_cursor *c, void *arg, const char **cause)
 {
+    struct auth_scan *a = arg;
     struct wire_where at = { "authentication", NULL };
     enum wire_result r;
 
-    for (int i = 0; i < n; i++) {
-        at.field = names[i];
-        if ((r = wire_scan_count(c, WC_STRING, lim->max_string, 1, &at, &len[i], cause)) !=
-            WIRE_DECODED)
+    for (int i = 0; i < a->n; i++) {
+        at.field = a->names[i];
+        if ((r = wire_cursor_count(c, WC_STRING, a->lim->max_string, &at, &a->len[i],
+                 cause)) != WIRE_DECODED ||
+            (r = wire_cursor_claim(c, a->len[i], cause)) != WIRE_DECODED)
             return r;
-        if ((r = wire_cursor_claim(c, len[i], cause)) != WIRE_DECODED)
-            return r;
-        c->off += len[i];
+        c->off += a->len[i];
     }
     return WIRE_DECODED;
 }
 
-/* Allocate n copies, then take the n strings scan_auth checked from in. */
+/* Copy the strings scan_auth checked at p (NULL for empty ones). */
 static enum wire_result
-take_auth_strings(struct evbuffer *in, int n, const uint32_t len[], char *copy[],
+take_auth_strings(const uint8_t *p, int n, const uint32_t len[], char *copy[],
     const char **cause)
 {
     for (int i = 0; i < n; i++) {
+        p += 4;
         copy[i] = NULL;
-        if (len[i] > 0 && (copy[i] = malloc((size_t)len[i] + 1)) == NULL) {
+        if (len[i] == 0)
+            continue;
+        if ((copy[i] = strndup((const char *)p, len[i])) == NULL) {
             for (int j = 0; j < i; j++)
                 free(copy[j]);
             return wire_fail(cause, "out of memory");
         }
-    }
-    for (int i = 0; i < n; i++) {
-        evbuffer_drain(in, 4);
-        if (len[i] > 0) {
-            evbuffer_remove(in, copy[i], len[i]);
-            copy[i][len[i]] = '\0';
-        }
+        p += len[i];
     }
     return WIRE_DECODED;
 }
@@ -371,22 +375,17 @@ decode_connection_string(struct evbuffer *in, const struct wire_limits *lim,
     struct wire_auth *auth, const char **cause)
 {
     static const char *const names[] = { "connection string" };
+    struct auth_scan a = { names, 1, lim, { 0 } };
     struct wire_cursor c;
-    uint32_t len[WIRE_AUTH_MAX_FIELDS];
     char *copy;
     enum wire_result r;
 
-    wire_cursor_init(&c, in, lim->max_message);
-    if ((r = scan_auth(&c, names, 1, lim, len, cause)) != WIRE_DECODED)
+    if ((r = wire_window_scan(in, lim->max_message, scan_auth, &a, &c, cause)) !=
+        WIRE_DECODED)
         return r;
-    if ((copy = malloc((size_t)c.off + 1)) == NULL)
+    if ((copy = strndup((const char *)c.p + 4, a.len[0])) == NULL)
         return wire_fail(cause, "out of memory");
-    if (evbuffer_copyout(in, copy, (size_t)c.off) != (ev_ssize_t)c.off) {
-        free(copy);
-        return wire_fail(cause, "evbuffer copy failed");
-    }
-    copy[c.off] = '\0';
-    r = parse_connection_string(auth, copy + 4, cause);
+    r = parse_connection_string(auth, copy, cause);
     free(copy);
     if (r != WIRE_DECODED) {
         wire_auth_free(auth);
@@ -402,7 +401,7 @@ wire_decode_auth_version(struct evbuffer *in, int version, enum wire_auth_method
 {
     const char **slot[WIRE_AUTH_MAX_FIELDS];
     char *copy[WIRE_AUTH_MAX_FIELDS];
-    uint32_t len[WIRE_AUTH_MAX_FIELDS];
+    struct auth_scan a = { NULL, 0, lim, { 0 } };
     struct wire_cursor c;
     enum wire_result r;
     int n;
@@ -414,11 +413,14 @@ wire_decode_auth_version(struct evbuffer *in, int version, enum wire_auth_method
         return wire_fail(cause, "unknown authentication method %d", (int)method);
     if (connection_string(auth))
         return decode_connection_string(in, lim, auth, cause);
-    wire_cursor_init(&c, in, lim->max_message);
-    if ((r = scan_auth(&c, wire_auth_names[method], n, lim, len, cause)) != WIRE_DECODED)
+    a.names = wire_auth_names[method];
+    a.n = n;
+    if ((r = wire_window_scan(in, lim->max_message, scan_auth, &a, &c, cause)) !=
+        WIRE_DECODED)
         return r;
-    if ((r = take_auth_strings(in, n, len, copy, cause)) != WIRE_DECODED)
+    if ((r = take_auth_strings(c.p, n, a.len, copy, cause)) != WIRE_DECODED)
         return r;
+    evbuffer_drain(in, (size_t)c.off);
     for (int i = 0; i < n; i++)
         *slot[i] = copy[i];
     return WIRE_DECODED;

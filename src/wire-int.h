@@ -13,19 +13,18 @@
 #include "wire.h"
 
 /*
- * Reads go through the contiguous segment (chain) holding the current
- * offset, so most field reads are a memcpy; skips are arithmetic, and
- * moving to a later chain walks forward from the current one.
+ * A read position in a contiguous window on the front of an evbuffer
+ * (wire_window_scan): the walk is pointer arithmetic, and a window that
+ * ends too soon is widened, so a scan never sees a chain boundary.
  */
 struct wire_cursor {
-    struct evbuffer *buf;
-    struct evbuffer_ptr seg_ptr; /* where seg starts in buf */
-    const uint8_t *seg;          /* NULL until the first read */
-    size_t seg_len;
-    uint64_t seg_off; /* offset of seg from the buffer start */
-    uint64_t off;     /* bytes walked from the message start */
-    uint64_t avail;   /* bytes in buf */
-    uint64_t max;     /* the whole-message limit */
+    const uint8_t *p; /* the window: the buffer's first len bytes */
+    uint64_t len;
+    uint64_t off;   /* bytes walked from the message start */
+    uint64_t avail; /* bytes in the buffer */
+    uint64_t max;   /* the whole-message limit */
+    uint64_t stop;  /* the window's end or max, whichever is first */
+    uint64_t need;  /* after need-more: how far the window must reach */
 };
 
 /* Names the field being read, for error messages. */
@@ -48,10 +47,59 @@ uint8_t *wire_put_bytes(uint8_t *p, const void *src, size_t len);
 /* One reservation of the exact size, then its commit. */
 uint8_t *wire_reserve(struct evbuffer *out, uint64_t size, struct evbuffer_iovec *vec);
 int wire_commit(struct evbuffer *out, struct evbuffer_iovec *vec, uint64_t size);
-void wire_cursor_init(struct wire_cursor *c, struct evbuffer *buf, uint32_t max);
-enum wire_result wire_cursor_claim(struct wire_cursor *c, uint64_t n, const char **cause);
-enum wire_result
-wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit, unsigned unit,
-    const struct wire_where *at, uint32_t *out, const char **cause);
+/* The cold half of wire_cursor_claim: an error past max, else need-more. */
+enum wire_result wire_claim_short(uint64_t off, uint64_t n, uint64_t max, const char **cause);
+
+/*
+ * Claim the next n bytes of the message: an error if the message would
+ * then exceed its limit (so an oversized message is refused as early as
+ * possible), need-more if they are not in the window (c->need then says
+ * how far it must reach).
+ */
+static inline enum wire_result
+wire_cursor_claim(struct wire_cursor *c, uint64_t n, const char **cause)
+{
+    enum wire_result r;
+
+    if (n <= c->stop - c->off)
+        return WIRE_DECODED;
+    if ((r = wire_claim_short(c->off, n, c->max, cause)) == WIRE_NEED_MORE)
+        c->need = c->off + n;
+    return r;
+}
+
+/* A refused count: negative, or over limit. */
+enum wire_result wire_bad_count(enum wire_count what, uint32_t raw, uint32_t limit,
+    const struct wire_where *at, const char **cause);
+
+/* Read a 4-byte length or count; refuse it if negative or over limit. */
+static inline enum wire_result
+wire_cursor_count(struct wire_cursor *c, enum wire_count what, uint32_t limit,
+    const struct wire_where *at, uint32_t *out, const char **cause)
+{
+    enum wire_result r;
+    const uint8_t *q;
+    uint32_t raw;
+
+    if ((r = wire_cursor_claim(c, 4, cause)) != WIRE_DECODED)
+        return r;
+    q = c->p + c->off;
+    raw = (uint32_t)q[0] << 24 | (uint32_t)q[1] << 16 | (uint32_t)q[2] << 8 | q[3];
+    c->off += 4;
+    /* A negative count is above INT32_MAX as unsigned. */
+    if (raw > limit || raw > (uint32_t)INT32_MAX)
+        return wire_bad_count(what, raw, limit, at, cause);
+    *out = raw;
+    return WIRE_DECODED;
+}
+
+/* Walks one item at the cursor, claiming each part before reading it. */
+typedef enum wire_result (*wire_scan_fn)(struct wire_cursor *c, void *arg, const char **cause);
+
+/* Run scan over the front of in (max: the item's size limit), widening
+ * the window as it needs; on WIRE_DECODED the item is c->p[0..c->off),
+ * contiguous, and nothing is consumed. */
+enum wire_result wire_window_scan(struct evbuffer *in, uint32_t max, wire_scan_fn scan,
+    void *arg, struct wire_cursor *c, const char **cause);
 
 #endif /* BUSGATE_WIRE_INT_H */

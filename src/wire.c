@@ -1,13 +1,14 @@
 /*
  * The jetblack-messagebus codec, bus protocols 3 to 6 (BUS-PROTOCOL.md).
  *
- * Decoding is two passes. The first walks the message's fields where they
- * lie in the evbuffer, consuming nothing, and checks every length and count
- * against the limits as soon as it is read (so nothing is allocated from an
- * unchecked length, and an oversized message is refused before it has all
- * arrived). Only when the whole message is present is it removed in one
- * piece into msg->store, which is reused across calls, and the fields are
- * pointed into that copy. Encoding reserves the exact size once and writes
+ * Decoding is one walk over the message where it lies in the evbuffer's
+ * first chain (a contiguous window; a message that spans chains is pulled
+ * up into one first), consuming nothing until it is done. Every length and
+ * count is checked against the limits as soon as it is read (so nothing
+ * is allocated from an unchecked length, and an oversized message is
+ * refused before it has all arrived), and the message is built in the
+ * same pass into msg->store, which is reused across calls. Only a whole
+ * message is consumed. Encoding reserves the exact size once and writes
  * straight into the evbuffer.
  */
 #include "wire-int.h"
@@ -19,6 +20,8 @@
 
 #include <event2/buffer.h>
 #include <event2/util.h>
+
+#include "util.h"
 
 /* The fields a message can carry; each type is a list of them in wire order. */
 enum wire_field {
@@ -155,7 +158,7 @@ wire_msg_clear(struct wire_msg *msg)
     size_t cap = msg->store_cap;
     int version = msg->version;
 
-    memset(msg, 0, sizeof *msg);
+    zero_bytes(msg, sizeof *msg);
     msg->user.ptr = msg->host.ptr = msg->feed.ptr = msg->topic.ptr = "";
     msg->content_type.ptr = "";
     msg->version = version;
@@ -163,46 +166,40 @@ wire_msg_clear(struct wire_msg *msg)
     msg->store_cap = cap;
 }
 
-static struct wire_str *
+/* Where each string and bool field lives in struct wire_msg. */
+static const unsigned short wire_field_at[] = {
+    [WF_USER] = offsetof(struct wire_msg, user),
+    [WF_HOST] = offsetof(struct wire_msg, host),
+    [WF_FEED] = offsetof(struct wire_msg, feed),
+    [WF_TOPIC] = offsetof(struct wire_msg, topic),
+    [WF_CONTENT_TYPE] = offsetof(struct wire_msg, content_type),
+    [WF_IS_IMAGE] = offsetof(struct wire_msg, is_image),
+    [WF_IS_ADD] = offsetof(struct wire_msg, is_add),
+    [WF_AUTH_REQUIRED] = offsetof(struct wire_msg, auth_required),
+};
+
+static inline struct wire_str *
 msg_str(struct wire_msg *msg, int field)
 {
-    switch (field) {
-    case WF_USER:
-        return &msg->user;
-    case WF_HOST:
-        return &msg->host;
-    case WF_FEED:
-        return &msg->feed;
-    case WF_CONTENT_TYPE:
-        return &msg->content_type;
-    default:
-        return &msg->topic;
-    }
+    return (struct wire_str *)(void *)((char *)msg + wire_field_at[field]);
 }
 
-static const struct wire_str *
+static inline const struct wire_str *
 msg_cstr(const struct wire_msg *msg, int field)
 {
-    return msg_str((struct wire_msg *)msg, field);
+    return (const struct wire_str *)(const void *)((const char *)msg + wire_field_at[field]);
 }
 
-static bool *
+static inline bool *
 msg_bool(struct wire_msg *msg, int field)
 {
-    switch (field) {
-    case WF_IS_IMAGE:
-        return &msg->is_image;
-    case WF_IS_ADD:
-        return &msg->is_add;
-    default:
-        return &msg->auth_required;
-    }
+    return (bool *)((char *)msg + wire_field_at[field]);
 }
 
-static bool
+static inline bool
 msg_cbool(const struct wire_msg *msg, int field)
 {
-    return *msg_bool((struct wire_msg *)msg, field);
+    return *(const bool *)((const char *)msg + wire_field_at[field]);
 }
 
 /* --- big-endian helpers --- */
@@ -416,84 +413,78 @@ wire_encode(struct evbuffer *out, const struct wire_msg *msg)
     return wire_commit(out, &vec, size);
 }
 
-/* --- decoding: a non-consuming read position in an evbuffer (wire-int.h) --- */
+/* --- decoding: a read position in a contiguous window (wire-int.h) --- */
 
-void
-wire_cursor_init(struct wire_cursor *c, struct evbuffer *buf, uint32_t max)
-{
-    memset(c, 0, sizeof *c);
-    c->buf = buf;
-    c->avail = evbuffer_get_length(buf);
-    c->max = max;
-}
-
-/* Point seg at the chain holding c->off (which the caller knows exists). */
-static int
-cursor_seek(struct wire_cursor *c)
-{
-    struct evbuffer_iovec v;
-    int r;
-
-    if (c->seg != NULL && c->off < c->seg_off + c->seg_len)
-        return 0;
-    if (c->seg == NULL)
-        r = evbuffer_ptr_set(c->buf, &c->seg_ptr, (size_t)c->off, EVBUFFER_PTR_SET);
-    else
-        r = evbuffer_ptr_set(c->buf, &c->seg_ptr, (size_t)(c->off - c->seg_off),
-            EVBUFFER_PTR_ADD);
-    if (r != 0 || evbuffer_peek(c->buf, -1, &c->seg_ptr, &v, 1) < 1 || v.iov_len == 0)
-        return -1;
-    c->seg = v.iov_base;
-    c->seg_len = v.iov_len;
-    c->seg_off = c->off;
-    return 0;
-}
-
-/* Copy n bytes at the cursor (known to be present) and move past them. */
-static int
-cursor_read(struct wire_cursor *c, void *dst, size_t n)
-{
-    uint8_t *d = dst;
-
-    while (n > 0) {
-        size_t in, k;
-
-        if (cursor_seek(c) != 0)
-            return -1;
-        in = (size_t)(c->off - c->seg_off);
-        k = c->seg_len - in < n ? c->seg_len - in : n;
-        memcpy(d, c->seg + in, k);
-        d += k;
-        n -= k;
-        c->off += k;
-    }
-    return 0;
-}
-
-/*
- * Claim the next n bytes of the message: an error if the message would
- * then exceed its limit (checked first, so an oversized message is refused
- * as early as possible), need-more if they have not arrived yet.
- */
 enum wire_result
-wire_cursor_claim(struct wire_cursor *c, uint64_t n, const char **cause)
+wire_claim_short(uint64_t off, uint64_t n, uint64_t max, const char **cause)
 {
-    if (n > c->max || c->off + n > c->max)
+    if (n > max || off + n > max)
         return wire_fail(cause, "message size at least %llu over limit %llu",
-            (unsigned long long)(c->off + n), (unsigned long long)c->max);
-    if (c->off + n > c->avail)
-        return WIRE_NEED_MORE;
+            (unsigned long long)(off + n), (unsigned long long)max);
+    return WIRE_NEED_MORE;
+}
+
+/* A message that spans chains is pulled up just as far as each claim
+ * needs (so the chain the pullup makes ends where the message does, and
+ * the next one starts in the read's own chain); past this many pullups
+ * the window doubles instead, bounding the re-walks of a message with
+ * many fields. */
+#define WIRE_EXACT_PULLUPS 8
+
+static void
+window_set(struct wire_cursor *c, const uint8_t *p, uint64_t len)
+{
+    c->p = p;
+    c->len = len;
+    c->stop = len < c->max ? len : c->max;
+}
+
+/* Make the window cover c->need bytes (which the buffer holds). */
+static enum wire_result
+window_widen(struct wire_cursor *c, struct evbuffer *in, unsigned widened,
+    const char **cause)
+{
+    uint64_t want = c->need;
+    const uint8_t *p;
+
+    if (widened >= WIRE_EXACT_PULLUPS && c->len * 2 > want)
+        want = c->len * 2 < c->avail ? c->len * 2 : c->avail;
+    if (want > (uint64_t)EV_SSIZE_MAX ||
+        (p = evbuffer_pullup(in, (ev_ssize_t)want)) == NULL)
+        return wire_fail(cause, "out of memory for a %llu-byte message",
+            (unsigned long long)want);
+    window_set(c, p, want);
     return WIRE_DECODED;
 }
 
-/* --- decoding, pass 1: walk and validate without consuming --- */
+/*
+ * Run scan over the front of in. It reads through the contiguous window
+ * c->p[0..len): at first the buffer's first chain, where a whole message
+ * normally lies (reads are large), so nothing is copied; a message that
+ * spans chains is pulled up into one and scanned again.
+ * On WIRE_DECODED the item is c->p[0..c->off); nothing is consumed.
+ */
+enum wire_result
+wire_window_scan(struct evbuffer *in, uint32_t max, wire_scan_fn scan, void *arg,
+    struct wire_cursor *c, const char **cause)
+{
+    struct evbuffer_iovec v;
+    enum wire_result r;
 
-/* What the walk learned: enough to size the storage exactly. */
-struct wire_scan {
-    uint64_t n_packets;
-    uint64_t n_ints;    /* ints in all int sets */
-    uint64_t str_bytes; /* bytes of non-empty strings, NULs included */
-};
+    c->avail = evbuffer_get_length(in);
+    c->max = max;
+    c->need = 0;
+    window_set(c, NULL, 0);
+    if (c->avail > 0 && evbuffer_peek(in, -1, NULL, &v, 1) >= 1)
+        window_set(c, v.iov_base, v.iov_len < c->avail ? v.iov_len : c->avail);
+    for (unsigned widened = 0;; widened++) {
+        c->off = 0;
+        if ((r = scan(c, arg, cause)) != WIRE_NEED_MORE || c->need > c->avail)
+            return r;
+        if ((r = window_widen(c, in, widened, cause)) != WIRE_DECODED)
+            return r;
+    }
+}
 
 static const char *const wire_count_names[] = {
     [WC_STRING] = "string length",
@@ -502,82 +493,163 @@ static const char *const wire_count_names[] = {
     [WC_PACKETS] = "packet count",
 };
 
-/*
- * Read a length or count, refuse it if negative or over limit, and claim
- * the unit * count bytes that must follow (a packet's minimum is 8).
- */
 enum wire_result
-wire_scan_count(struct wire_cursor *c, enum wire_count what, uint32_t limit, unsigned unit,
-    const struct wire_where *at, uint32_t *out, const char **cause)
+wire_bad_count(enum wire_count what, uint32_t raw, uint32_t limit,
+    const struct wire_where *at, const char **cause)
 {
     const char *name = wire_count_names[what];
-    uint8_t b[4];
-    uint32_t raw;
-    int32_t v;
-    enum wire_result r;
+    int32_t v = to_int32(raw);
 
-    if ((r = wire_cursor_claim(c, 4, cause)) != WIRE_DECODED)
-        return r;
-    if (cursor_read(c, b, 4) != 0)
-        return wire_fail(cause, "evbuffer walk failed");
-    raw = get_be32(b);
-    v = to_int32(raw);
     if (v < 0)
         return wire_fail(cause, "negative %s %ld (%s %s)", name, (long)v, at->what,
             at->field);
-    if (raw > limit)
-        return wire_fail(cause, "%s %lu over limit %lu (%s %s)", name, (unsigned long)raw,
-            (unsigned long)limit, at->what, at->field);
-    if ((r = wire_cursor_claim(c, (uint64_t)raw * unit, cause)) == WIRE_ERROR)
+    return wire_fail(cause, "%s %lu over limit %lu (%s %s)", name, (unsigned long)raw,
+        (unsigned long)limit, at->what, at->field);
+}
+
+/* --- decoding: one walk that validates and builds --- */
+
+/* The walk's helpers, inlined into walk_msg (see struct wire_walk). */
+#define WALK_INLINE static inline __attribute__((always_inline))
+
+/*
+ * The decoded message's storage, msg->store, filled in wire order by a
+ * bump allocator. When the walk needs more than cap, it goes on measuring
+ * (used) without storing, and the message is walked again once the
+ * storage has grown to fit.
+ */
+struct wire_build {
+    uint8_t *base;
+    uint64_t cap;
+    uint64_t used;
+};
+
+/* n bytes aligned to align (a power of two), or NULL when they do not fit. */
+WALK_INLINE void *
+bump(struct wire_build *b, uint64_t n, uint64_t align)
+{
+    uint64_t at = (b->used + align - 1) & ~(align - 1);
+
+    b->used = at + n;
+    return b->used <= b->cap ? b->base + at : NULL;
+}
+
+/*
+ * One walk over a message: the cursor and the storage, as locals of
+ * walk_msg that the compiler keeps in registers, which takes every helper
+ * below being inlined into it (WALK_INLINE).
+ */
+struct wire_walk {
+    struct wire_cursor c;
+    struct wire_build b;
+    const struct wire_limits *lim;
+    struct wire_msg *msg;
+};
+
+/* A counted string (a length, then that many bytes), copied with a NUL. */
+WALK_INLINE enum wire_result
+walk_str(struct wire_walk *w, const struct wire_where *at, struct wire_str *s,
+    const char **cause)
+{
+    enum wire_result r;
+    uint32_t n = 0;
+    char *d;
+
+    if ((r = wire_cursor_count(&w->c, WC_STRING, w->lim->max_string, at, &n, cause)) !=
+            WIRE_DECODED ||
+        (r = wire_cursor_claim(&w->c, n, cause)) != WIRE_DECODED)
         return r;
-    *out = raw;
+    s->len = n;
+    if (n > 0 && (d = bump(&w->b, (uint64_t)n + 1, 1)) != NULL) {
+        memcpy(d, w->c.p + w->c.off, n);
+        d[n] = '\0';
+        s->ptr = d;
+    }
+    w->c.off += n;
     return WIRE_DECODED;
 }
 
-/* A counted run of bytes or ints: check, then step over it. */
-static enum wire_result
-scan_body(struct wire_cursor *c, enum wire_count what, uint32_t limit, unsigned unit,
-    const struct wire_where *at, uint32_t *n, const char **cause)
+WALK_INLINE enum wire_result
+walk_ints(struct wire_walk *w, const struct wire_where *at, struct wire_ints *ints,
+    const char **cause)
 {
     enum wire_result r;
+    uint32_t n = 0;
+    int32_t *v;
 
-    if ((r = wire_scan_count(c, what, limit, unit, at, n, cause)) != WIRE_DECODED)
+    if ((r = wire_cursor_count(&w->c, WC_ENTITLEMENTS, w->lim->max_entitlements, at, &n,
+             cause)) != WIRE_DECODED ||
+        (r = wire_cursor_claim(&w->c, (uint64_t)n * 4, cause)) != WIRE_DECODED)
         return r;
-    if ((r = wire_cursor_claim(c, (uint64_t)*n * unit, cause)) != WIRE_DECODED)
-        return r;
-    c->off += (uint64_t)*n * unit;
+    ints->n = n;
+    ints->v = NULL;
+    if (n > 0 && (v = bump(&w->b, (uint64_t)n * 4, sizeof(int32_t))) != NULL) {
+        for (uint32_t i = 0; i < n; i++)
+            v[i] = to_int32(get_be32(w->c.p + w->c.off + 4 * (uint64_t)i));
+        ints->v = v;
+    }
+    w->c.off += (uint64_t)n * 4;
     return WIRE_DECODED;
 }
 
-static enum wire_result
-scan_packets(struct wire_cursor *c, const struct wire_limits *lim,
-    const struct wire_where *at, struct wire_scan *sc, const char **cause)
+/* The packet array: a count (at least 8 bytes each), then per packet an
+ * int set and a byte array. */
+WALK_INLINE enum wire_result
+walk_packets(struct wire_walk *w, const struct wire_where *at, const char **cause)
 {
-    uint32_t n, k;
+    struct wire_packet *pk, spare;
     enum wire_result r;
+    uint32_t n = 0, len = 0;
+    uint8_t *d;
 
-    if ((r = wire_scan_count(c, WC_PACKETS, lim->max_packets, 8, at, &n, cause)) !=
-        WIRE_DECODED)
-        return r;
-    sc->n_packets = n;
+    if ((r = wire_cursor_count(&w->c, WC_PACKETS, w->lim->max_packets, at, &n, cause)) !=
+            WIRE_DECODED ||
+        (r = wire_cursor_claim(&w->c, (uint64_t)n * 8, cause)) == WIRE_ERROR)
+        return r; /* need-more only stops when the packets themselves do */
+    w->msg->n_packets = n;
+    if (n == 0)
+        return WIRE_DECODED;
+    pk = bump(&w->b, (uint64_t)n * sizeof *pk, 8);
+    w->msg->packets = pk;
     for (uint32_t i = 0; i < n; i++) {
-        if ((r = scan_body(c, WC_ENTITLEMENTS, lim->max_entitlements, 4, at, &k, cause)) !=
-            WIRE_DECODED)
+        struct wire_packet *q = pk != NULL ? &pk[i] : &spare;
+
+        if ((r = walk_ints(w, at, &q->entitlements, cause)) != WIRE_DECODED ||
+            (r = wire_cursor_count(&w->c, WC_PAYLOAD, w->lim->max_payload, at, &len,
+                 cause)) != WIRE_DECODED ||
+            (r = wire_cursor_claim(&w->c, len, cause)) != WIRE_DECODED)
             return r;
-        sc->n_ints += k;
-        if ((r = scan_body(c, WC_PAYLOAD, lim->max_payload, 1, at, &k, cause)) !=
-            WIRE_DECODED)
-            return r;
+        q->len = len;
+        q->data = NULL;
+        if (len > 0 && (d = bump(&w->b, len, 1)) != NULL) {
+            memcpy(d, w->c.p + w->c.off, len);
+            q->data = d;
+        }
+        w->c.off += len;
     }
     return WIRE_DECODED;
 }
 
-static enum wire_result
-scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
-    const struct wire_where *at, struct wire_scan *sc, const char **cause)
+/* A fixed-size field: the client id or a bool. */
+WALK_INLINE enum wire_result
+walk_fixed(struct wire_walk *w, void *dst, size_t n, const char **cause)
 {
     enum wire_result r;
-    uint32_t n;
+
+    if ((r = wire_cursor_claim(&w->c, n, cause)) != WIRE_DECODED)
+        return r;
+    if (n == 1)
+        *(bool *)dst = w->c.p[w->c.off] != 0;
+    else
+        memcpy(dst, w->c.p + w->c.off, n);
+    w->c.off += n;
+    return WIRE_DECODED;
+}
+
+WALK_INLINE enum wire_result
+walk_field(struct wire_walk *w, const struct wire_where *at, int field, const char **cause)
+{
+    struct wire_msg *msg = w->msg;
 
     switch (field) {
     case WF_USER:
@@ -585,71 +657,59 @@ scan_field(struct wire_cursor *c, const struct wire_limits *lim, int field,
     case WF_FEED:
     case WF_TOPIC:
     case WF_CONTENT_TYPE:
-        if ((r = scan_body(c, WC_STRING, lim->max_string, 1, at, &n, cause)) !=
-            WIRE_DECODED)
-            return r;
-        sc->str_bytes += n > 0 ? n + 1 : 0;
-        return WIRE_DECODED;
+        return walk_str(w, at, msg_str(msg, field), cause);
     case WF_CLIENT_ID:
-        if ((r = wire_cursor_claim(c, WIRE_GUID_LEN, cause)) != WIRE_DECODED)
-            return r;
-        c->off += WIRE_GUID_LEN;
-        return WIRE_DECODED;
+        return walk_fixed(w, msg->client_id, WIRE_GUID_LEN, cause);
     case WF_ENTITLEMENTS:
-        if ((r = scan_body(c, WC_ENTITLEMENTS, lim->max_entitlements, 4, at, &n, cause)) !=
-            WIRE_DECODED)
-            return r;
-        sc->n_ints += n;
-        return WIRE_DECODED;
+        return walk_ints(w, at, &msg->entitlements, cause);
     case WF_PACKETS:
-        return scan_packets(c, lim, at, sc, cause);
+        return walk_packets(w, at, cause);
     default:
-        if ((r = wire_cursor_claim(c, 1, cause)) != WIRE_DECODED)
-            return r;
-        c->off += 1;
-        return WIRE_DECODED;
+        return walk_fixed(w, msg_bool(msg, field), 1, cause);
     }
 }
 
-/* Walk the message at the front of c's buffer; on success c->off is its size. */
-static enum wire_result
-scan_msg(struct wire_cursor *c, const struct wire_limits *lim, int version, int *type,
-    struct wire_scan *sc, const char **cause)
-{
-    struct wire_where at;
-    uint8_t t;
-    enum wire_result r;
-
-    if ((r = wire_cursor_claim(c, 1, cause)) != WIRE_DECODED)
-        return r;
-    if (cursor_read(c, &t, 1) != 0)
-        return wire_fail(cause, "evbuffer walk failed");
-    if (t < WIRE_TYPE_MIN || t > WIRE_TYPE_MAX)
-        return wire_fail(cause, "unknown message type %u", (unsigned)t);
-    *type = t;
-    at.what = wire_type_name(t);
-    memset(sc, 0, sizeof *sc);
-    for (const uint8_t *f = wire_schema[t]; *f != WF_END; f++) {
-        int field = field_at(version, *f);
-
-        at.field = wire_field_names[field];
-        if ((r = scan_field(c, lim, field, &at, sc, cause)) != WIRE_DECODED)
-            return r;
-    }
-    return WIRE_DECODED;
-}
-
-/* --- decoding, pass 2: build the message from its contiguous copy --- */
-
-/* Where the next packet, int and string go in the storage. */
-struct wire_build {
-    const uint8_t *p; /* next raw byte */
-    struct wire_packet *pk;
-    int32_t *ints;
-    char *str;
+/* What walk_msg needs besides the cursor. */
+struct wire_walk_arg {
+    const struct wire_limits *lim;
+    struct wire_msg *msg;
+    struct wire_build b;
 };
 
-#define WIRE_ALIGN(n) (((n) + 7) & ~(uint64_t)7)
+/* Walk the message at the front of the window, checking every length and
+ * count as it is read, and build it in msg; c->off ends at its size. */
+static enum wire_result
+walk_msg(struct wire_cursor *c, void *arg, const char **cause)
+{
+    struct wire_walk_arg *a = arg;
+    struct wire_walk w = { *c, a->b, a->lim, a->msg };
+    struct wire_where at = { NULL, NULL };
+    enum wire_result r;
+    uint8_t t = 0;
+
+    w.b.used = 0;
+    if ((r = wire_cursor_claim(&w.c, 1, cause)) != WIRE_DECODED)
+        goto out;
+    t = w.c.p[w.c.off++];
+    if (t < WIRE_TYPE_MIN || t > WIRE_TYPE_MAX) {
+        r = wire_fail(cause, "unknown message type %u", (unsigned)t);
+        goto out;
+    }
+    wire_msg_clear(w.msg);
+    w.msg->type = (enum wire_type)t;
+    at.what = wire_type_names[t];
+    for (const uint8_t *f = wire_schema[t]; *f != WF_END; f++) {
+        int field = field_at(w.msg->version, *f);
+
+        at.field = wire_field_names[field];
+        if ((r = walk_field(&w, &at, field, cause)) != WIRE_DECODED)
+            break;
+    }
+out:
+    *c = w.c;
+    a->b.used = w.b.used;
+    return r;
+}
 
 /* Grow the storage to at least need bytes; it is never shrunk. */
 static int
@@ -670,124 +730,20 @@ store_reserve(struct wire_msg *msg, uint64_t need)
     return 0;
 }
 
-static uint32_t
-take_be32(struct wire_build *b)
-{
-    uint32_t v = get_be32(b->p);
-
-    b->p += 4;
-    return v;
-}
-
-static void
-take_str(struct wire_build *b, struct wire_str *s)
-{
-    uint32_t len = take_be32(b);
-
-    s->len = len;
-    if (len == 0) {
-        s->ptr = "";
-        return;
-    }
-    memcpy(b->str, b->p, len);
-    b->str[len] = '\0';
-    s->ptr = b->str;
-    b->str += len + 1;
-    b->p += len;
-}
-
-static void
-take_ints(struct wire_build *b, struct wire_ints *ints)
-{
-    uint32_t n = take_be32(b);
-
-    ints->n = n;
-    ints->v = n > 0 ? b->ints : NULL;
-    for (uint32_t i = 0; i < n; i++)
-        *b->ints++ = to_int32(take_be32(b));
-}
-
-static void
-take_packets(struct wire_build *b, struct wire_msg *msg)
-{
-    uint32_t n = take_be32(b);
-
-    msg->n_packets = n;
-    msg->packets = n > 0 ? b->pk : NULL;
-    for (uint32_t i = 0; i < n; i++) {
-        struct wire_packet *pk = b->pk++;
-
-        take_ints(b, &pk->entitlements);
-        pk->len = take_be32(b);
-        pk->data = pk->len > 0 ? b->p : NULL;
-        b->p += pk->len;
-    }
-}
-
-/* Fill msg from the validated raw copy b->p. */
-static void
-build_msg(struct wire_build *b, struct wire_msg *msg)
-{
-    msg->type = (enum wire_type) * b->p++;
-    for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END; f++) {
-        int field = field_at(msg->version, *f);
-
-        switch (field) {
-        case WF_USER:
-        case WF_HOST:
-        case WF_FEED:
-        case WF_TOPIC:
-        case WF_CONTENT_TYPE:
-            take_str(b, msg_str(msg, field));
-            break;
-        case WF_CLIENT_ID:
-            memcpy(msg->client_id, b->p, WIRE_GUID_LEN);
-            b->p += WIRE_GUID_LEN;
-            break;
-        case WF_ENTITLEMENTS:
-            take_ints(b, &msg->entitlements);
-            break;
-        case WF_PACKETS:
-            take_packets(b, msg);
-            break;
-        default:
-            *msg_bool(msg, field) = *b->p++ != 0;
-            break;
-        }
-    }
-}
-
-/*
- * Storage layout: packets, then ints (aligned), then strings with their
- * NULs, then the raw message, which packet data points into.
- */
+/* The walk over storage too small for it, again with enough. */
 static enum wire_result
-take_msg(struct evbuffer *in, struct wire_msg *msg, uint64_t size,
-    const struct wire_scan *sc, const char **cause)
+walk_again(struct wire_cursor *c, struct wire_walk_arg *a, const char **cause)
 {
-    uint64_t pk_bytes = WIRE_ALIGN(sc->n_packets * sizeof(struct wire_packet));
-    uint64_t int_bytes = sc->n_ints * sizeof(int32_t);
-    uint64_t need = pk_bytes + int_bytes + sc->str_bytes + size;
-    struct wire_build b;
-    uint8_t *base, *raw;
+    uint64_t size = c->off;
 
-    /* evbuffer_remove counts in int; the limit is normally far below. */
-    if (size > (uint64_t)INT32_MAX)
-        return wire_fail(cause, "message size %llu too large to decode",
-            (unsigned long long)size);
-    if (store_reserve(msg, need) != 0)
+    if (store_reserve(a->msg, a->b.used) != 0)
         return wire_fail(cause, "out of memory for a %llu-byte message",
             (unsigned long long)size);
-    base = msg->store;
-    raw = base + pk_bytes + int_bytes + sc->str_bytes;
-    if (evbuffer_remove(in, raw, (size_t)size) != (int)size)
-        return wire_fail(cause, "evbuffer remove failed");
-    wire_msg_clear(msg);
-    b.p = raw;
-    b.pk = (struct wire_packet *)(void *)base;
-    b.ints = (int32_t *)(void *)(base + pk_bytes);
-    b.str = (char *)(base + pk_bytes + int_bytes);
-    build_msg(&b, msg);
+    a->b.base = a->msg->store;
+    a->b.cap = a->msg->store_cap;
+    c->off = 0;
+    if (walk_msg(c, a, cause) != WIRE_DECODED || c->off != size)
+        return wire_fail(cause, "a message decoded differently twice"); /* impossible */
     return WIRE_DECODED;
 }
 
@@ -795,13 +751,16 @@ enum wire_result
 wire_decode(struct evbuffer *in, const struct wire_limits *lim, struct wire_msg *msg,
     const char **cause)
 {
+    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 } };
     struct wire_cursor c;
-    struct wire_scan sc;
     enum wire_result r;
-    int type;
 
-    wire_cursor_init(&c, in, lim->max_message);
-    if ((r = scan_msg(&c, lim, msg->version, &type, &sc, cause)) != WIRE_DECODED)
-        return r;
-    return take_msg(in, msg, c.off, &sc, cause);
+    r = wire_window_scan(in, lim->max_message, walk_msg, &a, &c, cause);
+    if (r == WIRE_DECODED && a.b.used > a.b.cap)
+        r = walk_again(&c, &a, cause);
+    if (r == WIRE_DECODED && evbuffer_drain(in, (size_t)c.off) != 0)
+        r = wire_fail(cause, "evbuffer drain failed");
+    if (r != WIRE_DECODED)
+        wire_msg_clear(msg); /* no half-built message */
+    return r;
 }

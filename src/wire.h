@@ -141,9 +141,12 @@ void wire_msg_free(struct wire_msg *msg);
 /*
  * Decode one message from the front of in. Limits are checked before any
  * allocation. On WIRE_DECODED the message's pointers are valid until the
- * next wire_decode on, or wire_msg_free of, the same msg. On WIRE_ERROR
- * *cause (if cause is not NULL) points to text owned by the codec, valid
- * until the next error reported by this module in the same thread.
+ * next wire_decode on, or wire_msg_free of, the same msg; otherwise msg
+ * is left empty (no half-decoded fields). On WIRE_ERROR *cause (if cause
+ * is not NULL) points to text owned by the codec, valid until the next
+ * error reported by this module in the same thread. A message lying in
+ * the buffer's first chain is read in place; one that spans chains is
+ * pulled up into one first.
  */
 enum wire_result wire_decode(struct evbuffer *in, const struct wire_limits *lim,
     struct wire_msg *msg, const char **cause);

@@ -291,7 +291,7 @@ class TestProtocolDoc(unittest.TestCase):
         with open(LINEPROTO_C, encoding="utf-8") as f:
             src = f.read()
         codes = re.findall(r'\[LP_ERR_(?!NONE)\w+\] = "([a-z-]+)"', src)
-        verbs = re.findall(r'\{ "([A-Z]+)", LP_[A-Z]+,', src)
+        verbs = re.findall(r'VERB\("([A-Z]+)"', src)
         self.assertGreaterEqual(len(codes), 20)
         self.assertEqual(len(verbs), 14)
         text = doc_text()

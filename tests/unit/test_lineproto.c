@@ -1166,6 +1166,43 @@ test_event_storage_reuse(void **state)
     NAME_IS(&f->ev.host, "host");
 }
 
+/*
+ * Tokens of every length from 1 to 19 (across the tokenizer's 8-byte
+ * steps), separated by runs of spaces and tabs, and at the very end of
+ * the line: each name comes out whole.
+ */
+static void
+test_token_lengths(void **state)
+{
+    struct fx *f = *state;
+    static const char *const seps[] = { " ", "\t", " \t ", "\t\t" };
+    char feed[24], topic[24], line[128];
+
+    for (size_t a = 1; a < 20; a++) {
+        for (size_t b = 1; b < 20; b++) {
+            const char *s1 = seps[(a + b) % 4], *s2 = seps[(a * b) % 4];
+
+            memset(feed, 'f', a);
+            feed[a] = '\0';
+            memset(topic, 't', b);
+            topic[b] = '\0';
+            feed[a - 1] = (char)('a' + a % 26); /* the last byte counts too */
+            snprintf(line, sizeof line, "SUB%s%s%s%s", s1, feed, s2, topic);
+            assert_int_equal(parse(f, line), 0);
+            assert_int_equal(f->cmd.verb, LP_SUB);
+            name_is(&f->cmd.feed, feed, a);
+            name_is(&f->cmd.topic, topic, b);
+            snprintf(line, sizeof line, "PUB%s%s%s%s%sdelta%s%zu%s", s2, feed, s1, topic, s2,
+                s1, a, s2);
+            assert_int_equal(parse(f, line), 0);
+            name_is(&f->cmd.feed, feed, a);
+            name_is(&f->cmd.topic, topic, b);
+            assert_int_equal(f->cmd.n_packets, 1);
+            assert_int_equal(f->cmd.payload_len, a);
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -1173,6 +1210,7 @@ main(void)
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test_setup_teardown(test_sub_unsub, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pub, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_lengths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_send, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feed_verbs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_authorize, setup, teardown),

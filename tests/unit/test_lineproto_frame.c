@@ -103,9 +103,12 @@ reader_drain(struct reader *r)
 }
 
 /* The transcript of stream fed in chunks of step bytes (0: whole), or in
- * two pieces cut at cut (step SIZE_MAX). Every byte is accounted for. */
+ * two pieces cut at cut (step SIZE_MAX). Every byte is accounted for.
+ * With chains, each chunk is its own evbuffer chain (a reference), so
+ * lines and payloads span chain boundaries. */
 static char *
-transcript(const char *stream, size_t len, uint32_t max_line, size_t step, size_t cut)
+transcript_in(const char *stream, size_t len, uint32_t max_line, size_t step, size_t cut,
+    bool chains)
 {
     struct reader *r = calloc(1, sizeof *r);
     size_t off = 0, n;
@@ -122,7 +125,10 @@ transcript(const char *stream, size_t len, uint32_t max_line, size_t step, size_
             n = step == 0 ? len : step;
         if (n > len - off)
             n = len - off;
-        evbuffer_add(r->in, stream + off, n);
+        if (chains)
+            evbuffer_add_reference(r->in, stream + off, n, NULL, NULL);
+        else
+            evbuffer_add(r->in, stream + off, n);
         off += n;
         reader_drain(r);
     }
@@ -135,10 +141,19 @@ transcript(const char *stream, size_t len, uint32_t max_line, size_t step, size_
     return out;
 }
 
-/* The stream read whole gives want; so does every cut, and byte at a time. */
+static char *
+transcript(const char *stream, size_t len, uint32_t max_line, size_t step, size_t cut)
+{
+    return transcript_in(stream, len, max_line, step, cut, false);
+}
+
+/* The stream read whole gives want; so does every cut, byte at a time,
+ * and in separate chains of 1, 2, 3 and 5 bytes. */
 static void
 check_stream(const char *stream, size_t len, uint32_t max_line, const char *want)
 {
+    static const size_t chain_steps[] = { 1, 2, 3, 5 };
+
     char *got = transcript(stream, len, max_line, 0, 0);
 
     assert_string_equal(got, want);
@@ -152,6 +167,12 @@ check_stream(const char *stream, size_t len, uint32_t max_line, const char *want
     got = transcript(stream, len, max_line, 1, 0);
     assert_string_equal(got, want);
     free(got);
+    for (size_t i = 0; i < sizeof chain_steps / sizeof chain_steps[0]; i++) {
+        got = transcript_in(stream, len, max_line, chain_steps[i], 0, true);
+        if (strcmp(got, want) != 0)
+            fail_msg("chains of %zu: got %s, want %s", chain_steps[i], got, want);
+        free(got);
+    }
 }
 
 #define CHECK_STREAM(s, max_line, want) check_stream(s, sizeof(s) - 1, max_line, want)
@@ -259,6 +280,36 @@ test_consume(void **state)
     evbuffer_free(in);
 }
 
+/* The items of a batch are drained together: the buffer keeps them until
+ * more input is needed (or consume), then holds just the unfinished tail. */
+static void
+test_batch_drained_once(void **state)
+{
+    struct evbuffer *in = evbuffer_new();
+    struct lp_framer f;
+    struct lp_frame fr;
+
+    (void)state;
+    assert_non_null(in);
+    lp_framer_init(&f, 64);
+    evbuffer_add(in, "PING a\nPING b\nPING c\nPI", 23);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+        assert_int_equal(fr.len, 6);
+        assert_int_equal(evbuffer_get_length(in), 23);
+    }
+    assert_int_equal(f.bytes, 21);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_MORE);
+    assert_int_equal(evbuffer_get_length(in), 2);
+    evbuffer_add(in, "NG d\n", 5);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    assert_memory_equal(fr.data, "PING d", 6);
+    lp_framer_consume(&f, in);
+    assert_int_equal(evbuffer_get_length(in), 0);
+    assert_int_equal(f.bytes, 28);
+    evbuffer_free(in);
+}
+
 int
 main(void)
 {
@@ -270,6 +321,7 @@ main(void)
         cmocka_unit_test(test_refused_payload_skipped),
         cmocka_unit_test(test_bad_terminator),
         cmocka_unit_test(test_consume),
+        cmocka_unit_test(test_batch_drained_once),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

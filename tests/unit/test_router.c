@@ -28,6 +28,7 @@
 struct session {
     struct evbuffer *out;
     struct router *r;
+    struct router_client *rc;
     bool verbose;
     bool closing;
     bool paused;
@@ -122,7 +123,7 @@ fake_free(struct session *s)
 {
     if (s->attached) {
         s->attached = false;
-        router_session_detach(s->r, s);
+        router_session_detach(s->r, s->rc);
     }
 }
 
@@ -284,7 +285,7 @@ fx_start(struct fx *f)
         s->r = f->r;
         s->verbose = true;
         s->max_output = f->cfg.listen.max_output;
-        router_session_attach(f->r, s, &fake_port, (uint64_t)i + 1,
+        s->rc = router_session_attach(f->r, s, &fake_port, (uint64_t)i + 1,
             &(struct peer_cred){ .pid = 100 + i });
         s->attached = true;
         /* The router greets it. */
@@ -350,7 +351,7 @@ run(int who, const char *line, const char *payload)
         0);
     if (payload != NULL)
         lp_cmd_attach_payload(&F->cmd, (const uint8_t *)payload);
-    router_command(F->r, &F->s[who], &F->cmd);
+    router_command(F->r, F->s[who].rc, &F->cmd);
 }
 
 /* Everything queued to a session, as a string; drained. */
@@ -883,7 +884,7 @@ test_slow_consumer_skipped(void **state)
     bus_data("F", "T", "u", false, "more", false);
     expect_out(1, "");
     /* The session module then releases it; its subscription goes. */
-    router_session_closing(F->r, &F->s[1]);
+    router_session_closing(F->r, F->s[1].rc);
     run(0, "UNSUB F T", NULL);
     assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T", false), 1);
     expect_stats(2, "STAT slow_consumers 1\n", NULL);
@@ -921,7 +922,7 @@ test_shutdown(void **state)
         assert_true(F->s[i].closing);
     expect_out(0, "-ERR shutting-down busgated is stopping\n");
     /* No upstream unsubscribe while stopping: the link goes anyway. */
-    router_session_closing(F->r, &F->s[0]);
+    router_session_closing(F->r, F->s[0].rc);
     assert_int_equal(count_sent(WIRE_SUBSCRIPTION_REQUEST, "F", "T", false), 0);
 }
 

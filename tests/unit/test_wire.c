@@ -932,6 +932,19 @@ test_vectors_chains(void **state)
     }
 }
 
+/* bytes into buf as reference chains of piece bytes each (0: one chain). */
+static void
+add_in_pieces(struct evbuffer *buf, const uint8_t *bytes, size_t len, size_t piece)
+{
+    if (piece == 0) {
+        evbuffer_add(buf, bytes, len);
+        return;
+    }
+    for (size_t k = 0; k < len; k += piece)
+        evbuffer_add_reference(buf, bytes + k, len - k < piece ? len - k : piece, NULL,
+            NULL);
+}
+
 /* Every proper prefix is need-more, consumes nothing, and is never an error. */
 static void
 test_vectors_truncations(void **state)
@@ -952,7 +965,7 @@ test_vectors_truncations(void **state)
             struct wire_msg msg;
             const char *cause = NULL;
 
-            evbuffer_add(buf, bytes, k);
+            add_in_pieces(buf, bytes, k, k % 3); /* one chain, or pieces of 1 or 2 */
             vmsg_init(&msg);
             if (wire_decode(buf, &lim, &msg, &cause) != WIRE_NEED_MORE) {
                 fprintf(stderr, "%s: prefix %zu: %s\n", vector_name(v), k,
@@ -1000,27 +1013,33 @@ vector_limits(const struct jval *v, size_t len, struct wire_limits *lim)
     }
 }
 
+/* The error is the same whether the message lies in one chain or spans
+ * many (the decoder then widens its window across them). */
 static void
 expect_error(const uint8_t *bytes, size_t len, const struct wire_limits *lim,
     const char *want_cause, const char *name)
 {
-    struct evbuffer *buf = evbuffer_new();
-    struct wire_msg msg;
-    const char *cause = NULL;
-    enum wire_result r;
+    static const size_t pieces[] = { 0, 1, 3 };
 
-    evbuffer_add(buf, bytes, len);
-    vmsg_init(&msg);
-    r = wire_decode(buf, lim, &msg, &cause);
-    if (r != WIRE_ERROR || cause == NULL || strstr(cause, want_cause) == NULL) {
-        fprintf(stderr, "%s: want error \"%s\", got %d \"%s\"\n", name, want_cause, r,
-            cause ? cause : "");
-        fail();
+    for (size_t p = 0; p < sizeof pieces / sizeof pieces[0]; p++) {
+        struct evbuffer *buf = evbuffer_new();
+        struct wire_msg msg;
+        const char *cause = NULL;
+        enum wire_result r;
+
+        add_in_pieces(buf, bytes, len, pieces[p]);
+        vmsg_init(&msg);
+        r = wire_decode(buf, lim, &msg, &cause);
+        if (r != WIRE_ERROR || cause == NULL || strstr(cause, want_cause) == NULL) {
+            fprintf(stderr, "%s (pieces of %zu): want error \"%s\", got %d \"%s\"\n", name,
+                pieces[p], want_cause, r, cause ? cause : "");
+            fail();
+        }
+        assert_int_equal(evbuffer_get_length(buf), len);
+        assert_null(msg.store);
+        wire_msg_free(&msg);
+        evbuffer_free(buf);
     }
-    assert_int_equal(evbuffer_get_length(buf), len);
-    assert_null(msg.store);
-    wire_msg_free(&msg);
-    evbuffer_free(buf);
 }
 
 /* Each limit at the vector's own size admits it; one less refuses it. */
@@ -1110,6 +1129,93 @@ test_back_to_back(void **state)
     }
     assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_NEED_MORE);
     assert_true(count > 0);
+    wire_msg_free(&msg);
+    evbuffer_free(buf);
+}
+
+/*
+ * A long stream of all message vectors whose chains end at arbitrary
+ * points (as reads do): every message, also those spanning two or more
+ * chains, decodes exactly as from one contiguous buffer, and the storage
+ * grows in the middle of the stream when a bigger message comes.
+ */
+static void
+test_stream_in_chains(void **state)
+{
+    static const size_t pieces[] = { 1, 7, 64, 97, 1000, 4096 };
+    struct wire_limits lim;
+
+    limits_wide(&lim);
+    for (size_t p = 0; p < sizeof pieces / sizeof pieces[0]; p++) {
+        struct evbuffer *all = evbuffer_new(), *buf = evbuffer_new();
+        struct wire_msg msg;
+        size_t total, count = 0;
+        uint8_t *bytes;
+
+        for (int round = 0; round < 20; round++) {
+            for (size_t i = 0; i < vectors->n; i++) {
+                size_t len;
+                uint8_t *b;
+
+                if (!is_message_vector(&vectors->items[i]))
+                    continue;
+                b = vector_bytes(&vectors->items[i], &len);
+                evbuffer_add(all, b, len);
+                free(b);
+            }
+        }
+        total = evbuffer_get_length(all);
+        bytes = malloc(total);
+        assert_non_null(bytes);
+        evbuffer_remove(all, bytes, total);
+        add_in_pieces(buf, bytes, total, pieces[p]);
+        vmsg_init(&msg);
+        for (int round = 0; round < 20; round++) {
+            for (size_t i = 0; i < vectors->n; i++) {
+                const struct jval *v = &vectors->items[i];
+
+                if (!is_message_vector(v))
+                    continue;
+                assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_DECODED);
+                check_msg(&msg, v);
+                count++;
+            }
+        }
+        assert_int_equal(evbuffer_get_length(buf), 0);
+        assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_NEED_MORE);
+        assert_true(count > 20);
+        wire_msg_free(&msg);
+        free(bytes);
+        evbuffer_free(all);
+        evbuffer_free(buf);
+    }
+}
+
+/* A walk that stops (need-more, error) leaves no half-built message. */
+static void
+test_stopped_walk_clears(void **state)
+{
+    /* ForwardedMulticastData: user "u", host "h", then the feed's length
+     * and only part of it. */
+    static const uint8_t part[] = { 8, 0, 0, 0, 1, 'u', 0, 0, 0, 1, 'h', 0, 0, 0, 4, 'f' };
+    static const uint8_t note[] = { 4, 0, 0, 0, 1, 'N', 1 };
+    struct evbuffer *buf = evbuffer_new();
+    struct wire_limits lim;
+    struct wire_msg msg;
+
+    limits_wide(&lim);
+    vmsg_init(&msg);
+    evbuffer_add(buf, note, sizeof note);
+    evbuffer_add(buf, part, sizeof part);
+    assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_DECODED);
+    assert_string_equal(msg.feed.ptr, "N");
+    assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_NEED_MORE);
+    assert_int_equal(evbuffer_get_length(buf), sizeof part);
+    assert_int_equal(msg.user.len, 0);
+    assert_string_equal(msg.user.ptr, "");
+    assert_int_equal(msg.feed.len, 0);
+    assert_string_equal(msg.feed.ptr, "");
+    assert_false(msg.is_add);
     wire_msg_free(&msg);
     evbuffer_free(buf);
 }
@@ -1900,11 +2006,13 @@ main(void)
         cmocka_unit_test(test_vectors_truncations),
         cmocka_unit_test(test_vectors_limits),
         cmocka_unit_test(test_back_to_back),
+        cmocka_unit_test(test_stream_in_chains),
         cmocka_unit_test(test_store_reuse),
         cmocka_unit_test(test_auth_vectors),
     };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fields_cleared),
+        cmocka_unit_test(test_stopped_walk_clears),
         cmocka_unit_test(test_bool_nonzero),
         cmocka_unit_test(test_unknown_types),
         cmocka_unit_test(test_negative_lengths),
