@@ -503,6 +503,73 @@ parse_link_item(struct bg_conn *c, const char *line, size_t len)
 }
 
 /*
+ * A DATA line with its payload, when the whole event is buffered: parse
+ * it by reference (names point into the buffer, no copy) over one pullup
+ * of line, payload and newline, and have the framer skip the payload
+ * afterwards. Returns 1 when done, 0 when the event is not all here or
+ * ends in "\r\n" (the framer's two-step path takes it).
+ */
+static int
+data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
+{
+    size_t need = fr->len + 1 + (size_t)c->lev.payload_len + 1;
+    char *line;
+    const uint8_t *p;
+
+    if (evbuffer_get_length(s->buf) < need ||
+        (line = (char *)evbuffer_pullup(s->buf, (ev_ssize_t)need)) == NULL ||
+        line[need - 1] != '\n')
+        return 0;
+    /* The pullup may have moved the line (it was at the buffer's start). */
+    if (line != fr->data && lp_parse_event_ref(line, fr->len, NULL, &c->lev) < 0)
+        return -1;
+    p = (const uint8_t *)line + fr->len + 1;
+    for (uint32_t i = 0; i < c->lev.n_packets; i++) {
+        c->lev.packets[i].data = p;
+        p += c->lev.packets[i].len;
+    }
+    lp_event_terminate(&c->lev);
+    lp_framer_payload(&s->fr, c->lev.payload_len, false);
+    return 1;
+}
+
+/* One line: 1 with a whole item, 0 when a payload follows, -1 malformed.
+ * Names are taken by reference unless the event is copied (queue mode
+ * must copy the line as it came, before anything is written into it). */
+static int
+item_line(struct bg_conn *c, struct src *s, const struct lp_frame *fr, struct evbuffer *copy)
+{
+    int r;
+
+    if (s == &c->queued && fr->len >= strlen(LINK_WORD) &&
+        memcmp(fr->data, LINK_WORD, strlen(LINK_WORD)) == 0)
+        return parse_link_item(c, fr->data, fr->len);
+    if (copy != NULL) {
+        if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
+            return -1;
+        if (is_event(c->lev.kind) &&
+            (evbuffer_add(copy, fr->data, fr->len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+            return -1;
+    } else {
+        if (lp_parse_event_ref(fr->data, fr->len, NULL, &c->lev) < 0)
+            return -1;
+        if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
+            if ((r = data_in_place(c, s, fr)) != 0)
+                return r;
+            /* Not all here: names copied, as the line goes before the payload. */
+            if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
+                return -1;
+        } else {
+            lp_event_terminate(&c->lev);
+        }
+    }
+    if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
+        return 1;
+    lp_framer_payload(&s->fr, c->lev.payload_len, true);
+    return 0;
+}
+
+/*
  * The next whole item of s into c->lev (DATA with its payload attached):
  * 1, or 0 when more bytes are needed, -1 when it is malformed. Events are
  * also appended as they came to copy, when copy is not NULL.
@@ -512,6 +579,7 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
 {
     struct lp_frame fr;
     const uint8_t *p;
+    int r;
 
     c->link_item = false;
     for (;;) {
@@ -519,18 +587,8 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
         case LP_FRAME_MORE:
             return 0;
         case LP_FRAME_LINE:
-            if (s == &c->queued && fr.len >= strlen(LINK_WORD) &&
-                memcmp(fr.data, LINK_WORD, strlen(LINK_WORD)) == 0)
-                return parse_link_item(c, fr.data, fr.len);
-            if (lp_parse_event(fr.data, fr.len, NULL, &c->lev) < 0)
-                return -1;
-            if (copy != NULL && is_event(c->lev.kind) &&
-                (evbuffer_add(copy, fr.data, fr.len) < 0 ||
-                    evbuffer_add(copy, "\n", 1) < 0))
-                return -1;
-            if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
-                return 1;
-            lp_framer_payload(&s->fr, c->lev.payload_len, true);
+            if ((r = item_line(c, s, &fr, copy)) != 0)
+                return r;
             break;
         case LP_FRAME_PAYLOAD:
             p = fr.data;
