@@ -505,8 +505,7 @@ parse_link_item(struct bg_conn *c, const char *line, size_t len)
 /*
  * A DATA line with its payload, when the whole event is buffered: parse
  * it by reference (names point into the buffer, no copy) over one pullup
- * of line, payload and newline, and have the framer skip the payload
- * afterwards. Returns 1 when done, 0 when the event is not all here or
+ * of line, payload and newline, drained together afterwards. Returns 1 when done, 0 when the event is not all here or
  * ends in "\r\n" (the framer's two-step path takes it).
  */
 static int
@@ -529,7 +528,7 @@ data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
         p += c->lev.packets[i].len;
     }
     lp_event_terminate(&c->lev);
-    lp_framer_payload(&s->fr, c->lev.payload_len, false);
+    lp_framer_extend(&s->fr, (size_t)c->lev.payload_len + 1);
     return 1;
 }
 

@@ -145,12 +145,13 @@ lp_event_terminate(struct lp_event *ev)
 }
 
 static bool
-event_word(const struct tok *t, const char *yes, const char *no, bool *out)
+event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no, size_t no_n,
+    bool *out)
 {
     /* As the daemon spells them first; any case is still accepted. */
-    if (t->n == strlen(yes) && memcmp(t->p, yes, t->n) == 0)
+    if (t->n == yes_n && memcmp(t->p, yes, yes_n) == 0)
         *out = true;
-    else if (t->n == strlen(no) && memcmp(t->p, no, t->n) == 0)
+    else if (t->n == no_n && memcmp(t->p, no, no_n) == 0)
         *out = false;
     else if (tok_is(t, yes))
         *out = true;
@@ -160,6 +161,10 @@ event_word(const struct tok *t, const char *yes, const char *no, bool *out)
         return false;
     return true;
 }
+
+/* Literal words: their lengths known at compile time. */
+#define event_word(t, yes, no, out) \
+    event_word_n((t), (yes), sizeof(yes) - 1, (no), sizeof(no) - 1, (out))
 
 /* Token counts and layout of the structured events. */
 static int

@@ -7,6 +7,8 @@
  * replies from the socket. Items point into the evbuffer (one pullup, no
  * copy) and stay valid until lp_framer_consume or the next lp_framer_next.
  */
+#include <string.h>
+
 #include <event2/buffer.h>
 
 #include "lineproto.h"
@@ -40,6 +42,12 @@ lp_framer_consume(struct lp_framer *f, struct evbuffer *in)
 }
 
 void
+lp_framer_extend(struct lp_framer *f, size_t n)
+{
+    f->pending += n;
+}
+
+void
 lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver)
 {
     f->need = len;
@@ -63,12 +71,24 @@ static enum lp_frame_kind
 framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
     size_t len = evbuffer_get_length(in), limit = (size_t)f->max_line + 2;
-    size_t window = len < limit ? len : limit, n, content;
+    size_t window = len < limit ? len : limit, n, content, first;
     struct evbuffer_ptr start, end, nl;
-    const char *line;
+    const char *line, *nlp;
 
     if (len <= f->scanned)
         return LP_FRAME_MORE;
+    /* Most lines lie whole in the first chunk: one memchr there, no
+     * evbuffer search. */
+    if ((first = evbuffer_get_contiguous_space(in)) > f->scanned &&
+        (line = (const char *)evbuffer_pullup(in, (ev_ssize_t)first)) != NULL &&
+        (nlp = memchr(line + f->scanned, '\n', (first < window ? first : window) - f->scanned)) !=
+            NULL) {
+        n = (size_t)(nlp - line);
+        content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
+        if (content > f->max_line)
+            return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, n + 1);
+        return framer_item(f, fr, LP_FRAME_LINE, line, n, n + 1);
+    }
     evbuffer_ptr_set(in, &start, f->scanned, EVBUFFER_PTR_SET);
     evbuffer_ptr_set(in, &end, window, EVBUFFER_PTR_SET);
     nl = evbuffer_search_range(in, "\n", 1, &start, &end);

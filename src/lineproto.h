@@ -339,5 +339,9 @@ void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
 /* After a LINE: a payload block of len bytes and a newline follow; deliver
  * it as a PAYLOAD item, or skip it. */
 void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
+/* The item just returned also covers the next n bytes (a payload the
+ * caller found whole behind its line and read in place): they are drained
+ * with it. */
+void lp_framer_extend(struct lp_framer *f, size_t n);
 
 #endif /* BUSGATE_LINEPROTO_H */
