@@ -231,7 +231,9 @@ reqs_clear(struct bg_conn *c)
         free(req_pop(c).line);
 }
 
-static void
+/* Add (op > 0) or remove a registration: 1 when the set changed, 0 when
+ * it was already so, -1 out of memory. */
+static int
 reg_apply(struct bg_conn *c, int op, const char *line)
 {
     struct reg *r;
@@ -240,14 +242,18 @@ reg_apply(struct bg_conn *c, int op, const char *line)
     if (op > 0 && r == NULL) {
         if ((r = calloc(1, sizeof(*r))) == NULL || (r->line = strdup(line)) == NULL) {
             free(r);
-            return; /* not restored after a reconnect; nothing else lost */
+            return -1; /* not restored after a reconnect; nothing else lost */
         }
         HASH_ADD_KEYPTR(hh, c->regs, r->line, strlen(r->line), r);
-    } else if (op < 0 && r != NULL) {
+        return 1;
+    }
+    if (op < 0 && r != NULL) {
         HASH_DEL(c->regs, r);
         free(r->line);
         free(r);
+        return 1;
     }
+    return 0;
 }
 
 static void
@@ -295,6 +301,14 @@ link_down(struct bg_conn *c)
     c->fd = -1;
     src_reset(&c->sock);
     evbuffer_drain(c->out, evbuffer_get_length(c->out));
+    /* (Un)registrations the daemon had no time to answer: the next
+     * daemon learns them with the restore, as if made while down. */
+    for (size_t i = 0; i < c->req_n; i++) {
+        const struct req *r = &c->reqs[(c->req_head + i) % c->req_cap];
+
+        if (!r->internal && r->reg_op != 0)
+            (void)reg_apply(c, r->reg_op, r->line);
+    }
     reqs_clear(c);
     if (c->wait_id != 0 && !c->wait_done) {
         c->wait_done = true;
@@ -412,19 +426,26 @@ on_hello(struct bg_conn *c)
     struct reg *r, *t;
     int n = 0;
 
+    bool first = !c->was_up;
+
     snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
     c->state = LINK_UP;
     c->backoff = c->backoff_min;
-    if (!c->was_up) {
-        c->was_up = true;
-        return 0;
-    }
+    c->was_up = true;
+    /* What the daemon had accepted, and what was asked while disconnected
+     * (also before a first connection that failed). */
     HASH_ITER(hh, c->regs, r, t) {
-        if (evbuffer_add_printf(c->out, "%s\n", r->line) < 0 ||
-            req_push(c, true, 0, NULL) < 0)
+        char *line = strdup(r->line);
+
+        if (line == NULL || evbuffer_add_printf(c->out, "%s\n", r->line) < 0 ||
+            req_push(c, true, 0, line) < 0) {
+            free(line);
             return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
+        }
         n++;
     }
+    if (first)
+        return 0;
     snprintf(c->link_text, sizeof(c->link_text),
         "reconnected, %d registrations restored, bus=%s", n, c->bus_state);
     queue_link_event(c, true, 0, c->link_text);
@@ -459,7 +480,9 @@ on_reply(struct bg_conn *c)
         return; /* an unasked reply: nothing waits for it */
     r = req_pop(c);
     if (code == 0 && r.reg_op != 0)
-        reg_apply(c, r.reg_op, r.line);
+        (void)reg_apply(c, r.reg_op, r.line);
+    if (code != 0 && r.internal && r.line != NULL)
+        (void)reg_apply(c, -1, r.line); /* a restore refused: not tried again */
     free(r.line);
     if (r.id == c->wait_id) {
         c->wait_done = true;
@@ -841,21 +864,28 @@ ensure_up(struct bg_conn *c, bool force)
 
 /* ---- commands ---- */
 
+/* Whether a command can go out now: blocking use connects first when a
+ * reconnect is due; event-loop use queues behind the greeting. */
+static int
+link_ready(struct bg_conn *c)
+{
+    if (c->cb == NULL)
+        return ensure_up(c, false);
+    if (c->state == LINK_DOWN || c->state == LINK_CLOSING)
+        return set_err(c, BG_E_CLOSED, "not connected to busgated (reconnecting)");
+    return 0;
+}
+
 /* Send what c->tmp holds as one command (and wait, when blocking). */
 static int
 command(struct bg_conn *c, int reg_op, char *reg_line)
 {
     int r;
 
-    if (c->cb == NULL && (r = ensure_up(c, false)) < 0) {
+    if ((r = link_ready(c)) < 0) {
         free(reg_line);
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
-    }
-    if (c->cb != NULL && (c->state == LINK_DOWN || c->state == LINK_CLOSING)) {
-        free(reg_line);
-        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
-        return set_err(c, BG_E_CLOSED, "not connected to busgated (reconnecting)");
     }
     if (req_push(c, false, reg_op, reg_line) < 0) {
         free(reg_line);
@@ -866,7 +896,14 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
     flush_out(c);
     if (c->cb != NULL)
         return 0;
-    return wait_reply(c, c->last_id);
+    r = wait_reply(c, c->last_id);
+    if (r == -BG_E_CLOSED && reg_op != 0 && c->backoff_max > 0) {
+        /* Lost with the connection: link_down recorded it for the restore. */
+        c->err = 0;
+        c->errmsg[0] = '\0';
+        return 0;
+    }
+    return r;
 }
 
 /* The registration line of (verb, names), without its newline. */
@@ -888,15 +925,56 @@ reg_line(struct bg_conn *c, enum lp_verb verb, const char *feed, size_t feed_len
     return s;
 }
 
+/*
+ * Disconnected (busgated restarting): the (un)registration is recorded
+ * and goes out with the restore after the reconnect. Asking for what is
+ * already so answers as the daemon would.
+ */
+static int
+record_offline(struct bg_conn *c, enum lp_verb reg, int op, char *line)
+{
+    static const struct {
+        enum lp_verb verb;
+        int already, not;
+    } codes[] = {
+        { LP_SUB, BG_E_ALREADY_SUBSCRIBED, BG_E_NOT_SUBSCRIBED },
+        { LP_NOTIFY, BG_E_ALREADY_NOTIFYING, BG_E_NOT_NOTIFYING },
+        { LP_AUTHORIZER, BG_E_ALREADY_AUTHORIZER, BG_E_NOT_AUTHORIZER },
+    };
+    int r = reg_apply(c, op, line), i = 0;
+
+    free(line);
+    if (r < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    while (codes[i].verb != reg)
+        i++;
+    if (r == 0)
+        return set_err(c, op > 0 ? codes[i].already : codes[i].not,
+            "%s (recorded while disconnected)",
+            bg_error_name(op > 0 ? codes[i].already : codes[i].not));
+    c->err = 0;
+    c->errmsg[0] = '\0';
+    return 0;
+}
+
 /* SUB/UNSUB/NOTIFY/... : reg is the verb whose registration it adds or removes. */
 static int
 names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
     const char *feed, size_t feed_len, const char *topic, size_t topic_len)
 {
     char *line;
+    int r;
 
     if (feed == NULL || (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
+    if ((r = link_ready(c)) < 0 && c->backoff_max > 0 &&
+        (r == -BG_E_CLOSED || r == -BG_E_IO || r == -BG_E_TIMEOUT)) {
+        if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        return record_offline(c, reg, op, line);
+    }
+    if (r < 0)
+        return r;
     if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL ||
         lp_format_cmd_names(c->tmp, verb, feed, feed_len, topic, topic_len) < 0) {
         free(line);

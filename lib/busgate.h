@@ -16,7 +16,11 @@
  * reports a BG_EV_LINK down event, reconnects with a bounded backoff,
  * restores the subscriptions, notifications and authorizer registrations
  * the daemon had accepted, and reports BG_EV_LINK up. The bus link's own
- * state changes (the daemon's BUS events) arrive as BG_EV_BUS.
+ * state changes (the daemon's BUS events) arrive as BG_EV_BUS. While
+ * disconnected, (un)subscribe, (un)notify and (un)authorizer calls are
+ * recorded and sent with that restore (they return 0; no BG_EV_REPLY
+ * follows, and one refused then is dropped); publish, send, authorize and
+ * ping fail with BG_E_CLOSED (or BG_E_IO when a due reconnect failed).
  *
  * Not thread-safe: one connection must be used by one thread at a time.
  * Functions returning int return 0 or a negative bg_error; the message of
@@ -138,7 +142,10 @@ void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
 
 /* Commands. Names are byte strings of the given length (UTF-8 on the bus).
  * Blocking use: returns once the daemon answered. Event-loop use: returns
- * once queued; the reply comes as BG_EV_REPLY. */
+ * once queued; the reply comes as BG_EV_REPLY. While disconnected (with
+ * reconnecting on), the (un)registrations below are recorded for the
+ * reconnect instead: 0, or BG_E_ALREADY_.../BG_E_NOT_... as the daemon
+ * would answer. */
 int bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
     size_t topic_len);
 int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,

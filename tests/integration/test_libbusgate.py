@@ -55,6 +55,10 @@ class LibbusgateTest(unittest.TestCase):
         if request == "RESTART":
             self.gw.stop()
             self.gw.start()
+        elif request == "STOP":
+            self.gw.stop()
+        elif request == "START":
+            self.gw.start()
         elif request == "BUS-STOP":
             self.bus.stop()
         elif request == "BUS-START":
@@ -95,6 +99,9 @@ class LibbusgateTest(unittest.TestCase):
 
     def test_busgated_restart_mid_subscription(self):
         self.run_c("restart")
+
+    def test_commands_while_busgated_is_away(self):
+        self.run_c("offline")
 
     def test_slow_consumer_is_reported(self):
         self.run_c("slow_consumer")

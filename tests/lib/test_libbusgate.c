@@ -401,6 +401,77 @@ test_restart(void)
     bg_free(a);
 }
 
+/* While busgated is away, (un)subscribe, notify and authorizer are
+ * recorded and reach the next daemon with the restore, in blocking and
+ * event-loop use; a publish fails with a clear code. */
+static void
+test_offline(void)
+{
+    bg_conn *s = conn(), *a = conn(), *p;
+    struct loop_state ast = { 0 };
+    const struct bg_event *ev;
+    const struct bg_packet pk = { "later", 5, NULL, 0 };
+    bool up = false, data = false, notified = false, asked = false;
+    time_t end;
+    int r;
+
+    bg_set_callback(a, on_event, &ast);
+    ask_driver("STOP");
+    /* The first command finds the daemon gone, the others a link down. */
+    CHECK_OK(s, bg_subscribe(s, S("offline feed"), S("t")));
+    CHECK_OK(s, bg_notify(s, S("offline feed")));
+    CHECK_OK(s, bg_authorizer(s, S("offline secure")));
+    CHECK(bg_subscribe(s, S("offline feed"), S("t")) == -BG_E_ALREADY_SUBSCRIBED);
+    CHECK_OK(s, bg_subscribe(s, S("offline feed"), S("gone")));
+    CHECK_OK(s, bg_unsubscribe(s, S("offline feed"), S("gone")));
+    CHECK(bg_unnotify(s, S("not notifying")) == -BG_E_NOT_NOTIFYING);
+    r = bg_publish(s, S("offline feed"), S("t"), false, &pk, 1);
+    CHECK(r == -BG_E_CLOSED || r == -BG_E_IO);
+    end = time(NULL) + WAIT_MS / 1000;
+    while (ast.link_down == 0) {
+        CHECK(time(NULL) < end);
+        loop_once(a, 200);
+    }
+    CHECK_OK(a, bg_subscribe(a, S("offline feed"), S("t")));
+    r = bg_publish(a, S("offline feed"), S("t"), false, &pk, 1);
+    CHECK(r == -BG_E_CLOSED);
+    ask_driver("START");
+    p = conn();
+    end = time(NULL) + WAIT_MS / 1000 * 2;
+    while (!(up && data && notified && ast.data_after_up > 0)) {
+        CHECK(time(NULL) < end);
+        loop_once(a, 0);
+        if (bg_publish(p, S("offline feed"), S("t"), false, &pk, 1) != 0)
+            CHECK(bg_error_code(p) == BG_E_BUS_DOWN);
+        while (bg_next_event(s, 200, &ev) == 0) {
+            if (ev->kind == BG_EV_LINK && !ev->up) {
+                CHECK(!up); /* the down that came with the stop */
+            } else if (ev->kind == BG_EV_LINK) {
+                CHECK(strstr(ev->text, "3 registrations restored") != NULL);
+                up = true;
+            } else if (ev->kind == BG_EV_DATA) {
+                CHECK(ev->n_packets == 1 && memcmp(ev->packets[0].data, "later", 5) == 0);
+                data = true;
+            } else if (ev->kind == BG_EV_NOTIFICATION && ev->is_add &&
+                name_is(ev->topic, ev->topic_len, S("n"))) {
+                notified = true;
+            }
+        }
+        if (up && !asked) {
+            CHECK_OK(p, bg_subscribe(p, S("offline feed"), S("n")));
+            asked = true;
+        }
+    }
+    /* The recorded registrations are the daemon's; the undone one is not. */
+    CHECK(bg_authorizer(s, S("offline secure")) == -BG_E_ALREADY_AUTHORIZER);
+    CHECK(bg_notify(s, S("offline feed")) == -BG_E_ALREADY_NOTIFYING);
+    CHECK_OK(s, bg_subscribe(s, S("offline feed"), S("gone")));
+    CHECK(ast.link_up == 1);
+    bg_free(s);
+    bg_free(p);
+    bg_free(a);
+}
+
 /* A subscriber that does not read is cut off by the daemon: it is told
  * why, and reconnects. */
 static void
@@ -448,6 +519,7 @@ main(int argc, char **argv)
         { "timeout_zero", test_timeout_zero },
         { "bus_events", test_bus_events },
         { "restart", test_restart },
+        { "offline", test_offline },
         { "slow_consumer", test_slow_consumer },
     };
 
