@@ -93,6 +93,9 @@ struct bg_conn {
 
     bg_callback *cb;
     void *cb_arg;
+    bg_stat_callback *stat_cb; /* bg_stats: where its STAT lines go */
+    void *stat_arg;
+    char hello[1024]; /* the latest greeting, after "HELLO " */
 
     struct lp_event lev; /* the item being read */
     bool link_item;      /* ... is a queued link event: */
@@ -429,6 +432,7 @@ on_hello(struct bg_conn *c)
     bool first = !c->was_up;
 
     snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
+    snprintf(c->hello, sizeof(c->hello), "%s", c->lev.rest);
     c->state = LINK_UP;
     c->backoff = c->backoff_min;
     c->was_up = true;
@@ -453,6 +457,23 @@ on_hello(struct bg_conn *c)
 }
 
 static void deliver(struct bg_conn *c);
+
+/* A STAT line of the bg_stats in progress: "name value..." to its callback. */
+static void
+on_stat(struct bg_conn *c)
+{
+    char *rest = (char *)c->lev.rest; /* our copy: split in place */
+    size_t n = strcspn(rest, " ");
+    const char *value = "";
+
+    if (c->stat_cb == NULL)
+        return; /* not asked for (an event-loop STATS): dropped */
+    if (rest[n] == ' ') {
+        rest[n] = '\0';
+        value = rest + n + 1;
+    }
+    c->stat_cb(rest, value, c->stat_arg);
+}
 
 static void
 on_reply(struct bg_conn *c)
@@ -504,7 +525,7 @@ static bool
 is_event(enum lp_event_kind k)
 {
     return k == LP_EV_DATA || k == LP_EV_NOTIFICATION || k == LP_EV_AUTHREQ ||
-        k == LP_EV_BUS;
+        k == LP_EV_BUS || k == LP_EV_REVOKED;
 }
 
 static int
@@ -652,7 +673,11 @@ pump(struct bg_conn *c, bool queue)
         case LP_EV_OK:
         case LP_EV_ERR:
         case LP_EV_PONG:
+        case LP_EV_END:
             on_reply(c);
+            break;
+        case LP_EV_STAT:
+            on_stat(c);
             break;
         case LP_EV_HELLO:
             if (on_hello(c) < 0)
@@ -735,6 +760,10 @@ build_event(struct bg_conn *c)
         ev->is_add = l->is_add;
         memcpy(ev->client_id, l->client_id, 16);
         guid_to_text(l->client_id, ev->client_id_text);
+        break;
+    case LP_EV_REVOKED:
+        ev->kind = BG_EV_REVOKED;
+        ev->text = l->rest;
         break;
     default: {
         size_t n = strcspn(l->rest, " ");
@@ -1105,6 +1134,29 @@ bg_ping(bg_conn *c)
     if (lp_format_cmd(c->tmp, LP_PING, NULL) < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
     return command(c, 0, NULL);
+}
+
+int
+bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
+{
+    int r;
+
+    if (c->cb != NULL || cb == NULL)
+        return set_err(c, BG_E_INVALID, "bg_stats is for blocking use, with a callback");
+    if (lp_format_cmd(c->tmp, LP_STATS, view) < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    c->stat_cb = cb;
+    c->stat_arg = arg;
+    r = command(c, 0, NULL);
+    c->stat_cb = NULL;
+    c->stat_arg = NULL;
+    return r;
+}
+
+const char *
+bg_hello(const bg_conn *c)
+{
+    return c->hello;
 }
 
 uint64_t

@@ -94,6 +94,7 @@ enum bg_event_kind {
     BG_EV_BUS,          /* the daemon's bus link changed state */
     BG_EV_LINK,         /* this connection to busgated went down / came back */
     BG_EV_REPLY,        /* event-loop use: the reply to a command */
+    BG_EV_REVOKED,      /* a reload's access rules ended a registration: text */
 };
 
 /* One event. Strings are NUL-terminated and also have a length (names may
@@ -114,7 +115,9 @@ struct bg_event {
     size_t n_packets;
     bool up;           /* BUS: state "up"; LINK: connected again */
     const char *state; /* BUS: "up", "unconfirmed" or "down"; LINK: "up"/"down" */
-    const char *text;  /* BUS: the reason; LINK down and REPLY: the message */
+    const char *text;  /* BUS: the reason; LINK down and REPLY: the message;
+                        * REVOKED: "<role> <feed> [<topic>] <reason>" as sent,
+                        * e.g. "subscribe prices AAPL no access rule allows it" */
     int error;         /* LINK down, REPLY: 0 or a bg_error (not negated) */
     uint64_t request;  /* REPLY: what bg_last_request() said for the command */
 };
@@ -166,6 +169,14 @@ int bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size
     size_t n_entitlements);
 /* A round trip: everything sent before has been handled. */
 int bg_ping(bg_conn *c);
+/* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL: the counters).
+ * cb gets each STAT line's name and value (the rest of the line) before
+ * this returns; the registration restore and events are unaffected. */
+typedef void bg_stat_callback(const char *name, const char *value, void *arg);
+int bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg);
+/* The daemon's latest greeting after "HELLO " ("busgate <version> proto=1
+ * max_line=N ... bus=<state>"), "" before the first one. */
+const char *bg_hello(const bg_conn *c);
 /* The number of the last command sent (BG_EV_REPLY's request). */
 uint64_t bg_last_request(const bg_conn *c);
 

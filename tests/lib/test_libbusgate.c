@@ -472,6 +472,48 @@ test_offline(void)
     bg_free(a);
 }
 
+struct stat_seen {
+    int lines;
+    bool bus_state_up;
+    bool self_session;
+};
+
+static void
+on_stat(const char *name, const char *value, void *arg)
+{
+    struct stat_seen *st = arg;
+
+    st->lines++;
+    if (strcmp(name, "bus_state") == 0 && strcmp(value, "up") == 0)
+        st->bus_state_up = true;
+    if (strcmp(name, "session") == 0 && strstr(value, " self") != NULL)
+        st->self_session = true;
+}
+
+/* bg_stats hands over every STAT line (events meanwhile stay queued);
+ * bg_hello is the greeting; a reload's REVOKED arrives as an event. */
+static void
+test_stats_and_revoked(void)
+{
+    bg_conn *c = conn();
+    struct stat_seen st = { 0 };
+    const struct bg_event *ev;
+
+    CHECK(strncmp(bg_hello(c), "busgate ", 8) == 0 && strstr(bg_hello(c), " proto=1 "));
+    CHECK_OK(c, bg_stats(c, NULL, on_stat, &st));
+    CHECK(st.lines > 5 && st.bus_state_up);
+    CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
+    CHECK(st.self_session);
+    CHECK(bg_stats(c, "NONSENSE", on_stat, &st) == -BG_E_SYNTAX);
+    CHECK(bg_stats(c, NULL, NULL, NULL) == -BG_E_INVALID);
+    CHECK_OK(c, bg_subscribe(c, S("revoked feed"), S("t")));
+    ask_driver("REVOKE"); /* access rules that leave only feed "kept" */
+    ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
+    CHECK(strncmp(ev->text, "subscribe revoked%20feed t ", 27) == 0);
+    ask_driver("UNREVOKE");
+    bg_free(c);
+}
+
 /* A subscriber that does not read is cut off by the daemon: it is told
  * why, and reconnects. */
 static void
@@ -520,6 +562,7 @@ main(int argc, char **argv)
         { "bus_events", test_bus_events },
         { "restart", test_restart },
         { "offline", test_offline },
+        { "stats_and_revoked", test_stats_and_revoked },
         { "slow_consumer", test_slow_consumer },
     };
 
