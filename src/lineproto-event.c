@@ -49,7 +49,7 @@ struct names_out {
  * (the classic "has a byte less than / equal to" bit tricks): the
  * tokenizer's byte loop was most of a subscriber's parsing.
  */
-static const char *
+static inline const char *
 first_special(const char *p, const char *end)
 {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -75,10 +75,10 @@ first_special(const char *p, const char *end)
     return p;
 }
 
-/* next_token for daemon output, also saying whether the token is a name
- * with nothing to decode (clean). */
+/* next_token for daemon output; for a name (is_name) also whether it has
+ * nothing to decode (clean). */
 static bool
-event_token(const char **pp, const char *end, struct tok *t, bool *clean)
+event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool *clean)
 {
     const char *p = *pp;
 
@@ -89,8 +89,9 @@ event_token(const char **pp, const char *end, struct tok *t, bool *clean)
         return false;
     }
     t->p = p;
-    p = first_special(p, end);
-    *clean = p == end || is_sep(*p);
+    if (is_name)
+        p = first_special(p, end);
+    *clean = is_name && (p == end || is_sep(*p));
     while (p < end && !is_sep(*p))
         p++;
     t->n = (size_t)(p - t->p);
@@ -286,6 +287,7 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     struct tok verb, args[6], extra;
     bool clean[6];
     size_t nargs = 0, want, names_room = 0;
+    unsigned names; /* bit i: args[i] is a name */
 
     event_reset(ev);
     if (lim == NULL)
@@ -301,12 +303,15 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     if ((verb.n == 4 && memcmp(verb.p, "DATA", 4) == 0) || tok_is(&verb, "DATA")) {
         ev->kind = LP_EV_DATA;
         want = 6;
+        names = 0x0f; /* feed topic user host, then image|delta unicast|multicast */
     } else if (tok_is(&verb, "NOTIFICATION")) {
         ev->kind = LP_EV_NOTIFICATION;
         want = 6;
+        names = 0x3c; /* add|remove ID, then user host feed topic */
     } else if (tok_is(&verb, "AUTHREQ")) {
         ev->kind = LP_EV_AUTHREQ;
         want = 5;
+        names = 0x1e; /* ID, then user host feed topic */
     } else {
         for (size_t i = 0; i < sizeof(text_events) / sizeof(text_events[0]); i++) {
             if (tok_is(&verb, text_events[i].name)) {
@@ -316,7 +321,8 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         }
         return -1;
     }
-    while (nargs < want && event_token(&p, end, &args[nargs], &clean[nargs]))
+    while (nargs < want && event_token(&p, end, &args[nargs], names & (1u << nargs),
+                               &clean[nargs]))
         nargs++;
     if (nargs < want)
         return -1;
