@@ -577,8 +577,8 @@ data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
 }
 
 /* One line: 1 with a whole item, 0 when a payload follows, -1 malformed.
- * Names are taken by reference unless the event is copied (queue mode
- * must copy the line as it came, before anything is written into it). */
+ * DATA names are taken by reference unless the event is copied (queue
+ * mode must copy the line as it came, before anything is written into it). */
 static int
 item_line(struct bg_conn *c, struct src *s, const struct lp_frame *fr, struct evbuffer *copy)
 {
@@ -587,10 +587,13 @@ item_line(struct bg_conn *c, struct src *s, const struct lp_frame *fr, struct ev
     if (s == &c->queued && fr->len >= strlen(LINK_WORD) &&
         memcmp(fr->data, LINK_WORD, strlen(LINK_WORD)) == 0)
         return parse_link_item(c, fr->data, fr->len);
-    if (copy != NULL) {
+    /* Only DATA (the hot path) by reference: a NOTIFICATION's or an
+     * AUTHREQ's names stay valid while a blocking bg_authorize in answer
+     * reads on, as before. */
+    if (copy != NULL || fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
         if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
             return -1;
-        if (is_event(c->lev.kind) &&
+        if (copy != NULL && is_event(c->lev.kind) &&
             (evbuffer_add(copy, fr->data, fr->len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
             return -1;
     } else {
