@@ -37,6 +37,8 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_READ_CHUNKS 4
 /* The pseudo-line that queues a link event among the daemon's events. */
 #define LINK_WORD "LINK "
+/* Pipelined: bg_publish/bg_send wait for room above this much output. */
+#define BG_PIPELINE_QUEUE (1u << 20)
 
 enum link_state {
     LINK_DOWN,    /* no socket; the next attempt is due at retry_at */
@@ -98,7 +100,9 @@ struct bg_conn {
     char hello[1024]; /* the latest greeting, after "HELLO " */
 
     struct lp_event lev; /* the item being read */
+    bool pipelined;      /* VERBOSE off: see bg_set_pipelined */
     bool link_item;      /* ... is a queued link event: */
+    bool link_refused;   /* ... or a pipelined message's refusal */
     bool link_up;
     int link_err;
     char link_text[256];
@@ -282,7 +286,7 @@ src_reset(struct src *s)
 
 /* Queue a link event behind the events already queued. */
 static void
-queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
+queue_link_item(struct bg_conn *c, const char *what, int err, const char *text)
 {
     char clean[200];
     size_t i;
@@ -290,8 +294,14 @@ queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
     for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
         clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
     clean[i] = '\0';
-    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", up ? "up" : "down", err,
-        clean);
+    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", what, err, clean);
+}
+
+/* Queue a link event behind the events already queued. */
+static void
+queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
+{
+    queue_link_item(c, up ? "up" : "down", err, text);
 }
 
 static void
@@ -448,6 +458,11 @@ on_hello(struct bg_conn *c)
         }
         n++;
     }
+    /* A new session answers every command: quiet again, after the
+     * restores (whose +OK are counted on). */
+    if (c->pipelined &&
+        (lp_format_cmd(c->out, LP_VERBOSE, "off") < 0 || req_push(c, true, 0, NULL) < 0))
+        return set_err(c, BG_E_NOMEM, "out of memory");
     if (first)
         return 0;
     snprintf(c->link_text, sizeof(c->link_text),
@@ -475,6 +490,19 @@ on_stat(struct bg_conn *c)
     c->stat_cb(rest, value, c->stat_arg);
 }
 
+/* Pipelined: a message was refused (only PING and VERBOSE are answered
+ * otherwise, and they are never refused). */
+static void
+on_refusal(struct bg_conn *c, int code, const char *msg)
+{
+    if (c->cb != NULL) {
+        c->ev = (struct bg_event){ .kind = BG_EV_REPLY, .error = code, .text = msg };
+        c->cb(c, &c->ev, c->cb_arg);
+    } else {
+        queue_link_item(c, "refused", code, msg);
+    }
+}
+
 static void
 on_reply(struct bg_conn *c)
 {
@@ -488,6 +516,10 @@ on_reply(struct bg_conn *c)
         code = daemon_error(msg, n);
         msg += n;
         msg += strspn(msg, " ");
+        if (c->pipelined && !closing_error(code)) {
+            on_refusal(c, code, msg);
+            return;
+        }
         if (closing_error(code) || c->req_n == 0) {
             /* The daemon's reason, even when the end of the stream, read
              * in the same go, was seen first. */
@@ -539,6 +571,7 @@ parse_link_item(struct bg_conn *c, const char *line, size_t len)
     memcpy(buf, line, len);
     buf[len] = '\0';
     c->link_up = strncmp(buf + strlen(LINK_WORD), "up", 2) == 0;
+    c->link_refused = strncmp(buf + strlen(LINK_WORD), "refused", 7) == 0;
     if (sscanf(buf + strlen(LINK_WORD), "%*s %d %n", &c->link_err, &off) < 1)
         return -1;
     snprintf(c->link_text, sizeof(c->link_text), "%s", buf + strlen(LINK_WORD) + off);
@@ -724,6 +757,12 @@ build_event(struct bg_conn *c)
     memset(ev, 0, sizeof(*ev));
     ev->content_type = "";
     ev->text = "";
+    if (c->link_item && c->link_refused) {
+        ev->kind = BG_EV_REPLY; /* request 0: which message is not known */
+        ev->error = c->link_err;
+        ev->text = c->link_text;
+        return 0;
+    }
     if (c->link_item) {
         ev->kind = BG_EV_LINK;
         ev->up = c->link_up;
@@ -938,6 +977,53 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
     return r;
 }
 
+/*
+ * A message (PUB, SEND, AUTHORIZE): while pipelined, queued without a
+ * reply to wait for; blocking use waits only for room when much is
+ * queued, reading (and queueing) what arrives meanwhile.
+ */
+static int
+quiet_command(struct bg_conn *c)
+{
+    int64_t deadline;
+    int r;
+
+    if (!c->pipelined)
+        return command(c, 0, NULL);
+    if ((r = link_ready(c)) < 0) {
+        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+        return r;
+    }
+    evbuffer_add_buffer(c->out, c->tmp);
+    flush_out(c);
+    deadline = now_ms() + c->timeout_ms;
+    while (c->cb == NULL && evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE) {
+        if (c->state != LINK_UP)
+            return set_err(c, BG_E_CLOSED, "connection to busgated lost");
+        if (now_ms() >= deadline)
+            return set_err(c, BG_E_TIMEOUT, "busgated took nothing in %d ms", c->timeout_ms);
+        wait_io(c, remaining(deadline));
+        pump(c, true);
+        settle_closing(c);
+    }
+    return 0;
+}
+
+int
+bg_set_pipelined(bg_conn *c, bool on)
+{
+    int r;
+
+    if (on == c->pipelined)
+        return 0;
+    if (lp_format_cmd(c->tmp, LP_VERBOSE, on ? "off" : "on") < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    /* VERBOSE itself is always answered; what follows "off" is not. */
+    if ((r = command(c, 0, NULL)) == 0)
+        c->pipelined = on;
+    return r;
+}
+
 /* The registration line of (verb, names), without its newline. */
 static char *
 reg_line(struct bg_conn *c, enum lp_verb verb, const char *feed, size_t feed_len,
@@ -999,6 +1085,8 @@ names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
 
     if (feed == NULL || (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
+    if (c->pipelined)
+        return set_err(c, BG_E_INVALID, "not while pipelined (bg_set_pipelined)");
     if ((r = link_ready(c)) < 0 && c->backoff_max > 0 &&
         (r == -BG_E_CLOSED || r == -BG_E_IO || r == -BG_E_TIMEOUT)) {
         if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL)
@@ -1082,7 +1170,7 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
         free(pk);
     if (r < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    return command(c, 0, NULL);
+    return quiet_command(c);
 }
 
 int
@@ -1128,7 +1216,7 @@ bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t f
     free(ents);
     if (r < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    return command(c, 0, NULL);
+    return quiet_command(c);
 }
 
 int
@@ -1144,8 +1232,9 @@ bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
 {
     int r;
 
-    if (c->cb != NULL || cb == NULL)
-        return set_err(c, BG_E_INVALID, "bg_stats is for blocking use, with a callback");
+    if (c->cb != NULL || cb == NULL || c->pipelined)
+        return set_err(c, BG_E_INVALID,
+            "bg_stats is for blocking use, with a callback, not pipelined");
     if (lp_format_cmd(c->tmp, LP_STATS, view) < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
     c->stat_cb = cb;

@@ -119,7 +119,8 @@ struct bg_event {
                         * REVOKED: "<role> <feed> [<topic>] <reason>" as sent,
                         * e.g. "subscribe prices AAPL no access rule allows it" */
     int error;         /* LINK down, REPLY: 0 or a bg_error (not negated) */
-    uint64_t request;  /* REPLY: what bg_last_request() said for the command */
+    uint64_t request;  /* REPLY: what bg_last_request() said for the command;
+                        * 0: a pipelined message's refusal (bg_set_pipelined) */
 };
 
 typedef struct bg_conn bg_conn;
@@ -169,6 +170,19 @@ int bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size
     size_t n_entitlements);
 /* A round trip: everything sent before has been handled. */
 int bg_ping(bg_conn *c);
+/*
+ * Pipelined messages (a publisher streaming from a file or stdin): on
+ * sends VERBOSE off, so the daemon answers only refusals. Then bg_publish,
+ * bg_send and bg_authorize return once queued, also in blocking use (which
+ * waits only for room while more than 1 MiB is queued); a refusal arrives
+ * as a BG_EV_REPLY event (bg_next_event or the callback) with its error,
+ * text, and request 0: which message it was is not known. bg_ping still
+ * waits for (or, event loop, reports) its PONG, which comes after every
+ * earlier message was handled, so after it every refusal is delivered or
+ * queued. Registrations and bg_stats fail with BG_E_INVALID meanwhile; a
+ * reconnect turns VERBOSE off again. off sends VERBOSE on.
+ */
+int bg_set_pipelined(bg_conn *c, bool on);
 /* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL: the counters).
  * cb gets each STAT line's name and value (the rest of the line) before
  * this returns; the registration restore and events are unaffected. */

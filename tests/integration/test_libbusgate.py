@@ -115,6 +115,9 @@ class LibbusgateTest(unittest.TestCase):
     def test_stats_hello_and_revoked(self):
         self.run_c("stats_and_revoked")
 
+    def test_pipelined_messages(self):
+        self.run_c("pipelined")
+
     def test_slow_consumer_is_reported(self):
         self.run_c("slow_consumer")
         self.gw.wait_log(r"slow consumer")

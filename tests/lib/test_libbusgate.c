@@ -514,6 +514,71 @@ test_stats_and_revoked(void)
     bg_free(c);
 }
 
+static int
+three_replies(const struct loop_state *st)
+{
+    return st->replies >= 3;
+}
+
+/* bg_set_pipelined: messages stream without a reply each, a refusal comes
+ * as a BG_EV_REPLY of request 0 before the PING's answer, in blocking and
+ * event-loop use; registrations wait for pipelining to end. */
+static void
+test_pipelined(void)
+{
+    bg_conn *s = conn(), *p = conn(), *a = conn();
+    struct loop_state ast = { 0 };
+    const struct bg_event *ev;
+    char big[5000], text[32];
+    struct bg_packet pk = { text, 0, NULL, 0 };
+    uint64_t before;
+
+    memset(big, 'x', sizeof(big));
+    CHECK_OK(s, bg_subscribe(s, S("pipe feed"), S("t")));
+    CHECK_OK(p, bg_set_pipelined(p, true));
+    before = bg_last_request(p);
+    for (int i = 0; i < 200; i++) {
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK_OK(p, bg_publish(p, S("pipe feed"), S("t"), false, &pk, 1));
+        if (i == 100) /* over max_name: refused */
+            CHECK_OK(p, bg_publish(p, big, sizeof(big), S("t"), false, &pk, 1));
+    }
+    /* More than the 1 MiB queue: bg_publish waits for room, not replies. */
+    {
+        static char payload[600 * 1024];
+        const struct bg_packet large = { payload, sizeof(payload), NULL, 0 };
+
+        for (int i = 0; i < 4; i++)
+            CHECK_OK(p, bg_publish(p, S("pipe feed"), S("nobody"), false, &large, 1));
+    }
+    CHECK(bg_last_request(p) == before); /* nothing waits for a reply */
+    CHECK(bg_subscribe(p, S("pipe feed"), S("u")) == -BG_E_INVALID);
+    CHECK(bg_stats(p, NULL, on_stat, NULL) == -BG_E_INVALID);
+    CHECK_OK(p, bg_ping(p));
+    CHECK(bg_next_event(p, 0, &ev) == 0);
+    CHECK(ev->kind == BG_EV_REPLY && ev->error == BG_E_BAD_NAME && ev->request == 0);
+    CHECK(bg_next_event(p, 0, &ev) == -BG_E_TIMEOUT);
+    CHECK_OK(p, bg_set_pipelined(p, false));
+    CHECK_OK(p, bg_subscribe(p, S("pipe feed"), S("u")));
+    for (int i = 0; i < 200; i++) {
+        ev = wait_for(s, BG_EV_DATA, S("t"));
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK(ev->n_packets == 1 && ev->packets[0].len == pk.len &&
+            memcmp(ev->packets[0].data, text, pk.len) == 0);
+    }
+    /* Event loop: VERBOSE's +OK, the refusal, the PONG. */
+    bg_set_callback(a, on_event, &ast);
+    CHECK_OK(a, bg_set_pipelined(a, true));
+    CHECK_OK(a, bg_publish(a, S("pipe feed"), S("t"), false, &pk, 1));
+    CHECK_OK(a, bg_publish(a, big, sizeof(big), S("t"), false, &pk, 1));
+    CHECK_OK(a, bg_ping(a));
+    run_loop(a, &ast, three_replies);
+    CHECK(ast.replies == 3 && ast.reply_errors == 1);
+    bg_free(s);
+    bg_free(p);
+    bg_free(a);
+}
+
 /* A subscriber that does not read is cut off by the daemon: it is told
  * why, and reconnects. */
 static void
@@ -563,6 +628,7 @@ main(int argc, char **argv)
         { "restart", test_restart },
         { "offline", test_offline },
         { "stats_and_revoked", test_stats_and_revoked },
+        { "pipelined", test_pipelined },
         { "slow_consumer", test_slow_consumer },
     };
 
