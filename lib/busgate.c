@@ -37,6 +37,8 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_READ_CHUNKS 4
 /* The pseudo-line that queues a link event among the daemon's events. */
 #define LINK_WORD "LINK "
+/* Pipelined: bg_publish/bg_send wait for room above this much output. */
+#define BG_PIPELINE_QUEUE (1u << 20)
 
 enum link_state {
     LINK_DOWN,    /* no socket; the next attempt is due at retry_at */
@@ -93,9 +95,14 @@ struct bg_conn {
 
     bg_callback *cb;
     void *cb_arg;
+    bg_stat_callback *stat_cb; /* bg_stats: where its STAT lines go */
+    void *stat_arg;
+    char hello[1024]; /* the latest greeting, after "HELLO " */
 
     struct lp_event lev; /* the item being read */
+    bool pipelined;      /* VERBOSE off: see bg_set_pipelined */
     bool link_item;      /* ... is a queued link event: */
+    bool link_refused;   /* ... or a pipelined message's refusal */
     bool link_up;
     int link_err;
     char link_text[256];
@@ -231,7 +238,9 @@ reqs_clear(struct bg_conn *c)
         free(req_pop(c).line);
 }
 
-static void
+/* Add (op > 0) or remove a registration: 1 when the set changed, 0 when
+ * it was already so, -1 out of memory. */
+static int
 reg_apply(struct bg_conn *c, int op, const char *line)
 {
     struct reg *r;
@@ -240,14 +249,18 @@ reg_apply(struct bg_conn *c, int op, const char *line)
     if (op > 0 && r == NULL) {
         if ((r = calloc(1, sizeof(*r))) == NULL || (r->line = strdup(line)) == NULL) {
             free(r);
-            return; /* not restored after a reconnect; nothing else lost */
+            return -1; /* not restored after a reconnect; nothing else lost */
         }
         HASH_ADD_KEYPTR(hh, c->regs, r->line, strlen(r->line), r);
-    } else if (op < 0 && r != NULL) {
+        return 1;
+    }
+    if (op < 0 && r != NULL) {
         HASH_DEL(c->regs, r);
         free(r->line);
         free(r);
+        return 1;
     }
+    return 0;
 }
 
 static void
@@ -273,7 +286,7 @@ src_reset(struct src *s)
 
 /* Queue a link event behind the events already queued. */
 static void
-queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
+queue_link_item(struct bg_conn *c, const char *what, int err, const char *text)
 {
     char clean[200];
     size_t i;
@@ -281,8 +294,14 @@ queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
     for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
         clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
     clean[i] = '\0';
-    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", up ? "up" : "down", err,
-        clean);
+    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", what, err, clean);
+}
+
+/* Queue a link event behind the events already queued. */
+static void
+queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
+{
+    queue_link_item(c, up ? "up" : "down", err, text);
 }
 
 static void
@@ -295,6 +314,14 @@ link_down(struct bg_conn *c)
     c->fd = -1;
     src_reset(&c->sock);
     evbuffer_drain(c->out, evbuffer_get_length(c->out));
+    /* (Un)registrations the daemon had no time to answer: the next
+     * daemon learns them with the restore, as if made while down. */
+    for (size_t i = 0; i < c->req_n; i++) {
+        const struct req *r = &c->reqs[(c->req_head + i) % c->req_cap];
+
+        if (!r->internal && r->reg_op != 0)
+            (void)reg_apply(c, r->reg_op, r->line);
+    }
     reqs_clear(c);
     if (c->wait_id != 0 && !c->wait_done) {
         c->wait_done = true;
@@ -412,19 +439,32 @@ on_hello(struct bg_conn *c)
     struct reg *r, *t;
     int n = 0;
 
+    bool first = !c->was_up;
+
     snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
+    snprintf(c->hello, sizeof(c->hello), "%s", c->lev.rest);
     c->state = LINK_UP;
     c->backoff = c->backoff_min;
-    if (!c->was_up) {
-        c->was_up = true;
-        return 0;
-    }
+    c->was_up = true;
+    /* What the daemon had accepted, and what was asked while disconnected
+     * (also before a first connection that failed). */
     HASH_ITER(hh, c->regs, r, t) {
-        if (evbuffer_add_printf(c->out, "%s\n", r->line) < 0 ||
-            req_push(c, true, 0, NULL) < 0)
+        char *line = strdup(r->line);
+
+        if (line == NULL || evbuffer_add_printf(c->out, "%s\n", r->line) < 0 ||
+            req_push(c, true, 0, line) < 0) {
+            free(line);
             return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
+        }
         n++;
     }
+    /* A new session answers every command: quiet again, after the
+     * restores (whose +OK are counted on). */
+    if (c->pipelined &&
+        (lp_format_cmd(c->out, LP_VERBOSE, "off") < 0 || req_push(c, true, 0, NULL) < 0))
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    if (first)
+        return 0;
     snprintf(c->link_text, sizeof(c->link_text),
         "reconnected, %d registrations restored, bus=%s", n, c->bus_state);
     queue_link_event(c, true, 0, c->link_text);
@@ -432,6 +472,36 @@ on_hello(struct bg_conn *c)
 }
 
 static void deliver(struct bg_conn *c);
+
+/* A STAT line of the bg_stats in progress: "name value..." to its callback. */
+static void
+on_stat(struct bg_conn *c)
+{
+    char *rest = (char *)c->lev.rest; /* our copy: split in place */
+    size_t n = strcspn(rest, " ");
+    const char *value = "";
+
+    if (c->stat_cb == NULL)
+        return; /* not asked for (an event-loop STATS): dropped */
+    if (rest[n] == ' ') {
+        rest[n] = '\0';
+        value = rest + n + 1;
+    }
+    c->stat_cb(rest, value, c->stat_arg);
+}
+
+/* Pipelined: a message was refused (only PING and VERBOSE are answered
+ * otherwise, and they are never refused). */
+static void
+on_refusal(struct bg_conn *c, int code, const char *msg)
+{
+    if (c->cb != NULL) {
+        c->ev = (struct bg_event){ .kind = BG_EV_REPLY, .error = code, .text = msg };
+        c->cb(c, &c->ev, c->cb_arg);
+    } else {
+        queue_link_item(c, "refused", code, msg);
+    }
+}
 
 static void
 on_reply(struct bg_conn *c)
@@ -446,6 +516,10 @@ on_reply(struct bg_conn *c)
         code = daemon_error(msg, n);
         msg += n;
         msg += strspn(msg, " ");
+        if (c->pipelined && !closing_error(code)) {
+            on_refusal(c, code, msg);
+            return;
+        }
         if (closing_error(code) || c->req_n == 0) {
             /* The daemon's reason, even when the end of the stream, read
              * in the same go, was seen first. */
@@ -459,7 +533,9 @@ on_reply(struct bg_conn *c)
         return; /* an unasked reply: nothing waits for it */
     r = req_pop(c);
     if (code == 0 && r.reg_op != 0)
-        reg_apply(c, r.reg_op, r.line);
+        (void)reg_apply(c, r.reg_op, r.line);
+    if (code != 0 && r.internal && r.line != NULL)
+        (void)reg_apply(c, -1, r.line); /* a restore refused: not tried again */
     free(r.line);
     if (r.id == c->wait_id) {
         c->wait_done = true;
@@ -481,7 +557,7 @@ static bool
 is_event(enum lp_event_kind k)
 {
     return k == LP_EV_DATA || k == LP_EV_NOTIFICATION || k == LP_EV_AUTHREQ ||
-        k == LP_EV_BUS;
+        k == LP_EV_BUS || k == LP_EV_REVOKED;
 }
 
 static int
@@ -495,11 +571,81 @@ parse_link_item(struct bg_conn *c, const char *line, size_t len)
     memcpy(buf, line, len);
     buf[len] = '\0';
     c->link_up = strncmp(buf + strlen(LINK_WORD), "up", 2) == 0;
+    c->link_refused = strncmp(buf + strlen(LINK_WORD), "refused", 7) == 0;
     if (sscanf(buf + strlen(LINK_WORD), "%*s %d %n", &c->link_err, &off) < 1)
         return -1;
     snprintf(c->link_text, sizeof(c->link_text), "%s", buf + strlen(LINK_WORD) + off);
     c->link_item = true;
     return 1;
+}
+
+/*
+ * A DATA line with its payload, when the whole event is buffered: parse
+ * it by reference (names point into the buffer, no copy) over one pullup
+ * of line, payload and newline, drained together afterwards. Returns 1 when done, 0 when the event is not all here or
+ * ends in "\r\n" (the framer's two-step path takes it).
+ */
+static int
+data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
+{
+    size_t need = fr->len + 1 + (size_t)c->lev.payload_len + 1;
+    char *line;
+    const uint8_t *p;
+
+    line = (char *)lp_framer_line_with(&s->fr, s->buf, fr, (size_t)c->lev.payload_len + 1);
+    if (line == NULL || line[need - 1] != '\n')
+        return 0;
+    /* The pullup may have moved the line. */
+    if (line != fr->data && lp_parse_event_ref(line, fr->len, NULL, &c->lev) < 0)
+        return -1;
+    p = (const uint8_t *)line + fr->len + 1;
+    for (uint32_t i = 0; i < c->lev.n_packets; i++) {
+        c->lev.packets[i].data = p;
+        p += c->lev.packets[i].len;
+    }
+    lp_event_terminate(&c->lev);
+    lp_framer_extend(&s->fr, (size_t)c->lev.payload_len + 1);
+    return 1;
+}
+
+/* One line: 1 with a whole item, 0 when a payload follows, -1 malformed.
+ * DATA names are taken by reference unless the event is copied (queue
+ * mode must copy the line as it came, before anything is written into it). */
+static int
+item_line(struct bg_conn *c, struct src *s, const struct lp_frame *fr,
+    struct evbuffer *copy)
+{
+    int r;
+
+    if (s == &c->queued && fr->len >= strlen(LINK_WORD) &&
+        memcmp(fr->data, LINK_WORD, strlen(LINK_WORD)) == 0)
+        return parse_link_item(c, fr->data, fr->len);
+    /* Only DATA (the hot path) by reference: a NOTIFICATION's or an
+     * AUTHREQ's names stay valid while a blocking bg_authorize in answer
+     * reads on, as before. */
+    if (copy != NULL || fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
+        if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
+            return -1;
+        if (copy != NULL && is_event(c->lev.kind) &&
+            (evbuffer_add(copy, fr->data, fr->len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+            return -1;
+    } else {
+        if (lp_parse_event_ref(fr->data, fr->len, NULL, &c->lev) < 0)
+            return -1;
+        if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
+            if ((r = data_in_place(c, s, fr)) != 0)
+                return r;
+            /* Not all here: names copied, as the line goes before the payload. */
+            if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
+                return -1;
+        } else {
+            lp_event_terminate(&c->lev);
+        }
+    }
+    if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
+        return 1;
+    lp_framer_payload(&s->fr, c->lev.payload_len, true);
+    return 0;
 }
 
 /*
@@ -512,6 +658,7 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
 {
     struct lp_frame fr;
     const uint8_t *p;
+    int r;
 
     c->link_item = false;
     for (;;) {
@@ -519,18 +666,8 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
         case LP_FRAME_MORE:
             return 0;
         case LP_FRAME_LINE:
-            if (s == &c->queued && fr.len >= strlen(LINK_WORD) &&
-                memcmp(fr.data, LINK_WORD, strlen(LINK_WORD)) == 0)
-                return parse_link_item(c, fr.data, fr.len);
-            if (lp_parse_event(fr.data, fr.len, NULL, &c->lev) < 0)
-                return -1;
-            if (copy != NULL && is_event(c->lev.kind) &&
-                (evbuffer_add(copy, fr.data, fr.len) < 0 ||
-                    evbuffer_add(copy, "\n", 1) < 0))
-                return -1;
-            if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
-                return 1;
-            lp_framer_payload(&s->fr, c->lev.payload_len, true);
+            if ((r = item_line(c, s, &fr, copy)) != 0)
+                return r;
             break;
         case LP_FRAME_PAYLOAD:
             p = fr.data;
@@ -572,7 +709,11 @@ pump(struct bg_conn *c, bool queue)
         case LP_EV_OK:
         case LP_EV_ERR:
         case LP_EV_PONG:
+        case LP_EV_END:
             on_reply(c);
+            break;
+        case LP_EV_STAT:
+            on_stat(c);
             break;
         case LP_EV_HELLO:
             if (on_hello(c) < 0)
@@ -616,6 +757,12 @@ build_event(struct bg_conn *c)
     memset(ev, 0, sizeof(*ev));
     ev->content_type = "";
     ev->text = "";
+    if (c->link_item && c->link_refused) {
+        ev->kind = BG_EV_REPLY; /* request 0: which message is not known */
+        ev->error = c->link_err;
+        ev->text = c->link_text;
+        return 0;
+    }
     if (c->link_item) {
         ev->kind = BG_EV_LINK;
         ev->up = c->link_up;
@@ -655,6 +802,10 @@ build_event(struct bg_conn *c)
         ev->is_add = l->is_add;
         memcpy(ev->client_id, l->client_id, 16);
         guid_to_text(l->client_id, ev->client_id_text);
+        break;
+    case LP_EV_REVOKED:
+        ev->kind = BG_EV_REVOKED;
+        ev->text = l->rest;
         break;
     default: {
         size_t n = strcspn(l->rest, " ");
@@ -784,21 +935,28 @@ ensure_up(struct bg_conn *c, bool force)
 
 /* ---- commands ---- */
 
+/* Whether a command can go out now: blocking use connects first when a
+ * reconnect is due; event-loop use queues behind the greeting. */
+static int
+link_ready(struct bg_conn *c)
+{
+    if (c->cb == NULL)
+        return ensure_up(c, false);
+    if (c->state == LINK_DOWN || c->state == LINK_CLOSING)
+        return set_err(c, BG_E_CLOSED, "not connected to busgated (reconnecting)");
+    return 0;
+}
+
 /* Send what c->tmp holds as one command (and wait, when blocking). */
 static int
 command(struct bg_conn *c, int reg_op, char *reg_line)
 {
     int r;
 
-    if (c->cb == NULL && (r = ensure_up(c, false)) < 0) {
+    if ((r = link_ready(c)) < 0) {
         free(reg_line);
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
-    }
-    if (c->cb != NULL && (c->state == LINK_DOWN || c->state == LINK_CLOSING)) {
-        free(reg_line);
-        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
-        return set_err(c, BG_E_CLOSED, "not connected to busgated (reconnecting)");
     }
     if (req_push(c, false, reg_op, reg_line) < 0) {
         free(reg_line);
@@ -809,7 +967,62 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
     flush_out(c);
     if (c->cb != NULL)
         return 0;
-    return wait_reply(c, c->last_id);
+    r = wait_reply(c, c->last_id);
+    if (r == -BG_E_CLOSED && reg_op != 0 && c->backoff_max > 0) {
+        /* Lost with the connection: link_down recorded it for the restore. */
+        c->err = 0;
+        c->errmsg[0] = '\0';
+        return 0;
+    }
+    return r;
+}
+
+/*
+ * A message (PUB, SEND, AUTHORIZE): while pipelined, queued without a
+ * reply to wait for; blocking use waits only for room when much is
+ * queued, reading (and queueing) what arrives meanwhile.
+ */
+static int
+quiet_command(struct bg_conn *c)
+{
+    int64_t deadline;
+    int r;
+
+    if (!c->pipelined)
+        return command(c, 0, NULL);
+    if ((r = link_ready(c)) < 0) {
+        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+        return r;
+    }
+    evbuffer_add_buffer(c->out, c->tmp);
+    flush_out(c);
+    deadline = now_ms() + c->timeout_ms;
+    while (c->cb == NULL && evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE) {
+        if (c->state != LINK_UP)
+            return set_err(c, BG_E_CLOSED, "connection to busgated lost");
+        if (now_ms() >= deadline)
+            return set_err(c, BG_E_TIMEOUT, "busgated took nothing in %d ms",
+                c->timeout_ms);
+        wait_io(c, remaining(deadline));
+        pump(c, true);
+        settle_closing(c);
+    }
+    return 0;
+}
+
+int
+bg_set_pipelined(bg_conn *c, bool on)
+{
+    int r;
+
+    if (on == c->pipelined)
+        return 0;
+    if (lp_format_cmd(c->tmp, LP_VERBOSE, on ? "off" : "on") < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    /* VERBOSE itself is always answered; what follows "off" is not. */
+    if ((r = command(c, 0, NULL)) == 0)
+        c->pipelined = on;
+    return r;
 }
 
 /* The registration line of (verb, names), without its newline. */
@@ -831,15 +1044,58 @@ reg_line(struct bg_conn *c, enum lp_verb verb, const char *feed, size_t feed_len
     return s;
 }
 
+/*
+ * Disconnected (busgated restarting): the (un)registration is recorded
+ * and goes out with the restore after the reconnect. Asking for what is
+ * already so answers as the daemon would.
+ */
+static int
+record_offline(struct bg_conn *c, enum lp_verb reg, int op, char *line)
+{
+    static const struct {
+        enum lp_verb verb;
+        int already, not ;
+    } codes[] = {
+        { LP_SUB, BG_E_ALREADY_SUBSCRIBED, BG_E_NOT_SUBSCRIBED },
+        { LP_NOTIFY, BG_E_ALREADY_NOTIFYING, BG_E_NOT_NOTIFYING },
+        { LP_AUTHORIZER, BG_E_ALREADY_AUTHORIZER, BG_E_NOT_AUTHORIZER },
+    };
+    int r = reg_apply(c, op, line), i = 0;
+
+    free(line);
+    if (r < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    while (codes[i].verb != reg)
+        i++;
+    if (r == 0)
+        return set_err(c, op > 0 ? codes[i].already : codes[i].not,
+            "%s (recorded while disconnected)",
+            bg_error_name(op > 0 ? codes[i].already : codes[i].not ));
+    c->err = 0;
+    c->errmsg[0] = '\0';
+    return 0;
+}
+
 /* SUB/UNSUB/NOTIFY/... : reg is the verb whose registration it adds or removes. */
 static int
 names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
     const char *feed, size_t feed_len, const char *topic, size_t topic_len)
 {
     char *line;
+    int r;
 
     if (feed == NULL || (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
+    if (c->pipelined)
+        return set_err(c, BG_E_INVALID, "not while pipelined (bg_set_pipelined)");
+    if ((r = link_ready(c)) < 0 && c->backoff_max > 0 &&
+        (r == -BG_E_CLOSED || r == -BG_E_IO || r == -BG_E_TIMEOUT)) {
+        if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        return record_offline(c, reg, op, line);
+    }
+    if (r < 0)
+        return r;
     if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL ||
         lp_format_cmd_names(c->tmp, verb, feed, feed_len, topic, topic_len) < 0) {
         free(line);
@@ -915,7 +1171,7 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
         free(pk);
     if (r < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    return command(c, 0, NULL);
+    return quiet_command(c);
 }
 
 int
@@ -961,7 +1217,7 @@ bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t f
     free(ents);
     if (r < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    return command(c, 0, NULL);
+    return quiet_command(c);
 }
 
 int
@@ -970,6 +1226,30 @@ bg_ping(bg_conn *c)
     if (lp_format_cmd(c->tmp, LP_PING, NULL) < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
     return command(c, 0, NULL);
+}
+
+int
+bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
+{
+    int r;
+
+    if (c->cb != NULL || cb == NULL || c->pipelined)
+        return set_err(c, BG_E_INVALID,
+            "bg_stats is for blocking use, with a callback, not pipelined");
+    if (lp_format_cmd(c->tmp, LP_STATS, view) < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    c->stat_cb = cb;
+    c->stat_arg = arg;
+    r = command(c, 0, NULL);
+    c->stat_cb = NULL;
+    c->stat_arg = NULL;
+    return r;
+}
+
+const char *
+bg_hello(const bg_conn *c)
+{
+    return c->hello;
 }
 
 uint64_t

@@ -16,7 +16,11 @@
  * reports a BG_EV_LINK down event, reconnects with a bounded backoff,
  * restores the subscriptions, notifications and authorizer registrations
  * the daemon had accepted, and reports BG_EV_LINK up. The bus link's own
- * state changes (the daemon's BUS events) arrive as BG_EV_BUS.
+ * state changes (the daemon's BUS events) arrive as BG_EV_BUS. While
+ * disconnected, (un)subscribe, (un)notify and (un)authorizer calls are
+ * recorded and sent with that restore (they return 0; no BG_EV_REPLY
+ * follows, and one refused then is dropped); publish, send, authorize and
+ * ping fail with BG_E_CLOSED (or BG_E_IO when a due reconnect failed).
  *
  * Not thread-safe: one connection must be used by one thread at a time.
  * Functions returning int return 0 or a negative bg_error; the message of
@@ -90,6 +94,7 @@ enum bg_event_kind {
     BG_EV_BUS,          /* the daemon's bus link changed state */
     BG_EV_LINK,         /* this connection to busgated went down / came back */
     BG_EV_REPLY,        /* event-loop use: the reply to a command */
+    BG_EV_REVOKED,      /* a reload's access rules ended a registration: text */
 };
 
 /* One event. Strings are NUL-terminated and also have a length (names may
@@ -110,9 +115,12 @@ struct bg_event {
     size_t n_packets;
     bool up;           /* BUS: state "up"; LINK: connected again */
     const char *state; /* BUS: "up", "unconfirmed" or "down"; LINK: "up"/"down" */
-    const char *text;  /* BUS: the reason; LINK down and REPLY: the message */
+    const char *text;  /* BUS: the reason; LINK down and REPLY: the message;
+                        * REVOKED: "<role> <feed> [<topic>] <reason>" as sent,
+                        * e.g. "subscribe prices AAPL no access rule allows it" */
     int error;         /* LINK down, REPLY: 0 or a bg_error (not negated) */
-    uint64_t request;  /* REPLY: what bg_last_request() said for the command */
+    uint64_t request;  /* REPLY: what bg_last_request() said for the command;
+                        * 0: a pipelined message's refusal (bg_set_pipelined) */
 };
 
 typedef struct bg_conn bg_conn;
@@ -138,7 +146,10 @@ void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
 
 /* Commands. Names are byte strings of the given length (UTF-8 on the bus).
  * Blocking use: returns once the daemon answered. Event-loop use: returns
- * once queued; the reply comes as BG_EV_REPLY. */
+ * once queued; the reply comes as BG_EV_REPLY. While disconnected (with
+ * reconnecting on), the (un)registrations below are recorded for the
+ * reconnect instead: 0, or BG_E_ALREADY_.../BG_E_NOT_... as the daemon
+ * would answer. */
 int bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
     size_t topic_len);
 int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
@@ -159,6 +170,27 @@ int bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size
     size_t n_entitlements);
 /* A round trip: everything sent before has been handled. */
 int bg_ping(bg_conn *c);
+/*
+ * Pipelined messages (a publisher streaming from a file or stdin): on
+ * sends VERBOSE off, so the daemon answers only refusals. Then bg_publish,
+ * bg_send and bg_authorize return once queued, also in blocking use (which
+ * waits only for room while more than 1 MiB is queued); a refusal arrives
+ * as a BG_EV_REPLY event (bg_next_event or the callback) with its error,
+ * text, and request 0: which message it was is not known. bg_ping still
+ * waits for (or, event loop, reports) its PONG, which comes after every
+ * earlier message was handled, so after it every refusal is delivered or
+ * queued. Registrations and bg_stats fail with BG_E_INVALID meanwhile; a
+ * reconnect turns VERBOSE off again. off sends VERBOSE on.
+ */
+int bg_set_pipelined(bg_conn *c, bool on);
+/* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL: the counters).
+ * cb gets each STAT line's name and value (the rest of the line) before
+ * this returns; the registration restore and events are unaffected. */
+typedef void bg_stat_callback(const char *name, const char *value, void *arg);
+int bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg);
+/* The daemon's latest greeting after "HELLO " ("busgate <version> proto=1
+ * max_line=N ... bus=<state>"), "" before the first one. */
+const char *bg_hello(const bg_conn *c);
 /* The number of the last command sent (BG_EV_REPLY's request). */
 uint64_t bg_last_request(const bg_conn *c);
 

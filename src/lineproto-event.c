@@ -35,25 +35,126 @@ event_reset(struct lp_event *ev)
     ev->store_cap = cap;
 }
 
-/* Daemon output: any decoded name, empty allowed, bounded. */
+/* How names are returned: decoded copies in ev->store, or (by reference)
+ * pointers into the line for names that carry no escape. */
+struct names_out {
+    char *room; /* the next free byte in ev->store */
+    bool by_ref;
+    struct lp_event *ev;
+};
+
+/*
+ * The first byte from p on that ends a name token or needs decoding (a
+ * separator, a control byte, '%', '"', DEL), or end. Eight bytes a step
+ * (the classic "has a byte less than / equal to" bit tricks): the
+ * tokenizer's byte loop was most of a subscriber's parsing.
+ */
+static inline const char *
+first_special(const char *p, const char *end)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+
+    while (end - p >= 8) {
+        uint64_t x, pct, quote, del, m;
+
+        memcpy(&x, p, 8);
+        pct = x ^ (ones * '%');
+        quote = x ^ (ones * '"');
+        del = x ^ (ones * 0x7f);
+        /* Borrows only spill upwards: the lowest flagged byte is exact. */
+        m = ((x - ones * 0x21) & ~x) | ((pct - ones) & ~pct) | ((quote - ones) & ~quote) |
+            ((del - ones) & ~del);
+        if ((m &= highs) != 0)
+            return p + (__builtin_ctzll(m) >> 3);
+        p += 8;
+    }
+#endif
+    while (p < end && !must_escape((unsigned char)*p))
+        p++;
+    return p;
+}
+
+/* next_token for daemon output; for a name (is_name) also whether it has
+ * nothing to decode (clean). */
+static bool
+event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool *clean)
+{
+    const char *p = *pp;
+
+    while (p < end && is_sep(*p))
+        p++;
+    if (p == end) {
+        *pp = p;
+        return false;
+    }
+    t->p = p;
+    if (is_name)
+        p = first_special(p, end);
+    *clean = is_name && (p == end || is_sep(*p));
+    while (p < end && !is_sep(*p))
+        p++;
+    t->n = (size_t)(p - t->p);
+    *pp = p;
+    return true;
+}
+
+/* Daemon output: any decoded name, empty allowed, bounded. Names without
+ * escapes (nearly all) are checked and copied in one pass, or not copied
+ * at all by reference; only those with a '%' go through the decoder. */
 static int
-event_name(const struct tok *t, uint32_t max, char **names, struct lp_name *out)
+event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
+    struct lp_name *out)
 {
     const char *why;
     uint32_t n;
 
-    if (lp_decode_name(t->p, t->n, *names, &n, &why) < 0 || n > max)
+    if (t->n == 2 && t->p[0] == '"' && t->p[1] == '"') {
+        out->ptr = "";
+        out->len = 0;
+        return 0;
+    }
+    if (clean) {
+        if (t->n > max)
+            return -1;
+        if (no->by_ref) {
+            out->ptr = t->p;
+            no->ev->ref_names[no->ev->n_ref_names++] = out;
+        } else {
+            memcpy(no->room, t->p, t->n);
+            no->room[t->n] = '\0';
+            out->ptr = no->room;
+            no->room += t->n + 1;
+        }
+        out->len = (uint32_t)t->n;
+        return 0;
+    }
+    if (lp_decode_name(t->p, t->n, no->room, &n, &why) < 0 || n > max)
         return -1;
-    out->ptr = *names;
+    out->ptr = no->room;
     out->len = n;
-    *names += t->n + 1;
+    no->room += t->n + 1;
     return 0;
 }
 
-static bool
-event_word(const struct tok *t, const char *yes, const char *no, bool *out)
+void
+lp_event_terminate(struct lp_event *ev)
 {
-    if (tok_is(t, yes))
+    for (uint32_t i = 0; i < ev->n_ref_names; i++)
+        ((char *)ev->ref_names[i]->ptr)[ev->ref_names[i]->len] = '\0';
+    ev->n_ref_names = 0;
+}
+
+static bool
+event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no, size_t no_n,
+    bool *out)
+{
+    /* As the daemon spells them first; any case is still accepted. */
+    if (t->n == yes_n && memcmp(t->p, yes, yes_n) == 0)
+        *out = true;
+    else if (t->n == no_n && memcmp(t->p, no, no_n) == 0)
+        *out = false;
+    else if (tok_is(t, yes))
         *out = true;
     else if (tok_is(t, no))
         *out = false;
@@ -62,14 +163,18 @@ event_word(const struct tok *t, const char *yes, const char *no, bool *out)
     return true;
 }
 
+/* Literal words: their lengths known at compile time. */
+#define event_word(t, yes, no, out) \
+    event_word_n((t), (yes), sizeof(yes) - 1, (no), sizeof(no) - 1, (out))
+
 /* Token counts and layout of the structured events. */
 static int
-parse_data(struct lp_event *ev, const struct tok *args, const char *p, const char *end,
-    const struct lp_limits *lim, size_t names_room)
+parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const char *p,
+    const char *end, const struct lp_limits *lim, size_t names_room, bool by_ref)
 {
     struct pkt_scan scan;
     struct tok ctype = { NULL, 0 };
-    char *names;
+    struct names_out no = { NULL, by_ref, ev };
     int32_t *ents;
     size_t pk_room;
     struct lp_name *dst[4] = { &ev->feed, &ev->topic, &ev->user, &ev->host };
@@ -92,14 +197,16 @@ parse_data(struct lp_event *ev, const struct tok *args, const char *p, const cha
     ev->packets = ev->store;
     ents =
         (int32_t *)((char *)ev->store + ALIGN8(scan.n_specs * sizeof(struct wire_packet)));
-    names = (char *)ev->store + pk_room;
+    no.room = (char *)ev->store + pk_room;
     for (int i = 0; i < 4; i++)
-        if (event_name(&args[i], lim->max_name, &names, dst[i]) < 0)
+        if (event_name(&args[i], clean[i], lim->max_name, &no, dst[i]) < 0)
             return -1;
     if (!event_word(&args[4], "image", "delta", &ev->is_image) ||
         !event_word(&args[5], "unicast", "multicast", &ev->is_unicast))
         return -1;
-    if (has_type && event_name(&ctype, lim->max_name, &names, &ev->content_type) < 0)
+    if (has_type &&
+        event_name(&ctype, first_special(ctype.p, ctype.p + ctype.n) == ctype.p + ctype.n,
+            lim->max_name, &no, &ev->content_type) < 0)
         return -1;
     lp_fill_packets(p, end, lim->max_entitlements, ev->packets, scan.n_specs, ents);
     return 0;
@@ -107,19 +214,19 @@ parse_data(struct lp_event *ev, const struct tok *args, const char *p, const cha
 
 /* NOTIFICATION add|remove ID user host feed topic; AUTHREQ ID user host feed topic. */
 static int
-parse_id_names(struct lp_event *ev, const struct tok *args, const struct lp_limits *lim,
-    size_t names_room)
+parse_id_names(struct lp_event *ev, const struct tok *args, const bool *clean,
+    const struct lp_limits *lim, size_t names_room, bool by_ref)
 {
     struct lp_name *dst[4] = { &ev->user, &ev->host, &ev->feed, &ev->topic };
-    char *names;
+    struct names_out no = { NULL, by_ref, ev };
 
     if (guid_from_text(args[0].p, args[0].n, ev->client_id) < 0)
         return -1;
     if (lp_store_reserve(&ev->store, &ev->store_cap, names_room) == NULL)
         return -1;
-    names = ev->store;
+    no.room = ev->store;
     for (int i = 0; i < 4; i++)
-        if (event_name(&args[1 + i], lim->max_name, &names, dst[i]) < 0)
+        if (event_name(&args[1 + i], clean[1 + i], lim->max_name, &no, dst[i]) < 0)
             return -1;
     return 0;
 }
@@ -172,13 +279,15 @@ parse_text_event(struct lp_event *ev, const struct text_event *te, const char *p
     return 0;
 }
 
-int
-lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
-    struct lp_event *ev)
+static int
+parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp_event *ev,
+    bool by_ref)
 {
     const char *p = line, *end;
     struct tok verb, args[6], extra;
+    bool clean[6];
     size_t nargs = 0, want, names_room = 0;
+    unsigned names; /* bit i: args[i] is a name */
 
     event_reset(ev);
     if (lim == NULL)
@@ -189,16 +298,20 @@ lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     if (!next_token(&p, end, &verb))
         return -1;
 
-    /* DATA first: it is nearly all a subscriber reads. */
-    if (tok_is(&verb, "DATA")) {
+    /* DATA first: it is nearly all a subscriber reads (as the daemon
+     * spells it, before the case-insensitive match). */
+    if ((verb.n == 4 && memcmp(verb.p, "DATA", 4) == 0) || tok_is(&verb, "DATA")) {
         ev->kind = LP_EV_DATA;
         want = 6;
+        names = 0x0f; /* feed topic user host, then image|delta unicast|multicast */
     } else if (tok_is(&verb, "NOTIFICATION")) {
         ev->kind = LP_EV_NOTIFICATION;
         want = 6;
+        names = 0x3c; /* add|remove ID, then user host feed topic */
     } else if (tok_is(&verb, "AUTHREQ")) {
         ev->kind = LP_EV_AUTHREQ;
         want = 5;
+        names = 0x1e; /* ID, then user host feed topic */
     } else {
         for (size_t i = 0; i < sizeof(text_events) / sizeof(text_events[0]); i++) {
             if (tok_is(&verb, text_events[i].name)) {
@@ -208,7 +321,8 @@ lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
         }
         return -1;
     }
-    while (nargs < want && next_token(&p, end, &args[nargs]))
+    while (nargs < want && event_token(&p, end, &args[nargs], names & (1u << nargs),
+                               &clean[nargs]))
         nargs++;
     if (nargs < want)
         return -1;
@@ -217,15 +331,29 @@ lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
 
     switch (ev->kind) {
     case LP_EV_DATA:
-        return parse_data(ev, args, p, end, lim, names_room);
+        return parse_data(ev, args, clean, p, end, lim, names_room, by_ref);
     case LP_EV_NOTIFICATION:
         if (next_token(&p, end, &extra) ||
             !event_word(&args[0], "add", "remove", &ev->is_add))
             return -1;
-        return parse_id_names(ev, args + 1, lim, names_room);
+        return parse_id_names(ev, args + 1, clean + 1, lim, names_room, by_ref);
     default:
         if (next_token(&p, end, &extra))
             return -1;
-        return parse_id_names(ev, args, lim, names_room);
+        return parse_id_names(ev, args, clean, lim, names_room, by_ref);
     }
+}
+
+int
+lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
+    struct lp_event *ev)
+{
+    return parse_event(line, len, lim, ev, false);
+}
+
+int
+lp_parse_event_ref(const char *line, size_t len, const struct lp_limits *lim,
+    struct lp_event *ev)
+{
+    return parse_event(line, len, lim, ev, true);
 }

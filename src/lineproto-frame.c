@@ -53,6 +53,26 @@ lp_framer_consume(struct lp_framer *f, struct evbuffer *in)
     framer_settle(f, in);
 }
 
+const char *
+lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, const struct lp_frame *fr,
+    size_t n)
+{
+    size_t start = f->pending - (fr->len + 1); /* the line is the last item delivered */
+    const unsigned char *p;
+
+    if (evbuffer_get_length(in) < f->pending + n ||
+        (p = evbuffer_pullup(in, (ev_ssize_t)(f->pending + n))) == NULL)
+        return NULL;
+    return (const char *)p + start;
+}
+
+void
+lp_framer_extend(struct lp_framer *f, size_t n)
+{
+    f->pending += n;
+    f->bytes += n;
+}
+
 void
 lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver)
 {

@@ -255,6 +255,8 @@ struct lp_event {
     uint64_t payload_len;
     const char *rest; /* HELLO/ERR/BUS/STAT/PONG/REVOKED: the text after the verb */
     size_t rest_len;
+    struct lp_name *ref_names[5]; /* lp_parse_event_ref: names pointing into the line */
+    uint32_t n_ref_names;
 
     void *store;
     size_t store_cap;
@@ -271,6 +273,19 @@ void lp_event_free(struct lp_event *ev);
  */
 int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_event *ev);
+
+/*
+ * The same without copying names: a name with no %-escape (nearly all)
+ * points into line and is not NUL-terminated; only escaped names are
+ * decoded into ev. For a reader that keeps the line (and, for DATA, its
+ * payload) in place while it uses the event: a subscriber's hot path.
+ * lp_event_terminate then NUL-terminates those names in place, writing
+ * over the byte after each (a separator or the line's newline: the caller
+ * must own line[0..len] writable and be done reading the line).
+ */
+int lp_parse_event_ref(const char *line, size_t len, const struct lp_limits *lim,
+    struct lp_event *ev);
+void lp_event_terminate(struct lp_event *ev);
 
 /*
  * The framer (lineproto-frame.c): splits a byte stream into lines and
@@ -326,5 +341,14 @@ void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
 /* After a LINE: a payload block of len bytes and a newline follow; deliver
  * it as a PAYLOAD item, or skip it. */
 void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
+/* After a LINE fr: the line and the n bytes behind it, contiguous (one
+ * pullup where they span chains), or NULL when not all are buffered. Read
+ * in place, the n bytes are then taken with lp_framer_extend. */
+const char *lp_framer_line_with(struct lp_framer *f, struct evbuffer *in,
+    const struct lp_frame *fr, size_t n);
+/* The item just returned also covers the next n bytes (a payload the
+ * caller found whole behind its line and read in place): they are drained
+ * with it. */
+void lp_framer_extend(struct lp_framer *f, size_t n);
 
 #endif /* BUSGATE_LINEPROTO_H */

@@ -350,11 +350,53 @@ check_event_round_trip(const struct lp_event *ev, const struct lp_limits *lim)
     evbuffer_free(b2);
 }
 
+static void
+same_name(const struct lp_name *a, const struct lp_name *b)
+{
+    CHECK(a->len == b->len && memcmp(a->ptr, b->ptr, a->len) == 0 && b->ptr[b->len] == '\0');
+}
+
+/* lp_parse_event_ref agrees with lp_parse_event: the same verdict and
+ * names, terminated in place on a writable copy of the line. */
+static void
+check_event_ref(const char *line, size_t len, const struct lp_limits *lim,
+    const struct lp_event *ev, int rc)
+{
+    static struct lp_event ref; /* reused, as a reader would */
+    char *copy = malloc(len + 1);
+
+    CHECK(copy != NULL);
+    memcpy(copy, line, len);
+    copy[len] = '\n';
+    CHECK(lp_parse_event_ref(copy, len, lim, &ref) == rc);
+    if (rc == 0) {
+        lp_event_terminate(&ref);
+        CHECK(ref.kind == ev->kind);
+        if (ev->kind == LP_EV_DATA || ev->kind == LP_EV_NOTIFICATION ||
+            ev->kind == LP_EV_AUTHREQ) {
+            same_name(&ev->feed, &ref.feed);
+            same_name(&ev->topic, &ref.topic);
+            same_name(&ev->user, &ref.user);
+            same_name(&ev->host, &ref.host);
+        }
+        if (ev->kind == LP_EV_DATA) {
+            CHECK(ev->content_type.len == ref.content_type.len);
+            if (ev->content_type.len > 0)
+                same_name(&ev->content_type, &ref.content_type);
+            CHECK(ev->n_packets == ref.n_packets && ev->payload_len == ref.payload_len);
+        }
+    }
+    free(copy);
+}
+
 /* Parse and check an event line; true when it was accepted. */
 static bool
 check_event(const char *line, size_t len, const struct lp_limits *lim, struct lp_event *ev)
 {
-    if (lp_parse_event(line, len, lim, ev) != 0)
+    int rc = lp_parse_event(line, len, lim, ev);
+
+    check_event_ref(line, len, lim, ev, rc);
+    if (rc != 0)
         return false;
     switch (ev->kind) {
     case LP_EV_DATA:

@@ -55,6 +55,19 @@ class LibbusgateTest(unittest.TestCase):
         if request == "RESTART":
             self.gw.stop()
             self.gw.start()
+        elif request == "STOP":
+            self.gw.stop()
+        elif request == "START":
+            self.gw.start()
+        elif request in ("REVOKE", "UNREVOKE"):
+            start = self.gw.log_offset()
+            self.gw.write_config()
+            if request == "REVOKE":
+                with open(self.gw.config_path, "a") as f:
+                    f.write('access:\n  - uid: %d\n    allow: all\n    feeds: ["kept"]\n'
+                            % os.getuid())
+            self.gw.reload()
+            self.gw.wait_log("reloaded", start=start)
         elif request == "BUS-STOP":
             self.bus.stop()
         elif request == "BUS-START":
@@ -96,13 +109,23 @@ class LibbusgateTest(unittest.TestCase):
     def test_busgated_restart_mid_subscription(self):
         self.run_c("restart")
 
+    def test_commands_while_busgated_is_away(self):
+        self.run_c("offline")
+
+    def test_stats_hello_and_revoked(self):
+        self.run_c("stats_and_revoked")
+
+    def test_pipelined_messages(self):
+        self.run_c("pipelined")
+
     def test_slow_consumer_is_reported(self):
         self.run_c("slow_consumer")
         self.gw.wait_log(r"slow consumer")
 
     def test_man_page_names_every_function(self):
         with open(os.path.join(gwtest.TOP_SRCDIR, "lib", "busgate.h")) as f:
-            api = set(re.findall(r"(?m)^[a-z].*?[ *](bg_[a-z_]+)\(", f.read())) - {"bg_callback"}
+            # Functions, not the callback typedefs.
+            api = set(re.findall(r"(?m)^(?!typedef)[a-z].*?[ *](bg_[a-z_]+)\(", f.read()))
         with open(os.path.join(gwtest.TOP_SRCDIR, "doc", "libbusgate.3")) as f:
             page = f.read()
         name = page.split(".SH SYNOPSIS")[0]

@@ -401,6 +401,184 @@ test_restart(void)
     bg_free(a);
 }
 
+/* While busgated is away, (un)subscribe, notify and authorizer are
+ * recorded and reach the next daemon with the restore, in blocking and
+ * event-loop use; a publish fails with a clear code. */
+static void
+test_offline(void)
+{
+    bg_conn *s = conn(), *a = conn(), *p;
+    struct loop_state ast = { 0 };
+    const struct bg_event *ev;
+    const struct bg_packet pk = { "later", 5, NULL, 0 };
+    bool up = false, data = false, notified = false, asked = false;
+    time_t end;
+    int r;
+
+    bg_set_callback(a, on_event, &ast);
+    ask_driver("STOP");
+    /* The first command finds the daemon gone, the others a link down. */
+    CHECK_OK(s, bg_subscribe(s, S("offline feed"), S("t")));
+    CHECK_OK(s, bg_notify(s, S("offline feed")));
+    CHECK_OK(s, bg_authorizer(s, S("offline secure")));
+    CHECK(bg_subscribe(s, S("offline feed"), S("t")) == -BG_E_ALREADY_SUBSCRIBED);
+    CHECK_OK(s, bg_subscribe(s, S("offline feed"), S("gone")));
+    CHECK_OK(s, bg_unsubscribe(s, S("offline feed"), S("gone")));
+    CHECK(bg_unnotify(s, S("not notifying")) == -BG_E_NOT_NOTIFYING);
+    r = bg_publish(s, S("offline feed"), S("t"), false, &pk, 1);
+    CHECK(r == -BG_E_CLOSED || r == -BG_E_IO);
+    end = time(NULL) + WAIT_MS / 1000;
+    while (ast.link_down == 0) {
+        CHECK(time(NULL) < end);
+        loop_once(a, 200);
+    }
+    CHECK_OK(a, bg_subscribe(a, S("offline feed"), S("t")));
+    r = bg_publish(a, S("offline feed"), S("t"), false, &pk, 1);
+    CHECK(r == -BG_E_CLOSED);
+    ask_driver("START");
+    p = conn();
+    end = time(NULL) + WAIT_MS / 1000 * 2;
+    while (!(up && data && notified && ast.data_after_up > 0)) {
+        CHECK(time(NULL) < end);
+        loop_once(a, 0);
+        if (bg_publish(p, S("offline feed"), S("t"), false, &pk, 1) != 0)
+            CHECK(bg_error_code(p) == BG_E_BUS_DOWN);
+        while (bg_next_event(s, 200, &ev) == 0) {
+            if (ev->kind == BG_EV_LINK && !ev->up) {
+                CHECK(!up); /* the down that came with the stop */
+            } else if (ev->kind == BG_EV_LINK) {
+                CHECK(strstr(ev->text, "3 registrations restored") != NULL);
+                up = true;
+            } else if (ev->kind == BG_EV_DATA) {
+                CHECK(ev->n_packets == 1 && memcmp(ev->packets[0].data, "later", 5) == 0);
+                data = true;
+            } else if (ev->kind == BG_EV_NOTIFICATION && ev->is_add &&
+                name_is(ev->topic, ev->topic_len, S("n"))) {
+                notified = true;
+            }
+        }
+        if (up && !asked) {
+            CHECK_OK(p, bg_subscribe(p, S("offline feed"), S("n")));
+            asked = true;
+        }
+    }
+    /* The recorded registrations are the daemon's; the undone one is not. */
+    CHECK(bg_authorizer(s, S("offline secure")) == -BG_E_ALREADY_AUTHORIZER);
+    CHECK(bg_notify(s, S("offline feed")) == -BG_E_ALREADY_NOTIFYING);
+    CHECK_OK(s, bg_subscribe(s, S("offline feed"), S("gone")));
+    CHECK(ast.link_up == 1);
+    bg_free(s);
+    bg_free(p);
+    bg_free(a);
+}
+
+struct stat_seen {
+    int lines;
+    bool bus_state_up;
+    bool self_session;
+};
+
+static void
+on_stat(const char *name, const char *value, void *arg)
+{
+    struct stat_seen *st = arg;
+
+    st->lines++;
+    if (strcmp(name, "bus_state") == 0 && strcmp(value, "up") == 0)
+        st->bus_state_up = true;
+    if (strcmp(name, "session") == 0 && strstr(value, " self") != NULL)
+        st->self_session = true;
+}
+
+/* bg_stats hands over every STAT line (events meanwhile stay queued);
+ * bg_hello is the greeting; a reload's REVOKED arrives as an event. */
+static void
+test_stats_and_revoked(void)
+{
+    bg_conn *c = conn();
+    struct stat_seen st = { 0 };
+    const struct bg_event *ev;
+
+    CHECK(strncmp(bg_hello(c), "busgate ", 8) == 0 && strstr(bg_hello(c), " proto=1 "));
+    CHECK_OK(c, bg_stats(c, NULL, on_stat, &st));
+    CHECK(st.lines > 5 && st.bus_state_up);
+    CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
+    CHECK(st.self_session);
+    CHECK(bg_stats(c, "NONSENSE", on_stat, &st) == -BG_E_SYNTAX);
+    CHECK(bg_stats(c, NULL, NULL, NULL) == -BG_E_INVALID);
+    CHECK_OK(c, bg_subscribe(c, S("revoked feed"), S("t")));
+    ask_driver("REVOKE"); /* access rules that leave only feed "kept" */
+    ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
+    CHECK(strncmp(ev->text, "subscribe revoked%20feed t ", 27) == 0);
+    ask_driver("UNREVOKE");
+    bg_free(c);
+}
+
+static int
+three_replies(const struct loop_state *st)
+{
+    return st->replies >= 3;
+}
+
+/* bg_set_pipelined: messages stream without a reply each, a refusal comes
+ * as a BG_EV_REPLY of request 0 before the PING's answer, in blocking and
+ * event-loop use; registrations wait for pipelining to end. */
+static void
+test_pipelined(void)
+{
+    bg_conn *s = conn(), *p = conn(), *a = conn();
+    struct loop_state ast = { 0 };
+    const struct bg_event *ev;
+    char big[5000], text[32];
+    struct bg_packet pk = { text, 0, NULL, 0 };
+    uint64_t before;
+
+    memset(big, 'x', sizeof(big));
+    CHECK_OK(s, bg_subscribe(s, S("pipe feed"), S("t")));
+    CHECK_OK(p, bg_set_pipelined(p, true));
+    before = bg_last_request(p);
+    for (int i = 0; i < 200; i++) {
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK_OK(p, bg_publish(p, S("pipe feed"), S("t"), false, &pk, 1));
+        if (i == 100) /* over max_name: refused */
+            CHECK_OK(p, bg_publish(p, big, sizeof(big), S("t"), false, &pk, 1));
+    }
+    /* More than the 1 MiB queue: bg_publish waits for room, not replies. */
+    {
+        static char payload[600 * 1024];
+        const struct bg_packet large = { payload, sizeof(payload), NULL, 0 };
+
+        for (int i = 0; i < 4; i++)
+            CHECK_OK(p, bg_publish(p, S("pipe feed"), S("nobody"), false, &large, 1));
+    }
+    CHECK(bg_last_request(p) == before); /* nothing waits for a reply */
+    CHECK(bg_subscribe(p, S("pipe feed"), S("u")) == -BG_E_INVALID);
+    CHECK(bg_stats(p, NULL, on_stat, NULL) == -BG_E_INVALID);
+    CHECK_OK(p, bg_ping(p));
+    CHECK(bg_next_event(p, 0, &ev) == 0);
+    CHECK(ev->kind == BG_EV_REPLY && ev->error == BG_E_BAD_NAME && ev->request == 0);
+    CHECK(bg_next_event(p, 0, &ev) == -BG_E_TIMEOUT);
+    CHECK_OK(p, bg_set_pipelined(p, false));
+    CHECK_OK(p, bg_subscribe(p, S("pipe feed"), S("u")));
+    for (int i = 0; i < 200; i++) {
+        ev = wait_for(s, BG_EV_DATA, S("t"));
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK(ev->n_packets == 1 && ev->packets[0].len == pk.len &&
+            memcmp(ev->packets[0].data, text, pk.len) == 0);
+    }
+    /* Event loop: VERBOSE's +OK, the refusal, the PONG. */
+    bg_set_callback(a, on_event, &ast);
+    CHECK_OK(a, bg_set_pipelined(a, true));
+    CHECK_OK(a, bg_publish(a, S("pipe feed"), S("t"), false, &pk, 1));
+    CHECK_OK(a, bg_publish(a, big, sizeof(big), S("t"), false, &pk, 1));
+    CHECK_OK(a, bg_ping(a));
+    run_loop(a, &ast, three_replies);
+    CHECK(ast.replies == 3 && ast.reply_errors == 1);
+    bg_free(s);
+    bg_free(p);
+    bg_free(a);
+}
+
 /* A subscriber that does not read is cut off by the daemon: it is told
  * why, and reconnects. */
 static void
@@ -448,6 +626,9 @@ main(int argc, char **argv)
         { "timeout_zero", test_timeout_zero },
         { "bus_events", test_bus_events },
         { "restart", test_restart },
+        { "offline", test_offline },
+        { "stats_and_revoked", test_stats_and_revoked },
+        { "pipelined", test_pipelined },
         { "slow_consumer", test_slow_consumer },
     };
 

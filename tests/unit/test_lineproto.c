@@ -1192,8 +1192,8 @@ test_token_lengths(void **state)
             assert_int_equal(f->cmd.verb, LP_SUB);
             name_is(&f->cmd.feed, feed, a);
             name_is(&f->cmd.topic, topic, b);
-            snprintf(line, sizeof line, "PUB%s%s%s%s%sdelta%s%zu%s", s2, feed, s1, topic, s2,
-                s1, a, s2);
+            snprintf(line, sizeof line, "PUB%s%s%s%s%sdelta%s%zu%s", s2, feed, s1, topic,
+                s2, s1, a, s2);
             assert_int_equal(parse(f, line), 0);
             name_is(&f->cmd.feed, feed, a);
             name_is(&f->cmd.topic, topic, b);
@@ -1201,6 +1201,51 @@ test_token_lengths(void **state)
             assert_int_equal(f->cmd.payload_len, a);
         }
     }
+}
+
+/* lp_parse_event_ref: clean names point into the line, escaped ones are
+ * decoded; the 8-byte scanner finds an escape or a bad byte wherever it
+ * sits in a long name, and passes UTF-8. */
+static void
+test_event_by_reference(void **state)
+{
+    struct fx *f = *state;
+    char line[] = "DATA feed.long.name.over.16 t%20opic \xc3\xa9t\xc3\xa9user \"\" "
+                  "delta multicast type=text/plain 3\n";
+    size_t n = strlen(line) - 1;
+    static const char *const bad[] = {
+        "DATA abcdefgh\"jk t u h image multicast",
+        "DATA abcdefghijklmn\x01 t u h image multicast",
+        "DATA abcdefghij\x7f t u h image multicast",
+        "DATA abcdefghijklmnopq%4 t u h image multicast",
+    };
+
+    assert_int_equal(lp_parse_event_ref(line, n, &lim, &f->ev), 0);
+    assert_ptr_equal(f->ev.feed.ptr, line + 5);
+    assert_int_equal(f->ev.feed.len, 22);
+    NAME_IS(&f->ev.topic, "t opic");
+    assert_true(f->ev.topic.ptr < line || f->ev.topic.ptr >= line + sizeof(line));
+    assert_ptr_equal(f->ev.user.ptr, strstr(line, "\xc3\xa9t"));
+    assert_int_equal(f->ev.user.len, 9);
+    assert_int_equal(f->ev.host.len, 0);
+    assert_int_equal(f->ev.content_type.len, 10);
+    assert_int_equal(f->ev.payload_len, 3);
+    /* Not terminated until asked: the line is still whole. */
+    assert_int_equal(line[5 + 22], ' ');
+    lp_event_terminate(&f->ev);
+    assert_string_equal(f->ev.feed.ptr, "feed.long.name.over.16");
+    assert_string_equal(f->ev.user.ptr, "\xc3\xa9t\xc3\xa9user");
+    assert_string_equal(f->ev.content_type.ptr, "text/plain");
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(lp_parse_event_ref(bad[i], strlen(bad[i]), &lim, &f->ev), -1);
+        assert_int_equal(lp_parse_event(bad[i], strlen(bad[i]), &lim, &f->ev), -1);
+    }
+    /* An escape after the first 8 bytes is decoded, by either parser. */
+    assert_int_equal(lp_parse_event_ref("DATA abcdefghij%41 t u h image multicast", 40,
+                         &lim, &f->ev),
+        0);
+    NAME_IS(&f->ev.feed, "abcdefghijA");
 }
 
 int
@@ -1237,6 +1282,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_format_replies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_parse_text_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_storage_reuse, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_by_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_pong_stat_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_commands, setup, teardown),
     };

@@ -310,6 +310,31 @@ test_batch_drained_once(void **state)
     evbuffer_free(in);
 }
 
+/* lp_framer_extend: a payload read in place behind its line is drained
+ * with it; lines split over evbuffer chunks are still found. */
+static void
+test_extend_and_chunks(void **state)
+{
+    struct evbuffer *in = evbuffer_new();
+    struct lp_framer f;
+    struct lp_frame fr;
+
+    (void)state;
+    assert_non_null(in);
+    lp_framer_init(&f, 64);
+    evbuffer_add(in, "PUB f t 3\nabc\nPI", 16);
+    evbuffer_add_reference(in, "NG x\n", 5, NULL, NULL); /* a second chunk */
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    assert_int_equal(fr.len, 9);
+    lp_framer_extend(&f, 4);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    assert_int_equal(fr.len, 6);
+    assert_memory_equal(fr.data, "PING x", 6);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_MORE);
+    assert_int_equal(f.bytes, 21);
+    evbuffer_free(in);
+}
+
 int
 main(void)
 {
@@ -322,6 +347,7 @@ main(void)
         cmocka_unit_test(test_bad_terminator),
         cmocka_unit_test(test_consume),
         cmocka_unit_test(test_batch_drained_once),
+        cmocka_unit_test(test_extend_and_chunks),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
