@@ -154,23 +154,38 @@ put_name_tok(char *dst, const struct wire_str *s, size_t esc_len)
     return esc_len + 1;
 }
 
+size_t
+lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *topic)
+{
+    size_t ef = escaped_len(feed->ptr, feed->len), et = escaped_len(topic->ptr, topic->len);
+    size_t o;
+
+    if (dst == NULL)
+        return sizeof("DATA") - 1 + 2 + ef + et;
+    o = put_lit(dst, "DATA");
+    o += put_name_tok(dst + o, feed, ef);
+    o += put_name_tok(dst + o, topic, et);
+    return o;
+}
+
 int
-lp_format_data(struct evbuffer *out, const struct wire_msg *m)
+lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
+    size_t prefix_len, struct lp_bytes *at)
 {
     struct evbuffer_iovec vec;
-    size_t payload, room, o, ef, et, eu, eh, ec;
+    size_t payload, room, o, eu, eh, ec;
     char *d;
 
     if (m->type != WIRE_FORWARDED_MULTICAST && m->type != WIRE_FORWARDED_UNICAST)
         return -1;
+    if (prefix == NULL)
+        prefix_len = lp_data_prefix(NULL, &m->feed, &m->topic);
     ec =
         m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
-    ef = escaped_len(m->feed.ptr, m->feed.len);
-    et = escaped_len(m->topic.ptr, m->topic.len);
     eu = escaped_len(m->user.ptr, m->user.len);
     eh = escaped_len(m->host.ptr, m->host.len);
-    room = sizeof("DATA") + sizeof(" multicast") + sizeof(" image") + 1 + 4 + ef + et + eu +
-        eh + packets_room(m->packets, m->n_packets, &payload) +
+    room = prefix_len + sizeof(" multicast") + sizeof(" image") + 1 + 2 + eu + eh +
+        packets_room(m->packets, m->n_packets, &payload) +
         (ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + ec : 0);
     if (m->n_packets > 0)
         room += payload + 1;
@@ -181,9 +196,12 @@ lp_format_data(struct evbuffer *out, const struct wire_msg *m)
     if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
         return -1;
     d = vec.iov_base;
-    o = put_lit(d, "DATA");
-    o += put_name_tok(d + o, &m->feed, ef);
-    o += put_name_tok(d + o, &m->topic, et);
+    if (prefix != NULL) {
+        memcpy(d, prefix, prefix_len);
+        o = prefix_len;
+    } else {
+        o = lp_data_prefix(d, &m->feed, &m->topic);
+    }
     o += put_name_tok(d + o, &m->user, eu);
     o += put_name_tok(d + o, &m->host, eh);
     o += put_lit(d + o, m->is_image ? " image" : " delta");
@@ -203,7 +221,17 @@ lp_format_data(struct evbuffer *out, const struct wire_msg *m)
         d[o++] = '\n';
     }
     vec.iov_len = o;
+    if (at != NULL) {
+        at->p = (const unsigned char *)d;
+        at->len = o;
+    }
     return evbuffer_commit_space(out, &vec, 1);
+}
+
+int
+lp_format_data(struct evbuffer *out, const struct wire_msg *m)
+{
+    return lp_format_data_at(out, m, NULL, 0, NULL);
 }
 
 /* A line of a verb, an optional keyword, a client id and four names. */

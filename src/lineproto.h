@@ -154,6 +154,20 @@ int lp_put_name(struct evbuffer *out, const char *ptr, size_t len);
  * by every receiving session.
  */
 int lp_format_data(struct evbuffer *out, const struct wire_msg *m);
+/* Bytes just formatted into an evbuffer: contiguous, valid until it changes. */
+struct lp_bytes {
+    const unsigned char *p;
+    size_t len;
+};
+/* The start of every DATA line of a topic, "DATA <feed> <topic>" with the
+ * names escaped, into dst; its length (dst NULL: only the length). The
+ * router keeps it with the topic, so an event copies it instead of
+ * escaping the two names again. */
+size_t lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *topic);
+/* lp_format_data with the topic's prefix (NULL: made here), telling where
+ * the event went when at is not NULL. */
+int lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
+    size_t prefix_len, struct lp_bytes *at);
 
 /* NOTIFICATION for a ForwardedSubscriptionRequest. */
 int lp_format_notification(struct evbuffer *out, const struct wire_msg *m);

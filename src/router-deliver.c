@@ -6,6 +6,9 @@
  * them with whatever is queued for that session), shared by reference when
  * large (one block, reference counted, no copy per session). Consecutive
  * events of one topic from one bus read are batched and delivered together.
+ * A topic with a single subscriber skips the batch: its events are
+ * formatted straight into that session's output. Either way the line
+ * starts with the topic's escaped "DATA feed topic", made once per topic.
  *
  * Access rules cost nothing here: a topic's subscribers were allowed to
  * subscribe to its feed when they subscribed (and a reload ends those no
@@ -177,13 +180,62 @@ image_at_6(const struct router *r, const struct wire_msg *m)
         content_type_listed(r->cfg.image_content_types, &m->content_type);
 }
 
+/* The cache and a failed format, for an event just formatted. */
+static void
+formatted(struct router *r, struct topic *t, const struct wire_msg *m, int rc,
+    const struct lp_bytes *at)
+{
+    if (rc != 0)
+        log_error("cannot format a DATA event (out of memory)");
+    else if (t->cache != NULL || m->is_image)
+        rt_cache_update(r, t, m, at->p, at->len);
+}
+
+/*
+ * A topic with one subscriber (many topics, one reader each: the common
+ * market-data shape): the event is formatted straight into that session's
+ * output, with no batch to copy from; the session's own buffer batches
+ * the writes to its socket.
+ */
+static void
+route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
+{
+    struct client *c = LIST_FIRST(&t->subs)->client;
+    struct lp_bytes at;
+    int rc;
+
+    if (rt_closing(c))
+        return;
+    rc = lp_format_data_at(rt_output(c), m, t->prefix, t->prefix_len, &at);
+    formatted(r, t, m, rc, &at);
+    if (rc == 0) {
+        r->n.data_delivered++;
+        rt_flush(c);
+    }
+}
+
+/* More subscribers: consecutive events of the topic are formatted into one
+ * batch, delivered to each of them when the topic changes or it is full. */
+static void
+route_to_batch(struct router *r, struct topic *t, const struct wire_msg *m)
+{
+    struct lp_bytes at;
+    int rc = lp_format_data_at(r->scratch, m, t->prefix, t->prefix_len, &at);
+
+    formatted(r, t, m, rc, &at);
+    if (rc != 0)
+        return; /* nothing was appended */
+    r->batch_topic = t;
+    r->batch_count++;
+    if (evbuffer_get_length(r->scratch) >= batch_max(r))
+        rt_batch_flush(r);
+}
+
 void
 rt_route_data(struct router *r, const struct wire_msg *m)
 {
-    const unsigned char *p;
     struct topic *t;
     struct wire_msg at6;
-    size_t len;
 
     if (m->version >= WIRE_V6) {
         at6 = *m;
@@ -204,21 +256,10 @@ rt_route_data(struct router *r, const struct wire_msg *m)
     }
     if (t != r->batch_topic)
         rt_batch_flush(r);
-    if (lp_format_data(r->one, m) != 0) {
-        log_error("cannot format a DATA event (out of memory)");
-        evbuffer_drain(r->one, evbuffer_get_length(r->one));
-        return;
-    }
-    len = evbuffer_get_length(r->one);
-    if (t->cache != NULL || m->is_image) {
-        p = evbuffer_pullup(r->one, -1);
-        rt_cache_update(r, t, m, p, len);
-    }
-    evbuffer_add_buffer(r->scratch, r->one);
-    r->batch_topic = t;
-    r->batch_count++;
-    if (evbuffer_get_length(r->scratch) >= batch_max(r))
-        rt_batch_flush(r);
+    if (t->n_subs == 1)
+        route_to_one(r, t, m);
+    else
+        route_to_batch(r, t, m);
 }
 
 void

@@ -102,6 +102,8 @@ struct topic {
     bool replay_queued;         /* not yet subscribed upstream on this link */
     struct wire_str feed, name; /* point into key, NUL-terminated */
     size_t keylen;
+    const char *prefix; /* "DATA <feed> <topic>", escaped; after key */
+    size_t prefix_len;
     char key[]; /* feed length (4), feed, NUL, topic, NUL */
 };
 
@@ -191,7 +193,6 @@ struct router {
     size_t cache_bytes; /* all topics' caches */
 
     struct evbuffer *scratch;  /* one formatted event, or a batch */
-    struct evbuffer *one;      /* one DATA event being added to the batch */
     struct topic *batch_topic; /* scratch holds undelivered events of it */
     uint64_t batch_count;
     struct evbuffer *queue; /* data for a link not ready: encoded, in order */

@@ -202,13 +202,17 @@ static struct topic *
 topic_new(struct router *r, const struct lp_name *feed, const struct lp_name *topic)
 {
     size_t klen = (size_t)feed->len + topic->len + 6;
-    struct topic *t = rt_xcalloc(sizeof *t + klen);
+    struct wire_str f = { feed->ptr, feed->len }, n = { topic->ptr, topic->len };
+    size_t plen = lp_data_prefix(NULL, &f, &n);
+    struct topic *t = rt_xcalloc(sizeof *t + klen + plen);
 
     t->keylen = topic_key(t->key, feed->ptr, feed->len, topic->ptr, topic->len);
     t->feed.ptr = t->key + 4;
     t->feed.len = feed->len;
     t->name.ptr = t->key + 5 + feed->len;
     t->name.len = topic->len;
+    t->prefix = t->key + klen;
+    t->prefix_len = lp_data_prefix(t->key + klen, &t->feed, &t->name);
     LIST_INIT(&t->subs);
     HASH_ADD(hh, r->topics, key, t->keylen, t);
     return t;
@@ -688,13 +692,10 @@ router_new(struct event_base *base, const struct config *cfg)
         return NULL;
     r->base = base;
     r->scratch = evbuffer_new();
-    r->one = evbuffer_new();
     r->queue = evbuffer_new();
-    if (r->scratch == NULL || r->one == NULL || r->queue == NULL) {
+    if (r->scratch == NULL || r->queue == NULL) {
         if (r->scratch != NULL)
             evbuffer_free(r->scratch);
-        if (r->one != NULL)
-            evbuffer_free(r->one);
         if (r->queue != NULL)
             evbuffer_free(r->queue);
         free(r);
@@ -767,7 +768,6 @@ router_free(struct router *r)
         log_warn("%u messages held for the bus link were never sent (%zu bytes)",
             r->queue_count, evbuffer_get_length(r->queue));
     evbuffer_free(r->scratch);
-    evbuffer_free(r->one);
     evbuffer_free(r->queue);
     wire_msg_free(&r->qmsg);
     if (r->replay_ev != NULL)

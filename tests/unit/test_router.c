@@ -937,25 +937,33 @@ test_names_with_bytes(void **state)
     expect_out(0, "DATA f%20eed t%25op\xc3\xa9 u h1 delta multicast 3\na\nb\n");
 }
 
-/* Events of one bus read are delivered in batches per topic, in order: a
- * change of topic or the end of the read delivers what is batched. */
+/* Events of one bus read for a topic with several subscribers are
+ * delivered in batches, in order: a change of topic or the end of the read
+ * delivers what is batched. A topic with one subscriber has no batch: its
+ * events go straight to that session's output. */
 static void
 test_batched_delivery(void **state)
 {
     run(0, "SUB F A", NULL);
+    run(2, "SUB F A", NULL);
     run(1, "SUB F B", NULL);
     free(out(0));
     free(out(1));
+    free(out(2));
     bus_data_in_read("F", "A", "u", false, "1", false);
     bus_data_in_read("F", "A", "u", false, "2", false);
     expect_out(0, "");
     bus_data_in_read("F", "B", "u", false, "3", false);
     expect_out(0,
         "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
-    expect_out(1, "");
-    router_bus_batch_end(F->r);
+    expect_out(2,
+        "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
     expect_out(1, "DATA F B u h1 delta multicast 1\n3\n");
+    bus_data_in_read("F", "A", "u", false, "4", false);
     expect_out(0, "");
+    router_bus_batch_end(F->r);
+    expect_out(0, "DATA F A u h1 delta multicast 1\n4\n");
+    expect_out(1, "");
 }
 
 /* All topics' caches together stay within router.image_cache_total. */
