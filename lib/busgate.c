@@ -39,6 +39,11 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define LINK_WORD "LINK "
 /* Pipelined: bg_publish/bg_send wait for room above this much output. */
 #define BG_PIPELINE_QUEUE (1u << 20)
+/* Pipelined: messages are written once this much is queued (a system call
+ * per message would cost more than the message), or by bg_flush and every
+ * call that waits. */
+#define BG_PIPELINE_BATCH (64u << 10)
+#define BG_COPY_MAX 4096
 /* Incoming DATA above these is skipped (bg_set_limits): far above what
  * busgated's defaults let through, low enough that a confused peer cannot
  * eat the machine. */
@@ -991,7 +996,11 @@ wait_reply(struct bg_conn *c, uint64_t id)
 static int
 ensure_up(struct bg_conn *c, bool force)
 {
-    int64_t deadline = deadline_after(c->timeout_ms);
+    int64_t deadline;
+
+    if (c->state == LINK_UP)
+        return 0;
+    deadline = deadline_after(c->timeout_ms);
 
     if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
         return -c->err;
@@ -1065,6 +1074,7 @@ static int
 quiet_command(struct bg_conn *c)
 {
     int64_t deadline;
+    size_t before, n;
     int r;
 
     if (!c->pipelined)
@@ -1073,10 +1083,25 @@ quiet_command(struct bg_conn *c)
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
     }
-    evbuffer_add_buffer(c->out, c->tmp);
-    flush_out(c);
+    before = evbuffer_get_length(c->out);
+    /* A small message is copied, so that messages share chains: moved,
+     * each would be an iovec of its own and a write would take 16. */
+    if ((n = evbuffer_get_length(c->tmp)) <= BG_COPY_MAX) {
+        if (evbuffer_add(c->out, evbuffer_pullup(c->tmp, -1), n) < 0)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        evbuffer_drain(c->tmp, n);
+    } else {
+        evbuffer_add_buffer(c->out, c->tmp);
+    }
+    /* Once per batch: not a refused write per message while the socket
+     * is full. */
+    if (before / BG_PIPELINE_BATCH != evbuffer_get_length(c->out) / BG_PIPELINE_BATCH)
+        flush_out(c);
+    if (c->cb != NULL || evbuffer_get_length(c->out) <= BG_PIPELINE_QUEUE)
+        return 0;
+    /* Down to half: a wait per half queue, not per message. */
     deadline = deadline_after(c->timeout_ms);
-    while (c->cb == NULL && evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE) {
+    while (evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE / 2) {
         if (c->state != LINK_UP)
             return set_err(c, BG_E_CLOSED, "connection to busgated lost");
         if (now_ms() >= deadline)
@@ -1086,6 +1111,15 @@ quiet_command(struct bg_conn *c)
         pump(c, true);
         settle_closing(c);
     }
+    return 0;
+}
+
+int
+bg_flush(bg_conn *c)
+{
+    if (c->state == LINK_DOWN)
+        return set_err(c, BG_E_CLOSED, "not connected to busgated");
+    flush_out(c);
     return 0;
 }
 

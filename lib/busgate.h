@@ -194,9 +194,13 @@ int bg_ping(bg_conn *c);
  * waits for (or, event loop, reports) its PONG, which comes after every
  * earlier message was handled, so after it every refusal is delivered or
  * queued. Registrations and bg_stats fail with BG_E_INVALID meanwhile; a
- * reconnect turns VERBOSE off again. off sends VERBOSE on.
+ * reconnect turns VERBOSE off again. off sends VERBOSE on. Pipelined
+ * messages are written in batches (64 KiB): bg_flush writes what is
+ * queued, as far as the socket takes it now (the rest: bg_want_write), and
+ * so does every call that waits (bg_ping, bg_next_event...).
  */
 int bg_set_pipelined(bg_conn *c, bool on);
+int bg_flush(bg_conn *c);
 /* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL: the counters).
  * cb gets each STAT line's name and value (the rest of the line) before
  * this returns; the registration restore and events are unaffected. */

@@ -123,6 +123,8 @@ pub_wait_input(struct cli *c)
     struct pollfd pfd[2] = { { .fd = STDIN_FILENO, .events = POLLIN },
         { .fd = bg_fd(c->bg), .events = POLLIN } };
 
+    if (bg_flush(c->bg) < 0)
+        cli_next(c, 0); /* the daemon closed: its reason ends the program */
     if (bg_want_write(c->bg))
         pfd[1].events |= POLLOUT;
     while (poll(pfd, 2, -1) < 0)

@@ -545,6 +545,11 @@ test_pipelined(void)
     for (int i = 0; i < 200; i++) {
         pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
         CHECK_OK(p, bg_publish(p, S("pipe feed"), S("t"), false, &pk, 1));
+        if (i == 0) { /* written in batches: bg_flush writes now */
+            CHECK(bg_want_write(p));
+            CHECK_OK(p, bg_flush(p));
+            CHECK(!bg_want_write(p));
+        }
         if (i == 100) /* over max_name: refused */
             CHECK_OK(p, bg_publish(p, big, sizeof(big), S("t"), false, &pk, 1));
     }
