@@ -33,8 +33,10 @@ enum {
     EXIT_NODAEMON = 3,
 };
 
-/* The most a message from stdin may hold, whatever the daemon announces. */
+/* The most a message may hold, from stdin whatever the daemon announces,
+ * and from the daemon (bigger ones are skipped). */
 #define CLI_MAX_PAYLOAD (64u << 20)
+#define CLI_MAX_PACKETS (1u << 20)
 #define CLI_MAX_ENTS (1u << 20)
 #define CLI_READ_CHUNK 65536
 #define CLI_DEFAULT_TIMEOUT 30

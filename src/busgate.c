@@ -164,6 +164,7 @@ cli_open(struct cli *c, const struct opts *o)
         cli_fail(EXIT_NODAEMON, "out of memory");
     bg_set_timeout(c->bg, o->timeout_s > 0 ? o->timeout_s * 1000 : -1);
     bg_set_reconnect(c->bg, 0, 0);
+    bg_set_limits(c->bg, CLI_MAX_PAYLOAD, CLI_MAX_PACKETS);
     if ((r = bg_open(c->bg)) < 0)
         cli_bg_fail(c, r);
     hello = bg_hello(c->bg);
