@@ -39,6 +39,17 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define LINK_WORD "LINK "
 /* Pipelined: bg_publish/bg_send wait for room above this much output. */
 #define BG_PIPELINE_QUEUE (1u << 20)
+/* Pipelined: messages are written once this much is queued (a system call
+ * per message would cost more than the message), or by bg_flush and every
+ * call that waits. */
+#define BG_PIPELINE_BATCH (64u << 10)
+#define BG_COPY_MAX 4096
+/* Incoming DATA above these is skipped (bg_set_limits): far above what
+ * busgated's defaults let through, low enough that a confused peer cannot
+ * eat the machine. */
+#define BG_DEF_MAX_PAYLOAD (64u << 20)
+#define BG_DEF_MAX_PACKETS (1u << 20)
+#define BG_MAX_ENTITLEMENTS (1u << 20)
 
 enum link_state {
     LINK_DOWN,    /* no socket; the next attempt is due at retry_at */
@@ -99,10 +110,13 @@ struct bg_conn {
     void *stat_arg;
     char hello[1024]; /* the latest greeting, after "HELLO " */
 
-    struct lp_event lev; /* the item being read */
-    bool pipelined;      /* VERBOSE off: see bg_set_pipelined */
-    bool link_item;      /* ... is a queued link event: */
-    bool link_refused;   /* ... or a pipelined message's refusal */
+    struct lp_event lev;  /* the item being read */
+    struct lp_limits lim; /* what incoming DATA may hold (bg_set_limits) */
+    char bad_input[160];  /* why the input cannot be followed */
+    bool pipelined;       /* VERBOSE off: see bg_set_pipelined */
+    bool link_item;       /* ... is a queued link event: */
+    bool link_refused;    /* ... or a pipelined message's refusal */
+    bool link_skipped;    /* ... or a DATA event past the limits */
     bool link_up;
     int link_err;
     char link_text[256];
@@ -121,6 +135,13 @@ now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A wait of ms from now; negative: for ever. */
+static int64_t
+deadline_after(int ms)
+{
+    return ms < 0 ? INT64_MAX : now_ms() + ms;
 }
 
 static int set_err(struct bg_conn *c, int code, const char *fmt, ...)
@@ -364,7 +385,7 @@ link_open(struct bg_conn *c)
         close(fd);
         c->retry_at = now_ms() + c->backoff;
         c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
-        return set_err(c, BG_E_IO, "connect %s: %s", c->path, strerror(e));
+        return set_err(c, BG_E_IO, "cannot connect to %s: %s", c->path, strerror(e));
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     c->fd = fd;
@@ -440,7 +461,15 @@ on_hello(struct bg_conn *c)
     int n = 0;
 
     bool first = !c->was_up;
+    const char *proto = strstr(c->lev.rest, " proto=");
+    long version = proto != NULL ? strtol(proto + 7, NULL, 10) : -1;
 
+    if (strncmp(c->lev.rest, "busgate ", 8) != 0)
+        return set_err(c, BG_E_PROTOCOL, "this is not busgated speaking");
+    if (version != LP_PROTOCOL_VERSION)
+        return set_err(c, BG_E_PROTOCOL,
+            "busgated speaks line protocol %ld, this libbusgate %d", version,
+            LP_PROTOCOL_VERSION);
     snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
     snprintf(c->hello, sizeof(c->hello), "%s", c->lev.rest);
     c->state = LINK_UP;
@@ -572,11 +601,27 @@ parse_link_item(struct bg_conn *c, const char *line, size_t len)
     buf[len] = '\0';
     c->link_up = strncmp(buf + strlen(LINK_WORD), "up", 2) == 0;
     c->link_refused = strncmp(buf + strlen(LINK_WORD), "refused", 7) == 0;
+    c->link_skipped = strncmp(buf + strlen(LINK_WORD), "skipped", 7) == 0;
     if (sscanf(buf + strlen(LINK_WORD), "%*s %d %n", &c->link_err, &off) < 1)
         return -1;
     snprintf(c->link_text, sizeof(c->link_text), "%s", buf + strlen(LINK_WORD) + off);
     c->link_item = true;
     return 1;
+}
+
+/* The daemon said something we cannot follow: why, with a bit of it. */
+static int
+garbled(struct bg_conn *c, const char *line, size_t len)
+{
+    char shown[81];
+    size_t n = len < 80 ? len : 80;
+
+    for (size_t i = 0; i < n; i++)
+        shown[i] = line[i] >= 0x20 && line[i] < 0x7f ? line[i] : '?';
+    shown[n] = '\0';
+    snprintf(c->bad_input, sizeof(c->bad_input), "unexpected line from busgated: %s%s",
+        shown, len > n ? "..." : "");
+    return -1;
 }
 
 /*
@@ -596,8 +641,8 @@ data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
     if (line == NULL || line[need - 1] != '\n')
         return 0;
     /* The pullup may have moved the line. */
-    if (line != fr->data && lp_parse_event_ref(line, fr->len, NULL, &c->lev) < 0)
-        return -1;
+    if (line != fr->data && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
+        return garbled(c, line, fr->len);
     p = (const uint8_t *)line + fr->len + 1;
     for (uint32_t i = 0; i < c->lev.n_packets; i++) {
         c->lev.packets[i].data = p;
@@ -605,6 +650,28 @@ data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
     }
     lp_event_terminate(&c->lev);
     lp_framer_extend(&s->fr, (size_t)c->lev.payload_len + 1);
+    return 1;
+}
+
+/*
+ * A DATA line past the limits (whose lengths could be read): its payload
+ * is skipped and a "skipped" link item says so, in its place among the
+ * events. Anything else unparsable is garbled.
+ */
+static int
+skip_data(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
+{
+    const struct lp_event *l = &c->lev;
+
+    if (l->kind != LP_EV_DATA || l->n_packets == 0 ||
+        (l->n_packets <= c->lim.max_packets && l->payload_len <= c->lim.max_payload))
+        return garbled(c, fr->data, fr->len);
+    lp_framer_payload(&s->fr, l->payload_len, false);
+    snprintf(c->link_text, sizeof(c->link_text), "%llu bytes in %u packets",
+        (unsigned long long)l->payload_len, (unsigned)l->n_packets);
+    c->link_item = c->link_skipped = true;
+    c->link_refused = c->link_up = false;
+    c->link_err = 0;
     return 1;
 }
 
@@ -624,20 +691,20 @@ item_line(struct bg_conn *c, struct src *s, const struct lp_frame *fr,
      * AUTHREQ's names stay valid while a blocking bg_authorize in answer
      * reads on, as before. */
     if (copy != NULL || fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
-        if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
-            return -1;
+        if (lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
+            return skip_data(c, s, fr);
         if (copy != NULL && is_event(c->lev.kind) &&
             (evbuffer_add(copy, fr->data, fr->len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
             return -1;
     } else {
-        if (lp_parse_event_ref(fr->data, fr->len, NULL, &c->lev) < 0)
-            return -1;
+        if (lp_parse_event_ref(fr->data, fr->len, &c->lim, &c->lev) < 0)
+            return skip_data(c, s, fr);
         if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
             if ((r = data_in_place(c, s, fr)) != 0)
                 return r;
             /* Not all here: names copied, as the line goes before the payload. */
-            if (lp_parse_event(fr->data, fr->len, NULL, &c->lev) < 0)
-                return -1;
+            if (lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
+                return garbled(c, fr->data, fr->len);
         } else {
             lp_event_terminate(&c->lev);
         }
@@ -680,7 +747,13 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
                     evbuffer_add(copy, "\n", 1) < 0))
                 return -1;
             return 1;
+        case LP_FRAME_LINE_TOO_LONG:
+            snprintf(c->bad_input, sizeof(c->bad_input),
+                "a line from busgated is longer than %u bytes", BG_MAX_LINE);
+            return -1;
         default:
+            snprintf(c->bad_input, sizeof(c->bad_input),
+                "a DATA payload from busgated is not followed by a newline");
             return -1;
         }
     }
@@ -699,12 +772,18 @@ pump(struct bg_conn *c, bool queue)
 
     while (c->fd >= 0) {
         if ((r = next_item(c, &c->sock, queue ? c->queued.buf : NULL)) < 0) {
-            link_closing(c, BG_E_PROTOCOL, "unparsable input from busgated");
+            link_closing(c, BG_E_PROTOCOL, c->bad_input);
             src_reset(&c->sock);
             return 0;
         }
         if (r == 0)
             return 0;
+        if (c->link_item) { /* a DATA event skipped */
+            if (!queue)
+                return 1;
+            queue_link_item(c, "skipped", 0, c->link_text);
+            continue;
+        }
         switch (c->lev.kind) {
         case LP_EV_OK:
         case LP_EV_ERR:
@@ -757,6 +836,11 @@ build_event(struct bg_conn *c)
     memset(ev, 0, sizeof(*ev));
     ev->content_type = "";
     ev->text = "";
+    if (c->link_item && c->link_skipped) {
+        ev->kind = BG_EV_SKIPPED;
+        ev->text = c->link_text;
+        return 0;
+    }
     if (c->link_item && c->link_refused) {
         ev->kind = BG_EV_REPLY; /* request 0: which message is not known */
         ev->error = c->link_err;
@@ -880,7 +964,7 @@ remaining(int64_t deadline)
 static int
 wait_reply(struct bg_conn *c, uint64_t id)
 {
-    int64_t deadline = now_ms() + c->timeout_ms;
+    int64_t deadline = deadline_after(c->timeout_ms);
 
     c->wait_id = id;
     c->wait_done = false;
@@ -912,7 +996,11 @@ wait_reply(struct bg_conn *c, uint64_t id)
 static int
 ensure_up(struct bg_conn *c, bool force)
 {
-    int64_t deadline = now_ms() + c->timeout_ms;
+    int64_t deadline;
+
+    if (c->state == LINK_UP)
+        return 0;
+    deadline = deadline_after(c->timeout_ms);
 
     if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
         return -c->err;
@@ -986,6 +1074,7 @@ static int
 quiet_command(struct bg_conn *c)
 {
     int64_t deadline;
+    size_t before, n;
     int r;
 
     if (!c->pipelined)
@@ -994,10 +1083,25 @@ quiet_command(struct bg_conn *c)
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
     }
-    evbuffer_add_buffer(c->out, c->tmp);
-    flush_out(c);
-    deadline = now_ms() + c->timeout_ms;
-    while (c->cb == NULL && evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE) {
+    before = evbuffer_get_length(c->out);
+    /* A small message is copied, so that messages share chains: moved,
+     * each would be an iovec of its own and a write would take 16. */
+    if ((n = evbuffer_get_length(c->tmp)) <= BG_COPY_MAX) {
+        if (evbuffer_add(c->out, evbuffer_pullup(c->tmp, -1), n) < 0)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        evbuffer_drain(c->tmp, n);
+    } else {
+        evbuffer_add_buffer(c->out, c->tmp);
+    }
+    /* Once per batch: not a refused write per message while the socket
+     * is full. */
+    if (before / BG_PIPELINE_BATCH != evbuffer_get_length(c->out) / BG_PIPELINE_BATCH)
+        flush_out(c);
+    if (c->cb != NULL || evbuffer_get_length(c->out) <= BG_PIPELINE_QUEUE)
+        return 0;
+    /* Down to half: a wait per half queue, not per message. */
+    deadline = deadline_after(c->timeout_ms);
+    while (evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE / 2) {
         if (c->state != LINK_UP)
             return set_err(c, BG_E_CLOSED, "connection to busgated lost");
         if (now_ms() >= deadline)
@@ -1007,6 +1111,15 @@ quiet_command(struct bg_conn *c)
         pump(c, true);
         settle_closing(c);
     }
+    return 0;
+}
+
+int
+bg_flush(bg_conn *c)
+{
+    if (c->state == LINK_DOWN)
+        return set_err(c, BG_E_CLOSED, "not connected to busgated");
+    flush_out(c);
     return 0;
 }
 
@@ -1346,7 +1459,7 @@ bg_process(bg_conn *c, int readiness)
 void
 bg_set_timeout(bg_conn *c, int timeout_ms)
 {
-    c->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
+    c->timeout_ms = timeout_ms < 0 ? -1 : timeout_ms > 0 ? timeout_ms : 1;
 }
 
 void
@@ -1359,8 +1472,15 @@ bg_set_reconnect(bg_conn *c, int min_ms, int max_ms)
     c->backoff = c->backoff_min;
 }
 
+void
+bg_set_limits(bg_conn *c, size_t max_payload, size_t max_packets)
+{
+    c->lim.max_payload = max_payload < UINT32_MAX ? (uint32_t)max_payload : UINT32_MAX;
+    c->lim.max_packets = max_packets < UINT32_MAX ? (uint32_t)max_packets : UINT32_MAX;
+}
+
 bg_conn *
-bg_connect(const char *path)
+bg_new(const char *path)
 {
     struct bg_conn *c = calloc(1, sizeof(*c));
 
@@ -1371,6 +1491,10 @@ bg_connect(const char *path)
     c->timeout_ms = 10000;
     bg_set_reconnect(c, 50, 2000);
     lp_event_init(&c->lev);
+    c->lim = (struct lp_limits){ .max_name = UINT32_MAX,
+        .max_payload = BG_DEF_MAX_PAYLOAD,
+        .max_packets = BG_DEF_MAX_PACKETS,
+        .max_entitlements = BG_MAX_ENTITLEMENTS };
     c->path = strdup(path != NULL ? path : BG_DEFAULT_PATH);
     c->sock.buf = evbuffer_new();
     c->queued.buf = evbuffer_new();
@@ -1383,13 +1507,35 @@ bg_connect(const char *path)
     }
     lp_framer_init(&c->sock.fr, BG_MAX_LINE);
     lp_framer_init(&c->queued.fr, BG_MAX_LINE);
+    return c;
+}
+
+int
+bg_open(bg_conn *c)
+{
+    if (c->state != LINK_DOWN || c->was_up)
+        return set_err(c, BG_E_INVALID, "bg_open: already opened");
     if (ensure_up(c, true) == 0) {
         c->err = 0;
         c->errmsg[0] = '\0';
-    } else {
-        /* The first failure is the application's to see, not a link event. */
-        src_reset(&c->queued);
+        return 0;
     }
+    /* The first failure is the application's to see, not a link event;
+     * with the daemon's reason when it gave one (a refusal, a greeting
+     * not ours). */
+    src_reset(&c->queued);
+    if (c->close_err != 0 && c->close_err != BG_E_CLOSED)
+        c->err = c->close_err;
+    return -c->err;
+}
+
+bg_conn *
+bg_connect(const char *path)
+{
+    bg_conn *c = bg_new(path);
+
+    if (c != NULL)
+        (void)bg_open(c);
     return c;
 }
 

@@ -95,6 +95,8 @@ enum bg_event_kind {
     BG_EV_LINK,         /* this connection to busgated went down / came back */
     BG_EV_REPLY,        /* event-loop use: the reply to a command */
     BG_EV_REVOKED,      /* a reload's access rules ended a registration: text */
+    BG_EV_SKIPPED,      /* a DATA event past bg_set_limits, dropped: text says
+                         * "<bytes> bytes in <n> packets" */
 };
 
 /* One event. Strings are NUL-terminated and also have a length (names may
@@ -129,6 +131,13 @@ typedef struct bg_conn bg_conn;
  * greeting. Returns NULL only when out of memory; otherwise check
  * bg_error_code(): a failed connection must still be freed. */
 bg_conn *bg_connect(const char *path);
+/* The same in two steps, so that settings (bg_set_timeout for the
+ * greeting, bg_set_reconnect, bg_set_limits) apply from the start:
+ * bg_new makes the connection object (NULL: out of memory), bg_open
+ * connects and reads the greeting (0 or a negative bg_error), once. A
+ * greeting from another line protocol version, or no greeting, fails. */
+bg_conn *bg_new(const char *path);
+int bg_open(bg_conn *c);
 void bg_free(bg_conn *c);
 
 /* The last error (a bg_error, not negated) and its message; c may be NULL
@@ -138,11 +147,16 @@ const char *bg_errstr(const bg_conn *c);
 /* "bad-name", "slow-consumer"... for daemon codes; a phrase otherwise. */
 const char *bg_error_name(int code);
 
-/* Blocking use: how long a command waits for its reply (default 10000). */
+/* Blocking use: how long a command (and bg_open the greeting) waits for its
+ * reply (default 10000; negative: for ever). */
 void bg_set_timeout(bg_conn *c, int timeout_ms);
 /* Reconnect backoff: first wait min_ms, doubling up to max_ms (defaults
  * 50 and 2000); max_ms 0 turns reconnecting off. */
 void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
+/* Incoming DATA larger than max_payload bytes or max_packets packets is
+ * not buffered: it is skipped and reported as BG_EV_SKIPPED (defaults 64
+ * MiB and 1048576). Lines are bounded at 16 MiB regardless. */
+void bg_set_limits(bg_conn *c, size_t max_payload, size_t max_packets);
 
 /* Commands. Names are byte strings of the given length (UTF-8 on the bus).
  * Blocking use: returns once the daemon answered. Event-loop use: returns
@@ -180,9 +194,13 @@ int bg_ping(bg_conn *c);
  * waits for (or, event loop, reports) its PONG, which comes after every
  * earlier message was handled, so after it every refusal is delivered or
  * queued. Registrations and bg_stats fail with BG_E_INVALID meanwhile; a
- * reconnect turns VERBOSE off again. off sends VERBOSE on.
+ * reconnect turns VERBOSE off again. off sends VERBOSE on. Pipelined
+ * messages are written in batches (64 KiB): bg_flush writes what is
+ * queued, as far as the socket takes it now (the rest: bg_want_write), and
+ * so does every call that waits (bg_ping, bg_next_event...).
  */
 int bg_set_pipelined(bg_conn *c, bool on);
+int bg_flush(bg_conn *c);
 /* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL: the counters).
  * cb gets each STAT line's name and value (the rest of the line) before
  * this returns; the registration restore and events are unaffected. */

@@ -2,9 +2,12 @@
  * busgate sub, notify and authorize: what arrives, printed (payloads as
  * text, hex or base64), and the answers of an authorizer.
  */
-#include "busgate-int.h"
+#include <event2/buffer.h>
+#include <openssl/evp.h>
 
-static uint64_t seen_events; /* for --count */
+#include "busgate-int.h"
+#include "lineproto.h"
+#include "util.h"
 
 /* A payload as one line of text: UTF-8 as is; backslash, control bytes
  * and invalid UTF-8 as C escapes, so every packet stays on its line. */
@@ -88,163 +91,158 @@ put_payload(FILE *f, enum payload_form form, const uint8_t *p, size_t n)
     }
 }
 
+/* A name as the protocol writes it (%-escapes, "" when empty): one word. */
 static void
-put_name(struct cli *c, const struct lp_name *name)
+put_name(const char *p, size_t n)
 {
-    evbuffer_drain(c->scratch, evbuffer_get_length(c->scratch));
-    lp_put_name(c->scratch, name->ptr, name->len);
-    fwrite(evbuffer_pullup(c->scratch, -1), 1, evbuffer_get_length(c->scratch), stdout);
+    static struct evbuffer *scratch; /* reused; freed at exit */
+
+    if (scratch == NULL && (scratch = evbuffer_new()) == NULL)
+        cli_fail(EXIT_NODAEMON, "out of memory");
+    evbuffer_drain(scratch, evbuffer_get_length(scratch));
+    if (lp_put_name(scratch, p, n) < 0)
+        cli_fail(EXIT_NODAEMON, "out of memory");
+    fwrite(evbuffer_pullup(scratch, -1), 1, evbuffer_get_length(scratch), stdout);
 }
 
 static void
-put_ents(const struct wire_ints *e)
+put_ents(const struct bg_packet *pk)
 {
-    if (e->n == 0) {
+    if (pk->n_entitlements == 0) {
         putc_unlocked('-', stdout);
         return;
     }
-    printf("%" PRId32, e->v[0]);
-    for (uint32_t i = 1; i < e->n; i++)
-        printf(",%" PRId32, e->v[i]);
+    printf("%" PRId32, pk->entitlements[0]);
+    for (size_t i = 1; i < pk->n_entitlements; i++)
+        printf(",%" PRId32, pk->entitlements[i]);
 }
 
 /* "FEED TOPIC USER HOST image|delta" */
 static void
-put_data_prefix(struct cli *c)
+put_data_prefix(const struct bg_event *ev)
 {
-    put_name(c, &c->ev.feed);
+    put_name(ev->feed, ev->feed_len);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.topic);
+    put_name(ev->topic, ev->topic_len);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.user);
+    put_name(ev->user, ev->user_len);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.host);
-    fputs(c->ev.is_image ? " image " : " delta ", stdout);
+    put_name(ev->host, ev->host_len);
+    fputs(ev->is_image ? " image " : " delta ", stdout);
 }
 
 /* One line per packet; a message without packets gets one line saying
  * what it is: STALE (publisher gone, or not entitled) or EMPTY. */
 static void
-print_data(struct cli *c, enum payload_form form)
+print_data(const struct bg_event *ev, enum payload_form form)
 {
-    const uint8_t *p = c->payload;
-
-    if (c->ev.n_packets == 0) {
-        put_data_prefix(c);
-        fputs(c->ev.user.len == 0 && c->ev.host.len == 0 && c->ev.is_image ? "STALE\n"
-                                                                           : "EMPTY\n",
+    if (ev->n_packets == 0) {
+        put_data_prefix(ev);
+        fputs(ev->user_len == 0 && ev->host_len == 0 && ev->is_image ? "STALE\n"
+                                                                     : "EMPTY\n",
             stdout);
         return;
     }
-    for (uint32_t i = 0; i < c->ev.n_packets; i++) {
-        const struct wire_packet *pk = &c->ev.packets[i];
+    for (size_t i = 0; i < ev->n_packets; i++) {
+        const struct bg_packet *pk = &ev->packets[i];
 
-        put_data_prefix(c);
-        put_ents(&pk->entitlements);
+        put_data_prefix(ev);
+        put_ents(pk);
         if (pk->len > 0) {
             putc_unlocked(' ', stdout);
-            put_payload(stdout, form, p, pk->len);
+            put_payload(stdout, form, pk->data, pk->len);
         }
         putc_unlocked('\n', stdout);
-        p += pk->len;
     }
 }
 
 /* "CLIENT-ID USER HOST FEED TOPIC" (NOTIFICATION after add|remove, AUTHREQ). */
 static void
-print_id_names(struct cli *c)
+print_id_names(const struct bg_event *ev)
 {
-    char id[GUID_TEXT_LEN + 1];
-
-    guid_to_text(c->ev.client_id, id);
-    fputs(id, stdout);
+    fputs(ev->client_id_text, stdout);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.user);
+    put_name(ev->user, ev->user_len);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.host);
+    put_name(ev->host, ev->host_len);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.feed);
+    put_name(ev->feed, ev->feed_len);
     putc_unlocked(' ', stdout);
-    put_name(c, &c->ev.topic);
+    put_name(ev->topic, ev->topic_len);
     putc_unlocked('\n', stdout);
 }
 
 static void
-count_event(struct cli *c, const struct opts *o)
+count_event(const struct opts *o)
 {
-    if (o->count > 0 && ++seen_events >= o->count) {
-        cli_settle(c);
+    static uint64_t seen_events; /* for --count */
+
+    if (o->count > 0 && ++seen_events >= o->count)
         cli_finish(EXIT_DONE);
-    }
 }
 
-static void
-sub_event(struct cli *c, const struct opts *o)
+/* Print the events of kind until --count of them came. */
+static void __attribute__((noreturn))
+print_events(struct cli *c, const struct opts *o, enum bg_event_kind kind)
 {
-    if (c->ev.kind == LP_EV_DATA) {
-        print_data(c, o->form);
-        count_event(c, o);
+    for (;;) {
+        const struct bg_event *ev = cli_next(c, -1);
+
+        if (ev->kind != kind)
+            continue;
+        if (kind == BG_EV_DATA) {
+            print_data(ev, o->form);
+        } else {
+            fputs(ev->is_add ? "add " : "remove ", stdout);
+            print_id_names(ev);
+        }
+        count_event(o);
     }
 }
 
 void
 cli_run_sub(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    for (int i = 1; i < nargs; i++)
-        cli_send_names(c, LP_SUB, args[0], args[i]);
-    cli_confirm(c, sub_event, o);
-    for (;;) {
-        cli_next(c, -1, 0);
-        if (cli_common(c, true) == 0)
-            sub_event(c, o);
-    }
-}
+    int r;
 
-static void
-notify_event(struct cli *c, const struct opts *o)
-{
-    if (c->ev.kind == LP_EV_NOTIFICATION) {
-        fputs(c->ev.is_add ? "add " : "remove ", stdout);
-        print_id_names(c);
-        count_event(c, o);
-    }
+    for (int i = 1; i < nargs; i++)
+        if ((r = bg_subscribe(c->bg, args[0], strlen(args[0]), args[i], strlen(args[i]))) <
+            0)
+            cli_bg_fail(c, r);
+    print_events(c, o, BG_EV_DATA);
 }
 
 void
 cli_run_notify(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    cli_send_names(c, LP_NOTIFY, args[0], NULL);
-    cli_confirm(c, notify_event, o);
-    for (;;) {
-        cli_next(c, -1, 0);
-        if (cli_common(c, true) == 0)
-            notify_event(c, o);
-    }
+    int r;
+
+    if ((r = bg_notify(c->bg, args[0], strlen(args[0]))) < 0)
+        cli_bg_fail(c, r);
+    print_events(c, o, BG_EV_NOTIFICATION);
 }
 
-/* Answer each request as the options say; print it. Replies to the
- * answers are not fatal: another authorizer may have answered first. */
-static void
-authorize_event(struct cli *c, const struct opts *o)
-{
-    if (c->ev.kind != LP_EV_AUTHREQ)
-        return;
-    print_id_names(c);
-    if (lp_format_cmd_authorize(c->out, c->ev.client_id, c->ev.feed.ptr, c->ev.feed.len,
-            c->ev.topic.ptr, c->ev.topic.len, !o->not_required, o->ents) < 0)
-        cli_fail(EXIT_NODAEMON, "out of memory");
-    c->awaiting++;
-    count_event(c, o);
-}
-
+/* Answer each request as the options say; print it. A refused answer is
+ * not fatal: another authorizer may have answered first. */
 void
 cli_run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
 {
-    cli_send_names(c, LP_AUTHORIZER, args[0], NULL);
-    cli_confirm(c, authorize_event, o);
+    int r;
+
+    if ((r = bg_authorizer(c->bg, args[0], strlen(args[0]))) < 0)
+        cli_bg_fail(c, r);
     for (;;) {
-        cli_next(c, -1, 0);
-        if (cli_common(c, true) == 0)
-            authorize_event(c, o);
+        const struct bg_event *ev = cli_next(c, -1);
+
+        if (ev->kind != BG_EV_AUTHREQ)
+            continue;
+        print_id_names(ev);
+        r = bg_authorize(c->bg, ev->client_id, ev->feed, ev->feed_len, ev->topic,
+            ev->topic_len, !o->not_required, o->ent_v, o->ent_n);
+        if (r < 0 && (r == -BG_E_TIMEOUT || r > -BG_E_UNKNOWN_COMMAND))
+            cli_bg_fail(c, r);
+        if (r < 0)
+            cli_note("%s", bg_errstr(c->bg));
+        count_event(o);
     }
 }

@@ -1,9 +1,11 @@
 /*
  * Private to the busgate CLI's files: the connection to the daemon and
- * what the parts call of each other. The parts: busgate.c (connecting,
- * reading events, options, main), busgate-events.c (sub, notify,
- * authorize: printing what arrives), busgate-pub.c (pub and send from
- * stdin), busgate-stats.c (stats in three formats, sessions).
+ * what the parts call of each other. The CLI is a user of libbusgate
+ * (lib/busgate.h): the library speaks the line protocol; these files
+ * parse options and print. The parts: busgate.c (connecting, events,
+ * options, main), busgate-events.c (sub, notify, authorize: printing
+ * what arrives), busgate-pub.c (pub and send from stdin), busgate-stats.c
+ * (stats in three formats, sessions).
  */
 #ifndef BUSGATE_CLI_INT_H
 #define BUSGATE_CLI_INT_H
@@ -11,30 +13,18 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/uio.h>
-#include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
 
-#include <event2/buffer.h>
-#include <openssl/evp.h>
-
+#include "busgate.h"
 #include "config.h"
-#include "guid.h"
-#include "lineproto.h"
-#include "statsfmt.h"
-#include "util.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
-#endif /* BUSGATE_CLI_INT_H */
+#endif
 
 enum {
     EXIT_DONE = 0,
@@ -43,14 +33,11 @@ enum {
     EXIT_NODAEMON = 3,
 };
 
-/* What we accept from the daemon: far above anything its defaults let
- * through, low enough that a confused peer cannot eat the machine. */
-#define CLI_MAX_LINE (16u << 20)
+/* The most a message may hold, from stdin whatever the daemon announces,
+ * and from the daemon (bigger ones are skipped). */
 #define CLI_MAX_PAYLOAD (64u << 20)
 #define CLI_MAX_PACKETS (1u << 20)
 #define CLI_MAX_ENTS (1u << 20)
-/* Queued publishes before we stop reading stdin and let the daemon catch up. */
-#define CLI_OUT_HIGH_WATER (1u << 20)
 #define CLI_READ_CHUNK 65536
 #define CLI_DEFAULT_TIMEOUT 30
 
@@ -69,6 +56,8 @@ struct opts {
     bool whole;
     bool not_required;
     const char *ents; /* comma list, checked */
+    int32_t *ent_v;   /* ... as numbers */
+    size_t ent_n;
     enum stats_format format;
     unsigned seen;
 };
@@ -86,25 +75,15 @@ enum opt_bit {
 /* What the greeting announced. */
 struct hello {
     char version[64];
-    uint64_t proto, max_line, max_payload, max_packets, max_name;
+    uint64_t max_payload;
 };
 
 struct cli {
-    int fd;
-    int timeout_ms;           /* -1: wait for ever */
-    struct evbuffer *in;      /* from the daemon */
-    struct evbuffer *out;     /* to the daemon */
-    struct evbuffer *scratch; /* output formatting */
-    struct lp_event ev;       /* the current event */
-    struct lp_limits lim;
-    struct lp_framer framer; /* splits in into event lines and payloads */
-    const uint8_t *payload;  /* DATA: the current event's payload block */
-    bool eof;
-    bool verbose;      /* the daemon answers every command */
-    unsigned awaiting; /* replies (+OK/-ERR, PONG, END) still due */
-    uint64_t refused;  /* -ERR replies and local refusals */
+    bg_conn *bg;
+    int timeout_s;    /* 0: wait for ever */
+    uint64_t refused; /* daemon refusals of pipelined messages */
     struct hello hello;
-    char bus[16]; /* the latest bus state */
+    char bus[16]; /* the bus state the greeting announced */
 };
 
 /* busgate.c */
@@ -112,12 +91,8 @@ void cli_finish(int code) __attribute__((noreturn));
 void
 cli_fail(int code, const char *fmt, ...) __attribute__((noreturn, format(printf, 2, 3)));
 void cli_note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-int cli_next(struct cli *c, int in_fd, size_t wake_below);
-int cli_common(struct cli *c, bool tell_bus);
-void cli_send_names(struct cli *c, enum lp_verb verb, const char *a, const char *b);
-void cli_confirm(struct cli *c, void (*on_event)(struct cli *, const struct opts *),
-    const struct opts *o);
-void cli_settle(struct cli *c);
+void cli_bg_fail(struct cli *c, int r) __attribute__((noreturn));
+const struct bg_event *cli_next(struct cli *c, int timeout_ms);
 
 /* busgate-events.c */
 void cli_run_sub(struct cli *c, const struct opts *o, char **args, int nargs);

@@ -1,15 +1,20 @@
 /*
  * busgate pub and send: one message per input line (or the whole input),
- * pipelined without waiting for each reply, bounded by what the daemon
- * announced.
+ * pipelined through the library (bg_set_pipelined: no reply waited for
+ * each), bounded by what the daemon announced.
  */
+#include <poll.h>
+#include <unistd.h>
+
 #include "busgate-int.h"
+#include "guid.h"
 
 struct publisher {
     const struct opts *o;
     const uint8_t *client_id; /* SEND: the receiver; PUB: NULL */
     const char *feed, *topic;
-    struct evbuffer *input; /* stdin bytes not yet queued */
+    char *buf; /* stdin bytes not yet sent */
+    size_t len, cap;
     bool input_eof;
     bool discarding; /* dropping the rest of a too-long line */
     uint64_t line_no;
@@ -17,19 +22,21 @@ struct publisher {
     uint64_t too_long; /* messages refused here */
 };
 
-/* Queue one message: the command line, then n bytes moved from input. */
+/* Send one message of n bytes. */
 static void
-pub_queue(struct cli *c, struct publisher *p, size_t n)
+pub_send(struct cli *c, struct publisher *p, const char *data, size_t n)
 {
-    const struct opts *o = p->o;
+    const struct bg_packet pk = { data, n, p->o->ent_v, p->o->ent_n };
     int r;
 
-    r = lp_format_cmd_publish(c->out, p->client_id, p->feed, strlen(p->feed), p->topic,
-            strlen(p->topic), o->image, n, o->ents) < 0 ||
-        evbuffer_remove_buffer(p->input, c->out, n) != (int)n ||
-        evbuffer_add(c->out, "\n", 1) < 0;
-    if (r != 0)
-        cli_fail(EXIT_NODAEMON, "out of memory");
+    if (p->client_id != NULL)
+        r = bg_send(c->bg, p->client_id, p->feed, strlen(p->feed), p->topic,
+            strlen(p->topic), p->o->image, &pk, 1);
+    else
+        r = bg_publish(c->bg, p->feed, strlen(p->feed), p->topic, strlen(p->topic),
+            p->o->image, &pk, 1);
+    if (r < 0)
+        cli_bg_fail(c, r);
     p->queued++;
 }
 
@@ -43,115 +50,120 @@ pub_too_long(struct cli *c, struct publisher *p, uint64_t len)
     p->too_long++;
 }
 
-/* Queue every complete line of input, one message each. The input itself
- * is bounded: stdin is read only while the queue is short. */
+/* Send every complete line of input, one message each; keep the rest. */
 static void
 pub_lines(struct cli *c, struct publisher *p)
 {
     uint64_t max = c->hello.max_payload;
+    size_t off = 0;
+    char *nl;
 
-    for (;;) {
-        struct evbuffer_ptr nl = evbuffer_search(p->input, "\n", 1, NULL);
-        size_t have = evbuffer_get_length(p->input);
+    while ((nl = memchr(p->buf + off, '\n', p->len - off)) != NULL) {
+        size_t n = (size_t)(nl - (p->buf + off));
 
-        if (nl.pos < 0) {
-            if (have > max) { /* can never be sent: stop holding it */
-                if (!p->discarding) {
-                    p->line_no++;
-                    p->discarding = true;
-                    pub_too_long(c, p, have);
-                }
-                evbuffer_drain(p->input, have);
-            }
-            return;
-        }
         if (p->discarding) {
             p->discarding = false;
         } else {
             p->line_no++;
-            if ((uint64_t)nl.pos <= max) {
-                pub_queue(c, p, (size_t)nl.pos);
-                evbuffer_drain(p->input, 1);
-                continue;
-            }
-            pub_too_long(c, p, (uint64_t)nl.pos);
+            if (n <= max)
+                pub_send(c, p, p->buf + off, n);
+            else
+                pub_too_long(c, p, n);
         }
-        evbuffer_drain(p->input, (size_t)nl.pos + 1);
+        off += n + 1;
+    }
+    memmove(p->buf, p->buf + off, p->len - off);
+    p->len -= off;
+    if (p->len > max) { /* can never be sent: stop holding it */
+        if (!p->discarding) {
+            p->line_no++;
+            p->discarding = true;
+            pub_too_long(c, p, p->len);
+        }
+        p->len = 0;
     }
 }
 
-/* End of input: the last unterminated line, or the whole input. */
-static void
-pub_last(struct cli *c, struct publisher *p)
-{
-    size_t have = evbuffer_get_length(p->input);
-
-    if (p->o->whole) {
-        pub_queue(c, p, have);
-    } else if (have > 0 && !p->discarding) {
-        p->line_no++;
-        pub_queue(c, p, have);
-    }
-}
-
+/* Read a chunk of stdin (the buffer holds at most max_payload and a
+ * chunk: a longer line is dropped as it comes). */
 static void
 pub_read_input(struct cli *c, struct publisher *p)
 {
-    int n = evbuffer_read(p->input, STDIN_FILENO, CLI_READ_CHUNK);
+    ssize_t n;
 
+    if (p->cap - p->len < CLI_READ_CHUNK) {
+        size_t cap = p->len + CLI_READ_CHUNK * 4;
+        char *b = realloc(p->buf, cap);
+
+        if (b == NULL)
+            cli_fail(EXIT_NODAEMON, "out of memory");
+        p->buf = b;
+        p->cap = cap;
+    }
+    n = read(STDIN_FILENO, p->buf + p->len, CLI_READ_CHUNK);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n < 0)
         cli_fail(EXIT_NODAEMON, "reading stdin: %s", strerror(errno));
     if (n == 0)
         p->input_eof = true;
-    if (p->o->whole && evbuffer_get_length(p->input) > c->hello.max_payload)
+    p->len += (size_t)n;
+    if (p->o->whole && p->len > c->hello.max_payload)
         cli_fail(EXIT_REFUSED,
             "input is over busgated's max_payload of %" PRIu64 " bytes; nothing sent",
             c->hello.max_payload);
 }
 
+/* Wait for stdin, and meanwhile take what the daemon says (refusals,
+ * its closing) and let the library write what is queued. True when stdin
+ * is readable. */
+static bool
+pub_wait_input(struct cli *c)
+{
+    struct pollfd pfd[2] = { { .fd = STDIN_FILENO, .events = POLLIN },
+        { .fd = bg_fd(c->bg), .events = POLLIN } };
+
+    if (bg_flush(c->bg) < 0)
+        cli_next(c, 0); /* the daemon closed: its reason ends the program */
+    if (bg_want_write(c->bg))
+        pfd[1].events |= POLLOUT;
+    while (poll(pfd, 2, -1) < 0)
+        if (errno != EINTR)
+            cli_fail(EXIT_NODAEMON, "poll: %s", strerror(errno));
+    if (pfd[1].revents != 0)
+        cli_next(c, 0); /* an event other than the common ones: none due */
+    return pfd[0].revents != 0;
+}
+
 /*
- * Stream messages without waiting for replies (VERBOSE off), then PING:
- * its PONG comes after the daemon has handled every message, so by then
- * every -ERR has arrived.
+ * Stream messages without waiting for replies, then PING: its PONG comes
+ * after the daemon has handled every message, so by then every refusal
+ * has arrived (and cli_next counts them).
  */
 static void
 run_publish(struct cli *c, struct publisher *p)
 {
-    bool pinged = false;
+    int r;
 
-    if ((p->input = evbuffer_new()) == NULL || lp_format_cmd(c->out, LP_VERBOSE, "off") < 0)
-        cli_fail(EXIT_NODAEMON, "out of memory");
-    c->verbose = false;
-    for (;;) {
-        bool room = evbuffer_get_length(c->out) < CLI_OUT_HIGH_WATER;
-
+    if ((r = bg_set_pipelined(c->bg, true)) < 0)
+        cli_bg_fail(c, r);
+    while (!p->input_eof) {
+        if (!pub_wait_input(c))
+            continue;
+        pub_read_input(c, p);
         if (!p->o->whole)
             pub_lines(c, p);
-        if (p->input_eof && !pinged) {
-            pub_last(c, p);
-            if (lp_format_cmd(c->out, LP_PING, "end") < 0)
-                cli_fail(EXIT_NODAEMON, "out of memory");
-            c->awaiting++;
-            pinged = true;
-        }
-        if (p->input_eof)
-            room = false;
-        if (cli_next(c, room ? STDIN_FILENO : -1, p->input_eof ? 0 : CLI_OUT_HIGH_WATER) ==
-            0) {
-            if (room)
-                pub_read_input(c, p);
-            continue;
-        }
-        if (c->ev.kind == LP_EV_PONG && pinged) {
-            c->awaiting--;
-            break;
-        }
-        cli_common(c, false);
     }
-    evbuffer_free(p->input);
-    p->input = NULL;
+    if (p->o->whole || (p->len > 0 && !p->discarding)) {
+        if (!p->o->whole)
+            p->line_no++;
+        pub_send(c, p, p->buf, p->len);
+    }
+    free(p->buf);
+    p->buf = NULL;
+    if ((r = bg_ping(c->bg)) < 0)
+        cli_bg_fail(c, r);
+    cli_next(c, 0);
     if (c->refused + p->too_long > 0)
         cli_fail(EXIT_REFUSED, "%" PRIu64 " of %" PRIu64 " messages refused",
             c->refused + p->too_long, p->queued + p->too_long);

@@ -2,7 +2,10 @@
  * busgate stats (text, JSON or Prometheus from the daemon's STAT lines,
  * through the same snapshot formatter) and busgate sessions.
  */
+#include <event2/buffer.h>
+
 #include "busgate-int.h"
+#include "statsfmt.h"
 
 /* One line of STATS SESSIONS, kept with its queued bytes for sorting. */
 struct session_row {
@@ -15,48 +18,26 @@ struct session_table {
     size_t n, cap;
 };
 
-/* Send STATS [view] and hand each STAT line's text to line(arg); END
- * returns. */
+/* STATS [view]: each STAT line's name and value to line(). */
 static void
-stats_lines(struct cli *c, const char *view, void (*line)(const char *, void *), void *arg)
+stats_lines(struct cli *c, const char *view, bg_stat_callback *line, void *arg)
 {
-    if (lp_format_cmd(c->out, LP_STATS, view) < 0)
-        cli_fail(EXIT_NODAEMON, "out of memory");
-    c->awaiting = 1;
-    for (;;) {
-        cli_next(c, -1, 0);
-        switch (c->ev.kind) {
-        case LP_EV_STAT:
-            line(c->ev.rest, arg);
-            break;
-        case LP_EV_END:
-            return;
-        default:
-            if (cli_common(c, false) < 0)
-                cli_finish(EXIT_REFUSED);
-            break;
-        }
-    }
+    int r;
+
+    if ((r = bg_stats(c->bg, view, line, arg)) < 0)
+        cli_bg_fail(c, r);
 }
 
 static void
-print_line(const char *rest, void *arg)
+print_line(const char *name, const char *value, void *arg)
 {
-    printf("%s\n", rest);
+    printf("%s%s%s\n", name, value[0] ? " " : "", value);
 }
 
-/* A STAT line into the snapshot: its name, then the rest as the value. */
+/* A STAT line into the snapshot. */
 static void
-snapshot_line(const char *rest, void *arg)
+snapshot_line(const char *name, const char *value, void *arg)
 {
-    char name[128];
-    size_t n = strcspn(rest, " ");
-    const char *value = rest[n] == ' ' ? rest + n + 1 : "";
-
-    if (n >= sizeof name)
-        return;
-    memcpy(name, rest, n);
-    name[n] = '\0';
     if (statsfmt_line(arg, name, value) != 0)
         cli_fail(EXIT_NODAEMON, "out of memory");
 }
@@ -95,12 +76,12 @@ cli_run_stats(struct cli *c, enum stats_format format)
 }
 
 static void
-session_row(const char *rest, void *arg)
+session_row(const char *name, const char *rest, void *arg)
 {
     struct session_table *t = arg;
     const char *q = strstr(rest, " queued=");
 
-    if (strncmp(rest, "session ", 8) != 0)
+    if (strcmp(name, "session") != 0)
         return;
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 16;
@@ -111,7 +92,7 @@ session_row(const char *rest, void *arg)
         t->rows = p;
         t->cap = cap;
     }
-    if ((t->rows[t->n].line = strdup(rest + 8)) == NULL)
+    if ((t->rows[t->n].line = strdup(rest)) == NULL)
         cli_fail(EXIT_NODAEMON, "out of memory");
     t->rows[t->n++].queued = q != NULL ? strtoull(q + 8, NULL, 10) : 0;
 }

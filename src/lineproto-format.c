@@ -473,22 +473,6 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
 }
 
 int
-lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, bool image, uint64_t len,
-    const char *ents)
-{
-    if (cmd_start(out, client_id != NULL ? LP_SEND : LP_PUB, NULL, 0) < 0 ||
-        (client_id != NULL && cmd_client_id(out, client_id) < 0) ||
-        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, feed, feed_len) < 0 ||
-        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
-        return -1;
-    return evbuffer_add_printf(out, " %s %" PRIu64 "%s%s\n", image ? "image" : "delta", len,
-               ents != NULL ? ":" : "", ents != NULL ? ents : "") < 0
-        ? -1
-        : 0;
-}
-
-int
 lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
     size_t feed_len, const char *topic, size_t topic_len, bool image,
     const struct wire_packet *packets, uint32_t n_packets)

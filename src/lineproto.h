@@ -224,11 +224,6 @@ int lp_format_cmd_names(struct evbuffer *out, enum lp_verb verb, const char *fee
 int lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_LEN],
     const char *feed, size_t feed_len, const char *topic, size_t topic_len, bool required,
     const char *ents);
-/* The line of a one-packet PUB (client_id NULL) or SEND of len bytes; the
- * caller appends the len payload bytes and "\n". */
-int lp_format_cmd_publish(struct evbuffer *out, const uint8_t *client_id, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, bool image, uint64_t len,
-    const char *ents);
 /* A whole PUB (client_id NULL) or SEND of n_packets packets, each with its
  * entitlements: the line, the payload block and its newline. */
 int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,

@@ -6,10 +6,15 @@
  * Uses only the public API (busgate.h).
  */
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "busgate.h"
 
@@ -540,6 +545,11 @@ test_pipelined(void)
     for (int i = 0; i < 200; i++) {
         pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
         CHECK_OK(p, bg_publish(p, S("pipe feed"), S("t"), false, &pk, 1));
+        if (i == 0) { /* written in batches: bg_flush writes now */
+            CHECK(bg_want_write(p));
+            CHECK_OK(p, bg_flush(p));
+            CHECK(!bg_want_write(p));
+        }
         if (i == 100) /* over max_name: refused */
             CHECK_OK(p, bg_publish(p, big, sizeof(big), S("t"), false, &pk, 1));
     }
@@ -610,6 +620,193 @@ test_slow_consumer(void)
     bg_free(p);
 }
 
+/*
+ * A scripted stand-in for busgated, for what the real one never does (a
+ * future protocol, silence, garbage, oversize events): a child process
+ * that sends greeting, then reply once it has read a line starting with
+ * key (NULL: never), then holds the connection until the client leaves.
+ */
+struct fake {
+    char path[108];
+    pid_t pid;
+};
+
+static void
+fake_serve(int srv, const char *greeting, const char *key, const char *reply,
+    size_t reply_len)
+{
+    int fd = accept(srv, NULL, NULL);
+    char buf[65536];
+    size_t have = 0;
+    ssize_t n;
+
+    if (fd < 0)
+        _exit(1);
+    if (write(fd, greeting, strlen(greeting)) < 0)
+        _exit(1);
+    while (key != NULL) {
+        if ((n = read(fd, buf + have, sizeof(buf) - 1 - have)) <= 0)
+            _exit(0);
+        have += (size_t)n;
+        buf[have] = '\0';
+        if (strncmp(buf, key, strlen(key)) == 0 || strstr(buf, key) != NULL)
+            break;
+    }
+    for (size_t o = 0; key != NULL && o < reply_len; o += (size_t)n)
+        if ((n = write(fd, reply + o, reply_len - o)) <= 0)
+            _exit(0);
+    while (read(fd, buf, sizeof(buf)) > 0)
+        ;
+    _exit(0);
+}
+
+static void
+fake_start(struct fake *f, const char *greeting, const char *key, const char *reply,
+    size_t reply_len)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int srv = socket(AF_UNIX, SOCK_STREAM, 0);
+
+    snprintf(f->path, sizeof(f->path), "/tmp/busgate-libfake-%d.sock", (int)getpid());
+    unlink(f->path);
+    memcpy(sa.sun_path, f->path, strlen(f->path) + 1);
+    CHECK(srv >= 0 && bind(srv, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        listen(srv, 1) == 0);
+    fflush(NULL);
+    CHECK((f->pid = fork()) >= 0);
+    if (f->pid == 0)
+        fake_serve(srv, greeting, key, reply, reply_len);
+    close(srv);
+}
+
+static void
+fake_stop(struct fake *f)
+{
+    kill(f->pid, SIGTERM);
+    waitpid(f->pid, NULL, 0);
+    unlink(f->path);
+}
+
+/* A connection to the fake: limits set, no reconnecting, a short timeout. */
+static bg_conn *
+fake_conn(struct fake *f, int want)
+{
+    bg_conn *c = bg_new(f->path);
+
+    CHECK(c != NULL);
+    bg_set_timeout(c, 500);
+    bg_set_reconnect(c, 0, 0);
+    bg_set_limits(c, 100, 2);
+    CHECK(bg_open(c) == want);
+    return c;
+}
+
+#define FAKE_HELLO "HELLO busgate 9.9 proto=1 max_line=65536 max_payload=1048576 bus=up\n"
+
+/* DATA past bg_set_limits is skipped in its place; "\r\n" is accepted; a
+ * line that is not the protocol ends the connection, saying what it was. */
+static void
+test_fake_limits(void)
+{
+    static const char reply[] = "+OK\r\n"
+                                "DATA F T u h delta multicast 1 1 1\nabc\n"
+                                "DATA F T u h delta multicast 1 1\nab\n"
+                                "DATA F T u h image multicast 3:1 2\r\nabcde\r\n";
+    static char big[300];
+    struct fake f;
+    bg_conn *c;
+    const struct bg_event *ev;
+    size_t n;
+
+    /* The oversize payload goes in the middle, garbage at the end. */
+    n = (size_t)snprintf(big, sizeof(big), "DATA F T u h delta multicast 101\n");
+    memset(big + n, 'x', 101);
+    memcpy(big + n + 101, "\nWHAT IS THIS\n", 14);
+    {
+        static char script[1024];
+        size_t k = sizeof(reply) - 1;
+
+        memcpy(script, reply, k);
+        memcpy(script + k, big, n + 115);
+        fake_start(&f, FAKE_HELLO, "SUB", script, k + n + 115);
+    }
+    c = fake_conn(&f, 0);
+    CHECK_OK(c, bg_subscribe(c, S("F"), S("T")));
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_SKIPPED && strcmp(ev->text, "3 bytes in 3 packets") == 0);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 2 && ev->packets[1].len == 1);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 2 && ev->is_image);
+    CHECK(ev->packets[0].len == 3 && memcmp(ev->packets[0].data, "abc", 3) == 0);
+    CHECK(ev->packets[0].n_entitlements == 1 && ev->packets[0].entitlements[0] == 1);
+    CHECK(ev->packets[1].len == 2 && memcmp(ev->packets[1].data, "de", 2) == 0);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_SKIPPED && strcmp(ev->text, "101 bytes in 1 packets") == 0);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_PROTOCOL);
+    CHECK(strcmp(ev->text, "unexpected line from busgated: WHAT IS THIS") == 0);
+    CHECK(bg_next_event(c, WAIT_MS, &ev) == -BG_E_CLOSED); /* reconnecting off */
+    bg_free(c);
+    fake_stop(&f);
+}
+
+/* The greeting: another protocol, not busgated, silence, a refusal. */
+static void
+test_fake_greeting(void)
+{
+    struct fake f;
+    bg_conn *c;
+
+    fake_start(&f, "HELLO busgate 9.9 proto=2 bus=up\n", NULL, NULL, 0);
+    c = fake_conn(&f, -BG_E_PROTOCOL);
+    CHECK(strstr(bg_errstr(c), "busgated speaks line protocol 2") != NULL);
+    bg_free(c);
+    fake_stop(&f);
+    fake_start(&f, "SSH-2.0-OpenSSH_9.2\r\n", NULL, NULL, 0);
+    c = fake_conn(&f, -BG_E_PROTOCOL);
+    CHECK(strstr(bg_errstr(c), "unexpected line from busgated: SSH-2.0-OpenSSH_9.2?") !=
+        NULL);
+    bg_free(c);
+    fake_stop(&f);
+    fake_start(&f, "", NULL, NULL, 0);
+    c = fake_conn(&f, -BG_E_TIMEOUT);
+    bg_free(c);
+    fake_stop(&f);
+    fake_start(&f, "-ERR too-many-sessions the gateway serves its maximum\n", NULL, NULL,
+        0);
+    c = fake_conn(&f, -BG_E_TOO_MANY_SESSIONS);
+    CHECK(strstr(bg_errstr(c), "too-many-sessions the gateway") != NULL);
+    bg_free(c);
+    fake_stop(&f);
+}
+
+/* A line without end is bounded; a silent daemon times a command out, and
+ * a negative timeout waits for ever (here: until the line ends it). */
+static void
+test_fake_bounds(void)
+{
+    static char endless[(17u << 20) + 16];
+    struct fake f;
+    bg_conn *c;
+
+    memcpy(endless, "STAT x ", 7);
+    memset(endless + 7, 'y', sizeof(endless) - 7);
+    fake_start(&f, FAKE_HELLO, "PING", endless, sizeof(endless));
+    c = fake_conn(&f, 0);
+    bg_set_timeout(c, -1);
+    CHECK(bg_ping(c) == -BG_E_CLOSED);
+    CHECK(strstr(bg_errstr(c), "a line from busgated is longer than 16777216 bytes"));
+    bg_free(c);
+    fake_stop(&f);
+    fake_start(&f, FAKE_HELLO, NULL, NULL, 0);
+    c = fake_conn(&f, 0);
+    CHECK(bg_ping(c) == -BG_E_TIMEOUT);
+    CHECK(bg_open(c) == -BG_E_INVALID);
+    bg_free(c);
+    fake_stop(&f);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -630,6 +827,9 @@ main(int argc, char **argv)
         { "stats_and_revoked", test_stats_and_revoked },
         { "pipelined", test_pipelined },
         { "slow_consumer", test_slow_consumer },
+        { "fake_limits", test_fake_limits },
+        { "fake_greeting", test_fake_greeting },
+        { "fake_bounds", test_fake_bounds },
     };
 
     if (argc < 2) {

@@ -1034,16 +1034,6 @@ test_format_commands(void **state)
     parse_formatted(f, "AUTHORIZE 00112233-4455-6677-8899-aabbccddeeff f t not-required\n");
     assert_false(f->cmd.required);
 
-    assert_int_equal(lp_format_cmd_publish(f->buf, NULL, "f", 1, "t", 1, true, 5, "7"), 0);
-    parse_formatted(f, "PUB f t image 5:7\n");
-    assert_int_equal(f->cmd.verb, LP_PUB);
-    assert_int_equal(f->cmd.payload_len, 5);
-    assert_int_equal(lp_format_cmd_publish(f->buf, id_wire, "f", 1, "t", 1, false, 0, NULL),
-        0);
-    parse_formatted(f, "SEND 00112233-4455-6677-8899-aabbccddeeff f t delta 0\n");
-    assert_int_equal(f->cmd.verb, LP_SEND);
-    assert_false(f->cmd.is_image);
-
     {
         /* Several packets, entitlements on some, a NUL and a newline in the
          * data, an empty one: the whole command, line and payload block. */
