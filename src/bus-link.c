@@ -45,7 +45,7 @@ bus_queue_own(struct bus *bus, struct evbuffer *tmp)
 
     if (n == 0)
         return;
-    evbuffer_add_buffer(bufferevent_get_output(bus->bev), tmp);
+    evbuffer_add_buffer(bus_output(bus), tmp);
     bus_out_runs_note(bus, n, false);
 }
 

@@ -158,6 +158,10 @@ int wire_encode(struct evbuffer *out, const struct wire_msg *msg);
 /* Bytes wire_encode would append for msg (0 if it would refuse it). */
 size_t wire_encoded_size(const struct wire_msg *msg);
 
+/* Write msg at p, which has room for size = wire_encoded_size(msg) > 0
+ * bytes: for a caller that encodes several messages into one region. */
+void wire_encode_at(uint8_t *p, const struct wire_msg *msg, size_t size);
+
 /* Name of a message type for logs ("MulticastData"...), "unknown" if none. */
 const char *wire_type_name(int type);
 
