@@ -108,12 +108,15 @@ bus_close_link(struct bus *bus, bool drain, uint32_t drain_ms)
     if (bus->confirm_timer != NULL)
         evtimer_del(bus->confirm_timer);
     if (bus->bev != NULL) {
-        if (drain && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))
+        if (drain && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP)) {
+            bus_batch_flush(bus); /* drained with the rest */
             bus_drain_link(bus, drain_ms);
-        else
+        } else {
             bufferevent_free(bus->bev);
+        }
         bus->bev = NULL;
     }
+    bus_batch_discard(bus);
     out_runs_clear(bus);
     bus->tls_phase = false;
 }
@@ -200,6 +203,7 @@ bus_report_lost(struct bus *bus)
 
     if (bus->bev == NULL || (bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP))
         return;
+    bus_batch_flush(bus); /* the batch is data too: counted below */
     queued = evbuffer_get_length(bufferevent_get_output(bus->bev));
     data = out_runs_data(bus, queued);
     kernel = socket_unacked(bufferevent_getfd(bus->bev));

@@ -44,6 +44,9 @@
 #define BUS_IO_CHUNK (256 * 1024)
 /* Most OpenSSL error codes looked at to explain one failure. */
 #define BUS_MAX_SSL_ERRORS 8
+/* A batch of data sends goes to the output when it reaches this size
+ * (or at the end of the loop turn); a larger buffer is not kept. */
+#define BUS_BATCH_MAX (64 * 1024)
 
 #define HEARTBEAT_FEED "__admin__"
 #define HEARTBEAT_TOPIC "heartbeat"
@@ -118,6 +121,14 @@ struct bus {
     TAILQ_HEAD(out_run_list, out_run) runs; /* the output's recent appends, oldest first */
     size_t runs_len;                        /* bytes they cover */
 
+    /* Data sends of this loop turn (publishes, sends, answers), encoded
+     * one after the other and appended to the output once (bus_batch_flush):
+     * one evbuffer callback per batch, not per message. They count as
+     * queued, and as data lost if the link fails. */
+    uint8_t *batch;
+    size_t batch_len, batch_cap;
+    struct event *batch_ev; /* flushes the batch at the end of the turn */
+
     struct wire_msg msg; /* reused for every decoded message */
     struct bus_stats st;
     LIST_HEAD(, bus_drain) drains;
@@ -146,6 +157,9 @@ uint32_t bus_backoff_cap(uint32_t *min_ms, uint32_t max_ms, unsigned attempt);
 void bus_set_state(struct bus *bus, enum bus_state state, const char *reason);
 void bus_log_down(struct bus *bus, const char *reason);
 size_t bus_queued(const struct bus *bus);
+void bus_batch_flush(struct bus *bus);
+void bus_batch_discard(struct bus *bus);
+struct evbuffer *bus_output(struct bus *bus);
 
 /* bus-close.c */
 void bus_free_addrs(struct bus *bus);

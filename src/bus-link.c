@@ -45,7 +45,7 @@ bus_queue_own(struct bus *bus, struct evbuffer *tmp)
 
     if (n == 0)
         return;
-    evbuffer_add_buffer(bufferevent_get_output(bus->bev), tmp);
+    evbuffer_add_buffer(bus_output(bus), tmp);
     bus_out_runs_note(bus, n, false);
 }
 
@@ -155,17 +155,24 @@ bus_read(struct bufferevent *bev, void *arg)
     enum busconfirm_verdict v;
     const char *cause = NULL;
     char reason[300];
-    size_t before;
+    struct wire_reader rd;
     bool decoded = false;
 
     bus->rx_any = true;
     bus->msg.version = bus->cfg.protocol; /* decode at the configured protocol */
     if (!bus->cfg.tls.enabled)
         sockread_more(bev, 1 << 20);
+    /* Every whole message in the input, drained once at the end. While the
+     * messages are handed on, nothing else reads this input; a callback
+     * that closes the link frees it, and the loop stops (bus->bev != bev). */
+    wire_reader_begin(&rd, in);
     for (;;) {
-        before = evbuffer_get_length(in);
-        switch (wire_decode(in, &bus->cfg.limits, &bus->msg, &cause)) {
+        switch (wire_read(&rd, &bus->cfg.limits, &bus->msg, &cause)) {
         case WIRE_NEED_MORE:
+            if (wire_reader_end(&rd) != 0) {
+                bus_link_failed(bus, "cannot drain the input", false);
+                return;
+            }
             if (bus->cb.on_batch_end != NULL)
                 bus->cb.on_batch_end(bus->cb_arg);
             return;
@@ -193,7 +200,7 @@ bus_read(struct bufferevent *bev, void *arg)
             bus->last_rx_ms = bus_now_ms();
         }
         bus->st.msgs_in++;
-        bus->st.bytes_in += before - evbuffer_get_length(in);
+        bus->st.bytes_in += rd.size;
         if (bus->state == BUS_UNCONFIRMED) {
             bus_go_up(bus);
             if (bus->bev != bev)

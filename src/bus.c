@@ -27,6 +27,13 @@
  * (subscription and notification requests, which the router replays on
  * the next link, and the credentials), so requests are not counted.
  *
+ * Data sends are batched: encoded one after the other into one buffer and
+ * appended to the output once, at the end of the loop turn (an event made
+ * active by the first send) or before any other append, so a session
+ * read's publishes cost one round of the output's callbacks, not one per
+ * message. The batch counts as queued (back-pressure) and, if the link
+ * fails, as data lost; a draining close takes it along.
+ *
  * Confirming the login (bus.confirm): the first message of any kind from
  * the bus proves the login was accepted (a rejected one hears nothing).
  * With the probe (busconfirm.c, the default) the link asks the bus for an
@@ -291,6 +298,13 @@ bus_retry(evutil_socket_t fd, short what, void *arg)
     bus_connect_begin(arg);
 }
 
+/* The end of the loop turn in which the batch began. */
+static void
+bus_batch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    bus_batch_flush(arg);
+}
+
 static void
 bus_shutdown_done(evutil_socket_t fd, short what, void *arg)
 {
@@ -335,7 +349,8 @@ bus_new(struct event_base *base, struct evdns_base *dns, const struct config_bus
         (bus->connect_timer = evtimer_new(base, bus_connect_timeout, bus)) == NULL ||
         (bus->watchdog = evtimer_new(base, bus_watchdog, bus)) == NULL ||
         (bus->confirm_timer = evtimer_new(base, bus_confirm_timeout, bus)) == NULL ||
-        (bus->done_ev = evtimer_new(base, bus_shutdown_done, bus)) == NULL)
+        (bus->done_ev = evtimer_new(base, bus_shutdown_done, bus)) == NULL ||
+        (bus->batch_ev = event_new(base, -1, 0, bus_batch_cb, bus)) == NULL)
         goto fail;
     /* A bad TLS setting is reported (and retried) at connect time, where it
      * reaches the log and the sessions as the reason the bus is down. */
@@ -374,12 +389,12 @@ bus_data_ready(const struct bus *bus)
         (bus->state == BUS_UP || (bus->state == BUS_UNCONFIRMED && !bus_confirms(bus)));
 }
 
-/* Bytes waiting to go to the bus. */
+/* Bytes waiting to go to the bus (the batch included). */
 size_t
 bus_queued(const struct bus *bus)
 {
     if (bus->bev != NULL && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))
-        return evbuffer_get_length(bufferevent_get_output(bus->bev));
+        return evbuffer_get_length(bufferevent_get_output(bus->bev)) + bus->batch_len;
     return 0;
 }
 
@@ -389,6 +404,93 @@ bus_note_queued(struct bus *bus)
 {
     if (bus_queued(bus) > bus->cfg.output_high_water)
         bus->pressure = true;
+}
+
+/* Forget the batch (the link goes without draining). */
+void
+bus_batch_discard(struct bus *bus)
+{
+    bus->batch_len = 0;
+}
+
+/* Append the batch to the output: one append, one round of the output's
+ * callbacks for all the data sent since the last flush. */
+void
+bus_batch_flush(struct bus *bus)
+{
+    size_t n = bus->batch_len;
+
+    if (n == 0)
+        return; /* also whenever there is no link: the batch goes with it */
+    bus->batch_len = 0;
+    if (evbuffer_add(bufferevent_get_output(bus->bev), bus->batch, n) != 0) {
+        /* acknowledged already: counted like data a failed link loses */
+        bus->st.bytes_lost += n;
+        log_error("bus: out of memory: %zu bytes of data lost", n);
+    } else {
+        bus_out_runs_note(bus, n, true);
+    }
+    if (bus->batch_cap > BUS_BATCH_MAX) {
+        free(bus->batch); /* one large message: do not keep its size */
+        bus->batch = NULL;
+        bus->batch_cap = 0;
+    }
+}
+
+/* The link's output for anything but a data send: the batch goes first,
+ * so the output keeps the order of the sends. */
+struct evbuffer *
+bus_output(struct bus *bus)
+{
+    bus_batch_flush(bus);
+    return bufferevent_get_output(bus->bev);
+}
+
+/* Room for size more bytes in the batch; the first send of a batch
+ * schedules its flush for the end of this loop turn. */
+static uint8_t *
+bus_batch_room(struct bus *bus, size_t size)
+{
+    size_t want;
+    uint8_t *p;
+
+    if (bus->batch_len > 0 && bus->batch_len + size > BUS_BATCH_MAX)
+        bus_batch_flush(bus);
+    if ((want = bus->batch_len + size) > bus->batch_cap) {
+        if (want < BUS_BATCH_MAX)
+            want = BUS_BATCH_MAX;
+        if ((p = realloc(bus->batch, want)) == NULL)
+            return NULL;
+        bus->batch = p;
+        bus->batch_cap = want;
+    }
+    if (bus->batch_len == 0)
+        event_active(bus->batch_ev, EV_TIMEOUT, 0);
+    return bus->batch + bus->batch_len;
+}
+
+/* A data send, into the batch at the configured bus protocol. */
+static enum bus_send_result
+bus_batch_add(struct bus *bus, const struct wire_msg *msg)
+{
+    const struct wire_msg *m = msg;
+    struct wire_msg at;
+    size_t size;
+    uint8_t *p;
+
+    if (msg->version != bus->cfg.protocol) {
+        at = *msg;
+        at.version = bus->cfg.protocol;
+        m = &at;
+    }
+    if ((size = wire_encoded_size(m)) == 0 || (p = bus_batch_room(bus, size)) == NULL)
+        return BUS_ENCODE_ERROR;
+    wire_encode_at(p, m, size);
+    bus->batch_len += size;
+    bus->st.msgs_out++;
+    bus->st.bytes_out += size;
+    bus_note_queued(bus);
+    return BUS_SENT;
 }
 
 /* msg at the configured bus protocol, whatever version it was built at. */
@@ -409,9 +511,9 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
 
     if ((bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP) || bus->bev == NULL)
         return BUS_NOT_UP;
-    if (bus_is_data(msg) && !bus_data_ready(bus))
-        return BUS_NOT_UP;
-    out = bufferevent_get_output(bus->bev);
+    if (bus_is_data(msg))
+        return bus_data_ready(bus) ? bus_batch_add(bus, msg) : BUS_NOT_UP;
+    out = bus_output(bus);
     before = evbuffer_get_length(out);
     /* wire_encode appends all of the message or nothing */
     if (bus_encode(out, &bus->cfg, msg) != 0)
@@ -419,7 +521,7 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     after = evbuffer_get_length(out);
     bus->st.msgs_out++;
     bus->st.bytes_out += after - before;
-    bus_out_runs_note(bus, after - before, bus_is_data(msg));
+    bus_out_runs_note(bus, after - before, false);
     bus_note_queued(bus);
     return BUS_SENT;
 }
@@ -431,7 +533,7 @@ bus_send_encoded(struct bus *bus, struct evbuffer *data, uint64_t n)
 
     if (!bus_data_ready(bus))
         return BUS_NOT_UP;
-    if (evbuffer_add_buffer(bufferevent_get_output(bus->bev), data) != 0)
+    if (evbuffer_add_buffer(bus_output(bus), data) != 0)
         return BUS_ENCODE_ERROR;
     bus->st.msgs_out += n;
     bus->st.bytes_out += len;
@@ -539,9 +641,10 @@ bus_reconfigure(struct bus *bus, const struct config_bus *cfg, char *err, size_t
 void
 bus_shutdown(struct bus *bus, uint32_t timeout_ms, void (*done)(void *), void *arg)
 {
-    size_t queued =
-        bus->bev != NULL ? evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
+    size_t queued;
 
+    bus_batch_flush(bus);
+    queued = bus->bev != NULL ? evbuffer_get_length(bufferevent_get_output(bus->bev)) : 0;
     bus->stopping = true;
     bus->shutdown_done = done;
     bus->shutdown_arg = arg;
@@ -579,6 +682,9 @@ bus_free(struct bus *bus)
         event_free(bus->confirm_timer);
     if (bus->done_ev != NULL)
         event_free(bus->done_ev);
+    if (bus->batch_ev != NULL)
+        event_free(bus->batch_ev);
+    free(bus->batch);
     if (bus->own_dns)
         evdns_base_free(bus->dns, 1); /* fails (and frees) a pending lookup */
     tls_ctx_free(bus->ssl_ctx);

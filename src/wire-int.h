@@ -12,20 +12,7 @@
 
 #include "wire.h"
 
-/*
- * A read position in a contiguous window on the front of an evbuffer
- * (wire_window_scan): the walk is pointer arithmetic, and a window that
- * ends too soon is widened, so a scan never sees a chain boundary.
- */
-struct wire_cursor {
-    const uint8_t *p; /* the window: the buffer's first len bytes */
-    uint64_t len;
-    uint64_t off;   /* bytes walked from the message start */
-    uint64_t avail; /* bytes in the buffer */
-    uint64_t max;   /* the whole-message limit */
-    uint64_t stop;  /* the window's end or max, whichever is first */
-    uint64_t need;  /* after need-more: how far the window must reach */
-};
+/* struct wire_cursor: in wire.h (struct wire_reader holds one). */
 
 /* Names the field being read, for error messages. */
 struct wire_where {

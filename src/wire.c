@@ -399,6 +399,13 @@ wire_commit(struct evbuffer *out, struct evbuffer_iovec *vec, uint64_t size)
     return evbuffer_commit_space(out, vec, 1) == 0 ? 0 : -1;
 }
 
+void
+wire_encode_at(uint8_t *p, const struct wire_msg *msg, size_t size)
+{
+    if (put_msg(p, msg) != p + size)
+        abort(); /* impossible: msg_size and put_msg disagree */
+}
+
 int
 wire_encode(struct evbuffer *out, const struct wire_msg *msg)
 {
@@ -439,7 +446,31 @@ window_set(struct wire_cursor *c, const uint8_t *p, uint64_t len)
     c->stop = len < c->max ? len : c->max;
 }
 
-/* Make the window cover c->need bytes (which the buffer holds). */
+/* The window on in's first chain (c->avail bytes long); its length. */
+static uint64_t
+window_front(struct wire_cursor *c, struct evbuffer *in)
+{
+    struct evbuffer_iovec v;
+
+    window_set(c, NULL, 0);
+    if (c->avail > 0 && evbuffer_peek(in, -1, NULL, &v, 1) >= 1)
+        window_set(c, v.iov_base, v.iov_len < c->avail ? v.iov_len : c->avail);
+    return c->len;
+}
+
+/* The window on the front of in. */
+static void
+window_open(struct wire_cursor *c, struct evbuffer *in, uint64_t max)
+{
+    c->avail = evbuffer_get_length(in);
+    c->max = max;
+    c->taken = 0;
+    window_front(c, in);
+}
+
+/* Make the window cover c->need bytes (which the buffer holds). What was
+ * decoded before the window is drained first, so that the pullup starts
+ * at the window and copies nothing already decoded. */
 static enum wire_result
 window_widen(struct wire_cursor *c, struct evbuffer *in, unsigned widened,
     const char **cause)
@@ -447,6 +478,13 @@ window_widen(struct wire_cursor *c, struct evbuffer *in, unsigned widened,
     uint64_t want = c->need;
     const uint8_t *p;
 
+    if (c->taken > 0) {
+        if (evbuffer_drain(in, (size_t)c->taken) != 0)
+            return wire_fail(cause, "evbuffer drain failed");
+        c->taken = 0;
+        if (window_front(c, in) >= want)
+            return WIRE_DECODED; /* the window had ended with a chain */
+    }
     if (widened >= WIRE_EXACT_PULLUPS && c->len * 2 > want)
         want = c->len * 2 < c->avail ? c->len * 2 : c->avail;
     if (want > (uint64_t)EV_SSIZE_MAX ||
@@ -455,6 +493,24 @@ window_widen(struct wire_cursor *c, struct evbuffer *in, unsigned widened,
             (unsigned long long)want);
     window_set(c, p, want);
     return WIRE_DECODED;
+}
+
+
+/* Run scan at the window's start, widening it as the scan needs. */
+static enum wire_result
+window_walk(struct wire_cursor *c, struct evbuffer *in, wire_scan_fn scan, void *arg,
+    const char **cause)
+{
+    enum wire_result r;
+
+    c->need = 0;
+    for (unsigned widened = 0;; widened++) {
+        c->off = 0;
+        if ((r = scan(c, arg, cause)) != WIRE_NEED_MORE || c->need > c->avail)
+            return r;
+        if ((r = window_widen(c, in, widened, cause)) != WIRE_DECODED)
+            return r;
+    }
 }
 
 /*
@@ -468,22 +524,8 @@ enum wire_result
 wire_window_scan(struct evbuffer *in, uint32_t max, wire_scan_fn scan, void *arg,
     struct wire_cursor *c, const char **cause)
 {
-    struct evbuffer_iovec v;
-    enum wire_result r;
-
-    c->avail = evbuffer_get_length(in);
-    c->max = max;
-    c->need = 0;
-    window_set(c, NULL, 0);
-    if (c->avail > 0 && evbuffer_peek(in, -1, NULL, &v, 1) >= 1)
-        window_set(c, v.iov_base, v.iov_len < c->avail ? v.iov_len : c->avail);
-    for (unsigned widened = 0;; widened++) {
-        c->off = 0;
-        if ((r = scan(c, arg, cause)) != WIRE_NEED_MORE || c->need > c->avail)
-            return r;
-        if ((r = window_widen(c, in, widened, cause)) != WIRE_DECODED)
-            return r;
-    }
+    window_open(c, in, max);
+    return window_walk(c, in, scan, arg, cause);
 }
 
 static const char *const wire_count_names[] = {
@@ -747,20 +789,60 @@ walk_again(struct wire_cursor *c, struct wire_walk_arg *a, const char **cause)
     return WIRE_DECODED;
 }
 
+void
+wire_reader_begin(struct wire_reader *rd, struct evbuffer *in)
+{
+    rd->in = in;
+    rd->size = 0;
+    window_open(&rd->c, in, 0);
+}
+
+enum wire_result
+wire_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg *msg,
+    const char **cause)
+{
+    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 } };
+    struct wire_cursor *c = &rd->c;
+    enum wire_result r;
+
+    c->max = lim->max_message;
+    window_set(c, c->p, c->len);
+    r = window_walk(c, rd->in, walk_msg, &a, cause);
+    if (r == WIRE_DECODED && a.b.used > a.b.cap)
+        r = walk_again(c, &a, cause);
+    if (r != WIRE_DECODED) {
+        wire_msg_clear(msg); /* no half-built message */
+        return r;
+    }
+    /* the next message starts where this one ends, in the same window */
+    rd->size = c->off;
+    c->taken += c->off;
+    c->avail -= c->off;
+    window_set(c, c->p + c->off, c->len - c->off);
+    return WIRE_DECODED;
+}
+
+int
+wire_reader_end(struct wire_reader *rd)
+{
+    uint64_t n = rd->c.taken;
+
+    rd->c.taken = 0;
+    return n > 0 ? evbuffer_drain(rd->in, (size_t)n) : 0;
+}
+
 enum wire_result
 wire_decode(struct evbuffer *in, const struct wire_limits *lim, struct wire_msg *msg,
     const char **cause)
 {
-    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 } };
-    struct wire_cursor c;
+    struct wire_reader rd;
     enum wire_result r;
 
-    r = wire_window_scan(in, lim->max_message, walk_msg, &a, &c, cause);
-    if (r == WIRE_DECODED && a.b.used > a.b.cap)
-        r = walk_again(&c, &a, cause);
-    if (r == WIRE_DECODED && evbuffer_drain(in, (size_t)c.off) != 0)
+    wire_reader_begin(&rd, in);
+    r = wire_read(&rd, lim, msg, cause);
+    if (wire_reader_end(&rd) != 0 && r == WIRE_DECODED) {
+        wire_msg_clear(msg);
         r = wire_fail(cause, "evbuffer drain failed");
-    if (r != WIRE_DECODED)
-        wire_msg_clear(msg); /* no half-built message */
+    }
     return r;
 }

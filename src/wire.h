@@ -151,12 +151,52 @@ void wire_msg_free(struct wire_msg *msg);
 enum wire_result wire_decode(struct evbuffer *in, const struct wire_limits *lim,
     struct wire_msg *msg, const char **cause);
 
+/*
+ * A read position in a contiguous window on the front of an evbuffer
+ * (wire_window_scan): the walk is pointer arithmetic, and a window that
+ * ends too soon is widened, so a scan never sees a chain boundary.
+ */
+struct wire_cursor {
+    const uint8_t *p; /* the window: len bytes from the message start */
+    uint64_t len;
+    uint64_t off;   /* bytes walked from the message start */
+    uint64_t avail; /* bytes in the buffer from the window on */
+    uint64_t max;   /* the whole-message limit */
+    uint64_t stop;  /* the window's end or max, whichever is first */
+    uint64_t need;  /* after need-more: how far the window must reach */
+    uint64_t taken; /* bytes before the window, decoded and not drained yet
+                       (struct wire_reader); drained before a widening */
+};
+
+/*
+ * Decoding message after message from the front of one buffer, draining
+ * what they took once (wire_reader_end) rather than per message: the
+ * next message is read where the last one ended in the same contiguous
+ * window. Nothing may change in between: no other reads, no appends.
+ * wire_decode is begin, one wire_read, end.
+ */
+struct wire_reader {
+    struct evbuffer *in;
+    struct wire_cursor c; /* the window from where the next message starts */
+    uint64_t size;        /* the last message's wire size */
+};
+void wire_reader_begin(struct wire_reader *rd, struct evbuffer *in);
+/* Like wire_decode, at the reader's position. */
+enum wire_result wire_read(struct wire_reader *rd, const struct wire_limits *lim,
+    struct wire_msg *msg, const char **cause);
+/* Drain what was decoded; 0, or -1 if the drain failed. */
+int wire_reader_end(struct wire_reader *rd);
+
 /* Append msg in wire format to out. Returns 0, or -1 if out of memory or
  * the message cannot be represented (a length over INT32_MAX). */
 int wire_encode(struct evbuffer *out, const struct wire_msg *msg);
 
 /* Bytes wire_encode would append for msg (0 if it would refuse it). */
 size_t wire_encoded_size(const struct wire_msg *msg);
+
+/* Write msg at p, which has room for size = wire_encoded_size(msg) > 0
+ * bytes: for a caller that encodes several messages into one region. */
+void wire_encode_at(uint8_t *p, const struct wire_msg *msg, size_t size);
 
 /* Name of a message type for logs ("MulticastData"...), "unknown" if none. */
 const char *wire_type_name(int type);

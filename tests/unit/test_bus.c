@@ -1093,6 +1093,96 @@ t_link_lost_output_counted(void **state)
     bus_free(bus);
 }
 
+/* Data sends of one loop turn are batched (bus_batch_flush): they count
+ * as queued at once, requests after them stay after them, and a
+ * reconfigure that closes the link drains them. */
+static void
+t_link_batch_order_and_drain(void **state)
+{
+    struct wire_packet p;
+    struct wire_msg m, sub;
+    struct bus_stats st;
+    struct config_bus copy;
+    char types[16], err[256];
+    struct bus *bus;
+    size_t dsize, ssize;
+
+    fake_start(&fk, FAKE_NORMAL);
+    base_config(fk.port);
+    cfg.bus.heartbeat_timeout_ms = 5000;
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    skip_login(&fk);
+    fake_send(&fk, "admin", "__admin__", "heartbeat", "");
+    assert_true(expect_state(BUS_UP, NULL));
+    assert_int_equal(evbuffer_get_length(fk.rx), 0);
+
+    data_msg(&m, &p, "batched", 7);
+    sub_msg(&sub, "T");
+    dsize = wire_encoded_size(&m);
+    ssize = wire_encoded_size(&sub);
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.output_queued, 2 * dsize); /* before the loop runs */
+    assert_int_equal(bus_send(bus, &sub), BUS_SENT);
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.output_queued, 3 * dsize + ssize);
+    want_bytes = 3 * dsize + ssize;
+    assert_true(run_until(rx_has, &fk, 10000));
+    rx_types(&fk, types, sizeof types);
+    assert_string_equal(types, "1151");
+
+    /* a new address: the old link drains what was batched, then closes */
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    copy = cfg.bus;
+    copy.port = (uint16_t)(copy.port == 1 ? 2 : 1); /* nothing listens there */
+    assert_int_equal(bus_reconfigure(bus, &copy, err, sizeof err), 0);
+    want_bytes = 2 * dsize;
+    assert_true(run_until(rx_has, &fk, 10000));
+    rx_types(&fk, types, sizeof types);
+    assert_string_equal(types, "11");
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.bytes_lost, 0);
+    bus_free(bus);
+}
+
+static void
+write_all(int fd, const void *data, size_t n)
+{
+    assert_int_equal(write(fd, data, n), (ssize_t)n);
+}
+
+/* A link that fails with data batched counts exactly that data as lost. */
+static void
+t_link_batch_lost_exact(void **state)
+{
+    static const uint8_t garbage[] = { 0xee, 0x13, 0x37, 0x00 };
+    struct wire_packet p;
+    struct wire_msg m;
+    struct bus_stats st;
+    struct bus *bus;
+
+    fake_start(&fk, FAKE_NORMAL);
+    base_config(fk.port);
+    bus = start_bus();
+    assert_true(expect_state(BUS_UNCONFIRMED, NULL));
+    want_bytes = 4 + 2 + 4 + 6 + 4 + 4 + 8;
+    assert_true(run_until(rx_has, &fk, 10000));
+    /* the protocol error is waiting in the link's socket before the data
+     * is sent, so the link fails before it writes any of it */
+    write_all(bufferevent_getfd(fk.conn), garbage, sizeof garbage);
+    data_msg(&m, &p, "lost", 4);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(bus_send(bus, &m), BUS_SENT);
+    assert_true(run_until(saw_down, bus, 10000));
+    bus_get_stats(bus, &st);
+    assert_int_equal(st.bytes_lost, 3 * wire_encoded_size(&m));
+    bus_free(bus);
+}
+
 static void
 t_link_ipv6(void **state)
 {
@@ -1127,6 +1217,8 @@ main(void)
         cmocka_unit_test_setup_teardown(t_link_watchdog_silent, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_watchdog_after_up, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_protocol_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_batch_order_and_drain, setup, teardown),
+        cmocka_unit_test_setup_teardown(t_link_batch_lost_exact, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_unsafe_credentials, setup, teardown),
         cmocka_unit_test_setup_teardown(t_link_token_file_reread, setup, teardown),
