@@ -20,8 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,6 +73,59 @@ bench_sleep_ns(uint64_t ns)
 
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
         ;
+}
+
+static inline void
+bench_set_nonblock(int fd)
+{
+    int fl = fcntl(fd, F_GETFL);
+
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+        bench_die("fcntl: %s", strerror(errno));
+}
+
+/* Small protocol writes (set-up, PONG, a drain): wait out a full socket. */
+static inline void
+bench_write_all(int fd, const void *p, size_t len)
+{
+    const char *c = p;
+
+    while (len > 0) {
+        ssize_t w = write(fd, c, len);
+
+        if (w < 0 && (errno == EINTR || errno == EAGAIN)) {
+            struct pollfd pfd = { fd, POLLOUT, 0 };
+
+            poll(&pfd, 1, 1000);
+            continue;
+        }
+        if (w <= 0)
+            bench_die("write: %s", strerror(errno));
+        c += w;
+        len -= (size_t)w;
+    }
+}
+
+/* A TCP connection to 127.0.0.1:port, retried while the server starts. */
+static inline int
+bench_connect_tcp(int port)
+{
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    int fd, one = 1;
+
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int tries = 0;; tries++) {
+        if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+            bench_die("socket: %s", strerror(errno));
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
+            break;
+        if (errno != ECONNREFUSED || tries > 1000)
+            bench_die("connect 127.0.0.1:%d: %s", port, strerror(errno));
+        close(fd);
+        bench_sleep_ns(10000000);
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
 }
 
 static inline void

@@ -127,15 +127,6 @@ make_template(uint32_t k)
 }
 
 static void
-set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
-        bench_die("fcntl: %s", strerror(errno));
-}
-
-static void
 ep_mod(struct conn *c, bool out)
 {
     struct epoll_event ev = { .events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c };
@@ -185,7 +176,7 @@ do_accept(void)
         close(fd);
         return;
     }
-    set_nonblock(fd);
+    bench_set_nonblock(fd);
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c = calloc(1, sizeof *c);
     if (c == NULL || (c->in = malloc(IN_CAP)) == NULL ||
@@ -543,7 +534,7 @@ listen_on(int port, const char *port_file)
     if (bind(S.lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(S.lfd, 1024) != 0)
         bench_die("bind/listen: %s", strerror(errno));
     getsockname(S.lfd, (struct sockaddr *)&a, &alen);
-    set_nonblock(S.lfd);
+    bench_set_nonblock(S.lfd);
     printf("port %u\n", ntohs(a.sin_port));
     fflush(stdout);
     if (port_file != NULL) {

@@ -118,36 +118,6 @@ usage(void)
     exit(2);
 }
 
-static void
-set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
-        bench_die("fcntl: %s", strerror(errno));
-}
-
-static void
-write_all(int fd, const void *p, size_t len)
-{
-    const char *c = p;
-
-    while (len > 0) {
-        ssize_t w = write(fd, c, len);
-
-        if (w < 0 && (errno == EINTR || errno == EAGAIN)) {
-            struct pollfd pfd = { fd, POLLOUT, 0 };
-
-            poll(&pfd, 1, 1000);
-            continue;
-        }
-        if (w <= 0)
-            bench_die("write: %s", strerror(errno));
-        c += w;
-        len -= (size_t)w;
-    }
-}
-
 static int
 connect_unix(const char *path)
 {
@@ -167,19 +137,6 @@ connect_unix(const char *path)
         close(fd);
         bench_sleep_ns(5000000);
     }
-}
-
-static int
-connect_tcp(int port)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
-
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
-        bench_die("connect 127.0.0.1:%d: %s", port, strerror(errno));
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
 }
 
 /* A SubscriptionRequest for topic t<k>, through the project's codec. */
@@ -202,7 +159,7 @@ send_bus_subscribe(int fd, uint32_t k)
         bench_die("wire_encode failed");
     evbuffer_remove(b, tmp, n);
     evbuffer_free(b);
-    write_all(fd, tmp, n);
+    bench_write_all(fd, tmp, n);
 }
 
 static void
@@ -623,20 +580,20 @@ connect_all(void)
             lib_connect(s);
             continue;
         }
-        s->fd = C.mode == M_BUSSUB ? connect_tcp(C.port) : connect_unix(C.socket_path);
+        s->fd = C.mode == M_BUSSUB ? bench_connect_tcp(C.port) : connect_unix(C.socket_path);
         s->state = C.mode == M_BUSSUB ? SS_RUN : SS_HELLO;
         if (C.mode == M_SUB) {
             char cmd[64];
             int l = snprintf(cmd, sizeof cmd, "SUB %s t%u\n", BENCH_FEED, s->topic);
 
             s->oks_wanted = 1;
-            write_all(s->fd, cmd, (size_t)l);
+            bench_write_all(s->fd, cmd, (size_t)l);
         } else if (C.mode == M_BUSSUB) {
             send_bus_subscribe(s->fd, s->topic);
         } else if (C.mode == M_PUB) {
-            write_all(s->fd, "VERBOSE off\n", 12);
+            bench_write_all(s->fd, "VERBOSE off\n", 12);
         }
-        set_nonblock(s->fd);
+        bench_set_nonblock(s->fd);
         ep_add(s, EPOLLIN);
     }
 }
@@ -736,7 +693,7 @@ drain_pub(void)
             int fl = fcntl(s->fd, F_GETFL);
 
             fcntl(s->fd, F_SETFL, fl & ~O_NONBLOCK);
-            write_all(s->fd, s->out + s->out_off, s->out_len - s->out_off);
+            bench_write_all(s->fd, s->out + s->out_off, s->out_len - s->out_off);
             s->out_off = s->out_len;
             fcntl(s->fd, F_SETFL, fl);
         }
@@ -794,10 +751,10 @@ run_idle(void)
         for (uint32_t j = 0; j < C.subs_each; j++) {
             int l = snprintf(line, sizeof line, "SUB %s i%u_%u\n", BENCH_FEED, i, j);
 
-            write_all(s->fd, line, (size_t)l);
+            bench_write_all(s->fd, line, (size_t)l);
         }
         s->oks_wanted = C.subs_each; /* no event was read yet: still SS_HELLO */
-        write_all(s->fd, "PING\n", 5);
+        bench_write_all(s->fd, "PING\n", 5);
         subs += C.subs_each;
     }
     wait_state(SS_RUN, 120, "PONG from every session");

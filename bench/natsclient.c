@@ -124,58 +124,6 @@ on_signal(int sig)
 }
 
 static void
-set_nonblock(int fd)
-{
-    int fl = fcntl(fd, F_GETFL);
-
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
-        bench_die("fcntl: %s", strerror(errno));
-}
-
-/* Small protocol writes (set-up, PONG): wait out a full socket. */
-static void
-write_all(int fd, const void *p, size_t len)
-{
-    const char *s = p;
-
-    while (len > 0) {
-        ssize_t w = write(fd, s, len);
-
-        if (w < 0 && (errno == EINTR || errno == EAGAIN)) {
-            struct pollfd pfd = { fd, POLLOUT, 0 };
-
-            poll(&pfd, 1, 1000);
-            continue;
-        }
-        if (w <= 0)
-            bench_die("natsclient: write: %s", strerror(errno));
-        s += w;
-        len -= (size_t)w;
-    }
-}
-
-static int
-connect_tcp(int port)
-{
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    int fd, one = 1;
-
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    for (int tries = 0;; tries++) {
-        if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
-            bench_die("socket: %s", strerror(errno));
-        if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0)
-            break;
-        if (errno != ECONNREFUSED || tries > 1000)
-            bench_die("natsclient: connect 127.0.0.1:%d: %s", port, strerror(errno));
-        close(fd);
-        bench_sleep_ns(10000000);
-    }
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    return fd;
-}
-
-static void
 ep_out(struct conn *c, bool out)
 {
     struct epoll_event ev = { .events = EPOLLIN | (out ? EPOLLOUT : 0), .data.ptr = c };
@@ -228,7 +176,7 @@ static void
 send_pong(struct conn *c)
 {
     if (c->out_len == 0) {
-        write_all(c->fd, "PONG\r\n", 6);
+        bench_write_all(c->fd, "PONG\r\n", 6);
     } else if (!c->pong_queued) {
         memcpy(c->out + c->out_len, "PONG\r\n", 6); /* chunks keep 64 bytes spare */
         c->out_len += 6;
@@ -507,18 +455,18 @@ connect_all(void)
             bench_die("out of memory");
         for (uint32_t j = 0; j < c->ntopics; j++)
             c->topics[j] = N.n >= N.topics ? i % N.topics : i + j * N.n;
-        c->fd = connect_tcp(N.port);
-        write_all(c->fd, hello, sizeof hello - 1);
+        c->fd = bench_connect_tcp(N.port);
+        bench_write_all(c->fd, hello, sizeof hello - 1);
         if (receiving())
             for (uint32_t j = 0; j < c->ntopics; j++) {
                 int l = snprintf(line, sizeof line, "SUB t%u %u\r\n", c->topics[j], j + 1);
 
-                write_all(c->fd, line, (size_t)l);
+                bench_write_all(c->fd, line, (size_t)l);
             }
         else if ((c->out = malloc(chunk_cap)) == NULL)
             bench_die("out of memory");
-        write_all(c->fd, "PING\r\n", 6);
-        set_nonblock(c->fd);
+        bench_write_all(c->fd, "PING\r\n", 6);
+        bench_set_nonblock(c->fd);
         if (epoll_ctl(N.ep, EPOLL_CTL_ADD, c->fd, &ev) != 0)
             bench_die("epoll_ctl: %s", strerror(errno));
     }
