@@ -80,22 +80,9 @@ first_special(const char *p, const char *end)
 static bool
 event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool *clean)
 {
-    const char *p = *pp;
-
-    while (p < end && is_sep(*p))
-        p++;
-    if (p == end) {
-        *pp = p;
+    if (!next_token(pp, end, t))
         return false;
-    }
-    t->p = p;
-    if (is_name)
-        p = first_special(p, end);
-    *clean = is_name && (p == end || is_sep(*p));
-    while (p < end && !is_sep(*p))
-        p++;
-    t->n = (size_t)(p - t->p);
-    *pp = p;
+    *clean = is_name && first_special(t->p, t->p + t->n) == t->p + t->n;
     return true;
 }
 
