@@ -524,6 +524,56 @@ test_good_names(void **state)
     NAME_IS(&f->cmd.feed, "\"\"");
 }
 
+/*
+ * The tokenizer and the name decoder scan eight bytes a step: a special
+ * byte (escape, refused byte, separator) at every offset of a name longer
+ * than a step, in a command and in an event, must be found exactly there.
+ */
+static void
+test_special_at_every_offset(void **state)
+{
+    struct fx *f = *state;
+
+    for (size_t k = 0; k < 20; k++) {
+        char name[32], line[96], want[32];
+
+        memset(name, 'n', 20);
+        name[20] = '\0';
+        /* An escape at k: decoded, in a command and in an event. */
+        memcpy(want, name, 20);
+        want[k] = 'A';
+        want[20] = '\0';
+        snprintf(line, sizeof line, "SUB %.*s%%41%s t\xc3\xa9", (int)k, name, name + k + 1);
+        assert_int_equal(parse(f, line), 0);
+        name_is(&f->cmd.feed, want, 20);
+        NAME_IS(&f->cmd.topic, "t\xc3\xa9");
+        snprintf(line, sizeof line, "DATA %.*s%%41%s t u h delta multicast", (int)k, name,
+            name + k + 1);
+        assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), 0);
+        name_is(&f->ev.feed, want, 20);
+        NAME_IS(&f->ev.host, "h");
+        /* A tab at k ends the token there. */
+        name[k] = '\t';
+        snprintf(line, sizeof line, "SUB %s", name);
+        if (k == 0 || k == 19) {
+            refused(f, line, LP_ERR_SYNTAX);
+        } else {
+            assert_int_equal(parse(f, line), 0);
+            assert_int_equal(f->cmd.feed.len, k);
+            assert_int_equal(f->cmd.topic.len, 19 - k);
+        }
+        /* A control byte, DEL or '"' at k stays in the token and is refused. */
+        for (const char *bad = "\x01\x7f\""; *bad != '\0'; bad++) {
+            name[k] = *bad;
+            snprintf(line, sizeof line, "SUB %s t", name);
+            refused(f, line, LP_ERR_BAD_NAME);
+            snprintf(line, sizeof line, "DATA %s t u h delta multicast", name);
+            assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), -1);
+        }
+        name[k] = 'n';
+    }
+}
+
 static void
 test_bad_client_id(void **state)
 {
@@ -1254,6 +1304,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_syntax_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_good_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_special_at_every_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_client_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_packets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits_keep_payload_len, setup, teardown),
