@@ -61,7 +61,9 @@ struct session {
     size_t mem;                  /* queued output + buffered input (budget) */
     struct router_conn_stats st; /* queued: filled in when asked */
     const char *close_reason;
-    LIST_ENTRY(session) all; /* on budget.sessions while it lives */
+    bool dirty;                  /* on the write list */
+    LIST_ENTRY(session) all;     /* on budget.sessions while it lives */
+    LIST_ENTRY(session) writing; /* on writes.dirty: output to write */
 };
 
 static uint64_t next_session_id = 1;
@@ -242,6 +244,95 @@ budget_work(evutil_socket_t fd, short what, void *arg)
         evtimer_add(budget.trimmer, &idle);
 }
 
+/*
+ * Writing. An open session's output is written straight to its socket once
+ * per loop turn, after whatever appended to it (a whole bus read, a batch
+ * of commands) is done: a session appended to goes on the dirty list, and
+ * one event, activated for the turn, writes every dirty session. Only a
+ * socket that cannot take it all gets the bufferevent's write event, until
+ * it has drained: with an EV_WRITE added and deleted for every session
+ * touched, each turn cost two epoll_ctl per session besides its writev.
+ */
+static struct {
+    struct event *flusher;
+    LIST_HEAD(, session) dirty;
+} writes = { .dirty = LIST_HEAD_INITIALIZER(writes.dirty) };
+
+static void
+write_mark(struct session *s)
+{
+    if (s->dirty || s->state == SESSION_CLOSING)
+        return;
+    if (LIST_EMPTY(&writes.dirty) && writes.flusher != NULL)
+        event_active(writes.flusher, EV_TIMEOUT, 1);
+    s->dirty = true;
+    LIST_INSERT_HEAD(&writes.dirty, s, writing);
+}
+
+static void
+write_unmark(struct session *s)
+{
+    if (s->dirty) {
+        s->dirty = false;
+        LIST_REMOVE(s, writing);
+    }
+}
+
+/* A socket error: the session is gone (the peer closed or reset it). */
+static void
+session_failed(struct session *s, int e)
+{
+    log_debug("session %" PRIu64 ": %s", s->id, evutil_socket_error_to_string(e));
+    if (s->close_reason == NULL)
+        s->close_reason = e == EPIPE || e == ECONNRESET ? "peer closed" : "i/o error";
+    session_destroy(s);
+}
+
+/* Write what the socket takes; the rest waits for it to be writable. */
+static void
+session_write(struct session *s)
+{
+    struct evbuffer *out = bufferevent_get_output(s->bev);
+    int n;
+
+    /* Waiting for room already, or written meanwhile (evbuffer_write
+     * calls an empty buffer an error). */
+    if ((bufferevent_get_enabled(s->bev) & EV_WRITE) || evbuffer_get_length(out) == 0)
+        return;
+    /* The bufferevent keeps its output's start frozen but while it writes. */
+    evbuffer_unfreeze(out, 1);
+    n = evbuffer_write(out, bufferevent_getfd(s->bev));
+    evbuffer_freeze(out, 1);
+    if (n < 0) {
+        int e = EVUTIL_SOCKET_ERROR();
+
+        if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
+            session_failed(s, e);
+            return;
+        }
+    }
+    if (evbuffer_get_length(out) > 0)
+        bufferevent_enable(s->bev, EV_WRITE);
+}
+
+static void
+flush_dirty(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s;
+
+    while ((s = LIST_FIRST(&writes.dirty)) != NULL) {
+        write_unmark(s);
+        session_write(s);
+    }
+}
+
+/* The socket was full and has drained: back to writing from the loop. */
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+    bufferevent_disable(bev, EV_WRITE);
+}
+
 /* Traffic of the sessions already gone, for the totals (STATS), and why
  * they went. */
 static struct router_conn_stats gone;
@@ -372,8 +463,10 @@ output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
     struct session *s = arg;
 
     s->st.bytes_out += info->n_deleted;
-    if (info->n_added > 0)
+    if (info->n_added > 0) {
         s->last_added = info->n_added;
+        write_mark(s);
+    }
     budget_account(s, info->n_added, info->n_deleted);
 }
 
@@ -577,6 +670,7 @@ session_close(struct session *s, enum lp_error e, const char *msg)
     if (s->close_reason == NULL)
         s->close_reason = e != LP_ERR_NONE ? lp_error_code(e) : "closed";
     bufferevent_disable(s->bev, EV_READ);
+    write_unmark(s); /* the bufferevent writes what is left */
     if (e != LP_ERR_NONE)
         lp_format_err(session_output(s), e, "%s", msg != NULL ? msg : "");
     bufferevent_setcb(s->bev, NULL, closing_write_cb, event_cb, s);
@@ -597,12 +691,7 @@ event_cb(struct bufferevent *bev, short what, void *arg)
     struct session *s = arg;
 
     if (what & BEV_EVENT_ERROR) {
-        int e = EVUTIL_SOCKET_ERROR();
-
-        log_debug("session %" PRIu64 ": %s", s->id, evutil_socket_error_to_string(e));
-        if (s->close_reason == NULL)
-            s->close_reason = e == EPIPE || e == ECONNRESET ? "peer closed" : "i/o error";
-        session_destroy(s);
+        session_failed(s, EVUTIL_SOCKET_ERROR());
         return;
     }
     if (what & BEV_EVENT_EOF) {
@@ -670,7 +759,7 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
     bufferevent_set_max_single_write(s->bev, 1 << 20);
     bufferevent_set_max_single_read(s->bev, 256 << 10);
     fd = -1;
-    bufferevent_setcb(s->bev, read_cb, NULL, event_cb, s);
+    bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
     evbuffer_add_cb(bufferevent_get_output(s->bev), output_cb, s);
     evbuffer_add_cb(bufferevent_get_input(s->bev), input_cb, s);
     LIST_INSERT_HEAD(&budget.sessions, s, all);
@@ -679,7 +768,8 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
         (int)peer->uid, (int)peer->gid);
     /* Greets it, and pauses it under bus back-pressure. */
     s->rc = router_session_attach(router, s, &session_port, s->id, peer);
-    bufferevent_enable(s->bev, s->paused ? EV_WRITE : EV_READ | EV_WRITE);
+    if (!s->paused)
+        bufferevent_enable(s->bev, EV_READ);
     return s;
 fail:
     log_error("cannot start a session: out of memory");
@@ -703,6 +793,7 @@ session_destroy(struct session *s)
         s->st.cmds_in, s->st.events_out);
     router_session_detach(s->router, s->rc);
     LIST_REMOVE(s, all);
+    write_unmark(s);
     gone.cmds_in += s->st.cmds_in;
     gone.bytes_in += s->st.bytes_in;
     gone.events_out += s->st.events_out;
@@ -819,7 +910,8 @@ session_start(struct event_base *base, const struct config *cfg)
     load_limits(cfg);
     budget.work = event_new(base, -1, 0, budget_work, NULL);
     budget.trimmer = evtimer_new(base, budget_trim, NULL);
-    return budget.work != NULL && budget.trimmer != NULL ? 0 : -1;
+    writes.flusher = event_new(base, -1, 0, flush_dirty, NULL);
+    return budget.work != NULL && budget.trimmer != NULL && writes.flusher != NULL ? 0 : -1;
 }
 
 void
@@ -838,5 +930,7 @@ session_stop(void)
         event_free(budget.work);
     if (budget.trimmer != NULL)
         event_free(budget.trimmer);
-    budget.work = budget.trimmer = NULL;
+    if (writes.flusher != NULL)
+        event_free(writes.flusher);
+    budget.work = budget.trimmer = writes.flusher = NULL;
 }
