@@ -231,6 +231,22 @@ route_to_batch(struct router *r, struct topic *t, const struct wire_msg *m)
         rt_batch_flush(r);
 }
 
+/* The message's topic entry: a bus read of one busy topic finds the same
+ * one again and again, so the last found is tried before the hash (whose
+ * key building and hashing were an eighth of a one-subscriber delivery). */
+static struct topic *
+route_topic(struct router *r, const struct wire_msg *m)
+{
+    struct topic *t = r->last_topic;
+
+    if (t != NULL && wire_str_eq(&t->name, &m->topic) && wire_str_eq(&t->feed, &m->feed))
+        return t;
+    t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
+    if (t != NULL)
+        r->last_topic = t;
+    return t;
+}
+
 void
 rt_route_data(struct router *r, const struct wire_msg *m)
 {
@@ -242,7 +258,7 @@ rt_route_data(struct router *r, const struct wire_msg *m)
         at6.is_image = image_at_6(r, m);
         m = &at6;
     }
-    t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
+    t = route_topic(r, m);
     if (t == NULL && rt_link_holds(r, &m->feed, &m->topic))
         return; /* the link's own (heartbeats), counted there */
     r->n.data_in++;

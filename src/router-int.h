@@ -194,6 +194,7 @@ struct router {
 
     struct evbuffer *scratch;  /* one formatted event, or a batch */
     struct topic *batch_topic; /* scratch holds undelivered events of it */
+    struct topic *last_topic;  /* the topic of the last DATA routed */
     uint64_t batch_count;
     struct evbuffer *queue; /* data for a link not ready: encoded, in order */
     uint32_t queue_count;

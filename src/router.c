@@ -232,6 +232,8 @@ topic_free(struct router *r, struct topic *t)
 {
     if (r->batch_topic == t)
         rt_batch_flush(r);
+    if (r->last_topic == t)
+        r->last_topic = NULL;
     rt_topic_unqueue(r, t);
     rt_cache_drop(r, t);
     HASH_DEL(r->topics, t);

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 struct evbuffer;
 
@@ -70,6 +71,13 @@ struct wire_str {
     const char *ptr;
     uint32_t len;
 };
+
+/* Whether a and b hold the same bytes. */
+static inline bool
+wire_str_eq(const struct wire_str *a, const struct wire_str *b)
+{
+    return a->len == b->len && (a->len == 0 || memcmp(a->ptr, b->ptr, a->len) == 0);
+}
 
 /* An int set; n == 0 is null. */
 struct wire_ints {

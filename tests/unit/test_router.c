@@ -530,6 +530,36 @@ test_fanout_and_unwanted(void **state)
         "STAT limit.max_line ", "\nEND\n", NULL);
 }
 
+/* The last topic routed is tried before the hash: a topic of the same
+ * lengths, or one freed and made again, must not be taken for it. */
+static void
+test_last_topic(void **state)
+{
+    run(0, "SUB PRICES VOD.L", NULL);
+    run(1, "SUB PRICES VOD.X", NULL);
+    run(2, "SUB PRICEX VOD.L", NULL);
+    for (int i = 0; i < 3; i++)
+        free(out(i));
+    bus_data_in_read("PRICES", "VOD.L", "pub", false, "a", false);
+    bus_data_in_read("PRICES", "VOD.X", "pub", false, "b", false);
+    bus_data_in_read("PRICEX", "VOD.L", "pub", false, "c", false);
+    bus_data_in_read("PRICES", "VOD.L", "pub", false, "d", false);
+    router_bus_batch_end(F->r);
+    expect_out(0, "DATA PRICES VOD.L pub h1 delta multicast 1\na\n"
+                  "DATA PRICES VOD.L pub h1 delta multicast 1\nd\n");
+    expect_out(1, "DATA PRICES VOD.X pub h1 delta multicast 1\nb\n");
+    expect_out(2, "DATA PRICEX VOD.L pub h1 delta multicast 1\nc\n");
+    /* Freed while it was the last: the data is unwanted, then wanted again. */
+    run(0, "UNSUB PRICES VOD.L", NULL);
+    free(out(0));
+    bus_data("PRICES", "VOD.L", "pub", false, "e", false);
+    expect_out(0, "");
+    run(0, "SUB PRICES VOD.L", NULL);
+    free(out(0));
+    bus_data("PRICES", "VOD.L", "pub", false, "f", false);
+    expect_out(0, "DATA PRICES VOD.L pub h1 delta multicast 1\nf\n");
+}
+
 /* The link's heartbeat subscription is one holder of the topic: a local
  * subscriber gets the heartbeats, and neither its SUB nor its UNSUB (nor a
  * replay) reaches the bus; unheld, the topic is an ordinary one. */
@@ -1241,6 +1271,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_one_upstream_subscription, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_last_topic, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fanout_and_unwanted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_holds_heartbeat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_event_shared, setup, teardown),
