@@ -373,8 +373,9 @@ static const struct verb_def verbs[] = {
         "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     [LP_NOTIFY] = { VERB("NOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
     [LP_UNNOTIFY] = { VERB("UNNOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
-    [LP_AUTHORIZER] = { VERB("AUTHORIZER", 1, 0, false), { A_FEED }, "<feed>" },
-    [LP_UNAUTHORIZER] = { VERB("UNAUTHORIZER", 1, 0, false), { A_FEED }, "<feed>" },
+    /* No feed: every feed (the feed stays { NULL, 0 }; names are never empty). */
+    [LP_AUTHORIZER] = { VERB("AUTHORIZER", 1, 1, false), { A_FEED }, "[feed]" },
+    [LP_UNAUTHORIZER] = { VERB("UNAUTHORIZER", 1, 1, false), { A_FEED }, "[feed]" },
     [LP_AUTHORIZE] = { VERB("AUTHORIZE", 5, 1, false),
         { A_CLIENT_ID, A_FEED, A_TOPIC, A_REQUIRED, A_OPT_ENTS },
         "<client-id> <feed> <topic> <required|not-required> [ENTS]" },

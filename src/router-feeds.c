@@ -3,6 +3,12 @@
  * were told of, authorizers (AUTHORIZER) with the authorization requests
  * pending for them.
  *
+ * An all-feeds authorizer (AUTHORIZER with no feed) holds a role on
+ * r->all_feeds, a feed record outside r->feeds that only lists them: it
+ * gets the requests of every feed it may authorize (the access rules are
+ * asked per request, so a reload needs no revocation) and has no per-feed
+ * role for (that role delivers them already: one AUTHREQ per session).
+ *
  * Across a link drop: the remote subscriptions notifiers were told of end
  * with the link (each notifier gets the removes); pending authorization
  * requests stay, bounded in number and age (router.auth_pending[_age]),
@@ -262,17 +268,60 @@ pending_msg(const struct pending *pd, struct wire_msg *m)
     m->topic = pd->topic;
 }
 
+/* Whether the access rules let c authorize feed (no reply: see rt_permit). */
+static bool
+may_authorize(const struct router *r, const struct client *c, const struct wire_str *feed)
+{
+    return access_check(r->access, &c->who, ACCESS_AUTHORIZE, feed->ptr, feed->len).allow;
+}
+
+static bool
+holds_all_feeds(const struct router *r, const struct client *c)
+{
+    return r->all_feeds != NULL && rt_role_find(c->authorize_by, r->all_feeds) != NULL;
+}
+
+/* Whether c's all-feeds role brings it f's requests. */
+static bool
+all_feeds_brings(const struct router *r, const struct client *c, const struct feed *f)
+{
+    return rt_role_find(c->authorize_by, f) == NULL && may_authorize(r, c, &f->name);
+}
+
+/* The AUTHREQ to every all-feeds authorizer it is for (formatted per
+ * session: requests are few); how many got it. */
+static unsigned
+authreq_to_all_feeds(struct router *r, const struct feed *f, const struct wire_msg *m)
+{
+    struct role *ro, *next;
+    unsigned n = 0;
+
+    if (r->all_feeds == NULL)
+        return 0;
+    LIST_FOREACH_SAFE(ro, &r->all_feeds->authorizers, by_feed, next) {
+        if (rt_closing(ro->client) || !all_feeds_brings(r, ro->client, f))
+            continue;
+        if (lp_format_authreq(rt_output(ro->client), m) == 0) {
+            n++;
+            rt_flush(ro->client);
+        }
+    }
+    return n;
+}
+
 void
 rt_route_authreq(struct router *r, const struct wire_msg *m)
 {
     struct feed *f;
     char id[GUID_TEXT_LEN + 1];
+    unsigned n_all;
 
     r->n.auth_requests++;
     rt_pending_expire(r);
     f = feed_get(r, m->feed.ptr, m->feed.len);
     pending_add(r, f, m);
-    if (f->n_authorizers == 0) {
+    n_all = authreq_to_all_feeds(r, f, m);
+    if (f->n_authorizers == 0 && n_all == 0) {
         r->n.auth_requests_unrouted++;
         guid_to_text(m->client_id, id);
         log_notice("authorization request from %s (%.*s@%.*s) for %.*s / %.*s: no local "
@@ -281,6 +330,8 @@ rt_route_authreq(struct router *r, const struct wire_msg *m)
             (int)m->feed.len, m->feed.ptr, (int)m->topic.len, m->topic.ptr);
         return;
     }
+    if (f->n_authorizers == 0)
+        return;
     if (lp_format_authreq(r->scratch, m) != 0) {
         evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
         return;
@@ -354,10 +405,15 @@ rt_authorizer_remove(struct router *r, struct role *ro)
     HASH_DEL(ro->client->authorize_by, ro);
     ro->client->n_authorizes--;
     free(ro);
-    if (--f->n_authorizers == 0) {
-        r->n_authorizer_feeds--;
-        rt_feed_maybe_free(r, f);
+    if (--f->n_authorizers > 0)
+        return;
+    if (f == r->all_feeds) {
+        free(f);
+        r->all_feeds = NULL;
+        return;
     }
+    r->n_authorizer_feeds--;
+    rt_feed_maybe_free(r, f);
 }
 
 static struct role *
@@ -427,9 +483,9 @@ rt_cmd_unnotify(struct router *r, struct client *c, const struct lp_cmd *cmd)
     rt_reply_ok(c);
 }
 
-/* Tell a late authorizer of the requests nobody has answered yet. */
-static void
-pending_replay(struct feed *f, struct client *c)
+/* The requests of f nobody has answered yet, to c's output; whether any. */
+static bool
+pending_format(const struct feed *f, struct client *c)
 {
     struct pending *pd, *tmp;
     struct wire_msg m;
@@ -442,21 +498,56 @@ pending_replay(struct feed *f, struct client *c)
         lp_format_authreq(rt_output(c), &m);
         any = true;
     }
+    return any;
+}
+
+/* Tell a late authorizer of the requests nobody has answered yet: of f,
+ * or (f NULL) of every feed its new all-feeds role brings it. */
+static void
+pending_replay(struct router *r, const struct feed *f, struct client *c)
+{
+    struct feed *g, *tmp;
+    bool any = false;
+
+    if (f != NULL) {
+        any = pending_format(f, c);
+    } else {
+        HASH_ITER(hh, r->feeds, g, tmp)
+            if (g->pending != NULL && all_feeds_brings(r, c, g))
+                any |= pending_format(g, c);
+    }
     if (any)
         rt_flush(c);
 }
 
+/* The feed record of an all-feeds role; made for the first one. */
+static struct feed *
+all_feeds_get(struct router *r)
+{
+    if (r->all_feeds == NULL) {
+        r->all_feeds = rt_xcalloc(sizeof *r->all_feeds + 1);
+        r->all_feeds->name.ptr = r->all_feeds->key;
+        LIST_INIT(&r->all_feeds->notifiers);
+        LIST_INIT(&r->all_feeds->authorizers);
+    }
+    return r->all_feeds;
+}
+
+/* AUTHORIZER <feed>, or with no feed (cmd->feed.ptr NULL) every feed. */
 void
 rt_cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
+    bool all = cmd->feed.ptr == NULL;
     struct feed *f;
 
-    if (!rt_permit(r, c, ACCESS_AUTHORIZE, &cmd->feed))
+    /* All feeds: nothing to refuse yet, each request is checked. */
+    if (!all && !rt_permit(r, c, ACCESS_AUTHORIZE, &cmd->feed))
         return;
     rt_pending_expire(r);
-    f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
+    f = all ? r->all_feeds : feed_find(r, cmd->feed.ptr, cmd->feed.len);
     if (f != NULL && rt_role_find(c->authorize_by, f) != NULL) {
-        rt_reply_err(c, LP_ERR_ALREADY_AUTHORIZER, "already an authorizer of this feed");
+        rt_reply_err(c, LP_ERR_ALREADY_AUTHORIZER, "already an authorizer of %s",
+            all ? "every feed" : "this feed");
         return;
     }
     if (c->n_authorizes >= r->listen.max_authorizers) {
@@ -465,27 +556,46 @@ rt_cmd_authorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
         return;
     }
     if (f == NULL)
-        f = feed_get(r, cmd->feed.ptr, cmd->feed.len);
+        f = all ? all_feeds_get(r) : feed_get(r, cmd->feed.ptr, cmd->feed.len);
     role_new(f, c, &f->authorizers, &c->authorizes, &c->authorize_by);
     c->n_authorizes++;
-    if (++f->n_authorizers == 1)
+    if (++f->n_authorizers == 1 && !all)
         r->n_authorizer_feeds++;
     rt_reply_ok(c);
-    pending_replay(f, c);
+    /* An all-feeds role brought this feed's requests already. */
+    if (all || !holds_all_feeds(r, c))
+        pending_replay(r, all ? NULL : f, c);
 }
 
 void
 rt_cmd_unauthorizer(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct feed *f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
+    bool all = cmd->feed.ptr == NULL;
+    struct feed *f = all ? r->all_feeds : feed_find(r, cmd->feed.ptr, cmd->feed.len);
     struct role *ro = f != NULL ? rt_role_find(c->authorize_by, f) : NULL;
 
     if (ro == NULL) {
-        rt_reply_err(c, LP_ERR_NOT_AUTHORIZER, "not an authorizer of this feed");
+        rt_reply_err(c, LP_ERR_NOT_AUTHORIZER, "not an authorizer of %s",
+            all ? "every feed (AUTHORIZER with no feed)" : "this feed");
         return;
     }
     rt_authorizer_remove(r, ro);
     rt_reply_ok(c);
+}
+
+/* Whether c may answer a request of feed (f: its record, if any): as its
+ * authorizer, or as an all-feeds authorizer the rules let authorize it.
+ * A refusal is answered. */
+static bool
+may_answer(struct router *r, struct client *c, const struct feed *f,
+    const struct lp_name *feed)
+{
+    if (f != NULL && rt_role_find(c->authorize_by, f) != NULL)
+        return true;
+    if (holds_all_feeds(r, c))
+        return rt_permit(r, c, ACCESS_AUTHORIZE, feed);
+    rt_reply_err(c, LP_ERR_NOT_AUTHORIZER, "AUTHORIZER this feed before answering its requests");
+    return false;
 }
 
 void
@@ -500,15 +610,14 @@ rt_cmd_authorize(struct router *r, struct client *c, const struct lp_cmd *cmd)
 
     rt_pending_expire(r);
     f = feed_find(r, cmd->feed.ptr, cmd->feed.len);
-    if (f == NULL || rt_role_find(c->authorize_by, f) == NULL) {
-        rt_reply_err(c, LP_ERR_NOT_AUTHORIZER,
-            "AUTHORIZER this feed before answering its requests");
+    if (!may_answer(r, c, f, &cmd->feed))
         return;
+    if (f != NULL) {
+        k = rt_key_room(r, klen);
+        memcpy(k, cmd->client_id, WIRE_GUID_LEN);
+        memcpy(k + WIRE_GUID_LEN, cmd->topic.ptr, cmd->topic.len);
+        HASH_FIND(hh, f->pending, k, klen, pd);
     }
-    k = rt_key_room(r, klen);
-    memcpy(k, cmd->client_id, WIRE_GUID_LEN);
-    memcpy(k + WIRE_GUID_LEN, cmd->topic.ptr, cmd->topic.len);
-    HASH_FIND(hh, f->pending, k, klen, pd);
     if (pd == NULL) {
         rt_reply_err(c, LP_ERR_UNKNOWN_REQUEST,
             "no authorization request from that client for that topic (or it is older "

@@ -179,6 +179,7 @@ struct router {
     struct client *clients;
     struct topic *topics;
     struct feed *feeds;
+    struct feed *all_feeds; /* the all-feeds authorizers' roles (router-feeds.c); NULL: none */
     struct pending_list pending_order;
     uint32_t n_pending;
     TAILQ_HEAD(, topic) replay_topics; /* the replay after a reconnect, still to send */

@@ -644,6 +644,8 @@ client_recheck(struct router *r, struct client *c)
         }
     }
     LIST_FOREACH_SAFE(ro, &c->authorizes, by_client, rnext) {
+        if (ro->feed == r->all_feeds)
+            continue; /* its requests are checked one by one */
         d = decide(r, c, ACCESS_AUTHORIZE, ro->feed->name.ptr, ro->feed->name.len);
         if (!d.allow) {
             revoke_note(r, c, ACCESS_AUTHORIZE, &ro->feed->name, NULL, &d);

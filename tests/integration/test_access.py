@@ -95,8 +95,8 @@ def perm(verb, feed):
     return lambda reply: reply.startswith("-ERR perm %s %s: " % (verb, feed))
 
 
-@unittest.skipUnless(CAN_SETUID, "needs root to connect as other uids")
-class AccessTests(GatewayCase):
+class AccessCase(GatewayCase):
+    """A gateway with RULES, and sessions connected as other uids."""
     GW_CONFIG = {"listen": {"mode": "0666"}}
 
     @classmethod
@@ -124,6 +124,10 @@ class AccessTests(GatewayCase):
 
     def assertPerm(self, reply, verb, feed):
         self.assertTrue(perm(verb, feed)(reply), reply)
+
+
+@unittest.skipUnless(CAN_SETUID, "needs root to connect as other uids")
+class AccessTests(AccessCase):
 
     # ------------------------------------------------------------ verbs
 
@@ -276,6 +280,34 @@ class AccessTests(GatewayCase):
             self.write_rules(self.gw, RULES)
             self.gw.reload()
             self.gw.wait_log("reloaded", start=start)
+
+
+@unittest.skipUnless(CAN_SETUID, "needs root to connect as other uids")
+class AllFeedsAuthorizerTest(AccessCase):
+    """AUTHORIZER with no feed gets only the requests of feeds the rules let
+    the session authorize, and answers only those."""
+    BUS_KW = {"feeds": {f: {"authorization_required": True} for f in ("A.shared", "A.az")}}
+
+    def test_filtered_by_the_rules(self):
+        a, b = self.as_(NOBODY), self.as_(DAEMON)
+        # Registering asks nothing of the rules (nothing comes of it by itself).
+        self.assertEqual(a.cmd("AUTHORIZER"), "+OK")
+        self.assertEqual(b.cmd("AUTHORIZER"), "+OK")
+        sub = self.client("sub")
+        sub.subscribe("A.az", "T")
+        sub.subscribe("A.shared", "T")
+        ev = b.expect("AUTHREQ")
+        self.assertEqual(ev.words[4:6], ["A.shared", "T"])
+        self.assertEqual(b.cmd("PING"), "PONG")
+        self.assertTrue(b.no_event("AUTHREQ", wait=0.3))
+        self.assertTrue(a.no_event("AUTHREQ", wait=0.1))
+        # Answers: allowed feed goes upstream; the other is refused.
+        m = self.bus.mark()
+        self.assertEqual(b.cmd("AUTHORIZE %s A.shared T not-required" % ev.words[1]), "+OK")
+        self.wait_recv("AuthorizationResponse", lambda f: f["feed"] == "A.shared", since=m)
+        self.assertPerm(b.cmd("AUTHORIZE %s A.az T not-required" % ev.words[1]),
+                        "authorize", "A.az")
+        self.assertEqual(b.cmd("UNAUTHORIZER"), "+OK")
 
 
 class NoRulesTests(GatewayCase):

@@ -149,6 +149,13 @@ class RoleLimitTest(GatewayCase):
         self.assertTrue(reply.startswith("-ERR too-many-authorizers "), reply)
         self.assertEqual(s.cmd("UNAUTHORIZER %s-1" % feed), "+OK")
         self.assertEqual(s.cmd("AUTHORIZER %s-2" % feed), "+OK")
+        # AUTHORIZER with no feed (all feeds) counts as one more.
+        self.assertTrue(s.cmd("AUTHORIZER").startswith("-ERR too-many-authorizers "))
+        self.assertEqual(s.cmd("UNAUTHORIZER %s-0" % feed), "+OK")
+        self.assertEqual(s.cmd("AUTHORIZER"), "+OK")
+        self.assertTrue(s.cmd("AUTHORIZER %s-0" % feed).startswith("-ERR too-many-authorizers "))
+        self.assertEqual(s.cmd("UNAUTHORIZER"), "+OK")
+        self.assertEqual(s.cmd("AUTHORIZER %s-0" % feed), "+OK")
         self.assertEqual(s.cmd("PING ok"), "PONG ok")
         st = stats(s)
         self.assertEqual((st["limit.max_notifications"], st["limit.max_authorizers"]),

@@ -271,7 +271,7 @@ class DefectUnsubscribeTest(SubscriptionTests, GatewayCase):
 
 class AuthorizationTest(GatewayCase):
     BUS_KW = {"feeds": {f: {"authorization_required": True}
-                        for f in ("AUTH1", "AUTH2", "AUTH3")}}
+                        for f in ("AUTH1", "AUTH2", "AUTH3", "AUTH4", "AUTH5")}}
 
     def authreq(self, s, feed, topic):
         ev = s.expect("AUTHREQ", lambda e: e.words[4] == feed and e.words[5] == topic)
@@ -353,6 +353,59 @@ class AuthorizationTest(GatewayCase):
         self.assertEqual(a.cmd("UNAUTHORIZER AUTH3").split()[:2], ["-ERR", "not-authorizer"])
         self.assertEqual(a.cmd("AUTHORIZE %s AUTH3 late required" % cid).split()[:2],
                          ["-ERR", "not-authorizer"])
+
+    def test_all_feeds_authorizer(self):
+        # AUTHORIZER with no feed: the requests of every feed, until
+        # UNAUTHORIZER (issue 13: upstream apps register no feed).
+        a, b = self.session(), self.session()
+        self.assertEqual(a.cmd("AUTHORIZER"), "+OK")
+        self.assertEqual(a.cmd("AUTHORIZER").split()[:2], ["-ERR", "already-authorizer"])
+        self.assertEqual(b.cmd("AUTHORIZER AUTH5"), "+OK")
+        sub = self.client("sub")
+        sub.subscribe("AUTH4", "T")
+        sub.subscribe("AUTH5", "T")
+        cid4, user = self.authreq(a, "AUTH4", "T")
+        cid5, _ = self.authreq(a, "AUTH5", "T")
+        self.assertEqual(user, "sub")
+        # Several authorizers of a feed all get its requests; the first answer counts.
+        self.assertEqual(self.authreq(b, "AUTH5", "T")[0], cid5)
+        m = self.bus.mark()
+        self.assertEqual(a.cmd("AUTHORIZE %s AUTH4 T required 4" % cid4), "+OK")
+        rec = self.wait_recv("AuthorizationResponse", lambda f: f["feed"] == "AUTH4", since=m)
+        self.assertEqual((rec["fields"]["client_id"], rec["fields"]["entitlements"]),
+                         (cid4, [4]))
+        self.assertEqual(a.cmd("AUTHORIZE %s AUTH5 T not-required" % cid5), "+OK")
+        self.assertEqual(b.cmd("AUTHORIZE %s AUTH5 T required" % cid5).split()[:2],
+                         ["-ERR", "already-answered"])
+        # A feed role beside the all-feeds one: each request comes once.
+        self.assertEqual(a.cmd("AUTHORIZER AUTH4"), "+OK")
+        sub.subscribe("AUTH4", "once")
+        self.authreq(a, "AUTH4", "once")
+        self.assertTrue(a.no_event("AUTHREQ", wait=0.3))
+        self.assertEqual(a.cmd("UNAUTHORIZER AUTH4"), "+OK")
+        # UNAUTHORIZER with no feed ends it: nothing more comes.
+        self.assertEqual(a.cmd("UNAUTHORIZER"), "+OK")
+        self.assertEqual(a.cmd("UNAUTHORIZER").split()[:2], ["-ERR", "not-authorizer"])
+        sub.subscribe("AUTH4", "after")
+        self.assertEqual(a.cmd("PING"), "PONG")
+        self.assertTrue(a.no_event("AUTHREQ", wait=0.3))
+        self.assertEqual(a.cmd("AUTHORIZE %s AUTH4 after required" % cid4).split()[:2],
+                         ["-ERR", "not-authorizer"])
+
+    def test_all_feeds_authorizer_ends_with_its_session(self):
+        watcher = self.session()
+        a = self.session()
+        self.assertEqual(a.cmd("AUTHORIZER"), "+OK")
+        sub = self.client("sub2")
+        sub.subscribe("AUTH4", "closing")
+        self.authreq(a, "AUTH4", "closing")
+        n = len(stats(watcher)["session"])
+        a.close()
+        wait_until(lambda: len(stats(watcher)["session"]) == n - 1, what="the session to end")
+        before = int(stats(watcher)["auth_requests_unrouted"])
+        sub.subscribe("AUTH4", "closed")
+        wait_until(lambda: int(stats(watcher)["auth_requests_unrouted"]) == before + 1,
+                   what="an unrouted authorization request")
 
 
 if __name__ == "__main__":
