@@ -5,7 +5,14 @@ onto the gateway by changing its import and its create(...) line.
 Beyond upstream: bus state events (bus_state_handlers), the session's own
 state (link_handlers), closing errors such as slow-consumer
 (error_handlers), and automatic reconnect with bounded backoff after which
-subscriptions, notifications and authorizer registrations are restored."""
+subscriptions, notifications and authorizer registrations are restored.
+
+Authorization requests: as upstream, an app appends a handler to
+authorization_handlers (or _authorization_handlers) and gets every request.
+While that list is non-empty the client holds busgated's all-feeds
+registration (AUTHORIZER with no feed): taken when the first handler is
+appended, given back when the last is removed, restored on reconnect.
+add_authorizer(feed) still registers one feed (busgate's own)."""
 
 import asyncio
 import collections
@@ -22,6 +29,33 @@ log = logging.getLogger("busgate")
 READ_LIMIT = 1 << 24
 
 
+class _WatchedList(list):
+    """A list that calls on_change(non_empty) when it gains its first item
+    or loses its last (authorization_handlers: upstream apps just append)."""
+
+    def __init__(self, on_change: Callable[[bool], None]) -> None:
+        super().__init__()
+        self._on_change = on_change
+
+
+def _watched(name: str):
+    plain = getattr(list, name)
+
+    def method(self, *args):
+        had = bool(self)
+        result = plain(self, *args)
+        if had != bool(self):
+            self._on_change(bool(self))
+        return result
+    method.__name__ = name
+    return method
+
+
+for _name in ("append", "extend", "insert", "remove", "pop", "clear", "__setitem__",
+              "__delitem__", "__iadd__", "__imul__"):
+    setattr(_WatchedList, _name, _watched(_name))
+
+
 class CallbackClient:
     """A session with busgated whose events go to lists of async handlers."""
 
@@ -33,7 +67,8 @@ class CallbackClient:
         # The upstream handler lists (same arguments as upstream).
         self.data_handlers: List[Callable[..., Awaitable[None]]] = []
         self.notification_handlers: List[Callable[..., Awaitable[None]]] = []
-        self._authorization_handlers: List[Callable[..., Awaitable[None]]] = []
+        self._authorization_handlers: List[Callable[..., Awaitable[None]]] = \
+            _WatchedList(self._all_feeds_changed)
         # busgate's own: (state, reason) and (code, message).
         self.bus_state_handlers: List[Callable[..., Awaitable[None]]] = []
         self.link_handlers: List[Callable[..., Awaitable[None]]] = []
@@ -66,6 +101,8 @@ class CallbackClient:
         compatibility and ignored: the gateway holds the bus credentials."""
         client = cls(path, **kwargs)
         reader = await client._connect()
+        if client._authorization_handlers:   # a subclass may have some already
+            client._all_feeds_changed(True)
         client._tasks = [asyncio.ensure_future(client._run(reader)),
                          asyncio.ensure_future(client._dispatch_loop())]
         return client
@@ -168,7 +205,8 @@ class CallbackClient:
         """Tell the new session what the old one had, then say so."""
         lines = ([p.command("SUB", f, t) for f, t in sorted(self._subscriptions)]
                  + [p.command("NOTIFY", f) for f in sorted(self._notifications)]
-                 + [p.command("AUTHORIZER", f) for f in sorted(self._authorizers)])
+                 + [p.command("AUTHORIZER", f) for f in sorted(self._authorizers)]
+                 + ([p.command("AUTHORIZER")] if self._authorization_handlers else []))
         results = await asyncio.gather(*(self._request(x) for x in lines),
                                        return_exceptions=True)
         for r in results:
@@ -177,13 +215,17 @@ class CallbackClient:
                 self._events.put_nowait(p.Error(r.code, "restoring: " + r.message))
         self._events.put_nowait(p.Link("up", "restored %d requests" % len(lines)))
 
-    async def _request(self, line: bytes, stats: bool = False):
+    def _send(self, line: bytes, stats: bool = False) -> asyncio.Future:
+        """Write a request now; the future gets its reply."""
         if self._writer is None:
             raise BusgateError("disconnected", "not connected to busgated")
         fut = asyncio.get_event_loop().create_future()
         self._pending.append([fut, [] if stats else None])
         self._writer.write(line)
-        reply = await fut
+        return fut
+
+    async def _request(self, line: bytes, stats: bool = False):
+        reply = await self._send(line, stats)
         if isinstance(reply, p.Reply) and reply.kind == "-ERR":
             raise BusgateError(reply.code, reply.text)
         return reply
@@ -235,6 +277,24 @@ class CallbackClient:
         self._lost("stopped")
 
     # ------------------------------------------------------- requests
+
+    def _all_feeds_changed(self, has_handlers: bool) -> None:
+        """authorization_handlers gained its first handler or lost its last:
+        take or give back the all-feeds registration (a list change cannot
+        wait: the request is written now, its reply checked later). While
+        disconnected nothing is sent; the restore looks at the list."""
+        if self._writer is None:
+            return
+        fut = self._send(p.command("AUTHORIZER" if has_handlers else "UNAUTHORIZER"))
+        fut.add_done_callback(self._all_feeds_reply)
+
+    def _all_feeds_reply(self, fut: asyncio.Future) -> None:
+        reply = None if fut.cancelled() or fut.exception() else fut.result()
+        if reply is None or reply.kind != "-ERR":
+            return   # OK, or the session was lost: the restore registers
+        # already-/not-authorizer: a restore raced the change; same result.
+        if reply.code not in ("already-authorizer", "not-authorizer"):
+            self._events.put_nowait(p.Error(reply.code, "authorization handlers: " + reply.text))
 
     async def _remembered(self, table: set, key, add: bool, line: bytes) -> None:
         """A request a reconnect must restore: recorded even while

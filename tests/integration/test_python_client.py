@@ -174,6 +174,37 @@ class CallbackClientTest(GatewayCase):
                 await c.client.stop()
         run(go())
 
+    def test_authorization_handlers_alone(self):
+        # Upstream style: no add_authorizer; a handler in the list is enough
+        # (issue 13). Removing the last handler gives the registration back.
+        t1, t2, t3 = uniq("AH"), uniq("AH"), uniq("AH")
+
+        async def go():
+            a, b = await self.recorder(), await self.recorder()
+            reqs = []
+
+            async def on_authorization(client_id, host, user, feed, topic):
+                reqs.append((client_id, feed, topic))
+            a.client._authorization_handlers.append(on_authorization)
+            await b.client.add_subscription("secure", t1)
+            await a.wait(lambda e: isinstance(e, busgate.AuthRequest) and e.topic == t1)
+            self.assertEqual(reqs[-1][1:], ("secure", t1))
+            await a.client.authorize(reqs[-1][0], "secure", t1, False)
+            a.client._authorization_handlers.remove(on_authorization)
+            await a.client.ping()
+            await b.client.add_subscription("secure", t2)
+            await asyncio.sleep(0.3)
+            self.assertFalse([e for e in a.events if isinstance(e, busgate.AuthRequest)
+                              and e.topic == t2])
+            # Appended again (extend counts too): registered again.
+            a.client.authorization_handlers.extend([on_authorization])
+            await b.client.add_subscription("secure", t3)
+            await a.wait(lambda e: isinstance(e, busgate.AuthRequest) and e.topic == t3)
+            self.assertFalse([e for e in a.events if isinstance(e, busgate.Error)])
+            for c in (a, b):
+                await c.client.stop()
+        run(go())
+
 
 class BlockingTest(GatewayCase):
     def test_blocking_iterator(self):
@@ -214,6 +245,7 @@ def run_example(path, env):
 class ExamplesTest(GatewayCase):
     """Every example of the upstream client's README, with only the import
     and the create(...) line changed, through busgated."""
+    BUS_KW = {"feeds": {"secure": {"authorization_required": True}}}
 
     def env(self):
         env = dict(os.environ, BUSGATE_SOCKET=self.gw.socket_path,
@@ -270,6 +302,27 @@ class ExamplesTest(GatewayCase):
                                  timeout=TIMEOUT)
             self.assertEqual(out.returncode, 0, out.stderr)
 
+    def test_upstream_authorizer_example(self):
+        # The README's handler answering with authorize(), nothing else
+        # (issue 13): the request reaches it and the answer the bus.
+        topic = uniq("UA")
+        m = self.bus.mark()
+        proc = run_example(os.path.join(EXAMPLES, "upstream_authorizer.py"), self.env())
+        try:
+            sub = self.client("sub")
+            sub.subscribe("secure", topic)
+            rec = self.wait_recv("AuthorizationResponse",
+                                 lambda f: (f["feed"], f["topic"]) == ("secure", topic),
+                                 since=m)
+            self.assertEqual((rec["fields"]["client_id"],
+                              rec["fields"]["is_authorization_required"],
+                              sorted(rec["fields"]["entitlements"])),
+                             (self.gw_login("sub")["client_id"], True, [1, 2]))
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=TIMEOUT)
+        self.assertIn('user="sub",feed="secure",topic="%s"' % topic, out, err)
+
     def test_busgate_readme_example(self):
         # README.md shows python/examples/readme.py; both must agree.
         with open(os.path.join(os.path.dirname(PYDIR), "README.md"), encoding="utf-8") as f:
@@ -286,7 +339,7 @@ class ExamplesTest(GatewayCase):
 class RestartTest(GatewayCase):
     """busgated restarts in the middle of a subscription; the bus goes
     down and up: the app keeps receiving and is told."""
-    BUS_KW = {"heartbeat": 0.2}
+    BUS_KW = {"heartbeat": 0.2, "feeds": {"secure": {"authorization_required": True}}}
     GW_CONFIG = {"bus": {"heartbeat": {"timeout": "10s"}}}
 
     def test_busgated_restart_keeps_subscription(self):
@@ -298,6 +351,13 @@ class RestartTest(GatewayCase):
             await r.client.add_subscription(feed, topic)
             await r.client.add_notification(feed)
             await r.client.add_authorizer("secure")
+            h = Recorder(await CallbackClient.create(path=self.gw.socket_path,
+                                                     backoff_max=0.5))
+
+            async def on_authorization(client_id, host, user, feed, topic):
+                pass
+            h.client.authorization_handlers.append(on_authorization)
+            await h.client.ping()
             pub = self.client("pub")
             deadline = time.monotonic() + TIMEOUT
             while time.monotonic() < deadline:       # until the bus has the SUB
@@ -312,6 +372,13 @@ class RestartTest(GatewayCase):
             await asyncio.get_event_loop().run_in_executor(None, self.gw.start)
             self.gw.wait_bus_up()
             await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "up")
+            # The handler-only client registered again for every feed.
+            await h.wait(lambda e: isinstance(e, busgate.Link) and e.state == "up")
+            sub_topic = uniq("RA")
+            self.client("sub").subscribe("secure", sub_topic)
+            await h.wait(lambda e: isinstance(e, busgate.AuthRequest) and e.topic == sub_topic,
+                         "the request after the restart")
+            await h.client.stop()
             sessions = (await r.client.stats())["session"]
             self.assertTrue(any("subs=1" in s and "self" in s for s in sessions), sessions)
             # The restored NOTIFY sees the restored subscription.
