@@ -1197,7 +1197,9 @@ names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
     char *line;
     int r;
 
-    if (feed == NULL || (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
+    /* (UN)AUTHORIZER with no feed: every feed. */
+    if ((feed == NULL && reg != LP_AUTHORIZER) ||
+        (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
     if (c->pipelined)
         return set_err(c, BG_E_INVALID, "not while pipelined (bg_set_pipelined)");

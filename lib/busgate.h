@@ -170,6 +170,8 @@ int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *to
     size_t topic_len);
 int bg_notify(bg_conn *c, const char *feed, size_t feed_len);
 int bg_unnotify(bg_conn *c, const char *feed, size_t feed_len);
+/* feed NULL: every feed the access rules let this session authorize
+ * (AUTHORIZER with no feed); restored on reconnect like a feed's. */
 int bg_authorizer(bg_conn *c, const char *feed, size_t feed_len);
 int bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len);
 int bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic,

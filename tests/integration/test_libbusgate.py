@@ -101,7 +101,7 @@ class LibbusgateTest(unittest.TestCase):
 
     def test_verbs_and_events(self):
         self.run_c("connect_refused", "publish_binary", "errors", "notify_and_send",
-                   "authorize", "event_loop", "timeout_zero")
+                   "authorize", "authorize_all_feeds", "event_loop", "timeout_zero")
 
     def test_bus_events_pass_through(self):
         self.run_c("bus_events")

@@ -220,6 +220,25 @@ test_authorize(void)
     bg_free(b);
 }
 
+/* bg_authorizer with no feed: every feed's requests (issue 13). */
+static void
+test_authorize_all_feeds(void)
+{
+    bg_conn *a = conn(), *b = conn();
+    const struct bg_event *ev;
+
+    CHECK_OK(a, bg_authorizer(a, NULL, 0));
+    CHECK(bg_authorizer(a, NULL, 0) == -BG_E_ALREADY_AUTHORIZER);
+    CHECK_OK(b, bg_subscribe(b, S("secure"), S("ALL")));
+    ev = wait_for(a, BG_EV_AUTHREQ, S("ALL"));
+    CHECK(name_is(ev->feed, ev->feed_len, S("secure")));
+    CHECK_OK(a, bg_authorize(a, ev->client_id, S("secure"), S("ALL"), false, NULL, 0));
+    CHECK_OK(a, bg_unauthorizer(a, NULL, 0));
+    CHECK(bg_unauthorizer(a, NULL, 0) == -BG_E_NOT_AUTHORIZER);
+    bg_free(a);
+    bg_free(b);
+}
+
 /* A zero timeout still reads what the socket holds. */
 static void
 test_timeout_zero(void)
@@ -367,6 +386,7 @@ test_restart(void)
     CHECK_OK(s, bg_subscribe(s, S("restart feed"), S("t")));
     CHECK_OK(s, bg_notify(s, S("restart feed")));
     CHECK_OK(s, bg_authorizer(s, S("secure")));
+    CHECK_OK(s, bg_authorizer(s, NULL, 0));
     ev = wait_for(s, BG_EV_NOTIFICATION, S("t")); /* its own subscription */
     /* An event-loop subscriber alongside the blocking one. */
     CHECK_OK(a, bg_subscribe(a, S("restart feed"), S("t")));
@@ -386,7 +406,7 @@ test_restart(void)
                 down = true;
             } else if (ev->kind == BG_EV_LINK) {
                 CHECK(down);
-                CHECK(strstr(ev->text, "3 registrations restored") != NULL);
+                CHECK(strstr(ev->text, "4 registrations restored") != NULL);
                 up = true;
             } else if (ev->kind == BG_EV_DATA && up) {
                 CHECK(ev->n_packets == 1 && memcmp(ev->packets[0].data, "again", 5) == 0);
@@ -400,6 +420,7 @@ test_restart(void)
     CHECK(bg_subscribe(s, S("restart feed"), S("t")) == -BG_E_ALREADY_SUBSCRIBED);
     CHECK(bg_notify(s, S("restart feed")) == -BG_E_ALREADY_NOTIFYING);
     CHECK(bg_authorizer(s, S("secure")) == -BG_E_ALREADY_AUTHORIZER);
+    CHECK(bg_authorizer(s, NULL, 0) == -BG_E_ALREADY_AUTHORIZER);
     CHECK(ast.link_down == 1 && ast.link_up == 1);
     bg_free(s);
     bg_free(p);
@@ -819,6 +840,7 @@ main(int argc, char **argv)
         { "errors", test_errors },
         { "notify_and_send", test_notify_and_send },
         { "authorize", test_authorize },
+        { "authorize_all_feeds", test_authorize_all_feeds },
         { "event_loop", test_event_loop },
         { "timeout_zero", test_timeout_zero },
         { "bus_events", test_bus_events },
