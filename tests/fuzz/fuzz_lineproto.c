@@ -219,10 +219,16 @@ check_command(const char *line, size_t len, const struct lp_limits *lim, struct 
     case LP_AUTHORIZE:
         check_name(&cmd->topic, lim, true);
         /* fall through */
-    case LP_NOTIFY:
-    case LP_UNNOTIFY:
     case LP_AUTHORIZER:
     case LP_UNAUTHORIZER:
+        /* No feed: every feed's requests, and the feed stays unset. */
+        if (cmd->feed.ptr == NULL) {
+            CHECK(cmd->feed.len == 0 && cmd->topic.len == 0);
+            break;
+        }
+        /* fall through */
+    case LP_NOTIFY:
+    case LP_UNNOTIFY:
         check_name(&cmd->feed, lim, true);
         check_name_round_trip(cmd, lim);
         break;
