@@ -13,7 +13,9 @@
  *   lpclient bussub the same, but each subscriber is a direct TCP client of
  *                   the bus source (the baseline without the gateway).
  *   lpclient pub    P publishers streaming PUB with VERBOSE off; the bus
- *                   source counts and checks what arrives.
+ *                   source counts and checks what arrives. With --lib,
+ *                   each publisher is a pipelined libbusgate connection
+ *                   (bg_publish) instead of pre-formatted chunks.
  *   lpclient idle   N sessions that say hello, optionally subscribe to M
  *                   topics each, answer a PING, then idle until stdin
  *                   closes (the driver measures the daemon's RSS).
@@ -114,7 +116,7 @@ usage(void)
         "  --warmup S --duration S --drain S\n"
         "  --latency          record one-way latency of every message measured\n"
         "  --cpu NAME=PID     report this process's CPU seconds in the window\n"
-        "  --lib              sub: subscribe through libbusgate (event-loop use)\n");
+        "  --lib              sub, pub: through libbusgate (event-loop use)\n");
     exit(2);
 }
 
@@ -357,13 +359,17 @@ lib_event(bg_conn *c, const struct bg_event *ev, void *arg)
         if (!ev->up)
             s->bg_down = true; /* freed after bg_process returns */
         break;
+    case BG_EV_REPLY: /* pipelined publish: only refusals are answered */
+        fprintf(stderr, "lpclient: session %ld: %s\n", (long)(s - C.s), ev->text);
+        C.err_replies++;
+        break;
     default:
         break;
     }
 }
 
-/* --lib: connect and subscribe with the blocking calls, then hand the
- * socket to the epoll loop. */
+/* --lib: connect and subscribe (sub) or turn pipelining on (pub) with the
+ * blocking calls, then hand the socket to the epoll loop. */
 static void
 lib_connect(struct sess *s)
 {
@@ -373,8 +379,13 @@ lib_connect(struct sess *s)
     if ((s->bg = bg_connect(C.socket_path)) == NULL || bg_error_code(s->bg) != 0)
         bench_die("bg_connect %s: %s", C.socket_path, bg_errstr(s->bg));
     bg_set_reconnect(s->bg, 1, 0); /* a drop is a failure of the run */
-    if (bg_subscribe(s->bg, BENCH_FEED, strlen(BENCH_FEED), topic, (size_t)l) != 0)
-        bench_die("bg_subscribe: %s", bg_errstr(s->bg));
+    int r = C.mode == M_PUB
+        ? bg_set_pipelined(s->bg, true)
+        : bg_subscribe(s->bg, BENCH_FEED, strlen(BENCH_FEED), topic, (size_t)l);
+
+    if (r != 0)
+        bench_die("lpclient: %s", bg_errstr(s->bg));
+    note_bus_state(bg_hello(s->bg));
     bg_set_callback(s->bg, lib_event, s);
     s->fd = bg_fd(s->bg);
     s->state = SS_RUN;
@@ -451,9 +462,47 @@ pub_fill(struct sess *s)
     s->out_len = o;
 }
 
+/* --lib: bg_publish the same messages (payload: sequence number first),
+ * a chunk's worth at a time with a bg_flush after each, until the socket
+ * does not take all the library has queued. */
+static void
+lib_pub_write(struct sess *s)
+{
+    char topic[32];
+    int tl = snprintf(topic, sizeof topic, "p%ld", (long)(s - C.s));
+    struct bg_packet pk = { .len = C.payload };
+
+    if (s->out == NULL) {
+        if ((s->out = malloc(C.payload)) == NULL)
+            bench_die("out of memory");
+        bench_payload_fill(s->out, C.payload);
+    }
+    pk.data = s->out;
+    do {
+        for (uint32_t i = 0; i < C.pub_per_chunk && !atomic_load(&C.ctl->stop); i++) {
+            bench_put_u64(s->out, s->next_seq);
+            if (bg_publish(s->bg, BENCH_FEED, strlen(BENCH_FEED), topic, (size_t)tl, false,
+                    &pk, 1) != 0) {
+                sess_dead(s, bg_errstr(s->bg));
+                return;
+            }
+            s->next_seq++;
+        }
+        if (bg_flush(s->bg) != 0) {
+            sess_dead(s, bg_errstr(s->bg));
+            return;
+        }
+    } while (!atomic_load(&C.ctl->stop) && !bg_want_write(s->bg));
+    ep_out(s, bg_want_write(s->bg));
+}
+
 static void
 pub_write(struct sess *s)
 {
+    if (s->bg != NULL) {
+        lib_pub_write(s);
+        return;
+    }
     for (;;) {
         if (s->out_off == s->out_len) {
             if (atomic_load(&C.ctl->stop)) {
@@ -507,7 +556,7 @@ poll_once(int timeout_ms)
         if (s->state == SS_DEAD)
             continue;
         if (s->bg != NULL) {
-            bg_process(s->bg, BG_READABLE);
+            bg_process(s->bg, BG_READABLE | (evs[i].events & EPOLLOUT ? BG_WRITABLE : 0));
             if (s->bg_down)
                 sess_dead(s, "closed by the daemon");
         } else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
@@ -689,7 +738,10 @@ drain_pub(void)
     for (uint32_t i = 0; i < C.n; i++) {
         struct sess *s = &C.s[i];
 
-        if (s->state != SS_DEAD && s->out_off < s->out_len) {
+        if (s->state != SS_DEAD && s->bg != NULL) {
+            while (s->state != SS_DEAD && bg_want_write(s->bg) && bench_now_ns() < end)
+                poll_once(10);
+        } else if (s->state != SS_DEAD && s->out_off < s->out_len) {
             int fl = fcntl(s->fd, F_GETFL);
 
             fcntl(s->fd, F_SETFL, fl & ~O_NONBLOCK);
@@ -854,7 +906,8 @@ parse_args(int argc, char **argv)
     }
     if (optind != argc || C.n == 0 || C.topics == 0 ||
         (C.mode == M_BUSSUB ? C.port == 0 : C.socket_path == NULL) ||
-        (C.mode != M_IDLE && C.ctl == NULL) || (C.lib && C.mode != M_SUB) ||
+        (C.mode != M_IDLE && C.ctl == NULL) ||
+        (C.lib && C.mode != M_SUB && C.mode != M_PUB) ||
         (C.mode == M_PUB &&
             (C.payload < BENCH_MIN_PAYLOAD || C.payload > BENCH_MAX_PAYLOAD)))
         usage();
