@@ -2,7 +2,7 @@
  * One local client on the Unix socket. Input is framed by lineproto's
  * framer (command lines bounded by max_line, byte-counted payload blocks
  * bounded by max_payload) and parsed with lineproto; complete commands go
- * to the router. Output is the bufferevent's output evbuffer, bounded by
+ * to the router. Output is the session's own evbuffer, bounded by
  * max_output: past it the session is a slow consumer and is closed, so a
  * reader that stops reading never holds memory or delays anyone else.
  *
@@ -44,11 +44,13 @@
 #define SESSION_CMD_STORE_KEEP 4096
 
 struct session {
-    struct bufferevent *bev;
+    struct bufferevent *bev; /* the socket, and its input */
+    struct evbuffer *out;    /* output: no callbacks, see output_appended */
+    struct event *writable;  /* armed only while the socket is full */
     struct router *router;
     struct router_client *rc; /* the router's record of it */
     struct event *closer;     /* closing: release, then free on timeout */
-    struct lp_cmd *cmd;   /* allocated at the first command */
+    struct lp_cmd *cmd;       /* allocated at the first command */
     uint64_t id;
     struct peer_cred peer;
     enum session_state state;
@@ -58,6 +60,7 @@ struct session {
     bool budget_paused;          /* memory budget: not reading */
     struct lp_framer framer;     /* where in the input stream the reader is */
     size_t last_added;           /* bytes of the newest append to the output */
+    size_t out_len;              /* output bytes accounted so far */
     size_t mem;                  /* queued output + buffered input (budget) */
     struct router_conn_stats st; /* queued: filled in when asked */
     const char *close_reason;
@@ -249,9 +252,14 @@ budget_work(evutil_socket_t fd, short what, void *arg)
  * per loop turn, after whatever appended to it (a whole bus read, a batch
  * of commands) is done: a session appended to goes on the dirty list, and
  * one event, activated for the turn, writes every dirty session. Only a
- * socket that cannot take it all gets the bufferevent's write event, until
- * it has drained: with an EV_WRITE added and deleted for every session
- * touched, each turn cost two epoll_ctl per session besides its writev.
+ * socket that cannot take it all gets a write event, until it has drained:
+ * with an EV_WRITE added and deleted for every session touched, each turn
+ * cost two epoll_ctl per session besides its writev.
+ *
+ * The output is a plain evbuffer with no callbacks, and appends are
+ * accounted (budget, write list, slow-consumer bound) when the router
+ * calls flush: a bufferevent's output runs two callbacks on every append,
+ * a tenth of what one small event cost to deliver.
  */
 static struct {
     struct event *flusher;
@@ -288,31 +296,53 @@ session_failed(struct session *s, int e)
     session_destroy(s);
 }
 
-/* Write what the socket takes; the rest waits for it to be writable. */
+/* Account what was appended to the output since the last look. */
 static void
+output_appended(struct session *s)
+{
+    size_t len = evbuffer_get_length(s->out);
+
+    if (len <= s->out_len)
+        return;
+    s->last_added = len - s->out_len;
+    budget_account(s, s->last_added, 0);
+    s->out_len = len;
+    write_mark(s);
+}
+
+/* Account what the socket took. */
+static void
+output_written(struct session *s)
+{
+    size_t len = evbuffer_get_length(s->out), n = s->out_len - len;
+
+    s->st.bytes_out += n;
+    s->out_len = len;
+    budget_account(s, 0, n);
+}
+
+/* Write what the socket takes; the rest waits for it to be writable. False
+ * if the socket failed, and the session is gone. */
+static bool
 session_write(struct session *s)
 {
-    struct evbuffer *out = bufferevent_get_output(s->bev);
-    int n;
+    int fd = bufferevent_getfd(s->bev);
 
-    /* Waiting for room already, or written meanwhile (evbuffer_write
-     * calls an empty buffer an error). */
-    if ((bufferevent_get_enabled(s->bev) & EV_WRITE) || evbuffer_get_length(out) == 0)
-        return;
-    /* The bufferevent keeps its output's start frozen but while it writes. */
-    evbuffer_unfreeze(out, 1);
-    n = evbuffer_write(out, bufferevent_getfd(s->bev));
-    evbuffer_freeze(out, 1);
-    if (n < 0) {
+    output_appended(s);
+    if (s->out_len > 0 && evbuffer_write(s->out, fd) < 0) {
         int e = EVUTIL_SOCKET_ERROR();
 
         if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR) {
             session_failed(s, e);
-            return;
+            return false;
         }
     }
-    if (evbuffer_get_length(out) > 0)
-        bufferevent_enable(s->bev, EV_WRITE);
+    output_written(s);
+    if (s->out_len > 0)
+        event_add(s->writable, NULL);
+    else
+        event_del(s->writable);
+    return true;
 }
 
 static void
@@ -322,15 +352,21 @@ flush_dirty(evutil_socket_t fd, short what, void *arg)
 
     while ((s = LIST_FIRST(&writes.dirty)) != NULL) {
         write_unmark(s);
-        session_write(s);
+        /* Waiting for room: the write event writes it. */
+        if (!event_pending(s->writable, EV_WRITE, NULL))
+            session_write(s);
     }
 }
 
-/* The socket was full and has drained: back to writing from the loop. */
+/* The socket was full and has room again; a closing session is freed once
+ * its output is all written (and its release step has run). */
 static void
-write_cb(struct bufferevent *bev, void *arg)
+writable_cb(evutil_socket_t fd, short what, void *arg)
 {
-    bufferevent_disable(bev, EV_WRITE);
+    struct session *s = arg;
+
+    if (session_write(s) && s->state == SESSION_CLOSING && s->released && s->out_len == 0)
+        session_destroy(s);
 }
 
 /* Traffic of the sessions already gone, for the totals (STATS), and why
@@ -394,13 +430,13 @@ budget_stats(struct router_memory_stats *st)
 static struct evbuffer *
 session_output(struct session *s)
 {
-    return bufferevent_get_output(s->bev);
+    return s->out;
 }
 
 static size_t
 session_output_len(const struct session *s)
 {
-    return evbuffer_get_length(bufferevent_get_output(s->bev));
+    return evbuffer_get_length(s->out);
 }
 
 /* After appending to the output: the slow-consumer bound. False if the
@@ -412,8 +448,9 @@ session_flush_check(struct session *s)
 
     if (s->state == SESSION_CLOSING)
         return false;
+    output_appended(s);
     s->st.events_out++;
-    len = session_output_len(s);
+    len = s->out_len;
     /* The bound is on the backlog before the newest event, so one event
      * bigger than max_output still reaches a reader that keeps up. */
     if (len <= limits.max_output || len - s->last_added <= limits.max_output)
@@ -453,21 +490,6 @@ session_reply_err(struct session *s, enum lp_error e, const char *fmt, ...)
     va_end(ap);
     lp_format_err(session_output(s), e, "%s", msg);
     session_flush_check(s);
-}
-
-/* Bytes handed to the socket (STATS) and the size of the newest append
- * (the slow-consumer check). */
-static void
-output_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
-    struct session *s = arg;
-
-    s->st.bytes_out += info->n_deleted;
-    if (info->n_added > 0) {
-        s->last_added = info->n_added;
-        write_mark(s);
-    }
-    budget_account(s, info->n_added, info->n_deleted);
 }
 
 static void
@@ -623,16 +645,6 @@ read_cb(struct bufferevent *bev, void *arg)
 
 /* ---- closing ---- */
 
-static void
-closing_write_cb(struct bufferevent *bev, void *arg)
-{
-    struct session *s = arg;
-
-    /* Output flushed. Before the release step ran, closer_cb frees it. */
-    if (s->released)
-        session_destroy(s);
-}
-
 /* Runs once right after session_close (outside any router call) to release
  * the session's routing state, then again when the grace has run out. */
 static void
@@ -670,12 +682,13 @@ session_close(struct session *s, enum lp_error e, const char *msg)
     if (s->close_reason == NULL)
         s->close_reason = e != LP_ERR_NONE ? lp_error_code(e) : "closed";
     bufferevent_disable(s->bev, EV_READ);
-    write_unmark(s); /* the bufferevent writes what is left */
+    bufferevent_setcb(s->bev, NULL, NULL, event_cb, s);
+    write_unmark(s); /* the write event writes what is left */
     if (e != LP_ERR_NONE)
-        lp_format_err(session_output(s), e, "%s", msg != NULL ? msg : "");
-    bufferevent_setcb(s->bev, NULL, closing_write_cb, event_cb, s);
-    bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
-    bufferevent_enable(s->bev, EV_WRITE);
+        lp_format_err(s->out, e, "%s", msg != NULL ? msg : "");
+    output_appended(s);
+    if (s->out_len > 0)
+        event_add(s->writable, NULL);
     event_active(s->closer, EV_TIMEOUT, 1);
 }
 
@@ -754,13 +767,14 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
         goto fail;
     if ((s->closer = evtimer_new(base, closer_cb, s)) == NULL)
         goto fail;
+    if ((s->out = evbuffer_new()) == NULL ||
+        (s->writable = event_new(base, fd, EV_WRITE | EV_PERSIST, writable_cb, s)) == NULL)
+        goto fail;
     if ((s->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL)
         goto fail;
-    bufferevent_set_max_single_write(s->bev, 1 << 20);
     bufferevent_set_max_single_read(s->bev, 256 << 10);
     fd = -1;
-    bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
-    evbuffer_add_cb(bufferevent_get_output(s->bev), output_cb, s);
+    bufferevent_setcb(s->bev, read_cb, NULL, event_cb, s);
     evbuffer_add_cb(bufferevent_get_input(s->bev), input_cb, s);
     LIST_INSERT_HEAD(&budget.sessions, s, all);
     budget.live++;
@@ -768,12 +782,17 @@ session_new(struct event_base *base, int fd, const struct peer_cred *peer,
         (int)peer->uid, (int)peer->gid);
     /* Greets it, and pauses it under bus back-pressure. */
     s->rc = router_session_attach(router, s, &session_port, s->id, peer);
+    output_appended(s);
     if (!s->paused)
         bufferevent_enable(s->bev, EV_READ);
     return s;
 fail:
     log_error("cannot start a session: out of memory");
     if (s != NULL) {
+        if (s->writable != NULL)
+            event_free(s->writable);
+        if (s->out != NULL)
+            evbuffer_free(s->out);
         if (s->closer != NULL)
             event_free(s->closer);
         free(s);
@@ -804,6 +823,8 @@ session_destroy(struct session *s)
     if (s->budget_paused)
         budget.paused--;
     budget_account(s, 0, s->mem); /* freeing the buffers runs no callback */
+    event_free(s->writable);      /* before the bufferevent closes the socket */
+    evbuffer_free(s->out);
     bufferevent_free(s->bev);
     event_free(s->closer);
     if (s->cmd != NULL) {
