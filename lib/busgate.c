@@ -1066,33 +1066,16 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
 }
 
 /*
- * A message (PUB, SEND, AUTHORIZE): while pipelined, queued without a
- * reply to wait for; blocking use waits only for room when much is
- * queued, reading (and queueing) what arrives meanwhile.
+ * A message queued while pipelined (before: the queue's length before it),
+ * with no reply to wait for: written once per batch; blocking use waits
+ * only for room when much is queued, reading (and queueing) what arrives
+ * meanwhile.
  */
 static int
-quiet_command(struct bg_conn *c)
+queued(struct bg_conn *c, size_t before)
 {
     int64_t deadline;
-    size_t before, n;
-    int r;
 
-    if (!c->pipelined)
-        return command(c, 0, NULL);
-    if ((r = link_ready(c)) < 0) {
-        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
-        return r;
-    }
-    before = evbuffer_get_length(c->out);
-    /* A small message is copied, so that messages share chains: moved,
-     * each would be an iovec of its own and a write would take 16. */
-    if ((n = evbuffer_get_length(c->tmp)) <= BG_COPY_MAX) {
-        if (evbuffer_add(c->out, evbuffer_pullup(c->tmp, -1), n) < 0)
-            return set_err(c, BG_E_NOMEM, "out of memory");
-        evbuffer_drain(c->tmp, n);
-    } else {
-        evbuffer_add_buffer(c->out, c->tmp);
-    }
     /* Once per batch: not a refused write per message while the socket
      * is full. */
     if (before / BG_PIPELINE_BATCH != evbuffer_get_length(c->out) / BG_PIPELINE_BATCH)
@@ -1112,6 +1095,33 @@ quiet_command(struct bg_conn *c)
         settle_closing(c);
     }
     return 0;
+}
+
+/* The command in c->tmp without a reply to wait for (AUTHORIZE), queued
+ * while pipelined. */
+static int
+quiet_command(struct bg_conn *c)
+{
+    size_t before, n;
+    int r;
+
+    if (!c->pipelined)
+        return command(c, 0, NULL);
+    if ((r = link_ready(c)) < 0) {
+        evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+        return r;
+    }
+    before = evbuffer_get_length(c->out);
+    /* A small message is copied, so that messages share chains: moved,
+     * each would be an iovec of its own and a write would take 16. */
+    if ((n = evbuffer_get_length(c->tmp)) <= BG_COPY_MAX) {
+        if (evbuffer_add(c->out, evbuffer_pullup(c->tmp, -1), n) < 0)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        evbuffer_drain(c->tmp, n);
+    } else {
+        evbuffer_add_buffer(c->out, c->tmp);
+    }
+    return queued(c, before);
 }
 
 int
@@ -1263,6 +1273,7 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
     const struct bg_packet *packets, size_t n_packets)
 {
     struct wire_packet stack[8] = { { { NULL, 0 }, NULL, 0 } }, *pk = stack;
+    size_t before;
     int r;
 
     if (feed == NULL || topic == NULL || (n_packets > 0 && packets == NULL) ||
@@ -1280,13 +1291,22 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
                                           (uint32_t)packets[i].n_entitlements },
             packets[i].data, (uint32_t)packets[i].len };
     }
-    r = lp_format_cmd_message(c->tmp, client_id, feed, feed_len, topic, topic_len, is_image,
-        pk, (uint32_t)n_packets);
+    /* While pipelined, formatted straight into the output queue (one
+     * reservation: nothing is left of it if that fails); else a command
+     * in hand, sent by command(). */
+    if (c->pipelined && (r = link_ready(c)) < 0)
+        goto out;
+    before = evbuffer_get_length(c->out);
+    r = lp_format_cmd_message(c->pipelined ? c->out : c->tmp, client_id, feed, feed_len,
+        topic, topic_len, is_image, pk, (uint32_t)n_packets);
+    if (r < 0)
+        r = set_err(c, BG_E_NOMEM, "out of memory");
+    else
+        r = c->pipelined ? queued(c, before) : command(c, 0, NULL);
+out:
     if (pk != stack)
         free(pk);
-    if (r < 0)
-        return set_err(c, BG_E_NOMEM, "out of memory");
-    return quiet_command(c);
+    return r;
 }
 
 int

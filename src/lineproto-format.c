@@ -477,23 +477,36 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
     size_t feed_len, const char *topic, size_t topic_len, bool image,
     const struct wire_packet *packets, uint32_t n_packets)
 {
+    const struct wire_str f = { feed, (uint32_t)feed_len },
+                          t = { topic, (uint32_t)topic_len };
+    const char *verb = client_id != NULL ? "SEND" : "PUB";
     struct evbuffer_iovec vec;
-    size_t payload, room, o;
+    size_t payload, room, o, ef, et;
     char *d;
 
-    if (cmd_start(out, client_id != NULL ? LP_SEND : LP_PUB, NULL, 0) < 0 ||
-        (client_id != NULL && cmd_client_id(out, client_id) < 0) ||
-        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, feed, feed_len) < 0 ||
-        evbuffer_add(out, " ", 1) < 0 || lp_put_name(out, topic, topic_len) < 0)
+    if (feed_len > UINT32_MAX || topic_len > UINT32_MAX)
         return -1;
-    room = sizeof(" image") + packets_room(packets, n_packets, &payload) + 1;
+    ef = escaped_len(feed, feed_len);
+    et = escaped_len(topic, topic_len);
+    room = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et + sizeof(" image") +
+        packets_room(packets, n_packets, &payload) + 1;
     if (n_packets > 0)
         room += payload + 1;
+    /* One contiguous reservation, as for DATA: a publisher formats one of
+     * these per message. */
     if (room > (size_t)EV_SSIZE_MAX ||
         evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
         return -1;
     d = vec.iov_base;
-    o = put_lit(d, image ? " image" : " delta");
+    o = put_lit(d, verb);
+    if (client_id != NULL) {
+        d[o++] = ' ';
+        guid_to_text(client_id, d + o);
+        o += GUID_TEXT_LEN;
+    }
+    o += put_name_tok(d + o, &f, ef);
+    o += put_name_tok(d + o, &t, et);
+    o += put_lit(d + o, image ? " image" : " delta");
     o += put_packets(d + o, packets, n_packets);
     d[o++] = '\n';
     if (n_packets > 0) {
