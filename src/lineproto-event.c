@@ -76,13 +76,31 @@ first_special(const char *p, const char *end)
 }
 
 /* next_token for daemon output; for a name (is_name) also whether it has
- * nothing to decode (clean). */
+ * nothing to decode (clean). A name is scanned once: first_special stops
+ * at the separator that ends a clean name, or where one needs decoding. */
 static bool
 event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool *clean)
 {
-    if (!next_token(pp, end, t))
+    const char *p = *pp;
+
+    *clean = false;
+    if (!is_name)
+        return next_token(pp, end, t);
+    while (p < end && is_sep(*p))
+        p++;
+    if (p == end) {
+        *pp = p;
         return false;
-    *clean = is_name && first_special(t->p, t->p + t->n) == t->p + t->n;
+    }
+    t->p = p;
+    p = first_special(p, end);
+    if (p == end || is_sep(*p))
+        *clean = true;
+    else
+        while (p < end && !is_sep(*p))
+            p++;
+    t->n = (size_t)(p - t->p);
+    *pp = p;
     return true;
 }
 
@@ -133,13 +151,14 @@ lp_event_terminate(struct lp_event *ev)
 }
 
 static bool
-event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no, size_t no_n,
-    bool *out)
+event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
+    size_t no_n, bool *out)
 {
-    /* As the daemon spells them first; any case is still accepted. */
-    if (t->n == yes_n && memcmp(t->p, yes, yes_n) == 0)
+    /* As the daemon spells them first (their first letters differ); any
+     * case is still accepted. */
+    if (t->n == yes_n && t->p[0] == yes[0] && memcmp(t->p, yes, yes_n) == 0)
         *out = true;
-    else if (t->n == no_n && memcmp(t->p, no, no_n) == 0)
+    else if (t->n == no_n && t->p[0] == no[0] && memcmp(t->p, no, no_n) == 0)
         *out = false;
     else if (tok_is(t, yes))
         *out = true;
@@ -151,7 +170,7 @@ event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
 }
 
 /* Literal words: their lengths known at compile time. */
-#define event_word(t, yes, no, out) \
+#define event_word(t, yes, no, out)                                                        \
     event_word_n((t), (yes), sizeof(yes) - 1, (no), sizeof(no) - 1, (out))
 
 /* Token counts and layout of the structured events. */
@@ -308,8 +327,8 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         }
         return -1;
     }
-    while (nargs < want && event_token(&p, end, &args[nargs], names & (1u << nargs),
-                               &clean[nargs]))
+    while (nargs < want &&
+        event_token(&p, end, &args[nargs], names & (1u << nargs), &clean[nargs]))
         nargs++;
     if (nargs < want)
         return -1;
