@@ -168,6 +168,36 @@ lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *to
     return o;
 }
 
+/* An event of at least this much that does not fit the output's last
+ * chain is given a new chain as big as the output already holds (at most
+ * EVENT_CHUNK), so chains grow with a backlog. */
+#define BIG_EVENT 1024u
+#define EVENT_CHUNK (64u << 10)
+
+/*
+ * Room for one event, contiguous. libevent gives a reservation that does
+ * not fit the last chain a new chain of its size rounded up to a power of
+ * two, which the next event of that size no longer fits: one 4 KiB event
+ * per 8 KiB chain, a malloc per event and half the memory unused. A
+ * session sent one event per loop turn still gets a chain of one event's
+ * size; one sent many gets chains that double up to EVENT_CHUNK.
+ */
+static int
+reserve_event(struct evbuffer *out, size_t room, struct evbuffer_iovec *vec)
+{
+    size_t queued = evbuffer_get_length(out), chunk;
+
+    if (room > (size_t)EV_SSIZE_MAX)
+        return -1;
+    if (room >= BIG_EVENT && queued > 0 &&
+        (evbuffer_reserve_space(out, 1, vec, 1) < 1 || vec->iov_len < room)) {
+        chunk = queued < EVENT_CHUNK ? queued : EVENT_CHUNK;
+        if (evbuffer_expand(out, room > chunk ? room : chunk) != 0)
+            return -1;
+    }
+    return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
+}
+
 int
 lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
     size_t prefix_len, struct lp_bytes *at)
@@ -189,11 +219,9 @@ lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *pr
         (ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + ec : 0);
     if (m->n_packets > 0)
         room += payload + 1;
-    if (room > (size_t)EV_SSIZE_MAX)
-        return -1;
     /* One contiguous reservation: the line and the payload are copied in
      * once, with no intermediate buffer. */
-    if (evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+    if (reserve_event(out, room, &vec) != 0)
         return -1;
     d = vec.iov_base;
     if (prefix != NULL) {
