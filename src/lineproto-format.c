@@ -507,7 +507,7 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
 {
     const struct wire_str f = { feed, (uint32_t)feed_len },
                           t = { topic, (uint32_t)topic_len };
-    const char *verb = client_id != NULL ? "SEND" : "PUB";
+    const char *verb = lp_verb_name(client_id != NULL ? LP_SEND : LP_PUB);
     struct evbuffer_iovec vec;
     size_t payload, room, o, ef, et;
     char *d;
@@ -516,14 +516,13 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
         return -1;
     ef = escaped_len(feed, feed_len);
     et = escaped_len(topic, topic_len);
-    room = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et + sizeof(" image") +
+    room = strlen(verb) + GUID_TEXT_LEN + 3 + ef + et + sizeof(" image") +
         packets_room(packets, n_packets, &payload) + 1;
     if (n_packets > 0)
         room += payload + 1;
     /* One contiguous reservation, as for DATA: a publisher formats one of
      * these per message. */
-    if (room > (size_t)EV_SSIZE_MAX ||
-        evbuffer_reserve_space(out, (ev_ssize_t)room, &vec, 1) < 1)
+    if (reserve_event(out, room, &vec) != 0)
         return -1;
     d = vec.iov_base;
     o = put_lit(d, verb);
