@@ -75,17 +75,15 @@ first_special(const char *p, const char *end)
     return p;
 }
 
-/* next_token for daemon output; for a name (is_name) also whether it has
- * nothing to decode (clean). A name is scanned once: first_special stops
- * at the separator that ends a clean name, or where one needs decoding. */
-static bool
-event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool *clean)
+/* next_token for daemon output, and whether the token has nothing to
+ * decode (clean: meaningful for names). Every token is scanned once:
+ * first_special stops at the separator that ends a clean one, or where
+ * one needs decoding (a keyword never does). */
+static inline bool
+event_token(const char **pp, const char *end, struct tok *t, bool *clean)
 {
     const char *p = *pp;
 
-    *clean = false;
-    if (!is_name)
-        return next_token(pp, end, t);
     while (p < end && is_sep(*p))
         p++;
     if (p == end) {
@@ -94,9 +92,8 @@ event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool 
     }
     t->p = p;
     p = first_special(p, end);
-    if (p == end || is_sep(*p))
-        *clean = true;
-    else
+    *clean = p == end || is_sep(*p);
+    if (!*clean)
         while (p < end && !is_sep(*p))
             p++;
     t->n = (size_t)(p - t->p);
@@ -107,7 +104,7 @@ event_token(const char **pp, const char *end, struct tok *t, bool is_name, bool 
 /* Daemon output: any decoded name, empty allowed, bounded. Names without
  * escapes (nearly all) are checked and copied in one pass, or not copied
  * at all by reference; only those with a '%' go through the decoder. */
-static int
+static inline int
 event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
     struct lp_name *out)
 {
@@ -150,15 +147,15 @@ lp_event_terminate(struct lp_event *ev)
     ev->n_ref_names = 0;
 }
 
-static bool
+/* A keyword as the daemon spells it (a compare of known length: their
+ * first letters differ), else in any case. */
+static inline bool
 event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
     size_t no_n, bool *out)
 {
-    /* As the daemon spells them first (their first letters differ); any
-     * case is still accepted. */
-    if (t->n == yes_n && t->p[0] == yes[0] && memcmp(t->p, yes, yes_n) == 0)
+    if (t->n == yes_n && memcmp(t->p, yes, yes_n) == 0)
         *out = true;
-    else if (t->n == no_n && t->p[0] == no[0] && memcmp(t->p, no, no_n) == 0)
+    else if (t->n == no_n && memcmp(t->p, no, no_n) == 0)
         *out = false;
     else if (tok_is(t, yes))
         *out = true;
@@ -293,7 +290,6 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     struct tok verb, args[6], extra;
     bool clean[6];
     size_t nargs = 0, want, names_room = 0;
-    unsigned names; /* bit i: args[i] is a name */
 
     event_reset(ev);
     if (lim == NULL)
@@ -308,16 +304,13 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
      * spells it, before the case-insensitive match). */
     if ((verb.n == 4 && memcmp(verb.p, "DATA", 4) == 0) || tok_is(&verb, "DATA")) {
         ev->kind = LP_EV_DATA;
-        want = 6;
-        names = 0x0f; /* feed topic user host, then image|delta unicast|multicast */
+        want = 6; /* feed topic user host, then image|delta unicast|multicast */
     } else if (tok_is(&verb, "NOTIFICATION")) {
         ev->kind = LP_EV_NOTIFICATION;
-        want = 6;
-        names = 0x3c; /* add|remove ID, then user host feed topic */
+        want = 6; /* add|remove ID, then user host feed topic */
     } else if (tok_is(&verb, "AUTHREQ")) {
         ev->kind = LP_EV_AUTHREQ;
-        want = 5;
-        names = 0x1e; /* ID, then user host feed topic */
+        want = 5; /* ID, then user host feed topic */
     } else {
         for (size_t i = 0; i < sizeof(text_events) / sizeof(text_events[0]); i++) {
             if (tok_is(&verb, text_events[i].name)) {
@@ -327,8 +320,7 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         }
         return -1;
     }
-    while (nargs < want &&
-        event_token(&p, end, &args[nargs], names & (1u << nargs), &clean[nargs]))
+    while (nargs < want && event_token(&p, end, &args[nargs], &clean[nargs]))
         nargs++;
     if (nargs < want)
         return -1;
