@@ -26,6 +26,8 @@ lp_framer_init(struct lp_framer *f, uint32_t max_line)
     f->pending = 0;
     f->scanned = 0;
     f->bytes = 0;
+    f->chain = NULL;
+    f->chain_len = 0;
 }
 
 /* Drain the items already delivered. */
@@ -35,6 +37,7 @@ framer_settle(struct lp_framer *f, struct evbuffer *in)
     if (f->pending > 0) {
         evbuffer_drain(in, f->pending);
         f->pending = 0;
+        f->chain_len = 0;
     }
 }
 
@@ -60,6 +63,10 @@ lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, const struct lp_fr
     size_t start = f->pending - (fr->len + 1); /* the line is the last item delivered */
     const unsigned char *p;
 
+    /* Where the line was found, when the n bytes are there too: the
+     * common case (reads are large), at no libevent call. */
+    if (f->chain_len >= f->pending + n)
+        return (const char *)f->chain + start;
     if (evbuffer_get_length(in) < f->pending + n ||
         (p = evbuffer_pullup(in, (ev_ssize_t)(f->pending + n))) == NULL)
         return NULL;
@@ -177,6 +184,10 @@ framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     n = (size_t)nl;
     if ((line = (const char *)framer_bytes(f, in, &v, n + 1)) == NULL)
         return LP_FRAME_MORE;
+    if (line == (const char *)v.iov_base + f->pending) {
+        f->chain = v.iov_base;
+        f->chain_len = v.iov_len;
+    }
     content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
     if (content > f->max_line)
         return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, n + 1);
@@ -308,6 +319,7 @@ lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     enum lp_frame_kind kind;
 
     *fr = (struct lp_frame){ .kind = LP_FRAME_MORE };
+    f->chain_len = 0; /* the caller may have added to in */
     if ((kind = framer_next(f, in, fr)) == LP_FRAME_MORE)
         framer_settle(f, in); /* the buffer holds just what is still due */
     return kind;

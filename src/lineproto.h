@@ -321,6 +321,10 @@ struct lp_framer {
     size_t pending;    /* bytes of the items delivered, not yet drained */
     size_t scanned;    /* LINE: bytes after those known to hold no newline */
     uint64_t bytes;    /* every byte drained so far */
+    /* The buffer's first chain as the last LINE found it, for
+     * lp_framer_line_with: valid until the buffer next changes. */
+    const unsigned char *chain;
+    size_t chain_len;
 };
 
 enum lp_frame_kind {
@@ -350,9 +354,10 @@ void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
 /* After a LINE: a payload block of len bytes and a newline follow; deliver
  * it as a PAYLOAD item, or skip it. */
 void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
-/* After a LINE fr: the line and the n bytes behind it, contiguous (one
- * pullup where they span chains), or NULL when not all are buffered. Read
- * in place, the n bytes are then taken with lp_framer_extend. */
+/* Right after a LINE fr (nothing added to in since): the line and the n
+ * bytes behind it, contiguous (one pullup where they span chains), or
+ * NULL when not all are buffered. Read in place, the n bytes are then
+ * taken with lp_framer_extend. */
 const char *lp_framer_line_with(struct lp_framer *f, struct evbuffer *in,
     const struct lp_frame *fr, size_t n);
 /* The item just returned also covers the next n bytes (a payload the

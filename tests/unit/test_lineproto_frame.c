@@ -335,6 +335,48 @@ test_extend_and_chunks(void **state)
     evbuffer_free(in);
 }
 
+/* lp_framer_line_with: the line and the bytes behind it in place where
+ * they lie in one chunk, pulled up where they span two, NULL where they
+ * are not all here. */
+static void
+test_line_with(void **state)
+{
+    struct evbuffer *in = evbuffer_new();
+    struct lp_framer f;
+    struct lp_frame fr;
+    const char *p;
+
+    (void)state;
+    assert_non_null(in);
+    lp_framer_init(&f, 64);
+    evbuffer_add(in, "DATA 3\nabc\nDATA 4\nab", 20);
+    evbuffer_add_reference(in, "cd\nDATA 9\nxy", 12, NULL, NULL); /* a second chunk */
+
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    p = lp_framer_line_with(&f, in, &fr, 4);
+    assert_ptr_equal(p, fr.data); /* in place */
+    assert_memory_equal(p, "DATA 3\nabc\n", 11);
+    lp_framer_extend(&f, 4);
+
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    p = lp_framer_line_with(&f, in, &fr, 5);
+    assert_non_null(p);
+    assert_memory_equal(p, "DATA 4\nabcd\n", 12);
+    lp_framer_extend(&f, 5);
+
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    assert_null(lp_framer_line_with(&f, in, &fr, 10));
+    lp_framer_payload(&f, 9, true);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_MORE);
+    evbuffer_add(in, "zzzzzzz\n", 8);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_PAYLOAD);
+    assert_memory_equal(fr.data, "xyzzzzzzz", 9);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_MORE);
+    assert_int_equal(evbuffer_get_length(in), 0);
+    assert_int_equal(f.bytes, 40);
+    evbuffer_free(in);
+}
+
 int
 main(void)
 {
@@ -348,6 +390,7 @@ main(void)
         cmocka_unit_test(test_consume),
         cmocka_unit_test(test_batch_drained_once),
         cmocka_unit_test(test_extend_and_chunks),
+        cmocka_unit_test(test_line_with),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
