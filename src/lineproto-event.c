@@ -211,7 +211,7 @@ parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const
         event_name(&ctype, first_special(ctype.p, ctype.p + ctype.n) == ctype.p + ctype.n,
             lim->max_name, &no, &ev->content_type) < 0)
         return -1;
-    lp_fill_packets(p, end, lim->max_entitlements, ev->packets, scan.n_specs, ents);
+    lp_fill_packets(p, end, lim->max_entitlements, &scan, ev->packets, ents);
     return 0;
 }
 

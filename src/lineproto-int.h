@@ -75,13 +75,19 @@ tok_is(const struct tok *t, const char *word)
 
 #define ALIGN8(x) (((x) + 7u) & ~(size_t)7u)
 
+/* Specs whose LENs the scan keeps: lp_fill_packets need not parse a line
+ * of that many specs again when none has ENTS (nearly every line). */
+#define PKT_SCAN_LENS 4
+
 struct pkt_scan {
     uint32_t n_specs;     /* packet specs on the line */
     uint32_t n_ents;      /* entitlements across all specs */
     uint64_t payload_len; /* sum of LENs */
     bool lens_ok;         /* every LEN parsed: payload_len is right */
+    bool has_ents;        /* some spec has ":ENTS" (perhaps empty) */
     const char *bad;      /* first problem, or NULL */
     struct tok bad_tok;
+    uint32_t lens[PKT_SCAN_LENS]; /* the first specs' LENs */
 };
 
 #define LP_TYPE_PREFIX "type="
@@ -110,8 +116,9 @@ int lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
     const char **why);
 /* Validate and measure the packet specs from p to end, storing nothing. */
 void lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_scan *s);
-/* Fill packets[] from specs already validated by lp_scan_packets. */
+/* Fill packets[] (s->n_specs) from specs already validated by
+ * lp_scan_packets into s. */
 void lp_fill_packets(const char *p, const char *end, uint32_t max_ents,
-    struct wire_packet *packets, uint32_t n_specs, int32_t *ents);
+    const struct pkt_scan *s, struct wire_packet *packets, int32_t *ents);
 
 #endif /* BUSGATE_LINEPROTO_INT_H */

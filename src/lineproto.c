@@ -271,14 +271,19 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
 {
     struct tok t;
 
-    memset(s, 0, sizeof(*s));
+    s->n_specs = s->n_ents = 0;
+    s->payload_len = 0;
     s->lens_ok = true;
+    s->has_ents = false;
+    s->bad = NULL;
     while (next_token(&p, end, &t)) {
         const char *tend = t.p + t.n, *q;
         uint32_t len;
 
+        if ((q = spec_len(t.p, tend, &len)) != NULL && s->n_specs < PKT_SCAN_LENS)
+            s->lens[s->n_specs] = len;
         s->n_specs++;
-        if ((q = spec_len(t.p, tend, &len)) == NULL) {
+        if (q == NULL) {
             s->lens_ok = false;
             if (s->bad == NULL) {
                 s->bad = "LEN must be a decimal number of bytes (0 to 4294967295)";
@@ -290,6 +295,7 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
         if (q < tend) {
             long n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, NULL);
 
+            s->has_ents = true;
             if (n < 0) {
                 if (s->bad == NULL) {
                     s->bad =
@@ -304,15 +310,21 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
 }
 
 /* Fill packets[] (and their entitlements from ents) from specs already
- * validated by lp_scan_packets. */
+ * validated by lp_scan_packets into s: from the LENs it kept when that is
+ * all there is, else by parsing the specs again. */
 void
-lp_fill_packets(const char *p, const char *end, uint32_t max_ents,
-    struct wire_packet *packets, uint32_t n_specs, int32_t *ents)
+lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
+    struct wire_packet *packets, int32_t *ents)
 {
     struct tok t;
     uint32_t i = 0;
 
-    while (i < n_specs && next_token(&p, end, &t)) {
+    if (!s->has_ents && s->n_specs <= PKT_SCAN_LENS) {
+        for (; i < s->n_specs; i++)
+            packets[i] = (struct wire_packet){ .len = s->lens[i] };
+        return;
+    }
+    while (i < s->n_specs && next_token(&p, end, &t)) {
         const char *tend = t.p + t.n, *q;
         struct wire_packet *pk = &packets[i++];
 
@@ -361,7 +373,8 @@ struct verb_def {
 
 /* NAME, then the counts that follow from its arguments (checked against
  * them by the lineproto unit tests, through lp_parse_command). */
-#define VERB(name, n_fixed, n_optional, packets) name, sizeof name - 1, n_fixed, n_optional, packets
+#define VERB(name, n_fixed, n_optional, packets)                                           \
+    name, sizeof name - 1, n_fixed, n_optional, packets
 
 /* Indexed by enum lp_verb. */
 static const struct verb_def verbs[] = {
@@ -369,7 +382,8 @@ static const struct verb_def verbs[] = {
     [LP_UNSUB] = { VERB("UNSUB", 2, 0, false), { A_FEED, A_TOPIC }, "<feed> <topic>" },
     [LP_PUB] = { VERB("PUB", 3, 0, true), { A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
         "<feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
-    [LP_SEND] = { VERB("SEND", 4, 0, true), { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
+    [LP_SEND] = { VERB("SEND", 4, 0, true),
+        { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
         "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     [LP_NOTIFY] = { VERB("NOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
     [LP_UNNOTIFY] = { VERB("UNNOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
@@ -516,7 +530,8 @@ keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_l
 }
 
 /* keyword() with the two words' lengths known at compile time. */
-#define KEYWORD(cp, t, yes, no, out) keyword(cp, t, yes, sizeof yes - 1, no, sizeof no - 1, out)
+#define KEYWORD(cp, t, yes, no, out)                                                       \
+    keyword(cp, t, yes, sizeof yes - 1, no, sizeof no - 1, out)
 
 static void
 cmd_reset(struct lp_cmd *cmd)
@@ -756,7 +771,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     if (has_packets) {
         if (check_packets(&cp, &scan) < 0)
             goto refused;
-        lp_fill_packets(p, end, lim->max_entitlements, cmd->packets, scan.n_specs, ents);
+        lp_fill_packets(p, end, lim->max_entitlements, &scan, cmd->packets, ents);
     }
     return 0;
 

@@ -195,6 +195,44 @@ test_pub(void **state)
     assert_ptr_equal(f->cmd.packets[2].data, payload + 5);
 }
 
+/* The scan keeps the first PKT_SCAN_LENS LENs for the fill: lines of
+ * fewer and more specs, with and without ENTS, come out the same. */
+static void
+test_packet_spec_counts(void **state)
+{
+    struct fx *f = *state;
+    static const char *const lines[] = {
+        "PUB f t image 1 22 333 4",
+        "PUB f t image 1 22 333 4 555 6",
+        "PUB f t image 1 22:9 333 4",
+        "PUB f t image 1 22:9 333 4 555 6:-1,2",
+        "PUB f t image 1 22 333 4",
+    };
+
+    for (size_t i = 0; i < sizeof(lines) / sizeof(lines[0]); i++) {
+        const uint32_t want[] = { 1, 22, 333, 4, 555, 6 };
+        bool ents = strchr(lines[i], ':') != NULL;
+
+        assert_int_equal(parse(f, lines[i]), 0);
+        assert_int_equal(f->cmd.n_packets, strstr(lines[i], "555") != NULL ? 6 : 4);
+        for (uint32_t k = 0; k < f->cmd.n_packets; k++) {
+            const struct wire_packet *pk = &f->cmd.packets[k];
+
+            assert_int_equal(pk->len, want[k]);
+            assert_null(pk->data);
+            assert_int_equal(pk->entitlements.n,
+                ents && k == 1       ? 1
+                    : ents && k == 5 ? 2
+                                     : 0);
+        }
+        if (ents) {
+            assert_int_equal(f->cmd.packets[1].entitlements.v[0], 9);
+            if (f->cmd.n_packets == 6)
+                assert_int_equal(f->cmd.packets[5].entitlements.v[1], 2);
+        }
+    }
+}
+
 /* PUB/SEND type=<content type>: optional, before the packets, escaped like
  * a name, empty allowed; refused when the bus speaks below 6. */
 static void
@@ -1295,6 +1333,7 @@ main(void)
         cmocka_unit_test(test_error_codes),
         cmocka_unit_test_setup_teardown(test_sub_unsub, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pub, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_packet_spec_counts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_lengths, setup, teardown),
         cmocka_unit_test_setup_teardown(test_send, setup, teardown),
         cmocka_unit_test_setup_teardown(test_feed_verbs, setup, teardown),
