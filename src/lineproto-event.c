@@ -43,44 +43,12 @@ struct names_out {
     struct lp_event *ev;
 };
 
-/*
- * The first byte from p on that ends a name token or needs decoding (a
- * separator, a control byte, '%', '"', DEL), or end. Eight bytes a step
- * (the classic "has a byte less than / equal to" bit tricks): the
- * tokenizer's byte loop was most of a subscriber's parsing.
- */
-static inline const char *
-first_special(const char *p, const char *end)
-{
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-
-    while (end - p >= 8) {
-        uint64_t x, pct, quote, del, m;
-
-        memcpy(&x, p, 8);
-        pct = x ^ (ones * '%');
-        quote = x ^ (ones * '"');
-        del = x ^ (ones * 0x7f);
-        /* Borrows only spill upwards: the lowest flagged byte is exact. */
-        m = ((x - ones * 0x21) & ~x) | ((pct - ones) & ~pct) | ((quote - ones) & ~quote) |
-            ((del - ones) & ~del);
-        if ((m &= highs) != 0)
-            return p + (__builtin_ctzll(m) >> 3);
-        p += 8;
-    }
-#endif
-    while (p < end && !must_escape((unsigned char)*p))
-        p++;
-    return p;
-}
-
 /* next_token for daemon output, and whether the token has nothing to
- * decode (clean: meaningful for names). Every token is scanned once:
- * first_special stops at the separator that ends a clean one, or where
- * one needs decoding (a keyword never does). */
+ * decode (clean: meaningful for names). The line's special bytes are
+ * found once (sp): a clean token ends at the next one, a separator. */
 static inline bool
-event_token(const char **pp, const char *end, struct tok *t, bool *clean)
+event_token(struct specials *sp, const char **pp, const char *end, struct tok *t,
+    bool *clean)
 {
     const char *p = *pp;
 
@@ -91,7 +59,7 @@ event_token(const char **pp, const char *end, struct tok *t, bool *clean)
         return false;
     }
     t->p = p;
-    p = first_special(p, end);
+    p = next_special(sp, p);
     *clean = p == end || is_sep(*p);
     if (!*clean)
         while (p < end && !is_sep(*p))
@@ -99,6 +67,16 @@ event_token(const char **pp, const char *end, struct tok *t, bool *clean)
     t->n = (size_t)(p - t->p);
     *pp = p;
     return true;
+}
+
+/* Whether t has nothing to decode. */
+static bool
+clean_token(const struct tok *t)
+{
+    struct specials sp;
+
+    specials_init(&sp, t->p, t->p + t->n);
+    return next_special(&sp, t->p) == t->p + t->n;
 }
 
 /* Daemon output: any decoded name, empty allowed, bounded. Names without
@@ -208,8 +186,7 @@ parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const
         !event_word(&args[5], "unicast", "multicast", &ev->is_unicast))
         return -1;
     if (has_type &&
-        event_name(&ctype, first_special(ctype.p, ctype.p + ctype.n) == ctype.p + ctype.n,
-            lim->max_name, &no, &ev->content_type) < 0)
+        event_name(&ctype, clean_token(&ctype), lim->max_name, &no, &ev->content_type) < 0)
         return -1;
     lp_fill_packets(p, end, lim->max_entitlements, &scan, ev->packets, ents);
     return 0;
@@ -288,7 +265,8 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
 {
     const char *p = line, *end;
     struct tok verb, args[6], extra;
-    bool clean[6];
+    struct specials sp;
+    bool clean[6], is_data;
     size_t nargs = 0, want, names_room = 0;
 
     event_reset(ev);
@@ -297,12 +275,13 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     if (len > 0 && line[len - 1] == '\r')
         len--;
     end = line + len;
-    if (!next_token(&p, end, &verb))
-        return -1;
-
     /* DATA first: it is nearly all a subscriber reads (as the daemon
-     * spells it, before the case-insensitive match). */
-    if ((verb.n == 4 && memcmp(verb.p, "DATA", 4) == 0) || tok_is(&verb, "DATA")) {
+     * spells it, before the tokenizer and the case-insensitive match). */
+    if ((is_data = len > 5 && memcmp(line, "DATA ", 5) == 0))
+        p = line + 4;
+    else if (!next_token(&p, end, &verb))
+        return -1;
+    if (is_data || tok_is(&verb, "DATA")) {
         ev->kind = LP_EV_DATA;
         want = 6; /* feed topic user host, then image|delta unicast|multicast */
     } else if (tok_is(&verb, "NOTIFICATION")) {
@@ -320,7 +299,8 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         }
         return -1;
     }
-    while (nargs < want && event_token(&p, end, &args[nargs], &clean[nargs]))
+    specials_init(&sp, p, end);
+    while (nargs < want && event_token(&sp, &p, end, &args[nargs], &clean[nargs]))
         nargs++;
     if (nargs < want)
         return -1;

@@ -571,34 +571,35 @@ static void
 test_special_at_every_offset(void **state)
 {
     struct fx *f = *state;
+    enum { N = 60 }; /* the lines cross 16- and 64-byte blocks */
 
-    for (size_t k = 0; k < 20; k++) {
-        char name[32], line[96], want[32];
+    for (size_t k = 0; k < N; k++) {
+        char name[N + 1], line[N + 48], want[N + 1];
 
-        memset(name, 'n', 20);
-        name[20] = '\0';
+        memset(name, 'n', N);
+        name[N] = '\0';
         /* An escape at k: decoded, in a command and in an event. */
-        memcpy(want, name, 20);
+        memcpy(want, name, N);
         want[k] = 'A';
-        want[20] = '\0';
+        want[N] = '\0';
         snprintf(line, sizeof line, "SUB %.*s%%41%s t\xc3\xa9", (int)k, name, name + k + 1);
         assert_int_equal(parse(f, line), 0);
-        name_is(&f->cmd.feed, want, 20);
+        name_is(&f->cmd.feed, want, N);
         NAME_IS(&f->cmd.topic, "t\xc3\xa9");
         snprintf(line, sizeof line, "DATA %.*s%%41%s t u h delta multicast", (int)k, name,
             name + k + 1);
         assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), 0);
-        name_is(&f->ev.feed, want, 20);
+        name_is(&f->ev.feed, want, N);
         NAME_IS(&f->ev.host, "h");
         /* A tab at k ends the token there. */
         name[k] = '\t';
         snprintf(line, sizeof line, "SUB %s", name);
-        if (k == 0 || k == 19) {
+        if (k == 0 || k == N - 1) {
             refused(f, line, LP_ERR_SYNTAX);
         } else {
             assert_int_equal(parse(f, line), 0);
             assert_int_equal(f->cmd.feed.len, k);
-            assert_int_equal(f->cmd.topic.len, 19 - k);
+            assert_int_equal(f->cmd.topic.len, N - 1 - k);
         }
         /* A control byte, DEL or '"' at k stays in the token and is refused. */
         for (const char *bad = "\x01\x7f\""; *bad != '\0'; bad++) {
@@ -609,6 +610,31 @@ test_special_at_every_offset(void **state)
             assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), -1);
         }
         name[k] = 'n';
+    }
+}
+
+/* Clean names of every length up to max_name: the event tokenizer's
+ * separators land at every offset of its 16- and 64-byte blocks. */
+static void
+test_event_tokens_at_every_length(void **state)
+{
+    struct fx *f = *state;
+
+    for (size_t n = 1; n <= lim.max_name; n++) {
+        char name[80], line[300];
+
+        memset(name, 'a' + (char)(n % 26), n);
+        name[n] = '\0';
+        snprintf(line, sizeof line, "DATA %s %s u %s delta unicast 2 3", name, name, name);
+        assert_int_equal(lp_parse_event_ref(line, strlen(line), &lim, &f->ev), 0);
+        lp_event_terminate(&f->ev);
+        name_is(&f->ev.feed, name, n);
+        name_is(&f->ev.topic, name, n);
+        NAME_IS(&f->ev.user, "u");
+        name_is(&f->ev.host, name, n);
+        assert_true(f->ev.is_unicast);
+        assert_int_equal(f->ev.n_packets, 2);
+        assert_int_equal(f->ev.payload_len, 5);
     }
 }
 
@@ -1168,6 +1194,7 @@ static void
 test_parse_text_events(void **state)
 {
     struct fx *f = *state;
+    const char *line;
     static const struct {
         const char *line;
         enum lp_event_kind kind;
@@ -1224,6 +1251,16 @@ test_parse_text_events(void **state)
         -1);
     assert_int_equal(f->ev.payload_len, 1001);
     assert_int_equal(f->ev.n_packets, 1);
+    /* The verb in any case, after any separator. */
+    line = "data f t u h image multicast";
+    assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), 0);
+    assert_int_equal(f->ev.kind, LP_EV_DATA);
+    line = "DATA\tf t u h Delta UNICAST 3";
+    assert_int_equal(lp_parse_event(line, strlen(line), &lim, &f->ev), 0);
+    assert_int_equal(f->ev.kind, LP_EV_DATA);
+    assert_false(f->ev.is_image);
+    assert_true(f->ev.is_unicast);
+    assert_int_equal(f->ev.payload_len, 3);
 }
 
 static void
@@ -1344,6 +1381,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_bad_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_good_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_special_at_every_offset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_tokens_at_every_length, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_client_id, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_packets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits_keep_payload_len, setup, teardown),
