@@ -543,11 +543,31 @@ session_dispatch(struct session *s, struct lp_cmd *cmd)
     }
 }
 
-/* A command line of n bytes (without its newline): a command without a
- * payload is dispatched now; PUB/SEND wait for theirs, and a refused one
- * has its announced payload skipped. */
+/* A PUB/SEND whose payload and newline are buffered behind its line (the
+ * usual case: clients write both at once) is read in place and dispatched,
+ * without a second framer item. False when they are not all here or the
+ * newline is missing: the framer's payload step takes it then. */
+static bool
+session_payload_in_place(struct session *s, struct evbuffer *in, const struct lp_frame *fr,
+    struct lp_cmd *cmd)
+{
+    size_t n = (size_t)cmd->payload_len + 1;
+    const char *line = lp_framer_line_with(&s->framer, in, fr, n);
+
+    if (line == NULL || line[fr->len + n] != '\n')
+        return false;
+    lp_framer_extend(&s->framer, n);
+    lp_cmd_attach_payload(cmd, (const uint8_t *)line + fr->len + 1);
+    session_dispatch(s, cmd);
+    session_cmd_trim(s);
+    return true;
+}
+
+/* A command line (fr, without its newline): a command without a payload
+ * is dispatched now, PUB/SEND with theirs, and a refused one has its
+ * announced payload skipped. */
 static void
-session_line(struct session *s, const char *line, size_t n)
+session_line(struct session *s, struct evbuffer *in, const struct lp_frame *fr)
 {
     struct lp_cmd *cmd = session_cmd(s);
     enum lp_error e;
@@ -557,7 +577,7 @@ session_line(struct session *s, const char *line, size_t n)
         session_reply_err(s, LP_ERR_SYNTAX, "out of memory");
         return;
     }
-    if (lp_parse_command(line, n, &limits.lp, cmd, &e, msg, sizeof msg) != 0) {
+    if (lp_parse_command(fr->data, fr->len, &limits.lp, cmd, &e, msg, sizeof msg) != 0) {
         s->st.cmds_in++;
         session_reply_err(s, e, "%s", msg);
         if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0)
@@ -566,7 +586,8 @@ session_line(struct session *s, const char *line, size_t n)
         return;
     }
     if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
-        lp_framer_payload(&s->framer, cmd->payload_len, true);
+        if (!session_payload_in_place(s, in, fr, cmd))
+            lp_framer_payload(&s->framer, cmd->payload_len, true);
         return;
     }
     session_dispatch(s, cmd);
@@ -584,7 +605,7 @@ session_frame(struct session *s, struct evbuffer *in)
         s->st.bytes_in = s->framer.bytes; /* skipped bytes count too */
         return false;
     case LP_FRAME_LINE:
-        session_line(s, fr.data, fr.len);
+        session_line(s, in, &fr);
         break;
     case LP_FRAME_PAYLOAD:
         lp_cmd_attach_payload(s->cmd, fr.data);

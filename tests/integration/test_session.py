@@ -111,6 +111,19 @@ class SessionTest(GatewayCase):
         s.send(b"PING crlf\r\n")
         self.assertEqual(s.reply(), "PONG crlf")
 
+    def test_payload_behind_its_line_or_later(self):
+        # Read in place when the payload is buffered behind its line, by the
+        # framer's payload step when it comes in a later read.
+        s = self.session()
+        s.send(b"PUB F T delta 3 2\nabcde\nPING 1\n")
+        self.assertEqual(s.reply(), "+OK")
+        self.assertEqual(s.reply(), "PONG 1")
+        s.send(b"PUB F T delta 3 2\nab")
+        time.sleep(0.1)
+        s.send(b"cde\nPING 2\n")
+        self.assertEqual(s.reply(), "+OK")
+        self.assertEqual(s.reply(), "PONG 2")
+
     def test_refused_payload_is_skipped_as_it_arrives(self):
         s = self.session()
         s.send(b"PUB F T delta 4000 4000\n")
