@@ -43,32 +43,6 @@ struct names_out {
     struct lp_event *ev;
 };
 
-/* next_token for daemon output, and whether the token has nothing to
- * decode (clean: meaningful for names). The line's special bytes are
- * found once (sp): a clean token ends at the next one, a separator. */
-static inline bool
-event_token(struct specials *sp, const char **pp, const char *end, struct tok *t,
-    bool *clean)
-{
-    const char *p = *pp;
-
-    while (p < end && is_sep(*p))
-        p++;
-    if (p == end) {
-        *pp = p;
-        return false;
-    }
-    t->p = p;
-    p = next_special(sp, p);
-    *clean = p == end || is_sep(*p);
-    if (!*clean)
-        while (p < end && !is_sep(*p))
-            p++;
-    t->n = (size_t)(p - t->p);
-    *pp = p;
-    return true;
-}
-
 /* Whether t has nothing to decode. */
 static bool
 clean_token(const struct tok *t)
@@ -300,7 +274,7 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         return -1;
     }
     specials_init(&sp, p, end);
-    while (nargs < want && event_token(&sp, &p, end, &args[nargs], &clean[nargs]))
+    while (nargs < want && special_token(&sp, &p, end, &args[nargs], &clean[nargs]))
         nargs++;
     if (nargs < want)
         return -1;

@@ -134,6 +134,32 @@ next_token(const char **pp, const char *end, struct tok *t)
     return true;
 }
 
+/* next_token, with the line's special bytes known (sp), and whether the
+ * token has nothing to decode (clean: what matters for a name): a clean
+ * token ends at the next special byte, a separator. */
+static inline bool
+special_token(struct specials *sp, const char **pp, const char *end, struct tok *t,
+    bool *clean)
+{
+    const char *p = *pp;
+
+    while (p < end && is_sep(*p))
+        p++;
+    if (p == end) {
+        *pp = p;
+        return false;
+    }
+    t->p = p;
+    p = next_special(sp, p);
+    *clean = p == end || is_sep(*p);
+    if (!*clean)
+        while (p < end && !is_sep(*p))
+            p++;
+    t->n = (size_t)(p - t->p);
+    *pp = p;
+    return true;
+}
+
 static inline char
 ascii_lower(char c)
 {

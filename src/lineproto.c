@@ -488,17 +488,35 @@ fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
 }
 
 /* Decode a client-supplied name into dst and check it. */
+/* Whether any of p[0..n) is >= 0x80 (only then the UTF-8 check). */
+static bool
+any_high(const char *p, size_t n)
+{
+    unsigned char seen = 0;
+
+    for (size_t i = 0; i < n; i++)
+        seen |= (unsigned char)p[i];
+    return (seen & 0x80) != 0;
+}
+
+/* A client's name: a clean token (nothing to decode: nearly every one) is
+ * copied as it is, any other decoded. */
 static int
-client_name(struct cmd_parse *cp, const struct tok *t, const char *what, char *dst,
-    struct lp_name *out)
+client_name(struct cmd_parse *cp, const struct tok *t, bool clean, const char *what,
+    char *dst, struct lp_name *out)
 {
     const char *why = NULL;
     uint32_t n;
-
     bool high;
 
-    if (decode_name(t->p, t->n, dst, &n, &high, &why) < 0)
+    if (clean) {
+        memcpy(dst, t->p, t->n);
+        dst[t->n] = '\0';
+        n = t->n > UINT32_MAX ? UINT32_MAX : (uint32_t)t->n;
+        high = any_high(dst, t->n);
+    } else if (decode_name(t->p, t->n, dst, &n, &high, &why) < 0) {
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: %s", what, why);
+    }
     if (n == 0)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: must not be empty", what);
     if (n > cp->lim->max_name)
@@ -512,7 +530,7 @@ client_name(struct cmd_parse *cp, const struct tok *t, const char *what, char *d
 }
 
 static int
-keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_len,
+keyword_any_case(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_len,
     const char *no, size_t no_len, bool *out)
 {
     char ex[40];
@@ -527,6 +545,21 @@ keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_l
     }
     excerpt(t, ex, sizeof(ex));
     return fail(cp, LP_ERR_SYNTAX, "expected %s or %s, got '%s'", yes, no, ex);
+}
+
+/* One of two keywords: as the docs write them (nearly always) by a compare
+ * that inlines, since KEYWORD passes their lengths as constants. */
+static inline int
+keyword(struct cmd_parse *cp, const struct tok *t, const char *yes, size_t yes_len,
+    const char *no, size_t no_len, bool *out)
+{
+    if (t->n == yes_len && memcmp(t->p, yes, yes_len) == 0)
+        *out = true;
+    else if (t->n == no_len && memcmp(t->p, no, no_len) == 0)
+        *out = false;
+    else
+        return keyword_any_case(cp, t, yes, yes_len, no, no_len, out);
+    return 0;
 }
 
 /* keyword() with the two words' lengths known at compile time. */
@@ -610,6 +643,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     const char *p = line, *end;
     const struct verb_def *vd;
     struct tok verb, args[MAX_ARGS], extra, ctype = { NULL, 0 };
+    struct specials sp;
+    bool clean[MAX_ARGS];
     struct pkt_scan scan;
     size_t nfix, nopt, nargs = 0, names_room = 0, need;
     bool has_packets, has_type = false;
@@ -635,7 +670,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     nfix = vd->n_fixed;
     nopt = vd->n_optional;
     has_packets = vd->packets;
-    while (nargs < nfix && next_token(&p, end, &args[nargs]))
+    specials_init(&sp, p, end);
+    while (nargs < nfix && special_token(&sp, &p, end, &args[nargs], &clean[nargs]))
         nargs++;
     if (nargs < nfix - nopt)
         return fail(&cp, LP_ERR_SYNTAX, "%s needs %s", vd->name, vd->usage);
@@ -693,15 +729,15 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
 
         switch (vd->args[i]) {
         case A_FEED:
-            r = client_name(&cp, t, "feed", names, &cmd->feed);
+            r = client_name(&cp, t, clean[i], "feed", names, &cmd->feed);
             names += t->n + 1;
             break;
         case A_TOPIC:
-            r = client_name(&cp, t, "topic", names, &cmd->topic);
+            r = client_name(&cp, t, clean[i], "topic", names, &cmd->topic);
             names += t->n + 1;
             break;
         case A_APP:
-            r = client_name(&cp, t, "app name", names, &cmd->app);
+            r = client_name(&cp, t, clean[i], "app name", names, &cmd->app);
             names += t->n + 1;
             if (r == 0 && cmd->app.len > LP_MAX_APP_NAME)
                 r = fail(&cp, LP_ERR_BAD_NAME, "bad app name: %u bytes, at most %d",
