@@ -99,8 +99,8 @@ lp_event_terminate(struct lp_event *ev)
     ev->n_ref_names = 0;
 }
 
-/* A keyword as the daemon spells it (a compare of known length: their
- * first letters differ), else in any case. */
+/* A keyword as the daemon spells it (event_word passes the lengths as
+ * constants: the compares inline), else in any case. */
 static inline bool
 event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
     size_t no_n, bool *out)

@@ -31,7 +31,8 @@ must_escape(unsigned char c)
  * controls, '%', '"', DEL), 64 at a time, so that a tokenizer goes from
  * one to the next instead of testing every byte: in a clean line they are
  * just the separators. SSE2 (every x86-64) tests 16 bytes in a few
- * instructions; elsewhere, and for a block's last bytes, a byte at a time.
+ * instructions (a block's last ones by an overlapping load); elsewhere,
+ * and in a line under 16 bytes, a byte at a time.
  */
 struct specials {
     const char *blk, *end; /* mask covers [blk, blk + 64) */

@@ -487,7 +487,6 @@ fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
     return -1;
 }
 
-/* Decode a client-supplied name into dst and check it. */
 /* Whether any of p[0..n) is >= 0x80 (only then the UTF-8 check). */
 static bool
 any_high(const char *p, size_t n)
@@ -499,8 +498,8 @@ any_high(const char *p, size_t n)
     return (seen & 0x80) != 0;
 }
 
-/* A client's name: a clean token (nothing to decode: nearly every one) is
- * copied as it is, any other decoded. */
+/* A client-supplied name into dst, checked: a clean token (nothing to
+ * decode: nearly every one) is copied as it is, any other decoded. */
 static int
 client_name(struct cmd_parse *cp, const struct tok *t, bool clean, const char *what,
     char *dst, struct lp_name *out)
