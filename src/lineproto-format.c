@@ -198,43 +198,46 @@ reserve_event(struct evbuffer *out, size_t room, struct evbuffer_iovec *vec)
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
 }
 
-int
-lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
-    size_t prefix_len, struct lp_bytes *at)
-{
-    struct evbuffer_iovec vec;
-    size_t payload, room, o, eu, eh, ec;
-    char *d;
+/* A DATA event's size (at most room) and its names' escaped lengths. */
+struct data_size {
+    size_t room, eu, eh, ec;
+};
 
-    if (m->type != WIRE_FORWARDED_MULTICAST && m->type != WIRE_FORWARDED_UNICAST)
-        return -1;
-    if (prefix == NULL)
-        prefix_len = lp_data_prefix(NULL, &m->feed, &m->topic);
-    ec =
+static void
+data_size(const struct wire_msg *m, size_t prefix_len, struct data_size *z)
+{
+    size_t payload;
+
+    z->ec =
         m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
-    eu = escaped_len(m->user.ptr, m->user.len);
-    eh = escaped_len(m->host.ptr, m->host.len);
-    room = prefix_len + sizeof(" multicast") + sizeof(" image") + 1 + 2 + eu + eh +
+    z->eu = escaped_len(m->user.ptr, m->user.len);
+    z->eh = escaped_len(m->host.ptr, m->host.len);
+    z->room = prefix_len + sizeof(" multicast") + sizeof(" image") + 1 + 2 + z->eu + z->eh +
         packets_room(m->packets, m->n_packets, &payload) +
-        (ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + ec : 0);
+        (z->ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + z->ec : 0);
     if (m->n_packets > 0)
-        room += payload + 1;
-    /* One contiguous reservation: the line and the payload are copied in
-     * once, with no intermediate buffer. */
-    if (reserve_event(out, room, &vec) != 0)
-        return -1;
-    d = vec.iov_base;
+        z->room += payload + 1;
+}
+
+/* The event (line and payload block) into d, which has z->room bytes; its
+ * length. */
+static size_t
+put_data(char *d, const struct wire_msg *m, const char *prefix, size_t prefix_len,
+    const struct data_size *z)
+{
+    size_t o;
+
     if (prefix != NULL) {
         memcpy(d, prefix, prefix_len);
         o = prefix_len;
     } else {
         o = lp_data_prefix(d, &m->feed, &m->topic);
     }
-    o += put_name_tok(d + o, &m->user, eu);
-    o += put_name_tok(d + o, &m->host, eh);
+    o += put_name_tok(d + o, &m->user, z->eu);
+    o += put_name_tok(d + o, &m->host, z->eh);
     o += put_lit(d + o, m->is_image ? " image" : " delta");
     o += put_lit(d + o, m->type == WIRE_FORWARDED_UNICAST ? " unicast" : " multicast");
-    if (ec > 0) {
+    if (z->ec > 0) {
         o += put_lit(d + o, " " LP_TYPE_PREFIX);
         o += put_escaped(d + o, m->content_type.ptr, m->content_type.len);
     }
@@ -248,12 +251,49 @@ lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *pr
         }
         d[o++] = '\n';
     }
-    vec.iov_len = o;
+    return o;
+}
+
+static bool
+is_data(const struct wire_msg *m)
+{
+    return m->type == WIRE_FORWARDED_MULTICAST || m->type == WIRE_FORWARDED_UNICAST;
+}
+
+int
+lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
+    size_t prefix_len, struct lp_bytes *at)
+{
+    struct evbuffer_iovec vec;
+    struct data_size z;
+
+    if (!is_data(m))
+        return -1;
+    if (prefix == NULL)
+        prefix_len = lp_data_prefix(NULL, &m->feed, &m->topic);
+    data_size(m, prefix_len, &z);
+    /* One contiguous reservation: the line and the payload are copied in
+     * once, with no intermediate buffer. */
+    if (reserve_event(out, z.room, &vec) != 0)
+        return -1;
+    vec.iov_len = put_data(vec.iov_base, m, prefix, prefix_len, &z);
     if (at != NULL) {
-        at->p = (const unsigned char *)d;
-        at->len = o;
+        at->p = vec.iov_base;
+        at->len = vec.iov_len;
     }
     return evbuffer_commit_space(out, &vec, 1);
+}
+
+size_t
+lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m, const char *prefix,
+    size_t prefix_len)
+{
+    struct data_size z;
+
+    if (!is_data(m))
+        return 0;
+    data_size(m, prefix_len, &z);
+    return z.room <= cap ? put_data(d, m, prefix, prefix_len, &z) : 0;
 }
 
 int

@@ -193,9 +193,10 @@ formatted(struct router *r, struct topic *t, const struct wire_msg *m, int rc,
 
 /*
  * A topic with one subscriber (many topics, one reader each: the common
- * market-data shape): the event is formatted straight into that session's
- * output, with no batch to copy from; the session's own buffer batches
- * the writes to its socket.
+ * market-data shape): the event goes straight to that session's output,
+ * with no batch to copy from; the session's own buffer batches the writes
+ * to its socket. A small one is formatted flat and added, a bigger one
+ * into a reservation of the output (no copy).
  */
 static void
 route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
@@ -206,7 +207,12 @@ route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
 
     if (rt_closing(c))
         return;
-    rc = lp_format_data_at(rt_output(c), m, t->prefix, t->prefix_len, &at);
+    at.p = (const unsigned char *)r->small;
+    if ((at.len = lp_format_data_flat(r->small, sizeof r->small, m, t->prefix,
+             t->prefix_len)) > 0)
+        rc = evbuffer_add(rt_output(c), r->small, at.len);
+    else
+        rc = lp_format_data_at(rt_output(c), m, t->prefix, t->prefix_len, &at);
     formatted(r, t, m, rc, &at);
     if (rc == 0) {
         r->n.data_delivered++;

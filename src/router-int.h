@@ -41,6 +41,9 @@
 
 /* Events bigger than this are shared by reference instead of copied. */
 #define ROUTER_SHARE_MIN 16384
+/* A one-subscriber event up to this size is formatted flat, then added to
+ * the session's output: less than libevent's reserve and commit. */
+#define ROUTER_SMALL_EVENT 512
 /* Upstream requests replayed per event-loop turn after a reconnect, so
  * that other sessions are served between batches. */
 #define ROUTER_REPLAY_BATCH 256
@@ -179,7 +182,8 @@ struct router {
     struct client *clients;
     struct topic *topics;
     struct feed *feeds;
-    struct feed *all_feeds; /* the all-feeds authorizers' roles (router-feeds.c); NULL: none */
+    /* The all-feeds authorizers' roles (router-feeds.c); NULL: none. */
+    struct feed *all_feeds;
     struct pending_list pending_order;
     uint32_t n_pending;
     TAILQ_HEAD(, topic) replay_topics; /* the replay after a reconnect, still to send */
@@ -193,9 +197,10 @@ struct router {
     uint32_t n_authorizer_feeds;
     size_t cache_bytes; /* all topics' caches */
 
-    struct evbuffer *scratch;  /* one formatted event, or a batch */
-    struct topic *batch_topic; /* scratch holds undelivered events of it */
-    struct topic *last_topic;  /* the topic of the last DATA routed */
+    struct evbuffer *scratch;       /* one formatted event, or a batch */
+    char small[ROUTER_SMALL_EVENT]; /* one small event, formatted flat */
+    struct topic *batch_topic;      /* scratch holds undelivered events of it */
+    struct topic *last_topic;       /* the topic of the last DATA routed */
     uint64_t batch_count;
     struct evbuffer *queue; /* data for a link not ready: encoded, in order */
     uint32_t queue_count;

@@ -912,6 +912,20 @@ test_format_data_round_trip(void **state)
     assert_int_equal(n, sizeof(want) - 1);
     assert_memory_equal(s, want, n);
 
+    /* Flat, with the topic's prefix: the same bytes, or 0 where they may
+     * not fit. */
+    {
+        char prefix[64], flat[256];
+        size_t pn = lp_data_prefix(prefix, &m.feed, &m.topic);
+
+        assert_int_equal(lp_format_data_flat(flat, sizeof flat, &m, prefix, pn), n);
+        assert_memory_equal(flat, want, n);
+        assert_int_equal(lp_format_data_flat(flat, n, &m, prefix, pn), 0);
+        m.type = WIRE_SUBSCRIPTION_REQUEST;
+        assert_int_equal(lp_format_data_flat(flat, sizeof flat, &m, prefix, pn), 0);
+        m.type = WIRE_FORWARDED_UNICAST;
+    }
+
     eol = (size_t)((char *)memchr(s, '\n', n) - s);
     assert_int_equal(lp_parse_event(s, eol, &lim, &f->ev), 0);
     assert_int_equal(f->ev.kind, LP_EV_DATA);
