@@ -191,12 +191,25 @@ formatted(struct router *r, struct topic *t, const struct wire_msg *m, int rc,
         rt_cache_update(r, t, m, at->p, at->len);
 }
 
+/* The event appended to out, at where it went: a small one formatted flat
+ * and added (less than libevent's reserve and commit), a bigger one into
+ * a reservation of out (no second copy of its payload). */
+static int
+format_event(struct router *r, struct evbuffer *out, const struct topic *t,
+    const struct wire_msg *m, struct lp_bytes *at)
+{
+    at->p = (const unsigned char *)r->small;
+    at->len = lp_format_data_flat(r->small, sizeof r->small, m, t->prefix, t->prefix_len);
+    if (at->len > 0)
+        return evbuffer_add(out, r->small, at->len);
+    return lp_format_data_at(out, m, t->prefix, t->prefix_len, at);
+}
+
 /*
  * A topic with one subscriber (many topics, one reader each: the common
  * market-data shape): the event goes straight to that session's output,
  * with no batch to copy from; the session's own buffer batches the writes
- * to its socket. A small one is formatted flat and added, a bigger one
- * into a reservation of the output (no copy).
+ * to its socket.
  */
 static void
 route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
@@ -207,12 +220,7 @@ route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
 
     if (rt_closing(c))
         return;
-    at.p = (const unsigned char *)r->small;
-    if ((at.len = lp_format_data_flat(r->small, sizeof r->small, m, t->prefix,
-             t->prefix_len)) > 0)
-        rc = evbuffer_add(rt_output(c), r->small, at.len);
-    else
-        rc = lp_format_data_at(rt_output(c), m, t->prefix, t->prefix_len, &at);
+    rc = format_event(r, rt_output(c), t, m, &at);
     formatted(r, t, m, rc, &at);
     if (rc == 0) {
         r->n.data_delivered++;
@@ -226,7 +234,7 @@ static void
 route_to_batch(struct router *r, struct topic *t, const struct wire_msg *m)
 {
     struct lp_bytes at;
-    int rc = lp_format_data_at(r->scratch, m, t->prefix, t->prefix_len, &at);
+    int rc = format_event(r, r->scratch, t, m, &at);
 
     formatted(r, t, m, rc, &at);
     if (rc != 0)

@@ -41,8 +41,8 @@
 
 /* Events bigger than this are shared by reference instead of copied. */
 #define ROUTER_SHARE_MIN 16384
-/* A one-subscriber event up to this size is formatted flat, then added to
- * the session's output: less than libevent's reserve and commit. */
+/* An event up to this size is formatted flat, then added to its output:
+ * less than libevent's reserve and commit. */
 #define ROUTER_SMALL_EVENT 512
 /* Upstream requests replayed per event-loop turn after a reconnect, so
  * that other sessions are served between batches. */
