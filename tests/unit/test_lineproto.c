@@ -819,6 +819,8 @@ test_escape_round_trip_all_bytes(void **state)
     evbuffer_add_printf(f->buf, " t \"\" \"\" image multicast");
     s = drain(f->buf, &n);
     assert_null(memchr(s, '\n', n));
+    /* 33 bytes up to ' ', DEL, '%' and '"' take three bytes each. */
+    assert_int_equal((char *)memchr(s + 5, ' ', n - 5) - (s + 5), 256 + 2 * 36);
     assert_int_equal(lp_parse_event(s, n, NULL, &f->ev), 0);
     assert_int_equal(f->ev.feed.len, 256);
     assert_memory_equal(f->ev.feed.ptr, name, 256);
