@@ -218,8 +218,7 @@ parse_text_event(struct lp_event *ev, const struct text_event *te, const char *p
     char *copy;
     size_t n;
 
-    while (p < end && is_sep(*p))
-        p++;
+    skip_seps(&p, end);
     n = (size_t)(end - p);
     if (te->needs_text && n == 0)
         return -1;

@@ -116,22 +116,35 @@ struct tok {
     size_t n;
 };
 
+/* Past the separators at *pp: false (*pp at end) when no token is left. */
 static inline bool
-next_token(const char **pp, const char *end, struct tok *t)
+skip_seps(const char **pp, const char *end)
 {
     const char *p = *pp;
 
     while (p < end && is_sep(*p))
         p++;
-    if (p == end) {
-        *pp = p;
-        return false;
-    }
-    t->p = p;
+    *pp = p;
+    return p < end;
+}
+
+/* Where the token at p ends: the next separator, or end. */
+static inline const char *
+token_end(const char *p, const char *end)
+{
     while (p < end && !is_sep(*p))
         p++;
-    t->n = (size_t)(p - t->p);
-    *pp = p;
+    return p;
+}
+
+static inline bool
+next_token(const char **pp, const char *end, struct tok *t)
+{
+    if (!skip_seps(pp, end))
+        return false;
+    t->p = *pp;
+    *pp = token_end(*pp, end);
+    t->n = (size_t)(*pp - t->p);
     return true;
 }
 
@@ -142,22 +155,15 @@ static inline bool
 special_token(struct specials *sp, const char **pp, const char *end, struct tok *t,
     bool *clean)
 {
-    const char *p = *pp;
+    const char *p;
 
-    while (p < end && is_sep(*p))
-        p++;
-    if (p == end) {
-        *pp = p;
+    if (!skip_seps(pp, end))
         return false;
-    }
-    t->p = p;
-    p = next_special(sp, p);
+    t->p = *pp;
+    p = next_special(sp, *pp);
     *clean = p == end || is_sep(*p);
-    if (!*clean)
-        while (p < end && !is_sep(*p))
-            p++;
-    t->n = (size_t)(p - t->p);
-    *pp = p;
+    *pp = *clean ? p : token_end(p, end);
+    t->n = (size_t)(*pp - t->p);
     return true;
 }
 
@@ -208,8 +214,7 @@ take_type_token(const char **pp, const char *end, struct tok *t)
 {
     const char *p = *pp;
 
-    while (p < end && is_sep(*p))
-        p++;
+    skip_seps(&p, end);
     /* The prefix first: the token is nearly always a packet spec. */
     if ((size_t)(end - p) < LP_TYPE_PREFIX_LEN ||
         memcmp(p, LP_TYPE_PREFIX, LP_TYPE_PREFIX_LEN) != 0 || !next_token(&p, end, t))
