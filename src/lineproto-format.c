@@ -207,22 +207,27 @@ reserve_event(struct evbuffer *out, size_t room, struct evbuffer_iovec *vec)
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
 }
 
-/* A DATA event's size (at most room) and its names' escaped lengths. */
+/* A DATA event's size (at most room), its prefix's length and its names'
+ * escaped lengths. */
 struct data_size {
-    size_t room, eu, eh, ec;
+    size_t room, prefix_len, eu, eh, ec;
 };
 
+/* prefix NULL: the prefix is made by put_data. */
 static void
-data_size(const struct wire_msg *m, size_t prefix_len, struct data_size *z)
+data_size(const struct wire_msg *m, const char *prefix, size_t prefix_len,
+    struct data_size *z)
 {
     size_t payload;
+
+    z->prefix_len = prefix != NULL ? prefix_len : lp_data_prefix(NULL, &m->feed, &m->topic);
 
     z->ec =
         m->content_type.len > 0 ? escaped_len(m->content_type.ptr, m->content_type.len) : 0;
     z->eu = escaped_len(m->user.ptr, m->user.len);
     z->eh = escaped_len(m->host.ptr, m->host.len);
-    z->room = prefix_len + sizeof(" multicast") + sizeof(" image") + 1 + 2 + z->eu + z->eh +
-        packets_room(m->packets, m->n_packets, &payload) +
+    z->room = z->prefix_len + sizeof(" multicast") + sizeof(" image") + 1 + 2 + z->eu +
+        z->eh + packets_room(m->packets, m->n_packets, &payload) +
         (z->ec > 0 ? sizeof(" " LP_TYPE_PREFIX) + z->ec : 0);
     if (m->n_packets > 0)
         z->room += payload + 1;
@@ -231,14 +236,13 @@ data_size(const struct wire_msg *m, size_t prefix_len, struct data_size *z)
 /* The event (line and payload block) into d, which has z->room bytes; its
  * length. */
 static size_t
-put_data(char *d, const struct wire_msg *m, const char *prefix, size_t prefix_len,
-    const struct data_size *z)
+put_data(char *d, const struct wire_msg *m, const char *prefix, const struct data_size *z)
 {
     size_t o;
 
     if (prefix != NULL) {
-        memcpy(d, prefix, prefix_len);
-        o = prefix_len;
+        memcpy(d, prefix, z->prefix_len);
+        o = z->prefix_len;
     } else {
         o = lp_data_prefix(d, &m->feed, &m->topic);
     }
@@ -278,14 +282,12 @@ lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *pr
 
     if (!is_data(m))
         return -1;
-    if (prefix == NULL)
-        prefix_len = lp_data_prefix(NULL, &m->feed, &m->topic);
-    data_size(m, prefix_len, &z);
+    data_size(m, prefix, prefix_len, &z);
     /* One contiguous reservation: the line and the payload are copied in
      * once, with no intermediate buffer. */
     if (reserve_event(out, z.room, &vec) != 0)
         return -1;
-    vec.iov_len = put_data(vec.iov_base, m, prefix, prefix_len, &z);
+    vec.iov_len = put_data(vec.iov_base, m, prefix, &z);
     if (at != NULL) {
         at->p = vec.iov_base;
         at->len = vec.iov_len;
@@ -301,8 +303,8 @@ lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m, const char *p
 
     if (!is_data(m))
         return 0;
-    data_size(m, prefix_len, &z);
-    return z.room <= cap ? put_data(d, m, prefix, prefix_len, &z) : 0;
+    data_size(m, prefix, prefix_len, &z);
+    return z.room <= cap ? put_data(d, m, prefix, &z) : 0;
 }
 
 int

@@ -168,8 +168,8 @@ size_t lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_
  * the event went when at is not NULL. */
 int lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
     size_t prefix_len, struct lp_bytes *at);
-/* The same event into d (cap bytes), with the topic's prefix: its length,
- * or 0 when it may not fit. For a small event an evbuffer_add of d costs
+/* The same event into d (cap bytes): its length, or 0 when it may not
+ * fit. For a small event an evbuffer_add of d costs
  * less than libevent's reserve and commit. */
 size_t lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m,
     const char *prefix, size_t prefix_len);

@@ -923,6 +923,8 @@ test_format_data_round_trip(void **state)
         assert_int_equal(lp_format_data_flat(flat, sizeof flat, &m, prefix, pn), n);
         assert_memory_equal(flat, want, n);
         assert_int_equal(lp_format_data_flat(flat, n, &m, prefix, pn), 0);
+        assert_int_equal(lp_format_data_flat(flat, sizeof flat, &m, NULL, 0), n);
+        assert_memory_equal(flat, want, n);
         m.type = WIRE_SUBSCRIPTION_REQUEST;
         assert_int_equal(lp_format_data_flat(flat, sizeof flat, &m, prefix, pn), 0);
         m.type = WIRE_FORWARDED_UNICAST;
