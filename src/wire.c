@@ -187,7 +187,8 @@ msg_str(struct wire_msg *msg, int field)
 static inline const struct wire_str *
 msg_cstr(const struct wire_msg *msg, int field)
 {
-    return (const struct wire_str *)(const void *)((const char *)msg + wire_field_at[field]);
+    return (
+        const struct wire_str *)(const void *)((const char *)msg + wire_field_at[field]);
 }
 
 static inline bool *
@@ -495,7 +496,6 @@ window_widen(struct wire_cursor *c, struct evbuffer *in, unsigned widened,
     return WIRE_DECODED;
 }
 
-
 /* Run scan at the window's start, widening it as the scan needs. */
 static enum wire_result
 window_walk(struct wire_cursor *c, struct evbuffer *in, wire_scan_fn scan, void *arg,
@@ -586,27 +586,42 @@ struct wire_walk {
     struct wire_build b;
     const struct wire_limits *lim;
     struct wire_msg *msg;
+    bool ref; /* strings and data point into the window, not copied */
 };
 
-/* A counted string (a length, then that many bytes), copied with a NUL. */
+/* Where n bytes at the cursor go: the window itself (by reference), or a
+ * copy in the storage, plus a NUL when nul (NULL when it does not fit). */
+WALK_INLINE const uint8_t *
+walk_bytes(struct wire_walk *w, uint32_t n, bool nul)
+{
+    uint8_t *d;
+
+    if (w->ref)
+        return w->c.p + w->c.off;
+    if ((d = bump(&w->b, (uint64_t)n + nul, 1)) == NULL)
+        return NULL;
+    memcpy(d, w->c.p + w->c.off, n);
+    if (nul)
+        d[n] = '\0';
+    return d;
+}
+
+/* A counted string (a length, then that many bytes). */
 WALK_INLINE enum wire_result
 walk_str(struct wire_walk *w, const struct wire_where *at, struct wire_str *s,
     const char **cause)
 {
     enum wire_result r;
     uint32_t n = 0;
-    char *d;
+    const uint8_t *d;
 
     if ((r = wire_cursor_count(&w->c, WC_STRING, w->lim->max_string, at, &n, cause)) !=
             WIRE_DECODED ||
         (r = wire_cursor_claim(&w->c, n, cause)) != WIRE_DECODED)
         return r;
     s->len = n;
-    if (n > 0 && (d = bump(&w->b, (uint64_t)n + 1, 1)) != NULL) {
-        memcpy(d, w->c.p + w->c.off, n);
-        d[n] = '\0';
-        s->ptr = d;
-    }
+    if (n > 0 && (d = walk_bytes(w, n, true)) != NULL)
+        s->ptr = (const char *)d;
     w->c.off += n;
     return WIRE_DECODED;
 }
@@ -642,7 +657,6 @@ walk_packets(struct wire_walk *w, const struct wire_where *at, const char **caus
     struct wire_packet *pk, spare;
     enum wire_result r;
     uint32_t n = 0, len = 0;
-    uint8_t *d;
 
     if ((r = wire_cursor_count(&w->c, WC_PACKETS, w->lim->max_packets, at, &n, cause)) !=
             WIRE_DECODED ||
@@ -662,11 +676,7 @@ walk_packets(struct wire_walk *w, const struct wire_where *at, const char **caus
             (r = wire_cursor_claim(&w->c, len, cause)) != WIRE_DECODED)
             return r;
         q->len = len;
-        q->data = NULL;
-        if (len > 0 && (d = bump(&w->b, len, 1)) != NULL) {
-            memcpy(d, w->c.p + w->c.off, len);
-            q->data = d;
-        }
+        q->data = len > 0 ? walk_bytes(w, len, false) : NULL;
         w->c.off += len;
     }
     return WIRE_DECODED;
@@ -716,6 +726,7 @@ struct wire_walk_arg {
     const struct wire_limits *lim;
     struct wire_msg *msg;
     struct wire_build b;
+    bool ref;
 };
 
 /* Walk the message at the front of the window, checking every length and
@@ -724,7 +735,7 @@ static enum wire_result
 walk_msg(struct wire_cursor *c, void *arg, const char **cause)
 {
     struct wire_walk_arg *a = arg;
-    struct wire_walk w = { *c, a->b, a->lim, a->msg };
+    struct wire_walk w = { *c, a->b, a->lim, a->msg, a->ref };
     struct wire_where at = { NULL, NULL };
     enum wire_result r;
     uint8_t t = 0;
@@ -797,11 +808,12 @@ wire_reader_begin(struct wire_reader *rd, struct evbuffer *in)
     window_open(&rd->c, in, 0);
 }
 
-enum wire_result
-wire_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg *msg,
-    const char **cause)
+/* wire_read, by reference (ref) or copying into msg's storage. */
+static enum wire_result
+reader_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg *msg,
+    bool ref, const char **cause)
 {
-    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 } };
+    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 }, ref };
     struct wire_cursor *c = &rd->c;
     enum wire_result r;
 
@@ -822,6 +834,13 @@ wire_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg
     return WIRE_DECODED;
 }
 
+enum wire_result
+wire_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg *msg,
+    const char **cause)
+{
+    return reader_read(rd, lim, msg, true, cause);
+}
+
 int
 wire_reader_end(struct wire_reader *rd)
 {
@@ -839,7 +858,7 @@ wire_decode(struct evbuffer *in, const struct wire_limits *lim, struct wire_msg 
     enum wire_result r;
 
     wire_reader_begin(&rd, in);
-    r = wire_read(&rd, lim, msg, cause);
+    r = reader_read(&rd, lim, msg, false, cause); /* copies: end drains the bytes */
     if (wire_reader_end(&rd) != 0 && r == WIRE_DECODED) {
         wire_msg_clear(msg);
         r = wire_fail(cause, "evbuffer drain failed");

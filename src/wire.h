@@ -63,9 +63,10 @@ struct wire_limits {
 void wire_limits_default(struct wire_limits *lim);
 
 /*
- * A string as bytes. len 0 is null or empty (the same on the wire). When
- * decoded, ptr is NUL-terminated (ptr[len] == 0) and points into the
- * message's storage; it may contain NUL bytes before len.
+ * A string as bytes. len 0 is null or empty (the same on the wire). It
+ * may contain NUL bytes before len. Decoded by wire_decode, ptr is
+ * NUL-terminated (ptr[len] == 0) in the message's storage; by wire_read,
+ * it points into the input buffer and is not terminated.
  */
 struct wire_str {
     const char *ptr;
@@ -181,7 +182,12 @@ struct wire_cursor {
  * what they took once (wire_reader_end) rather than per message: the
  * next message is read where the last one ended in the same contiguous
  * window. Nothing may change in between: no other reads, no appends.
- * wire_decode is begin, one wire_read, end.
+ * wire_decode is begin, one read, end.
+ *
+ * wire_read copies nothing it need not: a message's strings and packet
+ * data point into the buffer (its entitlements and packet array are in
+ * its storage), valid until the next wire_read or wire_reader_end. A
+ * message kept longer must be copied.
  */
 struct wire_reader {
     struct evbuffer *in;
