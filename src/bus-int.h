@@ -42,6 +42,8 @@
 /* Bytes moved per read or write callback (libevent's default is 16 KiB):
  * fewer wake-ups per megabyte when the bus streams. */
 #define BUS_IO_CHUNK (256 * 1024)
+/* Bytes read from a plain bus socket in one loop turn, at most (bus_read). */
+#define BUS_TURN_BYTES (1u << 20)
 /* Most OpenSSL error codes looked at to explain one failure. */
 #define BUS_MAX_SSL_ERRORS 8
 /* A batch of data sends goes to the output when it reaches this size

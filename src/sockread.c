@@ -8,7 +8,7 @@
 
 #define SOCKREAD_CHUNK (256u << 10)
 
-void
+size_t
 sockread_more(struct bufferevent *bev, size_t max)
 {
     struct evbuffer *in = bufferevent_get_input(bev);
@@ -44,4 +44,5 @@ sockread_more(struct bufferevent *bev, size_t max)
             break; /* the socket is drained */
     }
     evbuffer_freeze(in, 0);
+    return total;
 }

@@ -13,9 +13,9 @@
 struct bufferevent;
 
 /* From a read callback: pull up to max more bytes straight from the
- * socket into the bufferevent's input. Plain sockets only (never a TLS
- * bufferevent). Errors and EOF are left for the bufferevent to see on its
- * next read. */
-void sockread_more(struct bufferevent *bev, size_t max);
+ * socket into the bufferevent's input; returns how many. Plain sockets
+ * only (never a TLS bufferevent). Errors and EOF are left for the
+ * bufferevent to see on its next read. */
+size_t sockread_more(struct bufferevent *bev, size_t max);
 
 #endif /* BUSGATE_SOCKREAD_H */
