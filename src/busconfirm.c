@@ -111,6 +111,7 @@ busconfirm_begin(struct busconfirm *p, const struct config_bus *cfg, struct evbu
     if ((p->feed = strdup(cfg->confirm_feed != NULL ? cfg->confirm_feed : "__busgate__")) ==
         NULL)
         return -1;
+    p->feed_len = strlen(p->feed);
     fresh_topic(p);
     return probe_encode(p, cfg->protocol, out);
 }
@@ -128,7 +129,8 @@ busconfirm_check(struct busconfirm *p, const struct wire_msg *m)
 {
     bool waiting = p->state == BUSCONFIRM_WAITING;
 
-    if (p->method != CONFIG_CONFIRM_PROBE || p->feed == NULL || !str_is(&m->feed, p->feed))
+    if (p->method != CONFIG_CONFIRM_PROBE || p->feed == NULL ||
+        m->feed.len != p->feed_len || memcmp(m->feed.ptr, p->feed, p->feed_len) != 0)
         return BUSCONFIRM_NOT_OURS;
     switch (m->type) {
     case WIRE_FORWARDED_SUBSCRIPTION:

@@ -45,6 +45,7 @@ struct busconfirm {
     enum config_confirm method;
     enum busconfirm_state state;
     char *feed;          /* bus.confirm_feed (probe only) */
+    size_t feed_len;     /* checked against every message's feed */
     char topic[320];     /* this link's: "<host>/<guid>" */
     bool have_client_id; /* learned from the notification */
     uint8_t client_id[GUID_WIRE_LEN];
