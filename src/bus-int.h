@@ -42,8 +42,10 @@
 /* Bytes moved per read or write callback (libevent's default is 16 KiB):
  * fewer wake-ups per megabyte when the bus streams. */
 #define BUS_IO_CHUNK (256 * 1024)
-/* Bytes read from a plain bus socket in one loop turn, at most (bus_read). */
+/* Bytes read from a plain bus socket in one loop turn, at most, and the
+ * least one read must give for the turn to read again (bus_read). */
 #define BUS_TURN_BYTES (1u << 20)
+#define BUS_READ_AGAIN (32u << 10)
 /* Most OpenSSL error codes looked at to explain one failure. */
 #define BUS_MAX_SSL_ERRORS 8
 /* A batch of data sends goes to the output when it reaches this size

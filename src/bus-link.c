@@ -230,13 +230,17 @@ bus_take_input(struct bus *bus, struct bufferevent *bev, struct evbuffer *in)
 }
 
 /*
- * A plain socket is read again once what it gave has been handed on, up
- * to BUS_TURN_BYTES in one loop turn: the sessions write what a turn
- * gave them once at its end, so a longer turn under load means more
- * events per write (with 1000 topics of one subscriber each, a turn
- * limited to the ~100 KiB a small TCP receive window holds gives each
- * session one or two events per write). An idle or slow bus ends the
- * turn at once (the read finds nothing).
+ * A plain socket that gave at least BUS_READ_AGAIN bytes is read again
+ * once they have been handed on, up to BUS_TURN_BYTES in one loop turn:
+ * the sessions write what a turn gave them once at its end, so under
+ * load a longer turn means more events per write (with 1000 topics of
+ * one subscriber each, a turn limited to the ~100 KiB a small TCP
+ * receive window holds gives each session one or two events per write).
+ * A read that big means the sender is ahead; a smaller one (a bus at a
+ * steady rate, a few messages per read) ends the turn, so that what it
+ * gave is written at once: read again while anything at all arrives,
+ * and a turn at 10k msg/s went on for the whole 1 MiB, delaying events
+ * by 100-500 ms.
  */
 static void
 bus_read(struct bufferevent *bev, void *arg)
@@ -252,7 +256,7 @@ bus_read(struct bufferevent *bev, void *arg)
         turn += got;
         if (!bus_take_input(bus, bev, in))
             return;
-    } while (got > 0 && turn < BUS_TURN_BYTES);
+    } while (got >= BUS_READ_AGAIN && turn < BUS_TURN_BYTES);
 }
 
 static void
