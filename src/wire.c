@@ -187,8 +187,9 @@ msg_str(struct wire_msg *msg, int field)
 static inline const struct wire_str *
 msg_cstr(const struct wire_msg *msg, int field)
 {
-    return (
-        const struct wire_str *)(const void *)((const char *)msg + wire_field_at[field]);
+    const char *p = (const char *)msg + wire_field_at[field];
+
+    return (const struct wire_str *)(const void *)p;
 }
 
 static inline bool *
