@@ -275,7 +275,7 @@ is_data(const struct wire_msg *m)
 
 int
 lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
-    size_t prefix_len, struct lp_bytes *at)
+    size_t prefix_len, char *flat, size_t flat_cap, struct lp_bytes *at)
 {
     struct evbuffer_iovec vec;
     struct data_size z;
@@ -283,34 +283,29 @@ lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *pr
     if (!is_data(m))
         return -1;
     data_size(m, prefix, prefix_len, &z);
-    /* One contiguous reservation: the line and the payload are copied in
-     * once, with no intermediate buffer. */
-    if (reserve_event(out, z.room, &vec) != 0)
+    if (z.room <= flat_cap) {
+        vec.iov_base = flat;
+        vec.iov_len = put_data(flat, m, prefix, &z);
+    } else if (reserve_event(out, z.room, &vec) != 0) {
         return -1;
-    vec.iov_len = put_data(vec.iov_base, m, prefix, &z);
+    } else {
+        /* One contiguous reservation: the line and the payload are copied
+         * in once, with no intermediate buffer. */
+        vec.iov_len = put_data(vec.iov_base, m, prefix, &z);
+    }
     if (at != NULL) {
         at->p = vec.iov_base;
         at->len = vec.iov_len;
     }
+    if (vec.iov_base == flat)
+        return evbuffer_add(out, flat, vec.iov_len);
     return evbuffer_commit_space(out, &vec, 1);
-}
-
-size_t
-lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m, const char *prefix,
-    size_t prefix_len)
-{
-    struct data_size z;
-
-    if (!is_data(m))
-        return 0;
-    data_size(m, prefix, prefix_len, &z);
-    return z.room <= cap ? put_data(d, m, prefix, &z) : 0;
 }
 
 int
 lp_format_data(struct evbuffer *out, const struct wire_msg *m)
 {
-    return lp_format_data_at(out, m, NULL, 0, NULL);
+    return lp_format_data_at(out, m, NULL, 0, NULL, 0, NULL);
 }
 
 /* A line of a verb, an optional keyword, a client id and four names. */

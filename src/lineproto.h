@@ -165,14 +165,12 @@ struct lp_bytes {
  * escaping the two names again. */
 size_t lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *topic);
 /* lp_format_data with the topic's prefix (NULL: made here), telling where
- * the event went when at is not NULL. */
+ * the event went when at is not NULL. An event that fits flat (flat_cap
+ * bytes; 0: no flat buffer) is formatted there and evbuffer_add'ed, which
+ * for a small one costs less than libevent's reserve and commit; a bigger
+ * one goes into a reservation of out (no second copy of its payload). */
 int lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
-    size_t prefix_len, struct lp_bytes *at);
-/* The same event into d (cap bytes): its length, or 0 when it may not
- * fit. For a small event an evbuffer_add of d costs
- * less than libevent's reserve and commit. */
-size_t lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m,
-    const char *prefix, size_t prefix_len);
+    size_t prefix_len, char *flat, size_t flat_cap, struct lp_bytes *at);
 
 /* NOTIFICATION for a ForwardedSubscriptionRequest. */
 int lp_format_notification(struct evbuffer *out, const struct wire_msg *m);

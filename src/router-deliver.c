@@ -192,17 +192,13 @@ formatted(struct router *r, struct topic *t, const struct wire_msg *m, int rc,
 }
 
 /* The event appended to out, at where it went: a small one formatted flat
- * and added (less than libevent's reserve and commit), a bigger one into
- * a reservation of out (no second copy of its payload). */
+ * in the router's buffer and added, a bigger one into a reservation. */
 static int
 format_event(struct router *r, struct evbuffer *out, const struct topic *t,
     const struct wire_msg *m, struct lp_bytes *at)
 {
-    at->p = (const unsigned char *)r->small;
-    at->len = lp_format_data_flat(r->small, sizeof r->small, m, t->prefix, t->prefix_len);
-    if (at->len > 0)
-        return evbuffer_add(out, r->small, at->len);
-    return lp_format_data_at(out, m, t->prefix, t->prefix_len, at);
+    return lp_format_data_at(out, m, t->prefix, t->prefix_len, r->small, sizeof r->small,
+        at);
 }
 
 /*
