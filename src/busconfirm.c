@@ -39,6 +39,7 @@ busconfirm_free(struct busconfirm *p)
 {
     free(p->feed);
     p->feed = NULL;
+    p->feed_w = (struct wire_str){ NULL, 0 };
 }
 
 static void
@@ -83,7 +84,7 @@ probe_encode(const struct busconfirm *p, int version, struct evbuffer *out)
         return -1;
     memset(&m, 0, sizeof m);
     m.version = version;
-    str_set(&m.feed, p->feed);
+    m.feed = p->feed_w;
     str_set(&m.topic, p->topic);
     m.is_add = true;
     m.type = WIRE_NOTIFICATION_REQUEST;
@@ -111,7 +112,7 @@ busconfirm_begin(struct busconfirm *p, const struct config_bus *cfg, struct evbu
     if ((p->feed = strdup(cfg->confirm_feed != NULL ? cfg->confirm_feed : "__busgate__")) ==
         NULL)
         return -1;
-    p->feed_len = strlen(p->feed);
+    str_set(&p->feed_w, p->feed);
     fresh_topic(p);
     return probe_encode(p, cfg->protocol, out);
 }
@@ -130,7 +131,7 @@ busconfirm_check(struct busconfirm *p, const struct wire_msg *m)
     bool waiting = p->state == BUSCONFIRM_WAITING;
 
     if (p->method != CONFIG_CONFIRM_PROBE || p->feed == NULL ||
-        m->feed.len != p->feed_len || memcmp(m->feed.ptr, p->feed, p->feed_len) != 0)
+        !wire_str_eq(&m->feed, &p->feed_w))
         return BUSCONFIRM_NOT_OURS;
     switch (m->type) {
     case WIRE_FORWARDED_SUBSCRIPTION:
@@ -167,7 +168,7 @@ busconfirm_withdraw(const struct busconfirm *p, int version, struct evbuffer *ou
         return -1;
     memset(&m, 0, sizeof m);
     m.version = version;
-    str_set(&m.feed, p->feed);
+    m.feed = p->feed_w;
     str_set(&m.topic, p->topic);
     m.is_add = false;
     m.type = WIRE_SUBSCRIPTION_REQUEST;

@@ -44,10 +44,10 @@ enum busconfirm_verdict {
 struct busconfirm {
     enum config_confirm method;
     enum busconfirm_state state;
-    char *feed;          /* bus.confirm_feed (probe only) */
-    size_t feed_len;     /* checked against every message's feed */
-    char topic[320];     /* this link's: "<host>/<guid>" */
-    bool have_client_id; /* learned from the notification */
+    char *feed;             /* bus.confirm_feed (probe only) */
+    struct wire_str feed_w; /* feed as a wire string: checked against every message */
+    char topic[320];        /* this link's: "<host>/<guid>" */
+    bool have_client_id;    /* learned from the notification */
     uint8_t client_id[GUID_WIRE_LEN];
 };
 
