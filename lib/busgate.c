@@ -1282,7 +1282,7 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
     size_t feed_len, const char *topic, size_t topic_len, bool is_image,
     const struct bg_packet *packets, size_t n_packets)
 {
-    struct wire_packet stack[8] = { { { NULL, 0 }, NULL, 0 } }, *pk = stack;
+    struct wire_packet stack[8], *pk = stack; /* each filled below */
     size_t before;
     int r;
 
