@@ -60,17 +60,26 @@ const char *
 lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, const struct lp_frame *fr,
     size_t n)
 {
-    size_t start = f->pending - (fr->len + 1); /* the line is the last item delivered */
+    size_t line = fr->len + 1, start = f->pending - line; /* the last item delivered */
     const unsigned char *p;
 
     /* Where the line was found, when the n bytes are there too: the
      * common case (reads are large), at no libevent call. */
     if (f->chain_len >= f->pending + n)
         return (const char *)f->chain + start;
-    if (evbuffer_get_length(in) < f->pending + n ||
-        (p = evbuffer_pullup(in, (ev_ssize_t)(f->pending + n))) == NULL)
+    if (evbuffer_get_length(in) < f->pending + n)
         return NULL;
-    return (const char *)p + start;
+    /* The items before the line are no longer valid (lp_framer_next has
+     * returned since): drained first, the pullup copies the line and its
+     * n bytes, not every item of the chain in front of them as well. */
+    if (start > 0) {
+        evbuffer_drain(in, start);
+        f->pending = line;
+    }
+    f->chain_len = 0;
+    if ((p = evbuffer_pullup(in, (ev_ssize_t)(line + n))) == NULL)
+        return NULL;
+    return (const char *)p;
 }
 
 void
