@@ -358,9 +358,10 @@ void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
  * it as a PAYLOAD item, or skip it. */
 void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
 /* Right after a LINE fr (nothing added to in since): the line and the n
- * bytes behind it, contiguous (one pullup where they span chains), or
- * NULL when not all are buffered. Read in place, the n bytes are then
- * taken with lp_framer_extend. */
+ * bytes behind it, contiguous (one pullup where they span chains, after
+ * draining the items delivered before the line), or NULL when not all are
+ * buffered. Read in place, the n bytes are then taken with
+ * lp_framer_extend. */
 const char *lp_framer_line_with(struct lp_framer *f, struct evbuffer *in,
     const struct lp_frame *fr, size_t n);
 /* The item just returned also covers the next n bytes (a payload the
