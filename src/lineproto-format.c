@@ -207,6 +207,31 @@ reserve_event(struct evbuffer *out, size_t room, struct evbuffer_iovec *vec)
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
 }
 
+/* Where an event of room bytes is formatted: flat (cap bytes) when it
+ * fits, which for a small one costs less than libevent's reserve and
+ * commit; else one contiguous reservation of out (its payload copied
+ * once). NULL when out cannot grow. */
+static char *
+event_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
+    struct evbuffer_iovec *vec)
+{
+    if (room <= cap) {
+        vec->iov_base = flat;
+        return flat;
+    }
+    return reserve_event(out, room, vec) == 0 ? vec->iov_base : NULL;
+}
+
+/* The len bytes formatted where event_begin said, into out. */
+static int
+event_end(struct evbuffer *out, const char *flat, struct evbuffer_iovec *vec, size_t len)
+{
+    vec->iov_len = len;
+    if (vec->iov_base == flat)
+        return evbuffer_add(out, flat, len);
+    return evbuffer_commit_space(out, vec, 1);
+}
+
 /* A DATA event's size (at most room), its prefix's length and its names'
  * escaped lengths. */
 struct data_size {
@@ -279,27 +304,20 @@ lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *pr
 {
     struct evbuffer_iovec vec;
     struct data_size z;
+    size_t n;
+    char *d;
 
     if (!is_data(m))
         return -1;
     data_size(m, prefix, prefix_len, &z);
-    if (z.room <= flat_cap) {
-        vec.iov_base = flat;
-        vec.iov_len = put_data(flat, m, prefix, &z);
-    } else if (reserve_event(out, z.room, &vec) != 0) {
+    if ((d = event_begin(out, z.room, flat, flat_cap, &vec)) == NULL)
         return -1;
-    } else {
-        /* One contiguous reservation: the line and the payload are copied
-         * in once, with no intermediate buffer. */
-        vec.iov_len = put_data(vec.iov_base, m, prefix, &z);
-    }
+    n = put_data(d, m, prefix, &z);
     if (at != NULL) {
-        at->p = vec.iov_base;
-        at->len = vec.iov_len;
+        at->p = (const unsigned char *)d;
+        at->len = n;
     }
-    if (vec.iov_base == flat)
-        return evbuffer_add(out, flat, vec.iov_len);
-    return evbuffer_commit_space(out, &vec, 1);
+    return event_end(out, flat, &vec, n);
 }
 
 int
@@ -547,9 +565,8 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
 }
 
 /* A message command up to this size is formatted on the stack, then
- * added: as for small DATA events, that costs less than libevent's
- * reserve and commit, and small adds share chains that grow (reserved,
- * each few messages took a 1 KiB chain of its own). */
+ * added (event_begin): small adds also share chains that grow, where
+ * reserved, each few messages took a 1 KiB chain of its own. */
 #define SMALL_MESSAGE 512
 
 int
@@ -572,12 +589,7 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
         packets_room(packets, n_packets, &payload) + 1;
     if (n_packets > 0)
         room += payload + 1;
-    /* A bigger one in one contiguous reservation: its payload copied once. */
-    if (room <= sizeof small)
-        d = small;
-    else if (reserve_event(out, room, &vec) == 0)
-        d = vec.iov_base;
-    else
+    if ((d = event_begin(out, room, small, sizeof small, &vec)) == NULL)
         return -1;
     o = put_lit(d, verb);
     if (client_id != NULL) {
@@ -598,10 +610,7 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
         }
         d[o++] = '\n';
     }
-    if (d == small)
-        return evbuffer_add(out, small, o);
-    vec.iov_len = o;
-    return evbuffer_commit_space(out, &vec, 1);
+    return event_end(out, small, &vec, o);
 }
 
 int
