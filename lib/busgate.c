@@ -124,6 +124,9 @@ struct bg_conn {
     size_t pk_cap;
     char bus_state[16];
     struct bg_event ev;
+    bool held;  /* ev is the application's, until it next asks for one */
+    char *keep; /* ev's strings and packets, once keep_event copied them */
+    size_t keep_cap;
 };
 
 /* ---- small helpers ---- */
@@ -905,6 +908,75 @@ build_event(struct bg_conn *c)
     return 0;
 }
 
+/* n bytes of src, NUL-terminated, at *p (advanced past them). */
+static const char *
+keep_bytes(char **p, const void *src, size_t n)
+{
+    char *d = *p;
+
+    if (n > 0)
+        memcpy(d, src, n);
+    d[n] = '\0';
+    *p = d + n + 1;
+    return d;
+}
+
+/*
+ * A blocking call made while the application still holds an event (a
+ * handler that publishes, pings or answers) reads on, and reading reuses
+ * what the event points into: the socket's buffer, the parser's store,
+ * link_text. The event's strings and packets are copied out first, so
+ * that it stays valid until the next bg_next_event/bg_process, as
+ * promised. Copied once per event held, and only then.
+ */
+static int
+keep_event(struct bg_conn *c)
+{
+    struct bg_event *ev = &c->ev;
+    size_t n_ents = 0, bytes, ct_len, text_len;
+    int32_t *ents;
+    char *p;
+
+    if (!c->held)
+        return 0;
+    c->held = false;
+    ct_len = strlen(ev->content_type);
+    text_len = strlen(ev->text);
+    bytes =
+        ev->feed_len + ev->topic_len + ev->user_len + ev->host_len + ct_len + text_len + 6;
+    for (size_t i = 0; i < ev->n_packets; i++) {
+        n_ents += c->pk[i].n_entitlements;
+        bytes += c->pk[i].len + 1;
+    }
+    bytes += n_ents * sizeof(int32_t);
+    if (bytes > c->keep_cap) {
+        char *k = realloc(c->keep, bytes);
+
+        if (k == NULL)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        c->keep = k;
+        c->keep_cap = bytes;
+    }
+    ents = (int32_t *)(void *)c->keep; /* first: malloc's alignment */
+    p = c->keep + n_ents * sizeof(int32_t);
+    for (size_t i = 0; i < ev->n_packets; i++) {
+        struct bg_packet *pk = &c->pk[i];
+
+        if (pk->n_entitlements > 0)
+            memcpy(ents, pk->entitlements, pk->n_entitlements * sizeof(int32_t));
+        pk->entitlements = ents;
+        ents += pk->n_entitlements;
+        pk->data = keep_bytes(&p, pk->data, pk->len);
+    }
+    ev->feed = keep_bytes(&p, ev->feed, ev->feed_len);
+    ev->topic = keep_bytes(&p, ev->topic, ev->topic_len);
+    ev->user = keep_bytes(&p, ev->user, ev->user_len);
+    ev->host = keep_bytes(&p, ev->host, ev->host_len);
+    ev->content_type = keep_bytes(&p, ev->content_type, ct_len);
+    ev->text = keep_bytes(&p, ev->text, text_len);
+    return 0;
+}
+
 /* The next queued item: 1, 0 or -1 as next_item. The queue is nearly
  * always empty: that costs no framer call per event. */
 static int
@@ -976,6 +1048,8 @@ wait_reply(struct bg_conn *c, uint64_t id)
 {
     int64_t deadline = deadline_after(c->timeout_ms);
 
+    if (keep_event(c) < 0)
+        return -c->err;
     c->wait_id = id;
     c->wait_done = false;
     for (;;) {
@@ -1010,6 +1084,8 @@ ensure_up(struct bg_conn *c, bool force)
 
     if (c->state == LINK_UP)
         return 0;
+    if (keep_event(c) < 0)
+        return -c->err;
     deadline = deadline_after(c->timeout_ms);
 
     if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
@@ -1092,6 +1168,8 @@ queued(struct bg_conn *c, size_t before)
         flush_out(c);
     if (c->cb != NULL || evbuffer_get_length(c->out) <= BG_PIPELINE_QUEUE)
         return 0;
+    if (keep_event(c) < 0)
+        return -c->err;
     /* Down to half: a wait per half queue, not per message. */
     deadline = deadline_after(c->timeout_ms);
     while (evbuffer_get_length(c->out) > BG_PIPELINE_QUEUE / 2) {
@@ -1412,10 +1490,12 @@ bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
     bool polled = false; /* the socket was read at least once (timeout 0) */
     int wait;
 
+    c->held = false;
     for (;;) {
         if (take_event(c)) {
             if (build_event(c) < 0)
                 return -c->err;
+            c->held = true;
             *ev = &c->ev;
             return 0;
         }
@@ -1467,13 +1547,17 @@ bg_timeout_ms(const bg_conn *c)
 static void
 deliver(struct bg_conn *c)
 {
-    if (build_event(c) == 0 && c->cb != NULL)
+    if (build_event(c) == 0 && c->cb != NULL) {
+        c->held = true;
         c->cb(c, &c->ev, c->cb_arg);
+        c->held = false;
+    }
 }
 
 int
 bg_process(bg_conn *c, int readiness)
 {
+    c->held = false;
     if (reconnect_due(c))
         (void)link_open(c);
     if (c->fd >= 0 && (readiness & BG_WRITABLE))
@@ -1583,6 +1667,7 @@ bg_free(bg_conn *c)
     regs_free(c);
     lp_event_free(&c->lev);
     free(c->pk);
+    free(c->keep);
     free(c->path);
     if (c->sock.buf != NULL)
         evbuffer_free(c->sock.buf);

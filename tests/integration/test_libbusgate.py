@@ -103,6 +103,9 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("connect_refused", "publish_binary", "errors", "notify_and_send",
                    "authorize", "authorize_all_feeds", "event_loop", "timeout_zero")
 
+    def test_event_outlives_blocking_commands(self):
+        self.run_c("event_outlives_commands")
+
     def test_bus_events_pass_through(self):
         self.run_c("bus_events")
 

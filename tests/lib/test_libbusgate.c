@@ -220,6 +220,39 @@ test_authorize(void)
     bg_free(b);
 }
 
+/* An event stays valid until the next bg_next_event: a blocking command in
+ * between (a handler that publishes, answers or pings) leaves it whole. */
+static void
+test_event_outlives_commands(void)
+{
+    static const char topic[] = "kept \xc3\xa9";
+    static const int32_t e1[] = { 7, 8 };
+    const struct bg_packet pk[] = { { "first", 5, e1, 2 }, { "second", 6, NULL, 0 } };
+    bg_conn *c = conn(), *p = conn();
+    const struct bg_event *ev;
+
+    CHECK_OK(c, bg_subscribe(c, S("outlive"), S(topic)));
+    CHECK_OK(p, bg_publish(p, S("outlive"), S(topic), true, pk, 2));
+    CHECK_OK(p, bg_publish(p, S("outlive"), S(topic), false, pk + 1, 1));
+    ev = wait_for(c, BG_EV_DATA, S(topic));
+    for (int round = 0; round < 3; round++) {
+        CHECK_OK(c, bg_ping(c));
+        CHECK(bg_unsubscribe(c, S("outlive"), S("never subscribed to this topic")) < 0);
+        CHECK_OK(c, bg_publish(c, S("outlive"), S("elsewhere"), false, pk, 1));
+        CHECK(name_is(ev->feed, ev->feed_len, S("outlive")));
+        CHECK(name_is(ev->topic, ev->topic_len, S(topic)));
+        CHECK(ev->is_image && ev->n_packets == 2);
+        CHECK(ev->packets[0].len == 5 && memcmp(ev->packets[0].data, "first", 5) == 0);
+        CHECK(ev->packets[0].n_entitlements == 2 && ev->packets[0].entitlements[0] == 7 &&
+            ev->packets[0].entitlements[1] == 8);
+        CHECK(ev->packets[1].len == 6 && memcmp(ev->packets[1].data, "second", 6) == 0);
+    }
+    ev = wait_for(c, BG_EV_DATA, S(topic));
+    CHECK(!ev->is_image && ev->n_packets == 1);
+    bg_free(c);
+    bg_free(p);
+}
+
 /* bg_authorizer with no feed: every feed's requests (issue 13). */
 static void
 test_authorize_all_feeds(void)
@@ -841,6 +874,7 @@ main(int argc, char **argv)
         { "notify_and_send", test_notify_and_send },
         { "authorize", test_authorize },
         { "authorize_all_feeds", test_authorize_all_feeds },
+        { "event_outlives_commands", test_event_outlives_commands },
         { "event_loop", test_event_loop },
         { "timeout_zero", test_timeout_zero },
         { "bus_events", test_bus_events },
