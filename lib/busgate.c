@@ -836,9 +836,7 @@ build_event(struct bg_conn *c)
     struct bg_event *ev = &c->ev;
     const struct lp_event *l = &c->lev;
 
-    memset(ev, 0, sizeof(*ev));
-    ev->content_type = "";
-    ev->text = "";
+    *ev = (struct bg_event){ .content_type = "", .text = "" }; /* stores, not a call */
     if (c->link_item && c->link_skipped) {
         ev->kind = BG_EV_SKIPPED;
         ev->text = c->link_text;

@@ -27,12 +27,7 @@ lp_event_free(struct lp_event *ev)
 static void
 event_reset(struct lp_event *ev)
 {
-    void *store = ev->store;
-    size_t cap = ev->store_cap;
-
-    memset(ev, 0, sizeof(*ev));
-    ev->store = store;
-    ev->store_cap = cap;
+    *ev = (struct lp_event){ .store = ev->store, .store_cap = ev->store_cap };
 }
 
 /* How names are returned: decoded copies in ev->store, or (by reference)
@@ -240,7 +235,7 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     struct tok verb, args[6], extra;
     struct specials sp;
     bool clean[6], is_data;
-    size_t nargs = 0, want, names_room = 0;
+    size_t nargs = 0, want, names_room;
 
     event_reset(ev);
     if (lim == NULL)
@@ -277,8 +272,9 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         nargs++;
     if (nargs < want)
         return -1;
-    for (size_t i = 0; i < nargs; i++)
-        names_room += args[i].n + 1;
+    /* Room for every token and its NUL: at most the span they cover (at
+     * least one separator between two) plus one. */
+    names_room = (size_t)(args[nargs - 1].p + args[nargs - 1].n - args[0].p) + 1;
 
     switch (ev->kind) {
     case LP_EV_DATA:
