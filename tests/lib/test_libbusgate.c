@@ -221,7 +221,8 @@ test_authorize(void)
 }
 
 /* An event stays valid until the next bg_next_event: a blocking command in
- * between (a handler that publishes, answers or pings) leaves it whole. */
+ * between (a handler that publishes, answers or pings) leaves it whole,
+ * even when the link goes down under it. */
 static void
 test_event_outlives_commands(void)
 {
@@ -247,8 +248,14 @@ test_event_outlives_commands(void)
             ev->packets[0].entitlements[1] == 8);
         CHECK(ev->packets[1].len == 6 && memcmp(ev->packets[1].data, "second", 6) == 0);
     }
+    /* The link lost under a blocking call: the buffers the event came in
+     * are reset, the event stays. */
     ev = wait_for(c, BG_EV_DATA, S(topic));
+    ask_driver("RESTART");
+    (void)bg_ping(c);
+    CHECK(name_is(ev->topic, ev->topic_len, S(topic)));
     CHECK(!ev->is_image && ev->n_packets == 1);
+    CHECK(ev->packets[0].len == 6 && memcmp(ev->packets[0].data, "second", 6) == 0);
     bg_free(c);
     bg_free(p);
 }
