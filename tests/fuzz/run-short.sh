@@ -2,7 +2,7 @@
 # A short fuzz run for `make check`: build the libFuzzer targets with clang
 # straight from the sources (not from the gcc-built libbusgate.a) with
 # ASan+UBSan, then run each on its seed corpus for FUZZ_SHORT_SECONDS
-# (default 5), the three in parallel. New inputs go to a temporary
+# (default 5), the four in parallel. New inputs go to a temporary
 # directory; the committed corpus is only read.
 #
 # Exit: 0 no finding, 1 a finding or a build failure, 77 (automake SKIP)
@@ -68,7 +68,7 @@ cflags=$(pkg-config --cflags libevent yaml-0.1 inih openssl 2>/dev/null || true)
 
 CFLAGS="-std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
     -fno-omit-frame-pointer -D_GNU_SOURCE -DPACKAGE_VERSION=\"fuzz\"
-    -I$tmp -I$src $cflags"
+    -I$tmp -I$src -I$srcdir/lib $cflags"
 # The configure-time paths (src/paths.h in a build); any will do here.
 sed -e 's|@sysconfdir@|/etc|' -e 's|@runstatedir@|/run|' "$src/paths.h.in" >"$tmp/paths.h"
 
@@ -92,8 +92,10 @@ build fuzz_lineproto lineproto.c lineproto-event.c lineproto-format.c lineproto-
 p2=$!
 build fuzz_config access.c config.c config-value.c config-files.c config-access.c credentials.c fileio.c log.c tls.c wire.c wire-auth.c -- libevent yaml-0.1 inih openssl &
 p3=$!
+build fuzz_libbusgate ../lib/busgate.c lineproto.c lineproto-event.c lineproto-format.c lineproto-frame.c guid.c wire.c wire-auth.c -- libevent pthread &
+p4=$!
 status=0
-for t in fuzz_wire:$p1 fuzz_lineproto:$p2 fuzz_config:$p3; do
+for t in fuzz_wire:$p1 fuzz_lineproto:$p2 fuzz_config:$p3 fuzz_libbusgate:$p4; do
     if ! wait "${t#*:}"; then
         echo "FAIL: building ${t%%:*} with $cc:"
         cat "$tmp/${t%%:*}.build"
@@ -117,7 +119,9 @@ run fuzz_lineproto "$fuzzdir/corpus/lineproto" "$fuzzdir/fuzz_lineproto.dict" &
 p2=$!
 run fuzz_config "$srcdir/etc" "$fuzzdir/fuzz_config.dict" &
 p3=$!
-for t in fuzz_wire:$p1 fuzz_lineproto:$p2 fuzz_config:$p3; do
+run fuzz_libbusgate "$fuzzdir/corpus/libbusgate" "$fuzzdir/fuzz_lineproto.dict" &
+p4=$!
+for t in fuzz_wire:$p1 fuzz_lineproto:$p2 fuzz_config:$p3 fuzz_libbusgate:$p4; do
     name=${t%%:*}
     if wait "${t#*:}"; then
         runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$tmp/$name.log")
