@@ -937,7 +937,6 @@ keep_event(struct bg_conn *c)
 
     if (!c->held)
         return 0;
-    c->held = false;
     ct_len = strlen(ev->content_type);
     text_len = strlen(ev->text);
     bytes =
@@ -972,6 +971,7 @@ keep_event(struct bg_conn *c)
     ev->host = keep_bytes(&p, ev->host, ev->host_len);
     ev->content_type = keep_bytes(&p, ev->content_type, ct_len);
     ev->text = keep_bytes(&p, ev->text, text_len);
+    c->held = false; /* copied: nothing read from now on touches it */
     return 0;
 }
 
