@@ -692,8 +692,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     }
 
     /* Storage: packets, then entitlements, then the decoded names. */
-    for (size_t i = 0; i < nargs; i++)
-        names_room += args[i].n + 1;
+    if (nargs > 0) /* every token and its NUL: at most their span plus one */
+        names_room = (size_t)(args[nargs - 1].p + args[nargs - 1].n - args[0].p) + 1;
     if (has_type)
         names_room += ctype.n + 1;
     if (cmd->verb == LP_AUTHORIZE && nargs == nfix) /* room: one per comma + 1 */
