@@ -34,16 +34,7 @@
 #include <unistd.h>
 
 #include "busgate.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#include "fuzz.h"
 
 enum {
     USE_LOOP = 1,

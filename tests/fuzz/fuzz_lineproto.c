@@ -29,16 +29,7 @@
 #include <event2/buffer.h>
 
 #include "lineproto.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#include "fuzz.h"
 
 /* Payload bytes for re-formatted events whose payload was not in the input. */
 static const uint8_t zeros[1024];
@@ -359,7 +350,8 @@ check_event_round_trip(const struct lp_event *ev, const struct lp_limits *lim)
 static void
 same_name(const struct lp_name *a, const struct lp_name *b)
 {
-    CHECK(a->len == b->len && memcmp(a->ptr, b->ptr, a->len) == 0 && b->ptr[b->len] == '\0');
+    CHECK(
+        a->len == b->len && memcmp(a->ptr, b->ptr, a->len) == 0 && b->ptr[b->len] == '\0');
 }
 
 /* lp_parse_event_ref agrees with lp_parse_event: the same verdict and

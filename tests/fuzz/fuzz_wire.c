@@ -22,16 +22,7 @@
 #include <event2/buffer.h>
 
 #include "wire.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                        \
-    do {                                                                                   \
-        if (!(cond)) {                                                                     \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);       \
-            abort();                                                                       \
-        }                                                                                  \
-    } while (0)
+#include "fuzz.h"
 
 static int
 pick_version(uint8_t seed)
