@@ -923,15 +923,16 @@ keep_bytes(char **p, const void *src, size_t n)
  * A blocking call made while the application still holds an event (a
  * handler that publishes, pings or answers) reads on, and reading reuses
  * what the event points into: the socket's buffer, the parser's store,
- * link_text. The event's strings and packets are copied out first, so
- * that it stays valid until the next bg_next_event/bg_process, as
- * promised. Copied once per event held, and only then.
+ * link_text, bus_state (a greeting rewrites it). The event's strings and
+ * packets are copied out first, so that it stays valid until the next
+ * bg_next_event/bg_process, as promised. Copied once per event held, and
+ * only then.
  */
 static int
 keep_event(struct bg_conn *c)
 {
     struct bg_event *ev = &c->ev;
-    size_t n_ents = 0, bytes, ct_len, text_len;
+    size_t n_ents = 0, bytes, ct_len, text_len, state_len;
     int32_t *ents;
     char *p;
 
@@ -939,8 +940,9 @@ keep_event(struct bg_conn *c)
         return 0;
     ct_len = strlen(ev->content_type);
     text_len = strlen(ev->text);
-    bytes =
-        ev->feed_len + ev->topic_len + ev->user_len + ev->host_len + ct_len + text_len + 6;
+    state_len = ev->state != NULL ? strlen(ev->state) : 0;
+    bytes = ev->feed_len + ev->topic_len + ev->user_len + ev->host_len + ct_len + text_len +
+        state_len + 7;
     for (size_t i = 0; i < ev->n_packets; i++) {
         n_ents += c->pk[i].n_entitlements;
         bytes += c->pk[i].len + 1;
@@ -971,6 +973,8 @@ keep_event(struct bg_conn *c)
     ev->host = keep_bytes(&p, ev->host, ev->host_len);
     ev->content_type = keep_bytes(&p, ev->content_type, ct_len);
     ev->text = keep_bytes(&p, ev->text, text_len);
+    if (ev->state != NULL)
+        ev->state = keep_bytes(&p, ev->state, state_len);
     c->held = false; /* copied: nothing read from now on touches it */
     return 0;
 }
