@@ -630,21 +630,30 @@ garbled(struct bg_conn *c, const char *line, size_t len)
 /*
  * A DATA line with its payload, when the whole event is buffered: parse
  * it by reference (names point into the buffer, no copy) over one pullup
- * of line, payload and newline, drained together afterwards. Returns 1 when done, 0 when the event is not all here or
- * ends in "\r\n" (the framer's two-step path takes it).
+ * of line, payload and newline, drained together afterwards. Returns 1
+ * when done, 0 when the event is not all here or its payload is not
+ * followed by "\n" (the framer's two-step path takes it; fr->data is
+ * where the line is now).
  */
 static int
-data_in_place(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
+data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr)
 {
     size_t need = fr->len + 1 + (size_t)c->lev.payload_len + 1;
     char *line;
     const uint8_t *p;
+    bool moved;
 
     line = (char *)lp_framer_line_with(&s->fr, s->buf, fr, (size_t)c->lev.payload_len + 1);
-    if (line == NULL || line[need - 1] != '\n')
+    if (line == NULL)
         return 0;
-    /* The pullup may have moved the line. */
-    if (line != fr->data && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
+    /* A pullup moved the line, and freed the chain it was in: whoever
+     * reads the line next (the caller, if it is not all here) reads it
+     * where it is now. */
+    moved = line != fr->data;
+    fr->data = line;
+    if (line[need - 1] != '\n')
+        return 0;
+    if (moved && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
         return garbled(c, line, fr->len);
     p = (const uint8_t *)line + fr->len + 1;
     for (uint32_t i = 0; i < c->lev.n_packets; i++) {
@@ -682,8 +691,7 @@ skip_data(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
  * DATA names are taken by reference unless the event is copied (queue
  * mode must copy the line as it came, before anything is written into it). */
 static int
-item_line(struct bg_conn *c, struct src *s, const struct lp_frame *fr,
-    struct evbuffer *copy)
+item_line(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer *copy)
 {
     int r;
 
