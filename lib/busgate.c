@@ -640,20 +640,15 @@ data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr)
 {
     size_t need = fr->len + 1 + (size_t)c->lev.payload_len + 1;
     char *line;
+    const void *was = fr->data;
     const uint8_t *p;
-    bool moved;
 
+    /* A pullup moves the line (fr->data follows it): the caller's
+     * fallback, when the payload ends oddly, reads it where it is now. */
     line = (char *)lp_framer_line_with(&s->fr, s->buf, fr, (size_t)c->lev.payload_len + 1);
-    if (line == NULL)
+    if (line == NULL || line[need - 1] != '\n')
         return 0;
-    /* A pullup moved the line, and freed the chain it was in: whoever
-     * reads the line next (the caller, if it is not all here) reads it
-     * where it is now. */
-    moved = line != fr->data;
-    fr->data = line;
-    if (line[need - 1] != '\n')
-        return 0;
-    if (moved && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
+    if (line != was && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
         return garbled(c, line, fr->len);
     p = (const uint8_t *)line + fr->len + 1;
     for (uint32_t i = 0; i < c->lev.n_packets; i++) {

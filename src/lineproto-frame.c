@@ -57,8 +57,7 @@ lp_framer_consume(struct lp_framer *f, struct evbuffer *in)
 }
 
 const char *
-lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, const struct lp_frame *fr,
-    size_t n)
+lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr, size_t n)
 {
     size_t line = fr->len + 1, start = f->pending - line; /* the last item delivered */
     const unsigned char *p;
@@ -79,6 +78,7 @@ lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, const struct lp_fr
     f->chain_len = 0;
     if ((p = evbuffer_pullup(in, (ev_ssize_t)(line + n))) == NULL)
         return NULL;
+    fr->data = p; /* the chain it was in may be gone */
     return (const char *)p;
 }
 

@@ -360,10 +360,11 @@ void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
 /* Right after a LINE fr (nothing added to in since): the line and the n
  * bytes behind it, contiguous (one pullup where they span chains, after
  * draining the items delivered before the line), or NULL when not all are
- * buffered. Read in place, the n bytes are then taken with
+ * buffered. The pullup frees where the line was: fr->data then points at
+ * its new place. Read in place, the n bytes are then taken with
  * lp_framer_extend. */
 const char *lp_framer_line_with(struct lp_framer *f, struct evbuffer *in,
-    const struct lp_frame *fr, size_t n);
+    struct lp_frame *fr, size_t n);
 /* The item just returned also covers the next n bytes (a payload the
  * caller found whole behind its line and read in place): they are drained
  * with it. */

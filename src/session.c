@@ -548,7 +548,7 @@ session_dispatch(struct session *s, struct lp_cmd *cmd)
  * without a second framer item. False when they are not all here or the
  * newline is missing: the framer's payload step takes it then. */
 static bool
-session_payload_in_place(struct session *s, struct evbuffer *in, const struct lp_frame *fr,
+session_payload_in_place(struct session *s, struct evbuffer *in, struct lp_frame *fr,
     struct lp_cmd *cmd)
 {
     size_t n = (size_t)cmd->payload_len + 1;
@@ -567,7 +567,7 @@ session_payload_in_place(struct session *s, struct evbuffer *in, const struct lp
  * is dispatched now, PUB/SEND with theirs, and a refused one has its
  * announced payload skipped. */
 static void
-session_line(struct session *s, struct evbuffer *in, const struct lp_frame *fr)
+session_line(struct session *s, struct evbuffer *in, struct lp_frame *fr)
 {
     struct lp_cmd *cmd = session_cmd(s);
     enum lp_error e;

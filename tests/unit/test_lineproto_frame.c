@@ -337,8 +337,8 @@ test_extend_and_chunks(void **state)
 
 /* lp_framer_line_with: the line and the bytes behind it in place where
  * they lie in one chunk, pulled up where they span two (the items before
- * the line drained first: not copied along), NULL where they are not all
- * here. */
+ * the line drained first: not copied along; the frame then points at the
+ * line's new place), NULL where they are not all here. */
 static void
 test_line_with(void **state)
 {
@@ -362,6 +362,7 @@ test_line_with(void **state)
     assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
     p = lp_framer_line_with(&f, in, &fr, 5);
     assert_non_null(p);
+    assert_ptr_equal(fr.data, p); /* the frame follows the pulled-up line */
     assert_memory_equal(p, "DATA 4\nabcd\n", 12);
     assert_int_equal(evbuffer_get_length(in), 32 - 11); /* "DATA 3\nabc\n" gone */
     lp_framer_extend(&f, 5);
