@@ -207,12 +207,13 @@ reserve_event(struct evbuffer *out, size_t room, struct evbuffer_iovec *vec)
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
 }
 
-/* Where an event of room bytes is formatted: flat (cap bytes) when it
- * fits, which for a small one costs less than libevent's reserve and
- * commit; else one contiguous reservation of out (its payload copied
- * once). NULL when out cannot grow. */
+/* Where a line-protocol item (an event, or a PUB/SEND command) of room
+ * bytes is formatted: flat (cap bytes) when it fits, which for a small
+ * one costs less than libevent's reserve and commit; else one contiguous
+ * reservation of out (its payload copied once). NULL when out cannot
+ * grow. */
 static char *
-event_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
+item_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
     struct evbuffer_iovec *vec)
 {
     if (room <= cap) {
@@ -222,9 +223,9 @@ event_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
     return reserve_event(out, room, vec) == 0 ? vec->iov_base : NULL;
 }
 
-/* The len bytes formatted where event_begin said, into out. */
+/* The len bytes formatted where item_begin said, into out. */
 static int
-event_end(struct evbuffer *out, const char *flat, struct evbuffer_iovec *vec, size_t len)
+item_end(struct evbuffer *out, const char *flat, struct evbuffer_iovec *vec, size_t len)
 {
     vec->iov_len = len;
     if (vec->iov_base == flat)
@@ -310,14 +311,14 @@ lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *pr
     if (!is_data(m))
         return -1;
     data_size(m, prefix, prefix_len, &z);
-    if ((d = event_begin(out, z.room, flat, flat_cap, &vec)) == NULL)
+    if ((d = item_begin(out, z.room, flat, flat_cap, &vec)) == NULL)
         return -1;
     n = put_data(d, m, prefix, &z);
     if (at != NULL) {
         at->p = (const unsigned char *)d;
         at->len = n;
     }
-    return event_end(out, flat, &vec, n);
+    return item_end(out, flat, &vec, n);
 }
 
 int
@@ -565,7 +566,7 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
 }
 
 /* A message command up to this size is formatted on the stack, then
- * added (event_begin): small adds also share chains that grow, where
+ * added (item_begin): small adds also share chains that grow, where
  * reserved, each few messages took a 1 KiB chain of its own. */
 #define SMALL_MESSAGE 512
 
@@ -589,7 +590,7 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
         packets_room(packets, n_packets, &payload) + 1;
     if (n_packets > 0)
         room += payload + 1;
-    if ((d = event_begin(out, room, small, sizeof small, &vec)) == NULL)
+    if ((d = item_begin(out, room, small, sizeof small, &vec)) == NULL)
         return -1;
     o = put_lit(d, verb);
     if (client_id != NULL) {
@@ -610,7 +611,7 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
         }
         d[o++] = '\n';
     }
-    return event_end(out, small, &vec, o);
+    return item_end(out, small, &vec, o);
 }
 
 int
