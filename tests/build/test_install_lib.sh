@@ -1,7 +1,8 @@
 #!/bin/sh
 # libbusgate installs as a library should: the header, a shared library
 # with a soname that exports only the bg_* API, a pkg-config file that
-# builds the README's example, and its man page (issue 13).
+# builds the README's example, and its man page, found by each function's
+# name as well (`man bg_publish`) (issue 13).
 #
 # Installs the library's pieces from the build tree into a DESTDIR (only
 # these install targets: nothing is rebuilt) and compiles the example
@@ -25,7 +26,7 @@ fail() {
 
 root=$tmp/root
 $make -s -C "$builddir" DESTDIR="$root" install-libLTLIBRARIES install-includeHEADERS \
-    install-pkgconfigDATA install-man3 >"$tmp/install.log" 2>&1 ||
+    install-pkgconfigDATA install-man3-links >"$tmp/install.log" 2>&1 ||
     { tail -20 "$tmp/install.log"; fail "make install of the library failed"; }
 
 libdir=$(sed -n 's/^libdir=//p' "$builddir/lib/busgate.pc")
@@ -34,6 +35,12 @@ libdir=$(echo "$libdir" | sed "s|\${exec_prefix}|$prefix|; s|\${prefix}|$prefix|
 for f in "$libdir/libbusgate.so.0" "$libdir/libbusgate.so" "$libdir/pkgconfig/busgate.pc" \
     "$prefix/include/busgate.h" "$prefix/share/man/man3/libbusgate.3"; do
     [ -e "$root$f" ] || { find "$root" | sed 's/^/  /'; fail "$f not installed"; }
+done
+
+mandir=$prefix/share/man/man3
+for f in $(sed -n '/^typedef/d; s/^[^#].*[ *]\(bg_[a-z_]*\)(.*/\1/p' "$srcdir/lib/busgate.h" | sort -u); do
+    grep -qx '\.so man3/libbusgate\.3' "$root$mandir/$f.3" 2>/dev/null ||
+        fail "man $f: no $mandir/$f.3 linking to libbusgate.3 (its NAME section lists the functions)"
 done
 
 soname=$(readelf -d "$root$libdir/libbusgate.so.0" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
