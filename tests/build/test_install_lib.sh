@@ -1,8 +1,9 @@
 #!/bin/sh
 # libbusgate installs as a library should: the header, a shared library
 # with a soname that exports only the bg_* API, a pkg-config file that
-# builds the README's example, and its man page, found by each function's
-# name as well (`man bg_publish`) (issue 13).
+# builds the README's example, its man page, found by each function's
+# name as well (`man bg_publish`), and a loader cache that finds it
+# (issue 13).
 #
 # Installs the library's pieces from the build tree into a DESTDIR (only
 # these install targets: nothing is rebuilt) and compiles the example
@@ -52,4 +53,15 @@ flags=$(PKG_CONFIG_SYSROOT_DIR=$root PKG_CONFIG_PATH=$root$libdir/pkgconfig \
     pkg-config --cflags --libs busgate) || fail "pkg-config busgate failed"
 ${CC:-cc} "$srcdir/lib/examples/subscribe.c" $flags -o "$tmp/subscribe" 2>"$tmp/cc.log" ||
     { cat "$tmp/cc.log"; fail "the example does not build with pkg-config --cflags --libs busgate"; }
+# A real install (no DESTDIR) refreshes the loader's cache, or a program
+# linked against /usr/local/lib/libbusgate.so.0 does not start; a DESTDIR
+# install (a package being built) leaves the cache alone. A stand-in
+# ldconfig first on PATH records that it ran.
+mkdir "$tmp/bin" && printf '#!/bin/sh\ntouch "%s/ldconfig-ran"\n' "$tmp" >"$tmp/bin/ldconfig" &&
+    chmod +x "$tmp/bin/ldconfig" || fail "writing a stand-in ldconfig"
+PATH="$tmp/bin:$PATH" $make -s -C "$builddir" DESTDIR="$root" install-exec-hook >/dev/null 2>&1
+[ ! -e "$tmp/ldconfig-ran" ] || fail "a DESTDIR install ran ldconfig"
+PATH="$tmp/bin:$PATH" $make -s -C "$builddir" install-exec-hook >/dev/null 2>&1
+[ -e "$tmp/ldconfig-ran" ] || fail "make install does not run ldconfig (the loader would not find libbusgate.so.0)"
+
 echo "PASS: libbusgate installs (soname $soname, bg_* only, pkg-config builds the example)"
