@@ -24,6 +24,7 @@
 #include "busgate.h"
 #include "guid.h"
 #include "lineproto.h"
+#include "paths.h"
 
 /* The daemon's -ERR codes are ours, in the same order. */
 _Static_assert(BG_E_UNKNOWN_COMMAND == 100 + LP_ERR_UNKNOWN_COMMAND, "error table");
@@ -1600,6 +1601,16 @@ bg_set_limits(bg_conn *c, size_t max_payload, size_t max_packets)
     c->lim.max_packets = max_packets < UINT32_MAX ? (uint32_t)max_packets : UINT32_MAX;
 }
 
+/* Where busgated listens unless told otherwise: the same choice as the
+ * busgate CLI and the python package make. */
+static const char *
+default_path(void)
+{
+    const char *env = getenv("BUSGATE_SOCKET");
+
+    return env != NULL && env[0] != '\0' ? env : DEFAULT_SOCKET;
+}
+
 bg_conn *
 bg_new(const char *path)
 {
@@ -1616,7 +1627,7 @@ bg_new(const char *path)
         .max_payload = BG_DEF_MAX_PAYLOAD,
         .max_packets = BG_DEF_MAX_PACKETS,
         .max_entitlements = BG_MAX_ENTITLEMENTS };
-    c->path = strdup(path != NULL ? path : BG_DEFAULT_PATH);
+    c->path = strdup(path != NULL ? path : default_path());
     c->sock.buf = evbuffer_new();
     c->queued.buf = evbuffer_new();
     c->out = evbuffer_new();

@@ -37,8 +37,6 @@
 extern "C" {
 #endif
 
-#define BG_DEFAULT_PATH "/run/busgate/busgate.sock"
-
 /* Error codes (returned negated). The daemon's "-ERR <code>" replies map
  * one to one onto BG_E_UNKNOWN_COMMAND... (same order as the table in
  * doc/PROTOCOL.md); bg_error_name() gives the daemon's spelling. */
@@ -127,9 +125,13 @@ struct bg_event {
 
 typedef struct bg_conn bg_conn;
 
-/* Connect to busgated at path (NULL: BG_DEFAULT_PATH) and read its
- * greeting. Returns NULL only when out of memory; otherwise check
- * bg_error_code(): a failed connection must still be freed. */
+/* Connect to busgated at path and read its greeting. path NULL:
+ * $BUSGATE_SOCKET when set, else busgated's default socket
+ * (RUNSTATEDIR/busgate/busgate.sock as configured at build time:
+ * /run/busgate/busgate.sock for the service install), as for the busgate
+ * CLI and the python package. Returns NULL only when out of memory;
+ * otherwise check bg_error_code(): a failed connection must still be
+ * freed. */
 bg_conn *bg_connect(const char *path);
 /* The same in two steps, so that settings (bg_set_timeout for the
  * greeting, bg_set_reconnect, bg_set_limits) apply from the start:

@@ -296,7 +296,7 @@ usage(FILE *out)
         "  -V, --version          print the version\n"
         "  -h, --help             this text\n"
         "exit status: 0 done, 1 refused, 2 usage, 3 no daemon or connection lost\n",
-        CONFIG_DEFAULT_SOCKET, CLI_DEFAULT_TIMEOUT);
+        DEFAULT_SOCKET, CLI_DEFAULT_TIMEOUT);
 }
 
 static void
@@ -446,8 +446,8 @@ main(int argc, char **argv)
     static char outbuf[1 << 16];
 
     parse_options(argc, argv, &o);
-    if (o.socket == NULL && (o.socket = getenv("BUSGATE_SOCKET")) == NULL)
-        o.socket = CONFIG_DEFAULT_SOCKET;
+    if (o.socket == NULL && ((o.socket = getenv("BUSGATE_SOCKET")) == NULL || !*o.socket))
+        o.socket = DEFAULT_SOCKET; /* as libbusgate and the python package choose */
     cmd = check_command(argc, argv, &o);
     if (strlen(o.socket) >= sizeof((struct sockaddr_un *)NULL)->sun_path)
         usage_error("socket path too long: %s", o.socket);

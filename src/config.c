@@ -164,7 +164,7 @@ const struct opt config_opts[] = {
     { .key = "listen.path",
         .kind = K_PATH,
         AT(listen.path),
-        .defstr = CONFIG_DEFAULT_SOCKET,
+        .defstr = DEFAULT_SOCKET,
         .min = 1,
         .max = SUN_PATH_MAX,
         .flags = OPT_NONNULL },

@@ -18,7 +18,6 @@
 #include "wire.h"
 
 #define CONFIG_DEFAULT_PATH SYSCONFDIR "/busgate/busgated.yaml"
-#define CONFIG_DEFAULT_SOCKET RUNSTATEDIR "/busgate/busgate.sock"
 
 /* Durations are held in milliseconds, sizes in bytes. */
 

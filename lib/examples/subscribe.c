@@ -3,7 +3,7 @@
 
 int main(int argc, char **argv)
 {
-    bg_conn *c = bg_connect(argc > 1 ? argv[1] : NULL);   /* NULL: /run/busgate/busgate.sock */
+    bg_conn *c = bg_connect(argc > 1 ? argv[1] : NULL);   /* NULL: $BUSGATE_SOCKET or the default */
     struct bg_packet hello = { "hello", 5, NULL, 0 };     /* data, length, no entitlements */
     const struct bg_event *ev;
 

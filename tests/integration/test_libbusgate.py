@@ -154,6 +154,15 @@ class LibbusgateTest(unittest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout, "prices AAPL: hello\n")
 
+    def test_default_socket_from_environment(self):
+        """bg_connect(NULL) goes where $BUSGATE_SOCKET says, as the CLI and the
+        python package do: the README example with no argument."""
+        env = dict(prog_env(), BUSGATE_SOCKET=self.gw.socket_path)
+        out = subprocess.run([EXAMPLE], capture_output=True, text=True,
+                             timeout=gwtest.TIMEOUT, env=env)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout, "prices AAPL: hello\n")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

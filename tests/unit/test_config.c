@@ -80,7 +80,7 @@ check_defaults(const struct config *c)
     assert_int_equal(c->bus.limits.max_packets, WIRE_DEFAULT_MAX_PACKETS);
     assert_int_equal(c->bus.limits.max_entitlements, WIRE_DEFAULT_MAX_ENTITLEMENTS);
     assert_int_equal(c->bus.limits.max_message, WIRE_DEFAULT_MAX_MESSAGE);
-    assert_string_equal(c->listen.path, CONFIG_DEFAULT_SOCKET);
+    assert_string_equal(c->listen.path, DEFAULT_SOCKET);
     assert_int_equal(c->listen.mode, 0660);
     assert_null(c->listen.group);
     assert_int_equal(c->listen.max_sessions, 10000);
