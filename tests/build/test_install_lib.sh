@@ -13,17 +13,8 @@
 
 set -u
 
-builddir=${top_builddir:-.}
-srcdir=${top_srcdir:-.}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busgate-lib.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-unset MAKEFLAGS MFLAGS MAKELEVEL
-make=${MAKE:-make}
-
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
+name=lib
+. "$(dirname "$0")/common.sh"
 
 root=$tmp/root
 $make -s -C "$builddir" DESTDIR="$root" install-libLTLIBRARIES install-includeHEADERS \

@@ -14,17 +14,9 @@
 
 set -u
 
-builddir=${top_builddir:-.}
+name=pyinst
+. "$(dirname "$0")/common.sh"
 py=${PYTHON:-python3}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busgate-pyinst.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-unset MAKEFLAGS MFLAGS MAKELEVEL
-make=${MAKE:-make}
-
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
 
 root=$tmp/root
 $make -s -C "$builddir" DESTDIR="$root" install-busgatepyPYTHON \

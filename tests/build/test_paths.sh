@@ -12,17 +12,8 @@
 
 set -u
 
-builddir=${top_builddir:-.}
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busgate-paths.XXXXXX") || exit 1
-trap 'chmod -R u+w "$tmp" 2>/dev/null; rm -rf "$tmp"' EXIT INT TERM
-# Our own makes: not part of the jobserver of the make running the tests.
-unset MAKEFLAGS MFLAGS MAKELEVEL
-make=${MAKE:-make}
-
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
+name=paths
+. "$(dirname "$0")/common.sh"
 
 # step NAME COMMAND...: run it quietly, its output shown if it fails.
 step() {

@@ -17,15 +17,9 @@
 
 set -u
 
-srcdir=${top_srcdir:-.}
+name=pip
+. "$(dirname "$0")/common.sh"
 py=/usr/bin/python3
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/busgate-pip.XXXXXX") || exit 1
-trap 'rm -rf "$tmp"' EXIT INT TERM
-
-fail() {
-    echo "FAIL: $*"
-    exit 1
-}
 
 cp -R "$srcdir/python" "$tmp/src" && chmod -R u+w "$tmp/src" || fail "copying python/"
 "$py" -m venv --system-site-packages "$tmp/venv" >"$tmp/venv.log" 2>&1 ||
