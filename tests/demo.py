@@ -96,6 +96,8 @@ def main():
         say("busgated is running; talk to it by hand, for example:")
         print("  socat - UNIX-CONNECT:%s" % sock)
         print("  %s --socket %s stats" % (BUSGATE, sock))
+        print("  export BUSGATE_SOCKET=%s   # for busgate, libbusgate and the python package"
+              % sock)
         print("Ctrl-C stops busgated and the test bus.")
         daemon.wait()
     except KeyboardInterrupt:
