@@ -22,6 +22,16 @@ TEST_PROG = os.path.join(gwtest.TOP_BUILDDIR, "tests", "lib", "test_libbusgate")
 EXAMPLE = os.path.join(gwtest.TOP_BUILDDIR, "lib", "examples", "subscribe")
 
 
+def start_gateway(gw):
+    """Start busgated and wait until its bus link is up (confirmed), not
+    just connected: a session that connects earlier is told "BUS up" in the
+    middle of what it reads. The log is appended to across restarts, so
+    only what follows the start counts."""
+    start = gw.log_offset()
+    gw.start()
+    gw.wait_log(r"bus: up", start=start)
+
+
 def prog_env():
     env = dict(os.environ)
     env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -39,8 +49,7 @@ class LibbusgateTest(unittest.TestCase):
         cls.bus.start()
         # A small output bound, so that the slow-consumer case is quick.
         cls.gw = gwtest.Gateway(cls.dir, cls.bus, config={"listen": {"max_output": "64KiB"}})
-        cls.gw.start()
-        cls.gw.wait_bus_up()
+        start_gateway(cls.gw)
 
     @classmethod
     def tearDownClass(cls):
@@ -54,11 +63,11 @@ class LibbusgateTest(unittest.TestCase):
     def act(self, request):
         if request == "RESTART":
             self.gw.stop()
-            self.gw.start()
+            start_gateway(self.gw)
         elif request == "STOP":
             self.gw.stop()
         elif request == "START":
-            self.gw.start()
+            start_gateway(self.gw)
         elif request in ("REVOKE", "UNREVOKE"):
             start = self.gw.log_offset()
             self.gw.write_config()
