@@ -316,6 +316,7 @@ class Gateway:
         self.config_path = os.path.join(self.dir, "busgated.yaml")
         self.creds_path = os.path.join(self.dir, "credentials.ini")
         self.log_path = os.path.join(self.dir, "busgated.log")
+        self.started_at = 0  # log offset of the latest start (the log is appended to)
         self.proc = None
         self.auth = auth
         self.username, self.password, self.token = username, password, token
@@ -354,6 +355,7 @@ class Gateway:
         os.chmod(self.creds_path, 0o600)
 
     def start(self, wait=True, args=()):
+        self.started_at = self.log_offset()
         self.logf = open(self.log_path, "ab")
         env = dict(os.environ)
         env.setdefault("ASAN_OPTIONS", "detect_leaks=1:abort_on_error=0")
@@ -405,8 +407,10 @@ class Gateway:
         return len(self.log())
 
     def wait_bus_up(self, session=None):
-        """Wait until the link has been confirmed by traffic or is unconfirmed-but-connected."""
-        return self.wait_log(r"bus: (up|connected)")
+        """Wait until the link has been confirmed by traffic or is
+        unconfirmed-but-connected, in this run of busgated: after a restart,
+        the previous run's lines do not count."""
+        return self.wait_log(r"bus: (up|connected)", start=self.started_at)
 
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)

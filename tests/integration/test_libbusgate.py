@@ -25,11 +25,9 @@ EXAMPLE = os.path.join(gwtest.TOP_BUILDDIR, "lib", "examples", "subscribe")
 def start_gateway(gw):
     """Start busgated and wait until its bus link is up (confirmed), not
     just connected: a session that connects earlier is told "BUS up" in the
-    middle of what it reads. The log is appended to across restarts, so
-    only what follows the start counts."""
-    start = gw.log_offset()
+    middle of what it reads. Only this run's log lines count."""
     gw.start()
-    gw.wait_log(r"bus: up", start=start)
+    gw.wait_log(r"bus: up", start=gw.started_at)
 
 
 def prog_env():
