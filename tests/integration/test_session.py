@@ -488,7 +488,9 @@ class MemoryTrimTest(GatewayCase):
         wait_until(lambda: fresh_stats(self)["sessions"] == "6", what="the reader to go")
         wait_until(lambda: mem_kib(pid, "VmRSS") < before + (peak - before) // 4,
                    what="RSS %d KiB -> %d KiB to fall back" % (before, peak))
-        self.assertGreaterEqual(int(fresh_stats(self)["memory_trims"]), 1)
+        # The trim comes once the queues have stayed small for a second;
+        # glibc may give the top of the heap back before that on its own.
+        wait_until(lambda: int(fresh_stats(self)["memory_trims"]) >= 1, what="a memory trim")
 
 
 if __name__ == "__main__":
