@@ -150,7 +150,9 @@ next_token(const char **pp, const char *end, struct tok *t)
 
 /* next_token, with the line's special bytes known (sp), and whether the
  * token has nothing to decode (clean: what matters for a name): a clean
- * token ends at the next special byte, a separator. */
+ * token ends at the next special byte, a separator, which is taken with
+ * it (the next token nearly always starts right after: one byte to test,
+ * not a separator and then a token byte). */
 static inline bool
 special_token(struct specials *sp, const char **pp, const char *end, struct tok *t,
     bool *clean)
@@ -161,8 +163,14 @@ special_token(struct specials *sp, const char **pp, const char *end, struct tok 
         return false;
     t->p = *pp;
     p = next_special(sp, *pp);
-    *clean = p == end || is_sep(*p);
-    *pp = *clean ? p : token_end(p, end);
+    if (p == end || is_sep(*p)) {
+        *clean = true;
+        t->n = (size_t)(p - t->p);
+        *pp = p == end ? p : p + 1;
+        return true;
+    }
+    *clean = false;
+    *pp = token_end(p, end);
     t->n = (size_t)(*pp - t->p);
     return true;
 }
