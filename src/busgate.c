@@ -32,17 +32,24 @@ void __attribute__((noreturn)) cli_finish(int code)
     exit(code);
 }
 
+/* "busgate: <message>" on stderr, after what stdout holds so far. */
+static void
+vnote(const char *fmt, va_list ap)
+{
+    fflush(stdout);
+    fputs("busgate: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
 void
 cli_note(const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
-    fputs("busgate: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vnote(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 void __attribute__((noreturn, format(printf, 2, 3)))
@@ -50,12 +57,9 @@ cli_fail(int code, const char *fmt, ...)
 {
     va_list ap;
 
-    fflush(stdout);
-    fputs("busgate: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vnote(fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     cli_finish(code);
 }
 
