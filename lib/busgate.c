@@ -116,10 +116,12 @@ struct bg_conn {
     char bad_input[160];  /* why the input cannot be followed */
     bool pipelined;       /* VERBOSE off: see bg_set_pipelined */
     bool link_item;       /* ... is a queued link event: */
-    bool link_refused;    /* ... or a pipelined message's refusal */
+    bool link_refused;    /* ... or an error reply: a pipelined message's
+                           * refusal, or a command lost with the link */
     bool link_skipped;    /* ... or a DATA event past the limits */
     bool link_up;
     int link_err;
+    uint64_t link_request; /* the refused command's number (0: not known) */
     char link_text[256];
     struct bg_packet *pk;
     size_t pk_cap;
@@ -309,9 +311,11 @@ src_reset(struct src *s)
     lp_framer_init(&s->fr, BG_MAX_LINE);
 }
 
-/* Queue a link event behind the events already queued. */
+/* Queue a link item ("LINK what err request text") behind the events
+ * already queued. */
 static void
-queue_link_item(struct bg_conn *c, const char *what, int err, const char *text)
+queue_link_item(struct bg_conn *c, const char *what, int err, uint64_t request,
+    const char *text)
 {
     char clean[200];
     size_t i;
@@ -319,14 +323,35 @@ queue_link_item(struct bg_conn *c, const char *what, int err, const char *text)
     for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
         clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
     clean[i] = '\0';
-    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %s\n", what, err, clean);
+    evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %llu %s\n", what, err,
+        (unsigned long long)request, clean);
 }
 
 /* Queue a link event behind the events already queued. */
 static void
 queue_link_event(struct bg_conn *c, bool up, int err, const char *text)
 {
-    queue_link_item(c, up ? "up" : "down", err, text);
+    queue_link_item(c, up ? "up" : "down", err, 0, text);
+}
+
+/* Event-loop use: the commands in flight that the application waits on
+ * (not restores, nor registrations, which the restore takes) end with the
+ * link, each with its BG_EV_REPLY, ahead of the LINK down event. */
+static void
+queue_lost_replies(struct bg_conn *c)
+{
+    char text[300];
+
+    if (c->cb == NULL)
+        return;
+    snprintf(text, sizeof(text), "connection to busgated lost: %s",
+        c->close_msg[0] ? c->close_msg : "closed");
+    for (size_t i = 0; i < c->req_n; i++) {
+        const struct req *r = &c->reqs[(c->req_head + i) % c->req_cap];
+
+        if (!r->internal && r->reg_op == 0 && r->id != c->wait_id)
+            queue_link_item(c, "refused", BG_E_CLOSED, r->id, text);
+    }
 }
 
 static void
@@ -347,6 +372,7 @@ link_down(struct bg_conn *c)
         if (!r->internal && r->reg_op != 0)
             (void)reg_apply(c, r->reg_op, r->line);
     }
+    queue_lost_replies(c);
     reqs_clear(c);
     if (c->wait_id != 0 && !c->wait_done) {
         c->wait_done = true;
@@ -532,7 +558,7 @@ on_refusal(struct bg_conn *c, int code, const char *msg)
         c->ev = (struct bg_event){ .kind = BG_EV_REPLY, .error = code, .text = msg };
         c->cb(c, &c->ev, c->cb_arg);
     } else {
-        queue_link_item(c, "refused", code, msg);
+        queue_link_item(c, "refused", code, 0, msg);
     }
 }
 
@@ -597,6 +623,7 @@ static int
 parse_link_item(struct bg_conn *c, const char *line, size_t len)
 {
     char buf[300];
+    unsigned long long request = 0;
     int off = 0;
 
     if (len >= sizeof(buf))
@@ -606,8 +633,9 @@ parse_link_item(struct bg_conn *c, const char *line, size_t len)
     c->link_up = strncmp(buf + strlen(LINK_WORD), "up", 2) == 0;
     c->link_refused = strncmp(buf + strlen(LINK_WORD), "refused", 7) == 0;
     c->link_skipped = strncmp(buf + strlen(LINK_WORD), "skipped", 7) == 0;
-    if (sscanf(buf + strlen(LINK_WORD), "%*s %d %n", &c->link_err, &off) < 1)
+    if (sscanf(buf + strlen(LINK_WORD), "%*s %d %llu %n", &c->link_err, &request, &off) < 2)
         return -1;
+    c->link_request = (uint64_t)request;
     snprintf(c->link_text, sizeof(c->link_text), "%s", buf + strlen(LINK_WORD) + off);
     c->link_item = true;
     return 1;
@@ -788,7 +816,7 @@ pump(struct bg_conn *c, bool queue)
         if (c->link_item) { /* a DATA event skipped */
             if (!queue)
                 return 1;
-            queue_link_item(c, "skipped", 0, c->link_text);
+            queue_link_item(c, "skipped", 0, 0, c->link_text);
             continue;
         }
         switch (c->lev.kind) {
@@ -847,8 +875,9 @@ build_event(struct bg_conn *c)
         return 0;
     }
     if (c->link_item && c->link_refused) {
-        ev->kind = BG_EV_REPLY; /* request 0: which message is not known */
+        ev->kind = BG_EV_REPLY;
         ev->error = c->link_err;
+        ev->request = c->link_request;
         ev->text = c->link_text;
         return 0;
     }

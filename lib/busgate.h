@@ -21,6 +21,9 @@
  * recorded and sent with that restore (they return 0; no BG_EV_REPLY
  * follows, and one refused then is dropped); publish, send, authorize and
  * ping fail with BG_E_CLOSED (or BG_E_IO when a due reconnect failed).
+ * Event loop: a command sent but not yet answered when the connection
+ * ends (other than those registrations) gets its BG_EV_REPLY all the
+ * same, with BG_E_CLOSED, ahead of the LINK down event.
  *
  * Not thread-safe: one connection must be used by one thread at a time.
  * Functions returning int return 0 or a negative bg_error; the message of

@@ -812,6 +812,58 @@ test_fake_limits(void)
     fake_stop(&f);
 }
 
+/* Event-loop use, a command in flight when the connection ends: its
+ * BG_EV_REPLY still comes (BG_E_CLOSED, its request number), before the
+ * LINK down event, so that an application waiting on it is not left
+ * waiting for ever. */
+struct flight {
+    uint64_t request;
+    int error, replies, link_down;
+    bool reply_first;
+};
+
+static void
+on_flight(bg_conn *c, const struct bg_event *ev, void *arg)
+{
+    struct flight *fl = arg;
+
+    (void)c;
+    if (ev->kind == BG_EV_REPLY) {
+        fl->replies++;
+        fl->request = ev->request;
+        fl->error = ev->error;
+        fl->reply_first = fl->link_down == 0;
+    } else if (ev->kind == BG_EV_LINK && !ev->up) {
+        fl->link_down++;
+    }
+}
+
+static void
+test_fake_in_flight(void)
+{
+    static const char bye[] = "-ERR shutting-down busgated is stopping\n";
+    struct fake f;
+    struct flight fl = { 0 };
+    bg_conn *c;
+    uint64_t id;
+    time_t end = time(NULL) + WAIT_MS / 1000;
+
+    fake_start(&f, FAKE_HELLO, "PING", bye, sizeof(bye) - 1);
+    c = fake_conn(&f, 0);
+    bg_set_callback(c, on_flight, &fl);
+    CHECK_OK(c, bg_ping(c));
+    id = bg_last_request(c);
+    CHECK(id != 0);
+    while (fl.link_down == 0) {
+        CHECK(time(NULL) < end);
+        loop_once(c, 200);
+    }
+    CHECK(fl.replies == 1 && fl.reply_first);
+    CHECK(fl.request == id && fl.error == BG_E_CLOSED);
+    bg_free(c);
+    fake_stop(&f);
+}
+
 /* The greeting: another protocol, not busgated, silence, a refusal. */
 static void
 test_fake_greeting(void)
@@ -891,6 +943,7 @@ main(int argc, char **argv)
         { "pipelined", test_pipelined },
         { "slow_consumer", test_slow_consumer },
         { "fake_limits", test_fake_limits },
+        { "fake_in_flight", test_fake_in_flight },
         { "fake_greeting", test_fake_greeting },
         { "fake_bounds", test_fake_bounds },
     };
