@@ -82,6 +82,7 @@ class CallbackClient:
         self._notifications: Set[str] = set()
         self._authorizers: Set[str] = set()
         self._writer: Optional[asyncio.StreamWriter] = None
+        self._sessions = 0      # sessions opened: which one a restore is for
         self._pending: collections.deque = collections.deque()   # [future, STAT list]
         self._events: asyncio.Queue = asyncio.Queue()
         self._started = asyncio.Event()
@@ -118,6 +119,7 @@ class CallbackClient:
             raise
         self.bus_state = self.hello.fields.get("bus", "down")
         self._writer = writer
+        self._sessions += 1
         return reader
 
     async def _run(self, reader: asyncio.StreamReader) -> None:
@@ -202,13 +204,18 @@ class CallbackClient:
         return None
 
     async def _restore(self) -> None:
-        """Tell the new session what the old one had, then say so."""
+        """Tell the new session what the old one had, then say so. A
+        session lost meanwhile says nothing: the app was told "down", and
+        the next session's restore says "up"."""
+        session = self._sessions
         lines = ([p.command("SUB", f, t) for f, t in sorted(self._subscriptions)]
                  + [p.command("NOTIFY", f) for f in sorted(self._notifications)]
                  + [p.command("AUTHORIZER", f) for f in sorted(self._authorizers)]
                  + ([p.command("AUTHORIZER")] if self._authorization_handlers else []))
         results = await asyncio.gather(*(self._request(x) for x in lines),
                                        return_exceptions=True)
+        if session != self._sessions or self._writer is None:
+            return
         for r in results:
             # already-*: the app made it again itself while we restored.
             if isinstance(r, BusgateError) and not r.code.startswith("already"):

@@ -73,6 +73,61 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(line, "PUB f t image 2:1,2 0\né\n".encode())
 
 
+class FakeDaemonTest(unittest.TestCase):
+    """The client against a scripted stand-in for busgated."""
+
+    def test_restore_cut_short_is_not_reported_up(self):
+        """busgated goes away, and the next one goes away too while the
+        client restores its subscription: the app is told down, down, then
+        up once the third session has the subscription, never up while the
+        client is in fact disconnected."""
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                            "busgate-pyfake-%d.sock" % os.getpid())
+
+        async def go():
+            sessions = []
+
+            async def serve(reader, writer):
+                n = len(sessions)
+                sessions.append(writer)
+                writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                while True:
+                    line = await reader.readline()
+                    if not line or (n == 1 and line.startswith(b"SUB ")):
+                        writer.close()      # the second session: cut short
+                        return
+                    writer.write(b"+OK\n")
+
+            server = await asyncio.start_unix_server(serve, path)
+            client = await CallbackClient.create(path=path, backoff_max=0.1)
+            links, errors = [], []
+
+            async def on_link(state, reason):
+                links.append(state)
+
+            async def on_error(code, message):
+                errors.append((code, message))
+            client.link_handlers.append(on_link)
+            client.error_handlers.append(on_error)
+            task = asyncio.ensure_future(client.start())
+            await client.add_subscription("F", "T")
+            sessions[0].close()
+            deadline = time.monotonic() + TIMEOUT
+            while "up" not in links and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)        # anything late would show now
+            self.assertEqual(links, ["down", "down", "up"])
+            self.assertEqual(errors, [])
+            self.assertEqual(len(sessions), 3)
+            await client.stop()
+            task.cancel()
+            server.close()
+        try:
+            run(go())
+        finally:
+            os.unlink(path)
+
+
 class CallbackClientTest(GatewayCase):
     BUS_KW = {"feeds": {"secure": {"authorization_required": True}}}
 
