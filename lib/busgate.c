@@ -302,6 +302,65 @@ regs_free(struct bg_conn *c)
     }
 }
 
+/* Registration commands and the words REVOKED names them by. */
+static const struct {
+    const char *cmd, *verb;
+} reg_verbs[] = {
+    { "SUB", "subscribe" },
+    { "NOTIFY", "notify" },
+    { "AUTHORIZER", "authorize" },
+};
+
+/* The daemon ended a registration ("REVOKED <verb> <feed> [<topic>]
+ * <reason>", names as the command had them): a reconnect must not
+ * restore it. */
+static void
+forget_revoked(struct bg_conn *c, const char *text)
+{
+    size_t vn = strcspn(text, " "), fn, tn;
+    const char *feed = text + vn + (text[vn] == ' '), *topic;
+    char *line;
+
+    fn = strcspn(feed, " ");
+    topic = feed + fn + (feed[fn] == ' ');
+    tn = strcspn(topic, " ");
+    for (size_t i = 0; fn > 0 && i < sizeof(reg_verbs) / sizeof(reg_verbs[0]); i++) {
+        bool named_topic = i == 0; /* subscribe: the topic follows */
+        size_t len = strlen(reg_verbs[i].cmd) + fn + tn + 3;
+
+        if (strlen(reg_verbs[i].verb) != vn || memcmp(text, reg_verbs[i].verb, vn) != 0)
+            continue;
+        if ((line = malloc(len)) == NULL)
+            return; /* restored, and refused again then */
+        snprintf(line, len, "%s %.*s%s%.*s", reg_verbs[i].cmd, (int)fn, feed,
+            named_topic ? " " : "", named_topic ? (int)tn : 0, topic);
+        (void)reg_apply(c, -1, line);
+        free(line);
+        return;
+    }
+}
+
+/* A registration the daemon refused to restore (not one it holds
+ * already): gone, and the application told as of a reload's REVOKED. */
+static void
+restore_refused(struct bg_conn *c, const char *line, int code, const char *reason)
+{
+    if (code == BG_E_ALREADY_SUBSCRIBED || code == BG_E_ALREADY_NOTIFYING ||
+        code == BG_E_ALREADY_AUTHORIZER)
+        return;
+    (void)reg_apply(c, -1, line); /* not tried again */
+    for (size_t i = 0; i < sizeof(reg_verbs) / sizeof(reg_verbs[0]); i++) {
+        size_t n = strlen(reg_verbs[i].cmd);
+
+        if (strncmp(line, reg_verbs[i].cmd, n) == 0 &&
+            (line[n] == ' ' || line[n] == '\0')) {
+            evbuffer_add_printf(c->queued.buf, "REVOKED %s%s %s\n", reg_verbs[i].verb,
+                line + n, reason);
+            return;
+        }
+    }
+}
+
 /* ---- the link ---- */
 
 static void
@@ -594,7 +653,7 @@ on_reply(struct bg_conn *c)
     if (code == 0 && r.reg_op != 0)
         (void)reg_apply(c, r.reg_op, r.line);
     if (code != 0 && r.internal && r.line != NULL)
-        (void)reg_apply(c, -1, r.line); /* a restore refused: not tried again */
+        restore_refused(c, r.line, code, msg);
     free(r.line);
     if (r.id == c->wait_id) {
         c->wait_done = true;
@@ -828,6 +887,11 @@ pump(struct bg_conn *c, bool queue)
             break;
         case LP_EV_STAT:
             on_stat(c);
+            break;
+        case LP_EV_REVOKED:
+            forget_revoked(c, c->lev.rest);
+            if (!queue)
+                return 1;
             break;
         case LP_EV_HELLO:
             if (on_hello(c) < 0)

@@ -19,7 +19,8 @@
  * state changes (the daemon's BUS events) arrive as BG_EV_BUS. While
  * disconnected, (un)subscribe, (un)notify and (un)authorizer calls are
  * recorded and sent with that restore (they return 0; no BG_EV_REPLY
- * follows, and one refused then is dropped); publish, send, authorize and
+ * follows; one refused then is dropped, reported as BG_EV_REVOKED, as is
+ * one refused in the restore of a reconnect); publish, send, authorize and
  * ping fail with BG_E_CLOSED (or BG_E_IO when a due reconnect failed).
  * Event loop: a command sent but not yet answered when the connection
  * ends (other than those registrations) gets its BG_EV_REPLY all the
@@ -95,7 +96,8 @@ enum bg_event_kind {
     BG_EV_BUS,          /* the daemon's bus link changed state */
     BG_EV_LINK,         /* this connection to busgated went down / came back */
     BG_EV_REPLY,        /* event-loop use: the reply to a command */
-    BG_EV_REVOKED,      /* a reload's access rules ended a registration: text */
+    BG_EV_REVOKED,      /* the access rules ended a registration (a reload's,
+                         * or a refused restore): text */
     BG_EV_SKIPPED,      /* a DATA event past bg_set_limits, dropped: text says
                          * "<bytes> bytes in <n> packets" */
 };

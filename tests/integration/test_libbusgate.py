@@ -68,19 +68,27 @@ class LibbusgateTest(unittest.TestCase):
             start_gateway(self.gw)
         elif request in ("REVOKE", "UNREVOKE"):
             start = self.gw.log_offset()
-            self.gw.write_config()
-            if request == "REVOKE":
-                with open(self.gw.config_path, "a") as f:
-                    f.write('access:\n  - uid: %d\n    allow: all\n    feeds: ["kept"]\n'
-                            % os.getuid())
+            self.write_config(revoke=request == "REVOKE")
             self.gw.reload()
             self.gw.wait_log("reloaded", start=start)
+        elif request == "STOP-REVOKE":      # the next start has the rules
+            self.gw.stop()
+            self.write_config(revoke=True)
         elif request == "BUS-STOP":
             self.bus.stop()
         elif request == "BUS-START":
             self.bus.start()
         else:
             self.fail("unknown request from the C test: %r" % request)
+
+    def write_config(self, revoke):
+        """The config, with access rules that leave only feed "kept" when
+        revoke is true."""
+        self.gw.write_config()
+        if revoke:
+            with open(self.gw.config_path, "a") as f:
+                f.write('access:\n  - uid: %d\n    allow: all\n    feeds: ["kept"]\n'
+                        % os.getuid())
 
     def run_c(self, *tests):
         proc = subprocess.Popen([TEST_PROG, self.gw.socket_path] + list(tests),

@@ -577,6 +577,20 @@ test_stats_and_revoked(void)
     ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
     CHECK(strncmp(ev->text, "subscribe revoked%20feed t ", 27) == 0);
     ask_driver("UNREVOKE");
+    /* A registration the next busgated refuses to restore is reported the
+     * same way, and not restored again. */
+    CHECK_OK(c, bg_subscribe(c, S("restored feed"), S("t")));
+    ask_driver("STOP-REVOKE");
+    ask_driver("START");
+    do /* the subscription the reload revoked is not restored */
+        ev = wait_for(c, BG_EV_LINK, NULL, 0);
+    while (!ev->up);
+    CHECK(strstr(ev->text, " 1 registrations restored") != NULL);
+    ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
+    CHECK(strncmp(ev->text, "subscribe restored%20feed t ", 28) == 0);
+    CHECK(strstr(ev->text, "no access rule allows it") != NULL);
+    ask_driver("UNREVOKE");
+    CHECK(bg_unsubscribe(c, S("restored feed"), S("t")) == -BG_E_NOT_SUBSCRIBED);
     bg_free(c);
 }
 
