@@ -4,8 +4,10 @@ onto the gateway by changing its import and its create(...) line.
 
 Beyond upstream: bus state events (bus_state_handlers), the session's own
 state (link_handlers), closing errors such as slow-consumer
-(error_handlers), and automatic reconnect with bounded backoff after which
-subscriptions, notifications and authorizer registrations are restored.
+(error_handlers), registrations the daemon's access rules ended
+(revoked_handlers), and automatic reconnect with bounded backoff after
+which subscriptions, notifications and authorizer registrations are
+restored.
 
 Authorization requests: as upstream, an app appends a handler to
 authorization_handlers (or _authorization_handlers) and gets every request.
@@ -69,10 +71,12 @@ class CallbackClient:
         self.notification_handlers: List[Callable[..., Awaitable[None]]] = []
         self._authorization_handlers: List[Callable[..., Awaitable[None]]] = \
             _WatchedList(self._all_feeds_changed)
-        # busgate's own: (state, reason) and (code, message).
+        # busgate's own: (state, reason), (code, message) and
+        # (verb, feed, topic, reason).
         self.bus_state_handlers: List[Callable[..., Awaitable[None]]] = []
         self.link_handlers: List[Callable[..., Awaitable[None]]] = []
         self.error_handlers: List[Callable[..., Awaitable[None]]] = []
+        self.revoked_handlers: List[Callable[..., Awaitable[None]]] = []
         # Every event as one object (protocol.Data, Notification, ...).
         self.event_handlers: List[Callable[..., Awaitable[None]]] = []
         self.hello: Optional[p.Hello] = None
@@ -158,6 +162,8 @@ class CallbackClient:
             return
         if isinstance(msg, p.Error):
             self._fail_pending(BusgateError(msg.code, msg.message))
+        elif isinstance(msg, p.Revoked):
+            self._forget(msg)
         elif isinstance(msg, p.BusState):
             self.bus_state = msg.state
         self._events.put_nowait(msg)
@@ -208,19 +214,38 @@ class CallbackClient:
         session lost meanwhile says nothing: the app was told "down", and
         the next session's restore says "up"."""
         session = self._sessions
-        lines = ([p.command("SUB", f, t) for f, t in sorted(self._subscriptions)]
-                 + [p.command("NOTIFY", f) for f in sorted(self._notifications)]
-                 + [p.command("AUTHORIZER", f) for f in sorted(self._authorizers)]
-                 + ([p.command("AUTHORIZER")] if self._authorization_handlers else []))
-        results = await asyncio.gather(*(self._request(x) for x in lines),
+        regs = ([(p.command("SUB", f, t), ("subscribe", f, t))
+                 for f, t in sorted(self._subscriptions)]
+                + [(p.command("NOTIFY", f), ("notify", f, None))
+                   for f in sorted(self._notifications)]
+                + [(p.command("AUTHORIZER", f), ("authorize", f, None))
+                   for f in sorted(self._authorizers)]
+                + ([(p.command("AUTHORIZER"), None)] if self._authorization_handlers else []))
+        results = await asyncio.gather(*(self._request(line) for line, _ in regs),
                                        return_exceptions=True)
         if session != self._sessions or self._writer is None:
             return
-        for r in results:
+        for (_, what), r in zip(regs, results):
             # already-*: the app made it again itself while we restored.
-            if isinstance(r, BusgateError) and not r.code.startswith("already"):
+            if not isinstance(r, BusgateError) or r.code.startswith("already"):
+                continue
+            if what is None:    # the handlers' registration: their list decides
                 self._events.put_nowait(p.Error(r.code, "restoring: " + r.message))
-        self._events.put_nowait(p.Link("up", "restored %d requests" % len(lines)))
+                continue
+            # Refused now (access rules, limits): ended, as by a reload.
+            ev = p.Revoked(*what, r.message)
+            self._forget(ev)
+            self._events.put_nowait(ev)
+        self._events.put_nowait(p.Link("up", "restored %d requests" % len(regs)))
+
+    def _forget(self, ev: p.Revoked) -> None:
+        """The daemon ended a registration: a reconnect must not restore it."""
+        if ev.verb == "subscribe":
+            self._subscriptions.discard((ev.feed, ev.topic))
+        elif ev.verb == "notify":
+            self._notifications.discard(ev.feed)
+        elif ev.verb == "authorize":
+            self._authorizers.discard(ev.feed)
 
     def _send(self, line: bytes, stats: bool = False) -> asyncio.Future:
         """Write a request now; the future gets its reply."""
@@ -264,7 +289,7 @@ class CallbackClient:
             args = (ev.client_id, ev.host, ev.user, ev.feed, ev.topic)
             return [(h, args) for h in list(self._authorization_handlers)]
         lists = {p.BusState: self.bus_state_handlers, p.Link: self.link_handlers,
-                 p.Error: self.error_handlers}
+                 p.Error: self.error_handlers, p.Revoked: self.revoked_handlers}
         return [(h, tuple(ev)) for h in list(lists[type(ev)])]
 
     async def start(self) -> None:

@@ -167,6 +167,16 @@ class BusState(NamedTuple):
     reason: str
 
 
+class Revoked(NamedTuple):
+    """A REVOKED line: the daemon's access rules ended a registration of
+    this session (at a reload, or when a reconnect's restore was refused):
+    verb subscribe (with its topic), notify or authorize."""
+    verb: str
+    feed: str
+    topic: Optional[str]
+    reason: str
+
+
 class Link(NamedTuple):
     """Made by the client, not the daemon: the session to busgated itself
     was lost (down) or made again and restored (up)."""
@@ -223,6 +233,10 @@ def parse_line(line: bytes, payloads: List[bytes] = ()):
         return AuthRequest(uuid.UUID(_text(w[1])), *(unescape_str(x) for x in w[2:6]))
     if kind == b"BUS":
         return BusState(_text(w[1]), _text(b" ".join(w[2:])))
+    if kind == b"REVOKED" and len(w) >= 3:
+        k = 4 if w[1] == b"subscribe" else 3
+        return Revoked(_text(w[1]), unescape_str(w[2]),
+                       unescape_str(w[3]) if k == 4 else None, _text(b" ".join(w[k:])))
     rest = _text(line.strip()).split(" ", 2)
     if kind == b"-ERR":
         code, text = rest[1] if len(rest) > 1 else "", rest[2] if len(rest) > 2 else ""

@@ -474,6 +474,64 @@ class RestartTest(GatewayCase):
         run(go())
 
 
+class RevokeTest(GatewayCase):
+    """A reload's access rules end a registration: the app is told
+    (Revoked) and keeps its session; a reconnect does not restore it, and
+    one the next busgated refuses to restore is reported the same way."""
+
+    def write_rules(self, rules):
+        self.gw.write_config()
+        if rules:
+            with open(self.gw.config_path, "a") as f:
+                f.write('access:\n  - uid: %d\n    allow: all\n    feeds: ["kept"]\n'
+                        % os.getuid())
+
+    def reload(self, rules):
+        start = self.gw.log_offset()
+        self.write_rules(rules)
+        self.gw.reload()
+        self.gw.wait_log("reloaded", start=start)
+
+    def test_revoked_and_not_restored(self):
+        feed_a, feed_b = "rv a" + uniq(), "rv b" + uniq()
+
+        async def go():
+            loop = asyncio.get_event_loop()
+            r = Recorder(await CallbackClient.create(path=self.gw.socket_path,
+                                                     backoff_max=0.5))
+            revoked = []
+
+            async def on_revoked(verb, feed, topic, reason):
+                revoked.append((verb, feed, topic))
+            r.client.revoked_handlers.append(on_revoked)
+            await r.client.add_subscription(feed_a, "t é")
+            try:
+                await loop.run_in_executor(None, self.reload, True)
+                ev = await r.wait(lambda e: isinstance(e, busgate.Revoked))
+                self.assertEqual(ev[:3], ("subscribe", feed_a, "t é"))
+                self.assertIn("no access rule allows it", ev.reason)
+                self.assertEqual(await r.client.ping(), "")    # the session stays
+                self.assertFalse(any(isinstance(e, busgate.Link) for e in r.events))
+                await loop.run_in_executor(None, self.reload, False)
+                await r.client.add_subscription(feed_b, "t")
+                await loop.run_in_executor(None, self.gw.stop)
+                await loop.run_in_executor(None, self.write_rules, True)
+                await loop.run_in_executor(None, self.gw.start)
+                up = await r.wait(lambda e: isinstance(e, busgate.Link) and e.state == "up")
+                self.assertEqual(up.reason, "restored 1 requests")    # not feed_a
+                ev = await r.wait(lambda e: isinstance(e, busgate.Revoked))
+                self.assertEqual(ev[:3], ("subscribe", feed_b, "t"))
+                self.assertEqual(revoked, [("subscribe", feed_a, "t é"),
+                                           ("subscribe", feed_b, "t")])
+                with self.assertRaises(BusgateError) as cm:     # not restored again
+                    await r.client.remove_subscription(feed_b, "t")
+                self.assertEqual(cm.exception.code, "not-subscribed")
+            finally:
+                await loop.run_in_executor(None, self.reload, False)
+                await r.client.stop()
+        run(go())
+
+
 class SlowConsumerTest(GatewayCase):
     GW_CONFIG = {"listen": {"max_output": 65536}}
 
