@@ -110,6 +110,8 @@ struct bg_conn {
     bg_stat_callback *stat_cb; /* bg_stats: where its STAT lines go */
     void *stat_arg;
     char hello[1024]; /* the latest greeting, after "HELLO " */
+    char *app_name;   /* bg_set_name's, said again to each new session */
+    size_t app_name_len;
 
     struct lp_event lev;  /* the item being read */
     struct lp_limits lim; /* what incoming DATA may hold (bg_set_limits) */
@@ -564,8 +566,13 @@ on_hello(struct bg_conn *c)
     c->state = LINK_UP;
     c->backoff = c->backoff_min;
     c->was_up = true;
-    /* What the daemon had accepted, and what was asked while disconnected
-     * (also before a first connection that failed). */
+    /* The app's name, then what the daemon had accepted, and what was
+     * asked while disconnected (also before a first connection that
+     * failed). */
+    if (c->app_name != NULL &&
+        (lp_format_cmd_names(c->out, LP_NAME, c->app_name, c->app_name_len, NULL, 0) < 0 ||
+            req_push(c, true, 0, NULL) < 0))
+        return set_err(c, BG_E_NOMEM, "out of memory restoring the app name");
     HASH_ITER(hh, c->regs, r, t) {
         char *line = strdup(r->line);
 
@@ -1543,6 +1550,40 @@ bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t f
 }
 
 int
+bg_set_name(bg_conn *c, const char *name, size_t name_len)
+{
+    char *copy;
+    int r;
+
+    /* Checked here as busgated would: a name it refused would otherwise
+     * be said again, and refused, at each reconnect. */
+    if (name == NULL || name_len == 0 || name_len > LP_MAX_APP_NAME ||
+        !lp_utf8_valid((const unsigned char *)name, name_len))
+        return set_err(c, BG_E_BAD_NAME, "an app name is 1 to %d bytes of UTF-8",
+            LP_MAX_APP_NAME);
+    if (c->pipelined)
+        return set_err(c, BG_E_INVALID, "not while pipelined (bg_set_pipelined)");
+    if ((copy = malloc(name_len + 1)) == NULL)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    memcpy(copy, name, name_len);
+    copy[name_len] = '\0';
+    free(c->app_name);
+    c->app_name = copy;
+    c->app_name_len = name_len;
+    if ((r = link_ready(c)) < 0 && c->backoff_max > 0 &&
+        (r == -BG_E_CLOSED || r == -BG_E_IO || r == -BG_E_TIMEOUT)) {
+        c->err = 0; /* said to the next session */
+        c->errmsg[0] = '\0';
+        return 0;
+    }
+    if (r < 0)
+        return r;
+    if (lp_format_cmd_names(c->tmp, LP_NAME, name, name_len, NULL, 0) < 0)
+        return set_err(c, BG_E_NOMEM, "out of memory");
+    return command(c, 0, NULL);
+}
+
+int
 bg_ping(bg_conn *c)
 {
     if (lp_format_cmd(c->tmp, LP_PING, NULL) < 0)
@@ -1777,6 +1818,7 @@ bg_free(bg_conn *c)
     lp_event_free(&c->lev);
     free(c->pk);
     free(c->keep);
+    free(c->app_name);
     free(c->path);
     if (c->sock.buf != NULL)
         evbuffer_free(c->sock.buf);

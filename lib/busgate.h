@@ -193,6 +193,11 @@ int bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size
     size_t n_entitlements);
 /* A round trip: everything sent before has been handled. */
 int bg_ping(bg_conn *c);
+/* Label the session for people (NAME): busgated shows the name in STATS
+ * SESSIONS (app=) and in its log lines about the session. 1 to 64 bytes
+ * of UTF-8 (else BG_E_BAD_NAME); it grants nothing. Said again to the
+ * next session after a reconnect; while disconnected, recorded (0). */
+int bg_set_name(bg_conn *c, const char *name, size_t name_len);
 /*
  * Pipelined messages (a publisher streaming from a file or stdin): on
  * sends VERBOSE off, so the daemon answers only refusals. Then bg_publish,

@@ -65,8 +65,8 @@ lp_error_code(enum lp_error e)
 /* ---- byte classes ---- */
 
 /* Strict UTF-8 (utf8_seq_len) throughout. */
-static bool
-utf8_valid(const unsigned char *s, size_t n)
+bool
+lp_utf8_valid(const unsigned char *s, size_t n)
 {
     size_t i = 0, k;
 
@@ -521,7 +521,7 @@ client_name(struct cmd_parse *cp, const struct tok *t, bool clean, const char *w
     if (n > cp->lim->max_name)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: %u bytes, at most %u", what, (unsigned)n,
             (unsigned)cp->lim->max_name);
-    if (high && !utf8_valid((const unsigned char *)dst, n))
+    if (high && !lp_utf8_valid((const unsigned char *)dst, n))
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: not valid UTF-8", what);
     out->ptr = dst;
     out->len = n;
@@ -608,7 +608,7 @@ client_content_type(struct cmd_parse *cp, const struct tok *t, char *dst,
     if (n > cp->lim->max_name)
         return fail(cp, LP_ERR_BAD_NAME, "bad content type: %u bytes, at most %u",
             (unsigned)n, (unsigned)cp->lim->max_name);
-    if (!utf8_valid((const unsigned char *)dst, n))
+    if (!lp_utf8_valid((const unsigned char *)dst, n))
         return fail(cp, LP_ERR_BAD_NAME, "bad content type: not valid UTF-8");
     out->ptr = dst;
     out->len = n;

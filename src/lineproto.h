@@ -71,6 +71,10 @@ const char *lp_error_code(enum lp_error e);
 /* Longest app name (NAME): it is shown in STATS and logs, and grants nothing. */
 #define LP_MAX_APP_NAME 64
 
+/* Whether s[0..n) is strict UTF-8 (no overlongs, no surrogates), as every
+ * name must be. */
+bool lp_utf8_valid(const unsigned char *s, size_t n);
+
 /* Limits a parsed command must respect. */
 struct lp_limits {
     uint32_t max_name;    /* bytes in a decoded name (the bus string limit) */

@@ -542,6 +542,7 @@ struct stat_seen {
     int lines;
     bool bus_state_up;
     bool self_session;
+    bool self_named; /* bg_set_name's "pricer 1" */
 };
 
 static void
@@ -552,12 +553,15 @@ on_stat(const char *name, const char *value, void *arg)
     st->lines++;
     if (strcmp(name, "bus_state") == 0 && strcmp(value, "up") == 0)
         st->bus_state_up = true;
-    if (strcmp(name, "session") == 0 && strstr(value, " self") != NULL)
+    if (strcmp(name, "session") == 0 && strstr(value, " self") != NULL) {
         st->self_session = true;
+        st->self_named = strstr(value, " app=pricer%201 ") != NULL;
+    }
 }
 
 /* bg_stats hands over every STAT line (events meanwhile stay queued);
- * bg_hello is the greeting; a reload's REVOKED arrives as an event. */
+ * bg_hello is the greeting; a reload's REVOKED arrives as an event;
+ * bg_set_name's name shows in STATS SESSIONS, also after a restart. */
 static void
 test_stats_and_revoked(void)
 {
@@ -569,7 +573,19 @@ test_stats_and_revoked(void)
     CHECK_OK(c, bg_stats(c, NULL, on_stat, &st));
     CHECK(st.lines > 5 && st.bus_state_up);
     CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
-    CHECK(st.self_session);
+    CHECK(st.self_session && !st.self_named);
+    CHECK(bg_set_name(c, "", 0) == -BG_E_BAD_NAME);
+    CHECK(bg_set_name(c, "\xc3(", 2) == -BG_E_BAD_NAME); /* not UTF-8 */
+    {
+        char long_name[65];
+
+        memset(long_name, 'n', sizeof(long_name));
+        CHECK(bg_set_name(c, long_name, 65) == -BG_E_BAD_NAME);
+        CHECK_OK(c, bg_set_name(c, long_name, 64));
+    }
+    CHECK_OK(c, bg_set_name(c, S("pricer 1")));
+    CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
+    CHECK(st.self_named);
     CHECK(bg_stats(c, "NONSENSE", on_stat, &st) == -BG_E_SYNTAX);
     CHECK(bg_stats(c, NULL, NULL, NULL) == -BG_E_INVALID);
     CHECK_OK(c, bg_subscribe(c, S("revoked feed"), S("t")));
@@ -589,6 +605,9 @@ test_stats_and_revoked(void)
     ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
     CHECK(strncmp(ev->text, "subscribe restored%20feed t ", 28) == 0);
     CHECK(strstr(ev->text, "no access rule allows it") != NULL);
+    st.self_named = false; /* the new session was told the name too */
+    CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
+    CHECK(st.self_named);
     ask_driver("UNREVOKE");
     CHECK(bg_unsubscribe(c, S("restored feed"), S("t")) == -BG_E_NOT_SUBSCRIBED);
     bg_free(c);
