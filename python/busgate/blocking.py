@@ -87,6 +87,10 @@ class Client:
                   entitlements: Optional[Set[int]] = None) -> None:
         self._run(self._client.authorize(client_id, feed, topic, required, entitlements))
 
+    def set_name(self, name: str) -> None:
+        """Label the session for STATS and busgated's log (NAME)."""
+        self._run(self._client.set_name(name))
+
     def ping(self, token: str = "") -> str:
         return self._run(self._client.ping(token))
 

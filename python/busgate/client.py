@@ -26,6 +26,9 @@ from .protocol import BusgateError, DataPacket  # noqa: F401  (part of the API)
 
 log = logging.getLogger("busgate")
 
+# NAME's limit (busgated's LP_MAX_APP_NAME).
+MAX_APP_NAME = 64
+
 # Lines from the daemon are at most a few packet specs longer than
 # max_line; a generous bound keeps a broken peer from eating memory.
 READ_LIMIT = 1 << 24
@@ -62,8 +65,11 @@ class CallbackClient:
     """A session with busgated whose events go to lists of async handlers."""
 
     def __init__(self, path: Optional[str] = None, *, reconnect: bool = True,
-                 backoff_min: float = 0.05, backoff_max: float = 5.0) -> None:
+                 backoff_min: float = 0.05, backoff_max: float = 5.0,
+                 app_name: Optional[str] = None) -> None:
         self.path = path or p.default_socket()
+        # NAME: how busgated labels the session in STATS and its log.
+        self.app_name = _checked_name(app_name) if app_name is not None else None
         self.reconnect = reconnect
         self.backoff = (backoff_min, backoff_max)
         # The upstream handler lists (same arguments as upstream).
@@ -110,6 +116,8 @@ class CallbackClient:
             client._all_feeds_changed(True)
         client._tasks = [asyncio.ensure_future(client._run(reader)),
                          asyncio.ensure_future(client._dispatch_loop())]
+        if client.app_name is not None:
+            await client._request(p.command("NAME", client.app_name))
         return client
 
     # -------------------------------------------------------- the session
@@ -214,6 +222,9 @@ class CallbackClient:
         session lost meanwhile says nothing: the app was told "down", and
         the next session's restore says "up"."""
         session = self._sessions
+        # The name first; it is no registration (checked when set: its
+        # reply is not looked at).
+        name = [p.command("NAME", self.app_name)] if self.app_name is not None else []
         regs = ([(p.command("SUB", f, t), ("subscribe", f, t))
                  for f, t in sorted(self._subscriptions)]
                 + [(p.command("NOTIFY", f), ("notify", f, None))
@@ -221,8 +232,10 @@ class CallbackClient:
                 + [(p.command("AUTHORIZER", f), ("authorize", f, None))
                    for f in sorted(self._authorizers)]
                 + ([(p.command("AUTHORIZER"), None)] if self._authorization_handlers else []))
-        results = await asyncio.gather(*(self._request(line) for line, _ in regs),
+        results = await asyncio.gather(*(self._request(line) for line in name),
+                                       *(self._request(line) for line, _ in regs),
                                        return_exceptions=True)
+        results = results[len(name):]
         if session != self._sessions or self._writer is None:
             return
         for (_, what), r in zip(regs, results):
@@ -382,6 +395,15 @@ class CallbackClient:
         await self._request(p.command("AUTHORIZE", p.client_id_token(client_id),
                                       feed, topic, extra=words))
 
+    async def set_name(self, name: str) -> None:
+        """Label the session (NAME): busgated shows the name in STATS
+        SESSIONS (app=) and its log lines about the session. 1 to 64 bytes
+        of UTF-8; it grants nothing. Said again after a reconnect; while
+        disconnected, only recorded."""
+        self.app_name = _checked_name(name)
+        if self._writer is not None:
+            await self._request(p.command("NAME", name))
+
     async def ping(self, token: str = "") -> str:
         reply = await self._request(b"PING %s\n" % token.encode() if token else b"PING\n")
         return reply.text
@@ -395,6 +417,18 @@ class CallbackClient:
             else:
                 out[r.code] = r.text
         return out
+
+
+def _checked_name(name: str) -> str:
+    """An app name as busgated takes it, checked before it is sent: one it
+    refused would be said again, and refused, at each reconnect."""
+    try:
+        n = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        n = 0
+    if not 1 <= n <= MAX_APP_NAME:
+        raise BusgateError("bad-name", "an app name is 1 to %d bytes of UTF-8" % MAX_APP_NAME)
+    return name
 
 
 def _flag(is_image: bool) -> bytes:

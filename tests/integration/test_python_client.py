@@ -297,6 +297,16 @@ def run_example(path, env):
                             stderr=subprocess.PIPE, text=True)
 
 
+class NameTest(GatewayCase):
+    def test_set_name(self):
+        with busgate.connect(self.gw.socket_path) as bus:
+            with self.assertRaises(BusgateError) as cm:
+                bus.set_name("x" * 65)
+            self.assertEqual(cm.exception.code, "bad-name")
+            bus.set_name("café")
+            self.assertTrue(any("app=café self" in s for s in bus.stats()["session"]))
+
+
 class ExamplesTest(GatewayCase):
     """Every example of the upstream client's README, with only the import
     and the create(...) line changed, through busgated."""
@@ -402,7 +412,7 @@ class RestartTest(GatewayCase):
 
         async def go():
             r = Recorder(await CallbackClient.create(path=self.gw.socket_path,
-                                                     backoff_max=0.5))
+                                                     backoff_max=0.5, app_name="pricer 1"))
             await r.client.add_subscription(feed, topic)
             await r.client.add_notification(feed)
             await r.client.add_authorizer("secure")
@@ -435,7 +445,9 @@ class RestartTest(GatewayCase):
                          "the request after the restart")
             await h.client.stop()
             sessions = (await r.client.stats())["session"]
-            self.assertTrue(any("subs=1" in s and "self" in s for s in sessions), sessions)
+            # The new session has the registrations and the app's name.
+            self.assertTrue(any("subs=1" in s and "app=pricer%201 self" in s
+                                for s in sessions), sessions)
             # The restored NOTIFY sees the restored subscription.
             await r.wait(lambda e: isinstance(e, busgate.Notification) and e.topic == topic)
             deadline = time.monotonic() + TIMEOUT
