@@ -1461,9 +1461,15 @@ bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len)
     return names_command(c, LP_UNAUTHORIZER, LP_AUTHORIZER, -1, feed, feed_len, NULL, 0);
 }
 
+/* A content type (bus protocol 6), or none (ctype NULL). */
+struct ctype {
+    const char *ptr;
+    size_t len;
+};
+
 static int
 message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, bool is_image,
+    size_t feed_len, const char *topic, size_t topic_len, bool is_image, struct ctype ct,
     const struct bg_packet *packets, size_t n_packets)
 {
     struct wire_packet stack[8], *pk = stack; /* each filled below */
@@ -1492,7 +1498,7 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
         goto out;
     before = evbuffer_get_length(c->out);
     r = lp_format_cmd_message(c->pipelined ? c->out : c->tmp, client_id, feed, feed_len,
-        topic, topic_len, is_image, pk, (uint32_t)n_packets);
+        topic, topic_len, is_image, ct.ptr, ct.len, pk, (uint32_t)n_packets);
     if (r < 0)
         r = set_err(c, BG_E_NOMEM, "out of memory");
     else
@@ -1507,8 +1513,19 @@ int
 bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
     size_t topic_len, bool is_image, const struct bg_packet *packets, size_t n_packets)
 {
-    return message_command(c, NULL, feed, feed_len, topic, topic_len, is_image, packets,
-        n_packets);
+    return message_command(c, NULL, feed, feed_len, topic, topic_len, is_image,
+        (struct ctype){ NULL, 0 }, packets, n_packets);
+}
+
+int
+bg_publish_typed(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len, const char *content_type, size_t content_type_len,
+    const struct bg_packet *packets, size_t n_packets)
+{
+    if (content_type == NULL)
+        return set_err(c, BG_E_INVALID, "a content type is needed (\"\" for none)");
+    return message_command(c, NULL, feed, feed_len, topic, topic_len, false,
+        (struct ctype){ content_type, content_type_len }, packets, n_packets);
 }
 
 int
@@ -1519,7 +1536,18 @@ bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_l
     if (client_id == NULL)
         return set_err(c, BG_E_INVALID, "a client id is needed");
     return message_command(c, client_id, feed, feed_len, topic, topic_len, is_image,
-        packets, n_packets);
+        (struct ctype){ NULL, 0 }, packets, n_packets);
+}
+
+int
+bg_send_typed(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
+    const char *topic, size_t topic_len, const char *content_type, size_t content_type_len,
+    const struct bg_packet *packets, size_t n_packets)
+{
+    if (client_id == NULL || content_type == NULL)
+        return set_err(c, BG_E_INVALID, "a client id and a content type are needed");
+    return message_command(c, client_id, feed, feed_len, topic, topic_len, false,
+        (struct ctype){ content_type, content_type_len }, packets, n_packets);
 }
 
 int

@@ -187,6 +187,16 @@ int bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
 int bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
     const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,
     size_t n_packets);
+/* Bus protocol 6 (the greeting's bus_protocol=6, bg_hello): a message
+ * with a content type (UTF-8, may be empty), which the bus carries instead
+ * of an image flag (busgated's image rule then decides what a late joiner
+ * gets). A gateway whose bus speaks 3 to 5 refuses it: BG_E_SYNTAX. */
+int bg_publish_typed(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
+    size_t topic_len, const char *content_type, size_t content_type_len,
+    const struct bg_packet *packets, size_t n_packets);
+int bg_send_typed(bg_conn *c, const uint8_t client_id[16], const char *feed,
+    size_t feed_len, const char *topic, size_t topic_len, const char *content_type,
+    size_t content_type_len, const struct bg_packet *packets, size_t n_packets);
 /* Answer an AUTHREQ; entitlements apply when is_required. */
 int bg_authorize(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_len,
     const char *topic, size_t topic_len, bool is_required, const int32_t *entitlements,

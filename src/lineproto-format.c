@@ -572,21 +572,23 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
 
 int
 lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, bool image,
-    const struct wire_packet *packets, uint32_t n_packets)
+    size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
+    size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets)
 {
     const struct wire_str f = { feed, (uint32_t)feed_len },
                           t = { topic, (uint32_t)topic_len };
     const char *verb = lp_verb_name(client_id != NULL ? LP_SEND : LP_PUB);
     struct evbuffer_iovec vec;
-    size_t payload, room, o, ef, et;
+    size_t payload, room, o, ef, et, ec;
     char small[SMALL_MESSAGE], *d;
 
-    if (feed_len > UINT32_MAX || topic_len > UINT32_MAX)
+    if (feed_len > UINT32_MAX || topic_len > UINT32_MAX || ctype_len > UINT32_MAX)
         return -1;
     ef = escaped_len(feed, feed_len);
     et = escaped_len(topic, topic_len);
+    ec = ctype != NULL ? escaped_len(ctype, ctype_len) : 0;
     room = strlen(verb) + GUID_TEXT_LEN + 3 + ef + et + sizeof(" image") +
+        (ctype != NULL ? sizeof(" " LP_TYPE_PREFIX) + ec : 0) +
         packets_room(packets, n_packets, &payload) + 1;
     if (n_packets > 0)
         room += payload + 1;
@@ -601,6 +603,10 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
     o += put_name_tok(d + o, &f, ef);
     o += put_name_tok(d + o, &t, et);
     o += put_lit(d + o, image ? " image" : " delta");
+    if (ctype != NULL) {
+        o += put_lit(d + o, " " LP_TYPE_PREFIX);
+        o += put_escaped(d + o, ctype, ctype_len);
+    }
     o += put_packets(d + o, packets, n_packets);
     d[o++] = '\n';
     if (n_packets > 0) {

@@ -232,10 +232,11 @@ int lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_G
     const char *feed, size_t feed_len, const char *topic, size_t topic_len, bool required,
     const char *ents);
 /* A whole PUB (client_id NULL) or SEND of n_packets packets, each with its
- * entitlements: the line, the payload block and its newline. */
+ * entitlements: the line (with "type=<ctype>" unless ctype is NULL), the
+ * payload block and its newline. */
 int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, bool image,
-    const struct wire_packet *packets, uint32_t n_packets);
+    size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
+    size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets);
 /* "VERB [arg]" for PING (token), STATS, VERBOSE (on/off), QUIT. */
 int lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg);
 

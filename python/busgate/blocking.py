@@ -74,14 +74,18 @@ class Client:
         self._run(self._client.remove_authorizer(feed))
 
     def publish(self, feed: str, topic: str, data: Payload, image: bool = False,
-                entitlements: Optional[Set[int]] = None) -> None:
-        """data: bytes or str (one packet), or a list of DataPacket."""
-        self._run(self._client.publish(feed, topic, image, _packets(data, entitlements)))
+                entitlements: Optional[Set[int]] = None,
+                content_type: Optional[str] = None) -> None:
+        """data: bytes or str (one packet), or a list of DataPacket;
+        content_type: bus protocol 6 only."""
+        self._run(self._client.publish(feed, topic, image, _packets(data, entitlements),
+                                       content_type))
 
     def send(self, client_id, feed: str, topic: str, data: Payload, image: bool = False,
-             entitlements: Optional[Set[int]] = None) -> None:
+             entitlements: Optional[Set[int]] = None,
+             content_type: Optional[str] = None) -> None:
         self._run(self._client.send(client_id, feed, topic, image,
-                                    _packets(data, entitlements)))
+                                    _packets(data, entitlements), content_type))
 
     def authorize(self, client_id, feed: str, topic: str, required: bool,
                   entitlements: Optional[Set[int]] = None) -> None:

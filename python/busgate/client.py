@@ -377,14 +377,20 @@ class CallbackClient:
         await self._remembered(self._authorizers, feed, False, p.command("UNAUTHORIZER", feed))
 
     async def publish(self, feed: str, topic: str, is_image: bool,
-                      data_packets: Optional[List[DataPacket]]) -> None:
+                      data_packets: Optional[List[DataPacket]],
+                      content_type: Optional[str] = None) -> None:
+        """content_type (busgate's own; bus protocol 6 only, else
+        BusgateError syntax): sent as the message's content type, which the
+        bus carries instead of is_image."""
         await self._request(p.command("PUB", feed, topic, _flag(is_image),
-                                      packets=data_packets or []))
+                                      extra=_typed(content_type), packets=data_packets or []))
 
     async def send(self, client_id, feed: str, topic: str, is_image: bool,
-                   data_packets: Optional[List[DataPacket]]) -> None:
+                   data_packets: Optional[List[DataPacket]],
+                   content_type: Optional[str] = None) -> None:
         await self._request(p.command("SEND", p.client_id_token(client_id), feed, topic,
-                                      _flag(is_image), packets=data_packets or []))
+                                      _flag(is_image), extra=_typed(content_type),
+                                      packets=data_packets or []))
 
     async def authorize(self, client_id, feed: str, topic: str,
                         is_authorization_required: bool,
@@ -429,6 +435,10 @@ def _checked_name(name: str) -> str:
     if not 1 <= n <= MAX_APP_NAME:
         raise BusgateError("bad-name", "an app name is 1 to %d bytes of UTF-8" % MAX_APP_NAME)
     return name
+
+
+def _typed(content_type: Optional[str]) -> List[bytes]:
+    return [] if content_type is None else [b"type=" + p.escape(content_type)]
 
 
 def _flag(is_image: bool) -> bytes:

@@ -136,6 +136,9 @@ class LibbusgateTest(unittest.TestCase):
     def test_pipelined_messages(self):
         self.run_c("pipelined")
 
+    def test_content_type_refused_below_protocol_6(self):
+        self.run_c("content_type")     # at 6: test_protocols.py
+
     def test_slow_consumer_is_reported(self):
         self.run_c("slow_consumer")
         self.gw.wait_log(r"slow consumer")

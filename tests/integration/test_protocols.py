@@ -165,6 +165,40 @@ class VerbsTest(ProtocolCase):
         self.check_verbs(6)
 
 
+class ClientsAt6Test(ProtocolCase):
+    """The client libraries publish with a content type at 6 (libbusgate's
+    bg_publish_typed, the python package's content_type=), and read it
+    back; below 6 both are refused (test_libbusgate, and here)."""
+
+    def test_libbusgate_content_type(self):
+        bus = self.bus(6)
+        gw = self.gateway(bus, 6)
+        gw.wait_log(r"bus: up")
+        prog = os.path.join(os.path.dirname(BUSGATED), "..", "tests", "lib", "test_libbusgate")
+        r = subprocess.run([prog, gw.socket_path, "content_type"], capture_output=True,
+                           text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_python_content_type(self):
+        sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
+        import busgate
+        for protocol in (3, 6):
+            bus = self.bus(protocol)
+            gw = self.gateway(bus, protocol)
+            gw.wait_log(r"bus: up")
+            with busgate.connect(gw.socket_path) as a:
+                a.subscribe("typed", "t")
+                if protocol < 6:
+                    with self.assertRaises(busgate.BusgateError) as cm:
+                        a.publish("typed", "t", b"{}", content_type="application/json")
+                    self.assertEqual(cm.exception.code, "syntax")
+                    continue
+                a.publish("typed", "t", b"{}", content_type="application/json; v=1")
+                ev = next(e for e in a.events(timeout=10) if isinstance(e, busgate.Data))
+                self.assertEqual((ev.content_type, ev.packets[0].data),
+                                 ("application/json; v=1", b"{}"))
+
+
 class ContentTypeCacheTest(ProtocolCase):
     """At 6 the image cache does not depend on a flag: a unicast (selectfeed)
     image and a configured image content type are images, the rest deltas."""
