@@ -53,6 +53,7 @@ struct opts {
     enum payload_form form;
     uint64_t count; /* 0: no limit */
     bool image;
+    const char *content_type; /* --type (bus protocol 6), NULL: none */
     bool whole;
     bool not_required;
     const char *ents; /* comma list, checked */
@@ -70,6 +71,7 @@ enum opt_bit {
     O_ENTS = 1u << 4,
     O_NOTREQ = 1u << 5,
     O_FORMAT = 1u << 6,
+    O_TYPE = 1u << 7,
 };
 
 /* What the greeting announced. */

@@ -29,9 +29,17 @@ pub_send(struct cli *c, struct publisher *p, const char *data, size_t n)
     const struct bg_packet pk = { data, n, p->o->ent_v, p->o->ent_n };
     int r;
 
-    if (p->client_id != NULL)
+    const char *ct = p->o->content_type;
+
+    if (p->client_id != NULL && ct != NULL)
+        r = bg_send_typed(c->bg, p->client_id, p->feed, strlen(p->feed), p->topic,
+            strlen(p->topic), ct, strlen(ct), &pk, 1);
+    else if (p->client_id != NULL)
         r = bg_send(c->bg, p->client_id, p->feed, strlen(p->feed), p->topic,
             strlen(p->topic), p->o->image, &pk, 1);
+    else if (ct != NULL)
+        r = bg_publish_typed(c->bg, p->feed, strlen(p->feed), p->topic, strlen(p->topic),
+            ct, strlen(ct), &pk, 1);
     else
         r = bg_publish(c->bg, p->feed, strlen(p->feed), p->topic, strlen(p->topic),
             p->o->image, &pk, 1);

@@ -281,9 +281,10 @@ usage(FILE *out)
         "usage: busgate [--socket PATH] [--timeout SECONDS] COMMAND [ARGS]\n"
         "  sub FEED TOPIC [TOPIC...] [--hex|--base64] [--count N]\n"
         "        print data, a line per packet: FEED TOPIC USER HOST image|delta ENTS PAYLOAD\n"
-        "  pub FEED TOPIC [--image] [--entitlements LIST] [--whole]\n"
+        "  pub FEED TOPIC [--image | --type CONTENT-TYPE] [--entitlements LIST] [--whole]\n"
         "        publish stdin, a message per line (--whole: all of it as one)\n"
-        "  send CLIENT-ID FEED TOPIC [--image] [--entitlements LIST] [--whole]\n"
+        "  send CLIENT-ID FEED TOPIC [--image | --type CONTENT-TYPE] [--entitlements LIST]\n"
+        "        [--whole]\n"
         "        send stdin to one client, like pub\n"
         "  notify FEED [--count N]\n"
         "        print subscriptions coming and going on FEED\n"
@@ -330,8 +331,8 @@ struct command {
 
 static const struct command commands[] = {
     { "sub", 2, -1, O_FORM | O_COUNT, cli_run_sub },
-    { "pub", 2, 2, O_IMAGE | O_ENTS | O_WHOLE, cli_run_pub },
-    { "send", 3, 3, O_IMAGE | O_ENTS | O_WHOLE, cli_run_send },
+    { "pub", 2, 2, O_IMAGE | O_TYPE | O_ENTS | O_WHOLE, cli_run_pub },
+    { "send", 3, 3, O_IMAGE | O_TYPE | O_ENTS | O_WHOLE, cli_run_send },
     { "notify", 1, 1, O_COUNT, cli_run_notify },
     { "authorize", 1, 1, O_ENTS | O_NOTREQ | O_COUNT, cli_run_authorize },
     { "stats", 0, 0, O_FORMAT, run_stats_cmd },
@@ -342,7 +343,7 @@ static const struct command commands[] = {
 static void
 parse_options(int argc, char **argv, struct opts *o)
 {
-    enum { OPT_HEX = 256, OPT_BASE64, OPT_NOTREQ, OPT_FORMAT };
+    enum { OPT_HEX = 256, OPT_BASE64, OPT_NOTREQ, OPT_FORMAT, OPT_TYPE };
     static const struct option longopts[] = {
         { "socket", required_argument, NULL, 's' },
         { "timeout", required_argument, NULL, 'T' },
@@ -350,6 +351,7 @@ parse_options(int argc, char **argv, struct opts *o)
         { "base64", no_argument, NULL, OPT_BASE64 },
         { "count", required_argument, NULL, 'n' },
         { "image", no_argument, NULL, 'i' },
+        { "type", required_argument, NULL, OPT_TYPE },
         { "entitlements", required_argument, NULL, 'e' },
         { "whole", no_argument, NULL, 'w' },
         { "not-required", no_argument, NULL, OPT_NOTREQ },
@@ -382,6 +384,10 @@ parse_options(int argc, char **argv, struct opts *o)
         case 'i':
             o->image = true;
             o->seen |= O_IMAGE;
+            break;
+        case OPT_TYPE:
+            o->content_type = optarg;
+            o->seen |= O_TYPE;
             break;
         case 'e':
             check_ents(optarg);
@@ -435,6 +441,9 @@ check_command(int argc, char **argv, const struct opts *o)
         usage_error("an option given does not apply to '%s'", cmd->name);
     if (o->not_required && o->ents != NULL)
         usage_error("--not-required and --entitlements exclude each other");
+    if (o->image && o->content_type != NULL)
+        usage_error("--image and --type exclude each other (at bus protocol 6 the content "
+                    "type decides)");
     if (strcmp(cmd->name, "send") == 0 &&
         guid_from_text(argv[optind + 1], strlen(argv[optind + 1]), id) != 0)
         usage_error("'%s' is not a client id (like 00112233-4455-6677-8899-aabbccddeeff)",

@@ -179,24 +179,33 @@ class ClientsAt6Test(ProtocolCase):
                            text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
 
-    def test_python_content_type(self):
+    def test_python_and_cli_content_type(self):
         sys.path.insert(0, os.path.join(HERE, "..", "..", "python"))
         import busgate
+        cli = os.environ.get("BUSGATE") or os.path.join(os.path.dirname(BUSGATED), "busgate")
         for protocol in (3, 6):
             bus = self.bus(protocol)
             gw = self.gateway(bus, protocol)
             gw.wait_log(r"bus: up")
+            pub = [cli, "--socket", gw.socket_path, "pub", "typed", "t", "--type", "text/csv"]
             with busgate.connect(gw.socket_path) as a:
                 a.subscribe("typed", "t")
                 if protocol < 6:
                     with self.assertRaises(busgate.BusgateError) as cm:
                         a.publish("typed", "t", b"{}", content_type="application/json")
                     self.assertEqual(cm.exception.code, "syntax")
+                    r = subprocess.run(pub, input=b"a,b\n", capture_output=True, timeout=30)
+                    self.assertEqual(r.returncode, 1, r.stderr)     # refused
+                    self.assertIn(b"needs bus protocol 6", r.stderr)
                     continue
                 a.publish("typed", "t", b"{}", content_type="application/json; v=1")
                 ev = next(e for e in a.events(timeout=10) if isinstance(e, busgate.Data))
                 self.assertEqual((ev.content_type, ev.packets[0].data),
                                  ("application/json; v=1", b"{}"))
+                r = subprocess.run(pub, input=b"a,b\n", capture_output=True, timeout=30)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                ev = next(e for e in a.events(timeout=10) if isinstance(e, busgate.Data))
+                self.assertEqual((ev.content_type, ev.packets[0].data), ("text/csv", b"a,b"))
 
 
 class ContentTypeCacheTest(ProtocolCase):
