@@ -98,8 +98,8 @@ class Client:
     def ping(self, token: str = "") -> str:
         return self._run(self._client.ping(token))
 
-    def stats(self) -> dict:
-        return self._run(self._client.stats())
+    def stats(self, view: Optional[str] = None) -> dict:
+        return self._run(self._client.stats(view))
 
     def next_event(self, timeout: Optional[float] = None):
         """The next event (protocol.Data, Notification, AuthRequest,

@@ -414,10 +414,13 @@ class CallbackClient:
         reply = await self._request(b"PING %s\n" % token.encode() if token else b"PING\n")
         return reply.text
 
-    async def stats(self) -> dict:
-        """STATS as {name: value}; the per-session lines under 'session'."""
+    async def stats(self, view: Optional[str] = None) -> dict:
+        """STATS as {name: value}; the per-session lines under 'session'.
+        view: "SESSIONS" (the session lines) or "LINK" (the bus link's
+        details), as busgate sessions and busgate stats show them."""
+        line = b"STATS %s\n" % view.encode() if view else b"STATS\n"
         out: dict = {"session": []}
-        for r in await self._request(b"STATS\n", stats=True):
+        for r in await self._request(line, stats=True):
             if r.code == "session":
                 out["session"].append(r.text)
             else:

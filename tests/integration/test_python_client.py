@@ -304,7 +304,12 @@ class NameTest(GatewayCase):
                 bus.set_name("x" * 65)
             self.assertEqual(cm.exception.code, "bad-name")
             bus.set_name("café")
-            self.assertTrue(any("app=café self" in s for s in bus.stats()["session"]))
+            self.assertTrue(any(" app=café " in s and s.endswith(" self")
+                                for s in bus.stats("SESSIONS")["session"]))
+            self.assertEqual(bus.stats("LINK").get("state"), "up")
+            with self.assertRaises(BusgateError) as cm:
+                bus.stats("NONSENSE")
+            self.assertEqual(cm.exception.code, "syntax")
 
 
 class ExamplesTest(GatewayCase):
