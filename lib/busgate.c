@@ -112,6 +112,8 @@ struct bg_conn {
     char hello[1024]; /* the latest greeting, after "HELLO " */
     char *app_name;   /* bg_set_name's, said again to each new session */
     size_t app_name_len;
+    char *revoked; /* a REVOKED event's decoded feed and topic */
+    size_t revoked_cap;
 
     struct lp_event lev;  /* the item being read */
     struct lp_limits lim; /* what incoming DATA may hold (bg_set_limits) */
@@ -933,6 +935,40 @@ name_out(const struct lp_name *n, const char **p, size_t *len)
     *len = n->len;
 }
 
+/* A REVOKED event's feed, and topic for a subscription, decoded from its
+ * text ("<role> <feed> [<topic>] <reason>"): the names the application
+ * gave, to match against its own. */
+static int
+revoked_names(struct bg_conn *c, struct bg_event *ev)
+{
+    const char *t = ev->text, *why, *feed, *topic;
+    size_t rn = strcspn(t, " "), fn, tn;
+    uint32_t n;
+
+    feed = t + rn + (t[rn] == ' ');
+    fn = strcspn(feed, " ");
+    topic = feed + fn + (feed[fn] == ' ');
+    tn = rn == strlen("subscribe") && memcmp(t, "subscribe", rn) == 0 ? strcspn(topic, " ")
+                                                                      : 0;
+    if (fn + tn + 2 > c->revoked_cap) {
+        char *p = realloc(c->revoked, fn + tn + 2);
+
+        if (p == NULL)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        c->revoked = p;
+        c->revoked_cap = fn + tn + 2;
+    }
+    if (lp_decode_name(feed, fn, c->revoked, &n, &why) < 0)
+        return 0; /* not as busgated writes it: the text says what it can */
+    ev->feed = c->revoked;
+    ev->feed_len = n;
+    if (tn > 0 && lp_decode_name(topic, tn, c->revoked + n + 1, &n, &why) == 0) {
+        ev->topic = c->revoked + ev->feed_len + 1;
+        ev->topic_len = n;
+    }
+    return 0;
+}
+
 static int
 build_event(struct bg_conn *c)
 {
@@ -995,7 +1031,7 @@ build_event(struct bg_conn *c)
     case LP_EV_REVOKED:
         ev->kind = BG_EV_REVOKED;
         ev->text = l->rest;
-        break;
+        return revoked_names(c, ev);
     default: {
         size_t n = strcspn(l->rest, " ");
 
@@ -1847,6 +1883,7 @@ bg_free(bg_conn *c)
     free(c->pk);
     free(c->keep);
     free(c->app_name);
+    free(c->revoked);
     free(c->path);
     if (c->sock.buf != NULL)
         evbuffer_free(c->sock.buf);

@@ -108,7 +108,9 @@ enum bg_event_kind {
  * returns. */
 struct bg_event {
     enum bg_event_kind kind;
-    const char *feed, *topic, *user, *host; /* DATA, NOTIFICATION, AUTHREQ */
+    const char *feed, *topic, *user, *host; /* DATA, NOTIFICATION, AUTHREQ;
+                                             * REVOKED: feed, and topic for a
+                                             * subscription ("" otherwise) */
     size_t feed_len, topic_len, user_len, host_len;
     uint8_t client_id[16];           /* NOTIFICATION, AUTHREQ: wire (.NET Guid) order */
     char client_id_text[37];         /* the same as canonical Guid text */

@@ -235,9 +235,6 @@ take_type_token(const char **pp, const char *end, struct tok *t)
 
 /* Grow-only storage; returns the (possibly moved) block or NULL. */
 void *lp_store_reserve(void **store, size_t *cap, size_t need);
-/* Decode a name token into dst (room for toklen + 1 bytes). */
-int lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
-    const char **why);
 /* Validate and measure the packet specs from p to end, storing nothing. */
 void lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_scan *s);
 /* Fill packets[] (s->n_specs) from specs already validated by

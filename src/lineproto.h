@@ -75,6 +75,11 @@ const char *lp_error_code(enum lp_error e);
  * name must be. */
 bool lp_utf8_valid(const unsigned char *s, size_t n);
 
+/* Decode a name token into dst (room for toklen + 1 bytes, NUL-terminated);
+ * -1 with a reason in *why when it is not a valid token. */
+int lp_decode_name(const char *tok, size_t toklen, char *dst, uint32_t *outlen,
+    const char **why);
+
 /* Limits a parsed command must respect. */
 struct lp_limits {
     uint32_t max_name;    /* bytes in a decoded name (the bus string limit) */

@@ -592,6 +592,8 @@ test_stats_and_revoked(void)
     ask_driver("REVOKE"); /* access rules that leave only feed "kept" */
     ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
     CHECK(strncmp(ev->text, "subscribe revoked%20feed t ", 27) == 0);
+    CHECK(name_is(ev->feed, ev->feed_len, S("revoked feed")) &&
+        name_is(ev->topic, ev->topic_len, S("t")));
     ask_driver("UNREVOKE");
     /* A registration the next busgated refuses to restore is reported the
      * same way, and not restored again. */
@@ -604,6 +606,8 @@ test_stats_and_revoked(void)
     CHECK(strstr(ev->text, " 1 registrations restored") != NULL);
     ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
     CHECK(strncmp(ev->text, "subscribe restored%20feed t ", 28) == 0);
+    CHECK(name_is(ev->feed, ev->feed_len, S("restored feed")) &&
+        name_is(ev->topic, ev->topic_len, S("t")));
     CHECK(strstr(ev->text, "no access rule allows it") != NULL);
     st.self_named = false; /* the new session was told the name too */
     CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
