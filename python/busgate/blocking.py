@@ -103,7 +103,7 @@ class Client:
 
     def next_event(self, timeout: Optional[float] = None):
         """The next event (protocol.Data, Notification, AuthRequest,
-        BusState, Link, Error), or None after timeout seconds."""
+        BusState, Link, Error, Revoked), or None after timeout seconds."""
         try:
             return self._run(asyncio.wait_for(self._queue.get(), timeout))
         except asyncio.TimeoutError:
