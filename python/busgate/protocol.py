@@ -221,7 +221,17 @@ def _text(b: bytes) -> str:
 
 
 def parse_line(line: bytes, payloads: List[bytes] = ()):
-    """One line from the daemon (and a DATA's payloads) as an event or reply."""
+    """One line from the daemon (and a DATA's payloads) as an event or reply;
+    BusgateError protocol for one that is not the protocol (a line cut
+    short included), so that the session is dropped and made again."""
+    try:
+        return _parse_line(line, payloads)
+    except (IndexError, ValueError) as e:
+        raise BusgateError("protocol", "unexpected line from busgated: %r (%s)"
+                           % (line[:80], e)) from None
+
+
+def _parse_line(line: bytes, payloads: List[bytes]):
     w = _words(line)
     kind = w[0] if w else b""
     if kind == b"DATA":

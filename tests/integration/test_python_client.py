@@ -67,6 +67,15 @@ class ProtocolTest(unittest.TestCase):
             self.assertEqual(protocol.escape(name), token)
             self.assertEqual(protocol.unescape(token).decode(), name)
 
+    def test_lines_cut_short_are_protocol_errors(self):
+        # Not an IndexError, which would end the client's reader task
+        # instead of dropping the session and connecting again.
+        for line in (b"BUS", b"REVOKED subscribe f", b"NOTIFICATION add", b"AUTHREQ",
+                     b"DATA f t"):
+            with self.assertRaises(BusgateError) as cm:
+                protocol.parse_line(line)
+            self.assertEqual(cm.exception.code, "protocol")
+
     def test_payload_is_byte_counted(self):
         line = protocol.command("PUB", "f", "t", b"image",
                                 packets=[DataPacket({2, 1}, "é".encode()), DataPacket()])
