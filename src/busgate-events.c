@@ -117,7 +117,8 @@ put_ents(const struct bg_packet *pk)
         printf(",%" PRId32, pk->entitlements[i]);
 }
 
-/* "FEED TOPIC USER HOST image|delta" */
+/* "FEED TOPIC USER HOST image|delta [type=CT] " (a content type only at
+ * bus protocol 6, as the DATA line has it) */
 static void
 put_data_prefix(const struct bg_event *ev)
 {
@@ -129,6 +130,11 @@ put_data_prefix(const struct bg_event *ev)
     putc_unlocked(' ', stdout);
     put_name(ev->host, ev->host_len);
     fputs(ev->is_image ? " image " : " delta ", stdout);
+    if (ev->content_type[0] != '\0') {
+        fputs("type=", stdout);
+        put_name(ev->content_type, strlen(ev->content_type));
+        putc_unlocked(' ', stdout);
+    }
 }
 
 /* One line per packet; a message without packets gets one line saying

@@ -198,6 +198,11 @@ class ClientsAt6Test(ProtocolCase):
                     self.assertEqual(r.returncode, 1, r.stderr)     # refused
                     self.assertIn(b"needs bus protocol 6", r.stderr)
                     continue
+                sub = subprocess.Popen([cli, "--socket", gw.socket_path, "sub", "typed", "t",
+                                        "--count", "2"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE)
+                self.addCleanup(sub.kill)
+                wait_until(lambda: a.stats()["subscriptions"] == "2", what="the CLI's SUB")
                 a.publish("typed", "t", b"{}", content_type="application/json; v=1")
                 ev = next(e for e in a.events(timeout=10) if isinstance(e, busgate.Data))
                 self.assertEqual((ev.content_type, ev.packets[0].data),
@@ -206,6 +211,11 @@ class ClientsAt6Test(ProtocolCase):
                 self.assertEqual(r.returncode, 0, r.stderr)
                 ev = next(e for e in a.events(timeout=10) if isinstance(e, busgate.Data))
                 self.assertEqual((ev.content_type, ev.packets[0].data), ("text/csv", b"a,b"))
+                out, err = sub.communicate(timeout=30)
+                self.assertEqual(sub.returncode, 0, err)
+                self.assertEqual([line.split(" ")[4:7] for line in out.decode().splitlines()],
+                                 [["delta", "type=application/json;%20v=1", "-"],
+                                  ["delta", "type=text/csv", "-"]])
 
 
 class ContentTypeCacheTest(ProtocolCase):
