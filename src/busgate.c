@@ -280,7 +280,8 @@ usage(FILE *out)
     fprintf(out,
         "usage: busgate [--socket PATH] [--timeout SECONDS] COMMAND [ARGS]\n"
         "  sub FEED TOPIC [TOPIC...] [--hex|--base64] [--count N]\n"
-        "        print data, a line per packet: FEED TOPIC USER HOST image|delta ENTS PAYLOAD\n"
+        "        print data, a line per packet:\n"
+        "        FEED TOPIC USER HOST image|delta [type=CT] ENTS PAYLOAD\n"
         "  pub FEED TOPIC [--image | --type CONTENT-TYPE] [--entitlements LIST] [--whole]\n"
         "        publish stdin, a message per line (--whole: all of it as one)\n"
         "  send CLIENT-ID FEED TOPIC [--image | --type CONTENT-TYPE] [--entitlements LIST]\n"
