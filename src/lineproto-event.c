@@ -42,10 +42,11 @@ struct names_out {
 static bool
 clean_token(const struct tok *t)
 {
-    struct specials sp;
+    const char *p = t->p;
+    struct tok whole;
+    bool clean;
 
-    specials_init(&sp, t->p, t->p + t->n);
-    return next_special(&sp, t->p) == t->p + t->n;
+    return special_tokens(&p, t->p + t->n, &whole, &clean, 1) == 1 && clean;
 }
 
 /* Daemon output: any decoded name, empty allowed, bounded. Names without
@@ -233,7 +234,6 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
 {
     const char *p = line, *end;
     struct tok verb, args[6], extra;
-    struct specials sp;
     bool clean[6], is_data;
     size_t nargs = 0, want, names_room;
 
@@ -267,10 +267,7 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
         }
         return -1;
     }
-    specials_init(&sp, p, end);
-    while (nargs < want && special_token(&sp, &p, end, &args[nargs], &clean[nargs]))
-        nargs++;
-    if (nargs < want)
+    if ((nargs = special_tokens(&p, end, args, clean, want)) < want)
         return -1;
     /* Room for every token and its NUL: at most the span they cover (at
      * least one separator between two) plus one. */

@@ -34,11 +34,6 @@ must_escape(unsigned char c)
  * instructions (a block's last ones by an overlapping load); elsewhere,
  * and in a line under 16 bytes, a byte at a time.
  */
-struct specials {
-    const char *blk, *end; /* mask covers [blk, blk + 64) */
-    uint64_t mask;         /* bit i: blk[i] is special, or blk + i is at or past end */
-};
-
 #if defined(__SSE2__)
 /* Bit i: p[i] is special, for the 16 bytes at p. */
 static inline uint32_t
@@ -54,6 +49,8 @@ specials16(const char *p)
 }
 #endif
 
+/* Bit i: p[i] is special, or p + i is at or past end (so a walk of the
+ * bits stops at end), for the 64 bytes at p. */
 static inline uint64_t
 specials_block(const char *p, const char *end)
 {
@@ -71,35 +68,6 @@ specials_block(const char *p, const char *end)
     for (; i < n; i++)
         m |= (uint64_t)must_escape((unsigned char)p[i]) << i;
     return m;
-}
-
-static inline void
-specials_init(struct specials *s, const char *p, const char *end)
-{
-    s->blk = p;
-    s->end = end;
-    s->mask = specials_block(p, end);
-}
-
-/* The first special byte at or after p, or end. p only moves forward:
- * at or after the start of the block last looked at. */
-static inline const char *
-next_special(struct specials *s, const char *p)
-{
-    while (p < s->end) {
-        size_t off = (size_t)(p - s->blk);
-        uint64_t m;
-
-        if (off >= 64) {
-            s->blk = p;
-            s->mask = specials_block(p, s->end);
-            off = 0;
-        }
-        if ((m = s->mask & (~0ull << off)) != 0)
-            return s->blk + __builtin_ctzll(m);
-        p = s->blk + 64;
-    }
-    return s->end;
 }
 
 /* ---- tokens (lineproto.c and lineproto-event.c; inline: the hot path) ---- */
@@ -148,31 +116,50 @@ next_token(const char **pp, const char *end, struct tok *t)
     return true;
 }
 
-/* next_token, with the line's special bytes known (sp), and whether the
- * token has nothing to decode (clean: what matters for a name): a clean
- * token ends at the next special byte, a separator, which is taken with
- * it (the next token nearly always starts right after: one byte to test,
- * not a separator and then a token byte). */
-static inline bool
-special_token(struct specials *sp, const char **pp, const char *end, struct tok *t,
-    bool *clean)
+/*
+ * Up to want tokens from *pp, each with whether it is clean (nothing to
+ * decode: what matters for a name). The special bytes are walked one to
+ * the next, by the bits of their mask: in a clean line those are just the
+ * separators, so a token costs one step whatever its length. *pp ends
+ * past the separator after the last token taken (the next one nearly
+ * always starts right there). Returns how many were found.
+ */
+static inline size_t
+special_tokens(const char **pp, const char *end, struct tok *t, bool *clean, size_t want)
 {
-    const char *p;
+    const char *blk = *pp, *start = *pp, *s;
+    uint64_t m;
+    size_t n = 0;
+    bool cl = true;
 
-    if (!skip_seps(pp, end))
-        return false;
-    t->p = *pp;
-    p = next_special(sp, *pp);
-    if (p == end || is_sep(*p)) {
-        *clean = true;
-        t->n = (size_t)(p - t->p);
-        *pp = p == end ? p : p + 1;
-        return true;
+    if (want == 0)
+        return 0;
+    m = specials_block(blk, end);
+    for (;;) {
+        while (m == 0) { /* 64 bytes of one token: the next 64 */
+            blk += 64;
+            m = specials_block(blk, end);
+        }
+        s = blk + __builtin_ctzll(m);
+        m &= m - 1;
+        if (s < end && !is_sep(*s)) {
+            cl = false; /* a byte to decode, or to refuse */
+            continue;
+        }
+        if (s > start) {
+            t[n].p = start;
+            t[n].n = (size_t)(s - start);
+            clean[n] = cl;
+            if (++n == want)
+                break;
+        }
+        if (s >= end)
+            break;
+        start = s + 1;
+        cl = true;
     }
-    *clean = false;
-    *pp = token_end(p, end);
-    t->n = (size_t)(*pp - t->p);
-    return true;
+    *pp = s < end ? s + 1 : end;
+    return n;
 }
 
 static inline char

@@ -642,7 +642,6 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     const char *p = line, *end;
     const struct verb_def *vd;
     struct tok verb, args[MAX_ARGS], extra, ctype = { NULL, 0 };
-    struct specials sp;
     bool clean[MAX_ARGS];
     struct pkt_scan scan;
     size_t nfix, nopt, nargs = 0, names_room = 0, need;
@@ -669,9 +668,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     nfix = vd->n_fixed;
     nopt = vd->n_optional;
     has_packets = vd->packets;
-    specials_init(&sp, p, end);
-    while (nargs < nfix && special_token(&sp, &p, end, &args[nargs], &clean[nargs]))
-        nargs++;
+    nargs = special_tokens(&p, end, args, clean, nfix);
     if (nargs < nfix - nopt)
         return fail(&cp, LP_ERR_SYNTAX, "%s needs %s", vd->name, vd->usage);
 
