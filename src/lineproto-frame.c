@@ -28,6 +28,7 @@ lp_framer_init(struct lp_framer *f, uint32_t max_line)
     f->bytes = 0;
     f->chain = NULL;
     f->chain_len = 0;
+    f->chain_total = 0;
 }
 
 /* Drain the items already delivered. */
@@ -47,13 +48,25 @@ framer_discard(struct lp_framer *f, struct evbuffer *in, size_t n)
 {
     framer_settle(f, in);
     evbuffer_drain(in, n);
+    f->chain_len = 0;
     f->bytes += n;
+}
+
+/* The end of a batch: what was delivered is drained, and the chain is
+ * peeked afresh next time. The caller now reads into the buffer, and
+ * reserving space can move its bytes without changing its length (the
+ * check of framer_chain), so the cache lives within a batch only. */
+static void
+framer_yield(struct lp_framer *f, struct evbuffer *in)
+{
+    framer_settle(f, in);
+    f->chain_len = 0;
 }
 
 void
 lp_framer_consume(struct lp_framer *f, struct evbuffer *in)
 {
-    framer_settle(f, in);
+    framer_yield(f, in);
 }
 
 const char *
@@ -113,12 +126,23 @@ framer_item(struct lp_framer *f, struct lp_frame *fr, enum lp_frame_kind kind,
 }
 
 /* The buffer's first chain (its length 0 when the buffer is empty): where
- * the items normally lie, read without copying. */
+ * the items normally lie, read without copying. Within a batch the
+ * caller only adds to the buffer, and only the framer drains it: while
+ * its length (total) is unchanged, the chain last peeked still holds. */
 static void
-framer_chain(struct evbuffer *in, struct evbuffer_iovec *v)
+framer_chain(struct lp_framer *f, struct evbuffer *in, size_t total,
+    struct evbuffer_iovec *v)
 {
-    if (evbuffer_peek(in, -1, NULL, v, 1) < 1)
-        v->iov_len = 0;
+    if (f->chain_len == 0 || f->chain_total != total) {
+        if (evbuffer_peek(in, -1, NULL, v, 1) < 1)
+            v->iov_len = 0;
+        f->chain = v->iov_base;
+        f->chain_len = v->iov_len;
+        f->chain_total = total;
+        return;
+    }
+    v->iov_base = (void *)(uintptr_t)f->chain;
+    v->iov_len = f->chain_len;
 }
 
 /*
@@ -133,6 +157,7 @@ framer_bytes(struct lp_framer *f, struct evbuffer *in, const struct evbuffer_iov
     if (v->iov_len >= f->pending + n)
         return (const unsigned char *)v->iov_base + f->pending;
     framer_settle(f, in);
+    f->chain_len = 0;
     return evbuffer_pullup(in, (ev_ssize_t)n);
 }
 
@@ -170,15 +195,15 @@ framer_find_newline(struct lp_framer *f, struct evbuffer *in,
 static enum lp_frame_kind
 framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
-    size_t len = evbuffer_get_length(in) - f->pending, limit = (size_t)f->max_line + 2;
-    size_t window = len < limit ? len : limit, n, content;
+    size_t total = evbuffer_get_length(in), len = total - f->pending;
+    size_t limit = (size_t)f->max_line + 2, window = len < limit ? len : limit, n, content;
     struct evbuffer_iovec v;
     const char *line;
     ssize_t nl;
 
     if (len <= f->scanned)
         return LP_FRAME_MORE;
-    framer_chain(in, &v);
+    framer_chain(f, in, total, &v);
     if ((nl = framer_find_newline(f, in, &v, window)) < 0) {
         if (len < limit) {
             f->scanned = len; /* a long line arriving in pieces is scanned once */
@@ -193,10 +218,6 @@ framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     n = (size_t)nl;
     if ((line = (const char *)framer_bytes(f, in, &v, n + 1)) == NULL)
         return LP_FRAME_MORE;
-    if (line == (const char *)v.iov_base + f->pending) {
-        f->chain = v.iov_base;
-        f->chain_len = v.iov_len;
-    }
     content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
     if (content > f->max_line)
         return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, n + 1);
@@ -221,7 +242,8 @@ framer_terminator(const unsigned char *p, size_t avail)
 static enum lp_frame_kind
 framer_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
-    size_t len = evbuffer_get_length(in) - f->pending, need = (size_t)f->need, pull;
+    size_t total = evbuffer_get_length(in), len = total - f->pending;
+    size_t need = (size_t)f->need, pull;
     struct evbuffer_iovec v;
     const unsigned char *p;
     int term;
@@ -229,7 +251,7 @@ framer_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     if (len < need + 1)
         return LP_FRAME_MORE;
     pull = len >= need + 2 ? need + 2 : need + 1;
-    framer_chain(in, &v);
+    framer_chain(f, in, total, &v);
     if ((p = framer_bytes(f, in, &v, pull)) == NULL)
         return LP_FRAME_MORE;
     if ((term = framer_terminator(p + need, pull - need)) == 0)
@@ -264,6 +286,7 @@ framer_skip_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *f
     }
     if (len == 0)
         return false;
+    f->chain_len = 0;
     p = evbuffer_pullup(in, len >= 2 ? 2 : 1);
     if ((term = framer_terminator(p, len >= 2 ? 2 : 1)) == 0)
         return false;
@@ -328,8 +351,7 @@ lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     enum lp_frame_kind kind;
 
     *fr = (struct lp_frame){ .kind = LP_FRAME_MORE };
-    f->chain_len = 0; /* the caller may have added to in */
     if ((kind = framer_next(f, in, fr)) == LP_FRAME_MORE)
-        framer_settle(f, in); /* the buffer holds just what is still due */
+        framer_yield(f, in); /* the buffer holds just what is still due */
     return kind;
 }

@@ -319,6 +319,8 @@ void lp_event_terminate(struct lp_event *ev);
  * lp_framer_next. The bytes of delivered items stay in the evbuffer until
  * lp_framer_consume, or until lp_framer_next needs more input (it then
  * drains them before returning LP_FRAME_MORE): a batch costs one drain.
+ * Within a batch (until LP_FRAME_MORE or lp_framer_consume) the caller
+ * may add to the evbuffer but not drain it or reserve space in it.
  */
 enum lp_framer_state {
     LP_FRAMER_LINE,         /* waiting for a line */
@@ -334,10 +336,13 @@ struct lp_framer {
     size_t pending;    /* bytes of the items delivered, not yet drained */
     size_t scanned;    /* LINE: bytes after those known to hold no newline */
     uint64_t bytes;    /* every byte drained so far */
-    /* The buffer's first chain as the last LINE found it, for
-     * lp_framer_line_with: valid until the buffer next changes. */
+    /* The buffer's first chain as last peeked, while the buffer is as
+     * long as it was then (chain_total) and the framer has not drained,
+     * pulled up or ended a batch since (chain_len 0): a batch of items
+     * costs one peek. */
     const unsigned char *chain;
     size_t chain_len;
+    size_t chain_total;
 };
 
 enum lp_frame_kind {
