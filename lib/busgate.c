@@ -417,6 +417,16 @@ queue_lost_replies(struct bg_conn *c)
     }
 }
 
+/* The connection is gone or could not be made: the next attempt after
+ * the backoff, which doubles up to its bound (on every failure, so that a
+ * reconnect loop always waits). */
+static void
+schedule_retry(struct bg_conn *c)
+{
+    c->retry_at = now_ms() + c->backoff;
+    c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
+}
+
 static void
 link_down(struct bg_conn *c)
 {
@@ -444,8 +454,7 @@ link_down(struct bg_conn *c)
             c->close_msg[0] ? c->close_msg : "closed");
     }
     c->state = LINK_DOWN;
-    c->retry_at = now_ms() + c->backoff;
-    c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
+    schedule_retry(c);
     queue_link_event(c, false, err,
         c->close_msg[0] ? c->close_msg : "busgated closed the connection");
 }
@@ -467,17 +476,20 @@ link_open(struct bg_conn *c)
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     int fd;
 
-    if (strlen(c->path) >= sizeof(sa.sun_path))
+    if (strlen(c->path) >= sizeof(sa.sun_path)) {
+        schedule_retry(c);
         return set_err(c, BG_E_INVALID, "socket path too long: %s", c->path);
+    }
     memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+        schedule_retry(c);
         return set_err(c, BG_E_IO, "socket: %s", strerror(errno));
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
         int e = errno;
 
         close(fd);
-        c->retry_at = now_ms() + c->backoff;
-        c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
+        schedule_retry(c);
         return set_err(c, BG_E_IO, "cannot connect to %s: %s", c->path, strerror(e));
     }
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
@@ -1518,10 +1530,18 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
     if (n_packets > 8 && (pk = calloc(n_packets, sizeof(*pk))) == NULL)
         return set_err(c, BG_E_NOMEM, "out of memory");
     for (size_t i = 0; i < n_packets; i++) {
-        if (packets[i].len > UINT32_MAX || packets[i].n_entitlements > UINT32_MAX) {
+        const char *bad =
+            packets[i].len > UINT32_MAX || packets[i].n_entitlements > UINT32_MAX
+            ? "is too large"
+            : (packets[i].len > 0 && packets[i].data == NULL) ||
+                (packets[i].n_entitlements > 0 && packets[i].entitlements == NULL)
+            ? "has a length but no data"
+            : NULL;
+
+        if (bad != NULL) {
             if (pk != stack)
                 free(pk);
-            return set_err(c, BG_E_INVALID, "packet %zu is too large", i);
+            return set_err(c, BG_E_INVALID, "packet %zu %s", i, bad);
         }
         pk[i] = (struct wire_packet){ { packets[i].entitlements,
                                           (uint32_t)packets[i].n_entitlements },

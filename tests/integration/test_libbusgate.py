@@ -115,7 +115,7 @@ class LibbusgateTest(unittest.TestCase):
             self.assertNotIn(mark, err)
 
     def test_verbs_and_events(self):
-        self.run_c("connect_refused", "publish_binary", "errors", "notify_and_send",
+        self.run_c("connect_refused", "path_too_long", "publish_binary", "errors", "notify_and_send",
                    "authorize", "authorize_all_feeds", "event_loop", "timeout_zero")
 
     def test_event_outlives_blocking_commands(self):

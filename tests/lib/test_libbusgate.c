@@ -99,6 +99,26 @@ test_connect_refused(void)
     bg_free(c);
 }
 
+/* A path no socket can have fails every reconnect as it fails the first:
+ * bg_next_event still waits out its backoff and returns at its timeout
+ * (it used to retry at once, for ever). */
+static void
+test_path_too_long(void)
+{
+    char path[200];
+    const struct bg_event *ev;
+    bg_conn *c;
+
+    memset(path, 'a', sizeof(path) - 1);
+    path[0] = '/';
+    path[sizeof(path) - 1] = '\0';
+    c = bg_connect(path);
+    CHECK(bg_error_code(c) == BG_E_INVALID);
+    bg_set_reconnect(c, 50, 100);
+    CHECK(bg_next_event(c, 300, &ev) == -BG_E_TIMEOUT);
+    bg_free(c);
+}
+
 /* Binary and empty packets, entitlements, names with spaces and non-ASCII. */
 static void
 test_publish_binary(void)
@@ -146,6 +166,7 @@ test_publish_binary(void)
 static void
 test_errors(void)
 {
+    const struct bg_packet no_data = { NULL, 5, NULL, 0 }, no_ents = { "x", 1, NULL, 3 };
     bg_conn *c = conn();
 
     CHECK_OK(c, bg_subscribe(c, S("prices"), S("AAPL")));
@@ -160,6 +181,10 @@ test_errors(void)
     CHECK(bg_unnotify(c, S("prices")) == -BG_E_NOT_NOTIFYING);
     CHECK(bg_unauthorizer(c, S("secure")) == -BG_E_NOT_AUTHORIZER);
     CHECK(bg_subscribe(c, NULL, 0, S("x")) == -BG_E_INVALID);
+    /* A length without the bytes it counts is the caller's error, not a crash. */
+    CHECK(bg_publish(c, S("prices"), S("AAPL"), false, &no_data, 1) == -BG_E_INVALID);
+    CHECK(strstr(bg_errstr(c), "packet 0 has a length but no data") != NULL);
+    CHECK(bg_publish(c, S("prices"), S("AAPL"), false, &no_ents, 1) == -BG_E_INVALID);
     /* The session is still usable. */
     CHECK_OK(c, bg_ping(c));
     bg_free(c);
@@ -995,6 +1020,7 @@ main(int argc, char **argv)
         void (*fn)(void);
     } tests[] = {
         { "connect_refused", test_connect_refused },
+        { "path_too_long", test_path_too_long },
         { "publish_binary", test_publish_binary },
         { "errors", test_errors },
         { "notify_and_send", test_notify_and_send },
