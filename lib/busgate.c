@@ -918,8 +918,10 @@ pump(struct bg_conn *c, bool queue)
             if (on_hello(c) < 0)
                 link_closing(c, c->err, c->errmsg);
             flush_out(c);
-            if (!queue)
-                return 0; /* the LINK up event it queued goes first */
+            /* The LINK up event it queued (not on a first connection)
+             * goes first; else read on. */
+            if (!queue && evbuffer_get_length(c->queued.buf) > 0)
+                return 0;
             break;
         default:
             if (is_event(c->lev.kind) && !queue)

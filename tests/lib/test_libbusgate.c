@@ -396,6 +396,48 @@ one_data(const struct loop_state *st)
     return st->data >= 1;
 }
 
+/* Event-loop use whose bg_open failed: the first greeting, read by
+ * bg_process with a reply behind it in the same read, must not stop the
+ * reading there (no LINK event is due for a first connection, so nothing
+ * else would make the application call bg_process again). The loop calls
+ * bg_process only on readiness or at bg_timeout_ms, as an application's. */
+static void
+test_first_open_event_loop(void)
+{
+    bg_conn *b = bg_new(sock_path);
+    struct loop_state st = { 0 };
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    bool pinged = false;
+
+    ask_driver("STOP");
+    bg_set_reconnect(b, 20, 100);
+    CHECK(bg_open(b) < 0);
+    bg_set_callback(b, on_event, &st);
+    ask_driver("START");
+    while (st.replies == 0) {
+        struct pollfd pfd = { .fd = bg_fd(b), .events = POLLIN };
+        int t = bg_timeout_ms(b), r;
+
+        CHECK(time(NULL) < end);
+        if (bg_want_write(b))
+            pfd.events |= POLLOUT;
+        r = poll(&pfd, pfd.fd >= 0 ? 1 : 0, t < 0 || t > 200 ? 200 : t);
+        if (r > 0 || (r == 0 && t >= 0))
+            bg_process(b,
+                r <= 0 ? 0
+                       : ((pfd.revents & (POLLIN | POLLHUP)) ? BG_READABLE : 0) |
+                        ((pfd.revents & POLLOUT) ? BG_WRITABLE : 0));
+        if (!pinged && bg_fd(b) >= 0) { /* connected, greeting not read yet */
+            CHECK_OK(b, bg_ping(b));
+            bg_flush(b);
+            usleep(200 * 1000); /* the greeting and the PONG both arrive */
+            pinged = true;
+        }
+    }
+    CHECK(st.reply_errors == 0);
+    bg_free(b);
+}
+
 /* Event-loop use: replies and data through the callback. */
 static void
 test_event_loop(void)
@@ -1032,6 +1074,7 @@ main(int argc, char **argv)
         { "bus_events", test_bus_events },
         { "restart", test_restart },
         { "offline", test_offline },
+        { "first_open_event_loop", test_first_open_event_loop },
         { "stats_and_revoked", test_stats_and_revoked },
         { "pipelined", test_pipelined },
         { "slow_consumer", test_slow_consumer },
