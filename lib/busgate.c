@@ -1457,7 +1457,11 @@ names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
     if (c->pipelined)
         return set_err(c, BG_E_INVALID, "not while pipelined (bg_set_pipelined)");
-    if ((r = link_ready(c)) < 0 && c->backoff_max > 0 &&
+    /* Event-loop use between reconnecting and the greeting: recorded, as
+     * while disconnected, to go with the restore; sent now, it would go
+     * out ahead of the restore. */
+    r = c->cb != NULL && c->state == LINK_HELLO ? -BG_E_CLOSED : link_ready(c);
+    if (r < 0 && c->backoff_max > 0 &&
         (r == -BG_E_CLOSED || r == -BG_E_IO || r == -BG_E_TIMEOUT)) {
         if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL)
             return set_err(c, BG_E_NOMEM, "out of memory");

@@ -128,7 +128,7 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("restart")
 
     def test_commands_while_busgated_is_away(self):
-        self.run_c("offline", "first_open_event_loop")
+        self.run_c("offline", "first_open_event_loop", "register_before_greeting")
 
     def test_stats_hello_and_revoked(self):
         self.run_c("stats_and_revoked")

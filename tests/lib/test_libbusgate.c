@@ -396,6 +396,43 @@ one_data(const struct loop_state *st)
     return st->data >= 1;
 }
 
+/* Event-loop use: a registration undone after reconnecting but before the
+ * greeting is read goes with the restore, not ahead of it (where the new
+ * session would refuse it and the restore would bring it back). */
+static void
+test_register_before_greeting(void)
+{
+    bg_conn *b = conn(), *p;
+    struct loop_state st = { 0 };
+    const struct bg_packet pa = { "A", 1, NULL, 0 }, pb = { "B", 1, NULL, 0 };
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    bool asked = false;
+
+    bg_set_reconnect(b, 20, 100);
+    CHECK_OK(b, bg_subscribe(b, S("hello feed"), S("a")));
+    CHECK_OK(b, bg_subscribe(b, S("hello feed"), S("b")));
+    bg_set_callback(b, on_event, &st);
+    ask_driver("RESTART");
+    while (st.link_up == 0) {
+        CHECK(time(NULL) < end);
+        loop_once(b, 20);
+        /* Reconnected by a turn that read nothing: the greeting is unread. */
+        if (!asked && st.link_down > 0 && bg_fd(b) >= 0) {
+            CHECK_OK(b, bg_unsubscribe(b, S("hello feed"), S("a")));
+            asked = true;
+        }
+    }
+    CHECK(asked);
+    p = conn();
+    CHECK_OK(p, bg_publish(p, S("hello feed"), S("a"), false, &pa, 1));
+    CHECK_OK(p, bg_publish(p, S("hello feed"), S("b"), false, &pb, 1));
+    run_loop(b, &st, one_data);
+    CHECK(st.data == 1 && strcmp(st.last, "B") == 0);
+    CHECK(st.reply_errors == 0);
+    bg_free(p);
+    bg_free(b);
+}
+
 /* Event-loop use whose bg_open failed: the first greeting, read by
  * bg_process with a reply behind it in the same read, must not stop the
  * reading there (no LINK event is due for a first connection, so nothing
@@ -1075,6 +1112,7 @@ main(int argc, char **argv)
         { "restart", test_restart },
         { "offline", test_offline },
         { "first_open_event_loop", test_first_open_event_loop },
+        { "register_before_greeting", test_register_before_greeting },
         { "stats_and_revoked", test_stats_and_revoked },
         { "pipelined", test_pipelined },
         { "slow_consumer", test_slow_consumer },
