@@ -70,6 +70,7 @@ struct req {
     uint64_t id;
     bool internal; /* a restore: the application is not told */
     int reg_op;    /* on +OK: +1 adds line to the registrations, -1 removes it */
+    int quiet;     /* VERBOSE off (1) or on (-1): the daemon's mode from its +OK */
     char *line;
 };
 
@@ -118,7 +119,9 @@ struct bg_conn {
     struct lp_event lev;  /* the item being read */
     struct lp_limits lim; /* what incoming DATA may hold (bg_set_limits) */
     char bad_input[160];  /* why the input cannot be followed */
-    bool pipelined;       /* VERBOSE off: see bg_set_pipelined */
+    bool pipelined;       /* VERBOSE off asked: see bg_set_pipelined */
+    bool quiet;           /* ... and acknowledged: an -ERR is a refused
+                           * message, not the reply to a command */
     bool link_item;       /* ... is a queued link event: */
     bool link_refused;    /* ... or an error reply: a pipelined message's
                            * refusal, or a command lost with the link */
@@ -226,7 +229,8 @@ closing_error(int code)
 
 /* ---- the reply queue and the registrations ---- */
 
-static int
+/* A command sent: its entry (to mark a VERBOSE's), or NULL out of memory. */
+static struct req *
 req_push(struct bg_conn *c, bool internal, int reg_op, char *line)
 {
     struct req *r;
@@ -236,7 +240,7 @@ req_push(struct bg_conn *c, bool internal, int reg_op, char *line)
         struct req *n = malloc(cap * sizeof(*n));
 
         if (n == NULL)
-            return -1;
+            return NULL;
         for (size_t i = 0; i < c->req_n; i++)
             n[i] = c->reqs[(c->req_head + i) % c->req_cap];
         free(c->reqs);
@@ -248,8 +252,9 @@ req_push(struct bg_conn *c, bool internal, int reg_op, char *line)
     r->id = ++c->last_id;
     r->internal = internal;
     r->reg_op = reg_op;
+    r->quiet = 0;
     r->line = line;
-    return 0;
+    return r;
 }
 
 static struct req
@@ -260,6 +265,17 @@ req_pop(struct bg_conn *c)
     c->req_head = (c->req_head + 1) % c->req_cap;
     c->req_n--;
     return r;
+}
+
+/* Move the k oldest commands behind the others (the ring has room). */
+static void
+req_rotate(struct bg_conn *c, size_t k)
+{
+    for (size_t i = 0; i < k; i++) {
+        struct req r = req_pop(c);
+
+        c->reqs[(c->req_head + c->req_n++) % c->req_cap] = r;
+    }
 }
 
 static void
@@ -531,6 +547,13 @@ read_some(struct bg_conn *c)
     }
 }
 
+/* Output waits for the greeting: the restore goes ahead of it (on_hello). */
+static bool
+want_write(const struct bg_conn *c)
+{
+    return c->fd >= 0 && c->state == LINK_UP && evbuffer_get_length(c->out) > 0;
+}
+
 /* Write what is queued, as far as the socket takes it. sendmsg with
  * MSG_NOSIGNAL: a daemon gone away must not kill the application with
  * SIGPIPE (evbuffer_write would). */
@@ -543,7 +566,7 @@ flush_out(struct bg_conn *c)
     ssize_t n;
     int k;
 
-    while (c->fd >= 0 && c->state != LINK_CLOSING && evbuffer_get_length(c->out) > 0) {
+    while (want_write(c)) {
         k = evbuffer_peek(c->out, -1, NULL, vec, 16);
         for (int i = 0; i < k && i < 16; i++)
             iov[i] = (struct iovec){ vec[i].iov_base, vec[i].iov_len };
@@ -557,17 +580,52 @@ flush_out(struct bg_conn *c)
     }
 }
 
-/* The greeting: restore the registrations after a reconnect. */
+/* Into b, the commands that restore a new session (name, registrations,
+ * VERBOSE off), each with its entry: the number of registrations, or -1. */
+static int
+restore(struct bg_conn *c, struct evbuffer *b)
+{
+    struct reg *r, *t;
+    struct req *q;
+    int n = 0;
+
+    if (c->app_name != NULL &&
+        (lp_format_cmd_names(b, LP_NAME, c->app_name, c->app_name_len, NULL, 0) < 0 ||
+            req_push(c, true, 0, NULL) == NULL))
+        return -1;
+    HASH_ITER(hh, c->regs, r, t) {
+        char *line = strdup(r->line);
+
+        if (line == NULL || evbuffer_add_printf(b, "%s\n", r->line) < 0 ||
+            req_push(c, true, 0, line) == NULL) {
+            free(line);
+            return -1;
+        }
+        n++;
+    }
+    /* A new session answers every command: quiet again, after the
+     * restores (whose +OK are counted on). */
+    if (c->pipelined) {
+        if (lp_format_cmd(b, LP_VERBOSE, "off") < 0 ||
+            (q = req_push(c, true, 0, NULL)) == NULL)
+            return -1;
+        q->quiet = 1;
+    }
+    return n;
+}
+
+/* The greeting: restore the registrations after a reconnect, ahead of
+ * what the application queued while waiting for it (event-loop use). */
 static int
 on_hello(struct bg_conn *c)
 {
     const char *bus = strstr(c->lev.rest, " bus=");
-    struct reg *r, *t;
-    int n = 0;
-
     bool first = !c->was_up;
     const char *proto = strstr(c->lev.rest, " proto=");
     long version = proto != NULL ? strtol(proto + 7, NULL, 10) : -1;
+    size_t held = c->req_n;
+    struct evbuffer *b;
+    int n;
 
     if (strncmp(c->lev.rest, "busgate ", 8) != 0)
         return set_err(c, BG_E_PROTOCOL, "this is not busgated speaking");
@@ -578,30 +636,20 @@ on_hello(struct bg_conn *c)
     snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
     snprintf(c->hello, sizeof(c->hello), "%s", c->lev.rest);
     c->state = LINK_UP;
+    c->quiet = false;
     c->backoff = c->backoff_min;
     c->was_up = true;
     /* The app's name, then what the daemon had accepted, and what was
      * asked while disconnected (also before a first connection that
      * failed). */
-    if (c->app_name != NULL &&
-        (lp_format_cmd_names(c->out, LP_NAME, c->app_name, c->app_name_len, NULL, 0) < 0 ||
-            req_push(c, true, 0, NULL) < 0))
-        return set_err(c, BG_E_NOMEM, "out of memory restoring the app name");
-    HASH_ITER(hh, c->regs, r, t) {
-        char *line = strdup(r->line);
-
-        if (line == NULL || evbuffer_add_printf(c->out, "%s\n", r->line) < 0 ||
-            req_push(c, true, 0, line) < 0) {
-            free(line);
-            return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
-        }
-        n++;
+    if ((b = evbuffer_new()) == NULL || (n = restore(c, b)) < 0 ||
+        evbuffer_prepend_buffer(c->out, b) < 0) {
+        if (b != NULL)
+            evbuffer_free(b);
+        return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
     }
-    /* A new session answers every command: quiet again, after the
-     * restores (whose +OK are counted on). */
-    if (c->pipelined &&
-        (lp_format_cmd(c->out, LP_VERBOSE, "off") < 0 || req_push(c, true, 0, NULL) < 0))
-        return set_err(c, BG_E_NOMEM, "out of memory");
+    evbuffer_free(b);
+    req_rotate(c, held);
     if (first)
         return 0;
     snprintf(c->link_text, sizeof(c->link_text),
@@ -629,7 +677,7 @@ on_stat(struct bg_conn *c)
     c->stat_cb(rest, value, c->stat_arg);
 }
 
-/* Pipelined: a message was refused (only PING and VERBOSE are answered
+/* Quiet: a message was refused (only PING and VERBOSE are answered
  * otherwise, and they are never refused). */
 static void
 on_refusal(struct bg_conn *c, int code, const char *msg)
@@ -655,7 +703,7 @@ on_reply(struct bg_conn *c)
         code = daemon_error(msg, n);
         msg += n;
         msg += strspn(msg, " ");
-        if (c->pipelined && !closing_error(code)) {
+        if (c->quiet && !closing_error(code)) {
             on_refusal(c, code, msg);
             return;
         }
@@ -673,6 +721,8 @@ on_reply(struct bg_conn *c)
     r = req_pop(c);
     if (code == 0 && r.reg_op != 0)
         (void)reg_apply(c, r.reg_op, r.line);
+    if (code == 0 && r.quiet != 0)
+        c->quiet = r.quiet > 0;
     if (code != 0 && r.internal && r.line != NULL)
         restore_refused(c, r.line, code, msg);
     free(r.line);
@@ -1180,7 +1230,7 @@ wait_io(struct bg_conn *c, int wait_ms)
         return;
     }
     flush_out(c);
-    if (evbuffer_get_length(c->out) > 0)
+    if (want_write(c))
         pfd.events |= POLLOUT;
     if (poll(&pfd, 1, wait_ms) <= 0)
         return;
@@ -1277,10 +1327,12 @@ link_ready(struct bg_conn *c)
     return 0;
 }
 
-/* Send what c->tmp holds as one command (and wait, when blocking). */
+/* Send what c->tmp holds as one command (and wait, when blocking); quiet
+ * marks a VERBOSE (struct req). */
 static int
-command(struct bg_conn *c, int reg_op, char *reg_line)
+command_as(struct bg_conn *c, int reg_op, char *reg_line, int quiet)
 {
+    struct req *q;
     int r;
 
     if ((r = link_ready(c)) < 0) {
@@ -1288,11 +1340,12 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
     }
-    if (req_push(c, false, reg_op, reg_line) < 0) {
+    if ((q = req_push(c, false, reg_op, reg_line)) == NULL) {
         free(reg_line);
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return set_err(c, BG_E_NOMEM, "out of memory");
     }
+    q->quiet = quiet;
     evbuffer_add_buffer(c->out, c->tmp);
     flush_out(c);
     if (c->cb != NULL)
@@ -1305,6 +1358,12 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
         return 0;
     }
     return r;
+}
+
+static int
+command(struct bg_conn *c, int reg_op, char *reg_line)
+{
+    return command_as(c, reg_op, reg_line, 0);
 }
 
 /*
@@ -1386,8 +1445,9 @@ bg_set_pipelined(bg_conn *c, bool on)
         return 0;
     if (lp_format_cmd(c->tmp, LP_VERBOSE, on ? "off" : "on") < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    /* VERBOSE itself is always answered; what follows "off" is not. */
-    if ((r = command(c, 0, NULL)) == 0)
+    /* VERBOSE itself is always answered; what follows "off" is not. The
+     * replies change meaning at its +OK (on_reply), the messages now. */
+    if ((r = command_as(c, 0, NULL, on ? 1 : -1)) == 0)
         c->pipelined = on;
     return r;
 }
@@ -1457,10 +1517,7 @@ names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
     if (c->pipelined)
         return set_err(c, BG_E_INVALID, "not while pipelined (bg_set_pipelined)");
-    /* Event-loop use between reconnecting and the greeting: recorded, as
-     * while disconnected, to go with the restore; sent now, it would go
-     * out ahead of the restore. */
-    r = c->cb != NULL && c->state == LINK_HELLO ? -BG_E_CLOSED : link_ready(c);
+    r = link_ready(c);
     if (r < 0 && c->backoff_max > 0 &&
         (r == -BG_E_CLOSED || r == -BG_E_IO || r == -BG_E_TIMEOUT)) {
         if ((line = reg_line(c, reg, feed, feed_len, topic, topic_len)) == NULL)
@@ -1763,7 +1820,7 @@ bg_fd(const bg_conn *c)
 bool
 bg_want_write(const bg_conn *c)
 {
-    return c->fd >= 0 && evbuffer_get_length(c->out) > 0;
+    return want_write(c);
 }
 
 int

@@ -134,7 +134,10 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("stats_and_revoked")
 
     def test_pipelined_messages(self):
-        self.run_c("pipelined")
+        self.run_c("pipelined", "pipelined_switch")
+
+    def test_pipelined_across_a_restart(self):
+        self.run_c("pipelined_restore")
 
     def test_content_type_refused_below_protocol_6(self):
         self.run_c("content_type")     # at 6: test_protocols.py

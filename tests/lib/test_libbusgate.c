@@ -331,6 +331,8 @@ struct loop_state {
     int replies, reply_errors, data;
     int link_down, link_up, data_after_up;
     char last[16];
+    uint64_t request[8]; /* the first replies' request and error */
+    int error[8];
 };
 
 static void
@@ -339,6 +341,10 @@ on_event(bg_conn *c, const struct bg_event *ev, void *arg)
     struct loop_state *st = arg;
 
     if (ev->kind == BG_EV_REPLY) {
+        if (st->replies < 8) {
+            st->request[st->replies] = ev->request;
+            st->error[st->replies] = ev->error;
+        }
         st->replies++;
         if (ev->error != 0)
             st->reply_errors++;
@@ -726,6 +732,11 @@ three_replies(const struct loop_state *st)
 {
     return st->replies >= 3;
 }
+static int
+six_replies(const struct loop_state *st)
+{
+    return st->replies >= 6;
+}
 
 /* bg_set_pipelined: messages stream without a reply each, a refusal comes
  * as a BG_EV_REPLY of request 0 before the PING's answer, in blocking and
@@ -789,6 +800,95 @@ test_pipelined(void)
     bg_free(s);
     bg_free(p);
     bg_free(a);
+}
+
+/* Replies belong to the mode the daemon was in when it answered: a
+ * command's -ERR sent before VERBOSE off is that command's, a message's
+ * refused after it (even once VERBOSE on is queued) is a refusal. */
+static void
+test_pipelined_switch(void)
+{
+    bg_conn *a = conn();
+    struct loop_state st = { 0 };
+    const struct bg_packet pk = { "x", 1, NULL, 0 };
+    char big[5000];
+    uint64_t bad, off, ping, on;
+
+    memset(big, 'x', sizeof(big));
+    bg_set_callback(a, on_event, &st);
+    CHECK_OK(a, bg_publish(a, big, sizeof(big), S("t"), false, &pk, 1));
+    bad = bg_last_request(a);
+    CHECK_OK(a, bg_set_pipelined(a, true));
+    off = bg_last_request(a);
+    CHECK_OK(a, bg_ping(a));
+    ping = bg_last_request(a);
+    run_loop(a, &st, three_replies);
+    CHECK(st.request[0] == bad && st.error[0] == BG_E_BAD_NAME);
+    CHECK(st.request[1] == off && st.error[1] == 0);
+    CHECK(st.request[2] == ping && st.error[2] == 0);
+    /* Pipelined: the refusal comes before VERBOSE on's +OK. */
+    CHECK_OK(a, bg_publish(a, big, sizeof(big), S("t"), false, &pk, 1));
+    CHECK_OK(a, bg_set_pipelined(a, false));
+    on = bg_last_request(a);
+    CHECK_OK(a, bg_ping(a));
+    ping = bg_last_request(a);
+    run_loop(a, &st, six_replies);
+    CHECK(st.request[3] == 0 && st.error[3] == BG_E_BAD_NAME);
+    CHECK(st.request[4] == on && st.error[4] == 0);
+    CHECK(st.request[5] == ping && st.error[5] == 0);
+    bg_free(a);
+}
+
+/* Pipelined across a restart: a registration the next busgated refuses to
+ * restore is REVOKED (its -ERR comes before VERBOSE off's +OK), and what
+ * the application queued before the greeting goes after the restore. */
+static void
+test_pipelined_restore(void)
+{
+    bg_conn *c = conn(), *b = conn();
+    struct loop_state st = { 0 };
+    const struct bg_packet pk = { "x", 1, NULL, 0 };
+    const struct bg_event *ev;
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    char big[5000];
+    bool asked = false;
+    uint64_t ping = 0;
+
+    memset(big, 'x', sizeof(big));
+    CHECK_OK(c, bg_subscribe(c, S("gone feed"), S("t")));
+    CHECK_OK(c, bg_set_pipelined(c, true));
+    CHECK_OK(b, bg_subscribe(b, S("kept"), S("t")));
+    CHECK_OK(b, bg_set_pipelined(b, true));
+    bg_set_reconnect(b, 20, 100);
+    bg_set_callback(b, on_event, &st);
+    ask_driver("STOP-REVOKE"); /* the next busgated allows only feed "kept" */
+    ask_driver("START");
+    /* Blocking. */
+    do
+        ev = wait_for(c, BG_EV_LINK, NULL, 0);
+    while (!ev->up);
+    ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
+    CHECK(name_is(ev->feed, ev->feed_len, S("gone feed")));
+    CHECK_OK(c, bg_ping(c));
+    /* Event loop: a refused message and a ping queued before the greeting
+     * is read. */
+    while (st.link_up == 0) {
+        CHECK(time(NULL) < end);
+        loop_once(b, 20);
+        if (!asked && st.link_down > 0 && bg_fd(b) >= 0) {
+            CHECK_OK(b, bg_publish(b, big, sizeof(big), S("t"), false, &pk, 1));
+            CHECK_OK(b, bg_ping(b));
+            ping = bg_last_request(b);
+            asked = true;
+        }
+    }
+    CHECK(asked);
+    run_loop(b, &st, two_replies);
+    CHECK(st.request[0] == 0 && st.error[0] == BG_E_BAD_NAME);
+    CHECK(st.request[1] == ping && st.error[1] == 0);
+    ask_driver("UNREVOKE");
+    bg_free(c);
+    bg_free(b);
 }
 
 /* A subscriber that does not read is cut off by the daemon: it is told
@@ -1115,6 +1215,8 @@ main(int argc, char **argv)
         { "register_before_greeting", test_register_before_greeting },
         { "stats_and_revoked", test_stats_and_revoked },
         { "pipelined", test_pipelined },
+        { "pipelined_switch", test_pipelined_switch },
+        { "pipelined_restore", test_pipelined_restore },
         { "slow_consumer", test_slow_consumer },
         { "fake_limits", test_fake_limits },
         { "fake_in_flight", test_fake_in_flight },
