@@ -105,6 +105,7 @@ struct bg_conn {
 
     int timeout_ms, backoff_min, backoff_max, backoff;
     int64_t retry_at;
+    int64_t hello_by; /* LINK_HELLO: the greeting is due by then */
 
     bg_callback *cb;
     void *cb_arg;
@@ -511,6 +512,7 @@ link_open(struct bg_conn *c)
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     c->fd = fd;
     c->state = LINK_HELLO;
+    c->hello_by = deadline_after(c->timeout_ms);
     c->close_err = 0;
     c->close_msg[0] = '\0';
     src_reset(&c->sock);
@@ -990,6 +992,22 @@ settle_closing(struct bg_conn *c)
         link_down(c);
 }
 
+/* A daemon that accepts but does not greet (hung, or not busgated) is
+ * left at bg_set_timeout after connecting, whichever call waits then:
+ * true when it was, the link DOWN and its event queued. */
+static bool
+greeting_overdue(struct bg_conn *c)
+{
+    char msg[64];
+
+    if (c->state != LINK_HELLO || now_ms() < c->hello_by)
+        return false;
+    snprintf(msg, sizeof(msg), "no greeting from busgated in %d ms", c->timeout_ms);
+    link_closing(c, BG_E_TIMEOUT, msg);
+    settle_closing(c);
+    return true;
+}
+
 /* ---- building the public event ---- */
 
 static void
@@ -1286,31 +1304,21 @@ wait_reply(struct bg_conn *c, uint64_t id)
 static int
 ensure_up(struct bg_conn *c, bool force)
 {
-    int64_t deadline;
-
     if (c->state == LINK_UP)
         return 0;
     if (keep_event(c) < 0)
         return -c->err;
-    deadline = deadline_after(c->timeout_ms);
-
     if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
         return -c->err;
-    while (c->state == LINK_HELLO && now_ms() < deadline) {
-        wait_io(c, remaining(deadline));
+    while (c->state == LINK_HELLO && !greeting_overdue(c)) {
+        wait_io(c, remaining(c->hello_by));
         pump(c, true);
         settle_closing(c);
     }
     if (c->state == LINK_UP)
         return 0;
-    if (c->state == LINK_HELLO) {
-        link_closing(c, BG_E_TIMEOUT, "no greeting from busgated");
-        settle_closing(c);
-        return set_err(c, BG_E_TIMEOUT, "no greeting from busgated in %d ms",
-            c->timeout_ms);
-    }
-    return set_err(c, BG_E_CLOSED, "not connected to busgated%s%s",
-        c->close_msg[0] ? ": " : "", c->close_msg);
+    return set_err(c, c->close_err == BG_E_TIMEOUT ? BG_E_TIMEOUT : BG_E_CLOSED,
+        "not connected to busgated%s%s", c->close_msg[0] ? ": " : "", c->close_msg);
 }
 
 /* ---- commands ---- */
@@ -1787,9 +1795,11 @@ bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
             return 0;
         }
         if (reconnect_due(c)) {
-            (void)ensure_up(c, true);
+            (void)link_open(c); /* the greeting: read by take_event */
             continue;
         }
+        if (greeting_overdue(c))
+            continue;
         if (c->state == LINK_DOWN && c->backoff_max == 0)
             return set_err(c, BG_E_CLOSED, "not connected to busgated");
         if (now_ms() >= deadline && (polled || c->fd < 0))
@@ -1797,6 +1807,8 @@ bg_next_event(bg_conn *c, int timeout_ms, const struct bg_event **ev)
         wait = remaining(deadline);
         if (c->state == LINK_DOWN && c->retry_at - now_ms() < wait)
             wait = remaining(c->retry_at);
+        if (c->state == LINK_HELLO && c->hello_by - now_ms() < wait)
+            wait = remaining(c->hello_by);
         wait_io(c, wait);
         polled = true;
     }
@@ -1826,9 +1838,13 @@ bg_want_write(const bg_conn *c)
 int
 bg_timeout_ms(const bg_conn *c)
 {
-    if (c->state != LINK_DOWN || c->backoff_max == 0)
-        return evbuffer_get_length(c->queued.buf) > 0 ? 0 : -1;
-    return remaining(c->retry_at);
+    if (evbuffer_get_length(c->queued.buf) > 0)
+        return 0;
+    if (c->state == LINK_HELLO && c->hello_by != INT64_MAX)
+        return remaining(c->hello_by);
+    if (c->state == LINK_DOWN && c->backoff_max > 0)
+        return remaining(c->retry_at);
+    return -1;
 }
 
 static void
@@ -1853,6 +1869,9 @@ bg_process(bg_conn *c, int readiness)
         read_some(c);
     while (take_event(c))
         deliver(c);
+    if (greeting_overdue(c))
+        while (take_event(c))
+            deliver(c);
     flush_out(c);
     return c->state == LINK_DOWN ? -BG_E_CLOSED : 0;
 }

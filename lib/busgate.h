@@ -156,8 +156,9 @@ const char *bg_errstr(const bg_conn *c);
 /* "bad-name", "slow-consumer"... for daemon codes; a phrase otherwise. */
 const char *bg_error_name(int code);
 
-/* Blocking use: how long a command (and bg_open the greeting) waits for its
- * reply (default 10000; negative: for ever). */
+/* Blocking use: how long a command waits for its reply; both uses: how
+ * long after connecting the greeting may take (default 10000; negative:
+ * for ever). */
 void bg_set_timeout(bg_conn *c, int timeout_ms);
 /* Reconnect backoff: first wait min_ms, doubling up to max_ms (defaults
  * 50 and 2000); max_ms 0 turns reconnecting off. */
@@ -252,7 +253,8 @@ void bg_set_callback(bg_conn *c, bg_callback *cb, void *arg);
 int bg_fd(const bg_conn *c);
 /* Whether queued output waits for the socket to be writable. */
 bool bg_want_write(const bg_conn *c);
-/* Milliseconds until bg_process() has timed work (a reconnect), -1: none. */
+/* Milliseconds until bg_process() has timed work (a reconnect, a greeting
+ * due), -1: none. */
 int bg_timeout_ms(const bg_conn *c);
 #define BG_READABLE 1
 #define BG_WRITABLE 2

@@ -1165,6 +1165,57 @@ test_fake_greeting(void)
     fake_stop(&f);
 }
 
+/* A daemon that accepts and never greets (here: a listener that never
+ * accepts) is given bg_set_timeout from connecting, whichever call waits:
+ * bg_next_event still returns at its own timeout, and event-loop use is
+ * told when to call bg_process for it. */
+static void
+test_greeting_deadline(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int srv = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct loop_state st = { 0 };
+    const struct bg_event *ev;
+    struct timespec t0, t1;
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    bg_conn *c;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/tmp/busgate-libsilent-%d.sock",
+        (int)getpid());
+    unlink(sa.sun_path);
+    CHECK(srv >= 0 && bind(srv, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        listen(srv, 64) == 0);
+    c = bg_new(sa.sun_path);
+    bg_set_timeout(c, 300);
+    bg_set_reconnect(c, 20, 40);
+    CHECK(bg_open(c) == -BG_E_TIMEOUT);
+    CHECK(strstr(bg_errstr(c), "no greeting from busgated in 300 ms") != NULL);
+    /* A greeting due in 3 s does not hold a 100 ms wait... */
+    bg_set_timeout(c, 3000);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK(bg_next_event(c, 100, &ev) == -BG_E_TIMEOUT);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    CHECK(t1.tv_sec - t0.tv_sec < 2);
+    CHECK(bg_fd(c) >= 0); /* connected, waiting for the greeting */
+    /* ... and ends the connection when due. */
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_TIMEOUT);
+    CHECK(strstr(ev->text, "no greeting from busgated in 3000 ms") != NULL);
+    /* Event loop: bg_timeout_ms covers the greeting too. */
+    bg_set_timeout(c, 300);
+    bg_set_callback(c, on_event, &st);
+    while (st.link_down < 2) {
+        int t = bg_timeout_ms(c);
+
+        CHECK(time(NULL) < end);
+        CHECK(bg_fd(c) < 0 || (t >= 0 && t <= 300));
+        loop_once(c, 1000);
+    }
+    bg_free(c);
+    close(srv);
+    unlink(sa.sun_path);
+}
+
 /* A line without end is bounded; a silent daemon times a command out, and
  * a negative timeout waits for ever (here: until the line ends it). */
 static void
@@ -1222,6 +1273,7 @@ main(int argc, char **argv)
         { "fake_in_flight", test_fake_in_flight },
         { "content_type", test_content_type },
         { "fake_greeting", test_fake_greeting },
+        { "greeting_deadline", test_greeting_deadline },
         { "fake_bounds", test_fake_bounds },
     };
 
