@@ -1604,9 +1604,9 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
         const char *bad =
             packets[i].len > UINT32_MAX || packets[i].n_entitlements > UINT32_MAX
             ? "is too large"
-            : (packets[i].len > 0 && packets[i].data == NULL) ||
-                (packets[i].n_entitlements > 0 && packets[i].entitlements == NULL)
-            ? "has a length but no data"
+            : packets[i].len > 0 && packets[i].data == NULL ? "has a length but no data"
+            : packets[i].n_entitlements > 0 && packets[i].entitlements == NULL
+            ? "has an entitlement count but no entitlements"
             : NULL;
 
         if (bad != NULL) {

@@ -185,6 +185,7 @@ test_errors(void)
     CHECK(bg_publish(c, S("prices"), S("AAPL"), false, &no_data, 1) == -BG_E_INVALID);
     CHECK(strstr(bg_errstr(c), "packet 0 has a length but no data") != NULL);
     CHECK(bg_publish(c, S("prices"), S("AAPL"), false, &no_ents, 1) == -BG_E_INVALID);
+    CHECK(strstr(bg_errstr(c), "packet 0 has an entitlement count but no entitlements"));
     /* The session is still usable. */
     CHECK_OK(c, bg_ping(c));
     bg_free(c);
