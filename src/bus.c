@@ -446,8 +446,7 @@ bus_output(struct bus *bus)
     return bufferevent_get_output(bus->bev);
 }
 
-/* Room for size more bytes in the batch; the first send of a batch
- * schedules its flush for the end of this loop turn. */
+/* Room for size more bytes in the batch. */
 static uint8_t *
 bus_batch_room(struct bus *bus, size_t size)
 {
@@ -464,8 +463,6 @@ bus_batch_room(struct bus *bus, size_t size)
         bus->batch = p;
         bus->batch_cap = want;
     }
-    if (bus->batch_len == 0)
-        event_active(bus->batch_ev, EV_TIMEOUT, 0);
     return bus->batch + bus->batch_len;
 }
 
@@ -476,16 +473,28 @@ bus_batch_add(struct bus *bus, const struct wire_msg *msg)
     const struct wire_msg *m = msg;
     struct wire_msg at;
     size_t size;
-    uint8_t *p;
+    uint8_t *p, *end = NULL;
 
     if (msg->version != bus->cfg.protocol) {
         at = *msg;
         at.version = bus->cfg.protocol;
         m = &at;
     }
-    if ((size = wire_encoded_size(m)) == 0 || (p = bus_batch_room(bus, size)) == NULL)
+    /* Into the room the batch has; when too little, sized and written
+     * again into the room made for it. */
+    if (bus->batch != NULL) {
+        p = bus->batch + bus->batch_len;
+        end = wire_encode_into(p, bus->batch + bus->batch_cap, m);
+    }
+    if (end == NULL &&
+        ((size = wire_encoded_size(m)) == 0 || (p = bus_batch_room(bus, size)) == NULL ||
+            (end = wire_encode_into(p, p + size, m)) == NULL))
         return BUS_ENCODE_ERROR;
-    wire_encode_at(p, m, size);
+    /* The first send of a batch schedules its flush for the end of this
+     * loop turn. */
+    if (bus->batch_len == 0)
+        event_active(bus->batch_ev, EV_TIMEOUT, 0);
+    size = (size_t)(end - p);
     bus->batch_len += size;
     bus->st.msgs_out++;
     bus->st.bytes_out += size;

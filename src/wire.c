@@ -324,16 +324,31 @@ wire_encoded_size(const struct wire_msg *msg)
     return (size_t)msg_size(msg);
 }
 
-static uint8_t *
-put_str(uint8_t *p, const struct wire_str *s)
+/* Whether n more bytes fit at p before end (n: anything a length says). */
+static inline bool
+room(const uint8_t *p, const uint8_t *end, uint64_t n)
 {
+    return n <= (uint64_t)(end - p);
+}
+
+/* The put_ functions write one part at p, within end: its end, or NULL
+ * when it does not fit or cannot be written (as msg_size refuses). */
+static uint8_t *
+put_str(uint8_t *p, const uint8_t *end, const struct wire_str *s)
+{
+    if (s->len > (uint32_t)INT32_MAX || !room(p, end, 4 + (uint64_t)s->len) ||
+        (s->len > 0 && s->ptr == NULL))
+        return NULL;
     p = wire_put_be32(p, s->len);
     return wire_put_bytes(p, s->ptr, s->len);
 }
 
 static uint8_t *
-put_ints(uint8_t *p, const struct wire_ints *ints)
+put_ints(uint8_t *p, const uint8_t *end, const struct wire_ints *ints)
 {
+    if (ints->n > (uint32_t)INT32_MAX || !room(p, end, 4 + (uint64_t)ints->n * 4) ||
+        (ints->n > 0 && ints->v == NULL))
+        return NULL;
     p = wire_put_be32(p, ints->n);
     for (uint32_t i = 0; i < ints->n; i++)
         p = wire_put_be32(p, (uint32_t)ints->v[i]);
@@ -341,23 +356,32 @@ put_ints(uint8_t *p, const struct wire_ints *ints)
 }
 
 static uint8_t *
-put_packets(uint8_t *p, const struct wire_packet *packets, uint32_t n)
+put_packets(uint8_t *p, const uint8_t *end, const struct wire_packet *packets, uint32_t n)
 {
+    if (n > (uint32_t)INT32_MAX || !room(p, end, 4) || (n > 0 && packets == NULL))
+        return NULL;
     p = wire_put_be32(p, n);
     for (uint32_t i = 0; i < n; i++) {
-        p = put_ints(p, &packets[i].entitlements);
-        p = wire_put_be32(p, packets[i].len);
-        p = wire_put_bytes(p, packets[i].data, packets[i].len);
+        const struct wire_packet *pk = &packets[i];
+
+        if ((p = put_ints(p, end, &pk->entitlements)) == NULL ||
+            pk->len > (uint32_t)INT32_MAX || !room(p, end, 4 + (uint64_t)pk->len) ||
+            (pk->len > 0 && pk->data == NULL))
+            return NULL;
+        p = wire_put_be32(p, pk->len);
+        p = wire_put_bytes(p, pk->data, pk->len);
     }
     return p;
 }
 
-/* Write msg (already sized) at p; returns the end. */
+/* Write msg at p, within end: one walk of its schema, sizing as it goes. */
 static uint8_t *
-put_msg(uint8_t *p, const struct wire_msg *msg)
+put_msg(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
 {
+    if (msg->type < WIRE_TYPE_MIN || msg->type > WIRE_TYPE_MAX || !room(p, end, 1))
+        return NULL;
     *p++ = (uint8_t)msg->type;
-    for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END; f++) {
+    for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END && p != NULL; f++) {
         int field = field_at(msg->version, *f);
 
         switch (field) {
@@ -366,19 +390,24 @@ put_msg(uint8_t *p, const struct wire_msg *msg)
         case WF_FEED:
         case WF_TOPIC:
         case WF_CONTENT_TYPE:
-            p = put_str(p, msg_cstr(msg, field));
+            p = put_str(p, end, msg_cstr(msg, field));
             break;
         case WF_CLIENT_ID:
-            p = wire_put_bytes(p, msg->client_id, WIRE_GUID_LEN);
+            p = room(p, end, WIRE_GUID_LEN)
+                ? wire_put_bytes(p, msg->client_id, WIRE_GUID_LEN)
+                : NULL;
             break;
         case WF_ENTITLEMENTS:
-            p = put_ints(p, &msg->entitlements);
+            p = put_ints(p, end, &msg->entitlements);
             break;
         case WF_PACKETS:
-            p = put_packets(p, msg->packets, msg->n_packets);
+            p = put_packets(p, end, msg->packets, msg->n_packets);
             break;
         default:
-            *p++ = msg_cbool(msg, field) ? 1 : 0;
+            if (room(p, end, 1))
+                *p++ = msg_cbool(msg, field) ? 1 : 0;
+            else
+                p = NULL;
             break;
         }
     }
@@ -401,11 +430,10 @@ wire_commit(struct evbuffer *out, struct evbuffer_iovec *vec, uint64_t size)
     return evbuffer_commit_space(out, vec, 1) == 0 ? 0 : -1;
 }
 
-void
-wire_encode_at(uint8_t *p, const struct wire_msg *msg, size_t size)
+uint8_t *
+wire_encode_into(uint8_t *p, uint8_t *end, const struct wire_msg *msg)
 {
-    if (put_msg(p, msg) != p + size)
-        abort(); /* impossible: msg_size and put_msg disagree */
+    return put_msg(p, end, msg);
 }
 
 int
@@ -417,7 +445,7 @@ wire_encode(struct evbuffer *out, const struct wire_msg *msg)
 
     if ((size = msg_size(msg)) == 0 || (p = wire_reserve(out, size, &vec)) == NULL)
         return -1;
-    if (put_msg(p, msg) != p + size)
+    if (put_msg(p, p + size, msg) != p + size)
         return -1; /* impossible: msg_size and put_msg disagree */
     return wire_commit(out, &vec, size);
 }

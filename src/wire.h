@@ -208,9 +208,11 @@ int wire_encode(struct evbuffer *out, const struct wire_msg *msg);
 /* Bytes wire_encode would append for msg (0 if it would refuse it). */
 size_t wire_encoded_size(const struct wire_msg *msg);
 
-/* Write msg at p, which has room for size = wire_encoded_size(msg) > 0
- * bytes: for a caller that encodes several messages into one region. */
-void wire_encode_at(uint8_t *p, const struct wire_msg *msg, size_t size);
+/* Write msg in wire format at p, within end, for a caller that encodes
+ * several messages into one region: the end of the message, or NULL when
+ * it does not fit or cannot be represented (wire_encoded_size tells which:
+ * the room it needs, or 0). One walk, where sizing first would take two. */
+uint8_t *wire_encode_into(uint8_t *p, uint8_t *end, const struct wire_msg *msg);
 
 /* Name of a message type for logs ("MulticastData"...), "unknown" if none. */
 const char *wire_type_name(int type);

@@ -116,6 +116,17 @@ check_round_trip(const struct wire_msg *msg, size_t consumed, const struct wire_
     CHECK(wire_encode(e1, msg) == 0);
     CHECK(evbuffer_get_length(e1) == consumed);
     evbuffer_add(log, evbuffer_pullup(e1, -1), consumed);
+    {
+        /* One walk into a region: the same bytes in exactly that room,
+         * nothing in one byte less. */
+        uint8_t *room = malloc(consumed + 1);
+
+        CHECK(room != NULL);
+        CHECK(wire_encode_into(room, room + consumed, msg) == room + consumed);
+        CHECK(memcmp(room, evbuffer_pullup(e1, -1), consumed) == 0);
+        CHECK(wire_encode_into(room, room + consumed - 1, msg) == NULL);
+        free(room);
+    }
     wire_msg_init(&again);
     again.version = msg->version;
     CHECK(wire_decode(e1, lim, &again, &cause) == WIRE_DECODED);

@@ -838,6 +838,31 @@ test_vectors_decode(void **state)
     assert_true(count >= 9);
 }
 
+/* wire_encode_into: the same bytes in room of exactly len, NULL (and
+ * nothing past the room touched) in any less. */
+static void
+encode_into_exactly(const struct wire_msg *msg, const uint8_t *bytes, size_t len,
+    const char *name)
+{
+    uint8_t *room = malloc(len + 1);
+
+    for (size_t have = 0; have <= len; have++) {
+        uint8_t *end;
+
+        memset(room, 0xee, len + 1);
+        end = wire_encode_into(room, room + have, msg);
+        if (have < len) {
+            assert_null(end);
+        } else {
+            assert_ptr_equal(end, room + len);
+            if (memcmp(room, bytes, len) != 0)
+                fail_msg("%s: wire_encode_into wrote other bytes", name);
+        }
+        assert_int_equal(room[have], 0xee);
+    }
+    free(room);
+}
+
 static void
 test_vectors_encode(void **state)
 {
@@ -858,6 +883,7 @@ test_vectors_encode(void **state)
         assert_int_equal(wire_encode(out, &b.msg), 0);
         evbuffer_drain(out, 1);
         assert_buffer_equals(out, bytes, len, vector_name(v));
+        encode_into_exactly(&b.msg, bytes, len, vector_name(v));
         evbuffer_free(out);
         built_free(&b);
         free(bytes);
@@ -1708,6 +1734,11 @@ test_encode_refusals(void **state)
     msg.topic.ptr = NULL;
     msg.topic.len = 1;
     assert_int_equal(wire_encode(out, &msg), -1);
+    {
+        uint8_t room[64];
+
+        assert_null(wire_encode_into(room, room + sizeof(room), &msg));
+    }
     /* Fields the type does not use are ignored. */
     msg.topic.ptr = "t";
     msg.user.len = 0x80000000u;
