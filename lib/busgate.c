@@ -1867,11 +1867,10 @@ bg_process(bg_conn *c, int readiness)
         flush_out(c);
     if (c->fd >= 0 && (readiness & BG_READABLE))
         read_some(c);
-    while (take_event(c))
-        deliver(c);
-    if (greeting_overdue(c))
+    do /* a greeting overdue ends the link: its LINK down event next */
         while (take_event(c))
             deliver(c);
+    while (greeting_overdue(c));
     flush_out(c);
     return c->state == LINK_DOWN ? -BG_E_CLOSED : 0;
 }
