@@ -66,8 +66,13 @@ class CallbackClient:
 
     def __init__(self, path: Optional[str] = None, *, reconnect: bool = True,
                  backoff_min: float = 0.05, backoff_max: float = 5.0,
-                 app_name: Optional[str] = None) -> None:
+                 app_name: Optional[str] = None,
+                 connect_timeout: Optional[float] = 10.0) -> None:
         self.path = path or p.default_socket()
+        # How long a connection may take to be greeted (None: no bound).
+        # A daemon that is stuck, or a socket nobody accepts on, would
+        # otherwise hold create() or a reconnect for ever.
+        self.connect_timeout = connect_timeout
         # NAME: how busgated labels the session in STATS and its log.
         self.app_name = _checked_name(app_name) if app_name is not None else None
         self.reconnect = reconnect
@@ -123,16 +128,24 @@ class CallbackClient:
     # -------------------------------------------------------- the session
 
     async def _connect(self) -> asyncio.StreamReader:
-        reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_LIMIT)
         try:
-            self.hello = p.parse_hello(await reader.readline())
-        except BaseException:
-            writer.close()
-            raise
+            reader, writer, self.hello = await asyncio.wait_for(self._greeted(),
+                                                                self.connect_timeout)
+        except asyncio.TimeoutError:
+            raise BusgateError("timeout", "no greeting from busgated in %g s"
+                               % self.connect_timeout) from None
         self.bus_state = self.hello.fields.get("bus", "down")
         self._writer = writer
         self._sessions += 1
         return reader
+
+    async def _greeted(self):
+        reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_LIMIT)
+        try:
+            return reader, writer, p.parse_hello(await reader.readline())
+        except BaseException:   # a bad greeting, or the deadline's cancel
+            writer.close()
+            raise
 
     async def _run(self, reader: asyncio.StreamReader) -> None:
         """Read the session; when it is lost, reconnect and restore it."""

@@ -137,6 +137,65 @@ class FakeDaemonTest(unittest.TestCase):
             os.unlink(path)
 
 
+    def test_greeting_deadline(self):
+        """A socket that takes the connection but never greets: create()
+        fails with "timeout" after the client's timeout, and a reconnect
+        gives up on such a session and tries the next one (as libbusgate's
+        greeting deadline)."""
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                            "busgate-pymute-%d.sock" % os.getpid())
+
+        async def mute():
+            import socket
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            listener.listen(4)          # connections wait, never accepted
+            try:
+                t0 = time.monotonic()
+                with self.assertRaises(BusgateError) as cm:
+                    await CallbackClient.create(path=path, connect_timeout=0.3)
+                self.assertEqual(cm.exception.code, "timeout")
+                self.assertLess(time.monotonic() - t0, 0.3 + TIMEOUT / 2)
+            finally:
+                listener.close()
+                os.unlink(path)
+
+        async def silent_second():
+            sessions = []
+
+            async def serve(reader, writer):
+                sessions.append(writer)
+                if len(sessions) != 2:      # the second never greets
+                    writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                while await reader.readline():
+                    writer.write(b"+OK\n")
+
+            server = await asyncio.start_unix_server(serve, path)
+            client = await CallbackClient.create(path=path, backoff_max=0.1, connect_timeout=0.3)
+            links = []
+
+            async def on_link(state, reason):
+                links.append(state)
+            client.link_handlers.append(on_link)
+            task = asyncio.ensure_future(client.start())
+            await client.add_subscription("F", "T")
+            sessions[0].close()
+            deadline = time.monotonic() + TIMEOUT
+            while "up" not in links and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self.assertEqual(links, ["down", "up"])
+            self.assertEqual(len(sessions), 3)
+            await client.ping()         # the third session answers
+            await client.stop()
+            task.cancel()
+            server.close()
+        run(mute())
+        try:
+            run(silent_second())
+        finally:
+            os.unlink(path)
+
+
 class CallbackClientTest(GatewayCase):
     BUS_KW = {"feeds": {"secure": {"authorization_required": True}}}
 
