@@ -14,6 +14,10 @@ try:
 except ImportError:
     DEFAULT_SOCKET = "/run/busgate/busgate.sock"
 
+# The largest DATA payload block read (libbusgate's default bound): a
+# length from outside must not make the reader hold any amount of memory.
+MAX_PAYLOAD = 64 << 20
+
 # -ERR codes after which the daemon closes the session (PROTOCOL.md).
 CLOSING_CODES = ("slow-consumer", "shutting-down", "too-many-sessions")
 
@@ -96,9 +100,18 @@ def format_packets(packets: Optional[Iterable[DataPacket]]) -> Tuple[List[bytes]
     return specs, b"".join(body)
 
 
+def _number(b: bytes) -> int:
+    # int() also takes signs, spaces and underscores; the protocol's
+    # numbers are digits only, and a negative length would desynchronise
+    # the payload block instead of failing.
+    if not b.isdigit():
+        raise ValueError("not a number: %r" % b[:20])
+    return int(b)
+
+
 def parse_spec(spec: bytes) -> Tuple[int, Optional[Set[int]]]:
     length, _, ents = spec.partition(b":")
-    return int(length), ({int(e) for e in ents.split(b",")} if ents else None)
+    return _number(length), ({_number(e) for e in ents.split(b",")} if ents else None)
 
 
 def command(verb: str, *args, packets=None, extra: Iterable[bytes] = ()) -> bytes:
@@ -264,7 +277,12 @@ def payload_length(line: bytes) -> int:
     if not w or w[0] != b"DATA":
         return -1
     specs = [s for s in w[7:] if not s.startswith(b"type=")]
-    return sum(parse_spec(s)[0] for s in specs) if specs else -1
+    if not specs:
+        return -1
+    n = sum(parse_spec(s)[0] for s in specs)
+    if n > MAX_PAYLOAD:
+        raise ValueError("a payload block of %d bytes (the bound is %d)" % (n, MAX_PAYLOAD))
+    return n
 
 
 def split_payload(line: bytes, block: bytes) -> List[bytes]:

@@ -76,6 +76,14 @@ class ProtocolTest(unittest.TestCase):
                 protocol.parse_line(line)
             self.assertEqual(cm.exception.code, "protocol")
 
+    def test_bad_packet_specs_are_refused(self):
+        # A negative or signed length would desynchronise the payload
+        # block; a huge one would have the reader buffer it.
+        for spec in (b"-1", b"+1", b"1_0", b"1:-2", b"x", b"%d" % (protocol.MAX_PAYLOAD + 1)):
+            with self.assertRaises(ValueError):
+                protocol.payload_length(b"DATA f t u h delta multicast " + spec)
+        self.assertEqual(protocol.payload_length(b"DATA f t u h delta multicast 3:1,2 0"), 3)
+
     def test_payload_is_byte_counted(self):
         line = protocol.command("PUB", "f", "t", b"image",
                                 packets=[DataPacket({2, 1}, "é".encode()), DataPacket()])
