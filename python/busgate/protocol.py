@@ -49,6 +49,9 @@ def escape(name) -> bytes:
     return b"".join(b"%%%02X" % b if _must_escape(b) else bytes((b,)) for b in raw)
 
 
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
 def unescape(token: bytes) -> bytes:
     if token == b'""':
         return b""
@@ -56,7 +59,11 @@ def unescape(token: bytes) -> bytes:
     i = 0
     while i < len(token):
         if token[i] == 0x25:
-            out.append(int(token[i + 1:i + 3], 16))
+            digits = token[i + 1:i + 3]
+            # int() would also take "%4" at the end, "%+1" and "% 1".
+            if len(digits) != 2 or not all(c in _HEX for c in digits):
+                raise ValueError("bad escape in %r" % token[:80])
+            out.append(int(digits, 16))
             i += 3
         else:
             out.append(token[i])
@@ -239,7 +246,7 @@ def parse_line(line: bytes, payloads: List[bytes] = ()):
     short included), so that the session is dropped and made again."""
     try:
         return _parse_line(line, payloads)
-    except (IndexError, ValueError) as e:
+    except (IndexError, ValueError, TypeError) as e:   # TypeError: too few names
         raise BusgateError("protocol", "unexpected line from busgated: %r (%s)"
                            % (line[:80], e)) from None
 

@@ -70,8 +70,11 @@ class ProtocolTest(unittest.TestCase):
     def test_lines_cut_short_are_protocol_errors(self):
         # Not an IndexError, which would end the client's reader task
         # instead of dropping the session and connecting again.
+        uid = b"00000000-0000-0000-0000-000000000000"
         for line in (b"BUS", b"REVOKED subscribe f", b"NOTIFICATION add", b"AUTHREQ",
-                     b"DATA f t"):
+                     b"DATA f t", b"NOTIFICATION add " + uid + b" u h",
+                     b"AUTHREQ " + uid + b" u h", b"DATA f t u%4 h delta multicast",
+                     b"DATA f t u%+1 h delta multicast", b"DATA f t u%zz h delta multicast"):
             with self.assertRaises(BusgateError) as cm:
                 protocol.parse_line(line)
             self.assertEqual(cm.exception.code, "protocol")
