@@ -32,7 +32,11 @@ class Client:
     def __init__(self, path: Optional[str] = None, **kwargs) -> None:
         self._loop = asyncio.new_event_loop()
         self._queue: Optional[asyncio.Queue] = None
-        self._client: CallbackClient = self._run(self._open(path, kwargs))
+        try:
+            self._client: CallbackClient = self._run(self._open(path, kwargs))
+        except BaseException:
+            self._loop.close()      # no Client to close() it later
+            raise
 
     async def _open(self, path, kwargs) -> CallbackClient:
         self._queue = asyncio.Queue()

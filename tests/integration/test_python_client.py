@@ -207,7 +207,23 @@ class FakeDaemonTest(unittest.TestCase):
             os.unlink(path)
 
 
-class CallbackClientTest(GatewayCase):
+    def test_failed_connect_closes_its_loop(self):
+        """busgate.connect() to a socket nobody listens on raises, and
+        leaves no event loop open behind it (a script that retries would
+        otherwise leak one, with its selector's fd, per attempt)."""
+        import gc
+        import warnings
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "busgate-none-%d.sock" % os.getpid())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with self.assertRaises(OSError):
+                busgate.connect(path)
+            gc.collect()
+        self.assertEqual([str(w.message) for w in caught
+                          if issubclass(w.category, ResourceWarning)], [])
+
+
+
     BUS_KW = {"feeds": {"secure": {"authorization_required": True}}}
 
     async def recorder(self):
