@@ -46,10 +46,16 @@ class GatewayCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        # Cleanups, not tearDownClass: they also run when setUpClass fails
+        # part way (busgated not built, a bad config), so that the test bus
+        # is not left running.
         cls.dir = tempdir()
+        cls.addClassCleanup(cls._remove_dir)
         cls.bus = TestBus(cls.dir, users=USERS, **cls.BUS_KW)
+        cls.addClassCleanup(cls.bus.stop)
         cls.bus.start()
         cls.gws = []
+        cls.addClassCleanup(cls._stop_gateways)
         cls.gw = cls.start_gateway(cls.GW_USER, cls.GW_CONFIG)
 
     @classmethod
@@ -62,14 +68,14 @@ class GatewayCase(unittest.TestCase):
         return gw
 
     @classmethod
-    def tearDownClass(cls):
-        try:
-            for gw in cls.gws:
-                gw.stop()
-        finally:
-            cls.bus.stop()
-            if not os.environ.get("BUSGATE_TEST_KEEP"):
-                shutil.rmtree(cls.dir, ignore_errors=True)
+    def _stop_gateways(cls):
+        for gw in cls.gws:
+            gw.stop()
+
+    @classmethod
+    def _remove_dir(cls):
+        if not os.environ.get("BUSGATE_TEST_KEEP"):
+            shutil.rmtree(cls.dir, ignore_errors=True)
 
     def setUp(self):
         self.closers = []

@@ -458,15 +458,13 @@ class WithBus(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        # Cleanups run also when a subclass's setUpClass fails after this.
         cls.tmp = tempdir()
-        cls.bus = TestBus(cls.tmp, feeds=cls.bus_feeds)
-        cls.bus.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.bus.stop()
         if not os.environ.get("BUSGATE_KEEP"):
-            shutil.rmtree(cls.tmp, ignore_errors=True)
+            cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
+        cls.bus = TestBus(cls.tmp, feeds=cls.bus_feeds)
+        cls.addClassCleanup(cls.bus.stop)
+        cls.bus.start()
 
     def setUp(self):
         self.gateways = []
@@ -899,13 +897,9 @@ class Cli(WithBus):
     def setUpClass(cls):
         super().setUpClass()
         cls.gw = Gateway(cls.tmp, cls.bus, name="cli")
+        cls.addClassCleanup(cls.gw.stop)
         cls.gw.start()
         cls.gw.wait_bus_up()
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.gw.stop()
-        super().tearDownClass()
 
     def parse(self, line):
         """A sub line: feed topic user host kind ents [payload]."""

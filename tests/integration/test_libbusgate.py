@@ -41,22 +41,18 @@ class LibbusgateTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
+        # Cleanups run also when setUpClass fails part way.
         cls.dir = gwtest.tempdir("busgate-lib-")
+        if not os.environ.get("BUSGATE_TEST_KEEP"):
+            cls.addClassCleanup(shutil.rmtree, cls.dir, ignore_errors=True)
         cls.bus = gwtest.TestBus(cls.dir, heartbeat=0.2,
                                  feeds={"secure": {"authorization_required": True}})
+        cls.addClassCleanup(cls.bus.stop)
         cls.bus.start()
         # A small output bound, so that the slow-consumer case is quick.
         cls.gw = gwtest.Gateway(cls.dir, cls.bus, config={"listen": {"max_output": "64KiB"}})
+        cls.addClassCleanup(cls.gw.stop)
         start_gateway(cls.gw)
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.bus.stop()
-            if not os.environ.get("BUSGATE_TEST_KEEP"):
-                shutil.rmtree(cls.dir, ignore_errors=True)
 
     def act(self, request):
         if request == "RESTART":
