@@ -223,7 +223,7 @@ class FakeDaemonTest(unittest.TestCase):
                           if issubclass(w.category, ResourceWarning)], [])
 
 
-
+class CallbackClientTest(GatewayCase):
     BUS_KW = {"feeds": {"secure": {"authorization_required": True}}}
 
     async def recorder(self):
