@@ -361,7 +361,9 @@ class CallbackClient:
         try:
             await self._request(line)
         except BusgateError as e:
-            if e.code == "disconnected":
+            # The session ended before the daemon answered (a closing
+            # error is one said first): kept, as if made while disconnected.
+            if e.code == "disconnected" or e.code in p.CLOSING_CODES:
                 return
             if add and not e.code.startswith("already"):
                 table.discard(key)

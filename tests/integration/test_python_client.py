@@ -148,6 +148,53 @@ class FakeDaemonTest(unittest.TestCase):
             os.unlink(path)
 
 
+    def test_registration_cut_by_a_closing_error_is_restored(self):
+        """busgated stops (-ERR shutting-down, then closes) while a SUB is
+        in flight: as when the connection just drops, the subscription is
+        kept and the next session gets it with the restore."""
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                            "busgate-pystop-%d.sock" % os.getpid())
+
+        async def go():
+            lines = []
+
+            async def serve(reader, writer):
+                first = not lines
+                lines.append([])
+                writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    lines[-1].append(line)
+                    if first and line.startswith(b"SUB "):
+                        writer.write(b"-ERR shutting-down busgated is stopping\n")
+                        writer.close()
+                        return
+                    writer.write(b"+OK\n")
+
+            server = await asyncio.start_unix_server(serve, path)
+            client = await CallbackClient.create(path=path, backoff_max=0.1)
+            links = []
+
+            async def on_link(state, reason):
+                links.append(state)
+            client.link_handlers.append(on_link)
+            task = asyncio.ensure_future(client.start())
+            await client.add_subscription("F", "T")     # no exception: kept
+            deadline = time.monotonic() + TIMEOUT
+            while "up" not in links and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            self.assertEqual(links, ["down", "up"])
+            self.assertEqual(lines[1], [b"SUB F T\n"])
+            await client.stop()
+            task.cancel()
+            server.close()
+        try:
+            run(go())
+        finally:
+            os.unlink(path)
+
     def test_greeting_deadline(self):
         """A socket that takes the connection but never greets: create()
         fails with "timeout" after the client's timeout, and a reconnect
