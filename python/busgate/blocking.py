@@ -31,7 +31,6 @@ class Client:
 
     def __init__(self, path: Optional[str] = None, **kwargs) -> None:
         self._loop = asyncio.new_event_loop()
-        self._queue: Optional[asyncio.Queue] = None
         try:
             self._client: CallbackClient = self._run(self._open(path, kwargs))
         except BaseException:
@@ -39,14 +38,9 @@ class Client:
             raise
 
     async def _open(self, path, kwargs) -> CallbackClient:
-        self._queue = asyncio.Queue()
-        client = await CallbackClient.create(path, **kwargs)
-
-        async def queue_event(ev):
-            self._queue.put_nowait(ev)
-        client.event_handlers.append(queue_event)
-        client._started.set()      # dispatch without blocking in start()
-        return client
+        # Events are taken from the client's queue by next_event (its
+        # handlers are not run): past max_queued, reading waits for them.
+        return await CallbackClient.create(path, **kwargs)
 
     def _run(self, coro):
         return self._loop.run_until_complete(coro)
@@ -109,7 +103,7 @@ class Client:
         """The next event (protocol.Data, Notification, AuthRequest,
         BusState, Link, Error, Revoked), or None after timeout seconds."""
         try:
-            return self._run(asyncio.wait_for(self._queue.get(), timeout))
+            return self._run(asyncio.wait_for(self._client._next_event(), timeout))
         except asyncio.TimeoutError:
             return None
 

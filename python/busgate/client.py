@@ -30,8 +30,14 @@ log = logging.getLogger("busgate")
 MAX_APP_NAME = 64
 
 # Lines from the daemon are at most a few packet specs longer than
-# max_line; a generous bound keeps a broken peer from eating memory.
+# max_line; a generous bound keeps a broken peer from eating memory. (The
+# stream also buffers up to twice this much unread before it stops
+# reading the socket.)
 READ_LIMIT = 1 << 24
+
+# Events read but not yet handled, by default: past this many the client
+# stops reading busgated (see _wait_for_room).
+MAX_QUEUED = 10000
 
 
 class _WatchedList(list):
@@ -67,12 +73,14 @@ class CallbackClient:
     def __init__(self, path: Optional[str] = None, *, reconnect: bool = True,
                  backoff_min: float = 0.05, backoff_max: float = 5.0,
                  app_name: Optional[str] = None,
-                 connect_timeout: Optional[float] = 10.0) -> None:
+                 connect_timeout: Optional[float] = 10.0,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.path = path or p.default_socket()
         # How long a connection may take to be greeted (None: no bound).
         # A daemon that is stuck, or a socket nobody accepts on, would
         # otherwise hold create() or a reconnect for ever.
         self.connect_timeout = connect_timeout
+        self.max_queued = max_queued
         # NAME: how busgated labels the session in STATS and its log.
         self.app_name = _checked_name(app_name) if app_name is not None else None
         self.reconnect = reconnect
@@ -100,6 +108,7 @@ class CallbackClient:
         self._sessions = 0      # sessions opened: which one a restore is for
         self._pending: collections.deque = collections.deque()   # [future, STAT list]
         self._events: asyncio.Queue = asyncio.Queue()
+        self._room = asyncio.Event()    # an event was taken, or a reply is awaited
         self._started = asyncio.Event()
         self._done = asyncio.Event()
         self._stopping = False
@@ -162,6 +171,7 @@ class CallbackClient:
     async def _read_until_lost(self, reader: asyncio.StreamReader) -> str:
         try:
             while True:
+                await self._wait_for_room()
                 line = await reader.readline()
                 if not line:
                     return "busgated closed the session"
@@ -176,6 +186,20 @@ class CallbackClient:
                 self._on_message(p.parse_line(line, payloads))
         except (OSError, asyncio.IncompleteReadError, ValueError, BusgateError) as e:
             return "session lost: %s" % (e or type(e).__name__)
+
+    async def _wait_for_room(self) -> None:
+        """Handlers that fall behind hold the reader, so that busgated's
+        output bound (max_output: -ERR slow-consumer) limits a slow app, as
+        for a native client, not this process's memory. A reply that is
+        awaited is read on regardless: a handler may be waiting for it."""
+        while self._events.qsize() >= self.max_queued and not self._pending:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _next_event(self):
+        ev = await self._events.get()
+        self._room.set()
+        return ev
 
     def _on_message(self, msg) -> None:
         if isinstance(msg, p.Reply):
@@ -279,6 +303,7 @@ class CallbackClient:
             raise BusgateError("disconnected", "not connected to busgated")
         fut = asyncio.get_event_loop().create_future()
         self._pending.append([fut, [] if stats else None])
+        self._room.set()
         self._writer.write(line)
         return fut
 
@@ -293,7 +318,7 @@ class CallbackClient:
     async def _dispatch_loop(self) -> None:
         await self._started.wait()
         while True:
-            ev = await self._events.get()
+            ev = await self._next_event()
             for handler, args in self._handlers_for(ev):
                 try:
                     await handler(*args)

@@ -761,5 +761,55 @@ class SlowConsumerTest(GatewayCase):
         run(go())
 
 
+    def test_slow_async_handler_is_cut_off(self):
+        """A handler that awaits (not one that blocks the loop) falls
+        behind a burst: the client stops reading once max_queued events
+        wait, so busgated's max_output decides (slow-consumer) instead of
+        the app's memory growing with every event the daemon sends."""
+        feed = uniq("SLOWQ")
+        pub = self.client("pub")
+        read_limit = busgate.client.READ_LIMIT
+        # The socket's own buffer in the client: small, as max_output is
+        # here (the default, 16 MiB, would take a 32 MiB burst to fill).
+        busgate.client.READ_LIMIT = 65536
+
+        async def go():
+            client = await CallbackClient.create(path=self.gw.socket_path, backoff_max=0.5,
+                                                 max_queued=100)
+            task = asyncio.ensure_future(client.start())
+            errors, seen = [], []
+
+            async def on_data(user, host, feed_, topic, data_packets, is_image):
+                seen.append(1)
+                await asyncio.sleep(0.01)
+
+            async def on_error(code, message):
+                errors.append(code)
+            client.data_handlers.append(on_data)
+            client.error_handlers.append(on_error)
+            await client.add_subscription(feed, "T")
+            self.barrier()
+            mark = self.gw.log_offset()
+
+            def burst():    # paced, so that the client's reader keeps up
+                for i in range(3000):
+                    pub.publish(feed, "T", [(None, b"." * 1000)])
+                    if i % 50 == 49:
+                        time.sleep(0.01)
+            await asyncio.get_event_loop().run_in_executor(None, burst)
+            deadline = time.monotonic() + TIMEOUT
+            while not errors and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            self.assertEqual(errors[:1], ["slow-consumer"], "%d events handled" % len(seen))
+            self.gw.wait_log(r"slow consumer", start=mark)
+            self.assertLess(len(seen), 3000)
+            await client.stop()
+            task.cancel()
+        try:
+            run(go())
+        finally:
+            busgate.client.READ_LIMIT = read_limit
+
+
 if __name__ == "__main__":
     unittest.main()
