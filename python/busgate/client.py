@@ -131,7 +131,11 @@ class CallbackClient:
         client._tasks = [asyncio.ensure_future(client._run(reader)),
                          asyncio.ensure_future(client._dispatch_loop())]
         if client.app_name is not None:
-            await client._request(p.command("NAME", client.app_name))
+            try:
+                await client._request(p.command("NAME", client.app_name))
+            except BaseException:
+                await client.stop()     # else its tasks reconnect for nobody
+                raise
         return client
 
     # -------------------------------------------------------- the session

@@ -195,6 +195,36 @@ class FakeDaemonTest(unittest.TestCase):
         finally:
             os.unlink(path)
 
+    def test_failed_create_leaves_nothing_running(self):
+        """create() that fails after the greeting (here busgated refuses the
+        app's NAME) closes what it started: no reader task reconnecting in
+        the background for a client the app never got."""
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                            "busgate-pyname-%d.sock" % os.getpid())
+
+        async def go():
+            sessions = []
+
+            async def serve(reader, writer):
+                sessions.append(writer)
+                writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                while await reader.readline():
+                    writer.write(b"-ERR bad-name not this one\n")
+
+            server = await asyncio.start_unix_server(serve, path)
+            with self.assertRaises(BusgateError) as cm:
+                await CallbackClient.create(path=path, app_name="x", backoff_max=0.05)
+            self.assertEqual(cm.exception.code, "bad-name")
+            await asyncio.sleep(0.3)
+            self.assertEqual(len(sessions), 1)
+            self.assertEqual([t.get_coro().__qualname__ for t in asyncio.all_tasks()
+                              if t.get_coro().__qualname__.startswith("CallbackClient")], [])
+            server.close()
+        try:
+            run(go())
+        finally:
+            os.unlink(path)
+
     def test_greeting_deadline(self):
         """A socket that takes the connection but never greets: create()
         fails with "timeout" after the client's timeout, and a reconnect
