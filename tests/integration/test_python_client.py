@@ -93,24 +93,57 @@ class ProtocolTest(unittest.TestCase):
         self.assertEqual(line, "PUB f t image 2:1,2 0\né\n".encode())
 
 
+GREETING = b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n"
+
+
+async def until(pred, settle=0.0):
+    """Wait until pred() holds (at most TIMEOUT), then settle seconds more."""
+    deadline = time.monotonic() + TIMEOUT
+    while not pred() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(settle)
+
+
 class FakeDaemonTest(unittest.TestCase):
     """The client against a scripted stand-in for busgated."""
+
+    def setUp(self):
+        self.path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                                 "busgate-pyfake-%d.sock" % os.getpid())
+        self.addCleanup(self.unlink)
+
+    def unlink(self):
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+    async def started(self, **kwargs):
+        """A started client of the fake daemon, and the link states it hears."""
+        client = await CallbackClient.create(path=self.path, **kwargs)
+        links = []
+
+        async def on_link(state, reason):
+            links.append(state)
+        client.link_handlers.append(on_link)
+        client.task = asyncio.ensure_future(client.start())
+        return client, links
+
+    async def stopped(self, client, server):
+        await client.stop()
+        client.task.cancel()
+        server.close()
 
     def test_restore_cut_short_is_not_reported_up(self):
         """busgated goes away, and the next one goes away too while the
         client restores its subscription: the app is told down, down, then
         up once the third session has the subscription, never up while the
         client is in fact disconnected."""
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                            "busgate-pyfake-%d.sock" % os.getpid())
-
         async def go():
             sessions = []
 
             async def serve(reader, writer):
                 n = len(sessions)
                 sessions.append(writer)
-                writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                writer.write(GREETING)
                 while True:
                     line = await reader.readline()
                     if not line or (n == 1 and line.startswith(b"SUB ")):
@@ -118,50 +151,33 @@ class FakeDaemonTest(unittest.TestCase):
                         return
                     writer.write(b"+OK\n")
 
-            server = await asyncio.start_unix_server(serve, path)
-            client = await CallbackClient.create(path=path, backoff_max=0.1)
-            links, errors = [], []
-
-            async def on_link(state, reason):
-                links.append(state)
+            server = await asyncio.start_unix_server(serve, self.path)
+            client, links = await self.started(backoff_max=0.1)
+            errors = []
 
             async def on_error(code, message):
                 errors.append((code, message))
-            client.link_handlers.append(on_link)
             client.error_handlers.append(on_error)
-            task = asyncio.ensure_future(client.start())
             await client.add_subscription("F", "T")
             sessions[0].close()
-            deadline = time.monotonic() + TIMEOUT
-            while "up" not in links and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            await asyncio.sleep(0.2)        # anything late would show now
+            await until(lambda: "up" in links, settle=0.2)  # anything late shows
             self.assertEqual(links, ["down", "down", "up"])
             self.assertEqual(errors, [])
             self.assertEqual(len(sessions), 3)
-            await client.stop()
-            task.cancel()
-            server.close()
-        try:
-            run(go())
-        finally:
-            os.unlink(path)
-
+            await self.stopped(client, server)
+        run(go())
 
     def test_registration_cut_by_a_closing_error_is_restored(self):
         """busgated stops (-ERR shutting-down, then closes) while a SUB is
         in flight: as when the connection just drops, the subscription is
         kept and the next session gets it with the restore."""
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                            "busgate-pystop-%d.sock" % os.getpid())
-
         async def go():
             lines = []
 
             async def serve(reader, writer):
                 first = not lines
                 lines.append([])
-                writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                writer.write(GREETING)
                 while True:
                     line = await reader.readline()
                     if not line:
@@ -173,80 +189,58 @@ class FakeDaemonTest(unittest.TestCase):
                         return
                     writer.write(b"+OK\n")
 
-            server = await asyncio.start_unix_server(serve, path)
-            client = await CallbackClient.create(path=path, backoff_max=0.1)
-            links = []
-
-            async def on_link(state, reason):
-                links.append(state)
-            client.link_handlers.append(on_link)
-            task = asyncio.ensure_future(client.start())
+            server = await asyncio.start_unix_server(serve, self.path)
+            client, links = await self.started(backoff_max=0.1)
             await client.add_subscription("F", "T")     # no exception: kept
-            deadline = time.monotonic() + TIMEOUT
-            while "up" not in links and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await until(lambda: "up" in links)
             self.assertEqual(links, ["down", "up"])
             self.assertEqual(lines[1], [b"SUB F T\n"])
-            await client.stop()
-            task.cancel()
-            server.close()
-        try:
-            run(go())
-        finally:
-            os.unlink(path)
+            await self.stopped(client, server)
+        run(go())
 
     def test_failed_create_leaves_nothing_running(self):
         """create() that fails after the greeting (here busgated refuses the
         app's NAME) closes what it started: no reader task reconnecting in
         the background for a client the app never got."""
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                            "busgate-pyname-%d.sock" % os.getpid())
-
         async def go():
             sessions = []
 
             async def serve(reader, writer):
                 sessions.append(writer)
-                writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                writer.write(GREETING)
                 while await reader.readline():
                     writer.write(b"-ERR bad-name not this one\n")
 
-            server = await asyncio.start_unix_server(serve, path)
+            server = await asyncio.start_unix_server(serve, self.path)
             with self.assertRaises(BusgateError) as cm:
-                await CallbackClient.create(path=path, app_name="x", backoff_max=0.05)
+                await CallbackClient.create(path=self.path, app_name="x", backoff_max=0.05)
             self.assertEqual(cm.exception.code, "bad-name")
             await asyncio.sleep(0.3)
             self.assertEqual(len(sessions), 1)
             self.assertEqual([t.get_coro().__qualname__ for t in asyncio.all_tasks()
                               if t.get_coro().__qualname__.startswith("CallbackClient")], [])
             server.close()
-        try:
-            run(go())
-        finally:
-            os.unlink(path)
+        run(go())
 
     def test_greeting_deadline(self):
         """A socket that takes the connection but never greets: create()
-        fails with "timeout" after the client's timeout, and a reconnect
-        gives up on such a session and tries the next one (as libbusgate's
+        fails with "timeout" after connect_timeout, and a reconnect gives
+        up on such a session and tries the next one (as libbusgate's
         greeting deadline)."""
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"),
-                            "busgate-pymute-%d.sock" % os.getpid())
-
         async def mute():
             import socket
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(path)
+            listener.bind(self.path)
             listener.listen(4)          # connections wait, never accepted
             try:
                 t0 = time.monotonic()
                 with self.assertRaises(BusgateError) as cm:
-                    await CallbackClient.create(path=path, connect_timeout=0.3)
+                    await CallbackClient.create(path=self.path, connect_timeout=0.3)
                 self.assertEqual(cm.exception.code, "timeout")
                 self.assertLess(time.monotonic() - t0, 0.3 + TIMEOUT / 2)
             finally:
                 listener.close()
-                os.unlink(path)
+                self.unlink()
 
         async def silent_second():
             sessions = []
@@ -254,35 +248,21 @@ class FakeDaemonTest(unittest.TestCase):
             async def serve(reader, writer):
                 sessions.append(writer)
                 if len(sessions) != 2:      # the second never greets
-                    writer.write(b"HELLO busgate 9.9 proto=1 max_line=65536 bus=up\n")
+                    writer.write(GREETING)
                 while await reader.readline():
                     writer.write(b"+OK\n")
 
-            server = await asyncio.start_unix_server(serve, path)
-            client = await CallbackClient.create(path=path, backoff_max=0.1, connect_timeout=0.3)
-            links = []
-
-            async def on_link(state, reason):
-                links.append(state)
-            client.link_handlers.append(on_link)
-            task = asyncio.ensure_future(client.start())
+            server = await asyncio.start_unix_server(serve, self.path)
+            client, links = await self.started(backoff_max=0.1, connect_timeout=0.3)
             await client.add_subscription("F", "T")
             sessions[0].close()
-            deadline = time.monotonic() + TIMEOUT
-            while "up" not in links and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+            await until(lambda: "up" in links)
             self.assertEqual(links, ["down", "up"])
             self.assertEqual(len(sessions), 3)
             await client.ping()         # the third session answers
-            await client.stop()
-            task.cancel()
-            server.close()
+            await self.stopped(client, server)
         run(mute())
-        try:
-            run(silent_second())
-        finally:
-            os.unlink(path)
-
+        run(silent_second())
 
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
@@ -290,11 +270,10 @@ class FakeDaemonTest(unittest.TestCase):
         otherwise leak one, with its selector's fd, per attempt)."""
         import gc
         import warnings
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "busgate-none-%d.sock" % os.getpid())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             with self.assertRaises(OSError):
-                busgate.connect(path)
+                busgate.connect(self.path)
             gc.collect()
         self.assertEqual([str(w.message) for w in caught
                           if issubclass(w.category, ResourceWarning)], [])
