@@ -88,6 +88,7 @@ struct bg_conn {
     bool was_up; /* greeted once: later greetings are reconnects */
     struct src sock, queued;
     struct evbuffer *out, *tmp;
+    struct evbuffer *held_line; /* a queued event's line until its payload is read */
 
     struct req *reqs; /* ring of req_cap; req_n from req_head */
     size_t req_cap, req_head, req_n;
@@ -843,6 +844,24 @@ skip_data(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
     return 1;
 }
 
+/* A queued event's line: appended at once, or, when a payload follows,
+ * held until next_item has the payload, so that a connection lost in
+ * between leaves no line without its payload in the queued stream (its
+ * LINK down line would be read as that payload). */
+static int
+queue_line(struct bg_conn *c, struct evbuffer *copy, const struct lp_frame *fr)
+{
+    struct evbuffer *to = copy;
+
+    if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
+        to = c->held_line;
+        evbuffer_drain(to, evbuffer_get_length(to)); /* one cut short before */
+    }
+    if (evbuffer_add(to, fr->data, fr->len) < 0 || evbuffer_add(to, "\n", 1) < 0)
+        return -1;
+    return 0;
+}
+
 /* One line: 1 with a whole item, 0 when a payload follows, -1 malformed.
  * DATA names are taken by reference unless the event is copied (queue
  * mode must copy the line as it came, before anything is written into it). */
@@ -860,8 +879,7 @@ item_line(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer
     if (copy != NULL || fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
         if (lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
             return skip_data(c, s, fr);
-        if (copy != NULL && is_event(c->lev.kind) &&
-            (evbuffer_add(copy, fr->data, fr->len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
+        if (copy != NULL && is_event(c->lev.kind) && queue_line(c, copy, fr) < 0)
             return -1;
     } else {
         if (lp_parse_event_ref(fr->data, fr->len, &c->lim, &c->lev) < 0)
@@ -910,7 +928,8 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
                 p += c->lev.packets[i].len;
             }
             if (copy != NULL &&
-                (evbuffer_add(copy, fr.data, fr.len) < 0 ||
+                (evbuffer_add_buffer(copy, c->held_line) < 0 ||
+                    evbuffer_add(copy, fr.data, fr.len) < 0 ||
                     evbuffer_add(copy, "\n", 1) < 0))
                 return -1;
             return 1;
@@ -1931,8 +1950,9 @@ bg_new(const char *path)
     c->queued.buf = evbuffer_new();
     c->out = evbuffer_new();
     c->tmp = evbuffer_new();
+    c->held_line = evbuffer_new();
     if (c->path == NULL || c->sock.buf == NULL || c->queued.buf == NULL || c->out == NULL ||
-        c->tmp == NULL) {
+        c->tmp == NULL || c->held_line == NULL) {
         bg_free(c);
         return NULL;
     }
@@ -1994,5 +2014,7 @@ bg_free(bg_conn *c)
         evbuffer_free(c->out);
     if (c->tmp != NULL)
         evbuffer_free(c->tmp);
+    if (c->held_line != NULL)
+        evbuffer_free(c->held_line);
     free(c);
 }

@@ -934,6 +934,9 @@ struct fake {
     pid_t pid;
 };
 
+/* Set before fake_start: the fake closes once it has sent its reply. */
+static bool fake_close_after_reply;
+
 static void
 fake_serve(int srv, const char *greeting, const char *key, const char *reply,
     size_t reply_len)
@@ -958,7 +961,7 @@ fake_serve(int srv, const char *greeting, const char *key, const char *reply,
     for (size_t o = 0; key != NULL && o < reply_len; o += (size_t)n)
         if ((n = write(fd, reply + o, reply_len - o)) <= 0)
             _exit(0);
-    while (read(fd, buf, sizeof(buf)) > 0)
+    while (!fake_close_after_reply && read(fd, buf, sizeof(buf)) > 0)
         ;
     _exit(0);
 }
@@ -1049,6 +1052,38 @@ test_fake_limits(void)
     CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
     CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_PROTOCOL);
     CHECK(strcmp(ev->text, "unexpected line from busgated: WHAT IS THIS") == 0);
+    CHECK(bg_next_event(c, WAIT_MS, &ev) == -BG_E_CLOSED); /* reconnecting off */
+    bg_free(c);
+    fake_stop(&f);
+}
+
+/* The connection ends in the middle of a DATA event while a blocking
+ * command waits (busgated killed mid-write): the events queued before it
+ * are delivered, then the LINK down event. The cut event's line must not
+ * reach the queue without its payload: the LINK line would be read as the
+ * payload and the queue dropped as garbled, LINK event and all. */
+static void
+test_fake_queue_cut(void)
+{
+    static const char cut[] = "DATA F T u h delta multicast 8\n00000001\n"
+                              "DATA F T u h delta multicast 8\n00000002\n"
+                              "DATA F T u h delta multicast 8\n0000";
+    struct fake f;
+    bg_conn *c;
+    const struct bg_event *ev;
+
+    fake_close_after_reply = true;
+    fake_start(&f, FAKE_HELLO, "PING", cut, sizeof(cut) - 1);
+    fake_close_after_reply = false;
+    c = fake_conn(&f, 0);
+    CHECK(bg_ping(c) == -BG_E_CLOSED);
+    for (int i = 1; i <= 2; i++) {
+        CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+        CHECK(ev->kind == BG_EV_DATA && ev->packets[0].len == 8);
+        CHECK(((const char *)ev->packets[0].data)[7] == '0' + i);
+    }
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_CLOSED);
     CHECK(bg_next_event(c, WAIT_MS, &ev) == -BG_E_CLOSED); /* reconnecting off */
     bg_free(c);
     fake_stop(&f);
@@ -1275,6 +1310,7 @@ main(int argc, char **argv)
         { "content_type", test_content_type },
         { "fake_greeting", test_fake_greeting },
         { "greeting_deadline", test_greeting_deadline },
+        { "fake_queue_cut", test_fake_queue_cut },
         { "fake_bounds", test_fake_bounds },
     };
 
