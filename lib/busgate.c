@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -49,6 +50,8 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
  * busgated's defaults let through, low enough that a confused peer cannot
  * eat the machine. */
 #define BG_DEF_MAX_PAYLOAD (64u << 20)
+/* Events a blocking command's wait may queue for the application. */
+#define BG_DEF_MAX_QUEUED ((size_t)64 << 20)
 #define BG_DEF_MAX_PACKETS (1u << 20)
 #define BG_MAX_ENTITLEMENTS (1u << 20)
 
@@ -120,6 +123,7 @@ struct bg_conn {
 
     struct lp_event lev;  /* the item being read */
     struct lp_limits lim; /* what incoming DATA may hold (bg_set_limits) */
+    size_t max_queued;    /* bg_set_max_queued */
     char bad_input[160];  /* why the input cannot be followed */
     bool pipelined;       /* VERBOSE off asked: see bg_set_pipelined */
     bool quiet;           /* ... and acknowledged: an -ERR is a refused
@@ -945,6 +949,25 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
     }
 }
 
+/* A blocking command reads on to find its reply, queueing the events
+ * before it; an application that never takes them (it only publishes,
+ * say) would have them grow without bound. Past max_queued the
+ * connection ends, as the daemon ends a slow consumer's: what is queued is
+ * delivered, then the LINK down event, then the reconnect restores. */
+static void
+check_queued(struct bg_conn *c)
+{
+    char msg[160];
+
+    if (evbuffer_get_length(c->queued.buf) <= c->max_queued)
+        return;
+    snprintf(msg, sizeof(msg),
+        "slow-consumer: over %zu bytes of events queued unread while a command "
+        "waited (bg_set_max_queued)",
+        c->max_queued);
+    link_closing(c, BG_E_SLOW_CONSUMER, msg);
+}
+
 /*
  * Read what the socket buffer holds: replies settle commands, the greeting
  * restores registrations. Returns 1 with an event in c->lev (queue false),
@@ -964,6 +987,8 @@ pump(struct bg_conn *c, bool queue)
         }
         if (r == 0)
             return 0;
+        if (queue)
+            check_queued(c);
         if (c->link_item) { /* a DATA event skipped */
             if (!queue)
                 return 1;
@@ -1919,6 +1944,12 @@ bg_set_limits(bg_conn *c, size_t max_payload, size_t max_packets)
     c->lim.max_packets = max_packets < UINT32_MAX ? (uint32_t)max_packets : UINT32_MAX;
 }
 
+void
+bg_set_max_queued(bg_conn *c, size_t bytes)
+{
+    c->max_queued = bytes > 0 ? bytes : SIZE_MAX;
+}
+
 /* Where busgated listens unless told otherwise: the same choice as the
  * busgate CLI and the python package make. */
 static const char *
@@ -1940,6 +1971,7 @@ bg_new(const char *path)
     c->state = LINK_DOWN;
     c->timeout_ms = 10000;
     bg_set_reconnect(c, 50, 2000);
+    c->max_queued = BG_DEF_MAX_QUEUED;
     lp_event_init(&c->lev);
     c->lim = (struct lp_limits){ .max_name = UINT32_MAX,
         .max_payload = BG_DEF_MAX_PAYLOAD,

@@ -167,6 +167,12 @@ void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
  * not buffered: it is skipped and reported as BG_EV_SKIPPED (defaults 64
  * MiB and 1048576). Lines are bounded at 16 MiB regardless. */
 void bg_set_limits(bg_conn *c, size_t max_payload, size_t max_packets);
+/* Blocking use: the most bytes of events a command's wait queues while it
+ * reads on for its reply (default 64 MiB; 0: no bound). Past it the
+ * connection ends as a slow consumer's would: the command fails with
+ * BG_E_CLOSED, bg_next_event gives what was queued, then a LINK down event
+ * with BG_E_SLOW_CONSUMER, and the reconnect restores the registrations. */
+void bg_set_max_queued(bg_conn *c, size_t bytes);
 
 /* Commands. Names are byte strings of the given length (UTF-8 on the bus).
  * Blocking use: returns once the daemon answered. Event-loop use: returns

@@ -1089,6 +1089,41 @@ test_fake_queue_cut(void)
     fake_stop(&f);
 }
 
+/* A blocking command reads on for its reply, queueing the events ahead of
+ * it: past bg_set_max_queued the connection ends as a slow consumer's,
+ * instead of the application's memory taking all the daemon sends. */
+static void
+test_fake_queue_bound(void)
+{
+    static char flood[16000 * 40 + 1]; /* more than one read: 4 x 64 KiB */
+    struct fake f;
+    bg_conn *c;
+    const struct bg_event *ev;
+    size_t n = 0;
+    int data = 0;
+
+    for (int i = 0; i < 16000; i++) /* no PONG: the ping waits through all of it */
+        n += (size_t)snprintf(flood + n, sizeof(flood) - n,
+            "DATA F T u h delta multicast 8\n%08d\n", i);
+    fake_start(&f, FAKE_HELLO, "PING", flood, n);
+    c = fake_conn(&f, 0);
+    bg_set_max_queued(c, 16384);
+    CHECK(bg_ping(c) == -BG_E_CLOSED);
+    CHECK(strstr(bg_errstr(c), "slow-consumer: over 16384 bytes of events queued") != NULL);
+    for (;;) {
+        CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+        if (ev->kind != BG_EV_DATA)
+            break;
+        CHECK(ev->n_packets == 1 && ev->packets[0].len == 8);
+        data++;
+    }
+    CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_SLOW_CONSUMER);
+    CHECK(data > 0 && data < 16000);
+    CHECK(bg_next_event(c, WAIT_MS, &ev) == -BG_E_CLOSED); /* reconnecting off */
+    bg_free(c);
+    fake_stop(&f);
+}
+
 /* bg_publish_typed: at bus protocol 6 the content type reaches the
  * subscriber (ev->content_type; an empty one shows as ""); a gateway whose
  * bus speaks 3 to 5 refuses it. Run against both. */
@@ -1310,6 +1345,7 @@ main(int argc, char **argv)
         { "content_type", test_content_type },
         { "fake_greeting", test_fake_greeting },
         { "greeting_deadline", test_greeting_deadline },
+        { "fake_queue_bound", test_fake_queue_bound },
         { "fake_queue_cut", test_fake_queue_cut },
         { "fake_bounds", test_fake_bounds },
     };
