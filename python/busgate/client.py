@@ -36,8 +36,11 @@ MAX_APP_NAME = 64
 READ_LIMIT = 1 << 24
 
 # Events read but not yet handled, by default: past this many the client
-# stops reading busgated (see _wait_for_room).
+# stops reading busgated (see _wait_for_room) ...
 MAX_QUEUED = 10000
+# ... unless a reply is awaited; then past these bytes of them it ends the
+# session, as libbusgate's bg_set_max_queued does.
+MAX_QUEUED_BYTES = 64 << 20
 
 
 class _WatchedList(list):
@@ -74,13 +77,15 @@ class CallbackClient:
                  backoff_min: float = 0.05, backoff_max: float = 5.0,
                  app_name: Optional[str] = None,
                  connect_timeout: Optional[float] = 10.0,
-                 max_queued: int = MAX_QUEUED) -> None:
+                 max_queued: int = MAX_QUEUED,
+                 max_queued_bytes: int = MAX_QUEUED_BYTES) -> None:
         self.path = path or p.default_socket()
         # How long a connection may take to be greeted (None: no bound).
         # A daemon that is stuck, or a socket nobody accepts on, would
         # otherwise hold create() or a reconnect for ever.
         self.connect_timeout = connect_timeout
         self.max_queued = max_queued
+        self.max_queued_bytes = max_queued_bytes
         # NAME: how busgated labels the session in STATS and its log.
         self.app_name = _checked_name(app_name) if app_name is not None else None
         self.reconnect = reconnect
@@ -107,7 +112,8 @@ class CallbackClient:
         self._writer: Optional[asyncio.StreamWriter] = None
         self._sessions = 0      # sessions opened: which one a restore is for
         self._pending: collections.deque = collections.deque()   # [future, STAT list]
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = asyncio.Queue()   # (event, bytes read for it)
+        self._queued_bytes = 0
         self._room = asyncio.Event()    # an event was taken, or a reply is awaited
         self._started = asyncio.Event()
         self._done = asyncio.Event()
@@ -176,6 +182,11 @@ class CallbackClient:
         try:
             while True:
                 await self._wait_for_room()
+                if self._queued_bytes > self.max_queued_bytes:
+                    why = ("over %d bytes of events queued unread while a reply was"
+                           " awaited (max_queued_bytes)" % self.max_queued_bytes)
+                    self._queue(p.Error("slow-consumer", why))
+                    return "slow-consumer: " + why
                 line = await reader.readline()
                 if not line:
                     return "busgated closed the session"
@@ -187,7 +198,7 @@ class CallbackClient:
                     if not block.endswith(b"\n"):
                         raise BusgateError("protocol", "bad payload terminator")
                     payloads = p.split_payload(line, block[:n])
-                self._on_message(p.parse_line(line, payloads))
+                self._on_message(p.parse_line(line, payloads), len(line) + n + 2)
         except (OSError, asyncio.IncompleteReadError, ValueError, BusgateError) as e:
             return "session lost: %s" % (e or type(e).__name__)
 
@@ -195,17 +206,23 @@ class CallbackClient:
         """Handlers that fall behind hold the reader, so that busgated's
         output bound (max_output: -ERR slow-consumer) limits a slow app, as
         for a native client, not this process's memory. A reply that is
-        awaited is read on regardless: a handler may be waiting for it."""
+        awaited is read on regardless (a handler may be waiting for it),
+        up to max_queued_bytes (_read_until_lost)."""
         while self._events.qsize() >= self.max_queued and not self._pending:
             self._room.clear()
             await self._room.wait()
 
+    def _queue(self, ev, size: int = 0) -> None:
+        self._queued_bytes += size
+        self._events.put_nowait((ev, size))
+
     async def _next_event(self):
-        ev = await self._events.get()
+        ev, size = await self._events.get()
+        self._queued_bytes -= size
         self._room.set()
         return ev
 
-    def _on_message(self, msg) -> None:
+    def _on_message(self, msg, size: int = 0) -> None:
         if isinstance(msg, p.Reply):
             self._on_reply(msg)
             return
@@ -215,7 +232,7 @@ class CallbackClient:
             self._forget(msg)
         elif isinstance(msg, p.BusState):
             self.bus_state = msg.state
-        self._events.put_nowait(msg)
+        self._queue(msg, size)
 
     def _on_reply(self, reply: p.Reply) -> None:
         if not self._pending:
@@ -241,7 +258,7 @@ class CallbackClient:
             self._writer = None
         self._fail_pending(BusgateError("disconnected", reason))
         if not self._stopping:
-            self._events.put_nowait(p.Link("down", reason))
+            self._queue(p.Link("down", reason))
 
     async def _reconnect(self) -> Optional[asyncio.StreamReader]:
         """Connect again with bounded exponential backoff, then restore."""
@@ -284,13 +301,13 @@ class CallbackClient:
             if not isinstance(r, BusgateError) or r.code.startswith("already"):
                 continue
             if what is None:    # the handlers' registration: their list decides
-                self._events.put_nowait(p.Error(r.code, "restoring: " + r.message))
+                self._queue(p.Error(r.code, "restoring: " + r.message))
                 continue
             # Refused now (access rules, limits): ended, as by a reload.
             ev = p.Revoked(*what, r.message)
             self._forget(ev)
-            self._events.put_nowait(ev)
-        self._events.put_nowait(p.Link("up", "restored %d requests" % len(regs)))
+            self._queue(ev)
+        self._queue(p.Link("up", "restored %d requests" % len(regs)))
 
     def _forget(self, ev: p.Revoked) -> None:
         """The daemon ended a registration: a reconnect must not restore it."""
@@ -381,7 +398,7 @@ class CallbackClient:
             return   # OK, or the session was lost: the restore registers
         # already-/not-authorizer: a restore raced the change; same result.
         if reply.code not in ("already-authorizer", "not-authorizer"):
-            self._events.put_nowait(p.Error(reply.code, "authorization handlers: " + reply.text))
+            self._queue(p.Error(reply.code, "authorization handlers: " + reply.text))
 
     async def _remembered(self, table: set, key, add: bool, line: bytes) -> None:
         """A request a reconnect must restore: recorded even while

@@ -222,6 +222,41 @@ class FakeDaemonTest(unittest.TestCase):
             server.close()
         run(go())
 
+    def test_events_queued_while_a_reply_is_awaited_are_bounded(self):
+        """A reply is awaited (so reading cannot wait for the app) while
+        events pile up ahead of it: past max_queued_bytes the session ends
+        as a slow consumer's, instead of the app's memory taking all the
+        daemon sends (a script that publishes in a loop while subscribed)."""
+        async def go():
+            flood = b"".join(b"DATA F T u h delta multicast 8\n%08d\n" % i
+                             for i in range(5000))     # and no PONG
+
+            async def serve(reader, writer):
+                writer.write(GREETING)
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        writer.close()      # with the flood it could not send
+                        return
+                    if line.startswith(b"PING"):
+                        writer.write(flood)
+
+            server = await asyncio.start_unix_server(serve, self.path)
+            client = await CallbackClient.create(path=self.path, reconnect=False,
+                                                 max_queued_bytes=16384)
+            with self.assertRaises(BusgateError) as cm:
+                await asyncio.wait_for(client.ping(), TIMEOUT / 4)
+            self.assertEqual(cm.exception.code, "disconnected")
+            kinds = []
+            while not kinds or kinds[-1] is not busgate.Link:
+                kinds.append(type(await asyncio.wait_for(client._next_event(), 1)))
+            self.assertEqual(kinds[-2:], [busgate.Error, busgate.Link])
+            self.assertEqual(set(kinds[:-2]), {busgate.Data})
+            self.assertLess(len(kinds), 5000)
+            await client.stop()
+            server.close()
+        run(go())
+
     def test_greeting_deadline(self):
         """A socket that takes the connection but never greets: create()
         fails with "timeout" after connect_timeout, and a reconnect gives
