@@ -35,11 +35,11 @@ MAX_APP_NAME = 64
 # reading the socket.)
 READ_LIMIT = 1 << 24
 
-# Events read but not yet handled, by default: past this many the client
-# stops reading busgated (see _wait_for_room) ...
+# Events read but not yet handled, by default: past this many, or these
+# bytes of them, the client stops reading busgated; unless a reply is
+# awaited: then past the bytes it ends the session, as libbusgate's
+# bg_set_max_queued does (see _wait_for_room).
 MAX_QUEUED = 10000
-# ... unless a reply is awaited; then past these bytes of them it ends the
-# session, as libbusgate's bg_set_max_queued does.
 MAX_QUEUED_BYTES = 64 << 20
 
 
@@ -208,7 +208,8 @@ class CallbackClient:
         for a native client, not this process's memory. A reply that is
         awaited is read on regardless (a handler may be waiting for it),
         up to max_queued_bytes (_read_until_lost)."""
-        while self._events.qsize() >= self.max_queued and not self._pending:
+        while not self._pending and (self._events.qsize() >= self.max_queued or
+                                     self._queued_bytes > self.max_queued_bytes):
             self._room.clear()
             await self._room.wait()
 
