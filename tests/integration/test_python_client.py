@@ -807,19 +807,19 @@ class SlowConsumerTest(GatewayCase):
 
     def test_slow_async_handler_is_cut_off(self):
         """A handler that awaits (not one that blocks the loop) falls
-        behind a burst: the client stops reading once max_queued events
-        wait, so busgated's max_output decides (slow-consumer) instead of
-        the app's memory growing with every event the daemon sends."""
-        feed = uniq("SLOWQ")
+        behind a burst: the client stops reading once max_queued events,
+        or max_queued_bytes of them, wait, so busgated's max_output decides
+        (slow-consumer) instead of the app's memory growing with every
+        event the daemon sends."""
         pub = self.client("pub")
         read_limit = busgate.client.READ_LIMIT
         # The socket's own buffer in the client: small, as max_output is
         # here (the default, 16 MiB, would take a 32 MiB burst to fill).
         busgate.client.READ_LIMIT = 65536
 
-        async def go():
+        async def go(feed, **bounds):
             client = await CallbackClient.create(path=self.gw.socket_path, backoff_max=0.5,
-                                                 max_queued=100)
+                                                 **bounds)
             task = asyncio.ensure_future(client.start())
             errors, seen = [], []
 
@@ -850,7 +850,8 @@ class SlowConsumerTest(GatewayCase):
             await client.stop()
             task.cancel()
         try:
-            run(go())
+            run(go(uniq("SLOWQ"), max_queued=100))
+            run(go(uniq("SLOWB"), max_queued_bytes=100 * 1000))
         finally:
             busgate.client.READ_LIMIT = read_limit
 
