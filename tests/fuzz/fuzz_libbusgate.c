@@ -12,7 +12,7 @@
  *   bit 2: a bg_publish of each DATA event's own names and packets, and a
  *          bg_authorize of each AUTHREQ
  *   bit 3: pipelined (VERBOSE off)
- *   bit 4: small limits (bg_set_limits)
+ *   bit 4: small limits (bg_set_limits, bg_set_max_queued)
  *   bit 5: no greeting of ours: the input brings its own
  *
  * Checks, beyond "no crash, no leak, no UB": every event's strings are
@@ -291,8 +291,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK((c = bg_new(fake.path)) != NULL);
     bg_set_timeout(c, WAIT_MS);
     bg_set_reconnect(c, 0, 0);
-    if (use & USE_SMALL_LIMITS)
+    if (use & USE_SMALL_LIMITS) {
         bg_set_limits(c, 16, 2);
+        bg_set_max_queued(c, 256); /* a blocking command's wait cuts the link */
+    }
     r = bg_open(c);
     if (!(use & USE_OWN_GREETING))
         CHECK(write(fake.go[1], "g", 1) == 1);
