@@ -987,7 +987,8 @@ pump(struct bg_conn *c, bool queue)
         }
         if (r == 0)
             return 0;
-        if (queue)
+        /* At events only: a greeting's on_hello would undo the cut. */
+        if (queue && (c->link_item || is_event(c->lev.kind)))
             check_queued(c);
         if (c->link_item) { /* a DATA event skipped */
             if (!queue)

@@ -172,8 +172,8 @@ void bg_set_limits(bg_conn *c, size_t max_payload, size_t max_packets);
  * connection ends as a slow consumer's would: the command fails with
  * BG_E_CLOSED, bg_next_event gives what was queued, then a LINK down event
  * with BG_E_SLOW_CONSUMER, and the reconnect restores the registrations
- * (until the application takes enough of what is queued, its next
- * commands end the same way). */
+ * (while what is queued stays over the bound, the next event a command's
+ * wait reads ends the connection again). */
 void bg_set_max_queued(bg_conn *c, size_t bytes);
 
 /* Commands. Names are byte strings of the given length (UTF-8 on the bus).
