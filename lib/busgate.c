@@ -1791,6 +1791,18 @@ bg_ping(bg_conn *c)
     return command(c, 0, NULL);
 }
 
+/* A word sent as is (a STATS view): one with a separator or a newline
+ * would be two tokens, or two commands whose second reply would answer
+ * the next request. */
+static bool
+one_token(const char *s)
+{
+    for (; *s != '\0'; s++)
+        if ((unsigned char)*s <= ' ' || *s == 0x7f)
+            return false;
+    return true;
+}
+
 int
 bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
 {
@@ -1799,6 +1811,10 @@ bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
     if (c->cb != NULL || cb == NULL || c->pipelined)
         return set_err(c, BG_E_INVALID,
             "bg_stats is for blocking use, with a callback, not pipelined");
+    if (view != NULL && view[0] == '\0')
+        view = NULL;
+    if (view != NULL && !one_token(view))
+        return set_err(c, BG_E_INVALID, "a STATS view is one word");
     if (lp_format_cmd(c->tmp, LP_STATS, view) < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
     c->stat_cb = cb;

@@ -236,7 +236,8 @@ int bg_set_name(bg_conn *c, const char *name, size_t name_len);
  */
 int bg_set_pipelined(bg_conn *c, bool on);
 int bg_flush(bg_conn *c);
-/* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL: the counters).
+/* Blocking use: STATS [view] ("SESSIONS", "LINK"; NULL or "": the
+ * counters; one word, else BG_E_INVALID).
  * cb gets each STAT line's name and value (the rest of the line) before
  * this returns; the registration restore and events are unaffected. */
 typedef void bg_stat_callback(const char *name, const char *value, void *arg);

@@ -699,6 +699,12 @@ test_stats_and_revoked(void)
     CHECK(st.self_named);
     CHECK(bg_stats(c, "NONSENSE", on_stat, &st) == -BG_E_SYNTAX);
     CHECK(bg_stats(c, NULL, NULL, NULL) == -BG_E_INVALID);
+    /* One token: "LINK\nPING" would be two commands, and the PONG of the
+     * second would answer the next request. */
+    CHECK(bg_stats(c, "LINK\nPING", on_stat, &st) == -BG_E_INVALID);
+    CHECK(bg_stats(c, "LINK SESSIONS", on_stat, &st) == -BG_E_INVALID);
+    CHECK_OK(c, bg_ping(c));
+    CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
     CHECK_OK(c, bg_subscribe(c, S("revoked feed"), S("t")));
     ask_driver("REVOKE"); /* access rules that leave only feed "kept" */
     ev = wait_for(c, BG_EV_REVOKED, NULL, 0);
