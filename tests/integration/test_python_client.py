@@ -358,6 +358,22 @@ class CallbackClientTest(GatewayCase):
             await r.client.stop()
         run(go())
 
+    def test_ping_token_and_stats_view_are_one_token(self):
+        """A ping token or STATS view with a space or a newline would be
+        sent as two tokens, or two commands whose second reply answers the
+        next request: refused before it is written."""
+        async def go():
+            client = (await self.recorder()).client
+            for bad in ("two words", "line\nPING x", "tab\t"):
+                with self.assertRaises(ValueError):
+                    await client.ping(bad)
+                with self.assertRaises(ValueError):
+                    await client.stats(bad)
+            self.assertEqual(await client.ping("ok"), "ok")
+            self.assertEqual(await client.ping(), "")
+            await client.stop()
+        run(go())
+
     def test_notification_and_send(self):
         feed, topic = uniq("NF"), "AAPL"
 
