@@ -498,5 +498,5 @@ class BusesCase(unittest.TestCase):
             gw.stop()
         for bus in self.buses:
             bus.stop()
-        if not os.environ.get("BUSGATE_KEEP"):
+        if not os.environ.get("BUSGATE_TEST_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)

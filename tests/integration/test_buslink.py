@@ -70,7 +70,7 @@ class BusLinkCase(unittest.TestCase):
         for bus in self.buses:
             bus.stop()
         ok = not errors and not self._failed()
-        if ok and not os.environ.get("BUSGATE_KEEP"):
+        if ok and not os.environ.get("BUSGATE_TEST_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise AssertionError("\n".join(errors))

@@ -74,7 +74,7 @@ class WorkDir(unittest.TestCase):
         self.tmp = tempdir()
 
     def tearDown(self):
-        if not os.environ.get("BUSGATE_KEEP"):
+        if not os.environ.get("BUSGATE_TEST_KEEP"):
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -460,7 +460,7 @@ class WithBus(unittest.TestCase):
     def setUpClass(cls):
         # Cleanups run also when a subclass's setUpClass fails after this.
         cls.tmp = tempdir()
-        if not os.environ.get("BUSGATE_KEEP"):
+        if not os.environ.get("BUSGATE_TEST_KEEP"):
             cls.addClassCleanup(shutil.rmtree, cls.tmp, ignore_errors=True)
         cls.bus = TestBus(cls.tmp, feeds=cls.bus_feeds)
         cls.addClassCleanup(cls.bus.stop)
