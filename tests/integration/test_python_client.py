@@ -116,6 +116,16 @@ class FakeDaemonTest(unittest.TestCase):
         if os.path.exists(self.path):
             os.unlink(self.path)
 
+    async def serving(self, serve):
+        """The fake daemon: serve(reader, writer) per connection, whose
+        writer is closed when it returns."""
+        async def session(reader, writer):
+            try:
+                await serve(reader, writer)
+            finally:
+                writer.close()
+        return await asyncio.start_unix_server(session, self.path)
+
     async def started(self, **kwargs):
         """A started client of the fake daemon, and the link states it hears."""
         client = await CallbackClient.create(path=self.path, **kwargs)
@@ -151,7 +161,7 @@ class FakeDaemonTest(unittest.TestCase):
                         return
                     writer.write(b"+OK\n")
 
-            server = await asyncio.start_unix_server(serve, self.path)
+            server = await self.serving(serve)
             client, links = await self.started(backoff_max=0.1)
             errors = []
 
@@ -189,7 +199,7 @@ class FakeDaemonTest(unittest.TestCase):
                         return
                     writer.write(b"+OK\n")
 
-            server = await asyncio.start_unix_server(serve, self.path)
+            server = await self.serving(serve)
             client, links = await self.started(backoff_max=0.1)
             await client.add_subscription("F", "T")     # no exception: kept
             await until(lambda: "up" in links)
@@ -211,7 +221,7 @@ class FakeDaemonTest(unittest.TestCase):
                 while await reader.readline():
                     writer.write(b"-ERR bad-name not this one\n")
 
-            server = await asyncio.start_unix_server(serve, self.path)
+            server = await self.serving(serve)
             with self.assertRaises(BusgateError) as cm:
                 await CallbackClient.create(path=self.path, app_name="x", backoff_max=0.05)
             self.assertEqual(cm.exception.code, "bad-name")
@@ -236,12 +246,11 @@ class FakeDaemonTest(unittest.TestCase):
                 while True:
                     line = await reader.readline()
                     if not line:
-                        writer.close()      # with the flood it could not send
                         return
                     if line.startswith(b"PING"):
                         writer.write(flood)
 
-            server = await asyncio.start_unix_server(serve, self.path)
+            server = await self.serving(serve)
             client = await CallbackClient.create(path=self.path, reconnect=False,
                                                  max_queued_bytes=16384)
             with self.assertRaises(BusgateError) as cm:
@@ -287,7 +296,7 @@ class FakeDaemonTest(unittest.TestCase):
                 while await reader.readline():
                     writer.write(b"+OK\n")
 
-            server = await asyncio.start_unix_server(serve, self.path)
+            server = await self.serving(serve)
             client, links = await self.started(backoff_max=0.1, connect_timeout=0.3)
             await client.add_subscription("F", "T")
             sessions[0].close()
