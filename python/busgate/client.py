@@ -182,11 +182,6 @@ class CallbackClient:
         try:
             while True:
                 await self._wait_for_room()
-                if self._queued_bytes > self.max_queued_bytes:
-                    why = ("over %d bytes of events queued unread while a reply was"
-                           " awaited (max_queued_bytes)" % self.max_queued_bytes)
-                    self._queue(p.Error("slow-consumer", why))
-                    return "slow-consumer: " + why
                 line = await reader.readline()
                 if not line:
                     return "busgated closed the session"
@@ -198,7 +193,17 @@ class CallbackClient:
                     if not block.endswith(b"\n"):
                         raise BusgateError("protocol", "bad payload terminator")
                     payloads = p.split_payload(line, block[:n])
-                self._on_message(p.parse_line(line, payloads), len(line) + n + 2)
+                msg = p.parse_line(line, payloads)
+                self._on_message(msg, len(line) + n + 2)
+                if self._pending and not isinstance(msg, p.Reply) and \
+                        self._queued_bytes > self.max_queued_bytes:
+                    # Reading on for a reply has queued too much: cut, as
+                    # libbusgate does, at an event (not at once: what an
+                    # earlier session left may still be over the bound).
+                    why = ("over %d bytes of events queued unread while a reply was"
+                           " awaited (max_queued_bytes)" % self.max_queued_bytes)
+                    self._queue(p.Error("slow-consumer", why))
+                    return "slow-consumer: " + why
         except (OSError, asyncio.IncompleteReadError, ValueError, BusgateError) as e:
             return "session lost: %s" % (e or type(e).__name__)
 
