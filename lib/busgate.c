@@ -1791,18 +1791,6 @@ bg_ping(bg_conn *c)
     return command(c, 0, NULL);
 }
 
-/* A word sent as is (a STATS view): one with a separator or a newline
- * would be two tokens, or two commands whose second reply would answer
- * the next request. */
-static bool
-one_token(const char *s)
-{
-    for (; *s != '\0'; s++)
-        if ((unsigned char)*s <= ' ' || *s == 0x7f)
-            return false;
-    return true;
-}
-
 int
 bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
 {
@@ -1813,7 +1801,7 @@ bg_stats(bg_conn *c, const char *view, bg_stat_callback *cb, void *arg)
             "bg_stats is for blocking use, with a callback, not pipelined");
     if (view != NULL && view[0] == '\0')
         view = NULL;
-    if (view != NULL && !one_token(view))
+    if (view != NULL && !lp_is_word(view)) /* "LINK\nPING": two commands */
         return set_err(c, BG_E_INVALID, "a STATS view is one word");
     if (lp_format_cmd(c->tmp, LP_STATS, view) < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");

@@ -620,9 +620,22 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
     return item_end(out, small, &vec, o);
 }
 
+bool
+lp_is_word(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s != '\0'; s++)
+        if (must_escape((unsigned char)*s))
+            return false;
+    return true;
+}
+
 int
 lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg)
 {
+    if (arg != NULL && !lp_is_word(arg))
+        return -1;
     if (cmd_start(out, verb, NULL, 0) < 0)
         return -1;
     if (arg != NULL &&

@@ -242,7 +242,11 @@ int lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_G
 int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
     size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
     size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets);
-/* "VERB [arg]" for PING (token), STATS, VERBOSE (on/off), QUIT. */
+/* Whether s is one word that is sent as is: non-empty, nothing a name
+ * would escape (no separator, control byte, '%' or '"'). */
+bool lp_is_word(const char *s);
+/* "VERB [arg]" for PING (token), STATS, VERBOSE (on/off), QUIT; -1 also
+ * when arg is not lp_is_word (it would be two tokens, or two commands). */
 int lp_format_cmd(struct evbuffer *out, enum lp_verb verb, const char *arg);
 
 /*

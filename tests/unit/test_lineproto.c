@@ -1228,6 +1228,13 @@ test_format_commands(void **state)
     parse_formatted(f, "STATS\n");
     assert_int_equal(lp_format_cmd(f->buf, LP_QUIT, NULL), 0);
     parse_formatted(f, "QUIT\n");
+    /* The argument goes as is: it must be one word that needs no escape. */
+    assert_int_equal(lp_format_cmd(f->buf, LP_STATS, "LINK\nPING"), -1);
+    assert_int_equal(lp_format_cmd(f->buf, LP_PING, "a b"), -1);
+    assert_int_equal(lp_format_cmd(f->buf, LP_PING, ""), -1);
+    assert_int_equal(evbuffer_get_length(f->buf), 0);
+    assert_true(lp_is_word("SESSIONS"));
+    assert_false(lp_is_word("100%"));
     assert_string_equal(lp_verb_name(LP_UNAUTHORIZER), "UNAUTHORIZER");
     assert_null(lp_verb_name((enum lp_verb)99));
 }
