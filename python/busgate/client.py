@@ -478,14 +478,14 @@ class CallbackClient:
             await self._request(p.command("NAME", name))
 
     async def ping(self, token: str = "") -> str:
-        reply = await self._request(_with_token(b"PING", token, "a ping token"))
+        reply = await self._request(p.word_command("PING", token, "a ping token"))
         return reply.text
 
     async def stats(self, view: Optional[str] = None) -> dict:
         """STATS as {name: value}; the per-session lines under 'session'.
         view: "SESSIONS" (the session lines) or "LINK" (the bus link's
         details), as busgate sessions and busgate stats show them."""
-        line = _with_token(b"STATS", view, "a STATS view")
+        line = p.word_command("STATS", view, "a STATS view")
         out: dict = {"session": []}
         for r in await self._request(line, stats=True):
             if r.code == "session":
@@ -505,18 +505,6 @@ def _checked_name(name: str) -> str:
     if not 1 <= n <= MAX_APP_NAME:
         raise BusgateError("bad-name", "an app name is 1 to %d bytes of UTF-8" % MAX_APP_NAME)
     return name
-
-
-def _with_token(verb: bytes, token: Optional[str], what: str) -> bytes:
-    """verb and an optional token (sent as is, as PING's and STATS's
-    are): one that held a separator or a newline would be two tokens, or
-    two commands whose second reply would answer the next request."""
-    if not token:
-        return verb + b"\n"
-    raw = token.encode("utf-8")
-    if any(b <= 0x20 or b == 0x7F for b in raw):
-        raise ValueError("%s is one token: no spaces or control characters" % what)
-    return verb + b" " + raw + b"\n"
 
 
 def _typed(content_type: Optional[str]) -> List[bytes]:

@@ -135,6 +135,20 @@ def command(verb: str, *args, packets=None, extra: Iterable[bytes] = ()) -> byte
     return line + body + b"\n" if specs else line
 
 
+def word_command(verb: str, word: Optional[str], what: str) -> bytes:
+    """verb and an optional word sent as is (PING's token, STATS's view),
+    which must need no escape: one with a separator or a newline would be
+    two tokens, or two commands whose second reply would answer the next
+    request (libbusgate's lp_is_word)."""
+    if not word:
+        return verb.encode() + b"\n"
+    raw = word.encode("utf-8")
+    if any(_must_escape(b) for b in raw):
+        raise ValueError("%s is one plain word: no spaces, control characters, %% or \""
+                         % what)
+    return verb.encode() + b" " + raw + b"\n"
+
+
 def client_id_token(client_id) -> bytes:
     return str(uuid.UUID(str(client_id))).encode()
 
