@@ -1096,12 +1096,51 @@ revoked_names(struct bg_conn *c, struct bg_event *ev)
     return 0;
 }
 
+/* DATA, the hot path: every field stored once (the parser set its names). */
+static int
+build_data(struct bg_conn *c)
+{
+    const struct lp_event *l = &c->lev;
+
+    if (l->n_packets > c->pk_cap) {
+        struct bg_packet *pk = realloc(c->pk, l->n_packets * sizeof(*pk));
+
+        if (pk == NULL)
+            return set_err(c, BG_E_NOMEM, "out of memory");
+        c->pk = pk;
+        c->pk_cap = l->n_packets;
+    }
+    for (uint32_t i = 0; i < l->n_packets; i++)
+        c->pk[i] = (struct bg_packet){ l->packets[i].data, l->packets[i].len,
+            l->packets[i].entitlements.v, l->packets[i].entitlements.n };
+    c->ev = (struct bg_event){
+        .kind = BG_EV_DATA,
+        .feed = l->feed.ptr,
+        .topic = l->topic.ptr,
+        .user = l->user.ptr,
+        .host = l->host.ptr,
+        .feed_len = l->feed.len,
+        .topic_len = l->topic.len,
+        .user_len = l->user.len,
+        .host_len = l->host.len,
+        .is_image = l->is_image,
+        .is_unicast = l->is_unicast,
+        .content_type = l->content_type.len > 0 ? l->content_type.ptr : "",
+        .packets = c->pk,
+        .n_packets = l->n_packets,
+        .text = "",
+    };
+    return 0;
+}
+
 static int
 build_event(struct bg_conn *c)
 {
     struct bg_event *ev = &c->ev;
     const struct lp_event *l = &c->lev;
 
+    if (!c->link_item && l->kind == LP_EV_DATA)
+        return build_data(c);
     *ev = (struct bg_event){ .content_type = "", .text = "" }; /* stores, not a call */
     if (c->link_item && c->link_skipped) {
         ev->kind = BG_EV_SKIPPED;
@@ -1128,26 +1167,6 @@ build_event(struct bg_conn *c)
     name_out(&l->user, &ev->user, &ev->user_len);
     name_out(&l->host, &ev->host, &ev->host_len);
     switch (l->kind) {
-    case LP_EV_DATA:
-        ev->kind = BG_EV_DATA;
-        ev->is_image = l->is_image;
-        ev->is_unicast = l->is_unicast;
-        if (l->content_type.len > 0)
-            ev->content_type = l->content_type.ptr;
-        if (l->n_packets > c->pk_cap) {
-            struct bg_packet *pk = realloc(c->pk, l->n_packets * sizeof(*pk));
-
-            if (pk == NULL)
-                return set_err(c, BG_E_NOMEM, "out of memory");
-            c->pk = pk;
-            c->pk_cap = l->n_packets;
-        }
-        for (uint32_t i = 0; i < l->n_packets; i++)
-            c->pk[i] = (struct bg_packet){ l->packets[i].data, l->packets[i].len,
-                l->packets[i].entitlements.v, l->packets[i].entitlements.n };
-        ev->packets = c->pk;
-        ev->n_packets = l->n_packets;
-        break;
     case LP_EV_NOTIFICATION:
     case LP_EV_AUTHREQ:
         ev->kind = l->kind == LP_EV_AUTHREQ ? BG_EV_AUTHREQ : BG_EV_NOTIFICATION;

@@ -59,17 +59,12 @@ event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
     const char *why;
     uint32_t n;
 
-    if (t->n == 2 && t->p[0] == '"' && t->p[1] == '"') {
-        out->ptr = "";
-        out->len = 0;
-        return 0;
-    }
-    if (clean) {
+    if (clean) { /* '"' is special: "" is never clean */
         if (t->n > max)
             return -1;
         if (no->by_ref) {
             out->ptr = t->p;
-            no->ev->ref_names[no->ev->n_ref_names++] = out;
+            no->ev->ref_ends[no->ev->n_ref_names++] = (char *)t->p + t->n;
         } else {
             memcpy(no->room, t->p, t->n);
             no->room[t->n] = '\0';
@@ -77,6 +72,11 @@ event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
             no->room += t->n + 1;
         }
         out->len = (uint32_t)t->n;
+        return 0;
+    }
+    if (t->n == 2 && t->p[0] == '"' && t->p[1] == '"') {
+        out->ptr = "";
+        out->len = 0;
         return 0;
     }
     if (lp_decode_name(t->p, t->n, no->room, &n, &why) < 0 || n > max)
@@ -91,7 +91,7 @@ void
 lp_event_terminate(struct lp_event *ev)
 {
     for (uint32_t i = 0; i < ev->n_ref_names; i++)
-        ((char *)ev->ref_names[i]->ptr)[ev->ref_names[i]->len] = '\0';
+        *ev->ref_ends[i] = '\0';
     ev->n_ref_names = 0;
 }
 
