@@ -51,6 +51,9 @@
 /* A batch of data sends goes to the output when it reaches this size
  * (or at the end of the loop turn); a larger buffer is not kept. */
 #define BUS_BATCH_MAX (64 * 1024)
+/* A batch at least this full is handed to the output whole (no copy) and
+ * a new one started; a smaller one costs less to copy than a new buffer. */
+#define BUS_BATCH_HANDOVER (16 * 1024)
 
 #define HEARTBEAT_FEED "__admin__"
 #define HEARTBEAT_TOPIC "heartbeat"
