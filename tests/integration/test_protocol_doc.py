@@ -9,6 +9,7 @@ codes and verbs of src/lineproto.c are checked to be documented.
 import os
 import re
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -242,6 +243,11 @@ class Env:
 
 def setUpModule():
     Env.dir = gwtest.tempdir("busgate-doc-")
+
+
+def tearDownModule():
+    if not os.environ.get("BUSGATE_TEST_KEEP"):
+        shutil.rmtree(Env.dir, ignore_errors=True)
 
 
 def run_block(test, index, steps, settings):
