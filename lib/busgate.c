@@ -53,6 +53,9 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 /* Events a blocking command's wait may queue for the application. */
 #define BG_DEF_MAX_QUEUED ((size_t)64 << 20)
 #define BG_DEF_MAX_PACKETS (1u << 20)
+/* busgated's default listen.max_line: the bound on a command line queued
+ * (event-loop use) before the first greeting says the daemon's own. */
+#define BG_DEF_MAX_LINE 65536u
 #define BG_MAX_ENTITLEMENTS (1u << 20)
 
 enum link_state {
@@ -115,8 +118,9 @@ struct bg_conn {
     void *cb_arg;
     bg_stat_callback *stat_cb; /* bg_stats: where its STAT lines go */
     void *stat_arg;
-    char hello[1024]; /* the latest greeting, after "HELLO " */
-    char *app_name;   /* bg_set_name's, said again to each new session */
+    char hello[1024];  /* the latest greeting, after "HELLO " */
+    uint32_t max_line; /* its max_line: no longer command line is sent */
+    char *app_name;    /* bg_set_name's, said again to each new session */
     size_t app_name_len;
     char *revoked; /* a REVOKED event's decoded feed and topic */
     size_t revoked_cap;
@@ -629,7 +633,9 @@ on_hello(struct bg_conn *c)
     const char *bus = strstr(c->lev.rest, " bus=");
     bool first = !c->was_up;
     const char *proto = strstr(c->lev.rest, " proto=");
+    const char *max_line = strstr(c->lev.rest, " max_line=");
     long version = proto != NULL ? strtol(proto + 7, NULL, 10) : -1;
+    unsigned long line = max_line != NULL ? strtoul(max_line + 10, NULL, 10) : 0;
     size_t held = c->req_n;
     struct evbuffer *b;
     int n;
@@ -640,6 +646,9 @@ on_hello(struct bg_conn *c)
         return set_err(c, BG_E_PROTOCOL,
             "busgated speaks line protocol %ld, this libbusgate %d", version,
             LP_PROTOCOL_VERSION);
+    if (line == 0 || line > UINT32_MAX)
+        return set_err(c, BG_E_PROTOCOL, "the greeting has no max_line");
+    c->max_line = (uint32_t)line;
     snprintf(c->bus_state, sizeof(c->bus_state), "%s", bus ? bus + 5 : "unknown");
     snprintf(c->hello, sizeof(c->hello), "%s", c->lev.rest);
     c->state = LINK_UP;
@@ -1399,6 +1408,31 @@ link_ready(struct bg_conn *c)
     return 0;
 }
 
+static int
+too_long(struct bg_conn *c)
+{
+    return set_err(c, BG_E_LINE_TOO_LONG,
+        "the command line would be longer than busgated's max_line, %u bytes; "
+        "nothing was sent",
+        (unsigned)c->max_line);
+}
+
+/*
+ * Whether the command in c->tmp has a line the daemon takes: it discards
+ * a longer one up to its newline, and would then read a message's payload
+ * as commands. Else c->tmp is emptied.
+ */
+static int
+line_fits(struct bg_conn *c)
+{
+    struct evbuffer_ptr nl = evbuffer_search(c->tmp, "\n", 1, NULL);
+
+    if (nl.pos >= 0 && (size_t)nl.pos <= c->max_line)
+        return 0;
+    evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
+    return too_long(c);
+}
+
 /* Send what c->tmp holds as one command (and wait, when blocking); quiet
  * marks a VERBOSE (struct req). */
 static int
@@ -1407,7 +1441,7 @@ command_as(struct bg_conn *c, int reg_op, char *reg_line, int quiet)
     struct req *q;
     int r;
 
-    if ((r = link_ready(c)) < 0) {
+    if ((r = link_ready(c)) < 0 || (r = line_fits(c)) < 0) {
         free(reg_line);
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
@@ -1482,7 +1516,7 @@ quiet_command(struct bg_conn *c)
 
     if (!c->pipelined)
         return command(c, 0, NULL);
-    if ((r = link_ready(c)) < 0) {
+    if ((r = link_ready(c)) < 0 || (r = line_fits(c)) < 0) {
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
     }
@@ -1689,8 +1723,11 @@ message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
         goto out;
     before = evbuffer_get_length(c->out);
     r = lp_format_cmd_message(c->pipelined ? c->out : c->tmp, client_id, feed, feed_len,
-        topic, topic_len, is_image, ct.ptr, ct.len, pk, (uint32_t)n_packets);
-    if (r < 0)
+        topic, topic_len, is_image, ct.ptr, ct.len, pk, (uint32_t)n_packets,
+        c->pipelined ? c->max_line : UINT32_MAX); /* else line_fits checks */
+    if (r == LP_FORMAT_TOO_LONG)
+        r = too_long(c);
+    else if (r < 0)
         r = set_err(c, BG_E_NOMEM, "out of memory");
     else
         r = c->pipelined ? queued(c, before) : command(c, 0, NULL);
@@ -1996,6 +2033,7 @@ bg_new(const char *path)
     c->timeout_ms = 10000;
     bg_set_reconnect(c, 50, 2000);
     c->max_queued = BG_DEF_MAX_QUEUED;
+    c->max_line = BG_DEF_MAX_LINE;
     lp_event_init(&c->lev);
     c->lim = (struct lp_limits){ .max_name = UINT32_MAX,
         .max_payload = BG_DEF_MAX_PAYLOAD,

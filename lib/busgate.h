@@ -181,7 +181,8 @@ void bg_set_max_queued(bg_conn *c, size_t bytes);
  * once queued; the reply comes as BG_EV_REPLY. While disconnected (with
  * reconnecting on), the (un)registrations below are recorded for the
  * reconnect instead: 0, or BG_E_ALREADY_.../BG_E_NOT_... as the daemon
- * would answer. */
+ * would answer. A command line longer than the greeting's max_line is not
+ * sent: BG_E_LINE_TOO_LONG (busgated would read a payload as commands). */
 int bg_subscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
     size_t topic_len);
 int bg_unsubscribe(bg_conn *c, const char *feed, size_t feed_len, const char *topic,

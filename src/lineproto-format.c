@@ -573,7 +573,8 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
 int
 lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
     size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
-    size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets)
+    size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets,
+    uint32_t max_line)
 {
     const struct wire_str f = { feed, (uint32_t)feed_len },
                           t = { topic, (uint32_t)topic_len };
@@ -608,6 +609,8 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
         o += put_escaped(d + o, ctype, ctype_len);
     }
     o += put_packets(d + o, packets, n_packets);
+    if (o > max_line)
+        return LP_FORMAT_TOO_LONG; /* the reservation is not committed */
     d[o++] = '\n';
     if (n_packets > 0) {
         for (uint32_t i = 0; i < n_packets; i++) {

@@ -238,10 +238,14 @@ int lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_G
     const char *ents);
 /* A whole PUB (client_id NULL) or SEND of n_packets packets, each with its
  * entitlements: the line (with "type=<ctype>" unless ctype is NULL), the
- * payload block and its newline. */
+ * payload block and its newline. LP_FORMAT_TOO_LONG, and nothing added,
+ * when the line would be longer than max_line: the daemon would discard
+ * the line and read its payload as commands. */
+#define LP_FORMAT_TOO_LONG (-2)
 int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
     size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
-    size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets);
+    size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets,
+    uint32_t max_line);
 /* Whether s is one word that is sent as is: non-empty, nothing a name
  * would escape (no separator, control byte, '%' or '"'). */
 bool lp_is_word(const char *s);

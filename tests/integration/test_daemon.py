@@ -1014,6 +1014,28 @@ class Cli(WithBus):
         self.assertEqual(r.returncode, 1, r)
         self.assertIn(b"nothing sent", r.stderr)
 
+    def test_pub_line_over_max_line_sends_nothing(self):
+        """busgated discards a line past max_line up to its newline and
+        would read the payload as commands: a topic or an entitlement list
+        that makes the PUB line too long is refused before sending."""
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "V", "--count", "1")
+        self.wait_bus_sub("CF", "V", since)
+        evil = b"PUB CF V delta 4\nevil"
+        r = self.cli(self.gw, "pub", "CF", "t" * 70000, "--whole", input=evil)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"longer than busgated's max_line, 65536 bytes; nothing was sent",
+                      r.stderr)
+        ents = ",".join(["-2147483648"] * 6000)
+        r = self.cli(self.gw, "pub", "CF", "T", "-e", ents, "--whole", input=evil)
+        self.assertEqual(r.returncode, 1, r)
+        self.assertIn(b"max_line", r.stderr)
+        r = self.cli(self.gw, "pub", "CF", "V", input=b"ok\n")
+        self.assertEqual(r.returncode, 0, r)
+        rc, out, err = self.finish(sub)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([self.parse(x)[6] for x in out.splitlines()], ["ok"])
+
     def test_sub_refused_exit_1(self):
         r = self.cli(self.gw, "sub", "CF", "")
         self.assertEqual(r.returncode, 1, r)

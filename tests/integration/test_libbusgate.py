@@ -114,6 +114,11 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("connect_refused", "path_too_long", "publish_binary", "errors", "notify_and_send",
                    "authorize", "authorize_all_feeds", "event_loop", "timeout_zero")
 
+    def test_line_over_max_line_is_not_sent(self):
+        """A PUB line past max_line would make busgated read its payload
+        as commands: the library refuses it before sending anything."""
+        self.run_c("line_bound")
+
     def test_event_outlives_blocking_commands(self):
         self.run_c("event_outlives_commands")
 

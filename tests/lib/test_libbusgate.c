@@ -191,6 +191,53 @@ test_errors(void)
     bg_free(c);
 }
 
+/*
+ * A command line longer than the greeting's max_line is refused before
+ * anything is sent: busgated would discard the line up to its newline and
+ * read the message's payload (here a PUB of its own) as commands.
+ */
+static void
+test_line_bound(void)
+{
+    static char topic[70000];
+    static int32_t ents[6000];
+    static const char evil[] = "PUB line%20feed V delta 4\nevil";
+    const struct bg_packet pk = { evil, sizeof(evil) - 1, NULL, 0 },
+                           many = { "x", 1, ents, 6000 }, ok = { "ok", 2, NULL, 0 };
+    const uint8_t id[16] = { 1 };
+    bg_conn *s = conn(), *p = conn();
+    const struct bg_event *ev;
+
+    memset(topic, 't', sizeof(topic));
+    for (size_t i = 0; i < 6000; i++)
+        ents[i] = INT32_MIN; /* 12 bytes each: a 72 kB line */
+    CHECK_OK(s, bg_subscribe(s, S("line feed"), S("V")));
+    CHECK(bg_subscribe(p, S("line feed"), topic, sizeof(topic)) == -BG_E_LINE_TOO_LONG);
+    for (int pipelined = 0; pipelined < 2; pipelined++) {
+        CHECK_OK(p, bg_set_pipelined(p, pipelined));
+        CHECK(bg_publish(p, S("line feed"), topic, sizeof(topic), false, &pk, 1) ==
+            -BG_E_LINE_TOO_LONG);
+        CHECK(strstr(bg_errstr(p), "max_line, 65536 bytes; nothing was sent") != NULL);
+        CHECK(bg_send(p, id, S("line feed"), topic, sizeof(topic), false, &pk, 1) ==
+            -BG_E_LINE_TOO_LONG);
+        CHECK(
+            bg_publish(p, S("line feed"), S("V"), false, &many, 1) == -BG_E_LINE_TOO_LONG);
+        CHECK(bg_authorize(p, id, S("line feed"), S("V"), true, ents, 6000) ==
+            -BG_E_LINE_TOO_LONG);
+        CHECK_OK(p, bg_publish(p, S("line feed"), S("V"), false, &ok, 1));
+    }
+    CHECK_OK(p, bg_set_pipelined(p, false));
+    CHECK(bg_next_event(p, 0, &ev) == -BG_E_TIMEOUT); /* no refusal: nothing sent */
+    for (int i = 0; i < 2; i++) {
+        ev = wait_for(s, BG_EV_DATA, S("V"));
+        CHECK(ev->n_packets == 1 && ev->packets[0].len == 2 &&
+            memcmp(ev->packets[0].data, "ok", 2) == 0);
+    }
+    CHECK_OK(p, bg_ping(p));
+    bg_free(p);
+    bg_free(s);
+}
+
 /* NOTIFY, then SEND to the id a notification told. */
 static void
 test_notify_and_send(void)
@@ -1330,6 +1377,7 @@ main(int argc, char **argv)
         { "path_too_long", test_path_too_long },
         { "publish_binary", test_publish_binary },
         { "errors", test_errors },
+        { "line_bound", test_line_bound },
         { "notify_and_send", test_notify_and_send },
         { "authorize", test_authorize },
         { "authorize_all_feeds", test_authorize_all_feeds },

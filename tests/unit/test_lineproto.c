@@ -1191,7 +1191,7 @@ test_format_commands(void **state)
         char *all;
 
         assert_int_equal(lp_format_cmd_message(f->buf, id_wire, "f f", 3, "t", 1, true,
-                             NULL, 0, pk, 2),
+                             NULL, 0, pk, 2, UINT32_MAX),
             0);
         all = drain(f->buf, &n);
         assert_int_equal(n,
@@ -1202,20 +1202,32 @@ test_format_commands(void **state)
             "SEND 00112233-4455-6677-8899-aabbccddeeff f%20f t image 3:1,-2 0\na\0\n\n", n);
         free(all);
         assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false, NULL, 0,
-                             NULL, 0),
+                             NULL, 0, UINT32_MAX),
             0);
         parse_formatted(f, "PUB f t delta\n");
         /* A content type (bus protocol 6), escaped like a name; empty is "". */
         assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false,
-                             "text/plain; x", 13, NULL, 0),
+                             "text/plain; x", 13, NULL, 0, UINT32_MAX),
             0);
         parse_formatted(f, "PUB f t delta type=text/plain;%20x\n");
         NAME_IS(&f->cmd.content_type, "text/plain; x");
         assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, true, "", 0,
-                             NULL, 0),
+                             NULL, 0, UINT32_MAX),
             0);
         parse_formatted(f, "PUB f t image type=\"\"\n");
         assert_int_equal(f->cmd.content_type.len, 0);
+        /* A line of max_line bytes goes; one byte longer, nothing is
+         * added: busgated would read the payload as commands. */
+        assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false, NULL, 0,
+                             pk, 2, sizeof("PUB f t delta 3:1,-2 0") - 1),
+            0);
+        all = drain(f->buf, &n);
+        assert_memory_equal(all, "PUB f t delta 3:1,-2 0\na\0\n\n", n);
+        free(all);
+        assert_int_equal(lp_format_cmd_message(f->buf, NULL, "f", 1, "t", 1, false, NULL, 0,
+                             pk, 2, sizeof("PUB f t delta 3:1,-2 0") - 2),
+            LP_FORMAT_TOO_LONG);
+        assert_int_equal(evbuffer_get_length(f->buf), 0);
     }
 
     assert_int_equal(lp_format_cmd(f->buf, LP_PING, "tok"), 0);
