@@ -29,6 +29,9 @@ log = logging.getLogger("busgate")
 # NAME's limit (busgated's LP_MAX_APP_NAME).
 MAX_APP_NAME = 64
 
+# busgated's default listen.max_line, for a greeting that does not say.
+DEFAULT_MAX_LINE = 65536
+
 # Lines from the daemon are at most a few packet specs longer than
 # max_line; a generous bound keeps a broken peer from eating memory. (The
 # stream also buffers up to twice this much unread before it stops
@@ -104,6 +107,7 @@ class CallbackClient:
         # Every event as one object (protocol.Data, Notification, ...).
         self.event_handlers: List[Callable[..., Awaitable[None]]] = []
         self.hello: Optional[p.Hello] = None
+        self._max_line = DEFAULT_MAX_LINE
         self.bus_state = "down"
         # What a new session must be told again after a reconnect.
         self._subscriptions: Set[tuple] = set()
@@ -154,6 +158,8 @@ class CallbackClient:
             raise BusgateError("timeout", "no greeting from busgated in %g s"
                                % self.connect_timeout) from None
         self.bus_state = self.hello.fields.get("bus", "down")
+        max_line = self.hello.fields.get("max_line", "")
+        self._max_line = int(max_line) if max_line.isdigit() else DEFAULT_MAX_LINE
         self._writer = writer
         self._sessions += 1
         return reader
@@ -325,9 +331,15 @@ class CallbackClient:
             self._authorizers.discard(ev.feed)
 
     def _send(self, line: bytes, stats: bool = False) -> asyncio.Future:
-        """Write a request now; the future gets its reply."""
+        """Write a request now; the future gets its reply. A line past the
+        greeting's max_line is not written: busgated would discard it up to
+        its newline and read a message's payload as commands."""
         if self._writer is None:
             raise BusgateError("disconnected", "not connected to busgated")
+        if line.find(b"\n") > self._max_line:
+            raise BusgateError("line-too-long", "the command line would be longer than "
+                               "busgated's max_line, %d bytes; nothing was sent"
+                               % self._max_line)
         fut = asyncio.get_event_loop().create_future()
         self._pending.append([fut, [] if stats else None])
         self._room.set()

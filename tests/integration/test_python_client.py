@@ -378,6 +378,31 @@ class CallbackClientTest(GatewayCase):
             await r.client.stop()
         run(go())
 
+    def test_line_over_max_line_is_not_sent(self):
+        """busgated discards a line past max_line up to its newline and
+        would read the payload as commands: refused before it is written."""
+        feed = uniq("LF")
+
+        async def go():
+            r = await self.recorder()
+            await r.client.add_subscription(feed, "V")
+            evil = DataPacket(None, b"PUB %s V delta 4\nevil" % feed.encode())
+            with self.assertRaises(BusgateError) as cm:
+                await r.client.publish(feed, "t" * 70000, False, [evil])
+            self.assertEqual(cm.exception.code, "line-too-long")
+            self.assertIn("max_line, 65536 bytes; nothing was sent", str(cm.exception))
+            with self.assertRaises(BusgateError) as cm:
+                await r.client.publish(feed, "V", False,
+                                       [DataPacket(set(range(-2**31, -2**31 + 6000)), b"x")])
+            self.assertEqual(cm.exception.code, "line-too-long")
+            await r.client.publish(feed, "V", False, [DataPacket(None, b"ok")])
+            ev = await r.data("V")
+            self.assertEqual(ev.packets, [DataPacket(None, b"ok")])
+            self.assertEqual(await r.client.ping("x"), "x")
+            self.assertFalse([e for e in r.events if isinstance(e, busgate.Data)])  # no "evil"
+            await r.client.stop()
+        run(go())
+
     def test_ping_token_and_stats_view_are_one_token(self):
         """A ping token or STATS view with a space or a newline would be
         sent as two tokens, or two commands whose second reply answers the
