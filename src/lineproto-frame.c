@@ -213,14 +213,18 @@ framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
          * line is discarded by SKIP_LINE. */
         fr->skipping = true;
         f->state = LP_FRAMER_SKIP_LINE;
-        return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, window);
+        n = window < LP_FRAME_HEAD ? window : LP_FRAME_HEAD;
+        line = (const char *)framer_bytes(f, in, &v, n);
+        return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, line, line != NULL ? n : 0,
+            window);
     }
     n = (size_t)nl;
     if ((line = (const char *)framer_bytes(f, in, &v, n + 1)) == NULL)
         return LP_FRAME_MORE;
     content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
     if (content > f->max_line)
-        return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, NULL, 0, n + 1);
+        return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, line,
+            n < LP_FRAME_HEAD ? n : LP_FRAME_HEAD, n + 1);
     return framer_item(f, fr, LP_FRAME_LINE, line, n, n + 1);
 }
 

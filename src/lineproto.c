@@ -634,6 +634,19 @@ check_packets(struct cmd_parse *cp, const struct pkt_scan *s)
     return 0;
 }
 
+bool
+lp_head_has_payload(const char *head, size_t n)
+{
+    const char *p = head, *end = head + n;
+    const struct verb_def *vd;
+    struct tok verb;
+
+    /* A verb that runs to the end of the head may go on past it. */
+    if (!next_token(&p, end, &verb) || verb.p + verb.n == end)
+        return false;
+    return (vd = find_verb(&verb)) != NULL && vd->packets;
+}
+
 int
 lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_cmd *cmd, enum lp_error *err, char *msg, size_t msglen)

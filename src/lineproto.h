@@ -132,6 +132,10 @@ struct lp_cmd {
 void lp_cmd_init(struct lp_cmd *cmd);
 void lp_cmd_free(struct lp_cmd *cmd);
 
+/* Whether a line beginning with these n bytes (a LINE_TOO_LONG frame's
+ * head) is a command followed by a payload block (PUB, SEND). */
+bool lp_head_has_payload(const char *head, size_t n);
+
 /*
  * Parse one command line (without its "\n"; a trailing "\r" is allowed).
  * Returns 0, or -1 with *err set and a human message in msg. On
@@ -358,11 +362,14 @@ enum lp_frame_kind {
     LP_FRAME_LINE,           /* data/len: a line without "\n" (may end in "\r") */
     LP_FRAME_PAYLOAD,        /* data/len: the payload block, terminator removed */
     LP_FRAME_LINE_TOO_LONG,  /* a line over max_line, discarded (skipping: up to
-                             * the next newline, not yet seen) */
+                             * the next newline, not yet seen); data/len: its
+                             * first LP_FRAME_HEAD bytes, for its verb */
     LP_FRAME_BAD_TERMINATOR, /* a payload not followed by a newline; discarded up
                              * to the next newline (skipping: it was a skipped
                              * payload; len: the payload bytes discarded) */
 };
+
+#define LP_FRAME_HEAD 32
 
 struct lp_frame {
     enum lp_frame_kind kind;

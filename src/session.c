@@ -594,6 +594,34 @@ session_line(struct session *s, struct evbuffer *in, struct lp_frame *fr)
     session_cmd_trim(s);
 }
 
+/*
+ * A line over max_line, discarded. A PUB or SEND line ends where its
+ * payload begins, and the payload's length was in the part not read: what
+ * follows could only be read as commands, which would run the payload's
+ * bytes. So that session is closed; any other line is refused and the
+ * session goes on.
+ */
+static void
+session_line_too_long(struct session *s, const struct lp_frame *fr)
+{
+    char msg[128];
+
+    s->st.cmds_in++;
+    if (lp_head_has_payload(fr->data, fr->len)) {
+        snprintf(msg, sizeof msg,
+            "a PUB or SEND line longer than %u bytes: its payload "
+            "cannot be found; closing",
+            limits.max_line);
+        session_close(s, LP_ERR_LINE_TOO_LONG, msg);
+    } else if (fr->skipping) {
+        session_reply_err(s, LP_ERR_LINE_TOO_LONG,
+            "line longer than %u bytes; discarded up to the next newline", limits.max_line);
+    } else {
+        session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
+            limits.max_line);
+    }
+}
+
 /* One item from the framer; false when more input is needed. */
 static bool
 session_frame(struct session *s, struct evbuffer *in)
@@ -613,15 +641,7 @@ session_frame(struct session *s, struct evbuffer *in)
         session_cmd_trim(s);
         break;
     case LP_FRAME_LINE_TOO_LONG:
-        s->st.cmds_in++;
-        if (fr.skipping)
-            session_reply_err(s, LP_ERR_LINE_TOO_LONG,
-                "line longer than %u bytes; "
-                "discarded up to the next newline",
-                limits.max_line);
-        else
-            session_reply_err(s, LP_ERR_LINE_TOO_LONG, "line longer than %u bytes",
-                limits.max_line);
+        session_line_too_long(s, &fr);
         break;
     case LP_FRAME_BAD_TERMINATOR:
         /* A skipped payload's command already had its reply. */

@@ -163,6 +163,34 @@ class SessionTest(GatewayCase):
         self.assertEqual(s.reply(), "PONG b")
         self.assertEqual(s.reply(), "PONG c")
 
+    def test_long_pub_line_closes_the_session(self):
+        """A PUB or SEND line past max_line hides where its payload ends:
+        read on, the payload would run as commands. That session is closed
+        (whether or not its newline came within the window), and nothing
+        of the payload runs."""
+        f = uniq("L")
+        sub = self.session()
+        self.assertEqual(sub.cmd("SUB %s V" % f), "+OK")
+        evil = b"PUB %s V delta 4\nevil\n" % f.encode()
+        gid = "00112233-4455-6677-8899-aabbccddeeff"
+        head = b"PUB %s " % f.encode()
+        tail = b" delta %d\n" % len(evil)
+        exact = head + b"t" * (1025 - len(head) - len(tail) + 1) + tail    # 1025 + "\n"
+        self.assertEqual(len(exact), 1026)
+        for line in (exact,
+                     b"PUB %s %s delta %d\n" % (f.encode(), b"t" * 3000, len(evil)),
+                     b"  pub %s %s delta %d\n" % (f.encode(), b"t" * 70000, len(evil)),
+                     b"SEND %s %s t delta %d\n" % (gid.encode(), f.encode() + b"x" * 70000,
+                                                  len(evil))):
+            s = self.session()
+            s.send(line + evil + b"PING after\n")
+            lines = read_all(s)
+            self.assertEqual(len(lines), 1, lines)
+            self.assertRegex(lines[0], r"^-ERR line-too-long a PUB or SEND line longer "
+                             r"than 1024 bytes: its payload cannot be found; closing$")
+        self.gw.wait_log(r"closed \(line-too-long\)")
+        self.assertEqual(sub.cmd("PING"), "PONG")      # no DATA came first
+
     def test_pipelining_replies_in_order(self):
         s = self.session()
         f = uniq("P")

@@ -89,8 +89,9 @@ reader_drain(struct reader *r)
             assert_int_equal(fr.len, r->cmd.payload_len);
             say_bytes(r, 'P', fr.data, fr.len);
             break;
-        case LP_FRAME_LINE_TOO_LONG:
+        case LP_FRAME_LINE_TOO_LONG: /* and its head (h), for its verb */
             say(r, fr.skipping ? "T+" : "T");
+            say_bytes(r, 'h', fr.data, fr.len);
             break;
         case LP_FRAME_BAD_TERMINATOR:
             if (fr.skipping)
@@ -215,11 +216,40 @@ test_line_too_long(void **state)
     CHECK_STREAM("PING 45678901234\nPING 45678901234\r\n", 16,
         "L[PING 45678901234]L[PING 45678901234\\r]");
     /* One over, newline within max_line + 2: refused, nothing left to skip. */
-    CHECK_STREAM("PING 456789012345\nPING ok\n", 16, "TL[PING ok]");
+    CHECK_STREAM("PING 456789012345\nPING ok\n", 16, "Th[PING 456789012345]L[PING ok]");
     /* Far over: refused when max_line + 2 bytes hold no newline, the rest of
-     * the line skipped, the next command read. */
+     * the line skipped, the next command read. The head is what was
+     * searched, at most LP_FRAME_HEAD bytes. */
     CHECK_STREAM("PING 4567890123456789012345678901234567890\nPING ok\n", 16,
-        "T+L[PING ok]");
+        "T+h[PING 4567890123456]L[PING ok]");
+    CHECK_STREAM("PING 4567890123456789012345678901234567890\nPING ok\n", 41,
+        "Th[PING 456789012345678901234567890]L[PING ok]");
+}
+
+/* Whether an over-long line's head is a command with a payload behind it,
+ * which cannot be found (the session is then closed). */
+static void
+test_head_has_payload(void **state)
+{
+    static const struct {
+        const char *head;
+        bool payload;
+    } cases[] = {
+        { "PUB f t", true },
+        { " \tsend 0011", true },
+        { "pub\tx", true },
+        { "SUB f t", false },
+        { "AUTHORIZE x", false },
+        { "PUBLISH x", false },
+        { "PUB", false }, /* the verb may go on past the head */
+        { "   ", false },
+        { "", false },
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (lp_head_has_payload(cases[i].head, strlen(cases[i].head)) != cases[i].payload)
+            fail_msg("%s", cases[i].head);
 }
 
 static void
@@ -388,6 +418,7 @@ main(void)
         cmocka_unit_test(test_empty_payload),
         cmocka_unit_test(test_crlf),
         cmocka_unit_test(test_line_too_long),
+        cmocka_unit_test(test_head_has_payload),
         cmocka_unit_test(test_refused_payload_skipped),
         cmocka_unit_test(test_bad_terminator),
         cmocka_unit_test(test_consume),
