@@ -10,8 +10,10 @@
  * limits), 2 usage, 3 no daemon (cannot connect, connection lost or
  * closed by the daemon, timed out, I/O error).
  */
+#include <fcntl.h>
 #include <sys/un.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "busgate-int.h"
 #include "guid.h"
@@ -452,6 +454,22 @@ check_command(int argc, char **argv, const struct opts *o)
     return cmd;
 }
 
+/*
+ * A closed fd 0, 1 or 2 would be the next one handed out, so the
+ * daemon's socket would take it: pub would read its own session as
+ * input and sub would write bus data into the session as commands. Hold
+ * each closed one with /dev/null first, as OpenSSH and daemons do.
+ * Nothing can be said if even that fails: stderr may be the one closed.
+ */
+static void
+hold_std_fds(void)
+{
+    /* In order: the lower ones are open, so open() returns fd itself. */
+    for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF && open("/dev/null", O_RDWR) != fd)
+            _exit(EXIT_NODAEMON);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -459,6 +477,7 @@ main(int argc, char **argv)
     const struct command *cmd;
     static char outbuf[1 << 16];
 
+    hold_std_fds();
     parse_options(argc, argv, &o);
     if (o.socket == NULL && ((o.socket = getenv("BUSGATE_SOCKET")) == NULL || !*o.socket))
         o.socket = DEFAULT_SOCKET; /* as libbusgate and the python package choose */

@@ -1245,6 +1245,32 @@ class CliAgainstFakeDaemon(WorkDir):
         self.assertEqual(self.fake.received.decode(), "AUTHORIZER F\nAUTHORIZE %s F T "
                          "not-required\n" % guid)
 
+    def cli_closed_fd(self, script, fd, *args):
+        """Run busgate with fd (0 or 1) closed, as `busgate ... <&-` does."""
+        path = os.path.join(self.tmp, "fake.sock")
+        self.fake = FakeDaemon(path, script)
+        r = subprocess.run([BUSGATE, "--socket", path] + list(args),
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, preexec_fn=lambda: os.close(fd),
+                           timeout=TIMEOUT)
+        self.fake.thread.join(TIMEOUT)
+        return r
+
+    # A closed stdin or stdout must not become the daemon's socket: pub
+    # would read its own session for ever, sub write data into it.
+    def test_closed_stdin_is_empty_input(self):
+        script = [(b"", FakeDaemon.HELLO), (b"VERBOSE", b"+OK\n"), (b"PING", b"PONG\n")]
+        r = self.cli_closed_fd(script, 0, "pub", "F", "T")
+        self.assertEqual((r.returncode, r.stderr), (0, b""), r)
+        self.assertEqual(self.fake.received, b"VERBOSE off\nPING\n")
+
+    def test_closed_stdout_output_not_sent_to_daemon(self):
+        script = [(b"", FakeDaemon.HELLO),
+                  (b"SUB", b"+OK\nDATA F T u h delta multicast 5\nhello\n")]
+        r = self.cli_closed_fd(script, 1, "sub", "F", "T", "--count", "1")
+        self.assertEqual((r.returncode, r.stderr), (0, b""), r)
+        self.assertEqual(self.fake.received, b"SUB F T\n")
+
 
 class CliConnectionLost(WithBus):
 
