@@ -228,8 +228,26 @@ cli_run_notify(struct cli *c, const struct opts *o, char **args, int nargs)
     print_events(c, o, BG_EV_NOTIFICATION);
 }
 
-/* Answer each request as the options say; print it. A refused answer is
- * not fatal: another authorizer may have answered first. */
+/* Answer one request as the options say; false when another authorizer
+ * answered it first (the first answer counts, so ours is moot). Any other
+ * refusal means our answers cannot be taken (bad entitlements, bus down,
+ * request expired): going on would leave every request unanswered. */
+static bool
+answer_request(struct cli *c, const struct opts *o, const struct bg_event *ev)
+{
+    int r = bg_authorize(c->bg, ev->client_id, ev->feed, ev->feed_len, ev->topic,
+        ev->topic_len, !o->not_required, o->ent_v, o->ent_n);
+
+    if (r == -BG_E_ALREADY_ANSWERED) {
+        cli_note("%s", bg_errstr(c->bg));
+        return false;
+    }
+    if (r < 0)
+        cli_bg_fail(c, r);
+    return true;
+}
+
+/* Answer each request and print it; --count counts the answers taken. */
 void
 cli_run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
 {
@@ -243,12 +261,7 @@ cli_run_authorize(struct cli *c, const struct opts *o, char **args, int nargs)
         if (ev->kind != BG_EV_AUTHREQ)
             continue;
         print_id_names(ev);
-        r = bg_authorize(c->bg, ev->client_id, ev->feed, ev->feed_len, ev->topic,
-            ev->topic_len, !o->not_required, o->ent_v, o->ent_n);
-        if (r < 0 && (r == -BG_E_TIMEOUT || r > -BG_E_UNKNOWN_COMMAND))
-            cli_bg_fail(c, r);
-        if (r < 0)
-            cli_note("%s", bg_errstr(c->bg));
-        count_event(o);
+        if (answer_request(c, o, ev))
+            count_event(o);
     }
 }

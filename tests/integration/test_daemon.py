@@ -1245,6 +1245,31 @@ class CliAgainstFakeDaemon(WorkDir):
         self.assertEqual(self.fake.received.decode(), "AUTHORIZER F\nAUTHORIZE %s F T "
                          "not-required\n" % guid)
 
+    # Only already-answered (another authorizer was first) is noted and
+    # passed over, and not counted; any other refusal of an answer means
+    # none of ours will be taken: exit 1 rather than ignore every request.
+    def test_authorize_already_answered_goes_on_uncounted(self):
+        guid = "00112233-4455-6677-8899-aabbccddeeff"
+        req1 = ("AUTHREQ %s u h F T1\n" % guid).encode()
+        req2 = ("AUTHREQ %s u h F T2\n" % guid).encode()
+        script = [(b"", FakeDaemon.HELLO), (b"AUTHORIZER", b"+OK\n" + req1),
+                  (b"AUTHORIZE ", b"-ERR already-answered the first answer counts\n" + req2),
+                  (b"AUTHORIZE ", b"+OK\n")]
+        r = self.cli(script, "authorize", "F", "--count", "1")
+        self.assertEqual(r.returncode, 0, r)
+        self.assertEqual(r.stdout.decode(), "%s u h F T1\n%s u h F T2\n" % (guid, guid))
+        self.assertIn(b"already-answered the first answer counts", r.stderr)
+
+    def test_authorize_other_refusal_exit_1(self):
+        guid = "00112233-4455-6677-8899-aabbccddeeff"
+        req = ("AUTHREQ %s u h F T\n" % guid).encode()
+        script = [(b"", FakeDaemon.HELLO), (b"AUTHORIZER", b"+OK\n" + req),
+                  (b"AUTHORIZE ", b"-ERR bad-packet too many entitlements\n")]
+        r = self.cli(script, "authorize", "F", "--entitlements", "1", "--count", "1")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertEqual(r.stdout.decode(), "%s u h F T\n" % guid)
+        self.assertIn(b"bad-packet too many entitlements", r.stderr)
+
     def cli_closed_fd(self, script, fd, *args):
         """Run busgate with fd (0 or 1) closed, as `busgate ... <&-` does."""
         path = os.path.join(self.tmp, "fake.sock")
