@@ -381,7 +381,10 @@ parse_options(int argc, char **argv, struct opts *o)
             o->seen |= O_FORM;
             break;
         case 'n':
-            o->count = number_arg("--count", optarg, UINT64_MAX);
+            /* 0 would mean "no limit" (the default) to count_event: a
+             * script computing --count 0 would wait for ever. */
+            if ((o->count = number_arg("--count", optarg, UINT64_MAX)) == 0)
+                usage_error("--count must be at least 1");
             o->seen |= O_COUNT;
             break;
         case 'i':

@@ -133,6 +133,13 @@ class CommandLine(unittest.TestCase):
             self.assertIn(b"Try 'busgate --help'.", r.stderr, args)
             self.assertEqual(r.stdout, b"", args)
 
+    def test_cli_count_zero_usage_error(self):
+        # 0 is not "no limit": a script computing --count 0 would wait for ever.
+        for cmd in (["sub", "F", "T"], ["notify", "F"], ["authorize", "F"]):
+            r = run([BUSGATE, "--socket", "/nonexistent/busgate.sock"] + cmd + ["--count", "0"])
+            self.assertEqual(r.returncode, 2, (cmd, r))
+            self.assertIn(b"busgate: --count must be at least 1\n", r.stderr, cmd)
+
     def test_cli_no_daemon_exit_3(self):
         r = run([BUSGATE, "--socket", "/nonexistent/busgate.sock", "ping"])
         self.assertEqual(r.returncode, 3, r)
