@@ -206,15 +206,30 @@ print_events(struct cli *c, const struct opts *o, enum bg_event_kind kind)
     }
 }
 
+/* Whether topic args[i] came before it (args[0] is the feed). */
+static bool
+repeated_topic(char **args, int i)
+{
+    for (int j = 1; j < i; j++)
+        if (strcmp(args[j], args[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Subscribe to each topic once: a list built by a script may repeat one,
+ * and the daemon refuses a second SUB as already-subscribed. */
 void
 cli_run_sub(struct cli *c, const struct opts *o, char **args, int nargs)
 {
     int r;
 
-    for (int i = 1; i < nargs; i++)
+    for (int i = 1; i < nargs; i++) {
+        if (repeated_topic(args, i))
+            continue;
         if ((r = bg_subscribe(c->bg, args[0], strlen(args[0]), args[i], strlen(args[i]))) <
             0)
             cli_bg_fail(c, r);
+    }
     print_events(c, o, BG_EV_DATA);
 }
 

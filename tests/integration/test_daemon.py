@@ -1043,6 +1043,20 @@ class Cli(WithBus):
         self.assertEqual(rc, 0, err)
         self.assertEqual([self.parse(x)[6] for x in out.splitlines()], ["ok"])
 
+    def test_sub_repeated_topic_once(self):
+        # A topic list built by a script may repeat one: subscribe once.
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "dup", "other", "dup", "--count", "2")
+        self.wait_bus_sub("CF", "other", since)
+        r = self.cli(self.gw, "pub", "CF", "dup", input=b"once\n")
+        self.assertEqual(r.returncode, 0, r)
+        r = self.cli(self.gw, "pub", "CF", "other", input=b"more\n")
+        self.assertEqual(r.returncode, 0, r)
+        rc, out, err = self.finish(sub)
+        self.assertEqual((rc, err), (0, ""))
+        self.assertEqual([self.parse(x)[1] + " " + self.parse(x)[6] for x in out.splitlines()],
+                         ["dup once", "other more"])
+
     def test_sub_refused_exit_1(self):
         r = self.cli(self.gw, "sub", "CF", "")
         self.assertEqual(r.returncode, 1, r)
