@@ -9,8 +9,19 @@
 #include "lineproto.h"
 #include "util.h"
 
+/* Valid UTF-8 that is still a control or a line break to a reader: the
+ * C1 controls U+0080..U+009F (NEL, the 8-bit CSI of terminals) and the
+ * line and paragraph separators U+2028, U+2029. */
+static bool
+is_utf8_control(const uint8_t *p, size_t k)
+{
+    return (k == 2 && p[0] == 0xc2 && p[1] < 0xa0) ||
+        (k == 3 && p[0] == 0xe2 && p[1] == 0x80 && (p[2] == 0xa8 || p[2] == 0xa9));
+}
+
 /* A payload as one line of text: UTF-8 as is; backslash, control bytes
- * and invalid UTF-8 as C escapes, so every packet stays on its line. */
+ * (C1 and U+2028/9 too, byte by byte) and invalid UTF-8 as C escapes, so
+ * every packet stays on its line for Unicode-aware readers as well. */
 static void
 put_text(FILE *f, const uint8_t *p, size_t n)
 {
@@ -22,7 +33,8 @@ put_text(FILE *f, const uint8_t *p, size_t n)
         if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
             putc_unlocked(ch, f);
             i++;
-        } else if (ch >= 0x80 && (k = utf8_seq_len(p + i, n - i)) > 0) {
+        } else if (ch >= 0x80 && (k = utf8_seq_len(p + i, n - i)) > 0 &&
+            !is_utf8_control(p + i, k)) {
             fwrite(p + i, 1, k, f);
             i += k;
         } else {

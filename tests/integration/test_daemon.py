@@ -976,6 +976,22 @@ class Cli(WithBus):
         hexs.terminate()
         hexs.wait(TIMEOUT)
 
+    def test_sub_text_escapes_c1_and_line_separators(self):
+        # NEL, 8-bit CSI and U+2028/9 are valid UTF-8 but controls or line
+        # breaks to terminals and Unicode-aware readers: escaped bytewise.
+        since = self.bus.mark()
+        sub = self.cli_bg(self.gw, "sub", "CF", "c1", "--count", "1")
+        self.wait_bus_sub("CF", "c1", since)
+        payload = "a\u0085b\u2028c\u009b31mRED\u2029d\u00a0\u2027e".encode()
+        r = self.cli(self.gw, "pub", "CF", "c1", input=payload + b"\n")
+        self.assertEqual(r.returncode, 0, r)
+        rc, out, err = self.finish(sub)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(len(out.splitlines()), 1, out)
+        self.assertEqual(self.parse(out.rstrip("\n"))[6],
+                         "a\\xc2\\x85b\\xe2\\x80\\xa8c\\xc2\\x9b31mRED"
+                         "\\xe2\\x80\\xa9d\u00a0\u2027e")
+
     @staticmethod
     def read_line(p):
         """One line of a running busgate's output, bounded by TIMEOUT."""
