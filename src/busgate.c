@@ -343,6 +343,32 @@ static const struct command commands[] = {
     { "ping", 0, 0, 0, run_ping_cmd },
 };
 
+/*
+ * getopt's own messages start with argv[0] (a path, as run); ours start
+ * with "busgate:" like every other message. Which option failed: a long
+ * one is argv[optind - 1] (getopt has passed it), a short one optopt
+ * (inside a cluster like -xi optind has not moved on).
+ */
+static void __attribute__((noreturn)) getopt_error(int ch, char **argv)
+{
+    const char *arg = argv[optind - 1];
+    int len = (int)strcspn(arg, "=");
+    bool is_long = strncmp(arg, "--", 2) == 0;
+
+    if (ch == ':' && is_long)
+        usage_error("option '%.*s' needs an argument", len, arg);
+    if (ch == ':')
+        usage_error("option '-%c' needs an argument", optopt);
+    if (optopt == 0) /* an unknown or ambiguous long option */
+        usage_error("unknown or ambiguous option '%.*s'", len, arg);
+    /* A long option without argument given one: optopt is its value, a
+     * long-only code or the letter of a valid short one (-i -w -V -h, the
+     * no_argument ones of longopts), which cannot be an unknown letter. */
+    if (optopt >= 256 || strchr("iwVh", optopt) != NULL)
+        usage_error("option '%.*s' takes no argument", len, arg);
+    usage_error("unknown option '-%c'", optopt);
+}
+
 static void
 parse_options(int argc, char **argv, struct opts *o)
 {
@@ -365,9 +391,14 @@ parse_options(int argc, char **argv, struct opts *o)
     };
     int ch;
 
-    while ((ch = getopt_long(argc, argv, "s:T:n:ie:wVh", longopts, NULL)) != -1) {
+    opterr = 0; /* getopt_error says it */
+    while ((ch = getopt_long(argc, argv, ":s:T:n:ie:wVh", longopts, NULL)) != -1) {
         switch (ch) {
         case 's':
+            /* Not "the default": an empty path is a mistake (a variable
+             * left unset); connecting to it could only fail. */
+            if (*optarg == '\0')
+                usage_error("--socket wants a path, not ''");
             o->socket = optarg;
             break;
         case 'T':
@@ -419,11 +450,35 @@ parse_options(int argc, char **argv, struct opts *o)
         case 'h':
             usage(stdout);
             cli_finish(EXIT_DONE);
-        default:
-            fputs("Try 'busgate --help'.\n", stderr);
-            cli_finish(EXIT_USAGE);
+        default: /* '?' or ':' */
+            getopt_error(ch, argv);
         }
     }
+}
+
+/* One option of set (enum opt_bit), named for a message. */
+static const char *
+option_name(unsigned set, const struct opts *o)
+{
+    static const struct {
+        unsigned bit;
+        const char *name;
+    } names[] = {
+        { O_COUNT, "--count" },
+        { O_IMAGE, "--image" },
+        { O_WHOLE, "--whole" },
+        { O_ENTS, "--entitlements" },
+        { O_NOTREQ, "--not-required" },
+        { O_FORMAT, "--format" },
+        { O_TYPE, "--type" },
+    };
+
+    if ((set & O_FORM) != 0)
+        return o->form == FORM_HEX ? "--hex" : "--base64";
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if ((set & names[i].bit) != 0)
+            return names[i].name;
+    return "an option given";
 }
 
 /* Everything that can be checked before connecting. */
@@ -444,7 +499,8 @@ check_command(int argc, char **argv, const struct opts *o)
     if (nargs < cmd->min_args || (cmd->max_args >= 0 && nargs > cmd->max_args))
         usage_error("wrong number of arguments for '%s'", cmd->name);
     if ((o->seen & ~cmd->allowed) != 0)
-        usage_error("an option given does not apply to '%s'", cmd->name);
+        usage_error("%s does not apply to '%s'", option_name(o->seen & ~cmd->allowed, o),
+            cmd->name);
     if (o->not_required && o->ents != NULL)
         usage_error("--not-required and --entitlements exclude each other");
     if (o->image && o->content_type != NULL)

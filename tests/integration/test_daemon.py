@@ -140,6 +140,28 @@ class CommandLine(unittest.TestCase):
             self.assertEqual(r.returncode, 2, (cmd, r))
             self.assertIn(b"busgate: --count must be at least 1\n", r.stderr, cmd)
 
+    def test_cli_usage_messages_name_the_option(self):
+        # Every message starts "busgate:" (not getopt's argv[0]) and names
+        # the option at fault; an empty --socket is a usage error too.
+        nowhere = "/nonexistent/busgate.sock"
+        cases = [
+            (["sub", "F", "T", "--hex", "-e", "1"], "--entitlements does not apply to 'sub'"),
+            (["pub", "F", "T", "--base64"], "--base64 does not apply to 'pub'"),
+            (["ping", "--count", "1"], "--count does not apply to 'ping'"),
+            (["-s", "", "ping"], "--socket wants a path, not ''"),
+            (["ping", "-s"], "option '-s' needs an argument"),
+            (["ping", "--timeout"], "option '--timeout' needs an argument"),
+            (["--frob", "ping"], "unknown or ambiguous option '--frob'"),
+            (["--hex=1", "sub", "F", "T"], "option '--hex' takes no argument"),
+            (["-x", "ping"], "unknown option '-x'"),
+        ]
+        for args, msg in cases:
+            with self.subTest(args=args):
+                r = run([BUSGATE, "--socket", nowhere] + args)
+                self.assertEqual(r.returncode, 2, r)
+                self.assertEqual(r.stderr.decode(),
+                                 "busgate: %s\nTry 'busgate --help'.\n" % msg)
+
     def test_cli_no_daemon_exit_3(self):
         r = run([BUSGATE, "--socket", "/nonexistent/busgate.sock", "ping"])
         self.assertEqual(r.returncode, 3, r)
