@@ -23,6 +23,7 @@ rt_cache_drop(struct router *r, struct topic *t)
     r->cache_bytes -= evbuffer_get_length(t->cache);
     evbuffer_free(t->cache);
     t->cache = NULL;
+    t->cache_events = 0;
 }
 
 /* Add the event just formatted (p, len) to the cache. */
@@ -60,6 +61,7 @@ rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
         }
     }
     evbuffer_add(t->cache, p, len);
+    t->cache_events++; /* counted here, so a replay need not parse them */
     r->cache_bytes += len;
 }
 
@@ -91,5 +93,5 @@ rt_cache_replay(struct topic *t, struct client *c)
             evbuffer_ptr_set(t->cache, &pos, l, EVBUFFER_PTR_ADD);
         }
     }
-    rt_flush(c);
+    rt_flush(c, t->cache_events);
 }

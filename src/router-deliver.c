@@ -32,9 +32,10 @@ shared_unref(const void *data, size_t len, void *arg)
         free(sh);
 }
 
-/* Append len bytes (one or more whole events) to a session's output. */
+/* Append len bytes (events whole events) to a session's output. */
 static void
-deliver_bytes(struct client *c, const void *p, size_t len, struct shared *sh)
+deliver_bytes(struct client *c, const void *p, size_t len, struct shared *sh,
+    unsigned events)
 {
     struct evbuffer *out = rt_output(c);
 
@@ -47,7 +48,7 @@ deliver_bytes(struct client *c, const void *p, size_t len, struct shared *sh)
     } else {
         evbuffer_add(out, p, len);
     }
-    rt_flush(c);
+    rt_flush(c, events);
 }
 
 /* The scratch buffer's bytes, linear, and shared when large. */
@@ -78,9 +79,10 @@ scratch_done(struct router *r, struct shared *sh)
         shared_unref(sh->data, sh->len, sh);
 }
 
-/* Send the scratch event to every live session on a feed's role list. */
+/* Send the scratch events (events of them) to every live session on a
+ * feed's role list. */
 void
-rt_deliver_roles(struct router *r, struct role_list *list)
+rt_deliver_roles(struct router *r, struct role_list *list, unsigned events)
 {
     const unsigned char *p;
     struct shared *sh;
@@ -90,7 +92,7 @@ rt_deliver_roles(struct router *r, struct role_list *list)
     p = scratch_bytes(r, &len, &sh);
     LIST_FOREACH_SAFE(ro, list, by_feed, next)
         if (!rt_closing(ro->client))
-            deliver_bytes(ro->client, p, len, sh);
+            deliver_bytes(ro->client, p, len, sh, events);
     scratch_done(r, sh);
 }
 
@@ -106,7 +108,7 @@ rt_deliver_all(struct router *r)
     p = scratch_bytes(r, &len, &sh);
     HASH_ITER(hh, r->clients, c, tmp)
         if (!rt_closing(c))
-            deliver_bytes(c, p, len, sh);
+            deliver_bytes(c, p, len, sh, 1);
     scratch_done(r, sh);
 }
 
@@ -127,7 +129,7 @@ rt_batch_flush(struct router *r)
     LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
         if (rt_closing(sb->client))
             continue;
-        deliver_bytes(sb->client, p, len, sh);
+        deliver_bytes(sb->client, p, len, sh, (unsigned)r->batch_count);
         r->n.data_delivered += r->batch_count;
     }
     scratch_done(r, sh);
@@ -220,7 +222,7 @@ route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
     formatted(r, t, m, rc, &at);
     if (rc == 0) {
         r->n.data_delivered++;
-        rt_flush(c);
+        rt_flush(c, 1);
     }
 }
 

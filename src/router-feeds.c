@@ -182,7 +182,7 @@ rt_route_notification(struct router *r, const struct wire_msg *m)
         evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
         return;
     }
-    rt_deliver_roles(r, &f->notifiers);
+    rt_deliver_roles(r, &f->notifiers, 1);
 }
 
 /* Forget requests older than router.auth_pending_age. They are kept across
@@ -303,7 +303,7 @@ authreq_to_all_feeds(struct router *r, const struct feed *f, const struct wire_m
             continue;
         if (lp_format_authreq(rt_output(ro->client), m) == 0) {
             n++;
-            rt_flush(ro->client);
+            rt_flush(ro->client, 1);
         }
     }
     return n;
@@ -336,16 +336,17 @@ rt_route_authreq(struct router *r, const struct wire_msg *m)
         evbuffer_drain(r->scratch, evbuffer_get_length(r->scratch));
         return;
     }
-    rt_deliver_roles(r, &f->authorizers);
+    rt_deliver_roles(r, &f->authorizers, 1);
 }
 
 /* A NOTIFICATION for every remote subscription of f, as many as it was
  * added (adds, or the removes that end them), to out. */
-static void
+static unsigned
 format_remotes(const struct feed *f, bool add, struct evbuffer *out)
 {
     struct remote *rm, *tmp;
     struct wire_msg m;
+    unsigned n = 0;
 
     memset(&m, 0, sizeof m);
     m.type = WIRE_FORWARDED_SUBSCRIPTION;
@@ -356,10 +357,13 @@ format_remotes(const struct feed *f, bool add, struct evbuffer *out)
         m.user = rm->user;
         m.host = rm->host;
         m.topic = rm->topic;
-        for (uint32_t i = 0; i < rm->count; i++)
+        for (uint32_t i = 0; i < rm->count; i++) {
             if (lp_format_notification(out, &m) != 0)
-                return;
+                return n;
+            n++;
+        }
     }
+    return n;
 }
 
 /* Tell a feed's notifiers that the remote subscriptions they were told of
@@ -368,9 +372,10 @@ format_remotes(const struct feed *f, bool add, struct evbuffer *out)
 void
 rt_remotes_end(struct router *r, struct feed *f)
 {
-    format_remotes(f, false, r->scratch);
+    unsigned n = format_remotes(f, false, r->scratch);
+
     if (evbuffer_get_length(r->scratch) > 0)
-        rt_deliver_roles(r, &f->notifiers);
+        rt_deliver_roles(r, &f->notifiers, n);
 }
 
 void
@@ -436,8 +441,7 @@ remotes_replay(struct feed *f, struct client *c)
 {
     if (f->remotes == NULL)
         return;
-    format_remotes(f, true, rt_output(c));
-    rt_flush(c);
+    rt_flush(c, format_remotes(f, true, rt_output(c)));
 }
 
 void
@@ -483,22 +487,22 @@ rt_cmd_unnotify(struct router *r, struct client *c, const struct lp_cmd *cmd)
     rt_reply_ok(c);
 }
 
-/* The requests of f nobody has answered yet, to c's output; whether any. */
-static bool
+/* The requests of f nobody has answered yet, to c's output; how many. */
+static unsigned
 pending_format(const struct feed *f, struct client *c)
 {
     struct pending *pd, *tmp;
     struct wire_msg m;
-    bool any = false;
+    unsigned n = 0;
 
     HASH_ITER(hh, f->pending, pd, tmp) {
         if (pd->answered)
             continue;
         pending_msg(pd, &m);
-        lp_format_authreq(rt_output(c), &m);
-        any = true;
+        if (lp_format_authreq(rt_output(c), &m) == 0)
+            n++;
     }
-    return any;
+    return n;
 }
 
 /* Tell a late authorizer of the requests nobody has answered yet: of f,
@@ -507,17 +511,17 @@ static void
 pending_replay(struct router *r, const struct feed *f, struct client *c)
 {
     struct feed *g, *tmp;
-    bool any = false;
+    unsigned n = 0;
 
     if (f != NULL) {
-        any = pending_format(f, c);
+        n = pending_format(f, c);
     } else {
         HASH_ITER(hh, r->feeds, g, tmp)
             if (g->pending != NULL && all_feeds_brings(r, c, g))
-                any |= pending_format(g, c);
+                n += pending_format(g, c);
     }
-    if (any)
-        rt_flush(c);
+    if (n > 0)
+        rt_flush(c, n);
 }
 
 /* The feed record of an all-feeds role; made for the first one. */

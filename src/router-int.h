@@ -101,6 +101,7 @@ struct topic {
     struct sub_list subs;
     uint32_t n_subs;
     struct evbuffer *cache;     /* image + deltas as DATA events; NULL: none */
+    unsigned cache_events;      /* how many events cache holds */
     TAILQ_ENTRY(topic) replay;  /* r->replay_topics while replay_queued */
     bool replay_queued;         /* not yet subscribed upstream on this link */
     struct wire_str feed, name; /* point into key, NUL-terminated */
@@ -234,10 +235,12 @@ rt_output(const struct client *c)
     return c->port->output(c->s);
 }
 
+/* After appending to c's output: events is how many event lines were
+ * appended (0 for a reply), so that the session counts events, not writes. */
 static inline bool
-rt_flush(struct client *c)
+rt_flush(struct client *c, unsigned events)
 {
-    return c->port->flush(c->s);
+    return c->port->flush(c->s, events);
 }
 
 static inline bool
@@ -267,7 +270,7 @@ void rt_topic_unqueue(struct router *r, struct topic *t);
 struct role *rt_role_find(struct role *by_feed, const struct feed *f);
 
 /* router-deliver.c */
-void rt_deliver_roles(struct router *r, struct role_list *list);
+void rt_deliver_roles(struct router *r, struct role_list *list, unsigned events);
 void rt_deliver_all(struct router *r);
 void rt_batch_flush(struct router *r);
 void rt_route_data(struct router *r, const struct wire_msg *m);

@@ -543,7 +543,7 @@ cmd_ping(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct evbuffer *out = rt_output(c);
 
     lp_format_pong(out, cmd->token.ptr, cmd->token.len);
-    rt_flush(c);
+    rt_flush(c, 0); /* a reply, not an event */
 }
 
 void
@@ -653,7 +653,7 @@ client_recheck(struct router *r, struct client *c)
         }
     }
     if (c->revoked != before)
-        rt_flush(c);
+        rt_flush(c, (unsigned)(c->revoked - before)); /* one REVOKED each */
 }
 
 /* ---- life cycle ---- */

@@ -74,7 +74,7 @@ struct router_memory_stats {
     unsigned paused;                /* sessions not reading now */
     uint64_t trims;                 /* times freed memory went back to the system */
     uint64_t cmds_in, bytes_in;     /* commands and bytes read from sessions */
-    uint64_t events_out, bytes_out; /* events and bytes written to them */
+    uint64_t events_out, bytes_out; /* events (not replies) and bytes written to them */
     uint64_t
         closed[ROUTER_CLOSED_N]; /* sessions gone, by why (slow consumers: the router's) */
     uint64_t refused;            /* clients refused over listen.max_sessions */
@@ -87,8 +87,10 @@ struct router_port {
     /* Where events go: append whole events, then call flush. */
     struct evbuffer *(*output)(struct session *s);
     /* After appending: applies the slow-consumer bound; false if that
-     * closed the session. */
-    bool (*flush)(struct session *s);
+     * closed the session. events: how many event lines (DATA, BUS, ...)
+     * were appended, for the session's events_out; 0 for a reply (PONG,
+     * STAT...END), which is not an event. */
+    bool (*flush)(struct session *s, unsigned events);
     /* The answer to the command in hand: +OK (e is LP_ERR_NONE; only if
      * VERBOSE is on) or -ERR e msg. */
     void (*reply)(struct session *s, enum lp_error e, const char *msg);

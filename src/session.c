@@ -439,17 +439,18 @@ session_output_len(const struct session *s)
     return evbuffer_get_length(s->out);
 }
 
-/* After appending to the output: the slow-consumer bound. False if the
- * session was closed by it (it stays valid until freed from the loop). */
+/* After appending to the output (events event lines, 0 for a reply): the
+ * slow-consumer bound. False if the session was closed by it (it stays
+ * valid until freed from the loop). */
 static bool
-session_flush_check(struct session *s)
+session_flush_check(struct session *s, unsigned events)
 {
     size_t len;
 
     if (s->state == SESSION_CLOSING)
         return false;
     output_appended(s);
-    s->st.events_out++;
+    s->st.events_out += events; /* events, not writes: a batch is many */
     len = s->out_len;
     /* The bound is on the backlog before the newest event, so one event
      * bigger than max_output still reaches a reader that keeps up. */
@@ -474,7 +475,7 @@ session_reply_ok(struct session *s)
     if (!s->verbose || s->state == SESSION_CLOSING)
         return;
     lp_format_ok(session_output(s));
-    session_flush_check(s);
+    session_flush_check(s, 0);
 }
 
 static void __attribute__((format(printf, 3, 4)))
@@ -489,7 +490,7 @@ session_reply_err(struct session *s, enum lp_error e, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     lp_format_err(session_output(s), e, "%s", msg);
-    session_flush_check(s);
+    session_flush_check(s, 0);
 }
 
 static void

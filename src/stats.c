@@ -292,5 +292,5 @@ rt_cmd_stats(struct router *r, struct client *c, enum lp_stats_view view)
         break;
     }
     lp_format_end(out);
-    rt_flush(c);
+    rt_flush(c, 0); /* a reply, not events */
 }

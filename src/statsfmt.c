@@ -108,7 +108,7 @@ static const struct def defs[] = {
     { "sessions_bytes_in", K_COUNTER, "sessions_received_bytes_total", NULL,
         "Bytes received from local sessions." },
     { "sessions_msgs_out", K_COUNTER, "sessions_sent_messages_total", NULL,
-        "Events sent to local sessions." },
+        "Events sent to local sessions (one per event line; replies not counted)." },
     { "sessions_bytes_out", K_COUNTER, "sessions_sent_bytes_total", NULL,
         "Bytes sent to local sessions." },
     { "topics", K_GAUGE, "upstream_subscriptions", NULL,

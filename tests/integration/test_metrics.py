@@ -17,7 +17,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from routerkit import GatewayCase, stats  # noqa: E402
+from routerkit import GatewayCase, stats, uniq  # noqa: E402
 from gwtest import BUSGATE, BUSGATED, TIMEOUT, Gateway, wait_until  # noqa: E402
 
 try:
@@ -83,6 +83,18 @@ def families(text):
 def cli(gw, *args):
     return subprocess.run([BUSGATE, "-s", gw.socket_path] + list(args),
                           capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def my_session_line(s):
+    """This session's own STATS SESSIONS line, as {field: value}."""
+    s.send("STATS SESSIONS\n")
+    mine = None
+    ev = s.expect("STAT")
+    while ev.kind != "END":
+        if ev.args[-1] == "self":
+            mine = dict(w.split("=", 1) for w in ev.args[2:-1])
+        ev = s._next_stat()
+    return mine
 
 
 class MetricsTest(GatewayCase):
@@ -218,6 +230,48 @@ class MetricsTest(GatewayCase):
         for k in ("since", "protocol", "reconnects", "last_error", "heartbeat_age"):
             self.assertIn(k, link)
         self.assertEqual(s.cmd("STATS NOPE").split()[:2], ["-ERR", "syntax"])
+
+    def test_msgs_out_counts_events(self):
+        """msgs_out counts the events a session was sent: not its replies,
+        and every DATA event of a batch (not one per write)."""
+        wait_until(self.ready, what="bus up")  # no BUS event from here on
+        quiet = self.session()
+        for i in range(5):
+            self.assertEqual(quiet.cmd("PING %d" % i), "PONG %d" % i)
+        self.assertEqual(my_session_line(quiet)["msgs_out"], "0")
+        topic = uniq("burst")
+        subs = [self.session(), self.session()]
+        for s in subs:
+            self.assertEqual(s.cmd("VERBOSE off"), "+OK")
+            s.send("SUB F1 %s\n" % topic)
+        # A SUB is a reply-less command here; a PING behind it proves it done.
+        for s in subs:
+            self.assertEqual(s.cmd("PING x"), "PONG x")
+        before = int(stats(quiet)["sessions_msgs_out"])
+        p = self.session()
+        self.assertEqual(p.cmd("VERBOSE off"), "+OK")
+        n = 2000
+        p.send(("PUB F1 %s delta 3\nabc\n" % topic).encode() * n)
+        for s in subs:
+            for _ in range(n):
+                s.expect("DATA")
+            self.assertEqual(my_session_line(s)["msgs_out"], str(n))
+        self.assertEqual(my_session_line(p)["msgs_out"], "0")
+        self.assertEqual(int(stats(quiet)["sessions_msgs_out"]) - before, 2 * n)
+        # A late joiner's image-cache replay is one write of several events.
+        p = self.session()
+        self.assertEqual(p.pub("F1", topic, [(None, b"img")], image=True), "+OK")
+        for i in range(3):
+            self.assertEqual(p.pub("F1", topic, [(None, b"d%d" % i)]), "+OK")
+        for s in subs:
+            for _ in range(4):
+                s.expect("DATA")
+        late = self.session()
+        self.assertEqual(late.cmd("VERBOSE off"), "+OK")
+        late.send("SUB F1 %s\n" % topic)
+        for _ in range(4):
+            late.expect("DATA")
+        self.assertEqual(my_session_line(late)["msgs_out"], "4")
 
     def test_reload_keeps_the_address(self):
         off = self.gw.log_offset()

@@ -56,11 +56,11 @@ fake_close(struct session *s, enum lp_error e, const char *msg)
 }
 
 static bool
-fake_flush(struct session *s)
+fake_flush(struct session *s, unsigned events)
 {
     if (s->closing)
         return false;
-    s->st.events_out++;
+    s->st.events_out += events;
     if (evbuffer_get_length(s->out) > s->max_output) {
         router_count_slow_consumer(s->r);
         fake_close(s, LP_ERR_SLOW_CONSUMER, "slow");
@@ -78,7 +78,7 @@ fake_reply(struct session *s, enum lp_error e, const char *msg)
         lp_format_ok(s->out);
     else
         lp_format_err(s->out, e, "%s", msg);
-    fake_flush(s);
+    fake_flush(s, 0);
 }
 
 static void
