@@ -216,7 +216,8 @@ struct router {
     bool congested;        /* bus output over its high-water mark */
     bool shutting_down;
     bool freeing;
-    time_t started;
+    time_t started;      /* wall clock: start_time */
+    uint64_t started_ms; /* monotonic: uptime, which a clock step must not move */
     const struct router_port *port; /* the newest session's: the memory budget */
 
     struct config_router cfg;    /* image_content_types: our own copy */

@@ -715,6 +715,7 @@ router_new(struct event_base *base, const struct config *cfg)
     router_load_config(r, cfg);
     r->state = BUS_DOWN;
     r->state_since = r->started = time(NULL);
+    r->started_ms = rt_mono_ms();
     r->announced = local_state_name(BUS_DOWN);
     return r;
 }

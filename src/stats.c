@@ -150,7 +150,9 @@ router_stats_snapshot(struct router *r, struct statsfmt *sf)
 
     rt_pending_expire(r);
     statsfmt_text(sf, "version", PACKAGE_VERSION);
-    statsfmt_u64(sf, "uptime", (uint64_t)(now - r->started));
+    /* Monotonic: a wall clock stepped back would make now - started
+     * negative (a huge unsigned), one stepped forward would jump it. */
+    statsfmt_u64(sf, "uptime", (rt_mono_ms() - r->started_ms) / 1000u);
     statsfmt_u64(sf, "start_time", (uint64_t)r->started);
     snap_bus(r, sf, now);
     snap_router(r, sf);

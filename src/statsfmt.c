@@ -36,7 +36,8 @@ static const char *const states[] = { "connecting", "unconfirmed", "up", "down" 
 
 static const struct def defs[] = {
     { "version", K_INFO, "build_info", "version", "The busgated version (always 1)." },
-    { "uptime", K_GAUGE, "uptime_seconds", NULL, "Seconds since busgated started." },
+    { "uptime", K_GAUGE, "uptime_seconds", NULL,
+        "Seconds since busgated started (monotonic: a wall-clock step does not move it)." },
     { "start_time", K_GAUGE, "start_time_seconds", NULL,
         "When busgated started, seconds since the Unix epoch." },
     { "bus_state", K_STATE, "bus_link_state", "state",

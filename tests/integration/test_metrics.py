@@ -18,7 +18,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from routerkit import GatewayCase, stats, uniq  # noqa: E402
-from gwtest import BUSGATE, BUSGATED, TIMEOUT, Gateway, wait_until  # noqa: E402
+from gwtest import (BUSGATE, BUSGATED, BUSGATED_IS_SANITIZED, TIMEOUT, Gateway,  # noqa: E402
+                    wait_until)
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -329,6 +330,83 @@ class UnixMetricsTest(GatewayCase):
         finally:
             gw.stop()
         self.assertFalse(os.path.exists(path))
+
+
+# time() shifted by the seconds in $FAKE_OFFSET_FILE (read at every call):
+# the wall clock stepping as NTP or date -s would step it, without root.
+FAKETIME_C = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+time_t time(time_t *t)
+{
+    struct timespec ts;
+    long off = 0;
+    const char *f = getenv("FAKE_OFFSET_FILE");
+    FILE *fp = f != NULL ? fopen(f, "r") : NULL;
+
+    syscall(SYS_clock_gettime, CLOCK_REALTIME, &ts);
+    if (fp != NULL) {
+        if (fscanf(fp, "%ld", &off) != 1)
+            off = 0;
+        fclose(fp);
+    }
+    if (t != NULL)
+        *t = ts.tv_sec + off;
+    return ts.tv_sec + off;
+}
+"""
+
+
+class ClockStepTest(GatewayCase):
+    """uptime does not follow the wall clock: stepped back, it would go
+    negative (wrapping to ~1.8e19 as an unsigned figure)."""
+
+    @classmethod
+    def start_gateway(cls, user, config=None, name=None):
+        if BUSGATED_IS_SANITIZED:
+            raise unittest.SkipTest("LD_PRELOAD beside a sanitizer runtime")
+        src = os.path.join(cls.dir, "faketime.c")
+        cls.shim = os.path.join(cls.dir, "faketime.so")
+        cls.offset = os.path.join(cls.dir, "offset")
+        with open(src, "w") as f:
+            f.write(FAKETIME_C)
+        with open(cls.offset, "w") as f:
+            f.write("0")
+        try:
+            subprocess.run([os.environ.get("CC", "cc"), "-shared", "-fPIC", "-o", cls.shim, src],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise unittest.SkipTest("cannot build the time() shim: %s" % e)
+        os.environ["LD_PRELOAD"] = cls.shim
+        os.environ["FAKE_OFFSET_FILE"] = cls.offset
+        try:
+            return super().start_gateway(user, config, name)
+        finally:
+            del os.environ["LD_PRELOAD"]
+            del os.environ["FAKE_OFFSET_FILE"]
+
+    def step(self, seconds):
+        with open(self.offset, "w") as f:
+            f.write(str(seconds))
+
+    def test_uptime_ignores_a_clock_step(self):
+        s = self.session()
+        start = int(stats(s)["start_time"])
+        wait_until(lambda: int(stats(s)["uptime"]) >= 1, what="uptime 1 s")
+        try:
+            self.step(-3600)  # an NTP correction an hour back
+            st = stats(s)
+            self.assertLessEqual(int(st["uptime"]), TIMEOUT + 5)
+            self.assertGreaterEqual(int(st["uptime"]), 1)
+            self.assertEqual(int(st["start_time"]), start)
+            self.step(3600)   # and an hour forward
+            self.assertLessEqual(int(stats(s)["uptime"]), TIMEOUT + 5)
+        finally:
+            self.step(0)
 
 
 # Starts busgated as systemd does: the fds from argv moved to 3, 4...,
