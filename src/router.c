@@ -416,6 +416,14 @@ router_session_closing(struct router *r, struct router_client *rc)
     client_release(r, c);
 }
 
+const char *
+router_session_app(const struct router_client *rc)
+{
+    const struct client *c = (const struct client *)(const void *)rc;
+
+    return c != NULL ? c->app : NULL;
+}
+
 void
 router_session_detach(struct router *r, struct router_client *rc)
 {
@@ -613,10 +621,13 @@ revoke_note(struct router *r, struct client *c, enum access_verb verb,
     r->n.revoked++;
     lp_format_revoked(rt_output(c), access_verb_name(verb), feed->ptr, feed->len,
         topic != NULL ? topic->ptr : NULL, topic != NULL ? topic->len : 0, why);
-    log_notice("access: reload ended %s on %.*s%s%.*s of session %llu (%s, uid %u): %s",
+    log_notice(
+        "access: reload ended %s on %.*s%s%.*s of session %llu (%s, uid %u, pid %d%s%s): "
+        "%s",
         access_verb_name(verb), (int)feed->len, feed->ptr, topic != NULL ? " / " : "",
         topic != NULL ? (int)topic->len : 0, topic != NULL ? topic->ptr : "",
-        (unsigned long long)c->id, c->user, (unsigned)c->peer.uid, why);
+        (unsigned long long)c->id, c->user, (unsigned)c->peer.uid, (int)c->peer.pid,
+        c->app != NULL ? ", app " : "", c->app != NULL ? c->app : "", why);
 }
 
 /* End what c holds that the rules no longer allow; the usual removal paths

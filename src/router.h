@@ -126,6 +126,10 @@ void router_command(struct router *r, struct router_client *rc, const struct lp_
  * authorizer roles now; router_session_detach follows when it is freed. */
 void router_session_closing(struct router *r, struct router_client *rc);
 
+/* The name the session gave itself (NAME), or NULL: the session module's
+ * log lines carry it, and the name lives here with the router's record. */
+const char *router_session_app(const struct router_client *rc);
+
 /* A session was closed as a slow consumer (for the counter). */
 void router_count_slow_consumer(struct router *r);
 

@@ -71,6 +71,18 @@ struct session {
 
 static uint64_t next_session_id = 1;
 
+/* The name the app gave itself (NAME), NULL if none: the router keeps it,
+ * and the log lines about a session carry it (to find a slow app by name). */
+static const char *
+session_app(const struct session *s)
+{
+    return s->rc != NULL ? router_session_app(s->rc) : NULL;
+}
+
+/* The two printf arguments of "%s%s": ", app=<name>", or nothing. */
+#define APP_LOG(s)                                                                         \
+    session_app(s) != NULL ? ", app=" : "", session_app(s) != NULL ? session_app(s) : ""
+
 /* What every session is held to, from the configuration (set at start and
  * on reload, for all sessions at once). */
 static struct {
@@ -156,10 +168,10 @@ budget_enforce(void)
     fair = budget.max / (budget.live > 0 ? budget.live : 1);
     if (open <= budget.max || worst == NULL || session_output_len(worst) <= fair)
         return;
-    log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued while "
+    log_warn("session %" PRIu64 " (pid %d%s%s): slow consumer, %zu bytes queued while "
              "the sessions hold %zu (listen.max_memory %zu); closing it",
-        worst->id, (int)worst->peer.pid, session_output_len(worst), budget.bytes,
-        budget.max);
+        worst->id, (int)worst->peer.pid, APP_LOG(worst), session_output_len(worst),
+        budget.bytes, budget.max);
     budget.closes++;
     router_count_slow_consumer(worst->router);
     snprintf(msg, sizeof msg,
@@ -456,9 +468,9 @@ session_flush_check(struct session *s, unsigned events)
      * bigger than max_output still reaches a reader that keeps up. */
     if (len <= limits.max_output || len - s->last_added <= limits.max_output)
         return true;
-    log_warn("session %" PRIu64 " (pid %d): slow consumer, %zu bytes queued "
+    log_warn("session %" PRIu64 " (pid %d%s%s): slow consumer, %zu bytes queued "
              "(listen.max_output %zu); closing it",
-        s->id, (int)s->peer.pid, len, limits.max_output);
+        s->id, (int)s->peer.pid, APP_LOG(s), len, limits.max_output);
     router_count_slow_consumer(s->router);
     {
         char msg[128];
@@ -848,10 +860,10 @@ fail:
 static void
 session_destroy(struct session *s)
 {
-    log_info("session %" PRIu64 ": closed (%s), pid=%d, %" PRIu64 " commands in, %" PRIu64
-             " events out",
+    log_info("session %" PRIu64 ": closed (%s), pid=%d%s%s, %" PRIu64
+             " commands in, %" PRIu64 " events out",
         s->id, s->close_reason != NULL ? s->close_reason : "closed", (int)s->peer.pid,
-        s->st.cmds_in, s->st.events_out);
+        APP_LOG(s), s->st.cmds_in, s->st.events_out);
     router_session_detach(s->router, s->rc);
     LIST_REMOVE(s, all);
     write_unmark(s);

@@ -243,6 +243,7 @@ class AccessTests(AccessCase):
         feed, topic = "A.rv" + uniq(), "T"
         a, b = self.as_(NOBODY), self.as_(DAEMON)
         m = self.bus.mark()
+        self.assertEqual(a.cmd("NAME revokee"), "+OK")
         self.assertEqual(a.cmd("SUB %s %s" % (feed, topic)), "+OK")
         self.assertEqual(a.cmd("SUB A.kept T"), "+OK")
         self.assertEqual(a.cmd("NOTIFY %s" % feed), "+OK")
@@ -274,7 +275,8 @@ class AccessTests(AccessCase):
             st = self.session().stats()
             self.assertGreaterEqual(int(st["access_revoked"]), 3)
             self.gw.wait_log(r"access: reload ended subscribe on %s / %s of session \d+ "
-                             r"\(nobody, uid 65534\)" % (feed, topic), start=start)
+                             r"\(nobody, uid 65534, pid \d+, app revokee\)" % (feed, topic),
+                             start=start)
         finally:
             start = self.gw.log_offset()
             self.write_rules(self.gw, RULES)

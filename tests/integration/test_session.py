@@ -263,6 +263,7 @@ class SlowConsumerTest(GatewayCase):
         feed, topic = uniq("SLOW"), "T"
         m = self.bus.mark()
         slow, fast, other = self.session(), self.session(), self.session()
+        self.assertEqual(slow.cmd("NAME slowapp"), "+OK")
         for s in (slow, fast):
             self.assertEqual(s.cmd("SUB %s %s" % (feed, topic)), "+OK")
         self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
@@ -292,11 +293,14 @@ class SlowConsumerTest(GatewayCase):
         self.assertEqual(other.cmd("PING"), "PONG")
         st = stats(fast)
         self.assertEqual(st["slow_consumers"], "1")
-        self.gw.wait_log(r"slow consumer")
+        # The log names the app (NAME), the one thing to look for.
+        self.gw.wait_log(r"session \d+ \(pid \d+, app=slowapp\): slow consumer, \d+ bytes "
+                         r"queued \(listen.max_output 65536\)")
         lines = read_all(slow)
         self.assertTrue(lines[-1].startswith("-ERR slow-consumer "), lines[-1:])
         self.assertTrue(any(x.startswith("DATA ") for x in lines))
         wait_until(lambda: stats(fast)["sessions"] == "2", what="the slow session to go")
+        self.gw.wait_log(r"session \d+: closed \(slow-consumer\), pid=\d+, app=slowapp, ")
 
     def test_one_event_bigger_than_max_output(self):
         # max_output bounds the backlog, not the size of one event.
@@ -432,7 +436,8 @@ class MemoryBudgetTest(GatewayCase):
         m = self.bus.mark()
         slow = [self.session(), self.session()]
         local = self.session()
-        for s in slow:
+        for i, s in enumerate(slow):
+            self.assertEqual(s.cmd("NAME mem%d" % i), "+OK")
             self.assertEqual(s.cmd("SUB %s %s" % (feed, topic)), "+OK")
         self.wait_recv("SubscriptionRequest", lambda x: x["feed"] == feed, since=m)
         data_in = int(fresh_stats(self)["data_in"])
@@ -443,7 +448,8 @@ class MemoryBudgetTest(GatewayCase):
             pub.publish(feed, topic, [(None, b"%06d" % i + b"." * 1018)])
         wait_until(lambda: int(fresh_stats(self)["data_in"]) == data_in + n,
                    what="the burst to reach the gateway")
-        self.gw.wait_log(r"slow consumer, \d+ bytes queued while the sessions hold")
+        self.gw.wait_log(r"session \d+ \(pid \d+, app=mem[01]\): slow consumer, \d+ bytes "
+                         r"queued while the sessions hold")
         st = fresh_stats(self)
         self.assertEqual(st["memory_budget_closes"], "1")
         self.assertEqual(st["limit.max_memory"], str(self.BUDGET))
