@@ -9,6 +9,7 @@ stats --format and sessions."""
 import http.client
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -18,8 +19,8 @@ import unittest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from routerkit import GatewayCase, stats, uniq  # noqa: E402
-from gwtest import (BUSGATE, BUSGATED, BUSGATED_IS_SANITIZED, TIMEOUT, Gateway,  # noqa: E402
-                    wait_until)
+from gwtest import (BUSGATE, BUSGATED, BUSGATED_IS_SANITIZED, TIMEOUT, TOP_SRCDIR,  # noqa: E402
+                    Gateway, wait_until)
 
 try:
     from prometheus_client.parser import text_string_to_metric_families
@@ -273,6 +274,22 @@ class MetricsTest(GatewayCase):
         for _ in range(4):
             late.expect("DATA")
         self.assertEqual(my_session_line(late)["msgs_out"], "4")
+
+    def test_stats_sessions_line_as_documented(self):
+        """PROTOCOL.md's STATS SESSIONS template matches the line of a
+        session that named itself (app is its NAME, not always -)."""
+        with open(os.path.join(TOP_SRCDIR, "doc", "PROTOCOL.md"), encoding="utf-8") as f:
+            doc = f.read()
+        tmpl = re.search(r"^STAT session <id> .*$", doc, re.M).group(0)
+        rx = re.escape(tmpl).replace(r"\ \[self\]", r"( self)?")
+        rx = re.sub(r"<[a-z]+>", r"\\S+", rx.replace(r"\<", "<").replace(r"\>", ">"))
+        s = self.session()
+        self.assertEqual(s.cmd("NAME pricer"), "+OK")
+        s.send("STATS SESSIONS\n")
+        ev = s.expect("STAT", lambda e: e.args[-1] == "self")
+        self.assertRegex(ev.line, "^" + rx + "$")
+        self.assertIn(" app=pricer ", ev.line)
+        self.assertNotIn("`app` is always `-`", doc)
 
     def test_reload_keeps_the_address(self):
         off = self.gw.log_offset()
