@@ -253,6 +253,13 @@ bus_cfg_needs_reconnect(const struct config_bus *a, const struct config_bus *b)
         (a->heartbeat_timeout_ms == 0) != (b->heartbeat_timeout_ms == 0);
 }
 
+/* Down or trying to connect: the link is away. */
+static bool
+bus_away(enum bus_state state)
+{
+    return state == BUS_DOWN || state == BUS_CONNECTING;
+}
+
 /* Every state change goes through here, last in its caller (callbacks may
  * re-enter the bus). */
 void
@@ -260,9 +267,13 @@ bus_set_state(struct bus *bus, enum bus_state state, const char *reason)
 {
     if (bus->state == state)
         return;
+    /* An outage cycles down <-> connecting once per retry: keep when it
+     * began, so "down since" (STATS, /readyz, /metrics) says how long the
+     * bus has been away, not when the latest attempt started. */
+    if (!bus_away(bus->state) || !bus_away(state))
+        bus->st.state_since = time(NULL);
     bus->state = state;
     bus->st.state = state;
-    bus->st.state_since = time(NULL);
     if (bus->cb.on_state != NULL)
         bus->cb.on_state(bus->cb_arg, state, reason);
 }

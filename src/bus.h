@@ -46,7 +46,8 @@ struct bus_callbacks {
 
 struct bus_stats {
     enum bus_state state;
-    time_t state_since;       /* wall clock of the last state change */
+    time_t state_since;       /* wall clock of the last state change; down and
+                               * connecting: when the outage began */
     uint64_t connects;        /* successful TCP(+TLS) connections */
     uint64_t reconnects;      /* connection attempts after the first */
     uint64_t auth_failures;   /* probable authentication failures */

@@ -295,8 +295,10 @@ router_bus_state(struct router *r, enum bus_state state, const char *reason)
     const char *name = local_state_name(state);
 
     rt_batch_flush(r); /* events read before the change go out first */
+    /* As the link's own stamp: retries within one outage keep its start. */
+    if (rt_linked(old) || rt_linked(state))
+        r->state_since = time(NULL);
     r->state = state;
-    r->state_since = time(NULL);
     if (name != r->announced) {
         r->announced = name;
         if (lp_format_bus(r->scratch, name, state == BUS_DOWN ? reason : NULL) == 0)

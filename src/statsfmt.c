@@ -43,7 +43,8 @@ static const struct def defs[] = {
     { "bus_state", K_STATE, "bus_link_state", "state",
         "The bus link's state: 1 for the current one." },
     { "bus_state_since", K_GAUGE, "bus_link_state_since_seconds", NULL,
-        "When the bus link entered its state, seconds since the Unix epoch." },
+        "When the bus link entered its state (down or connecting: when the outage began), "
+        "seconds since the Unix epoch." },
     { "bus_connects", K_COUNTER, "bus_connects_total", NULL,
         "Successful connections to the bus." },
     { "bus_reconnects", K_COUNTER, "bus_reconnects_total", NULL,

@@ -12,7 +12,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from routerkit import GatewayCase, stats, uniq  # noqa: E402
+from routerkit import GatewayCase, stats, uniq, wait_until  # noqa: E402
 
 
 def bus_event(state):
@@ -88,6 +88,47 @@ class BusRestartTest(GatewayCase):
         self.assertEqual(ev.words[1], "add")
         self.assertEqual(s.cmd("PING"), "PONG")
         self.assertEqual([e for e in s.events if e.kind == "DATA"], [])
+
+
+def link(s):
+    """STATS LINK as {name: value}."""
+    s.send("STATS LINK\n")
+    out = {}
+    ev = s.expect("STAT")
+    while ev.kind != "END":
+        name, _, value = " ".join(ev.args).partition(" ")
+        out[name] = value
+        ev = s._next_stat()
+    return out
+
+
+class OutageSinceTest(GatewayCase):
+    """"Down since" is when the outage began, however many retries
+    (down -> connecting -> down) it has seen."""
+    GW_CONFIG = {"bus": {"reconnect": {"min": "50ms", "max": "200ms", "reset_after": "5s"}}}
+
+    def test_retries_keep_the_outage_start(self):
+        s = self.session()
+        wait_until(lambda: stats(s)["bus_state"] == "up", what="bus up")
+        stopped = int(time.time())
+        self.bus.stop()
+        try:
+            s.expect("BUS", bus_event("down"))
+            st = stats(s)
+            since, retries = int(st["bus_state_since"]), int(st["bus_reconnects"])
+            self.assertGreaterEqual(since, stopped)
+            # Several attempts, over more than a second (stamps are seconds).
+            time.sleep(2.2)
+            st = stats(s)
+            self.assertGreaterEqual(int(st["bus_reconnects"]), retries + 3)
+            self.assertIn(st["bus_state"], ("down", "connecting"))
+            self.assertEqual(int(st["bus_state_since"]), since)
+            self.assertEqual(int(link(s)["since"]), since)
+        finally:
+            self.bus.start()
+        s.expect("BUS", bus_event("unconfirmed"))
+        # Back on the link: a new state, a new stamp.
+        self.assertGreaterEqual(int(stats(s)["bus_state_since"]), since + 2)
 
 
 class BusDownQueueTest(GatewayCase):
