@@ -65,9 +65,10 @@ rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
     r->cache_bytes += len;
 }
 
-/* Copy a topic's cached events to one new subscriber. */
+/* Copy a topic's cached events to one new subscriber: DATA delivered to a
+ * session, counted as the live ones are. */
 void
-rt_cache_replay(struct topic *t, struct client *c)
+rt_cache_replay(struct router *r, struct topic *t, struct client *c)
 {
     struct evbuffer_iovec vec[16];
     struct evbuffer_ptr pos;
@@ -93,5 +94,6 @@ rt_cache_replay(struct topic *t, struct client *c)
             evbuffer_ptr_set(t->cache, &pos, l, EVBUFFER_PTR_ADD);
         }
     }
+    r->n.data_delivered += t->cache_events;
     rt_flush(c, t->cache_events);
 }

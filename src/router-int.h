@@ -280,7 +280,7 @@ void rt_route_data(struct router *r, const struct wire_msg *m);
 void rt_cache_drop(struct router *r, struct topic *t);
 void rt_cache_update(struct router *r, struct topic *t, const struct wire_msg *m,
     const unsigned char *p, size_t len);
-void rt_cache_replay(struct topic *t, struct client *c);
+void rt_cache_replay(struct router *r, struct topic *t, struct client *c);
 
 /* router-feeds.c */
 void rt_remotes_clear(struct router *r, struct feed *f);

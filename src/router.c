@@ -519,7 +519,7 @@ cmd_sub(struct router *r, struct client *c, const struct lp_cmd *cmd)
     if (first)
         rt_upstream_subscription(r, t, true);
     else
-        rt_cache_replay(t, c);
+        rt_cache_replay(r, t, c);
 }
 
 static void

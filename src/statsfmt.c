@@ -122,7 +122,8 @@ static const struct def defs[] = {
     { "data_in", K_COUNTER, "data_received_messages_total", NULL,
         "Data messages received from the bus." },
     { "data_delivered", K_COUNTER, "data_delivered_messages_total", NULL,
-        "Data messages delivered to local sessions (one per session)." },
+        "Data messages delivered to local sessions (one per session; image-cache replays "
+        "included)." },
     { "data_dropped_unwanted", K_COUNTER, "messages_dropped_total", "reason=\"unwanted\"",
         DROP },
     { "notifications_in", K_COUNTER, "notifications_received_total", NULL,

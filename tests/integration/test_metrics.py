@@ -275,6 +275,26 @@ class MetricsTest(GatewayCase):
             late.expect("DATA")
         self.assertEqual(my_session_line(late)["msgs_out"], "4")
 
+    def test_cache_replay_is_delivered(self):
+        """The image cache's events a late subscriber gets count in
+        data_delivered, as live ones do."""
+        topic = uniq("cached")
+        a, p = self.session(), self.session()
+        self.assertEqual(a.cmd("SUB F1 %s" % topic), "+OK")
+        self.assertEqual(a.cmd("PING"), "PONG")
+        before = int(stats(p)["data_delivered"])
+        self.assertEqual(p.pub("F1", topic, [(None, b"img")], image=True), "+OK")
+        for i in range(3):
+            self.assertEqual(p.pub("F1", topic, [(None, b"d%d" % i)]), "+OK")
+        for _ in range(4):
+            a.expect("DATA")
+        self.assertEqual(int(stats(p)["data_delivered"]) - before, 4)
+        late = self.session()
+        self.assertEqual(late.cmd("SUB F1 %s" % topic), "+OK")
+        got = [late.expect("DATA").words[5] for _ in range(4)]
+        self.assertEqual(got, ["image", "delta", "delta", "delta"])
+        self.assertEqual(int(stats(p)["data_delivered"]) - before, 8)
+
     def test_stats_sessions_line_as_documented(self):
         """PROTOCOL.md's STATS SESSIONS template matches the line of a
         session that named itself (app is its NAME, not always -)."""
