@@ -32,7 +32,9 @@ struct def {
 static const char *const states[] = { "connecting", "unconfirmed", "up", "down" };
 
 #define DROP "Messages dropped, by reason."
-#define CLOSED "Local sessions closed, by reason (slow_consumer includes memory_budget)."
+/* The reasons are disjoint, so that the family sums to the sessions closed;
+ * the memory budget's closes, a part of slow_consumer, have their own. */
+#define CLOSED "Local sessions closed, by reason."
 
 static const struct def defs[] = {
     { "version", K_INFO, "build_info", "version", "The busgated version (always 1)." },
@@ -85,8 +87,9 @@ static const struct def defs[] = {
         "Bytes queued to all local sessions together." },
     { "memory_queued_peak", K_GAUGE, "sessions_queued_peak_bytes", NULL,
         "The most bytes ever queued to local sessions together." },
-    { "memory_budget_closes", K_COUNTER, "sessions_closed_total",
-        "reason=\"memory_budget\"", CLOSED },
+    { "memory_budget_closes", K_COUNTER, "memory_budget_closed_sessions_total", NULL,
+        "Local sessions closed to stay within listen.max_memory (also counted as "
+        "slow_consumer in busgate_sessions_closed_total)." },
     { "memory_budget_pauses", K_COUNTER, "memory_budget_pauses_total", NULL,
         "Times a session stopped reading for the memory budget." },
     { "memory_budget_paused", K_GAUGE, "memory_budget_paused_sessions", NULL,

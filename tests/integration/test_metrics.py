@@ -351,6 +351,48 @@ class MetricsTest(GatewayCase):
         self.assertEqual(queued, sorted(queued, reverse=True))
 
 
+def samples(text, family):
+    """{labels text or '': value} of a family's samples in /metrics."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^%s(\{[^}]*\})? (\S+)$" % re.escape(family), line)
+        if m:
+            out[m.group(1) or ""] = float(m.group(2))
+    return out
+
+
+class ClosedReasonsTest(GatewayCase):
+    """busgate_sessions_closed_total{reason} sums to the sessions closed: a
+    memory-budget close is counted once in it (as slow_consumer)."""
+    MPORT = free_port()
+    GW_CONFIG = {"listen": {"max_output": "8MiB", "max_memory": "64KiB"},
+                 "metrics": {"listen": "127.0.0.1:%d" % MPORT}}
+
+    def metrics(self):
+        c = http.client.HTTPConnection("127.0.0.1", self.MPORT, timeout=TIMEOUT)
+        return get("/metrics", conn=c)[2]
+
+    def test_reasons_sum_to_closes(self):
+        topic = uniq("mem")
+        slow, p = self.session(), self.session()
+        self.assertEqual(slow.cmd("NAME slowapp"), "+OK")
+        self.assertEqual(slow.cmd("SUB F1 %s" % topic), "+OK")
+        self.assertEqual(p.cmd("VERBOSE off"), "+OK")
+        # ~800 KB to a reader that never reads: over the 64 KiB budget.
+        p.send((("PUB F1 %s delta 8000\n" % topic).encode() + b"x" * 8000 + b"\n") * 100)
+        closed = lambda: samples(self.metrics(), "busgate_sessions_closed_total")  # noqa: E731
+        wait_until(lambda: closed().get('{reason="slow_consumer"}') == 1,
+                   what="the budget to close the reader")
+        slow.close()
+        p.close()
+        wait_until(lambda: samples(self.metrics(), "busgate_sessions") == {"": 0},
+                   what="both sessions gone")
+        text = self.metrics()
+        accepted = samples(text, "busgate_sessions_accepted_total")[""]
+        self.assertEqual(sum(samples(text, "busgate_sessions_closed_total").values()), accepted)
+        self.assertEqual(samples(text, "busgate_memory_budget_closed_sessions_total"), {"": 1})
+
+
 class UnixMetricsTest(GatewayCase):
     """metrics.listen as a Unix socket path; removed at exit."""
 
