@@ -164,7 +164,8 @@ static const struct def defs[] = {
         "Commands refused by the access rules (-ERR perm)." },
     { "access_revoked", K_COUNTER, "access_revoked_total", NULL,
         "Registrations a reload's access rules ended (REVOKED)." },
-    { "limit.", K_GAUGE, "limit", NULL, "A configured limit, by setting." },
+    { "limit.", K_GAUGE, "limit", NULL,
+        "A configured limit, by setting (durations in seconds, as *_seconds)." },
     { "session", K_TEXT, NULL, NULL, NULL },
 };
 
@@ -315,6 +316,24 @@ prom_type(enum kind k)
     return k == K_COUNTER ? "counter" : "gauge";
 }
 
+/* A limit.* sample. /metrics promises base units: a limit STATS gives in
+ * milliseconds (name_ms) is given in seconds (name_seconds). */
+static void
+prom_limit(struct evbuffer *out, const char *family, const char *name, uint64_t v)
+{
+    size_t len = strlen(name);
+
+    if (len < 3 || strcmp(name + len - 3, "_ms") != 0) {
+        evbuffer_add_printf(out, "busgate_%s{name=\"%s\"} %" PRIu64 "\n", family, name, v);
+        return;
+    }
+    evbuffer_add_printf(out, "busgate_%s{name=\"%.*s_seconds\"} %" PRIu64, family,
+        (int)(len - 3), name, v / 1000u);
+    if (v % 1000u != 0)
+        evbuffer_add_printf(out, ".%03" PRIu64, v % 1000u);
+    evbuffer_add(out, "\n", 1);
+}
+
 /* One sample of it (it->def->family is set). */
 static void
 prom_sample(struct evbuffer *out, const struct item *it)
@@ -335,10 +354,12 @@ prom_sample(struct evbuffer *out, const struct item *it)
     default:
         break;
     }
+    if (d->name[strlen(d->name) - 1] == '.') {
+        prom_limit(out, d->family, it->name + strlen(d->name), it->v);
+        return;
+    }
     evbuffer_add_printf(out, "busgate_%s", d->family);
-    if (d->name[strlen(d->name) - 1] == '.')
-        evbuffer_add_printf(out, "{name=\"%s\"}", it->name + strlen(d->name));
-    else if (d->label != NULL)
+    if (d->label != NULL)
         evbuffer_add_printf(out, "{%s}", d->label);
     evbuffer_add_printf(out, " %" PRIu64 "\n", it->v);
 }

@@ -275,6 +275,15 @@ class MetricsTest(GatewayCase):
             late.expect("DATA")
         self.assertEqual(my_session_line(late)["msgs_out"], "4")
 
+    def test_limits_in_base_units(self):
+        """/metrics promises base units: a limit STATS gives in ms is
+        exported in seconds."""
+        s = self.session()
+        self.assertEqual(stats(s)["limit.auth_pending_age_ms"], "600000")
+        body = get("/metrics")[2]
+        self.assertIn('\nbusgate_limit{name="auth_pending_age_seconds"} 600\n', body)
+        self.assertNotRegex(body, r'busgate_limit\{name="[^"]*_ms"\}')
+
     def test_cache_replay_is_delivered(self):
         """The image cache's events a late subscriber gets count in
         data_delivered, as live ones do."""

@@ -92,7 +92,8 @@ t_prometheus(void **state)
         "busgate_sessions_closed_total).\n"
         "# TYPE busgate_memory_budget_closed_sessions_total counter\n"
         "busgate_memory_budget_closed_sessions_total 1\n"
-        "# HELP busgate_limit A configured limit, by setting.\n"
+        "# HELP busgate_limit A configured limit, by setting (durations in seconds, as "
+        "*_seconds).\n"
         "# TYPE busgate_limit gauge\n"
         "busgate_limit{name=\"max_line\"} 65536\n");
     free(s);
