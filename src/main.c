@@ -36,12 +36,11 @@ struct daemon {
     struct listener *listener;
     struct metrics *metrics; /* NULL: metrics.listen unset */
     struct event *sig_term, *sig_int, *sig_hup;
-    struct event *tick;       /* STATUS= updates and the watchdog */
+    struct event *tick;       /* STATUS= updates */
+    struct event *watchdog;   /* WATCHDOG=1 at half of $WATCHDOG_USEC; NULL: off */
     struct event *stop_timer; /* bounds the shutdown grace period */
     struct event *stop_poll;  /* notices when the last session has gone */
     char last_status[128];
-    uint64_t watchdog_usec;
-    uint64_t ticks;
     bool stopping;
     bool bus_closed;
 };
@@ -84,12 +83,39 @@ daemon_tick(evutil_socket_t fd, short what, void *arg)
 
     daemon_status(d);
     log_tick();
-    /* The tick runs every 500 ms; ping the watchdog at half its interval. */
-    d->ticks++;
-    if (d->watchdog_usec != 0 && d->ticks * 500000ull >= d->watchdog_usec / 2) {
-        sdnotify("WATCHDOG=1");
-        d->ticks = 0;
+}
+
+static void
+daemon_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    sdnotify("WATCHDOG=1");
+}
+
+/* The least ping period: a smaller $WATCHDOG_USEC would make the loop spin. */
+#define WATCHDOG_MIN_PERIOD_USEC 10000u
+
+/* Ping systemd's watchdog at half of $WATCHDOG_USEC on a timer of its own:
+ * the 500 ms tick cannot meet a WatchdogSec= under one second. */
+static int
+daemon_watchdog_start(struct daemon *d)
+{
+    uint64_t usec = sdnotify_watchdog_usec(), period = usec / 2;
+    struct timeval tv;
+
+    if (usec == 0)
+        return 0;
+    if (period < WATCHDOG_MIN_PERIOD_USEC) {
+        log_warn("WATCHDOG_USEC=%llu is below %ums: pinging the watchdog every %ums, "
+                 "which may be too late",
+            (unsigned long long)usec, 2 * WATCHDOG_MIN_PERIOD_USEC / 1000,
+            WATCHDOG_MIN_PERIOD_USEC / 1000);
+        period = WATCHDOG_MIN_PERIOD_USEC;
     }
+    tv.tv_sec = (time_t)(period / 1000000u);
+    tv.tv_usec = (suseconds_t)(period % 1000000u);
+    if ((d->watchdog = event_new(d->base, -1, EV_PERSIST, daemon_watchdog, d)) == NULL)
+        return -1;
+    return event_add(d->watchdog, &tv);
 }
 
 static void
@@ -372,7 +398,8 @@ daemon_start(struct daemon *d)
     event_add(d->sig_int, NULL);
     event_add(d->sig_hup, NULL);
     event_add(d->tick, &tick);
-    d->watchdog_usec = sdnotify_watchdog_usec();
+    if (daemon_watchdog_start(d) != 0)
+        return -1;
 
     if (bus_start(d->bus) != 0)
         return -1;
@@ -381,6 +408,8 @@ daemon_start(struct daemon *d)
         listener_is_activated(d->listener) ? " (socket activation)" : "", d->cfg.bus.host,
         d->cfg.bus.port);
     sdnotify("READY=1");
+    if (d->watchdog != NULL)
+        sdnotify("WATCHDOG=1"); /* the first period starts now */
     daemon_status(d);
     return 0;
 }
@@ -388,7 +417,7 @@ daemon_start(struct daemon *d)
 static void
 daemon_free(struct daemon *d)
 {
-    struct event **evs[] = { &d->sig_term, &d->sig_int, &d->sig_hup, &d->tick,
+    struct event **evs[] = { &d->sig_term, &d->sig_int, &d->sig_hup, &d->tick, &d->watchdog,
         &d->stop_timer, &d->stop_poll };
     sigset_t stop;
 

@@ -680,6 +680,43 @@ class SdNotify(WithBus):
         self.assertNotIn("STOPPING=1", got["seen"][:-1])
         self.assertEqual(got["seen"].count("READY=1"), 2, got)
 
+    def test_watchdog_under_a_second(self):
+        """WatchdogSec=400ms: WATCHDOG=1 every 200 ms, never later than
+        the 400 ms systemd would kill it at (not on the 500 ms tick)."""
+        path = os.path.join(self.tmp, "notify-wd.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        self.addCleanup(sock.close)
+        self.addCleanup(os.unlink, path)
+        gw = self.gateway("wd", start=False)
+        with environ(NOTIFY_SOCKET=path, WATCHDOG_USEC="400000"):
+            gw.start()
+        pings = []
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:
+            sock.settimeout(max(deadline - time.monotonic(), 0.01))
+            try:
+                msg = sock.recv(4096).decode()
+            except socket.timeout:
+                break
+            if msg == "WATCHDOG=1":
+                pings.append(time.monotonic())
+        gw.stop()
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        self.assertGreaterEqual(len(pings), 8, gaps)
+        # 200 ms apart; well under 400 ms even on a busy machine.
+        self.assertLess(max(gaps), 0.35, gaps)
+
+    def test_watchdog_too_small_is_clamped(self):
+        gw = self.gateway("wdmin", start=False)
+        with environ(WATCHDOG_USEC="2000"):
+            gw.start()
+        gw.wait_log(r"WATCHDOG_USEC=2000 is below 20ms: pinging the watchdog every 10ms")
+        s = gw.session()
+        self.assertEqual(s.cmd("PING"), "PONG")
+        s.close()
+        gw.stop()
+
     def test_no_notify_socket_no_datagrams(self):
         # Without NOTIFY_SOCKET the daemon runs the same (and sends nothing).
         gw = self.gateway("plain")
