@@ -36,16 +36,38 @@ bus_is_heartbeat(const struct bus *bus, const struct wire_msg *m)
         bus_wire_str_is(&m->topic, HEARTBEAT_TOPIC);
 }
 
-/* Queue requests the link makes itself: like its heartbeat subscription,
- * not counted as messages out, nor as data lost if the link fails. */
+static size_t
+bus_out_len(struct bus *bus)
+{
+    return evbuffer_get_length(bufferevent_get_output(bus->bev));
+}
+
+/* The link's own messages (login, heartbeat subscription, probe) count as
+ * sent, as their answers count as received: msgs of them made the output
+ * grow from before. */
 static void
-bus_queue_own(struct bus *bus, struct evbuffer *tmp)
+bus_count_own(struct bus *bus, size_t before, unsigned msgs)
+{
+    size_t now = bus_out_len(bus);
+
+    if (now <= before)
+        return;
+    bus->st.msgs_out += msgs;
+    bus->st.bytes_out += now - before;
+}
+
+/* Queue msgs requests the link makes itself: counted as sent, not as data
+ * lost if the link fails. */
+static void
+bus_queue_own(struct bus *bus, struct evbuffer *tmp, unsigned msgs)
 {
     size_t n = evbuffer_get_length(tmp);
 
     if (n == 0)
         return;
-    evbuffer_add_buffer(bus_output(bus), tmp);
+    evbuffer_add_buffer(bus_output(bus), tmp); /* after the batch it flushes */
+    bus->st.msgs_out += msgs;
+    bus->st.bytes_out += n;
     bus_out_runs_note(bus, n, false);
 }
 
@@ -61,7 +83,7 @@ bus_probe_settle(struct bus *bus, enum busconfirm_state state)
     if (bus->confirm.method != CONFIG_CONFIRM_PROBE || (tmp = evbuffer_new()) == NULL)
         return;
     if (busconfirm_withdraw(&bus->confirm, bus->cfg.protocol, tmp) == 0)
-        bus_queue_own(bus, tmp);
+        bus_queue_own(bus, tmp, BUSCONFIRM_REQUESTS);
     evbuffer_free(tmp);
 }
 
@@ -422,6 +444,7 @@ void
 bus_link_established(struct bus *bus)
 {
     char err[512], reason[600];
+    size_t before;
 
     evtimer_del(bus->connect_timer);
     bus->st.connects++;
@@ -430,28 +453,34 @@ bus_link_established(struct bus *bus)
     bufferevent_set_max_single_read(bus->bev, BUS_IO_CHUNK);
     bufferevent_set_max_single_write(bus->bev, BUS_IO_CHUNK);
     bufferevent_enable(bus->bev, EV_READ | EV_WRITE);
+    before = bus_out_len(bus);
     if (bus_send_auth(bus, err, sizeof err) != 0) {
         snprintf(reason, sizeof reason, "credentials: %s", err);
         bus_link_failed(bus, reason, false);
         return;
     }
+    bus_count_own(bus, before, 1); /* the login, if auth is not none */
     bus->auth_sent_ms = bus->last_rx_ms = bus_now_ms();
     bus->rx_any = false;
     bus->hb_any = bus->hb_warned = false;
     bus->msgs_at_login = bus->st.msgs_in;
     bus->hb_state = bus->cfg.heartbeat_timeout_ms > 0 ? "waiting" : "off";
     if (bus->cfg.heartbeat_timeout_ms > 0) {
+        before = bus_out_len(bus);
         if (bus_subscribe_heartbeat(bus) != 0) {
             bus_link_failed(bus, "cannot queue the heartbeat subscription", false);
             return;
         }
+        bus_count_own(bus, before, 1);
         bus_timer_arm(bus->watchdog, bus->cfg.heartbeat_timeout_ms);
     }
     bus->client_id[0] = '\0';
+    before = bus_out_len(bus);
     if (busconfirm_begin(&bus->confirm, &bus->cfg, bufferevent_get_output(bus->bev)) != 0) {
         bus_link_failed(bus, "cannot queue the login probe", false);
         return;
     }
+    bus_count_own(bus, before, BUSCONFIRM_REQUESTS);
     if (bus->confirm.method == CONFIG_CONFIRM_PROBE)
         bus_timer_arm(bus->confirm_timer, bus->cfg.confirm_timeout_ms);
     bus_log_attempt(bus, "bus: connected, unconfirmed (auth %s)", bus->auth_desc);

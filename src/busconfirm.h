@@ -54,6 +54,11 @@ struct busconfirm {
 void busconfirm_init(struct busconfirm *p);
 void busconfirm_free(struct busconfirm *p);
 
+/* How many messages the probe's requests are (a notification and a
+ * subscription request), as begin and withdraw append them: for the link's
+ * messages-out counter. */
+#define BUSCONFIRM_REQUESTS 2
+
 /* A new link logged in: take the method from cfg and, for the probe,
  * append its requests to out at cfg->protocol. Returns 0 or -1
  * (out of memory; nothing appended). */

@@ -402,6 +402,24 @@ class ClosedReasonsTest(GatewayCase):
         self.assertEqual(samples(text, "busgate_memory_budget_closed_sessions_total"), {"": 1})
 
 
+class LinkCountersTest(GatewayCase):
+    """bus_msgs_out counts what the link itself sends (login, probe and
+    heartbeat requests), as bus_msgs_in counts their answers."""
+
+    def test_own_requests_count_as_sent(self):
+        s = self.session()
+        wait_until(lambda: stats(s)["bus_state"] == "up", what="login confirmed")
+
+        def seen_by_bus():
+            logins = [r for r in self.bus.events("login") if r.get("user") == "gw"]
+            return len(logins) + len(self.recv_from("gw"))
+
+        # The bus has read all the gateway sent (nothing local was sent).
+        wait_until(lambda: int(stats(s)["bus_msgs_out"]) == seen_by_bus() > 0,
+                   what="bus_msgs_out to match what the bus received")
+        self.assertGreater(int(stats(s)["bus_bytes_out"]), 0)
+
+
 class UnixMetricsTest(GatewayCase):
     """metrics.listen as a Unix socket path; removed at exit."""
 
