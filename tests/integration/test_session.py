@@ -35,7 +35,9 @@ def read_all(s, timeout=20.0):
     while True:
         try:
             line = s._read_line(deadline)
-        except EOFError:
+        except (EOFError, ConnectionResetError):
+            # Closed with input of ours unread, the socket resets, once
+            # what was sent before has been read.
             return lines
         if not line.startswith("BUS "):
             lines.append(line)
