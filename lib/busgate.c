@@ -30,6 +30,8 @@
 /* The daemon's -ERR codes are ours, in the same order. */
 _Static_assert(BG_E_UNKNOWN_COMMAND == 100 + LP_ERR_UNKNOWN_COMMAND, "error table");
 _Static_assert(BG_E_TOO_MANY_SESSIONS == 100 + LP_ERR_TOO_MANY_SESSIONS, "error table");
+/* The last: a code the daemon gains needs its BG_E_ here and below. */
+_Static_assert(BG_E_PERM == 100 + LP_ERR_PERM, "error table");
 _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 
 /* Lines from the daemon are bounded by its names and packet counts; this
@@ -197,7 +199,7 @@ bg_error_name(int code)
 {
     if (code < 0)
         code = -code;
-    if (code >= BG_E_UNKNOWN_COMMAND && code <= BG_E_TOO_MANY_SESSIONS)
+    if (code >= BG_E_UNKNOWN_COMMAND && code <= BG_E_PERM)
         return lp_error_code((enum lp_error)(code - 100));
     if ((size_t)code < sizeof(local_errors) / sizeof(local_errors[0]))
         return local_errors[code];
@@ -221,7 +223,7 @@ bg_errstr(const bg_conn *c)
 static int
 daemon_error(const char *word, size_t n)
 {
-    for (int e = LP_ERR_UNKNOWN_COMMAND; e <= LP_ERR_TOO_MANY_SESSIONS; e++) {
+    for (int e = LP_ERR_UNKNOWN_COMMAND; e <= LP_ERR_PERM; e++) {
         const char *name = lp_error_code((enum lp_error)e);
 
         if (strlen(name) == n && memcmp(name, word, n) == 0)

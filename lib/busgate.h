@@ -77,6 +77,7 @@ enum bg_error {
     BG_E_SLOW_CONSUMER, /* the daemon cut this connection off */
     BG_E_SHUTTING_DOWN, /* the daemon is stopping */
     BG_E_TOO_MANY_SESSIONS,
+    BG_E_PERM,              /* the access rules refuse it */
     BG_E_DAEMON_OTHER = 199 /* an -ERR code this library does not know */
 };
 

@@ -1289,6 +1289,23 @@ test_fake_greeting(void)
     fake_stop(&f);
 }
 
+/* An access-rule refusal has its own code, as every daemon code does. */
+static void
+test_fake_perm(void)
+{
+    static const char reply[] = "-ERR perm subscribe F: no access rule allows it\n";
+    struct fake f;
+    bg_conn *c;
+
+    fake_start(&f, FAKE_HELLO, "SUB", reply, sizeof(reply) - 1);
+    c = fake_conn(&f, 0);
+    CHECK(bg_subscribe(c, S("F"), S("T")) == -BG_E_PERM);
+    CHECK(strcmp(bg_error_name(BG_E_PERM), "perm") == 0);
+    CHECK(strstr(bg_errstr(c), "perm subscribe F: no access rule") != NULL);
+    bg_free(c);
+    fake_stop(&f);
+}
+
 /* A daemon that accepts and never greets (here: a listener that never
  * accepts) is given bg_set_timeout from connecting, whichever call waits:
  * bg_next_event still returns at its own timeout, and event-loop use is
@@ -1398,6 +1415,7 @@ main(int argc, char **argv)
         { "fake_in_flight", test_fake_in_flight },
         { "content_type", test_content_type },
         { "fake_greeting", test_fake_greeting },
+        { "fake_perm", test_fake_perm },
         { "greeting_deadline", test_greeting_deadline },
         { "fake_queue_bound", test_fake_queue_bound },
         { "fake_queue_cut", test_fake_queue_cut },
