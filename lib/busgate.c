@@ -567,6 +567,27 @@ want_write(const struct bg_conn *c)
     return c->fd >= 0 && c->state == LINK_UP && evbuffer_get_length(c->out) > 0;
 }
 
+/*
+ * A write failed. When the daemon has gone (EPIPE, ECONNRESET), what it
+ * wrote before closing is still in the socket: the events it delivered
+ * and its reason (-ERR shutting-down, slow-consumer). They are read now,
+ * before the link closes and its buffer goes, so that nothing delivered
+ * is lost and the daemon's reason, not the write's error, is told.
+ */
+static void
+write_failed(struct bg_conn *c, int err)
+{
+    size_t before;
+
+    if (err == EPIPE || err == ECONNRESET) {
+        do {
+            before = evbuffer_get_length(c->sock.buf);
+            read_some(c);
+        } while (c->state != LINK_CLOSING && evbuffer_get_length(c->sock.buf) > before);
+    }
+    link_closing(c, BG_E_IO, strerror(err));
+}
+
 /* Write what is queued, as far as the socket takes it. sendmsg with
  * MSG_NOSIGNAL: a daemon gone away must not kill the application with
  * SIGPIPE (evbuffer_write would). */
@@ -586,7 +607,7 @@ flush_out(struct bg_conn *c)
         mh.msg_iovlen = (size_t)(k < 16 ? k : 16);
         if ((n = sendmsg(c->fd, &mh, MSG_NOSIGNAL)) < 0) {
             if (errno != EAGAIN && errno != EINTR)
-                link_closing(c, BG_E_IO, strerror(errno));
+                write_failed(c, errno);
             return;
         }
         evbuffer_drain(c->out, (size_t)n);

@@ -128,6 +128,9 @@ class LibbusgateTest(unittest.TestCase):
     def test_busgated_restart_mid_subscription(self):
         self.run_c("restart")
 
+    def test_events_before_a_restart_survive_a_failed_write(self):
+        self.run_c("last_words")
+
     def test_commands_while_busgated_is_away(self):
         self.run_c("offline", "first_open_event_loop", "register_before_greeting")
 

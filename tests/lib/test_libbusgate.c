@@ -571,6 +571,41 @@ test_bus_events(void)
 
 /* busgated restarts under a subscriber, a notifier and an authorizer: it
  * keeps receiving without doing anything, and is told by link events. */
+/* busgated stops while events for a blocking app are still in its socket:
+ * the app's next command fails to write (the daemon is gone), and yet the
+ * events come, then the LINK down event with the daemon's reason. */
+static void
+test_last_words(void)
+{
+    bg_conn *s = conn(), *p = conn(), *w = conn();
+    const struct bg_event *ev;
+    char text[8];
+    struct bg_packet pk = { text, 0, NULL, 0 };
+
+    CHECK_OK(s, bg_subscribe(s, S("words feed"), S("t")));
+    CHECK_OK(w, bg_subscribe(w, S("words feed"), S("t")));
+    for (int i = 0; i < 3; i++) {
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK_OK(p, bg_publish(p, S("words feed"), S("t"), false, &pk, 1));
+    }
+    /* Back from the bus: w has them, so they went to s's socket too. */
+    for (int i = 0; i < 3; i++)
+        wait_for(w, BG_EV_DATA, S("t"));
+    ask_driver("RESTART");
+    CHECK(bg_ping(s) == -BG_E_CLOSED);
+    for (int i = 0; i < 3; i++) {
+        CHECK_OK(s, bg_next_event(s, WAIT_MS, &ev));
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 1 &&
+            ev->packets[0].len == pk.len && memcmp(ev->packets[0].data, text, pk.len) == 0);
+    }
+    CHECK_OK(s, bg_next_event(s, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_SHUTTING_DOWN);
+    bg_free(s);
+    bg_free(p);
+    bg_free(w);
+}
+
 static void
 test_restart(void)
 {
@@ -1403,6 +1438,7 @@ main(int argc, char **argv)
         { "timeout_zero", test_timeout_zero },
         { "bus_events", test_bus_events },
         { "restart", test_restart },
+        { "last_words", test_last_words },
         { "offline", test_offline },
         { "first_open_event_loop", test_first_open_event_loop },
         { "register_before_greeting", test_register_before_greeting },
