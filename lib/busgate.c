@@ -1576,8 +1576,17 @@ bg_set_pipelined(bg_conn *c, bool on)
         return set_err(c, BG_E_NOMEM, "out of memory");
     /* VERBOSE itself is always answered; what follows "off" is not. The
      * replies change meaning at its +OK (on_reply), the messages now. */
-    if ((r = command_as(c, 0, NULL, on ? 1 : -1)) == 0)
+    if ((r = command_as(c, 0, NULL, on ? 1 : -1)) == 0) {
         c->pipelined = on;
+    } else if (r == -BG_E_TIMEOUT && c->state == LINK_UP) {
+        /* Its late +OK would switch the daemon's replies while this side
+         * stays as it was, and every later reply would be matched to the
+         * wrong command: a new session starts in step (the restore says
+         * VERBOSE off only when pipelined). */
+        link_closing(c, BG_E_TIMEOUT, "no reply to VERBOSE in time; reconnecting");
+        settle_closing(c);
+        set_err(c, BG_E_TIMEOUT, "no reply from busgated in %d ms", c->timeout_ms);
+    }
     return r;
 }
 

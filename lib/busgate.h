@@ -231,7 +231,10 @@ int bg_set_name(bg_conn *c, const char *name, size_t name_len);
  * waits for (or, event loop, reports) its PONG, which comes after every
  * earlier message was handled, so after it every refusal is delivered or
  * queued. Registrations and bg_stats fail with BG_E_INVALID meanwhile; a
- * reconnect turns VERBOSE off again. off sends VERBOSE on. Pipelined
+ * reconnect turns VERBOSE off again. off sends VERBOSE on. When it times
+ * out (blocking use) the connection ends, as a late answer would leave the
+ * replies out of step: a LINK down event, and the reconnect starts in the
+ * mode in force before the call. Pipelined
  * messages are written in batches (64 KiB): bg_flush writes what is
  * queued, as far as the socket takes it now (the rest: bg_want_write), and
  * so does every call that waits (bg_ping, bg_next_event...).

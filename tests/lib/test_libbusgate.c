@@ -1324,6 +1324,26 @@ test_fake_greeting(void)
     fake_stop(&f);
 }
 
+/* A VERBOSE that times out ends the connection: its late +OK would leave
+ * every later reply matched to the wrong command. */
+static void
+test_fake_verbose_timeout(void)
+{
+    struct fake f;
+    bg_conn *c;
+    const struct bg_event *ev;
+
+    fake_start(&f, FAKE_HELLO, "VERBOSE", "", 0); /* reads, never answers */
+    c = fake_conn(&f, 0);
+    CHECK(bg_set_pipelined(c, true) == -BG_E_TIMEOUT);
+    CHECK(bg_next_event(c, 0, &ev) == 0);
+    CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_TIMEOUT);
+    CHECK(bg_ping(c) < 0 &&
+        strstr(bg_errstr(c), "not connected") != NULL); /* no reconnecting */
+    bg_free(c);
+    fake_stop(&f);
+}
+
 /* An access-rule refusal has its own code, as every daemon code does. */
 static void
 test_fake_perm(void)
@@ -1452,6 +1472,7 @@ main(int argc, char **argv)
         { "content_type", test_content_type },
         { "fake_greeting", test_fake_greeting },
         { "fake_perm", test_fake_perm },
+        { "fake_verbose_timeout", test_fake_verbose_timeout },
         { "greeting_deadline", test_greeting_deadline },
         { "fake_queue_bound", test_fake_queue_bound },
         { "fake_queue_cut", test_fake_queue_cut },
