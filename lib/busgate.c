@@ -93,7 +93,8 @@ struct bg_conn {
     char *path;
     enum link_state state;
     int fd;
-    bool was_up; /* greeted once: later greetings are reconnects */
+    bool was_up;  /* greeted once: later greetings are reconnects */
+    bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
     struct evbuffer *out, *tmp;
     struct evbuffer *held_line; /* a queued event's line until its payload is read */
@@ -451,6 +452,7 @@ queue_lost_replies(struct bg_conn *c)
 static void
 schedule_retry(struct bg_conn *c)
 {
+    c->retried = true;
     c->retry_at = now_ms() + c->backoff;
     c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
 }
@@ -689,10 +691,12 @@ on_hello(struct bg_conn *c)
     }
     evbuffer_free(b);
     req_rotate(c, held);
-    if (first)
+    /* A first connection is no event, unless the app was told bg_open
+     * failed: then it learns the retry got through as after a restart. */
+    if (first && !c->retried)
         return 0;
-    snprintf(c->link_text, sizeof(c->link_text),
-        "reconnected, %d registrations restored, bus=%s", n, c->bus_state);
+    snprintf(c->link_text, sizeof(c->link_text), "%s, %d registrations restored, bus=%s",
+        first ? "connected" : "reconnected", n, c->bus_state);
     queue_link_event(c, true, 0, c->link_text);
     return 0;
 }

@@ -15,7 +15,8 @@
  * When busgated goes away (restart, slow-consumer cut-off), the library
  * reports a BG_EV_LINK down event, reconnects with a bounded backoff,
  * restores the subscriptions, notifications and authorizer registrations
- * the daemon had accepted, and reports BG_EV_LINK up. The bus link's own
+ * the daemon had accepted, and reports BG_EV_LINK up (also for the first
+ * connection when bg_open had failed). The bus link's own
  * state changes (the daemon's BUS events) arrive as BG_EV_BUS. While
  * disconnected, (un)subscribe, (un)notify and (un)authorizer calls are
  * recorded and sent with that restore (they return 0; no BG_EV_REPLY

@@ -489,9 +489,10 @@ test_register_before_greeting(void)
 
 /* Event-loop use whose bg_open failed: the first greeting, read by
  * bg_process with a reply behind it in the same read, must not stop the
- * reading there (no LINK event is due for a first connection, so nothing
- * else would make the application call bg_process again). The loop calls
- * bg_process only on readiness or at bg_timeout_ms, as an application's. */
+ * reading there (nothing else would make the application call bg_process
+ * again). The loop calls bg_process only on readiness or at
+ * bg_timeout_ms, as an application's. The app, told bg_open failed, gets
+ * a LINK up event when the retry gets through. */
 static void
 test_first_open_event_loop(void)
 {
@@ -526,6 +527,7 @@ test_first_open_event_loop(void)
         }
     }
     CHECK(st.reply_errors == 0);
+    CHECK(st.link_up == 1 && st.link_down == 0);
     bg_free(b);
 }
 
