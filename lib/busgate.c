@@ -6,7 +6,6 @@
  * reconnect that restores what the daemon had accepted.
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -511,7 +510,10 @@ link_open(struct bg_conn *c)
         return set_err(c, BG_E_INVALID, "socket path too long: %s", c->path);
     }
     memcpy(sa.sun_path, c->path, strlen(c->path) + 1);
-    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0) {
+    /* Non-blocking from the start: a Unix socket connects at once or fails,
+     * with EAGAIN when a hung daemon's listen backlog is full, where a
+     * blocking connect would wait for ever (in bg_process too). */
+    if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) < 0) {
         schedule_retry(c);
         return set_err(c, BG_E_IO, "socket: %s", strerror(errno));
     }
@@ -520,9 +522,10 @@ link_open(struct bg_conn *c)
 
         close(fd);
         schedule_retry(c);
-        return set_err(c, BG_E_IO, "cannot connect to %s: %s", c->path, strerror(e));
+        return set_err(c, BG_E_IO, "cannot connect to %s: %s", c->path,
+            e == EAGAIN ? "busgated is not accepting connections (its backlog is full)"
+                        : strerror(e));
     }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     c->fd = fd;
     c->state = LINK_HELLO;
     c->hello_by = deadline_after(c->timeout_ms);
@@ -2125,6 +2128,9 @@ bg_free(bg_conn *c)
 {
     if (c == NULL)
         return;
+    /* Pipelined messages returned 0 once queued: write what the socket
+     * takes now (no wait; bg_ping first makes sure of all of them). */
+    flush_out(c);
     if (c->fd >= 0)
         close(c->fd);
     reqs_clear(c);

@@ -149,6 +149,8 @@ bg_conn *bg_connect(const char *path);
  * greeting from another line protocol version, or no greeting, fails. */
 bg_conn *bg_new(const char *path);
 int bg_open(bg_conn *c);
+/* Close and free. Queued (pipelined) messages are written as far as the
+ * socket takes them without waiting; bg_ping first to be sure of all. */
 void bg_free(bg_conn *c);
 
 /* The last error (a bg_error, not negated) and its message; c may be NULL

@@ -138,7 +138,7 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("stats_and_revoked")
 
     def test_pipelined_messages(self):
-        self.run_c("pipelined", "pipelined_switch")
+        self.run_c("pipelined", "pipelined_switch", "free_writes_queued")
 
     def test_pipelined_across_a_restart(self):
         self.run_c("pipelined_restore")
@@ -153,7 +153,7 @@ class LibbusgateTest(unittest.TestCase):
     def test_against_a_scripted_daemon(self):
         """Limits on incoming DATA, the greeting checks, bounded lines and
         the messages that say what went wrong (a fake daemon in the C test)."""
-        self.run_c("fake_limits", "fake_greeting", "fake_perm", "fake_verbose_timeout", "fake_bounds", "greeting_deadline",
+        self.run_c("fake_limits", "fake_greeting", "fake_perm", "fake_verbose_timeout", "backlog_full", "fake_bounds", "greeting_deadline",
                    "fake_queue_cut", "fake_queue_bound")
 
     def test_man_page_names_every_function(self):

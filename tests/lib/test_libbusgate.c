@@ -1346,6 +1346,61 @@ test_fake_verbose_timeout(void)
     fake_stop(&f);
 }
 
+/* A hung daemon whose listen backlog is full: bg_open fails at once (a
+ * blocking connect would wait for ever). The alarm fails the test if not. */
+static void
+test_backlog_full(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int srv = socket(AF_UNIX, SOCK_STREAM, 0), filler = socket(AF_UNIX, SOCK_STREAM, 0);
+    bg_conn *c;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/tmp/busgate-libfull-%d.sock",
+        (int)getpid());
+    unlink(sa.sun_path);
+    /* Backlog 0: one connection waiting to be accepted fills it. */
+    CHECK(srv >= 0 && filler >= 0 && bind(srv, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        listen(srv, 0) == 0);
+    CHECK(connect(filler, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    c = bg_new(sa.sun_path);
+    bg_set_timeout(c, 300);
+    alarm(10);
+    CHECK(bg_open(c) == -BG_E_IO);
+    alarm(0);
+    CHECK(strstr(bg_errstr(c), "not accepting connections") != NULL);
+    bg_free(c);
+    close(filler);
+    close(srv);
+    unlink(sa.sun_path);
+}
+
+/* Pipelined messages queued when the app frees the connection are written,
+ * not dropped. */
+static void
+test_free_writes_queued(void)
+{
+    bg_conn *s = conn(), *p = conn();
+    char text[8];
+    struct bg_packet pk = { text, 0, NULL, 0 };
+    const struct bg_event *ev;
+
+    CHECK_OK(s, bg_subscribe(s, S("free feed"), S("t")));
+    CHECK_OK(p, bg_set_pipelined(p, true));
+    for (int i = 0; i < 5; i++) {
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK_OK(p, bg_publish(p, S("free feed"), S("t"), false, &pk, 1));
+    }
+    CHECK(bg_want_write(p)); /* a batch not yet written */
+    bg_free(p);
+    for (int i = 0; i < 5; i++) {
+        ev = wait_for(s, BG_EV_DATA, S("t"));
+        pk.len = (size_t)snprintf(text, sizeof(text), "m%d", i);
+        CHECK(
+            ev->packets[0].len == pk.len && memcmp(ev->packets[0].data, text, pk.len) == 0);
+    }
+    bg_free(s);
+}
+
 /* An access-rule refusal has its own code, as every daemon code does. */
 static void
 test_fake_perm(void)
@@ -1467,6 +1522,7 @@ main(int argc, char **argv)
         { "stats_and_revoked", test_stats_and_revoked },
         { "pipelined", test_pipelined },
         { "pipelined_switch", test_pipelined_switch },
+        { "free_writes_queued", test_free_writes_queued },
         { "pipelined_restore", test_pipelined_restore },
         { "slow_consumer", test_slow_consumer },
         { "fake_limits", test_fake_limits },
@@ -1474,6 +1530,7 @@ main(int argc, char **argv)
         { "content_type", test_content_type },
         { "fake_greeting", test_fake_greeting },
         { "fake_perm", test_fake_perm },
+        { "backlog_full", test_backlog_full },
         { "fake_verbose_timeout", test_fake_verbose_timeout },
         { "greeting_deadline", test_greeting_deadline },
         { "fake_queue_bound", test_fake_queue_bound },
