@@ -381,6 +381,10 @@ restore_refused(struct bg_conn *c, const char *line, int code, const char *reaso
         code == BG_E_ALREADY_AUTHORIZER)
         return;
     (void)reg_apply(c, -1, line); /* not tried again */
+    /* "-ERR perm <verb> <feed>: <why>": the verb and names are said
+     * below, as a reload's REVOKED says them. */
+    if (code == BG_E_PERM && strstr(reason, ": ") != NULL)
+        reason = strstr(reason, ": ") + 2;
     for (size_t i = 0; i < sizeof(reg_verbs) / sizeof(reg_verbs[0]); i++) {
         size_t n = strlen(reg_verbs[i].cmd);
 

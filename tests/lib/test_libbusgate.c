@@ -810,6 +810,7 @@ test_stats_and_revoked(void)
     CHECK(name_is(ev->feed, ev->feed_len, S("restored feed")) &&
         name_is(ev->topic, ev->topic_len, S("t")));
     CHECK(strstr(ev->text, "no access rule allows it") != NULL);
+    CHECK(strstr(ev->text + 28, "subscribe") == NULL); /* said once, as a reload's */
     st.self_named = false; /* the new session was told the name too */
     CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
     CHECK(st.self_named);
