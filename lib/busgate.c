@@ -57,6 +57,8 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 /* busgated's default listen.max_line: the bound on a command line queued
  * (event-loop use) before the first greeting says the daemon's own. */
 #define BG_DEF_MAX_LINE 65536u
+/* A session that lasted this long resets the reconnect backoff. */
+#define BG_BACKOFF_RESET_MS 1000
 #define BG_MAX_ENTITLEMENTS (1u << 20)
 
 enum link_state {
@@ -113,6 +115,7 @@ struct bg_conn {
     char close_msg[256];
 
     int timeout_ms, backoff_min, backoff_max, backoff;
+    int64_t up_at; /* when the session was greeted (0: not up) */
     int64_t retry_at;
     int64_t hello_by; /* LINK_HELLO: the greeting is due by then */
 
@@ -455,6 +458,12 @@ queue_lost_replies(struct bg_conn *c)
 static void
 schedule_retry(struct bg_conn *c)
 {
+    /* A session that lasted starts the backoff afresh; one refused right
+     * after its greeting (too-many-sessions) does not, or a full daemon
+     * would be dialled every min_ms for ever. */
+    if (c->up_at != 0 && now_ms() - c->up_at >= BG_BACKOFF_RESET_MS)
+        c->backoff = c->backoff_min;
+    c->up_at = 0;
     c->retried = true;
     c->retry_at = now_ms() + c->backoff;
     c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
@@ -685,7 +694,7 @@ on_hello(struct bg_conn *c)
     snprintf(c->hello, sizeof(c->hello), "%s", c->lev.rest);
     c->state = LINK_UP;
     c->quiet = false;
-    c->backoff = c->backoff_min;
+    c->up_at = now_ms();
     c->was_up = true;
     /* The app's name, then what the daemon had accepted, and what was
      * asked while disconnected (also before a first connection that

@@ -165,7 +165,8 @@ const char *bg_error_name(int code);
  * for ever). */
 void bg_set_timeout(bg_conn *c, int timeout_ms);
 /* Reconnect backoff: first wait min_ms, doubling up to max_ms (defaults
- * 50 and 2000); max_ms 0 turns reconnecting off. */
+ * 50 and 2000); max_ms 0 turns reconnecting off. It starts again at min_ms
+ * after a session that lasted a second, not after one refused at once. */
 void bg_set_reconnect(bg_conn *c, int min_ms, int max_ms);
 /* Incoming DATA larger than max_payload bytes or max_packets packets is
  * not buffered: it is skipped and reported as BG_EV_SKIPPED (defaults 64

@@ -153,7 +153,7 @@ class LibbusgateTest(unittest.TestCase):
     def test_against_a_scripted_daemon(self):
         """Limits on incoming DATA, the greeting checks, bounded lines and
         the messages that say what went wrong (a fake daemon in the C test)."""
-        self.run_c("fake_limits", "fake_greeting", "fake_perm", "fake_verbose_timeout", "backlog_full", "fake_bounds", "greeting_deadline",
+        self.run_c("fake_limits", "fake_greeting", "fake_perm", "fake_verbose_timeout", "backlog_full", "refused_backoff", "fake_bounds", "greeting_deadline",
                    "fake_queue_cut", "fake_queue_bound")
 
     def test_man_page_names_every_function(self):

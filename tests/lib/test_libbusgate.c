@@ -1402,6 +1402,57 @@ test_free_writes_queued(void)
     bg_free(s);
 }
 
+/* A daemon at listen.max_sessions greets, refuses and closes: the backoff
+ * keeps doubling (a session refused at once does not reset it), so the
+ * library does not dial it every min_ms. The fake counts the dials. */
+static void
+test_refused_backoff(void)
+{
+    static const char refuse[] = FAKE_HELLO "-ERR too-many-sessions too many sessions\n";
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    int srv = socket(AF_UNIX, SOCK_STREAM, 0), status, n = 0;
+    const struct bg_event *ev;
+    struct timespec t0, t;
+    pid_t pid;
+    bg_conn *c;
+
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "/tmp/busgate-librefuse-%d.sock",
+        (int)getpid());
+    unlink(sa.sun_path);
+    CHECK(srv >= 0 && bind(srv, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+        listen(srv, 8) == 0);
+    fflush(NULL);
+    CHECK((pid = fork()) >= 0);
+    if (pid == 0) { /* 2 s of refusing whoever dials */
+        struct pollfd p = { .fd = srv, .events = POLLIN };
+
+        while (poll(&p, 1, 2000) > 0) {
+            int fd = accept(srv, NULL, NULL);
+
+            if (fd >= 0 && write(fd, refuse, sizeof(refuse) - 1) > 0)
+                n++;
+            if (fd >= 0)
+                close(fd);
+        }
+        _exit(n > 250 ? 250 : n);
+    }
+    c = bg_new(sa.sun_path);
+    bg_set_reconnect(c, 20, 2000);
+    CHECK(bg_open(c) == -BG_E_TOO_MANY_SESSIONS);
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    do {
+        (void)bg_next_event(c, 100, &ev);
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while (t.tv_sec - t0.tv_sec < 2);
+    bg_free(c);
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status));
+    /* 20, 40, 80 ... ms: about 8 dials in the first 2 s (every 20 ms: 100). */
+    fprintf(stderr, "dials: %d\n", WEXITSTATUS(status));
+    CHECK(WEXITSTATUS(status) <= 12);
+    close(srv);
+    unlink(sa.sun_path);
+}
+
 /* An access-rule refusal has its own code, as every daemon code does. */
 static void
 test_fake_perm(void)
@@ -1532,6 +1583,7 @@ main(int argc, char **argv)
         { "fake_greeting", test_fake_greeting },
         { "fake_perm", test_fake_perm },
         { "backlog_full", test_backlog_full },
+        { "refused_backoff", test_refused_backoff },
         { "fake_verbose_timeout", test_fake_verbose_timeout },
         { "greeting_deadline", test_greeting_deadline },
         { "fake_queue_bound", test_fake_queue_bound },
