@@ -1888,7 +1888,12 @@ bg_set_name(bg_conn *c, const char *name, size_t name_len)
         return r;
     if (lp_format_cmd_names(c->tmp, LP_NAME, name, name_len, NULL, 0) < 0)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    return command(c, 0, NULL);
+    if ((r = command(c, 0, NULL)) == -BG_E_CLOSED && c->backoff_max > 0) {
+        c->err = 0; /* lost with the connection: said to the next session */
+        c->errmsg[0] = '\0';
+        return 0;
+    }
+    return r;
 }
 
 int

@@ -931,6 +931,26 @@ test_pipelined_switch(void)
     bg_free(a);
 }
 
+/* A name set as busgated goes away is recorded, as the header says, and
+ * the next session is told it. */
+static void
+test_name_while_restarting(void)
+{
+    bg_conn *c = conn();
+    struct stat_seen st = { 0 };
+    const struct bg_event *ev;
+
+    CHECK_OK(c, bg_set_name(c, S("first")));
+    ask_driver("RESTART");
+    CHECK_OK(c, bg_set_name(c, S("pricer 1"))); /* the daemon has gone */
+    do
+        ev = wait_for(c, BG_EV_LINK, NULL, 0);
+    while (!ev->up);
+    CHECK_OK(c, bg_stats(c, "SESSIONS", on_stat, &st));
+    CHECK(st.self_named);
+    bg_free(c);
+}
+
 /* Pipelined across a restart: a registration the next busgated refuses to
  * restore is REVOKED (its -ERR comes before VERBOSE off's +OK), and what
  * the application queued before the greeting goes after the restore. */
@@ -1568,6 +1588,7 @@ main(int argc, char **argv)
         { "bus_events", test_bus_events },
         { "restart", test_restart },
         { "last_words", test_last_words },
+        { "name_while_restarting", test_name_while_restarting },
         { "offline", test_offline },
         { "first_open_event_loop", test_first_open_event_loop },
         { "register_before_greeting", test_register_before_greeting },
