@@ -1670,7 +1670,7 @@ names_command(struct bg_conn *c, enum lp_verb verb, enum lp_verb reg, int op,
     int r;
 
     /* (UN)AUTHORIZER with no feed: every feed. */
-    if ((feed == NULL && reg != LP_AUTHORIZER) ||
+    if ((feed == NULL && (reg != LP_AUTHORIZER || feed_len != 0)) ||
         (verb == LP_SUB || verb == LP_UNSUB ? topic == NULL : false))
         return set_err(c, BG_E_INVALID, "a feed (and a topic) is needed");
     if (c->pipelined)
@@ -2022,6 +2022,10 @@ deliver(struct bg_conn *c)
 int
 bg_process(bg_conn *c, int readiness)
 {
+    /* Without a callback the events it reads would go nowhere. */
+    if (c->cb == NULL)
+        return set_err(c, BG_E_INVALID,
+            "bg_process is for event-loop use (bg_set_callback)");
     c->held = false;
     if (reconnect_due(c))
         (void)link_open(c);

@@ -277,7 +277,9 @@ int bg_timeout_ms(const bg_conn *c);
 #define BG_READABLE 1
 #define BG_WRITABLE 2
 /* Do what readiness (BG_READABLE|BG_WRITABLE, 0 for a timeout) allows,
- * calling the callback for each event and reply. */
+ * calling the callback for each event and reply. 0, or -BG_E_CLOSED while
+ * down (reconnecting goes on: keep calling it), -BG_E_INVALID without a
+ * callback (its events would be lost). */
 int bg_process(bg_conn *c, int readiness);
 
 #ifdef __cplusplus

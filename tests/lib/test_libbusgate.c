@@ -181,6 +181,8 @@ test_errors(void)
     CHECK(bg_unnotify(c, S("prices")) == -BG_E_NOT_NOTIFYING);
     CHECK(bg_unauthorizer(c, S("secure")) == -BG_E_NOT_AUTHORIZER);
     CHECK(bg_subscribe(c, NULL, 0, S("x")) == -BG_E_INVALID);
+    CHECK(bg_authorizer(c, NULL, 5) == -BG_E_INVALID);  /* NULL with a length: a bug */
+    CHECK(bg_process(c, BG_READABLE) == -BG_E_INVALID); /* no callback: events lost */
     /* A length without the bytes it counts is the caller's error, not a crash. */
     CHECK(bg_publish(c, S("prices"), S("AAPL"), false, &no_data, 1) == -BG_E_INVALID);
     CHECK(strstr(bg_errstr(c), "packet 0 has a length but no data") != NULL);
