@@ -1424,6 +1424,13 @@ ensure_up(struct bg_conn *c, bool force)
         return 0;
     if (keep_event(c) < 0)
         return -c->err;
+    if (c->state == LINK_CLOSING) {
+        /* Found gone by a write (a pipelined batch): its last words are
+         * queued, then the link goes down and reconnects when due. Left
+         * closing, a publish-only app would never reconnect. */
+        pump(c, true);
+        settle_closing(c);
+    }
     if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
         return -c->err;
     while (c->state == LINK_HELLO && !greeting_overdue(c)) {
@@ -1579,7 +1586,7 @@ quiet_command(struct bg_conn *c)
 int
 bg_flush(bg_conn *c)
 {
-    if (c->state == LINK_DOWN)
+    if (c->state == LINK_DOWN || c->state == LINK_CLOSING)
         return set_err(c, BG_E_CLOSED, "not connected to busgated");
     flush_out(c);
     return 0;

@@ -129,7 +129,7 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("restart")
 
     def test_events_before_a_restart_survive_a_failed_write(self):
-        self.run_c("last_words", "name_while_restarting")
+        self.run_c("last_words", "name_while_restarting", "publisher_restart")
 
     def test_commands_while_busgated_is_away(self):
         self.run_c("offline", "first_open_event_loop", "register_before_greeting")

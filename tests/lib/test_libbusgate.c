@@ -953,6 +953,36 @@ test_name_while_restarting(void)
     bg_free(c);
 }
 
+/* A blocking pipelined publisher that only publishes: the batch write
+ * that finds busgated gone must not leave the link closing for ever; the
+ * next publishes reconnect when the backoff allows. */
+static void
+test_publisher_restart(void)
+{
+    static char data[4096];
+    const struct bg_packet pk = { data, sizeof(data), NULL, 0 };
+    bg_conn *p = conn();
+    bool failed = false, again = false;
+    time_t end;
+
+    bg_set_reconnect(p, 20, 200);
+    CHECK_OK(p, bg_set_pipelined(p, true));
+    CHECK_OK(p, bg_publish(p, S("restart pub"), S("t"), false, &pk, 1));
+    CHECK_OK(p, bg_ping(p));
+    ask_driver("RESTART");
+    end = time(NULL) + WAIT_MS / 1000;
+    while (!again) {
+        CHECK(time(NULL) < end);
+        if (bg_publish(p, S("restart pub"), S("t"), false, &pk, 1) != 0)
+            failed = true;
+        else if (failed)
+            again = true; /* reconnected */
+        usleep(2000);
+    }
+    CHECK_OK(p, bg_ping(p));
+    bg_free(p);
+}
+
 /* Pipelined across a restart: a registration the next busgated refuses to
  * restore is REVOKED (its -ERR comes before VERBOSE off's +OK), and what
  * the application queued before the greeting goes after the restore. */
@@ -1591,6 +1621,7 @@ main(int argc, char **argv)
         { "restart", test_restart },
         { "last_words", test_last_words },
         { "name_while_restarting", test_name_while_restarting },
+        { "publisher_restart", test_publisher_restart },
         { "offline", test_offline },
         { "first_open_event_loop", test_first_open_event_loop },
         { "register_before_greeting", test_register_before_greeting },
