@@ -276,10 +276,10 @@ class Session:
             escape(feed), escape(topic), "image" if image else "delta"] + specs
         return self.cmd(" ".join(words), payload if specs else None)
 
-    def stats(self):
-        """STATS as {name: value}; 'session' lines are collected in a list.
-        Events arriving meanwhile stay queued."""
-        self.send("STATS\n")
+    def stats(self, view=None):
+        """STATS [view] as {name: value}; 'session' lines are collected in
+        a list. Events arriving meanwhile stay queued."""
+        self.send("STATS %s\n" % view if view else "STATS\n")
         out = {"session": []}
         ev = self.expect("STAT")
         while ev.kind != "END":

@@ -217,13 +217,7 @@ class MetricsTest(GatewayCase):
         self.assertRegex(mine[0], r"^session \d+ pid=%d uid=%d app=- age=\d+ idle=\d+ subs=1 "
                          r"msgs_in=\d+ bytes_in=\d+ msgs_out=\d+ bytes_out=\d+ queued=\d+ "
                          r"state=open self$" % (os.getpid(), os.getuid()))
-        s.send("STATS LINK\n")
-        link = {}
-        ev = s.expect("STAT")
-        while ev.kind != "END":
-            name, _, value = " ".join(ev.args).partition(" ")
-            link[name] = value
-            ev = s._next_stat()
+        link = s.stats("LINK")
         self.assertEqual(link["state"], "up")
         self.assertRegex(link["server"], r"^127\.0\.0\.1:%d \(127\.0\.0\.1:%d\)$"
                          % (self.bus.port, self.bus.port))
