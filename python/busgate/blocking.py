@@ -118,9 +118,12 @@ class Client:
 
     def close(self) -> None:
         if not self._loop.is_closed():
-            self._run(self._client.stop())
+            self._run(self._stop())
             self._run(asyncio.sleep(0))      # let the transport close
             self._loop.close()
+
+    async def _stop(self) -> None:
+        await self._client.stop()      # stop() wants its loop running
 
     def __enter__(self) -> "Client":
         return self

@@ -122,6 +122,7 @@ class CallbackClient:
         self._started = asyncio.Event()
         self._done = asyncio.Event()
         self._stopping = False
+        self._stopped: Optional[asyncio.Future] = None     # stop()'s awaitable
         self._tasks: List[asyncio.Task] = []
 
     @property
@@ -356,7 +357,7 @@ class CallbackClient:
 
     async def _dispatch_loop(self) -> None:
         await self._started.wait()
-        while True:
+        while not self._stopping:   # a handler may have called stop()
             ev = await self._next_event()
             for handler, args in self._handlers_for(ev):
                 try:
@@ -387,15 +388,32 @@ class CallbackClient:
         reconnect, until the session ends)."""
         self._started.set()
         await self._done.wait()
+        if self._stopped is not None:
+            await self._stopped     # the client's tasks have ended
 
-    async def stop(self) -> None:
-        self._stopping = True
-        if self._writer is not None:
-            self._writer.close()
-        self._done.set()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    def stop(self) -> "asyncio.Future":
+        """End the session and the client's tasks; start() returns.
+
+        A plain method, as upstream's (apps call client.stop() from a
+        handler or a signal handler without await), which returns an
+        awaitable: `await client.stop()` waits until the tasks have ended.
+        Called from a handler, the handler's own task (the dispatcher) is
+        neither cancelled nor waited for, else it would wait for itself:
+        it ends once the handler returns."""
+        if self._stopped is None:
+            self._stopping = True
+            if self._writer is not None:
+                self._writer.close()
+            self._done.set()
+            me = asyncio.current_task()
+            others = [t for t in self._tasks if t is not me]
+            for t in others:
+                t.cancel()
+            self._stopped = asyncio.ensure_future(self._stop(others))
+        return self._stopped
+
+    async def _stop(self, tasks: list) -> None:
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._lost("stopped")
 
     # ------------------------------------------------------- requests

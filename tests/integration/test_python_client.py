@@ -319,6 +319,68 @@ class FakeDaemonTest(unittest.TestCase):
         run(mute())
         run(silent_second())
 
+    async def data_server(self, count=1):
+        """A fake daemon that answers every request +OK and sends count
+        DATA messages on F T once the client subscribes."""
+        async def serve(reader, writer):
+            writer.write(GREETING)
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                writer.write(b"+OK\n")
+                if line.startswith(b"SUB "):
+                    for i in range(count):
+                        writer.write(b"DATA F T u h delta multicast 1\n%d\n" % (i % 10))
+        return await self.serving(serve)
+
+    @staticmethod
+    def client_tasks():
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+                and t.get_coro().__qualname__.startswith("CallbackClient")]
+
+    def test_stop_from_a_handler(self):
+        """Upstream's stop() is a plain method an app calls from a handler
+        without await; busgate's docs await it. Both end start(), from
+        inside a handler too (no deadlock on the handler's own task), and
+        leave no task running."""
+        async def go(awaited):
+            server = await self.data_server(3)
+            client = await CallbackClient.create(path=self.path)
+            seen = []
+
+            async def on_data(user, host, feed, topic, data_packets, is_image):
+                seen.append(data_packets[0].data)
+                if awaited:
+                    await client.stop()
+                else:
+                    client.stop()
+                seen.append("after stop")
+            client.data_handlers.append(on_data)
+            await client.add_subscription("F", "T")
+            await asyncio.wait_for(client.start(), TIMEOUT)
+            self.assertEqual(seen, [b"0", "after stop"])
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+        for awaited in (False, True):
+            with self.subTest(awaited=awaited):
+                run(go(awaited))
+
+    def test_stop_without_await_from_outside(self):
+        """client.stop() without await (upstream's synchronous call, e.g.
+        from a signal handler) ends start(); awaiting it again is harmless."""
+        async def go():
+            server = await self.data_server()
+            client = await CallbackClient.create(path=self.path)
+            task = asyncio.ensure_future(client.start())
+            await asyncio.sleep(0.1)
+            client.stop()
+            await asyncio.wait_for(task, TIMEOUT)
+            await client.stop()
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
