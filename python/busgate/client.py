@@ -73,6 +73,17 @@ for _name in ("append", "extend", "insert", "remove", "pop", "clear", "__setitem
     setattr(_WatchedList, _name, _watched(_name))
 
 
+class _Dispatcher(asyncio.Task):
+    """The dispatch task, counting the cancels asked of it: a
+    CancelledError out of a handler is then the task's own cancel only if
+    one was asked (Task.cancelling() would say so, but only from 3.11)."""
+    cancels = 0
+
+    def cancel(self, *args, **kwargs):
+        self.cancels += 1
+        return super().cancel(*args, **kwargs)
+
+
 class CallbackClient:
     """A session with busgated whose events go to lists of async handlers."""
 
@@ -140,7 +151,8 @@ class CallbackClient:
         if client._authorization_handlers:   # a subclass may have some already
             client._all_feeds_changed(True)
         client._tasks = [asyncio.ensure_future(client._run(reader)),
-                         asyncio.ensure_future(client._dispatch_loop())]
+                         _Dispatcher(client._dispatch_loop(),
+                                     loop=asyncio.get_event_loop())]
         if client.app_name is not None:
             try:
                 await client._request(p.command("NAME", client.app_name))
@@ -362,6 +374,13 @@ class CallbackClient:
             for handler, args in self._handlers_for(ev):
                 try:
                     await handler(*args)
+                except asyncio.CancelledError:
+                    # (Before "except Exception": in 3.7 it is one.)
+                    if asyncio.current_task().cancels:
+                        raise       # stop(), or the loop's shutdown
+                    # The handler awaited something cancelled: a failure
+                    # like any other, not the end of the dispatcher.
+                    log.exception("busgate: handler %r failed", handler)
                 except Exception:
                     log.exception("busgate: handler %r failed", handler)
 

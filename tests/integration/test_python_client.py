@@ -227,8 +227,7 @@ class FakeDaemonTest(unittest.TestCase):
             self.assertEqual(cm.exception.code, "bad-name")
             await asyncio.sleep(0.3)
             self.assertEqual(len(sessions), 1)
-            self.assertEqual([t.get_coro().__qualname__ for t in asyncio.all_tasks()
-                              if t.get_coro().__qualname__.startswith("CallbackClient")], [])
+            self.assertEqual(self.client_tasks(), [])
             server.close()
         run(go())
 
@@ -337,7 +336,7 @@ class FakeDaemonTest(unittest.TestCase):
     @staticmethod
     def client_tasks():
         return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
-                and t.get_coro().__qualname__.startswith("CallbackClient")]
+                and t._coro.__qualname__.startswith("CallbackClient")]  # 3.7: no get_coro
 
     def test_stop_from_a_handler(self):
         """Upstream's stop() is a plain method an app calls from a handler
@@ -377,6 +376,56 @@ class FakeDaemonTest(unittest.TestCase):
             client.stop()
             await asyncio.wait_for(task, TIMEOUT)
             await client.stop()
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+        run(go())
+
+    def test_handler_cancelled_error_does_not_end_dispatch(self):
+        """A handler that lets a CancelledError out (it awaited something
+        cancelled) fails like any handler: logged, and the next events are
+        still delivered; only the dispatcher's own cancel ends it."""
+        async def go():
+            server = await self.data_server(3)
+            client = await CallbackClient.create(path=self.path)
+            seen = []
+
+            async def on_data(user, host, feed, topic, data_packets, is_image):
+                seen.append(data_packets[0].data)
+                if len(seen) == 1:
+                    helper = asyncio.ensure_future(asyncio.sleep(10))
+                    helper.cancel()
+                    await helper
+            client.data_handlers.append(on_data)
+            task = asyncio.ensure_future(client.start())
+            with self.assertLogs("busgate", "ERROR"):
+                await client.add_subscription("F", "T")
+                await until(lambda: len(seen) == 3)
+            self.assertEqual(seen, [b"0", b"1", b"2"])
+            await asyncio.wait_for(client.stop(), TIMEOUT)
+            await asyncio.wait_for(task, TIMEOUT)
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+        run(go())
+
+    def test_stop_while_a_handler_runs(self):
+        """stop() cancels a running handler and returns promptly (on
+        Python 3.7 CancelledError is an Exception: the dispatcher must
+        not take the cancel for a handler's failure and go on)."""
+        async def go():
+            server = await self.data_server(2)
+            client = await CallbackClient.create(path=self.path)
+            running = []
+
+            async def on_data(user, host, feed, topic, data_packets, is_image):
+                running.append(1)
+                await asyncio.sleep(30)
+            client.data_handlers.append(on_data)
+            task = asyncio.ensure_future(client.start())
+            await client.add_subscription("F", "T")
+            await until(lambda: running)
+            await asyncio.wait_for(client.stop(), TIMEOUT / 2)
+            await asyncio.wait_for(task, TIMEOUT / 2)
+            self.assertEqual(running, [1])
             self.assertEqual(self.client_tasks(), [])
             server.close()
         run(go())
