@@ -142,10 +142,13 @@ class CallbackClient:
 
     @classmethod
     async def create(cls, path: Optional[str] = None, *, authenticator=None, ssl=None,
-                     **kwargs) -> "CallbackClient":
+                     monitor_heartbeat: bool = False, **kwargs) -> "CallbackClient":
         """Connect to busgated's socket (default $BUSGATE_SOCKET or the daemon's
-        compiled-in path). authenticator and ssl are accepted for upstream
-        compatibility and ignored: the gateway holds the bus credentials."""
+        compiled-in path). authenticator, ssl and monitor_heartbeat are
+        accepted for upstream compatibility and ignored: the gateway holds
+        the bus credentials and watches the bus heartbeat itself (its
+        bus.heartbeat settings; the app hears the outcome through
+        bus_state_handlers)."""
         client = cls(path, **kwargs)
         reader = await client._connect()
         if client._authorization_handlers:   # a subclass may have some already

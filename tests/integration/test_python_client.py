@@ -430,6 +430,20 @@ class FakeDaemonTest(unittest.TestCase):
             server.close()
         run(go())
 
+    def test_upstream_create_arguments(self):
+        """create() takes upstream 3.0.1's keywords: authenticator, ssl and
+        monitor_heartbeat (accepted and ignored: busgated holds the
+        credentials and watches the bus heartbeat)."""
+        async def go():
+            server = await self.data_server()
+            from busgate.authentication import BasicAuthenticator
+            for auth in (None, BasicAuthenticator("john.doe@example.com", "pa$$word")):
+                client = await CallbackClient.create(path=self.path, authenticator=auth,
+                                                     ssl=None, monitor_heartbeat=True)
+                await client.stop()
+            server.close()
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
