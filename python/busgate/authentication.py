@@ -2,6 +2,11 @@
 runs unchanged; busgated holds the bus credentials, so they are unused."""
 
 
+class NullAuthenticator:
+    def __init__(self) -> None:
+        pass
+
+
 class BasicAuthenticator:
     def __init__(self, username: str, password: str) -> None:
         self.username = username

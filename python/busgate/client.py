@@ -19,12 +19,19 @@ add_authorizer(feed) still registers one feed (busgate's own)."""
 import asyncio
 import collections
 import logging
+import uuid
 from typing import Awaitable, Callable, List, Optional, Set
 
 from . import protocol as p
 from .protocol import BusgateError, DataPacket  # noqa: F401  (part of the API)
 
 log = logging.getLogger("busgate")
+
+# Upstream's handler types, for apps that annotate with them.
+DataHandler = Callable[[str, str, str, str, Optional[List[DataPacket]], bool],
+                       Awaitable[None]]
+NotificationHandler = Callable[[uuid.UUID, str, str, str, str, bool], Awaitable[None]]
+AuthorizationHandler = Callable[[uuid.UUID, str, str, str, str], Awaitable[None]]
 
 # NAME's limit (busgated's LP_MAX_APP_NAME).
 MAX_APP_NAME = 64

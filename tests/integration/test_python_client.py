@@ -104,6 +104,21 @@ async def until(pred, settle=0.0):
     await asyncio.sleep(settle)
 
 
+class UpstreamNamesTest(unittest.TestCase):
+    def test_upstream_exports(self):
+        """What an upstream app imports from the package (its __init__'s
+        names but Client, which busgate does not offer: see README)."""
+        from busgate import (AuthorizationHandler, BasicAuthenticator,  # noqa: F401
+                             DataHandler, NotificationHandler, NullAuthenticator)
+        from busgate.authentication import (BasicAuthenticator as B,  # noqa: F401
+                                            NullAuthenticator as N, TokenAuthenticator)
+        self.assertIs(B, BasicAuthenticator)
+        self.assertIs(N, NullAuthenticator)
+        for name in ("NullAuthenticator", "BasicAuthenticator", "DataHandler",
+                     "NotificationHandler", "AuthorizationHandler"):
+            self.assertIn(name, busgate.__all__)
+
+
 class FakeDaemonTest(unittest.TestCase):
     """The client against a scripted stand-in for busgated."""
 
