@@ -101,15 +101,31 @@ class Client:
 
     def next_event(self, timeout: Optional[float] = None):
         """The next event (protocol.Data, Notification, AuthRequest,
-        BusState, Link, Error, Revoked), or None after timeout seconds."""
+        BusState, Link, Error, Revoked), or None after timeout seconds
+        (0: an event already received, else None at once), or None once
+        the session has ended for good (reconnect=False) and its events
+        have been taken."""
+        client = self._client
         try:
-            return self._run(asyncio.wait_for(self._client._next_event(), timeout))
+            # wait_for(..., 0) would cancel the wait before it looked.
+            return client._next_event_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        if timeout is not None and timeout <= 0:
+            self._run(asyncio.sleep(0))     # read what has come, not waiting
+            try:
+                return client._next_event_nowait()
+            except asyncio.QueueEmpty:
+                return None
+        try:
+            return self._run(asyncio.wait_for(client._next_event(), timeout))
         except asyncio.TimeoutError:
             return None
 
     def events(self, timeout: Optional[float] = None) -> Iterator:
         """Events as they come; ends when none came for timeout seconds
-        (None: never)."""
+        (None: never), or when the session has ended and will not be
+        reconnected (reconnect=False)."""
         while True:
             ev = self.next_event(timeout)
             if ev is None:

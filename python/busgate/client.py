@@ -80,6 +80,10 @@ for _name in ("append", "extend", "insert", "remove", "pop", "clear", "__setitem
     setattr(_WatchedList, _name, _watched(_name))
 
 
+# Queued after the last event of a session that ends without reconnect.
+_ENDED = None
+
+
 class _Dispatcher(asyncio.Task):
     """The dispatch task, counting the cancels asked of it: a
     CancelledError out of a handler is then the task's own cancel only if
@@ -140,6 +144,7 @@ class CallbackClient:
         self._started = asyncio.Event()
         self._done = asyncio.Event()
         self._stopping = False
+        self._ended = False     # _ENDED was taken from the queue
         self._stopped: Optional[asyncio.Future] = None     # stop()'s awaitable
         self._tasks: List[asyncio.Task] = []
 
@@ -200,8 +205,14 @@ class CallbackClient:
         while True:
             reason = await self._read_until_lost(reader)
             self._lost(reason)
-            if self._stopping or not self.reconnect:
+            if self._stopping:
                 break
+            if not self.reconnect:
+                # After what was received: the handlers (or next_event)
+                # get all of it, the end's Error and Link events included,
+                # before start() returns (_dispatch_loop sets _done).
+                self._queue(_ENDED)
+                return
             reader = await self._reconnect()
             if reader is None:
                 break
@@ -252,9 +263,24 @@ class CallbackClient:
         self._events.put_nowait((ev, size))
 
     async def _next_event(self):
-        ev, size = await self._events.get()
+        """The next event; _ENDED (None) once the session has ended and
+        will not be reconnected, and for ever after."""
+        if self._ended:
+            return _ENDED
+        return self._took(await self._events.get())
+
+    def _next_event_nowait(self):
+        """As _next_event, but raises asyncio.QueueEmpty at once."""
+        if self._ended:
+            return _ENDED
+        return self._took(self._events.get_nowait())
+
+    def _took(self, item):
+        ev, size = item
         self._queued_bytes -= size
         self._room.set()
+        if ev is _ENDED:
+            self._ended = True
         return ev
 
     def _on_message(self, msg, size: int = 0) -> None:
@@ -381,6 +407,9 @@ class CallbackClient:
         await self._started.wait()
         while not self._stopping:   # a handler may have called stop()
             ev = await self._next_event()
+            if ev is _ENDED:
+                self._done.set()    # start() returns
+                return
             for handler, args in self._handlers_for(ev):
                 try:
                     await handler(*args)
@@ -414,7 +443,8 @@ class CallbackClient:
 
     async def start(self) -> None:
         """Deliver events to the handlers until stop() (or, without
-        reconnect, until the session ends)."""
+        reconnect, until the session has ended and every event received,
+        the closing Error and Link ones included, has been handled)."""
         self._started.set()
         await self._done.wait()
         if self._stopped is not None:

@@ -459,6 +459,93 @@ class FakeDaemonTest(unittest.TestCase):
             server.close()
         run(go())
 
+    def closing_server(self, count):
+        """A fake daemon whose sessions send count DATA once subscribed,
+        then close."""
+        async def serve(reader, writer):
+            writer.write(GREETING)
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                writer.write(b"+OK\n")
+                if line.startswith(b"SUB "):
+                    for i in range(count):
+                        writer.write(b"DATA F T u h delta multicast 1\n%d\n" % (i % 10))
+                    await writer.drain()
+                    return
+        return self.serving(serve)
+
+    def test_start_delivers_what_came_before_the_end(self):
+        """Without reconnect, a session that ends by itself: start() hands
+        the handlers what was received, then the end (link down), and
+        only then returns; the client leaves no task behind."""
+        async def go():
+            server = await self.closing_server(50)
+            client = await CallbackClient.create(path=self.path, reconnect=False)
+            seen, links = [], []
+
+            async def on_data(user, host, feed, topic, data_packets, is_image):
+                seen.append(data_packets[0].data)
+
+            async def on_link(state, reason):
+                links.append(state)
+            client.data_handlers.append(on_data)
+            client.link_handlers.append(on_link)
+            await client.add_subscription("F", "T")
+            await asyncio.sleep(0.3)        # the session has ended meanwhile
+            await asyncio.wait_for(client.start(), TIMEOUT)
+            self.assertEqual((len(seen), links), (50, ["down"]))
+            await asyncio.sleep(0)
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+        run(go())
+
+    def in_thread(self, server_factory):
+        """Serve the fake daemon from a thread (for the blocking API); the
+        cleanup stops it."""
+        import threading
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        holder = []
+
+        def main():
+            asyncio.set_event_loop(loop)
+            holder.append(loop.run_until_complete(server_factory()))
+            ready.set()
+            loop.run_forever()
+        thread = threading.Thread(target=main, daemon=True)
+        thread.start()
+        ready.wait(TIMEOUT)
+
+        def stop():
+            loop.call_soon_threadsafe(holder[0].close)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(TIMEOUT)
+            loop.close()
+        self.addCleanup(stop)
+
+    def test_blocking_events_end_with_the_session(self):
+        """Blocking API without reconnect: once the session has ended and
+        its events are taken, events() ends (it waited for ever)."""
+        import threading
+        self.in_thread(lambda: self.closing_server(3))
+        bus = busgate.connect(self.path, reconnect=False)
+        bus.subscribe("F", "T")
+        kinds = []
+
+        def script():
+            for ev in bus.events():     # no timeout: must end by itself
+                kinds.append(ev.state if isinstance(ev, busgate.Link) else type(ev).__name__)
+            kinds.append(bus.next_event())
+            kinds.append(bus.next_event(timeout=0))
+        thread = threading.Thread(target=script, daemon=True)
+        thread.start()
+        thread.join(TIMEOUT)
+        self.assertFalse(thread.is_alive(), "events() did not end: %r" % kinds)
+        self.assertEqual(kinds, ["Data", "Data", "Data", "down", None, None])
+        bus.close()
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
@@ -649,6 +736,26 @@ class CallbackClientTest(GatewayCase):
 
 
 class BlockingTest(GatewayCase):
+    def test_next_event_timeout_zero(self):
+        """next_event(timeout=0) does not wait, but returns an event that
+        is there (it gave None whatever was queued)."""
+        feed = uniq("POLL")
+        with busgate.connect(self.gw.socket_path) as bus:
+            bus.subscribe(feed, "T")
+            self.barrier()
+            for i in range(3):
+                bus.publish(feed, "T", b"%d" % i)
+            got = []
+            deadline = time.monotonic() + TIMEOUT
+            while len(got) < 3 and time.monotonic() < deadline:
+                ev = bus.next_event(timeout=0)
+                if ev is None:
+                    bus.ping()          # reads what has come meanwhile
+                elif isinstance(ev, busgate.Data):
+                    got.append(ev.packets[0].data)
+            self.assertEqual(got, [b"0", b"1", b"2"])
+            self.assertIsNone(bus.next_event(timeout=0))
+
     def test_blocking_iterator(self):
         with busgate.connect(self.gw.socket_path) as bus:
             self.assertIn(bus.bus_state, ("up", "unconfirmed"))
