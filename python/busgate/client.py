@@ -168,12 +168,18 @@ class CallbackClient:
         client._tasks = [asyncio.ensure_future(client._run(reader)),
                          _Dispatcher(client._dispatch_loop(),
                                      loop=asyncio.get_event_loop())]
-        if client.app_name is not None:
-            try:
-                await client._request(p.command("NAME", client.app_name))
-            except BaseException:
-                await client.stop()     # else its tasks reconnect for nobody
-                raise
+        # One round trip before the client is handed out: busgated at its
+        # listen.max_sessions greets, then refuses the session (-ERR
+        # too-many-sessions) and closes; create() raises that, as for a
+        # refused connect, instead of returning a client that reconnects
+        # (and is refused) for ever. With an app name, NAME is the trip.
+        first = (p.command("NAME", client.app_name) if client.app_name is not None
+                 else p.word_command("PING", "", "a ping token"))
+        try:
+            await client._request(first)
+        except BaseException:
+            await client.stop()     # else its tasks reconnect for nobody
+            raise
         return client
 
     # -------------------------------------------------------- the session

@@ -266,7 +266,7 @@ class FakeDaemonTest(unittest.TestCase):
                     line = await reader.readline()
                     if not line:
                         return
-                    if line.startswith(b"PING") and len(sessions) == 1:
+                    if line.startswith(b"PING flood") and len(sessions) == 1:
                         writer.write(flood)
                     else:
                         writer.write(b"+OK\n")
@@ -276,7 +276,7 @@ class FakeDaemonTest(unittest.TestCase):
                                                  max_queued_bytes=16384)
             await client.add_subscription("F", "T")
             with self.assertRaises(BusgateError) as cm:
-                await asyncio.wait_for(client.ping(), TIMEOUT / 4)
+                await asyncio.wait_for(client.ping("flood"), TIMEOUT / 4)
             self.assertEqual(cm.exception.code, "disconnected")
             await until(lambda: len(sessions) == 2, settle=0.5)
             kinds = []
@@ -545,6 +545,43 @@ class FakeDaemonTest(unittest.TestCase):
         self.assertFalse(thread.is_alive(), "events() did not end: %r" % kinds)
         self.assertEqual(kinds, ["Data", "Data", "Data", "down", None, None])
         bus.close()
+
+    def test_create_refused_after_the_greeting(self):
+        """busgated at listen.max_sessions greets, says -ERR
+        too-many-sessions and closes: create() raises that, as for a
+        refused connect, rather than handing back a client that never
+        gets data; nothing is left running."""
+        async def go():
+            sessions = []
+
+            async def serve(reader, writer):
+                sessions.append(writer)
+                writer.write(GREETING + b"-ERR too-many-sessions listen.max_sessions 1 reached\n")
+            server = await self.serving(serve)
+            with self.assertRaises(BusgateError) as cm:
+                await CallbackClient.create(path=self.path, backoff_max=0.05)
+            self.assertEqual(cm.exception.code, "too-many-sessions")
+            await asyncio.sleep(0.3)
+            self.assertEqual(len(sessions), 1)
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+        run(go())
+
+    def refusing_server(self, sessions, accepted=1):
+        """A fake daemon that takes the first sessions (answering +OK) and
+        refuses the next ones right after the greeting."""
+        async def serve(reader, writer):
+            sessions.append(writer)
+            writer.write(GREETING)
+            if len(sessions) > accepted:
+                writer.write(b"-ERR too-many-sessions listen.max_sessions 1 reached\n")
+                return
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                writer.write(b"+OK\n")
+        return self.serving(serve)
 
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
