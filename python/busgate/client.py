@@ -115,6 +115,7 @@ class CallbackClient:
         self.app_name = _checked_name(app_name) if app_name is not None else None
         self.reconnect = reconnect
         self.backoff = (backoff_min, backoff_max)
+        self._delay = backoff_min    # before the next reconnect attempt
         # The upstream handler lists (same arguments as upstream).
         self.data_handlers: List[Callable[..., Awaitable[None]]] = []
         self.notification_handlers: List[Callable[..., Awaitable[None]]] = []
@@ -208,8 +209,12 @@ class CallbackClient:
 
     async def _run(self, reader: asyncio.StreamReader) -> None:
         """Read the session; when it is lost, reconnect and restore it."""
+        loop = asyncio.get_event_loop()
         while True:
+            began = loop.time()
             reason = await self._read_until_lost(reader)
+            if loop.time() - began >= self.backoff[1]:
+                self._delay = self.backoff[0]   # it lasted: reconnect at once
             self._lost(reason)
             if self._stopping:
                 break
@@ -328,15 +333,19 @@ class CallbackClient:
             self._queue(p.Link("down", reason))
 
     async def _reconnect(self) -> Optional[asyncio.StreamReader]:
-        """Connect again with bounded exponential backoff, then restore."""
-        delay = self.backoff[0]
+        """Connect again with bounded exponential backoff, then restore.
+        The delay keeps growing over sessions that are greeted but do not
+        last (busgated refusing them: too-many-sessions), else they would
+        be retried every backoff_min; a session that lasted backoff_max
+        (_run) or was restored (_restore) starts it again from
+        backoff_min."""
         while not self._stopping:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, self.backoff[1])
             try:
                 reader = await self._connect()
             except (OSError, BusgateError) as e:
                 log.debug("busgate: reconnect to %s: %s", self.path, e)
-                delay = min(delay * 2, self.backoff[1])
                 continue
             self._tasks.append(asyncio.ensure_future(self._restore()))
             return reader
@@ -374,6 +383,8 @@ class CallbackClient:
             ev = p.Revoked(*what, r.message)
             self._forget(ev)
             self._queue(ev)
+        if name or regs:    # answered on this session: it is accepted
+            self._delay = self.backoff[0]
         self._queue(p.Link("up", "restored %d requests" % len(regs)))
 
     def _forget(self, ev: p.Revoked) -> None:

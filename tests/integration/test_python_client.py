@@ -583,6 +583,24 @@ class FakeDaemonTest(unittest.TestCase):
                 writer.write(b"+OK\n")
         return self.serving(serve)
 
+    def test_backoff_grows_over_refused_sessions(self):
+        """Sessions refused right after their greeting: the reconnect
+        delay keeps growing (it restarted from backoff_min at each
+        greeting: 20 reconnects a second)."""
+        async def go():
+            sessions = []
+            server = await self.refusing_server(sessions)
+            client, links = await self.started(backoff_min=0.05, backoff_max=0.4)
+            await client.add_subscription("F", "T")
+            sessions[0].close()
+            await asyncio.sleep(1.5)
+            # 0.05 + 0.1 + 0.2 + 0.4 + 0.4 + 0.4: 6 at most (else ~30)
+            self.assertLessEqual(len(sessions) - 1, 6)
+            self.assertGreaterEqual(len(sessions) - 1, 3)
+            self.assertNotIn("up", links)
+            await self.stopped(client, server)
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
