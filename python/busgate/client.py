@@ -347,9 +347,16 @@ class CallbackClient:
             except (OSError, BusgateError) as e:
                 log.debug("busgate: reconnect to %s: %s", self.path, e)
                 continue
-            self._tasks.append(asyncio.ensure_future(self._restore()))
+            restore = asyncio.ensure_future(self._restore())
+            self._tasks.append(restore)
+            # Dropped once done: one kept per reconnect would add up.
+            restore.add_done_callback(self._drop_task)
             return reader
         return None
+
+    def _drop_task(self, task: asyncio.Task) -> None:
+        if task in self._tasks:
+            self._tasks.remove(task)
 
     async def _restore(self) -> None:
         """Tell the new session what the old one had, then say so. A

@@ -601,6 +601,20 @@ class FakeDaemonTest(unittest.TestCase):
             await self.stopped(client, server)
         run(go())
 
+    def test_restore_tasks_are_not_kept(self):
+        """Each reconnect's restore task is dropped once done (they were
+        kept until stop(): memory grew with every reconnect)."""
+        async def go():
+            sessions = []
+            server = await self.refusing_server(sessions)
+            client, links = await self.started(backoff_min=0.001, backoff_max=0.001)
+            await client.add_subscription("F", "T")
+            sessions[0].close()
+            await until(lambda: len(sessions) > 20, settle=0.05)
+            self.assertLessEqual(len(client._tasks), 3)
+            await self.stopped(client, server)
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
