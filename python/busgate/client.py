@@ -379,6 +379,11 @@ class CallbackClient:
         results = results[len(name):]
         if session != self._sessions or self._writer is None:
             return
+        if any(isinstance(r, BusgateError) and _session_ended(r) for r in results):
+            # A closing error (or the loss) came before the reader saw the
+            # end: the session is going, not refusing; all is kept for the
+            # next one, and no "up" is said for this one.
+            return
         for (_, what), r in zip(regs, results):
             # already-*: the app made it again itself while we restored.
             if not isinstance(r, BusgateError) or r.code.startswith("already"):
@@ -528,7 +533,7 @@ class CallbackClient:
         except BusgateError as e:
             # The session ended before the daemon answered (a closing
             # error is one said first): kept, as if made while disconnected.
-            if e.code == "disconnected" or e.code in p.CLOSING_CODES:
+            if _session_ended(e):
                 return
             if add and not e.code.startswith("already"):
                 table.discard(key)
@@ -606,6 +611,11 @@ class CallbackClient:
             else:
                 out[r.code] = r.text
         return out
+
+
+def _session_ended(e: BusgateError) -> bool:
+    """The request failed because the session ended, not on its merits."""
+    return e.code == "disconnected" or e.code in p.CLOSING_CODES
 
 
 def _checked_name(name: str) -> str:

@@ -615,6 +615,46 @@ class FakeDaemonTest(unittest.TestCase):
             await self.stopped(client, server)
         run(go())
 
+    def test_closing_error_during_restore_keeps_registrations(self):
+        """The restore's SUB is answered by a closing error (busgated
+        stopping) before the session closes: the subscription is kept for
+        the next session, not revoked, and no "up" is said for the dying
+        session."""
+        async def go():
+            lines = []
+
+            async def serve(reader, writer):
+                n = len(lines)
+                lines.append([])
+                writer.write(GREETING)
+                while True:
+                    line = await reader.readline()
+                    if not line:
+                        return
+                    lines[-1].append(line)
+                    if n == 1 and line.startswith(b"SUB "):
+                        writer.write(b"-ERR shutting-down busgated is stopping\n")
+                        await writer.drain()
+                        await asyncio.sleep(0.3)     # the close comes later
+                        return
+                    writer.write(b"+OK\n")
+
+            server = await self.serving(serve)
+            client, links = await self.started(backoff_max=0.1)
+            revoked = []
+
+            async def on_revoked(*args):
+                revoked.append(args)
+            client.revoked_handlers.append(on_revoked)
+            await client.add_subscription("F", "T")
+            client._writer.close()          # the first session is lost
+            await until(lambda: len(lines) == 3 and "up" in links, settle=0.2)
+            self.assertEqual(links, ["down", "down", "up"])
+            self.assertEqual(revoked, [])
+            self.assertEqual(lines[2], [b"SUB F T\n"])
+            await self.stopped(client, server)
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
