@@ -20,7 +20,7 @@ import asyncio
 import collections
 import logging
 import uuid
-from typing import Awaitable, Callable, List, Optional, Set
+from typing import Awaitable, Callable, Dict, List, Optional, Set
 
 from . import protocol as p
 from .protocol import BusgateError, DataPacket  # noqa: F401  (part of the API)
@@ -132,9 +132,10 @@ class CallbackClient:
         self.hello: Optional[p.Hello] = None
         self._max_line = DEFAULT_MAX_LINE
         self.bus_state = "down"
-        # What a new session must be told again after a reconnect.
-        self._subscriptions: Set[tuple] = set()
-        self._notifications: Set[str] = set()
+        # What a new session must be told again after a reconnect; the
+        # subscriptions and notifications with the app's count of each.
+        self._subscriptions: Dict[tuple, int] = {}
+        self._notifications: Dict[str, int] = {}
         self._authorizers: Set[str] = set()
         self._writer: Optional[asyncio.StreamWriter] = None
         self._sessions = 0      # sessions opened: which one a restore is for
@@ -402,9 +403,9 @@ class CallbackClient:
     def _forget(self, ev: p.Revoked) -> None:
         """The daemon ended a registration: a reconnect must not restore it."""
         if ev.verb == "subscribe":
-            self._subscriptions.discard((ev.feed, ev.topic))
+            self._subscriptions.pop((ev.feed, ev.topic), None)
         elif ev.verb == "notify":
-            self._notifications.discard(ev.feed)
+            self._notifications.pop(ev.feed, None)
         elif ev.verb == "authorize":
             self._authorizers.discard(ev.feed)
 
@@ -539,19 +540,47 @@ class CallbackClient:
                 table.discard(key)
             raise
 
+    async def _counted(self, table: dict, key, add: bool, line: bytes) -> None:
+        """A subscription or notification, counted as upstream's
+        distributor counts a client's: the first add is sent, the last
+        remove too; the others only count, and a remove of one never
+        made does nothing (upstream never raises for either). Recorded
+        even while disconnected, as _remembered."""
+        n = table.get(key, 0)
+        if add:
+            table[key] = n + 1
+            if n:
+                return
+        elif n != 1:
+            if n:
+                table[key] = n - 1
+            return
+        else:
+            del table[key]
+        try:
+            await self._request(line)
+        except BusgateError as e:
+            # Ended with the session: kept (restored). already-/not-: a
+            # restore raced the request, the result is the same.
+            if _session_ended(e) or e.code in _SAME_RESULT:
+                return
+            if add:
+                table.pop(key, None)
+            raise
+
     async def add_subscription(self, feed: str, topic: str) -> None:
-        await self._remembered(self._subscriptions, (feed, topic), True,
-                               p.command("SUB", feed, topic))
+        await self._counted(self._subscriptions, (feed, topic), True,
+                            p.command("SUB", feed, topic))
 
     async def remove_subscription(self, feed: str, topic: str) -> None:
-        await self._remembered(self._subscriptions, (feed, topic), False,
-                               p.command("UNSUB", feed, topic))
+        await self._counted(self._subscriptions, (feed, topic), False,
+                            p.command("UNSUB", feed, topic))
 
     async def add_notification(self, feed: str) -> None:
-        await self._remembered(self._notifications, feed, True, p.command("NOTIFY", feed))
+        await self._counted(self._notifications, feed, True, p.command("NOTIFY", feed))
 
     async def remove_notification(self, feed: str) -> None:
-        await self._remembered(self._notifications, feed, False, p.command("UNNOTIFY", feed))
+        await self._counted(self._notifications, feed, False, p.command("UNNOTIFY", feed))
 
     async def add_authorizer(self, feed: str) -> None:
         """Receive the feed's authorization requests. Upstream has no such
@@ -611,6 +640,10 @@ class CallbackClient:
             else:
                 out[r.code] = r.text
         return out
+
+
+# Refusals of a counted request that leave what the app asked for.
+_SAME_RESULT = ("already-subscribed", "not-subscribed", "already-notifying", "not-notifying")
 
 
 def _session_ended(e: BusgateError) -> bool:
