@@ -131,7 +131,11 @@ class CallbackClient:
         self.event_handlers: List[Callable[..., Awaitable[None]]] = []
         self.hello: Optional[p.Hello] = None
         self._max_line = DEFAULT_MAX_LINE
+        # The bus link's state: busgated's last word, "down" while
+        # busgated is unreachable; _heard_bus: the last the app was told
+        # (the first greeting, or a BusState event).
         self.bus_state = "down"
+        self._heard_bus: Optional[str] = None
         # What a new session must be told again after a reconnect; the
         # subscriptions and notifications with the app's count of each.
         self._subscriptions: Dict[tuple, int] = {}
@@ -194,6 +198,13 @@ class CallbackClient:
             raise BusgateError("timeout", "no greeting from busgated in %g s"
                                % self.connect_timeout) from None
         self.bus_state = self.hello.fields.get("bus", "down")
+        if self._heard_bus is None:
+            self._heard_bus = self.bus_state    # create(): the app reads it
+        elif self.bus_state != self._heard_bus:
+            # Changed while busgated was away (restarting): no BUS line
+            # told it; the handlers hear it as from one.
+            self._queue(p.BusState(self.bus_state, "at the reconnect"))
+            self._heard_bus = self.bus_state
         max_line = self.hello.fields.get("max_line", "")
         self._max_line = int(max_line) if max_line.isdigit() else DEFAULT_MAX_LINE
         self._writer = writer
@@ -304,7 +315,7 @@ class CallbackClient:
         elif isinstance(msg, p.Revoked):
             self._forget(msg)
         elif isinstance(msg, p.BusState):
-            self.bus_state = msg.state
+            self.bus_state = self._heard_bus = msg.state
         self._queue(msg, size)
 
     def _on_reply(self, reply: p.Reply) -> None:
@@ -330,6 +341,7 @@ class CallbackClient:
             self._writer.close()
             self._writer = None
         self._fail_pending(BusgateError("disconnected", reason))
+        self.bus_state = "down"     # the app cannot reach the bus now
         if not self._stopping:
             self._queue(p.Link("down", reason))
 

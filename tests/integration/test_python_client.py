@@ -690,6 +690,39 @@ class FakeDaemonTest(unittest.TestCase):
             await self.stopped(client, server)
         run(go())
 
+    def test_bus_state_changed_across_a_reconnect(self):
+        """The bus went down while busgated restarted: the new greeting
+        says so, and bus_state_handlers hear it (they heard nothing); while
+        disconnected, bus_state is not the stale "up"."""
+        async def go():
+            sessions = []
+
+            async def serve(reader, writer):
+                sessions.append(writer)
+                writer.write(GREETING if len(sessions) == 1
+                             else GREETING.replace(b"bus=up", b"bus=down"))
+                while await reader.readline():
+                    writer.write(b"+OK\n")
+            server = await self.serving(serve)
+            client, links = await self.started(backoff_min=0.3, backoff_max=0.3)
+            states, while_down = [], []
+
+            async def on_bus(state, reason):
+                states.append(state)
+
+            async def on_link(state, reason):
+                if state == "down":
+                    while_down.append(client.bus_state)
+            client.bus_state_handlers.append(on_bus)
+            client.link_handlers.append(on_link)
+            self.assertEqual(client.bus_state, "up")
+            sessions[0].close()
+            await until(lambda: "up" in links, settle=0.1)
+            self.assertEqual((links, while_down, states), (["down", "up"], ["down"], ["down"]))
+            self.assertEqual(client.bus_state, "down")
+            await self.stopped(client, server)
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
