@@ -265,6 +265,7 @@ class CallbackClient:
                     # earlier session left may still be over the bound).
                     why = ("over %d bytes of events queued unread while a reply was"
                            " awaited (max_queued_bytes)" % self.max_queued_bytes)
+                    log.warning("busgate: ending the session: slow-consumer %s", why)
                     self._queue(p.Error("slow-consumer", why))
                     return "slow-consumer: " + why
         except (OSError, asyncio.IncompleteReadError, ValueError, BusgateError) as e:
@@ -311,6 +312,9 @@ class CallbackClient:
             self._on_reply(msg)
             return
         if isinstance(msg, p.Error):
+            # Logged as well: an upstream-style app has no error_handlers,
+            # and a slow-consumer cut loses data.
+            log.warning("busgate: busgated ends the session: %s %s", msg.code, msg.message)
             self._fail_pending(BusgateError(msg.code, msg.message))
         elif isinstance(msg, p.Revoked):
             self._forget(msg)
@@ -343,6 +347,8 @@ class CallbackClient:
         self._fail_pending(BusgateError("disconnected", reason))
         self.bus_state = "down"     # the app cannot reach the bus now
         if not self._stopping:
+            log.warning("busgate: session with %s lost (%s)%s", self.path, reason,
+                        "; reconnecting" if self.reconnect else "")
             self._queue(p.Link("down", reason))
 
     async def _reconnect(self) -> Optional[asyncio.StreamReader]:

@@ -723,6 +723,25 @@ class FakeDaemonTest(unittest.TestCase):
             await self.stopped(client, server)
         run(go())
 
+    def test_closing_errors_and_lost_sessions_are_logged(self):
+        """An upstream-style app has no error or link handlers: a
+        slow-consumer cut and the session's loss are logged (WARNING), so
+        that missing data leaves a trace."""
+        async def go():
+            async def serve(reader, writer):
+                writer.write(GREETING)
+                await reader.readline()
+                writer.write(b"+OK\n-ERR slow-consumer output over max_output\n")
+            server = await self.serving(serve)
+            with self.assertLogs("busgate", "WARNING") as cm:
+                client = await CallbackClient.create(path=self.path, reconnect=False)
+                await asyncio.wait_for(client.start(), TIMEOUT)
+            text = "\n".join(cm.output)
+            self.assertIn("slow-consumer output over max_output", text)
+            self.assertIn("busgated closed the session", text)
+            server.close()
+        run(go())
+
     def test_failed_connect_closes_its_loop(self):
         """busgate.connect() to a socket nobody listens on raises, and
         leaves no event loop open behind it (a script that retries would
