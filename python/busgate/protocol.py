@@ -90,6 +90,11 @@ class DataPacket:
         return (isinstance(other, DataPacket) and self.entitlements == other.entitlements
                 and (self.data or b"") == (other.data or b""))
 
+    def __hash__(self):
+        # As __eq__ compares (upstream's packets are hashable: sets, keys).
+        ents = None if self.entitlements is None else frozenset(self.entitlements)
+        return hash((ents, bytes(self.data or b"")))
+
     def __repr__(self) -> str:
         return "DataPacket(entitlements=%r, data=%r)" % (self.entitlements, self.data)
 

@@ -87,6 +87,12 @@ class ProtocolTest(unittest.TestCase):
                 protocol.payload_length(b"DATA f t u h delta multicast " + spec)
         self.assertEqual(protocol.payload_length(b"DATA f t u h delta multicast 3:1,2 0"), 3)
 
+    def test_data_packets_are_hashable(self):
+        # Upstream's are; equal packets hash alike (None data is b"").
+        packets = {DataPacket({1, 2}, b"x"), DataPacket({2, 1}, b"x"),
+                   DataPacket(None, None), DataPacket(None, b"")}
+        self.assertEqual(len(packets), 2)
+
     def test_payload_is_byte_counted(self):
         line = protocol.command("PUB", "f", "t", b"image",
                                 packets=[DataPacket({2, 1}, "é".encode()), DataPacket()])
