@@ -24,6 +24,11 @@ from busgate import protocol  # noqa: E402
 
 EXAMPLES = os.path.join(PYDIR, "examples")
 
+# The client's WARNINGs (sessions lost, closing errors) are what many
+# tests provoke: kept out of the test output (assertLogs still sees them).
+import logging  # noqa: E402
+logging.getLogger("busgate").addHandler(logging.NullHandler())
+
 
 class Recorder:
     """An asyncio client whose every event lands in a list, with waits."""
