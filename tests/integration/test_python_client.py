@@ -344,9 +344,10 @@ class FakeDaemonTest(unittest.TestCase):
         run(mute())
         run(silent_second())
 
-    async def data_server(self, count=1):
+    def data_server(self, count=1, then_close=False):
         """A fake daemon that answers every request +OK and sends count
-        DATA messages on F T once the client subscribes."""
+        DATA messages on F T once the client subscribes (then closes the
+        session if then_close)."""
         async def serve(reader, writer):
             writer.write(GREETING)
             while True:
@@ -357,7 +358,10 @@ class FakeDaemonTest(unittest.TestCase):
                 if line.startswith(b"SUB "):
                     for i in range(count):
                         writer.write(b"DATA F T u h delta multicast 1\n%d\n" % (i % 10))
-        return await self.serving(serve)
+                    if then_close:
+                        await writer.drain()
+                        return
+        return self.serving(serve)
 
     @staticmethod
     def client_tasks():
@@ -470,29 +474,12 @@ class FakeDaemonTest(unittest.TestCase):
             server.close()
         run(go())
 
-    def closing_server(self, count):
-        """A fake daemon whose sessions send count DATA once subscribed,
-        then close."""
-        async def serve(reader, writer):
-            writer.write(GREETING)
-            while True:
-                line = await reader.readline()
-                if not line:
-                    return
-                writer.write(b"+OK\n")
-                if line.startswith(b"SUB "):
-                    for i in range(count):
-                        writer.write(b"DATA F T u h delta multicast 1\n%d\n" % (i % 10))
-                    await writer.drain()
-                    return
-        return self.serving(serve)
-
     def test_start_delivers_what_came_before_the_end(self):
         """Without reconnect, a session that ends by itself: start() hands
         the handlers what was received, then the end (link down), and
         only then returns; the client leaves no task behind."""
         async def go():
-            server = await self.closing_server(50)
+            server = await self.data_server(50, then_close=True)
             client = await CallbackClient.create(path=self.path, reconnect=False)
             seen, links = [], []
 
@@ -540,7 +527,7 @@ class FakeDaemonTest(unittest.TestCase):
         """Blocking API without reconnect: once the session has ended and
         its events are taken, events() ends (it waited for ever)."""
         import threading
-        self.in_thread(lambda: self.closing_server(3))
+        self.in_thread(lambda: self.data_server(3, then_close=True))
         bus = busgate.connect(self.path, reconnect=False)
         bus.subscribe("F", "T")
         kinds = []
