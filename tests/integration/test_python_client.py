@@ -130,6 +130,29 @@ class UpstreamNamesTest(unittest.TestCase):
             self.assertIn(name, busgate.__all__)
 
 
+def closing_at_sub(lines, session, linger=0.0):
+    """A fake busgated that records each session's lines (lines[i]) and
+    answers +OK, but the SUB of session number `session` with -ERR
+    shutting-down, closing linger seconds later (busgated stopping)."""
+    async def serve(reader, writer):
+        n = len(lines)
+        lines.append([])
+        writer.write(GREETING)
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            lines[-1].append(line)
+            if n == session and line.startswith(b"SUB "):
+                writer.write(b"-ERR shutting-down busgated is stopping\n")
+                await writer.drain()
+                await asyncio.sleep(linger)
+                writer.close()
+                return
+            writer.write(b"+OK\n")
+    return serve
+
+
 class FakeDaemonTest(unittest.TestCase):
     """The client against a scripted stand-in for busgated."""
 
@@ -209,23 +232,7 @@ class FakeDaemonTest(unittest.TestCase):
         kept and the next session gets it with the restore."""
         async def go():
             lines = []
-
-            async def serve(reader, writer):
-                first = not lines
-                lines.append([])
-                writer.write(GREETING)
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        return
-                    lines[-1].append(line)
-                    if first and line.startswith(b"SUB "):
-                        writer.write(b"-ERR shutting-down busgated is stopping\n")
-                        writer.close()
-                        return
-                    writer.write(b"+OK\n")
-
-            server = await self.serving(serve)
+            server = await self.serving(closing_at_sub(lines, 0))
             client, links = await self.started(backoff_max=0.1)
             await client.add_subscription("F", "T")     # no exception: kept
             await until(lambda: "up" in links)
@@ -620,24 +627,8 @@ class FakeDaemonTest(unittest.TestCase):
         session."""
         async def go():
             lines = []
-
-            async def serve(reader, writer):
-                n = len(lines)
-                lines.append([])
-                writer.write(GREETING)
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        return
-                    lines[-1].append(line)
-                    if n == 1 and line.startswith(b"SUB "):
-                        writer.write(b"-ERR shutting-down busgated is stopping\n")
-                        await writer.drain()
-                        await asyncio.sleep(0.3)     # the close comes later
-                        return
-                    writer.write(b"+OK\n")
-
-            server = await self.serving(serve)
+            # The restore's SUB: the close comes 0.3 s after the -ERR.
+            server = await self.serving(closing_at_sub(lines, 1, linger=0.3))
             client, links = await self.started(backoff_max=0.1)
             revoked = []
 
