@@ -130,9 +130,9 @@ class UpstreamNamesTest(unittest.TestCase):
             self.assertIn(name, busgate.__all__)
 
 
-def closing_at_sub(lines, session, linger=0.0):
+def recording_daemon(lines, closing_at_sub=None, linger=0.0):
     """A fake busgated that records each session's lines (lines[i]) and
-    answers +OK, but the SUB of session number `session` with -ERR
+    answers +OK; but the SUB of session number closing_at_sub with -ERR
     shutting-down, closing linger seconds later (busgated stopping)."""
     async def serve(reader, writer):
         n = len(lines)
@@ -143,7 +143,7 @@ def closing_at_sub(lines, session, linger=0.0):
             if not line:
                 return
             lines[-1].append(line)
-            if n == session and line.startswith(b"SUB "):
+            if n == closing_at_sub and line.startswith(b"SUB "):
                 writer.write(b"-ERR shutting-down busgated is stopping\n")
                 await writer.drain()
                 await asyncio.sleep(linger)
@@ -232,7 +232,7 @@ class FakeDaemonTest(unittest.TestCase):
         kept and the next session gets it with the restore."""
         async def go():
             lines = []
-            server = await self.serving(closing_at_sub(lines, 0))
+            server = await self.serving(recording_daemon(lines, closing_at_sub=0))
             client, links = await self.started(backoff_max=0.1)
             await client.add_subscription("F", "T")     # no exception: kept
             await until(lambda: "up" in links)
@@ -628,7 +628,7 @@ class FakeDaemonTest(unittest.TestCase):
         async def go():
             lines = []
             # The restore's SUB: the close comes 0.3 s after the -ERR.
-            server = await self.serving(closing_at_sub(lines, 1, linger=0.3))
+            server = await self.serving(recording_daemon(lines, closing_at_sub=1, linger=0.3))
             client, links = await self.started(backoff_max=0.1)
             revoked = []
 
@@ -650,18 +650,10 @@ class FakeDaemonTest(unittest.TestCase):
         UNSUB on the last, and a repeated add or a remove of nothing does
         not raise."""
         async def go():
-            lines = []
-
-            async def serve(reader, writer):
-                writer.write(GREETING)
-                while True:
-                    line = await reader.readline()
-                    if not line:
-                        return
-                    lines.append(line)
-                    writer.write(b"+OK\n")
-            server = await self.serving(serve)
+            sessions = []
+            server = await self.serving(recording_daemon(sessions))
             client, links = await self.started()
+            lines = sessions[0]
             await client.add_subscription("F", "T")
             await client.add_subscription("F", "T")
             await client.remove_subscription("F", "T")
