@@ -43,6 +43,8 @@ struct daemon {
     char last_status[128];
     bool stopping;
     bool bus_closed;
+    bool debug;    /* --debug: log.level is overridden, also at a reload */
+    bool detached; /* --daemon: logs go to syslog whatever log.destination says */
 };
 
 static void
@@ -245,6 +247,8 @@ daemon_reload(struct daemon *d)
         sdnotify("READY=1");
         return;
     }
+    if (d->detached)
+        next.log.dest = LOG_DEST_SYSLOG; /* as at start: no change to warn of */
     keep_restart_only(&d->cfg, &next);
     audit_config(&next, warn_permissive, NULL);
     if (bus_reconfigure(d->bus, &next.bus, err, sizeof err) != 0) {
@@ -256,7 +260,7 @@ daemon_reload(struct daemon *d)
     old = d->cfg;
     d->cfg = next;
     config_free(&old);
-    log_set_level(d->cfg.log.level);
+    log_set_level(d->debug ? LOG_DEBUG : d->cfg.log.level);
     router_reconfigure(d->router, &d->cfg);
     session_configure(&d->cfg);
     if (d->metrics != NULL)
@@ -300,16 +304,16 @@ bus_on_drained(void *arg)
     router_bus_drained(((struct daemon *)arg)->router);
 }
 
-/* An absolute version of path: daemonize() changes directory to "/". */
+/* An absolute version of path, in abs: daemonize() changes directory to
+ * "/", and a reload reads the configuration file again after it. */
 static const char *
-absolute_path(const char *path)
+absolute_path(const char *path, char *abs, size_t size)
 {
-    static char abs[4096];
     char cwd[2048];
 
     if (path[0] == '/' || getcwd(cwd, sizeof cwd) == NULL)
         return path;
-    snprintf(abs, sizeof abs, "%s/%s", cwd, path);
+    snprintf(abs, size, "%s/%s", cwd, path);
     return abs;
 }
 
@@ -460,6 +464,7 @@ main(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
+    static char path_abs[4096], pidfile_abs[4096];
     const char *path = CONFIG_DEFAULT_PATH, *pidfile = NULL;
     bool check = false, detach = false, debug = false;
     struct daemon d;
@@ -469,7 +474,7 @@ main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "c:tdp:DVh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            path = optarg;
+            path = absolute_path(optarg, path_abs, sizeof path_abs);
             break;
         case 't':
             check = true;
@@ -478,7 +483,7 @@ main(int argc, char **argv)
             detach = true;
             break;
         case 'p':
-            pidfile = absolute_path(optarg);
+            pidfile = absolute_path(optarg, pidfile_abs, sizeof pidfile_abs);
             break;
         case 'D':
             debug = true;
@@ -531,6 +536,8 @@ main(int argc, char **argv)
         return 1;
     }
 
+    d.debug = debug;
+    d.detached = detach;
     if (detach)
         d.cfg.log.dest = LOG_DEST_SYSLOG;
     log_init("busgated", d.cfg.log.dest, debug ? LOG_DEBUG : d.cfg.log.level);

@@ -843,6 +843,35 @@ class Daemonize(WithBus):
         wait_until(lambda: not os.path.exists(pidfile), "the pid file to go")
         self.assertFalse(os.path.exists(gw.socket_path))
 
+    def test_debug_flag_outlives_a_reload(self):
+        """--debug overrides log.level, also after a reload (the reload
+        used to set the file's level again)."""
+        gw = self.gateway("debugflag", config={"log": {"level": "notice"}}, start=False)
+        gw.start(args=["--debug"])
+        gw.wait_bus_up()
+        since = gw.log_offset()
+        gw.write_config({"log": {"level": "notice"}, "bus": {"application": "other"}})
+        gw.reload()
+        gw.wait_log(r"<7>\S+ bus: TCP connected to", start=since)   # the reconnect
+
+    def test_reload_with_relative_config_path(self):
+        """--daemon changes directory to /: a reload must still read the
+        file -c named relative to where busgated started."""
+        gw = self.gateway("relative", start=False)
+        r = subprocess.run([BUSGATED, "-c", "busgated.yaml", "--daemon", "--pidfile",
+                            "busgated.pid"], cwd=gw.dir, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=TIMEOUT)
+        self.assertEqual(r.returncode, 0, r)
+        pid = wait_until(lambda: self.read_pid(os.path.join(gw.dir, "busgated.pid")),
+                         "the pid file")
+        self.addCleanup(self.kill_quietly, pid)
+        s = wait_until(lambda: self.try_session(gw.socket_path), "the socket")
+        self.assertEqual(s.stats()["limit.max_line"], "65536")
+        gw.write_config({"listen": {"max_line": "4KiB"}})
+        os.kill(pid, signal.SIGHUP)
+        wait_until(lambda: s.stats()["limit.max_line"] == "4096", "the reload")
+        s.close()
+
     def detach(self, gw, pidfile):
         """busgated --daemon --pidfile; the foreground process's result."""
         r = run([BUSGATED, "-c", gw.config_path, "--daemon", "--pidfile", pidfile])
