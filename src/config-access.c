@@ -39,7 +39,11 @@ access_list(struct load_ctx *c, struct access_rule *ru, const char *key,
         it = NULL, end = NULL, one = v;
     else if (v->type == YAML_SEQUENCE_NODE)
         it = v->data.sequence.items.start, end = v->data.sequence.items.top, one = NULL;
-    else
+    if (v->type == YAML_SEQUENCE_NODE && it == end)
+        /* Not "omitted": feeds: [] would otherwise grant every feed. */
+        return config_err_at(c, &v->start_mark,
+            "access: %s: an empty list names nothing (omit feeds: for every feed)", key);
+    if (v->type != YAML_SCALAR_NODE && v->type != YAML_SEQUENCE_NODE)
         return config_err_at(c, &v->start_mark, "access: %s: expected a list, got %s", key,
             config_node_type_name(v));
     for (;;) {
@@ -62,6 +66,22 @@ access_list(struct load_ctx *c, struct access_rule *ru, const char *key,
     }
 }
 
+/* A key of the rule mapping given before pair p (libyaml keeps both):
+ * two allow: lists would be merged into more than either line says. */
+static const yaml_node_t *
+earlier_key(struct load_ctx *c, const yaml_node_t *map, const yaml_node_pair_t *p,
+    const char *key)
+{
+    for (const yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++) {
+        const yaml_node_t *k = yaml_document_get_node(c->doc, q->key);
+
+        if (k != NULL && k->type == YAML_SCALAR_NODE &&
+            strcmp((const char *)k->data.scalar.value, key) == 0)
+            return k;
+    }
+    return NULL;
+}
+
 /* One rule: a mapping of a subject (user, group, uid, gid; none: anyone),
  * allow or deny (verbs), and feeds (patterns; none: every feed). */
 static int
@@ -80,8 +100,14 @@ access_rule(struct load_ctx *c, struct access_rules *rs, const yaml_node_t *map)
         const yaml_node_t *v = yaml_document_get_node(c->doc, p->value);
         const char *key, *s;
 
+        const yaml_node_t *first;
+
         if (k == NULL || v == NULL || (key = access_scalar(c, "key", k)) == NULL)
             return -1;
+        if ((first = earlier_key(c, map, p, key)) != NULL)
+            return config_err_at(c, &k->start_mark,
+                "access: duplicate key '%s' in a rule (first at line %u)", key,
+                (unsigned)first->start_mark.line + 1);
         if (strcmp(key, "allow") == 0 || strcmp(key, "deny") == 0 ||
             strcmp(key, "feeds") == 0) {
             if (access_list(c, ru, key, v) != 0)

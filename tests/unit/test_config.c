@@ -1091,6 +1091,14 @@ test_access(void **state)
         "uid 1 already)");
     expect_error("bus: {host: h}\naccess:\n  - allow: all\n    deny: [send]\n",
         "t.yaml:4:12: access: a rule either allows or denies, not both");
+    /* An empty feeds: list is not an omitted one (every feed). */
+    expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    allow: all\n    feeds: []\n",
+        "t.yaml:5:12: access: feeds: an empty list names nothing (omit feeds: for every "
+        "feed)");
+    /* Two allow: (or feeds:) lists would be merged into more than either says. */
+    expect_error("bus: {host: h}\naccess:\n  - uid: 1\n    allow: [subscribe]\n"
+                 "    feeds: [a]\n    allow: [publish]\n",
+        "t.yaml:6:5: access: duplicate key 'allow' in a rule (first at line 4)");
     expect_error("bus: {host: h}\naccess:\n  - 5\n",
         "t.yaml:3:5: access: each rule is a mapping (user:/group:/uid:/gid:, "
         "allow:/deny:, feeds:)");
