@@ -149,8 +149,10 @@ const struct opt config_opts[] = {
     NUM("bus.keepalive", K_SEC, bus.keepalive_s, 30, 0, 32767),
     NUM("bus.output_high_water", K_SIZE, bus.output_high_water, 4 * MIB, 4 * KIB, SIZE_CAP),
     SECTION("bus.limits"),
-    NUM("bus.limits.max_string", K_SIZE, bus.limits.max_string, WIRE_DEFAULT_MAX_STRING, 1,
-        GIB),
+    /* At least 256: the link's own names (its probe topic host/client-id)
+     * come back from the distributor and must fit, or it never comes up. */
+    NUM("bus.limits.max_string", K_SIZE, bus.limits.max_string, WIRE_DEFAULT_MAX_STRING,
+        256, GIB),
     NUM("bus.limits.max_payload", K_SIZE, bus.limits.max_payload, WIRE_DEFAULT_MAX_PAYLOAD,
         1, GIB),
     NUM("bus.limits.max_packets", K_COUNT, bus.limits.max_packets, WIRE_DEFAULT_MAX_PACKETS,

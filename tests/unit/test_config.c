@@ -648,7 +648,10 @@ test_ranges(void **state)
     expect_error("bus:\n  host: h\n  port: 65536\n",
         "t.yaml:3:9: bus.port: \"65536\" is out of range (1 to 65535)");
     expect_error("bus:\n  host: h\n  limits: { max_string: 0 }\n",
-        "t.yaml:3:25: bus.limits.max_string: \"0\" is out of range (1B to 1GiB)");
+        "t.yaml:3:25: bus.limits.max_string: \"0\" is out of range (256B to 1GiB)");
+    /* Below the link's own names (its probe topic), the link never came up. */
+    expect_error("bus:\n  host: h\n  limits: { max_string: 16B }\n",
+        "t.yaml:3:25: bus.limits.max_string: \"16B\" is out of range (256B to 1GiB)");
     expect_error("bus:\n  host: h\n  limits: { max_packets: 0 }\n",
         "t.yaml:3:26: bus.limits.max_packets: \"0\" is out of range (1 to 1000000)");
     expect_error("bus:\n  host: h\n  limits: { max_message: 2GiB }\n",
