@@ -92,8 +92,11 @@ config_parse_size(const char *s, uint64_t *out)
     /* One space may separate the number from its unit: "4 MiB". */
     if (*p == ' ' && *++p == '\0')
         return -1;
+    /* KiB, MiB, GiB in any case; kB, MB, GB only so: "KB", "kb" or "mb"
+     * are as often meant as 1024s, and a size must not be a guess. */
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strcasecmp(p, units[i].unit) == 0)
+        if (strchr(units[i].unit, 'i') != NULL ? strcasecmp(p, units[i].unit) == 0
+                                               : strcmp(p, units[i].unit) == 0)
             return scale(n, units[i].mult, out);
     return -1;
 }

@@ -273,6 +273,11 @@ test_sizes(void **state)
         "99999999999999999999",
         "17179869184GiB",
         "4TiB",
+        "8KB", /* kB, MB, GB only as spelled: often meant as 1024s */
+        "8kb",
+        "8mb",
+        "1gb",
+        "2b",
     };
     uint64_t v;
 
