@@ -25,6 +25,7 @@
 #include "pidfile.h"
 #include "router.h"
 #include "sdnotify.h"
+#include "tls.h"
 #include "session.h"
 
 struct daemon {
@@ -317,6 +318,25 @@ absolute_path(const char *path, char *abs, size_t size)
     return abs;
 }
 
+/* --check-config: the TLS files load as a connection (and a reload) loads
+ * them, not only open: a CA file that is no PEM would pass, and then the
+ * link could never come up. */
+static int
+check_tls(const struct config *cfg, char *err, size_t errlen)
+{
+    SSL_CTX *ctx;
+    char why[256];
+
+    if (!cfg->bus.tls.enabled)
+        return 0;
+    if ((ctx = tls_ctx_new(&cfg->bus.tls, why, sizeof why)) == NULL) {
+        snprintf(err, errlen, "%s: bus.tls: %s", cfg->path, why);
+        return -1;
+    }
+    tls_ctx_free(ctx);
+    return 0;
+}
+
 static void
 bus_on_batch_end(void *arg)
 {
@@ -512,7 +532,8 @@ main(int argc, char **argv)
         return 1;
     }
     if (check) {
-        rc = config_check_files(&d.cfg, err, sizeof err);
+        if ((rc = config_check_files(&d.cfg, err, sizeof err)) == 0)
+            rc = check_tls(&d.cfg, err, sizeof err);
         if (rc != 0)
             fprintf(stderr, "busgated: %s\n", err);
         else {

@@ -324,6 +324,18 @@ class CheckConfig(WorkDir):
         self.assertNotIn(SECRET, out + err)
         self.assertFalse(os.path.exists("/tmp/never-bound.sock"))
 
+    def test_tls_files_are_loaded_not_only_opened(self):
+        """A CA file that is no PEM opened fine, so --check-config said OK
+        and the link then never came up (and a reload was refused)."""
+        with open(os.path.join(self.tmp, "bad.pem"), "w") as f:
+            f.write("notpem\n")
+        r, path = self.check(self.GOOD.replace("  auth: basic\n",
+                                               "  auth: basic\n  tls: {ca_file: bad.pem}\n"),
+                             "badtls.yaml")
+        self.assertEqual(r.returncode, 1, r)
+        self.assertRegex(r.stderr.decode(), r"^busgated: %s: bus\.tls: cannot load CA "
+                         r"certificates from .*bad\.pem" % re.escape(path))
+
     def test_unknown_key_did_you_mean(self):
         r, path = self.check("bus:\n  host: x\n  prot: 9091\n", "bad.yaml")
         self.assertEqual(r.returncode, 1, r)
