@@ -241,8 +241,7 @@ daemon_reload(struct daemon *d)
     sdnotify("RELOADING=1");
     log_notice("reloading %s", d->cfg.path);
     memset(&next, 0, sizeof next);
-    if (config_load(&next, d->cfg.path, err, sizeof err) != 0 ||
-        config_check_files(&next, err, sizeof err) != 0) {
+    if (config_load(&next, d->cfg.path, err, sizeof err) != 0) {
         log_error("reload refused, old configuration stays: %s", err);
         config_free(&next);
         sdnotify("READY=1");
@@ -250,7 +249,16 @@ daemon_reload(struct daemon *d)
     }
     if (d->detached)
         next.log.dest = LOG_DEST_SYSLOG; /* as at start: no change to warn of */
+    /* Before the file checks: a start-only setting kept at its old value
+     * (listen.group naming a group not there yet) must not refuse the
+     * settings that do apply. */
     keep_restart_only(&d->cfg, &next);
+    if (config_check_files(&next, err, sizeof err) != 0) {
+        log_error("reload refused, old configuration stays: %s", err);
+        config_free(&next);
+        sdnotify("READY=1");
+        return;
+    }
     audit_config(&next, warn_permissive, NULL);
     if (bus_reconfigure(d->bus, &next.bus, err, sizeof err) != 0) {
         log_error("reload refused, old configuration stays: %s", err);

@@ -568,6 +568,20 @@ class Reload(WithBus):
         s.close()
         gw.stop()
 
+    def test_start_only_setting_does_not_refuse_a_reload(self):
+        """listen.group takes effect at start only: a reload that names a
+        group not there (yet) keeps the old one and applies the rest."""
+        gw = self.gateway("startonly")
+        s = gw.session()
+        off = gw.log_offset()
+        gw.write_config({"listen": {"group": "no-such-group-busgate", "max_line": "4KiB"}})
+        gw.reload()
+        gw.wait_log(r"reloaded ", start=off)
+        self.assertRegex(gw.log()[off:], r"listen.group need a restart")
+        self.assertEqual(s.stats()["limit.max_line"], "4096")
+        s.close()
+        gw.stop()
+
     def test_bad_config_refused_daemon_keeps_serving(self):
         gw = self.gateway("bad")
         s = gw.session()
