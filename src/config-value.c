@@ -71,18 +71,22 @@ scale(uint64_t n, uint64_t mult, uint64_t *out)
 int
 config_parse_size(const char *s, uint64_t *out)
 {
+    /* KiB, MiB, GiB in any case (unambiguous); B, kB, MB, GB only as
+     * written: "KB", "kb" or "mb" are as often meant as 1024s, and a size
+     * must not be a guess. */
     static const struct {
         const char *unit;
         uint64_t mult;
+        bool any_case;
     } units[] = {
-        { "", 1 },
-        { "B", 1 },
-        { "KiB", KIB },
-        { "MiB", MIB },
-        { "GiB", GIB },
-        { "kB", 1000 },
-        { "MB", 1000000 },
-        { "GB", 1000000000 },
+        { "", 1, false },
+        { "B", 1, false },
+        { "KiB", KIB, true },
+        { "MiB", MIB, true },
+        { "GiB", GIB, true },
+        { "kB", 1000, false },
+        { "MB", 1000000, false },
+        { "GB", 1000000000, false },
     };
     uint64_t n;
     const char *p;
@@ -92,11 +96,9 @@ config_parse_size(const char *s, uint64_t *out)
     /* One space may separate the number from its unit: "4 MiB". */
     if (*p == ' ' && *++p == '\0')
         return -1;
-    /* KiB, MiB, GiB in any case; kB, MB, GB only so: "KB", "kb" or "mb"
-     * are as often meant as 1024s, and a size must not be a guess. */
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-        if (strchr(units[i].unit, 'i') != NULL ? strcasecmp(p, units[i].unit) == 0
-                                               : strcmp(p, units[i].unit) == 0)
+        if ((units[i].any_case ? strcasecmp(p, units[i].unit) : strcmp(p, units[i].unit)) ==
+            0)
             return scale(n, units[i].mult, out);
     return -1;
 }
