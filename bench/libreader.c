@@ -8,7 +8,11 @@
  * bg_process, a callback) or by hand (read, bench_parse_lp_data), checks
  * every sequence number, and prints its own CPU time per million events.
  *
- *     libreader [--hand] [-n EVENTS] [-p PAYLOAD]
+ * With -q, the first Q of the N events come before the +OK to the SUB:
+ * the library queues them while its blocking bg_subscribe waits for the
+ * reply, and delivers them from its queue.
+ *
+ *     libreader [--hand] [-n EVENTS] [-p PAYLOAD] [-q QUEUED]
  *     valgrind --tool=callgrind bench/libreader -n 1000000   # instructions
  */
 #include <errno.h>
@@ -58,7 +62,8 @@ on_seq(const uint8_t *payload, size_t len)
 
 /* ---- the child: busgated's side ---- */
 
-/* Reply +OK to each command line until the SUB. */
+/* Reply +OK to each command line until the SUB (whose +OK the caller
+ * sends). */
 static void
 serve_commands(int fd)
 {
@@ -73,22 +78,21 @@ serve_commands(int fd)
             bench_die("libreader serve: no SUB came");
         n += (size_t)r;
         while ((nl = memchr(line, '\n', n)) != NULL) {
-            bool sub = strncmp(line, "SUB ", 4) == 0;
-
+            if (strncmp(line, "SUB ", 4) == 0)
+                return;
             bench_write_all(fd, "+OK\n", 4);
             n -= (size_t)(nl + 1 - line);
             memmove(line, nl + 1, n);
-            if (sub)
-                return;
         }
         if (n == sizeof(line) - 1)
             bench_die("libreader serve: a command line too long");
     }
 }
 
-/* N events, written a chunk at a time (the sequence numbers patched in). */
+/* Events from *seq up to n, written a chunk at a time (the sequence
+ * numbers patched in). */
 static void
-serve_events(int fd, uint64_t n, size_t payload)
+serve_events(int fd, uint64_t *seq_io, uint64_t n, size_t payload)
 {
     char head[128];
     int hl = snprintf(head, sizeof head,
@@ -96,7 +100,7 @@ serve_events(int fd, uint64_t n, size_t payload)
         payload);
     size_t ev_len = (size_t)hl + payload + 1, per = BENCH_CHUNK / ev_len + 1;
     uint8_t *chunk = malloc(per * ev_len);
-    uint64_t seq = 0;
+    uint64_t seq = *seq_io;
 
     if (chunk == NULL)
         bench_die("out of memory");
@@ -114,14 +118,16 @@ serve_events(int fd, uint64_t n, size_t payload)
             bench_put_u64(chunk + i * ev_len + hl, seq++);
         bench_write_all(fd, chunk, k * ev_len);
     }
+    *seq_io = seq;
     free(chunk);
 }
 
 static int
-serve(const char *path, uint64_t n, size_t payload)
+serve(const char *path, uint64_t n, uint64_t queued, size_t payload)
 {
     struct sockaddr_un a = { .sun_family = AF_UNIX };
     int lfd = socket(AF_UNIX, SOCK_STREAM, 0), fd;
+    uint64_t seq = 0;
 
     snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
     if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(lfd, 1) != 0)
@@ -132,7 +138,9 @@ serve(const char *path, uint64_t n, size_t payload)
         bench_die("accept: %s", strerror(errno));
     bench_write_all(fd, GREETING, strlen(GREETING));
     serve_commands(fd);
-    serve_events(fd, n, payload);
+    serve_events(fd, &seq, queued, payload);
+    bench_write_all(fd, "+OK\n", 4);
+    serve_events(fd, &seq, n, payload);
     close(fd);
     close(lfd);
     return 0;
@@ -140,20 +148,22 @@ serve(const char *path, uint64_t n, size_t payload)
 
 /* Start the child and wait until it listens. */
 static pid_t
-start_server(const char *self, const char *path, uint64_t n, size_t payload)
+start_server(const char *self, const char *path, uint64_t n, uint64_t queued,
+    size_t payload)
 {
     int p[2];
-    char ns[32], ps[32], ready[8];
+    char ns[32], qs[32], ps[32], ready[8];
     pid_t pid;
 
     snprintf(ns, sizeof ns, "%llu", (unsigned long long)n);
+    snprintf(qs, sizeof qs, "%llu", (unsigned long long)queued);
     snprintf(ps, sizeof ps, "%zu", payload);
     if (pipe(p) != 0 || (pid = fork()) < 0)
         bench_die("fork: %s", strerror(errno));
     if (pid == 0) {
         dup2(p[1], 1);
         close(p[0]);
-        execl(self, self, "--serve", path, "-n", ns, "-p", ps, (char *)NULL);
+        execl(self, self, "--serve", path, "-n", ns, "-q", qs, "-p", ps, (char *)NULL);
         _exit(127);
     }
     close(p[1]);
@@ -240,7 +250,7 @@ read_hand(const char *path)
 int
 main(int argc, char **argv)
 {
-    uint64_t n = 2000000, t0, c0, wall, cpu;
+    uint64_t n = 2000000, queued = 0, t0, c0, wall, cpu;
     size_t payload = 16;
     bool hand = false;
     const char *serve_path = NULL;
@@ -253,22 +263,26 @@ main(int argc, char **argv)
             hand = true;
         else if (strcmp(argv[i], "-n") == 0 && i + 1 < argc)
             n = strtoull(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "-q") == 0 && i + 1 < argc)
+            queued = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc)
             payload = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--serve") == 0 && i + 1 < argc)
             serve_path = argv[++i];
         else
-            bench_die("usage: libreader [--hand] [-n EVENTS] [-p PAYLOAD]");
+            bench_die("usage: libreader [--hand] [-n EVENTS] [-p PAYLOAD] [-q QUEUED]");
     }
     if (payload < BENCH_MIN_PAYLOAD || payload > BENCH_MAX_PAYLOAD)
         bench_die("libreader: -p from %d to %u", BENCH_MIN_PAYLOAD, BENCH_MAX_PAYLOAD);
+    if (queued > n || (queued > 0 && hand))
+        bench_die("libreader: -q at most -n, and not with --hand");
     if (serve_path != NULL)
-        return serve(serve_path, n, payload);
+        return serve(serve_path, n, queued, payload);
     signal(SIGPIPE, SIG_IGN);
     if (mkdtemp(dir) == NULL)
         bench_die("mkdtemp: %s", strerror(errno));
     snprintf(path, sizeof path, "%s/sock", dir);
-    pid = start_server(argv[0], path, n, payload);
+    pid = start_server(argv[0], path, n, queued, payload);
     t0 = bench_now_ns();
     c0 = cpu_ns();
     if (hand)

@@ -918,6 +918,23 @@ queue_line(struct bg_conn *c, struct evbuffer *copy, const struct lp_frame *fr)
     return 0;
 }
 
+/*
+ * The held line, copied to the end of the queued stream: moving its chain
+ * there (evbuffer_add_buffer) would leave the stream a chain per event,
+ * and the framer's search for a newline across chains starts from the
+ * first one: reading a long queue would cost its square.
+ */
+static int
+add_held_line(struct evbuffer *to, struct evbuffer *held)
+{
+    size_t n = evbuffer_get_length(held);
+    const unsigned char *p = evbuffer_pullup(held, -1);
+
+    if (p == NULL || evbuffer_add(to, p, n) < 0)
+        return -1;
+    return evbuffer_drain(held, n);
+}
+
 /* One line: 1 with a whole item, 0 when a payload follows, -1 malformed.
  * DATA names are taken by reference unless the event is copied (queue
  * mode must copy the line as it came, before anything is written into it). */
@@ -984,7 +1001,7 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
                 p += c->lev.packets[i].len;
             }
             if (copy != NULL &&
-                (evbuffer_add_buffer(copy, c->held_line) < 0 ||
+                (add_held_line(copy, c->held_line) < 0 ||
                     evbuffer_add(copy, fr.data, fr.len) < 0 ||
                     evbuffer_add(copy, "\n", 1) < 0))
                 return -1;
