@@ -1165,11 +1165,16 @@ revoked_names(struct bg_conn *c, struct bg_event *ev)
     return 0;
 }
 
-/* DATA, the hot path: every field stored once (the parser set its names). */
+/* DATA, the hot path: the fields a DATA event has, each stored once. The
+ * others are left as the last DATA event had them (zero: an event of
+ * another kind resets the whole struct first), so that an event costs no
+ * clearing of the struct (the only copy keep_event makes of a DATA
+ * event's strings is of the DATA fields and text). */
 static int
 build_data(struct bg_conn *c)
 {
     const struct lp_event *l = &c->lev;
+    struct bg_event *ev = &c->ev;
 
     if (l->n_packets > c->pk_cap) {
         struct bg_packet *pk = realloc(c->pk, l->n_packets * sizeof(*pk));
@@ -1182,23 +1187,22 @@ build_data(struct bg_conn *c)
     for (uint32_t i = 0; i < l->n_packets; i++)
         c->pk[i] = (struct bg_packet){ l->packets[i].data, l->packets[i].len,
             l->packets[i].entitlements.v, l->packets[i].entitlements.n };
-    c->ev = (struct bg_event){
-        .kind = BG_EV_DATA,
-        .feed = l->feed.ptr,
-        .topic = l->topic.ptr,
-        .user = l->user.ptr,
-        .host = l->host.ptr,
-        .feed_len = l->feed.len,
-        .topic_len = l->topic.len,
-        .user_len = l->user.len,
-        .host_len = l->host.len,
-        .is_image = l->is_image,
-        .is_unicast = l->is_unicast,
-        .content_type = l->content_type.len > 0 ? l->content_type.ptr : "",
-        .packets = c->pk,
-        .n_packets = l->n_packets,
-        .text = "",
-    };
+    if (ev->kind != BG_EV_DATA)
+        *ev = (struct bg_event){ .kind = BG_EV_DATA };
+    ev->feed = l->feed.ptr;
+    ev->topic = l->topic.ptr;
+    ev->user = l->user.ptr;
+    ev->host = l->host.ptr;
+    ev->feed_len = l->feed.len;
+    ev->topic_len = l->topic.len;
+    ev->user_len = l->user.len;
+    ev->host_len = l->host.len;
+    ev->is_image = l->is_image;
+    ev->is_unicast = l->is_unicast;
+    ev->content_type = l->content_type.len > 0 ? l->content_type.ptr : "";
+    ev->packets = c->pk;
+    ev->n_packets = l->n_packets;
+    ev->text = "";
     return 0;
 }
 
