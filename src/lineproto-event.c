@@ -64,7 +64,6 @@ event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
             return -1;
         if (no->by_ref) {
             out->ptr = t->p;
-            no->ev->ref_ends[no->ev->n_ref_names++] = (char *)t->p + t->n;
         } else {
             memcpy(no->room, t->p, t->n);
             no->room[t->n] = '\0';
@@ -87,12 +86,25 @@ event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
     return 0;
 }
 
+/* A name is followed by a separator or the line's end when it points into
+ * the line, by its NUL when it was decoded (or copied): either way the
+ * byte at ptr + len may be written. The empty name is not written to (it
+ * may be the literal ""). */
+static void
+terminate_name(const struct lp_name *n)
+{
+    if (n->len > 0)
+        ((char *)(uintptr_t)n->ptr)[n->len] = '\0';
+}
+
 void
 lp_event_terminate(struct lp_event *ev)
 {
-    for (uint32_t i = 0; i < ev->n_ref_names; i++)
-        *ev->ref_ends[i] = '\0';
-    ev->n_ref_names = 0;
+    terminate_name(&ev->feed);
+    terminate_name(&ev->topic);
+    terminate_name(&ev->user);
+    terminate_name(&ev->host);
+    terminate_name(&ev->content_type);
 }
 
 /* A keyword as the daemon spells it (event_word passes the lengths as

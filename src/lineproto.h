@@ -289,8 +289,6 @@ struct lp_event {
     uint64_t payload_len;
     const char *rest; /* HELLO/ERR/BUS/STAT/PONG/REVOKED: the text after the verb */
     size_t rest_len;
-    char *ref_ends[5]; /* lp_parse_event_ref: where names in the line end */
-    uint32_t n_ref_names;
 
     void *store;
     size_t store_cap;
