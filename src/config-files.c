@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <grp.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -108,43 +109,83 @@ check_token_file(const struct config_bus *b, char *err, size_t errlen)
     return r;
 }
 
+/* TLS files: *key names the one at fault. */
+static int
+check_tls_files(const struct config_tls *t, const char **key, char *why, size_t n)
+{
+    if (!t->enabled)
+        return 0;
+    if (t->ca_file != NULL &&
+        check_readable(*key = "bus.tls.ca_file", t->ca_file, false, why, n) != 0)
+        return -1;
+    if (t->ca_dir != NULL &&
+        check_readable(*key = "bus.tls.ca_dir", t->ca_dir, true, why, n) != 0)
+        return -1;
+    if (t->cert_file != NULL &&
+        check_readable(*key = "bus.tls.cert_file", t->cert_file, false, why, n) != 0)
+        return -1;
+    if (t->key_file != NULL &&
+        check_secret(*key = "bus.tls.key_file", t->key_file, why, n) != 0)
+        return -1;
+    return 0;
+}
+
+/* The secrets' files: *key names the one at fault. */
+static int
+check_auth_files(const struct config_bus *b, const char **key, char *why, size_t n)
+{
+    if (b->auth == CONFIG_AUTH_NONE)
+        return 0;
+    if (b->credentials_file != NULL &&
+        (check_secret(*key = "bus.credentials_file", b->credentials_file, why, n) != 0 ||
+            check_credentials(b, why, n) != 0))
+        return -1;
+    if (b->auth == CONFIG_AUTH_TOKEN && b->token_file != NULL &&
+        check_token_file(b, why, n) != 0) {
+        *key = "bus.token_file";
+        return -1;
+    }
+    return 0;
+}
+
 int
 config_check_files(const struct config *cfg, char *err, size_t errlen)
 {
-    const struct config_bus *b = &cfg->bus;
-    const struct config_tls *t = &b->tls;
+    const char *key = NULL;
     char why[1024];
-    int r = 0;
 
-    if (t->enabled) {
-        if ((t->ca_file != NULL &&
-                check_readable("bus.tls.ca_file", t->ca_file, false, why, sizeof why) !=
-                    0) ||
-            (t->ca_dir != NULL &&
-                check_readable("bus.tls.ca_dir", t->ca_dir, true, why, sizeof why) != 0) ||
-            (t->cert_file != NULL &&
-                check_readable("bus.tls.cert_file", t->cert_file, false, why, sizeof why) !=
-                    0) ||
-            (t->key_file != NULL &&
-                check_secret("bus.tls.key_file", t->key_file, why, sizeof why) != 0))
-            r = -1;
-    }
-    if (r == 0 && b->auth != CONFIG_AUTH_NONE) {
-        if ((b->credentials_file != NULL &&
-                (check_secret("bus.credentials_file", b->credentials_file, why,
-                     sizeof why) != 0 ||
-                    check_credentials(b, why, sizeof why) != 0)) ||
-            (b->auth == CONFIG_AUTH_TOKEN && b->token_file != NULL &&
-                check_token_file(b, why, sizeof why) != 0))
-            r = -1;
-    }
-    if (r == 0 && cfg->listen.group != NULL && getgrnam(cfg->listen.group) == NULL) {
+    if (check_tls_files(&cfg->bus.tls, &key, why, sizeof why) != 0 ||
+        check_auth_files(&cfg->bus, &key, why, sizeof why) != 0)
+        goto bad;
+    if (cfg->listen.group != NULL && getgrnam(cfg->listen.group) == NULL) {
+        key = "listen.group";
         snprintf(why, sizeof why, "listen.group: no group named '%s'", cfg->listen.group);
-        r = -1;
+        goto bad;
     }
-    if (r != 0)
-        set_err(err, errlen, "%s: %s", cfg->path != NULL ? cfg->path : "config", why);
-    return r;
+    return 0;
+bad:
+    return config_err_for(cfg, key, err, errlen, "%s", why);
+}
+
+int
+config_err_for(const struct config *cfg, const char *key, char *err, size_t errlen,
+    const char *fmt, ...)
+{
+    const char *path = cfg->path != NULL ? cfg->path : "config";
+    int i = config_find_opt(key);
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    /* Where the file set it, as a loading error says. */
+    if (i >= 0 && cfg->places[i].line > 0)
+        set_err(err, errlen, "%s:%u:%u: %s", path, (unsigned)cfg->places[i].line,
+            (unsigned)cfg->places[i].col, msg);
+    else
+        set_err(err, errlen, "%s: %s", path, msg);
+    return -1;
 }
 
 /* A string as a YAML double-quoted scalar. */

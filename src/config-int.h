@@ -62,6 +62,7 @@ const char *config_get_str(const struct config *cfg, const struct opt *o);
 const char *config_last_part(const char *key);
 void config_fmt_num(const struct opt *o, uint64_t v, char *buf, size_t n);
 const char *config_enum_name(const struct opt_name *names, int value);
+int config_find_opt(const char *key);
 
 /* config-value.c */
 void config_fmt_size(uint64_t v, char *buf, size_t n);
@@ -73,9 +74,6 @@ int config_parse_mode(const char *s, uint64_t *out);
 /* config-files.c */
 
 #include <yaml.h>
-
-/* Most settings the table may hold (the load marks are arrays of it). */
-#define CONFIG_MAX_OPTS 128
 
 /* One load: where errors go, and where each key was seen for later checks. */
 struct load_ctx {

@@ -301,8 +301,8 @@ config_get_str(const struct config *cfg, const struct opt *o)
     return *(char *const *)cfield(cfg, o);
 }
 
-static int
-find_opt(const char *key)
+int
+config_find_opt(const char *key)
 {
     for (size_t i = 0; i < NOPTS; i++)
         if (strcmp(config_opts[i].key, key) == 0)
@@ -430,7 +430,7 @@ mark_for(struct load_ctx *c, int i, bool value)
     snprintf(key, sizeof key, "%s", i >= 0 ? config_opts[i].key : "");
     for (char *dot; (dot = strrchr(key, '.')) != NULL;) {
         *dot = '\0';
-        if ((j = find_opt(key)) >= 0 && c->seen[j])
+        if ((j = config_find_opt(key)) >= 0 && c->seen[j])
             return &c->key_mark[j];
     }
     return &c->root_mark;
@@ -749,7 +749,7 @@ walk_pair(struct load_ctx *c, const yaml_node_pair_t *p, const char *prefix)
     if (strlen(name) != k->data.scalar.length || k->data.scalar.length > 64)
         return err_unknown(c, k, prefix, name);
     snprintf(full, sizeof full, "%s%s%s", prefix, *prefix ? "." : "", name);
-    if ((i = find_opt(full)) < 0 || !is_child(full, prefix))
+    if ((i = config_find_opt(full)) < 0 || !is_child(full, prefix))
         return err_unknown(c, k, prefix, name);
     if (c->seen[i])
         return config_err_at(c, &k->start_mark, "duplicate key '%s' (first at line %zu)",
@@ -783,10 +783,10 @@ check_metrics(struct load_ctx *c)
     if (m->listen == NULL)
         return 0;
     if (config_metrics_address(m->listen, &ss, &len, &loopback, &why) != 0)
-        return config_err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+        return config_err_at(c, mark_for(c, config_find_opt("metrics.listen"), true),
             "metrics.listen: %s", why);
     if (!loopback && !m->allow_remote)
-        return config_err_at(c, mark_for(c, find_opt("metrics.listen"), true),
+        return config_err_at(c, mark_for(c, config_find_opt("metrics.listen"), true),
             "metrics.listen: %s is not a loopback address; the endpoint has no "
             "authentication, so set metrics.allow_remote: true to serve it there",
             m->listen);
@@ -797,7 +797,7 @@ static int
 check_auth(struct load_ctx *c)
 {
     const struct config_bus *b = &c->cfg->bus;
-    int auth = find_opt("bus.auth");
+    int auth = config_find_opt("bus.auth");
 
     if (b->auth == CONFIG_AUTH_BASIC && b->credentials_file == NULL)
         return config_err_at(c, mark_for(c, auth, true),
@@ -807,11 +807,11 @@ check_auth(struct load_ctx *c)
         return config_err_at(c, mark_for(c, auth, true),
             "bus.auth: token needs bus.token_file or bus.credentials_file");
     if (b->auth != CONFIG_AUTH_TOKEN && b->token_file != NULL)
-        return config_err_at(c, mark_for(c, find_opt("bus.token_file"), true),
+        return config_err_at(c, mark_for(c, config_find_opt("bus.token_file"), true),
             "bus.token_file is only used with bus.auth: token (bus.auth is %s)",
             config_enum_name(auth_names, (int)b->auth));
     if (b->auth == CONFIG_AUTH_NONE && b->credentials_file != NULL)
-        return config_err_at(c, mark_for(c, find_opt("bus.credentials_file"), true),
+        return config_err_at(c, mark_for(c, config_find_opt("bus.credentials_file"), true),
             "bus.credentials_file is set but bus.auth is none "
             "(set bus.auth to basic or token, or remove credentials_file)");
     return 0;
@@ -833,7 +833,7 @@ check_login_strings(struct load_ctx *c)
         return 0;
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         if (values[i] != NULL && strchr(values[i], ';') != NULL)
-            return config_err_at(c, mark_for(c, find_opt(keys[i]), true),
+            return config_err_at(c, mark_for(c, config_find_opt(keys[i]), true),
                 "%s contains ';', which bus.protocol %d cannot send (the "
                 "distributor splits its one login string on ';' with no "
                 "escaping); remove the ';' or use bus.protocol 3",
@@ -849,30 +849,31 @@ check_values(struct load_ctx *c)
     int i;
 
     if (b->host == NULL)
-        return config_err_at(c, mark_for(c, find_opt("bus.host"), false),
+        return config_err_at(c, mark_for(c, config_find_opt("bus.host"), false),
             "bus.host is required (the distributor's host name)");
     if (check_auth(c) != 0 || check_login_strings(c) != 0 || check_metrics(c) != 0)
         return -1;
     if (b->confirm == CONFIG_CONFIRM_HEARTBEAT && b->heartbeat_timeout_ms == 0)
-        return config_err_at(c, mark_for(c, find_opt("bus.confirm"), true),
+        return config_err_at(c, mark_for(c, config_find_opt("bus.confirm"), true),
             "bus.confirm: heartbeat needs bus.heartbeat.timeout (the first heartbeat "
             "confirms the login); use probe for a distributor without heartbeats");
     if ((b->tls.cert_file == NULL) != (b->tls.key_file == NULL)) {
         bool cert = b->tls.cert_file != NULL;
         return config_err_at(c,
-            mark_for(c, find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"), true),
+            mark_for(c, config_find_opt(cert ? "bus.tls.cert_file" : "bus.tls.key_file"),
+                true),
             "%s needs %s as well", cert ? "bus.tls.cert_file" : "bus.tls.key_file",
             cert ? "bus.tls.key_file" : "bus.tls.cert_file");
     }
     if (b->tls.ciphers != NULL && tls_check_ciphers(b->tls.ciphers, why, sizeof why) != 0)
-        return config_err_at(c, mark_for(c, find_opt("bus.tls.ciphers"), true),
+        return config_err_at(c, mark_for(c, config_find_opt("bus.tls.ciphers"), true),
             "bus.tls.ciphers: %s", why);
     if (b->reconnect_min_ms > b->reconnect_max_ms) {
         config_fmt_ms(b->reconnect_min_ms, lo, sizeof lo);
         config_fmt_ms(b->reconnect_max_ms, hi, sizeof hi);
-        i = find_opt("bus.reconnect.min");
+        i = config_find_opt("bus.reconnect.min");
         if (!c->seen[i])
-            i = find_opt("bus.reconnect.max");
+            i = config_find_opt("bus.reconnect.max");
         return config_err_at(c, mark_for(c, i, true),
             "bus.reconnect.min (%s) is greater than bus.reconnect.max (%s)", lo, hi);
     }
@@ -1025,6 +1026,10 @@ load_buffer(struct config *cfg, const char *name, const char *base, const char *
     yaml_parser_set_input_string(&parser, c->input, len);
     if ((r = check_depth(c)) == 0)
         r = load_document(c, &parser);
+    for (size_t i = 0; r == 0 && i < NOPTS; i++)
+        if (c->seen[i])
+            cfg->places[i] = (struct config_place){ (uint32_t)c->val_mark[i].line + 1,
+                (uint32_t)c->val_mark[i].column + 1 };
     yaml_parser_delete(&parser);
     free(c);
     if (r != 0)

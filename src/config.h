@@ -104,8 +104,20 @@ struct config_metrics {
     uint32_t timeout_ms; /* a request must arrive, and go out, within this */
 };
 
+/* Most settings the table may hold (config-int.h's arrays are of it). */
+#define CONFIG_MAX_OPTS 128
+
+/* Where a setting's value was written: line and column from 1, line 0 when
+ * the file did not set it. */
+struct config_place {
+    uint32_t line, col;
+};
+
 struct config {
     char *path; /* the file this came from */
+    /* Each setting's place (settings table order), for what is checked
+     * after loading (config_check_files) to name file:line:column too. */
+    struct config_place places[CONFIG_MAX_OPTS];
     struct config_bus bus;
     struct config_listen listen;
     struct config_router router;
@@ -133,6 +145,11 @@ int config_load_string(struct config *cfg, const char *name, const char *yaml, s
  * credentials file has safe permissions. Returns 0 or -1 with err.
  */
 int config_check_files(const struct config *cfg, char *err, size_t errlen);
+
+/* A problem with setting key found after loading: "file:line:col: message"
+ * in err when the file set it, else "file: message". Returns -1. */
+int config_err_for(const struct config *cfg, const char *key, char *err, size_t errlen,
+    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 
 /* Write the effective configuration as YAML, secrets masked. */
 void config_dump(const struct config *cfg, FILE *out);

@@ -337,10 +337,8 @@ check_tls(const struct config *cfg, char *err, size_t errlen)
 
     if (!cfg->bus.tls.enabled)
         return 0;
-    if ((ctx = tls_ctx_new(&cfg->bus.tls, why, sizeof why)) == NULL) {
-        snprintf(err, errlen, "%s: bus.tls: %s", cfg->path, why);
-        return -1;
-    }
+    if ((ctx = tls_ctx_new(&cfg->bus.tls, why, sizeof why)) == NULL)
+        return config_err_for(cfg, "bus.tls", err, errlen, "bus.tls: %s", why);
     tls_ctx_free(ctx);
     return 0;
 }

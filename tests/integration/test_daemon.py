@@ -333,7 +333,8 @@ class CheckConfig(WorkDir):
                                                "  auth: basic\n  tls: {ca_file: bad.pem}\n"),
                              "badtls.yaml")
         self.assertEqual(r.returncode, 1, r)
-        self.assertRegex(r.stderr.decode(), r"^busgated: %s: bus\.tls: cannot load CA "
+        # Where bus.tls is in the file (line 4, its value at column 8).
+        self.assertRegex(r.stderr.decode(), r"^busgated: %s:4:8: bus\.tls: cannot load CA "
                          r"certificates from .*bad\.pem" % re.escape(path))
 
     def test_unknown_key_did_you_mean(self):

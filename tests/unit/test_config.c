@@ -931,7 +931,7 @@ test_check_files(void **state)
     load_checked(&cfg, basic_yaml);
     assert_int_equal(config_check_files(&cfg, err, sizeof err), -1);
     snprintf(want, sizeof want,
-        "%s: bus.credentials_file: %s: mode 0644 lets group or "
+        "%s:5:21: bus.credentials_file: %s: mode 0644 lets group or "
         "others read or write it; it holds secrets: chmod 600 %s",
         tpath("busgated.yaml"), cfg.bus.credentials_file, cfg.bus.credentials_file);
     assert_string_equal(err, want);
@@ -946,7 +946,7 @@ test_check_files(void **state)
 
     /* A missing CA file. */
     unlink(tpath("ca.pem"));
-    expect_check_error(basic_yaml, "bus.tls.ca_file: ");
+    expect_check_error(basic_yaml, "busgated.yaml:3:19: bus.tls.ca_file: ");
     expect_check_error(basic_yaml, "ca.pem: No such file or directory");
 }
 
@@ -967,7 +967,7 @@ test_check_files_token(void **state)
     config_free(&cfg);
 
     write_file(tpath("token.jwt"), "eyJhbGciOiJIUzI1NiJ9.e30.sig\n", 0640);
-    expect_check_error(token_yaml, "bus.token_file: ");
+    expect_check_error(token_yaml, "busgated.yaml:5:15: bus.token_file: ");
     expect_check_error(token_yaml, "mode 0640");
     write_file(tpath("token.jwt"), "\n\n", 0600);
     expect_check_error(token_yaml, "empty token file");
@@ -995,12 +995,12 @@ test_check_files_tls_key(void **state)
         fail_msg("%s", err);
     config_free(&cfg);
     assert_int_equal(chmod(tpath("client.key"), 0604), 0);
-    expect_check_error(yaml, "bus.tls.key_file: ");
+    expect_check_error(yaml, "busgated.yaml:3:43: bus.tls.key_file: ");
     expect_check_error(yaml, "mode 0604");
     expect_check_error("bus:\n  host: localhost\n  tls: { ca_dir: nonexistent }\n",
-        "bus.tls.ca_dir: ");
+        "busgated.yaml:3:18: bus.tls.ca_dir: ");
     expect_check_error("bus:\n  host: localhost\nlisten: { group: no-such-group-here }\n",
-        "listen.group: no group named 'no-such-group-here'");
+        "busgated.yaml:3:18: listen.group: no group named 'no-such-group-here'");
 }
 
 /* The shipped example must load and say what its comments say. */
