@@ -290,6 +290,7 @@ struct lp_event {
     const char *rest; /* HELLO/ERR/BUS/STAT/PONG/REVOKED: the text after the verb */
     size_t rest_len;
 
+    /* Kept from event to event (each parse clears the fields above). */
     void *store;
     size_t store_cap;
 };
