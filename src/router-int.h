@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <time.h>
 
 #include <bsd/sys/queue.h>
@@ -36,6 +37,47 @@
 #include "router.h"
 #include "wire.h"
 
+/*
+ * The tables' hash: eight bytes at a time, each folded in with a multiply,
+ * then murmur3's finaliser. uthash's default (Jenkins's) took ~190
+ * instructions a lookup of a topic at 1000 topics, for one per message
+ * routed; this takes ~30. Like the default, it has no secret seed.
+ */
+static inline uint64_t
+rt_hash_word(const unsigned char *p, size_t n)
+{
+    uint64_t w = 0;
+
+    if (n >= 8) {
+        memcpy(&w, p, 8);
+        return w;
+    }
+    for (size_t i = 0; i < n; i++)
+        w |= (uint64_t)p[i] << (8 * i);
+    return w;
+}
+
+static inline unsigned
+rt_hash(const void *key, size_t len)
+{
+    const unsigned char *p = key;
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
+    size_t i = 0;
+
+    for (; i + 8 <= len; i += 8)
+        h = (h ^ rt_hash_word(p + i, 8)) * 0xff51afd7ed558ccdull;
+    if (i < len) /* the last bytes, overlapping the word before when there is one */
+        h = (h ^ (len >= 8 ? rt_hash_word(p + len - 8, 8) : rt_hash_word(p, len))) *
+            0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return (unsigned)h;
+}
+
+#define HASH_FUNCTION(keyptr, keylen, hashv) ((hashv) = rt_hash((keyptr), (keylen)))
 #define uthash_fatal(msg) fatalx("out of memory (%s)", msg)
 #include <uthash.h>
 

@@ -21,6 +21,7 @@
 #include "config.h"
 #include "lineproto.h"
 #include "router.h"
+#include "router-int.h"
 #include "wire.h"
 
 /* ---- fake session, reached through the router's port ---- */
@@ -1266,6 +1267,34 @@ test_replay_in_batches(void **state)
     assert_true(fb.n_sent <= 256);
 }
 
+/* The tables' hash spreads keys that differ in a digit or two, in the
+ * low bits uthash takes for a bucket, for short and long keys alike. */
+static void
+test_hash_spreads_keys(void **state)
+{
+    enum { KEYS = 10000, BUCKETS = 1024 };
+    static unsigned counts[BUCKETS];
+    const char *prefixes[] = { "t", "prices.equity.", "" };
+
+    (void)state;
+    for (size_t s = 0; s < sizeof prefixes / sizeof prefixes[0]; s++) {
+        unsigned most = 0;
+
+        memset(counts, 0, sizeof counts);
+        for (int i = 0; i < KEYS; i++) {
+            char key[64];
+            int n = snprintf(key, sizeof key, "%s%d", prefixes[s], i);
+
+            counts[rt_hash(key, (size_t)n) & (BUCKETS - 1)]++;
+        }
+        for (int b = 0; b < BUCKETS; b++)
+            most = counts[b] > most ? counts[b] : most;
+        /* About 10 a bucket; a Poisson spread's fullest is near 22. */
+        if (most > 30)
+            fail_msg("keys %s<n>: a bucket holds %u of %d", prefixes[s], most, KEYS);
+    }
+}
+
 int
 main(void)
 {
@@ -1296,6 +1325,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_role_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pending_across_reconnect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_in_batches, setup, teardown),
+        cmocka_unit_test(test_hash_spreads_keys),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
