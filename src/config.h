@@ -73,6 +73,7 @@ struct config_listen {
     uint32_t max_authorizers;   /* AUTHORIZER feeds per session */
     size_t max_output;          /* bytes queued to one session: slow consumer */
     size_t max_memory;          /* all sessions' queues together */
+    size_t socket_buffer;       /* SO_SNDBUF of each session's socket; 0: the kernel's */
 };
 
 struct config_router {

@@ -5,11 +5,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -121,6 +123,24 @@ daemon_watchdog_start(struct daemon *d)
     return event_add(d->watchdog, &tv);
 }
 
+/*
+ * A session socket's send buffer: how much of the session's output the
+ * kernel holds for the application at once. A larger one than the
+ * kernel's default (208KiB) hands a fast reader more per read and per
+ * write, fewer turns a message. The kernel caps it at net.core.wmem_max.
+ */
+static void
+set_socket_buffer(int fd, size_t bytes)
+{
+    static bool warned;
+    int v = bytes > INT_MAX / 2 ? INT_MAX / 2 : (int)bytes;
+
+    if (bytes == 0 || setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &v, sizeof v) == 0 || warned)
+        return;
+    warned = true;
+    log_warn("listen.socket_buffer: SO_SNDBUF: %s (said once)", strerror(errno));
+}
+
 static void
 daemon_accept(int fd, const struct peer_cred *peer, void *arg)
 {
@@ -130,6 +150,7 @@ daemon_accept(int fd, const struct peer_cred *peer, void *arg)
         close(fd);
         return;
     }
+    set_socket_buffer(fd, d->cfg.listen.socket_buffer);
     session_new(d->base, fd, peer, d->router);
 }
 

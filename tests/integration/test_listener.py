@@ -65,6 +65,43 @@ class ListenerTest(unittest.TestCase):
         finally:
             s.close()
 
+    def session_sndbuf(self, gw):
+        """The kernel's send buffer of busgated's end of one session, from
+        ss(8) (sock_diag): what SO_SNDBUF made it."""
+        sess = gw.session()
+        try:
+            out = subprocess.run(["ss", "-x", "-m", "-p", "-n"], stdout=subprocess.PIPE,
+                                 check=True, timeout=TIMEOUT).stdout.decode()
+        finally:
+            sess.close()
+        mine = "pid=%d," % gw.proc.pid
+        lines = out.splitlines()
+        for i, line in enumerate(lines):
+            # Its accepted socket has the listening path for local address
+            # (libevent's own socket pairs are unnamed).
+            if mine in line and "ESTAB" in line and " %s " % gw.socket_path in line:
+                # skmem on the same line, or the next (ss's layout varies)
+                m = re.search(r"\btb(\d+)", " ".join(lines[i:i + 2]))
+                if m:
+                    return int(m.group(1))
+        self.fail("no session socket of busgated in ss -xmp:\n" + out)
+
+    @unittest.skipIf(shutil.which("ss") is None, "no ss(8) (iproute2)")
+    def test_socket_buffer(self):
+        """listen.socket_buffer is each session socket's SO_SNDBUF (Linux
+        doubles it, capped at net.core.wmem_max); 0 leaves the default."""
+        with open("/proc/sys/net/core/wmem_max") as f:
+            wmem_max = int(f.read())
+        with open("/proc/sys/net/core/wmem_default") as f:
+            wmem_default = int(f.read())
+        gw = self.gateway("sndbuf", listen={"socket_buffer": "96KiB"})
+        gw.start()
+        self.assertEqual(self.session_sndbuf(gw), 2 * min(96 * 1024, wmem_max))
+        gw.stop()
+        gw = self.gateway("sndbuf0", listen={"socket_buffer": 0})
+        gw.start()
+        self.assertEqual(self.session_sndbuf(gw), wmem_default)
+
     def test_mode_group_and_unlink_at_exit(self):
         group = grp.getgrgid(os.getgid()).gr_name
         gw = self.gateway("modes", {"mode": "0660", "group": group})
