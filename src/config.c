@@ -181,7 +181,7 @@ const struct opt config_opts[] = {
     NUM("listen.max_authorizers", K_COUNT, listen.max_authorizers, 1000, 1, 10000000),
     NUM("listen.max_output", K_SIZE, listen.max_output, 8 * MIB, 4 * KIB, SIZE_CAP),
     NUM("listen.max_memory", K_SIZE, listen.max_memory, GIB, 64 * KIB, SIZE_CAP),
-    NUM("listen.socket_buffer", K_SIZE, listen.socket_buffer, MIB, 0, 64 * MIB),
+    NUM("listen.socket_buffer", K_SIZE, listen.socket_buffer, 0, 0, 64 * MIB),
 
     SECTION("router"),
     NUM("router.image_cache", K_SIZE, router.image_cache_bytes, MIB, 0, SIZE_CAP),
