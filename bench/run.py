@@ -198,11 +198,12 @@ listen:
   max_sessions: 20000
   max_subscriptions: 10000
   max_output: %dMiB
+  socket_buffer: %dKiB
 log:
   level: warning
 daemon:
   shutdown_grace: 1s
-""" % (port, sock, self.a.max_output_mib))
+""" % (port, sock, self.a.max_output_mib, self.a.socket_buffer_kib))
         return cfgpath
 
     def gateway(self, src):
@@ -602,9 +603,10 @@ daemon:
                 " -- **other work competed with the measured processes: rates and "
                 "latencies below are disturbed; re-run on a quiet machine**"))
         add("- settings: warm-up %ss, measured %ss per scenario, best of %d; flood window %d MiB of "
-            "events in flight; listen.max_output %d MiB; busgated: plain TCP, auth none, "
-            "log level warning" % (a.warmup, a.duration, a.repeat, a.budget_mib,
-                                   a.max_output_mib))
+            "events in flight; listen.max_output %d MiB; listen.socket_buffer %s; busgated: "
+            "plain TCP, auth none, log level warning" % (
+                a.warmup, a.duration, a.repeat, a.budget_mib, a.max_output_mib,
+                "%d KiB" % a.socket_buffer_kib if a.socket_buffer_kib else "0 (the kernel's)"))
         add("- rates are messages delivered per second (one message to one subscriber = one "
             "delivery); the gateway's CPU is from /proc/PID/schedstat over the measured window")
         if self.gateway_ok is False:
@@ -973,6 +975,8 @@ def main():
     ap.add_argument("--budget-mib", type=int, default=64,
                     help="flood: MiB of events in flight between source and subscribers")
     ap.add_argument("--max-output-mib", type=int, default=256)
+    ap.add_argument("--socket-buffer-kib", type=int, default=0,
+                    help="busgated's listen.socket_buffer (0: the kernel's default)")
     ap.add_argument("--nats-server", default=shutil.which("nats-server") or
                     ("/usr/sbin/nats-server" if os.access("/usr/sbin/nats-server", os.X_OK)
                      else None), help="nats-server binary (the peer; optional)")
