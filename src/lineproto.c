@@ -361,6 +361,12 @@ enum arg_kind {
 
 #define MAX_ARGS 6
 
+/* Tokens a command line is split into at once: the verb, then up to
+ * MAX_ARGS. Every verb has at most MAX_ARGS - 1 fixed arguments, so one
+ * more token than those is always looked for: whether there is one tells
+ * a verb without packets that it was given too many. */
+#define LINE_TOKS (1 + MAX_ARGS)
+
 struct verb_def {
     const char *name; /* upper case */
     unsigned char name_len;
@@ -427,14 +433,40 @@ tok_eq(const struct tok *t, const char *word, size_t n)
     return true;
 }
 
+/* Whether words a and b of w bytes (a constant: one load each) are equal
+ * but for the case bit of each byte. */
+static inline bool
+word_eq_nocase(const char *a, const char *b, size_t w)
+{
+    uint64_t x = 0, y = 0;
+
+    memcpy(&x, a, w);
+    memcpy(&y, b, w);
+    return ((x ^ y) | 0x2020202020202020ull) == 0x2020202020202020ull;
+}
+
+/* Whether the n bytes (2 to 16) at a and b are equal but for the case bit,
+ * read as two overlapping words, so no byte past either is touched. For
+ * a word of letters (every verb) that is exactly an ASCII case-insensitive
+ * match: only a letter's two cases differ by that bit alone. */
+static inline bool
+letters_eq(const char *a, const char *b, size_t n)
+{
+    if (n >= 8)
+        return word_eq_nocase(a, b, 8) && word_eq_nocase(a + n - 8, b + n - 8, 8);
+    if (n >= 4)
+        return word_eq_nocase(a, b, 4) && word_eq_nocase(a + n - 4, b + n - 4, 4);
+    return word_eq_nocase(a, b, 2) && word_eq_nocase(a + n - 2, b + n - 2, 2);
+}
+
 /* The verb a token names: the first byte and the length pick the one
- * candidate, which is then compared whole. */
-static const struct verb_def *
+ * candidate, which is then compared whole (verbs are letters only). */
+static inline const struct verb_def *
 find_verb(const struct tok *t)
 {
     const struct verb_def *vd;
 
-    switch (ascii_lower(t->p[0])) {
+    switch (t->p[0] | 0x20) {
     case 'p':
         vd = &verbs[t->n == 3 ? LP_PUB : LP_PING];
         break;
@@ -459,7 +491,7 @@ find_verb(const struct tok *t)
     default:
         return NULL;
     }
-    return tok_eq(t, vd->name, vd->name_len) ? vd : NULL;
+    return t->n == vd->name_len && letters_eq(t->p, vd->name, t->n) ? vd : NULL;
 }
 
 /* Parsing context for one command. */
@@ -487,35 +519,32 @@ fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
     return -1;
 }
 
-/* Whether any of p[0..n) is >= 0x80 (only then the UTF-8 check). */
+/* Whether any of p[0..n) is >= 0x80 (only then the UTF-8 check): eight
+ * bytes a step, the last eight overlapping, below eight a byte a step. */
 static bool
 any_high(const char *p, size_t n)
 {
-    unsigned char seen = 0;
+    const uint64_t highs = 0x8080808080808080ull;
+    uint64_t w, seen = 0;
 
-    for (size_t i = 0; i < n; i++)
-        seen |= (unsigned char)p[i];
-    return (seen & 0x80) != 0;
+    if (n < 8) {
+        for (size_t i = 0; i < n; i++)
+            seen |= (unsigned char)p[i];
+        return (seen & 0x80) != 0;
+    }
+    for (size_t i = 0; i + 8 <= n; i += 8) {
+        memcpy(&w, p + i, 8);
+        seen |= w;
+    }
+    memcpy(&w, p + n - 8, 8);
+    return ((seen | w) & highs) != 0;
 }
 
-/* A client-supplied name into dst, checked: a clean token (nothing to
- * decode: nearly every one) is copied as it is, any other decoded. */
+/* The checks of a client name decoded into dst (n bytes; high: it may
+ * hold a byte >= 0x80). */
 static int
-client_name(struct cmd_parse *cp, const struct tok *t, bool clean, const char *what,
-    char *dst, struct lp_name *out)
+name_refused(struct cmd_parse *cp, const char *what, const char *dst, uint32_t n, bool high)
 {
-    const char *why = NULL;
-    uint32_t n;
-    bool high;
-
-    if (clean) {
-        memcpy(dst, t->p, t->n);
-        dst[t->n] = '\0';
-        n = t->n > UINT32_MAX ? UINT32_MAX : (uint32_t)t->n;
-        high = any_high(dst, t->n);
-    } else if (decode_name(t->p, t->n, dst, &n, &high, &why) < 0) {
-        return fail(cp, LP_ERR_BAD_NAME, "bad %s: %s", what, why);
-    }
     if (n == 0)
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: must not be empty", what);
     if (n > cp->lim->max_name)
@@ -523,6 +552,33 @@ client_name(struct cmd_parse *cp, const struct tok *t, bool clean, const char *w
             (unsigned)cp->lim->max_name);
     if (high && !lp_utf8_valid((const unsigned char *)dst, n))
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: not valid UTF-8", what);
+    return 0;
+}
+
+/*
+ * A client-supplied name at dst, checked. dst is where its token lies in
+ * the copy of the arguments: a clean token (nothing to decode: nearly
+ * every one) is ready there but for its NUL, any other is decoded over
+ * it (decoding never grows). high: the arguments hold a byte >= 0x80, so
+ * a clean name may need the UTF-8 check (an ASCII one passes it).
+ */
+static inline int
+client_name(struct cmd_parse *cp, const struct tok *t, bool clean, bool high,
+    const char *what, char *dst, struct lp_name *out)
+{
+    const char *why = NULL;
+    uint32_t n;
+
+    if (clean) {
+        dst[t->n] = '\0';
+        n = t->n > UINT32_MAX ? UINT32_MAX : (uint32_t)t->n;
+    } else if (decode_name(t->p, t->n, dst, &n, &high, &why) < 0) {
+        return fail(cp, LP_ERR_BAD_NAME, "bad %s: %s", what, why);
+    }
+    /* A clean token is never empty: the common name is one compare. */
+    if ((n == 0 || n > cp->lim->max_name || high) &&
+        name_refused(cp, what, dst, n, high) < 0)
+        return -1;
     out->ptr = dst;
     out->len = n;
     return 0;
@@ -654,11 +710,11 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     struct cmd_parse cp = { lim, err, msg, msglen };
     const char *p = line, *end;
     const struct verb_def *vd;
-    struct tok verb, args[MAX_ARGS], extra, ctype = { NULL, 0 };
-    bool clean[MAX_ARGS];
+    struct tok toks[LINE_TOKS], *args = toks + 1, ctype = { NULL, 0 };
+    bool cleans[LINE_TOKS], *clean = cleans + 1;
     struct pkt_scan scan;
-    size_t nfix, nopt, nargs = 0, names_room = 0, need;
-    bool has_packets, has_type = false;
+    size_t ntok, nfix, nopt, nargs = 0, span = 0, names_room = 0, need;
+    bool has_packets, has_type = false, high = false;
     char ex[40], *names;
     int32_t *ents;
     long n_auth_ents = 0;
@@ -671,19 +727,22 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         len--;
     end = line + len;
 
-    if (!next_token(&p, end, &verb))
+    /* The verb and its arguments in one walk of the line's special bytes;
+     * p is then where the packet specs start (end when there are none). */
+    if ((ntok = special_tokens(&p, end, toks, cleans, LINE_TOKS)) == 0)
         return fail(&cp, LP_ERR_SYNTAX, "empty line");
-    if ((vd = find_verb(&verb)) == NULL) {
-        excerpt(&verb, ex, sizeof(ex));
+    if ((vd = find_verb(&toks[0])) == NULL) {
+        excerpt(&toks[0], ex, sizeof(ex));
         return fail(&cp, LP_ERR_UNKNOWN_COMMAND, "unknown command '%s'", ex);
     }
     cmd->verb = (enum lp_verb)(vd - verbs);
     nfix = vd->n_fixed;
     nopt = vd->n_optional;
     has_packets = vd->packets;
-    nargs = special_tokens(&p, end, args, clean, nfix);
+    nargs = ntok - 1 < nfix ? ntok - 1 : nfix;
     if (nargs < nfix - nopt)
         return fail(&cp, LP_ERR_SYNTAX, "%s needs %s", vd->name, vd->usage);
+    p = ntok > 1 + nfix ? args[nfix].p : end;
 
     /* Measure the payload first so that even a refused PUB/SEND tells the
      * caller how many bytes to skip. */
@@ -695,15 +754,17 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             cmd->n_packets = scan.n_specs;
             cmd->payload_len = scan.payload_len;
         }
-    } else if (next_token(&p, end, &extra)) {
+    } else if (p < end) {
         if (vd->usage[0] == '\0')
             return fail(&cp, LP_ERR_SYNTAX, "%s takes no arguments", vd->name);
         return fail(&cp, LP_ERR_SYNTAX, "too many arguments: %s %s", vd->name, vd->usage);
     }
 
     /* Storage: packets, then entitlements, then the decoded names. */
-    if (nargs > 0) /* every token and its NUL: at most their span plus one */
-        names_room = (size_t)(args[nargs - 1].p + args[nargs - 1].n - args[0].p) + 1;
+    if (nargs > 0) { /* the tokens' span, copied whole, and a NUL after it */
+        span = (size_t)(args[nargs - 1].p + args[nargs - 1].n - args[0].p);
+        names_room = span + 1;
+    }
     if (has_type)
         names_room += ctype.n + 1;
     if (cmd->verb == LP_AUTHORIZE && nargs == nfix) /* room: one per comma + 1 */
@@ -732,22 +793,27 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         names = cmd->store;
     }
 
+    /* The arguments are copied as they lie in the line, in one go: a name
+     * or token is then at its offset there, ended by a NUL over the
+     * separator after it (or the room's last byte). */
+    if (nargs > 0) {
+        memcpy(names, args[0].p, span);
+        high = any_high(names, span);
+    }
     for (size_t i = 0; i < nargs; i++) {
         const struct tok *t = &args[i];
+        char *at = names + (t->p - args[0].p);
         int r = 0;
 
         switch (vd->args[i]) {
         case A_FEED:
-            r = client_name(&cp, t, clean[i], "feed", names, &cmd->feed);
-            names += t->n + 1;
+            r = client_name(&cp, t, clean[i], high, "feed", at, &cmd->feed);
             break;
         case A_TOPIC:
-            r = client_name(&cp, t, clean[i], "topic", names, &cmd->topic);
-            names += t->n + 1;
+            r = client_name(&cp, t, clean[i], high, "topic", at, &cmd->topic);
             break;
         case A_APP:
-            r = client_name(&cp, t, clean[i], "app name", names, &cmd->app);
-            names += t->n + 1;
+            r = client_name(&cp, t, clean[i], high, "app name", at, &cmd->app);
             if (r == 0 && cmd->app.len > LP_MAX_APP_NAME)
                 r = fail(&cp, LP_ERR_BAD_NAME, "bad app name: %u bytes, at most %d",
                     (unsigned)cmd->app.len, LP_MAX_APP_NAME);
@@ -795,11 +861,9 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             }
             break;
         case A_OPT_TOKEN:
-            memcpy(names, t->p, t->n);
-            names[t->n] = '\0';
-            cmd->token.ptr = names;
+            at[t->n] = '\0';
+            cmd->token.ptr = at;
             cmd->token.len = (uint32_t)t->n;
-            names += t->n + 1;
             break;
         default:
             break;
@@ -809,9 +873,10 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     }
 
     if (has_type) {
+        if (nargs > 0)
+            names += span + 1;
         if (client_content_type(&cp, &ctype, names, &cmd->content_type) < 0)
             goto refused;
-        names += ctype.n + 1;
     }
     if (has_packets) {
         if (check_packets(&cp, &scan) < 0)
