@@ -244,17 +244,17 @@ lp_store_reserve(void **store, size_t *cap, size_t need)
 
 /* ---- packet specs (shared by commands and events) ---- */
 
-/* Parse a spec's "LEN" up to its end or ':'; returns where it stopped,
- * or NULL if LEN is not a decimal number within uint32. */
-static const char *
+/* Parse a spec's "LEN" at p: its digits, up to the first other byte or
+ * end. Returns where they stop (the spec is good when that is a
+ * separator, end or a ':' before its ENTS), or NULL when there is no
+ * digit or LEN is over uint32. */
+static inline const char *
 spec_len(const char *p, const char *end, uint32_t *len)
 {
     const char *start = p;
     uint64_t v = 0;
 
-    for (; p < end && *p != ':'; p++) {
-        if (*p < '0' || *p > '9')
-            return NULL;
+    for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
         v = v * 10 + (uint64_t)(*p - '0');
         if (v > UINT32_MAX)
             return NULL;
@@ -265,66 +265,79 @@ spec_len(const char *p, const char *end, uint32_t *len)
     return p;
 }
 
-/* Validate and measure the packet specs from p to end, storing nothing. */
+/* A good spec's LEN counted, and kept when it is among the first. */
+static inline void
+keep_len(struct pkt_scan *s, uint32_t len)
+{
+    if (s->n_specs < PKT_SCAN_LENS)
+        s->lens[s->n_specs] = len;
+    s->n_specs++;
+}
+
+/* A spec the scan refuses: the first refusal is the one reported. */
+static void
+scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend)
+{
+    if (s->bad == NULL) {
+        s->bad = why;
+        s->bad_tok.p = p;
+        s->bad_tok.n = (size_t)(tend - p);
+    }
+}
+
+/* Validate and measure the packet specs from p to end, storing nothing:
+ * one pass over each spec, its LEN read as its token is walked. */
 void
 lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_scan *s)
 {
-    struct tok t;
-
     s->n_specs = s->n_ents = 0;
     s->payload_len = 0;
     s->lens_ok = true;
     s->has_ents = false;
     s->bad = NULL;
-    while (next_token(&p, end, &t)) {
-        const char *tend = t.p + t.n, *q;
+    while (skip_seps(&p, end)) {
+        const char *start = p, *tend, *q;
         uint32_t len;
+        long n;
 
-        if ((q = spec_len(t.p, tend, &len)) != NULL && s->n_specs < PKT_SCAN_LENS)
-            s->lens[s->n_specs] = len;
-        s->n_specs++;
-        if (q == NULL) {
-            s->lens_ok = false;
-            if (s->bad == NULL) {
-                s->bad = "LEN must be a decimal number of bytes (0 to 4294967295)";
-                s->bad_tok = t;
-            }
+        q = spec_len(p, end, &len);
+        if (q != NULL && (q == end || is_sep(*q))) { /* "LEN": nearly every spec */
+            keep_len(s, len);
+            s->payload_len += len;
+            p = q;
             continue;
         }
-        s->payload_len += len;
-        if (q < tend) {
-            long n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, NULL);
-
-            s->has_ents = true;
-            if (n < 0) {
-                if (s->bad == NULL) {
-                    s->bad =
-                        "ENTS must be a comma list of int32 values, at most max_entitlements";
-                    s->bad_tok = t;
-                }
-                continue;
-            }
-            s->n_ents += (uint32_t)n;
+        p = tend = token_end(q != NULL ? q : start, end);
+        if (q == NULL || *q != ':') {
+            s->n_specs++;
+            s->lens_ok = false;
+            scan_bad(s, "LEN must be a decimal number of bytes (0 to 4294967295)", start,
+                tend);
+            continue;
         }
+        keep_len(s, len);
+        s->payload_len += len;
+        s->has_ents = true;
+        if ((n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, NULL)) < 0) {
+            scan_bad(s,
+                "ENTS must be a comma list of int32 values, at most max_entitlements",
+                start, tend);
+            continue;
+        }
+        s->n_ents += (uint32_t)n;
     }
 }
 
-/* Fill packets[] (and their entitlements from ents) from specs already
- * validated by lp_scan_packets into s: from the LENs it kept when that is
- * all there is, else by parsing the specs again. */
-void
-lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
-    struct wire_packet *packets, int32_t *ents)
+/* Fill packets[] and their entitlements by parsing the n validated specs
+ * again. Not inlined: lp_fill_packets's usual case then saves no
+ * registers for it. */
+static void __attribute__((noinline)) fill_from_specs(const char *p, const char *end,
+    uint32_t max_ents, uint32_t n_specs, struct wire_packet *packets, int32_t *ents)
 {
     struct tok t;
     uint32_t i = 0;
 
-    if (!s->has_ents && s->n_specs <= PKT_SCAN_LENS) {
-        for (; i < s->n_specs; i++)
-            packets[i] = (struct wire_packet){ .len = s->lens[i] };
-        return;
-    }
-    while (i < s->n_specs && next_token(&p, end, &t)) {
+    while (i < n_specs && next_token(&p, end, &t)) {
         const char *tend = t.p + t.n, *q;
         struct wire_packet *pk = &packets[i++];
 
@@ -340,6 +353,21 @@ lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct 
             ents += n;
         }
     }
+}
+
+/* Fill packets[] (and their entitlements from ents) from specs already
+ * validated by lp_scan_packets into s: from the LENs it kept when that is
+ * all there is, else by parsing the specs again. */
+void
+lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
+    struct wire_packet *packets, int32_t *ents)
+{
+    if (s->has_ents || s->n_specs > PKT_SCAN_LENS) {
+        fill_from_specs(p, end, max_ents, s->n_specs, packets, ents);
+        return;
+    }
+    for (uint32_t i = 0; i < s->n_specs; i++)
+        packets[i] = (struct wire_packet){ .len = s->lens[i] };
 }
 
 /* ---- commands ---- */
