@@ -222,6 +222,7 @@ to_int32(uint32_t v)
     return -(int32_t)(~v) - 1;
 }
 
+/* One byte at a time: any byte order (put_be32 is the one-store form). */
 uint8_t *
 wire_put_be32(uint8_t *p, uint32_t v)
 {
@@ -331,36 +332,79 @@ room(const uint8_t *p, const uint8_t *end, uint64_t n)
     return n <= (uint64_t)(end - p);
 }
 
+/* v big-endian at p, as one store. */
+static inline uint8_t *
+put_be32(uint8_t *p, uint32_t v)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap32(v);
+#elif !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__
+    return wire_put_be32(p, v);
+#endif
+    memcpy(p, &v, 4);
+    return p + 4;
+}
+
+/* n bytes from src at p. A name is a few bytes: up to 16 are copied by
+ * two overlapping words (or three bytes), which costs less than the call
+ * a memcpy of a length the compiler does not know becomes. */
+static inline uint8_t *
+put_copy(uint8_t *p, const void *src, size_t n)
+{
+    const uint8_t *s = src;
+    uint64_t a, b;
+    uint32_t c, d;
+
+    if (n > 16) {
+        memcpy(p, s, n);
+    } else if (n >= 8) {
+        memcpy(&a, s, 8);
+        memcpy(&b, s + n - 8, 8);
+        memcpy(p, &a, 8);
+        memcpy(p + n - 8, &b, 8);
+    } else if (n >= 4) {
+        memcpy(&c, s, 4);
+        memcpy(&d, s + n - 4, 4);
+        memcpy(p, &c, 4);
+        memcpy(p + n - 4, &d, 4);
+    } else if (n > 0) {
+        p[0] = s[0];
+        p[n / 2] = s[n / 2];
+        p[n - 1] = s[n - 1];
+    }
+    return p + n;
+}
+
 /* The put_ functions write one part at p, within end: its end, or NULL
  * when it does not fit or cannot be written (as msg_size refuses). */
-static uint8_t *
+static inline uint8_t *
 put_str(uint8_t *p, const uint8_t *end, const struct wire_str *s)
 {
     if (s->len > (uint32_t)INT32_MAX || !room(p, end, 4 + (uint64_t)s->len) ||
         (s->len > 0 && s->ptr == NULL))
         return NULL;
-    p = wire_put_be32(p, s->len);
-    return wire_put_bytes(p, s->ptr, s->len);
+    p = put_be32(p, s->len);
+    return put_copy(p, s->ptr, s->len);
 }
 
-static uint8_t *
+static inline uint8_t *
 put_ints(uint8_t *p, const uint8_t *end, const struct wire_ints *ints)
 {
     if (ints->n > (uint32_t)INT32_MAX || !room(p, end, 4 + (uint64_t)ints->n * 4) ||
         (ints->n > 0 && ints->v == NULL))
         return NULL;
-    p = wire_put_be32(p, ints->n);
+    p = put_be32(p, ints->n);
     for (uint32_t i = 0; i < ints->n; i++)
-        p = wire_put_be32(p, (uint32_t)ints->v[i]);
+        p = put_be32(p, (uint32_t)ints->v[i]);
     return p;
 }
 
-static uint8_t *
+static inline uint8_t *
 put_packets(uint8_t *p, const uint8_t *end, const struct wire_packet *packets, uint32_t n)
 {
     if (n > (uint32_t)INT32_MAX || !room(p, end, 4) || (n > 0 && packets == NULL))
         return NULL;
-    p = wire_put_be32(p, n);
+    p = put_be32(p, n);
     for (uint32_t i = 0; i < n; i++) {
         const struct wire_packet *pk = &packets[i];
 
@@ -368,13 +412,24 @@ put_packets(uint8_t *p, const uint8_t *end, const struct wire_packet *packets, u
             pk->len > (uint32_t)INT32_MAX || !room(p, end, 4 + (uint64_t)pk->len) ||
             (pk->len > 0 && pk->data == NULL))
             return NULL;
-        p = wire_put_be32(p, pk->len);
-        p = wire_put_bytes(p, pk->data, pk->len);
+        p = put_be32(p, pk->len);
+        p = put_copy(p, pk->data, pk->len);
     }
     return p;
 }
 
-/* Write msg at p, within end: one walk of its schema, sizing as it goes. */
+static inline uint8_t *
+put_bool(uint8_t *p, const uint8_t *end, bool v)
+{
+    if (!room(p, end, 1))
+        return NULL;
+    *p = v ? 1 : 0;
+    return p + 1;
+}
+
+/* Write msg at p, within end: one walk of its schema, sizing as it goes.
+ * The image slot is decided here, not through field_at: one branch on
+ * the version where the slot is, none for the other fields. */
 static uint8_t *
 put_msg(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
 {
@@ -382,20 +437,32 @@ put_msg(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
         return NULL;
     *p++ = (uint8_t)msg->type;
     for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END && p != NULL; f++) {
-        int field = field_at(msg->version, *f);
-
-        switch (field) {
+        switch (*f) {
         case WF_USER:
+            p = put_str(p, end, &msg->user);
+            break;
         case WF_HOST:
+            p = put_str(p, end, &msg->host);
+            break;
         case WF_FEED:
+            p = put_str(p, end, &msg->feed);
+            break;
         case WF_TOPIC:
-        case WF_CONTENT_TYPE:
-            p = put_str(p, end, msg_cstr(msg, field));
+            p = put_str(p, end, &msg->topic);
+            break;
+        case WF_IMAGE:
+            p = msg->version >= WIRE_V6 ? put_str(p, end, &msg->content_type)
+                                        : put_bool(p, end, msg->is_image);
             break;
         case WF_CLIENT_ID:
-            p = room(p, end, WIRE_GUID_LEN)
-                ? wire_put_bytes(p, msg->client_id, WIRE_GUID_LEN)
-                : NULL;
+            p = room(p, end, WIRE_GUID_LEN) ? put_copy(p, msg->client_id, WIRE_GUID_LEN)
+                                            : NULL;
+            break;
+        case WF_IS_ADD:
+            p = put_bool(p, end, msg->is_add);
+            break;
+        case WF_AUTH_REQUIRED:
+            p = put_bool(p, end, msg->auth_required);
             break;
         case WF_ENTITLEMENTS:
             p = put_ints(p, end, &msg->entitlements);
@@ -403,11 +470,8 @@ put_msg(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
         case WF_PACKETS:
             p = put_packets(p, end, msg->packets, msg->n_packets);
             break;
-        default:
-            if (room(p, end, 1))
-                *p++ = msg_cbool(msg, field) ? 1 : 0;
-            else
-                p = NULL;
+        default: /* the schema holds no other slot */
+            p = NULL;
             break;
         }
     }
