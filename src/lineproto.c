@@ -372,28 +372,13 @@ lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct 
 
 /* ---- commands ---- */
 
-enum arg_kind {
-    A_END,
-    A_FEED, /* a client name (feed or topic) */
-    A_TOPIC,
-    A_CLIENT_ID,
-    A_IMAGE,    /* image | delta */
-    A_REQUIRED, /* required | not-required */
-    A_ON_OFF,
-    A_OPT_ENTS,  /* optional comma list */
-    A_OPT_TOKEN, /* optional raw token */
-    A_OPT_VIEW,  /* optional STATS view: SESSIONS | LINK */
-    A_PACKETS,   /* zero or more packet specs to the end of the line */
-    A_APP,       /* NAME's app name: a name, at most LP_MAX_APP_NAME bytes */
-};
+/* Most arguments a verb takes before its packet specs (SEND's). */
+#define MAX_ARGS 5
 
-#define MAX_ARGS 6
-
-/* Tokens a command line is split into at once: the verb, then up to
- * MAX_ARGS. Every verb has at most MAX_ARGS - 1 fixed arguments, so one
- * more token than those is always looked for: whether there is one tells
- * a verb without packets that it was given too many. */
-#define LINE_TOKS (1 + MAX_ARGS)
+/* Tokens a command line is split into at once: the verb, its arguments
+ * and one more, whose presence tells a verb without packets that it was
+ * given too many. */
+#define LINE_TOKS (2 + MAX_ARGS)
 
 struct verb_def {
     const char *name; /* upper case */
@@ -401,37 +386,35 @@ struct verb_def {
     unsigned char n_fixed;    /* arguments before the packet specs (if any) */
     unsigned char n_optional; /* of those, how many may be left out */
     bool packets;             /* packet specs follow */
-    enum arg_kind args[MAX_ARGS];
     const char *usage;
 };
 
-/* NAME, then the counts that follow from its arguments (checked against
- * them by the lineproto unit tests, through lp_parse_command). */
+/* NAME, then the counts that follow from its arguments as parse_args
+ * takes them (checked by the lineproto unit tests, through
+ * lp_parse_command). */
 #define VERB(name, n_fixed, n_optional, packets)                                           \
     name, sizeof name - 1, n_fixed, n_optional, packets
 
 /* Indexed by enum lp_verb. */
 static const struct verb_def verbs[] = {
-    [LP_SUB] = { VERB("SUB", 2, 0, false), { A_FEED, A_TOPIC }, "<feed> <topic>" },
-    [LP_UNSUB] = { VERB("UNSUB", 2, 0, false), { A_FEED, A_TOPIC }, "<feed> <topic>" },
-    [LP_PUB] = { VERB("PUB", 3, 0, true), { A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
+    [LP_SUB] = { VERB("SUB", 2, 0, false), "<feed> <topic>" },
+    [LP_UNSUB] = { VERB("UNSUB", 2, 0, false), "<feed> <topic>" },
+    [LP_PUB] = { VERB("PUB", 3, 0, true),
         "<feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
     [LP_SEND] = { VERB("SEND", 4, 0, true),
-        { A_CLIENT_ID, A_FEED, A_TOPIC, A_IMAGE, A_PACKETS },
         "<client-id> <feed> <topic> <image|delta> [type=<content-type>] [PKT...]" },
-    [LP_NOTIFY] = { VERB("NOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
-    [LP_UNNOTIFY] = { VERB("UNNOTIFY", 1, 0, false), { A_FEED }, "<feed>" },
+    [LP_NOTIFY] = { VERB("NOTIFY", 1, 0, false), "<feed>" },
+    [LP_UNNOTIFY] = { VERB("UNNOTIFY", 1, 0, false), "<feed>" },
     /* No feed: every feed (the feed stays { NULL, 0 }; names are never empty). */
-    [LP_AUTHORIZER] = { VERB("AUTHORIZER", 1, 1, false), { A_FEED }, "[feed]" },
-    [LP_UNAUTHORIZER] = { VERB("UNAUTHORIZER", 1, 1, false), { A_FEED }, "[feed]" },
+    [LP_AUTHORIZER] = { VERB("AUTHORIZER", 1, 1, false), "[feed]" },
+    [LP_UNAUTHORIZER] = { VERB("UNAUTHORIZER", 1, 1, false), "[feed]" },
     [LP_AUTHORIZE] = { VERB("AUTHORIZE", 5, 1, false),
-        { A_CLIENT_ID, A_FEED, A_TOPIC, A_REQUIRED, A_OPT_ENTS },
         "<client-id> <feed> <topic> <required|not-required> [ENTS]" },
-    [LP_PING] = { VERB("PING", 1, 1, false), { A_OPT_TOKEN }, "[token]" },
-    [LP_STATS] = { VERB("STATS", 1, 1, false), { A_OPT_VIEW }, "[SESSIONS|LINK]" },
-    [LP_VERBOSE] = { VERB("VERBOSE", 1, 0, false), { A_ON_OFF }, "<on|off>" },
-    [LP_QUIT] = { VERB("QUIT", 0, 0, false), { A_END }, "" },
-    [LP_NAME] = { VERB("NAME", 1, 0, false), { A_APP }, "<app-name>" },
+    [LP_PING] = { VERB("PING", 1, 1, false), "[token]" },
+    [LP_STATS] = { VERB("STATS", 1, 1, false), "[SESSIONS|LINK]" },
+    [LP_VERBOSE] = { VERB("VERBOSE", 1, 0, false), "<on|off>" },
+    [LP_QUIT] = { VERB("QUIT", 0, 0, false), "" },
+    [LP_NAME] = { VERB("NAME", 1, 0, false), "<app-name>" },
 };
 
 #undef VERB
@@ -583,15 +566,11 @@ name_refused(struct cmd_parse *cp, const char *what, const char *dst, uint32_t n
     return 0;
 }
 
-/*
- * A client-supplied name at dst, checked. dst is where its token lies in
- * the copy of the arguments: a clean token (nothing to decode: nearly
- * every one) is ready there but for its NUL, any other is decoded over
- * it (decoding never grows). high: the arguments hold a byte >= 0x80, so
- * a clean name may need the UTF-8 check (an ASCII one passes it).
- */
-static inline int
-client_name(struct cmd_parse *cp, const struct tok *t, bool clean, bool high,
+/* client_name for a name that needs more than a NUL: decoded, or long,
+ * or perhaps not UTF-8 (high), or refused. Cold and never inlined: when
+ * it was, every name paid its register saves. */
+static int __attribute__((cold, noinline))
+client_name_checked(struct cmd_parse *cp, const struct tok *t, bool clean, bool high,
     const char *what, char *dst, struct lp_name *out)
 {
     const char *why = NULL;
@@ -603,12 +582,30 @@ client_name(struct cmd_parse *cp, const struct tok *t, bool clean, bool high,
     } else if (decode_name(t->p, t->n, dst, &n, &high, &why) < 0) {
         return fail(cp, LP_ERR_BAD_NAME, "bad %s: %s", what, why);
     }
-    /* A clean token is never empty: the common name is one compare. */
-    if ((n == 0 || n > cp->lim->max_name || high) &&
-        name_refused(cp, what, dst, n, high) < 0)
+    if (name_refused(cp, what, dst, n, high) < 0)
         return -1;
     out->ptr = dst;
     out->len = n;
+    return 0;
+}
+
+/*
+ * A client-supplied name at dst, checked. dst is where its token lies in
+ * the copy of the arguments: a clean token (nothing to decode: nearly
+ * every one) is ready there but for its NUL, any other is decoded over
+ * it (decoding never grows). high: the arguments hold a byte >= 0x80, so
+ * a clean name may need the UTF-8 check (an ASCII one passes it). A clean
+ * token is never empty, so the usual name is the one test here, inline.
+ */
+static inline int
+client_name(struct cmd_parse *cp, const struct tok *t, bool clean, bool high,
+    const char *what, char *dst, struct lp_name *out)
+{
+    if (!clean || high || t->n > cp->lim->max_name)
+        return client_name_checked(cp, t, clean, high, what, dst, out);
+    dst[t->n] = '\0';
+    out->ptr = dst;
+    out->len = (uint32_t)t->n;
     return 0;
 }
 
@@ -715,6 +712,155 @@ check_packets(struct cmd_parse *cp, const struct pkt_scan *s)
     if (s->payload_len > cp->lim->max_payload)
         return fail(cp, LP_ERR_PAYLOAD_TOO_LARGE, "%llu payload bytes, at most %u",
             (unsigned long long)s->payload_len, (unsigned)cp->lim->max_payload);
+    return 0;
+}
+
+/* A command's arguments as parse_args takes them. */
+struct cmd_args {
+    struct cmd_parse *cp;
+    struct lp_cmd *cmd;
+    const struct tok *t; /* the tokens */
+    const bool *clean;   /* each: nothing to decode */
+    size_t n;            /* how many were given */
+    char *names;         /* the copy of their span */
+    int32_t *ents;       /* room for AUTHORIZE's entitlements */
+    bool high;           /* the span holds a byte >= 0x80 */
+};
+
+/* Argument i, a name, at its place in the copy of the arguments. */
+static inline int
+arg_name(const struct cmd_args *a, size_t i, const char *what, struct lp_name *out)
+{
+    return client_name(a->cp, &a->t[i], a->clean[i], a->high, what,
+        a->names + (a->t[i].p - a->t[0].p), out);
+}
+
+static int
+arg_app(const struct cmd_args *a, size_t i)
+{
+    struct lp_cmd *cmd = a->cmd;
+
+    if (arg_name(a, i, "app name", &cmd->app) < 0)
+        return -1;
+    if (cmd->app.len > LP_MAX_APP_NAME)
+        return fail(a->cp, LP_ERR_BAD_NAME, "bad app name: %u bytes, at most %d",
+            (unsigned)cmd->app.len, LP_MAX_APP_NAME);
+    return 0;
+}
+
+static int
+arg_client_id(const struct cmd_args *a, size_t i)
+{
+    const struct tok *t = &a->t[i];
+    char ex[40];
+
+    if (guid_from_text(t->p, t->n, a->cmd->client_id) == 0)
+        return 0;
+    excerpt(t, ex, sizeof(ex));
+    return fail(a->cp, LP_ERR_BAD_CLIENT_ID,
+        "'%s' is not a client id like 00112233-4455-6677-8899-aabbccddeeff", ex);
+}
+
+static int
+arg_ents(const struct cmd_args *a, size_t i)
+{
+    const struct tok *t = &a->t[i];
+    uint32_t max = a->cp->lim->max_entitlements;
+    long n = parse_ints(t->p, t->n, max, a->ents);
+    char ex[40];
+
+    if (n < 0) {
+        excerpt(t, ex, sizeof(ex));
+        return fail(a->cp, LP_ERR_SYNTAX,
+            "entitlements '%s': a comma list of int32 values, at most %u", ex,
+            (unsigned)max);
+    }
+    a->cmd->entitlements.v = a->ents;
+    a->cmd->entitlements.n = (uint32_t)n;
+    return 0;
+}
+
+static int
+arg_view(const struct cmd_args *a, size_t i)
+{
+    const struct tok *t = &a->t[i];
+    char ex[40];
+
+    if (tok_is(t, "SESSIONS")) {
+        a->cmd->stats_view = LP_STATS_SESSIONS;
+    } else if (tok_is(t, "LINK")) {
+        a->cmd->stats_view = LP_STATS_LINK;
+    } else {
+        excerpt(t, ex, sizeof(ex));
+        return fail(a->cp, LP_ERR_SYNTAX, "expected SESSIONS or LINK, got '%s'", ex);
+    }
+    return 0;
+}
+
+/* PING's token, raw (not unescaped), at its place in the copy. */
+static int
+arg_token(const struct cmd_args *a, size_t i)
+{
+    const struct tok *t = &a->t[i];
+    char *at = a->names + (t->p - a->t[0].p);
+
+    at[t->n] = '\0';
+    a->cmd->token.ptr = at;
+    a->cmd->token.len = (uint32_t)t->n;
+    return 0;
+}
+
+/*
+ * The verb's arguments (a->n of them: its fixed ones, less any optional
+ * ones left out), each checked in order: the first refusal is the one
+ * reported. A switch on the verb, then straight-line code for its
+ * arguments; the counts in verbs[] follow from it.
+ */
+static int
+parse_args(const struct cmd_args *a)
+{
+    struct lp_cmd *cmd = a->cmd;
+    const struct tok *t = a->t;
+
+    switch (cmd->verb) {
+    case LP_PUB:
+        if (arg_name(a, 0, "feed", &cmd->feed) < 0 ||
+            arg_name(a, 1, "topic", &cmd->topic) < 0)
+            return -1;
+        return KEYWORD(a->cp, &t[2], "image", "delta", &cmd->is_image);
+    case LP_SEND:
+        if (arg_client_id(a, 0) < 0 || arg_name(a, 1, "feed", &cmd->feed) < 0 ||
+            arg_name(a, 2, "topic", &cmd->topic) < 0)
+            return -1;
+        return KEYWORD(a->cp, &t[3], "image", "delta", &cmd->is_image);
+    case LP_SUB:
+    case LP_UNSUB:
+        if (arg_name(a, 0, "feed", &cmd->feed) < 0)
+            return -1;
+        return arg_name(a, 1, "topic", &cmd->topic);
+    case LP_NOTIFY:
+    case LP_UNNOTIFY:
+        return arg_name(a, 0, "feed", &cmd->feed);
+    case LP_AUTHORIZER: /* no feed: every feed */
+    case LP_UNAUTHORIZER:
+        return a->n > 0 ? arg_name(a, 0, "feed", &cmd->feed) : 0;
+    case LP_AUTHORIZE:
+        if (arg_client_id(a, 0) < 0 || arg_name(a, 1, "feed", &cmd->feed) < 0 ||
+            arg_name(a, 2, "topic", &cmd->topic) < 0 ||
+            KEYWORD(a->cp, &t[3], "required", "not-required", &cmd->required) < 0)
+            return -1;
+        return a->n > 4 ? arg_ents(a, 4) : 0;
+    case LP_PING:
+        return a->n > 0 ? arg_token(a, 0) : 0;
+    case LP_STATS:
+        return a->n > 0 ? arg_view(a, 0) : 0;
+    case LP_VERBOSE:
+        return KEYWORD(a->cp, &t[0], "on", "off", &cmd->on);
+    case LP_NAME:
+        return arg_app(a, 0);
+    case LP_QUIT:
+        break;
+    }
     return 0;
 }
 
@@ -828,77 +974,9 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         memcpy(names, args[0].p, span);
         high = any_high(names, span);
     }
-    for (size_t i = 0; i < nargs; i++) {
-        const struct tok *t = &args[i];
-        char *at = names + (t->p - args[0].p);
-        int r = 0;
-
-        switch (vd->args[i]) {
-        case A_FEED:
-            r = client_name(&cp, t, clean[i], high, "feed", at, &cmd->feed);
-            break;
-        case A_TOPIC:
-            r = client_name(&cp, t, clean[i], high, "topic", at, &cmd->topic);
-            break;
-        case A_APP:
-            r = client_name(&cp, t, clean[i], high, "app name", at, &cmd->app);
-            if (r == 0 && cmd->app.len > LP_MAX_APP_NAME)
-                r = fail(&cp, LP_ERR_BAD_NAME, "bad app name: %u bytes, at most %d",
-                    (unsigned)cmd->app.len, LP_MAX_APP_NAME);
-            break;
-        case A_CLIENT_ID:
-            if (guid_from_text(t->p, t->n, cmd->client_id) < 0) {
-                excerpt(t, ex, sizeof(ex));
-                r = fail(&cp, LP_ERR_BAD_CLIENT_ID,
-                    "'%s' is not a client id like 00112233-4455-6677-8899-aabbccddeeff",
-                    ex);
-            }
-            break;
-        case A_IMAGE:
-            r = KEYWORD(&cp, t, "image", "delta", &cmd->is_image);
-            break;
-        case A_REQUIRED:
-            r = KEYWORD(&cp, t, "required", "not-required", &cmd->required);
-            break;
-        case A_ON_OFF:
-            r = KEYWORD(&cp, t, "on", "off", &cmd->on);
-            break;
-        case A_OPT_ENTS: {
-            long n = parse_ints(t->p, t->n, lim->max_entitlements, ents);
-
-            if (n < 0) {
-                excerpt(t, ex, sizeof(ex));
-                r = fail(&cp, LP_ERR_SYNTAX,
-                    "entitlements '%s': a comma list of "
-                    "int32 values, at most %u",
-                    ex, (unsigned)lim->max_entitlements);
-                break;
-            }
-            cmd->entitlements.v = ents;
-            cmd->entitlements.n = (uint32_t)n;
-            break;
-        }
-        case A_OPT_VIEW:
-            if (tok_is(t, "SESSIONS"))
-                cmd->stats_view = LP_STATS_SESSIONS;
-            else if (tok_is(t, "LINK"))
-                cmd->stats_view = LP_STATS_LINK;
-            else {
-                excerpt(t, ex, sizeof(ex));
-                r = fail(&cp, LP_ERR_SYNTAX, "expected SESSIONS or LINK, got '%s'", ex);
-            }
-            break;
-        case A_OPT_TOKEN:
-            at[t->n] = '\0';
-            cmd->token.ptr = at;
-            cmd->token.len = (uint32_t)t->n;
-            break;
-        default:
-            break;
-        }
-        if (r < 0)
-            goto refused;
-    }
+    if (parse_args(&(struct cmd_args){ &cp, cmd, args, clean, nargs, names, ents, high }) <
+        0)
+        goto refused;
 
     if (has_type) {
         if (nargs > 0)
