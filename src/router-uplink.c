@@ -44,19 +44,26 @@ uplink_ready(const struct router *r)
     return r->bus != NULL && !r->freeing && rt_linked(r->state) && bus_data_ready(r->bus);
 }
 
+/* m to the bus, whose link the caller found up; back-pressure past its
+ * high-water mark. */
+static inline enum bus_send_result
+send_up(struct router *r, const struct wire_msg *m)
+{
+    enum bus_send_result res = bus_send(r->bus, m);
+
+    if (res == BUS_SENT && bus_congested(r->bus))
+        congest(r, "bus output over its high-water mark");
+    return res;
+}
+
 /* Send upstream while the link is up; otherwise the replay at reconnect
  * does it. Returns the bus result (BUS_NOT_UP while down). */
 enum bus_send_result
 rt_upstream(struct router *r, const struct wire_msg *m)
 {
-    enum bus_send_result res;
-
     if (r->bus == NULL || r->freeing || !rt_linked(r->state))
         return BUS_NOT_UP;
-    res = bus_send(r->bus, m);
-    if (res == BUS_SENT && bus_congested(r->bus))
-        congest(r, "bus output over its high-water mark");
-    return res;
+    return send_up(r, m);
 }
 
 /* The link itself holds a subscription to this topic (the heartbeat
@@ -305,8 +312,10 @@ rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *
 {
     enum bus_send_result res;
 
-    rt_queue_flush(r);
-    if (r->queue_count == 0 && uplink_ready(r) && (res = rt_upstream(r, m)) != BUS_NOT_UP)
+    if (r->queue_count > 0)
+        rt_queue_flush(r);
+    /* uplink_ready covers what rt_upstream would check again */
+    if (r->queue_count == 0 && uplink_ready(r) && (res = send_up(r, m)) != BUS_NOT_UP)
         return res;
     return queue_data(r, m, while_down, why, whylen);
 }
