@@ -365,9 +365,10 @@ static void __attribute__((noinline)) fill_from_specs(const char *p, const char 
 
 /* Fill packets[] (and their entitlements from ents) from specs already
  * validated by lp_scan_packets into s: from the LENs it kept when that is
- * all there is, else by parsing the specs again. */
-void
-lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
+ * all there is, else by parsing the specs again. Inline in the command
+ * parser, as scan_packets is; lp_fill_packets is it for the event parser. */
+static inline __attribute__((always_inline)) void
+fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
     struct wire_packet *packets, int32_t *ents)
 {
     if (s->has_ents || s->n_specs > PKT_SCAN_LENS) {
@@ -376,6 +377,13 @@ lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct 
     }
     for (uint32_t i = 0; i < s->n_specs; i++)
         packets[i] = (struct wire_packet){ .len = s->lens[i] };
+}
+
+void
+lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
+    struct wire_packet *packets, int32_t *ents)
+{
+    fill_packets(p, end, max_ents, s, packets, ents);
 }
 
 /* ---- commands ---- */
@@ -452,30 +460,16 @@ tok_eq(const struct tok *t, const char *word, size_t n)
     return true;
 }
 
-/* Whether words a and b of w bytes (a constant: one load each) are equal
- * but for the case bit of each byte. */
-static inline bool
-word_eq_nocase(const char *a, const char *b, size_t w)
-{
-    uint64_t x = 0, y = 0;
-
-    memcpy(&x, a, w);
-    memcpy(&y, b, w);
-    return ((x ^ y) | 0x2020202020202020ull) == 0x2020202020202020ull;
-}
-
-/* Whether the n bytes (2 to 16) at a and b are equal but for the case bit,
- * read as two overlapping words, so no byte past either is touched. For
- * a word of letters (every verb) that is exactly an ASCII case-insensitive
- * match: only a letter's two cases differ by that bit alone. */
+/* Whether the n bytes at a and b are equal but for the case bit of each:
+ * for a word of letters (every verb) exactly an ASCII case-insensitive
+ * match, since only a letter's two cases differ by that bit alone. */
 static inline bool
 letters_eq(const char *a, const char *b, size_t n)
 {
-    if (n >= 8)
-        return word_eq_nocase(a, b, 8) && word_eq_nocase(a + n - 8, b + n - 8, 8);
-    if (n >= 4)
-        return word_eq_nocase(a, b, 4) && word_eq_nocase(a + n - 4, b + n - 4, 4);
-    return word_eq_nocase(a, b, 2) && word_eq_nocase(a + n - 2, b + n - 2, 2);
+    for (size_t i = 0; i < n; i++)
+        if (((unsigned char)a[i] ^ (unsigned char)b[i]) & ~0x20u)
+            return false;
+    return true;
 }
 
 /* The verb a token names: the first byte and the length pick the one
@@ -996,7 +990,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     if (has_packets) {
         if (check_packets(&cp, &scan) < 0)
             goto refused;
-        lp_fill_packets(p, end, lim->max_entitlements, &scan, cmd->packets, ents);
+        fill_packets(p, end, lim->max_entitlements, &scan, cmd->packets, ents);
     }
     return 0;
 
