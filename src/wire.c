@@ -42,21 +42,44 @@ enum wire_field {
 
 #define WIRE_MAX_FIELDS 8 /* the longest list (7) plus WF_END */
 
-static const uint8_t wire_schema[WIRE_TYPE_MAX + 1][WIRE_MAX_FIELDS] = {
-    [WIRE_MULTICAST_DATA] = { WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
-    [WIRE_UNICAST_DATA] = { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_IMAGE, WF_PACKETS },
-    [WIRE_FORWARDED_SUBSCRIPTION] = { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC,
-        WF_IS_ADD },
-    [WIRE_NOTIFICATION_REQUEST] = { WF_FEED, WF_IS_ADD },
-    [WIRE_SUBSCRIPTION_REQUEST] = { WF_FEED, WF_TOPIC, WF_IS_ADD },
-    [WIRE_AUTHORIZATION_REQUEST] = { WF_CLIENT_ID, WF_HOST, WF_USER, WF_FEED, WF_TOPIC },
-    [WIRE_AUTHORIZATION_RESPONSE] = { WF_CLIENT_ID, WF_FEED, WF_TOPIC, WF_AUTH_REQUIRED,
-        WF_ENTITLEMENTS },
-    [WIRE_FORWARDED_MULTICAST] = { WF_USER, WF_HOST, WF_FEED, WF_TOPIC, WF_IMAGE,
-        WF_PACKETS },
-    [WIRE_FORWARDED_UNICAST] = { WF_USER, WF_HOST, WF_CLIENT_ID, WF_FEED, WF_TOPIC,
-        WF_IMAGE, WF_PACKETS },
-};
+/* Each type's fields in wire order, as lists a macro F is applied to: the
+ * one statement of the layout, from which both the schema table (the
+ * decoder's and the sizer's walk) and the encoder's code for each type
+ * (put_msg: straight-line, no walk) are made. */
+#define WIRE_MULTICAST_DATA_FIELDS(F) F(FEED) F(TOPIC) F(IMAGE) F(PACKETS)
+#define WIRE_UNICAST_DATA_FIELDS(F) F(CLIENT_ID) F(FEED) F(TOPIC) F(IMAGE) F(PACKETS)
+#define WIRE_FORWARDED_SUBSCRIPTION_FIELDS(F)                                              \
+    F(USER) F(HOST) F(CLIENT_ID) F(FEED) F(TOPIC) F(IS_ADD)
+#define WIRE_NOTIFICATION_REQUEST_FIELDS(F) F(FEED) F(IS_ADD)
+#define WIRE_SUBSCRIPTION_REQUEST_FIELDS(F) F(FEED) F(TOPIC) F(IS_ADD)
+#define WIRE_AUTHORIZATION_REQUEST_FIELDS(F) F(CLIENT_ID) F(HOST) F(USER) F(FEED) F(TOPIC)
+#define WIRE_AUTHORIZATION_RESPONSE_FIELDS(F)                                              \
+    F(CLIENT_ID) F(FEED) F(TOPIC) F(AUTH_REQUIRED) F(ENTITLEMENTS)
+#define WIRE_FORWARDED_MULTICAST_FIELDS(F)                                                 \
+    F(USER) F(HOST) F(FEED) F(TOPIC) F(IMAGE) F(PACKETS)
+#define WIRE_FORWARDED_UNICAST_FIELDS(F)                                                   \
+    F(USER) F(HOST) F(CLIENT_ID) F(FEED) F(TOPIC) F(IMAGE) F(PACKETS)
+
+/* Every type with its list, for a macro T(type, list). */
+#define WIRE_TYPES(T)                                                                      \
+    T(WIRE_MULTICAST_DATA, WIRE_MULTICAST_DATA_FIELDS)                                     \
+    T(WIRE_UNICAST_DATA, WIRE_UNICAST_DATA_FIELDS)                                         \
+    T(WIRE_FORWARDED_SUBSCRIPTION, WIRE_FORWARDED_SUBSCRIPTION_FIELDS)                     \
+    T(WIRE_NOTIFICATION_REQUEST, WIRE_NOTIFICATION_REQUEST_FIELDS)                         \
+    T(WIRE_SUBSCRIPTION_REQUEST, WIRE_SUBSCRIPTION_REQUEST_FIELDS)                         \
+    T(WIRE_AUTHORIZATION_REQUEST, WIRE_AUTHORIZATION_REQUEST_FIELDS)                       \
+    T(WIRE_AUTHORIZATION_RESPONSE, WIRE_AUTHORIZATION_RESPONSE_FIELDS)                     \
+    T(WIRE_FORWARDED_MULTICAST, WIRE_FORWARDED_MULTICAST_FIELDS)                           \
+    T(WIRE_FORWARDED_UNICAST, WIRE_FORWARDED_UNICAST_FIELDS)
+
+#define SCHEMA_SLOT(f) WF_##f,
+#define SCHEMA_ROW(type, fields) [type] = { fields(SCHEMA_SLOT) },
+
+static const uint8_t wire_schema[WIRE_TYPE_MAX + 1][WIRE_MAX_FIELDS] = { WIRE_TYPES(
+    SCHEMA_ROW) };
+
+#undef SCHEMA_ROW
+#undef SCHEMA_SLOT
 
 static const char *const wire_field_names[] = {
     [WF_END] = "end",
@@ -427,56 +450,92 @@ put_bool(uint8_t *p, const uint8_t *end, bool v)
     return p + 1;
 }
 
-/* Write msg at p, within end: one walk of its schema, sizing as it goes.
- * The image slot is decided here, not through field_at: one branch on
- * the version where the slot is, none for the other fields. */
+/* One field of msg at p, for put_msg's code of each type: put_FEED etc.
+ * The image slot's field is picked by version here. */
+static inline uint8_t *
+put_USER(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_str(p, end, &msg->user);
+}
+
+static inline uint8_t *
+put_HOST(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_str(p, end, &msg->host);
+}
+
+static inline uint8_t *
+put_FEED(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_str(p, end, &msg->feed);
+}
+
+static inline uint8_t *
+put_TOPIC(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_str(p, end, &msg->topic);
+}
+
+static inline uint8_t *
+put_IMAGE(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return msg->version >= WIRE_V6 ? put_str(p, end, &msg->content_type)
+                                   : put_bool(p, end, msg->is_image);
+}
+
+static inline uint8_t *
+put_CLIENT_ID(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return room(p, end, WIRE_GUID_LEN) ? put_copy(p, msg->client_id, WIRE_GUID_LEN) : NULL;
+}
+
+static inline uint8_t *
+put_IS_ADD(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_bool(p, end, msg->is_add);
+}
+
+static inline uint8_t *
+put_AUTH_REQUIRED(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_bool(p, end, msg->auth_required);
+}
+
+static inline uint8_t *
+put_ENTITLEMENTS(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_ints(p, end, &msg->entitlements);
+}
+
+static inline uint8_t *
+put_PACKETS(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
+{
+    return put_packets(p, end, msg->packets, msg->n_packets);
+}
+
+/* Write msg at p, within end, sizing as it goes: the type's fields in a
+ * row (made from its list, as the schema is), each checked for room. */
+#define PUT_FIELD(f)                                                                       \
+    if ((p = put_##f(p, end, msg)) == NULL)                                                \
+        return NULL;
+#define PUT_TYPE(type, fields)                                                             \
+    case type:                                                                             \
+        fields(PUT_FIELD) return p;
+
 static uint8_t *
 put_msg(uint8_t *p, const uint8_t *end, const struct wire_msg *msg)
 {
     if (msg->type < WIRE_TYPE_MIN || msg->type > WIRE_TYPE_MAX || !room(p, end, 1))
         return NULL;
     *p++ = (uint8_t)msg->type;
-    for (const uint8_t *f = wire_schema[msg->type]; *f != WF_END && p != NULL; f++) {
-        switch (*f) {
-        case WF_USER:
-            p = put_str(p, end, &msg->user);
-            break;
-        case WF_HOST:
-            p = put_str(p, end, &msg->host);
-            break;
-        case WF_FEED:
-            p = put_str(p, end, &msg->feed);
-            break;
-        case WF_TOPIC:
-            p = put_str(p, end, &msg->topic);
-            break;
-        case WF_IMAGE:
-            p = msg->version >= WIRE_V6 ? put_str(p, end, &msg->content_type)
-                                        : put_bool(p, end, msg->is_image);
-            break;
-        case WF_CLIENT_ID:
-            p = room(p, end, WIRE_GUID_LEN) ? put_copy(p, msg->client_id, WIRE_GUID_LEN)
-                                            : NULL;
-            break;
-        case WF_IS_ADD:
-            p = put_bool(p, end, msg->is_add);
-            break;
-        case WF_AUTH_REQUIRED:
-            p = put_bool(p, end, msg->auth_required);
-            break;
-        case WF_ENTITLEMENTS:
-            p = put_ints(p, end, &msg->entitlements);
-            break;
-        case WF_PACKETS:
-            p = put_packets(p, end, msg->packets, msg->n_packets);
-            break;
-        default: /* the schema holds no other slot */
-            p = NULL;
-            break;
-        }
+    switch (msg->type) {
+        WIRE_TYPES(PUT_TYPE)
     }
-    return p;
+    return NULL;
 }
+
+#undef PUT_TYPE
+#undef PUT_FIELD
 
 /* Reserve size contiguous bytes at the end of out, in one chain. */
 uint8_t *
