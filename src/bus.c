@@ -400,12 +400,19 @@ bus_data_ready(const struct bus *bus)
         (bus->state == BUS_UP || (bus->state == BUS_UNCONFIRMED && !bus_confirms(bus)));
 }
 
+/* Bytes waiting to go to a link that is up or unconfirmed. */
+static inline size_t
+queued_on_link(const struct bus *bus)
+{
+    return evbuffer_get_length(bufferevent_get_output(bus->bev)) + bus->batch_len;
+}
+
 /* Bytes waiting to go to the bus (the batch included). */
 size_t
 bus_queued(const struct bus *bus)
 {
     if (bus->bev != NULL && (bus->state == BUS_UNCONFIRMED || bus->state == BUS_UP))
-        return evbuffer_get_length(bufferevent_get_output(bus->bev)) + bus->batch_len;
+        return queued_on_link(bus);
     return 0;
 }
 
@@ -541,7 +548,9 @@ bus_batch_add(struct bus *bus, const struct wire_msg *msg)
     bus->batch_len += size;
     bus->st.msgs_out++;
     bus->st.bytes_out += size;
-    bus_note_queued(bus);
+    /* bus_note_queued, its link known up (bus_data_ready) */
+    if (queued_on_link(bus) > bus->cfg.output_high_water)
+        bus->pressure = true;
     return BUS_SENT;
 }
 
@@ -561,10 +570,11 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     struct evbuffer *out;
     size_t before, after;
 
-    if ((bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP) || bus->bev == NULL)
-        return BUS_NOT_UP;
+    /* Data first: bus_data_ready implies the link check below. */
     if (bus_is_data(msg))
         return bus_data_ready(bus) ? bus_batch_add(bus, msg) : BUS_NOT_UP;
+    if ((bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP) || bus->bev == NULL)
+        return BUS_NOT_UP;
     out = bus_output(bus);
     before = evbuffer_get_length(out);
     /* wire_encode appends all of the message or nothing */
