@@ -533,24 +533,30 @@ fail(struct cmd_parse *cp, enum lp_error e, const char *fmt, ...)
     return -1;
 }
 
-/* Whether any of p[0..n) is >= 0x80 (only then the UTF-8 check): eight
- * bytes a step, the last eight overlapping, below eight a byte a step. */
+/* Copy n bytes from src to dst, telling whether any is >= 0x80 (only then
+ * a name needs the UTF-8 check): eight bytes a step, the last eight
+ * overlapping, below eight a byte a step. For the few bytes of a
+ * command's arguments this costs less than a memcpy call and a scan. */
 static bool
-any_high(const char *p, size_t n)
+copy_high(char *dst, const char *src, size_t n)
 {
     const uint64_t highs = 0x8080808080808080ull;
     uint64_t w, seen = 0;
 
     if (n < 8) {
-        for (size_t i = 0; i < n; i++)
-            seen |= (unsigned char)p[i];
+        for (size_t i = 0; i < n; i++) {
+            dst[i] = src[i];
+            seen |= (unsigned char)src[i];
+        }
         return (seen & 0x80) != 0;
     }
     for (size_t i = 0; i + 8 <= n; i += 8) {
-        memcpy(&w, p + i, 8);
+        memcpy(&w, src + i, 8);
+        memcpy(dst + i, &w, 8);
         seen |= w;
     }
-    memcpy(&w, p + n - 8, 8);
+    memcpy(&w, src + n - 8, 8);
+    memcpy(dst + n - 8, &w, 8);
     return ((seen | w) & highs) != 0;
 }
 
@@ -973,10 +979,8 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     /* The arguments are copied as they lie in the line, in one go: a name
      * or token is then at its offset there, ended by a NUL over the
      * separator after it (or the room's last byte). */
-    if (nargs > 0) {
-        memcpy(names, args[0].p, span);
-        high = any_high(names, span);
-    }
+    if (nargs > 0)
+        high = copy_high(names, args[0].p, span);
     if (parse_args(&(struct cmd_args){ &cp, cmd, args, clean, nargs, names, ents, high }) <
         0)
         goto refused;
