@@ -198,12 +198,14 @@ listen:
   max_sessions: 20000
   max_subscriptions: 10000
   max_output: %dMiB
-  socket_buffer: %dKiB
-log:
+%slog:
   level: warning
 daemon:
   shutdown_grace: 1s
-""" % (port, sock, self.a.max_output_mib, self.a.socket_buffer_kib))
+""" % (port, sock, self.a.max_output_mib,
+       # only when asked: a daemon from before the setting still starts
+       "  socket_buffer: %dKiB\n" % self.a.socket_buffer_kib if self.a.socket_buffer_kib
+       else ""))
         return cfgpath
 
     def gateway(self, src):
