@@ -18,6 +18,7 @@ add_authorizer(feed) still registers one feed (busgate's own)."""
 
 import asyncio
 import collections
+import errno
 import logging
 import uuid
 from typing import Awaitable, Callable, Dict, List, Optional, Set
@@ -212,7 +213,15 @@ class CallbackClient:
         return reader
 
     async def _greeted(self):
-        reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_LIMIT)
+        try:
+            reader, writer = await asyncio.open_unix_connection(self.path, limit=READ_LIMIT)
+        except FileNotFoundError as e:
+            # busgated not running (its socket removed at exit): refused,
+            # as upstream's TCP connect to a distributor that is down is,
+            # so that an app's retry on ConnectionRefusedError still works.
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, "busgated is not running: no socket at %s" % self.path
+            ) from e
         try:
             return reader, writer, p.parse_hello(await reader.readline())
         except BaseException:   # a bad greeting, or the deadline's cancel

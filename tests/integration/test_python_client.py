@@ -6,6 +6,7 @@ slow consumer, the README example."""
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -721,6 +722,22 @@ class FakeDaemonTest(unittest.TestCase):
             self.assertIn("slow-consumer output over max_output", text)
             self.assertIn("busgated closed the session", text)
             server.close()
+        run(go())
+
+    def test_create_while_busgated_is_down_is_refused(self):
+        """No socket (busgated not running) is ConnectionRefusedError, as
+        upstream's TCP connect to a distributor that is down: an upstream
+        app's retry on it works unchanged. A socket nobody listens on too."""
+        async def go():
+            with self.assertRaises(ConnectionRefusedError):
+                await CallbackClient.create(path=self.path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(self.path)    # bound, never listening
+            try:
+                with self.assertRaises(ConnectionRefusedError):
+                    await CallbackClient.create(path=self.path)
+            finally:
+                sock.close()
         run(go())
 
     def test_failed_connect_closes_its_loop(self):
