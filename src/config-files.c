@@ -156,15 +156,11 @@ config_check_files(const struct config *cfg, char *err, size_t errlen)
 
     if (check_tls_files(&cfg->bus.tls, &key, why, sizeof why) != 0 ||
         check_auth_files(&cfg->bus, &key, why, sizeof why) != 0)
-        goto bad;
-    if (cfg->listen.group != NULL && getgrnam(cfg->listen.group) == NULL) {
-        key = "listen.group";
-        snprintf(why, sizeof why, "listen.group: no group named '%s'", cfg->listen.group);
-        goto bad;
-    }
+        return config_err_for(cfg, key, err, errlen, "%s", why);
+    if (cfg->listen.group != NULL && getgrnam(cfg->listen.group) == NULL)
+        return config_err_for(cfg, "listen.group", err, errlen,
+            "listen.group: no group named '%s'", cfg->listen.group);
     return 0;
-bad:
-    return config_err_for(cfg, key, err, errlen, "%s", why);
 }
 
 int
