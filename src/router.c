@@ -709,6 +709,22 @@ router_load_config(struct router *r, const struct config *cfg)
             r->access->n, r->access->n == 1 ? "" : "s");
 }
 
+struct siphash_key rt_hash_key;
+
+/* The tables' hash key, drawn once: a table keeps its key for its life,
+ * and every router's tables are hashed with the same one. */
+static void
+rt_hash_key_init(void)
+{
+    static bool drawn;
+
+    if (drawn)
+        return;
+    drawn = true;
+    if (siphash_key_random(&rt_hash_key) < 0)
+        log_warn("no random source for the topic tables' hash key: a fixed key is used");
+}
+
 struct router *
 router_new(struct event_base *base, const struct config *cfg)
 {
@@ -716,6 +732,7 @@ router_new(struct event_base *base, const struct config *cfg)
 
     if (r == NULL)
         return NULL;
+    rt_hash_key_init();
     r->base = base;
     r->scratch = evbuffer_new();
     r->queue = evbuffer_new();
