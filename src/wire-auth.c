@@ -274,13 +274,11 @@ static enum wire_result
 scan_auth(struct wire_cursor *c, void *arg, const char **cause)
 {
     struct auth_scan *a = arg;
-    struct wire_where at = { "authentication", NULL };
     enum wire_result r;
 
     for (int i = 0; i < a->n; i++) {
-        at.field = a->names[i];
-        if ((r = wire_cursor_count(c, WC_STRING, a->lim->max_string, &at, &a->len[i],
-                 cause)) != WIRE_DECODED ||
+        if ((r = wire_cursor_count(c, WC_STRING, a->lim->max_string, "authentication",
+                 a->names[i], &a->len[i], cause)) != WIRE_DECODED ||
             (r = wire_cursor_claim(c, a->len[i], cause)) != WIRE_DECODED)
             return r;
         c->off += a->len[i];

@@ -1,7 +1,8 @@
 /*
  * The jetblack-messagebus codec, bus protocols 3 to 6 (BUS-PROTOCOL.md).
  *
- * Decoding is one walk over the message where it lies in the evbuffer's
+ * Decoding is one pass over the message, in code made for its type from
+ * the type's field list (walk_body), where it lies in the evbuffer's
  * first chain (a contiguous window; a message that spans chains is pulled
  * up into one first), consuming nothing until it is done. Every length and
  * count is checked against the limits as soon as it is read (so nothing
@@ -43,9 +44,9 @@ enum wire_field {
 #define WIRE_MAX_FIELDS 8 /* the longest list (7) plus WF_END */
 
 /* Each type's fields in wire order, as lists a macro F is applied to: the
- * one statement of the layout, from which both the schema table (the
- * decoder's and the sizer's walk) and the encoder's code for each type
- * (put_msg: straight-line, no walk) are made. */
+ * one statement of the layout, from which the schema table (the sizer's
+ * walk), the encoder's code for each type (put_msg) and the decoder's
+ * (walk_body) are made, the last two straight-line, with no walk. */
 #define WIRE_MULTICAST_DATA_FIELDS(F) F(FEED) F(TOPIC) F(IMAGE) F(PACKETS)
 #define WIRE_UNICAST_DATA_FIELDS(F) F(CLIENT_ID) F(FEED) F(TOPIC) F(IMAGE) F(PACKETS)
 #define WIRE_FORWARDED_SUBSCRIPTION_FIELDS(F)                                              \
@@ -201,30 +202,12 @@ static const unsigned short wire_field_at[] = {
     [WF_AUTH_REQUIRED] = offsetof(struct wire_msg, auth_required),
 };
 
-static inline struct wire_str *
-msg_str(struct wire_msg *msg, int field)
-{
-    return (struct wire_str *)(void *)((char *)msg + wire_field_at[field]);
-}
-
 static inline const struct wire_str *
 msg_cstr(const struct wire_msg *msg, int field)
 {
     const char *p = (const char *)msg + wire_field_at[field];
 
     return (const struct wire_str *)(const void *)p;
-}
-
-static inline bool *
-msg_bool(struct wire_msg *msg, int field)
-{
-    return (bool *)((char *)msg + wire_field_at[field]);
-}
-
-static inline bool
-msg_cbool(const struct wire_msg *msg, int field)
-{
-    return *(const bool *)((const char *)msg + wire_field_at[field]);
 }
 
 /* --- big-endian helpers --- */
@@ -688,17 +671,16 @@ static const char *const wire_count_names[] = {
 };
 
 enum wire_result
-wire_bad_count(enum wire_count what, uint32_t raw, uint32_t limit,
-    const struct wire_where *at, const char **cause)
+wire_bad_count(enum wire_count what, uint32_t raw, uint32_t limit, const char *where,
+    const char *field, const char **cause)
 {
     const char *name = wire_count_names[what];
     int32_t v = to_int32(raw);
 
     if (v < 0)
-        return wire_fail(cause, "negative %s %ld (%s %s)", name, (long)v, at->what,
-            at->field);
+        return wire_fail(cause, "negative %s %ld (%s %s)", name, (long)v, where, field);
     return wire_fail(cause, "%s %lu over limit %lu (%s %s)", name, (unsigned long)raw,
-        (unsigned long)limit, at->what, at->field);
+        (unsigned long)limit, where, field);
 }
 
 /* --- decoding: one walk that validates and builds --- */
@@ -758,36 +740,35 @@ walk_bytes(struct wire_walk *w, uint32_t n, bool nul)
     return d;
 }
 
-/* A counted string (a length, then that many bytes). */
+/* A counted string (a length, then that many bytes); "" when empty, or
+ * when a copy does not fit (the walk is then done again). */
 WALK_INLINE enum wire_result
-walk_str(struct wire_walk *w, const struct wire_where *at, struct wire_str *s,
-    const char **cause)
+walk_str(struct wire_walk *w, int type, int field, struct wire_str *s, const char **cause)
 {
     enum wire_result r;
-    uint32_t n = 0;
     const uint8_t *d;
+    uint32_t n = 0;
 
-    if ((r = wire_cursor_count(&w->c, WC_STRING, w->lim->max_string, at, &n, cause)) !=
-            WIRE_DECODED ||
+    if ((r = wire_cursor_count(&w->c, WC_STRING, w->lim->max_string, wire_type_names[type],
+             wire_field_names[field], &n, cause)) != WIRE_DECODED ||
         (r = wire_cursor_claim(&w->c, n, cause)) != WIRE_DECODED)
         return r;
     s->len = n;
-    if (n > 0 && (d = walk_bytes(w, n, true)) != NULL)
-        s->ptr = (const char *)d;
+    s->ptr = n > 0 && (d = walk_bytes(w, n, true)) != NULL ? (const char *)d : "";
     w->c.off += n;
     return WIRE_DECODED;
 }
 
 WALK_INLINE enum wire_result
-walk_ints(struct wire_walk *w, const struct wire_where *at, struct wire_ints *ints,
+walk_ints(struct wire_walk *w, int type, int field, struct wire_ints *ints,
     const char **cause)
 {
     enum wire_result r;
     uint32_t n = 0;
     int32_t *v;
 
-    if ((r = wire_cursor_count(&w->c, WC_ENTITLEMENTS, w->lim->max_entitlements, at, &n,
-             cause)) != WIRE_DECODED ||
+    if ((r = wire_cursor_count(&w->c, WC_ENTITLEMENTS, w->lim->max_entitlements,
+             wire_type_names[type], wire_field_names[field], &n, cause)) != WIRE_DECODED ||
         (r = wire_cursor_claim(&w->c, (uint64_t)n * 4, cause)) != WIRE_DECODED)
         return r;
     ints->n = n;
@@ -804,17 +785,19 @@ walk_ints(struct wire_walk *w, const struct wire_where *at, struct wire_ints *in
 /* The packet array: a count (at least 8 bytes each), then per packet an
  * int set and a byte array. */
 WALK_INLINE enum wire_result
-walk_packets(struct wire_walk *w, const struct wire_where *at, const char **cause)
+walk_packets(struct wire_walk *w, int type, const char **cause)
 {
+    const char *what = wire_type_names[type], *field = wire_field_names[WF_PACKETS];
     struct wire_packet *pk, spare;
     enum wire_result r;
     uint32_t n = 0, len = 0;
 
-    if ((r = wire_cursor_count(&w->c, WC_PACKETS, w->lim->max_packets, at, &n, cause)) !=
-            WIRE_DECODED ||
+    if ((r = wire_cursor_count(&w->c, WC_PACKETS, w->lim->max_packets, what, field, &n,
+             cause)) != WIRE_DECODED ||
         (r = wire_cursor_claim(&w->c, (uint64_t)n * 8, cause)) == WIRE_ERROR)
         return r; /* need-more only stops when the packets themselves do */
     w->msg->n_packets = n;
+    w->msg->packets = NULL;
     if (n == 0)
         return WIRE_DECODED;
     pk = bump(&w->b, (uint64_t)n * sizeof *pk, 8);
@@ -822,9 +805,9 @@ walk_packets(struct wire_walk *w, const struct wire_where *at, const char **caus
     for (uint32_t i = 0; i < n; i++) {
         struct wire_packet *q = pk != NULL ? &pk[i] : &spare;
 
-        if ((r = walk_ints(w, at, &q->entitlements, cause)) != WIRE_DECODED ||
-            (r = wire_cursor_count(&w->c, WC_PAYLOAD, w->lim->max_payload, at, &len,
-                 cause)) != WIRE_DECODED ||
+        if ((r = walk_ints(w, type, WF_PACKETS, &q->entitlements, cause)) != WIRE_DECODED ||
+            (r = wire_cursor_count(&w->c, WC_PAYLOAD, w->lim->max_payload, what, field,
+                 &len, cause)) != WIRE_DECODED ||
             (r = wire_cursor_claim(&w->c, len, cause)) != WIRE_DECODED)
             return r;
         q->len = len;
@@ -834,44 +817,165 @@ walk_packets(struct wire_walk *w, const struct wire_where *at, const char **caus
     return WIRE_DECODED;
 }
 
-/* A fixed-size field: the client id or a bool. */
+/* A bool: 0 is false, any other byte true. */
 WALK_INLINE enum wire_result
-walk_fixed(struct wire_walk *w, void *dst, size_t n, const char **cause)
+walk_bool(struct wire_walk *w, bool *dst, const char **cause)
 {
     enum wire_result r;
 
-    if ((r = wire_cursor_claim(&w->c, n, cause)) != WIRE_DECODED)
+    if ((r = wire_cursor_claim(&w->c, 1, cause)) != WIRE_DECODED)
         return r;
-    if (n == 1)
-        *(bool *)dst = w->c.p[w->c.off] != 0;
-    else
-        memcpy(dst, w->c.p + w->c.off, n);
-    w->c.off += n;
+    *dst = w->c.p[w->c.off++] != 0;
+    return WIRE_DECODED;
+}
+
+/* One field into msg, for walk_msg's code of each type: walk_FEED etc.
+ * The image slot's field is picked by version here; the other one of the
+ * slot is emptied. */
+WALK_INLINE enum wire_result
+walk_USER(struct wire_walk *w, int type, const char **cause)
+{
+    return walk_str(w, type, WF_USER, &w->msg->user, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_HOST(struct wire_walk *w, int type, const char **cause)
+{
+    return walk_str(w, type, WF_HOST, &w->msg->host, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_FEED(struct wire_walk *w, int type, const char **cause)
+{
+    return walk_str(w, type, WF_FEED, &w->msg->feed, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_TOPIC(struct wire_walk *w, int type, const char **cause)
+{
+    return walk_str(w, type, WF_TOPIC, &w->msg->topic, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_IMAGE(struct wire_walk *w, int type, const char **cause)
+{
+    struct wire_msg *msg = w->msg;
+
+    if (field_at(msg->version, WF_IMAGE) == WF_CONTENT_TYPE) {
+        msg->is_image = false;
+        return walk_str(w, type, WF_CONTENT_TYPE, &msg->content_type, cause);
+    }
+    msg->content_type = (struct wire_str){ "", 0 };
+    return walk_bool(w, &msg->is_image, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_CLIENT_ID(struct wire_walk *w, int type, const char **cause)
+{
+    enum wire_result r;
+
+    (void)type;
+    if ((r = wire_cursor_claim(&w->c, WIRE_GUID_LEN, cause)) != WIRE_DECODED)
+        return r;
+    memcpy(w->msg->client_id, w->c.p + w->c.off, WIRE_GUID_LEN);
+    w->c.off += WIRE_GUID_LEN;
     return WIRE_DECODED;
 }
 
 WALK_INLINE enum wire_result
-walk_field(struct wire_walk *w, const struct wire_where *at, int field, const char **cause)
+walk_IS_ADD(struct wire_walk *w, int type, const char **cause)
 {
-    struct wire_msg *msg = w->msg;
+    (void)type;
+    return walk_bool(w, &w->msg->is_add, cause);
+}
 
-    switch (field) {
-    case WF_USER:
-    case WF_HOST:
-    case WF_FEED:
-    case WF_TOPIC:
-    case WF_CONTENT_TYPE:
-        return walk_str(w, at, msg_str(msg, field), cause);
-    case WF_CLIENT_ID:
-        return walk_fixed(w, msg->client_id, WIRE_GUID_LEN, cause);
-    case WF_ENTITLEMENTS:
-        return walk_ints(w, at, &msg->entitlements, cause);
-    case WF_PACKETS:
-        return walk_packets(w, at, cause);
-    default:
-        return walk_fixed(w, msg_bool(msg, field), 1, cause);
+WALK_INLINE enum wire_result
+walk_AUTH_REQUIRED(struct wire_walk *w, int type, const char **cause)
+{
+    (void)type;
+    return walk_bool(w, &w->msg->auth_required, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_ENTITLEMENTS(struct wire_walk *w, int type, const char **cause)
+{
+    return walk_ints(w, type, WF_ENTITLEMENTS, &w->msg->entitlements, cause);
+}
+
+WALK_INLINE enum wire_result
+walk_PACKETS(struct wire_walk *w, int type, const char **cause)
+{
+    return walk_packets(w, type, cause);
+}
+
+/* Empty the fields of msg that a type whose list has the bits in used
+ * does not carry (its own fields are all written by its walk), so that
+ * nothing of an earlier message survives; used is a constant, and the
+ * test of each bit is done by the compiler. */
+#define FIELD_BIT(f) (1u << WF_##f) |
+#define HAS(f) ((used & (1u << WF_##f)) != 0)
+
+WALK_INLINE void
+clear_unused(struct wire_msg *msg, unsigned used)
+{
+    static const struct wire_str empty = { "", 0 };
+
+    if (!HAS(USER))
+        msg->user = empty;
+    if (!HAS(HOST))
+        msg->host = empty;
+    if (!HAS(FEED))
+        msg->feed = empty;
+    if (!HAS(TOPIC))
+        msg->topic = empty;
+    if (!HAS(CLIENT_ID))
+        memset(msg->client_id, 0, sizeof msg->client_id);
+    if (!HAS(IMAGE)) {
+        msg->is_image = false;
+        msg->content_type = empty;
+    }
+    if (!HAS(IS_ADD))
+        msg->is_add = false;
+    if (!HAS(AUTH_REQUIRED))
+        msg->auth_required = false;
+    if (!HAS(ENTITLEMENTS))
+        msg->entitlements = (struct wire_ints){ NULL, 0 };
+    if (!HAS(PACKETS)) {
+        msg->packets = NULL;
+        msg->n_packets = 0;
     }
 }
+
+#undef HAS
+
+/* Walk a message of one type: its fields in a row, made from its list
+ * (as the encoder's put_msg is), each checked as it is read. */
+#define WALK_FIELD(f)                                                                      \
+    if ((r = walk_##f(w, type, cause)) != WIRE_DECODED)                                    \
+        return r;
+#define WALK_TYPE(t, fields)                                                               \
+    case t: {                                                                              \
+        const int type = t;                                                                \
+                                                                                           \
+        clear_unused(w->msg, fields(FIELD_BIT) 0);                                         \
+        w->msg->type = t;                                                                  \
+        fields(WALK_FIELD) return WIRE_DECODED;                                            \
+    }
+
+WALK_INLINE enum wire_result
+walk_body(struct wire_walk *w, uint8_t t, const char **cause)
+{
+    enum wire_result r;
+
+    switch (t) {
+        WIRE_TYPES(WALK_TYPE)
+    }
+    return wire_fail(cause, "unknown message type %u", (unsigned)t);
+}
+
+#undef WALK_TYPE
+#undef WALK_FIELD
+#undef FIELD_BIT
 
 /* What walk_msg needs besides the cursor. */
 struct wire_walk_arg {
@@ -888,29 +992,14 @@ walk_msg(struct wire_cursor *c, void *arg, const char **cause)
 {
     struct wire_walk_arg *a = arg;
     struct wire_walk w = { *c, a->b, a->lim, a->msg, a->ref };
-    struct wire_where at = { NULL, NULL };
     enum wire_result r;
-    uint8_t t = 0;
 
     w.b.used = 0;
-    if ((r = wire_cursor_claim(&w.c, 1, cause)) != WIRE_DECODED)
-        goto out;
-    t = w.c.p[w.c.off++];
-    if (t < WIRE_TYPE_MIN || t > WIRE_TYPE_MAX) {
-        r = wire_fail(cause, "unknown message type %u", (unsigned)t);
-        goto out;
-    }
-    wire_msg_clear(w.msg);
-    w.msg->type = (enum wire_type)t;
-    at.what = wire_type_names[t];
-    for (const uint8_t *f = wire_schema[t]; *f != WF_END; f++) {
-        int field = field_at(w.msg->version, *f);
+    if ((r = wire_cursor_claim(&w.c, 1, cause)) == WIRE_DECODED) {
+        uint8_t t = w.c.p[w.c.off++];
 
-        at.field = wire_field_names[field];
-        if ((r = walk_field(&w, &at, field, cause)) != WIRE_DECODED)
-            break;
+        r = walk_body(&w, t, cause);
     }
-out:
     *c = w.c;
     a->b.used = w.b.used;
     return r;
