@@ -631,8 +631,9 @@ window_widen(struct wire_cursor *c, struct evbuffer *in, unsigned widened,
     return WIRE_DECODED;
 }
 
-/* Run scan at the window's start, widening it as the scan needs. */
-static enum wire_result
+/* Run scan at the window's start, widening it as the scan needs. Inlined,
+ * so that each caller's scan is a direct call. */
+static inline __attribute__((always_inline)) enum wire_result
 window_walk(struct wire_cursor *c, struct evbuffer *in, wire_scan_fn scan, void *arg,
     const char **cause)
 {
@@ -720,33 +721,14 @@ struct wire_walk {
     struct wire_build b;
     const struct wire_limits *lim;
     struct wire_msg *msg;
-    bool ref; /* strings and data point into the window, not copied */
 };
 
-/* Where n bytes at the cursor go: the window itself (by reference), or a
- * copy in the storage, plus a NUL when nul (NULL when it does not fit). */
-WALK_INLINE const uint8_t *
-walk_bytes(struct wire_walk *w, uint32_t n, bool nul)
-{
-    uint8_t *d;
-
-    if (w->ref)
-        return w->c.p + w->c.off;
-    if ((d = bump(&w->b, (uint64_t)n + nul, 1)) == NULL)
-        return NULL;
-    memcpy(d, w->c.p + w->c.off, n);
-    if (nul)
-        d[n] = '\0';
-    return d;
-}
-
-/* A counted string (a length, then that many bytes); "" when empty, or
- * when a copy does not fit (the walk is then done again). */
+/* A counted string (a length, then that many bytes), by reference; "" when
+ * empty. */
 WALK_INLINE enum wire_result
 walk_str(struct wire_walk *w, int type, int field, struct wire_str *s, const char **cause)
 {
     enum wire_result r;
-    const uint8_t *d;
     uint32_t n = 0;
 
     if ((r = wire_cursor_count(&w->c, WC_STRING, w->lim->max_string, wire_type_names[type],
@@ -754,7 +736,7 @@ walk_str(struct wire_walk *w, int type, int field, struct wire_str *s, const cha
         (r = wire_cursor_claim(&w->c, n, cause)) != WIRE_DECODED)
         return r;
     s->len = n;
-    s->ptr = n > 0 && (d = walk_bytes(w, n, true)) != NULL ? (const char *)d : "";
+    s->ptr = n > 0 ? (const char *)w->c.p + w->c.off : "";
     w->c.off += n;
     return WIRE_DECODED;
 }
@@ -811,7 +793,7 @@ walk_packets(struct wire_walk *w, int type, const char **cause)
             (r = wire_cursor_claim(&w->c, len, cause)) != WIRE_DECODED)
             return r;
         q->len = len;
-        q->data = len > 0 ? walk_bytes(w, len, false) : NULL;
+        q->data = len > 0 ? w->c.p + w->c.off : NULL;
         w->c.off += len;
     }
     return WIRE_DECODED;
@@ -982,7 +964,6 @@ struct wire_walk_arg {
     const struct wire_limits *lim;
     struct wire_msg *msg;
     struct wire_build b;
-    bool ref;
 };
 
 /* Walk the message at the front of the window, checking every length and
@@ -991,16 +972,22 @@ static enum wire_result
 walk_msg(struct wire_cursor *c, void *arg, const char **cause)
 {
     struct wire_walk_arg *a = arg;
-    struct wire_walk w = { *c, a->b, a->lim, a->msg, a->ref };
+    struct wire_walk w = {
+        .c = { .p = c->p, .off = c->off, .max = c->max, .stop = c->stop },
+        .b = { a->b.base, a->b.cap, 0 },
+        .lim = a->lim,
+        .msg = a->msg
+    };
     enum wire_result r;
 
-    w.b.used = 0;
     if ((r = wire_cursor_claim(&w.c, 1, cause)) == WIRE_DECODED) {
         uint8_t t = w.c.p[w.c.off++];
 
         r = walk_body(&w, t, cause);
     }
-    *c = w.c;
+    /* the walk moves only these in the cursor */
+    c->off = w.c.off;
+    c->need = w.c.need;
     a->b.used = w.b.used;
     return r;
 }
@@ -1024,13 +1011,15 @@ store_reserve(struct wire_msg *msg, uint64_t need)
     return 0;
 }
 
-/* The walk over storage too small for it, again with enough. */
+/* The walk over storage too small for it, again with enough, and extra
+ * bytes after what the walk takes. */
 static enum wire_result
-walk_again(struct wire_cursor *c, struct wire_walk_arg *a, const char **cause)
+walk_again(struct wire_cursor *c, struct wire_walk_arg *a, uint64_t extra,
+    const char **cause)
 {
     uint64_t size = c->off;
 
-    if (store_reserve(a->msg, a->b.used) != 0)
+    if (store_reserve(a->msg, a->b.used + extra) != 0)
         return wire_fail(cause, "out of memory for a %llu-byte message",
             (unsigned long long)size);
     a->b.base = a->msg->store;
@@ -1049,24 +1038,67 @@ wire_reader_begin(struct wire_reader *rd, struct evbuffer *in)
     window_open(&rd->c, in, 0);
 }
 
-/* wire_read, by reference (ref) or copying into msg's storage. */
+/* A string that points into the window, copied to *d with a NUL. */
+static void
+own_str(struct wire_str *s, uint8_t **d)
+{
+    if (s->len == 0)
+        return; /* "" already */
+    memcpy(*d, s->ptr, s->len);
+    (*d)[s->len] = '\0';
+    s->ptr = (const char *)*d;
+    *d += (size_t)s->len + 1;
+}
+
+/*
+ * What the walk left pointing into the window, copied to d in the
+ * storage: the strings with a NUL each, the packets' data. It takes at
+ * most the message's wire size (a copy is its field less the 4 length
+ * bytes, plus one NUL), which reader_read reserves after the walk's part.
+ */
+static void
+msg_own(struct wire_msg *msg, uint8_t *d)
+{
+    /* the packet array is in msg->store, the codec's own */
+    struct wire_packet *pk = (struct wire_packet *)(uintptr_t)msg->packets;
+
+    own_str(&msg->user, &d);
+    own_str(&msg->host, &d);
+    own_str(&msg->feed, &d);
+    own_str(&msg->topic, &d);
+    own_str(&msg->content_type, &d);
+    for (uint32_t i = 0; i < msg->n_packets; i++) {
+        if (pk[i].len == 0)
+            continue;
+        memcpy(d, pk[i].data, pk[i].len);
+        pk[i].data = d;
+        d += pk[i].len;
+    }
+}
+
+/* wire_read; with own, what points into the window is then copied into
+ * msg's storage (wire_decode), after the walk's part. */
 static enum wire_result
 reader_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg *msg,
-    bool ref, const char **cause)
+    bool own, const char **cause)
 {
-    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 }, ref };
+    struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 } };
     struct wire_cursor *c = &rd->c;
     enum wire_result r;
+    uint64_t extra;
 
     c->max = lim->max_message;
     window_set(c, c->p, c->len);
     r = window_walk(c, rd->in, walk_msg, &a, cause);
-    if (r == WIRE_DECODED && a.b.used > a.b.cap)
-        r = walk_again(c, &a, cause);
+    extra = own ? c->off : 0;
+    if (r == WIRE_DECODED && a.b.used + extra > a.b.cap)
+        r = walk_again(c, &a, extra, cause);
     if (r != WIRE_DECODED) {
         wire_msg_clear(msg); /* no half-built message */
         return r;
     }
+    if (own)
+        msg_own(msg, a.b.base + a.b.used);
     /* the next message starts where this one ends, in the same window */
     rd->size = c->off;
     c->taken += c->off;
@@ -1079,7 +1111,7 @@ enum wire_result
 wire_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_msg *msg,
     const char **cause)
 {
-    return reader_read(rd, lim, msg, true, cause);
+    return reader_read(rd, lim, msg, false, cause);
 }
 
 int
@@ -1099,7 +1131,7 @@ wire_decode(struct evbuffer *in, const struct wire_limits *lim, struct wire_msg 
     enum wire_result r;
 
     wire_reader_begin(&rd, in);
-    r = reader_read(&rd, lim, msg, false, cause); /* copies: end drains the bytes */
+    r = reader_read(&rd, lim, msg, true, cause); /* copies: end drains the bytes */
     if (wire_reader_end(&rd) != 0 && r == WIRE_DECODED) {
         wire_msg_clear(msg);
         r = wire_fail(cause, "evbuffer drain failed");
