@@ -967,8 +967,9 @@ struct wire_walk_arg {
 };
 
 /* Walk the message at the front of the window, checking every length and
- * count as it is read, and build it in msg; c->off ends at its size. */
-static enum wire_result
+ * count as it is read, and build it in msg; c->off ends at its size.
+ * Inlined into its one caller, reader_read. */
+WALK_INLINE enum wire_result
 walk_msg(struct wire_cursor *c, void *arg, const char **cause)
 {
     struct wire_walk_arg *a = arg;
@@ -1009,25 +1010,6 @@ store_reserve(struct wire_msg *msg, uint64_t need)
     msg->store = p;
     msg->store_cap = cap;
     return 0;
-}
-
-/* The walk over storage too small for it, again with enough, and extra
- * bytes after what the walk takes. */
-static enum wire_result
-walk_again(struct wire_cursor *c, struct wire_walk_arg *a, uint64_t extra,
-    const char **cause)
-{
-    uint64_t size = c->off;
-
-    if (store_reserve(a->msg, a->b.used + extra) != 0)
-        return wire_fail(cause, "out of memory for a %llu-byte message",
-            (unsigned long long)size);
-    a->b.base = a->msg->store;
-    a->b.cap = a->msg->store_cap;
-    c->off = 0;
-    if (walk_msg(c, a, cause) != WIRE_DECODED || c->off != size)
-        return wire_fail(cause, "a message decoded differently twice"); /* impossible */
-    return WIRE_DECODED;
 }
 
 void
@@ -1085,14 +1067,27 @@ reader_read(struct wire_reader *rd, const struct wire_limits *lim, struct wire_m
     struct wire_walk_arg a = { lim, msg, { msg->store, msg->store_cap, 0 } };
     struct wire_cursor *c = &rd->c;
     enum wire_result r;
-    uint64_t extra;
+    uint64_t need;
 
     c->max = lim->max_message;
     window_set(c, c->p, c->len);
-    r = window_walk(c, rd->in, walk_msg, &a, cause);
-    extra = own ? c->off : 0;
-    if (r == WIRE_DECODED && a.b.used + extra > a.b.cap)
-        r = walk_again(c, &a, extra, cause);
+    /* A walk over storage too small for it goes on measuring, and is done
+     * again, over the same window, once the storage has grown to fit. */
+    for (bool again = false;; again = true) {
+        r = window_walk(c, rd->in, walk_msg, &a, cause);
+        need = a.b.used + (own ? c->off : 0);
+        if (r != WIRE_DECODED || need <= a.b.cap)
+            break;
+        if (again)
+            r = wire_fail(cause, "a message decoded differently twice"); /* impossible */
+        else if (store_reserve(msg, need) != 0)
+            r = wire_fail(cause, "out of memory for a %llu-byte message",
+                (unsigned long long)c->off);
+        if (r != WIRE_DECODED)
+            break;
+        a.b.base = msg->store;
+        a.b.cap = msg->store_cap;
+    }
     if (r != WIRE_DECODED) {
         wire_msg_clear(msg); /* no half-built message */
         return r;
