@@ -1462,6 +1462,119 @@ test_fields_cleared(void **state)
     evbuffer_free(buf);
 }
 
+/* Whether the type's list (expected_fields) has key; the image slot is
+ * is_image below 6 and content_type from 6 on. */
+static bool
+type_carries(int type, int version, const char *key)
+{
+    const char *slot = key;
+
+    if (strcmp(key, "content_type") == 0 || strcmp(key, "is_image") == 0) {
+        if (strcmp(key, version >= WIRE_V6 ? "content_type" : "is_image") != 0)
+            return false;
+        slot = "is_image";
+    }
+    for (const char *const *f = expected_fields[type]; *f != NULL; f++)
+        if (strcmp(*f, slot) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Each type's decoder writes its own fields and empties every other one:
+ * a message whose every field holds something from before is decoded as
+ * each type in turn, at 3 and at 6, by wire_read and by wire_decode.
+ */
+static void
+test_unused_fields_emptied(void **state)
+{
+    static const char *const strs[] = { "user", "host", "feed", "topic", "content_type" };
+    static const char *const bools[] = { "is_image", "is_add",
+        "is_authorization_required" };
+    static const int32_t stale_ints[] = { 5, 6 };
+    static const struct wire_packet stale_packet = { { stale_ints, 2 },
+        (const uint8_t *)"x", 1 };
+    static const int32_t ents[] = { 1 };
+    static const struct wire_packet packet = { { NULL, 0 }, (const uint8_t *)"data", 4 };
+    struct evbuffer *buf = evbuffer_new();
+    struct wire_limits lim;
+
+    limits_wide(&lim);
+    for (int version = WIRE_V3; version <= WIRE_V6; version += WIRE_V6 - WIRE_V3) {
+        for (int type = WIRE_TYPE_MIN; type <= WIRE_TYPE_MAX; type++) {
+            for (int by_ref = 0; by_ref < 2; by_ref++) {
+                struct wire_msg in, msg;
+                struct wire_reader rd;
+
+                wire_msg_init(&in);
+                in.type = (enum wire_type)type;
+                in.version = version;
+                in.user = in.host = in.feed = in.topic = (struct wire_str){ "n", 1 };
+                in.content_type = (struct wire_str){ "c", 1 };
+                memset(in.client_id, 0xab, sizeof in.client_id);
+                in.is_image = in.is_add = in.auth_required = true;
+                in.entitlements = (struct wire_ints){ ents, 1 };
+                in.packets = &packet;
+                in.n_packets = 1;
+                assert_int_equal(wire_encode(buf, &in), 0);
+
+                wire_msg_init(&msg);
+                msg.version = version;
+                msg.user = msg.host = msg.feed = msg.topic =
+                    (struct wire_str){ "stale", 5 };
+                msg.content_type = (struct wire_str){ "stale", 5 };
+                memset(msg.client_id, 0xcd, sizeof msg.client_id);
+                msg.is_image = msg.is_add = msg.auth_required = true;
+                msg.entitlements = (struct wire_ints){ stale_ints, 2 };
+                msg.packets = &stale_packet;
+                msg.n_packets = 1;
+                if (by_ref) {
+                    wire_reader_begin(&rd, buf);
+                    assert_int_equal(wire_read(&rd, &lim, &msg, NULL), WIRE_DECODED);
+                } else {
+                    assert_int_equal(wire_decode(buf, &lim, &msg, NULL), WIRE_DECODED);
+                }
+                assert_int_equal(msg.type, type);
+                for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+                    const struct wire_str *s = str_field(&msg, strs[i]);
+
+                    assert_int_equal(s->len, type_carries(type, version, strs[i]));
+                    if (s->len == 0)
+                        assert_string_equal(s->ptr, "");
+                    else
+                        assert_memory_equal(s->ptr, i == 4 ? "c" : "n", 1);
+                }
+                for (size_t i = 0; i < sizeof bools / sizeof *bools; i++)
+                    assert_int_equal(bool_field(&msg, bools[i]),
+                        type_carries(type, version, bools[i]));
+                for (size_t i = 0; i < sizeof msg.client_id; i++)
+                    assert_int_equal(msg.client_id[i],
+                        type_carries(type, version, "client_id") ? 0xab : 0);
+                if (type_carries(type, version, "entitlements")) {
+                    assert_int_equal(msg.entitlements.n, 1);
+                    assert_int_equal(msg.entitlements.v[0], 1);
+                } else {
+                    assert_int_equal(msg.entitlements.n, 0);
+                    assert_null(msg.entitlements.v);
+                }
+                if (type_carries(type, version, "data_packets")) {
+                    assert_int_equal(msg.n_packets, 1);
+                    assert_int_equal(msg.packets[0].entitlements.n, 0);
+                    assert_memory_equal(msg.packets[0].data, "data", 4);
+                } else {
+                    assert_int_equal(msg.n_packets, 0);
+                    assert_null(msg.packets);
+                }
+                if (by_ref)
+                    assert_int_equal(wire_reader_end(&rd), 0);
+                assert_int_equal(evbuffer_get_length(buf), 0);
+                wire_msg_free(&msg);
+            }
+        }
+    }
+    evbuffer_free(buf);
+}
+
 /* Any non-zero bool byte is true; writers send 1. */
 static void
 test_bool_nonzero(void **state)
@@ -2157,6 +2270,7 @@ main(void)
     };
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fields_cleared),
+        cmocka_unit_test(test_unused_fields_emptied),
         cmocka_unit_test(test_stopped_walk_clears),
         cmocka_unit_test(test_bool_nonzero),
         cmocka_unit_test(test_unknown_types),
