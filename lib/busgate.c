@@ -848,13 +848,14 @@ garbled(struct bg_conn *c, const char *line, size_t len)
 /*
  * A DATA line with its payload, when the whole event is buffered: parse
  * it by reference (names point into the buffer, no copy) over one pullup
- * of line, payload and newline, drained together afterwards. Returns 1
- * when done, 0 when the event is not all here or its payload is not
+ * of line, payload and newline, drained together afterwards; queueing
+ * (copy), the event is appended to copy as it came, in one piece. Returns
+ * 1 when done, 0 when the event is not all here or its payload is not
  * followed by "\n" (the framer's two-step path takes it; fr->data is
- * where the line is now).
+ * where the line is now), -1 out of memory.
  */
 static int
-data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr)
+data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer *copy)
 {
     size_t need = fr->len + 1 + (size_t)c->lev.payload_len + 1;
     char *line;
@@ -866,14 +867,19 @@ data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr)
     line = (char *)lp_framer_line_with(&s->fr, s->buf, fr, (size_t)c->lev.payload_len + 1);
     if (line == NULL || line[need - 1] != '\n')
         return 0;
-    if (line != was && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
-        return garbled(c, line, fr->len);
-    p = (const uint8_t *)line + fr->len + 1;
-    for (uint32_t i = 0; i < c->lev.n_packets; i++) {
-        c->lev.packets[i].data = p;
-        p += c->lev.packets[i].len;
+    if (copy != NULL) { /* read again when delivered: no names needed */
+        if (evbuffer_add(copy, line, need) < 0)
+            return -1;
+    } else {
+        if (line != was && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
+            return garbled(c, line, fr->len);
+        p = (const uint8_t *)line + fr->len + 1;
+        for (uint32_t i = 0; i < c->lev.n_packets; i++) {
+            c->lev.packets[i].data = p;
+            p += c->lev.packets[i].len;
+        }
+        lp_event_terminate(&c->lev);
     }
-    lp_event_terminate(&c->lev);
     lp_framer_extend(&s->fr, (size_t)c->lev.payload_len + 1);
     return 1;
 }
@@ -936,8 +942,8 @@ add_held_line(struct evbuffer *to, struct evbuffer *held)
 }
 
 /* One line: 1 with a whole item, 0 when a payload follows, -1 malformed.
- * DATA names are taken by reference unless the event is copied (queue
- * mode must copy the line as it came, before anything is written into it). */
+ * DATA names are taken by reference; queueing (copy), the line is copied
+ * as it came (before anything is written into it). */
 static int
 item_line(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer *copy)
 {
@@ -949,24 +955,25 @@ item_line(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer
     /* Only DATA (the hot path) by reference: a NOTIFICATION's or an
      * AUTHREQ's names stay valid while a blocking bg_authorize in answer
      * reads on, as before. */
-    if (copy != NULL || fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
+    if (fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
         if (lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
             return skip_data(c, s, fr);
-        if (copy != NULL && is_event(c->lev.kind) && queue_line(c, copy, fr) < 0)
-            return -1;
     } else {
         if (lp_parse_event_ref(fr->data, fr->len, &c->lim, &c->lev) < 0)
             return skip_data(c, s, fr);
-        if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
-            if ((r = data_in_place(c, s, fr)) != 0)
+        if (c->lev.n_packets > 0) {
+            if ((r = data_in_place(c, s, fr, copy)) != 0)
                 return r;
-            /* Not all here: names copied, as the line goes before the payload. */
-            if (lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
+            /* Not all here: names copied, as the line goes before the
+             * payload (queueing: the line is copied as it came). */
+            if (copy == NULL && lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
                 return garbled(c, fr->data, fr->len);
-        } else {
+        } else if (copy == NULL) {
             lp_event_terminate(&c->lev);
         }
     }
+    if (copy != NULL && is_event(c->lev.kind) && queue_line(c, copy, fr) < 0)
+        return -1;
     if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
         return 1;
     lp_framer_payload(&s->fr, c->lev.payload_len, true);
@@ -1037,15 +1044,25 @@ check_queued(struct bg_conn *c)
     link_closing(c, BG_E_SLOW_CONSUMER, msg);
 }
 
+/* What pump does with the events it reads. */
+enum pump_mode {
+    PUMP_TAKE,    /* bg_next_event: stop at the first, in c->lev */
+    PUMP_DELIVER, /* bg_process: each to the callback, in the same loop */
+    PUMP_QUEUE,   /* a blocking command's wait: each to the queued stream */
+};
+
 /*
  * Read what the socket buffer holds: replies settle commands, the greeting
- * restores registrations. Returns 1 with an event in c->lev (queue false),
- * 0 when the buffer holds nothing more; with queue, events are appended to
- * the queued stream instead.
+ * restores registrations, events go where mode says. Returns 1 with an
+ * event in c->lev (PUMP_TAKE), 2 when the queued stream has items that go
+ * before the rest (a greeting's LINK up, a refused restore's REVOKED,
+ * what a callback's blocking call queued), 0 when the buffer holds
+ * nothing more.
  */
 static int
-pump(struct bg_conn *c, bool queue)
+pump(struct bg_conn *c, enum pump_mode mode)
 {
+    bool queue = mode == PUMP_QUEUE;
     int r;
 
     while (c->fd >= 0) {
@@ -1056,14 +1073,25 @@ pump(struct bg_conn *c, bool queue)
         }
         if (r == 0)
             return 0;
-        /* At events only: a greeting's on_hello would undo the cut. */
-        if (queue && (c->link_item || is_event(c->lev.kind)))
-            check_queued(c);
-        if (c->link_item) { /* a DATA event skipped */
-            if (!queue)
+        if (c->link_item || is_event(c->lev.kind)) {
+            if (c->lev.kind == LP_EV_REVOKED && !c->link_item)
+                forget_revoked(c, c->lev.rest);
+            switch (mode) {
+            case PUMP_TAKE:
                 return 1;
-            queue_link_item(c, "skipped", 0, 0, c->link_text);
-            continue;
+            case PUMP_QUEUE:
+                check_queued(c);
+                if (c->link_item) /* a DATA event skipped */
+                    queue_link_item(c, "skipped", 0, 0, c->link_text);
+                continue;
+            case PUMP_DELIVER:
+                deliver(c);
+                /* A callback unset in the callback lets a blocking call
+                 * read on and queue: those first. */
+                if (evbuffer_get_length(c->queued.buf) > 0)
+                    return 2;
+                continue;
+            }
         }
         switch (c->lev.kind) {
         case LP_EV_OK:
@@ -1075,25 +1103,18 @@ pump(struct bg_conn *c, bool queue)
         case LP_EV_STAT:
             on_stat(c);
             break;
-        case LP_EV_REVOKED:
-            forget_revoked(c, c->lev.rest);
-            if (!queue)
-                return 1;
-            break;
         case LP_EV_HELLO:
             if (on_hello(c) < 0)
                 link_closing(c, c->err, c->errmsg);
             flush_out(c);
-            /* The LINK up event it queued (not on a first connection)
-             * goes first; else read on. */
-            if (!queue && evbuffer_get_length(c->queued.buf) > 0)
-                return 0;
             break;
         default:
-            if (is_event(c->lev.kind) && !queue)
-                return 1;
             break;
         }
+        /* A greeting's LINK up event, a refused restore's REVOKED: ahead
+         * of the events read after them. */
+        if (!queue && evbuffer_get_length(c->queued.buf) > 0)
+            return 2;
     }
     return 0;
 }
@@ -1360,10 +1381,36 @@ take_event(struct bg_conn *c)
     }
     if (r > 0)
         return 1;
-    if (pump(c, false) > 0)
+    if ((r = pump(c, PUMP_TAKE)) == 1)
         return 1;
-    settle_closing(c);
+    if (r == 0) /* the socket's items all read: a closed link may go */
+        settle_closing(c);
     return queued_item(c) > 0;
+}
+
+/* Event-loop use: the queued items to the callback. */
+static void
+deliver_queued(struct bg_conn *c)
+{
+    int r;
+
+    while ((r = queued_item(c)) > 0)
+        deliver(c);
+    if (r < 0) /* cannot happen: we wrote these */
+        src_reset(&c->queued);
+}
+
+/* Event-loop use: every event ready to the callback, in order: the
+ * queued ones, then the socket's in one loop (pump), then a closed
+ * link's own. */
+static void
+deliver_all(struct bg_conn *c)
+{
+    do
+        deliver_queued(c);
+    while (pump(c, PUMP_DELIVER) == 2);
+    settle_closing(c);
+    deliver_queued(c);
 }
 
 /* ---- waiting ---- */
@@ -1414,7 +1461,7 @@ wait_reply(struct bg_conn *c, uint64_t id)
     c->wait_id = id;
     c->wait_done = false;
     for (;;) {
-        pump(c, true);
+        pump(c, PUMP_QUEUE);
         if (c->wait_done)
             break;
         if (c->state == LINK_CLOSING) {
@@ -1449,14 +1496,14 @@ ensure_up(struct bg_conn *c, bool force)
         /* Found gone by a write (a pipelined batch): its last words are
          * queued, then the link goes down and reconnects when due. Left
          * closing, a publish-only app would never reconnect. */
-        pump(c, true);
+        pump(c, PUMP_QUEUE);
         settle_closing(c);
     }
     if (c->state == LINK_DOWN && (force || reconnect_due(c)) && link_open(c) < 0)
         return -c->err;
     while (c->state == LINK_HELLO && !greeting_overdue(c)) {
         wait_io(c, remaining(c->hello_by));
-        pump(c, true);
+        pump(c, PUMP_QUEUE);
         settle_closing(c);
     }
     if (c->state == LINK_UP)
@@ -1571,7 +1618,7 @@ queued(struct bg_conn *c, size_t before)
             return set_err(c, BG_E_TIMEOUT, "busgated took nothing in %d ms",
                 c->timeout_ms);
         wait_io(c, remaining(deadline));
-        pump(c, true);
+        pump(c, PUMP_QUEUE);
         settle_closing(c);
     }
     return 0;
@@ -2062,8 +2109,7 @@ bg_process(bg_conn *c, int readiness)
     if (c->fd >= 0 && (readiness & BG_READABLE))
         read_some(c);
     do /* a greeting overdue ends the link: its LINK down event next */
-        while (take_event(c))
-            deliver(c);
+        deliver_all(c);
     while (greeting_overdue(c));
     flush_out(c);
     return c->state == LINK_DOWN ? -BG_E_CLOSED : 0;

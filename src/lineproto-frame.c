@@ -185,8 +185,15 @@ framer_find_newline(struct lp_framer *f, struct evbuffer *in,
     if (len <= f->scanned)
         return -1;
     evbuffer_ptr_set(in, &start, f->pending + f->scanned, EVBUFFER_PTR_SET);
-    evbuffer_ptr_set(in, &end, f->pending + len, EVBUFFER_PTR_SET);
-    nl = evbuffer_search_range(in, "\n", 1, &start, &end);
+    /* A window to the buffer's end needs no end pointer: setting one
+     * walks every chain up to it, which for a long buffer (events queued
+     * by a blocking call, thousands of chains) cost more than the search. */
+    if (f->pending + len == evbuffer_get_length(in)) {
+        nl = evbuffer_search_range(in, "\n", 1, &start, NULL);
+    } else {
+        evbuffer_ptr_set(in, &end, f->pending + len, EVBUFFER_PTR_SET);
+        nl = evbuffer_search_range(in, "\n", 1, &start, &end);
+    }
     return nl.pos < 0 ? -1 : (ssize_t)(nl.pos - f->pending);
 }
 
