@@ -128,8 +128,8 @@ static inline size_t
 special_tokens(const char **pp, const char *end, struct tok *t, bool *clean, size_t want)
 {
     const char *blk = *pp, *start = *pp, *s;
+    struct tok *const t0 = t, *const t_end = t + want;
     uint64_t m;
-    size_t n = 0;
     bool cl = true;
 
     if (want == 0)
@@ -142,24 +142,31 @@ special_tokens(const char **pp, const char *end, struct tok *t, bool *clean, siz
         }
         s = blk + __builtin_ctzll(m);
         m &= m - 1;
-        if (s < end && !is_sep(*s)) {
+        if (s >= end)
+            break;
+        /* A space (nearly every special byte) tested first: one compare. */
+        if (*s != ' ' && *s != '\t') {
             cl = false; /* a byte to decode, or to refuse */
             continue;
         }
         if (s > start) {
-            t[n].p = start;
-            t[n].n = (size_t)(s - start);
-            clean[n] = cl;
-            if (++n == want)
+            t->p = start;
+            t->n = (size_t)(s - start);
+            *clean++ = cl;
+            if (++t == t_end)
                 break;
         }
-        if (s >= end)
-            break;
         start = s + 1;
         cl = true;
     }
+    if (s >= end && end > start && t < t_end) { /* the last token, up to end */
+        t->p = start;
+        t->n = (size_t)(end - start);
+        *clean = cl;
+        t++;
+    }
     *pp = s < end ? s + 1 : end;
-    return n;
+    return (size_t)(t - t0);
 }
 
 static inline char
