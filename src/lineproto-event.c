@@ -33,6 +33,14 @@ event_reset(struct lp_event *ev)
     memset(ev, 0, offsetof(struct lp_event, store));
 }
 
+/* The event's store with room for need bytes; a call only to grow it. */
+static inline void *
+event_store(struct lp_event *ev, size_t need)
+{
+    return need <= ev->store_cap ? ev->store
+                                 : lp_store_reserve(&ev->store, &ev->store_cap, need);
+}
+
 /* How names are returned: decoded copies in ev->store, or (by reference)
  * pointers into the line for names that carry no escape. */
 struct names_out {
@@ -134,7 +142,7 @@ event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
     event_word_n((t), (yes), sizeof(yes) - 1, (no), sizeof(no) - 1, (out))
 
 /* Token counts and layout of the structured events. */
-static int
+static inline __attribute__((always_inline)) int
 parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const char *p,
     const char *end, const struct lp_limits *lim, size_t names_room, bool by_ref)
 {
@@ -157,7 +165,7 @@ parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const
         return -1;
     pk_room = ALIGN8(scan.n_specs * sizeof(struct wire_packet)) +
         ALIGN8((size_t)scan.n_ents * sizeof(int32_t));
-    if (lp_store_reserve(&ev->store, &ev->store_cap, pk_room + names_room) == NULL)
+    if (event_store(ev, pk_room + names_room) == NULL)
         return -1;
     ev->packets = ev->store;
     ents =
@@ -190,7 +198,7 @@ parse_id_names(struct lp_event *ev, const struct tok *args, const bool *clean,
 
     if (guid_from_text(args[0].p, args[0].n, ev->client_id) < 0)
         return -1;
-    if (lp_store_reserve(&ev->store, &ev->store_cap, names_room) == NULL)
+    if (event_store(ev, names_room) == NULL)
         return -1;
     no.room = ev->store;
     for (int i = 0; i < 4; i++)
@@ -236,7 +244,7 @@ parse_text_event(struct lp_event *ev, const struct text_event *te, const char *p
     n = (size_t)(end - p);
     if (te->needs_text && n == 0)
         return -1;
-    if (lp_store_reserve(&ev->store, &ev->store_cap, n + 1) == NULL)
+    if (event_store(ev, n + 1) == NULL)
         return -1;
     copy = ev->store;
     memcpy(copy, p, n);
@@ -246,7 +254,9 @@ parse_text_event(struct lp_event *ev, const struct text_event *te, const char *p
     return 0;
 }
 
-static int
+/* Inline in its two callers: the reference parse is a subscriber's hot
+ * path, and its call would cost a frame of its own. */
+static inline __attribute__((always_inline)) int
 parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp_event *ev,
     bool by_ref)
 {

@@ -124,7 +124,7 @@ next_token(const char **pp, const char *end, struct tok *t)
  * past the separator after the last token taken (the next one nearly
  * always starts right there). Returns how many were found.
  */
-static inline size_t
+static inline __attribute__((always_inline)) size_t
 special_tokens(const char **pp, const char *end, struct tok *t, bool *clean, size_t want)
 {
     const char *blk = *pp, *start = *pp, *s;
