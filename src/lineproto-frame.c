@@ -69,16 +69,14 @@ lp_framer_consume(struct lp_framer *f, struct evbuffer *in)
     framer_yield(f, in);
 }
 
+/* lp_framer_line_with's slow half: the n bytes are not all in the chain
+ * the line was found in. */
 const char *
-lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr, size_t n)
+lp_framer_line_pull(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr, size_t n)
 {
     size_t line = fr->len + 1, start = f->pending - line; /* the last item delivered */
     const unsigned char *p;
 
-    /* Where the line was found, when the n bytes are there too: the
-     * common case (reads are large), at no libevent call. */
-    if (f->chain_len >= f->pending + n)
-        return (const char *)f->chain + start;
     if (evbuffer_get_length(in) < f->pending + n)
         return NULL;
     /* The items before the line are no longer valid (lp_framer_next has
@@ -93,13 +91,6 @@ lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, struct lp_frame *f
         return NULL;
     fr->data = p; /* the chain it was in may be gone */
     return (const char *)p;
-}
-
-void
-lp_framer_extend(struct lp_framer *f, size_t n)
-{
-    f->pending += n;
-    f->bytes += n;
 }
 
 void

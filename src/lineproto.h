@@ -391,12 +391,25 @@ void lp_framer_payload(struct lp_framer *f, uint64_t len, bool deliver);
  * draining the items delivered before the line), or NULL when not all are
  * buffered. The pullup frees where the line was: fr->data then points at
  * its new place. Read in place, the n bytes are then taken with
- * lp_framer_extend. */
-const char *lp_framer_line_with(struct lp_framer *f, struct evbuffer *in,
+ * lp_framer_extend. Inline where they lie in the chain the line was
+ * found in (reads are large: nearly always), a call otherwise. */
+const char *lp_framer_line_pull(struct lp_framer *f, struct evbuffer *in,
     struct lp_frame *fr, size_t n);
+static inline const char *
+lp_framer_line_with(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr, size_t n)
+{
+    if (f->chain_len >= f->pending + n)
+        return (const char *)f->chain + f->pending - (fr->len + 1);
+    return lp_framer_line_pull(f, in, fr, n);
+}
 /* The item just returned also covers the next n bytes (a payload the
  * caller found whole behind its line and read in place): they are drained
  * with it. */
-void lp_framer_extend(struct lp_framer *f, size_t n);
+static inline void
+lp_framer_extend(struct lp_framer *f, size_t n)
+{
+    f->pending += n;
+    f->bytes += n;
+}
 
 #endif /* BUSGATE_LINEPROTO_H */
