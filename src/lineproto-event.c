@@ -25,12 +25,18 @@ lp_event_free(struct lp_event *ev)
     memset(ev, 0, sizeof(*ev));
 }
 
-/* Every field but the store (kept for the next event): one memset of the
- * fields ahead of it, not a whole-struct literal and a copy. */
+/* Every field but the store (kept for the next event): the fields ahead
+ * of it cleared in two memsets, which the compiler writes as ten 16-byte
+ * stores; one of all 160 bytes is a "rep stos" (a string instruction of
+ * twenty steps, and a slow start on the CPU). */
+#define EVENT_RESET_HEAD 80
+_Static_assert(offsetof(struct lp_event, store) > EVENT_RESET_HEAD, "event_reset");
 static void
 event_reset(struct lp_event *ev)
 {
-    memset(ev, 0, offsetof(struct lp_event, store));
+    memset(ev, 0, EVENT_RESET_HEAD);
+    memset((char *)ev + EVENT_RESET_HEAD, 0,
+        offsetof(struct lp_event, store) - EVENT_RESET_HEAD);
 }
 
 /* The event's store with room for need bytes; a call only to grow it. */
