@@ -117,6 +117,48 @@ next_token(const char **pp, const char *end, struct tok *t)
 }
 
 /*
+ * special_tokens for the usual line: tokens with no special byte, one
+ * space apart (one may lead), the wanted ones or the line's end within
+ * the first 64 bytes, m their special bytes. Each special byte then ends a
+ * token: no clean flag to follow, no empty token to skip. 0 when the line
+ * is otherwise; special_tokens' walk then takes it from the start.
+ */
+static inline __attribute__((always_inline)) size_t
+spaced_tokens(const char **pp, const char *end, uint64_t m, struct tok *t, bool *clean,
+    size_t want)
+{
+    const char *p = *pp;
+    size_t from = 0, b, n = 0;
+
+    if (p < end && *p == ' ') { /* bit 0 */
+        from = 1;
+        m &= m - 1;
+    }
+    for (;;) {
+        if (m == 0)
+            return 0;
+        b = (size_t)__builtin_ctzll(m);
+        m &= m - 1;
+        if (b == from) /* an empty token: two separators */
+            return 0;
+        t[n].p = p + from;
+        t[n].n = b - from;
+        clean[n++] = true;
+        if (p + b >= end) {
+            *pp = end;
+            return n;
+        }
+        if (p[b] != ' ')
+            return 0;
+        if (n == want) {
+            *pp = p + b + 1;
+            return n;
+        }
+        from = b + 1;
+    }
+}
+
+/*
  * Up to want tokens from *pp, each with whether it is clean (nothing to
  * decode: what matters for a name). The special bytes are walked one to
  * the next, by the bits of their mask: in a clean line those are just the
@@ -130,11 +172,14 @@ special_tokens(const char **pp, const char *end, struct tok *t, bool *clean, siz
     const char *blk = *pp, *start = *pp, *s;
     struct tok *const t0 = t, *const t_end = t + want;
     uint64_t m;
+    size_t n;
     bool cl = true;
 
     if (want == 0)
         return 0;
     m = specials_block(blk, end);
+    if ((n = spaced_tokens(pp, end, m, t, clean, want)) > 0)
+        return n;
     for (;;) {
         while (m == 0) { /* 64 bytes of one token: the next 64 */
             blk += 64;
