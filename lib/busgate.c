@@ -548,23 +548,23 @@ link_open(struct bg_conn *c)
     return 0;
 }
 
-/* Read what the socket holds, in up to BG_READ_CHUNKS chunks straight
- * into the buffer: evbuffer_read stops at 4 KiB a call, which costs a
+/* Read what the socket holds into buf, in up to BG_READ_CHUNKS chunks
+ * straight into it: evbuffer_read stops at 4 KiB a call, which costs a
  * subscriber half its rate in system calls. */
 static void
-read_some(struct bg_conn *c)
+read_into(struct bg_conn *c, struct evbuffer *buf)
 {
     struct evbuffer_iovec vec;
     ssize_t n;
 
     for (int i = 0; i < BG_READ_CHUNKS; i++) {
-        if (evbuffer_reserve_space(c->sock.buf, BG_READ_CHUNK, &vec, 1) < 1) {
+        if (evbuffer_reserve_space(buf, BG_READ_CHUNK, &vec, 1) < 1) {
             link_closing(c, BG_E_NOMEM, "out of memory");
             return;
         }
         if ((n = read(c->fd, vec.iov_base, vec.iov_len)) <= 0) {
             vec.iov_len = 0;
-            evbuffer_commit_space(c->sock.buf, &vec, 1);
+            evbuffer_commit_space(buf, &vec, 1);
             if (n == 0)
                 link_closing(c, BG_E_CLOSED, "busgated closed the connection");
             else if (errno != EAGAIN && errno != EINTR)
@@ -572,10 +572,16 @@ read_some(struct bg_conn *c)
             return;
         }
         vec.iov_len = (size_t)n;
-        evbuffer_commit_space(c->sock.buf, &vec, 1);
+        evbuffer_commit_space(buf, &vec, 1);
         if ((size_t)n < BG_READ_CHUNK)
             return;
     }
+}
+
+static void
+read_some(struct bg_conn *c)
+{
+    read_into(c, c->sock.buf);
 }
 
 /* Output waits for the greeting: the restore goes ahead of it (on_hello). */
@@ -595,13 +601,20 @@ want_write(const struct bg_conn *c)
 static void
 write_failed(struct bg_conn *c, int err)
 {
+    struct evbuffer *late;
     size_t before;
 
-    if (err == EPIPE || err == ECONNRESET) {
+    /* Read aside, then append: a write can fail in a callback's command,
+     * mid-batch, and reserving space in the socket buffer may move the
+     * bytes the framer and the event in the callback's hands point into.
+     * Appended chains leave those bytes where they are. */
+    if ((err == EPIPE || err == ECONNRESET) && (late = evbuffer_new()) != NULL) {
         do {
-            before = evbuffer_get_length(c->sock.buf);
-            read_some(c);
-        } while (c->state != LINK_CLOSING && evbuffer_get_length(c->sock.buf) > before);
+            before = evbuffer_get_length(late);
+            read_into(c, late);
+        } while (c->state != LINK_CLOSING && evbuffer_get_length(late) > before);
+        evbuffer_add_buffer(c->sock.buf, late);
+        evbuffer_free(late);
     }
     link_closing(c, BG_E_IO, strerror(err));
 }
