@@ -416,12 +416,15 @@ bus_queued(const struct bus *bus)
     return 0;
 }
 
-/* After appending to the output: back-pressure past the high-water mark. */
-static void
+/* After appending to the output: back-pressure past the high-water mark.
+ * Returns whether it is past it (bus_congested). */
+static bool
 bus_note_queued(struct bus *bus)
 {
-    if (bus_queued(bus) > bus->cfg.output_high_water)
-        bus->pressure = true;
+    if (bus_queued(bus) <= bus->cfg.output_high_water)
+        return false;
+    bus->pressure = true;
+    return true;
 }
 
 /* Forget the batch (the link goes without draining). */
@@ -548,10 +551,12 @@ bus_batch_add(struct bus *bus, const struct wire_msg *msg)
     bus->batch_len += size;
     bus->st.msgs_out++;
     bus->st.bytes_out += size;
-    /* bus_note_queued, its link known up (bus_data_ready) */
-    if (queued_on_link(bus) > bus->cfg.output_high_water)
-        bus->pressure = true;
-    return BUS_SENT;
+    /* bus_note_queued, its link known up (bus_data_ready); the result
+     * saves the caller measuring the output again */
+    if (queued_on_link(bus) <= bus->cfg.output_high_water)
+        return BUS_SENT;
+    bus->pressure = true;
+    return BUS_SENT_HIGH;
 }
 
 /* msg at the configured bus protocol, whatever version it was built at. */
@@ -584,8 +589,7 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     bus->st.msgs_out++;
     bus->st.bytes_out += after - before;
     bus_out_runs_note(bus, after - before, false);
-    bus_note_queued(bus);
-    return BUS_SENT;
+    return bus_note_queued(bus) ? BUS_SENT_HIGH : BUS_SENT;
 }
 
 enum bus_send_result

@@ -75,8 +75,11 @@ struct bus_stats {
 };
 
 enum bus_send_result {
-    BUS_SENT = 0,    /* queued for the bus */
-    BUS_NOT_UP = -1, /* link down or connecting: nothing queued */
+    BUS_SENT = 0,      /* queued for the bus */
+    BUS_SENT_HIGH = 1, /* queued, and the output is now over its high-water
+                        * mark (bus_congested): the caller that feeds it
+                        * need not ask again */
+    BUS_NOT_UP = -1,   /* link down or connecting: nothing queued */
     BUS_ENCODE_ERROR = -2,
 };
 
@@ -88,7 +91,8 @@ struct bus *bus_new(struct event_base *base, struct evdns_base *dns,
 int bus_start(struct bus *bus);
 
 /* Queue msg when the state is UNCONFIRMED or UP; data (publishes, sends,
- * authorization answers) only when bus_data_ready. */
+ * authorization answers) only when bus_data_ready. BUS_SENT_HIGH when it
+ * was queued and left the output over its high-water mark. */
 enum bus_send_result bus_send(struct bus *bus, const struct wire_msg *msg);
 
 /* Whether the link takes data now: up, or unconfirmed with no way to

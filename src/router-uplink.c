@@ -45,15 +45,17 @@ uplink_ready(const struct router *r)
 }
 
 /* m to the bus, whose link the caller found up; back-pressure past its
- * high-water mark. */
+ * high-water mark, which bus_send reports (asking bus_congested after
+ * every publish measured the output a second time). */
 static inline enum bus_send_result
 send_up(struct router *r, const struct wire_msg *m)
 {
     enum bus_send_result res = bus_send(r->bus, m);
 
-    if (res == BUS_SENT && bus_congested(r->bus))
-        congest(r, "bus output over its high-water mark");
-    return res;
+    if (res != BUS_SENT_HIGH)
+        return res;
+    congest(r, "bus output over its high-water mark");
+    return BUS_SENT;
 }
 
 /* Send upstream while the link is up; otherwise the replay at reconnect

@@ -202,7 +202,7 @@ bus_send(struct bus *bus, const struct wire_msg *m)
     if (is_data(m) && !bus_data_ready(bus))
         return BUS_NOT_UP;
     record(m);
-    return BUS_SENT;
+    return fb.congested ? BUS_SENT_HIGH : BUS_SENT;
 }
 
 /* The router's queue, handed over whole: every message in it is data. */
