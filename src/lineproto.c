@@ -462,50 +462,72 @@ tok_eq(const struct tok *t, const char *word, size_t n)
 
 /* Whether the n bytes at a and b are equal but for the case bit of each:
  * for a word of letters (every verb) exactly an ASCII case-insensitive
- * match, since only a letter's two cases differ by that bit alone. */
+ * match, since only a letter's two cases differ by that bit alone. Two
+ * overlapping loads of a word, or of a half or quarter word, compare any
+ * n from 2 to 16 without a byte loop. */
 static inline bool
 letters_eq(const char *a, const char *b, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        if (((unsigned char)a[i] ^ (unsigned char)b[i]) & ~0x20u)
-            return false;
-    return true;
+    uint64_t x, y, u, v;
+
+    if (n >= 8) {
+        memcpy(&x, a, 8), memcpy(&y, b, 8);
+        memcpy(&u, a + n - 8, 8), memcpy(&v, b + n - 8, 8);
+    } else if (n >= 4) {
+        uint32_t x4, y4, u4, v4;
+
+        memcpy(&x4, a, 4), memcpy(&y4, b, 4);
+        memcpy(&u4, a + n - 4, 4), memcpy(&v4, b + n - 4, 4);
+        x = x4, y = y4, u = u4, v = v4;
+    } else {
+        uint16_t x2, y2, u2, v2;
+
+        memcpy(&x2, a, 2), memcpy(&y2, b, 2);
+        memcpy(&u2, a + n - 2, 2), memcpy(&v2, b + n - 2, 2);
+        x = x2, y = y2, u = u2, v = v2;
+    }
+    return (((x ^ y) | (u ^ v)) & ~0x2020202020202020ull) == 0;
 }
 
-/* The verb a token names: the first byte and the length pick the one
- * candidate, which is then compared whole (verbs are letters only).
- * Always inline: left to itself the compiler calls it. */
-static inline __attribute__((always_inline)) const struct verb_def *
+/* The verb a token names, or -1: the first byte and the length pick the
+ * one candidate, which is then compared whole (verbs are letters only).
+ * Only a letter's two cases give the same byte | 0x20, so the first byte
+ * is known to match and the compare starts at the second (every verb has
+ * at least two more). Always inline: left to itself the compiler calls
+ * it. */
+static inline __attribute__((always_inline)) int
 find_verb(const struct tok *t)
 {
-    const struct verb_def *vd;
+    int v;
 
     switch (t->p[0] | 0x20) {
     case 'p':
-        vd = &verbs[t->n == 3 ? LP_PUB : LP_PING];
+        v = t->n == 3 ? LP_PUB : LP_PING;
         break;
     case 's':
-        vd = &verbs[t->n == 3 ? LP_SUB : t->n == 4 ? LP_SEND : LP_STATS];
+        v = t->n == 3 ? LP_SUB : t->n == 4 ? LP_SEND : LP_STATS;
         break;
     case 'u':
-        vd = &verbs[t->n == 5 ? LP_UNSUB : t->n == 8 ? LP_UNNOTIFY : LP_UNAUTHORIZER];
+        v = t->n == 5 ? LP_UNSUB : t->n == 8 ? LP_UNNOTIFY : LP_UNAUTHORIZER;
         break;
     case 'n':
-        vd = &verbs[t->n == 4 ? LP_NAME : LP_NOTIFY];
+        v = t->n == 4 ? LP_NAME : LP_NOTIFY;
         break;
     case 'a':
-        vd = &verbs[t->n == 9 ? LP_AUTHORIZE : LP_AUTHORIZER];
+        v = t->n == 9 ? LP_AUTHORIZE : LP_AUTHORIZER;
         break;
     case 'v':
-        vd = &verbs[LP_VERBOSE];
+        v = LP_VERBOSE;
         break;
     case 'q':
-        vd = &verbs[LP_QUIT];
+        v = LP_QUIT;
         break;
     default:
-        return NULL;
+        return -1;
     }
-    return t->n == vd->name_len && letters_eq(t->p, vd->name, t->n) ? vd : NULL;
+    return t->n == verbs[v].name_len && letters_eq(t->p + 1, verbs[v].name + 1, t->n - 1)
+        ? v
+        : -1;
 }
 
 /* Parsing context for one command. */
@@ -744,7 +766,7 @@ arg_name(const struct cmd_args *a, size_t i, const char *what, struct lp_name *o
         a->names + (a->t[i].p - a->t[0].p), out);
 }
 
-static int
+static inline int
 arg_app(const struct cmd_args *a, size_t i)
 {
     struct lp_cmd *cmd = a->cmd;
@@ -757,7 +779,7 @@ arg_app(const struct cmd_args *a, size_t i)
     return 0;
 }
 
-static int
+static inline int
 arg_client_id(const struct cmd_args *a, size_t i)
 {
     const struct tok *t = &a->t[i];
@@ -770,7 +792,7 @@ arg_client_id(const struct cmd_args *a, size_t i)
         "'%s' is not a client id like 00112233-4455-6677-8899-aabbccddeeff", ex);
 }
 
-static int
+static inline int
 arg_ents(const struct cmd_args *a, size_t i)
 {
     const struct tok *t = &a->t[i];
@@ -789,7 +811,7 @@ arg_ents(const struct cmd_args *a, size_t i)
     return 0;
 }
 
-static int
+static inline int
 arg_view(const struct cmd_args *a, size_t i)
 {
     const struct tok *t = &a->t[i];
@@ -807,7 +829,7 @@ arg_view(const struct cmd_args *a, size_t i)
 }
 
 /* PING's token, raw (not unescaped), at its place in the copy. */
-static int
+static inline int
 arg_token(const struct cmd_args *a, size_t i)
 {
     const struct tok *t = &a->t[i];
@@ -877,13 +899,13 @@ bool
 lp_head_has_payload(const char *head, size_t n)
 {
     const char *p = head, *end = head + n;
-    const struct verb_def *vd;
     struct tok verb;
+    int v;
 
     /* A verb that runs to the end of the head may go on past it. */
     if (!next_token(&p, end, &verb) || verb.p + verb.n == end)
         return false;
-    return (vd = find_verb(&verb)) != NULL && vd->packets;
+    return (v = find_verb(&verb)) >= 0 && verbs[v].packets;
 }
 
 int
@@ -896,11 +918,13 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
     struct tok toks[LINE_TOKS], *args = toks + 1, ctype = { NULL, 0 };
     bool cleans[LINE_TOKS], *clean = cleans + 1;
     struct pkt_scan scan;
-    size_t ntok, nfix, nopt, nargs = 0, span = 0, names_room = 0, need;
-    bool has_packets, has_type = false, high = false;
+    size_t ntok, nfix, nopt, nargs = 0, span = 0, names_room = 0, pk_room = 0, ent_room = 0,
+                             need;
+    bool has_packets, has_type = false, high = false, sized;
     char ex[40], *names;
     int32_t *ents;
     long n_auth_ents = 0;
+    int verb;
 
     cmd_reset(cmd);
     *err = LP_ERR_NONE;
@@ -914,11 +938,12 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
      * p is then where the packet specs start (end when there are none). */
     if ((ntok = special_tokens(&p, end, toks, cleans, LINE_TOKS)) == 0)
         return fail(&cp, LP_ERR_SYNTAX, "empty line");
-    if ((vd = find_verb(&toks[0])) == NULL) {
+    if ((verb = find_verb(&toks[0])) < 0) {
         excerpt(&toks[0], ex, sizeof(ex));
         return fail(&cp, LP_ERR_UNKNOWN_COMMAND, "unknown command '%s'", ex);
     }
-    cmd->verb = (enum lp_verb)(vd - verbs);
+    cmd->verb = (enum lp_verb)verb;
+    vd = &verbs[verb];
     nfix = vd->n_fixed;
     nopt = vd->n_optional;
     has_packets = vd->packets;
@@ -929,7 +954,6 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
 
     /* Measure the payload first so that even a refused PUB/SEND tells the
      * caller how many bytes to skip. */
-    memset(&scan, 0, sizeof(scan));
     if (has_packets) {
         has_type = take_type_token(&p, end, &ctype);
         scan_packets(p, end, lim->max_entitlements, &scan);
@@ -941,9 +965,13 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         if (vd->usage[0] == '\0')
             return fail(&cp, LP_ERR_SYNTAX, "%s takes no arguments", vd->name);
         return fail(&cp, LP_ERR_SYNTAX, "too many arguments: %s %s", vd->name, vd->usage);
+    } else {
+        scan.n_specs = scan.n_ents = 0; /* what the storage reads */
+        scan.bad = NULL;
     }
 
-    /* Storage: packets, then entitlements, then the decoded names. */
+    /* Storage: packets, then entitlements, then the decoded names. A
+     * refused packet line is not sized from its specs (sized false). */
     if (nargs > 0) { /* the tokens' span, copied whole, and a NUL after it */
         span = (size_t)(args[nargs - 1].p + args[nargs - 1].n - args[0].p);
         names_room = span + 1;
@@ -952,28 +980,23 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         names_room += ctype.n + 1;
     if (cmd->verb == LP_AUTHORIZE && nargs == nfix) /* room: one per comma + 1 */
         n_auth_ents = (long)count_byte(args[4].p, args[4].n, ',') + 1;
-    if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
-        need = ALIGN8(scan.n_specs * sizeof(struct wire_packet)) +
-            ALIGN8(((size_t)scan.n_ents + (size_t)n_auth_ents) * sizeof(int32_t)) +
-            names_room;
-    } else {
-        need = names_room; /* refused anyway: do not size from the specs */
+    sized = scan.bad == NULL && scan.n_specs <= lim->max_packets;
+    if (sized) {
+        pk_room = ALIGN8(scan.n_specs * sizeof(struct wire_packet));
+        ent_room = ALIGN8(((size_t)scan.n_ents + (size_t)n_auth_ents) * sizeof(int32_t));
     }
+    need = pk_room + ent_room + names_room;
     if (need > 0 && lp_store_reserve(&cmd->store, &cmd->store_cap, need) == NULL)
         return fail(&cp, LP_ERR_SYNTAX, "out of memory");
     if (cmd->store == NULL) {
         /* Nothing to store (STATS, QUIT...) and nothing stored yet. */
         ents = NULL;
         names = NULL;
-    } else if (scan.bad == NULL && scan.n_specs <= lim->max_packets) {
-        cmd->packets = cmd->store;
-        ents = (int32_t *)((char *)cmd->store +
-            ALIGN8(scan.n_specs * sizeof(struct wire_packet)));
-        names = (char *)ents +
-            ALIGN8(((size_t)scan.n_ents + (size_t)n_auth_ents) * sizeof(int32_t));
     } else {
-        ents = NULL;
-        names = cmd->store;
+        if (sized)
+            cmd->packets = cmd->store;
+        ents = sized ? (int32_t *)((char *)cmd->store + pk_room) : NULL;
+        names = (char *)cmd->store + pk_room + ent_room;
     }
 
     /* The arguments are copied as they lie in the line, in one go: a name
