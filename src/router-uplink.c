@@ -275,10 +275,10 @@ router_bus_drained(struct router *r)
         replay_schedule(r);
 }
 
-/* Keep data for a link that is not ready (see the top). */
-static enum bus_send_result
-queue_data(struct router *r, const struct wire_msg *m, bool while_down, char *why,
-    size_t whylen)
+/* Keep data for a link that is not ready (see the top). Out of line: a
+ * publish to a ready link then saves no registers for it. */
+static enum bus_send_result __attribute__((noinline)) queue_data(struct router *r,
+    const struct wire_msg *m, bool while_down, char *why, size_t whylen)
 {
     size_t size = wire_encoded_size(m), have = evbuffer_get_length(r->queue);
     bool confirming = r->state == BUS_UNCONFIRMED;
@@ -316,8 +316,10 @@ rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *
 
     if (r->queue_count > 0)
         rt_queue_flush(r);
-    /* uplink_ready covers what rt_upstream would check again */
-    if (r->queue_count == 0 && uplink_ready(r) && (res = send_up(r, m)) != BUS_NOT_UP)
+    /* uplink_ready but for bus_data_ready, which bus_send checks for data
+     * (BUS_NOT_UP: queued here then) */
+    if (r->queue_count == 0 && r->bus != NULL && !r->freeing && rt_linked(r->state) &&
+        (res = send_up(r, m)) != BUS_NOT_UP)
         return res;
     return queue_data(r, m, while_down, why, whylen);
 }
