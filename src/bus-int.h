@@ -135,6 +135,13 @@ struct bus {
     uint8_t *batch;
     size_t batch_len, batch_cap;
     struct event *batch_ev; /* flushes the batch at the end of the turn */
+    /* The output's length when the batch began, at most: until the batch
+     * is flushed the output only shrinks (appends go through bus_output,
+     * which flushes the batch first; the link's own writes at login come
+     * before any batch), so batch_out + batch_len bounds what is queued
+     * and a data send measures the output only when that bound passes
+     * the high-water mark. */
+    size_t batch_out;
 
     struct wire_msg msg; /* reused for every decoded message */
     struct bus_stats st;

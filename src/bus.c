@@ -519,6 +519,23 @@ bus_batch_room(struct bus *bus, size_t size)
     return bus->batch + bus->batch_len;
 }
 
+/* bus_note_queued for a data send, its link known up (bus_data_ready): the
+ * output is measured only when the bound batch_out gives passes the
+ * high-water mark, and the result saves the caller measuring it again. */
+static enum bus_send_result
+bus_batch_note_queued(struct bus *bus)
+{
+    size_t high = bus->cfg.output_high_water;
+
+    if (bus->batch_out + bus->batch_len <= high)
+        return BUS_SENT;
+    bus->batch_out = evbuffer_get_length(bufferevent_get_output(bus->bev));
+    if (bus->batch_out + bus->batch_len <= high)
+        return BUS_SENT;
+    bus->pressure = true;
+    return BUS_SENT_HIGH;
+}
+
 /* A data send, into the batch at the configured bus protocol. */
 static enum bus_send_result
 bus_batch_add(struct bus *bus, const struct wire_msg *msg)
@@ -544,19 +561,16 @@ bus_batch_add(struct bus *bus, const struct wire_msg *msg)
             (end = wire_encode_into(p, p + size, m)) == NULL))
         return BUS_ENCODE_ERROR;
     /* The first send of a batch schedules its flush for the end of this
-     * loop turn. */
-    if (bus->batch_len == 0)
+     * loop turn, and notes the output's length (batch_out). */
+    if (bus->batch_len == 0) {
         event_active(bus->batch_ev, EV_TIMEOUT, 0);
+        bus->batch_out = evbuffer_get_length(bufferevent_get_output(bus->bev));
+    }
     size = (size_t)(end - p);
     bus->batch_len += size;
     bus->st.msgs_out++;
     bus->st.bytes_out += size;
-    /* bus_note_queued, its link known up (bus_data_ready); the result
-     * saves the caller measuring the output again */
-    if (queued_on_link(bus) <= bus->cfg.output_high_water)
-        return BUS_SENT;
-    bus->pressure = true;
-    return BUS_SENT_HIGH;
+    return bus_batch_note_queued(bus);
 }
 
 /* msg at the configured bus protocol, whatever version it was built at. */
