@@ -534,26 +534,31 @@ session_cmd_trim(struct session *s)
     }
 }
 
-static void
-session_dispatch(struct session *s, struct lp_cmd *cmd)
+/* The commands the session answers itself (VERBOSE, QUIT). Out of line:
+ * the router's commands (nearly every one) then save no registers. */
+static void __attribute__((noinline))
+session_own_command(struct session *s, struct lp_cmd *cmd)
 {
-    s->st.cmds_in++;
-    switch (cmd->verb) {
-    case LP_VERBOSE:
+    if (cmd->verb == LP_VERBOSE) {
         /* VERBOSE itself is always acknowledged: "off" as the last +OK. */
         s->verbose = true;
         session_reply_ok(s);
         s->verbose = cmd->on;
-        break;
-    case LP_QUIT:
-        session_reply_ok(s);
-        s->close_reason = "quit";
-        session_close(s, LP_ERR_NONE, NULL);
-        break;
-    default:
-        router_command(s->router, s->rc, cmd);
-        break;
+        return;
     }
+    session_reply_ok(s);
+    s->close_reason = "quit";
+    session_close(s, LP_ERR_NONE, NULL);
+}
+
+static void
+session_dispatch(struct session *s, struct lp_cmd *cmd)
+{
+    s->st.cmds_in++;
+    if (cmd->verb == LP_VERBOSE || cmd->verb == LP_QUIT)
+        session_own_command(s, cmd);
+    else
+        router_command(s->router, s->rc, cmd);
 }
 
 /* A PUB/SEND whose payload and newline are buffered behind its line (the
