@@ -225,7 +225,11 @@ struct router {
     uint64_t batch_count;
     struct evbuffer *queue; /* data for a link not ready: encoded, in order */
     uint32_t queue_count;
-    struct wire_msg qmsg;  /* re-encoding the queue (protocol change) */
+    struct wire_msg qmsg; /* re-encoding the queue (protocol change) */
+    /* Every publish's message (rt_cmd_publish): zero from the start but
+     * for the fields a PUB or SEND sets, all of which each one sets, so
+     * it is not cleared per publish. */
+    struct wire_msg pub;
     size_t bus_high_water; /* bus.output_high_water */
     char *key;             /* lookup key scratch */
     size_t key_cap;

@@ -22,7 +22,6 @@
 
 #include "log.h"
 #include "router-int.h"
-#include "util.h"
 
 static void pause_all(struct router *r);
 static void replay_step(struct router *r);
@@ -327,7 +326,7 @@ rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *
 void
 rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
 {
-    struct wire_msg m;
+    struct wire_msg *m = &r->pub; /* see struct router */
     char why[192];
 
     if (!rt_permit(r, c, cmd->verb == LP_SEND ? ACCESS_SEND : ACCESS_PUBLISH, &cmd->feed))
@@ -338,20 +337,19 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
             "(router.allow_empty_publish is off)");
         return;
     }
-    zero_bytes(&m, sizeof m); /* once per PUB: see zero_bytes */
-    m.type = cmd->verb == LP_SEND ? WIRE_UNICAST_DATA : WIRE_MULTICAST_DATA;
-    memcpy(m.client_id, cmd->client_id, WIRE_GUID_LEN);
-    m.feed.ptr = cmd->feed.ptr;
-    m.feed.len = cmd->feed.len;
-    m.topic.ptr = cmd->topic.ptr;
-    m.topic.len = cmd->topic.len;
-    m.version = r->bus_protocol; /* the queue keeps the content type */
-    m.is_image = cmd->is_image;
-    m.content_type.ptr = cmd->content_type.ptr;
-    m.content_type.len = cmd->content_type.len;
-    m.packets = cmd->packets;
-    m.n_packets = cmd->n_packets;
-    switch (rt_send_data(r, &m, true, why, sizeof why)) {
+    m->type = cmd->verb == LP_SEND ? WIRE_UNICAST_DATA : WIRE_MULTICAST_DATA;
+    memcpy(m->client_id, cmd->client_id, WIRE_GUID_LEN);
+    m->feed.ptr = cmd->feed.ptr;
+    m->feed.len = cmd->feed.len;
+    m->topic.ptr = cmd->topic.ptr;
+    m->topic.len = cmd->topic.len;
+    m->version = r->bus_protocol; /* the queue keeps the content type */
+    m->is_image = cmd->is_image;
+    m->content_type.ptr = cmd->content_type.ptr;
+    m->content_type.len = cmd->content_type.len;
+    m->packets = cmd->packets;
+    m->n_packets = cmd->n_packets;
+    switch (rt_send_data(r, m, true, why, sizeof why)) {
     case BUS_SENT:
         rt_reply_ok(c);
         break;
