@@ -536,20 +536,15 @@ bus_batch_note_queued(struct bus *bus)
     return BUS_SENT_HIGH;
 }
 
-/* A data send, into the batch at the configured bus protocol. */
-static enum bus_send_result
-bus_batch_add(struct bus *bus, const struct wire_msg *msg)
+/* A data send, into the batch; m is at the configured bus protocol.
+ * Always inline: called twice, the compiler would make the usual send a
+ * call. */
+static inline __attribute__((always_inline)) enum bus_send_result
+bus_batch_add(struct bus *bus, const struct wire_msg *m)
 {
-    const struct wire_msg *m = msg;
-    struct wire_msg at;
     size_t size;
     uint8_t *p, *end = NULL;
 
-    if (msg->version != bus->cfg.protocol) {
-        at = *msg;
-        at.version = bus->cfg.protocol;
-        m = &at;
-    }
     /* Into the room the batch has; when too little, sized and written
      * again into the room made for it. */
     if (bus->batch != NULL) {
@@ -573,8 +568,20 @@ bus_batch_add(struct bus *bus, const struct wire_msg *msg)
     return bus_batch_note_queued(bus);
 }
 
-/* msg at the configured bus protocol, whatever version it was built at. */
-static int
+/* A data send built at another protocol than the configured one: a copy
+ * at it. Out of line, so that the usual send has no copy's frame. */
+static enum bus_send_result __attribute__((noinline))
+bus_batch_add_at(struct bus *bus, const struct wire_msg *msg)
+{
+    struct wire_msg at = *msg;
+
+    at.version = bus->cfg.protocol;
+    return bus_batch_add(bus, &at);
+}
+
+/* msg at the configured bus protocol, whatever version it was built at.
+ * Out of line for the reason bus_batch_add_at is. */
+static int __attribute__((noinline))
 bus_encode(struct evbuffer *out, const struct config_bus *c, const struct wire_msg *msg)
 {
     struct wire_msg at = *msg;
@@ -590,8 +597,12 @@ bus_send(struct bus *bus, const struct wire_msg *msg)
     size_t before, after;
 
     /* Data first: bus_data_ready implies the link check below. */
-    if (bus_is_data(msg))
-        return bus_data_ready(bus) ? bus_batch_add(bus, msg) : BUS_NOT_UP;
+    if (bus_is_data(msg)) {
+        if (!bus_data_ready(bus))
+            return BUS_NOT_UP;
+        return msg->version == bus->cfg.protocol ? bus_batch_add(bus, msg)
+                                                 : bus_batch_add_at(bus, msg);
+    }
     if ((bus->state != BUS_UNCONFIRMED && bus->state != BUS_UP) || bus->bev == NULL)
         return BUS_NOT_UP;
     out = bus_output(bus);
