@@ -1015,7 +1015,9 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
             goto refused;
     }
     if (has_packets) {
-        if (check_packets(&cp, &scan) < 0)
+        /* sized: no bad spec and not too many (check_packets says which) */
+        if ((!sized || scan.payload_len > lim->max_payload) &&
+            check_packets(&cp, &scan) < 0)
             goto refused;
         fill_packets(p, end, lim->max_entitlements, &scan, cmd->packets, ents);
     }
