@@ -286,6 +286,15 @@ void rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
 bool rt_linked(enum bus_state st);
 bool rt_permit(struct router *r, struct client *c, enum access_verb verb,
     const struct lp_name *feed);
+
+/* rt_permit for a publish: without access rules (r->access NULL: everyone
+ * may do everything) the answer needs no call. */
+static inline bool
+rt_permit_publish(struct router *r, struct client *c, enum access_verb verb,
+    const struct lp_name *feed)
+{
+    return r->access == NULL || rt_permit(r, c, verb, feed);
+}
 uint64_t rt_mono_ms(void);
 void *rt_xcalloc(size_t n);
 char *rt_key_room(struct router *r, size_t n);
