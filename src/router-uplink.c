@@ -307,8 +307,10 @@ static enum bus_send_result __attribute__((noinline)) queue_data(struct router *
     return BUS_SENT;
 }
 
-enum bus_send_result
-rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *why,
+/* rt_send_data, inline in rt_cmd_publish (a publish then makes one call
+ * fewer). */
+static inline __attribute__((always_inline)) enum bus_send_result
+send_data(struct router *r, const struct wire_msg *m, bool while_down, char *why,
     size_t whylen)
 {
     enum bus_send_result res;
@@ -321,6 +323,13 @@ rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *
         (res = send_up(r, m)) != BUS_NOT_UP)
         return res;
     return queue_data(r, m, while_down, why, whylen);
+}
+
+enum bus_send_result
+rt_send_data(struct router *r, const struct wire_msg *m, bool while_down, char *why,
+    size_t whylen)
+{
+    return send_data(r, m, while_down, why, whylen);
 }
 
 void
@@ -350,7 +359,7 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     m->content_type.len = cmd->content_type.len;
     m->packets = cmd->packets;
     m->n_packets = cmd->n_packets;
-    switch (rt_send_data(r, m, true, why, sizeof why)) {
+    switch (send_data(r, m, true, why, sizeof why)) {
     case BUS_SENT:
         rt_reply_ok(c);
         break;
