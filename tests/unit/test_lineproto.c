@@ -472,6 +472,47 @@ test_framing(void **state)
     refused(f, "SUB prices AAPL\r\r", LP_ERR_BAD_NAME);
 }
 
+/* Every verb in any case is that verb, and any other letter at any place
+ * but the first (which picks the candidate) makes it unknown: the verb is
+ * compared in overlapping pieces whose sizes depend on its length. */
+static void
+test_verb_match(void **state)
+{
+    struct fx *f = *state;
+
+    for (int v = LP_SUB; v <= LP_NAME; v++) {
+        const char *name = lp_verb_name((enum lp_verb)v);
+        size_t n = strlen(name);
+        char line[32];
+
+        for (int variant = 0; variant < 3; variant++) {
+            for (size_t i = 0; i < n; i++) {
+                char c = name[i];
+
+                line[i] = variant == 0 ? c
+                    : variant == 1     ? (char)(c | 0x20)
+                    : i % 2            ? (char)(c | 0x20)
+                                       : c;
+            }
+            line[n] = '\0';
+            parse(f, line);
+            if (f->err == LP_ERR_UNKNOWN_COMMAND || f->cmd.verb != (enum lp_verb)v)
+                fail_msg("'%s' not taken as %s", line, name);
+        }
+        for (size_t i = 1; i < n; i++) {
+            memcpy(line, name, n + 1);
+            line[i] = name[i] == 'Z' ? 'Y' : (char)(name[i] + 1);
+            refused(f, line, LP_ERR_UNKNOWN_COMMAND);
+            line[i] = (char)(name[i] ^ 0x60); /* a non-letter: '!' for 'A' */
+            refused(f, line, LP_ERR_UNKNOWN_COMMAND);
+        }
+        memcpy(line, name, n);
+        line[n] = 'S'; /* one letter longer */
+        line[n + 1] = '\0';
+        refused(f, line, LP_ERR_UNKNOWN_COMMAND);
+    }
+}
+
 static void
 test_syntax_errors(void **state)
 {
@@ -1438,6 +1479,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_authorize, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ping_stats_verbose_quit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_framing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_verb_match, setup, teardown),
         cmocka_unit_test_setup_teardown(test_syntax_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_names, setup, teardown),
         cmocka_unit_test_setup_teardown(test_good_names, setup, teardown),
