@@ -524,11 +524,13 @@ session_cmd(struct session *s)
     return s->cmd;
 }
 
-/* After a command: give back an unusually large parse buffer. */
+/* After a batch of commands: give back an unusually large parse buffer,
+ * unless its command still waits for its payload. */
 static void
 session_cmd_trim(struct session *s)
 {
-    if (s->cmd != NULL && s->cmd->store_cap > SESSION_CMD_STORE_KEEP) {
+    if (s->cmd != NULL && s->cmd->store_cap > SESSION_CMD_STORE_KEEP &&
+        s->framer.state != LP_FRAMER_PAYLOAD) {
         lp_cmd_free(s->cmd);
         lp_cmd_init(s->cmd);
     }
@@ -577,7 +579,6 @@ session_payload_in_place(struct session *s, struct evbuffer *in, struct lp_frame
     lp_framer_extend(&s->framer, n);
     lp_cmd_attach_payload(cmd, (const uint8_t *)line + fr->len + 1);
     session_dispatch(s, cmd);
-    session_cmd_trim(s);
     return true;
 }
 
@@ -600,7 +601,6 @@ session_line(struct session *s, struct evbuffer *in, struct lp_frame *fr)
         session_reply_err(s, e, "%s", msg);
         if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0)
             lp_framer_payload(&s->framer, cmd->payload_len, false);
-        session_cmd_trim(s);
         return;
     }
     if ((cmd->verb == LP_PUB || cmd->verb == LP_SEND) && cmd->n_packets > 0) {
@@ -609,7 +609,6 @@ session_line(struct session *s, struct evbuffer *in, struct lp_frame *fr)
         return;
     }
     session_dispatch(s, cmd);
-    session_cmd_trim(s);
 }
 
 /*
@@ -656,7 +655,6 @@ session_frame(struct session *s, struct evbuffer *in)
     case LP_FRAME_PAYLOAD:
         lp_cmd_attach_payload(s->cmd, fr.data);
         session_dispatch(s, s->cmd);
-        session_cmd_trim(s);
         break;
     case LP_FRAME_LINE_TOO_LONG:
         session_line_too_long(s, &fr);
@@ -670,7 +668,6 @@ session_frame(struct session *s, struct evbuffer *in)
             "the %zu-byte payload must be "
             "followed by a newline; discarded up to the next newline",
             fr.len);
-        session_cmd_trim(s);
         break;
     }
     s->st.bytes_in = s->framer.bytes;
@@ -686,6 +683,7 @@ session_process(struct session *s)
 
     while (!s->paused && s->state != SESSION_CLOSING && session_frame(s, in))
         ;
+    session_cmd_trim(s);
     lp_framer_consume(&s->framer, in);
     budget_hold(s);
 }
