@@ -284,16 +284,17 @@ rt_reply_ok(struct client *c)
 void rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 bool rt_linked(enum bus_state st);
-bool rt_permit(struct router *r, struct client *c, enum access_verb verb,
+bool rt_permit_by_rules(struct router *r, struct client *c, enum access_verb verb,
     const struct lp_name *feed);
 
-/* rt_permit for a publish: without access rules (r->access NULL: everyone
- * may do everything) the answer needs no call. */
+/* Whether c may do verb on feed (NULL for stats); a refusal is answered,
+ * counted and logged. Without access rules (r->access NULL: everyone may
+ * do everything) the answer needs no call: a publish pays none. */
 static inline bool
-rt_permit_publish(struct router *r, struct client *c, enum access_verb verb,
+rt_permit(struct router *r, struct client *c, enum access_verb verb,
     const struct lp_name *feed)
 {
-    return r->access == NULL || rt_permit(r, c, verb, feed);
+    return r->access == NULL || rt_permit_by_rules(r, c, verb, feed);
 }
 uint64_t rt_mono_ms(void);
 void *rt_xcalloc(size_t n);

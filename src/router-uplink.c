@@ -338,8 +338,7 @@ rt_cmd_publish(struct router *r, struct client *c, const struct lp_cmd *cmd)
     struct wire_msg *m = &r->pub; /* see struct router */
     char why[192];
 
-    if (!rt_permit_publish(r, c, cmd->verb == LP_SEND ? ACCESS_SEND : ACCESS_PUBLISH,
-            &cmd->feed))
+    if (!rt_permit(r, c, cmd->verb == LP_SEND ? ACCESS_SEND : ACCESS_PUBLISH, &cmd->feed))
         return;
     if (cmd->n_packets == 0 && !r->cfg.allow_empty_publish) {
         rt_reply_err(c, LP_ERR_NO_PACKETS,

@@ -160,10 +160,9 @@ static bool __attribute__((cold, noinline)) deny(struct router *r, struct client
     return false;
 }
 
-/* Whether c may do verb on feed (NULL for stats); a refusal is answered,
- * counted and logged (deny). */
+/* rt_permit with access rules; a refusal goes to deny. */
 bool
-rt_permit(struct router *r, struct client *c, enum access_verb verb,
+rt_permit_by_rules(struct router *r, struct client *c, enum access_verb verb,
     const struct lp_name *feed)
 {
     struct access_decision d =
