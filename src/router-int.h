@@ -274,6 +274,13 @@ rt_closing(const struct client *c)
     return c->closing || c->port->closing(c->s);
 }
 
+/* Whether the link carries traffic (asked on every publish: inline). */
+static inline bool
+rt_linked(enum bus_state st)
+{
+    return st == BUS_UNCONFIRMED || st == BUS_UP;
+}
+
 static inline void
 rt_reply_ok(struct client *c)
 {
@@ -283,7 +290,6 @@ rt_reply_ok(struct client *c)
 /* router.c */
 void rt_reply_err(struct client *c, enum lp_error e, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-bool rt_linked(enum bus_state st);
 bool rt_permit_by_rules(struct router *r, struct client *c, enum access_verb verb,
     const struct lp_name *feed);
 
