@@ -56,8 +56,7 @@ framer_discard(struct lp_framer *f, struct evbuffer *in, size_t n)
  * peeked afresh next time. The caller now reads into the buffer, and
  * reserving space can move its bytes without changing its length (the
  * check of framer_chain), so the cache lives within a batch only. */
-static void
-framer_yield(struct lp_framer *f, struct evbuffer *in)
+static void __attribute__((noinline)) framer_yield(struct lp_framer *f, struct evbuffer *in)
 {
     framer_settle(f, in);
     f->chain_len = 0;
@@ -120,18 +119,24 @@ framer_item(struct lp_framer *f, struct lp_frame *fr, enum lp_frame_kind kind,
  * the items normally lie, read without copying. Within a batch the
  * caller only adds to the buffer, and only the framer drains it: while
  * its length (total) is unchanged, the chain last peeked still holds. */
-static void
+static void __attribute__((noinline))
+framer_peek(struct lp_framer *f, struct evbuffer *in, size_t total)
+{
+    struct evbuffer_iovec v;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        v.iov_len = 0;
+    f->chain = v.iov_base;
+    f->chain_len = v.iov_len;
+    f->chain_total = total;
+}
+
+static inline void
 framer_chain(struct lp_framer *f, struct evbuffer *in, size_t total,
     struct evbuffer_iovec *v)
 {
-    if (f->chain_len == 0 || f->chain_total != total) {
-        if (evbuffer_peek(in, -1, NULL, v, 1) < 1)
-            v->iov_len = 0;
-        f->chain = v->iov_base;
-        f->chain_len = v->iov_len;
-        f->chain_total = total;
-        return;
-    }
+    if (f->chain_len == 0 || f->chain_total != total)
+        framer_peek(f, in, total);
     v->iov_base = (void *)(uintptr_t)f->chain;
     v->iov_len = f->chain_len;
 }
@@ -141,40 +146,31 @@ framer_chain(struct lp_framer *f, struct evbuffer *in, size_t total,
  * first chain v (the common case: reads are large), else pulled up into
  * one chain, after draining what was delivered.
  */
-static const unsigned char *
-framer_bytes(struct lp_framer *f, struct evbuffer *in, const struct evbuffer_iovec *v,
-    size_t n)
+static const unsigned char *__attribute__((noinline))
+framer_pull(struct lp_framer *f, struct evbuffer *in, size_t n)
 {
-    if (v->iov_len >= f->pending + n)
-        return (const unsigned char *)v->iov_base + f->pending;
     framer_settle(f, in);
     f->chain_len = 0;
     return evbuffer_pullup(in, (ev_ssize_t)n);
 }
 
-/*
- * Where the first newline is in the window of the first len bytes after
- * the delivered items, from f->scanned on: a memchr over the part in the
- * first chain v, a search of the rest only when the window goes beyond
- * it. -1 if there is none.
- */
+static inline const unsigned char *
+framer_bytes(struct lp_framer *f, struct evbuffer *in, const struct evbuffer_iovec *v,
+    size_t n)
+{
+    if (v->iov_len >= f->pending + n)
+        return (const unsigned char *)v->iov_base + f->pending;
+    return framer_pull(f, in, n);
+}
+
+/* Where the first newline is in the first len bytes after the delivered
+ * items, from f->scanned on, beyond the first chain (rare: a line across
+ * chains). -1 if there is none. */
 static ssize_t
-framer_find_newline(struct lp_framer *f, struct evbuffer *in,
-    const struct evbuffer_iovec *v, size_t len)
+framer_search_rest(struct lp_framer *f, struct evbuffer *in, size_t len)
 {
     struct evbuffer_ptr start, end, nl;
-    size_t in_chain = v->iov_len > f->pending ? v->iov_len - f->pending : 0;
-    const char *base = (const char *)v->iov_base + f->pending, *p;
 
-    if (in_chain > f->scanned) {
-        size_t n = (in_chain < len ? in_chain : len) - f->scanned;
-
-        if ((p = memchr(base + f->scanned, '\n', n)) != NULL)
-            return p - base;
-        f->scanned += n;
-    }
-    if (len <= f->scanned)
-        return -1;
     evbuffer_ptr_set(in, &start, f->pending + f->scanned, EVBUFFER_PTR_SET);
     /* A window to the buffer's end needs no end pointer: setting one
      * walks every chain up to it, which for a long buffer (events queued
@@ -188,21 +184,39 @@ framer_find_newline(struct lp_framer *f, struct evbuffer *in,
     return nl.pos < 0 ? -1 : (ssize_t)(nl.pos - f->pending);
 }
 
-/* LINE: a line within max_line, or an over-long one. Room for max_line
- * bytes plus "\r\n" is searched, never further. */
-static enum lp_frame_kind
-framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
+/* The line of n bytes (and its newline) at line: LINE, or LINE_TOO_LONG
+ * when it is over max_line without its "\r". Inline: a call here would
+ * cost the usual line more than the item itself. */
+static inline __attribute__((always_inline)) enum lp_frame_kind
+framer_line_item(struct lp_framer *f, struct lp_frame *fr, const char *line, size_t n)
 {
-    size_t total = evbuffer_get_length(in), len = total - f->pending;
-    size_t limit = (size_t)f->max_line + 2, window = len < limit ? len : limit, n, content;
-    struct evbuffer_iovec v;
-    const char *line;
-    ssize_t nl;
+    size_t content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
 
-    if (len <= f->scanned)
-        return LP_FRAME_MORE;
-    framer_chain(f, in, total, &v);
-    if ((nl = framer_find_newline(f, in, &v, window)) < 0) {
+    if (content > f->max_line)
+        return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, line,
+            n < LP_FRAME_HEAD ? n : LP_FRAME_HEAD, n + 1);
+    return framer_item(f, fr, LP_FRAME_LINE, line, n, n + 1);
+}
+
+/* LINE when the part of the window in the first chain holds no newline
+ * (end: that part's length): the window's rest is searched, or more input
+ * is awaited, or the line is too long. Out of line: the first chain nearly
+ * always holds the line, and this half's state would cost that case its
+ * registers. */
+static enum lp_frame_kind __attribute__((noinline)) framer_line_beyond(struct lp_framer *f,
+    struct evbuffer *in, struct lp_frame *fr, size_t end)
+{
+    size_t len = f->chain_total - f->pending, limit = (size_t)f->max_line + 2;
+    size_t window = len < limit ? len : limit, n;
+    struct evbuffer_iovec v = { (void *)(uintptr_t)f->chain, f->chain_len };
+    const char *line;
+    ssize_t nl = -1;
+
+    if (end > f->scanned)
+        f->scanned = end;
+    if (window > f->scanned)
+        nl = framer_search_rest(f, in, window);
+    if (nl < 0) {
         if (len < limit) {
             f->scanned = len; /* a long line arriving in pieces is scanned once */
             return LP_FRAME_MORE;
@@ -219,11 +233,30 @@ framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     n = (size_t)nl;
     if ((line = (const char *)framer_bytes(f, in, &v, n + 1)) == NULL)
         return LP_FRAME_MORE;
-    content = n > 0 && line[n - 1] == '\r' ? n - 1 : n;
-    if (content > f->max_line)
-        return framer_item(f, fr, LP_FRAME_LINE_TOO_LONG, line,
-            n < LP_FRAME_HEAD ? n : LP_FRAME_HEAD, n + 1);
-    return framer_item(f, fr, LP_FRAME_LINE, line, n, n + 1);
+    return framer_line_item(f, fr, line, n);
+}
+
+/* LINE: a line within max_line, or an over-long one. Room for max_line
+ * bytes plus "\r\n" is searched, never further: here the part of it in
+ * the first chain (a memchr), by framer_line_beyond the rest. */
+static inline enum lp_frame_kind
+framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
+{
+    size_t total = evbuffer_get_length(in), limit = (size_t)f->max_line + 2, end = 0;
+    const char *base, *p;
+
+    if (total - f->pending <= f->scanned)
+        return LP_FRAME_MORE;
+    if (f->chain_len == 0 || f->chain_total != total)
+        framer_peek(f, in, total);
+    /* The chain lies within the buffer: its part after the delivered
+     * items is no longer than what is buffered after them. */
+    if (f->chain_len > f->pending)
+        end = f->chain_len - f->pending < limit ? f->chain_len - f->pending : limit;
+    base = (const char *)f->chain + f->pending;
+    if (end > f->scanned && (p = memchr(base + f->scanned, '\n', end - f->scanned)) != NULL)
+        return framer_line_item(f, fr, base, (size_t)(p - base));
+    return framer_line_beyond(f, in, fr, end);
 }
 
 /* The terminator at p[0..avail): bytes of "\n" or "\r\n", 0 when more
@@ -241,7 +274,7 @@ framer_terminator(const unsigned char *p, size_t avail)
 }
 
 /* PAYLOAD: the whole block and its terminator, contiguous. */
-static enum lp_frame_kind
+static enum lp_frame_kind __attribute__((noinline))
 framer_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
     size_t total = evbuffer_get_length(in), len = total - f->pending;
@@ -268,9 +301,8 @@ framer_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 
 /* SKIP_PAYLOAD: drain a refused payload as it arrives, then its
  * terminator. Returns true when the state moved on. */
-static bool
-framer_skip_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr,
-    enum lp_frame_kind *kind)
+static bool __attribute__((noinline)) framer_skip_payload(struct lp_framer *f,
+    struct evbuffer *in, struct lp_frame *fr, enum lp_frame_kind *kind)
 {
     size_t len, n;
     const unsigned char *p;
@@ -304,7 +336,7 @@ framer_skip_payload(struct lp_framer *f, struct evbuffer *in, struct lp_frame *f
 }
 
 /* SKIP_LINE: discard up to and including the next newline. */
-static bool
+static bool __attribute__((noinline))
 framer_skip_line(struct lp_framer *f, struct evbuffer *in)
 {
     struct evbuffer_ptr nl;
@@ -321,8 +353,9 @@ framer_skip_line(struct lp_framer *f, struct evbuffer *in)
     return true;
 }
 
-/* The next item, or MORE, with everything delivered drained. */
-static enum lp_frame_kind
+/* The next item, or MORE, in any state. Out of line: a line (the usual
+ * item) is taken by lp_framer_next itself. */
+static enum lp_frame_kind __attribute__((noinline))
 framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
     enum lp_frame_kind kind = LP_FRAME_MORE;
@@ -353,7 +386,8 @@ lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
     enum lp_frame_kind kind;
 
     *fr = (struct lp_frame){ .kind = LP_FRAME_MORE };
-    if ((kind = framer_next(f, in, fr)) == LP_FRAME_MORE)
+    kind = f->state == LP_FRAMER_LINE ? framer_line(f, in, fr) : framer_next(f, in, fr);
+    if (kind == LP_FRAME_MORE)
         framer_yield(f, in); /* the buffer holds just what is still due */
     return kind;
 }

@@ -340,6 +340,35 @@ test_batch_drained_once(void **state)
     evbuffer_free(in);
 }
 
+/* The caller may add to the buffer within a batch: the framer sees the
+ * added bytes (the first chain grown in place, or a chain behind it),
+ * never a stale view of the chain it peeked. */
+static void
+test_added_mid_batch(void **state)
+{
+    struct evbuffer *in = evbuffer_new();
+    struct lp_framer f;
+    struct lp_frame fr;
+
+    (void)state;
+    assert_non_null(in);
+    lp_framer_init(&f, 64);
+    evbuffer_add(in, "PING a\nPI", 9);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    evbuffer_add(in, "NG b\nPING", 9); /* into the same chain */
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    assert_int_equal(fr.len, 6);
+    assert_memory_equal(fr.data, "PING b", 6);
+    evbuffer_add_reference(in, " c\n", 3, NULL, NULL); /* a chain behind it */
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
+    assert_int_equal(fr.len, 6);
+    assert_memory_equal(fr.data, "PING c", 6);
+    assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_MORE);
+    assert_int_equal(evbuffer_get_length(in), 0);
+    assert_int_equal(f.bytes, 21);
+    evbuffer_free(in);
+}
+
 /* lp_framer_extend: a payload read in place behind its line is drained
  * with it; lines split over evbuffer chunks are still found. */
 static void
@@ -423,6 +452,7 @@ main(void)
         cmocka_unit_test(test_bad_terminator),
         cmocka_unit_test(test_consume),
         cmocka_unit_test(test_batch_drained_once),
+        cmocka_unit_test(test_added_mid_batch),
         cmocka_unit_test(test_extend_and_chunks),
         cmocka_unit_test(test_line_with),
     };
