@@ -46,6 +46,8 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
  * per message would cost more than the message), or by bg_flush and every
  * call that waits. */
 #define BG_PIPELINE_BATCH (64u << 10)
+/* iovecs per sendmsg: a batch and its partly filled first and last chains. */
+#define BG_WRITE_IOV 24
 #define BG_COPY_MAX 4096
 /* Incoming DATA above these is skipped (bg_set_limits): far above what
  * busgated's defaults let through, low enough that a confused peer cannot
@@ -625,17 +627,20 @@ write_failed(struct bg_conn *c, int err)
 static void
 flush_out(struct bg_conn *c)
 {
-    struct evbuffer_iovec vec[16];
-    struct iovec iov[16];
+    /* A batch (BG_PIPELINE_BATCH) of small messages lies in 4 KiB chains:
+     * enough iovecs that it goes in one sendmsg, not one and a short tail
+     * (a second system call here and a second read for the daemon). */
+    struct evbuffer_iovec vec[BG_WRITE_IOV];
+    struct iovec iov[BG_WRITE_IOV];
     struct msghdr mh = { .msg_iov = iov };
     ssize_t n;
     int k;
 
     while (want_write(c)) {
-        k = evbuffer_peek(c->out, -1, NULL, vec, 16);
-        for (int i = 0; i < k && i < 16; i++)
+        k = evbuffer_peek(c->out, -1, NULL, vec, BG_WRITE_IOV);
+        for (int i = 0; i < k && i < BG_WRITE_IOV; i++)
             iov[i] = (struct iovec){ vec[i].iov_base, vec[i].iov_len };
-        mh.msg_iovlen = (size_t)(k < 16 ? k : 16);
+        mh.msg_iovlen = (size_t)(k < BG_WRITE_IOV ? k : BG_WRITE_IOV);
         if ((n = sendmsg(c->fd, &mh, MSG_NOSIGNAL)) < 0) {
             if (errno != EAGAIN && errno != EINTR)
                 write_failed(c, errno);
