@@ -172,8 +172,8 @@ parse_i32(const char *p, size_t n, int32_t *out)
  * A comma list of int32 ("1,2,-3"). With dst NULL only checks it and
  * counts; otherwise stores the values. Returns the count or -1.
  */
-static long
-parse_ints(const char *p, size_t n, uint32_t max, int32_t *dst)
+long
+lp_parse_ints(const char *p, size_t n, uint32_t max, int32_t *dst)
 {
     uint32_t count = 0;
     size_t start = 0;
@@ -244,39 +244,9 @@ lp_store_reserve(void **store, size_t *cap, size_t need)
 
 /* ---- packet specs (shared by commands and events) ---- */
 
-/* Parse a spec's "LEN" at p: its digits, up to the first other byte or
- * end. Returns where they stop (the spec is good when that is a
- * separator, end or a ':' before its ENTS), or NULL when there is no
- * digit or LEN is over uint32. */
-static inline const char *
-spec_len(const char *p, const char *end, uint32_t *len)
-{
-    const char *start = p;
-    uint64_t v = 0;
-
-    for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
-        v = v * 10 + (uint64_t)(*p - '0');
-        if (v > UINT32_MAX)
-            return NULL;
-    }
-    if (p == start)
-        return NULL;
-    *len = (uint32_t)v;
-    return p;
-}
-
-/* A good spec's LEN counted, and kept when it is among the first. */
-static inline void
-keep_len(struct pkt_scan *s, uint32_t len)
-{
-    if (s->n_specs < PKT_SCAN_LENS)
-        s->lens[s->n_specs] = len;
-    s->n_specs++;
-}
-
 /* A spec the scan refuses: the first refusal is the one reported. */
-static void
-scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend)
+void
+lp_scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend)
 {
     if (s->bad == NULL) {
         s->bad = why;
@@ -285,62 +255,12 @@ scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend)
     }
 }
 
-/* Validate and measure the packet specs from p to end, storing nothing:
- * one pass over each spec, its LEN read as its token is walked. Inline
- * in the command parser (a PUB's call and frame cost about a third of
- * its scan); lp_scan_packets is it for the event parser. */
-static inline __attribute__((always_inline)) void
-scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_scan *s)
-{
-    s->n_specs = s->n_ents = 0;
-    s->payload_len = 0;
-    s->lens_ok = true;
-    s->has_ents = false;
-    s->bad = NULL;
-    while (skip_seps(&p, end)) {
-        const char *start = p, *tend, *q;
-        uint32_t len;
-        long n;
-
-        q = spec_len(p, end, &len);
-        if (q != NULL && (q == end || is_sep(*q))) { /* "LEN": nearly every spec */
-            keep_len(s, len);
-            s->payload_len += len;
-            p = q;
-            continue;
-        }
-        p = tend = token_end(q != NULL ? q : start, end);
-        if (q == NULL || *q != ':') {
-            s->n_specs++;
-            s->lens_ok = false;
-            scan_bad(s, "LEN must be a decimal number of bytes (0 to 4294967295)", start,
-                tend);
-            continue;
-        }
-        keep_len(s, len);
-        s->payload_len += len;
-        s->has_ents = true;
-        if ((n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, NULL)) < 0) {
-            scan_bad(s,
-                "ENTS must be a comma list of int32 values, at most max_entitlements",
-                start, tend);
-            continue;
-        }
-        s->n_ents += (uint32_t)n;
-    }
-}
-
-void
-lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_scan *s)
-{
-    scan_packets(p, end, max_ents, s);
-}
-
 /* Fill packets[] and their entitlements by parsing the n validated specs
- * again. Not inlined: lp_fill_packets's usual case then saves no
- * registers for it. */
-static void __attribute__((noinline)) fill_from_specs(const char *p, const char *end,
-    uint32_t max_ents, uint32_t n_specs, struct wire_packet *packets, int32_t *ents)
+ * again: the rare case (ENTS, or many specs), kept out of line so that
+ * lp_fill_packets's usual case saves no registers for it. */
+void
+lp_fill_from_specs(const char *p, const char *end, uint32_t max_ents, uint32_t n_specs,
+    struct wire_packet *packets, int32_t *ents)
 {
     struct tok t;
     uint32_t i = 0;
@@ -354,36 +274,13 @@ static void __attribute__((noinline)) fill_from_specs(const char *p, const char 
         pk->entitlements.v = NULL;
         pk->entitlements.n = 0;
         if (q != NULL && q < tend) {
-            long n = parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, ents);
+            long n = lp_parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, ents);
 
             pk->entitlements.v = ents;
             pk->entitlements.n = (uint32_t)n;
             ents += n;
         }
     }
-}
-
-/* Fill packets[] (and their entitlements from ents) from specs already
- * validated by lp_scan_packets into s: from the LENs it kept when that is
- * all there is, else by parsing the specs again. Inline in the command
- * parser, as scan_packets is; lp_fill_packets is it for the event parser. */
-static inline __attribute__((always_inline)) void
-fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
-    struct wire_packet *packets, int32_t *ents)
-{
-    if (s->has_ents || s->n_specs > PKT_SCAN_LENS) {
-        fill_from_specs(p, end, max_ents, s->n_specs, packets, ents);
-        return;
-    }
-    for (uint32_t i = 0; i < s->n_specs; i++)
-        packets[i] = (struct wire_packet){ .len = s->lens[i] };
-}
-
-void
-lp_fill_packets(const char *p, const char *end, uint32_t max_ents, const struct pkt_scan *s,
-    struct wire_packet *packets, int32_t *ents)
-{
-    fill_packets(p, end, max_ents, s, packets, ents);
 }
 
 /* ---- commands ---- */
@@ -797,7 +694,7 @@ arg_ents(const struct cmd_args *a, size_t i)
 {
     const struct tok *t = &a->t[i];
     uint32_t max = a->cp->lim->max_entitlements;
-    long n = parse_ints(t->p, t->n, max, a->ents);
+    long n = lp_parse_ints(t->p, t->n, max, a->ents);
     char ex[40];
 
     if (n < 0) {
@@ -956,7 +853,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
      * caller how many bytes to skip. */
     if (has_packets) {
         has_type = take_type_token(&p, end, &ctype);
-        scan_packets(p, end, lim->max_entitlements, &scan);
+        lp_scan_packets(p, end, lim->max_entitlements, &scan);
         if (scan.lens_ok) {
             cmd->n_packets = scan.n_specs;
             cmd->payload_len = scan.payload_len;
@@ -1019,7 +916,7 @@ lp_parse_command(const char *line, size_t len, const struct lp_limits *lim,
         if ((!sized || scan.payload_len > lim->max_payload) &&
             check_packets(&cp, &scan) < 0)
             goto refused;
-        fill_packets(p, end, lim->max_entitlements, &scan, cmd->packets, ents);
+        lp_fill_packets(p, end, lim->max_entitlements, &scan, cmd->packets, ents);
     }
     return 0;
 
