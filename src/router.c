@@ -571,7 +571,7 @@ command_other(struct router *r, struct client *c, const struct lp_cmd *cmd)
         cmd_unsub(r, c, cmd);
         break;
     case LP_PUB:
-    case LP_SEND:
+    case LP_SEND: /* router_command takes them; here for -Wswitch */
         rt_cmd_publish(r, c, cmd);
         break;
     case LP_NOTIFY:
