@@ -243,17 +243,17 @@ static inline enum lp_frame_kind
 framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
     size_t total = evbuffer_get_length(in), limit = (size_t)f->max_line + 2, end = 0;
+    struct evbuffer_iovec v;
     const char *base, *p;
 
     if (total - f->pending <= f->scanned)
         return LP_FRAME_MORE;
-    if (f->chain_len == 0 || f->chain_total != total)
-        framer_peek(f, in, total);
+    framer_chain(f, in, total, &v);
     /* The chain lies within the buffer: its part after the delivered
      * items is no longer than what is buffered after them. */
-    if (f->chain_len > f->pending)
-        end = f->chain_len - f->pending < limit ? f->chain_len - f->pending : limit;
-    base = (const char *)f->chain + f->pending;
+    if (v.iov_len > f->pending)
+        end = v.iov_len - f->pending < limit ? v.iov_len - f->pending : limit;
+    base = (const char *)v.iov_base + f->pending;
     if (end > f->scanned && (p = memchr(base + f->scanned, '\n', end - f->scanned)) != NULL)
         return framer_line_item(f, fr, base, (size_t)(p - base));
     return framer_line_beyond(f, in, fr, end);
