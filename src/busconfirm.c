@@ -125,14 +125,12 @@ not_entitled(const struct wire_msg *m)
     return m->user.len == 0 && m->host.len == 0 && m->n_packets == 0;
 }
 
+/* A message on the probe's feed (busconfirm_check). */
 enum busconfirm_verdict
-busconfirm_check(struct busconfirm *p, const struct wire_msg *m)
+busconfirm_check_ours(struct busconfirm *p, const struct wire_msg *m)
 {
     bool waiting = p->state == BUSCONFIRM_WAITING;
 
-    if (p->method != CONFIG_CONFIRM_PROBE || p->feed == NULL ||
-        !wire_str_eq(&m->feed, &p->feed_w))
-        return BUSCONFIRM_NOT_OURS;
     switch (m->type) {
     case WIRE_FORWARDED_SUBSCRIPTION:
         if (!str_is(&m->topic, p->topic) || !m->is_add)

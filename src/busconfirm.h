@@ -65,9 +65,21 @@ void busconfirm_free(struct busconfirm *p);
 int
 busconfirm_begin(struct busconfirm *p, const struct config_bus *cfg, struct evbuffer *out);
 
+enum busconfirm_verdict
+busconfirm_check_ours(struct busconfirm *p, const struct wire_msg *m);
+
 /* Classify one message from the bus (see enum busconfirm_verdict). Learns
- * the client id from the notification of the probe's subscription. */
-enum busconfirm_verdict busconfirm_check(struct busconfirm *p, const struct wire_msg *m);
+ * the client id from the notification of the probe's subscription. Inline
+ * up to the feed: every data message asks, and almost none is on the
+ * probe's feed. */
+static inline enum busconfirm_verdict
+busconfirm_check(struct busconfirm *p, const struct wire_msg *m)
+{
+    if (p->method != CONFIG_CONFIRM_PROBE || p->feed == NULL ||
+        !wire_str_eq(&m->feed, &p->feed_w))
+        return BUSCONFIRM_NOT_OURS;
+    return busconfirm_check_ours(p, m);
+}
 
 /* The probe is settled: withdraw its notification and subscription, so
  * the link is not told of other links' probes. Returns 0 or -1. */
