@@ -132,7 +132,7 @@ budget_over(void)
 }
 
 /* A session's queues grew or shrank by added - deleted bytes. */
-static void
+static inline void
 budget_account(struct session *s, size_t added, size_t deleted)
 {
     s->mem += added - deleted;
@@ -309,7 +309,7 @@ session_failed(struct session *s, int e)
 }
 
 /* Account what was appended to the output since the last look. */
-static void
+static inline void
 output_appended(struct session *s)
 {
     size_t len = evbuffer_get_length(s->out);
@@ -451,6 +451,23 @@ session_output_len(const struct session *s)
     return evbuffer_get_length(s->out);
 }
 
+/* Past listen.max_output: out of line, so that a delivery's check (every
+ * event) has no frame to set up for it. */
+static bool __attribute__((noinline, cold)) slow_consumer(struct session *s)
+{
+    size_t len = s->out_len;
+    char msg[128];
+
+    log_warn("session %" PRIu64 " (pid %d%s%s): slow consumer, %zu bytes queued "
+             "(listen.max_output %zu); closing it",
+        s->id, (int)s->peer.pid, APP_LOG(s), len, limits.max_output);
+    router_count_slow_consumer(s->router);
+    snprintf(msg, sizeof msg, "more than %zu bytes of output queued; closing",
+        limits.max_output);
+    session_close(s, LP_ERR_SLOW_CONSUMER, msg);
+    return false;
+}
+
 /* After appending to the output (events event lines, 0 for a reply): the
  * slow-consumer bound. False if the session was closed by it (it stays
  * valid until freed from the loop). */
@@ -468,17 +485,7 @@ session_flush_check(struct session *s, unsigned events)
      * bigger than max_output still reaches a reader that keeps up. */
     if (len <= limits.max_output || len - s->last_added <= limits.max_output)
         return true;
-    log_warn("session %" PRIu64 " (pid %d%s%s): slow consumer, %zu bytes queued "
-             "(listen.max_output %zu); closing it",
-        s->id, (int)s->peer.pid, APP_LOG(s), len, limits.max_output);
-    router_count_slow_consumer(s->router);
-    {
-        char msg[128];
-        snprintf(msg, sizeof msg, "more than %zu bytes of output queued; closing",
-            limits.max_output);
-        session_close(s, LP_ERR_SLOW_CONSUMER, msg);
-    }
-    return false;
+    return slow_consumer(s);
 }
 
 static void
