@@ -2200,6 +2200,34 @@ test_auth_semicolon(void **state)
     evbuffer_free(out);
 }
 
+/* wire_bytes_eq against memcmp at every length its paths cover (the
+ * byte loop, the 4- and 8-byte overlapping loads, memcmp), with one byte
+ * changed at each place; the strings end where the allocation ends, so
+ * ASan sees a load past n. */
+static void
+test_bytes_eq(void **state)
+{
+    (void)state;
+    for (size_t n = 0; n <= 40; n++) {
+        char *a = malloc(n > 0 ? n : 1), *b = malloc(n > 0 ? n : 1);
+
+        assert_non_null(a);
+        assert_non_null(b);
+        for (size_t i = 0; i < n; i++)
+            a[i] = b[i] = (char)('a' + i % 26);
+        assert_true(wire_bytes_eq(a, b, n));
+        for (size_t i = 0; i < n; i++) {
+            b[i] ^= 0x20;
+            assert_false(wire_bytes_eq(a, b, n));
+            assert_false(wire_bytes_eq(b, a, n));
+            b[i] ^= 0x20;
+        }
+        assert_true(wire_bytes_eq(a, b, n));
+        free(a);
+        free(b);
+    }
+}
+
 /* A connection string the distributor would refuse is refused here too. */
 static void
 test_connection_string_malformed(void **state)
@@ -2286,6 +2314,7 @@ main(void)
         cmocka_unit_test(test_content_type_limit),
         cmocka_unit_test(test_auth_semicolon),
         cmocka_unit_test(test_connection_string_malformed),
+        cmocka_unit_test(test_bytes_eq),
     };
     int failed = 0;
 
