@@ -50,22 +50,26 @@ specials16(const char *p)
 #endif
 
 /* Bit i: p[i] is special, or p + i is at or past end (so a walk of the
- * bits stops at end), for the 64 bytes at p. */
+ * bits stops at end), for the 64 bytes at p. From 16 bytes on, straight
+ * code: the blocks that fit whole, then the last 16 bytes, overlapping
+ * (no loop to count, no byte loop). */
 static inline uint64_t
 specials_block(const char *p, const char *end)
 {
-    size_t n = end - p < 64 ? (size_t)(end - p) : 64, i = 0;
+    size_t n = end - p < 64 ? (size_t)(end - p) : 64;
     uint64_t m = n < 64 ? ~0ull << n : 0;
 
 #if defined(__SSE2__)
-    for (; i + 16 <= n; i += 16)
-        m |= (uint64_t)specials16(p + i) << i;
-    if (i < n && n >= 16) { /* the last 16 bytes, overlapping: no byte loop */
-        m |= (uint64_t)specials16(p + n - 16) << (n - 16);
-        i = n;
+    if (n >= 16) {
+        m |= specials16(p);
+        if (n > 32)
+            m |= (uint64_t)specials16(p + 16) << 16;
+        if (n > 48)
+            m |= (uint64_t)specials16(p + 32) << 32;
+        return m | (uint64_t)specials16(p + n - 16) << (n - 16);
     }
 #endif
-    for (; i < n; i++)
+    for (size_t i = 0; i < n; i++)
         m |= (uint64_t)must_escape((unsigned char)p[i]) << i;
     return m;
 }
