@@ -30,47 +30,68 @@ must_escape(unsigned char c)
  * Where a line's special bytes are (those must_escape names: separators,
  * controls, '%', '"', DEL), 64 at a time, so that a tokenizer goes from
  * one to the next instead of testing every byte: in a clean line they are
- * just the separators. SSE2 (every x86-64) tests 16 bytes in a few
- * instructions (a block's last ones by an overlapping load); elsewhere,
- * and in a line under 16 bytes, a byte at a time.
+ * just the separators. The spaces come apart from the others, so that a
+ * line of clean tokens one space apart is told by its masks alone. SSE2
+ * (every x86-64) tests 16 bytes in a few instructions (a block's last ones
+ * by an overlapping load); elsewhere, and in a line under 16 bytes, a byte
+ * at a time.
  */
 #if defined(__SSE2__)
-/* Bit i: p[i] is special, for the 16 bytes at p. */
+/* Bit i: p[i] is special but not a space; *spaces: p[i] is a space. For
+ * the 16 bytes at p. */
 static inline uint32_t
-specials16(const char *p)
+specials16(const char *p, uint32_t *spaces)
 {
     const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
+    const __m128i sp = _mm_cmpeq_epi8(x, _mm_set1_epi8(' '));
     const __m128i low = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x20)), x);
-
-    return (uint32_t)_mm_movemask_epi8(
+    const __m128i any =
         _mm_or_si128(_mm_or_si128(low, _mm_cmpeq_epi8(x, _mm_set1_epi8('%'))),
             _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)))));
+                _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f))));
+
+    *spaces = (uint32_t)_mm_movemask_epi8(sp);
+    return (uint32_t)_mm_movemask_epi8(_mm_andnot_si128(sp, any));
 }
 #endif
 
-/* Bit i: p[i] is special, or p + i is at or past end (so a walk of the
- * bits stops at end), for the 64 bytes at p. From 16 bytes on, straight
- * code: the blocks that fit whole, then the last 16 bytes, overlapping
- * (no loop to count, no byte loop). */
-static inline uint64_t
-specials_block(const char *p, const char *end)
+/* Bit i: p[i] is special but not a space, or p + i is at or past end (so
+ * a walk of the bits stops at end), for the 64 bytes at p; *spaces: the
+ * spaces among them. From 16 bytes on, straight code: the blocks that fit
+ * whole, then the last 16 bytes, overlapping (no loop to count, no byte
+ * loop). */
+static inline __attribute__((always_inline)) uint64_t
+specials_block(const char *p, const char *end, uint64_t *spaces)
 {
     size_t n = end - p < 64 ? (size_t)(end - p) : 64;
-    uint64_t m = n < 64 ? ~0ull << n : 0;
+    uint64_t m = n < 64 ? ~0ull << n : 0, s = 0;
 
 #if defined(__SSE2__)
+    uint32_t sp;
+
     if (n >= 16) {
-        m |= specials16(p);
-        if (n > 32)
-            m |= (uint64_t)specials16(p + 16) << 16;
-        if (n > 48)
-            m |= (uint64_t)specials16(p + 32) << 32;
-        return m | (uint64_t)specials16(p + n - 16) << (n - 16);
+        m |= specials16(p, &sp);
+        s |= sp;
+        if (n > 32) {
+            m |= (uint64_t)specials16(p + 16, &sp) << 16;
+            s |= (uint64_t)sp << 16;
+        }
+        if (n > 48) {
+            m |= (uint64_t)specials16(p + 32, &sp) << 32;
+            s |= (uint64_t)sp << 32;
+        }
+        m |= (uint64_t)specials16(p + n - 16, &sp) << (n - 16);
+        *spaces = s | (uint64_t)sp << (n - 16);
+        return m;
     }
 #endif
-    for (size_t i = 0; i < n; i++)
-        m |= (uint64_t)must_escape((unsigned char)p[i]) << i;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+
+        s |= (uint64_t)(c == ' ') << i;
+        m |= (uint64_t)(c != ' ' && must_escape(c)) << i;
+    }
+    *spaces = s;
     return m;
 }
 
@@ -123,43 +144,49 @@ next_token(const char **pp, const char *end, struct tok *t)
 /*
  * special_tokens for the usual line: tokens with no special byte, one
  * space apart (one may lead), the wanted ones or the line's end within
- * the first 64 bytes, m their special bytes. Each special byte then ends a
- * token: no clean flag to follow, no empty token to skip. 0 when the line
- * is otherwise; special_tokens' walk then takes it from the start.
+ * the first 64 bytes; other: the block's special bytes but spaces, and
+ * its end; sp: its spaces. The tokens are cut at the spaces' bits, the
+ * loop unrolled (want is a constant where it matters), and then checked
+ * at once from the masks: no empty token (two cuts in a row), the last
+ * one ending at a space or at the line's end, not at a byte to decode.
+ * 0 when the line is otherwise; special_tokens' walk then takes it from
+ * the start.
  */
 static inline __attribute__((always_inline)) size_t
-spaced_tokens(const char **pp, const char *end, uint64_t m, struct tok *t, bool *clean,
-    size_t want)
+spaced_tokens(const char **pp, const char *end, uint64_t other, uint64_t sp, struct tok *t,
+    bool *clean, size_t want)
 {
     const char *p = *pp;
-    size_t from = 0, b, n = 0;
+    size_t lead = (size_t)(sp & 1), from = lead, b = 0, i;
+    /* The first byte that is neither clean nor a space (bit 63 when the
+     * 64 bytes are all clean: cut there, and left to the walk). */
+    size_t stop = other != 0 ? (size_t)__builtin_ctzll(other) : 63;
+    const uint64_t cuts = (sp & ~(uint64_t)lead & ((1ull << stop) - 1)) | 1ull << stop;
+    uint64_t left = cuts;
 
-    if (p < end && *p == ' ') { /* bit 0 */
-        from = 1;
-        m &= m - 1;
-    }
-    for (;;) {
-        if (m == 0)
-            return 0;
-        b = (size_t)__builtin_ctzll(m);
-        m &= m - 1;
-        if (b == from) /* an empty token: two separators */
-            return 0;
-        t[n].p = p + from;
-        t[n].n = b - from;
-        clean[n++] = true;
-        if (p + b >= end) {
-            *pp = end;
-            return n;
-        }
-        if (p[b] != ' ')
-            return 0;
-        if (n == want) {
-            *pp = p + b + 1;
-            return n;
-        }
+#pragma GCC unroll 8
+    for (i = 0; i < want; i++) { /* left holds stop until the break */
+        b = (size_t)__builtin_ctzll(left);
+        left &= left - 1;
+        t[i].p = p + from;
+        t[i].n = b - from;
+        clean[i] = true;
         from = b + 1;
+        if (b >= stop)
+            break;
     }
+    /* An empty token among them: a cut right after another, or at the
+     * first token's start. */
+    if ((cuts & (cuts << 1 | 1ull << lead)) & (~0ull >> (63 - b)))
+        return 0;
+    if (i < want) { /* the last token ran to stop */
+        if (p + stop < end)
+            return 0; /* a byte to decode or refuse, a tab...: the walk */
+        *pp = end;
+        return i + 1;
+    }
+    *pp = p + b + 1;
+    return want;
 }
 
 /*
@@ -175,19 +202,20 @@ special_tokens(const char **pp, const char *end, struct tok *t, bool *clean, siz
 {
     const char *blk = *pp, *start = *pp, *s;
     struct tok *const t0 = t, *const t_end = t + want;
-    uint64_t m;
+    uint64_t m, sp;
     size_t n;
     bool cl = true;
 
     if (want == 0)
         return 0;
-    m = specials_block(blk, end);
-    if ((n = spaced_tokens(pp, end, m, t, clean, want)) > 0)
+    m = specials_block(blk, end, &sp);
+    if ((n = spaced_tokens(pp, end, m, sp, t, clean, want)) > 0)
         return n;
+    m |= sp;
     for (;;) {
         while (m == 0) { /* 64 bytes of one token: the next 64 */
             blk += 64;
-            m = specials_block(blk, end);
+            m = specials_block(blk, end, &sp) | sp;
         }
         s = blk + __builtin_ctzll(m);
         m &= m - 1;
