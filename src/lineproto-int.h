@@ -309,8 +309,6 @@ void *lp_store_reserve(void **store, size_t *cap, size_t need);
 /* A comma list of int32 ("1,2,-3"). With dst NULL only checks it and
  * counts; otherwise stores the values. Returns the count or -1. */
 long lp_parse_ints(const char *p, size_t n, uint32_t max, int32_t *dst);
-/* A spec the scan refuses (out of line: rare). */
-void lp_scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend);
 /* Fill n_specs packets[] by parsing validated specs again (out of line:
  * only for ENTS or many specs). */
 void lp_fill_from_specs(const char *p, const char *end, uint32_t max_ents, uint32_t n_specs,
@@ -335,6 +333,19 @@ spec_len(const char *p, const char *end, uint32_t *len)
         return NULL;
     *len = (uint32_t)v;
     return p;
+}
+
+/* A spec the scan refuses: the first refusal is the one reported. Inline
+ * (an out-of-line call would take the scan's address, and keep all of it
+ * in memory through the scan). */
+static inline void
+scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend)
+{
+    if (s->bad == NULL) {
+        s->bad = why;
+        s->bad_tok.p = p;
+        s->bad_tok.n = (size_t)(tend - p);
+    }
 }
 
 /* A good spec's LEN counted, and kept when it is among the first. */
@@ -374,7 +385,7 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
         if (q == NULL || *q != ':') {
             s->n_specs++;
             s->lens_ok = false;
-            lp_scan_bad(s, "LEN must be a decimal number of bytes (0 to 4294967295)", start,
+            scan_bad(s, "LEN must be a decimal number of bytes (0 to 4294967295)", start,
                 tend);
             continue;
         }
@@ -382,7 +393,7 @@ lp_scan_packets(const char *p, const char *end, uint32_t max_ents, struct pkt_sc
         s->payload_len += len;
         s->has_ents = true;
         if ((n = lp_parse_ints(q + 1, (size_t)(tend - q - 1), max_ents, NULL)) < 0) {
-            lp_scan_bad(s,
+            scan_bad(s,
                 "ENTS must be a comma list of int32 values, at most max_entitlements",
                 start, tend);
             continue;

@@ -244,17 +244,6 @@ lp_store_reserve(void **store, size_t *cap, size_t need)
 
 /* ---- packet specs (shared by commands and events) ---- */
 
-/* A spec the scan refuses: the first refusal is the one reported. */
-void
-lp_scan_bad(struct pkt_scan *s, const char *why, const char *p, const char *tend)
-{
-    if (s->bad == NULL) {
-        s->bad = why;
-        s->bad_tok.p = p;
-        s->bad_tok.n = (size_t)(tend - p);
-    }
-}
-
 /* Fill packets[] and their entitlements by parsing the n validated specs
  * again: the rare case (ENTS, or many specs), kept out of line so that
  * lp_fill_packets's usual case saves no registers for it. */
