@@ -70,7 +70,7 @@ clean_token(const struct tok *t)
  * escapes (nearly all) are checked and copied in one pass, or not copied
  * at all by reference; only those with a '%' go through the decoder. */
 static inline int
-event_name(const struct tok *t, bool clean, uint32_t max, struct names_out *no,
+event_name(const struct tok *t, bool clean, size_t max, struct names_out *no,
     struct lp_name *out)
 {
     const char *why;
@@ -304,8 +304,9 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     if ((nargs = special_tokens(&p, end, args, clean, want)) < want)
         return -1;
     /* Room for every token and its NUL: at most the span they cover (at
-     * least one separator between two) plus one. */
-    names_room = (size_t)(args[nargs - 1].p + args[nargs - 1].n - args[0].p) + 1;
+     * least one separator between two) plus one; p is past the last one
+     * and its separator, if any (no reload of the last token). */
+    names_room = (size_t)(p - args[0].p) + 1;
 
     switch (ev->kind) {
     case LP_EV_DATA:
