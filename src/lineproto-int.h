@@ -43,15 +43,14 @@ static inline uint32_t
 specials16(const char *p, uint32_t *spaces)
 {
     const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
-    const __m128i sp = _mm_cmpeq_epi8(x, _mm_set1_epi8(' '));
-    const __m128i low = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x20)), x);
-    const __m128i any =
+    /* Below ' ' (the controls), not below or at it: the space apart. */
+    const __m128i low = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+
+    *spaces = (uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(' ')));
+    return (uint32_t)_mm_movemask_epi8(
         _mm_or_si128(_mm_or_si128(low, _mm_cmpeq_epi8(x, _mm_set1_epi8('%'))),
             _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
-                _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f))));
-
-    *spaces = (uint32_t)_mm_movemask_epi8(sp);
-    return (uint32_t)_mm_movemask_epi8(_mm_andnot_si128(sp, any));
+                _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)))));
 }
 #endif
 
