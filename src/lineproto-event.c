@@ -125,15 +125,16 @@ lp_event_terminate(struct lp_event *ev)
 }
 
 /* A keyword as the daemon spells it (event_word passes the lengths as
- * constants: the compares inline), else in any case. */
+ * constants: the compares inline), else in any case. The "no" word first:
+ * it is the usual one (delta, multicast). */
 static inline bool
 event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
     size_t no_n, bool *out)
 {
-    if (t->n == yes_n && memcmp(t->p, yes, yes_n) == 0)
-        *out = true;
-    else if (t->n == no_n && memcmp(t->p, no, no_n) == 0)
+    if (t->n == no_n && memcmp(t->p, no, no_n) == 0)
         *out = false;
+    else if (t->n == yes_n && memcmp(t->p, yes, yes_n) == 0)
+        *out = true;
     else if (tok_is(t, yes))
         *out = true;
     else if (tok_is(t, no))
