@@ -161,7 +161,7 @@ spaced_tokens(const char **pp, const char *end, uint64_t other, uint64_t sp, str
      * 64 bytes are all clean: cut there, and left to the walk). */
     size_t stop = other != 0 ? (size_t)__builtin_ctzll(other) : 63;
     const uint64_t cuts = (sp & ~(uint64_t)lead & ((1ull << stop) - 1)) | 1ull << stop;
-    uint64_t left = cuts;
+    uint64_t left = cuts, empty;
 
 #pragma GCC unroll 8
     for (i = 0; i < want; i++) { /* left holds stop until the break */
@@ -175,8 +175,9 @@ spaced_tokens(const char **pp, const char *end, uint64_t other, uint64_t sp, str
             break;
     }
     /* An empty token among them: a cut right after another, or at the
-     * first token's start. */
-    if ((cuts & (cuts << 1 | 1ull << lead)) & (~0ull >> (63 - b)))
+     * first token's start (in a usual line none at all: one test). */
+    if ((empty = cuts & (cuts << 1 | 1ull << lead)) != 0 &&
+        (size_t)__builtin_ctzll(empty) <= b)
         return 0;
     if (i < want) { /* the last token ran to stop */
         if (p + stop < end)
