@@ -323,9 +323,10 @@ spec_len(const char *p, const char *end, uint32_t *len)
 {
     const char *start = p;
     uint64_t v = 0;
+    unsigned d; /* unsigned from the load on: no sign extension per digit */
 
-    for (; p < end && (unsigned)(*p - '0') <= 9; p++) {
-        v = v * 10 + (uint64_t)(*p - '0');
+    for (; p < end && (d = (unsigned)(unsigned char)*p - '0') <= 9; p++) {
+        v = v * 10 + d;
         if (v > UINT32_MAX)
             return NULL;
     }
