@@ -54,11 +54,34 @@ specials16(const char *p, uint32_t *spaces)
 }
 #endif
 
+#if defined(__SSE2__)
+/* The n < 16 bytes at p into dst (16 zeroed bytes) by two overlapping
+ * loads of a word, half or quarter word: no byte loop, no read past p + n
+ * (the zeros after them are controls: special, and past end anyway). */
+static inline void
+short_copy(char *dst, const char *p, size_t n)
+{
+    if (n >= 8) {
+        memcpy(dst, p, 8);
+        memcpy(dst + n - 8, p + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(dst, p, 4);
+        memcpy(dst + n - 4, p + n - 4, 4);
+    } else if (n >= 2) {
+        memcpy(dst, p, 2);
+        memcpy(dst + n - 2, p + n - 2, 2);
+    } else if (n == 1) {
+        dst[0] = p[0];
+    }
+}
+
+#endif
+
 /* Bit i: p[i] is special but not a space, or p + i is at or past end (so
  * a walk of the bits stops at end), for the 64 bytes at p; *spaces: the
- * spaces among them. From 16 bytes on, straight code: the blocks that fit
- * whole, then the last 16 bytes, overlapping (no loop to count, no byte
- * loop). */
+ * spaces among them. Straight code: the blocks of 16 that fit whole, then
+ * the last 16 bytes, overlapping (no loop to count, no byte loop); under
+ * 16 bytes (a short command), a zeroed copy of them. */
 static inline __attribute__((always_inline)) uint64_t
 specials_block(const char *p, const char *end, uint64_t *spaces)
 {
@@ -68,22 +91,28 @@ specials_block(const char *p, const char *end, uint64_t *spaces)
 #if defined(__SSE2__)
     uint32_t sp;
 
-    if (n >= 16) {
-        m |= specials16(p, &sp);
-        s |= sp;
-        if (n > 32) {
-            m |= (uint64_t)specials16(p + 16, &sp) << 16;
-            s |= (uint64_t)sp << 16;
-        }
-        if (n > 48) {
-            m |= (uint64_t)specials16(p + 32, &sp) << 32;
-            s |= (uint64_t)sp << 32;
-        }
-        m |= (uint64_t)specials16(p + n - 16, &sp) << (n - 16);
-        *spaces = s | (uint64_t)sp << (n - 16);
+    if (n < 16) {
+        char tail[16] = { 0 };
+
+        short_copy(tail, p, n);
+        m |= specials16(tail, &sp);
+        *spaces = sp;
         return m;
     }
-#endif
+    m |= specials16(p, &sp);
+    s |= sp;
+    if (n > 32) {
+        m |= (uint64_t)specials16(p + 16, &sp) << 16;
+        s |= (uint64_t)sp << 16;
+    }
+    if (n > 48) {
+        m |= (uint64_t)specials16(p + 32, &sp) << 32;
+        s |= (uint64_t)sp << 32;
+    }
+    m |= (uint64_t)specials16(p + n - 16, &sp) << (n - 16);
+    *spaces = s | (uint64_t)sp << (n - 16);
+    return m;
+#else
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)p[i];
 
@@ -92,6 +121,7 @@ specials_block(const char *p, const char *end, uint64_t *spaces)
     }
     *spaces = s;
     return m;
+#endif
 }
 
 /* ---- tokens (lineproto.c and lineproto-event.c; inline: the hot path) ---- */
