@@ -12,7 +12,12 @@
  * the library queues them while its blocking bg_subscribe waits for the
  * reply, and delivers them from its queue.
  *
- *     libreader [--hand] [-n EVENTS] [-p PAYLOAD] [-q QUEUED]
+ * With -k, the child writes K events at a time, each write once the
+ * reader has taken the one before: each read (a bg_process call) finds K
+ * events, as in a process with many subscriber connections, where a
+ * connection has a few events each time its turn comes.
+ *
+ *     libreader [--hand] [-n EVENTS] [-p PAYLOAD] [-q QUEUED] [-k PER_WRITE]
  *     valgrind --tool=callgrind bench/libreader -n 1000000   # instructions
  */
 #include <errno.h>
@@ -21,11 +26,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <linux/sockios.h>
 
 #include "bench.h"
 #include "busgate.h"
@@ -89,16 +97,29 @@ serve_commands(int fd)
     }
 }
 
-/* Events from *seq up to n, written a chunk at a time (the sequence
- * numbers patched in). */
+/* Until the reader has read all that was written (-k): the socket's
+ * unread bytes stay charged to the writer. */
 static void
-serve_events(int fd, uint64_t *seq_io, uint64_t n, size_t payload)
+await_read(int fd)
+{
+    int unread;
+
+    while (ioctl(fd, SIOCOUTQ, &unread) == 0 && unread > 0)
+        usleep(20);
+}
+
+/* Events from *seq up to n, written a chunk at a time (the sequence
+ * numbers patched in), or per_write events at a time once the reader has
+ * read the write before (0: as fast as the socket takes them). */
+static void
+serve_events(int fd, uint64_t *seq_io, uint64_t n, size_t payload, uint64_t per_write)
 {
     char head[128];
     int hl = snprintf(head, sizeof head,
         "DATA " BENCH_FEED " " TOPIC " " BENCH_USER " " BENCH_HOST " delta multicast %zu\n",
         payload);
-    size_t ev_len = (size_t)hl + payload + 1, per = BENCH_CHUNK / ev_len + 1;
+    size_t ev_len = (size_t)hl + payload + 1;
+    size_t per = per_write > 0 ? (size_t)per_write : BENCH_CHUNK / ev_len + 1;
     uint8_t *chunk = malloc(per * ev_len);
     uint64_t seq = *seq_io;
 
@@ -117,13 +138,15 @@ serve_events(int fd, uint64_t *seq_io, uint64_t n, size_t payload)
         for (size_t i = 0; i < k; i++)
             bench_put_u64(chunk + i * ev_len + hl, seq++);
         bench_write_all(fd, chunk, k * ev_len);
+        if (per_write > 0)
+            await_read(fd);
     }
     *seq_io = seq;
     free(chunk);
 }
 
 static int
-serve(const char *path, uint64_t n, uint64_t queued, size_t payload)
+serve(const char *path, uint64_t n, uint64_t queued, size_t payload, uint64_t per_write)
 {
     struct sockaddr_un a = { .sun_family = AF_UNIX };
     int lfd = socket(AF_UNIX, SOCK_STREAM, 0), fd;
@@ -138,9 +161,9 @@ serve(const char *path, uint64_t n, uint64_t queued, size_t payload)
         bench_die("accept: %s", strerror(errno));
     bench_write_all(fd, GREETING, strlen(GREETING));
     serve_commands(fd);
-    serve_events(fd, &seq, queued, payload);
+    serve_events(fd, &seq, queued, payload, 0);
     bench_write_all(fd, "+OK\n", 4);
-    serve_events(fd, &seq, n, payload);
+    serve_events(fd, &seq, n, payload, per_write);
     close(fd);
     close(lfd);
     return 0;
@@ -149,21 +172,23 @@ serve(const char *path, uint64_t n, uint64_t queued, size_t payload)
 /* Start the child and wait until it listens. */
 static pid_t
 start_server(const char *self, const char *path, uint64_t n, uint64_t queued,
-    size_t payload)
+    size_t payload, uint64_t per_write)
 {
     int p[2];
-    char ns[32], qs[32], ps[32], ready[8];
+    char ns[32], qs[32], ps[32], ks[32], ready[8];
     pid_t pid;
 
     snprintf(ns, sizeof ns, "%llu", (unsigned long long)n);
     snprintf(qs, sizeof qs, "%llu", (unsigned long long)queued);
     snprintf(ps, sizeof ps, "%zu", payload);
+    snprintf(ks, sizeof ks, "%llu", (unsigned long long)per_write);
     if (pipe(p) != 0 || (pid = fork()) < 0)
         bench_die("fork: %s", strerror(errno));
     if (pid == 0) {
         dup2(p[1], 1);
         close(p[0]);
-        execl(self, self, "--serve", path, "-n", ns, "-q", qs, "-p", ps, (char *)NULL);
+        execl(self, self, "--serve", path, "-n", ns, "-q", qs, "-p", ps, "-k", ks,
+            (char *)NULL);
         _exit(127);
     }
     close(p[1]);
@@ -250,7 +275,7 @@ read_hand(const char *path)
 int
 main(int argc, char **argv)
 {
-    uint64_t n = 2000000, queued = 0, t0, c0, wall, cpu;
+    uint64_t n = 2000000, queued = 0, per_write = 0, t0, c0, wall, cpu;
     size_t payload = 16;
     bool hand = false;
     const char *serve_path = NULL;
@@ -265,24 +290,27 @@ main(int argc, char **argv)
             n = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "-q") == 0 && i + 1 < argc)
             queued = strtoull(argv[++i], NULL, 10);
+        else if (strcmp(argv[i], "-k") == 0 && i + 1 < argc)
+            per_write = strtoull(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "-p") == 0 && i + 1 < argc)
             payload = strtoul(argv[++i], NULL, 10);
         else if (strcmp(argv[i], "--serve") == 0 && i + 1 < argc)
             serve_path = argv[++i];
         else
-            bench_die("usage: libreader [--hand] [-n EVENTS] [-p PAYLOAD] [-q QUEUED]");
+            bench_die("usage: libreader [--hand] [-n EVENTS] [-p PAYLOAD] [-q QUEUED] "
+                      "[-k PER_WRITE]");
     }
     if (payload < BENCH_MIN_PAYLOAD || payload > BENCH_MAX_PAYLOAD)
         bench_die("libreader: -p from %d to %u", BENCH_MIN_PAYLOAD, BENCH_MAX_PAYLOAD);
     if (queued > n || (queued > 0 && hand))
         bench_die("libreader: -q at most -n, and not with --hand");
     if (serve_path != NULL)
-        return serve(serve_path, n, queued, payload);
+        return serve(serve_path, n, queued, payload, per_write);
     signal(SIGPIPE, SIG_IGN);
     if (mkdtemp(dir) == NULL)
         bench_die("mkdtemp: %s", strerror(errno));
     snprintf(path, sizeof path, "%s/sock", dir);
-    pid = start_server(argv[0], path, n, queued, payload);
+    pid = start_server(argv[0], path, n, queued, payload, per_write);
     t0 = bench_now_ns();
     c0 = cpu_ns();
     if (hand)
