@@ -38,6 +38,9 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_MAX_LINE (16u * 1024 * 1024)
 #define BG_READ_CHUNK 65536
 #define BG_READ_CHUNKS 4
+/* A read of a few events goes into the connection's own buffer of this
+ * size (see read_into). */
+#define BG_SMALL_READ 4096
 /* The pseudo-line that queues a link event among the daemon's events. */
 #define LINK_WORD "LINK "
 /* Pipelined: bg_publish/bg_send wait for room above this much output. */
@@ -132,7 +135,13 @@ struct bg_conn {
     char *revoked; /* a REVOKED event's decoded feed and topic */
     size_t revoked_cap;
 
-    struct lp_event lev;  /* the item being read */
+    struct lp_event lev;    /* the item being read */
+    const uint8_t *payload; /* ... a DATA item's payload, its packets in a row */
+    /* Bumped by whatever adds to the queued stream: a callback that did
+     * not move it queued nothing, which spares a look at the stream after
+     * every event delivered; nothing was queued since the stream was last
+     * found empty while it equals queued_seen. */
+    unsigned queued_adds, queued_seen;
     struct lp_limits lim; /* what incoming DATA may hold (bg_set_limits) */
     size_t max_queued;    /* bg_set_max_queued */
     char bad_input[160];  /* why the input cannot be followed */
@@ -154,6 +163,9 @@ struct bg_conn {
     bool held;  /* ev is the application's, until it next asks for one */
     char *keep; /* ev's strings and packets, once keep_event copied them */
     size_t keep_cap;
+    bool rbuf_busy; /* rbuf is in an input buffer (by reference) */
+    bool reads_big; /* the last read filled rbuf: read into chains */
+    char rbuf[BG_SMALL_READ];
 };
 
 /* ---- small helpers ---- */
@@ -395,6 +407,7 @@ restore_refused(struct bg_conn *c, const char *line, int code, const char *reaso
 
         if (strncmp(line, reg_verbs[i].cmd, n) == 0 &&
             (line[n] == ' ' || line[n] == '\0')) {
+            c->queued_adds++;
             evbuffer_add_printf(c->queued.buf, "REVOKED %s%s %s\n", reg_verbs[i].verb,
                 line + n, reason);
             return;
@@ -423,6 +436,7 @@ queue_link_item(struct bg_conn *c, const char *what, int err, uint64_t request,
     for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
         clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
     clean[i] = '\0';
+    c->queued_adds++;
     evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %llu %s\n", what, err,
         (unsigned long long)request, clean);
 }
@@ -550,33 +564,80 @@ link_open(struct bg_conn *c)
     return 0;
 }
 
+/* A read that returned n <= 0: the end of the stream, an error, or
+ * nothing more now. */
+static void
+read_ended(struct bg_conn *c, ssize_t n, int err)
+{
+    if (n == 0)
+        link_closing(c, BG_E_CLOSED, "busgated closed the connection");
+    else if (err != EAGAIN && err != EINTR)
+        link_closing(c, BG_E_IO, strerror(err));
+}
+
+/* rbuf's bytes have been drained from the buffer they were lent to. */
+static void
+rbuf_done(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    (void)len;
+    ((struct bg_conn *)arg)->rbuf_busy = false;
+}
+
+/* Into an empty buf, a read into rbuf, lent to buf by reference: a few
+ * events a read (a process with many connections) would otherwise cost
+ * a 64 KiB chain allocated and freed per read, more than the events.
+ * Returns whether the read filled rbuf (read on into chains). */
+static bool
+read_small(struct bg_conn *c, struct evbuffer *buf)
+{
+    ssize_t n = read(c->fd, c->rbuf, sizeof(c->rbuf));
+
+    if (n <= 0) {
+        read_ended(c, n, errno);
+        return false;
+    }
+    if (evbuffer_add_reference(buf, c->rbuf, (size_t)n, rbuf_done, c) < 0) {
+        link_closing(c, BG_E_NOMEM, "out of memory");
+        return false;
+    }
+    c->rbuf_busy = true;
+    return (c->reads_big = (size_t)n == sizeof(c->rbuf));
+}
+
 /* Read what the socket holds into buf, in up to BG_READ_CHUNKS chunks
  * straight into it: evbuffer_read stops at 4 KiB a call, which costs a
- * subscriber half its rate in system calls. */
+ * subscriber half its rate in system calls. While reads are small, into
+ * rbuf first (read_small). */
 static void
 read_into(struct bg_conn *c, struct evbuffer *buf)
 {
     struct evbuffer_iovec vec;
     ssize_t n;
+    int err;
 
+    if (!c->reads_big && !c->rbuf_busy && evbuffer_get_length(buf) == 0 &&
+        !read_small(c, buf))
+        return;
     for (int i = 0; i < BG_READ_CHUNKS; i++) {
         if (evbuffer_reserve_space(buf, BG_READ_CHUNK, &vec, 1) < 1) {
             link_closing(c, BG_E_NOMEM, "out of memory");
             return;
         }
-        if ((n = read(c->fd, vec.iov_base, vec.iov_len)) <= 0) {
-            vec.iov_len = 0;
-            evbuffer_commit_space(buf, &vec, 1);
-            if (n == 0)
-                link_closing(c, BG_E_CLOSED, "busgated closed the connection");
-            else if (errno != EAGAIN && errno != EINTR)
-                link_closing(c, BG_E_IO, strerror(errno));
+        n = read(c->fd, vec.iov_base, vec.iov_len);
+        err = errno;
+        vec.iov_len = n > 0 ? (size_t)n : 0;
+        evbuffer_commit_space(buf, &vec, 1);
+        if (n <= 0) {
+            read_ended(c, n, err);
             return;
         }
-        vec.iov_len = (size_t)n;
-        evbuffer_commit_space(buf, &vec, 1);
-        if ((size_t)n < BG_READ_CHUNK)
+        if ((size_t)n < BG_READ_CHUNK) {
+            /* Small again: rbuf next time. */
+            if (i == 0 && (size_t)n < sizeof(c->rbuf))
+                c->reads_big = false;
             return;
+        }
     }
 }
 
@@ -878,7 +939,6 @@ data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbu
     size_t need = fr->len + 1 + (size_t)c->lev.payload_len + 1;
     char *line;
     const void *was = fr->data;
-    const uint8_t *p;
 
     /* A pullup moves the line (fr->data follows it): the caller's
      * fallback, when the payload ends oddly, reads it where it is now. */
@@ -891,11 +951,7 @@ data_in_place(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbu
     } else {
         if (line != was && lp_parse_event_ref(line, fr->len, &c->lim, &c->lev) < 0)
             return garbled(c, line, fr->len);
-        p = (const uint8_t *)line + fr->len + 1;
-        for (uint32_t i = 0; i < c->lev.n_packets; i++) {
-            c->lev.packets[i].data = p;
-            p += c->lev.packets[i].len;
-        }
+        c->payload = (const uint8_t *)line + fr->len + 1;
         lp_event_terminate(&c->lev);
     }
     lp_framer_extend(&s->fr, (size_t)c->lev.payload_len + 1);
@@ -1007,7 +1063,6 @@ static int
 next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
 {
     struct lp_frame fr;
-    const uint8_t *p;
     int r;
 
     c->link_item = false;
@@ -1020,11 +1075,7 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
                 return r;
             break;
         case LP_FRAME_PAYLOAD:
-            p = fr.data;
-            for (uint32_t i = 0; i < c->lev.n_packets; i++) {
-                c->lev.packets[i].data = p;
-                p += c->lev.packets[i].len;
-            }
+            c->payload = fr.data;
             if (copy != NULL &&
                 (add_held_line(copy, c->held_line) < 0 ||
                     evbuffer_add(copy, fr.data, fr.len) < 0 ||
@@ -1081,8 +1132,11 @@ static int
 pump(struct bg_conn *c, enum pump_mode mode)
 {
     bool queue = mode == PUMP_QUEUE;
+    unsigned adds;
     int r;
 
+    if (queue) /* the events read are copied there */
+        c->queued_adds++;
     while (c->fd >= 0) {
         if ((r = next_item(c, &c->sock, queue ? c->queued.buf : NULL)) < 0) {
             link_closing(c, BG_E_PROTOCOL, c->bad_input);
@@ -1103,10 +1157,11 @@ pump(struct bg_conn *c, enum pump_mode mode)
                     queue_link_item(c, "skipped", 0, 0, c->link_text);
                 continue;
             case PUMP_DELIVER:
+                adds = c->queued_adds;
                 deliver(c);
                 /* A callback unset in the callback lets a blocking call
                  * read on and queue: those first. */
-                if (evbuffer_get_length(c->queued.buf) > 0)
+                if (c->queued_adds != adds && evbuffer_get_length(c->queued.buf) > 0)
                     return 2;
                 continue;
             }
@@ -1209,11 +1264,12 @@ revoked_names(struct bg_conn *c, struct bg_event *ev)
  * another kind resets the whole struct first), so that an event costs no
  * clearing of the struct (the only copy keep_event makes of a DATA
  * event's strings is of the DATA fields and text). */
-static int
+static inline int
 build_data(struct bg_conn *c)
 {
     const struct lp_event *l = &c->lev;
     struct bg_event *ev = &c->ev;
+    const uint8_t *p = c->payload;
 
     if (l->n_packets > c->pk_cap) {
         struct bg_packet *pk = realloc(c->pk, l->n_packets * sizeof(*pk));
@@ -1223,9 +1279,11 @@ build_data(struct bg_conn *c)
         c->pk = pk;
         c->pk_cap = l->n_packets;
     }
-    for (uint32_t i = 0; i < l->n_packets; i++)
-        c->pk[i] = (struct bg_packet){ l->packets[i].data, l->packets[i].len,
-            l->packets[i].entitlements.v, l->packets[i].entitlements.n };
+    for (uint32_t i = 0; i < l->n_packets; i++) {
+        c->pk[i] = (struct bg_packet){ p, l->packets[i].len, l->packets[i].entitlements.v,
+            l->packets[i].entitlements.n };
+        p += l->packets[i].len;
+    }
     if (ev->kind != BG_EV_DATA)
         *ev = (struct bg_event){ .kind = BG_EV_DATA };
     ev->feed = l->feed.ptr;
@@ -1245,14 +1303,13 @@ build_data(struct bg_conn *c)
     return 0;
 }
 
-static int
-build_event(struct bg_conn *c)
+/* Any other item: out of line, so that a DATA event's build (inline
+ * where it is delivered) pays none of this. */
+static int __attribute__((noinline)) build_other(struct bg_conn *c)
 {
     struct bg_event *ev = &c->ev;
     const struct lp_event *l = &c->lev;
 
-    if (!c->link_item && l->kind == LP_EV_DATA)
-        return build_data(c);
     *ev = (struct bg_event){ .content_type = "", .text = "" }; /* stores, not a call */
     if (c->link_item && c->link_skipped) {
         ev->kind = BG_EV_SKIPPED;
@@ -1302,6 +1359,14 @@ build_event(struct bg_conn *c)
     }
     }
     return 0;
+}
+
+static inline int
+build_event(struct bg_conn *c)
+{
+    if (!c->link_item && c->lev.kind == LP_EV_DATA)
+        return build_data(c);
+    return build_other(c);
 }
 
 /* n bytes of src, NUL-terminated, at *p (advanced past them). */
@@ -1378,12 +1443,17 @@ keep_event(struct bg_conn *c)
 }
 
 /* The next queued item: 1, 0 or -1 as next_item. The queue is nearly
- * always empty: that costs no framer call per event. */
+ * always empty: that costs no framer call per event, and no look at the
+ * stream while nothing was added to it. */
 static int
 queued_item(struct bg_conn *c)
 {
-    if (evbuffer_get_length(c->queued.buf) == 0)
+    if (c->queued_adds == c->queued_seen)
         return 0;
+    if (evbuffer_get_length(c->queued.buf) == 0) {
+        c->queued_seen = c->queued_adds;
+        return 0;
+    }
     return next_item(c, &c->queued, NULL);
 }
 
