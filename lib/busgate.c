@@ -38,9 +38,6 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_MAX_LINE (16u * 1024 * 1024)
 #define BG_READ_CHUNK 65536
 #define BG_READ_CHUNKS 4
-/* A read of a few events goes into the connection's own buffer of this
- * size (see read_into). */
-#define BG_SMALL_READ 4096
 /* The pseudo-line that queues a link event among the daemon's events. */
 #define LINK_WORD "LINK "
 /* Pipelined: bg_publish/bg_send wait for room above this much output. */
@@ -163,12 +160,18 @@ struct bg_conn {
     bool held;  /* ev is the application's, until it next asks for one */
     char *keep; /* ev's strings and packets, once keep_event copied them */
     size_t keep_cap;
-    bool rbuf_busy; /* rbuf is in an input buffer (by reference) */
-    bool reads_big; /* the last read filled rbuf: read into chains */
-    char rbuf[BG_SMALL_READ];
 };
 
 /* ---- small helpers ---- */
+
+/* Something is about to be added to the queued stream (before its
+ * framer reads it again): see queued_adds, lp_framer_added. */
+static void
+queued_grows(struct bg_conn *c)
+{
+    c->queued_adds++;
+    lp_framer_added(&c->queued.fr);
+}
 
 static int64_t
 now_ms(void)
@@ -407,7 +410,7 @@ restore_refused(struct bg_conn *c, const char *line, int code, const char *reaso
 
         if (strncmp(line, reg_verbs[i].cmd, n) == 0 &&
             (line[n] == ' ' || line[n] == '\0')) {
-            c->queued_adds++;
+            queued_grows(c);
             evbuffer_add_printf(c->queued.buf, "REVOKED %s%s %s\n", reg_verbs[i].verb,
                 line + n, reason);
             return;
@@ -436,7 +439,7 @@ queue_link_item(struct bg_conn *c, const char *what, int err, uint64_t request,
     for (i = 0; text[i] != '\0' && i < sizeof(clean) - 1; i++)
         clean[i] = text[i] == '\n' || text[i] == '\r' ? ' ' : text[i];
     clean[i] = '\0';
-    c->queued_adds++;
+    queued_grows(c);
     evbuffer_add_printf(c->queued.buf, LINK_WORD "%s %d %llu %s\n", what, err,
         (unsigned long long)request, clean);
 }
@@ -564,80 +567,33 @@ link_open(struct bg_conn *c)
     return 0;
 }
 
-/* A read that returned n <= 0: the end of the stream, an error, or
- * nothing more now. */
-static void
-read_ended(struct bg_conn *c, ssize_t n, int err)
-{
-    if (n == 0)
-        link_closing(c, BG_E_CLOSED, "busgated closed the connection");
-    else if (err != EAGAIN && err != EINTR)
-        link_closing(c, BG_E_IO, strerror(err));
-}
-
-/* rbuf's bytes have been drained from the buffer they were lent to. */
-static void
-rbuf_done(const void *data, size_t len, void *arg)
-{
-    (void)data;
-    (void)len;
-    ((struct bg_conn *)arg)->rbuf_busy = false;
-}
-
-/* Into an empty buf, a read into rbuf, lent to buf by reference: a few
- * events a read (a process with many connections) would otherwise cost
- * a 64 KiB chain allocated and freed per read, more than the events.
- * Returns whether the read filled rbuf (read on into chains). */
-static bool
-read_small(struct bg_conn *c, struct evbuffer *buf)
-{
-    ssize_t n = read(c->fd, c->rbuf, sizeof(c->rbuf));
-
-    if (n <= 0) {
-        read_ended(c, n, errno);
-        return false;
-    }
-    if (evbuffer_add_reference(buf, c->rbuf, (size_t)n, rbuf_done, c) < 0) {
-        link_closing(c, BG_E_NOMEM, "out of memory");
-        return false;
-    }
-    c->rbuf_busy = true;
-    return (c->reads_big = (size_t)n == sizeof(c->rbuf));
-}
-
 /* Read what the socket holds into buf, in up to BG_READ_CHUNKS chunks
  * straight into it: evbuffer_read stops at 4 KiB a call, which costs a
- * subscriber half its rate in system calls. While reads are small, into
- * rbuf first (read_small). */
+ * subscriber half its rate in system calls. */
 static void
 read_into(struct bg_conn *c, struct evbuffer *buf)
 {
     struct evbuffer_iovec vec;
     ssize_t n;
-    int err;
 
-    if (!c->reads_big && !c->rbuf_busy && evbuffer_get_length(buf) == 0 &&
-        !read_small(c, buf))
-        return;
     for (int i = 0; i < BG_READ_CHUNKS; i++) {
         if (evbuffer_reserve_space(buf, BG_READ_CHUNK, &vec, 1) < 1) {
             link_closing(c, BG_E_NOMEM, "out of memory");
             return;
         }
-        n = read(c->fd, vec.iov_base, vec.iov_len);
-        err = errno;
-        vec.iov_len = n > 0 ? (size_t)n : 0;
+        if ((n = read(c->fd, vec.iov_base, vec.iov_len)) <= 0) {
+            vec.iov_len = 0;
+            evbuffer_commit_space(buf, &vec, 1);
+            if (n == 0)
+                link_closing(c, BG_E_CLOSED, "busgated closed the connection");
+            else if (errno != EAGAIN && errno != EINTR)
+                link_closing(c, BG_E_IO, strerror(errno));
+            return;
+        }
+        vec.iov_len = (size_t)n;
         evbuffer_commit_space(buf, &vec, 1);
-        if (n <= 0) {
-            read_ended(c, n, err);
+        if ((size_t)n < BG_READ_CHUNK)
             return;
-        }
-        if ((size_t)n < BG_READ_CHUNK) {
-            /* Small again: rbuf next time. */
-            if (i == 0 && (size_t)n < sizeof(c->rbuf))
-                c->reads_big = false;
-            return;
-        }
     }
 }
 
@@ -677,6 +633,7 @@ write_failed(struct bg_conn *c, int err)
             read_into(c, late);
         } while (c->state != LINK_CLOSING && evbuffer_get_length(late) > before);
         evbuffer_add_buffer(c->sock.buf, late);
+        lp_framer_added(&c->sock.fr);
         evbuffer_free(late);
     }
     link_closing(c, BG_E_IO, strerror(err));
@@ -1136,7 +1093,7 @@ pump(struct bg_conn *c, enum pump_mode mode)
     int r;
 
     if (queue) /* the events read are copied there */
-        c->queued_adds++;
+        queued_grows(c);
     while (c->fd >= 0) {
         if ((r = next_item(c, &c->sock, queue ? c->queued.buf : NULL)) < 0) {
             link_closing(c, BG_E_PROTOCOL, c->bad_input);

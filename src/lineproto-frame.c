@@ -236,26 +236,29 @@ static enum lp_frame_kind __attribute__((noinline)) framer_line_beyond(struct lp
     return framer_line_item(f, fr, line, n);
 }
 
-/* LINE: a line within max_line, or an over-long one. Room for max_line
- * bytes plus "\r\n" is searched, never further: here the part of it in
- * the first chain (a memchr), by framer_line_beyond the rest. */
+/* LINE, when lp_framer_next's look at the chain last peeked found no
+ * line within max_line: an over-long one, or the buffer's first chain
+ * peeked afresh (it grew, or this is a new batch), or the rest of the
+ * window beyond it. Room for max_line bytes plus "\r\n" is searched,
+ * never further: here the part of it in the first chain (a memchr, from
+ * where lp_framer_next's ended), by framer_line_beyond the rest. */
 static inline enum lp_frame_kind
 framer_line(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
-    size_t total = evbuffer_get_length(in), limit = (size_t)f->max_line + 2, end = 0;
+    size_t total = evbuffer_get_length(in), end;
     struct evbuffer_iovec v;
-    const char *base, *p;
+    const char *p;
 
     if (total - f->pending <= f->scanned)
         return LP_FRAME_MORE;
-    framer_chain(f, in, total, &v);
     /* The chain lies within the buffer: its part after the delivered
      * items is no longer than what is buffered after them. */
-    if (v.iov_len > f->pending)
-        end = v.iov_len - f->pending < limit ? v.iov_len - f->pending : limit;
-    base = (const char *)v.iov_base + f->pending;
-    if (end > f->scanned && (p = memchr(base + f->scanned, '\n', end - f->scanned)) != NULL)
+    framer_chain(f, in, total, &v);
+    if ((p = lp_framer_chain_nl(f, &end)) != NULL) {
+        const char *base = (const char *)v.iov_base + f->pending;
+
         return framer_line_item(f, fr, base, (size_t)(p - base));
+    }
     return framer_line_beyond(f, in, fr, end);
 }
 
@@ -353,8 +356,7 @@ framer_skip_line(struct lp_framer *f, struct evbuffer *in)
     return true;
 }
 
-/* The next item, or MORE, in any state. Out of line: a line (the usual
- * item) is taken by lp_framer_next itself. */
+/* The next item, or MORE, in any state but LINE. */
 static enum lp_frame_kind __attribute__((noinline))
 framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
@@ -381,7 +383,7 @@ framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 }
 
 enum lp_frame_kind
-lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
+lp_framer_next_slow(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
 {
     enum lp_frame_kind kind;
 

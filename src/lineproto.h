@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "wire.h"
 
@@ -331,7 +332,9 @@ void lp_event_terminate(struct lp_event *ev);
  * lp_framer_consume, or until lp_framer_next needs more input (it then
  * drains them before returning LP_FRAME_MORE): a batch costs one drain.
  * Within a batch (until LP_FRAME_MORE or lp_framer_consume) the caller
- * may add to the evbuffer but not drain it or reserve space in it.
+ * may add to the evbuffer, then says so with lp_framer_added (an addition
+ * may move the bytes the framer is reading), but not drain it or reserve
+ * space in it.
  */
 enum lp_framer_state {
     LP_FRAMER_LINE,         /* waiting for a line */
@@ -378,9 +381,65 @@ struct lp_frame {
 };
 
 void lp_framer_init(struct lp_framer *f, uint32_t max_line);
-/* The next item in in (draining the previous one first). */
+
+/* Within a batch, after adding to in: the framer looks at in afresh. */
+static inline void
+lp_framer_added(struct lp_framer *f)
+{
+    f->chain_len = 0;
+}
+
+/*
+ * The newline ending the next line, in the chain last peeked, within the
+ * max_line + 2 bytes a line may take, searched from f->scanned on; NULL
+ * when that part of the window holds none. *end: the window's bytes in
+ * the chain (those before it are known to hold no newline then).
+ */
+static inline const char *
+lp_framer_chain_nl(const struct lp_framer *f, size_t *end)
+{
+    size_t limit = (size_t)f->max_line + 2, n = 0;
+
+    if (f->chain_len > f->pending)
+        n = f->chain_len - f->pending < limit ? f->chain_len - f->pending : limit;
+    *end = n;
+    if (n <= f->scanned)
+        return NULL;
+    return memchr((const char *)f->chain + f->pending + f->scanned, '\n', n - f->scanned);
+}
+
 enum lp_frame_kind
-lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr);
+lp_framer_next_slow(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr);
+
+/*
+ * The next item in in (draining the previous one first). Inline: a line
+ * within max_line in the chain the batch is reading (nearly every item)
+ * is one memchr and a few stores here, without a call; anything else,
+ * or the end of that chain, is lp_framer_next_slow's.
+ */
+static inline enum lp_frame_kind
+lp_framer_next(struct lp_framer *f, struct evbuffer *in, struct lp_frame *fr)
+{
+    const char *nl = NULL, *base;
+    size_t end = 0, n;
+
+    if (f->state == LP_FRAMER_LINE && (nl = lp_framer_chain_nl(f, &end)) != NULL) {
+        base = (const char *)f->chain + f->pending;
+        n = (size_t)(nl - base);
+        if (n <= f->max_line) {
+            *fr = (struct lp_frame){ .kind = LP_FRAME_LINE, .data = base, .len = n };
+            f->pending += n + 1;
+            f->bytes += n + 1;
+            f->scanned = 0;
+            return LP_FRAME_LINE;
+        }
+    }
+    /* Searched: the slow half goes on from there (a whole window without
+     * a newline is its to judge: a line too long). */
+    if (nl == NULL && end > f->scanned && end < (size_t)f->max_line + 2)
+        f->scanned = end;
+    return lp_framer_next_slow(f, in, fr);
+}
 /* Drain the items delivered so far (their data pointers are then invalid). */
 void lp_framer_consume(struct lp_framer *f, struct evbuffer *in);
 /* After a LINE: a payload block of len bytes and a newline follow; deliver

@@ -224,6 +224,10 @@ test_line_too_long(void **state)
         "T+h[PING 4567890123456]L[PING ok]");
     CHECK_STREAM("PING 4567890123456789012345678901234567890\nPING ok\n", 41,
         "Th[PING 456789012345678901234567890]L[PING ok]");
+    /* Refused as soon as max_line + 2 bytes are buffered, not when more
+     * come: the window in the chain of the line before, searched by the inline
+     * half, is the slow half's to judge. */
+    CHECK_STREAM("PING a\nPING 4567890123456", 16, "L[PING a]T+h[PING 4567890123456]");
 }
 
 /* Whether an over-long line's head is a command with a payload behind it,
@@ -340,9 +344,9 @@ test_batch_drained_once(void **state)
     evbuffer_free(in);
 }
 
-/* The caller may add to the buffer within a batch: the framer sees the
- * added bytes (the first chain grown in place, or a chain behind it),
- * never a stale view of the chain it peeked. */
+/* The caller may add to the buffer within a batch (and says so): the
+ * framer sees the added bytes (the first chain grown in place, or a chain
+ * behind it), never a stale view of the chain it peeked. */
 static void
 test_added_mid_batch(void **state)
 {
@@ -356,10 +360,12 @@ test_added_mid_batch(void **state)
     evbuffer_add(in, "PING a\nPI", 9);
     assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
     evbuffer_add(in, "NG b\nPING", 9); /* into the same chain */
+    lp_framer_added(&f);
     assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
     assert_int_equal(fr.len, 6);
     assert_memory_equal(fr.data, "PING b", 6);
     evbuffer_add_reference(in, " c\n", 3, NULL, NULL); /* a chain behind it */
+    lp_framer_added(&f);
     assert_int_equal(lp_framer_next(&f, in, &fr), LP_FRAME_LINE);
     assert_int_equal(fr.len, 6);
     assert_memory_equal(fr.data, "PING c", 6);
