@@ -164,8 +164,8 @@ struct bg_conn {
 
 /* ---- small helpers ---- */
 
-/* Something is about to be added to the queued stream (before its
- * framer reads it again): see queued_adds, lp_framer_added. */
+/* Something is added to the queued stream, said before its framer reads
+ * it again: see queued_adds, lp_framer_added. */
 static void
 queued_grows(struct bg_conn *c)
 {
@@ -1092,10 +1092,13 @@ pump(struct bg_conn *c, enum pump_mode mode)
     unsigned adds;
     int r;
 
-    if (queue) /* the events read are copied there */
-        queued_grows(c);
     while (c->fd >= 0) {
-        if ((r = next_item(c, &c->sock, queue ? c->queued.buf : NULL)) < 0) {
+        r = next_item(c, &c->sock, queue ? c->queued.buf : NULL);
+        /* Copied there: said before anything else (a callback of a reply
+         * below may read the queued stream). */
+        if (queue && r != 0)
+            queued_grows(c);
+        if (r < 0) {
             link_closing(c, BG_E_PROTOCOL, c->bad_input);
             src_reset(&c->sock);
             return 0;
