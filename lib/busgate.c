@@ -100,7 +100,8 @@ struct bg_conn {
     bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
     struct evbuffer *out, *tmp;
-    struct evbuffer *held_line; /* a queued event's line until its payload is read */
+    struct lp_out_tail out_tail; /* where a pipelined message goes (out_drain) */
+    struct evbuffer *held_line;  /* a queued event's line until its payload is read */
 
     struct req *reqs; /* ring of req_cap; req_n from req_head */
     size_t req_cap, req_head, req_n;
@@ -488,6 +489,14 @@ schedule_retry(struct bg_conn *c)
     c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
 }
 
+/* Every drain of c->out: it may free the chain out_tail points into. */
+static void
+out_drain(struct bg_conn *c, size_t n)
+{
+    evbuffer_drain(c->out, n);
+    lp_out_tail_clear(&c->out_tail);
+}
+
 static void
 link_down(struct bg_conn *c)
 {
@@ -497,7 +506,7 @@ link_down(struct bg_conn *c)
         close(c->fd);
     c->fd = -1;
     src_reset(&c->sock);
-    evbuffer_drain(c->out, evbuffer_get_length(c->out));
+    out_drain(c, evbuffer_get_length(c->out));
     /* (Un)registrations the daemon had no time to answer: the next
      * daemon learns them with the restore, as if made while down. */
     for (size_t i = 0; i < c->req_n; i++) {
@@ -664,7 +673,7 @@ flush_out(struct bg_conn *c)
                 write_failed(c, errno);
             return;
         }
-        evbuffer_drain(c->out, (size_t)n);
+        out_drain(c, (size_t)n);
     }
 }
 
@@ -1639,19 +1648,19 @@ command(struct bg_conn *c, int reg_op, char *reg_line)
 }
 
 /*
- * A message queued while pipelined (before: the queue's length before it),
- * with no reply to wait for: written once per batch; blocking use waits
- * only for room when much is queued, reading (and queueing) what arrives
- * meanwhile.
+ * A message queued while pipelined (before and after: the queue's length
+ * around it), with no reply to wait for: written once per batch; blocking
+ * use waits only for room when much is queued, reading (and queueing)
+ * what arrives meanwhile.
  */
 static int
-queued(struct bg_conn *c, size_t before)
+queued(struct bg_conn *c, size_t before, size_t after)
 {
     int64_t deadline;
 
     /* Once per batch: not a refused write per message while the socket
      * is full. */
-    if (before / BG_PIPELINE_BATCH != evbuffer_get_length(c->out) / BG_PIPELINE_BATCH)
+    if (before / BG_PIPELINE_BATCH != after / BG_PIPELINE_BATCH)
         flush_out(c);
     if (c->cb != NULL || evbuffer_get_length(c->out) <= BG_PIPELINE_QUEUE)
         return 0;
@@ -1696,7 +1705,7 @@ quiet_command(struct bg_conn *c)
     } else {
         evbuffer_add_buffer(c->out, c->tmp);
     }
-    return queued(c, before);
+    return queued(c, before, evbuffer_get_length(c->out));
 }
 
 int
@@ -1853,59 +1862,66 @@ bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len)
     return names_command(c, LP_UNAUTHORIZER, LP_AUTHORIZER, -1, feed, feed_len, NULL, 0);
 }
 
-/* A content type (bus protocol 6), or none (ctype NULL). */
-struct ctype {
-    const char *ptr;
-    size_t len;
-};
+/* Why a packet cannot be sent (wire_packets' check), NULL if it can. */
+static const char *
+packet_fault(const struct bg_packet *p)
+{
+    return p->len > UINT32_MAX || p->n_entitlements > UINT32_MAX ? "is too large"
+        : p->len > 0 && p->data == NULL ? "has a length but no data"
+        : p->n_entitlements > 0 && p->entitlements == NULL
+        ? "has an entitlement count but no entitlements"
+        : NULL;
+}
 
+/* The packets as the formatter takes them, into pk (n entries). */
 static int
-message_command(struct bg_conn *c, const uint8_t *client_id, const char *feed,
-    size_t feed_len, const char *topic, size_t topic_len, bool is_image, struct ctype ct,
-    const struct bg_packet *packets, size_t n_packets)
+wire_packets(struct bg_conn *c, const struct bg_packet *packets, size_t n,
+    struct wire_packet *pk)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct bg_packet *p = &packets[i];
+
+        /* One test for the usual packet; packet_fault says which. */
+        if ((p->len | p->n_entitlements) > UINT32_MAX || (p->data == NULL && p->len > 0) ||
+            (p->entitlements == NULL && p->n_entitlements > 0))
+            return set_err(c, BG_E_INVALID, "packet %zu %s", i, packet_fault(p));
+        pk[i] = (struct wire_packet){ { p->entitlements, (uint32_t)p->n_entitlements },
+            p->data, (uint32_t)p->len };
+    }
+    return 0;
+}
+
+/* A PUB or SEND (m without its packets, which are these). */
+static int
+message_command(struct bg_conn *c, struct lp_message *m, const struct bg_packet *packets,
+    size_t n_packets)
 {
     struct wire_packet stack[8], *pk = stack; /* each filled below */
-    size_t before;
     int r;
 
-    if (feed == NULL || topic == NULL || (n_packets > 0 && packets == NULL) ||
+    if (m->feed == NULL || m->topic == NULL || (n_packets > 0 && packets == NULL) ||
         n_packets > UINT32_MAX)
         return set_err(c, BG_E_INVALID, "a feed, a topic and the packets are needed");
     if (n_packets > 8 && (pk = calloc(n_packets, sizeof(*pk))) == NULL)
         return set_err(c, BG_E_NOMEM, "out of memory");
-    for (size_t i = 0; i < n_packets; i++) {
-        const char *bad =
-            packets[i].len > UINT32_MAX || packets[i].n_entitlements > UINT32_MAX
-            ? "is too large"
-            : packets[i].len > 0 && packets[i].data == NULL ? "has a length but no data"
-            : packets[i].n_entitlements > 0 && packets[i].entitlements == NULL
-            ? "has an entitlement count but no entitlements"
-            : NULL;
-
-        if (bad != NULL) {
-            if (pk != stack)
-                free(pk);
-            return set_err(c, BG_E_INVALID, "packet %zu %s", i, bad);
-        }
-        pk[i] = (struct wire_packet){ { packets[i].entitlements,
-                                          (uint32_t)packets[i].n_entitlements },
-            packets[i].data, (uint32_t)packets[i].len };
-    }
-    /* While pipelined, formatted straight into the output queue (one
-     * reservation: nothing is left of it if that fails); else a command
-     * in hand, sent by command(). */
+    if ((r = wire_packets(c, packets, n_packets, pk)) < 0)
+        goto out;
+    m->packets = pk;
+    m->n_packets = (uint32_t)n_packets;
+    /* While pipelined, formatted straight into the output queue, where the
+     * last message ended (nothing is left of it if that fails); else a
+     * command in hand, sent by command(), which checks the line's length. */
     if (c->pipelined && (r = link_ready(c)) < 0)
         goto out;
-    before = evbuffer_get_length(c->out);
-    r = lp_format_cmd_message(c->pipelined ? c->out : c->tmp, client_id, feed, feed_len,
-        topic, topic_len, is_image, ct.ptr, ct.len, pk, (uint32_t)n_packets,
-        c->pipelined ? c->max_line : UINT32_MAX); /* else line_fits checks */
+    r = c->pipelined ? lp_format_cmd_message_at(c->out, &c->out_tail, m, c->max_line)
+                     : lp_format_cmd_message_at(c->tmp, NULL, m, UINT32_MAX);
     if (r == LP_FORMAT_TOO_LONG)
         r = too_long(c);
     else if (r < 0)
         r = set_err(c, BG_E_NOMEM, "out of memory");
     else
-        r = c->pipelined ? queued(c, before) : command(c, 0, NULL);
+        r = c->pipelined ? queued(c, c->out_tail.len - c->out_tail.added, c->out_tail.len)
+                         : command(c, 0, NULL);
 out:
     if (pk != stack)
         free(pk);
@@ -1916,8 +1932,13 @@ int
 bg_publish(bg_conn *c, const char *feed, size_t feed_len, const char *topic,
     size_t topic_len, bool is_image, const struct bg_packet *packets, size_t n_packets)
 {
-    return message_command(c, NULL, feed, feed_len, topic, topic_len, is_image,
-        (struct ctype){ NULL, 0 }, packets, n_packets);
+    struct lp_message m = { .feed = feed,
+        .topic = topic,
+        .feed_len = feed_len,
+        .topic_len = topic_len,
+        .image = is_image };
+
+    return message_command(c, &m, packets, n_packets);
 }
 
 int
@@ -1925,10 +1946,16 @@ bg_publish_typed(bg_conn *c, const char *feed, size_t feed_len, const char *topi
     size_t topic_len, const char *content_type, size_t content_type_len,
     const struct bg_packet *packets, size_t n_packets)
 {
+    struct lp_message m = { .feed = feed,
+        .topic = topic,
+        .feed_len = feed_len,
+        .topic_len = topic_len,
+        .ctype = content_type,
+        .ctype_len = content_type_len };
+
     if (content_type == NULL)
         return set_err(c, BG_E_INVALID, "a content type is needed (\"\" for none)");
-    return message_command(c, NULL, feed, feed_len, topic, topic_len, false,
-        (struct ctype){ content_type, content_type_len }, packets, n_packets);
+    return message_command(c, &m, packets, n_packets);
 }
 
 int
@@ -1936,10 +1963,16 @@ bg_send(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t feed_l
     const char *topic, size_t topic_len, bool is_image, const struct bg_packet *packets,
     size_t n_packets)
 {
+    struct lp_message m = { .client_id = client_id,
+        .feed = feed,
+        .topic = topic,
+        .feed_len = feed_len,
+        .topic_len = topic_len,
+        .image = is_image };
+
     if (client_id == NULL)
         return set_err(c, BG_E_INVALID, "a client id is needed");
-    return message_command(c, client_id, feed, feed_len, topic, topic_len, is_image,
-        (struct ctype){ NULL, 0 }, packets, n_packets);
+    return message_command(c, &m, packets, n_packets);
 }
 
 int
@@ -1947,10 +1980,17 @@ bg_send_typed(bg_conn *c, const uint8_t client_id[16], const char *feed, size_t 
     const char *topic, size_t topic_len, const char *content_type, size_t content_type_len,
     const struct bg_packet *packets, size_t n_packets)
 {
+    struct lp_message m = { .client_id = client_id,
+        .feed = feed,
+        .topic = topic,
+        .feed_len = feed_len,
+        .topic_len = topic_len,
+        .ctype = content_type,
+        .ctype_len = content_type_len };
+
     if (client_id == NULL || content_type == NULL)
         return set_err(c, BG_E_INVALID, "a client id and a content type are needed");
-    return message_command(c, client_id, feed, feed_len, topic, topic_len, false,
-        (struct ctype){ content_type, content_type_len }, packets, n_packets);
+    return message_command(c, &m, packets, n_packets);
 }
 
 int

@@ -18,18 +18,38 @@
 
 /* ---- small number formatting (snprintf is too slow for the hot path) ---- */
 
-static size_t
-put_u64(char *dst, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
+/* "00" to "99": two digits a step. */
+static const char digit_pairs[201] = "00010203040506070809101112131415161718192021222324"
+                                     "25262728293031323334353637383940414243444546474849"
+                                     "50515253545556575859606162636465666768697071727374"
+                                     "75767778798081828384858687888990919293949596979899";
 
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v != 0);
-    for (size_t i = 0; i < n; i++)
-        dst[i] = tmp[n - 1 - i];
+static size_t
+count_digits(uint32_t v)
+{
+    size_t n = 1;
+
+    for (; v >= 10000; v /= 10000)
+        n += 4;
+    return n + (v >= 10) + (v >= 100) + (v >= 1000);
+}
+
+/* Every number formatted here (packet lengths, entitlements) fits in 32
+ * bits: written from its last digit back, two at a time. */
+static size_t
+put_u32(char *dst, uint32_t v)
+{
+    size_t n = count_digits(v);
+    char *p = dst + n;
+
+    for (; v >= 100; v /= 100) {
+        p -= 2;
+        memcpy(p, digit_pairs + 2 * (v % 100), 2);
+    }
+    if (v >= 10)
+        memcpy(p - 2, digit_pairs + 2 * v, 2);
+    else
+        p[-1] = (char)('0' + v);
     return n;
 }
 
@@ -38,9 +58,9 @@ put_i32(char *dst, int32_t v)
 {
     if (v < 0) {
         dst[0] = '-';
-        return 1 + put_u64(dst + 1, (uint64_t)(-(int64_t)v));
+        return 1 + put_u32(dst + 1, (uint32_t)(-(int64_t)v));
     }
-    return put_u64(dst, (uint64_t)v);
+    return put_u32(dst, (uint32_t)v);
 }
 
 /* ---- name escaping ---- */
@@ -55,13 +75,93 @@ put_i32(char *dst, int32_t v)
 static const unsigned char escape_adds[256] = { ESC64(0), ESC64(64), ESC64(128),
     ESC64(192) };
 
+/* ---- names a word at a time ---- */
+
+#define BYTES(c) (0x0101010101010101ull * (uint64_t)(c))
+
+static inline uint64_t
+load8(const char *p)
+{
+    uint64_t w;
+
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+static inline uint64_t
+load4(const char *p)
+{
+    uint32_t w;
+
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+/* Non-zero when a byte of w is one must_escape names (below 0x21, '"',
+ * '%', DEL): for the word as a whole this is exact (a false mark only
+ * ever lands above a true one). */
+static inline uint64_t
+specials8(uint64_t w)
+{
+    uint64_t del = w ^ BYTES(0x7f), pct = w ^ BYTES('%'), quo = w ^ BYTES('"');
+
+    return (((w - BYTES(0x21)) & ~w) | ((del - BYTES(1)) & ~del) |
+               ((pct - BYTES(1)) & ~pct) | ((quo - BYTES(1)) & ~quo)) &
+        BYTES(0x80);
+}
+
+/* What escaping adds to the len bytes at ptr: the whole words eight at a
+ * time (a clean one, the usual case, adds nothing), the rest and a word
+ * with a special byte through escape_adds. */
 static size_t
+escape_extra(const char *ptr, size_t len)
+{
+    size_t n = 0, i = 0;
+
+    for (; i + 8 <= len; i += 8)
+        if (specials8(load8(ptr + i)) != 0)
+            for (size_t k = i; k < i + 8; k++)
+                n += escape_adds[(unsigned char)ptr[k]];
+    for (; i < len; i++)
+        n += escape_adds[(unsigned char)ptr[i]];
+    return n;
+}
+
+/* A clean name's bytes: most are short, and a call to memcpy costs more
+ * than their copy (two overlapping words). */
+static inline void
+copy_name(char *dst, const char *src, size_t len)
+{
+    if (len > 16) {
+        memcpy(dst, src, len);
+    } else if (len >= 8) {
+        uint64_t a = load8(src), b = load8(src + len - 8);
+
+        memcpy(dst, &a, 8);
+        memcpy(dst + len - 8, &b, 8);
+    } else if (len >= 4) {
+        uint32_t a = (uint32_t)load4(src), b = (uint32_t)load4(src + len - 4);
+
+        memcpy(dst, &a, 4);
+        memcpy(dst + len - 4, &b, 4);
+    } else if (len > 0) {
+        dst[0] = src[0];
+        dst[len / 2] = src[len / 2];
+        dst[len - 1] = src[len - 1];
+    }
+}
+
+/* A name's token length: "" for an empty one, else each special byte as
+ * "%XX". Inline: a short name (most) costs a table lookup a byte. */
+static inline __attribute__((always_inline)) size_t
 escaped_len(const char *ptr, size_t len)
 {
     size_t n = len;
 
     if (len == 0)
         return 2;
+    if (len >= 8)
+        return len + escape_extra(ptr, len);
     for (size_t i = 0; i < len; i++)
         n += escape_adds[(unsigned char)ptr[i]];
     return n;
@@ -132,7 +232,7 @@ put_packets(char *dst, const struct wire_packet *pk, uint32_t n)
 
     for (uint32_t i = 0; i < n; i++) {
         dst[o++] = ' ';
-        o += put_u64(dst + o, pk[i].len);
+        o += put_u32(dst + o, pk[i].len);
         for (uint32_t k = 0; k < pk[i].entitlements.n; k++) {
             dst[o++] = k == 0 ? ':' : ',';
             o += put_i32(dst + o, pk[i].entitlements.v[k]);
@@ -157,7 +257,7 @@ put_name_tok(char *dst, const struct wire_str *s, size_t esc_len)
 {
     dst[0] = ' ';
     if (esc_len == s->len)
-        memcpy(dst + 1, s->ptr, s->len);
+        copy_name(dst + 1, s->ptr, s->len);
     else
         put_escaped(dst + 1, s->ptr, s->len);
     return esc_len + 1;
@@ -177,33 +277,35 @@ lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *to
     return o;
 }
 
-/* An event of at least this much that does not fit the output's last
- * chain is given a new chain as big as the output already holds (at most
- * EVENT_CHUNK), so chains grow with a backlog. */
-#define BIG_EVENT 1024u
-#define EVENT_CHUNK (64u << 10)
+/* What the output's last chain grows by when an item does not fit it: as
+ * much as the output already holds, up to EVENT_CHUNK, so chains grow with
+ * a backlog. EVENT_CHUNK leaves room for libevent's chain header and the
+ * up to 4 KiB (MAX_TO_COPY_IN_EXPAND) it may copy over when it grows the
+ * last chain in place: a chain is at most one 64 KiB allocation. */
+#define EVENT_CHUNK ((64u << 10) - (4u << 10) - 256u)
 
 /*
- * Room for one event, contiguous. libevent gives a reservation that does
- * not fit the last chain a new chain of its size rounded up to a power of
- * two, which the next event of that size no longer fits: one 4 KiB event
- * per 8 KiB chain, a malloc per event and half the memory unused. A
- * session sent one event per loop turn still gets a chain of one event's
- * size; one sent many gets chains that double up to EVENT_CHUNK.
+ * Room for one item, contiguous, at the output's end. A reservation of one
+ * byte is the last chain's whole free space, without allocating when it
+ * has any: one call where the item fits (the usual case). Else the chain
+ * grows by EVENT_CHUNK's rule. Left to itself, libevent would give an item
+ * that does not fit a chain of its own size rounded up to a power of two,
+ * which the next item of that size no longer fits: a malloc per item. An
+ * empty output gets a chain of one item's size (a session sent one event
+ * per loop turn keeps no more).
  */
 static int
-reserve_event(struct evbuffer *out, size_t room, struct evbuffer_iovec *vec)
+reserve_event(struct evbuffer *out, size_t queued, size_t room, struct evbuffer_iovec *vec)
 {
-    size_t queued = evbuffer_get_length(out), chunk;
+    size_t chunk;
 
     if (room > (size_t)EV_SSIZE_MAX)
         return -1;
-    if (room >= BIG_EVENT && queued > 0 &&
-        (evbuffer_reserve_space(out, 1, vec, 1) < 1 || vec->iov_len < room)) {
-        chunk = queued < EVENT_CHUNK ? queued : EVENT_CHUNK;
-        if (evbuffer_expand(out, room > chunk ? room : chunk) != 0)
-            return -1;
-    }
+    if (queued > 0 && evbuffer_reserve_space(out, 1, vec, 1) == 1 && vec->iov_len >= room)
+        return 0;
+    chunk = queued < EVENT_CHUNK ? queued : EVENT_CHUNK;
+    if (chunk > room && evbuffer_expand(out, chunk) != 0)
+        return -1;
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
 }
 
@@ -220,7 +322,8 @@ item_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
         vec->iov_base = flat;
         return flat;
     }
-    return reserve_event(out, room, vec) == 0 ? vec->iov_base : NULL;
+    return reserve_event(out, evbuffer_get_length(out), room, vec) == 0 ? vec->iov_base
+                                                                        : NULL;
 }
 
 /* The len bytes formatted where item_begin said, into out. */
@@ -565,10 +668,109 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
         : 0;
 }
 
-/* A message command up to this size is formatted on the stack, then
- * added (item_begin): small adds also share chains that grow, where
- * reserved, each few messages took a 1 KiB chain of its own. */
-#define SMALL_MESSAGE 512
+/* The bytes a message command may take (its line and payload block). */
+static size_t
+message_room(size_t ef, size_t et, const char *ctype, size_t ec,
+    const struct wire_packet *packets, uint32_t n_packets)
+{
+    size_t payload,
+        room = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et + sizeof(" image") +
+        (ctype != NULL ? sizeof(" " LP_TYPE_PREFIX) + ec : 0) +
+        packets_room(packets, n_packets, &payload) + 1;
+
+    return n_packets > 0 ? room + payload + 1 : room;
+}
+
+/* Where the message goes: at tail when it is still the output's end and
+ * has room (no libevent call), else a reservation. NULL: out of memory. */
+static char *
+message_at(struct evbuffer *out, struct lp_out_tail *tail, size_t room,
+    struct evbuffer_iovec *vec, size_t *queued)
+{
+    *queued = evbuffer_get_length(out);
+    if (tail != NULL) {
+        if (tail->p != NULL && tail->len == *queued && tail->room >= room) {
+            vec->iov_base = tail->p;
+            vec->iov_len = tail->room;
+            return tail->p;
+        }
+        /* A reservation may move or free the chain tail is in. */
+        lp_out_tail_clear(tail);
+    }
+    return reserve_event(out, *queued, room, vec) == 0 ? vec->iov_base : NULL;
+}
+
+/* The payload block: each packet's data, then a newline. */
+static size_t
+put_payload(char *d, const struct wire_packet *packets, uint32_t n_packets)
+{
+    size_t o = 0;
+
+    for (uint32_t i = 0; i < n_packets; i++) {
+        if (packets[i].len > 0)
+            memcpy(d + o, packets[i].data, packets[i].len);
+        o += packets[i].len;
+    }
+    d[o++] = '\n';
+    return o;
+}
+
+/* Formatted in place at the output's end, committed whole or not at all:
+ * for a pipelined client the output is the queue to the socket, and each
+ * message is written once, into the space the last one left. */
+int
+lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
+    const struct lp_message *m, uint32_t max_line)
+{
+    const struct wire_str f = { m->feed, (uint32_t)m->feed_len },
+                          t = { m->topic, (uint32_t)m->topic_len };
+    struct evbuffer_iovec vec;
+    size_t ef, et, ec, queued, o, space;
+    char *d;
+
+    if (m->feed_len > UINT32_MAX || m->topic_len > UINT32_MAX || m->ctype_len > UINT32_MAX)
+        return -1;
+    ef = escaped_len(m->feed, m->feed_len);
+    et = escaped_len(m->topic, m->topic_len);
+    ec = m->ctype != NULL ? escaped_len(m->ctype, m->ctype_len) : 0;
+    d = message_at(out, tail, message_room(ef, et, m->ctype, ec, m->packets, m->n_packets),
+        &vec, &queued);
+    if (d == NULL)
+        return -1;
+    /* The verb, four bytes either way: PUB's fourth is overwritten by
+     * the feed token's space. */
+    memcpy(d, m->client_id != NULL ? "SEND" : "PUB ", 4);
+    o = m->client_id != NULL ? 4 : 3;
+    if (m->client_id != NULL) {
+        d[o++] = ' ';
+        guid_to_text(m->client_id, d + o);
+        o += GUID_TEXT_LEN;
+    }
+    o += put_name_tok(d + o, &f, ef);
+    o += put_name_tok(d + o, &t, et);
+    memcpy(d + o, m->image ? " image" : " delta", 6);
+    o += 6;
+    if (m->ctype != NULL) {
+        o += put_lit(d + o, " " LP_TYPE_PREFIX);
+        o += put_escaped(d + o, m->ctype, m->ctype_len);
+    }
+    o += put_packets(d + o, m->packets, m->n_packets);
+    if (o > max_line)
+        return LP_FORMAT_TOO_LONG; /* nothing is committed */
+    d[o++] = '\n';
+    if (m->n_packets > 0)
+        o += put_payload(d + o, m->packets, m->n_packets);
+    space = vec.iov_len;
+    vec.iov_len = o;
+    if (evbuffer_commit_space(out, &vec, 1) != 0) {
+        if (tail != NULL)
+            lp_out_tail_clear(tail);
+        return -1;
+    }
+    if (tail != NULL)
+        *tail = (struct lp_out_tail){ d + o, space - o, queued + o, o };
+    return 0;
+}
 
 int
 lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char *feed,
@@ -576,51 +778,10 @@ lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const char
     size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets,
     uint32_t max_line)
 {
-    const struct wire_str f = { feed, (uint32_t)feed_len },
-                          t = { topic, (uint32_t)topic_len };
-    const char *verb = lp_verb_name(client_id != NULL ? LP_SEND : LP_PUB);
-    struct evbuffer_iovec vec;
-    size_t payload, room, o, ef, et, ec;
-    char small[SMALL_MESSAGE], *d;
+    const struct lp_message m = { client_id, feed, topic, feed_len, topic_len, image, ctype,
+        ctype_len, packets, n_packets };
 
-    if (feed_len > UINT32_MAX || topic_len > UINT32_MAX || ctype_len > UINT32_MAX)
-        return -1;
-    ef = escaped_len(feed, feed_len);
-    et = escaped_len(topic, topic_len);
-    ec = ctype != NULL ? escaped_len(ctype, ctype_len) : 0;
-    room = strlen(verb) + GUID_TEXT_LEN + 3 + ef + et + sizeof(" image") +
-        (ctype != NULL ? sizeof(" " LP_TYPE_PREFIX) + ec : 0) +
-        packets_room(packets, n_packets, &payload) + 1;
-    if (n_packets > 0)
-        room += payload + 1;
-    if ((d = item_begin(out, room, small, sizeof small, &vec)) == NULL)
-        return -1;
-    o = put_lit(d, verb);
-    if (client_id != NULL) {
-        d[o++] = ' ';
-        guid_to_text(client_id, d + o);
-        o += GUID_TEXT_LEN;
-    }
-    o += put_name_tok(d + o, &f, ef);
-    o += put_name_tok(d + o, &t, et);
-    o += put_lit(d + o, image ? " image" : " delta");
-    if (ctype != NULL) {
-        o += put_lit(d + o, " " LP_TYPE_PREFIX);
-        o += put_escaped(d + o, ctype, ctype_len);
-    }
-    o += put_packets(d + o, packets, n_packets);
-    if (o > max_line)
-        return LP_FORMAT_TOO_LONG; /* the reservation is not committed */
-    d[o++] = '\n';
-    if (n_packets > 0) {
-        for (uint32_t i = 0; i < n_packets; i++) {
-            if (packets[i].len > 0)
-                memcpy(d + o, packets[i].data, packets[i].len);
-            o += packets[i].len;
-        }
-        d[o++] = '\n';
-    }
-    return item_end(out, small, &vec, o);
+    return lp_format_cmd_message_at(out, NULL, &m, max_line);
 }
 
 bool

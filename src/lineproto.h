@@ -251,6 +251,39 @@ int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const 
     size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
     size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets,
     uint32_t max_line);
+/*
+ * The free space one message left at the end of an output, where the next
+ * is formatted without asking libevent for it (a pipelined client writes
+ * message after message). Valid only while nothing else changes the
+ * output: lp_format_cmd_message_at checks that its length is still len,
+ * which any addition changes; whoever drains the output must clear p
+ * (lp_out_tail_clear), as a drain to empty frees the chain p is in.
+ */
+struct lp_out_tail {
+    char *p;      /* NULL: nothing known */
+    size_t room;  /* bytes free at p */
+    size_t len;   /* the output's length after the last message */
+    size_t added; /* that message's bytes */
+};
+static inline void
+lp_out_tail_clear(struct lp_out_tail *t)
+{
+    t->p = NULL;
+}
+/* A PUB (client_id NULL) or SEND, as lp_format_cmd_message takes it. */
+struct lp_message {
+    const uint8_t *client_id;
+    const char *feed, *topic;
+    size_t feed_len, topic_len;
+    bool image;
+    const char *ctype; /* NULL: none */
+    size_t ctype_len;
+    const struct wire_packet *packets;
+    uint32_t n_packets;
+};
+/* lp_format_cmd_message at tail (NULL: none), which it then updates. */
+int lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
+    const struct lp_message *m, uint32_t max_line);
 /* Whether s is one word that is sent as is: non-empty, nothing a name
  * would escape (no separator, control byte, '%' or '"'). */
 bool lp_is_word(const char *s);
