@@ -100,8 +100,10 @@ struct bg_conn {
     bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
     struct evbuffer *out, *tmp;
-    struct lp_out_tail out_tail; /* where a pipelined message goes (out_drain) */
-    struct evbuffer *held_line;  /* a queued event's line until its payload is read */
+    /* Pipelined messages formatted into out and not yet committed: every
+     * other use of out settles it first (out_settle). */
+    struct lp_out_tail out_tail;
+    struct evbuffer *held_line; /* a queued event's line until its payload is read */
 
     struct req *reqs; /* ring of req_cap; req_n from req_head */
     size_t req_cap, req_head, req_n;
@@ -489,12 +491,22 @@ schedule_retry(struct bg_conn *c)
     c->backoff = c->backoff * 2 > c->backoff_max ? c->backoff_max : c->backoff * 2;
 }
 
-/* Every drain of c->out: it may free the chain out_tail points into. */
-static void
-out_drain(struct bg_conn *c, size_t n)
+/* What c->out holds, with the pipelined messages not yet committed. */
+static size_t
+out_length(const struct bg_conn *c)
 {
-    evbuffer_drain(c->out, n);
-    lp_out_tail_clear(&c->out_tail);
+    return c->out_tail.base != NULL ? c->out_tail.len : evbuffer_get_length(c->out);
+}
+
+/* c->out with the pipelined messages in c->out_tail committed to it:
+ * before anything else reads, adds to or drains it. */
+static struct evbuffer *
+out_settle(struct bg_conn *c)
+{
+    /* Fails only if out changed under the reservation, which every use
+     * of out coming here first rules out. */
+    (void)lp_out_tail_settle(c->out, &c->out_tail);
+    return c->out;
 }
 
 static void
@@ -506,7 +518,7 @@ link_down(struct bg_conn *c)
         close(c->fd);
     c->fd = -1;
     src_reset(&c->sock);
-    out_drain(c, evbuffer_get_length(c->out));
+    evbuffer_drain(out_settle(c), evbuffer_get_length(c->out));
     /* (Un)registrations the daemon had no time to answer: the next
      * daemon learns them with the restore, as if made while down. */
     for (size_t i = 0; i < c->req_n; i++) {
@@ -616,7 +628,8 @@ read_some(struct bg_conn *c)
 static bool
 want_write(const struct bg_conn *c)
 {
-    return c->fd >= 0 && c->state == LINK_UP && evbuffer_get_length(c->out) > 0;
+    return c->fd >= 0 && c->state == LINK_UP &&
+        (evbuffer_get_length(c->out) > 0 || lp_out_tail_pending(&c->out_tail));
 }
 
 /*
@@ -663,6 +676,7 @@ flush_out(struct bg_conn *c)
     ssize_t n;
     int k;
 
+    out_settle(c);
     while (want_write(c)) {
         k = evbuffer_peek(c->out, -1, NULL, vec, BG_WRITE_IOV);
         for (int i = 0; i < k && i < BG_WRITE_IOV; i++)
@@ -673,7 +687,7 @@ flush_out(struct bg_conn *c)
                 write_failed(c, errno);
             return;
         }
-        out_drain(c, (size_t)n);
+        evbuffer_drain(c->out, (size_t)n);
     }
 }
 
@@ -745,7 +759,7 @@ on_hello(struct bg_conn *c)
      * asked while disconnected (also before a first connection that
      * failed). */
     if ((b = evbuffer_new()) == NULL || (n = restore(c, b)) < 0 ||
-        evbuffer_prepend_buffer(c->out, b) < 0) {
+        evbuffer_prepend_buffer(out_settle(c), b) < 0) {
         if (b != NULL)
             evbuffer_free(b);
         return set_err(c, BG_E_NOMEM, "out of memory restoring registrations");
@@ -1627,7 +1641,7 @@ command_as(struct bg_conn *c, int reg_op, char *reg_line, int quiet)
         return set_err(c, BG_E_NOMEM, "out of memory");
     }
     q->quiet = quiet;
-    evbuffer_add_buffer(c->out, c->tmp);
+    evbuffer_add_buffer(out_settle(c), c->tmp);
     flush_out(c);
     if (c->cb != NULL)
         return 0;
@@ -1662,8 +1676,9 @@ queued(struct bg_conn *c, size_t before, size_t after)
      * is full. */
     if (before / BG_PIPELINE_BATCH != after / BG_PIPELINE_BATCH)
         flush_out(c);
-    if (c->cb != NULL || evbuffer_get_length(c->out) <= BG_PIPELINE_QUEUE)
+    if (c->cb != NULL || out_length(c) <= BG_PIPELINE_QUEUE)
         return 0;
+    out_settle(c);
     if (keep_event(c) < 0)
         return -c->err;
     /* Down to half: a wait per half queue, not per message. */
@@ -1695,7 +1710,7 @@ quiet_command(struct bg_conn *c)
         evbuffer_drain(c->tmp, evbuffer_get_length(c->tmp));
         return r;
     }
-    before = evbuffer_get_length(c->out);
+    before = evbuffer_get_length(out_settle(c));
     /* A small message is copied, so that messages share chains: moved,
      * each would be an iovec of its own and a write would take 16. */
     if ((n = evbuffer_get_length(c->tmp)) <= BG_COPY_MAX) {

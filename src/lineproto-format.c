@@ -24,25 +24,32 @@ static const char digit_pairs[201] = "000102030405060708091011121314151617181920
                                      "50515253545556575859606162636465666768697071727374"
                                      "75767778798081828384858687888990919293949596979899";
 
-static size_t
-count_digits(uint32_t v)
-{
-    size_t n = 1;
-
-    for (; v >= 10000; v /= 10000)
-        n += 4;
-    return n + (v >= 10) + (v >= 100) + (v >= 1000);
-}
-
 /* Every number formatted here (packet lengths, entitlements) fits in 32
- * bits: written from its last digit back, two at a time. */
+ * bits: two digits a step, from the last; under 1,000 (most lengths) in
+ * straight-line code. */
 static size_t
 put_u32(char *dst, uint32_t v)
 {
-    size_t n = count_digits(v);
-    char *p = dst + n;
+    size_t n;
+    char *p;
 
-    for (; v >= 100; v /= 100) {
+    if (v < 10) {
+        dst[0] = (char)('0' + v);
+        return 1;
+    }
+    if (v < 100) {
+        memcpy(dst, digit_pairs + 2 * v, 2);
+        return 2;
+    }
+    if (v < 1000) {
+        dst[0] = (char)('0' + v / 100);
+        memcpy(dst + 1, digit_pairs + 2 * (v % 100), 2);
+        return 3;
+    }
+    n = 4;
+    for (uint32_t t = v / 10000; t != 0; t /= 10)
+        n++;
+    for (p = dst + n; v >= 100; v /= 100) {
         p -= 2;
         memcpy(p, digit_pairs + 2 * (v % 100), 2);
     }
@@ -252,7 +259,7 @@ put_lit(char *dst, const char *s)
 
 /* " <token>", given the token's length from escaped_len: a name with
  * nothing to escape (the usual case) is copied as is. */
-static size_t
+static inline __attribute__((always_inline)) size_t
 put_name_tok(char *dst, const struct wire_str *s, size_t esc_len)
 {
     dst[0] = ' ';
@@ -681,23 +688,36 @@ message_room(size_t ef, size_t et, const char *ctype, size_t ec,
     return n_packets > 0 ? room + payload + 1 : room;
 }
 
-/* Where the message goes: at tail when it is still the output's end and
- * has room (no libevent call), else a reservation. NULL: out of memory. */
+int
+lp_out_tail_settle(struct evbuffer *out, struct lp_out_tail *tail)
+{
+    struct evbuffer_iovec vec = { tail->base, (size_t)(tail->p - tail->base) };
+    int r = vec.iov_len > 0 ? evbuffer_commit_space(out, &vec, 1) : 0;
+
+    *tail = (struct lp_out_tail){ NULL, NULL, 0, 0, 0 };
+    return r;
+}
+
+/* Where the message goes: at tail when it has room (no libevent call),
+ * else a reservation, which tail then holds. NULL: out of memory. */
 static char *
 message_at(struct evbuffer *out, struct lp_out_tail *tail, size_t room,
-    struct evbuffer_iovec *vec, size_t *queued)
+    struct evbuffer_iovec *vec)
 {
-    *queued = evbuffer_get_length(out);
-    if (tail != NULL) {
-        if (tail->p != NULL && tail->len == *queued && tail->room >= room) {
-            vec->iov_base = tail->p;
-            vec->iov_len = tail->room;
-            return tail->p;
-        }
-        /* A reservation may move or free the chain tail is in. */
-        lp_out_tail_clear(tail);
-    }
-    return reserve_event(out, *queued, room, vec) == 0 ? vec->iov_base : NULL;
+    size_t queued;
+
+    if (tail == NULL)
+        return reserve_event(out, evbuffer_get_length(out), room, vec) == 0 ? vec->iov_base
+                                                                            : NULL;
+    if (tail->base != NULL && tail->room >= room)
+        return tail->p;
+    if (lp_out_tail_settle(out, tail) != 0)
+        return NULL;
+    queued = evbuffer_get_length(out);
+    if (reserve_event(out, queued, room, vec) != 0)
+        return NULL;
+    *tail = (struct lp_out_tail){ vec->iov_base, vec->iov_base, vec->iov_len, queued, 0 };
+    return tail->p;
 }
 
 /* The payload block: each packet's data, then a newline. */
@@ -725,7 +745,7 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     const struct wire_str f = { m->feed, (uint32_t)m->feed_len },
                           t = { m->topic, (uint32_t)m->topic_len };
     struct evbuffer_iovec vec;
-    size_t ef, et, ec, queued, o, space;
+    size_t ef, et, ec, o;
     char *d;
 
     if (m->feed_len > UINT32_MAX || m->topic_len > UINT32_MAX || m->ctype_len > UINT32_MAX)
@@ -734,7 +754,7 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     et = escaped_len(m->topic, m->topic_len);
     ec = m->ctype != NULL ? escaped_len(m->ctype, m->ctype_len) : 0;
     d = message_at(out, tail, message_room(ef, et, m->ctype, ec, m->packets, m->n_packets),
-        &vec, &queued);
+        &vec);
     if (d == NULL)
         return -1;
     /* The verb, four bytes either way: PUB's fourth is overwritten by
@@ -756,19 +776,18 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     }
     o += put_packets(d + o, m->packets, m->n_packets);
     if (o > max_line)
-        return LP_FORMAT_TOO_LONG; /* nothing is committed */
+        return LP_FORMAT_TOO_LONG; /* nothing is committed or kept */
     d[o++] = '\n';
     if (m->n_packets > 0)
         o += put_payload(d + o, m->packets, m->n_packets);
-    space = vec.iov_len;
-    vec.iov_len = o;
-    if (evbuffer_commit_space(out, &vec, 1) != 0) {
-        if (tail != NULL)
-            lp_out_tail_clear(tail);
-        return -1;
+    if (tail == NULL) {
+        vec.iov_len = o;
+        return evbuffer_commit_space(out, &vec, 1);
     }
-    if (tail != NULL)
-        *tail = (struct lp_out_tail){ d + o, space - o, queued + o, o };
+    tail->p += o;
+    tail->room -= o;
+    tail->len += o;
+    tail->added = o;
     return 0;
 }
 

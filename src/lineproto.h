@@ -252,23 +252,26 @@ int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const 
     size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets,
     uint32_t max_line);
 /*
- * The free space one message left at the end of an output, where the next
- * is formatted without asking libevent for it (a pipelined client writes
- * message after message). Valid only while nothing else changes the
- * output: lp_format_cmd_message_at checks that its length is still len,
- * which any addition changes; whoever drains the output must clear p
- * (lp_out_tail_clear), as a drain to empty frees the chain p is in.
+ * A reservation at an output's end that messages are formatted into one
+ * after another (a pipelined client), committed to the output only when
+ * it is settled: no libevent call per message. While it is held nothing
+ * else may add to or drain the output (libevent's rule for a
+ * reservation): settle it first. Zeroed: none held.
  */
 struct lp_out_tail {
-    char *p;      /* NULL: nothing known */
+    char *base;   /* the reservation; NULL: none */
+    char *p;      /* where the next message goes: base..p awaits the commit */
     size_t room;  /* bytes free at p */
-    size_t len;   /* the output's length after the last message */
-    size_t added; /* that message's bytes */
+    size_t len;   /* the output's length with base..p */
+    size_t added; /* the last message's bytes */
 };
-static inline void
-lp_out_tail_clear(struct lp_out_tail *t)
+/* Commit what tail holds to out and let the reservation go: -1 when out
+ * was changed under it (nothing is then committed). */
+int lp_out_tail_settle(struct evbuffer *out, struct lp_out_tail *tail);
+static inline bool
+lp_out_tail_pending(const struct lp_out_tail *tail)
 {
-    t->p = NULL;
+    return tail->p != tail->base;
 }
 /* A PUB (client_id NULL) or SEND, as lp_format_cmd_message takes it. */
 struct lp_message {
@@ -281,7 +284,8 @@ struct lp_message {
     const struct wire_packet *packets;
     uint32_t n_packets;
 };
-/* lp_format_cmd_message at tail (NULL: none), which it then updates. */
+/* lp_format_cmd_message into tail (NULL: committed at once), which it
+ * then holds; when tail lacks room, it is settled and a new one taken. */
 int lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     const struct lp_message *m, uint32_t max_line);
 /* Whether s is one word that is sent as is: non-empty, nothing a name
