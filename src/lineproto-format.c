@@ -82,9 +82,7 @@ put_i32(char *dst, int32_t v)
 static const unsigned char escape_adds[256] = { ESC64(0), ESC64(64), ESC64(128),
     ESC64(192) };
 
-/* ---- names a word at a time ---- */
-
-#define BYTES(c) (0x0101010101010101ull * (uint64_t)(c))
+/* ---- names many bytes at a time ---- */
 
 static inline uint64_t
 load8(const char *p)
@@ -95,7 +93,7 @@ load8(const char *p)
     return w;
 }
 
-static inline uint64_t
+static inline uint32_t
 load4(const char *p)
 {
     uint32_t w;
@@ -104,34 +102,56 @@ load4(const char *p)
     return w;
 }
 
-/* Non-zero when a byte of w is one must_escape names (below 0x21, '"',
- * '%', DEL): for the word as a whole this is exact (a false mark only
- * ever lands above a true one). */
-static inline uint64_t
-specials8(uint64_t w)
+#if defined(__SSE2__)
+/* Bit i: p[i] is a byte a name must escape, the space among them
+ * (specials16 gives the space apart, as the tokenizer wants it). */
+static inline uint32_t
+name_specials16(const char *p)
 {
-    uint64_t del = w ^ BYTES(0x7f), pct = w ^ BYTES('%'), quo = w ^ BYTES('"');
+    uint32_t spaces, m = specials16(p, &spaces);
 
-    return (((w - BYTES(0x21)) & ~w) | ((del - BYTES(1)) & ~del) |
-               ((pct - BYTES(1)) & ~pct) | ((quo - BYTES(1)) & ~quo)) &
-        BYTES(0x80);
+    return m | spaces;
 }
+#endif
 
-/* What escaping adds to the len bytes at ptr: the whole words eight at a
- * time (a clean one, the usual case, adds nothing), the rest and a word
- * with a special byte through escape_adds. */
-static size_t
-escape_extra(const char *ptr, size_t len)
+/*
+ * Whether the len (> 0) bytes at ptr hold one must_escape names. With SSE2
+ * (specials16), 16 bytes in a few instructions: a long name in blocks, the
+ * last overlapping; a short one gathered into one block (its bytes, some
+ * twice, and plain ones), as the name's own bytes past its end may not be
+ * read. Elsewhere a byte at a time.
+ */
+static inline __attribute__((always_inline)) bool
+has_special(const char *ptr, size_t len)
 {
-    size_t n = 0, i = 0;
+#if defined(__SSE2__)
+    char w[16];
+    uint32_t m = 0;
 
-    for (; i + 8 <= len; i += 8)
-        if (specials8(load8(ptr + i)) != 0)
-            for (size_t k = i; k < i + 8; k++)
-                n += escape_adds[(unsigned char)ptr[k]];
-    for (; i < len; i++)
-        n += escape_adds[(unsigned char)ptr[i]];
-    return n;
+    if (len >= 16) {
+        for (size_t i = 0; i + 16 < len; i += 16)
+            m |= name_specials16(ptr + i);
+        return (m | name_specials16(ptr + len - 16)) != 0;
+    }
+    memset(w, 'a', sizeof w);
+    if (len >= 8) {
+        memcpy(w, ptr, 8);
+        memcpy(w + 8, ptr + len - 8, 8);
+    } else if (len >= 4) {
+        memcpy(w, ptr, 4);
+        memcpy(w + 4, ptr + len - 4, 4);
+    } else {
+        w[0] = ptr[0];
+        w[1] = ptr[len / 2];
+        w[2] = ptr[len - 1];
+    }
+    return name_specials16(w) != 0;
+#else
+    for (size_t i = 0; i < len; i++)
+        if (must_escape((unsigned char)ptr[i]))
+            return true;
+    return false;
+#endif
 }
 
 /* A clean name's bytes: most are short, and a call to memcpy costs more
@@ -147,7 +167,7 @@ copy_name(char *dst, const char *src, size_t len)
         memcpy(dst, &a, 8);
         memcpy(dst + len - 8, &b, 8);
     } else if (len >= 4) {
-        uint32_t a = (uint32_t)load4(src), b = (uint32_t)load4(src + len - 4);
+        uint32_t a = load4(src), b = load4(src + len - 4);
 
         memcpy(dst, &a, 4);
         memcpy(dst + len - 4, &b, 4);
@@ -158,8 +178,9 @@ copy_name(char *dst, const char *src, size_t len)
     }
 }
 
-/* A name's token length: "" for an empty one, else each special byte as
- * "%XX". Inline: a short name (most) costs a table lookup a byte. */
+/* A name's token length: "" for an empty one, its bytes for a clean one
+ * (the usual case, told by has_special), else with each special byte as
+ * "%XX". */
 static inline __attribute__((always_inline)) size_t
 escaped_len(const char *ptr, size_t len)
 {
@@ -167,8 +188,8 @@ escaped_len(const char *ptr, size_t len)
 
     if (len == 0)
         return 2;
-    if (len >= 8)
-        return len + escape_extra(ptr, len);
+    if (!has_special(ptr, len))
+        return len;
     for (size_t i = 0; i < len; i++)
         n += escape_adds[(unsigned char)ptr[i]];
     return n;
