@@ -518,7 +518,8 @@ link_down(struct bg_conn *c)
         close(c->fd);
     c->fd = -1;
     src_reset(&c->sock);
-    evbuffer_drain(out_settle(c), evbuffer_get_length(c->out));
+    out_settle(c); /* first: the drain's length must count what it holds */
+    evbuffer_drain(c->out, evbuffer_get_length(c->out));
     /* (Un)registrations the daemon had no time to answer: the next
      * daemon learns them with the restore, as if made while down. */
     for (size_t i = 0; i < c->req_n; i++) {
