@@ -1889,8 +1889,9 @@ packet_fault(const struct bg_packet *p)
         : NULL;
 }
 
-/* The packets as the formatter takes them, into pk (n entries). */
-static int
+/* The packets as the formatter takes them, into pk (n entries); inline
+ * in message_command. */
+static inline __attribute__((always_inline)) int
 wire_packets(struct bg_conn *c, const struct bg_packet *packets, size_t n,
     struct wire_packet *pk)
 {

@@ -253,7 +253,7 @@ packets_room(const struct wire_packet *pk, uint32_t n, size_t *payload)
     return room;
 }
 
-static size_t
+static inline __attribute__((always_inline)) size_t
 put_packets(char *dst, const struct wire_packet *pk, uint32_t n)
 {
     size_t o = 0;
