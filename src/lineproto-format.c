@@ -84,24 +84,6 @@ static const unsigned char escape_adds[256] = { ESC64(0), ESC64(64), ESC64(128),
 
 /* ---- names many bytes at a time ---- */
 
-static inline uint64_t
-load8(const char *p)
-{
-    uint64_t w;
-
-    memcpy(&w, p, sizeof w);
-    return w;
-}
-
-static inline uint32_t
-load4(const char *p)
-{
-    uint32_t w;
-
-    memcpy(&w, p, sizeof w);
-    return w;
-}
-
 #if defined(__SSE2__)
 /* Bit i: p[i] is a byte a name must escape, the space among them
  * (specials16 gives the space apart, as the tokenizer wants it). */
@@ -162,12 +144,12 @@ copy_name(char *dst, const char *src, size_t len)
     if (len > 16) {
         memcpy(dst, src, len);
     } else if (len >= 8) {
-        uint64_t a = load8(src), b = load8(src + len - 8);
+        uint64_t a = wire_load64(src), b = wire_load64(src + len - 8);
 
         memcpy(dst, &a, 8);
         memcpy(dst + len - 8, &b, 8);
     } else if (len >= 4) {
-        uint32_t a = load4(src), b = load4(src + len - 4);
+        uint32_t a = wire_load32(src), b = wire_load32(src + len - 4);
 
         memcpy(dst, &a, 4);
         memcpy(dst + len - 4, &b, 4);
