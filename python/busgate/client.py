@@ -53,6 +53,10 @@ READ_LIMIT = 1 << 24
 MAX_QUEUED = 10000
 MAX_QUEUED_BYTES = 64 << 20
 
+# How long a request waits for busgated's reply by default, in seconds (as
+# libbusgate's bg_set_timeout).
+REQUEST_TIMEOUT = 10.0
+
 
 class _WatchedList(list):
     """A list that calls on_change(non_empty) when it gains its first item
@@ -103,6 +107,7 @@ class CallbackClient:
                  backoff_min: float = 0.05, backoff_max: float = 5.0,
                  app_name: Optional[str] = None,
                  connect_timeout: Optional[float] = 10.0,
+                 request_timeout: Optional[float] = REQUEST_TIMEOUT,
                  max_queued: int = MAX_QUEUED,
                  max_queued_bytes: int = MAX_QUEUED_BYTES) -> None:
         self.path = path or p.default_socket()
@@ -110,6 +115,9 @@ class CallbackClient:
         # A daemon that is stuck, or a socket nobody accepts on, would
         # otherwise hold create() or a reconnect for ever.
         self.connect_timeout = connect_timeout
+        # How long a request may wait for its reply (None: no bound); a
+        # daemon that is stuck would otherwise hold the app's await for ever.
+        self.request_timeout = request_timeout
         self.max_queued = max_queued
         self.max_queued_bytes = max_queued_bytes
         # NAME: how busgated labels the session in STATS and its log.
@@ -401,8 +409,12 @@ class CallbackClient:
                 + [(p.command("AUTHORIZER", f), ("authorize", f, None))
                    for f in sorted(self._authorizers)]
                 + ([(p.command("AUTHORIZER"), None)] if self._authorization_handlers else []))
-        results = await asyncio.gather(*(self._request(line) for line in name),
-                                       *(self._request(line) for line, _ in regs),
+        # Not bounded by request_timeout: an answer late is no refusal (no
+        # Revoked for it); a daemon that never answers gets no "up" said.
+        results = await asyncio.gather(*(self._request(line, bounded=False)
+                                         for line in name),
+                                       *(self._request(line, bounded=False)
+                                         for line, _ in regs),
                                        return_exceptions=True)
         results = results[len(name):]
         if session != self._sessions or self._writer is None:
@@ -452,8 +464,19 @@ class CallbackClient:
         self._writer.write(line)
         return fut
 
-    async def _request(self, line: bytes, stats: bool = False):
-        reply = await self._send(line, stats)
+    async def _request(self, line: bytes, stats: bool = False, bounded: bool = True):
+        """Send a request and wait for its reply, at most request_timeout
+        (unless not bounded): then BusgateError("timeout"). The request
+        stays in the queue of those awaiting a reply, so that the late
+        reply, if one comes, is dropped instead of answering the next."""
+        fut = self._send(line, stats)
+        timeout = self.request_timeout if bounded else None
+        try:
+            reply = await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            verb = line.split(b"\n", 1)[0].split(b" ", 1)[0].decode("ascii", "replace")
+            raise BusgateError("timeout", "no reply from busgated in %g s to %s"
+                               % (timeout, verb)) from None
         if isinstance(reply, p.Reply) and reply.kind == "-ERR":
             raise BusgateError(reply.code, reply.text)
         return reply

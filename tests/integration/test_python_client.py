@@ -552,6 +552,98 @@ class FakeDaemonTest(unittest.TestCase):
         self.assertEqual(kinds, ["Data", "Data", "Data", "down", None, None])
         bus.close()
 
+    def held_replies(self, answered=1):
+        """A fake daemon that answers the first `answered` requests it reads
+        (create()'s PING) and then holds its replies: none is sent
+        until self.release is set, and then all of them, late, in order
+        (a PING's PONG carries its token). self.requests: what it read."""
+        import threading
+        self.release = threading.Event()
+        self.requests = []
+
+        def reply(line):
+            if line.startswith(b"PING"):
+                return b"PONG" + line[4:]
+            return b"STAT a 1\nEND\n" if line.startswith(b"STATS") else b"+OK\n"
+
+        async def serve(reader, writer):
+            writer.write(GREETING)
+            held = []
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                self.requests.append(line)
+                if line.startswith(b"PUB "):    # one packet: its block
+                    await reader.readexactly(int(line.split()[-1]) + 1)
+                held.append(reply(line))
+                if len(self.requests) <= answered or self.release.is_set():
+                    writer.write(b"".join(held))
+                    held.clear()
+        return serve
+
+    def test_request_timeout(self):
+        """A daemon that never answers: each request raises
+        BusgateError("timeout") after request_timeout (create()'s first
+        round trip too), the session stays up, a subscription that timed
+        out is not counted, and the replies that come late are dropped, not
+        taken as the answers of later requests."""
+        async def go():
+            server = await self.serving(self.held_replies(answered=0))
+            t0 = time.monotonic()
+            with self.assertRaises(BusgateError) as cm:
+                await CallbackClient.create(path=self.path, request_timeout=0.2)
+            self.assertEqual(cm.exception.code, "timeout")
+            self.assertRegex(str(cm.exception), r"no reply from busgated in 0\.2 s to PING")
+            self.assertLess(time.monotonic() - t0, TIMEOUT / 2)
+            self.assertEqual(self.client_tasks(), [])
+            server.close()
+            self.unlink()
+
+            server = await self.serving(self.held_replies(answered=1))
+            client, links = await self.started(request_timeout=0.2)
+            self.assertEqual(client.request_timeout, 0.2)
+            calls = [("SUB", client.add_subscription("F", "T")),
+                     ("PUB", client.publish("F", "T", False, [DataPacket(None, b"x")])),
+                     ("AUTHORIZE", client.authorize(uuid.uuid4(), "F", "T", False)),
+                     ("PING", client.ping("lost")),
+                     ("STATS", client.stats())]
+            for verb, call in calls:
+                t0 = time.monotonic()
+                with self.assertRaises(BusgateError) as cm:
+                    await call
+                self.assertEqual(cm.exception.code, "timeout")
+                self.assertIn(" to %s" % verb, cm.exception.message)
+                self.assertLess(time.monotonic() - t0, TIMEOUT / 2)
+            self.assertEqual(client._subscriptions, {})     # not counted
+            self.assertEqual(links, [])                     # still up
+            self.release.set()
+            client.request_timeout = None                   # the attribute too
+            self.assertEqual(await client.ping("found"), "found")
+            self.assertEqual(await client.stats(), {"session": [], "a": "1"})
+            await client.add_subscription("F", "T")         # made again: sent
+            self.assertEqual(client._subscriptions, {("F", "T"): 1})
+            self.assertEqual([r.split(b" ")[0].strip() for r in self.requests],
+                             [b"PING", b"SUB", b"PUB", b"AUTHORIZE", b"PING", b"STATS",
+                              b"PING", b"STATS", b"SUB"])
+            self.assertEqual(links, [])
+            await self.stopped(client, server)
+        run(go())
+
+    def test_request_timeout_default_and_blocking(self):
+        """The default bound (10 s, libbusgate's), the upstream create()
+        signature unchanged, and the blocking API's keyword."""
+        self.assertEqual(CallbackClient("/nonexistent").request_timeout, 10.0)
+        self.in_thread(lambda: self.serving(self.held_replies(answered=1)))
+        with busgate.connect(self.path, request_timeout=0.2) as bus:
+            for call in (lambda: bus.subscribe("F", "T"), lambda: bus.stats(),
+                         lambda: bus.publish("F", "T", b"x")):
+                with self.assertRaises(BusgateError) as cm:
+                    call()
+                self.assertEqual(cm.exception.code, "timeout")
+            self.release.set()
+            self.assertEqual(bus.ping("late"), "late")
+
     def test_create_refused_after_the_greeting(self):
         """busgated at listen.max_sessions greets, says -ERR
         too-many-sessions and closes: create() raises that, as for a
