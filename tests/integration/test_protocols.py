@@ -13,12 +13,13 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from gwtest import BUSGATED, BusesCase, Gateway, TestBus, wait_until  # noqa: E402
+from gwtest import BUSGATED, TIMEOUT, BusesCase, Gateway, TestBus, wait_until  # noqa: E402
 from control import DEFAULT_JWT_SECRET, make_jwt  # noqa: E402
 
 HB = 0.1
@@ -339,30 +340,40 @@ class HeartbeatTest(ProtocolCase):
                    what="heartbeats counted")
 
     def test_none_received_while_traffic_flows(self):
+        """The link must never be idle for the heartbeat timeout, or the
+        watchdog takes it down: a ticker thread publishes every 50 ms, a
+        hundredth of the 5 s timeout, so that a loaded machine's stalls (a
+        tick not yet routed, a thread not scheduled) cannot idle it."""
         bus = self.bus(6, feeds={"__admin__": {"authorization_required": True}})
-        gw = self.gateway(bus, 6, {"heartbeat": {"timeout": "500ms"}})
+        gw = self.gateway(bus, 6, {"heartbeat": {"timeout": "5s"}})
         s = gw.session()
         self.addCleanup(s.close)
         self.assertEqual(s.cmd("SUB F T"), "+OK")
         p = bus.client("gw")
         self.addCleanup(p.close)
-        rx = re.compile(r"no heartbeat received in 500ms although the link carries "
+        stop = threading.Event()
+        ticker = threading.Thread(target=self.tick, args=(p, stop), daemon=True)
+        ticker.start()
+        self.addCleanup(ticker.join, TIMEOUT)
+        self.addCleanup(stop.set)
+        rx = re.compile(r"no heartbeat received in 5s although the link carries "
                         r"traffic \(so the login worked\): check that the distributor "
                         r"has a heartbeat interval and, at bus\.protocol 6 with "
                         r"authorization on .* an authorizer grants __admin__/heartbeat")
-
-        def published():
-            p.publish("F", "T", [(None, b"tick")], content_type="t")
-            try:    # a tick sent before the gateway's SUB reached the bus is not routed
-                s.expect("DATA", timeout=1)
-            except TimeoutError:
-                return None
-            return rx.search(gw.log())
-        wait_until(published, what="the no-heartbeat warning")
-        st = s.stats()
-        self.assertEqual((st["bus_heartbeat"], st["bus_heartbeats_in"], st["bus_state"]),
-                         ("none-received", "0", "up"))
+        wait_until(lambda: rx.search(gw.log()), what="the no-heartbeat warning")
+        st = s.stats()      # while the ticks still flow
+        self.assertEqual((st["bus_heartbeat"], st["bus_heartbeats_in"], st["bus_state"],
+                          st["bus_heartbeat_timeouts"]),
+                         ("none-received", "0", "up", "0"))
+        self.assertIn(b"tick", repr(s.expect("DATA").data_fields()).encode())
         self.assertNotRegex(gw.log(), r"heartbeats stopped")
+
+    @staticmethod
+    def tick(p, stop):
+        """Traffic on the gateway's link until stop is set (a tick sent
+        before the gateway's SUB reached the bus is simply not routed)."""
+        while not stop.wait(0.05):
+            p.publish("F", "T", [(None, b"tick")], content_type="t")
 
 
 class SemicolonTest(ProtocolCase):
