@@ -141,7 +141,7 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("pipelined", "pipelined_switch", "free_writes_queued")
 
     def test_pipelined_across_a_restart(self):
-        self.run_c("pipelined_restore")
+        self.run_c("pipelined_restore", "pending_lost_with_link")
 
     def test_content_type_refused_below_protocol_6(self):
         self.run_c("content_type")     # at 6: test_protocols.py

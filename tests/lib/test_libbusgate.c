@@ -983,6 +983,54 @@ test_publisher_restart(void)
     bg_free(p);
 }
 
+/* Pipelined messages formatted but not yet written when busgated goes are
+ * lost with the link: the next daemon gets none of them after its restore,
+ * only what is published after. The close is found by a read, so the link
+ * goes down while they are still in the library. */
+static void
+test_pending_lost_with_link(void)
+{
+    const struct bg_packet before = { "before", 6, NULL, 0 },
+                           after = { "after", 5, NULL, 0 };
+    bg_conn *s = conn(), *p = conn();
+    struct loop_state st = { 0 };
+    const struct bg_event *ev;
+    struct pollfd pfd;
+    time_t end = time(NULL) + WAIT_MS / 1000;
+
+    CHECK_OK(s, bg_subscribe(s, S("pending feed"), S("t")));
+    bg_set_reconnect(p, 20, 200);
+    CHECK_OK(p, bg_set_pipelined(p, true));
+    bg_set_callback(p, on_event, &st);
+    for (int i = 0; i < 3; i++)
+        CHECK_OK(p, bg_publish(p, S("pending feed"), S("t"), false, &before, 1));
+    CHECK(bg_want_write(p)); /* formatted, not written */
+    ask_driver("RESTART");
+    while (st.link_down == 0) { /* readable only: nothing is written */
+        CHECK(time(NULL) < end);
+        pfd = (struct pollfd){ .fd = bg_fd(p), .events = POLLIN };
+        if (pfd.fd >= 0 && poll(&pfd, 1, 20) > 0)
+            bg_process(p, BG_READABLE);
+    }
+    do /* s's subscription is restored before p comes back */
+        ev = wait_for(s, BG_EV_LINK, NULL, 0);
+    while (!ev->up);
+    while (st.link_up == 0) {
+        CHECK(time(NULL) < end);
+        loop_once(p, 20);
+    }
+    CHECK_OK(p, bg_publish(p, S("pending feed"), S("t"), false, &after, 1));
+    while (bg_want_write(p)) {
+        CHECK(time(NULL) < end);
+        loop_once(p, 20);
+    }
+    ev = wait_for(s, BG_EV_DATA, S("t"));
+    CHECK(ev->n_packets == 1 && ev->packets[0].len == 5 &&
+        memcmp(ev->packets[0].data, "after", 5) == 0);
+    bg_free(s);
+    bg_free(p);
+}
+
 /* Pipelined across a restart: a registration the next busgated refuses to
  * restore is REVOKED (its -ERR comes before VERBOSE off's +OK), and what
  * the application queued before the greeting goes after the restore. */
@@ -1665,6 +1713,7 @@ main(int argc, char **argv)
         { "stats_and_revoked", test_stats_and_revoked },
         { "pipelined", test_pipelined },
         { "pipelined_switch", test_pipelined_switch },
+        { "pending_lost_with_link", test_pending_lost_with_link },
         { "free_writes_queued", test_free_writes_queued },
         { "pipelined_restore", test_pipelined_restore },
         { "slow_consumer", test_slow_consumer },
