@@ -38,6 +38,9 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_MAX_LINE (16u * 1024 * 1024)
 #define BG_READ_CHUNK 65536
 #define BG_READ_CHUNKS 4
+/* At most this much of an event cut by a read moves to the start of the
+ * connection's own read buffer (read_own); more is read on after it. */
+#define BG_CARRY_MAX 8192
 /* The pseudo-line that queues a link event among the daemon's events. */
 #define LINK_WORD "LINK "
 /* Pipelined: bg_publish/bg_send wait for room above this much output. */
@@ -99,6 +102,8 @@ struct bg_conn {
     bool was_up;  /* greeted once: later greetings are reconnects */
     bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
+    char *rbuf;     /* the connection's own read buffer (read_own) */
+    bool rbuf_lent; /* sock.buf holds it by reference */
     struct evbuffer *out, *tmp;
     /* Pipelined messages formatted into out and not yet committed: every
      * other use of out settles it first (out_settle). */
@@ -589,6 +594,16 @@ link_open(struct bg_conn *c)
     return 0;
 }
 
+/* A read gave n <= 0. */
+static void
+read_ended(struct bg_conn *c, ssize_t n)
+{
+    if (n == 0)
+        link_closing(c, BG_E_CLOSED, "busgated closed the connection");
+    else if (errno != EAGAIN && errno != EINTR)
+        link_closing(c, BG_E_IO, strerror(errno));
+}
+
 /* Read what the socket holds into buf, in up to BG_READ_CHUNKS chunks
  * straight into it: evbuffer_read stops at 4 KiB a call, which costs a
  * subscriber half its rate in system calls. */
@@ -606,10 +621,7 @@ read_into(struct bg_conn *c, struct evbuffer *buf)
         if ((n = read(c->fd, vec.iov_base, vec.iov_len)) <= 0) {
             vec.iov_len = 0;
             evbuffer_commit_space(buf, &vec, 1);
-            if (n == 0)
-                link_closing(c, BG_E_CLOSED, "busgated closed the connection");
-            else if (errno != EAGAIN && errno != EINTR)
-                link_closing(c, BG_E_IO, strerror(errno));
+            read_ended(c, n);
             return;
         }
         vec.iov_len = (size_t)n;
@@ -620,9 +632,62 @@ read_into(struct bg_conn *c, struct evbuffer *buf)
 }
 
 static void
+rbuf_returned(const void *data, size_t len, void *arg)
+{
+    (void)data;
+    (void)len;
+    ((struct bg_conn *)arg)->rbuf_lent = false;
+}
+
+/*
+ * One read into the connection's own buffer, lent to sock.buf by
+ * reference until the framer drains it. A read into a fresh libevent
+ * chain allocates 128 KiB (the chunk and the chain's header, rounded up)
+ * and frees it when the batch is drained, and glibc may trim and regrow
+ * the heap around that on every read (a brk per read in some runs, a
+ * third of the rate; bench/PROFILE.md). The few bytes of an event the
+ * last read cut move to the buffer's start first. One read a call: a
+ * socket with more stays readable for the next (bg_fd is polled, level
+ * triggered). Only between batches, when nothing delivered points into
+ * sock.buf; false when read_into must read.
+ */
+static bool
+read_own(struct bg_conn *c)
+{
+    size_t left = evbuffer_get_length(c->sock.buf), got;
+    char carry[BG_CARRY_MAX];
+    ssize_t n;
+
+    if (c->held || c->sock.fr.pending > 0 || left > BG_CARRY_MAX)
+        return false;
+    if (c->rbuf == NULL && (c->rbuf = malloc(BG_READ_CHUNK)) == NULL)
+        return false;
+    /* Out and back: draining sock.buf returns the buffer if it is lent. */
+    evbuffer_remove(c->sock.buf, carry, left);
+    if (c->rbuf_lent) { /* (never: drained, sock.buf holds no chain) */
+        evbuffer_add(c->sock.buf, carry, left);
+        return false;
+    }
+    memcpy(c->rbuf, carry, left);
+    lp_framer_added(&c->sock.fr); /* the carried bytes moved */
+    n = read(c->fd, c->rbuf + left, BG_READ_CHUNK - left);
+    got = left + (n > 0 ? (size_t)n : 0);
+    if (got > 0 &&
+        evbuffer_add_reference(c->sock.buf, c->rbuf, got, rbuf_returned, c) != 0) {
+        link_closing(c, BG_E_NOMEM, "out of memory");
+        return true;
+    }
+    c->rbuf_lent = got > 0;
+    if (n <= 0)
+        read_ended(c, n);
+    return true;
+}
+
+static void
 read_some(struct bg_conn *c)
 {
-    read_into(c, c->sock.buf);
+    if (!read_own(c))
+        read_into(c, c->sock.buf);
 }
 
 /* Output waits for the greeting: the restore goes ahead of it (on_hello). */
@@ -2344,8 +2409,9 @@ bg_free(bg_conn *c)
     free(c->app_name);
     free(c->revoked);
     free(c->path);
-    if (c->sock.buf != NULL)
+    if (c->sock.buf != NULL) /* first: it may hold rbuf, and tells c */
         evbuffer_free(c->sock.buf);
+    free(c->rbuf);
     if (c->queued.buf != NULL)
         evbuffer_free(c->queued.buf);
     if (c->out != NULL)
