@@ -1943,8 +1943,8 @@ bg_unauthorizer(bg_conn *c, const char *feed, size_t feed_len)
     return names_command(c, LP_UNAUTHORIZER, LP_AUTHORIZER, -1, feed, feed_len, NULL, 0);
 }
 
-/* Why a packet cannot be sent (wire_packets' check), NULL if it can. */
-static const char *
+/* Why a packet cannot be sent, NULL if it can. */
+static inline const char *
 packet_fault(const struct bg_packet *p)
 {
     return p->len > UINT32_MAX || p->n_entitlements > UINT32_MAX ? "is too large"
@@ -1962,11 +1962,10 @@ wire_packets(struct bg_conn *c, const struct bg_packet *packets, size_t n,
 {
     for (size_t i = 0; i < n; i++) {
         const struct bg_packet *p = &packets[i];
+        const char *bad = packet_fault(p);
 
-        /* One test for the usual packet; packet_fault says which. */
-        if ((p->len | p->n_entitlements) > UINT32_MAX || (p->data == NULL && p->len > 0) ||
-            (p->entitlements == NULL && p->n_entitlements > 0))
-            return set_err(c, BG_E_INVALID, "packet %zu %s", i, packet_fault(p));
+        if (bad != NULL)
+            return set_err(c, BG_E_INVALID, "packet %zu %s", i, bad);
         pk[i] = (struct wire_packet){ { p->entitlements, (uint32_t)p->n_entitlements },
             p->data, (uint32_t)p->len };
     }
