@@ -372,6 +372,21 @@ data_size(const struct wire_msg *m, const char *prefix, size_t prefix_len,
         z->room += payload + 1;
 }
 
+/* The payload block: each packet's data, then a newline. */
+static inline size_t
+put_payload(char *d, const struct wire_packet *packets, uint32_t n_packets)
+{
+    size_t o = 0;
+
+    for (uint32_t i = 0; i < n_packets; i++) {
+        if (packets[i].len > 0)
+            memcpy(d + o, packets[i].data, packets[i].len);
+        o += packets[i].len;
+    }
+    d[o++] = '\n';
+    return o;
+}
+
 /* The event (line and payload block) into d, which has z->room bytes; its
  * length. */
 static size_t
@@ -395,14 +410,8 @@ put_data(char *d, const struct wire_msg *m, const char *prefix, const struct dat
     }
     o += put_packets(d + o, m->packets, m->n_packets);
     d[o++] = '\n';
-    if (m->n_packets > 0) {
-        for (uint32_t i = 0; i < m->n_packets; i++) {
-            if (m->packets[i].len > 0)
-                memcpy(d + o, m->packets[i].data, m->packets[i].len);
-            o += m->packets[i].len;
-        }
-        d[o++] = '\n';
-    }
+    if (m->n_packets > 0)
+        o += put_payload(d + o, m->packets, m->n_packets);
     return o;
 }
 
@@ -721,21 +730,6 @@ message_at(struct evbuffer *out, struct lp_out_tail *tail, size_t room,
         return NULL;
     *tail = (struct lp_out_tail){ vec->iov_base, vec->iov_base, vec->iov_len, queued, 0 };
     return tail->p;
-}
-
-/* The payload block: each packet's data, then a newline. */
-static size_t
-put_payload(char *d, const struct wire_packet *packets, uint32_t n_packets)
-{
-    size_t o = 0;
-
-    for (uint32_t i = 0; i < n_packets; i++) {
-        if (packets[i].len > 0)
-            memcpy(d + o, packets[i].data, packets[i].len);
-        o += packets[i].len;
-    }
-    d[o++] = '\n';
-    return o;
 }
 
 /* Formatted in place at the output's end, committed whole or not at all:
