@@ -136,30 +136,6 @@ has_special(const char *ptr, size_t len)
 #endif
 }
 
-/* A clean name's bytes: most are short, and a call to memcpy costs more
- * than their copy (two overlapping words). */
-static inline void
-copy_name(char *dst, const char *src, size_t len)
-{
-    if (len > 16) {
-        memcpy(dst, src, len);
-    } else if (len >= 8) {
-        uint64_t a = wire_load64(src), b = wire_load64(src + len - 8);
-
-        memcpy(dst, &a, 8);
-        memcpy(dst + len - 8, &b, 8);
-    } else if (len >= 4) {
-        uint32_t a = wire_load32(src), b = wire_load32(src + len - 4);
-
-        memcpy(dst, &a, 4);
-        memcpy(dst + len - 4, &b, 4);
-    } else if (len > 0) {
-        dst[0] = src[0];
-        dst[len / 2] = src[len / 2];
-        dst[len - 1] = src[len - 1];
-    }
-}
-
 /* A name's token length: "" for an empty one, its bytes for a clean one
  * (the usual case, told by has_special), else with each special byte as
  * "%XX". */
@@ -267,7 +243,7 @@ put_name_tok(char *dst, const struct wire_str *s, size_t esc_len)
 {
     dst[0] = ' ';
     if (esc_len == s->len)
-        copy_name(dst + 1, s->ptr, s->len);
+        wire_copy_short(dst + 1, s->ptr, s->len);
     else
         put_escaped(dst + 1, s->ptr, s->len);
     return esc_len + 1;

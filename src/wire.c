@@ -351,33 +351,11 @@ put_be32(uint8_t *p, uint32_t v)
     return p + 4;
 }
 
-/* n bytes from src at p. A name is a few bytes: up to 16 are copied by
- * two overlapping words (or three bytes), which costs less than the call
- * a memcpy of a length the compiler does not know becomes. */
+/* n bytes from src at p (wire_copy_short: names are a few bytes). */
 static inline uint8_t *
 put_copy(uint8_t *p, const void *src, size_t n)
 {
-    const uint8_t *s = src;
-    uint64_t a, b;
-    uint32_t c, d;
-
-    if (n > 16) {
-        memcpy(p, s, n);
-    } else if (n >= 8) {
-        memcpy(&a, s, 8);
-        memcpy(&b, s + n - 8, 8);
-        memcpy(p, &a, 8);
-        memcpy(p + n - 8, &b, 8);
-    } else if (n >= 4) {
-        memcpy(&c, s, 4);
-        memcpy(&d, s + n - 4, 4);
-        memcpy(p, &c, 4);
-        memcpy(p + n - 4, &d, 4);
-    } else if (n > 0) {
-        p[0] = s[0];
-        p[n / 2] = s[n / 2];
-        p[n - 1] = s[n - 1];
-    }
+    wire_copy_short(p, src, n);
     return p + n;
 }
 

@@ -92,6 +92,34 @@ wire_load32(const char *p)
     return w;
 }
 
+/* len bytes from src to dst. Names are a few bytes: up to 16 go by two
+ * overlapping words (or three bytes), which costs less than the call a
+ * memcpy of a length the compiler does not know becomes. */
+static inline void
+wire_copy_short(void *dst, const void *src, size_t len)
+{
+    char *d = dst;
+    const char *s = src;
+
+    if (len > 16) {
+        memcpy(d, s, len);
+    } else if (len >= 8) {
+        uint64_t a = wire_load64(s), b = wire_load64(s + len - 8);
+
+        memcpy(d, &a, 8);
+        memcpy(d + len - 8, &b, 8);
+    } else if (len >= 4) {
+        uint32_t a = wire_load32(s), b = wire_load32(s + len - 4);
+
+        memcpy(d, &a, 4);
+        memcpy(d + len - 4, &b, 4);
+    } else if (len > 0) {
+        d[0] = s[0];
+        d[len / 2] = s[len / 2];
+        d[len - 1] = s[len - 1];
+    }
+}
+
 /* Whether the n bytes at a and b are the same. Names are short, and each
  * router lookup compares two: up to 16 bytes, two loads of each that
  * overlap (never past n) instead of a call to memcmp. */
