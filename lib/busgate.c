@@ -108,7 +108,7 @@ struct bg_conn {
     /* Pipelined messages formatted into out and not yet committed: every
      * other use of out settles it first (out_settle). */
     struct lp_out_tail out_tail;
-    struct evbuffer *held_line; /* a queued event's line until its payload is read */
+    struct evbuffer *held_line; /* a DATA line until its payload is read */
 
     struct req *reqs; /* ring of req_cap; req_n from req_head */
     size_t req_cap, req_head, req_n;
@@ -1026,22 +1026,38 @@ skip_data(struct bg_conn *c, struct src *s, const struct lp_frame *fr)
     return 1;
 }
 
-/* A queued event's line: appended at once, or, when a payload follows,
- * held until next_item has the payload, so that a connection lost in
- * between leaves no line without its payload in the queued stream (its
- * LINK down line would be read as that payload). */
+/*
+ * A DATA line whose payload is not all here yet: held until it is, then
+ * read again (next_item). Whoever reads on may be queueing or not, either
+ * way round: a blocking command can come between a line and its payload,
+ * and the queued events it leaves are read (into c->lev) before the
+ * payload. Queueing, the line goes to the queued stream with its payload,
+ * so that a connection lost in between leaves no line without its
+ * payload there (its LINK down line would be read as that payload).
+ */
 static int
-queue_line(struct bg_conn *c, struct evbuffer *copy, const struct lp_frame *fr)
+hold_line(struct bg_conn *c, const struct lp_frame *fr)
 {
-    struct evbuffer *to = copy;
-
-    if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
-        to = c->held_line;
-        evbuffer_drain(to, evbuffer_get_length(to)); /* one cut short before */
-    }
-    if (evbuffer_add(to, fr->data, fr->len) < 0 || evbuffer_add(to, "\n", 1) < 0)
+    evbuffer_drain(c->held_line, evbuffer_get_length(c->held_line)); /* one cut short */
+    if (evbuffer_add(c->held_line, fr->data, fr->len) < 0 ||
+        evbuffer_add(c->held_line, "\n", 1) < 0)
         return -1;
     return 0;
+}
+
+/* The held line read again for delivery, its names copied (it goes). */
+static int
+parse_held_line(struct bg_conn *c)
+{
+    size_t n = evbuffer_get_length(c->held_line);
+    const char *line = (const char *)evbuffer_pullup(c->held_line, -1);
+    int r;
+
+    if (line == NULL || n == 0)
+        return -1;
+    r = lp_parse_event(line, n - 1, &c->lim, &c->lev) < 0 ? garbled(c, line, n - 1) : 0;
+    evbuffer_drain(c->held_line, n);
+    return r;
 }
 
 /*
@@ -1067,6 +1083,7 @@ add_held_line(struct evbuffer *to, struct evbuffer *held)
 static int
 item_line(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer *copy)
 {
+    bool by_ref;
     int r;
 
     if (s == &c->queued && fr->len >= strlen(LINK_WORD) &&
@@ -1075,29 +1092,24 @@ item_line(struct bg_conn *c, struct src *s, struct lp_frame *fr, struct evbuffer
     /* Only DATA (the hot path) by reference: a NOTIFICATION's or an
      * AUTHREQ's names stay valid while a blocking bg_authorize in answer
      * reads on, as before. */
-    if (fr->len < 5 || memcmp(fr->data, "DATA ", 5) != 0) {
-        if (lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
-            return skip_data(c, s, fr);
-    } else {
-        if (lp_parse_event_ref(fr->data, fr->len, &c->lim, &c->lev) < 0)
-            return skip_data(c, s, fr);
-        if (c->lev.n_packets > 0) {
-            if ((r = data_in_place(c, s, fr, copy)) != 0)
-                return r;
-            /* Not all here: names copied, as the line goes before the
-             * payload (queueing: the line is copied as it came). */
-            if (copy == NULL && lp_parse_event(fr->data, fr->len, &c->lim, &c->lev) < 0)
-                return garbled(c, fr->data, fr->len);
-        } else if (copy == NULL) {
-            lp_event_terminate(&c->lev);
-        }
+    by_ref = fr->len >= 5 && memcmp(fr->data, "DATA ", 5) == 0;
+    if ((by_ref ? lp_parse_event_ref(fr->data, fr->len, &c->lim, &c->lev)
+                : lp_parse_event(fr->data, fr->len, &c->lim, &c->lev)) < 0)
+        return skip_data(c, s, fr);
+    if (c->lev.kind == LP_EV_DATA && c->lev.n_packets > 0) {
+        if ((r = data_in_place(c, s, fr, copy)) != 0)
+            return r;
+        if (hold_line(c, fr) < 0)
+            return -1;
+        lp_framer_payload(&s->fr, c->lev.payload_len, true);
+        return 0;
     }
-    if (copy != NULL && is_event(c->lev.kind) && queue_line(c, copy, fr) < 0)
+    if (by_ref && copy == NULL)
+        lp_event_terminate(&c->lev);
+    if (copy != NULL && is_event(c->lev.kind) &&
+        (evbuffer_add(copy, fr->data, fr->len) < 0 || evbuffer_add(copy, "\n", 1) < 0))
         return -1;
-    if (c->lev.kind != LP_EV_DATA || c->lev.n_packets == 0)
-        return 1;
-    lp_framer_payload(&s->fr, c->lev.payload_len, true);
-    return 0;
+    return 1;
 }
 
 /*
@@ -1120,12 +1132,12 @@ next_item(struct bg_conn *c, struct src *s, struct evbuffer *copy)
             if ((r = item_line(c, s, &fr, copy)) != 0)
                 return r;
             break;
-        case LP_FRAME_PAYLOAD:
+        case LP_FRAME_PAYLOAD: /* after a held line */
             c->payload = fr.data;
-            if (copy != NULL &&
-                (add_held_line(copy, c->held_line) < 0 ||
-                    evbuffer_add(copy, fr.data, fr.len) < 0 ||
-                    evbuffer_add(copy, "\n", 1) < 0))
+            if (copy == NULL)
+                return parse_held_line(c) < 0 ? -1 : 1;
+            if (add_held_line(copy, c->held_line) < 0 ||
+                evbuffer_add(copy, fr.data, fr.len) < 0 || evbuffer_add(copy, "\n", 1) < 0)
                 return -1;
             return 1;
         case LP_FRAME_LINE_TOO_LONG:

@@ -1162,6 +1162,10 @@ struct fake {
 
 /* Set before fake_start: the fake closes once it has sent its reply. */
 static bool fake_close_after_reply;
+/* Set before fake_start: more replies after the first, in pairs of a key
+ * and a reply, each sent once a line with its key comes (a NULL key: 100
+ * ms after the reply before); a NULL reply ends the list. */
+static const char *fake_more[8];
 
 static void
 fake_serve(int srv, const char *greeting, const char *key, const char *reply,
@@ -1187,6 +1191,20 @@ fake_serve(int srv, const char *greeting, const char *key, const char *reply,
     for (size_t o = 0; key != NULL && o < reply_len; o += (size_t)n)
         if ((n = write(fd, reply + o, reply_len - o)) <= 0)
             _exit(0);
+    for (const char **m = fake_more; m[1] != NULL; m += 2) {
+        for (have = 0; m[0] != NULL;) {
+            if ((n = read(fd, buf + have, sizeof(buf) - 1 - have)) <= 0)
+                _exit(0);
+            have += (size_t)n;
+            buf[have] = '\0';
+            if (strstr(buf, m[0]) != NULL)
+                break;
+        }
+        if (m[0] == NULL)
+            usleep(100000);
+        if (write(fd, m[1], strlen(m[1])) < 0)
+            _exit(0);
+    }
     while (!fake_close_after_reply && read(fd, buf, sizeof(buf)) > 0)
         ;
     _exit(0);
@@ -1279,6 +1297,137 @@ test_fake_limits(void)
     CHECK(ev->kind == BG_EV_LINK && !ev->up && ev->error == BG_E_PROTOCOL);
     CHECK(strcmp(ev->text, "unexpected line from busgated: WHAT IS THIS") == 0);
     CHECK(bg_next_event(c, WAIT_MS, &ev) == -BG_E_CLOSED); /* reconnecting off */
+    bg_free(c);
+    fake_stop(&f);
+}
+
+/* A stream that fills every read, its events cut anywhere by the reads
+ * (payloads of 0 to 12 KiB: some carried to the start of the next read,
+ * some past what is carried), read in event-loop use while the library's
+ * read buffer grows: every event whole and in order. */
+#define STREAM_EVENTS 400
+
+struct stream_state {
+    unsigned next;
+    bool bad;
+};
+
+static size_t
+stream_len(unsigned i)
+{
+    return (size_t)(i * 7919u) % 12289u;
+}
+
+static void
+on_stream(bg_conn *c, const struct bg_event *ev, void *arg)
+{
+    struct stream_state *st = arg;
+    size_t len = stream_len(st->next);
+    const uint8_t *d;
+
+    (void)c;
+    if (ev->kind != BG_EV_DATA || ev->n_packets != 1 || ev->packets[0].len != len) {
+        st->bad = true;
+        return;
+    }
+    d = ev->packets[0].data;
+    for (size_t k = 0; k < len; k++)
+        if (d[k] != (uint8_t)(st->next + k))
+            st->bad = true;
+    st->next++;
+}
+
+static void
+test_fake_stream(void)
+{
+    size_t cap = 8 + STREAM_EVENTS * (12289 + 64), n = 0;
+    char *script = malloc(cap);
+    struct stream_state st = { 0, false };
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    struct fake f;
+    bg_conn *c;
+
+    CHECK(script != NULL);
+    n += (size_t)snprintf(script, cap, "+OK\n");
+    for (unsigned i = 0; i < STREAM_EVENTS; i++) {
+        size_t len = stream_len(i);
+
+        n += (size_t)snprintf(script + n, cap - n, "DATA F T u h delta multicast %zu\n", len);
+        for (size_t k = 0; k < len; k++)
+            script[n++] = (char)(uint8_t)(i + k);
+        script[n++] = '\n';
+    }
+    fake_start(&f, FAKE_HELLO, "SUB", script, n);
+    c = bg_new(f.path);
+    CHECK(c != NULL);
+    bg_set_reconnect(c, 0, 0);
+    CHECK(bg_open(c) == 0);
+    CHECK_OK(c, bg_subscribe(c, S("F"), S("T")));
+    bg_set_callback(c, on_stream, &st);
+    while (st.next < STREAM_EVENTS && !st.bad && time(NULL) < end)
+        loop_once(c, 200);
+    CHECK(st.next == STREAM_EVENTS && !st.bad);
+    bg_free(c);
+    fake_stop(&f);
+    free(script);
+}
+
+/* A DATA line read while a blocking command queued events, its payload
+ * read after the queued events were taken: the event is the held line's,
+ * not the last queued one's. */
+static void
+test_fake_payload_after_queue(void)
+{
+    static const char reply[] = "+OK\n"
+                                "data F T u h delta multicast 2\nhi\n"
+                                "DATA F T u h delta multicast 3\nxyz\n"
+                                "DATA F T u h delta multicast 10\n01234";
+    struct fake f;
+    bg_conn *c;
+    const struct bg_event *ev;
+
+    fake_more[1] = "56789\n";
+    fake_start(&f, FAKE_HELLO, "SUB", reply, sizeof(reply) - 1);
+    memset(fake_more, 0, sizeof(fake_more));
+    c = fake_conn(&f, 0);
+    CHECK_OK(c, bg_subscribe(c, S("F"), S("T")));
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev)); /* any case, as commands */
+    CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len == 2);
+    CHECK(memcmp(ev->packets[0].data, "hi", 2) == 0);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len == 3);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len == 10);
+    CHECK(memcmp(ev->packets[0].data, "0123456789", 10) == 0);
+    CHECK(strcmp(ev->feed, "F") == 0 && strcmp(ev->topic, "T") == 0);
+    bg_free(c);
+    fake_stop(&f);
+}
+
+/* The other way round: a DATA line read by bg_next_event, its payload
+ * read while a blocking command waits: the command queues the whole
+ * event, line and payload, and it is the next one taken. */
+static void
+test_fake_payload_in_command(void)
+{
+    struct fake f;
+    bg_conn *c;
+    const struct bg_event *ev;
+
+    fake_more[1] = "DATA F T u h delta multicast 10\n01234";
+    fake_more[2] = "PING";
+    fake_more[3] = "56789\nPONG\nDATA F T u h image multicast 3\nabc\n";
+    fake_start(&f, FAKE_HELLO, "SUB", "+OK\n", 4);
+    memset(fake_more, 0, sizeof(fake_more));
+    c = fake_conn(&f, 0);
+    CHECK_OK(c, bg_subscribe(c, S("F"), S("T")));
+    CHECK(bg_next_event(c, 200, &ev) == -BG_E_TIMEOUT);
+    CHECK_OK(c, bg_ping(c));
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_DATA && ev->n_packets == 1 && ev->packets[0].len == 10);
+    CHECK(memcmp(ev->packets[0].data, "0123456789", 10) == 0);
+    CHECK_OK(c, bg_next_event(c, WAIT_MS, &ev));
+    CHECK(ev->kind == BG_EV_DATA && ev->is_image && ev->packets[0].len == 3);
     bg_free(c);
     fake_stop(&f);
 }
@@ -1728,6 +1877,9 @@ main(int argc, char **argv)
         { "greeting_deadline", test_greeting_deadline },
         { "fake_queue_bound", test_fake_queue_bound },
         { "fake_queue_cut", test_fake_queue_cut },
+        { "fake_stream", test_fake_stream },
+        { "fake_payload_after_queue", test_fake_payload_after_queue },
+        { "fake_payload_in_command", test_fake_payload_in_command },
         { "fake_bounds", test_fake_bounds },
     };
 
