@@ -38,6 +38,11 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_MAX_LINE (16u * 1024 * 1024)
 #define BG_READ_CHUNK 65536
 #define BG_READ_CHUNKS 4
+/* The connection's own read buffer (read_own) starts at BG_READ_CHUNK and
+ * doubles, up to this, each time a read fills it: a busy stream is read in
+ * a quarter of the system calls (each a read and a poll), an idle
+ * connection keeps 64 KiB. */
+#define BG_READ_MAX (4u * BG_READ_CHUNK)
 /* At most this much of an event cut by a read moves to the start of the
  * connection's own read buffer (read_own); more is read on after it. */
 #define BG_CARRY_MAX 8192
@@ -102,8 +107,10 @@ struct bg_conn {
     bool was_up;  /* greeted once: later greetings are reconnects */
     bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
-    char *rbuf;     /* the connection's own read buffer (read_own) */
-    bool rbuf_lent; /* sock.buf holds it by reference */
+    char *rbuf;       /* the connection's own read buffer (read_own) */
+    size_t rbuf_size; /* its size */
+    bool rbuf_full;   /* the last read filled it: a bigger one next */
+    bool rbuf_lent;   /* sock.buf holds it by reference */
     struct evbuffer *out, *tmp;
     /* Pipelined messages formatted into out and not yet committed: every
      * other use of out settles it first (out_settle). */
@@ -639,6 +646,24 @@ rbuf_returned(const void *data, size_t len, void *arg)
     ((struct bg_conn *)arg)->rbuf_lent = false;
 }
 
+/* A read buffer for read_own: the first, or one twice the size when the
+ * last read filled it (BG_READ_MAX). Only when sock.buf does not hold it. */
+static bool
+rbuf_fit(struct bg_conn *c)
+{
+    size_t size = c->rbuf == NULL ? BG_READ_CHUNK : 2 * c->rbuf_size;
+    char *b;
+
+    if (c->rbuf != NULL && (!c->rbuf_full || size > BG_READ_MAX))
+        return true;
+    if ((b = malloc(size)) == NULL)
+        return c->rbuf != NULL; /* the one it has still does */
+    free(c->rbuf);
+    c->rbuf = b;
+    c->rbuf_size = size;
+    return true;
+}
+
 /*
  * One read into the connection's own buffer, lent to sock.buf by
  * reference until the framer drains it. A read into a fresh libevent
@@ -660,18 +685,17 @@ read_own(struct bg_conn *c)
 
     if (c->held || c->sock.fr.pending > 0 || left > BG_CARRY_MAX)
         return false;
-    if (c->rbuf == NULL && (c->rbuf = malloc(BG_READ_CHUNK)) == NULL)
-        return false;
     /* Out and back: draining sock.buf returns the buffer if it is lent. */
     evbuffer_remove(c->sock.buf, carry, left);
-    if (c->rbuf_lent) { /* (never: drained, sock.buf holds no chain) */
+    lp_framer_added(&c->sock.fr); /* the carried bytes move */
+    if (c->rbuf_lent || !rbuf_fit(c)) { /* (lent: never, sock.buf is drained) */
         evbuffer_add(c->sock.buf, carry, left);
         return false;
     }
     memcpy(c->rbuf, carry, left);
-    lp_framer_added(&c->sock.fr); /* the carried bytes moved */
-    n = read(c->fd, c->rbuf + left, BG_READ_CHUNK - left);
+    n = read(c->fd, c->rbuf + left, c->rbuf_size - left);
     got = left + (n > 0 ? (size_t)n : 0);
+    c->rbuf_full = got == c->rbuf_size;
     if (got > 0 &&
         evbuffer_add_reference(c->sock.buf, c->rbuf, got, rbuf_returned, c) != 0) {
         link_closing(c, BG_E_NOMEM, "out of memory");
