@@ -1077,8 +1077,10 @@ parse_held_line(struct bg_conn *c)
     const char *line = (const char *)evbuffer_pullup(c->held_line, -1);
     int r;
 
-    if (line == NULL || n == 0)
+    if (line == NULL) { /* (n is never 0: the framer's payload follows a held line) */
+        snprintf(c->bad_input, sizeof(c->bad_input), "out of memory");
         return -1;
+    }
     r = lp_parse_event(line, n - 1, &c->lim, &c->lev) < 0 ? garbled(c, line, n - 1) : 0;
     evbuffer_drain(c->held_line, n);
     return r;
