@@ -81,6 +81,29 @@ def proc_status(pid, key):
     return 0
 
 
+def cpu_speeds(rounds=3, n=1200000):
+    """ms a fixed loop takes on each CPU (the median of rounds). On a VM the
+    host may give the vCPUs unequal time: on one seen here the same loop
+    ran 2.4x slower on cpu0 than on cpu1 for minutes, and a row's rate
+    then depended on which CPU the scheduler put busgated on."""
+    mask = os.sched_getaffinity(0)
+    out = {}
+    try:
+        for cpu in sorted(mask):
+            os.sched_setaffinity(0, {cpu})
+            times = []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                x = 0
+                for i in range(n):
+                    x += i
+                times.append((time.perf_counter() - t) * 1000)
+            out[cpu] = sorted(times)[len(times) // 2]
+    finally:
+        os.sched_setaffinity(0, mask)
+    return out
+
+
 def machine():
     model = "?"
     try:
@@ -102,6 +125,7 @@ def machine():
         "kernel": platform.release(),
         "mem_mib": mem,
         "load": os.getloadavg(),
+        "speeds": cpu_speeds(),
     }
 
 
@@ -596,6 +620,8 @@ daemon:
             m_start["nproc"], m_start["cpu"], m_start["kernel"], m_start["mem_mib"]))
         add("- load average before / after: %.2f / %.2f (other work on the machine "
             "competes with the measured processes)" % (m_start["load"][0], m_end["load"][0]))
+        add("- CPU speed check (the same loop on each CPU, ms, lower is faster): %s" %
+            self.speeds_note(m_start["speeds"], m_end["speeds"]))
         add("- command: `%s`" % " ".join(argv))
         if self.other:
             worst = max(self.other)
@@ -632,6 +658,17 @@ daemon:
                 add("```")
                 add("")
         return "\n".join(L) + "\n"
+
+    @staticmethod
+    def speeds_note(start, end):
+        def one(sp):
+            return ", ".join("cpu%d %.0f" % (c, ms) for c, ms in sorted(sp.items()))
+
+        note = "before %s; after %s" % (one(start), one(end))
+        if any(max(sp.values()) > 1.25 * min(sp.values()) for sp in (start, end) if sp):
+            note += (" -- **the CPUs ran at unequal speeds (the host's doing): a row can "
+                     "swing with the CPU busgated lands on; compare runs with care**")
+        return note
 
     @staticmethod
     def verdict(ok):
