@@ -104,6 +104,15 @@ def cpu_speeds(rounds=3, n=1200000):
     return out
 
 
+def speeds_text(sp):
+    return ", ".join("cpu%d %.0f" % (c, ms) for c, ms in sorted(sp.items()))
+
+
+def uneven(sp):
+    """Whether the CPUs differ by over 25% (the host's doing: see cpu_speeds)."""
+    return bool(sp) and max(sp.values()) > 1.25 * min(sp.values())
+
+
 def machine():
     model = "?"
     try:
@@ -182,6 +191,8 @@ class Bench:
         self.nats_ok = None
         self.nats_note = ""
         self.other = []             # other load of every measured run
+        self.checked = 0            # runs after a check of the CPUs' speeds
+        self.uneven = []            # those whose check found them unequal
         self.profiles = []          # (case, perf report lines) with --perf
 
     # ---- plumbing ----
@@ -418,8 +429,16 @@ daemon:
         log("perf %s:\n  %s" % (name, "\n  ".join(top[:20])))
 
     def best(self, fn, *args):
-        """The run with the highest rate of --repeat runs (noisy machines)."""
-        runs = [fn(*args) for _ in range(self.a.repeat)]
+        """The run with the highest rate of --repeat runs (noisy machines),
+        each after a check of the CPUs' speeds (cpu_speeds)."""
+        runs = []
+        for _ in range(self.a.repeat):
+            sp = cpu_speeds(rounds=1)
+            self.checked += 1
+            if uneven(sp):
+                self.uneven.append("%s %s (%s)" % (fn.__name__, " ".join(map(str, args)),
+                                                   speeds_text(sp)))
+            runs.append(fn(*args))
         for r in runs:
             self.other.append(other_cores(r))
         return max(runs, key=lambda r: r["rate"])
@@ -659,15 +678,18 @@ daemon:
                 add("")
         return "\n".join(L) + "\n"
 
-    @staticmethod
-    def speeds_note(start, end):
-        def one(sp):
-            return ", ".join("cpu%d %.0f" % (c, ms) for c, ms in sorted(sp.items()))
-
-        note = "before %s; after %s" % (one(start), one(end))
-        if any(max(sp.values()) > 1.25 * min(sp.values()) for sp in (start, end) if sp):
-            note += (" -- **the CPUs ran at unequal speeds (the host's doing): a row can "
-                     "swing with the CPU busgated lands on; compare runs with care**")
+    def speeds_note(self, start, end):
+        note = "before %s; after %s" % (speeds_text(start), speeds_text(end))
+        if self.checked:
+            note += "; before each measured run: %d of %d unequal" % (
+                len(self.uneven), self.checked)
+        if self.uneven or uneven(start) or uneven(end):
+            note += (" -- **the CPUs ran at unequal speeds (the host's doing, or other work "
+                     "on the machine): a row can swing with the CPU busgated lands on; "
+                     "compare runs with care**")
+            if self.uneven:
+                note += ". Unequal before: " + "; ".join(self.uneven[:12]) + (
+                    "; ..." if len(self.uneven) > 12 else "")
         return note
 
     @staticmethod
