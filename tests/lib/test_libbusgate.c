@@ -1191,7 +1191,7 @@ fake_serve(int srv, const char *greeting, const char *key, const char *reply,
     for (size_t o = 0; key != NULL && o < reply_len; o += (size_t)n)
         if ((n = write(fd, reply + o, reply_len - o)) <= 0)
             _exit(0);
-    for (const char **m = fake_more; m[1] != NULL; m += 2) {
+    for (const char **m = fake_more; m < fake_more + 8 && m[1] != NULL; m += 2) {
         for (have = 0; m[0] != NULL;) {
             if ((n = read(fd, buf + have, sizeof(buf) - 1 - have)) <= 0)
                 _exit(0);
