@@ -54,29 +54,6 @@ specials16(const char *p, uint32_t *spaces)
 }
 #endif
 
-#if defined(__SSE2__)
-/* The n < 16 bytes at p into dst (16 zeroed bytes) by two overlapping
- * loads of a word, half or quarter word: no byte loop, no read past p + n
- * (the zeros after them are controls: special, and past end anyway). */
-static inline void
-short_copy(char *dst, const char *p, size_t n)
-{
-    if (n >= 8) {
-        memcpy(dst, p, 8);
-        memcpy(dst + n - 8, p + n - 8, 8);
-    } else if (n >= 4) {
-        memcpy(dst, p, 4);
-        memcpy(dst + n - 4, p + n - 4, 4);
-    } else if (n >= 2) {
-        memcpy(dst, p, 2);
-        memcpy(dst + n - 2, p + n - 2, 2);
-    } else if (n == 1) {
-        dst[0] = p[0];
-    }
-}
-
-#endif
-
 /* Bit i: p[i] is special but not a space, or p + i is at or past end (so
  * a walk of the bits stops at end), for the 64 bytes at p; *spaces: the
  * spaces among them. Straight code: the blocks of 16 that fit whole, then
@@ -91,10 +68,10 @@ specials_block(const char *p, const char *end, uint64_t *spaces)
 #if defined(__SSE2__)
     uint32_t sp;
 
-    if (n < 16) {
+    if (n < 16) { /* zeros after the bytes: controls, and past end anyway */
         char tail[16] = { 0 };
 
-        short_copy(tail, p, n);
+        wire_copy_short(tail, p, n);
         m |= specials16(tail, &sp);
         *spaces = sp;
         return m;
