@@ -22,6 +22,7 @@ void
 lp_event_free(struct lp_event *ev)
 {
     free(ev->store);
+    free(ev->head.bytes);
     memset(ev, 0, sizeof(*ev));
 }
 
@@ -148,20 +149,15 @@ event_word_n(const struct tok *t, const char *yes, size_t yes_n, const char *no,
 #define event_word(t, yes, no, out)                                                        \
     event_word_n((t), (yes), sizeof(yes) - 1, (no), sizeof(no) - 1, (out))
 
-/* Token counts and layout of the structured events. */
+/* A DATA line's packet specs, from p: checked against the limits and
+ * stored ahead of names_room bytes for its names (*names: where). */
 static inline __attribute__((always_inline)) int
-parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const char *p,
-    const char *end, const struct lp_limits *lim, size_t names_room, bool by_ref)
+data_specs(struct lp_event *ev, const char *p, const char *end, const struct lp_limits *lim,
+    size_t names_room, char **names)
 {
     struct pkt_scan scan;
-    struct tok ctype = { NULL, 0 };
-    struct names_out no = { NULL, by_ref, ev };
-    int32_t *ents;
     size_t pk_room;
-    bool has_type = take_type_token(&p, end, &ctype);
 
-    if (has_type)
-        names_room += ctype.n + 1;
     lp_scan_packets(p, end, lim->max_entitlements, &scan);
     if (scan.lens_ok) {
         ev->n_packets = scan.n_specs;
@@ -175,9 +171,94 @@ parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const
     if (event_store(ev, pk_room + names_room) == NULL)
         return -1;
     ev->packets = ev->store;
-    ents =
-        (int32_t *)((char *)ev->store + ALIGN8(scan.n_specs * sizeof(struct wire_packet)));
-    no.room = (char *)ev->store + pk_room;
+    lp_fill_packets(p, end, lim->max_entitlements, &scan, ev->packets,
+        (int32_t *)((char *)ev->store + ALIGN8(scan.n_specs * sizeof(struct wire_packet))));
+    *names = (char *)ev->store + pk_room;
+    return 0;
+}
+
+/* Whether line's head is the last DATA line's: its bytes, then a packet
+ * spec's first digit (the head ends at a separator: its last token is
+ * whole), and its names within max_name. */
+static inline bool
+head_repeats(const struct lp_data_head *h, const char *line, size_t len,
+    const struct lp_limits *lim)
+{
+    return h->len > 0 && len > h->len && (unsigned)(unsigned char)line[h->len] - '0' <= 9u &&
+        h->longest <= lim->max_name && memcmp(line, h->bytes, h->len) == 0;
+}
+
+static inline void
+head_use(struct lp_event *ev)
+{
+    const struct lp_data_head *h = &ev->head;
+
+    ev->kind = LP_EV_DATA;
+    ev->feed = h->feed;
+    ev->topic = h->topic;
+    ev->user = h->user;
+    ev->host = h->host;
+    ev->content_type = h->content_type;
+    ev->is_image = h->is_image;
+    ev->is_unicast = h->is_unicast;
+}
+
+/* A name copied to *room, NUL-terminated (the empty one as it is). */
+static void
+head_name(struct lp_name *dst, const struct lp_name *src, char **room, uint32_t *longest)
+{
+    *dst = *src;
+    if (src->len > 0) {
+        memcpy(*room, src->ptr, src->len);
+        (*room)[src->len] = '\0';
+        dst->ptr = *room;
+        *room += src->len + 1;
+    }
+    if (src->len > *longest)
+        *longest = src->len;
+}
+
+/* Keep a parsed DATA line's first n bytes (up to its specs) and its names
+ * as the head the next line may repeat; none when memory is short. */
+static void __attribute__((noinline))
+head_keep(struct lp_event *ev, const char *line, size_t n)
+{
+    struct lp_data_head *h = &ev->head;
+    size_t need = n + ev->feed.len + ev->topic.len + ev->user.len + ev->host.len +
+        ev->content_type.len + 5;
+    char *room;
+
+    h->len = 0;
+    if (lp_store_reserve((void **)&h->bytes, &h->cap, need) == NULL)
+        return;
+    memcpy(h->bytes, line, n);
+    room = h->bytes + n;
+    h->longest = 0;
+    head_name(&h->feed, &ev->feed, &room, &h->longest);
+    head_name(&h->topic, &ev->topic, &room, &h->longest);
+    head_name(&h->user, &ev->user, &room, &h->longest);
+    head_name(&h->host, &ev->host, &room, &h->longest);
+    head_name(&h->content_type, &ev->content_type, &room, &h->longest);
+    h->is_image = ev->is_image;
+    h->is_unicast = ev->is_unicast;
+    h->len = n;
+}
+
+/* Token counts and layout of the structured events. */
+static inline __attribute__((always_inline)) int
+parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const char *line,
+    const char *p, const char *end, const struct lp_limits *lim, size_t names_room,
+    bool by_ref)
+{
+    struct tok ctype = { NULL, 0 };
+    struct names_out no = { NULL, by_ref, ev };
+    bool has_type = take_type_token(&p, end, &ctype);
+    const char *specs = p;
+
+    if (has_type)
+        names_room += ctype.n + 1;
+    if (data_specs(ev, p, end, lim, names_room, &no.room) < 0)
+        return -1;
     /* Written out: a loop over pointers to the fields cost more than the
      * names' own checks. */
     if (event_name(&args[0], clean[0], lim->max_name, &no, &ev->feed) < 0 ||
@@ -191,7 +272,9 @@ parse_data(struct lp_event *ev, const struct tok *args, const bool *clean, const
     if (has_type &&
         event_name(&ctype, clean_token(&ctype), lim->max_name, &no, &ev->content_type) < 0)
         return -1;
-    lp_fill_packets(p, end, lim->max_entitlements, &scan, ev->packets, ents);
+    skip_seps(&specs, end);
+    if (specs < end && specs > line && is_sep(specs[-1]))
+        head_keep(ev, line, (size_t)(specs - line));
     return 0;
 }
 
@@ -278,6 +361,12 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
     if (len > 0 && line[len - 1] == '\r')
         len--;
     end = line + len;
+    if (head_repeats(&ev->head, line, len, lim)) {
+        char *names;
+
+        head_use(ev);
+        return data_specs(ev, line + ev->head.len, end, lim, 0, &names);
+    }
     /* DATA first: it is nearly all a subscriber reads (as the daemon
      * spells it, before the tokenizer and the case-insensitive match). */
     if ((is_data = len > 5 && memcmp(line, "DATA ", 5) == 0))
@@ -311,7 +400,7 @@ parse_event(const char *line, size_t len, const struct lp_limits *lim, struct lp
 
     switch (ev->kind) {
     case LP_EV_DATA:
-        return parse_data(ev, args, clean, p, end, lim, names_room, by_ref);
+        return parse_data(ev, args, clean, line, p, end, lim, names_room, by_ref);
     case LP_EV_NOTIFICATION:
         if (next_token(&p, end, &extra) ||
             !event_word(&args[0], "add", "remove", &ev->is_add))

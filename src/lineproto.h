@@ -314,6 +314,21 @@ enum lp_event_kind {
     LP_EV_REVOKED,
 };
 
+/*
+ * The last DATA line's head (its bytes up to the packet specs) and what it
+ * parsed to: a reader's DATA lines nearly all repeat the one before but for
+ * their lengths (one topic, one publisher), and the same head bytes parse
+ * to the same names. Names are NUL-terminated copies in bytes, after the
+ * head's own bytes. len is 0 when there is none.
+ */
+struct lp_data_head {
+    char *bytes;
+    size_t len, cap;
+    uint32_t longest; /* its longest name: checked against max_name */
+    struct lp_name feed, topic, user, host, content_type;
+    bool is_image, is_unicast;
+};
+
 struct lp_event {
     enum lp_event_kind kind;
     struct lp_name feed, topic, user, host;
@@ -331,6 +346,7 @@ struct lp_event {
     /* Kept from event to event (each parse clears the fields above). */
     void *store;
     size_t store_cap;
+    struct lp_data_head head;
 };
 
 void lp_event_init(struct lp_event *ev);
@@ -341,6 +357,7 @@ void lp_event_free(struct lp_event *ev);
  * be NULL (no limits). rest is a NUL-terminated copy owned by ev, "" when
  * there is no text (+OK, END, PONG without token). A DATA line refused for
  * a limit still sets n_packets / payload_len when its LENs could be read.
+ * What ev points to stays valid until the next parse into it or its free.
  */
 int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
     struct lp_event *ev);
@@ -348,8 +365,10 @@ int lp_parse_event(const char *line, size_t len, const struct lp_limits *lim,
 /*
  * The same without copying names: a name with no %-escape (nearly all)
  * points into line and is not NUL-terminated; only escaped names are
- * decoded into ev. For a reader that keeps the line (and, for DATA, its
- * payload) in place while it uses the event: a subscriber's hot path.
+ * decoded into ev (and a DATA line whose head repeats the last one's
+ * takes its names from ev's copy of that head). For a reader that keeps
+ * the line (and, for DATA, its payload) in place while it uses the event:
+ * a subscriber's hot path.
  * lp_event_terminate then NUL-terminates those names in place, writing
  * over the byte after each (a separator or the line's newline: the caller
  * must own line[0..len] writable and be done reading the line).

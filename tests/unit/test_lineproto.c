@@ -1465,6 +1465,57 @@ test_event_by_reference(void **state)
     NAME_IS(&f->ev.feed, "abcdefghijA");
 }
 
+/* A DATA line whose head (its bytes up to the packet specs) repeats the
+ * last one's takes the names kept from that one, terminated; a line that
+ * differs there, or names over this call's max_name, are parsed afresh. */
+static void
+test_event_head_repeats(void **state)
+{
+    struct fx *f = *state;
+    char l1[] = "DATA feed t%20opic user host image unicast 3 4\n";
+    char l2[] = "DATA feed t%20opic user host image unicast 7:1,2\n";
+    const char *typed = "DATA feed t%20opic user host image unicast type=a/b 5";
+    const char *not_spec = "DATA feed t%20opic user host image unicast x";
+    const char *too_big = "DATA feed t%20opic user host image unicast 1001";
+    struct lp_limits small = lim;
+
+    assert_int_equal(lp_parse_event_ref(l1, strlen(l1) - 1, &lim, &f->ev), 0);
+    lp_event_terminate(&f->ev);
+    assert_ptr_equal(f->ev.feed.ptr, l1 + 5);
+    assert_int_equal(lp_parse_event("+OK", 3, &lim, &f->ev), 0);
+    for (int ref = 0; ref < 2; ref++) {
+        assert_int_equal(ref ? lp_parse_event_ref(l2, strlen(l2) - 1, &lim, &f->ev)
+                             : lp_parse_event(l2, strlen(l2) - 1, &lim, &f->ev),
+            0);
+        lp_event_terminate(&f->ev);
+        assert_int_equal(f->ev.kind, LP_EV_DATA);
+        assert_true(f->ev.feed.ptr < l2 || f->ev.feed.ptr >= l2 + sizeof(l2));
+        NAME_IS(&f->ev.feed, "feed");
+        NAME_IS(&f->ev.topic, "t opic");
+        NAME_IS(&f->ev.user, "user");
+        NAME_IS(&f->ev.host, "host");
+        assert_int_equal(f->ev.content_type.len, 0);
+        assert_true(f->ev.is_image && f->ev.is_unicast);
+        assert_int_equal(f->ev.n_packets, 1);
+        assert_int_equal(f->ev.payload_len, 7);
+        assert_int_equal(f->ev.packets[0].entitlements.n, 2);
+        assert_int_equal(f->ev.packets[0].entitlements.v[1], 2);
+        assert_int_equal(l2[strlen(l2) - 1], '\n'); /* the line is not written to */
+    }
+    assert_int_equal(lp_parse_event(typed, strlen(typed), &lim, &f->ev), 0);
+    NAME_IS(&f->ev.content_type, "a/b");
+    assert_int_equal(f->ev.payload_len, 5);
+    assert_int_equal(lp_parse_event(l2, strlen(l2) - 1, &lim, &f->ev), 0);
+    assert_int_equal(f->ev.content_type.len, 0);
+    assert_int_equal(lp_parse_event(not_spec, strlen(not_spec), &lim, &f->ev), -1);
+    assert_int_equal(lp_parse_event(too_big, strlen(too_big), &lim, &f->ev), -1);
+    assert_int_equal(f->ev.payload_len, 1001);
+    small.max_name = 3;
+    assert_int_equal(lp_parse_event(l2, strlen(l2) - 1, &small, &f->ev), -1);
+    assert_int_equal(lp_parse_event(l2, strlen(l2) - 1, &lim, &f->ev), 0);
+    NAME_IS(&f->ev.topic, "t opic");
+}
+
 int
 main(void)
 {
@@ -1504,6 +1555,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_parse_text_events, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_storage_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_by_reference, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_event_head_repeats, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_pong_stat_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_commands, setup, teardown),
     };
