@@ -337,6 +337,7 @@ struct lp_event {
     bool is_unicast;
     struct lp_name content_type; /* DATA: "type=" token, "" if none */
     bool is_add;
+    bool from_head; /* DATA: the names are the kept head's (terminated) */
     struct wire_packet *packets;
     uint32_t n_packets;
     uint64_t payload_len;
