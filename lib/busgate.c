@@ -38,10 +38,9 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
 #define BG_MAX_LINE (16u * 1024 * 1024)
 #define BG_READ_CHUNK 65536
 #define BG_READ_CHUNKS 4
-/* The connection's own read buffer (read_own) starts at BG_READ_CHUNK and
- * doubles, up to this, each time a read fills it: a busy stream is read in
- * a quarter of the system calls (each a read and a poll), an idle
- * connection keeps 64 KiB. */
+/* A read buffer (read_own) starts at BG_READ_CHUNK and doubles, up to
+ * this, each time a read fills it: a busy stream is read in a quarter of
+ * the system calls (each a read and a poll), an idle one keeps 64 KiB. */
 #define BG_READ_MAX (4u * BG_READ_CHUNK)
 /* At most this much of an event cut by a read moves to the start of the
  * connection's own read buffer (read_own); more is read on after it. */
@@ -100,6 +99,27 @@ struct src {
     struct lp_framer fr;
 };
 
+/* A read buffer that read_own lends to sock.buf by reference. */
+struct rbuf {
+    char *b;
+    size_t size;
+    bool full; /* the last read filled it: a bigger one next */
+    bool lent; /* a connection's sock.buf holds it */
+};
+
+/*
+ * The thread's read buffer, shared by the connections it serves in
+ * bg_process, which gives it back before it returns (rbuf_give_back): one
+ * buffer for a process that reads hundreds of connections, where a buffer
+ * each took up to BG_READ_MAX apiece and more memory than the caches hold
+ * (4 KiB events to 1000 subscribers in two processes ran at 0.8 of one
+ * shared buffer's rate). Per thread, so that connections in different
+ * threads stay independent; freed with the thread's last connection
+ * (a connection freed by another thread than made it leaves it be).
+ */
+static _Thread_local struct rbuf thread_rbuf;
+static _Thread_local unsigned thread_conns;
+
 struct bg_conn {
     char *path;
     enum link_state state;
@@ -107,10 +127,8 @@ struct bg_conn {
     bool was_up;  /* greeted once: later greetings are reconnects */
     bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
-    char *rbuf;       /* the connection's own read buffer (read_own) */
-    size_t rbuf_size; /* its size */
-    bool rbuf_full;   /* the last read filled it: a bigger one next */
-    bool rbuf_lent;   /* sock.buf holds it by reference */
+    struct rbuf own;    /* its own read buffer (read_own), made when needed */
+    struct rbuf *lent;  /* the read buffer sock.buf holds by reference */
     struct evbuffer *out, *tmp;
     /* Pipelined messages formatted into out and not yet committed: every
      * other use of out settles it first (out_settle). */
@@ -641,76 +659,105 @@ read_into(struct bg_conn *c, struct evbuffer *buf)
 static void
 rbuf_returned(const void *data, size_t len, void *arg)
 {
+    struct bg_conn *c = arg;
+
     (void)data;
     (void)len;
-    ((struct bg_conn *)arg)->rbuf_lent = false;
+    c->lent->lent = false;
+    c->lent = NULL;
 }
 
-/* A read buffer for read_own: the first, or one twice the size when the
- * last read filled it (BG_READ_MAX). Only when sock.buf does not hold it. */
+/* r sized for the next read: the first buffer, or one twice the size when
+ * the last read filled it (BG_READ_MAX). Only when no sock.buf holds it. */
 static bool
-rbuf_fit(struct bg_conn *c)
+rbuf_fit(struct rbuf *r)
 {
-    size_t size = c->rbuf == NULL ? BG_READ_CHUNK : 2 * c->rbuf_size;
+    size_t size = r->b == NULL ? BG_READ_CHUNK : 2 * r->size;
     char *b;
 
-    if (c->rbuf != NULL && (!c->rbuf_full || size > BG_READ_MAX))
+    if (r->b != NULL && (!r->full || size > BG_READ_MAX))
         return true;
     if ((b = malloc(size)) == NULL)
-        return c->rbuf != NULL; /* the one it has still does */
-    free(c->rbuf);
-    c->rbuf = b;
-    c->rbuf_size = size;
+        return r->b != NULL; /* the one it has still does */
+    free(r->b);
+    r->b = b;
+    r->size = size;
     return true;
 }
 
 /*
- * One read into the connection's own buffer, lent to sock.buf by
- * reference until the framer drains it. A read into a fresh libevent
- * chain allocates 128 KiB (the chunk and the chain's header, rounded up)
- * and frees it when the batch is drained, and glibc may trim and regrow
- * the heap around that on every read (a brk per read in some runs, a
- * third of the rate; bench/PROFILE.md). The few bytes of an event the
- * last read cut move to the buffer's start first. One read a call: a
+ * One read into a read buffer, lent to sock.buf by reference until the
+ * framer drains it: the thread's when shared (bg_process) and not lent to
+ * another connection, else the connection's own. A read into a fresh
+ * libevent chain allocates 128 KiB (the chunk and the chain's header,
+ * rounded up) and frees it when the batch is drained, and glibc may trim
+ * and regrow the heap around that on every read (a brk per read in some
+ * runs, a third of the rate; bench/PROFILE.md). The few bytes of an event
+ * the last read cut move to the buffer's start first. One read a call: a
  * socket with more stays readable for the next (bg_fd is polled, level
  * triggered). Only between batches, when nothing delivered points into
  * sock.buf; false when read_into must read.
  */
 static bool
-read_own(struct bg_conn *c)
+read_own(struct bg_conn *c, bool shared)
 {
     size_t left = evbuffer_get_length(c->sock.buf), got;
     char carry[BG_CARRY_MAX];
+    struct rbuf *r;
     ssize_t n;
 
     if (c->held || c->sock.fr.pending > 0 || left > BG_CARRY_MAX)
         return false;
-    /* Out and back: draining sock.buf returns the buffer if it is lent. */
+    /* Out and back: draining sock.buf returns the buffer it holds. */
     evbuffer_remove(c->sock.buf, carry, left);
     lp_framer_added(&c->sock.fr); /* the carried bytes move */
-    if (c->rbuf_lent || !rbuf_fit(c)) { /* (lent: never, sock.buf is drained) */
+    r = shared && !thread_rbuf.lent ? &thread_rbuf : &c->own;
+    if (r->lent || !rbuf_fit(r)) { /* (lent: never, sock.buf is drained) */
         evbuffer_add(c->sock.buf, carry, left);
         return false;
     }
-    memcpy(c->rbuf, carry, left);
-    n = read(c->fd, c->rbuf + left, c->rbuf_size - left);
+    memcpy(r->b, carry, left);
+    n = read(c->fd, r->b + left, r->size - left);
     got = left + (n > 0 ? (size_t)n : 0);
-    c->rbuf_full = got == c->rbuf_size;
-    if (got > 0 &&
-        evbuffer_add_reference(c->sock.buf, c->rbuf, got, rbuf_returned, c) != 0) {
+    r->full = got == r->size;
+    if (got > 0 && evbuffer_add_reference(c->sock.buf, r->b, got, rbuf_returned, c) != 0) {
         link_closing(c, BG_E_NOMEM, "out of memory");
         return true;
     }
-    c->rbuf_lent = got > 0;
+    if (got > 0) {
+        r->lent = true;
+        c->lent = r;
+    }
     if (n <= 0)
         read_ended(c, n);
     return true;
 }
 
+/* The thread's buffer back from sock.buf before bg_process returns, with
+ * nothing delivered left pointing into it: the bytes it still holds (of
+ * an event the read cut) are copied to the front of sock.buf, whose
+ * chains after it (a callback's blocking call read on) stay behind them. */
 static void
-read_some(struct bg_conn *c)
+rbuf_give_back(struct bg_conn *c)
 {
-    if (!read_own(c))
+    struct evbuffer_iovec v;
+
+    if (c->lent != &thread_rbuf)
+        return;
+    lp_framer_consume(&c->sock.fr, c->sock.buf); /* may return it whole */
+    /* Lent, it is the first chain: read_own lends it to an empty sock.buf. */
+    if (c->lent != &thread_rbuf || evbuffer_peek(c->sock.buf, -1, NULL, &v, 1) < 1)
+        return;
+    evbuffer_drain(c->sock.buf, v.iov_len); /* returns it; its bytes stay put */
+    lp_framer_added(&c->sock.fr);
+    if (evbuffer_prepend(c->sock.buf, v.iov_base, v.iov_len) != 0)
+        link_closing(c, BG_E_NOMEM, "out of memory");
+}
+
+static void
+read_some(struct bg_conn *c, bool shared)
+{
+    if (!read_own(c, shared))
         read_into(c, c->sock.buf);
 }
 
@@ -1614,7 +1661,7 @@ wait_io(struct bg_conn *c, int wait_ms)
     if (pfd.revents & POLLOUT)
         flush_out(c);
     if (pfd.revents & (POLLIN | POLLHUP | POLLERR))
-        read_some(c);
+        read_some(c, false);
 }
 
 static int
@@ -2315,10 +2362,11 @@ bg_process(bg_conn *c, int readiness)
     if (c->fd >= 0 && (readiness & BG_WRITABLE))
         flush_out(c);
     if (c->fd >= 0 && (readiness & BG_READABLE))
-        read_some(c);
+        read_some(c, true);
     do /* a greeting overdue ends the link: its LINK down event next */
         deliver_all(c);
     while (greeting_overdue(c));
+    rbuf_give_back(c);
     flush_out(c);
     return c->state == LINK_DOWN ? -BG_E_CLOSED : 0;
 }
@@ -2371,6 +2419,7 @@ bg_new(const char *path)
 
     if (c == NULL)
         return NULL;
+    thread_conns++;
     c->fd = -1;
     c->state = LINK_DOWN;
     c->timeout_ms = 10000;
@@ -2446,9 +2495,13 @@ bg_free(bg_conn *c)
     free(c->app_name);
     free(c->revoked);
     free(c->path);
-    if (c->sock.buf != NULL) /* first: it may hold rbuf, and tells c */
+    if (c->sock.buf != NULL) /* first: it may hold a read buffer, and tells c */
         evbuffer_free(c->sock.buf);
-    free(c->rbuf);
+    free(c->own.b);
+    if (thread_conns > 0 && --thread_conns == 0 && !thread_rbuf.lent) {
+        free(thread_rbuf.b);
+        thread_rbuf = (struct rbuf){ 0 };
+    }
     if (c->queued.buf != NULL)
         evbuffer_free(c->queued.buf);
     if (c->out != NULL)

@@ -1214,10 +1214,12 @@ static void
 fake_start(struct fake *f, const char *greeting, const char *key, const char *reply,
     size_t reply_len)
 {
+    static unsigned started; /* a path each: two may run at once */
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
     int srv = socket(AF_UNIX, SOCK_STREAM, 0);
 
-    snprintf(f->path, sizeof(f->path), "/tmp/busgate-libfake-%d.sock", (int)getpid());
+    snprintf(f->path, sizeof(f->path), "/tmp/busgate-libfake-%d-%u.sock", (int)getpid(),
+        started++);
     unlink(f->path);
     memcpy(sa.sun_path, f->path, strlen(f->path) + 1);
     CHECK(srv >= 0 && bind(srv, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
@@ -1304,12 +1306,16 @@ test_fake_limits(void)
 /* A stream that fills every read, its events cut anywhere by the reads
  * (payloads of 0 to 12 KiB: some carried to the start of the next read,
  * some past what is carried), read in event-loop use while the library's
- * read buffer grows: every event whole and in order. */
+ * read buffer grows: every event whole and in order. Two connections in
+ * turn share the thread's read buffer, each keeping the part of an event
+ * its last read cut; one's callback also runs the other's bg_process (the
+ * buffer is then its, and the other reads into its own). */
 #define STREAM_EVENTS 400
 
 struct stream_state {
     unsigned next;
     bool bad;
+    bg_conn *other; /* run from the callback now and then */
 };
 
 static size_t
@@ -1335,6 +1341,8 @@ on_stream(bg_conn *c, const struct bg_event *ev, void *arg)
         if (d[k] != (uint8_t)(st->next + k))
             st->bad = true;
     st->next++;
+    if (st->other != NULL && st->next % 7 == 0)
+        loop_once(st->other, 0);
 }
 
 static void
@@ -1342,10 +1350,10 @@ test_fake_stream(void)
 {
     size_t cap = 8 + STREAM_EVENTS * (12289 + 64), n = 0;
     char *script = malloc(cap);
-    struct stream_state st = { 0, false };
+    struct stream_state st[2] = { { 0, false, NULL }, { 0, false, NULL } };
     time_t end = time(NULL) + WAIT_MS / 1000;
-    struct fake f;
-    bg_conn *c;
+    struct fake f[2];
+    bg_conn *c[2];
 
     CHECK(script != NULL);
     n += (size_t)snprintf(script, cap, "+OK\n");
@@ -1357,18 +1365,26 @@ test_fake_stream(void)
             script[n++] = (char)(uint8_t)(i + k);
         script[n++] = '\n';
     }
-    fake_start(&f, FAKE_HELLO, "SUB", script, n);
-    c = bg_new(f.path);
-    CHECK(c != NULL);
-    bg_set_reconnect(c, 0, 0);
-    CHECK(bg_open(c) == 0);
-    CHECK_OK(c, bg_subscribe(c, S("F"), S("T")));
-    bg_set_callback(c, on_stream, &st);
-    while (st.next < STREAM_EVENTS && !st.bad && time(NULL) < end)
-        loop_once(c, 200);
-    CHECK(st.next == STREAM_EVENTS && !st.bad);
-    bg_free(c);
-    fake_stop(&f);
+    for (int i = 0; i < 2; i++) {
+        fake_start(&f[i], FAKE_HELLO, "SUB", script, n);
+        c[i] = bg_new(f[i].path);
+        CHECK(c[i] != NULL);
+        bg_set_reconnect(c[i], 0, 0);
+        CHECK(bg_open(c[i]) == 0);
+        CHECK_OK(c[i], bg_subscribe(c[i], S("F"), S("T")));
+        bg_set_callback(c[i], on_stream, &st[i]);
+    }
+    st[0].other = c[1];
+    while ((st[0].next < STREAM_EVENTS || st[1].next < STREAM_EVENTS) && !st[0].bad &&
+        !st[1].bad && time(NULL) < end) {
+        loop_once(c[0], 10);
+        loop_once(c[1], 10);
+    }
+    for (int i = 0; i < 2; i++) {
+        CHECK(st[i].next == STREAM_EVENTS && !st[i].bad);
+        bg_free(c[i]);
+        fake_stop(&f[i]);
+    }
     free(script);
 }
 
