@@ -43,7 +43,7 @@ _Static_assert(WIRE_GUID_LEN == 16, "client id size");
  * the system calls (each a read and a poll), an idle one keeps 64 KiB. */
 #define BG_READ_MAX (4u * BG_READ_CHUNK)
 /* At most this much of an event cut by a read moves to the start of the
- * connection's own read buffer (read_own); more is read on after it. */
+ * next read buffer (read_own); more is read on after it. */
 #define BG_CARRY_MAX 8192
 /* The pseudo-line that queues a link event among the daemon's events. */
 #define LINK_WORD "LINK "
@@ -112,8 +112,9 @@ struct rbuf {
  * bg_process, which gives it back before it returns (rbuf_give_back): one
  * buffer for a process that reads hundreds of connections, where a buffer
  * each took up to BG_READ_MAX apiece and more memory than the caches hold
- * (4 KiB events to 1000 subscribers in two processes ran at 0.8 of one
- * shared buffer's rate). Per thread, so that connections in different
+ * (lpclient's hand-written reader, given a buffer per connection, ran
+ * 4 KiB events to 1000 subscribers in two processes at 0.84 of its rate
+ * with one buffer). Per thread, so that connections in different
  * threads stay independent; freed with the thread's last connection
  * (a connection freed by another thread than made it leaves it be).
  */
