@@ -37,12 +37,10 @@ must_escape(unsigned char c)
  * at a time.
  */
 #if defined(__SSE2__)
-/* Bit i: p[i] is special but not a space; *spaces: p[i] is a space. For
- * the 16 bytes at p. */
+/* Bit i: byte i of x is special but not a space; *spaces: it is a space. */
 static inline uint32_t
-specials16(const char *p, uint32_t *spaces)
+specials16_of(__m128i x, uint32_t *spaces)
 {
-    const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)p);
     /* Below ' ' (the controls), not below or at it: the space apart. */
     const __m128i low = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
 
@@ -51,6 +49,13 @@ specials16(const char *p, uint32_t *spaces)
         _mm_or_si128(_mm_or_si128(low, _mm_cmpeq_epi8(x, _mm_set1_epi8('%'))),
             _mm_or_si128(_mm_cmpeq_epi8(x, _mm_set1_epi8('"')),
                 _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)))));
+}
+
+/* The same for the 16 bytes at p. */
+static inline uint32_t
+specials16(const char *p, uint32_t *spaces)
+{
+    return specials16_of(_mm_loadu_si128((const __m128i *)(const void *)p), spaces);
 }
 #endif
 

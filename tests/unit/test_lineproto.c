@@ -654,6 +654,46 @@ test_special_at_every_offset(void **state)
     }
 }
 
+/*
+ * The formatter tells a clean name (written as it is) from one to escape
+ * by 16 bytes at a time, a short name gathered into one block: a byte to
+ * escape at every offset of names of every length up to 40 is escaped
+ * exactly there, and the line reads back as the name.
+ */
+static void
+test_format_special_at_every_offset(void **state)
+{
+    struct fx *f = *state;
+    static const char specials[] = " %\x01\"\x7f";
+
+    for (size_t len = 1; len <= 40; len++) {
+        for (size_t k = 0; k <= len; k++) { /* k == len: a clean name */
+            for (size_t s = 0; s < (k < len ? sizeof(specials) - 1 : 1); s++) {
+                char name[41], want[64], *line;
+                size_t n;
+
+                memset(name, 'n', len);
+                if (k < len)
+                    name[k] = specials[s];
+                assert_int_equal(lp_format_cmd_message(f->buf, NULL, name, len, "t", 1, false,
+                                     NULL, 0, NULL, 0, 1024),
+                    0);
+                line = drain(f->buf, &n);
+                if (k < len)
+                    snprintf(want, sizeof want, "PUB %.*s%%%02X%.*s t delta\n", (int)k, name,
+                        (unsigned char)specials[s], (int)(len - k - 1), name + k + 1);
+                else
+                    snprintf(want, sizeof want, "PUB %.*s t delta\n", (int)len, name);
+                assert_string_equal(line, want);
+                line[n - 1] = '\0';
+                assert_int_equal(parse(f, line), 0);
+                name_is(&f->cmd.feed, name, len);
+                free(line);
+            }
+        }
+    }
+}
+
 /* Clean names of every length up to max_name: the event tokenizer's
  * separators land at every offset of its 16- and 64-byte blocks. */
 static void
@@ -1556,6 +1596,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_event_storage_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_by_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_head_repeats, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_special_at_every_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_pong_stat_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_commands, setup, teardown),
     };
