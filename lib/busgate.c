@@ -805,9 +805,10 @@ write_failed(struct bg_conn *c, int err)
 static void
 flush_out(struct bg_conn *c)
 {
-    /* A batch (BG_PIPELINE_BATCH) of small messages lies in 4 KiB chains:
-     * enough iovecs that it goes in one sendmsg, not one and a short tail
-     * (a second system call here and a second read for the daemon). */
+    /* Commands added one at a time may lie in many small chains (a
+     * pipelined batch lies in one or two): enough iovecs that the output
+     * goes in one sendmsg, not one and a short tail (a second system call
+     * here and a second read for the daemon). */
     struct evbuffer_iovec vec[BG_WRITE_IOV];
     struct iovec iov[BG_WRITE_IOV];
     struct msghdr mh = { .msg_iov = iov };

@@ -303,18 +303,21 @@ lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *to
  * that does not fit a chain of its own size rounded up to a power of two,
  * which the next item of that size no longer fits: a malloc per item. An
  * empty output gets a chain of one item's size (a session sent one event
- * per loop turn keeps no more).
+ * per loop turn keeps no more), or of least bytes when the caller knows
+ * more items follow.
  */
 static int
-reserve_event(struct evbuffer *out, size_t queued, size_t room, struct evbuffer_iovec *vec)
+reserve_event(struct evbuffer *out, size_t queued, size_t room, struct evbuffer_iovec *vec,
+    size_t least)
 {
-    size_t chunk;
+    size_t chunk = queued > least ? queued : least;
 
     if (room > (size_t)EV_SSIZE_MAX)
         return -1;
     if (queued > 0 && evbuffer_reserve_space(out, 1, vec, 1) == 1 && vec->iov_len >= room)
         return 0;
-    chunk = queued < EVENT_CHUNK ? queued : EVENT_CHUNK;
+    if (chunk > EVENT_CHUNK)
+        chunk = EVENT_CHUNK;
     if (chunk > room && evbuffer_expand(out, chunk) != 0)
         return -1;
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
@@ -333,8 +336,8 @@ item_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
         vec->iov_base = flat;
         return flat;
     }
-    return reserve_event(out, evbuffer_get_length(out), room, vec) == 0 ? vec->iov_base
-                                                                        : NULL;
+    return reserve_event(out, evbuffer_get_length(out), room, vec, 0) == 0 ? vec->iov_base
+                                                                           : NULL;
 }
 
 /* The len bytes formatted where item_begin said, into out. */
@@ -720,14 +723,19 @@ message_at(struct evbuffer *out, struct lp_out_tail *tail, size_t room,
     size_t queued;
 
     if (tail == NULL)
-        return reserve_event(out, evbuffer_get_length(out), room, vec) == 0 ? vec->iov_base
-                                                                            : NULL;
+        return reserve_event(out, evbuffer_get_length(out), room, vec, 0) == 0
+            ? vec->iov_base
+            : NULL;
     if (tail->base != NULL && tail->room >= room)
         return tail->p;
     if (lp_out_tail_settle(out, tail) != 0)
         return NULL;
+    /* A tail is a stream of commands sent a batch at a time, each batch
+     * drained whole (its chains freed): a batch's chain from the first
+     * message, not one grown from a message's size by doubling (a malloc
+     * and a free per step, ~7 a batch). */
     queued = evbuffer_get_length(out);
-    if (reserve_event(out, queued, room, vec) != 0)
+    if (reserve_event(out, queued, room, vec, EVENT_CHUNK) != 0)
         return NULL;
     *tail = (struct lp_out_tail){ vec->iov_base, vec->iov_base, vec->iov_len, queued, 0 };
     return tail->p;
