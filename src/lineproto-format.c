@@ -691,13 +691,14 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
         : 0;
 }
 
-/* The bytes a message command may take (its line and payload block). */
+/* The bytes a message command may take (its line and payload block),
+ * given the most its verb and names take. */
 static size_t
-message_room(size_t ef, size_t et, const char *ctype, size_t ec,
-    const struct wire_packet *packets, uint32_t n_packets)
+message_room(size_t head, const char *ctype, size_t ec, const struct wire_packet *packets,
+    uint32_t n_packets)
 {
     size_t payload,
-        room = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et + sizeof(" image") +
+        room = head + sizeof(" image") +
         (ctype != NULL ? sizeof(" " LP_TYPE_PREFIX) + ec : 0) +
         packets_room(packets, n_packets, &payload) + 1;
 
@@ -710,7 +711,8 @@ lp_out_tail_settle(struct evbuffer *out, struct lp_out_tail *tail)
     struct evbuffer_iovec vec = { tail->base, (size_t)(tail->p - tail->base) };
     int r = vec.iov_len > 0 ? evbuffer_commit_space(out, &vec, 1) : 0;
 
-    *tail = (struct lp_out_tail){ NULL, NULL, 0, 0, 0 };
+    tail->base = tail->p = NULL;
+    tail->room = tail->len = tail->added = 0;
     return r;
 }
 
@@ -737,32 +739,47 @@ message_at(struct evbuffer *out, struct lp_out_tail *tail, size_t room,
     queued = evbuffer_get_length(out);
     if (reserve_event(out, queued, room, vec, EVENT_CHUNK) != 0)
         return NULL;
-    *tail = (struct lp_out_tail){ vec->iov_base, vec->iov_base, vec->iov_len, queued, 0 };
+    tail->base = tail->p = vec->iov_base;
+    tail->room = vec->iov_len;
+    tail->len = queued;
+    tail->added = 0;
     return tail->p;
 }
 
-/* Formatted in place at the output's end, committed whole or not at all:
- * for a pipelined client the output is the queue to the socket, and each
- * message is written once, into the space the last one left. */
-int
-lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
-    const struct lp_message *m, uint32_t max_line)
+/* Whether m, a PUB, names the feed and topic of the head h keeps. */
+static inline bool
+head_repeats(const struct lp_cmd_head *h, const struct lp_message *m)
+{
+    return h->len > 0 && m->client_id == NULL && m->feed_len == h->feed_len &&
+        m->topic_len == h->topic_len && wire_bytes_eq(h->names, m->feed, h->feed_len) &&
+        wire_bytes_eq(h->names + h->feed_len, m->topic, h->topic_len);
+}
+
+/* Keep the head (len bytes at line) of m, a PUB, in h when it fits. */
+static void
+head_keep(struct lp_cmd_head *h, const struct lp_message *m, const char *line, size_t len)
+{
+    h->len = 0;
+    if (m->client_id != NULL || m->feed_len + m->topic_len > sizeof(h->names) ||
+        len > sizeof(h->line))
+        return;
+    memcpy(h->names, m->feed, m->feed_len);
+    memcpy(h->names + m->feed_len, m->topic, m->topic_len);
+    memcpy(h->line, line, len);
+    h->feed_len = (uint32_t)m->feed_len;
+    h->topic_len = (uint32_t)m->topic_len;
+    h->len = (uint32_t)len;
+}
+
+/* The verb and names of m into d; their bytes. ef and et: the names'
+ * token lengths (escaped_len). */
+static size_t
+put_head(char *d, const struct lp_message *m, size_t ef, size_t et)
 {
     const struct wire_str f = { m->feed, (uint32_t)m->feed_len },
                           t = { m->topic, (uint32_t)m->topic_len };
-    struct evbuffer_iovec vec;
-    size_t ef, et, ec, o;
-    char *d;
+    size_t o;
 
-    if (m->feed_len > UINT32_MAX || m->topic_len > UINT32_MAX || m->ctype_len > UINT32_MAX)
-        return -1;
-    ef = escaped_len(m->feed, m->feed_len);
-    et = escaped_len(m->topic, m->topic_len);
-    ec = m->ctype != NULL ? escaped_len(m->ctype, m->ctype_len) : 0;
-    d = message_at(out, tail, message_room(ef, et, m->ctype, ec, m->packets, m->n_packets),
-        &vec);
-    if (d == NULL)
-        return -1;
     /* The verb, four bytes either way: PUB's fourth is overwritten by
      * the feed token's space. */
     memcpy(d, m->client_id != NULL ? "SEND" : "PUB ", 4);
@@ -774,6 +791,43 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     }
     o += put_name_tok(d + o, &f, ef);
     o += put_name_tok(d + o, &t, et);
+    return o;
+}
+
+/* Formatted in place at the output's end, committed whole or not at all:
+ * for a pipelined client the output is the queue to the socket, and each
+ * message is written once, into the space the last one left. */
+int
+lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
+    const struct lp_message *m, uint32_t max_line)
+{
+    struct lp_cmd_head *h = tail != NULL ? &tail->head : NULL;
+    bool kept = h != NULL && head_repeats(h, m);
+    struct evbuffer_iovec vec;
+    size_t ef = 0, et = 0, head, ec, o;
+    char *d;
+
+    if (m->feed_len > UINT32_MAX || m->topic_len > UINT32_MAX || m->ctype_len > UINT32_MAX)
+        return -1;
+    if (kept) {
+        head = h->len;
+    } else {
+        ef = escaped_len(m->feed, m->feed_len);
+        et = escaped_len(m->topic, m->topic_len);
+        head = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et;
+    }
+    ec = m->ctype != NULL ? escaped_len(m->ctype, m->ctype_len) : 0;
+    d = message_at(out, tail, message_room(head, m->ctype, ec, m->packets, m->n_packets), &vec);
+    if (d == NULL)
+        return -1;
+    if (kept) {
+        wire_copy_short(d, h->line, h->len);
+        o = h->len;
+    } else {
+        o = put_head(d, m, ef, et);
+        if (h != NULL)
+            head_keep(h, m, d, o);
+    }
     memcpy(d + o, m->image ? " image" : " delta", 6);
     o += 6;
     if (m->ctype != NULL) {

@@ -258,12 +258,23 @@ int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const 
  * else may add to or drain the output (libevent's rule for a
  * reservation): settle it first. Zeroed: none held.
  */
+/* The last PUB's line up to its flag ("PUB feed topic"), kept with the
+ * names it came from (feed, then topic, as given): a stream's next PUB to
+ * the same topic copies it rather than check and copy its names again.
+ * Kept while feed and topic together fit names. */
+struct lp_cmd_head {
+    uint32_t len; /* line's bytes; 0: none kept */
+    uint32_t feed_len, topic_len;
+    char names[64];
+    char line[8 + 3 * 64]; /* "PUB", two spaces, "%XX" per name byte at worst */
+};
 struct lp_out_tail {
     char *base;   /* the reservation; NULL: none */
     char *p;      /* where the next message goes: base..p awaits the commit */
     size_t room;  /* bytes free at p */
     size_t len;   /* the output's length with base..p */
     size_t added; /* the last message's bytes */
+    struct lp_cmd_head head; /* outlives the reservations */
 };
 /* Commit what tail holds to out and let the reservation go: -1 when out
  * was changed under it (nothing is then committed). */

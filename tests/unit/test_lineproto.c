@@ -694,6 +694,65 @@ test_format_special_at_every_offset(void **state)
     }
 }
 
+/* A stream of PUBs and SENDs through one tail (the kept head reused,
+ * replaced, or not to be used) gives the bytes each formatted alone
+ * gives. The names live in one buffer rewritten in place, as an app
+ * would reuse its own: the head must compare bytes, not pointers. */
+static void
+test_format_tail_stream(void **state)
+{
+    static const uint8_t id[16] = { 1, 2, 3 };
+    static const struct {
+        const char *feed, *topic, *ctype;
+        bool send, image;
+    } msgs[] = {
+        { "feed", "t1", NULL, false, false },
+        { "feed", "t1", NULL, false, true },  /* kept head, the other flag */
+        { "feed", "t2", NULL, false, false }, /* same lengths, other bytes */
+        { "feed", "t2", "text/plain", false, false },
+        { "feed", "t2", NULL, true, false }, /* a SEND after a kept PUB */
+        { "feed", "t2", NULL, false, false },
+        { "fe d", "t%", NULL, false, false }, /* escaped names kept */
+        { "fe d", "t%", NULL, false, false },
+        { "", "t", NULL, false, false },
+        { "", "t", NULL, false, false },
+        { "a-feed-name-of-forty-bytes-xxxxxxxxxxxx", "and-a-topic-past-the-head-limit", NULL,
+            false, false },
+        { "a-feed-name-of-forty-bytes-xxxxxxxxxxxx", "and-a-topic-past-the-head-limit", NULL,
+            false, false },
+        { "feed", "t1", NULL, false, false },
+    };
+    struct evbuffer *want = evbuffer_new(), *out = evbuffer_new();
+    struct lp_out_tail tail = { 0 };
+    struct wire_packet pk = { { NULL, 0 }, (const uint8_t *)"xyz", 3 };
+    char names[2][64];
+    char *a, *b;
+    size_t na, nb;
+
+    (void)state;
+    assert_non_null(want);
+    assert_non_null(out);
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++) {
+        struct lp_message m = { msgs[i].send ? id : NULL, names[0], names[1],
+            strlen(msgs[i].feed), strlen(msgs[i].topic), msgs[i].image, msgs[i].ctype,
+            msgs[i].ctype != NULL ? strlen(msgs[i].ctype) : 0, &pk, 1 };
+
+        strcpy(names[0], msgs[i].feed);
+        strcpy(names[1], msgs[i].topic);
+        assert_int_equal(lp_format_cmd_message_at(out, &tail, &m, 1024), 0);
+        assert_int_equal(lp_format_cmd_message_at(want, NULL, &m, 1024), 0);
+    }
+    assert_int_equal(lp_out_tail_settle(out, &tail), 0);
+    a = drain(want, &na);
+    b = drain(out, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na);
+    free(a);
+    free(b);
+    evbuffer_free(want);
+    evbuffer_free(out);
+}
+
 /* Clean names of every length up to max_name: the event tokenizer's
  * separators land at every offset of its 16- and 64-byte blocks. */
 static void
@@ -1597,6 +1656,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_event_by_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_head_repeats, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_special_at_every_offset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_tail_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_pong_stat_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_commands, setup, teardown),
     };
