@@ -251,13 +251,6 @@ int lp_format_cmd_message(struct evbuffer *out, const uint8_t *client_id, const 
     size_t feed_len, const char *topic, size_t topic_len, bool image, const char *ctype,
     size_t ctype_len, const struct wire_packet *packets, uint32_t n_packets,
     uint32_t max_line);
-/*
- * A reservation at an output's end that messages are formatted into one
- * after another (a pipelined client), committed to the output only when
- * it is settled: no libevent call per message. While it is held nothing
- * else may add to or drain the output (libevent's rule for a
- * reservation): settle it first. Zeroed: none held.
- */
 /* The last PUB's line up to its flag ("PUB feed topic"), kept with the
  * names it came from (feed, then topic, as given): a stream's next PUB to
  * the same topic copies it rather than check and copy its names again.
@@ -268,6 +261,13 @@ struct lp_cmd_head {
     char names[64];
     char line[8 + 3 * 64]; /* "PUB", two spaces, "%XX" per name byte at worst */
 };
+/*
+ * A reservation at an output's end that messages are formatted into one
+ * after another (a pipelined client), committed to the output only when
+ * it is settled: no libevent call per message. While it is held nothing
+ * else may add to or drain the output (libevent's rule for a
+ * reservation): settle it first. Zeroed: none held.
+ */
 struct lp_out_tail {
     char *base;   /* the reservation; NULL: none */
     char *p;      /* where the next message goes: base..p awaits the commit */
