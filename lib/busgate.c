@@ -128,8 +128,8 @@ struct bg_conn {
     bool was_up;  /* greeted once: later greetings are reconnects */
     bool retried; /* a connection failed or ended: a greeting is news */
     struct src sock, queued;
-    struct rbuf own;    /* its own read buffer (read_own), made when needed */
-    struct rbuf *lent;  /* the read buffer sock.buf holds by reference */
+    struct rbuf own;   /* its own read buffer (read_own), made when needed */
+    struct rbuf *lent; /* the read buffer sock.buf holds by reference */
     struct evbuffer *out, *tmp;
     /* Pipelined messages formatted into out and not yet committed: every
      * other use of out settles it first (out_settle). */

@@ -694,11 +694,11 @@ lp_format_cmd_authorize(struct evbuffer *out, const uint8_t client_id[WIRE_GUID_
 /* The bytes a message command may take (its line and payload block),
  * given the most its verb and names take. */
 static size_t
-message_room(size_t head, const char *ctype, size_t ec, const struct wire_packet *packets,
-    uint32_t n_packets)
+message_room(size_t head_room, const char *ctype, size_t ec,
+    const struct wire_packet *packets, uint32_t n_packets)
 {
     size_t payload,
-        room = head + sizeof(" image") +
+        room = head_room + sizeof(" image") +
         (ctype != NULL ? sizeof(" " LP_TYPE_PREFIX) + ec : 0) +
         packets_room(packets, n_packets, &payload) + 1;
 
@@ -804,20 +804,21 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     struct lp_cmd_head *h = tail != NULL ? &tail->head : NULL;
     bool kept = h != NULL && head_repeats(h, m);
     struct evbuffer_iovec vec;
-    size_t ef = 0, et = 0, head, ec, o;
+    size_t ef = 0, et = 0, head_room, ec, o;
     char *d;
 
     if (m->feed_len > UINT32_MAX || m->topic_len > UINT32_MAX || m->ctype_len > UINT32_MAX)
         return -1;
     if (kept) {
-        head = h->len;
+        head_room = h->len;
     } else {
         ef = escaped_len(m->feed, m->feed_len);
         et = escaped_len(m->topic, m->topic_len);
-        head = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et;
+        head_room = sizeof("SEND") + GUID_TEXT_LEN + 2 + ef + et;
     }
     ec = m->ctype != NULL ? escaped_len(m->ctype, m->ctype_len) : 0;
-    d = message_at(out, tail, message_room(head, m->ctype, ec, m->packets, m->n_packets), &vec);
+    d = message_at(out, tail,
+        message_room(head_room, m->ctype, ec, m->packets, m->n_packets), &vec);
     if (d == NULL)
         return -1;
     if (kept) {

@@ -269,11 +269,11 @@ struct lp_cmd_head {
  * reservation): settle it first. Zeroed: none held.
  */
 struct lp_out_tail {
-    char *base;   /* the reservation; NULL: none */
-    char *p;      /* where the next message goes: base..p awaits the commit */
-    size_t room;  /* bytes free at p */
-    size_t len;   /* the output's length with base..p */
-    size_t added; /* the last message's bytes */
+    char *base;              /* the reservation; NULL: none */
+    char *p;                 /* where the next message goes: base..p awaits the commit */
+    size_t room;             /* bytes free at p */
+    size_t len;              /* the output's length with base..p */
+    size_t added;            /* the last message's bytes */
     struct lp_cmd_head head; /* outlives the reservations */
 };
 /* Commit what tail holds to out and let the reservation go: -1 when out

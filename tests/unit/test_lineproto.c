@@ -675,13 +675,13 @@ test_format_special_at_every_offset(void **state)
                 memset(name, 'n', len);
                 if (k < len)
                     name[k] = specials[s];
-                assert_int_equal(lp_format_cmd_message(f->buf, NULL, name, len, "t", 1, false,
-                                     NULL, 0, NULL, 0, 1024),
+                assert_int_equal(lp_format_cmd_message(f->buf, NULL, name, len, "t", 1,
+                                     false, NULL, 0, NULL, 0, 1024),
                     0);
                 line = drain(f->buf, &n);
                 if (k < len)
-                    snprintf(want, sizeof want, "PUB %.*s%%%02X%.*s t delta\n", (int)k, name,
-                        (unsigned char)specials[s], (int)(len - k - 1), name + k + 1);
+                    snprintf(want, sizeof want, "PUB %.*s%%%02X%.*s t delta\n", (int)k,
+                        name, (unsigned char)specials[s], (int)(len - k - 1), name + k + 1);
                 else
                     snprintf(want, sizeof want, "PUB %.*s t delta\n", (int)len, name);
                 assert_string_equal(line, want);
@@ -716,10 +716,10 @@ test_format_tail_stream(void **state)
         { "fe d", "t%", NULL, false, false },
         { "", "t", NULL, false, false },
         { "", "t", NULL, false, false },
-        { "a-feed-name-of-forty-bytes-xxxxxxxxxxxx", "and-a-topic-past-the-head-limit", NULL,
-            false, false },
-        { "a-feed-name-of-forty-bytes-xxxxxxxxxxxx", "and-a-topic-past-the-head-limit", NULL,
-            false, false },
+        { "a-feed-name-that-with-its-topic-is-past", "the-sixty-four-bytes-a-head-keeps",
+            NULL, false, false },
+        { "a-feed-name-that-with-its-topic-is-past", "the-sixty-four-bytes-a-head-keeps",
+            NULL, false, false },
         { "feed", "t1", NULL, false, false },
     };
     struct evbuffer *want = evbuffer_new(), *out = evbuffer_new();
@@ -1655,7 +1655,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_event_storage_reuse, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_by_reference, setup, teardown),
         cmocka_unit_test_setup_teardown(test_event_head_repeats, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_format_special_at_every_offset, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_format_special_at_every_offset, setup,
+            teardown),
         cmocka_unit_test_setup_teardown(test_format_tail_stream, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_pong_stat_end, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_commands, setup, teardown),
