@@ -190,8 +190,12 @@ struct bench_ctl {
     _Atomic uint64_t src_ready;  /* source: every expected topic subscribed */
 };
 
+/* The shared counters at path, made if missing. The source (bussrc,
+ * natsclient src or sink) starts first and passes reset: a file left by
+ * an earlier run (a reused path) would otherwise start this one with its
+ * go, stop and done set, and the source would send nothing. */
 static inline struct bench_ctl *
-bench_ctl_open(const char *path)
+bench_ctl_open(const char *path, bool reset)
 {
     struct bench_ctl *c;
     struct stat st;
@@ -207,6 +211,8 @@ bench_ctl_open(const char *path)
     if (c == MAP_FAILED)
         bench_die("%s: mmap: %s", path, strerror(errno));
     close(fd);
+    if (reset)
+        memset(c, 0, sizeof *c);
     c->magic = BENCH_CTL_MAGIC;
     return c;
 }

@@ -703,7 +703,7 @@ main(int argc, char **argv)
     prctl(PR_SET_TIMERSLACK, 1000UL);
     bench_raise_nofile();
     wire_limits_default(&S.lim);
-    S.ctl = ctl != NULL ? bench_ctl_open(ctl) : &local;
+    S.ctl = ctl != NULL ? bench_ctl_open(ctl, true) : &local;
     if (ctl == NULL)
         atomic_store(&S.ctl->go, 1); /* no clients to wait for */
     if (ctl == NULL)

@@ -873,7 +873,7 @@ parse_args(int argc, char **argv)
             C.subs_each = (uint32_t)strtoul(optarg, NULL, 10);
             break;
         case 'c':
-            C.ctl = bench_ctl_open(optarg);
+            C.ctl = bench_ctl_open(optarg, false);
             break;
         case 'W':
             C.warmup = strtod(optarg, NULL);

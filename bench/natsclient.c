@@ -710,8 +710,8 @@ parse_args(int argc, char **argv)
         case 'w':
             N.window = strtoull(optarg, NULL, 10);
             break;
-        case 'c':
-            N.ctl = bench_ctl_open(optarg);
+        case 'c': /* the mode is known: argv[1] */
+            N.ctl = bench_ctl_open(optarg, N.mode == M_SRC || N.mode == M_SINK);
             break;
         case 'W':
             N.warmup = strtod(optarg, NULL);
