@@ -100,24 +100,6 @@ name_specials16(const char *p)
 {
     return name_specials_of(_mm_loadu_si128((const __m128i *)(const void *)p));
 }
-
-static inline uint64_t
-load64(const char *p)
-{
-    uint64_t v;
-
-    memcpy(&v, p, 8);
-    return v;
-}
-
-static inline uint64_t
-load32(const char *p)
-{
-    uint32_t v;
-
-    memcpy(&v, p, 4);
-    return v;
-}
 #endif
 
 /*
@@ -144,10 +126,10 @@ has_special(const char *ptr, size_t len)
      * pieces waits for the stores (a failed store forward, ~40% of a
      * library publisher's time in this function when it was done so). */
     if (len >= 8) {
-        lo = load64(ptr);
-        hi = load64(ptr + len - 8);
+        lo = wire_load64(ptr);
+        hi = wire_load64(ptr + len - 8);
     } else if (len >= 4) {
-        lo = load32(ptr) | load32(ptr + len - 4) << 32;
+        lo = wire_load32(ptr) | (uint64_t)wire_load32(ptr + len - 4) << 32;
     } else {
         lo = (uint64_t)(unsigned char)ptr[0] | (uint64_t)(unsigned char)ptr[len / 2] << 8 |
             (uint64_t)(unsigned char)ptr[len - 1] << 16 | (plain & ~0xffffffull);
@@ -755,7 +737,9 @@ head_repeats(const struct lp_cmd_head *h, const struct lp_message *m)
         wire_bytes_eq(h->names + h->feed_len, m->topic, h->topic_len);
 }
 
-/* Keep the head (len bytes at line) of m, a PUB, in h when it fits. */
+/* Keep the head (len bytes at line) of m, a PUB, in h when it fits. On
+ * every miss: a publisher that turns over many topics pays these copies
+ * and never hits (short names: a few loads and stores each). */
 static void
 head_keep(struct lp_cmd_head *h, const struct lp_message *m, const char *line, size_t len)
 {
@@ -763,9 +747,9 @@ head_keep(struct lp_cmd_head *h, const struct lp_message *m, const char *line, s
     if (m->client_id != NULL || m->feed_len + m->topic_len > sizeof(h->names) ||
         len > sizeof(h->line))
         return;
-    memcpy(h->names, m->feed, m->feed_len);
-    memcpy(h->names + m->feed_len, m->topic, m->topic_len);
-    memcpy(h->line, line, len);
+    wire_copy_short(h->names, m->feed, m->feed_len);
+    wire_copy_short(h->names + m->feed_len, m->topic, m->topic_len);
+    wire_copy_short(h->line, line, len);
     h->feed_len = (uint32_t)m->feed_len;
     h->topic_len = (uint32_t)m->topic_len;
     h->len = (uint32_t)len;
