@@ -799,10 +799,11 @@ write_failed(struct bg_conn *c, int err)
     link_closing(c, BG_E_IO, strerror(err));
 }
 
-/* Write what is queued, as far as the socket takes it. sendmsg with
- * MSG_NOSIGNAL: a daemon gone away must not kill the application with
- * SIGPIPE (evbuffer_write would). */
-static void
+/* Write what is queued, as far as the socket takes it; false when it took
+ * less (full: another try before it says writable would be refused, a
+ * wasted system call per wait). sendmsg with MSG_NOSIGNAL: a daemon gone
+ * away must not kill the application with SIGPIPE (evbuffer_write would). */
+static bool
 flush_out(struct bg_conn *c)
 {
     /* Commands added one at a time may lie in many small chains (a
@@ -812,22 +813,31 @@ flush_out(struct bg_conn *c)
     struct evbuffer_iovec vec[BG_WRITE_IOV];
     struct iovec iov[BG_WRITE_IOV];
     struct msghdr mh = { .msg_iov = iov };
+    size_t want;
     ssize_t n;
     int k;
 
     out_settle(c);
     while (want_write(c)) {
         k = evbuffer_peek(c->out, -1, NULL, vec, BG_WRITE_IOV);
-        for (int i = 0; i < k && i < BG_WRITE_IOV; i++)
+        want = 0;
+        for (int i = 0; i < k && i < BG_WRITE_IOV; i++) {
             iov[i] = (struct iovec){ vec[i].iov_base, vec[i].iov_len };
+            want += vec[i].iov_len;
+        }
         mh.msg_iovlen = (size_t)(k < BG_WRITE_IOV ? k : BG_WRITE_IOV);
         if ((n = sendmsg(c->fd, &mh, MSG_NOSIGNAL)) < 0) {
-            if (errno != EAGAIN && errno != EINTR)
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN)
                 write_failed(c, errno);
-            return;
+            return false;
         }
         evbuffer_drain(c->out, (size_t)n);
+        if ((size_t)n < want)
+            return false;
     }
+    return true;
 }
 
 /* Into b, the commands that restore a new session (name, registrations,
@@ -2354,6 +2364,9 @@ deliver(struct bg_conn *c)
 int
 bg_process(bg_conn *c, int readiness)
 {
+    /* Full: what is queued after the first write waits for writable. */
+    bool full = false;
+
     /* Without a callback the events it reads would go nowhere. */
     if (c->cb == NULL)
         return set_err(c, BG_E_INVALID,
@@ -2362,14 +2375,15 @@ bg_process(bg_conn *c, int readiness)
     if (reconnect_due(c))
         (void)link_open(c);
     if (c->fd >= 0 && (readiness & BG_WRITABLE))
-        flush_out(c);
+        full = !flush_out(c);
     if (c->fd >= 0 && (readiness & BG_READABLE))
         read_some(c, true);
     do /* a greeting overdue ends the link: its LINK down event next */
         deliver_all(c);
     while (greeting_overdue(c));
     rbuf_give_back(c);
-    flush_out(c);
+    if (!full)
+        flush_out(c);
     return c->state == LINK_DOWN ? -BG_E_CLOSED : 0;
 }
 

@@ -138,7 +138,8 @@ class LibbusgateTest(unittest.TestCase):
         self.run_c("stats_and_revoked")
 
     def test_pipelined_messages(self):
-        self.run_c("pipelined", "pipelined_switch", "free_writes_queued")
+        self.run_c("pipelined", "pipelined_switch", "free_writes_queued",
+                   "event_loop_backpressure")
 
     def test_pipelined_across_a_restart(self):
         self.run_c("pipelined_restore", "pending_lost_with_link")

@@ -1031,6 +1031,47 @@ test_pending_lost_with_link(void)
     bg_free(p);
 }
 
+/* Event-loop publishing into a socket that fills: what a write leaves (the
+ * socket took less) waits for BG_WRITABLE, as bg_want_write says, and the
+ * loop's turns carry every message through, in order. */
+static void
+test_event_loop_backpressure(void)
+{
+    enum { N = 300 };
+    static char payload[1000];
+    const struct bg_packet pk = { payload, sizeof(payload), NULL, 0 };
+    bg_conn *s = conn(), *p = conn();
+    struct loop_state st = { 0 };
+    const struct bg_event *ev;
+    time_t end = time(NULL) + WAIT_MS / 1000;
+    int sndbuf = 4096, turns = 0;
+
+    CHECK_OK(s, bg_subscribe(s, S("full feed"), S("t")));
+    CHECK_OK(p, bg_set_pipelined(p, true));
+    bg_set_callback(p, on_event, &st);
+    /* A few KiB: 300 KB cannot go in the few writes bg_publish makes. */
+    CHECK(setsockopt(bg_fd(p), SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf)) == 0);
+    for (int i = 0; i < N; i++) {
+        memcpy(payload, &i, sizeof(i));
+        CHECK_OK(p, bg_publish(p, S("full feed"), S("t"), false, &pk, 1));
+    }
+    CHECK_OK(p, bg_flush(p));
+    CHECK(bg_want_write(p));
+    while (bg_want_write(p)) {
+        CHECK(time(NULL) < end);
+        loop_once(p, 200);
+        turns++;
+    }
+    CHECK(turns > 1);
+    for (int i = 0; i < N; i++) {
+        ev = wait_for(s, BG_EV_DATA, S("t"));
+        CHECK(ev->n_packets == 1 && ev->packets[0].len == sizeof(payload) &&
+            memcmp(ev->packets[0].data, &i, sizeof(i)) == 0);
+    }
+    bg_free(s);
+    bg_free(p);
+}
+
 /* Pipelined across a restart: a registration the next busgated refuses to
  * restore is REVOKED (its -ERR comes before VERBOSE off's +OK), and what
  * the application queued before the greeting goes after the restore. */
@@ -1879,6 +1920,7 @@ main(int argc, char **argv)
         { "pipelined", test_pipelined },
         { "pipelined_switch", test_pipelined_switch },
         { "pending_lost_with_link", test_pending_lost_with_link },
+        { "event_loop_backpressure", test_event_loop_backpressure },
         { "free_writes_queued", test_free_writes_queued },
         { "pipelined_restore", test_pipelined_restore },
         { "slow_consumer", test_slow_consumer },
