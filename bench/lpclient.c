@@ -463,8 +463,9 @@ pub_fill(struct sess *s)
 }
 
 /* --lib: bg_publish the same messages (payload: sequence number first),
- * a chunk's worth at a time with a bg_flush after each, until the socket
- * does not take all the library has queued. */
+ * a chunk's worth at a time with a bg_flush after each, while the socket
+ * takes all the library has queued (as pub_write fills no chunk while one
+ * waits). */
 static void
 lib_pub_write(struct sess *s)
 {
@@ -478,7 +479,7 @@ lib_pub_write(struct sess *s)
         bench_payload_fill(s->out, C.payload);
     }
     pk.data = s->out;
-    do {
+    while (!atomic_load(&C.ctl->stop) && !bg_want_write(s->bg)) {
         for (uint32_t i = 0; i < C.pub_per_chunk && !atomic_load(&C.ctl->stop); i++) {
             bench_put_u64(s->out, s->next_seq);
             if (bg_publish(s->bg, BENCH_FEED, strlen(BENCH_FEED), topic, (size_t)tl, false,
@@ -492,7 +493,7 @@ lib_pub_write(struct sess *s)
             sess_dead(s, bg_errstr(s->bg));
             return;
         }
-    } while (!atomic_load(&C.ctl->stop) && !bg_want_write(s->bg));
+    }
     ep_out(s, bg_want_write(s->bg));
 }
 
@@ -556,7 +557,9 @@ poll_once(int timeout_ms)
         if (s->state == SS_DEAD)
             continue;
         if (s->bg != NULL) {
-            bg_process(s->bg, BG_READABLE | (evs[i].events & EPOLLOUT ? BG_WRITABLE : 0));
+            bg_process(s->bg,
+                (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) ? BG_READABLE : 0) |
+                    (evs[i].events & EPOLLOUT ? BG_WRITABLE : 0));
             if (s->bg_down)
                 sess_dead(s, "closed by the daemon");
         } else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
