@@ -744,8 +744,7 @@ static void
 head_keep(struct lp_cmd_head *h, const struct lp_message *m, const char *line, size_t len)
 {
     h->len = 0;
-    if (m->client_id != NULL || m->feed_len + m->topic_len > sizeof(h->names) ||
-        len > sizeof(h->line))
+    if (m->feed_len + m->topic_len > sizeof(h->names) || len > sizeof(h->line))
         return;
     wire_copy_short(h->names, m->feed, m->feed_len);
     wire_copy_short(h->names + m->feed_len, m->topic, m->topic_len);
@@ -810,7 +809,9 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
         o = h->len;
     } else {
         o = put_head(d, m, ef, et);
-        if (h != NULL)
+        /* A SEND leaves a PUB's head kept: a stream of PUBs to one topic
+         * with a reply sent now and then keeps hitting it. */
+        if (h != NULL && m->client_id == NULL)
             head_keep(h, m, d, o);
     }
     memcpy(d + o, m->image ? " image" : " delta", 6);
@@ -821,7 +822,7 @@ lp_format_cmd_message_at(struct evbuffer *out, struct lp_out_tail *tail,
     }
     o += put_packets(d + o, m->packets, m->n_packets);
     if (o > max_line)
-        return LP_FORMAT_TOO_LONG; /* nothing is committed or kept */
+        return LP_FORMAT_TOO_LONG; /* nothing committed; a kept head is still right */
     d[o++] = '\n';
     if (m->n_packets > 0)
         o += put_payload(d + o, m->packets, m->n_packets);

@@ -710,7 +710,7 @@ test_format_tail_stream(void **state)
         { "feed", "t1", NULL, false, true },  /* kept head, the other flag */
         { "feed", "t2", NULL, false, false }, /* same lengths, other bytes */
         { "feed", "t2", "text/plain", false, false },
-        { "feed", "t2", NULL, true, false }, /* a SEND after a kept PUB */
+        { "feed", "t2", NULL, true, false }, /* a SEND between PUBs to one topic */
         { "feed", "t2", NULL, false, false },
         { "fe d", "t%", NULL, false, false }, /* escaped names kept */
         { "fe d", "t%", NULL, false, false },
@@ -737,10 +737,14 @@ test_format_tail_stream(void **state)
             strlen(msgs[i].feed), strlen(msgs[i].topic), msgs[i].image, msgs[i].ctype,
             msgs[i].ctype != NULL ? strlen(msgs[i].ctype) : 0, &pk, 1 };
 
+        uint32_t kept = tail.head.len;
+
         strcpy(names[0], msgs[i].feed);
         strcpy(names[1], msgs[i].topic);
         assert_int_equal(lp_format_cmd_message_at(out, &tail, &m, 1024), 0);
         assert_int_equal(lp_format_cmd_message_at(want, NULL, &m, 1024), 0);
+        if (msgs[i].send) /* the PUB's head stays kept for the PUB after */
+            assert_int_equal(tail.head.len, kept);
     }
     assert_int_equal(lp_out_tail_settle(out, &tail), 0);
     a = drain(want, &na);
