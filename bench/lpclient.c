@@ -553,22 +553,24 @@ poll_once(int timeout_ms)
 
     for (int i = 0; i < n; i++) {
         struct sess *s = evs[i].data.ptr;
+        bool readable = evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR),
+             writable = evs[i].events & EPOLLOUT;
 
         if (s->state == SS_DEAD)
             continue;
         if (s->bg != NULL) {
-            bg_process(s->bg,
-                (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) ? BG_READABLE : 0) |
-                    (evs[i].events & EPOLLOUT ? BG_WRITABLE : 0));
+            bg_process(s->bg, (readable ? BG_READABLE : 0) | (writable ? BG_WRITABLE : 0));
             if (s->bg_down)
                 sess_dead(s, "closed by the daemon");
-        } else if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+        } else if (readable)
             sess_read(s);
-        if (s->state != SS_DEAD && (evs[i].events & EPOLLOUT))
+        if (s->state != SS_DEAD && writable)
             pub_write(s);
+        /* After each session, not once a batch: a batch of many ready
+         * sessions would hold the source's window shut while it lasts. */
+        if (C.ctl != NULL)
+            atomic_store_explicit(&C.ctl->delivered, C.delivered, memory_order_release);
     }
-    if (C.ctl != NULL)
-        atomic_store(&C.ctl->delivered, C.delivered);
 }
 
 static bool

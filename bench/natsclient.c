@@ -407,12 +407,13 @@ poll_once(int timeout_ms)
             conn_read(c);
         if (!c->dead && (evs[i].events & EPOLLOUT) && c->want_out)
             conn_flush(c);
+        /* After each connection, not once a batch: a batch of many ready
+         * connections would hold the source's window shut while it lasts. */
+        if (receiving())
+            atomic_store_explicit(&N.ctl->delivered, N.delivered, memory_order_release);
     }
-    if (receiving()) {
-        atomic_store(&N.ctl->delivered, N.delivered);
-        if (N.mode == M_SINK)
-            atomic_store(&N.ctl->pub_errors, N.seq_errors + N.errors);
-    }
+    if (receiving() && N.mode == M_SINK)
+        atomic_store(&N.ctl->pub_errors, N.seq_errors + N.errors);
 }
 
 /* Publishing: produce while allowed, then wait for the socket or the
