@@ -748,7 +748,7 @@ daemon:
                 "ratio", "raw+parse msg/s", "ratio", "target"]
         if nats:
             head += ["nats msg/s", "gw/nats", "nats target"]
-        head += ["gw CPU", "client CPU", "gw CPU s / 1M msgs", "gw target"]
+        head += ["gw CPU", "source / client CPU", "gw CPU s / 1M msgs", "gw target"]
         if nats:
             head += ["nats-server / client CPU", "nats CPU s / 1M msgs"]
         head += ["gw peak RSS", "other load", "check"]
@@ -778,7 +778,8 @@ daemon:
                 cells += self.nats_cells(r, n, size in (16, 256) and (
                     (topics == 1 and subs in NATS_SUBS) or (topics == 1000 and subs == 1000)))
             cells += ["%.0f%%" % (100 * r["cpu_gw"] / secs),
-                      "%.0f%%" % (100 * r["cpu_client"] / secs), "%.3f" % per_m,
+                      "%.0f%% / %.0f%%" % (100 * r["cpu_src"] / secs,
+                                           100 * r["cpu_client"] / secs), "%.3f" % per_m,
                       "; ".join(gw_target)]
             if nats:
                 cells += self.nats_cpu_cells(n)
@@ -794,11 +795,12 @@ daemon:
                         "every subscriber a libbusgate connection in event-loop use (bg_fd, "
                         "bg_process, a callback)")
         add("check: every subscriber received every message sent, in order, exactly once "
-            "(sequence numbers), and no session was dropped. gw CPU / client CPU: share of "
-            "one core over the window (a client near 100%% means the subscriber process, not "
-            "the gateway, was the limit). other load: CPU cores busy with other processes "
-            "during the gateway run / the raw run%s (/proc/stat minus the measured "
-            "processes); above ~0.3 the figures of that row are disturbed." % (
+            "(sequence numbers), and no session was dropped. gw CPU, source / client CPU: share "
+            "of one core over the window of busgated, bussrc and lpclient (a client near 100%% "
+            "means the subscriber process, not the gateway, was the limit; the three near "
+            "nproc x 100%% together, that the machine's CPUs were). other load: CPU cores "
+            "busy with other processes during the gateway run / the raw run%s (/proc/stat "
+            "minus the measured processes); above ~0.3 the figures of that row are disturbed." % (
                 " / the nats-server run" if nats else ""))
         add("")
 
