@@ -243,22 +243,29 @@ route_to_batch(struct router *r, struct topic *t, const struct wire_msg *m)
         rt_batch_flush(r);
 }
 
-/* The message's topic entry: a bus read of one topic, or of many, finds
- * each in r->recent again before it needs the keyed table. */
+static inline bool
+topic_is(const struct topic *t, const struct wire_msg *m)
+{
+    return t != NULL && wire_str_eq(&t->name, &m->topic) && wire_str_eq(&t->feed, &m->feed);
+}
+
+/* The message's topic entry. A bus read of one busy topic finds the last
+ * one routed again, with no hash at all; a read of many topics finds each
+ * in r->recent before it needs the keyed table. */
 static struct topic *
 route_topic(struct router *r, const struct wire_msg *m)
 {
-    struct topic **slot, *t;
+    struct topic **slot, *t = r->last_topic;
 
+    if (topic_is(t, m))
+        return t;
     if (r->recent == NULL)
         return NULL; /* no topic yet */
     slot = rt_recent(r, m->topic.ptr, m->topic.len);
-    t = *slot;
-    if (t != NULL && wire_str_eq(&t->name, &m->topic) && wire_str_eq(&t->feed, &m->feed))
-        return t;
-    t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
-    if (t != NULL)
+    if (!topic_is(t = *slot, m) &&
+        (t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len)) != NULL)
         *slot = t;
+    r->last_topic = t;
     return t;
 }
 

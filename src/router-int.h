@@ -221,6 +221,7 @@ struct router {
     struct evbuffer *scratch;       /* one formatted event, or a batch */
     char small[ROUTER_SMALL_EVENT]; /* one small event, formatted flat */
     struct topic *batch_topic;      /* scratch holds undelivered events of it */
+    struct topic *last_topic;       /* the topic of the last DATA routed */
     /* Topics of recent DATA by a cheap hash of the name (rt_recent):
      * recent_mask + 1 slots, each NULL or a live topic. */
     struct topic **recent;

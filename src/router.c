@@ -257,6 +257,8 @@ topic_free(struct router *r, struct topic *t)
 {
     if (r->batch_topic == t)
         rt_batch_flush(r);
+    if (r->last_topic == t)
+        r->last_topic = NULL;
     if (r->recent != NULL) {
         struct topic **slot = rt_recent(r, t->name.ptr, t->name.len);
 
