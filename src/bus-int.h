@@ -42,9 +42,13 @@
 /* Bytes moved per read or write callback (libevent's default is 16 KiB):
  * fewer wake-ups per megabyte when the bus streams. */
 #define BUS_IO_CHUNK (256 * 1024)
-/* Bytes read from a plain bus socket in one loop turn, at most, and the
- * least one read must give for the turn to read again (bus_read). */
+/* Bytes read from a plain bus socket in one loop turn (bus_read): up to
+ * BUS_TURN_BYTES; up to BUS_TURN_MAX while what the turn gave the local
+ * outputs waiting for its end is under BUS_TURN_SHARE each; and only while
+ * one read gives at least BUS_READ_AGAIN. */
 #define BUS_TURN_BYTES (1u << 20)
+#define BUS_TURN_MAX (4u << 20)
+#define BUS_TURN_SHARE (8u << 10)
 #define BUS_READ_AGAIN (32u << 10)
 /* Most OpenSSL error codes looked at to explain one failure. */
 #define BUS_MAX_SSL_ERRORS 8
@@ -99,6 +103,7 @@ struct bus {
     uint64_t up_since_ms;
     uint64_t last_rx_ms;
     bool rx_any;            /* something arrived on this link */
+    size_t turn_share;      /* on_batch_end's answer for the last read */
     bool hb_any;            /* a heartbeat arrived on this link */
     bool hb_warned;         /* "traffic but no heartbeat" said for this link */
     const char *hb_state;   /* for STATS: see struct bus_stats */

@@ -40,8 +40,11 @@ struct bus_callbacks {
     void (*on_message)(void *arg, const struct wire_msg *msg);
     /* Output fell back below the low-water mark after back-pressure. */
     void (*on_drained)(void *arg);
-    /* Every message of one read has been passed to on_message. */
-    void (*on_batch_end)(void *arg);
+    /* Every message of one read has been passed to on_message. Returns
+     * the bytes this loop turn has given each local output still to be
+     * written, on average (0: none waits): while that is small, a longer
+     * turn makes each write carry more. */
+    size_t (*on_batch_end)(void *arg);
 };
 
 struct bus_stats {

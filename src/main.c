@@ -363,10 +363,11 @@ check_tls(const struct config *cfg, char *err, size_t errlen)
     return 0;
 }
 
-static void
+static size_t
 bus_on_batch_end(void *arg)
 {
     router_bus_batch_end(((struct daemon *)arg)->router);
+    return session_turn_share();
 }
 
 /* Double fork for systems without systemd; logs go to syslog then. The

@@ -276,6 +276,8 @@ budget_work(evutil_socket_t fd, short what, void *arg)
 static struct {
     struct event *flusher;
     LIST_HEAD(, session) dirty;
+    unsigned n_dirty;
+    size_t appended; /* to the dirty sessions' outputs since they were written */
 } writes = { .dirty = LIST_HEAD_INITIALIZER(writes.dirty) };
 
 static void
@@ -286,6 +288,7 @@ write_mark(struct session *s)
     if (LIST_EMPTY(&writes.dirty) && writes.flusher != NULL)
         event_active(writes.flusher, EV_TIMEOUT, 1);
     s->dirty = true;
+    writes.n_dirty++;
     LIST_INSERT_HEAD(&writes.dirty, s, writing);
 }
 
@@ -294,8 +297,15 @@ write_unmark(struct session *s)
 {
     if (s->dirty) {
         s->dirty = false;
+        writes.n_dirty--;
         LIST_REMOVE(s, writing);
     }
+}
+
+size_t
+session_turn_share(void)
+{
+    return writes.n_dirty > 0 ? writes.appended / writes.n_dirty : 0;
 }
 
 /* A socket error: the session is gone (the peer closed or reset it). */
@@ -319,6 +329,7 @@ output_appended(struct session *s)
     s->last_added = len - s->out_len;
     budget_account(s, s->last_added, 0);
     s->out_len = len;
+    writes.appended += s->last_added;
     write_mark(s);
 }
 
@@ -368,6 +379,7 @@ flush_dirty(evutil_socket_t fd, short what, void *arg)
         if (!event_pending(s->writable, EV_WRITE, NULL))
             session_write(s);
     }
+    writes.appended = 0;
 }
 
 /* The socket was full and has room again; a closing session is freed once

@@ -29,6 +29,10 @@ void session_configure(const struct config *cfg);
  * at exit, before router_free. */
 void session_stop(void);
 
+/* What this loop turn has appended to the outputs still to be written at
+ * its end, in bytes per output (0: none waits). */
+size_t session_turn_share(void);
+
 /* Start a session on an accepted fd (made non-blocking here): attached to
  * the router, which greets it. Over listen.max_sessions the client gets
  * the greeting and -ERR too-many-sessions and no session is built. NULL
