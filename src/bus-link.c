@@ -192,7 +192,8 @@ bus_take_input(struct bus *bus, struct bufferevent *bev, struct evbuffer *in)
                 bus_link_failed(bus, "cannot drain the input", false);
                 return false;
             }
-            bus->turn_share = bus->cb.on_batch_end != NULL ? bus->cb.on_batch_end(bus->cb_arg) : 0;
+            bus->turn_share =
+                bus->cb.on_batch_end != NULL ? bus->cb.on_batch_end(bus->cb_arg) : 0;
             return bus->bev == bev;
         case WIRE_ERROR:
             bus->st.protocol_errors++;

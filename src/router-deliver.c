@@ -262,9 +262,12 @@ route_topic(struct router *r, const struct wire_msg *m)
     if (r->recent == NULL)
         return NULL; /* no topic yet */
     slot = rt_recent(r, m->topic.ptr, m->topic.len);
-    if (!topic_is(t = *slot, m) &&
-        (t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len)) != NULL)
-        *slot = t;
+    t = *slot;
+    if (!topic_is(t, m)) {
+        t = rt_topic_find(r, m->feed.ptr, m->feed.len, m->topic.ptr, m->topic.len);
+        if (t != NULL)
+            *slot = t;
+    }
     r->last_topic = t;
     return t;
 }

@@ -531,11 +531,10 @@ test_fanout_and_unwanted(void **state)
         "STAT limit.max_line ", "\nEND\n", NULL);
 }
 
-/* The last topic routed is tried before the hash: a topic of the same
- * lengths, or one freed and made again, must not be taken for it. */
-/* DATA finds its topic through r->recent, a cache by topic name alone:
- * one name in two feeds shares a slot, and a topic freed while it sits
- * in its slot must leave it (ASan catches a stale one). */
+/* DATA finds its topic as the last one routed or through r->recent, a
+ * cache by topic name alone: one name in two feeds shares a slot, and a
+ * topic freed while it is the last or in its slot must leave both (ASan
+ * catches a stale one). */
 static void
 test_recent_topics(void **state)
 {
@@ -585,7 +584,8 @@ test_recent_topics_many(void **state)
         free(out(1));
         /* Round 1 goes without every third topic, round 2 has it back. */
         for (int i = 0; i < N && round > 0; i += 3) {
-            snprintf(line, sizeof line, "%s F%d T%d", round == 1 ? "UNSUB" : "SUB", i % 2, i);
+            snprintf(line, sizeof line, "%s F%d T%d", round == 1 ? "UNSUB" : "SUB", i % 2,
+                i);
             run(i % 2, line, NULL);
             fb.n_sent = 0;
         }
