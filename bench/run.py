@@ -1043,9 +1043,10 @@ def fmt_rate(v):
     return "%.0f" % v
 
 
-def main():
+def arg_parser(description):
+    """The options of a bench run (bench/ab.py adds its own to them)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--builddir", default=os.environ.get("top_builddir") or os.getcwd())
     ap.add_argument("--srcdir", default=os.path.dirname(here))
     ap.add_argument("--busgated", default=os.environ.get("BUSGATED"))
@@ -1076,22 +1077,36 @@ def main():
     ap.add_argument("--perf", action="store_true",
                     help="profile busgated with perf in each fan-out/publish case (the "
                          "sampling disturbs the figures: use it with --only/--payloads)")
+    return ap
+
+
+def parse_args(ap):
     a = ap.parse_args()
     a.payloads = [int(x) for x in a.payloads.split(",")]
     a.subs = [int(x) for x in a.subs.split(",")]
     a.pubs = [int(x) for x in a.pubs.split(",")]
     a.lat_subs = [int(x) for x in a.lat_subs.split(",")]
+    return a
+
+
+def check_built(ap, b):
+    for name, p in b.bin.items():
+        if name == "natsclient" and b.a.no_nats:
+            continue
+        if not os.access(p, os.X_OK):
+            ap.error("%s not built (make bench builds it)" % p)
+
+
+def main():
+    ap = arg_parser(__doc__.split("\n")[0])
+    a = parse_args(ap)
     only = a.only.split(",")
     for s in only:
         if s not in SCENARIOS:
             ap.error("unknown scenario %r" % s)
 
     b = Bench(a)
-    for name, p in b.bin.items():
-        if name == "natsclient" and a.no_nats:
-            continue
-        if not os.access(p, os.X_OK):
-            ap.error("%s not built (make bench builds it)" % p)
+    check_built(ap, b)
     m_start = machine()
     log("busgate bench: nproc=%d, %s, kernel %s, load %.2f; temp dir %s" % (
         m_start["nproc"], m_start["cpu"], m_start["kernel"], m_start["load"][0], b.tmp))
