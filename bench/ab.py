@@ -12,13 +12,19 @@ same minutes, and prints each run and the medians.
 
 A row is payload:subscribers:topics (fan-out) or payload:pN (publish, N
 publishers); --latency also runs the latency scenario (1 subscriber) in
-turns. Every run is checked as in run.py (every message in order, once).
+turns. --placement samples, every 5 ms of each run, which CPU busgated and
+lpclient last ran on (/proc/PID/stat), and prints how often it was the
+same one: on a machine of two vCPUs the one-subscriber rows are bound by
+the two sharing one. Every run is checked as in run.py (every message in
+order, once).
 """
 
 import os
 import shutil
 import statistics
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
@@ -38,10 +44,69 @@ def row_name(row):
     return "%d B x %d, %d topic%s" % (row[1], row[2], row[3], "s" if row[3] > 1 else "")
 
 
-def one_run(b, row):
-    if row[0] == "publish":
-        return b.checked_run(b.publish_case, row[1], row[2])
-    return b.checked_run(b.fanout_case, row[1], row[2], row[3])
+class Placement(threading.Thread):
+    """Samples which CPU the gateway and lpclient last ran on (field 39 of
+    /proc/PID/stat) every 5 ms until stopped; same / samples."""
+
+    def __init__(self, gateway):
+        super().__init__(daemon=True)
+        self.gateway = os.path.realpath(gateway)
+        self.done = threading.Event()
+        self.same = self.samples = 0
+
+    @staticmethod
+    def find(match):
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    argv0 = f.read().split(b"\0", 1)[0].decode(errors="replace")
+            except OSError:
+                continue
+            if match(argv0):
+                return int(d)
+        return None
+
+    @staticmethod
+    def cpu(pid):
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[36]
+
+    def run(self):
+        g = c = None
+        while not self.done.wait(0.005):
+            try:
+                if g is None or c is None:
+                    g = self.find(lambda a: os.path.realpath(a) == self.gateway)
+                    c = self.find(lambda a: os.path.basename(a) == "lpclient")
+                    continue
+                same = self.cpu(g) == self.cpu(c)
+            except OSError:
+                g = c = None  # one of them ended
+                continue
+            self.samples += 1
+            self.same += same
+
+    def stop(self):
+        self.done.set()
+        self.join()
+        return self.same / self.samples if self.samples else None
+
+
+def one_run(b, row, placement=False):
+    sampler = Placement(b.busgated) if placement else None
+    if sampler:
+        sampler.start()
+    try:
+        if row[0] == "publish":
+            r = b.checked_run(b.publish_case, row[1], row[2])
+        else:
+            r = b.checked_run(b.fanout_case, row[1], row[2], row[3])
+    finally:
+        share = sampler.stop() if sampler else None
+    r["same_cpu"] = share
+    return r
 
 
 def cpu_per_million(r):
@@ -63,22 +128,30 @@ def turns(b, builds, rounds, fn):
     return out
 
 
-def throughput_table(b, builds, rows, rounds):
+def placement_cell(rs):
+    shares = [r["same_cpu"] for r in rs if r["same_cpu"] is not None]
+    return " ".join("%.0f%%" % (100 * x) for x in shares) or "-"
+
+
+def throughput_table(b, builds, rows, rounds, placement):
     run.log("%d rows x %d builds x %d rounds" % (len(rows), len(builds), rounds))
     lines = ["| row | build | msg/s, each run | median | after / before | "
-             "gw CPU s / 1M msgs, median | check |",
-             "| :--- | :--- | :--- | ---: | ---: | ---: | :--- |"]
+             "gw CPU s / 1M msgs, median | gw, client CPU | gw and client on one CPU | check |",
+             "| :--- | :--- | :--- | ---: | ---: | ---: | :--- | :--- | :--- |"]
     for row in rows:
-        got = turns(b, builds, rounds, lambda b: one_run(b, row))
+        got = turns(b, builds, rounds, lambda b: one_run(b, row, placement))
         base = med([r["rate"] for r in got[builds[0][0]]])
         for name, _ in builds:
             rs = got[name]
             m = med([r["rate"] for r in rs])
             bad = [c for c in (run.check_cell(r) for r in rs) if c != "ok"]
-            lines.append("| %s | %s | %s | %s | %s | %.3f | %s |" % (
+            lines.append("| %s | %s | %s | %s | %s | %.3f | %s | %s | %s |" % (
                 row_name(row), name, " ".join(run.fmt_rate(r["rate"]) for r in rs),
                 run.fmt_rate(m), "%.2f" % (m / base) if base else "-",
-                med([cpu_per_million(r) for r in rs]), "; ".join(bad) or "ok"))
+                med([cpu_per_million(r) for r in rs]),
+                " ".join("%.0f+%.0f%%" % (100 * r["cpu_gw"] / r["seconds"],
+                                          100 * r["cpu_client"] / r["seconds"]) for r in rs),
+                placement_cell(rs) if placement else "-", "; ".join(bad) or "ok"))
     return lines
 
 
@@ -113,6 +186,8 @@ def main():
                     help="payload:subscribers:topics or payload:pN, comma-separated")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--latency", action="store_true", help="also the latency scenario")
+    ap.add_argument("--placement", action="store_true",
+                    help="sample which CPU busgated and lpclient run on")
     a = run.parse_args(ap)
     a.no_nats = True
     rows = [parse_row(x) for x in a.rows.split(",") if x]
@@ -125,7 +200,7 @@ def main():
     out = ["before: `%s`, after: `%s`; %d rounds, the order swapped each round; "
            "%ss measured per run" % (a.before, a.after, a.rounds, a.duration), ""]
     try:
-        out += throughput_table(b, builds, rows, a.rounds) if rows else []
+        out += throughput_table(b, builds, rows, a.rounds, a.placement) if rows else []
         if a.latency:
             out += [""] + latency_table(b, builds, a.rounds)
     finally:
