@@ -305,41 +305,15 @@ reserve_event(struct evbuffer *out, size_t queued, size_t room, struct evbuffer_
     return evbuffer_reserve_space(out, (ev_ssize_t)room, vec, 1) < 1 ? -1 : 0;
 }
 
-/* Where a line-protocol item (an event, or a PUB/SEND command) of room
- * bytes is formatted: flat (cap bytes) when it fits, which for a small
- * one costs less than libevent's reserve and commit; else one contiguous
- * reservation of out (its payload copied once). NULL when out cannot
- * grow. */
-static char *
-item_begin(struct evbuffer *out, size_t room, char *flat, size_t cap,
-    struct evbuffer_iovec *vec)
-{
-    if (room <= cap) {
-        vec->iov_base = flat;
-        return flat;
-    }
-    return reserve_event(out, evbuffer_get_length(out), room, vec, 0) == 0 ? vec->iov_base
-                                                                           : NULL;
-}
-
-/* The len bytes formatted where item_begin said, into out. */
-static int
-item_end(struct evbuffer *out, const char *flat, struct evbuffer_iovec *vec, size_t len)
-{
-    vec->iov_len = len;
-    if (vec->iov_base == flat)
-        return evbuffer_add(out, flat, len);
-    return evbuffer_commit_space(out, vec, 1);
-}
-
 /* A DATA event's size (at most room), its prefix's length and its names'
  * escaped lengths. */
 struct data_size {
     size_t room, prefix_len, eu, eh, ec;
 };
 
-/* prefix NULL: the prefix is made by put_data. */
-static void
+/* prefix NULL: the prefix is made by put_data. Both inline in the
+ * router's formatter, which runs once an event. */
+static inline __attribute__((always_inline)) void
 data_size(const struct wire_msg *m, const char *prefix, size_t prefix_len,
     struct data_size *z)
 {
@@ -375,7 +349,7 @@ put_payload(char *d, const struct wire_packet *packets, uint32_t n_packets)
 
 /* The event (line and payload block) into d, which has z->room bytes; its
  * length. */
-static size_t
+static inline __attribute__((always_inline)) size_t
 put_data(char *d, const struct wire_msg *m, const char *prefix, const struct data_size *z)
 {
     size_t o;
@@ -408,31 +382,35 @@ is_data(const struct wire_msg *m)
 }
 
 int
-lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
-    size_t prefix_len, char *flat, size_t flat_cap, struct lp_bytes *at)
+lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m, const char *prefix,
+    size_t prefix_len, size_t *len)
 {
-    struct evbuffer_iovec vec;
     struct data_size z;
-    size_t n;
-    char *d;
 
     if (!is_data(m))
         return -1;
     data_size(m, prefix, prefix_len, &z);
-    if ((d = item_begin(out, z.room, flat, flat_cap, &vec)) == NULL)
-        return -1;
-    n = put_data(d, m, prefix, &z);
-    if (at != NULL) {
-        at->p = (const unsigned char *)d;
-        at->len = n;
+    if (z.room > cap) {
+        *len = z.room;
+        return 1;
     }
-    return item_end(out, flat, &vec, n);
+    *len = put_data(d, m, prefix, &z);
+    return 0;
 }
 
 int
 lp_format_data(struct evbuffer *out, const struct wire_msg *m)
 {
-    return lp_format_data_at(out, m, NULL, 0, NULL, 0, NULL);
+    struct evbuffer_iovec vec;
+    struct data_size z;
+
+    if (!is_data(m))
+        return -1;
+    data_size(m, NULL, 0, &z);
+    if (reserve_event(out, evbuffer_get_length(out), z.room, &vec, 0) != 0)
+        return -1;
+    vec.iov_len = put_data(vec.iov_base, m, NULL, &z);
+    return evbuffer_commit_space(out, &vec, 1);
 }
 
 /* A line of a verb, an optional keyword, a client id and four names. */

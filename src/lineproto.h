@@ -168,23 +168,18 @@ int lp_put_name(struct evbuffer *out, const char *ptr, size_t len);
  * by every receiving session.
  */
 int lp_format_data(struct evbuffer *out, const struct wire_msg *m);
-/* Bytes just formatted into an evbuffer: contiguous, valid until it changes. */
-struct lp_bytes {
-    const unsigned char *p;
-    size_t len;
-};
 /* The start of every DATA line of a topic, "DATA <feed> <topic>" with the
  * names escaped, into dst; its length (dst NULL: only the length). The
  * router keeps it with the topic, so an event copies it instead of
  * escaping the two names again. */
 size_t lp_data_prefix(char *dst, const struct wire_str *feed, const struct wire_str *topic);
-/* lp_format_data with the topic's prefix (NULL: made here), telling where
- * the event went when at is not NULL. An event that fits flat (flat_cap
- * bytes; 0: no flat buffer) is formatted there and evbuffer_add'ed, which
- * for a small one costs less than libevent's reserve and commit; a bigger
- * one goes into a reservation of out (no second copy of its payload). */
-int lp_format_data_at(struct evbuffer *out, const struct wire_msg *m, const char *prefix,
-    size_t prefix_len, char *flat, size_t flat_cap, struct lp_bytes *at);
+/* lp_format_data with the topic's prefix (NULL: made here), flat at d,
+ * where cap bytes are free: 0 and its length in *len; 1 when it may not
+ * fit, nothing written, and *len the bytes it may take; -1 if m is not
+ * data. The router formats a batch of events this way, one after another
+ * in one block, with no libevent call per event. */
+int lp_format_data_flat(char *d, size_t cap, const struct wire_msg *m, const char *prefix,
+    size_t prefix_len, size_t *len);
 
 /* NOTIFICATION for a ForwardedSubscriptionRequest. */
 int lp_format_notification(struct evbuffer *out, const struct wire_msg *m);

@@ -1,14 +1,14 @@
 /*
  * Delivery: one formatted event to many sessions.
  *
- * A DATA event is formatted once into a scratch evbuffer, then the same
- * bytes go to every receiver: copied when small (evbuffer_add coalesces
- * them with whatever is queued for that session), shared by reference when
- * large (one block, reference counted, no copy per session). Consecutive
- * events of one topic from one bus read are batched and delivered together.
- * A topic with a single subscriber skips the batch: its events are
- * formatted straight into that session's output. Either way the line
- * starts with the topic's escaped "DATA feed topic", made once per topic.
+ * An event is formatted once, then the same bytes go to every receiver:
+ * copied when small (evbuffer_add coalesces them with whatever is queued
+ * for that session), shared by reference when large (one block, reference
+ * counted, no copy per session). Consecutive DATA events of one topic from
+ * one bus read are formatted one after another into one block (the
+ * batch), with no libevent call per event, and delivered together; a DATA
+ * line starts with the topic's escaped "DATA feed topic", made once per
+ * topic. Other events are formatted into the scratch evbuffer.
  *
  * Access rules cost nothing here: a topic's subscribers were allowed to
  * subscribe to its feed when they subscribed (and a reload ends those no
@@ -33,7 +33,7 @@ shared_unref(const void *data, size_t len, void *arg)
 }
 
 /* Append len bytes (events whole events) to a session's output. */
-static void
+static inline void
 deliver_bytes(struct client *c, const void *p, size_t len, struct shared *sh,
     unsigned events)
 {
@@ -112,30 +112,6 @@ rt_deliver_all(struct router *r)
     scratch_done(r, sh);
 }
 
-/* Deliver the batched DATA events of one topic to its subscribers. */
-void
-rt_batch_flush(struct router *r)
-{
-    const unsigned char *p;
-    struct shared *sh;
-    struct topic *t = r->batch_topic;
-    struct sub *sb, *next;
-    size_t len;
-
-    if (t == NULL)
-        return;
-    r->batch_topic = NULL;
-    p = scratch_bytes(r, &len, &sh);
-    LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
-        if (rt_closing(sb->client))
-            continue;
-        deliver_bytes(sb->client, p, len, sh, (unsigned)r->batch_count);
-        r->n.data_delivered += r->batch_count;
-    }
-    scratch_done(r, sh);
-    r->batch_count = 0;
-}
-
 /* Consecutive DATA events of one topic are delivered together, up to this
  * many bytes, and never more than a quarter of listen.max_output, so a batch
  * cannot by itself make a reader that keeps up look slow. */
@@ -147,6 +123,69 @@ batch_max(const struct router *r)
     size_t q = r->listen.max_output / 4;
 
     return q < ROUTER_BATCH_MAX ? q : ROUTER_BATCH_MAX;
+}
+
+/* A block about to be shared cut to what it holds: a session's queue is
+ * counted by its length (listen.max_output, the budget), and the block's
+ * unused end would be held with it uncounted. */
+static struct shared *
+batch_fit(struct router *r, struct shared *b)
+{
+    struct shared *fit = realloc(b, sizeof *b + b->len);
+
+    if (fit == NULL)
+        return b;
+    fit->cap = fit->len;
+    return r->batch = fit;
+}
+
+/* Deliver the batched DATA events of one topic to its subscribers: a
+ * large batch by reference (the block is theirs then, and the next batch
+ * takes a new one), a small one copied. */
+void
+rt_batch_flush(struct router *r)
+{
+    struct topic *t = r->batch_topic;
+    struct shared *b = r->batch;
+    struct sub *sb, *next;
+
+    if (t == NULL)
+        return;
+    r->batch_topic = NULL;
+    if (b->len >= ROUTER_SHARE_MIN && b->len < b->cap)
+        b = batch_fit(r, b);
+    LIST_FOREACH_SAFE(sb, &t->subs, by_topic, next) {
+        if (rt_closing(sb->client))
+            continue;
+        deliver_bytes(sb->client, b->data, b->len, b->len >= ROUTER_SHARE_MIN ? b : NULL,
+            (unsigned)r->batch_count);
+        r->n.data_delivered += r->batch_count;
+    }
+    r->batch_count = 0;
+    b->len = 0;
+    if (b->refs > 1) {
+        b->refs--;
+        r->batch = NULL;
+    }
+}
+
+/* A batch block with room for at least need bytes, empty: NULL if out of
+ * memory. */
+static struct shared *
+batch_block(struct router *r, size_t need)
+{
+    size_t cap = need > batch_max(r) ? need : batch_max(r);
+    struct shared *b = r->batch;
+
+    if (b != NULL && b->cap >= need)
+        return b;
+    free(b); /* held alone: a flush gives a shared block up */
+    if ((b = r->batch = malloc(sizeof *b + cap)) != NULL) {
+        b->refs = 1;
+        b->len = 0;
+        b->cap = cap;
+    }
+    return b;
 }
 
 /* Whether ct is one of the comma-separated content types in list. */
@@ -182,64 +221,37 @@ image_at_6(const struct router *r, const struct wire_msg *m)
         content_type_listed(r->cfg.image_content_types, &m->content_type);
 }
 
-/* The cache and a failed format, for an event just formatted. */
-static void
-formatted(struct router *r, struct topic *t, const struct wire_msg *m, int rc,
-    const struct lp_bytes *at)
-{
-    if (rc != 0)
-        log_error("cannot format a DATA event (out of memory)");
-    else if (t->cache != NULL || m->is_image)
-        rt_cache_update(r, t, m, at->p, at->len);
-}
-
-/* The event appended to out, at where it went: a small one formatted flat
- * in the router's buffer and added, a bigger one into a reservation. */
-static int
-format_event(struct router *r, struct evbuffer *out, const struct topic *t,
-    const struct wire_msg *m, struct lp_bytes *at)
-{
-    return lp_format_data_at(out, m, t->prefix, t->prefix_len, r->small, sizeof r->small,
-        at);
-}
-
 /*
- * A topic with one subscriber (many topics, one reader each: the common
- * market-data shape): the event goes straight to that session's output,
- * with no batch to copy from; the session's own buffer batches the writes
- * to its socket.
+ * The event of m appended to the batch of t, which is delivered when the
+ * topic changes, when it is full, and at the end of the bus read. With one
+ * subscriber (many topics, one reader each: the common market-data shape)
+ * a batch of one event is copied to its output, as a direct append would
+ * be; a busy topic's batch goes whole, by reference.
  */
-static void
-route_to_one(struct router *r, struct topic *t, const struct wire_msg *m)
-{
-    struct client *c = LIST_FIRST(&t->subs)->client;
-    struct lp_bytes at;
-    int rc;
-
-    if (rt_closing(c))
-        return;
-    rc = format_event(r, rt_output(c), t, m, &at);
-    formatted(r, t, m, rc, &at);
-    if (rc == 0) {
-        r->n.data_delivered++;
-        rt_flush(c, 1);
-    }
-}
-
-/* More subscribers: consecutive events of the topic are formatted into one
- * batch, delivered to each of them when the topic changes or it is full. */
 static void
 route_to_batch(struct router *r, struct topic *t, const struct wire_msg *m)
 {
-    struct lp_bytes at;
-    int rc = format_event(r, r->scratch, t, m, &at);
+    struct shared *b = r->batch;
+    size_t n = 0;
+    int rc = lp_format_data_flat(b != NULL ? (char *)b->data + b->len : NULL,
+        b != NULL ? b->cap - b->len : 0, m, t->prefix, t->prefix_len, &n);
 
-    formatted(r, t, m, rc, &at);
-    if (rc != 0)
-        return; /* nothing was appended */
+    if (rc == 1) { /* no room: the batch goes, and a block takes it */
+        rt_batch_flush(r);
+        if ((b = batch_block(r, n)) != NULL)
+            rc = lp_format_data_flat((char *)b->data, b->cap, m, t->prefix, t->prefix_len,
+                &n);
+    }
+    if (rc != 0) {
+        log_error("cannot format a DATA event (out of memory)");
+        return;
+    }
+    if (t->cache != NULL || m->is_image)
+        rt_cache_update(r, t, m, b->data + b->len, n);
+    b->len += n;
     r->batch_topic = t;
     r->batch_count++;
-    if (evbuffer_get_length(r->scratch) >= batch_max(r))
+    if (b->len >= batch_max(r))
         rt_batch_flush(r);
 }
 
@@ -288,12 +300,9 @@ route_data(struct router *r, const struct wire_msg *m)
             m->feed.ptr, (int)m->topic.len, m->topic.ptr);
         return;
     }
-    if (r->batch_topic != NULL && t != r->batch_topic)
-        rt_batch_flush(r); /* (no call when there is no batch: one subscriber) */
-    if (t->n_subs == 1)
-        route_to_one(r, t, m);
-    else
-        route_to_batch(r, t, m);
+    if (t != r->batch_topic)
+        rt_batch_flush(r);
+    route_to_batch(r, t, m);
 }
 
 /* Bus protocol 6: the image flag worked out, on a copy (out of line: the

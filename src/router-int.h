@@ -59,11 +59,8 @@ rt_hash(const void *key, size_t len)
 #define uthash_fatal(msg) fatalx("out of memory (%s)", msg)
 #include <uthash.h>
 
-/* Events bigger than this are shared by reference instead of copied. */
+/* An event or a batch bigger than this is shared by reference, not copied. */
 #define ROUTER_SHARE_MIN 16384
-/* An event up to this size is formatted flat, then added to its output:
- * less than libevent's reserve and commit. */
-#define ROUTER_SMALL_EVENT 512
 /* Upstream requests replayed per event-loop turn after a reconnect, so
  * that other sessions are served between batches. */
 #define ROUTER_REPLAY_BATCH 256
@@ -171,10 +168,12 @@ struct feed {
     char key[];
 };
 
-/* A large formatted event shared by several evbuffers. */
+/* Formatted events shared by several evbuffers (a large event, or a
+ * batch), freed with its last reference. */
 struct shared {
     unsigned refs;
     size_t len;
+    size_t cap; /* a batch's block: bytes at data */
     unsigned char data[];
 };
 
@@ -218,10 +217,10 @@ struct router {
     uint32_t n_authorizer_feeds;
     size_t cache_bytes; /* all topics' caches */
 
-    struct evbuffer *scratch;       /* one formatted event, or a batch */
-    char small[ROUTER_SMALL_EVENT]; /* one small event, formatted flat */
-    struct topic *batch_topic;      /* scratch holds undelivered events of it */
-    struct topic *last_topic;       /* the topic of the last DATA routed */
+    struct evbuffer *scratch;   /* one formatted event for many sessions */
+    struct shared *batch;       /* DATA events of batch_topic, formatted */
+    struct topic *batch_topic;  /* batch holds undelivered events of it */
+    struct topic *last_topic;   /* the topic of the last DATA routed */
     /* Topics of recent DATA by a cheap hash of the name (rt_recent):
      * recent_mask + 1 slots, each NULL or a live topic. */
     struct topic **recent;

@@ -846,6 +846,7 @@ router_free(struct router *r)
         log_warn("%u messages held for the bus link were never sent (%zu bytes)",
             r->queue_count, evbuffer_get_length(r->queue));
     evbuffer_free(r->scratch);
+    free(r->batch);
     evbuffer_free(r->queue);
     wire_msg_free(&r->qmsg);
     if (r->replay_ev != NULL)

@@ -1029,10 +1029,9 @@ test_names_with_bytes(void **state)
     expect_out(0, "DATA f%20eed t%25op\xc3\xa9 u h1 delta multicast 3\na\nb\n");
 }
 
-/* Events of one bus read for a topic with several subscribers are
- * delivered in batches, in order: a change of topic or the end of the read
- * delivers what is batched. A topic with one subscriber has no batch: its
- * events go straight to that session's output. */
+/* Events of one bus read for a topic are delivered in batches, in order,
+ * whether it has one subscriber or several: a change of topic or the end
+ * of the read delivers what is batched. */
 static void
 test_batched_delivery(void **state)
 {
@@ -1050,12 +1049,46 @@ test_batched_delivery(void **state)
         "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
     expect_out(2,
         "DATA F A u h1 delta multicast 1\n1\nDATA F A u h1 delta multicast 1\n2\n");
-    expect_out(1, "DATA F B u h1 delta multicast 1\n3\n");
+    expect_out(1, ""); /* one subscriber: batched all the same */
     bus_data_in_read("F", "A", "u", false, "4", false);
+    expect_out(1, "DATA F B u h1 delta multicast 1\n3\n");
     expect_out(0, "");
     router_bus_batch_end(F->r);
     expect_out(0, "DATA F A u h1 delta multicast 1\n4\n");
     expect_out(1, "");
+}
+
+/* A batch big enough to be shared goes to its sessions by reference, and
+ * the next batch is formatted into a block of its own: the events queued
+ * for a session that has not read them yet stay as they were. */
+static void
+test_shared_batch_kept(void **state)
+{
+    enum { N = 10000 };
+    static char pay[3][N + 1];
+    static const char head[] = "DATA F A u h1 delta multicast 10000\n";
+    char *want = malloc(3 * (sizeof head + N + 1));
+    size_t w = 0;
+
+    for (int i = 0; i < 3; i++) {
+        memset(pay[i], 'a' + i, N);
+        w += (size_t)sprintf(want + w, "%s%s\n", head, pay[i]);
+    }
+    run(0, "SUB F A", NULL);
+    run(2, "SUB F A", NULL);
+    run(1, "SUB F B", NULL);
+    free(out(0));
+    free(out(1));
+    free(out(2));
+    bus_data_in_read("F", "A", "u", false, pay[0], false);
+    bus_data_in_read("F", "A", "u", false, pay[1], false); /* 20 KB: shared */
+    bus_data_in_read("F", "B", "u", false, "x", false);
+    bus_data_in_read("F", "A", "u", false, pay[2], false);
+    router_bus_batch_end(F->r);
+    expect_out(0, want);
+    expect_out(2, want);
+    expect_out(1, "DATA F B u h1 delta multicast 1\nx\n");
+    free(want);
 }
 
 /* All topics' caches together stay within router.image_cache_total. */
@@ -1418,6 +1451,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_shutdown, setup, teardown),
         cmocka_unit_test_setup_teardown(test_names_with_bytes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_batched_delivery, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_shared_batch_kept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_image_cache_total, setup, teardown),
         cmocka_unit_test_setup_teardown(test_remote_subscriptions_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_link_drop_ends_notifications, setup, teardown),
