@@ -1029,11 +1029,9 @@ test_names_with_bytes(void **state)
     expect_out(0, "DATA f%20eed t%25op\xc3\xa9 u h1 delta multicast 3\na\nb\n");
 }
 
-/* Events of one bus read for a topic are delivered in batches, in order,
- * whether it has one subscriber or several: a change of topic or the end
- * of the read delivers what is batched. */
+/* Sessions 0 and 2 on F A, session 1 on F B, their replies read. */
 static void
-test_batched_delivery(void **state)
+batch_subscribers(void)
 {
     run(0, "SUB F A", NULL);
     run(2, "SUB F A", NULL);
@@ -1041,6 +1039,15 @@ test_batched_delivery(void **state)
     free(out(0));
     free(out(1));
     free(out(2));
+}
+
+/* Events of one bus read for a topic are delivered in batches, in order,
+ * whether it has one subscriber or several: a change of topic or the end
+ * of the read delivers what is batched. */
+static void
+test_batched_delivery(void **state)
+{
+    batch_subscribers();
     bus_data_in_read("F", "A", "u", false, "1", false);
     bus_data_in_read("F", "A", "u", false, "2", false);
     expect_out(0, "");
@@ -1074,12 +1081,7 @@ test_shared_batch_kept(void **state)
         memset(pay[i], 'a' + i, N);
         w += (size_t)sprintf(want + w, "%s%s\n", head, pay[i]);
     }
-    run(0, "SUB F A", NULL);
-    run(2, "SUB F A", NULL);
-    run(1, "SUB F B", NULL);
-    free(out(0));
-    free(out(1));
-    free(out(2));
+    batch_subscribers();
     bus_data_in_read("F", "A", "u", false, pay[0], false);
     bus_data_in_read("F", "A", "u", false, pay[1], false); /* 20 KB: shared */
     bus_data_in_read("F", "B", "u", false, "x", false);
