@@ -24,7 +24,6 @@ import shutil
 import statistics
 import sys
 import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402
